@@ -1,0 +1,149 @@
+//! Binary data frames: request and response bodies, flow-control credit and
+//! stream resets, on sessions that opened with `binary_streams`.
+//!
+//! ```text
+//! +--------+-------------------+----------------------+
+//! | kind u8| stream id u32 (BE)| payload              |
+//! +--------+-------------------+----------------------+
+//! ```
+//!
+//! | kind | name   | payload                                            |
+//! |------|--------|----------------------------------------------------|
+//! | 0    | DATA   | body bytes (at most `max_frame_payload`)           |
+//! | 1    | END    | final body bytes, possibly none; the body is done  |
+//! | 2    | WINDOW | u32 (BE): bytes of credit granted to the sender     |
+//! | 3    | RESET  | optional UTF-8 reason; the stream is abandoned      |
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+
+/// Bytes of frame header before the payload.
+pub const HEADER_LEN: usize = 5;
+
+/// What a frame does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FrameKind {
+    /// Body bytes.
+    Data = 0,
+    /// Last body bytes; the sender's half of the stream is finished.
+    End = 1,
+    /// Credit: the receiver may now send this many more body bytes.
+    Window = 2,
+    /// The stream is abandoned by its sender.
+    Reset = 3,
+}
+
+/// One decoded binary frame. The payload shares the received buffer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Frame {
+    /// What the frame does.
+    pub kind: FrameKind,
+    /// The stream (request id) it belongs to.
+    pub stream: u32,
+    /// Body bytes, credit or reason, by kind.
+    pub payload: Bytes,
+}
+
+/// A binary message that is not a valid frame.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FrameError {
+    /// Shorter than the 5-byte header.
+    #[error("frame of {0} bytes is shorter than its header")]
+    Short(usize),
+    /// Kind byte not in the table.
+    #[error("unknown frame kind {0}")]
+    UnknownKind(u8),
+    /// A WINDOW frame whose payload is not exactly four bytes.
+    #[error("WINDOW frame payload must be 4 bytes, got {0}")]
+    BadWindow(usize),
+    /// Payload longer than the session allows.
+    #[error("frame payload of {len} bytes exceeds the limit of {max}")]
+    TooLarge {
+        /// Payload length received.
+        len: usize,
+        /// The session's `max_frame_payload`.
+        max: usize,
+    },
+}
+
+impl Frame {
+    /// Encodes a frame into one buffer ready to send as a binary message.
+    pub fn encode(kind: FrameKind, stream: u32, payload: &[u8]) -> Bytes {
+        let mut buf = BytesMut::with_capacity(HEADER_LEN + payload.len());
+        buf.put_u8(kind as u8);
+        buf.put_u32(stream);
+        buf.put_slice(payload);
+        buf.freeze()
+    }
+
+    /// A WINDOW frame granting `credit` bytes.
+    pub fn window(stream: u32, credit: u32) -> Bytes {
+        Self::encode(FrameKind::Window, stream, &credit.to_be_bytes())
+    }
+
+    /// Decodes a binary message, refusing payloads over `max_payload`.
+    pub fn decode(mut buf: Bytes, max_payload: usize) -> Result<Frame, FrameError> {
+        if buf.len() < HEADER_LEN {
+            return Err(FrameError::Short(buf.len()));
+        }
+        let kind = match buf.get_u8() {
+            0 => FrameKind::Data,
+            1 => FrameKind::End,
+            2 => FrameKind::Window,
+            3 => FrameKind::Reset,
+            other => return Err(FrameError::UnknownKind(other)),
+        };
+        let stream = buf.get_u32();
+        if buf.len() > max_payload {
+            return Err(FrameError::TooLarge {
+                len: buf.len(),
+                max: max_payload,
+            });
+        }
+        if kind == FrameKind::Window && buf.len() != 4 {
+            return Err(FrameError::BadWindow(buf.len()));
+        }
+        Ok(Frame {
+            kind,
+            stream,
+            payload: buf,
+        })
+    }
+
+    /// The credit carried by a WINDOW frame.
+    pub fn credit(&self) -> u32 {
+        let mut p = self.payload.clone();
+        if p.len() == 4 { p.get_u32() } else { 0 }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip() {
+        let bytes = Frame::encode(FrameKind::End, 0xDEAD_BEEF, b"tail");
+        let frame = Frame::decode(bytes, 16).unwrap();
+        assert_eq!(frame.kind, FrameKind::End);
+        assert_eq!(frame.stream, 0xDEAD_BEEF);
+        assert_eq!(&frame.payload[..], b"tail");
+        assert_eq!(Frame::decode(Frame::window(7, 65536), 16).unwrap().credit(), 65536);
+    }
+
+    #[test]
+    fn hostile_frames_are_refused() {
+        assert_eq!(Frame::decode(Bytes::from_static(b"\0\0"), 16), Err(FrameError::Short(2)));
+        assert_eq!(
+            Frame::decode(Bytes::from_static(b"\x09\0\0\0\x01"), 16),
+            Err(FrameError::UnknownKind(9))
+        );
+        assert_eq!(
+            Frame::decode(Frame::encode(FrameKind::Data, 1, &[0; 17]), 16),
+            Err(FrameError::TooLarge { len: 17, max: 16 })
+        );
+        assert_eq!(
+            Frame::decode(Frame::encode(FrameKind::Window, 1, &[0; 3]), 16),
+            Err(FrameError::BadWindow(3))
+        );
+    }
+}

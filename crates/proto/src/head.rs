@@ -1,0 +1,278 @@
+//! Request and response heads as they travel in `request` and `response`
+//! messages, and their checked conversion to and from `http` types.
+//!
+//! Header values are byte strings in HTTP but JSON strings here. Each byte of a
+//! value travels as the character of the same number (ISO-8859-1), so any
+//! value, valid UTF-8 or not, crosses the tunnel unchanged. A value received
+//! with characters above U+00FF (only a hand-written client sends those) is
+//! taken as UTF-8 instead.
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use serde::{Deserialize, Deserializer, Serialize};
+
+/// Method, target and headers of a visitor's request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RequestHead {
+    /// The method, byte for byte (`GET`, `PROPFIND`, ...).
+    pub method: String,
+    /// Path and query exactly as the visitor sent them.
+    pub path: String,
+    /// Headers in the order received, repeated names kept apart.
+    #[serde(default, deserialize_with = "header_list")]
+    pub headers: Vec<(String, String)>,
+    /// The whole body inline (sessions without binary streams).
+    #[serde(default, flatten)]
+    pub body: InlineBody,
+}
+
+/// Status, headers and optionally the body of the local service's answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResponseHead {
+    /// HTTP status code.
+    pub status: u16,
+    /// Headers in order; a JSON object `{"name":"value"}` is accepted too.
+    #[serde(default, deserialize_with = "header_list")]
+    pub headers: Vec<(String, String)>,
+    /// The body inline, or a promise of binary frames.
+    #[serde(default, flatten)]
+    pub body: InlineBody,
+}
+
+/// How a body travels with its head.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InlineBody {
+    /// The body itself, encoded as `body_encoding` says. Absent means empty
+    /// (or, with `body_stream`, carried by binary frames).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body: Option<String>,
+    /// `"base64"`, or `"text"` (the default) for a UTF-8 body written as is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body_encoding: Option<String>,
+    /// The body follows as binary data frames on this request's stream.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub body_stream: bool,
+}
+
+impl InlineBody {
+    /// A body carried in the message, base64-encoded.
+    pub fn inline(bytes: &[u8]) -> Self {
+        if bytes.is_empty() {
+            return Self::default();
+        }
+        InlineBody {
+            body: Some(BASE64.encode(bytes)),
+            body_encoding: Some("base64".into()),
+            body_stream: false,
+        }
+    }
+
+    /// A body that follows in binary frames.
+    pub fn streamed() -> Self {
+        InlineBody {
+            body_stream: true,
+            ..Self::default()
+        }
+    }
+
+    /// Decodes the inline body (empty when absent).
+    pub fn decode(&self) -> Result<Bytes, HeadError> {
+        let Some(body) = &self.body else {
+            return Ok(Bytes::new());
+        };
+        if self.body_stream {
+            return Err(HeadError::Body("both an inline body and body_stream".into()));
+        }
+        match self.body_encoding.as_deref() {
+            None | Some("text") => Ok(Bytes::copy_from_slice(body.as_bytes())),
+            Some("base64") => BASE64
+                .decode(body)
+                .map(Bytes::from)
+                .map_err(|e| HeadError::Body(format!("invalid base64: {e}"))),
+            Some(other) => Err(HeadError::Body(format!("unknown body_encoding {other:?}"))),
+        }
+    }
+}
+
+/// A head that cannot become a valid HTTP message.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HeadError {
+    /// Status outside 100..=999 (or 101, which only an upgrade may use).
+    #[error("invalid status code {0}")]
+    Status(u16),
+    /// Method that is not an HTTP token.
+    #[error("invalid method {0:?}")]
+    Method(String),
+    /// Path that is not an origin-form request target.
+    #[error("invalid path {0:?}")]
+    Path(String),
+    /// Header name that is not a token, or value with CR, LF, NUL or other controls.
+    #[error("invalid header {0:?}")]
+    Header(String),
+    /// More headers, or more header bytes, than allowed.
+    #[error("header block too large ({count} headers, {bytes} bytes)")]
+    TooLarge {
+        /// Number of header lines.
+        count: usize,
+        /// Bytes of names and values.
+        bytes: usize,
+    },
+    /// The inline body could not be decoded.
+    #[error("invalid body: {0}")]
+    Body(String),
+}
+
+/// Hop-by-hop headers (RFC 9110 §7.6.1): they describe one connection and are
+/// never forwarded.
+const HOP_BY_HOP: [HeaderName; 8] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+];
+
+/// Removes hop-by-hop headers, those named in `Connection`, and `Upgrade`.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    for name in named.iter().chain(HOP_BY_HOP.iter()) {
+        headers.remove(name);
+    }
+    headers.remove(header::UPGRADE);
+}
+
+/// Converts a header map to the wire list, keeping order.
+pub fn headers_to_wire(headers: &HeaderMap) -> Vec<(String, String)> {
+    headers
+        .iter()
+        .map(|(name, value)| (name.as_str().to_owned(), latin1_to_string(value.as_bytes())))
+        .collect()
+}
+
+/// Converts the wire list to a header map, refusing invalid names or values
+/// and blocks over `max_count` lines or `max_bytes` bytes.
+pub fn headers_from_wire(
+    list: &[(String, String)],
+    max_count: usize,
+    max_bytes: usize,
+) -> Result<HeaderMap, HeadError> {
+    let bytes: usize = list.iter().map(|(n, v)| n.len() + v.len()).sum();
+    if list.len() > max_count || bytes > max_bytes {
+        return Err(HeadError::TooLarge {
+            count: list.len(),
+            bytes,
+        });
+    }
+    let mut map = HeaderMap::with_capacity(list.len());
+    for (name, value) in list {
+        let header_name =
+            HeaderName::from_bytes(name.as_bytes()).map_err(|_| HeadError::Header(name.clone()))?;
+        let header_value = HeaderValue::from_bytes(&string_to_latin1(value))
+            .map_err(|_| HeadError::Header(format!("{name}: {value}")))?;
+        map.append(header_name, header_value);
+    }
+    Ok(map)
+}
+
+fn latin1_to_string(bytes: &[u8]) -> String {
+    match std::str::from_utf8(bytes) {
+        Ok(s) if s.is_ascii() => s.to_owned(),
+        _ => bytes.iter().map(|&b| char::from(b)).collect(),
+    }
+}
+
+fn string_to_latin1(s: &str) -> Vec<u8> {
+    if s.chars().all(|c| u32::from(c) <= 0xFF) {
+        s.chars().map(|c| u32::from(c) as u8).collect()
+    } else {
+        s.as_bytes().to_vec()
+    }
+}
+
+fn header_list<'de, D: Deserializer<'de>>(de: D) -> Result<Vec<(String, String)>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Either {
+        List(Vec<(String, String)>),
+        Map(serde_json::Map<String, serde_json::Value>),
+    }
+    match Either::deserialize(de)? {
+        Either::List(list) => Ok(list),
+        Either::Map(map) => map
+            .into_iter()
+            .map(|(k, v)| match v {
+                serde_json::Value::String(s) => Ok((k, s)),
+                other => Ok((k, other.to_string())),
+            })
+            .collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn any_header_bytes_round_trip() {
+        let mut map = HeaderMap::new();
+        map.append("x-a", HeaderValue::from_static("one"));
+        map.append("x-bin", HeaderValue::from_bytes(b"caf\xe9 \xff").unwrap());
+        map.append("x-utf8", HeaderValue::from_bytes("naïve".as_bytes()).unwrap());
+        map.append("x-a", HeaderValue::from_static("two"));
+        let wire = headers_to_wire(&map);
+        let json = serde_json::to_string(&wire).unwrap();
+        let back: Vec<(String, String)> = serde_json::from_str(&json).unwrap();
+        assert_eq!(headers_from_wire(&back, 100, 1 << 16).unwrap(), map);
+    }
+
+    #[test]
+    fn control_characters_are_refused() {
+        for bad in ["a\r\nb", "a\nb", "a\0b"] {
+            let list = vec![("x-evil".to_owned(), bad.to_owned())];
+            assert!(matches!(headers_from_wire(&list, 100, 1 << 16), Err(HeadError::Header(_))));
+        }
+        let list = vec![("bad name".to_owned(), "v".to_owned())];
+        assert!(headers_from_wire(&list, 100, 1 << 16).is_err());
+    }
+
+    #[test]
+    fn header_limits() {
+        let list: Vec<_> = (0..11).map(|i| (format!("x-{i}"), "v".to_owned())).collect();
+        assert!(matches!(headers_from_wire(&list, 10, 1 << 16), Err(HeadError::TooLarge { .. })));
+        assert!(headers_from_wire(&list[..10], 10, 1 << 16).is_ok());
+    }
+
+    #[test]
+    fn seed_style_response_with_map_and_text_body() {
+        let head: ResponseHead = serde_json::from_str(
+            r#"{"status":200,"headers":{"content-type":"text/plain"},"body":"hi"}"#,
+        )
+        .unwrap();
+        assert_eq!(head.headers, vec![("content-type".into(), "text/plain".into())]);
+        assert_eq!(head.body.decode().unwrap(), Bytes::from_static(b"hi"));
+    }
+
+    #[test]
+    fn hop_by_hop_and_connection_named_headers_go() {
+        let mut map = HeaderMap::new();
+        map.insert("connection", HeaderValue::from_static("close, x-secret"));
+        map.insert("x-secret", HeaderValue::from_static("1"));
+        map.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        map.insert("transfer-encoding", HeaderValue::from_static("chunked"));
+        map.insert("x-kept", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut map);
+        assert_eq!(map.len(), 1);
+        assert!(map.contains_key("x-kept"));
+    }
+}

@@ -1,0 +1,64 @@
+//! The Cryptun wire protocol, shared by server and client.
+//!
+//! A client opens a WebSocket to the server's `/ws` and speaks JSON text
+//! messages ([`message`]) to create tunnels and answer requests. Clients that
+//! ask for `binary_streams` carry bodies as binary frames ([`frame`]) with
+//! per-stream credit, so no body is ever held whole; [`mux`] implements both
+//! ends of that. The complete specification, written for someone building a
+//! client in another language, is `docs/PROTOCOL.md`.
+//!
+//! # Layout
+//!
+//! - [`message`]: the JSON control vocabulary and its decoding.
+//! - [`head`]: request and response heads, header encoding, hop-by-hop rules.
+//! - [`frame`]: the binary frame format.
+//! - [`limits`]: every bound a session enforces, and why.
+//! - [`mux`]: streams over one WebSocket: the pending-stream table, credit
+//!   windows, body types for hyper, and the writer task.
+//!
+//! Nothing here opens a socket; the server and client crates do.
+
+#![forbid(unsafe_code)]
+
+pub mod frame;
+pub mod head;
+pub mod limits;
+pub mod message;
+pub mod mux;
+
+pub use frame::{Frame, FrameError, FrameKind};
+pub use head::{HeadError, InlineBody, RequestHead, ResponseHead};
+pub use limits::Limits;
+pub use message::{ClientMessage, ErrorCode, PROTOCOL_VERSION, ServerMessage};
+pub use tokio_tungstenite::tungstenite;
+
+/// WebSocket close codes used by both ends (RFC 6455 §7.4.1).
+pub mod close_code {
+    /// Normal closure.
+    pub const NORMAL: u16 = 1000;
+    /// The server is shutting down.
+    pub const GOING_AWAY: u16 = 1001;
+    /// A binary frame broke the framing or flow-control rules.
+    pub const PROTOCOL_ERROR: u16 = 1002;
+    /// A text frame was not valid UTF-8.
+    pub const INVALID_PAYLOAD: u16 = 1007;
+    /// The session broke a rule (no `create_tunnel` in time, ...).
+    pub const POLICY: u16 = 1008;
+    /// A message was larger than `max_message_bytes` or a frame than
+    /// `max_frame_payload`.
+    pub const TOO_BIG: u16 = 1009;
+    /// The server failed in a way that is not the client's fault.
+    pub const INTERNAL: u16 = 1011;
+}
+
+/// Returns a random identifier of `len` characters from `[a-z2-7]` (5 bits of
+/// operating-system randomness each).
+pub fn random_id(len: usize) -> String {
+    const ALPHABET: &[u8; 32] = b"abcdefghijklmnopqrstuvwxyz234567";
+    let mut bytes = vec![0u8; len];
+    // The OS generator only fails on platforms without one, where nothing
+    // secure can be done: refusing to run is the right answer.
+    #[allow(clippy::expect_used)]
+    getrandom::fill(&mut bytes).expect("the operating system's random generator failed");
+    bytes.iter().map(|b| ALPHABET[usize::from(b & 31)] as char).collect()
+}

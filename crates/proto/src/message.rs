@@ -1,0 +1,236 @@
+//! Control messages: the JSON text vocabulary spoken over `/ws`.
+//!
+//! Every text frame is one JSON object whose `"type"` names the message. The
+//! names follow the original design (`create_tunnel`, `tunnel_created`,
+//! `request`, `response`, `ping`, `pong`) plus `error` and `cancel`. A client
+//! that never sends binary frames can serve a tunnel with these alone: bodies
+//! then travel inline, base64-encoded, in `request.body` and `response.body`.
+
+use serde::{Deserialize, Serialize};
+
+use crate::head::{RequestHead, ResponseHead};
+
+/// The protocol version this build speaks. A client that names no version is
+/// taken to speak version 1.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// Messages a client sends to the server.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ClientMessage {
+    /// Ask for a tunnel. The first message of a session; may be repeated to
+    /// open further tunnels over the same connection.
+    CreateTunnel(CreateTunnel),
+    /// The answer to a `request`.
+    Response {
+        /// The id of the request being answered.
+        request_id: u32,
+        /// Status, headers and (inline) body.
+        response: ResponseHead,
+    },
+    /// The client gives up on a request (its body upload can stop).
+    Cancel {
+        /// The request abandoned.
+        request_id: u32,
+    },
+    /// Liveness probe; the server answers `pong`.
+    Ping,
+    /// Answer to a server `ping`.
+    Pong,
+}
+
+/// The body of `create_tunnel`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct CreateTunnel {
+    /// Protocol version the client speaks (default 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<u32>,
+    /// A subdomain label to ask for instead of a generated one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subdomain: Option<String>,
+    /// The client reads and writes bodies as binary frames with flow control.
+    /// Without it, every body travels inline in the JSON messages.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub binary_streams: bool,
+}
+
+/// Messages the server sends to a client.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ServerMessage {
+    /// A tunnel is live and reachable at `public_url`.
+    TunnelCreated(TunnelCreated),
+    /// A visitor's request, to be answered with `response`.
+    Request {
+        /// Correlates the `response` (and, with binary streams, the body frames).
+        request_id: u32,
+        /// Which of the session's tunnels the request arrived on.
+        tunnel_id: String,
+        /// Method, path, headers and (inline) body.
+        request: RequestHead,
+    },
+    /// The visitor went away or the request timed out: stop working on it.
+    Cancel {
+        /// The request abandoned.
+        request_id: u32,
+    },
+    /// Answer to the client's `ping`.
+    Pong,
+    /// Something the client sent was refused; see [`ErrorCode`].
+    Error(ErrorMessage),
+}
+
+/// The body of `tunnel_created`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TunnelCreated {
+    /// Protocol version the server will speak on this session.
+    pub version: u32,
+    /// Random id of the tunnel (also the suffix of a generated subdomain).
+    pub tunnel_id: String,
+    /// The DNS label under the server's domain that routes to this tunnel.
+    pub subdomain: String,
+    /// Where visitors reach the tunnel.
+    pub public_url: String,
+    /// Whether bodies on this session travel as binary frames.
+    pub binary_streams: bool,
+    /// The limits the server enforces on this session.
+    pub limits: SessionLimits,
+}
+
+/// Limits announced in `tunnel_created` so a client can stay within them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionLimits {
+    /// Largest text message accepted, in bytes.
+    pub max_message_bytes: usize,
+    /// Largest payload of one binary data frame, in bytes.
+    pub max_frame_payload: usize,
+    /// Initial credit of each stream in each direction, in bytes.
+    pub stream_window: u32,
+    /// Largest inline body (base64-decoded) on a session without binary streams.
+    pub max_inline_body: usize,
+    /// Most requests in flight on one tunnel at once.
+    pub max_streams: usize,
+    /// How often the server pings, in milliseconds. A client that hears
+    /// nothing for three intervals may take the connection as dead.
+    pub heartbeat_interval_ms: u64,
+}
+
+/// The body of `error`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ErrorMessage {
+    /// Machine-readable reason.
+    pub code: ErrorCode,
+    /// Human-readable detail.
+    pub message: String,
+    /// The request concerned, when there is one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<u32>,
+}
+
+/// Why the server refused something.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// The text frame was not valid JSON or lacked required fields.
+    BadMessage,
+    /// The `type` is not one this version knows. The message was ignored.
+    UnknownType,
+    /// `create_tunnel` asked for a protocol version the server does not speak.
+    UnsupportedVersion,
+    /// The requested subdomain is not a valid DNS label (or is reserved).
+    InvalidSubdomain,
+    /// The requested subdomain is held by another live tunnel.
+    SubdomainTaken,
+    /// The session holds as many tunnels as it may.
+    TooManyTunnels,
+    /// A `response` was not a valid HTTP response head (status, header name
+    /// or value, size); the visitor got a 502.
+    BadResponse,
+    /// A message arrived before the first `create_tunnel`.
+    NoTunnel,
+}
+
+impl ServerMessage {
+    /// Shorthand for an `error` message.
+    pub fn error(code: ErrorCode, message: impl Into<String>, request_id: Option<u32>) -> Self {
+        ServerMessage::Error(ErrorMessage {
+            code,
+            message: message.into(),
+            request_id,
+        })
+    }
+}
+
+/// Serialises a message to the text of one WebSocket frame.
+pub fn encode<T: Serialize>(message: &T) -> String {
+    // Our message types hold only strings, numbers and maps with string keys,
+    // which serde_json always serialises.
+    serde_json::to_string(message).unwrap_or_else(|_| String::from("{}"))
+}
+
+/// Why a text frame could not be decoded.
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    /// Valid JSON object, but a `type` this version does not know.
+    #[error("unknown message type {0:?}")]
+    UnknownType(String),
+    /// Not JSON, not an object, no `type`, or fields of the wrong shape.
+    #[error("malformed message: {0}")]
+    Malformed(String),
+}
+
+impl DecodeError {
+    /// The code to report this error under.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            DecodeError::UnknownType(_) => ErrorCode::UnknownType,
+            DecodeError::Malformed(_) => ErrorCode::BadMessage,
+        }
+    }
+}
+
+/// Parses one text frame, telling an unknown `type` apart from malformed input.
+pub fn decode<'a, T: Deserialize<'a>>(text: &'a str, known: &[&str]) -> Result<T, DecodeError> {
+    serde_json::from_str(text).map_err(|err| {
+        #[derive(Deserialize)]
+        struct Tag {
+            r#type: String,
+        }
+        match serde_json::from_str::<Tag>(text) {
+            Ok(tag) if !known.contains(&tag.r#type.as_str()) => DecodeError::UnknownType(tag.r#type),
+            _ => DecodeError::Malformed(err.to_string()),
+        }
+    })
+}
+
+/// The `type` values a server understands from clients.
+pub const CLIENT_TYPES: &[&str] = &["create_tunnel", "response", "cancel", "ping", "pong"];
+/// The `type` values a client understands from servers.
+pub const SERVER_TYPES: &[&str] = &["tunnel_created", "request", "cancel", "pong", "error"];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seed_create_tunnel_parses_with_defaults() {
+        let msg: ClientMessage = decode(r#"{"type":"create_tunnel"}"#, CLIENT_TYPES).unwrap();
+        assert_eq!(msg, ClientMessage::CreateTunnel(CreateTunnel::default()));
+    }
+
+    #[test]
+    fn unknown_type_is_told_apart_from_garbage() {
+        let unknown = decode::<ClientMessage>(r#"{"type":"teleport"}"#, CLIENT_TYPES);
+        assert!(matches!(unknown, Err(DecodeError::UnknownType(t)) if t == "teleport"));
+        let garbage = decode::<ClientMessage>("{not json", CLIENT_TYPES);
+        assert!(matches!(garbage, Err(DecodeError::Malformed(_))));
+        let bad_field = decode::<ClientMessage>(r#"{"type":"response","request_id":"x"}"#, CLIENT_TYPES);
+        assert!(matches!(bad_field, Err(DecodeError::Malformed(_))));
+    }
+
+    #[test]
+    fn error_message_shape() {
+        let text = encode(&ServerMessage::error(ErrorCode::SubdomainTaken, "taken", None));
+        assert_eq!(text, r#"{"type":"error","code":"subdomain_taken","message":"taken"}"#);
+    }
+}
