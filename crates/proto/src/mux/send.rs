@@ -47,6 +47,11 @@ impl<H: Send + 'static> SendHalf<H> {
         }
     }
 
+    /// The stream's id (the request id on the wire).
+    pub fn id(&self) -> u32 {
+        self.id
+    }
+
     /// Sends a text message (the head) in order with this stream's frames.
     pub async fn send_text(&self, text: String) -> Result<(), StreamClosed> {
         self.mux

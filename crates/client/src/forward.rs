@@ -1,0 +1,205 @@
+//! One request: from its `request` message to the local service and back,
+//! with both bodies streamed. If the server abandons the request (the visitor
+//! left), the local request is dropped at once, which closes its connection.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use cryptun_proto::head::{headers_from_wire, headers_to_wire, strip_hop_by_hop};
+use cryptun_proto::message::{ClientMessage, encode};
+use cryptun_proto::mux::{SendHalf, Stream, StreamClosed, pump};
+use cryptun_proto::{InlineBody, RequestHead, ResponseHead};
+use http::{Method, Request};
+use http_body::Body as _;
+use http_body_util::{BodyExt, Full, combinators::BoxBody};
+use hyper_util::client::legacy::{Client, connect::HttpConnector};
+use hyper_util::rt::TokioExecutor;
+use tracing::debug;
+
+use crate::{ClientConfig, Event, Events, Target};
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+type LocalBody = BoxBody<Bytes, BoxError>;
+
+/// Bounds on a request head from the server. The server already limits what
+/// visitors send; these only guard against a broken server.
+const MAX_HEADERS: usize = 1024;
+const MAX_HEADER_BYTES: usize = 1 << 20;
+
+/// Idle pooled connections to the local service are closed after this.
+const POOL_IDLE: Duration = Duration::from_secs(60);
+
+/// What every forwarded request shares: the pooled HTTP client and target.
+pub(crate) struct Forwarder {
+    http: Client<HttpConnector, LocalBody>,
+    target: Target,
+    events: Events,
+}
+
+impl Forwarder {
+    pub(crate) fn new(config: &ClientConfig, events: Events) -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(config.local_connect_timeout));
+        let http = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(POOL_IDLE)
+            .build(connector);
+        Forwarder {
+            http,
+            target: config.target.clone(),
+            events,
+        }
+    }
+}
+
+/// Forwards one request and reports it.
+pub(crate) async fn forward(fwd: Arc<Forwarder>, stream: Stream<()>, head: RequestHead) {
+    let started = Instant::now();
+    let (method, path) = (head.method.clone(), head.path.clone());
+    let Stream { recv, send, gone, .. } = stream;
+    let outcome = tokio::select! {
+        biased;
+        outcome = exchange(&fwd, head, recv, send, started) => outcome,
+        _ = gone => Outcome { status: 0, duration: started.elapsed(), error: Some("cancelled: the visitor went away".into()) },
+    };
+    fwd.events.emit(Event::Request {
+        method,
+        path,
+        status: outcome.status,
+        duration: outcome.duration,
+        error: outcome.error,
+    });
+}
+
+struct Outcome {
+    status: u16,
+    duration: Duration,
+    error: Option<String>,
+}
+
+async fn exchange(
+    fwd: &Forwarder,
+    head: RequestHead,
+    recv: cryptun_proto::mux::RecvBody<()>,
+    mut send: SendHalf<()>,
+    started: Instant,
+) -> Outcome {
+    let request = match local_request(&fwd.target, head, recv) {
+        Ok(request) => request,
+        Err(why) => return answer_error(send, 400, format!("cryptun could not forward this request: {why}"), started).await,
+    };
+    let response = match fwd.http.request(request).await {
+        Ok(response) => response,
+        Err(err) => {
+            let why = error_chain(&err);
+            let text = format!("cryptun could not reach the local service at {}: {why}", fwd.target);
+            return answer_error(send, 502, text, started).await;
+        }
+    };
+    let status = response.status().as_u16();
+    let (parts, body) = response.into_parts();
+    let mut headers = parts.headers;
+    strip_hop_by_hop(&mut headers);
+    let has_body = !body.is_end_stream();
+    let head = ResponseHead {
+        status,
+        headers: headers_to_wire(&headers),
+        body: if has_body { InlineBody::streamed() } else { InlineBody::default() },
+    };
+    if send_head(&send, head).await.is_err() {
+        return closed(status, started);
+    }
+    let duration = started.elapsed();
+    if !has_body {
+        send.finish();
+        return Outcome { status, duration, error: None };
+    }
+    match pump(body, send).await {
+        Ok(_) => Outcome { status, duration, error: None },
+        Err(err) => Outcome {
+            status,
+            duration,
+            error: Some(format!("response body: {err}")),
+        },
+    }
+}
+
+/// The request for the local service, its body streaming from the tunnel.
+fn local_request(
+    target: &Target,
+    head: RequestHead,
+    recv: cryptun_proto::mux::RecvBody<()>,
+) -> Result<Request<LocalBody>, String> {
+    let method = Method::from_bytes(head.method.as_bytes()).map_err(|_| format!("invalid method {:?}", head.method))?;
+    let uri = target.uri(&head.path).map_err(|e| format!("invalid path {:?}: {e}", head.path))?;
+    let mut headers = headers_from_wire(&head.headers, MAX_HEADERS, MAX_HEADER_BYTES)
+        .map_err(|e| e.to_string())?;
+    strip_hop_by_hop(&mut headers);
+    let body: LocalBody = if head.body.body_stream {
+        recv.map_err(Into::into).boxed()
+    } else {
+        let inline = head.body.decode().map_err(|e| e.to_string())?;
+        Full::new(inline).map_err(|never| match never {}).boxed()
+    };
+    let mut request = Request::new(body);
+    *request.method_mut() = method;
+    *request.uri_mut() = uri;
+    *request.headers_mut() = headers;
+    Ok(request)
+}
+
+async fn send_head(send: &SendHalf<()>, head: ResponseHead) -> Result<(), StreamClosed> {
+    let id = send.id();
+    send.send_text(encode(&ClientMessage::Response {
+        request_id: id,
+        response: head,
+    }))
+    .await
+}
+
+/// Answers the visitor with an error page from the client itself.
+async fn answer_error(mut send: SendHalf<()>, status: u16, text: String, started: Instant) -> Outcome {
+    debug!(status, %text, "answering with an error");
+    let head = ResponseHead {
+        status,
+        headers: vec![
+            ("content-type".into(), "text/plain; charset=utf-8".into()),
+            ("x-cryptun-error".into(), "local_service".into()),
+        ],
+        body: InlineBody::inline(format!("{text}\n").as_bytes()),
+    };
+    if send_head(&send, head).await.is_err() {
+        return closed(status, started);
+    }
+    send.finish();
+    Outcome {
+        status,
+        duration: started.elapsed(),
+        error: Some(text),
+    }
+}
+
+fn closed(status: u16, started: Instant) -> Outcome {
+    Outcome {
+        status,
+        duration: started.elapsed(),
+        error: Some("the tunnel closed before the response was sent".into()),
+    }
+}
+
+/// An error and its causes on one line ("client error (Connect): tcp
+/// connect error: Connection refused (os error 111)").
+fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        let next = cause.to_string();
+        if !text.contains(&next) {
+            text.push_str(": ");
+            text.push_str(&next);
+        }
+        source = cause.source();
+    }
+    text
+}

@@ -1,0 +1,133 @@
+//! The Cryptun client: connects to a server's `/ws`, creates a tunnel, and
+//! carries each request that arrives on it to a local service.
+//!
+//! ```no_run
+//! # async fn example() -> Result<(), cryptun_client::ClientError> {
+//! use cryptun_client::{ClientConfig, Target, connect};
+//! let config = ClientConfig::new("http://127.0.0.1:4000", Target::parse("3000")?)?;
+//! let session = connect(&config).await?;
+//! println!("{}", session.tunnel().public_url);
+//! session.run(Default::default(), cryptun_client::Events::none()).await
+//! # }
+//! ```
+//!
+//! # Layout
+//!
+//! - [`target`]: parsing the local target and the server address.
+//! - `session`: the connection: handshake, reader, writer, heartbeats.
+//! - `forward`: one request, from its `request` message to the local
+//!   service and back.
+//! - [`hello`]: the built-in hello service used by `--hello` and the demo.
+//! - [`Event`]: what the client reports per request, for the CLI to print.
+
+#![forbid(unsafe_code)]
+
+mod forward;
+pub mod hello;
+mod session;
+pub mod target;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+pub use cryptun_proto::message::TunnelCreated;
+pub use session::{Session, connect};
+pub use target::{AddressError, Target};
+
+/// How the client connects and forwards.
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    /// WebSocket URL of the server's control endpoint.
+    pub control_url: String,
+    /// The local service.
+    pub target: Target,
+    /// A subdomain to ask for.
+    pub subdomain: Option<String>,
+    /// How long to wait for the server to accept the connection and tunnel.
+    pub connect_timeout: Duration,
+    /// How long to wait for the local service to accept a connection.
+    pub local_connect_timeout: Duration,
+}
+
+impl ClientConfig {
+    /// Settings for `server` (see [`target::control_url`]) and `target`.
+    pub fn new(server: &str, target: Target) -> Result<Self, AddressError> {
+        Ok(ClientConfig {
+            control_url: target::control_url(server)?,
+            target,
+            subdomain: None,
+            connect_timeout: Duration::from_secs(10),
+            local_connect_timeout: Duration::from_secs(5),
+        })
+    }
+}
+
+/// Why the client stopped or could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The server could not be reached or the WebSocket handshake failed.
+    #[error("could not connect to {url}: {source}")]
+    Connect {
+        /// The control URL.
+        url: String,
+        /// What went wrong.
+        source: Box<cryptun_proto::tungstenite::Error>,
+    },
+    /// The server refused the tunnel (name taken, invalid, ...).
+    #[error("the server refused the tunnel: {message}")]
+    Refused {
+        /// The server's error code.
+        code: cryptun_proto::ErrorCode,
+        /// The server's explanation.
+        message: String,
+    },
+    /// The server did not answer in time.
+    #[error("the server did not answer within {0:?}")]
+    Timeout(Duration),
+    /// The server broke the protocol.
+    #[error("protocol error: {0}")]
+    Protocol(String),
+    /// The connection to the server was lost or closed.
+    #[error("disconnected from the server: {0}")]
+    Disconnected(String),
+}
+
+/// Something that happened, for the CLI (or a test) to show.
+#[derive(Debug, Clone)]
+pub enum Event {
+    /// A request was answered (or failed) — one line per request.
+    Request {
+        /// Request method.
+        method: String,
+        /// Path and query.
+        path: String,
+        /// Status sent to the visitor (0 if the visitor went away first).
+        status: u16,
+        /// Time from the request's arrival to the end of the response head.
+        duration: Duration,
+        /// What went wrong, if anything.
+        error: Option<String>,
+    },
+}
+
+/// Where events go: a callback, or nowhere.
+#[derive(Clone, Default)]
+pub struct Events(Option<Arc<dyn Fn(Event) + Send + Sync>>);
+
+impl Events {
+    /// Events are dropped.
+    pub fn none() -> Self {
+        Events(None)
+    }
+
+    /// Events are passed to `f`, from the task that produced them.
+    pub fn to(f: impl Fn(Event) + Send + Sync + 'static) -> Self {
+        Events(Some(Arc::new(f)))
+    }
+
+    pub(crate) fn emit(&self, event: Event) {
+        if let Some(f) = &self.0 {
+            f(event);
+        }
+    }
+}

@@ -1,0 +1,206 @@
+//! One connection to the server: the handshake that creates the tunnel,
+//! then a reader that dispatches requests and frames while the writer sends
+//! responses and credit, until the connection ends.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use cryptun_proto::message::{self, ClientMessage, CreateTunnel, ServerMessage, TunnelCreated, decode, encode};
+use cryptun_proto::mux::{Heartbeat, Mux, Side, run_writer};
+use cryptun_proto::tungstenite::Message;
+use cryptun_proto::tungstenite::protocol::CloseFrame;
+use cryptun_proto::tungstenite::protocol::frame::coding::CloseCode;
+use cryptun_proto::{Frame, Limits, PROTOCOL_VERSION, close_code};
+use futures_util::{SinkExt, StreamExt};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, warn};
+
+use crate::forward::{Forwarder, forward};
+use crate::{ClientConfig, ClientError, Events};
+
+type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// The largest message the client accepts from a server. The server is the
+/// party the client chose to trust; this only bounds a broken one.
+const MAX_SERVER_MESSAGE: usize = 16 << 20;
+/// Outbound messages queued per connection (see the server's equivalent).
+const OUTBOUND_QUEUE: usize = 64;
+
+/// A connected client with a live tunnel, ready to [`run`](Session::run).
+pub struct Session {
+    ws: Ws,
+    tunnel: TunnelCreated,
+    config: ClientConfig,
+}
+
+/// Connects to the server and creates the tunnel.
+pub async fn connect(config: &ClientConfig) -> Result<Session, ClientError> {
+    tokio::time::timeout(config.connect_timeout, connect_inner(config))
+        .await
+        .map_err(|_| ClientError::Timeout(config.connect_timeout))?
+}
+
+async fn connect_inner(config: &ClientConfig) -> Result<Session, ClientError> {
+    let ws_config = Limits::default()
+        .websocket_config()
+        .max_message_size(Some(MAX_SERVER_MESSAGE))
+        .max_frame_size(Some(MAX_SERVER_MESSAGE));
+    let (mut ws, _) =
+        tokio_tungstenite::connect_async_with_config(&config.control_url, Some(ws_config), true)
+            .await
+            .map_err(|source| ClientError::Connect {
+                url: config.control_url.clone(),
+                source: Box::new(source),
+            })?;
+    let create = ClientMessage::CreateTunnel(CreateTunnel {
+        version: Some(PROTOCOL_VERSION),
+        subdomain: config.subdomain.clone(),
+        binary_streams: true,
+    });
+    ws.send(Message::text(encode(&create)))
+        .await
+        .map_err(|e| ClientError::Disconnected(e.to_string()))?;
+    loop {
+        let msg = ws
+            .next()
+            .await
+            .ok_or_else(|| ClientError::Disconnected("closed during the handshake".into()))?
+            .map_err(|e| ClientError::Disconnected(e.to_string()))?;
+        match msg {
+            Message::Text(text) => match decode::<ServerMessage>(&text, message::SERVER_TYPES) {
+                Ok(ServerMessage::TunnelCreated(tunnel)) => {
+                    if !tunnel.binary_streams {
+                        return Err(ClientError::Protocol("the server refused binary streams".into()));
+                    }
+                    return Ok(Session {
+                        ws,
+                        tunnel,
+                        config: config.clone(),
+                    });
+                }
+                Ok(ServerMessage::Error(err)) => {
+                    return Err(ClientError::Refused {
+                        code: err.code,
+                        message: err.message,
+                    });
+                }
+                Ok(other) => debug!(?other, "ignored before tunnel_created"),
+                Err(err) => return Err(ClientError::Protocol(err.to_string())),
+            },
+            Message::Close(frame) => {
+                return Err(ClientError::Disconnected(describe_close(frame.as_ref())));
+            }
+            _ => {}
+        }
+    }
+}
+
+impl Session {
+    /// The tunnel the server created.
+    pub fn tunnel(&self) -> &TunnelCreated {
+        &self.tunnel
+    }
+
+    /// Serves requests until `shutdown` fires (returns `Ok`) or the
+    /// connection ends (returns why).
+    pub async fn run(self, shutdown: CancellationToken, events: Events) -> Result<(), ClientError> {
+        let announced = self.tunnel.limits;
+        let limits = Limits {
+            max_message_bytes: announced.max_message_bytes,
+            max_frame_payload: announced.max_frame_payload,
+            stream_window: announced.stream_window,
+            max_inline_body: announced.max_inline_body,
+            max_streams: announced.max_streams,
+            ..Limits::default()
+        };
+        let interval = Duration::from_millis(announced.heartbeat_interval_ms.max(100));
+        let heartbeat = Heartbeat {
+            interval,
+            timeout: interval * 3,
+        };
+        let (out_tx, out_rx) = mpsc::channel(OUTBOUND_QUEUE);
+        let mux: Mux<()> = Mux::new(Side::Acceptor, true, limits, out_tx);
+        mux.heard();
+        let forwarder = Arc::new(Forwarder::new(&self.config, events));
+        let (sink, mut stream) = self.ws.split();
+        let writer = run_writer(sink, out_rx, mux.clone(), heartbeat);
+        tokio::pin!(writer);
+        let result = tokio::select! {
+            end = read_loop(&mux, &mut stream, &forwarder) => Err(end),
+            end = &mut writer => Err(match end {
+                Ok(_) => ClientError::Disconnected("closed".into()),
+                Err(err) => ClientError::Disconnected(err.to_string()),
+            }),
+            () = shutdown.cancelled() => {
+                mux.queue_close(CloseFrame { code: CloseCode::Normal, reason: "client shutting down".into() });
+                Ok(())
+            }
+        };
+        mux.close();
+        let _ = tokio::time::timeout(Duration::from_secs(1), writer).await;
+        result
+    }
+}
+
+async fn read_loop(
+    mux: &Mux<()>,
+    stream: &mut futures_util::stream::SplitStream<Ws>,
+    forwarder: &Arc<Forwarder>,
+) -> ClientError {
+    while let Some(msg) = stream.next().await {
+        mux.heard();
+        match msg {
+            Ok(Message::Text(text)) => match decode::<ServerMessage>(&text, message::SERVER_TYPES) {
+                Ok(ServerMessage::Request {
+                    request_id,
+                    request,
+                    ..
+                }) => match mux.accept(request_id, request.body.body_stream) {
+                    Ok(stream) => {
+                        tokio::spawn(forward(Arc::clone(forwarder), stream, request));
+                    }
+                    Err(err) => {
+                        let reason = format!("request {request_id}: {err}");
+                        mux.queue_close(CloseFrame {
+                            code: CloseCode::from(close_code::PROTOCOL_ERROR),
+                            reason: reason.clone().into(),
+                        });
+                        return ClientError::Protocol(reason);
+                    }
+                },
+                Ok(ServerMessage::Cancel { request_id }) => mux.cancel_from_peer(request_id),
+                Ok(ServerMessage::Error(err)) => warn!(code = ?err.code, message = %err.message, "server reported an error"),
+                Ok(ServerMessage::Pong | ServerMessage::TunnelCreated(_)) => {}
+                Err(err) => warn!(%err, "ignoring a message from the server"),
+            },
+            Ok(Message::Binary(data)) => {
+                let violation = match Frame::decode(data, mux.limits().max_frame_payload) {
+                    Ok(frame) => mux.on_frame(frame).err().map(|v| v.to_string()),
+                    Err(err) => Some(err.to_string()),
+                };
+                if let Some(reason) = violation {
+                    mux.queue_close(CloseFrame {
+                        code: CloseCode::from(close_code::PROTOCOL_ERROR),
+                        reason: reason.clone().into(),
+                    });
+                    return ClientError::Protocol(reason);
+                }
+            }
+            Ok(Message::Close(frame)) => return ClientError::Disconnected(describe_close(frame.as_ref())),
+            Ok(_) => {}
+            Err(err) => return ClientError::Disconnected(err.to_string()),
+        }
+    }
+    ClientError::Disconnected("connection lost".into())
+}
+
+fn describe_close(frame: Option<&CloseFrame>) -> String {
+    match frame {
+        Some(f) if !f.reason.is_empty() => format!("server closed the connection ({}): {}", u16::from(f.code), f.reason),
+        Some(f) => format!("server closed the connection ({})", u16::from(f.code)),
+        None => "server closed the connection".into(),
+    }
+}

@@ -1,0 +1,363 @@
+//! The `/ws` control endpoint: the WebSocket upgrade, the `create_tunnel`
+//! handshake, and the session task that owns one client connection.
+//!
+//! A session reads every message from its client and routes it (heads and
+//! body frames to their streams, credit to senders); its writer, polled by
+//! the same task, sends everything queued for the client. When either stops,
+//! the session's tunnels leave the registry and every request still pending
+//! on them fails at once (the visitors get 502).
+
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use cryptun_proto::message::{
+    self, ClientMessage, CreateTunnel, ErrorCode, ServerMessage, TunnelCreated, decode, encode,
+};
+use cryptun_proto::mux::{Mux, Side, run_writer};
+use cryptun_proto::tungstenite::protocol::{CloseFrame, Role, frame::coding::CloseCode};
+use cryptun_proto::tungstenite::{self, Message, handshake::derive_accept_key};
+use cryptun_proto::{Frame, FrameError, PROTOCOL_VERSION, ResponseHead, close_code};
+use futures_util::{SinkExt, StreamExt};
+use http::{HeaderValue, Request, Response, StatusCode, header};
+use hyper::body::Incoming;
+use hyper::upgrade::Upgraded;
+use hyper_util::rt::TokioIo;
+use tokio::sync::mpsc;
+use tokio_tungstenite::WebSocketStream;
+use tracing::{Instrument, debug, info, info_span, warn};
+
+use crate::error::GatewayError;
+use crate::registry::{Registration, Tunnel};
+use crate::{Body, Peer, State, full};
+
+/// Messages waiting for the writer (heads and body frames) per session. Each
+/// is at most one frame, so this bounds a session's outbound buffer to about
+/// 64 x 64 KiB; senders beyond that wait.
+const OUTBOUND_QUEUE: usize = 64;
+
+type Ws = WebSocketStream<TokioIo<Upgraded>>;
+
+/// Answers a WebSocket upgrade on `/ws` and starts the session behind it.
+pub(crate) fn upgrade(state: Arc<State>, peer: Peer, mut req: Request<Incoming>) -> Result<Response<Body>, GatewayError> {
+    let headers = req.headers();
+    let has_token = |name: header::HeaderName, token: &str| {
+        headers.get_all(name).iter().any(|v| {
+            v.to_str()
+                .is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+        })
+    };
+    if !has_token(header::UPGRADE, "websocket") || !has_token(header::CONNECTION, "upgrade") {
+        return Err(GatewayError::BadUpgrade("expected Upgrade: websocket and Connection: upgrade"));
+    }
+    if headers.get(header::SEC_WEBSOCKET_VERSION).map(HeaderValue::as_bytes) != Some(b"13") {
+        return Err(GatewayError::BadUpgrade("expected Sec-WebSocket-Version: 13"));
+    }
+    let accept = headers
+        .get(header::SEC_WEBSOCKET_KEY)
+        .map(|key| derive_accept_key(key.as_bytes()))
+        .ok_or(GatewayError::BadUpgrade("missing Sec-WebSocket-Key"))?;
+    let on_upgrade = hyper::upgrade::on(&mut req);
+    let tasks = state.tasks.clone();
+    tasks.spawn(
+        async move {
+            match on_upgrade.await {
+                Ok(upgraded) => {
+                    let config = state.config.limits.websocket_config();
+                    let ws = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config)).await;
+                    session(state, ws, peer).await;
+                }
+                Err(err) => debug!(%err, "upgrade failed"),
+            }
+        }
+        .instrument(info_span!("session", client = %peer)),
+    );
+    let mut resp = Response::new(full(""));
+    *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let h = resp.headers_mut();
+    h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    if let Ok(accept) = HeaderValue::from_str(&accept) {
+        h.insert(header::SEC_WEBSOCKET_ACCEPT, accept);
+    }
+    Ok(resp)
+}
+
+fn close_frame(code: u16, reason: impl Into<String>) -> CloseFrame {
+    let mut reason: String = reason.into();
+    // A close reason must fit a control frame (123 bytes).
+    while reason.len() > 120 {
+        reason.pop();
+    }
+    CloseFrame {
+        code: CloseCode::from(code),
+        reason: reason.into(),
+    }
+}
+
+/// Runs one client session from handshake to close.
+async fn session(state: Arc<State>, mut ws: Ws, peer: Peer) {
+    let create = match tokio::time::timeout(state.config.handshake_timeout, handshake(&mut ws)).await {
+        Ok(Ok(create)) => create,
+        Ok(Err(Some(frame))) => {
+            debug!(reason = %frame.reason, "handshake refused");
+            let _ = ws.close(Some(frame)).await;
+            return;
+        }
+        Ok(Err(None)) => return,
+        Err(_) => {
+            let reason = format!("no create_tunnel within {:?}", state.config.handshake_timeout);
+            let _ = ws.close(Some(close_frame(close_code::POLICY, reason))).await;
+            return;
+        }
+    };
+    let (out_tx, out_rx) = mpsc::channel(OUTBOUND_QUEUE);
+    let mux: Mux<ResponseHead> = Mux::new(Side::Opener, create.binary_streams, state.config.limits, out_tx);
+    let mut tunnels = Vec::new();
+    match create_tunnel(&state, &mux, &create, peer, 0) {
+        Ok((registration, created)) => {
+            info!(subdomain = %registration.tunnel().subdomain, binary = create.binary_streams, "tunnel created");
+            tunnels.push(registration);
+            if ws.send(Message::text(created)).await.is_err() {
+                mux.close();
+                return;
+            }
+        }
+        Err(error) => {
+            let _ = ws.send(Message::text(error)).await;
+            let _ = ws.close(Some(close_frame(close_code::POLICY, "tunnel refused"))).await;
+            return;
+        }
+    }
+    mux.heard();
+
+    let (sink, mut stream) = ws.split();
+    let writer = run_writer(sink, out_rx, mux.clone(), state.config.heartbeat);
+    tokio::pin!(writer);
+    let ended = tokio::select! {
+        end = read_loop(&state, &mux, &mut stream, &mut tunnels, peer) => end,
+        result = &mut writer => match result {
+            Ok(_) => "writer finished".to_owned(),
+            Err(err) => err.to_string(),
+        },
+        () = state.sessions_stop.cancelled() => {
+            mux.queue_close(close_frame(close_code::GOING_AWAY, "server shutting down"));
+            "server shutting down".to_owned()
+        }
+    };
+    // The tunnels go first, so new visitors see 404 rather than a dying
+    // tunnel; then everything in flight fails at once.
+    drop(tunnels);
+    mux.close();
+    info!(reason = %ended, "session ended");
+    // Let the writer send a queued close frame, briefly.
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(1), writer).await;
+}
+
+/// Waits for the first `create_tunnel`. Pings are answered; anything else
+/// before it is refused.
+async fn handshake(ws: &mut Ws) -> Result<CreateTunnel, Option<CloseFrame>> {
+    loop {
+        let text = match ws.next().await {
+            Some(Ok(Message::Text(text))) => text,
+            Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+            Some(Ok(Message::Close(_))) | None => return Err(None),
+            Some(Ok(_)) => {
+                return Err(Some(close_frame(close_code::POLICY, "expected create_tunnel first")));
+            }
+            Some(Err(err)) => return Err(close_for(&err)),
+        };
+        let refuse = |code, text: String| {
+            let msg = encode(&ServerMessage::error(code, text.clone(), None));
+            (msg, close_frame(close_code::POLICY, text))
+        };
+        let (msg, frame) = match decode::<ClientMessage>(&text, message::CLIENT_TYPES) {
+            Ok(ClientMessage::CreateTunnel(create)) => match create.version {
+                Some(v) if v > PROTOCOL_VERSION => refuse(
+                    ErrorCode::UnsupportedVersion,
+                    format!("protocol version {v} is not supported; this server speaks {PROTOCOL_VERSION}"),
+                ),
+                _ => return Ok(create),
+            },
+            Ok(ClientMessage::Ping) => {
+                let _ = ws.send(Message::text(encode(&ServerMessage::Pong))).await;
+                continue;
+            }
+            Ok(_) => refuse(ErrorCode::NoTunnel, "the first message must be create_tunnel".into()),
+            Err(err) => refuse(err.code(), err.to_string()),
+        };
+        let _ = ws.send(Message::text(msg)).await;
+        return Err(Some(frame));
+    }
+}
+
+/// Registers a tunnel for `create`; returns the registration and the
+/// `tunnel_created` text, or the `error` text to send instead.
+fn create_tunnel(
+    state: &State,
+    mux: &Mux<ResponseHead>,
+    create: &CreateTunnel,
+    peer: Peer,
+    existing: usize,
+) -> Result<(Registration, String), String> {
+    let refuse = |code, text: String| encode(&ServerMessage::error(code, text, None));
+    if existing >= state.config.limits.max_tunnels_per_session {
+        return Err(refuse(
+            ErrorCode::TooManyTunnels,
+            format!("a connection may hold at most {} tunnels", state.config.limits.max_tunnels_per_session),
+        ));
+    }
+    let asked = match &create.subdomain {
+        Some(name) => Some(valid_subdomain(name).map_err(|why| refuse(ErrorCode::InvalidSubdomain, why))?),
+        None => None,
+    };
+    loop {
+        let id = cryptun_proto::random_id(10);
+        let subdomain = asked.clone().unwrap_or_else(|| format!("tunnel-{id}"));
+        let tunnel = Tunnel {
+            public_url: state.config.public_url(&subdomain, state.listen_port),
+            id,
+            subdomain,
+            client_addr: peer,
+            created_at: SystemTime::now(),
+            requests: Default::default(),
+            mux: mux.clone(),
+        };
+        match state.registry.register(tunnel) {
+            Ok(registration) => {
+                let t = registration.tunnel();
+                let created = encode(&ServerMessage::TunnelCreated(TunnelCreated {
+                    version: PROTOCOL_VERSION,
+                    tunnel_id: t.id.clone(),
+                    subdomain: t.subdomain.clone(),
+                    public_url: t.public_url.clone(),
+                    binary_streams: mux.binary(),
+                    limits: state.config.limits.announce(state.config.heartbeat.interval),
+                }));
+                return Ok((registration, created));
+            }
+            Err(_) if asked.is_some() => {
+                return Err(refuse(
+                    ErrorCode::SubdomainTaken,
+                    format!("the subdomain {:?} is in use by another tunnel", asked.unwrap_or_default()),
+                ));
+            }
+            // A generated name collided (50 random bits): draw again.
+            Err(_) => continue,
+        }
+    }
+}
+
+/// Checks a requested subdomain: one DNS label of letters, digits and
+/// hyphens, 1 to 63 characters, not starting or ending with a hyphen.
+/// Returns it lowercased.
+fn valid_subdomain(name: &str) -> Result<String, String> {
+    let ok = !name.is_empty()
+        && name.len() <= 63
+        && !name.starts_with('-')
+        && !name.ends_with('-')
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
+    if ok {
+        Ok(name.to_ascii_lowercase())
+    } else {
+        Err(format!(
+            "the subdomain {name:?} is not a valid DNS label (1-63 letters, digits or hyphens, not starting or ending with a hyphen)"
+        ))
+    }
+}
+
+/// Reads the client's messages until the connection ends or must be closed.
+/// Returns why it ended.
+async fn read_loop(
+    state: &State,
+    mux: &Mux<ResponseHead>,
+    stream: &mut futures_util::stream::SplitStream<Ws>,
+    tunnels: &mut Vec<Registration>,
+    peer: Peer,
+) -> String {
+    while let Some(msg) = stream.next().await {
+        mux.heard();
+        let refusal = match msg {
+            Ok(Message::Text(text)) => on_text(state, mux, &text, tunnels, peer),
+            Ok(Message::Binary(data)) => on_binary(mux, data),
+            Ok(Message::Close(_)) => return "client closed the connection".into(),
+            Ok(_) => None,
+            Err(err) => match close_for(&err) {
+                Some(frame) => Some(frame),
+                None => return format!("connection lost: {err}"),
+            },
+        };
+        if let Some(frame) = refusal {
+            let reason = frame.reason.to_string();
+            warn!(code = u16::from(frame.code), %reason, "closing session");
+            mux.queue_close(frame);
+            return reason;
+        }
+    }
+    "connection lost".into()
+}
+
+/// Handles one text message; returns a close frame if the session must end.
+fn on_text(
+    state: &State,
+    mux: &Mux<ResponseHead>,
+    text: &str,
+    tunnels: &mut Vec<Registration>,
+    peer: Peer,
+) -> Option<CloseFrame> {
+    match decode::<ClientMessage>(text, message::CLIENT_TYPES) {
+        Ok(ClientMessage::Response { request_id, response }) => {
+            let body_follows = response.body.body_stream;
+            if !mux.deliver_head(request_id, response, body_follows) {
+                debug!(request_id, "response for an unknown or finished request dropped");
+            }
+        }
+        Ok(ClientMessage::Cancel { request_id }) => mux.cancel_from_peer(request_id),
+        Ok(ClientMessage::Ping) => mux.queue_pong(),
+        Ok(ClientMessage::Pong) => {}
+        Ok(ClientMessage::CreateTunnel(create)) => {
+            match create_tunnel(state, mux, &create, peer, tunnels.len()) {
+                Ok((registration, created)) => {
+                    info!(subdomain = %registration.tunnel().subdomain, "tunnel created");
+                    tunnels.push(registration);
+                    mux.queue_text(created);
+                }
+                Err(error) => mux.queue_text(error),
+            }
+        }
+        Err(err) => {
+            debug!(%err, "bad message from client");
+            mux.queue_text(encode(&ServerMessage::error(err.code(), err.to_string(), None)));
+        }
+    }
+    None
+}
+
+/// Handles one binary message; returns a close frame if the session must end.
+fn on_binary(mux: &Mux<ResponseHead>, data: bytes::Bytes) -> Option<CloseFrame> {
+    if !mux.binary() {
+        return Some(close_frame(
+            close_code::PROTOCOL_ERROR,
+            "binary frames need binary_streams in create_tunnel",
+        ));
+    }
+    let frame = match Frame::decode(data, mux.limits().max_frame_payload) {
+        Ok(frame) => frame,
+        Err(err @ FrameError::TooLarge { .. }) => return Some(close_frame(close_code::TOO_BIG, err.to_string())),
+        Err(err) => return Some(close_frame(close_code::PROTOCOL_ERROR, err.to_string())),
+    };
+    mux.on_frame(frame)
+        .err()
+        .map(|violation| close_frame(close_code::PROTOCOL_ERROR, violation.to_string()))
+}
+
+/// The close frame owed to a peer whose input broke the WebSocket layer's
+/// rules, or `None` when the connection is simply gone.
+fn close_for(err: &tungstenite::Error) -> Option<CloseFrame> {
+    use tungstenite::Error;
+    match err {
+        Error::Capacity(e) => Some(close_frame(close_code::TOO_BIG, e.to_string())),
+        Error::Utf8(_) => Some(close_frame(close_code::INVALID_PAYLOAD, "text frame is not valid UTF-8")),
+        Error::Protocol(e) => Some(close_frame(close_code::PROTOCOL_ERROR, e.to_string())),
+        _ => None,
+    }
+}

@@ -1,0 +1,134 @@
+//! Where a request goes, decided from its Host alone.
+//!
+//! Every request is routed on its own Host (never by its connection's first
+//! request). The name is compared case-insensitively, without its port and
+//! without a trailing dot. `{label}.{domain}` goes to the tunnel named
+//! `label`; every other valid host (the domain itself, an IP address, another
+//! name) is the server's own.
+
+use http::Request;
+
+/// The destination of one request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Route {
+    /// The server's own routes (`/ws`, `/healthz`, `/api/...`).
+    Server,
+    /// A tunnel subdomain: the label before the domain, lowercased.
+    Tunnel(String),
+}
+
+/// Why a request has no usable Host.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HostError {
+    /// Neither a Host header nor an absolute request target.
+    #[error("the request has no Host header")]
+    Missing,
+    /// More than one Host header.
+    #[error("the request has more than one Host header")]
+    Repeated,
+    /// Not a valid host name, IPv4 or bracketed IPv6 address with an optional port.
+    #[error("the Host header is not a valid host name")]
+    Malformed,
+}
+
+/// Routes `req` for a server whose tunnels live under `domain` (lowercase).
+pub fn route<B>(req: &Request<B>, domain: &str) -> Result<Route, HostError> {
+    let mut hosts = req.headers().get_all(http::header::HOST).iter();
+    let raw = match (hosts.next(), hosts.next()) {
+        (Some(_), Some(_)) => return Err(HostError::Repeated),
+        (Some(value), None) => value.to_str().map_err(|_| HostError::Malformed)?,
+        (None, _) => req
+            .uri()
+            .authority()
+            .map(|a| a.as_str())
+            .ok_or(HostError::Missing)?,
+    };
+    let name = normalize(raw)?;
+    Ok(match name.strip_suffix(domain) {
+        Some(prefix) if !domain.is_empty() => match prefix.strip_suffix('.') {
+            Some(label) if !label.is_empty() => Route::Tunnel(label.to_owned()),
+            _ => Route::Server,
+        },
+        _ => Route::Server,
+    })
+}
+
+/// Lowercases a Host value and strips its port and trailing dot.
+fn normalize(raw: &str) -> Result<String, HostError> {
+    let raw = raw.trim();
+    if let Some(rest) = raw.strip_prefix('[') {
+        // A bracketed IPv6 literal, possibly with a port.
+        let (addr, after) = rest.split_once(']').ok_or(HostError::Malformed)?;
+        addr.parse::<std::net::Ipv6Addr>()
+            .map_err(|_| HostError::Malformed)?;
+        if !(after.is_empty() || valid_port(after.strip_prefix(':'))) {
+            return Err(HostError::Malformed);
+        }
+        return Ok(format!("[{addr}]"));
+    }
+    let name = match raw.rsplit_once(':') {
+        Some((name, port)) if valid_port(Some(port)) => name,
+        Some(_) => return Err(HostError::Malformed),
+        None => raw,
+    };
+    let name = name.strip_suffix('.').unwrap_or(name);
+    let valid = !name.is_empty()
+        && name.len() <= 253
+        && name.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        });
+    if !valid {
+        return Err(HostError::Malformed);
+    }
+    Ok(name.to_ascii_lowercase())
+}
+
+fn valid_port(port: Option<&str>) -> bool {
+    port.is_some_and(|p| !p.is_empty() && p.len() <= 5 && p.parse::<u16>().is_ok())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn route_of(host: &str) -> Result<Route, HostError> {
+        let req = Request::builder().header("host", host).body(()).unwrap();
+        route(&req, "localhost")
+    }
+
+    #[test]
+    fn tunnel_hosts_in_every_spelling() {
+        let want = Ok(Route::Tunnel("tunnel-ab12".into()));
+        assert_eq!(route_of("tunnel-ab12.localhost:4000"), want);
+        assert_eq!(route_of("TUNNEL-AB12.LocalHost"), want);
+        assert_eq!(route_of("tunnel-ab12.localhost."), want);
+        assert_eq!(route_of("tunnel-ab12.localhost.:80"), want);
+    }
+
+    #[test]
+    fn server_hosts() {
+        for host in ["localhost:4000", "127.0.0.1:4000", "[::1]:4000", "example.com", "notlocalhost"] {
+            assert_eq!(route_of(host), Ok(Route::Server), "{host}");
+        }
+        assert_eq!(route_of("a.b.localhost"), Ok(Route::Tunnel("a.b".into())));
+    }
+
+    #[test]
+    fn bad_hosts() {
+        for host in ["", "a b", "x:port", "x:99999", "[::1", "[zz]:1", "a..b", "a/b", "@x"] {
+            assert_eq!(route_of(host), Err(HostError::Malformed), "{host:?}");
+        }
+        let none = Request::builder().uri("/x").body(()).unwrap();
+        assert_eq!(route(&none, "localhost"), Err(HostError::Missing));
+        let two = Request::builder()
+            .header("host", "a.localhost")
+            .header("host", "b.localhost")
+            .body(())
+            .unwrap();
+        assert_eq!(route(&two, "localhost"), Err(HostError::Repeated));
+    }
+}

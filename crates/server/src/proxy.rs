@@ -1,0 +1,178 @@
+//! Carries one visitor request through a tunnel: the head as a `request`
+//! message, the body as flow-controlled frames (or inline for JSON-only
+//! clients), and the client's response back to the visitor as it streams in.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use cryptun_proto::head::{headers_from_wire, headers_to_wire, strip_hop_by_hop};
+use cryptun_proto::message::{ErrorCode, ServerMessage, encode};
+use cryptun_proto::mux::{OpenError, pump};
+use cryptun_proto::{InlineBody, RequestHead, ResponseHead};
+use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, header};
+use http_body::Body as _;
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use tracing::{Instrument, debug, debug_span};
+
+use crate::error::GatewayError;
+use crate::registry::Tunnel;
+use crate::{Body, Peer, State, full};
+
+/// Forwards `req` from `visitor` through `tunnel` and returns the response.
+pub(crate) async fn forward(
+    state: &State,
+    tunnel: &Arc<Tunnel>,
+    visitor: Peer,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, GatewayError> {
+    tunnel.requests.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let mux = &tunnel.mux;
+    let (parts, body) = req.into_parts();
+    let mut head = RequestHead {
+        method: parts.method.as_str().to_owned(),
+        path: parts
+            .uri
+            .path_and_query()
+            .map_or_else(|| "/".to_owned(), |p| p.as_str().to_owned()),
+        headers: headers_to_wire(&forwarded_headers(parts.headers, visitor, &state.config.public_scheme)),
+        body: InlineBody::default(),
+    };
+
+    let upload = if !mux.binary() {
+        head.body = InlineBody::inline(&read_inline(body, mux.limits().max_inline_body).await?);
+        None
+    } else if !body.is_end_stream() {
+        head.body = InlineBody::streamed();
+        Some(body)
+    } else {
+        None
+    };
+    let streams_body = upload.is_some();
+    let stream = mux.open(streams_body).map_err(|err| match err {
+        OpenError::TooMany => GatewayError::TooManyStreams,
+        OpenError::Closed | OpenError::Duplicate(_) => GatewayError::ClientGone,
+    })?;
+    let id = stream.id;
+    let message = encode(&ServerMessage::Request {
+        request_id: id,
+        tunnel_id: tunnel.id.clone(),
+        request: head,
+    });
+    stream
+        .send
+        .send_text(message)
+        .await
+        .map_err(|_| GatewayError::ClientGone)?;
+    if let Some(body) = upload {
+        // The upload runs beside the response: the local service may answer
+        // (or stream its answer) before it has read the whole request. It
+        // ends with the body, or when the stream completes or is reset.
+        tokio::spawn(
+            async move {
+                if let Err(err) = pump(body, stream.send).await {
+                    debug!(%err, "request body upload stopped");
+                }
+            }
+            .instrument(debug_span!("upload", stream = id)),
+        );
+    }
+
+    let response = match tokio::time::timeout(state.config.request_timeout, stream.head).await {
+        Err(_) => return Err(GatewayError::Timeout(state.config.request_timeout)),
+        Ok(Err(_)) if mux.is_closed() => return Err(GatewayError::ClientGone),
+        Ok(Err(_)) => return Err(GatewayError::ClientReset),
+        Ok(Ok(response)) => response,
+    };
+    let streamed = response.body.body_stream;
+    let built = build_response(response, mux.limits(), mux.binary());
+    let (mut resp, inline) = match built {
+        Ok(parts) => parts,
+        Err(err) => {
+            mux.queue_text(encode(&ServerMessage::error(
+                ErrorCode::BadResponse,
+                err.to_string(),
+                Some(id),
+            )));
+            mux.reset(id);
+            return Err(err.into());
+        }
+    };
+    *resp.body_mut() = if streamed {
+        stream.recv.map_err(Into::into).boxed()
+    } else {
+        full(inline)
+    };
+    Ok(resp)
+}
+
+/// Reads a whole body for a JSON-only session, refusing more than `limit`
+/// bytes (before reading, when Content-Length says so).
+async fn read_inline(body: Incoming, limit: usize) -> Result<Bytes, GatewayError> {
+    if body.size_hint().lower() > limit as u64 {
+        return Err(GatewayError::BodyTooLarge(limit));
+    }
+    match Limited::new(body, limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(err) if err.is::<http_body_util::LengthLimitError>() => Err(GatewayError::BodyTooLarge(limit)),
+        Err(err) => Err(GatewayError::VisitorBody(err.to_string())),
+    }
+}
+
+/// The visitor's headers as the local service should see them: hop-by-hop
+/// headers removed, and the `X-Forwarded-*` set from what this server saw,
+/// replacing anything the visitor claimed.
+fn forwarded_headers(mut headers: HeaderMap, visitor: Peer, scheme: &str) -> HeaderMap {
+    strip_hop_by_hop(&mut headers);
+    let host = headers.get(header::HOST).cloned();
+    for name in ["x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "forwarded", "x-real-ip"] {
+        headers.remove(name);
+    }
+    if let Ok(ip) = HeaderValue::from_str(&visitor.ip().to_string()) {
+        headers.insert("x-forwarded-for", ip);
+    }
+    if let Ok(proto) = HeaderValue::from_str(scheme) {
+        headers.insert("x-forwarded-proto", proto);
+    }
+    if let Some(host) = host {
+        headers.insert("x-forwarded-host", host);
+    }
+    headers
+}
+
+/// Turns the client's response head into a response (body still to be set),
+/// with its inline body decoded.
+fn build_response(
+    head: ResponseHead,
+    limits: &cryptun_proto::Limits,
+    binary: bool,
+) -> Result<(Response<Body>, Bytes), cryptun_proto::HeadError> {
+    use cryptun_proto::HeadError;
+    let status = StatusCode::from_u16(head.status)
+        .ok()
+        .filter(|s| *s != StatusCode::SWITCHING_PROTOCOLS && !s.is_informational())
+        .ok_or(HeadError::Status(head.status))?;
+    if head.body.body_stream && !binary {
+        return Err(HeadError::Body("body_stream on a session without binary streams".into()));
+    }
+    let inline = head.body.decode()?;
+    if inline.len() > limits.max_inline_body {
+        return Err(HeadError::Body(format!(
+            "inline body of {} bytes exceeds {}",
+            inline.len(),
+            limits.max_inline_body
+        )));
+    }
+    let mut headers = headers_from_wire(&head.headers, limits.max_headers, limits.max_header_bytes)?;
+    strip_hop_by_hop(&mut headers);
+    if !inline.is_empty() {
+        // An inline body has a known length; whatever the client claimed,
+        // the visitor gets the true one. (An empty one keeps the client's
+        // Content-Length: the answer to a HEAD request has no body.)
+        headers.remove(header::CONTENT_LENGTH);
+    }
+    let mut resp = Response::new(full(Bytes::new()));
+    *resp.status_mut() = status;
+    *resp.headers_mut() = headers;
+    Ok((resp, inline))
+}
