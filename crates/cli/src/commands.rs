@@ -45,9 +45,15 @@ pub async fn http(args: HttpArgs) -> Result<()> {
     let mut config = ClientConfig::new(&args.server, target.clone())?;
     config.subdomain = args.subdomain;
     let session = cryptun_client::connect(&config).await?;
-    let shown = if args.hello { "built-in hello page".to_owned() } else { target.to_string() };
+    let shown = if args.hello {
+        "built-in hello page".to_owned()
+    } else {
+        target.to_string()
+    };
     output::tunnel_created(session.tunnel(), &shown, args.json);
-    session.run(shutdown, output::request_lines(args.json)).await?;
+    session
+        .run(shutdown, output::request_lines(args.json))
+        .await?;
     Ok(())
 }
 
@@ -70,11 +76,17 @@ pub async fn demo(args: DemoArgs) -> Result<()> {
     println!();
     println!("  Public URL  {url}");
     println!("  Try         curl {url}/hello");
-    println!("  or          curl -H 'Host: {}.localhost:{}' http://{addr}/hello", tunnel.subdomain, addr.port());
+    println!(
+        "  or          curl -H 'Host: {}.localhost:{}' http://{addr}/hello",
+        tunnel.subdomain,
+        addr.port()
+    );
     println!("  Tunnels     curl http://{addr}/api/tunnels");
     println!();
     println!("Requests appear below. Press Ctrl-C to stop.");
-    session.run(shutdown.clone(), output::request_lines(false)).await?;
+    session
+        .run(shutdown.clone(), output::request_lines(false))
+        .await?;
     shutdown.cancel();
     server.await.context("server task failed")??;
     Ok(())
@@ -82,7 +94,9 @@ pub async fn demo(args: DemoArgs) -> Result<()> {
 
 async fn bind(addr: std::net::SocketAddr) -> Result<TcpListener> {
     TcpListener::bind(addr).await.with_context(|| {
-        format!("could not listen on {addr} (is another server running? choose another with --listen)")
+        format!(
+            "could not listen on {addr} (is another server running? choose another with --listen)"
+        )
     })
 }
 

@@ -22,10 +22,14 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run the tunnel server (gateway on --listen, clients connect to /ws).
-    #[command(after_help = "Examples:\n  cryptun server\n  cryptun server --listen 0.0.0.0:80 --domain tunnels.example.com")]
+    #[command(
+        after_help = "Examples:\n  cryptun server\n  cryptun server --listen 0.0.0.0:80 --domain tunnels.example.com"
+    )]
     Server(ServerArgs),
     /// Expose a local HTTP service through a server.
-    #[command(after_help = "Examples:\n  cryptun http 3000\n  cryptun http 192.168.1.5:8080 --subdomain myapp\n  cryptun http --hello --json")]
+    #[command(
+        after_help = "Examples:\n  cryptun http 3000\n  cryptun http 192.168.1.5:8080 --subdomain myapp\n  cryptun http --hello --json"
+    )]
     Http(HttpArgs),
     /// Server, hello service and client in one process: the whole product at once.
     #[command(after_help = "Example:\n  cryptun demo\n  curl http://tunnel-<id>.localhost:4000/")]

@@ -41,7 +41,11 @@ pub fn request_lines(json: bool) -> Events {
                 })
                 .to_string()
             } else {
-                let status = if status == 0 { "---".to_owned() } else { status.to_string() };
+                let status = if status == 0 {
+                    "---".to_owned()
+                } else {
+                    status.to_string()
+                };
                 match error {
                     Some(error) => format!("{method:<7} {path:<40} {status} {ms:>8.1}ms  {error}"),
                     None => format!("{method:<7} {path:<40} {status} {ms:>8.1}ms"),

@@ -57,7 +57,9 @@ impl Forwarder {
 pub(crate) async fn forward(fwd: Arc<Forwarder>, stream: Stream<()>, head: RequestHead) {
     let started = Instant::now();
     let (method, path) = (head.method.clone(), head.path.clone());
-    let Stream { recv, send, gone, .. } = stream;
+    let Stream {
+        recv, send, gone, ..
+    } = stream;
     let outcome = tokio::select! {
         biased;
         outcome = exchange(&fwd, head, recv, send, started) => outcome,
@@ -87,13 +89,24 @@ async fn exchange(
 ) -> Outcome {
     let request = match local_request(&fwd.target, head, recv) {
         Ok(request) => request,
-        Err(why) => return answer_error(send, 400, format!("cryptun could not forward this request: {why}"), started).await,
+        Err(why) => {
+            return answer_error(
+                send,
+                400,
+                format!("cryptun could not forward this request: {why}"),
+                started,
+            )
+            .await;
+        }
     };
     let response = match fwd.http.request(request).await {
         Ok(response) => response,
         Err(err) => {
             let why = error_chain(&err);
-            let text = format!("cryptun could not reach the local service at {}: {why}", fwd.target);
+            let text = format!(
+                "cryptun could not reach the local service at {}: {why}",
+                fwd.target
+            );
             return answer_error(send, 502, text, started).await;
         }
     };
@@ -105,7 +118,11 @@ async fn exchange(
     let head = ResponseHead {
         status,
         headers: headers_to_wire(&headers),
-        body: if has_body { InlineBody::streamed() } else { InlineBody::default() },
+        body: if has_body {
+            InlineBody::streamed()
+        } else {
+            InlineBody::default()
+        },
     };
     if send_head(&send, head).await.is_err() {
         return closed(status, started);
@@ -113,10 +130,18 @@ async fn exchange(
     let duration = started.elapsed();
     if !has_body {
         send.finish();
-        return Outcome { status, duration, error: None };
+        return Outcome {
+            status,
+            duration,
+            error: None,
+        };
     }
     match pump(body, send).await {
-        Ok(_) => Outcome { status, duration, error: None },
+        Ok(_) => Outcome {
+            status,
+            duration,
+            error: None,
+        },
         Err(err) => Outcome {
             status,
             duration,
@@ -131,8 +156,11 @@ fn local_request(
     head: RequestHead,
     recv: cryptun_proto::mux::RecvBody<()>,
 ) -> Result<Request<LocalBody>, String> {
-    let method = Method::from_bytes(head.method.as_bytes()).map_err(|_| format!("invalid method {:?}", head.method))?;
-    let uri = target.uri(&head.path).map_err(|e| format!("invalid path {:?}: {e}", head.path))?;
+    let method = Method::from_bytes(head.method.as_bytes())
+        .map_err(|_| format!("invalid method {:?}", head.method))?;
+    let uri = target
+        .uri(&head.path)
+        .map_err(|e| format!("invalid path {:?}: {e}", head.path))?;
     let mut headers = headers_from_wire(&head.headers, MAX_HEADERS, MAX_HEADER_BYTES)
         .map_err(|e| e.to_string())?;
     strip_hop_by_hop(&mut headers);
@@ -159,7 +187,12 @@ async fn send_head(send: &SendHalf<()>, head: ResponseHead) -> Result<(), Stream
 }
 
 /// Answers the visitor with an error page from the client itself.
-async fn answer_error(mut send: SendHalf<()>, status: u16, text: String, started: Instant) -> Outcome {
+async fn answer_error(
+    mut send: SendHalf<()>,
+    status: u16,
+    text: String,
+    started: Instant,
+) -> Outcome {
     debug!(status, %text, "answering with an error");
     let head = ResponseHead {
         status,

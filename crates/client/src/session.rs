@@ -5,7 +5,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use cryptun_proto::message::{self, ClientMessage, CreateTunnel, ServerMessage, TunnelCreated, decode, encode};
+use cryptun_proto::message::{
+    self, ClientMessage, CreateTunnel, ServerMessage, TunnelCreated, decode, encode,
+};
 use cryptun_proto::mux::{Heartbeat, Mux, Side, run_writer};
 use cryptun_proto::tungstenite::Message;
 use cryptun_proto::tungstenite::protocol::CloseFrame;
@@ -73,7 +75,9 @@ async fn connect_inner(config: &ClientConfig) -> Result<Session, ClientError> {
             Message::Text(text) => match decode::<ServerMessage>(&text, message::SERVER_TYPES) {
                 Ok(ServerMessage::TunnelCreated(tunnel)) => {
                     if !tunnel.binary_streams {
-                        return Err(ClientError::Protocol("the server refused binary streams".into()));
+                        return Err(ClientError::Protocol(
+                            "the server refused binary streams".into(),
+                        ));
                     }
                     return Ok(Session {
                         ws,
@@ -153,29 +157,33 @@ async fn read_loop(
     while let Some(msg) = stream.next().await {
         mux.heard();
         match msg {
-            Ok(Message::Text(text)) => match decode::<ServerMessage>(&text, message::SERVER_TYPES) {
-                Ok(ServerMessage::Request {
-                    request_id,
-                    request,
-                    ..
-                }) => match mux.accept(request_id, request.body.body_stream) {
-                    Ok(stream) => {
-                        tokio::spawn(forward(Arc::clone(forwarder), stream, request));
+            Ok(Message::Text(text)) => {
+                match decode::<ServerMessage>(&text, message::SERVER_TYPES) {
+                    Ok(ServerMessage::Request {
+                        request_id,
+                        request,
+                        ..
+                    }) => match mux.accept(request_id, request.body.body_stream) {
+                        Ok(stream) => {
+                            tokio::spawn(forward(Arc::clone(forwarder), stream, request));
+                        }
+                        Err(err) => {
+                            let reason = format!("request {request_id}: {err}");
+                            mux.queue_close(CloseFrame {
+                                code: CloseCode::from(close_code::PROTOCOL_ERROR),
+                                reason: reason.clone().into(),
+                            });
+                            return ClientError::Protocol(reason);
+                        }
+                    },
+                    Ok(ServerMessage::Cancel { request_id }) => mux.cancel_from_peer(request_id),
+                    Ok(ServerMessage::Error(err)) => {
+                        warn!(code = ?err.code, message = %err.message, "server reported an error")
                     }
-                    Err(err) => {
-                        let reason = format!("request {request_id}: {err}");
-                        mux.queue_close(CloseFrame {
-                            code: CloseCode::from(close_code::PROTOCOL_ERROR),
-                            reason: reason.clone().into(),
-                        });
-                        return ClientError::Protocol(reason);
-                    }
-                },
-                Ok(ServerMessage::Cancel { request_id }) => mux.cancel_from_peer(request_id),
-                Ok(ServerMessage::Error(err)) => warn!(code = ?err.code, message = %err.message, "server reported an error"),
-                Ok(ServerMessage::Pong | ServerMessage::TunnelCreated(_)) => {}
-                Err(err) => warn!(%err, "ignoring a message from the server"),
-            },
+                    Ok(ServerMessage::Pong | ServerMessage::TunnelCreated(_)) => {}
+                    Err(err) => warn!(%err, "ignoring a message from the server"),
+                }
+            }
             Ok(Message::Binary(data)) => {
                 let violation = match Frame::decode(data, mux.limits().max_frame_payload) {
                     Ok(frame) => mux.on_frame(frame).err().map(|v| v.to_string()),
@@ -189,7 +197,9 @@ async fn read_loop(
                     return ClientError::Protocol(reason);
                 }
             }
-            Ok(Message::Close(frame)) => return ClientError::Disconnected(describe_close(frame.as_ref())),
+            Ok(Message::Close(frame)) => {
+                return ClientError::Disconnected(describe_close(frame.as_ref()));
+            }
             Ok(_) => {}
             Err(err) => return ClientError::Disconnected(err.to_string()),
         }
@@ -199,7 +209,11 @@ async fn read_loop(
 
 fn describe_close(frame: Option<&CloseFrame>) -> String {
     match frame {
-        Some(f) if !f.reason.is_empty() => format!("server closed the connection ({}): {}", u16::from(f.code), f.reason),
+        Some(f) if !f.reason.is_empty() => format!(
+            "server closed the connection ({}): {}",
+            u16::from(f.code),
+            f.reason
+        ),
         Some(f) => format!("server closed the connection ({})", u16::from(f.code)),
         None => "server closed the connection".into(),
     }

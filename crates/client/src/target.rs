@@ -74,7 +74,10 @@ impl fmt::Display for Target {
 /// `host:port`) into the WebSocket URL of its control endpoint.
 pub fn control_url(server: &str) -> Result<String, AddressError> {
     let bad = |why: &str| AddressError(format!("invalid server address {server:?}: {why}"));
-    let rest = if let Some(rest) = server.strip_prefix("http://").or_else(|| server.strip_prefix("ws://")) {
+    let rest = if let Some(rest) = server
+        .strip_prefix("http://")
+        .or_else(|| server.strip_prefix("ws://"))
+    {
         rest
     } else if server.starts_with("https://") || server.starts_with("wss://") {
         return Err(bad("TLS is not supported yet; use http:// or ws://"));
@@ -97,20 +100,49 @@ mod tests {
 
     #[test]
     fn targets() {
-        assert_eq!(Target::parse("3000").unwrap().to_string(), "http://127.0.0.1:3000");
-        assert_eq!(Target::parse("example.test:8080").unwrap().to_string(), "http://example.test:8080");
-        assert_eq!(Target::parse("http://[::1]:9000/").unwrap().to_string(), "http://[::1]:9000");
-        assert_eq!(Target::parse("intranet").unwrap().to_string(), "http://intranet:80");
-        for bad in ["", "0", "70000", "https://x:1", "ftp://x", "a/b", "http://u@x:1"] {
+        assert_eq!(
+            Target::parse("3000").unwrap().to_string(),
+            "http://127.0.0.1:3000"
+        );
+        assert_eq!(
+            Target::parse("example.test:8080").unwrap().to_string(),
+            "http://example.test:8080"
+        );
+        assert_eq!(
+            Target::parse("http://[::1]:9000/").unwrap().to_string(),
+            "http://[::1]:9000"
+        );
+        assert_eq!(
+            Target::parse("intranet").unwrap().to_string(),
+            "http://intranet:80"
+        );
+        for bad in [
+            "",
+            "0",
+            "70000",
+            "https://x:1",
+            "ftp://x",
+            "a/b",
+            "http://u@x:1",
+        ] {
             assert!(Target::parse(bad).is_err(), "{bad:?}");
         }
     }
 
     #[test]
     fn control_urls() {
-        assert_eq!(control_url("http://127.0.0.1:4000").unwrap(), "ws://127.0.0.1:4000/ws");
-        assert_eq!(control_url("ws://tunnel.example.com/").unwrap(), "ws://tunnel.example.com/ws");
-        assert_eq!(control_url("localhost:4000").unwrap(), "ws://localhost:4000/ws");
+        assert_eq!(
+            control_url("http://127.0.0.1:4000").unwrap(),
+            "ws://127.0.0.1:4000/ws"
+        );
+        assert_eq!(
+            control_url("ws://tunnel.example.com/").unwrap(),
+            "ws://tunnel.example.com/ws"
+        );
+        assert_eq!(
+            control_url("localhost:4000").unwrap(),
+            "ws://localhost:4000/ws"
+        );
         assert!(control_url("wss://x").is_err());
         assert!(control_url("http://").is_err());
     }

@@ -127,12 +127,18 @@ mod tests {
         assert_eq!(frame.kind, FrameKind::End);
         assert_eq!(frame.stream, 0xDEAD_BEEF);
         assert_eq!(&frame.payload[..], b"tail");
-        assert_eq!(Frame::decode(Frame::window(7, 65536), 16).unwrap().credit(), 65536);
+        assert_eq!(
+            Frame::decode(Frame::window(7, 65536), 16).unwrap().credit(),
+            65536
+        );
     }
 
     #[test]
     fn hostile_frames_are_refused() {
-        assert_eq!(Frame::decode(Bytes::from_static(b"\0\0"), 16), Err(FrameError::Short(2)));
+        assert_eq!(
+            Frame::decode(Bytes::from_static(b"\0\0"), 16),
+            Err(FrameError::Short(2))
+        );
         assert_eq!(
             Frame::decode(Bytes::from_static(b"\x09\0\0\0\x01"), 16),
             Err(FrameError::UnknownKind(9))

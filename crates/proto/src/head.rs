@@ -83,7 +83,9 @@ impl InlineBody {
             return Ok(Bytes::new());
         };
         if self.body_stream {
-            return Err(HeadError::Body("both an inline body and body_stream".into()));
+            return Err(HeadError::Body(
+                "both an inline body and body_stream".into(),
+            ));
         }
         match self.body_encoding.as_deref() {
             None | Some("text") => Ok(Bytes::copy_from_slice(body.as_bytes())),
@@ -228,7 +230,10 @@ mod tests {
         let mut map = HeaderMap::new();
         map.append("x-a", HeaderValue::from_static("one"));
         map.append("x-bin", HeaderValue::from_bytes(b"caf\xe9 \xff").unwrap());
-        map.append("x-utf8", HeaderValue::from_bytes("naïve".as_bytes()).unwrap());
+        map.append(
+            "x-utf8",
+            HeaderValue::from_bytes("naïve".as_bytes()).unwrap(),
+        );
         map.append("x-a", HeaderValue::from_static("two"));
         let wire = headers_to_wire(&map);
         let json = serde_json::to_string(&wire).unwrap();
@@ -240,7 +245,10 @@ mod tests {
     fn control_characters_are_refused() {
         for bad in ["a\r\nb", "a\nb", "a\0b"] {
             let list = vec![("x-evil".to_owned(), bad.to_owned())];
-            assert!(matches!(headers_from_wire(&list, 100, 1 << 16), Err(HeadError::Header(_))));
+            assert!(matches!(
+                headers_from_wire(&list, 100, 1 << 16),
+                Err(HeadError::Header(_))
+            ));
         }
         let list = vec![("bad name".to_owned(), "v".to_owned())];
         assert!(headers_from_wire(&list, 100, 1 << 16).is_err());
@@ -248,8 +256,13 @@ mod tests {
 
     #[test]
     fn header_limits() {
-        let list: Vec<_> = (0..11).map(|i| (format!("x-{i}"), "v".to_owned())).collect();
-        assert!(matches!(headers_from_wire(&list, 10, 1 << 16), Err(HeadError::TooLarge { .. })));
+        let list: Vec<_> = (0..11)
+            .map(|i| (format!("x-{i}"), "v".to_owned()))
+            .collect();
+        assert!(matches!(
+            headers_from_wire(&list, 10, 1 << 16),
+            Err(HeadError::TooLarge { .. })
+        ));
         assert!(headers_from_wire(&list[..10], 10, 1 << 16).is_ok());
     }
 
@@ -259,7 +272,10 @@ mod tests {
             r#"{"status":200,"headers":{"content-type":"text/plain"},"body":"hi"}"#,
         )
         .unwrap();
-        assert_eq!(head.headers, vec![("content-type".into(), "text/plain".into())]);
+        assert_eq!(
+            head.headers,
+            vec![("content-type".into(), "text/plain".into())]
+        );
         assert_eq!(head.body.decode().unwrap(), Bytes::from_static(b"hi"));
     }
 

@@ -60,5 +60,8 @@ pub fn random_id(len: usize) -> String {
     // secure can be done: refusing to run is the right answer.
     #[allow(clippy::expect_used)]
     getrandom::fill(&mut bytes).expect("the operating system's random generator failed");
-    bytes.iter().map(|b| ALPHABET[usize::from(b & 31)] as char).collect()
+    bytes
+        .iter()
+        .map(|b| ALPHABET[usize::from(b & 31)] as char)
+        .collect()
 }

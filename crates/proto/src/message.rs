@@ -197,7 +197,9 @@ pub fn decode<'a, T: Deserialize<'a>>(text: &'a str, known: &[&str]) -> Result<T
             r#type: String,
         }
         match serde_json::from_str::<Tag>(text) {
-            Ok(tag) if !known.contains(&tag.r#type.as_str()) => DecodeError::UnknownType(tag.r#type),
+            Ok(tag) if !known.contains(&tag.r#type.as_str()) => {
+                DecodeError::UnknownType(tag.r#type)
+            }
             _ => DecodeError::Malformed(err.to_string()),
         }
     })
@@ -224,13 +226,21 @@ mod tests {
         assert!(matches!(unknown, Err(DecodeError::UnknownType(t)) if t == "teleport"));
         let garbage = decode::<ClientMessage>("{not json", CLIENT_TYPES);
         assert!(matches!(garbage, Err(DecodeError::Malformed(_))));
-        let bad_field = decode::<ClientMessage>(r#"{"type":"response","request_id":"x"}"#, CLIENT_TYPES);
+        let bad_field =
+            decode::<ClientMessage>(r#"{"type":"response","request_id":"x"}"#, CLIENT_TYPES);
         assert!(matches!(bad_field, Err(DecodeError::Malformed(_))));
     }
 
     #[test]
     fn error_message_shape() {
-        let text = encode(&ServerMessage::error(ErrorCode::SubdomainTaken, "taken", None));
-        assert_eq!(text, r#"{"type":"error","code":"subdomain_taken","message":"taken"}"#);
+        let text = encode(&ServerMessage::error(
+            ErrorCode::SubdomainTaken,
+            "taken",
+            None,
+        ));
+        assert_eq!(
+            text,
+            r#"{"type":"error","code":"subdomain_taken","message":"taken"}"#
+        );
     }
 }

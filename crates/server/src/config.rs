@@ -64,7 +64,10 @@ impl Config {
                 .split('.')
                 .all(|l| !l.is_empty() && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'))
         {
-            return Err(ConfigError(format!("--domain {:?} is not a DNS name", self.domain)));
+            return Err(ConfigError(format!(
+                "--domain {:?} is not a DNS name",
+                self.domain
+            )));
         }
         let l = &self.limits;
         if l.max_frame_payload as u64 * 2 > u64::from(l.stream_window) {
@@ -78,7 +81,9 @@ impl Config {
             ));
         }
         if self.heartbeat.timeout <= self.heartbeat.interval {
-            return Err(ConfigError("the heartbeat timeout must exceed its interval".into()));
+            return Err(ConfigError(
+                "the heartbeat timeout must exceed its interval".into(),
+            ));
         }
         for (name, d) in [
             ("request timeout", self.request_timeout),
@@ -102,7 +107,10 @@ impl Config {
         if port == default {
             format!("{}://{subdomain}.{}", self.public_scheme, self.domain)
         } else {
-            format!("{}://{subdomain}.{}:{port}", self.public_scheme, self.domain)
+            format!(
+                "{}://{subdomain}.{}:{port}",
+                self.public_scheme, self.domain
+            )
         }
     }
 }

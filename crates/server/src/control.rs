@@ -38,7 +38,11 @@ const OUTBOUND_QUEUE: usize = 64;
 type Ws = WebSocketStream<TokioIo<Upgraded>>;
 
 /// Answers a WebSocket upgrade on `/ws` and starts the session behind it.
-pub(crate) fn upgrade(state: Arc<State>, peer: Peer, mut req: Request<Incoming>) -> Result<Response<Body>, GatewayError> {
+pub(crate) fn upgrade(
+    state: Arc<State>,
+    peer: Peer,
+    mut req: Request<Incoming>,
+) -> Result<Response<Body>, GatewayError> {
     let headers = req.headers();
     let has_token = |name: header::HeaderName, token: &str| {
         headers.get_all(name).iter().any(|v| {
@@ -47,10 +51,18 @@ pub(crate) fn upgrade(state: Arc<State>, peer: Peer, mut req: Request<Incoming>)
         })
     };
     if !has_token(header::UPGRADE, "websocket") || !has_token(header::CONNECTION, "upgrade") {
-        return Err(GatewayError::BadUpgrade("expected Upgrade: websocket and Connection: upgrade"));
+        return Err(GatewayError::BadUpgrade(
+            "expected Upgrade: websocket and Connection: upgrade",
+        ));
     }
-    if headers.get(header::SEC_WEBSOCKET_VERSION).map(HeaderValue::as_bytes) != Some(b"13") {
-        return Err(GatewayError::BadUpgrade("expected Sec-WebSocket-Version: 13"));
+    if headers
+        .get(header::SEC_WEBSOCKET_VERSION)
+        .map(HeaderValue::as_bytes)
+        != Some(b"13")
+    {
+        return Err(GatewayError::BadUpgrade(
+            "expected Sec-WebSocket-Version: 13",
+        ));
     }
     let accept = headers
         .get(header::SEC_WEBSOCKET_KEY)
@@ -63,7 +75,12 @@ pub(crate) fn upgrade(state: Arc<State>, peer: Peer, mut req: Request<Incoming>)
             match on_upgrade.await {
                 Ok(upgraded) => {
                     let config = state.config.limits.websocket_config();
-                    let ws = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config)).await;
+                    let ws = WebSocketStream::from_raw_socket(
+                        TokioIo::new(upgraded),
+                        Role::Server,
+                        Some(config),
+                    )
+                    .await;
                     session(state, ws, peer).await;
                 }
                 Err(err) => debug!(%err, "upgrade failed"),
@@ -96,22 +113,33 @@ fn close_frame(code: u16, reason: impl Into<String>) -> CloseFrame {
 
 /// Runs one client session from handshake to close.
 async fn session(state: Arc<State>, mut ws: Ws, peer: Peer) {
-    let create = match tokio::time::timeout(state.config.handshake_timeout, handshake(&mut ws)).await {
-        Ok(Ok(create)) => create,
-        Ok(Err(Some(frame))) => {
-            debug!(reason = %frame.reason, "handshake refused");
-            let _ = ws.close(Some(frame)).await;
-            return;
-        }
-        Ok(Err(None)) => return,
-        Err(_) => {
-            let reason = format!("no create_tunnel within {:?}", state.config.handshake_timeout);
-            let _ = ws.close(Some(close_frame(close_code::POLICY, reason))).await;
-            return;
-        }
-    };
+    let create =
+        match tokio::time::timeout(state.config.handshake_timeout, handshake(&mut ws)).await {
+            Ok(Ok(create)) => create,
+            Ok(Err(Some(frame))) => {
+                debug!(reason = %frame.reason, "handshake refused");
+                let _ = ws.close(Some(frame)).await;
+                return;
+            }
+            Ok(Err(None)) => return,
+            Err(_) => {
+                let reason = format!(
+                    "no create_tunnel within {:?}",
+                    state.config.handshake_timeout
+                );
+                let _ = ws
+                    .close(Some(close_frame(close_code::POLICY, reason)))
+                    .await;
+                return;
+            }
+        };
     let (out_tx, out_rx) = mpsc::channel(OUTBOUND_QUEUE);
-    let mux: Mux<ResponseHead> = Mux::new(Side::Opener, create.binary_streams, state.config.limits, out_tx);
+    let mux: Mux<ResponseHead> = Mux::new(
+        Side::Opener,
+        create.binary_streams,
+        state.config.limits,
+        out_tx,
+    );
     let mut tunnels = Vec::new();
     match create_tunnel(&state, &mux, &create, peer, 0) {
         Ok((registration, created)) => {
@@ -124,7 +152,9 @@ async fn session(state: Arc<State>, mut ws: Ws, peer: Peer) {
         }
         Err(error) => {
             let _ = ws.send(Message::text(error)).await;
-            let _ = ws.close(Some(close_frame(close_code::POLICY, "tunnel refused"))).await;
+            let _ = ws
+                .close(Some(close_frame(close_code::POLICY, "tunnel refused")))
+                .await;
             return;
         }
     }
@@ -162,7 +192,10 @@ async fn handshake(ws: &mut Ws) -> Result<CreateTunnel, Option<CloseFrame>> {
             Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
             Some(Ok(Message::Close(_))) | None => return Err(None),
             Some(Ok(_)) => {
-                return Err(Some(close_frame(close_code::POLICY, "expected create_tunnel first")));
+                return Err(Some(close_frame(
+                    close_code::POLICY,
+                    "expected create_tunnel first",
+                )));
             }
             Some(Err(err)) => return Err(close_for(&err)),
         };
@@ -174,7 +207,9 @@ async fn handshake(ws: &mut Ws) -> Result<CreateTunnel, Option<CloseFrame>> {
             Ok(ClientMessage::CreateTunnel(create)) => match create.version {
                 Some(v) if v > PROTOCOL_VERSION => refuse(
                     ErrorCode::UnsupportedVersion,
-                    format!("protocol version {v} is not supported; this server speaks {PROTOCOL_VERSION}"),
+                    format!(
+                        "protocol version {v} is not supported; this server speaks {PROTOCOL_VERSION}"
+                    ),
                 ),
                 _ => return Ok(create),
             },
@@ -182,7 +217,10 @@ async fn handshake(ws: &mut Ws) -> Result<CreateTunnel, Option<CloseFrame>> {
                 let _ = ws.send(Message::text(encode(&ServerMessage::Pong))).await;
                 continue;
             }
-            Ok(_) => refuse(ErrorCode::NoTunnel, "the first message must be create_tunnel".into()),
+            Ok(_) => refuse(
+                ErrorCode::NoTunnel,
+                "the first message must be create_tunnel".into(),
+            ),
             Err(err) => refuse(err.code(), err.to_string()),
         };
         let _ = ws.send(Message::text(msg)).await;
@@ -203,11 +241,16 @@ fn create_tunnel(
     if existing >= state.config.limits.max_tunnels_per_session {
         return Err(refuse(
             ErrorCode::TooManyTunnels,
-            format!("a connection may hold at most {} tunnels", state.config.limits.max_tunnels_per_session),
+            format!(
+                "a connection may hold at most {} tunnels",
+                state.config.limits.max_tunnels_per_session
+            ),
         ));
     }
     let asked = match &create.subdomain {
-        Some(name) => Some(valid_subdomain(name).map_err(|why| refuse(ErrorCode::InvalidSubdomain, why))?),
+        Some(name) => {
+            Some(valid_subdomain(name).map_err(|why| refuse(ErrorCode::InvalidSubdomain, why))?)
+        }
         None => None,
     };
     loop {
@@ -231,14 +274,20 @@ fn create_tunnel(
                     subdomain: t.subdomain.clone(),
                     public_url: t.public_url.clone(),
                     binary_streams: mux.binary(),
-                    limits: state.config.limits.announce(state.config.heartbeat.interval),
+                    limits: state
+                        .config
+                        .limits
+                        .announce(state.config.heartbeat.interval),
                 }));
                 return Ok((registration, created));
             }
             Err(_) if asked.is_some() => {
                 return Err(refuse(
                     ErrorCode::SubdomainTaken,
-                    format!("the subdomain {:?} is in use by another tunnel", asked.unwrap_or_default()),
+                    format!(
+                        "the subdomain {:?} is in use by another tunnel",
+                        asked.unwrap_or_default()
+                    ),
                 ));
             }
             // A generated name collided (50 random bits): draw again.
@@ -305,10 +354,16 @@ fn on_text(
     peer: Peer,
 ) -> Option<CloseFrame> {
     match decode::<ClientMessage>(text, message::CLIENT_TYPES) {
-        Ok(ClientMessage::Response { request_id, response }) => {
+        Ok(ClientMessage::Response {
+            request_id,
+            response,
+        }) => {
             let body_follows = response.body.body_stream;
             if !mux.deliver_head(request_id, response, body_follows) {
-                debug!(request_id, "response for an unknown or finished request dropped");
+                debug!(
+                    request_id,
+                    "response for an unknown or finished request dropped"
+                );
             }
         }
         Ok(ClientMessage::Cancel { request_id }) => mux.cancel_from_peer(request_id),
@@ -326,7 +381,11 @@ fn on_text(
         }
         Err(err) => {
             debug!(%err, "bad message from client");
-            mux.queue_text(encode(&ServerMessage::error(err.code(), err.to_string(), None)));
+            mux.queue_text(encode(&ServerMessage::error(
+                err.code(),
+                err.to_string(),
+                None,
+            )));
         }
     }
     None
@@ -342,7 +401,9 @@ fn on_binary(mux: &Mux<ResponseHead>, data: bytes::Bytes) -> Option<CloseFrame> 
     }
     let frame = match Frame::decode(data, mux.limits().max_frame_payload) {
         Ok(frame) => frame,
-        Err(err @ FrameError::TooLarge { .. }) => return Some(close_frame(close_code::TOO_BIG, err.to_string())),
+        Err(err @ FrameError::TooLarge { .. }) => {
+            return Some(close_frame(close_code::TOO_BIG, err.to_string()));
+        }
         Err(err) => return Some(close_frame(close_code::PROTOCOL_ERROR, err.to_string())),
     };
     mux.on_frame(frame)
@@ -356,7 +417,10 @@ fn close_for(err: &tungstenite::Error) -> Option<CloseFrame> {
     use tungstenite::Error;
     match err {
         Error::Capacity(e) => Some(close_frame(close_code::TOO_BIG, e.to_string())),
-        Error::Utf8(_) => Some(close_frame(close_code::INVALID_PAYLOAD, "text frame is not valid UTF-8")),
+        Error::Utf8(_) => Some(close_frame(
+            close_code::INVALID_PAYLOAD,
+            "text frame is not valid UTF-8",
+        )),
         Error::Protocol(e) => Some(close_frame(close_code::PROTOCOL_ERROR, e.to_string())),
         _ => None,
     }

@@ -62,9 +62,9 @@ impl GatewayError {
     /// The status the visitor gets.
     pub fn status(&self) -> StatusCode {
         match self {
-            GatewayError::BadHost(_) | GatewayError::VisitorBody(_) | GatewayError::BadUpgrade(_) => {
-                StatusCode::BAD_REQUEST
-            }
+            GatewayError::BadHost(_)
+            | GatewayError::VisitorBody(_)
+            | GatewayError::BadUpgrade(_) => StatusCode::BAD_REQUEST,
             GatewayError::UnknownTunnel(_) | GatewayError::NotFound => StatusCode::NOT_FOUND,
             GatewayError::TooManyStreams => StatusCode::TOO_MANY_REQUESTS,
             GatewayError::BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,

@@ -34,7 +34,11 @@ pub(crate) async fn handle(state: Arc<State>, peer: Peer, req: Request<Incoming>
 }
 
 /// The server's own host: the control endpoint and read-only status.
-fn own_route(state: &Arc<State>, peer: Peer, req: Request<Incoming>) -> Result<Response<Body>, GatewayError> {
+fn own_route(
+    state: &Arc<State>,
+    peer: Peer,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, GatewayError> {
     match (req.method(), req.uri().path()) {
         (&Method::GET, "/ws") => control::upgrade(Arc::clone(state), peer, req),
         (&Method::GET, "/healthz") => Ok(json(&serde_json::json!({

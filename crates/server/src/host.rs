@@ -111,7 +111,13 @@ mod tests {
 
     #[test]
     fn server_hosts() {
-        for host in ["localhost:4000", "127.0.0.1:4000", "[::1]:4000", "example.com", "notlocalhost"] {
+        for host in [
+            "localhost:4000",
+            "127.0.0.1:4000",
+            "[::1]:4000",
+            "example.com",
+            "notlocalhost",
+        ] {
             assert_eq!(route_of(host), Ok(Route::Server), "{host}");
         }
         assert_eq!(route_of("a.b.localhost"), Ok(Route::Tunnel("a.b".into())));
@@ -119,7 +125,9 @@ mod tests {
 
     #[test]
     fn bad_hosts() {
-        for host in ["", "a b", "x:port", "x:99999", "[::1", "[zz]:1", "a..b", "a/b", "@x"] {
+        for host in [
+            "", "a b", "x:port", "x:99999", "[::1", "[zz]:1", "a..b", "a/b", "@x",
+        ] {
             assert_eq!(route_of(host), Err(HostError::Malformed), "{host:?}");
         }
         let none = Request::builder().uri("/x").body(()).unwrap();

@@ -64,7 +64,9 @@ pub type Body = BoxBody<Bytes, BoxError>;
 
 /// A complete body from bytes.
 pub(crate) fn full(bytes: impl Into<Bytes>) -> Body {
-    Full::new(bytes.into()).map_err(|never| match never {}).boxed()
+    Full::new(bytes.into())
+        .map_err(|never| match never {})
+        .boxed()
 }
 
 /// Limits on the visitor-facing HTTP/1 parser.
@@ -88,7 +90,11 @@ pub(crate) struct State {
 /// Serves on `listener` until `shutdown` fires, then stops accepting, lets
 /// in-flight requests finish for up to `config.shutdown_grace`, closes every
 /// session with "going away", and returns.
-pub async fn run(listener: TcpListener, config: Config, shutdown: CancellationToken) -> io::Result<()> {
+pub async fn run(
+    listener: TcpListener,
+    config: Config,
+    shutdown: CancellationToken,
+) -> io::Result<()> {
     let addr = listener.local_addr()?;
     let state = Arc::new(State {
         listen_port: addr.port(),

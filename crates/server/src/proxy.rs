@@ -26,7 +26,9 @@ pub(crate) async fn forward(
     visitor: Peer,
     req: Request<Incoming>,
 ) -> Result<Response<Body>, GatewayError> {
-    tunnel.requests.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    tunnel
+        .requests
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let mux = &tunnel.mux;
     let (parts, body) = req.into_parts();
     let mut head = RequestHead {
@@ -35,7 +37,11 @@ pub(crate) async fn forward(
             .uri
             .path_and_query()
             .map_or_else(|| "/".to_owned(), |p| p.as_str().to_owned()),
-        headers: headers_to_wire(&forwarded_headers(parts.headers, visitor, &state.config.public_scheme)),
+        headers: headers_to_wire(&forwarded_headers(
+            parts.headers,
+            visitor,
+            &state.config.public_scheme,
+        )),
         body: InlineBody::default(),
     };
 
@@ -114,7 +120,9 @@ async fn read_inline(body: Incoming, limit: usize) -> Result<Bytes, GatewayError
     }
     match Limited::new(body, limit).collect().await {
         Ok(collected) => Ok(collected.to_bytes()),
-        Err(err) if err.is::<http_body_util::LengthLimitError>() => Err(GatewayError::BodyTooLarge(limit)),
+        Err(err) if err.is::<http_body_util::LengthLimitError>() => {
+            Err(GatewayError::BodyTooLarge(limit))
+        }
         Err(err) => Err(GatewayError::VisitorBody(err.to_string())),
     }
 }
@@ -125,7 +133,13 @@ async fn read_inline(body: Incoming, limit: usize) -> Result<Bytes, GatewayError
 fn forwarded_headers(mut headers: HeaderMap, visitor: Peer, scheme: &str) -> HeaderMap {
     strip_hop_by_hop(&mut headers);
     let host = headers.get(header::HOST).cloned();
-    for name in ["x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "forwarded", "x-real-ip"] {
+    for name in [
+        "x-forwarded-for",
+        "x-forwarded-proto",
+        "x-forwarded-host",
+        "forwarded",
+        "x-real-ip",
+    ] {
         headers.remove(name);
     }
     if let Ok(ip) = HeaderValue::from_str(&visitor.ip().to_string()) {
@@ -153,7 +167,9 @@ fn build_response(
         .filter(|s| *s != StatusCode::SWITCHING_PROTOCOLS && !s.is_informational())
         .ok_or(HeadError::Status(head.status))?;
     if head.body.body_stream && !binary {
-        return Err(HeadError::Body("body_stream on a session without binary streams".into()));
+        return Err(HeadError::Body(
+            "body_stream on a session without binary streams".into(),
+        ));
     }
     let inline = head.body.decode()?;
     if inline.len() > limits.max_inline_body {
@@ -163,7 +179,8 @@ fn build_response(
             limits.max_inline_body
         )));
     }
-    let mut headers = headers_from_wire(&head.headers, limits.max_headers, limits.max_header_bytes)?;
+    let mut headers =
+        headers_from_wire(&head.headers, limits.max_headers, limits.max_header_bytes)?;
     strip_hop_by_hop(&mut headers);
     if !inline.is_empty() {
         // An inline body has a known length; whatever the client claimed,

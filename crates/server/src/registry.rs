@@ -142,7 +142,11 @@ impl Registration {
 
 impl Drop for Registration {
     fn drop(&mut self) {
-        let mut map = self.registry.tunnels.write().unwrap_or_else(|e| e.into_inner());
+        let mut map = self
+            .registry
+            .tunnels
+            .write()
+            .unwrap_or_else(|e| e.into_inner());
         if map
             .get(&self.tunnel.subdomain)
             .is_some_and(|t| Arc::ptr_eq(t, &self.tunnel))

@@ -483,7 +483,10 @@ impl<H: Send + 'static> Mux<H> {
             return false;
         };
         slot.credit.close();
-        slot.inbox.lock().unwrap_or_else(|e| e.into_inner()).fail(reason);
+        slot.inbox
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .fail(reason);
         true
     }
 

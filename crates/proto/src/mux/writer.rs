@@ -79,7 +79,12 @@ where
             write(&mut sink, heartbeat.timeout, msg).await?;
         }
         if let Some(frame) = close {
-            write(&mut sink, heartbeat.timeout, Message::Close(Some(frame.clone()))).await?;
+            write(
+                &mut sink,
+                heartbeat.timeout,
+                Message::Close(Some(frame.clone())),
+            )
+            .await?;
             flush(&mut sink, heartbeat.timeout).await?;
             return Ok(Some(frame));
         }

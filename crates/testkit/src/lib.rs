@@ -1,0 +1,41 @@
+//! Test fixtures: a real Cryptun server, client, local origin service and
+//! visitors, each on an ephemeral loopback port and each stopped when its
+//! handle drops. Used by the end-to-end tests in `tests/` and by the
+//! benchmark.
+//!
+//! # Layout
+//!
+//! - [`server`]: [`TestServer`], the real server on `127.0.0.1:0`.
+//! - [`client`]: [`TestClient`], the real client connected to it.
+//! - [`origin`]: [`Origin`], a local HTTP service with routes for echoing,
+//!   large bodies, hashing uploads, delays, hangs and streamed responses.
+//! - [`visitor`]: HTTP requests to the server with any Host, and a raw
+//!   socket for byte-level tests.
+
+#![forbid(unsafe_code)]
+#![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
+
+pub mod client;
+pub mod origin;
+pub mod server;
+pub mod visitor;
+
+pub use client::TestClient;
+pub use origin::Origin;
+pub use server::TestServer;
+pub use visitor::{Reply, Visitor};
+
+/// Hex SHA-256 of `data`.
+pub fn sha256_hex(data: &[u8]) -> String {
+    use sha2::Digest;
+    hex(&sha2::Sha256::digest(data))
+}
+
+pub(crate) fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The deterministic content of `/bytes?n=N`: byte i is `(i * 7 + i / 251) % 256`.
+pub fn pattern(n: usize) -> Vec<u8> {
+    (0..n).map(|i| ((i * 7 + i / 251) % 256) as u8).collect()
+}

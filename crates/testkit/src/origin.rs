@@ -1,0 +1,266 @@
+//! A local HTTP service to tunnel to, with routes that exercise the tunnel:
+//!
+//! | route | answer |
+//! |---|---|
+//! | `/echo` | JSON: method, path, headers (in order), body length and SHA-256 |
+//! | `/bytes?n=N` | `N` bytes of [`pattern`](crate::pattern), streamed in 64 KiB chunks |
+//! | `/sha256` | reads the body as it streams; JSON: its length and SHA-256 |
+//! | `/delay?ms=N` | `done` after `N` ms |
+//! | `/hang` | never answers; [`Origin::dropped`] counts those abandoned |
+//! | `/status?code=N` | status `N` |
+//! | `/headers` | repeated `set-cookie` and `x-multi` response headers |
+//! | `/stream?chunks=N&interval_ms=M` | `N` chunks, `M` ms apart, chunked |
+//! | `/token?t=X` | `X` |
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, StreamBody, combinators::BoxBody};
+use hyper::body::{Frame, Incoming};
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use sha2::Digest;
+use tokio::net::TcpListener;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+type Body = BoxBody<Bytes, Infallible>;
+
+#[derive(Default)]
+struct Stats {
+    requests: AtomicUsize,
+    dropped: AtomicUsize,
+    changed: Notify,
+}
+
+/// A running origin; stops accepting when dropped.
+pub struct Origin {
+    pub addr: SocketAddr,
+    stats: Arc<Stats>,
+    shutdown: CancellationToken,
+}
+
+impl Origin {
+    pub async fn start() -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let stats = Arc::new(Stats::default());
+        let shutdown = CancellationToken::new();
+        tokio::spawn(serve(listener, Arc::clone(&stats), shutdown.clone()));
+        Origin {
+            addr,
+            stats,
+            shutdown,
+        }
+    }
+
+    /// The target string for a client: `127.0.0.1:PORT`.
+    pub fn target(&self) -> String {
+        self.addr.to_string()
+    }
+
+    /// Requests received so far.
+    pub fn requests(&self) -> usize {
+        self.stats.requests.load(Ordering::SeqCst)
+    }
+
+    /// `/hang` requests abandoned by their caller so far.
+    pub fn dropped(&self) -> usize {
+        self.stats.dropped.load(Ordering::SeqCst)
+    }
+
+    /// Waits until `/hang` requests abandoned reach `n` (or `limit` passes).
+    pub async fn wait_dropped(&self, n: usize, limit: Duration) -> bool {
+        tokio::time::timeout(limit, async {
+            loop {
+                let changed = self.stats.changed.notified();
+                if self.dropped() >= n {
+                    return;
+                }
+                changed.await;
+            }
+        })
+        .await
+        .is_ok()
+    }
+}
+
+impl Drop for Origin {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+async fn serve(listener: TcpListener, stats: Arc<Stats>, shutdown: CancellationToken) {
+    loop {
+        let stream = tokio::select! {
+            () = shutdown.cancelled() => return,
+            accepted = listener.accept() => match accepted { Ok((s, _)) => s, Err(_) => continue },
+        };
+        let _ = stream.set_nodelay(true);
+        let stats = Arc::clone(&stats);
+        tokio::spawn(async move {
+            let service = service_fn(move |req| {
+                let stats = Arc::clone(&stats);
+                async move {
+                    stats.requests.fetch_add(1, Ordering::SeqCst);
+                    Ok::<_, Infallible>(route(req, stats).await)
+                }
+            });
+            let _ = auto::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
+
+fn query(req: &Request<Incoming>, key: &str) -> Option<String> {
+    req.uri().query()?.split('&').find_map(|pair| {
+        let (k, v) = pair.split_once('=')?;
+        (k == key).then(|| v.to_owned())
+    })
+}
+
+fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
+    let mut resp = Response::new(Full::new(body.into()).boxed());
+    *resp.status_mut() = status;
+    resp
+}
+
+struct DropCounter(Arc<Stats>);
+
+impl Drop for DropCounter {
+    fn drop(&mut self) {
+        self.0.dropped.fetch_add(1, Ordering::SeqCst);
+        self.0.changed.notify_waiters();
+    }
+}
+
+async fn route(req: Request<Incoming>, stats: Arc<Stats>) -> Response<Body> {
+    let num = |key: &str, default: u64| {
+        query(&req, key)
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(default)
+    };
+    match req.uri().path() {
+        "/echo" => {
+            let method = req.method().to_string();
+            let path = req
+                .uri()
+                .path_and_query()
+                .map(|p| p.to_string())
+                .unwrap_or_default();
+            let headers: Vec<(String, String)> = req
+                .headers()
+                .iter()
+                .map(|(k, v)| {
+                    (
+                        k.to_string(),
+                        String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                    )
+                })
+                .collect();
+            let body = req
+                .into_body()
+                .collect()
+                .await
+                .map(|b| b.to_bytes())
+                .unwrap_or_default();
+            let json = serde_json::json!({
+                "method": method,
+                "path": path,
+                "headers": headers,
+                "body_len": body.len(),
+                "body_sha256": crate::sha256_hex(&body),
+            });
+            let mut resp = text(StatusCode::OK, json.to_string());
+            resp.headers_mut()
+                .insert("content-type", "application/json".parse().unwrap());
+            resp
+        }
+        "/bytes" => {
+            let n = num("n", 0) as usize;
+            let data = Bytes::from(crate::pattern(n));
+            let chunks: Vec<Bytes> = (0..n)
+                .step_by(64 << 10)
+                .map(|i| data.slice(i..n.min(i + (64 << 10))))
+                .collect();
+            let stream = futures_util::stream::iter(
+                chunks
+                    .into_iter()
+                    .map(|c| Ok::<_, Infallible>(Frame::data(c))),
+            );
+            let mut resp = Response::new(StreamBody::new(stream).boxed());
+            resp.headers_mut().insert("content-length", n.into());
+            resp
+        }
+        "/sha256" => {
+            let mut hasher = sha2::Sha256::new();
+            let mut len = 0u64;
+            let mut body = req.into_body();
+            while let Some(frame) = body.frame().await {
+                match frame {
+                    Ok(frame) => {
+                        if let Ok(data) = frame.into_data() {
+                            len += data.len() as u64;
+                            hasher.update(&data);
+                        }
+                    }
+                    Err(err) => return text(StatusCode::BAD_REQUEST, format!("body error: {err}")),
+                }
+            }
+            let json = serde_json::json!({ "len": len, "sha256": crate::hex(&hasher.finalize()) });
+            text(StatusCode::OK, json.to_string())
+        }
+        "/delay" => {
+            tokio::time::sleep(Duration::from_millis(num("ms", 0))).await;
+            text(StatusCode::OK, "done")
+        }
+        "/hang" => {
+            let _counter = DropCounter(stats);
+            std::future::pending::<()>().await;
+            unreachable!()
+        }
+        "/status" => {
+            let code = StatusCode::from_u16(num("code", 200) as u16).unwrap_or(StatusCode::OK);
+            text(code, format!("status {}", code.as_u16()))
+        }
+        "/headers" => {
+            let mut resp = text(StatusCode::OK, "headers");
+            let h = resp.headers_mut();
+            h.append("set-cookie", "a=1".parse().unwrap());
+            h.append("x-multi", "1".parse().unwrap());
+            h.append("set-cookie", "b=2".parse().unwrap());
+            h.append("x-multi", "2".parse().unwrap());
+            resp
+        }
+        "/stream" => {
+            let chunks = num("chunks", 3);
+            let interval = Duration::from_millis(num("interval_ms", 100));
+            let stream = futures_util::stream::unfold(0u64, move |i| async move {
+                if i >= chunks {
+                    return None;
+                }
+                if i > 0 {
+                    tokio::time::sleep(interval).await;
+                }
+                Some((
+                    Ok::<_, Infallible>(Frame::data(Bytes::from(format!("chunk {i}\n")))),
+                    i + 1,
+                ))
+            });
+            let mut resp = Response::new(StreamBody::new(stream).boxed());
+            resp.headers_mut()
+                .insert("content-type", "text/event-stream".parse().unwrap());
+            resp
+        }
+        "/token" => text(StatusCode::OK, query(&req, "t").unwrap_or_default()),
+        _ => text(StatusCode::NOT_FOUND, "origin: no such route"),
+    }
+}

@@ -1,0 +1,125 @@
+//! Visitors: HTTP requests to the server's address with any Host header,
+//! and raw sockets for byte-level tests.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::{Client, connect::HttpConnector};
+use hyper_util::rt::TokioExecutor;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// A pooled HTTP client aimed at one server.
+#[derive(Clone)]
+pub struct Visitor {
+    pub server: SocketAddr,
+    http: Client<HttpConnector, Full<Bytes>>,
+}
+
+/// A whole response.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Reply {
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.text()))
+    }
+}
+
+impl Visitor {
+    pub fn new(server: SocketAddr) -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        Visitor {
+            server,
+            http: Client::builder(TokioExecutor::new()).build(connector),
+        }
+    }
+
+    /// A request builder for `path` on `host`, aimed at the server.
+    pub fn builder(&self, method: &str, host: &str, path: &str) -> http::request::Builder {
+        Request::builder()
+            .method(method)
+            .uri(format!("http://{}{path}", self.server))
+            .header("host", host)
+    }
+
+    /// Sends `req` and returns the response with its body still streaming.
+    pub async fn send(&self, req: Request<Full<Bytes>>) -> http::Response<Incoming> {
+        self.http.request(req).await.expect("request failed")
+    }
+
+    /// Sends `req` and reads the whole response.
+    pub async fn fetch(&self, req: Request<Full<Bytes>>) -> Reply {
+        let resp = self.send(req).await;
+        let (parts, body) = resp.into_parts();
+        let body = body
+            .collect()
+            .await
+            .expect("response body failed")
+            .to_bytes();
+        Reply {
+            status: parts.status,
+            headers: parts.headers,
+            body,
+        }
+    }
+
+    /// `GET path` on `host`.
+    pub async fn get(&self, host: &str, path: &str) -> Reply {
+        self.fetch(
+            self.builder("GET", host, path)
+                .body(Full::default())
+                .unwrap(),
+        )
+        .await
+    }
+
+    /// `METHOD path` on `host` with `body`.
+    pub async fn call(
+        &self,
+        method: &str,
+        host: &str,
+        path: &str,
+        body: impl Into<Bytes>,
+    ) -> Reply {
+        self.fetch(
+            self.builder(method, host, path)
+                .body(Full::new(body.into()))
+                .unwrap(),
+        )
+        .await
+    }
+
+    /// The server's `/api/tunnels`.
+    pub async fn tunnels(&self) -> Vec<serde_json::Value> {
+        let reply = self
+            .get(&format!("localhost:{}", self.server.port()), "/api/tunnels")
+            .await;
+        assert_eq!(reply.status, StatusCode::OK);
+        reply.json().as_array().cloned().unwrap_or_default()
+    }
+}
+
+/// Writes `request` bytes on a new connection to `addr` and reads until the
+/// server closes or `limit` passes; returns what was read.
+pub async fn raw_exchange(addr: SocketAddr, request: &[u8], limit: Duration) -> String {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    stream.write_all(request).await.unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(limit, stream.read_to_end(&mut out)).await;
+    String::from_utf8_lossy(&out).into_owned()
+}
