@@ -132,19 +132,26 @@ impl Session {
         let (sink, mut stream) = self.ws.split();
         let writer = run_writer(sink, out_rx, mux.clone(), heartbeat);
         tokio::pin!(writer);
-        let result = tokio::select! {
-            end = read_loop(&mux, &mut stream, &forwarder) => Err(end),
-            end = &mut writer => Err(match end {
+        // Each arm says how the session ended and whether the writer still
+        // has a close frame to send.
+        let (result, closing) = tokio::select! {
+            end = read_loop(&mux, &mut stream, &forwarder) => {
+                let closing = matches!(end, ClientError::Protocol(_));
+                (Err(end), closing)
+            }
+            end = &mut writer => (Err(match end {
                 Ok(_) => ClientError::Disconnected("closed".into()),
                 Err(err) => ClientError::Disconnected(err.to_string()),
-            }),
+            }), false),
             () = shutdown.cancelled() => {
                 mux.queue_close(CloseFrame { code: CloseCode::Normal, reason: "client shutting down".into() });
-                Ok(())
+                (Ok(()), true)
             }
         };
         mux.close();
-        let _ = tokio::time::timeout(Duration::from_secs(1), writer).await;
+        if closing {
+            let _ = tokio::time::timeout(Duration::from_secs(1), writer).await;
+        }
         result
     }
 }

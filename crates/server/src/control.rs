@@ -163,15 +163,17 @@ async fn session(state: Arc<State>, mut ws: Ws, peer: Peer) {
     let (sink, mut stream) = ws.split();
     let writer = run_writer(sink, out_rx, mux.clone(), state.config.heartbeat);
     tokio::pin!(writer);
-    let ended = tokio::select! {
+    // Each arm says why the session ended and whether the writer still has
+    // a close frame to send.
+    let (ended, closing) = tokio::select! {
         end = read_loop(&state, &mux, &mut stream, &mut tunnels, peer) => end,
         result = &mut writer => match result {
-            Ok(_) => "writer finished".to_owned(),
-            Err(err) => err.to_string(),
+            Ok(_) => ("writer finished".to_owned(), false),
+            Err(err) => (err.to_string(), false),
         },
         () = state.sessions_stop.cancelled() => {
             mux.queue_close(close_frame(close_code::GOING_AWAY, "server shutting down"));
-            "server shutting down".to_owned()
+            ("server shutting down".to_owned(), true)
         }
     };
     // The tunnels go first, so new visitors see 404 rather than a dying
@@ -179,8 +181,9 @@ async fn session(state: Arc<State>, mut ws: Ws, peer: Peer) {
     drop(tunnels);
     mux.close();
     info!(reason = %ended, "session ended");
-    // Let the writer send a queued close frame, briefly.
-    let _ = tokio::time::timeout(std::time::Duration::from_secs(1), writer).await;
+    if closing {
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(1), writer).await;
+    }
 }
 
 /// Waits for the first `create_tunnel`. Pings are answered; anything else
@@ -315,34 +318,34 @@ fn valid_subdomain(name: &str) -> Result<String, String> {
 }
 
 /// Reads the client's messages until the connection ends or must be closed.
-/// Returns why it ended.
+/// Returns why it ended, and whether a close frame was queued.
 async fn read_loop(
     state: &State,
     mux: &Mux<ResponseHead>,
     stream: &mut futures_util::stream::SplitStream<Ws>,
     tunnels: &mut Vec<Registration>,
     peer: Peer,
-) -> String {
+) -> (String, bool) {
     while let Some(msg) = stream.next().await {
         mux.heard();
         let refusal = match msg {
             Ok(Message::Text(text)) => on_text(state, mux, &text, tunnels, peer),
             Ok(Message::Binary(data)) => on_binary(mux, data),
-            Ok(Message::Close(_)) => return "client closed the connection".into(),
+            Ok(Message::Close(_)) => return ("client closed the connection".into(), false),
             Ok(_) => None,
             Err(err) => match close_for(&err) {
                 Some(frame) => Some(frame),
-                None => return format!("connection lost: {err}"),
+                None => return (format!("connection lost: {err}"), false),
             },
         };
         if let Some(frame) = refusal {
             let reason = frame.reason.to_string();
             warn!(code = u16::from(frame.code), %reason, "closing session");
             mux.queue_close(frame);
-            return reason;
+            return (reason, true);
         }
     }
-    "connection lost".into()
+    ("connection lost".into(), false)
 }
 
 /// Handles one text message; returns a close frame if the session must end.

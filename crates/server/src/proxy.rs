@@ -65,31 +65,38 @@ pub(crate) async fn forward(
         tunnel_id: tunnel.id.clone(),
         request: head,
     });
-    stream
-        .send
-        .send_text(message)
-        .await
-        .map_err(|_| GatewayError::ClientGone)?;
-    if let Some(body) = upload {
-        // The upload runs beside the response: the local service may answer
-        // (or stream its answer) before it has read the whole request. It
-        // ends with the body, or when the stream completes or is reset.
-        tokio::spawn(
-            async move {
-                if let Err(err) = pump(body, stream.send).await {
-                    debug!(%err, "request body upload stopped");
+    let timeout = state.config.request_timeout;
+    // The timeout covers queueing the head too: a client that stopped reading
+    // must not hold a visitor longer than one that is slow to answer.
+    let exchange = async {
+        stream
+            .send
+            .send_text(message)
+            .await
+            .map_err(|_| GatewayError::ClientGone)?;
+        if let Some(body) = upload {
+            // The upload runs beside the response: the local service may
+            // answer (or stream its answer) before it has read the whole
+            // request. It ends with the body, or when the stream completes
+            // or is reset.
+            tokio::spawn(
+                async move {
+                    if let Err(err) = pump(body, stream.send).await {
+                        debug!(%err, "request body upload stopped");
+                    }
                 }
-            }
-            .instrument(debug_span!("upload", stream = id)),
-        );
-    }
-
-    let response = match tokio::time::timeout(state.config.request_timeout, stream.head).await {
-        Err(_) => return Err(GatewayError::Timeout(state.config.request_timeout)),
-        Ok(Err(_)) if mux.is_closed() => return Err(GatewayError::ClientGone),
-        Ok(Err(_)) => return Err(GatewayError::ClientReset),
-        Ok(Ok(response)) => response,
+                .instrument(debug_span!("upload", stream = id)),
+            );
+        }
+        match stream.head.await {
+            Ok(response) => Ok(response),
+            Err(_) if mux.is_closed() => Err(GatewayError::ClientGone),
+            Err(_) => Err(GatewayError::ClientReset),
+        }
     };
+    let response = tokio::time::timeout(timeout, exchange)
+        .await
+        .map_err(|_| GatewayError::Timeout(timeout))??;
     let streamed = response.body.body_stream;
     let built = build_response(response, mux.limits(), mux.binary());
     let (mut resp, inline) = match built {
