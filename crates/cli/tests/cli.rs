@@ -1,0 +1,190 @@
+//! The `cryptun` binary as a person runs it: `server`, `http --hello --json`
+//! and `demo`, as real processes on ephemeral loopback ports.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use cryptun_testkit::Visitor;
+
+/// A child process killed when dropped, with its output lines on channels.
+struct Proc {
+    child: Child,
+    stdout: mpsc::Receiver<String>,
+    stderr: mpsc::Receiver<String>,
+}
+
+impl Proc {
+    fn spawn(args: &[&str]) -> Proc {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_cryptun"))
+            .args(args)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("cryptun starts");
+        let stdout = lines(child.stdout.take().unwrap());
+        let stderr = lines(child.stderr.take().unwrap());
+        Proc {
+            child,
+            stdout,
+            stderr,
+        }
+    }
+
+    /// The next stdout line, within 20 s.
+    fn line(&self) -> String {
+        self.stdout
+            .recv_timeout(Duration::from_secs(20))
+            .expect("a line on stdout")
+    }
+
+    /// The first stderr line containing `needle`, within 20 s.
+    fn log_with(&self, needle: &str) -> String {
+        loop {
+            let line = self
+                .stderr
+                .recv_timeout(Duration::from_secs(20))
+                .unwrap_or_else(|_| panic!("no log line with {needle:?}"));
+            if line.contains(needle) {
+                return line;
+            }
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn lines(stream: impl std::io::Read + Send + 'static) -> mpsc::Receiver<String> {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stream).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+/// Starts `cryptun server` on an ephemeral port and returns it with its address.
+fn server() -> (Proc, SocketAddr) {
+    let proc = Proc::spawn(&["server", "--listen", "127.0.0.1:0"]);
+    let line = proc.log_with("listening");
+    let addr = line
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("addr="))
+        .expect("the listening line names the address")
+        .parse()
+        .unwrap();
+    (proc, addr)
+}
+
+fn host_of(public_url: &str) -> &str {
+    public_url.strip_prefix("http://").unwrap()
+}
+
+#[tokio::test]
+async fn http_hello_json_prints_tunnel_created_then_request_lines() {
+    let (_server, addr) = server();
+    let client = Proc::spawn(&[
+        "http",
+        "--hello",
+        "--json",
+        "--server",
+        &format!("http://{addr}"),
+    ]);
+    let first: serde_json::Value = serde_json::from_str(&client.line()).unwrap();
+    assert_eq!(first["type"], "tunnel_created");
+    let subdomain = first["subdomain"].as_str().unwrap();
+    assert!(subdomain.starts_with("tunnel-"), "{subdomain}");
+    assert_eq!(
+        first["tunnel_id"].as_str().unwrap(),
+        &subdomain["tunnel-".len()..]
+    );
+    let url = first["public_url"].as_str().unwrap();
+    assert_eq!(url, format!("http://{subdomain}.localhost:{}", addr.port()));
+
+    let reply = Visitor::new(addr).get(host_of(url), "/some/path?q=1").await;
+    assert_eq!(reply.status, 200);
+    assert!(
+        reply.text().contains("Hello from Cryptun!"),
+        "{}",
+        reply.text()
+    );
+    assert!(reply.text().contains("/some/path?q=1"));
+
+    let logged: serde_json::Value = serde_json::from_str(&client.line()).unwrap();
+    assert_eq!(logged["type"], "request");
+    assert_eq!(logged["method"], "GET");
+    assert_eq!(logged["path"], "/some/path?q=1");
+    assert_eq!(logged["status"], 200);
+    assert!(logged["duration_ms"].as_f64().unwrap() >= 0.0);
+}
+
+#[tokio::test]
+async fn http_prints_the_url_plainly_and_refuses_a_taken_name() {
+    let (_server, addr) = server();
+    let server_url = format!("http://{addr}");
+    let first = Proc::spawn(&[
+        "http",
+        "--hello",
+        "--subdomain",
+        "myapp",
+        "--server",
+        &server_url,
+    ]);
+    let line = first.line();
+    assert!(
+        line.contains(&format!("http://myapp.localhost:{}", addr.port())),
+        "{line}"
+    );
+    let mut second = Proc::spawn(&[
+        "http",
+        "--hello",
+        "--subdomain",
+        "myapp",
+        "--server",
+        &server_url,
+    ]);
+    let status = second.child.wait().unwrap();
+    assert!(!status.success());
+    let error = second.log_with("error");
+    assert!(error.contains("in use"), "{error}");
+}
+
+#[tokio::test]
+async fn demo_serves_the_hello_page() {
+    let demo = Proc::spawn(&["demo", "--listen", "127.0.0.1:0"]);
+    let url = loop {
+        let line = demo.line();
+        if let Some(url) = line.trim().strip_prefix("Public URL") {
+            break url.trim().to_owned();
+        }
+    };
+    let curl = demo.line();
+    assert!(curl.contains(&format!("curl {url}")), "{curl}");
+    let port: u16 = url.rsplit(':').next().unwrap().parse().unwrap();
+    let reply = Visitor::new(SocketAddr::from(([127, 0, 0, 1], port)))
+        .get(host_of(&url), "/")
+        .await;
+    assert_eq!(reply.status, 200);
+    assert!(reply.text().contains("Hello from Cryptun!"));
+}
+
+#[test]
+fn bad_target_is_refused_clearly() {
+    let mut proc = Proc::spawn(&["http", "ftp://nowhere:21"]);
+    assert!(!proc.child.wait().unwrap().success());
+    let error = proc.log_with("error");
+    assert!(error.contains("invalid target"), "{error}");
+}
