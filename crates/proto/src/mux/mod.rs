@@ -17,6 +17,7 @@
 //! outbound queue; so a peer that stops reading stalls its own streams and
 //! nothing else, and two peers writing to each other cannot deadlock.
 
+mod pipe;
 mod recv;
 mod send;
 mod writer;
@@ -30,6 +31,7 @@ use tokio::sync::{Notify, Semaphore, mpsc, oneshot};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 
+pub use pipe::{copy_from_stream, copy_into_stream};
 pub use recv::{RecvBody, StreamError};
 pub use send::{PumpError, SendHalf, StreamClosed, pump};
 pub use writer::{Heartbeat, WriterError, run_writer};

@@ -52,6 +52,11 @@ impl<H: Send + 'static> SendHalf<H> {
         self.id
     }
 
+    /// The largest payload one frame may carry on this session.
+    pub fn max_frame(&self) -> usize {
+        self.mux.limits().max_frame_payload
+    }
+
     /// Sends a text message (the head) in order with this stream's frames.
     pub async fn send_text(&self, text: String) -> Result<(), StreamClosed> {
         self.mux
