@@ -6,15 +6,19 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use cryptun_proto::head::{headers_from_wire, headers_to_wire, strip_hop_by_hop};
+use cryptun_proto::head::{
+    headers_from_wire, headers_to_wire, keep_upgrade, strip_hop_by_hop, upgrade_protocol,
+};
 use cryptun_proto::message::{ClientMessage, encode};
-use cryptun_proto::mux::{SendHalf, Stream, StreamClosed, pump};
+use cryptun_proto::mux::{
+    RecvBody, SendHalf, Stream, StreamClosed, copy_from_stream, copy_into_stream, pump,
+};
 use cryptun_proto::{InlineBody, RequestHead, ResponseHead};
-use http::{Method, Request};
+use http::{HeaderValue, Method, Request};
 use http_body::Body as _;
 use http_body_util::{BodyExt, Full, combinators::BoxBody};
 use hyper_util::client::legacy::{Client, connect::HttpConnector};
-use hyper_util::rt::TokioExecutor;
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use tracing::debug;
 
 use crate::{ClientConfig, Event, Events, Target};
@@ -83,12 +87,12 @@ struct Outcome {
 async fn exchange(
     fwd: &Forwarder,
     head: RequestHead,
-    recv: cryptun_proto::mux::RecvBody<()>,
+    recv: RecvBody<()>,
     mut send: SendHalf<()>,
     started: Instant,
 ) -> Outcome {
-    let request = match local_request(&fwd.target, head, recv) {
-        Ok(request) => request,
+    let (request, upgrade) = match local_request(&fwd.target, head, recv) {
+        Ok(parts) => parts,
         Err(why) => {
             return answer_error(
                 send,
@@ -99,7 +103,7 @@ async fn exchange(
             .await;
         }
     };
-    let response = match fwd.http.request(request).await {
+    let mut response = match fwd.http.request(request).await {
         Ok(response) => response,
         Err(err) => {
             let why = error_chain(&err);
@@ -111,6 +115,15 @@ async fn exchange(
         }
     };
     let status = response.status().as_u16();
+    if let Some((protocol, recv)) = upgrade {
+        if status == 101 {
+            let on_upgrade = hyper::upgrade::on(&mut response);
+            return switch(response, protocol, on_upgrade, recv, send, started).await;
+        }
+        // Not switched: the request direction carries nothing; dropping
+        // it lets the stream finish with the plain response.
+        drop(recv);
+    }
     let (parts, body) = response.into_parts();
     let mut headers = parts.headers;
     strip_hop_by_hop(&mut headers);
@@ -151,11 +164,13 @@ async fn exchange(
 }
 
 /// The request for the local service, its body streaming from the tunnel.
+/// A protocol switch gets no body: the stream's inbound bytes are returned
+/// with the protocol, for after the 101.
 fn local_request(
     target: &Target,
     head: RequestHead,
-    recv: cryptun_proto::mux::RecvBody<()>,
-) -> Result<Request<LocalBody>, String> {
+    recv: RecvBody<()>,
+) -> Result<(Request<LocalBody>, Option<Upgrade>), String> {
     let method = Method::from_bytes(head.method.as_bytes())
         .map_err(|_| format!("invalid method {:?}", head.method))?;
     let uri = target
@@ -163,18 +178,90 @@ fn local_request(
         .map_err(|e| format!("invalid path {:?}: {e}", head.path))?;
     let mut headers = headers_from_wire(&head.headers, MAX_HEADERS, MAX_HEADER_BYTES)
         .map_err(|e| e.to_string())?;
-    strip_hop_by_hop(&mut headers);
-    let body: LocalBody = if head.body.body_stream {
-        recv.map_err(Into::into).boxed()
-    } else {
-        let inline = head.body.decode().map_err(|e| e.to_string())?;
-        Full::new(inline).map_err(|never| match never {}).boxed()
+    let protocol = upgrade_protocol(&headers).filter(|_| head.body.body_stream);
+    let empty = || {
+        Full::new(Bytes::new())
+            .map_err(|never| match never {})
+            .boxed()
+    };
+    let (body, upgrade): (LocalBody, _) = match protocol {
+        Some(protocol) => {
+            keep_upgrade(&mut headers, protocol.clone());
+            (empty(), Some((protocol, recv)))
+        }
+        None if head.body.body_stream => {
+            strip_hop_by_hop(&mut headers);
+            (recv.map_err(Into::into).boxed(), None)
+        }
+        None => {
+            strip_hop_by_hop(&mut headers);
+            let inline = head.body.decode().map_err(|e| e.to_string())?;
+            (
+                Full::new(inline).map_err(|never| match never {}).boxed(),
+                None,
+            )
+        }
     };
     let mut request = Request::new(body);
     *request.method_mut() = method;
     *request.uri_mut() = uri;
     *request.headers_mut() = headers;
-    Ok(request)
+    Ok((request, upgrade))
+}
+
+/// A requested protocol switch: the protocol, and the visitor's bytes.
+type Upgrade = (HeaderValue, RecvBody<()>);
+
+/// The app accepted a protocol switch: relays its 101, then joins the
+/// tunnel stream and the local connection until both directions end.
+async fn switch(
+    response: http::Response<hyper::body::Incoming>,
+    protocol: HeaderValue,
+    on_upgrade: hyper::upgrade::OnUpgrade,
+    recv: RecvBody<()>,
+    send: SendHalf<()>,
+    started: Instant,
+) -> Outcome {
+    let mut headers = response.headers().clone();
+    let protocol = headers
+        .get(http::header::UPGRADE)
+        .cloned()
+        .unwrap_or(protocol);
+    keep_upgrade(&mut headers, protocol);
+    let head = ResponseHead {
+        status: 101,
+        headers: headers_to_wire(&headers),
+        body: InlineBody::streamed(),
+    };
+    if send_head(&send, head).await.is_err() {
+        return closed(101, started);
+    }
+    let duration = started.elapsed();
+    let upgraded = match on_upgrade.await {
+        Ok(upgraded) => upgraded,
+        Err(err) => {
+            return Outcome {
+                status: 101,
+                duration,
+                error: Some(format!("the local upgrade failed: {err}")),
+            };
+        }
+    };
+    let (reader, writer) = tokio::io::split(TokioIo::new(upgraded));
+    let (up, down) = tokio::join!(
+        copy_into_stream(reader, send),
+        copy_from_stream(recv, writer)
+    );
+    let error = match (up, down) {
+        (Ok(_), Ok(_)) => None,
+        (Err(err), _) => Some(format!("upgraded connection: {err}")),
+        (_, Err(err)) => Some(format!("upgraded connection: {err}")),
+    };
+    Outcome {
+        status: 101,
+        duration,
+        error,
+    }
 }
 
 async fn send_head(send: &SendHalf<()>, head: ResponseHead) -> Result<(), StreamClosed> {

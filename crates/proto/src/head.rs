@@ -154,6 +154,31 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     headers.remove(header::UPGRADE);
 }
 
+/// The protocol a request asks to switch to: its `Upgrade` value, when
+/// `Connection` also names `upgrade` (without that token an `Upgrade` header
+/// is only a hop-by-hop leftover and is ignored).
+pub fn upgrade_protocol(headers: &HeaderMap) -> Option<HeaderValue> {
+    let asks = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|token| token.trim().eq_ignore_ascii_case("upgrade"));
+    let mut values = headers.get_all(header::UPGRADE).iter();
+    match (asks, values.next(), values.next()) {
+        (true, Some(value), None) => Some(value.clone()),
+        _ => None,
+    }
+}
+
+/// Strips hop-by-hop headers but keeps what a protocol switch needs:
+/// `Connection: upgrade` and the given `Upgrade`.
+pub fn keep_upgrade(headers: &mut HeaderMap, protocol: HeaderValue) {
+    strip_hop_by_hop(headers);
+    headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    headers.insert(header::UPGRADE, protocol);
+}
+
 /// Converts a header map to the wire list, keeping order.
 pub fn headers_to_wire(headers: &HeaderMap) -> Vec<(String, String)> {
     headers
@@ -277,6 +302,24 @@ mod tests {
             vec![("content-type".into(), "text/plain".into())]
         );
         assert_eq!(head.body.decode().unwrap(), Bytes::from_static(b"hi"));
+    }
+
+    #[test]
+    fn upgrade_needs_both_headers() {
+        let mut map = HeaderMap::new();
+        map.insert("upgrade", HeaderValue::from_static("websocket"));
+        assert_eq!(upgrade_protocol(&map), None);
+        map.insert(
+            "connection",
+            HeaderValue::from_static("keep-alive, Upgrade"),
+        );
+        assert_eq!(
+            upgrade_protocol(&map),
+            Some(HeaderValue::from_static("websocket"))
+        );
+        keep_upgrade(&mut map, HeaderValue::from_static("websocket"));
+        assert_eq!(map["connection"], "upgrade");
+        assert_eq!(map["upgrade"], "websocket");
     }
 
     #[test]

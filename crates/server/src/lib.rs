@@ -13,6 +13,8 @@
 //! - `gateway`: the hyper service: the server's own routes, and dispatch to
 //!   tunnels.
 //! - `proxy`: carries one visitor request through a tunnel and back.
+//! - `passthrough`: after a `101`, the raw bytes of an upgraded connection
+//!   (WebSocket) both ways.
 //! - `control`: the `/ws` endpoint: WebSocket upgrade, handshake, and the
 //!   session that owns one client connection and its tunnels.
 //! - [`registry`]: live tunnels by subdomain.
@@ -33,6 +35,7 @@ mod control;
 pub mod error;
 mod gateway;
 pub mod host;
+mod passthrough;
 mod proxy;
 pub mod registry;
 

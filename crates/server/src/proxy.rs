@@ -5,118 +5,150 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use cryptun_proto::head::{headers_from_wire, headers_to_wire, strip_hop_by_hop};
+use cryptun_proto::head::{
+    headers_from_wire, headers_to_wire, keep_upgrade, strip_hop_by_hop, upgrade_protocol,
+};
 use cryptun_proto::message::{ErrorCode, ServerMessage, encode};
-use cryptun_proto::mux::{OpenError, pump};
-use cryptun_proto::{InlineBody, RequestHead, ResponseHead};
+use cryptun_proto::mux::{Mux, OpenError, Stream, pump};
+use cryptun_proto::{HeadError, InlineBody, RequestHead, ResponseHead};
 use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, header};
 use http_body::Body as _;
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
+use tokio::time::{Instant, timeout_at};
 use tracing::{Instrument, debug, debug_span};
 
 use crate::error::GatewayError;
 use crate::registry::Tunnel;
-use crate::{Body, Peer, State, full};
+use crate::{Body, Peer, State, full, passthrough};
 
 /// Forwards `req` from `visitor` through `tunnel` and returns the response.
 pub(crate) async fn forward(
     state: &State,
     tunnel: &Arc<Tunnel>,
     visitor: Peer,
-    req: Request<Incoming>,
+    mut req: Request<Incoming>,
 ) -> Result<Response<Body>, GatewayError> {
     tunnel
         .requests
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let mux = &tunnel.mux;
+    let deadline = Instant::now() + state.config.request_timeout;
+    // A protocol switch is offered only to clients that stream, for requests
+    // without a body; anything else is plain HTTP with Upgrade stripped.
+    let upgrade =
+        upgrade_protocol(req.headers()).filter(|_| mux.binary() && req.body().is_end_stream());
+    let on_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
     let (parts, body) = req.into_parts();
+    let mut headers = forwarded_headers(parts.headers, visitor, &state.config.public_scheme);
+    if let Some(protocol) = &upgrade {
+        keep_upgrade(&mut headers, protocol.clone());
+    }
     let mut head = RequestHead {
         method: parts.method.as_str().to_owned(),
         path: parts
             .uri
             .path_and_query()
             .map_or_else(|| "/".to_owned(), |p| p.as_str().to_owned()),
-        headers: headers_to_wire(&forwarded_headers(
-            parts.headers,
-            visitor,
-            &state.config.public_scheme,
-        )),
+        headers: headers_to_wire(&headers),
         body: InlineBody::default(),
     };
-
     let upload = if !mux.binary() {
         head.body = InlineBody::inline(&read_inline(body, mux.limits().max_inline_body).await?);
         None
     } else if !body.is_end_stream() {
-        head.body = InlineBody::streamed();
         Some(body)
     } else {
         None
     };
-    let streams_body = upload.is_some();
-    let stream = mux.open(streams_body).map_err(|err| match err {
+    // After a switch, the request direction carries the visitor's bytes.
+    let sends = upload.is_some() || upgrade.is_some();
+    if sends {
+        head.body = InlineBody::streamed();
+    }
+    let stream = mux.open(sends).map_err(|err| match err {
         OpenError::TooMany => GatewayError::TooManyStreams,
         OpenError::Closed | OpenError::Duplicate(_) => GatewayError::ClientGone,
     })?;
-    let id = stream.id;
+    let Stream {
+        id,
+        head: response_head,
+        recv,
+        send,
+        ..
+    } = stream;
     let message = encode(&ServerMessage::Request {
         request_id: id,
         tunnel_id: tunnel.id.clone(),
         request: head,
     });
-    let timeout = state.config.request_timeout;
-    // The timeout covers queueing the head too: a client that stopped reading
-    // must not hold a visitor longer than one that is slow to answer.
-    let exchange = async {
-        stream
-            .send
-            .send_text(message)
-            .await
-            .map_err(|_| GatewayError::ClientGone)?;
-        if let Some(body) = upload {
+    // The deadline covers queueing the head too: a client that stopped
+    // reading must not hold a visitor longer than one that is slow to answer.
+    let timed_out = |_| GatewayError::Timeout(state.config.request_timeout);
+    timeout_at(deadline, send.send_text(message))
+        .await
+        .map_err(timed_out)?
+        .map_err(|_| GatewayError::ClientGone)?;
+    let send = match upload {
+        Some(body) => {
             // The upload runs beside the response: the local service may
             // answer (or stream its answer) before it has read the whole
             // request. It ends with the body, or when the stream completes
             // or is reset.
             tokio::spawn(
                 async move {
-                    if let Err(err) = pump(body, stream.send).await {
+                    if let Err(err) = pump(body, send).await {
                         debug!(%err, "request body upload stopped");
                     }
                 }
                 .instrument(debug_span!("upload", stream = id)),
             );
+            None
         }
-        match stream.head.await {
-            Ok(response) => Ok(response),
-            Err(_) if mux.is_closed() => Err(GatewayError::ClientGone),
-            Err(_) => Err(GatewayError::ClientReset),
-        }
+        None => Some(send),
     };
-    let response = tokio::time::timeout(timeout, exchange)
+    let response = match timeout_at(deadline, response_head)
         .await
-        .map_err(|_| GatewayError::Timeout(timeout))??;
-    let streamed = response.body.body_stream;
-    let built = build_response(response, mux.limits(), mux.binary());
-    let (mut resp, inline) = match built {
-        Ok(parts) => parts,
-        Err(err) => {
-            mux.queue_text(encode(&ServerMessage::error(
-                ErrorCode::BadResponse,
-                err.to_string(),
-                Some(id),
-            )));
-            mux.reset(id);
-            return Err(err.into());
+        .map_err(timed_out)?
+    {
+        Ok(response) => response,
+        Err(_) if mux.is_closed() => return Err(GatewayError::ClientGone),
+        Err(_) => return Err(GatewayError::ClientReset),
+    };
+    if let (Some(on_upgrade), Some(send)) = (on_upgrade, send) {
+        if response.status == 101 {
+            return passthrough::switch(response, mux, on_upgrade, send, recv);
         }
+        // The app declined the switch: the connection stays plain HTTP, and
+        // the request direction ends without bytes.
+        tokio::spawn(async move {
+            let mut send = send;
+            let _ = send.send(Bytes::new(), true).await;
+        });
+    }
+    let streamed = response.body.body_stream;
+    let (mut resp, inline) = match build_response(response, mux.limits(), mux.binary()) {
+        Ok(parts) => parts,
+        Err(err) => return Err(refuse_response(mux, id, err)),
     };
     *resp.body_mut() = if streamed {
-        stream.recv.map_err(Into::into).boxed()
+        recv.map_err(Into::into).boxed()
     } else {
         full(inline)
     };
     Ok(resp)
+}
+
+/// Tells the client its response for `id` was refused, resets the stream,
+/// and returns the visitor's error.
+pub(crate) fn refuse_response(mux: &Mux<ResponseHead>, id: u32, err: HeadError) -> GatewayError {
+    mux.queue_text(encode(&ServerMessage::error(
+        ErrorCode::BadResponse,
+        err.to_string(),
+        Some(id),
+    )));
+    mux.reset(id);
+    err.into()
 }
 
 /// Reads a whole body for a JSON-only session, refusing more than `limit`
@@ -163,7 +195,7 @@ fn forwarded_headers(mut headers: HeaderMap, visitor: Peer, scheme: &str) -> Hea
 
 /// Turns the client's response head into a response (body still to be set),
 /// with its inline body decoded.
-fn build_response(
+pub(crate) fn build_response(
     head: ResponseHead,
     limits: &cryptun_proto::Limits,
     binary: bool,
