@@ -2,9 +2,9 @@
 //!
 //! | route | answer |
 //! |---|---|
-//! | `/echo` | JSON: method, path, headers (in order), body length and SHA-256 |
+//! | `/echo`, `/echo/...` | JSON: method, path, headers (in order), body length and SHA-256 |
 //! | `/bytes?n=N` | `N` bytes of [`pattern`](crate::pattern), streamed in 64 KiB chunks |
-//! | `/sha256` | reads the body as it streams; JSON: its length and SHA-256 |
+//! | `/sha256` | reads the body as it streams ([`Origin::uploaded`] counts the bytes); JSON: its length and SHA-256 |
 //! | `/delay?ms=N` | `done` after `N` ms |
 //! | `/hang` | never answers; [`Origin::dropped`] counts those abandoned |
 //! | `/status?code=N` | status `N` |
@@ -36,6 +36,7 @@ type Body = BoxBody<Bytes, Infallible>;
 struct Stats {
     requests: AtomicUsize,
     dropped: AtomicUsize,
+    uploaded: AtomicUsize,
     changed: Notify,
 }
 
@@ -77,10 +78,24 @@ impl Origin {
 
     /// Waits until `/hang` requests abandoned reach `n` (or `limit` passes).
     pub async fn wait_dropped(&self, n: usize, limit: Duration) -> bool {
+        self.wait_until(limit, || self.dropped() >= n).await
+    }
+
+    /// Body bytes `/sha256` has read so far, over all its requests.
+    pub fn uploaded(&self) -> usize {
+        self.stats.uploaded.load(Ordering::SeqCst)
+    }
+
+    /// Waits until `/sha256` has read at least `n` bytes (or `limit` passes).
+    pub async fn wait_uploaded(&self, n: usize, limit: Duration) -> bool {
+        self.wait_until(limit, || self.uploaded() >= n).await
+    }
+
+    async fn wait_until(&self, limit: Duration, done: impl Fn() -> bool) -> bool {
         tokio::time::timeout(limit, async {
             loop {
                 let changed = self.stats.changed.notified();
-                if self.dropped() >= n {
+                if done() {
                     return;
                 }
                 changed.await;
@@ -149,7 +164,7 @@ async fn route(req: Request<Incoming>, stats: Arc<Stats>) -> Response<Body> {
             .unwrap_or(default)
     };
     match req.uri().path() {
-        "/echo" => {
+        path if path == "/echo" || path.starts_with("/echo/") => {
             let method = req.method().to_string();
             let path = req
                 .uri()
@@ -186,16 +201,13 @@ async fn route(req: Request<Incoming>, stats: Arc<Stats>) -> Response<Body> {
         }
         "/bytes" => {
             let n = num("n", 0) as usize;
-            let data = Bytes::from(crate::pattern(n));
-            let chunks: Vec<Bytes> = (0..n)
-                .step_by(64 << 10)
-                .map(|i| data.slice(i..n.min(i + (64 << 10))))
-                .collect();
-            let stream = futures_util::stream::iter(
-                chunks
-                    .into_iter()
-                    .map(|c| Ok::<_, Infallible>(Frame::data(c))),
-            );
+            // Each chunk is made as it is sent: a large body neither sits
+            // in memory nor blocks the runtime while it is generated.
+            let chunks = (0..n).step_by(64 << 10).map(move |i| {
+                let chunk = pattern_range(i, n.min(i + (64 << 10)));
+                Ok::<_, Infallible>(Frame::data(Bytes::from(chunk)))
+            });
+            let stream = futures_util::stream::iter(chunks);
             let mut resp = Response::new(StreamBody::new(stream).boxed());
             resp.headers_mut().insert("content-length", n.into());
             resp
@@ -210,6 +222,8 @@ async fn route(req: Request<Incoming>, stats: Arc<Stats>) -> Response<Body> {
                         if let Ok(data) = frame.into_data() {
                             len += data.len() as u64;
                             hasher.update(&data);
+                            stats.uploaded.fetch_add(data.len(), Ordering::SeqCst);
+                            stats.changed.notify_waiters();
                         }
                     }
                     Err(err) => return text(StatusCode::BAD_REQUEST, format!("body error: {err}")),
@@ -262,5 +276,23 @@ async fn route(req: Request<Incoming>, stats: Arc<Stats>) -> Response<Body> {
         }
         "/token" => text(StatusCode::OK, query(&req, "t").unwrap_or_default()),
         _ => text(StatusCode::NOT_FOUND, "origin: no such route"),
+    }
+}
+
+/// Bytes `start..end` of [`pattern`](crate::pattern).
+fn pattern_range(start: usize, end: usize) -> Vec<u8> {
+    (start..end)
+        .map(|i| ((i * 7 + i / 251) % 256) as u8)
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn pattern_range_is_a_slice_of_pattern() {
+        let whole = crate::pattern(200_000);
+        for (start, end) in [(0, 0), (0, 1000), (65_536, 131_072), (199_999, 200_000)] {
+            assert_eq!(super::pattern_range(start, end), &whole[start..end]);
+        }
     }
 }

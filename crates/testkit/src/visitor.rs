@@ -10,7 +10,7 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::{Client, connect::HttpConnector};
 use hyper_util::rt::TokioExecutor;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 /// A pooled HTTP client aimed at one server.
@@ -122,4 +122,72 @@ pub async fn raw_exchange(addr: SocketAddr, request: &[u8], limit: Duration) -> 
     let mut out = Vec::new();
     let _ = tokio::time::timeout(limit, stream.read_to_end(&mut out)).await;
     String::from_utf8_lossy(&out).into_owned()
+}
+
+/// A response read off a raw socket by [`read_response`].
+#[derive(Debug)]
+pub struct RawResponse {
+    pub status: u16,
+    /// Names lowercased, values trimmed, in the order received.
+    pub headers: Vec<(String, String)>,
+    /// The body, de-chunked if it was chunked.
+    pub body: Vec<u8>,
+}
+
+impl RawResponse {
+    /// The first value of header `name` (lowercase).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        let mut found = self.headers.iter().filter(|(n, _)| n == name);
+        found.next().map(|(_, v)| v.as_str())
+    }
+}
+
+/// Reads one HTTP/1.1 response with a Content-Length or chunked body from
+/// a raw connection, leaving it ready for the next response; panics if the
+/// connection ends first. Bound it with a timeout.
+pub async fn read_response(r: &mut (impl AsyncBufRead + Unpin)) -> RawResponse {
+    async fn line(r: &mut (impl AsyncBufRead + Unpin)) -> String {
+        let mut buf = Vec::new();
+        r.read_until(b'\n', &mut buf).await.unwrap();
+        assert!(buf.ends_with(b"\n"), "connection closed mid-response");
+        String::from_utf8_lossy(&buf).trim_end().to_owned()
+    }
+    let status_line = line(r).await;
+    let status = status_line.split(' ').nth(1).and_then(|s| s.parse().ok());
+    let status = status.unwrap_or_else(|| panic!("bad status line {status_line:?}"));
+    let mut headers = Vec::new();
+    loop {
+        let l = line(r).await;
+        if l.is_empty() {
+            break;
+        }
+        let (name, value) = l.split_once(':').unwrap();
+        headers.push((name.to_ascii_lowercase(), value.trim().to_owned()));
+    }
+    let mut resp = RawResponse {
+        status,
+        headers,
+        body: Vec::new(),
+    };
+    if let Some(len) = resp.header("content-length") {
+        resp.body.resize(len.parse().unwrap(), 0);
+        r.read_exact(&mut resp.body).await.unwrap();
+    } else if resp
+        .header("transfer-encoding")
+        .is_some_and(|v| v.contains("chunked"))
+    {
+        loop {
+            let size = line(r).await;
+            let size = usize::from_str_radix(size.split(';').next().unwrap(), 16).unwrap();
+            if size == 0 {
+                while !line(r).await.is_empty() {}
+                break;
+            }
+            let start = resp.body.len();
+            resp.body.resize(start + size, 0);
+            r.read_exact(&mut resp.body[start..]).await.unwrap();
+            line(r).await;
+        }
+    }
+    resp
 }
