@@ -127,6 +127,10 @@ impl Session {
         };
         let (out_tx, out_rx) = mpsc::channel(OUTBOUND_QUEUE);
         let mux: Mux<()> = Mux::new(Side::Acceptor, true, limits, out_tx);
+        // However this ends, even if the future is dropped mid-way (its task
+        // aborted), every stream fails, so the request tasks let go of their
+        // local requests instead of holding them open forever.
+        let _close_streams = CloseOnDrop(mux.clone());
         mux.heard();
         let forwarder = Arc::new(Forwarder::new(&self.config, events));
         let (sink, mut stream) = self.ws.split();
@@ -153,6 +157,15 @@ impl Session {
             let _ = tokio::time::timeout(Duration::from_secs(1), writer).await;
         }
         result
+    }
+}
+
+/// Closes a session's streams when dropped.
+struct CloseOnDrop(Mux<()>);
+
+impl Drop for CloseOnDrop {
+    fn drop(&mut self) {
+        self.0.close();
     }
 }
 
