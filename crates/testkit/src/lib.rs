@@ -11,17 +11,21 @@
 //!   large bodies, hashing uploads, delays, hangs and streamed responses.
 //! - [`visitor`]: HTTP requests to the server with any Host, and a raw
 //!   socket for byte-level tests.
+//! - [`raw`]: [`RawWs`], a hand-driven WebSocket client speaking JSON, for
+//!   protocol and abuse tests.
 
 #![forbid(unsafe_code)]
 #![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
 
 pub mod client;
 pub mod origin;
+pub mod raw;
 pub mod server;
 pub mod visitor;
 
 pub use client::TestClient;
 pub use origin::Origin;
+pub use raw::RawWs;
 pub use server::TestServer;
 pub use visitor::{Reply, Visitor};
 
