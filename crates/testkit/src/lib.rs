@@ -22,6 +22,7 @@ pub mod origin;
 pub mod raw;
 pub mod server;
 pub mod visitor;
+pub mod wsecho;
 
 pub use client::TestClient;
 pub use origin::Origin;

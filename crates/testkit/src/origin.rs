@@ -11,6 +11,7 @@
 //! | `/headers` | repeated `set-cookie` and `x-multi` response headers |
 //! | `/stream?chunks=N&interval_ms=M` | `N` chunks, `M` ms apart, chunked |
 //! | `/token?t=X` | `X` |
+//! | `/zeros?n=N` | `N` zero bytes, streamed from one static buffer (for GiB tests) |
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -275,6 +276,22 @@ async fn route(req: Request<Incoming>, stats: Arc<Stats>) -> Response<Body> {
             resp
         }
         "/token" => text(StatusCode::OK, query(&req, "t").unwrap_or_default()),
+        "/zeros" => {
+            static ZEROS: [u8; 64 << 10] = [0; 64 << 10];
+            let n = num("n", 0);
+            let stream = futures_util::stream::unfold(0u64, move |sent| async move {
+                (sent < n).then(|| {
+                    let len = (n - sent).min(ZEROS.len() as u64) as usize;
+                    (
+                        Ok::<_, Infallible>(Frame::data(Bytes::from_static(&ZEROS[..len]))),
+                        sent + len as u64,
+                    )
+                })
+            });
+            let mut resp = Response::new(StreamBody::new(stream).boxed());
+            resp.headers_mut().insert("content-length", n.into());
+            resp
+        }
         _ => text(StatusCode::NOT_FOUND, "origin: no such route"),
     }
 }
