@@ -15,6 +15,7 @@ pub async fn server(args: ServerArgs) -> Result<()> {
         domain: args.domain,
         public_port: args.public_port,
         request_timeout: args.request_timeout,
+        max_request_timeout: args.max_request_timeout,
         handshake_timeout: args.handshake_timeout,
         heartbeat: cryptun_proto::mux::Heartbeat {
             interval: args.heartbeat_interval,
@@ -44,6 +45,7 @@ pub async fn http(args: HttpArgs) -> Result<()> {
     };
     let mut config = ClientConfig::new(&args.server, target.clone())?;
     config.subdomain = args.subdomain;
+    config.request_timeout = args.request_timeout;
     let session = cryptun_client::connect(&config).await?;
     let shown = if args.hello {
         "built-in hello page".to_owned()

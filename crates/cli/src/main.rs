@@ -50,6 +50,9 @@ struct ServerArgs {
     /// How long a visitor waits for the local service's response head before 504.
     #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
     request_timeout: Duration,
+    /// The longest request timeout a client may ask for (`cryptun http --request-timeout`).
+    #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+    max_request_timeout: Duration,
     /// How often the server pings each client.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     heartbeat_interval: Duration,
@@ -87,6 +90,9 @@ struct HttpArgs {
     /// Print one JSON object per line (tunnel_created first, then one per request).
     #[arg(long)]
     json: bool,
+    /// How long visitors may wait for a response (e.g. 10m for long polling; the server caps it).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    request_timeout: Option<Duration>,
 }
 
 #[derive(Debug, Args)]

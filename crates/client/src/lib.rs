@@ -2,12 +2,13 @@
 //! carries each request that arrives on it to a local service.
 //!
 //! ```no_run
-//! # async fn example() -> Result<(), cryptun_client::ClientError> {
+//! # async fn example() -> Result<(), Box<dyn std::error::Error>> {
 //! use cryptun_client::{ClientConfig, Target, connect};
 //! let config = ClientConfig::new("http://127.0.0.1:4000", Target::parse("3000")?)?;
 //! let session = connect(&config).await?;
 //! println!("{}", session.tunnel().public_url);
-//! session.run(Default::default(), cryptun_client::Events::none()).await
+//! session.run(Default::default(), cryptun_client::Events::none()).await?;
+//! # Ok(())
 //! # }
 //! ```
 //!
@@ -43,6 +44,9 @@ pub struct ClientConfig {
     pub target: Target,
     /// A subdomain to ask for.
     pub subdomain: Option<String>,
+    /// How long visitors may wait for a response head (for long polling);
+    /// `None` takes the server's default. The server caps it.
+    pub request_timeout: Option<Duration>,
     /// How long to wait for the server to accept the connection and tunnel.
     pub connect_timeout: Duration,
     /// How long to wait for the local service to accept a connection.
@@ -56,6 +60,7 @@ impl ClientConfig {
             control_url: target::control_url(server)?,
             target,
             subdomain: None,
+            request_timeout: None,
             connect_timeout: Duration::from_secs(10),
             local_connect_timeout: Duration::from_secs(5),
         })

@@ -8,7 +8,7 @@ use std::time::Duration;
 use cryptun_proto::message::{
     self, ClientMessage, CreateTunnel, ServerMessage, TunnelCreated, decode, encode,
 };
-use cryptun_proto::mux::{Heartbeat, Mux, Side, run_writer};
+use cryptun_proto::mux::{Heartbeat, Mux, OpenError, Side, run_writer};
 use cryptun_proto::tungstenite::Message;
 use cryptun_proto::tungstenite::protocol::CloseFrame;
 use cryptun_proto::tungstenite::protocol::frame::coding::CloseCode;
@@ -61,6 +61,9 @@ async fn connect_inner(config: &ClientConfig) -> Result<Session, ClientError> {
         version: Some(PROTOCOL_VERSION),
         subdomain: config.subdomain.clone(),
         binary_streams: true,
+        request_timeout_ms: config
+            .request_timeout
+            .map(|d| d.as_millis().try_into().unwrap_or(u64::MAX)),
     });
     ws.send(Message::text(encode(&create)))
         .await
@@ -117,7 +120,8 @@ impl Session {
             max_frame_payload: announced.max_frame_payload,
             stream_window: announced.stream_window,
             max_inline_body: announced.max_inline_body,
-            max_streams: announced.max_streams,
+            // Headroom over the server's limit: see `busy_response`.
+            max_streams: announced.max_streams.saturating_mul(2),
             ..Limits::default()
         };
         let interval = Duration::from_millis(announced.heartbeat_interval_ms.max(100));
@@ -130,7 +134,7 @@ impl Session {
         // However this ends, even if the future is dropped mid-way (its task
         // aborted), every stream fails, so the request tasks let go of their
         // local requests instead of holding them open forever.
-        let _close_streams = CloseOnDrop(mux.clone());
+        let _close_streams = mux.close_on_drop();
         mux.heard();
         let forwarder = Arc::new(Forwarder::new(&self.config, events));
         let (sink, mut stream) = self.ws.split();
@@ -160,15 +164,6 @@ impl Session {
     }
 }
 
-/// Closes a session's streams when dropped.
-struct CloseOnDrop(Mux<()>);
-
-impl Drop for CloseOnDrop {
-    fn drop(&mut self) {
-        self.0.close();
-    }
-}
-
 async fn read_loop(
     mux: &Mux<()>,
     stream: &mut futures_util::stream::SplitStream<Ws>,
@@ -187,7 +182,14 @@ async fn read_loop(
                         Ok(stream) => {
                             tokio::spawn(forward(Arc::clone(forwarder), stream, request));
                         }
-                        Err(err) => {
+                        Err(OpenError::TooMany) => {
+                            // The server frees a stream when it has the whole
+                            // response; we may hold ours a moment longer, so
+                            // this can happen without anyone misbehaving.
+                            mux.queue_text(busy_response(request_id));
+                        }
+                        Err(OpenError::Closed) => {}
+                        Err(err @ OpenError::Duplicate(_)) => {
                             let reason = format!("request {request_id}: {err}");
                             mux.queue_close(CloseFrame {
                                 code: CloseCode::from(close_code::PROTOCOL_ERROR),
@@ -225,6 +227,23 @@ async fn read_loop(
         }
     }
     ClientError::Disconnected("connection lost".into())
+}
+
+/// The answer to a request beyond our own stream limit.
+fn busy_response(request_id: u32) -> String {
+    encode(&ClientMessage::Response {
+        request_id,
+        response: cryptun_proto::ResponseHead {
+            status: 503,
+            headers: vec![
+                ("content-type".into(), "text/plain; charset=utf-8".into()),
+                ("retry-after".into(), "1".into()),
+            ],
+            body: cryptun_proto::InlineBody::inline(
+                b"cryptun client: too many requests in flight\n",
+            ),
+        },
+    })
 }
 
 fn describe_close(frame: Option<&CloseFrame>) -> String {

@@ -52,6 +52,11 @@ pub struct CreateTunnel {
     /// Without it, every body travels inline in the JSON messages.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub binary_streams: bool,
+    /// How long visitors of this tunnel may wait for a response head, in
+    /// milliseconds: more than the server's default for long polling, capped
+    /// by the server's maximum. Absent means the server's default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_timeout_ms: Option<u64>,
 }
 
 /// Messages the server sends to a client.
@@ -93,6 +98,8 @@ pub struct TunnelCreated {
     pub public_url: String,
     /// Whether bodies on this session travel as binary frames.
     pub binary_streams: bool,
+    /// How long a visitor waits for this tunnel's response head before 504.
+    pub request_timeout_ms: u64,
     /// The limits the server enforces on this session.
     pub limits: SessionLimits,
 }

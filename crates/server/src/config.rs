@@ -15,8 +15,11 @@ pub struct Config {
     /// Port shown in public URLs; `None` means the listener's own port.
     /// 80 for `http` (443 for `https`) is left out of the URL.
     pub public_port: Option<u16>,
-    /// How long a visitor waits for the client's response head before 504.
+    /// How long a visitor waits for the client's response head before 504,
+    /// unless the tunnel asked for another value.
     pub request_timeout: Duration,
+    /// The longest request timeout a tunnel may ask for (long polling).
+    pub max_request_timeout: Duration,
     /// How long a new control connection may take to send `create_tunnel`.
     pub handshake_timeout: Duration,
     /// Ping interval, and the silence after which a client is taken as gone.
@@ -37,6 +40,7 @@ impl Default for Config {
             public_scheme: "http".into(),
             public_port: None,
             request_timeout: Duration::from_secs(60),
+            max_request_timeout: Duration::from_secs(3600),
             handshake_timeout: Duration::from_secs(10),
             heartbeat: Heartbeat {
                 interval: Duration::from_secs(10),
@@ -83,6 +87,11 @@ impl Config {
         if self.heartbeat.timeout <= self.heartbeat.interval {
             return Err(ConfigError(
                 "the heartbeat timeout must exceed its interval".into(),
+            ));
+        }
+        if self.max_request_timeout < self.request_timeout {
+            return Err(ConfigError(
+                "the maximum request timeout must be at least the default one".into(),
             ));
         }
         for (name, d) in [

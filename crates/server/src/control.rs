@@ -140,6 +140,8 @@ async fn session(state: Arc<State>, mut ws: Ws, peer: Peer) {
         state.config.limits,
         out_tx,
     );
+    // Even if this task panics, pending visitors get their 502 at once.
+    let _close_streams = mux.close_on_drop();
     let mut tunnels = Vec::new();
     match create_tunnel(&state, &mux, &create, peer, 0) {
         Ok((registration, created)) => {
@@ -266,6 +268,13 @@ fn create_tunnel(
             client_addr: peer,
             created_at: SystemTime::now(),
             requests: Default::default(),
+            request_timeout: create
+                .request_timeout_ms
+                .map(std::time::Duration::from_millis)
+                .filter(|d| !d.is_zero())
+                .map_or(state.config.request_timeout, |d| {
+                    d.min(state.config.max_request_timeout)
+                }),
             mux: mux.clone(),
         };
         match state.registry.register(tunnel) {
@@ -277,6 +286,11 @@ fn create_tunnel(
                     subdomain: t.subdomain.clone(),
                     public_url: t.public_url.clone(),
                     binary_streams: mux.binary(),
+                    request_timeout_ms: t
+                        .request_timeout
+                        .as_millis()
+                        .try_into()
+                        .unwrap_or(u64::MAX),
                     limits: state
                         .config
                         .limits

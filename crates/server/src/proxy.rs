@@ -33,7 +33,7 @@ pub(crate) async fn forward(
         .requests
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let mux = &tunnel.mux;
-    let deadline = Instant::now() + state.config.request_timeout;
+    let deadline = Instant::now() + tunnel.request_timeout;
     // A protocol switch is offered only to clients that stream, for requests
     // without a body; anything else is plain HTTP with Upgrade stripped.
     let upgrade =
@@ -84,7 +84,7 @@ pub(crate) async fn forward(
     });
     // The deadline covers queueing the head too: a client that stopped
     // reading must not hold a visitor longer than one that is slow to answer.
-    let timed_out = |_| GatewayError::Timeout(state.config.request_timeout);
+    let timed_out = |_| GatewayError::Timeout(tunnel.request_timeout);
     timeout_at(deadline, send.send_text(message))
         .await
         .map_err(timed_out)?

@@ -27,6 +27,8 @@ pub struct Tunnel {
     pub created_at: SystemTime,
     /// Requests routed to this tunnel so far.
     pub requests: AtomicU64,
+    /// How long its visitors wait for a response head.
+    pub request_timeout: std::time::Duration,
     /// The session's streams, shared with its other tunnels.
     pub mux: Mux<ResponseHead>,
 }

@@ -140,6 +140,15 @@ struct Control {
     close: Option<CloseFrame>,
 }
 
+/// Closes a session's streams when dropped; see [`Mux::close_on_drop`].
+pub struct CloseOnDrop<H: Send + 'static>(Mux<H>);
+
+impl<H: Send + 'static> Drop for CloseOnDrop<H> {
+    fn drop(&mut self) {
+        self.0.close();
+    }
+}
+
 /// A new stream: its id, its two body halves, and (for opened streams) the
 /// peer's head when it arrives.
 pub struct Stream<H: Send + 'static> {
@@ -348,6 +357,13 @@ impl<H: Send + 'static> Mux<H> {
         for id in ids {
             Self::remove(&mut table, id, "the tunnel's connection closed".into());
         }
+    }
+
+    /// A guard that closes the session's streams when dropped: however the
+    /// session's task ends (returns, panics, or is aborted), every request
+    /// task lets go of its work instead of waiting forever.
+    pub fn close_on_drop(&self) -> CloseOnDrop<H> {
+        CloseOnDrop(self.clone())
     }
 
     /// Whether [`close`](Self::close) has run.
