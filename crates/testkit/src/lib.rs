@@ -30,6 +30,17 @@ pub use raw::RawWs;
 pub use server::TestServer;
 pub use visitor::{Reply, Visitor};
 
+/// The bound on every wait in the end-to-end tests that is not itself
+/// under test.
+pub const LIMIT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Awaits `fut`, failing the test with `what` if it takes over [`LIMIT`].
+pub async fn within<T>(what: &str, fut: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(LIMIT, fut)
+        .await
+        .unwrap_or_else(|_| panic!("{what}: nothing within {LIMIT:?}"))
+}
+
 /// Hex SHA-256 of `data`.
 pub fn sha256_hex(data: &[u8]) -> String {
     use sha2::Digest;

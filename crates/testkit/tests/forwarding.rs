@@ -8,25 +8,16 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::future::Future;
-use std::time::Duration;
 
 use cryptun_client::ClientError;
 use cryptun_proto::ErrorCode;
 use cryptun_testkit::visitor::{raw_exchange, read_response};
-use cryptun_testkit::{Origin, Reply, TestClient, TestServer, Visitor, pattern, sha256_hex};
+use cryptun_testkit::{
+    LIMIT, Origin, Reply, TestClient, TestServer, Visitor, pattern, sha256_hex, within,
+};
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpSocket, TcpStream};
-
-/// The bound on every wait in this file.
-const LIMIT: Duration = Duration::from_secs(30);
-
-async fn within<T>(what: &str, fut: impl Future<Output = T>) -> T {
-    tokio::time::timeout(LIMIT, fut)
-        .await
-        .unwrap_or_else(|_| panic!("{what}: no answer within {LIMIT:?}"))
-}
 
 /// `GET path` on `host`, bounded.
 async fn get(visitor: &Visitor, host: &str, path: &str) -> Reply {

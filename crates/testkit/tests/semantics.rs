@@ -49,7 +49,10 @@ async fn an_oversized_request_head_gets_431() {
     let origin = Origin::start().await;
     let client = TestClient::start(&server, &origin.target()).await;
     let big = "x".repeat(70 << 10);
-    let request = format!("GET /echo HTTP/1.1\r\nHost: {}\r\nX-Big: {big}\r\n\r\n", client.host);
+    let request = format!(
+        "GET /echo HTTP/1.1\r\nHost: {}\r\nX-Big: {big}\r\n\r\n",
+        client.host
+    );
     let reply = raw_exchange(server.addr, request.as_bytes(), Duration::from_secs(5)).await;
     assert!(reply.starts_with("HTTP/1.1 431"), "{reply:.200}");
     let many: String = (0..150).map(|i| format!("X-H{i}: v\r\n")).collect();

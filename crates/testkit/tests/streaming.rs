@@ -7,27 +7,19 @@
 #![allow(clippy::unwrap_used)]
 
 use std::convert::Infallible;
-use std::future::Future;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use cryptun_client::Event;
-use cryptun_testkit::{Origin, TestClient, TestServer, Visitor, pattern, sha256_hex};
+use cryptun_testkit::{
+    LIMIT, Origin, TestClient, TestServer, Visitor, pattern, sha256_hex, within,
+};
 use http::Request;
 use http_body_util::{BodyExt, StreamBody};
 use hyper::body::{Frame, Incoming};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
-
-/// The bound on every wait that is not itself under test.
-const LIMIT: Duration = Duration::from_secs(30);
-
-async fn within<T>(what: &str, fut: impl Future<Output = T>) -> T {
-    tokio::time::timeout(LIMIT, fut)
-        .await
-        .unwrap_or_else(|_| panic!("{what}: nothing within {LIMIT:?}"))
-}
 
 /// A server, an origin and a client tunnelling to it, and a visitor.
 async fn tunnel() -> (TestServer, Origin, TestClient, Visitor) {
