@@ -31,6 +31,10 @@ type LocalBody = BoxBody<Bytes, BoxError>;
 const MAX_HEADERS: usize = 1024;
 const MAX_HEADER_BYTES: usize = 1 << 20;
 
+/// Response bodies up to this size, when their length is known, travel
+/// inline in the response head (base64, so about 22 KiB of JSON at most).
+const INLINE_RESPONSE_MAX: u64 = 16 << 10;
+
 /// Idle pooled connections to the local service are closed after this.
 const POOL_IDLE: Duration = Duration::from_secs(60);
 
@@ -127,28 +131,49 @@ async fn exchange(
     let (parts, body) = response.into_parts();
     let mut headers = parts.headers;
     strip_hop_by_hop(&mut headers);
-    let has_body = !body.is_end_stream();
+    let headers = headers_to_wire(&headers);
+    let small = body
+        .size_hint()
+        .exact()
+        .is_some_and(|len| len <= INLINE_RESPONSE_MAX);
+    if small {
+        // A small body of known length rides inside the head: one message
+        // instead of a head and a frame, and the visitor gets a plain
+        // Content-Length response.
+        let bytes = match body.collect().await {
+            Ok(collected) => collected.to_bytes(),
+            Err(err) => {
+                let text = format!(
+                    "the local service failed mid-response: {}",
+                    error_chain(&err)
+                );
+                return answer_error(send, 502, text, started).await;
+            }
+        };
+        let head = ResponseHead {
+            status,
+            headers,
+            body: InlineBody::inline(&bytes),
+        };
+        if send_head(&send, head).await.is_err() {
+            return closed(status, started);
+        }
+        send.finish();
+        return Outcome {
+            status,
+            duration: started.elapsed(),
+            error: None,
+        };
+    }
     let head = ResponseHead {
         status,
-        headers: headers_to_wire(&headers),
-        body: if has_body {
-            InlineBody::streamed()
-        } else {
-            InlineBody::default()
-        },
+        headers,
+        body: InlineBody::streamed(),
     };
     if send_head(&send, head).await.is_err() {
         return closed(status, started);
     }
     let duration = started.elapsed();
-    if !has_body {
-        send.finish();
-        return Outcome {
-            status,
-            duration,
-            error: None,
-        };
-    }
     match pump(body, send).await {
         Ok(_) => Outcome {
             status,
