@@ -8,7 +8,6 @@
 
 #![allow(clippy::unwrap_used)]
 
-
 use cryptun_client::ClientError;
 use cryptun_proto::ErrorCode;
 use cryptun_testkit::visitor::{raw_exchange, read_response};
