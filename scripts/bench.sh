@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Cryptun's performance benchmark, in one command:
+#
+#   scripts/bench.sh            # full run (10 s per wrk run; 1,000 and 10,000 idle tunnels)
+#   scripts/bench.sh --quick    # 3 s per wrk run; 1,000 idle tunnels
+#
+# Any other arguments go to `cryptun-bench run` (see `--help` there), e.g.
+#   scripts/bench.sh --duration 20 --tunnels 1000,5000 --markdown /tmp/bench.md
+#
+# Installs wrk with apt-get if it is missing, builds the release binaries,
+# raises the open-file limit (each idle tunnel is one descriptor in the server
+# and one in the swarm), and runs the orchestrator. Everything stays on
+# 127.0.0.1; docs/BENCHMARKS.md explains what is measured.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if ! command -v wrk >/dev/null 2>&1; then
+    echo "bench: installing wrk" >&2
+    sudo=""
+    if [ "$(id -u)" -ne 0 ]; then sudo="sudo"; fi
+    $sudo apt-get update
+    $sudo apt-get install -y wrk
+fi
+
+cargo build --release -p cryptun -p cryptun-bench
+
+# 65536 if allowed; otherwise as high as the hard limit goes.
+want=65536
+if ! ulimit -n "$want" 2>/dev/null; then
+    hard=$(ulimit -Hn)
+    if [ "$hard" != "unlimited" ] && [ "$hard" -lt "$want" ]; then
+        ulimit -n "$hard"
+        echo "bench: open-file limit raised to the hard limit, $hard" >&2
+    fi
+fi
+
+exec target/release/cryptun-bench run "$@"
