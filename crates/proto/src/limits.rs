@@ -4,6 +4,9 @@ use std::time::Duration;
 
 use crate::message::SessionLimits;
 
+/// Bytes tungstenite reads from the socket at a time.
+const READ_BUFFER: usize = 4 << 10;
+
 /// Every bound a session enforces on what a peer may make us hold.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
@@ -68,6 +71,10 @@ impl Limits {
             .max_message_bytes
             .max(self.max_frame_payload + crate::frame::HEADER_LEN);
         tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
+            // tungstenite fills its whole read buffer before each read, so
+            // its size is resident per connection: keep it small (an idle
+            // tunnel costs a few KiB) and let it grow for large frames.
+            .read_buffer_size(READ_BUFFER)
             .max_message_size(Some(max))
             .max_frame_size(Some(max))
             // Backpressure comes from our own bounded queue; keep the socket
