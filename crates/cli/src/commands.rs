@@ -94,8 +94,23 @@ pub async fn demo(args: DemoArgs) -> Result<()> {
     Ok(())
 }
 
+/// Pending connections the kernel queues for accept: room for a burst of
+/// reconnecting clients after a restart (the usual default of 128 drops
+/// connections and makes them retry a second later).
+const LISTEN_BACKLOG: u32 = 4096;
+
 async fn bind(addr: std::net::SocketAddr) -> Result<TcpListener> {
-    TcpListener::bind(addr).await.with_context(|| {
+    let listen = || -> std::io::Result<TcpListener> {
+        let socket = if addr.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()?
+        } else {
+            tokio::net::TcpSocket::new_v6()?
+        };
+        socket.set_reuseaddr(true)?;
+        socket.bind(addr)?;
+        socket.listen(LISTEN_BACKLOG)
+    };
+    listen().with_context(|| {
         format!(
             "could not listen on {addr} (is another server running? choose another with --listen)"
         )
