@@ -17,19 +17,21 @@
 //! outbound queue; so a peer that stops reading stalls its own streams and
 //! nothing else, and two peers writing to each other cannot deadlock.
 
+mod control;
 mod pipe;
 mod recv;
 mod send;
 mod writer;
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use tokio::sync::{Notify, Semaphore, mpsc, oneshot};
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+
+use control::Control;
 
 pub use pipe::{copy_from_stream, copy_into_stream};
 pub use recv::{RecvBody, StreamError};
@@ -82,10 +84,6 @@ pub enum Violation {
 
 /// Credit beyond this is a peer bug (and would overflow the semaphore).
 const MAX_CREDIT: usize = 1 << 31;
-/// Most queued control texts (errors); more are dropped, as the peer is
-/// clearly not listening.
-const MAX_QUEUED_TEXTS: usize = 64;
-
 /// One WebSocket's streams, shared by everything that works on them.
 /// `H` is the head the opener waits for (the server's response head); the
 /// client, which opens nothing, uses `()`.
@@ -129,15 +127,6 @@ struct Slot<H> {
     remote_done: bool,
     /// Dropped with the slot: wakes whoever waits for the stream to end.
     _gone: oneshot::Sender<()>,
-}
-
-#[derive(Default)]
-struct Control {
-    credits: HashMap<u32, u32>,
-    resets: Vec<u32>,
-    texts: VecDeque<String>,
-    pong: bool,
-    close: Option<CloseFrame>,
 }
 
 /// Closes a session's streams when dropped; see [`Mux::close_on_drop`].
@@ -381,29 +370,6 @@ impl<H: Send + 'static> Mux<H> {
         self.inner.unmatched.load(Ordering::Relaxed)
     }
 
-    /// Queues a text message (an error) for the writer, dropping it if many
-    /// are already waiting: the peer is then not reading anyway.
-    pub fn queue_text(&self, text: String) {
-        let mut control = self.control();
-        if control.texts.len() < MAX_QUEUED_TEXTS {
-            control.texts.push_back(text);
-        }
-        drop(control);
-        self.inner.control_ready.notify_one();
-    }
-
-    /// Asks the writer to answer a JSON `ping`.
-    pub fn queue_pong(&self) {
-        self.control().pong = true;
-        self.inner.control_ready.notify_one();
-    }
-
-    /// Asks the writer to send a close frame and stop.
-    pub fn queue_close(&self, frame: CloseFrame) {
-        self.control().close.get_or_insert(frame);
-        self.inner.control_ready.notify_one();
-    }
-
     /// Records that the peer was heard from (any frame at all).
     pub fn heard(&self) {
         let ms = self.inner.started.elapsed().as_millis() as u64;
@@ -430,10 +396,6 @@ impl<H: Send + 'static> Mux<H> {
         // Every update under this lock is a single insert, remove or field
         // write, so data behind a poisoned lock is still consistent.
         self.inner.table.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    fn control(&self) -> MutexGuard<'_, Control> {
-        self.inner.control.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Our half of stream `id` is finished.
@@ -506,26 +468,5 @@ impl<H: Send + 'static> Mux<H> {
             .unwrap_or_else(|e| e.into_inner())
             .fail(reason);
         true
-    }
-
-    /// Takes everything the control queue holds, as messages to send.
-    fn take_control(&self) -> (Vec<Message>, Option<CloseFrame>) {
-        let mut control = self.control();
-        let mut out = Vec::new();
-        for (id, credit) in control.credits.drain() {
-            out.push(Message::Binary(Frame::window(id, credit)));
-        }
-        for id in control.resets.drain(..) {
-            out.push(if self.inner.binary {
-                Message::Binary(Frame::encode(FrameKind::Reset, id, b""))
-            } else {
-                Message::text(format!(r#"{{"type":"cancel","request_id":{id}}}"#))
-            });
-        }
-        out.extend(control.texts.drain(..).map(Message::text));
-        if std::mem::take(&mut control.pong) {
-            out.push(Message::text(r#"{"type":"pong"}"#));
-        }
-        (out, control.close.take())
     }
 }
