@@ -251,7 +251,9 @@ async fn plain_http_redirects_to_https() {
         ("localhost", "/ws"),
         ("LOCALHOST.:4000", "/"),
     ] {
-        let request = format!("POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Length: 0\r\n\r\n");
+        let request = format!(
+            "POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        );
         let head = within(
             "redirect",
             raw_exchange(server.addr, request.as_bytes(), Duration::from_secs(2)),
@@ -263,6 +265,19 @@ async fn plain_http_redirects_to_https() {
         let location = format!("location: https://{name}:{port}{path}\r\n");
         assert!(head.to_ascii_lowercase().contains(&location), "{head}");
     }
+    // A client pointed at the plain listener is told where to go.
+    let origin = Origin::start().await;
+    let redirected = within(
+        "client",
+        TestClient::start_with(&server, &origin.target(), |c| {
+            c.control_url = format!("ws://{}/ws", server.addr)
+        }),
+    )
+    .await;
+    let Err(ClientError::Redirected { suggest, .. }) = redirected else {
+        panic!("the client was not redirected")
+    };
+    assert_eq!(suggest, format!("https://127.0.0.1:{port}"));
     // A request without a usable Host cannot be redirected.
     let head = raw_exchange(
         server.addr,
