@@ -13,8 +13,9 @@ pub struct Config {
     /// Scheme of public URLs: `http`, or `https` when the server has a TLS
     /// listener (`serve` sets it then).
     pub public_scheme: String,
-    /// Port shown in public URLs; `None` means the listener's own port.
-    /// 80 for `http` (443 for `https`) is left out of the URL.
+    /// Port shown in public URLs (and, with TLS, where redirects go);
+    /// `None` means the listener's own port: the HTTPS one when there is
+    /// one. 80 for `http` (443 for `https`) is left out of the URL.
     pub public_port: Option<u16>,
     /// How long a visitor waits for the client's response head before 504,
     /// unless the tunnel asked for another value.

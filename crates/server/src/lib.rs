@@ -11,8 +11,8 @@
 //!
 //! - [`config`]: settings and their validation.
 //! - [`host`]: Host header parsing and routing decisions.
-//! - [`tls`]: the certificate (loaded, reloaded, or generated for
-//!   development) and the TLS acceptor.
+//! - [`tls`]: the certificates (the operator's files, reloadable, or a
+//!   development authority) and the TLS acceptor.
 //! - `https`: what HTTPS changes per request: SNI must match Host (421),
 //!   plain requests redirect (308), `X-Forwarded-Proto`.
 //! - `gateway`: the hyper service: the server's own routes, and dispatch to
@@ -29,10 +29,11 @@
 //!
 //! One task accepts connections on every listener; each TCP connection gets
 //! a task that completes its TLS handshake (bounded by
-//! `tls_handshake_timeout`), if any, then serves its HTTP requests. A `/ws` upgrade spawns a session task that owns that
-//! WebSocket and everything registered through it; a visitor's request runs
-//! in its connection's task and, when it has a body, one upload task. Nothing
-//! is shared between tunnels except the registry.
+//! `tls_handshake_timeout`), if any, then serves its HTTP requests. A `/ws`
+//! upgrade spawns a session task that owns that WebSocket and everything
+//! registered through it; a visitor's request runs in its connection's task
+//! and, when it has a body, one upload task. Nothing is shared between
+//! tunnels except the registry.
 
 #![forbid(unsafe_code)]
 
