@@ -12,7 +12,7 @@ use crate::{DemoArgs, HttpArgs, ServerArgs, output};
 pub async fn server(args: ServerArgs) -> Result<()> {
     let defaults = cryptun_server::Config::default();
     let config = cryptun_server::Config {
-        domain: args.domain,
+        domain: args.domain.clone(),
         public_port: args.public_port,
         request_timeout: args.request_timeout,
         max_request_timeout: args.max_request_timeout,
@@ -27,13 +27,73 @@ pub async fn server(args: ServerArgs) -> Result<()> {
         },
         max_connections: args.max_connections,
         shutdown_grace: args.shutdown_grace,
+        tls_handshake_timeout: args.tls_handshake_timeout,
+        redirect_http: args.redirect_http,
         ..defaults
     }
     .validated()?;
-    let listener = bind(args.listen).await?;
     let shutdown = shutdown_on_signal();
-    cryptun_server::run(listener, config, shutdown).await?;
+    let https = match certs(&args, &config.domain)? {
+        Some(certs) => {
+            let listener = bind(args.tls_listen).await?;
+            #[cfg(unix)]
+            tokio::spawn(
+                certs
+                    .clone()
+                    .reload_on_hangup(shutdown.clone())
+                    .context("cannot catch SIGHUP to reload the certificate")?,
+            );
+            Some(cryptun_server::TlsListener { listener, certs })
+        }
+        None => None,
+    };
+    let listeners = cryptun_server::Listeners {
+        http: Some(bind(args.listen).await?),
+        https,
+    };
+    cryptun_server::serve(listeners, config, shutdown).await?;
     Ok(())
+}
+
+/// The certificates the server presents, if it serves HTTPS: the
+/// operator's files, or a development authority (announced on stdout).
+fn certs(args: &ServerArgs, domain: &str) -> Result<Option<cryptun_server::Certs>> {
+    use cryptun_server::Certs;
+    if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
+        let certs = Certs::load(cert, key).context("could not load the TLS certificate")?;
+        return Ok(Some(certs));
+    }
+    if !args.tls_self_signed {
+        return Ok(None);
+    }
+    let data_dir = args.data_dir.clone().unwrap_or_else(default_data_dir);
+    let (certs, dev) = Certs::dev(domain, &data_dir)
+        .context("could not set up the development certificate authority")?;
+    let port = match args.tls_listen.port() {
+        443 => String::new(),
+        port => format!(":{port}"),
+    };
+    println!(
+        "Development certificate authority for {domain} and *.{domain} ({}):",
+        if dev.created { "created" } else { "reused" }
+    );
+    let ca = dev.ca.display();
+    println!("  {ca}");
+    println!("Trust it:  cryptun http 3000 --server https://{domain}{port} --ca {ca}");
+    println!("           curl --cacert {ca} https://tunnel-ID.{domain}{port}/");
+    Ok(Some(certs))
+}
+
+/// `$XDG_DATA_HOME/cryptun`, or `~/.local/share/cryptun`, or `./cryptun-data`.
+fn default_data_dir() -> std::path::PathBuf {
+    let env = |name| std::env::var_os(name).filter(|v| !v.is_empty());
+    if let Some(xdg) = env("XDG_DATA_HOME") {
+        return std::path::PathBuf::from(xdg).join("cryptun");
+    }
+    match env("HOME") {
+        Some(home) => std::path::PathBuf::from(home).join(".local/share/cryptun"),
+        None => std::path::PathBuf::from("cryptun-data"),
+    }
 }
 
 /// `cryptun http`.
@@ -46,6 +106,7 @@ pub async fn http(args: HttpArgs) -> Result<()> {
     let mut config = ClientConfig::new(&args.server, target.clone())?;
     config.subdomain = args.subdomain;
     config.request_timeout = args.request_timeout;
+    config.ca = args.ca;
     let session = cryptun_client::connect(&config).await?;
     let shown = if args.hello {
         "built-in hello page".to_owned()

@@ -7,9 +7,10 @@ mod commands;
 mod output;
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{ArgGroup, Args, Parser, Subcommand};
 
 /// Self-hosted secure tunnels: expose a local service at a public URL.
 #[derive(Debug, Parser)]
@@ -23,12 +24,12 @@ struct Cli {
 enum Command {
     /// Run the tunnel server (gateway on --listen, clients connect to /ws).
     #[command(
-        after_help = "Examples:\n  cryptun server\n  cryptun server --listen 0.0.0.0:80 --domain tunnels.example.com"
+        after_help = "Examples:\n  cryptun server\n  cryptun server --listen 0.0.0.0:80 --domain tunnels.example.com\n  cryptun server --tls-self-signed\n  cryptun server --domain tunnels.example.com --listen 0.0.0.0:80 --tls-listen 0.0.0.0:443 \\\n      --tls-cert fullchain.pem --tls-key privkey.pem --redirect-http"
     )]
     Server(ServerArgs),
     /// Expose a local HTTP service through a server.
     #[command(
-        after_help = "Examples:\n  cryptun http 3000\n  cryptun http 192.168.1.5:8080 --subdomain myapp\n  cryptun http --hello --json"
+        after_help = "Examples:\n  cryptun http 3000\n  cryptun http 192.168.1.5:8080 --subdomain myapp\n  cryptun http --hello --json\n  cryptun http 3000 --server https://tunnels.example.com\n  cryptun http 3000 --server https://localhost:4443 --ca ca.pem"
     )]
     Http(HttpArgs),
     /// Server, hello service and client in one process: the whole product at once.
@@ -37,6 +38,7 @@ enum Command {
 }
 
 #[derive(Debug, Args)]
+#[command(group(ArgGroup::new("tls").args(["tls_cert", "tls_self_signed"])))]
 struct ServerArgs {
     /// Address to listen on for visitors and clients.
     #[arg(long, env = "CRYPTUN_LISTEN", default_value = "127.0.0.1:4000")]
@@ -71,6 +73,28 @@ struct ServerArgs {
     /// How long in-flight requests may finish after Ctrl-C or SIGTERM.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     shutdown_grace: Duration,
+    /// Address for HTTPS, used when a certificate is given (--tls-cert or --tls-self-signed).
+    #[arg(long, env = "CRYPTUN_TLS_LISTEN", default_value = "127.0.0.1:4443")]
+    tls_listen: SocketAddr,
+    /// PEM certificate chain for *.DOMAIN and DOMAIN (leaf first); SIGHUP reloads it.
+    #[arg(long, env = "CRYPTUN_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, env = "CRYPTUN_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Generate (or reuse) a development certificate in --data-dir; clients trust it with --ca.
+    #[arg(long, conflicts_with = "tls_cert")]
+    tls_self_signed: bool,
+    /// Answer plain HTTP on --listen with a 308 redirect to HTTPS (every path, /ws included).
+    #[arg(long, requires = "tls")]
+    redirect_http: bool,
+    /// How long a new HTTPS connection has to finish its TLS handshake.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    tls_handshake_timeout: Duration,
+    /// Where the server keeps its files (the development certificate)
+    /// [default: $XDG_DATA_HOME/cryptun or ~/.local/share/cryptun].
+    #[arg(long, env = "CRYPTUN_DATA_DIR")]
+    data_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -93,6 +117,10 @@ struct HttpArgs {
     /// How long visitors may wait for a response (e.g. 10m for long polling; the server caps it).
     #[arg(long, value_parser = humantime::parse_duration)]
     request_timeout: Option<Duration>,
+    /// Also trust the certificate authorities in this PEM file for an https:// server
+    /// (e.g. the ca.pem printed by `cryptun server --tls-self-signed`).
+    #[arg(long, env = "CRYPTUN_CA")]
+    ca: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]

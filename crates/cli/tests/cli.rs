@@ -1,5 +1,7 @@
 //! The `cryptun` binary as a person runs it: `server`, `http --hello --json`
-//! and `demo`, as real processes on ephemeral loopback ports.
+//! and `demo`, as real processes on ephemeral loopback ports; and with TLS:
+//! a development authority, a client over `https://` with and without
+//! `--ca`, and a certificate reloaded on SIGHUP.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -9,7 +11,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
-use cryptun_testkit::Visitor;
+use cryptun_testkit::tls::TlsFiles;
+use cryptun_testkit::{HttpsVisitor, Visitor, within};
 
 /// A child process killed when dropped, with its output lines on channels.
 struct Proc {
@@ -74,6 +77,20 @@ fn lines(stream: impl std::io::Read + Send + 'static) -> mpsc::Receiver<String> 
         }
     });
     rx
+}
+
+/// The address the server logged for its `scheme` listener.
+fn listening(proc: &Proc, scheme: &str) -> SocketAddr {
+    let needle = format!("scheme={scheme} ");
+    loop {
+        let line = proc.log_with("listening");
+        if line.contains(&needle) {
+            let addr = line
+                .split_whitespace()
+                .find_map(|w| w.strip_prefix("addr="));
+            return addr.expect("an address").parse().unwrap();
+        }
+    }
 }
 
 /// Starts `cryptun server` on an ephemeral port and returns it with its address.
@@ -187,4 +204,80 @@ fn bad_target_is_refused_clearly() {
     assert!(!proc.child.wait().unwrap().success());
     let error = proc.log_with("error");
     assert!(error.contains("invalid target"), "{error}");
+}
+
+#[tokio::test]
+async fn self_signed_server_and_a_client_over_https() {
+    let data = tempfile::tempdir().unwrap();
+    let data_dir = data.path().to_str().unwrap();
+    let server = Proc::spawn(&[
+        "server",
+        "--listen",
+        "127.0.0.1:0",
+        "--tls-listen",
+        "127.0.0.1:0",
+        "--tls-self-signed",
+        "--data-dir",
+        data_dir,
+    ]);
+    assert!(server.line().contains("certificate authority"));
+    let ca = server.line().trim().to_owned();
+    assert!(ca.starts_with(data_dir) && ca.ends_with("ca.pem"), "{ca}");
+    let https = listening(&server, "https");
+    let url = format!("https://localhost:{}", https.port());
+
+    let client = Proc::spawn(&["http", "--hello", "--json", "--server", &url, "--ca", &ca]);
+    let first: serde_json::Value = serde_json::from_str(&client.line()).unwrap();
+    let public = first["public_url"].as_str().unwrap();
+    let host = public.strip_prefix("https://").unwrap();
+    assert_eq!(
+        host,
+        format!(
+            "{}.localhost:{}",
+            first["subdomain"].as_str().unwrap(),
+            https.port()
+        )
+    );
+    let name = host.split(':').next().unwrap();
+    let visitor = HttpsVisitor::new(https, ca.as_ref());
+    let reply = within("https get", visitor.get(Some(name), host, "/")).await;
+    assert_eq!(reply.status, 200);
+    assert!(reply.text().contains("Hello from Cryptun!"));
+
+    let refused = Proc::spawn(&["http", "--hello", "--server", &url]);
+    let error = refused.log_with("error");
+    assert!(error.contains("certificate not trusted"), "{error}");
+    assert!(error.contains("--ca FILE"), "{error}");
+}
+
+#[cfg(unix)]
+#[tokio::test]
+async fn sighup_reloads_the_certificate_files() {
+    let files = TlsFiles::generate("localhost");
+    let server = Proc::spawn(&[
+        "server",
+        "--listen",
+        "127.0.0.1:0",
+        "--tls-listen",
+        "127.0.0.1:0",
+        "--tls-cert",
+        files.cert.to_str().unwrap(),
+        "--tls-key",
+        files.key.to_str().unwrap(),
+    ]);
+    let https = listening(&server, "https");
+    let old = HttpsVisitor::new(https, &files.ca);
+    let served = within("handshake", old.served_leaf("localhost")).await;
+    assert_eq!(served.unwrap(), files.leaf());
+
+    let renewed = TlsFiles::generate("localhost");
+    std::fs::copy(&renewed.cert, &files.cert).unwrap();
+    std::fs::copy(&renewed.key, &files.key).unwrap();
+    let pid = server.child.id().to_string();
+    let kill = Command::new("kill").args(["-HUP", &pid]).status().unwrap();
+    assert!(kill.success());
+    server.log_with("certificate reloaded");
+    let new = HttpsVisitor::new(https, &renewed.ca);
+    let served = within("handshake", new.served_leaf("localhost")).await;
+    assert_eq!(served.unwrap(), renewed.leaf());
 }

@@ -16,6 +16,7 @@
 //!
 //! - [`target`]: parsing the local target and the server address.
 //! - `session`: the connection: handshake, reader, writer, heartbeats.
+//! - `transport`: TCP, or TLS over it for `wss://`, and certificate trust.
 //! - `forward`: one request, from its `request` message to the local
 //!   service and back.
 //! - [`hello`]: the built-in hello service used by `--hello` and the demo.
@@ -27,7 +28,9 @@ mod forward;
 pub mod hello;
 mod session;
 pub mod target;
+mod transport;
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -51,6 +54,10 @@ pub struct ClientConfig {
     pub connect_timeout: Duration,
     /// How long to wait for the local service to accept a connection.
     pub local_connect_timeout: Duration,
+    /// PEM file of extra certificate authorities to trust for a `wss://`
+    /// server, besides the public roots (`--ca`; e.g. the `ca.pem` of
+    /// `cryptun server --tls-self-signed`).
+    pub ca: Option<PathBuf>,
 }
 
 impl ClientConfig {
@@ -63,6 +70,7 @@ impl ClientConfig {
             request_timeout: None,
             connect_timeout: Duration::from_secs(10),
             local_connect_timeout: Duration::from_secs(5),
+            ca: None,
         })
     }
 }
@@ -95,6 +103,33 @@ pub enum ClientError {
     /// The connection to the server was lost or closed.
     #[error("disconnected from the server: {0}")]
     Disconnected(String),
+    /// The server's TLS certificate did not check out.
+    #[error("certificate not trusted for {url}: {reason}")]
+    Untrusted {
+        /// The control URL.
+        url: String,
+        /// What is wrong with the certificate, and what to do about it.
+        reason: String,
+    },
+    /// The `--ca` file cannot be used.
+    #[error("cannot use --ca {}: {reason}", path.display())]
+    Ca {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
+    /// The server answered the control connection with a redirect: it
+    /// serves clients over TLS only.
+    #[error("{url} redirects to {location}; connect with --server {suggest}")]
+    Redirected {
+        /// The control URL.
+        url: String,
+        /// Where the server sends us.
+        location: String,
+        /// The `--server` value that would work.
+        suggest: String,
+    },
 }
 
 /// Something that happened, for the CLI (or a test) to show.

@@ -14,16 +14,15 @@ use cryptun_proto::tungstenite::protocol::CloseFrame;
 use cryptun_proto::tungstenite::protocol::frame::coding::CloseCode;
 use cryptun_proto::{Frame, Limits, PROTOCOL_VERSION, close_code};
 use futures_util::{SinkExt, StreamExt};
-use tokio::net::TcpStream;
 use tokio::sync::mpsc;
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use tokio_tungstenite::WebSocketStream;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
 use crate::forward::{Forwarder, forward};
-use crate::{ClientConfig, ClientError, Events};
+use crate::{ClientConfig, ClientError, Events, transport};
 
-type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+type Ws = WebSocketStream<transport::Stream>;
 
 /// The largest message the client accepts from a server. The server is the
 /// party the client chose to trust; this only bounds a broken one.
@@ -50,13 +49,11 @@ async fn connect_inner(config: &ClientConfig) -> Result<Session, ClientError> {
         .websocket_config()
         .max_message_size(Some(MAX_SERVER_MESSAGE))
         .max_frame_size(Some(MAX_SERVER_MESSAGE));
-    let (mut ws, _) =
-        tokio_tungstenite::connect_async_with_config(&config.control_url, Some(ws_config), true)
-            .await
-            .map_err(|source| ClientError::Connect {
-                url: config.control_url.clone(),
-                source: Box::new(source),
-            })?;
+    let url = &config.control_url;
+    let stream = transport::connect(url, config.ca.as_deref()).await?;
+    let (mut ws, _) = tokio_tungstenite::client_async_with_config(url, stream, Some(ws_config))
+        .await
+        .map_err(|source| handshake_error(url, source))?;
     let create = ClientMessage::CreateTunnel(CreateTunnel {
         version: Some(PROTOCOL_VERSION),
         subdomain: config.subdomain.clone(),
@@ -227,6 +224,34 @@ async fn read_loop(
         }
     }
     ClientError::Disconnected("connection lost".into())
+}
+
+/// Why the WebSocket handshake failed; a redirect (the server wants TLS)
+/// gets a message of its own.
+fn handshake_error(url: &str, source: cryptun_proto::tungstenite::Error) -> ClientError {
+    use cryptun_proto::tungstenite::Error;
+    if let Error::Http(resp) = &source {
+        let location = resp
+            .headers()
+            .get(http::header::LOCATION)
+            .and_then(|v| v.to_str().ok());
+        if let (true, Some(location)) = (resp.status().is_redirection(), location) {
+            let suggest = location
+                .parse::<http::Uri>()
+                .ok()
+                .and_then(|uri| Some(format!("{}://{}", uri.scheme()?, uri.authority()?)))
+                .unwrap_or_else(|| location.to_owned());
+            return ClientError::Redirected {
+                url: url.to_owned(),
+                location: location.to_owned(),
+                suggest,
+            };
+        }
+    }
+    ClientError::Connect {
+        url: url.to_owned(),
+        source: Box::new(source),
+    }
 }
 
 /// The answer to a request beyond our own stream limit.

@@ -70,28 +70,35 @@ impl fmt::Display for Target {
     }
 }
 
-/// Turns `--server` input (`http://host:port`, `ws://host:port`, or
-/// `host:port`) into the WebSocket URL of its control endpoint.
+/// Turns `--server` input (`http://host:port`, `ws://host:port`,
+/// `https://host:port`, `wss://host:port`, or `host:port`) into the
+/// WebSocket URL of its control endpoint: `ws://` for plain HTTP, `wss://`
+/// for TLS.
 pub fn control_url(server: &str) -> Result<String, AddressError> {
     let bad = |why: &str| AddressError(format!("invalid server address {server:?}: {why}"));
-    let rest = if let Some(rest) = server
+    let (scheme, rest) = if let Some(rest) = server
         .strip_prefix("http://")
         .or_else(|| server.strip_prefix("ws://"))
     {
-        rest
-    } else if server.starts_with("https://") || server.starts_with("wss://") {
-        return Err(bad("TLS is not supported yet; use http:// or ws://"));
+        ("ws", rest)
+    } else if let Some(rest) = server
+        .strip_prefix("https://")
+        .or_else(|| server.strip_prefix("wss://"))
+    {
+        ("wss", rest)
     } else if server.contains("://") {
-        return Err(bad("expected http://, ws:// or host:port"));
+        return Err(bad(
+            "expected http://, https://, ws://, wss:// or host:port",
+        ));
     } else {
-        server
+        ("ws", server)
     };
     let host = rest.split('/').next().unwrap_or_default();
     if host.is_empty() {
         return Err(bad("no host"));
     }
     host.parse::<Authority>().map_err(|e| bad(&e.to_string()))?;
-    Ok(format!("ws://{host}/ws"))
+    Ok(format!("{scheme}://{host}/ws"))
 }
 
 #[cfg(test)]
@@ -143,7 +150,16 @@ mod tests {
             control_url("localhost:4000").unwrap(),
             "ws://localhost:4000/ws"
         );
-        assert!(control_url("wss://x").is_err());
+        assert_eq!(
+            control_url("https://tunnel.example.com").unwrap(),
+            "wss://tunnel.example.com/ws"
+        );
+        assert_eq!(
+            control_url("wss://[::1]:4443/ws").unwrap(),
+            "wss://[::1]:4443/ws"
+        );
         assert!(control_url("http://").is_err());
+        assert!(control_url("https://").is_err());
+        assert!(control_url("ftp://x").is_err());
     }
 }

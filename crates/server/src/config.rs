@@ -10,10 +10,12 @@ use cryptun_proto::mux::Heartbeat;
 pub struct Config {
     /// Tunnels live at `{subdomain}.{domain}`. Lowercase, no trailing dot.
     pub domain: String,
-    /// Scheme of public URLs (`http` until TLS is configured).
+    /// Scheme of public URLs: `http`, or `https` when the server has a TLS
+    /// listener (`serve` sets it then).
     pub public_scheme: String,
-    /// Port shown in public URLs; `None` means the listener's own port.
-    /// 80 for `http` (443 for `https`) is left out of the URL.
+    /// Port shown in public URLs (and, with TLS, where redirects go);
+    /// `None` means the listener's own port: the HTTPS one when there is
+    /// one. 80 for `http` (443 for `https`) is left out of the URL.
     pub public_port: Option<u16>,
     /// How long a visitor waits for the client's response head before 504,
     /// unless the tunnel asked for another value.
@@ -31,6 +33,12 @@ pub struct Config {
     pub max_connections: usize,
     /// How long in-flight requests may run on after shutdown is asked for.
     pub shutdown_grace: Duration,
+    /// How long a new HTTPS connection may take to finish its TLS handshake
+    /// before it is closed, so a silent client cannot hold a connection.
+    pub tls_handshake_timeout: Duration,
+    /// With a TLS listener, answer every request on the plain listener with
+    /// a 308 redirect to the same host and path over HTTPS.
+    pub redirect_http: bool,
 }
 
 impl Default for Config {
@@ -49,6 +57,8 @@ impl Default for Config {
             limits: Limits::default(),
             max_connections: 10_000,
             shutdown_grace: Duration::from_secs(10),
+            tls_handshake_timeout: Duration::from_secs(10),
+            redirect_http: false,
         }
     }
 }
@@ -98,6 +108,7 @@ impl Config {
             ("request timeout", self.request_timeout),
             ("handshake timeout", self.handshake_timeout),
             ("heartbeat interval", self.heartbeat.interval),
+            ("TLS handshake timeout", self.tls_handshake_timeout),
         ] {
             if d.is_zero() {
                 return Err(ConfigError(format!("the {name} must be more than zero")));

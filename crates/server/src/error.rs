@@ -56,6 +56,15 @@ pub enum GatewayError {
     /// A WebSocket upgrade request was not valid.
     #[error("bad WebSocket upgrade: {0}")]
     BadUpgrade(&'static str),
+    /// An HTTPS request whose Host is not the name its connection's TLS
+    /// handshake asked for (SNI).
+    #[error("this connection was opened for {}, not {host}; open a new connection for {host}", sni.as_deref().unwrap_or("no name (no SNI)"))]
+    Misdirected {
+        /// The server name the handshake asked for, if any.
+        sni: Option<String>,
+        /// The request's Host name.
+        host: String,
+    },
 }
 
 impl GatewayError {
@@ -72,6 +81,7 @@ impl GatewayError {
                 StatusCode::BAD_GATEWAY
             }
             GatewayError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
+            GatewayError::Misdirected { .. } => StatusCode::MISDIRECTED_REQUEST,
         }
     }
 
@@ -83,7 +93,8 @@ impl GatewayError {
             | GatewayError::NotFound
             | GatewayError::BodyTooLarge(_)
             | GatewayError::VisitorBody(_)
-            | GatewayError::BadUpgrade(_) => Side::Visitor,
+            | GatewayError::BadUpgrade(_)
+            | GatewayError::Misdirected { .. } => Side::Visitor,
             GatewayError::ClientGone
             | GatewayError::ClientReset
             | GatewayError::BadResponse(_)
@@ -106,6 +117,7 @@ impl GatewayError {
             GatewayError::BadResponse(_) => "bad_response",
             GatewayError::Timeout(_) => "timeout",
             GatewayError::BadUpgrade(_) => "bad_upgrade",
+            GatewayError::Misdirected { .. } => "misdirected",
         }
     }
 

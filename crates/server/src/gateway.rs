@@ -1,5 +1,6 @@
 //! The hyper service behind every connection: routes each request by its own
-//! Host to a tunnel or to the server's own endpoints.
+//! Host to a tunnel or to the server's own endpoints (after the HTTPS checks
+//! of `https.rs`).
 
 use std::sync::Arc;
 
@@ -10,27 +11,50 @@ use tracing::debug;
 
 use crate::error::GatewayError;
 use crate::host::{self, Route};
-use crate::{Body, Peer, ServiceResult, State, control, full, proxy};
+use crate::https::{self, Transport};
+use crate::{Body, Conn, Peer, ServiceResult, State, control, full, proxy};
 
-/// Handles one request from `peer`.
-pub(crate) async fn handle(state: Arc<State>, peer: Peer, req: Request<Incoming>) -> ServiceResult {
+/// Handles one request on `conn`.
+pub(crate) async fn handle(state: Arc<State>, conn: Conn, req: Request<Incoming>) -> ServiceResult {
+    let peer = conn.peer;
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
-    let result = match host::route(&req, &state.config.domain) {
+    let result = match host::name(&req) {
         Err(err) => Err(err.into()),
-        Ok(Route::Server) => own_route(&state, peer, req),
-        Ok(Route::Tunnel(label)) => match state.registry.get(&label) {
-            Some(tunnel) => proxy::forward(&state, &tunnel, peer, req).await,
-            None => Err(GatewayError::UnknownTunnel(format!(
-                "{label}.{}",
-                state.config.domain
-            ))),
-        },
+        Ok(name) => dispatch(&state, &conn, &name, req).await,
     };
     Ok(result.unwrap_or_else(|err| {
         debug!(%peer, %method, %path, status = err.status().as_u16(), side = ?err.side(), %err, "request failed");
         err.into_response()
     }))
+}
+
+/// Sends a request for host `name` where it belongs.
+async fn dispatch(
+    state: &Arc<State>,
+    conn: &Conn,
+    name: &str,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, GatewayError> {
+    let route = host::route_name(name, &state.config.domain);
+    match (&conn.transport, state.redirect_to) {
+        (Transport::Plain, Some(port)) => return Ok(https::redirect(name, port, req.uri())),
+        (Transport::Tls { sni }, _) => https::check_sni(sni.as_deref(), name, &route)?,
+        (Transport::Plain, None) => {}
+    }
+    match route {
+        Route::Server => own_route(state, conn.peer, req),
+        Route::Tunnel(label) => match state.registry.get(&label) {
+            Some(tunnel) => {
+                let scheme = conn.transport.scheme();
+                proxy::forward(&tunnel, conn.peer, scheme, req).await
+            }
+            None => Err(GatewayError::UnknownTunnel(format!(
+                "{label}.{}",
+                state.config.domain
+            ))),
+        },
+    }
 }
 
 /// The server's own host: the control endpoint and read-only status.

@@ -33,6 +33,23 @@ pub enum HostError {
 
 /// Routes `req` for a server whose tunnels live under `domain` (lowercase).
 pub fn route<B>(req: &Request<B>, domain: &str) -> Result<Route, HostError> {
+    Ok(route_name(&name(req)?, domain))
+}
+
+/// Where a host name, as [`name`] gives it, goes.
+pub fn route_name(name: &str, domain: &str) -> Route {
+    match name.strip_suffix(domain) {
+        Some(prefix) if !domain.is_empty() => match prefix.strip_suffix('.') {
+            Some(label) if !label.is_empty() => Route::Tunnel(label.to_owned()),
+            _ => Route::Server,
+        },
+        _ => Route::Server,
+    }
+}
+
+/// The host name `req` is for: its Host (or absolute URI's authority),
+/// lowercased, without port or trailing dot; IPv6 addresses in brackets.
+pub fn name<B>(req: &Request<B>) -> Result<String, HostError> {
     let mut hosts = req.headers().get_all(http::header::HOST).iter();
     let raw = match (hosts.next(), hosts.next()) {
         (Some(_), Some(_)) => return Err(HostError::Repeated),
@@ -43,14 +60,7 @@ pub fn route<B>(req: &Request<B>, domain: &str) -> Result<Route, HostError> {
             .map(|a| a.as_str())
             .ok_or(HostError::Missing)?,
     };
-    let name = normalize(raw)?;
-    Ok(match name.strip_suffix(domain) {
-        Some(prefix) if !domain.is_empty() => match prefix.strip_suffix('.') {
-            Some(label) if !label.is_empty() => Route::Tunnel(label.to_owned()),
-            _ => Route::Server,
-        },
-        _ => Route::Server,
-    })
+    normalize(raw)
 }
 
 /// Lowercases a Host value and strips its port and trailing dot.

@@ -4,12 +4,17 @@
 //!
 //! [`run`] takes a bound listener, a validated [`Config`] and a cancellation
 //! token, and serves until the token fires; tests hand it a listener on
-//! `127.0.0.1:0`.
+//! `127.0.0.1:0`. [`serve`] does the same for a plain listener, an HTTPS
+//! listener with its [`tls::Certs`], or both.
 //!
 //! # Layout
 //!
 //! - [`config`]: settings and their validation.
 //! - [`host`]: Host header parsing and routing decisions.
+//! - [`tls`]: the certificates (the operator's files, reloadable, or a
+//!   development authority) and the TLS acceptor.
+//! - `https`: what HTTPS changes per request: SNI must match Host (421),
+//!   plain requests redirect (308), `X-Forwarded-Proto`.
 //! - `gateway`: the hyper service: the server's own routes, and dispatch to
 //!   tunnels.
 //! - `proxy`: carries one visitor request through a tunnel and back.
@@ -22,11 +27,13 @@
 //!
 //! # Tasks
 //!
-//! One task accepts connections; each TCP connection gets a task serving its
-//! HTTP requests. A `/ws` upgrade spawns a session task that owns that
-//! WebSocket and everything registered through it; a visitor's request runs
-//! in its connection's task and, when it has a body, one upload task. Nothing
-//! is shared between tunnels except the registry.
+//! One task accepts connections on every listener; each TCP connection gets
+//! a task that completes its TLS handshake (bounded by
+//! `tls_handshake_timeout`), if any, then serves its HTTP requests. A `/ws`
+//! upgrade spawns a session task that owns that WebSocket and everything
+//! registered through it; a visitor's request runs in its connection's task
+//! and, when it has a body, one upload task. Nothing is shared between
+//! tunnels except the registry.
 
 #![forbid(unsafe_code)]
 
@@ -35,9 +42,11 @@ mod control;
 pub mod error;
 mod gateway;
 pub mod host;
+mod https;
 mod passthrough;
 mod proxy;
 pub mod registry;
+pub mod tls;
 
 use std::convert::Infallible;
 use std::io;
@@ -50,15 +59,20 @@ use http_body_util::{BodyExt, Full, combinators::BoxBody};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
-use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, debug, info, info_span, warn};
 
 pub use config::Config;
 pub use registry::Registry;
+pub use tls::Certs;
+
+use https::Transport;
 
 /// Errors as they cross crate boundaries.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -82,31 +96,97 @@ const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 pub(crate) struct State {
     pub(crate) config: Config,
     pub(crate) registry: Arc<Registry>,
-    /// The port the listener is bound to, for public URLs.
+    /// The port public URLs use unless `config.public_port` says otherwise:
+    /// the HTTPS listener's if there is one, else the plain listener's.
     pub(crate) listen_port: u16,
+    /// With `redirect_http`: the HTTPS port plain requests are sent to.
+    pub(crate) redirect_to: Option<u16>,
     /// Fires when sessions must close (after in-flight requests drained).
     pub(crate) sessions_stop: CancellationToken,
     /// Session tasks, awaited on shutdown.
     pub(crate) tasks: TaskTracker,
 }
 
-/// Serves on `listener` until `shutdown` fires, then stops accepting, lets
-/// in-flight requests finish for up to `config.shutdown_grace`, closes every
-/// session with "going away", and returns.
+/// The sockets a server answers on.
+#[derive(Debug, Default)]
+pub struct Listeners {
+    /// Plain HTTP. With `Config::redirect_http` it only redirects to HTTPS.
+    pub http: Option<TcpListener>,
+    /// HTTPS.
+    pub https: Option<TlsListener>,
+}
+
+/// A listener for HTTPS and the certificate it presents.
+#[derive(Debug)]
+pub struct TlsListener {
+    /// Where TLS connections arrive.
+    pub listener: TcpListener,
+    /// What they are served with; reload it to change the certificate.
+    pub certs: Certs,
+}
+
+/// The HTTP/1.1 connection builder every connection shares.
+type Http = auto::Builder<TokioExecutor>;
+
+/// Serves plain HTTP on `listener` until `shutdown` fires; see [`serve`].
 pub async fn run(
     listener: TcpListener,
     config: Config,
     shutdown: CancellationToken,
 ) -> io::Result<()> {
-    let addr = listener.local_addr()?;
+    let listeners = Listeners {
+        http: Some(listener),
+        https: None,
+    };
+    serve(listeners, config, shutdown).await
+}
+
+/// Serves on `listeners` until `shutdown` fires, then stops accepting, lets
+/// in-flight requests finish for up to `config.shutdown_grace`, closes every
+/// session with "going away", and returns.
+///
+/// With an HTTPS listener, public URLs are `https://` on its port, and
+/// `config.redirect_http` may turn the plain listener into a redirector.
+pub async fn serve(
+    listeners: Listeners,
+    mut config: Config,
+    shutdown: CancellationToken,
+) -> io::Result<()> {
+    let invalid = |why: &str| io::Error::new(io::ErrorKind::InvalidInput, why.to_owned());
+    let Listeners { http: plain, https } = listeners;
+    let (https, acceptor) = match https {
+        Some(tls) => (
+            Some(tls.listener),
+            Some(tls.certs.acceptor().map_err(io::Error::other)?),
+        ),
+        None => (None, None),
+    };
+    let public = https
+        .as_ref()
+        .or(plain.as_ref())
+        .ok_or_else(|| invalid("no listener"))?;
+    let listen_port = public.local_addr()?.port();
+    if https.is_some() {
+        config.public_scheme = "https".into();
+    }
+    let redirect_to = match (config.redirect_http, https.is_some()) {
+        (true, true) => Some(config.public_port.unwrap_or(listen_port)),
+        (true, false) => return Err(invalid("redirect_http needs an HTTPS listener")),
+        (false, _) => None,
+    };
     let state = Arc::new(State {
-        listen_port: addr.port(),
+        listen_port,
+        redirect_to,
         registry: Arc::new(Registry::default()),
         sessions_stop: CancellationToken::new(),
         tasks: TaskTracker::new(),
         config,
     });
-    info!(%addr, domain = %state.config.domain, "listening");
+    for (listener, scheme) in [(&plain, "http"), (&https, "https")] {
+        if let Some(addr) = listener.as_ref().and_then(|l| l.local_addr().ok()) {
+            info!(%addr, %scheme, domain = %state.config.domain, "listening");
+        }
+    }
     let graceful = GracefulShutdown::new();
     let slots = Arc::new(Semaphore::new(state.config.max_connections));
     let mut http = auto::Builder::new(TokioExecutor::new());
@@ -116,43 +196,40 @@ pub async fn run(
         .max_buf_size(MAX_HEAD_BYTES)
         .max_headers(MAX_REQUEST_HEADERS)
         .keep_alive(true);
-    let http = http.http1_only();
+    let http = Arc::new(http.http1_only());
 
     loop {
-        let (stream, peer) = tokio::select! {
+        let (accepted, tls) = tokio::select! {
             () = shutdown.cancelled() => break,
-            accepted = listener.accept() => match accepted {
-                Ok(conn) => conn,
-                Err(err) => {
-                    // Out of file descriptors and the like: back off briefly
-                    // rather than spin; the listener itself is fine.
-                    warn!(%err, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
+            accepted = accept(plain.as_ref()) => (accepted, None),
+            accepted = accept(https.as_ref()) => (accepted, acceptor.clone()),
+        };
+        let (stream, peer) = match accepted {
+            Ok(conn) => conn,
+            Err(err) => {
+                // Out of file descriptors and the like: back off briefly
+                // rather than spin; the listener itself is fine.
+                warn!(%err, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
         };
         let Ok(permit) = Arc::clone(&slots).try_acquire_owned() else {
             warn!(%peer, "connection limit reached; dropping connection");
             continue;
         };
         let _ = stream.set_nodelay(true);
-        let state = Arc::clone(&state);
-        let service = service_fn(move |req| gateway::handle(Arc::clone(&state), peer, req));
-        let conn = http.serve_connection_with_upgrades(TokioIo::new(stream), service);
-        let conn = graceful.watch(conn.into_owned());
-        tokio::spawn(
-            async move {
-                if let Err(err) = conn.await {
-                    debug!(%err, "connection ended with an error");
-                }
-                drop(permit);
-            }
-            .instrument(info_span!("conn", %peer)),
+        let task = connection(
+            Arc::clone(&state),
+            Arc::clone(&http),
+            graceful.watcher(),
+            (stream, peer, tls),
+            permit,
         );
+        tokio::spawn(task.instrument(info_span!("conn", %peer)));
     }
 
-    drop(listener);
+    drop((plain, https));
     info!("shutting down: draining in-flight requests");
     if tokio::time::timeout(state.config.shutdown_grace, graceful.shutdown())
         .await
@@ -165,6 +242,65 @@ pub async fn run(
     let _ = tokio::time::timeout(Duration::from_secs(2), state.tasks.wait()).await;
     info!("stopped");
     Ok(())
+}
+
+/// The next connection on `listener`, or never if there is none.
+async fn accept(listener: Option<&TcpListener>) -> io::Result<(TcpStream, SocketAddr)> {
+    match listener {
+        Some(listener) => listener.accept().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Serves one accepted connection, after its TLS handshake if it came in
+/// on the HTTPS listener; holds its connection slot until it closes.
+async fn connection(
+    state: Arc<State>,
+    http: Arc<Http>,
+    watcher: Watcher,
+    (stream, peer, tls): (TcpStream, SocketAddr, Option<TlsAcceptor>),
+    _permit: OwnedSemaphorePermit,
+) {
+    let Some(acceptor) = tls else {
+        let conn = Conn {
+            peer,
+            transport: Transport::Plain,
+        };
+        return serve_http(state, &http, watcher, stream, conn).await;
+    };
+    let limit = state.config.tls_handshake_timeout;
+    let stream = match tokio::time::timeout(limit, acceptor.accept(stream)).await {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(err)) => return debug!(%err, "TLS handshake failed"),
+        Err(_) => return debug!(?limit, "TLS handshake timed out"),
+    };
+    let sni = stream.get_ref().1.server_name().map(Arc::from);
+    let conn = Conn {
+        peer,
+        transport: Transport::Tls { sni },
+    };
+    serve_http(state, &http, watcher, stream, conn).await;
+}
+
+/// Serves HTTP/1.1 (with upgrades) on `io` until it closes.
+async fn serve_http<I>(state: Arc<State>, http: &Http, watcher: Watcher, io: I, conn: Conn)
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let service = service_fn(move |req| gateway::handle(Arc::clone(&state), conn.clone(), req));
+    let serving = http.serve_connection_with_upgrades(TokioIo::new(io), service);
+    if let Err(err) = watcher.watch(serving.into_owned()).await {
+        debug!(%err, "connection ended with an error");
+    }
+}
+
+/// Who is on the other end of a connection, and how they came in.
+#[derive(Debug, Clone)]
+pub(crate) struct Conn {
+    /// The visitor's or client's address.
+    pub(crate) peer: Peer,
+    /// Plain or TLS (with its SNI).
+    pub(crate) transport: Transport,
 }
 
 /// A never-failing service result, as hyper wants it.

@@ -20,13 +20,14 @@ use tracing::{Instrument, debug, debug_span};
 
 use crate::error::GatewayError;
 use crate::registry::Tunnel;
-use crate::{Body, Peer, State, full, passthrough};
+use crate::{Body, Peer, full, passthrough};
 
-/// Forwards `req` from `visitor` through `tunnel` and returns the response.
+/// Forwards `req` from `visitor`, who came in over `scheme` (`http` or
+/// `https`), through `tunnel` and returns the response.
 pub(crate) async fn forward(
-    state: &State,
     tunnel: &Arc<Tunnel>,
     visitor: Peer,
+    scheme: &str,
     mut req: Request<Incoming>,
 ) -> Result<Response<Body>, GatewayError> {
     tunnel
@@ -40,7 +41,7 @@ pub(crate) async fn forward(
         upgrade_protocol(req.headers()).filter(|_| mux.binary() && req.body().is_end_stream());
     let on_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
     let (parts, body) = req.into_parts();
-    let mut headers = forwarded_headers(parts.headers, visitor, &state.config.public_scheme);
+    let mut headers = forwarded_headers(parts.headers, visitor, scheme);
     if let Some(protocol) = &upgrade {
         keep_upgrade(&mut headers, protocol.clone());
     }

@@ -26,13 +26,15 @@ impl TestClient {
     }
 
     /// Like [`start`](Self::start), adjusting the configuration first;
-    /// returns the connection error, if any.
+    /// returns the connection error, if any. A client of a TLS server
+    /// trusts its CA unless `adjust` says otherwise.
     pub async fn start_with(
         server: &TestServer,
         target: &str,
         adjust: impl FnOnce(&mut ClientConfig),
     ) -> Result<Self, ClientError> {
         let mut config = ClientConfig::new(&server.url(), Target::parse(target).unwrap()).unwrap();
+        config.ca = server.tls.as_ref().map(|tls| tls.ca.clone());
         adjust(&mut config);
         let session = cryptun_client::connect(&config).await?;
         let tunnel = session.tunnel().clone();

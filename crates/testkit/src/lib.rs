@@ -13,6 +13,8 @@
 //!   socket for byte-level tests.
 //! - [`raw`]: [`RawWs`], a hand-driven WebSocket client speaking JSON, for
 //!   protocol and abuse tests.
+//! - [`tls`]: development certificates in temporary folders, and
+//!   [`HttpsVisitor`], which speaks HTTPS with any SNI and Host.
 
 #![forbid(unsafe_code)]
 #![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
@@ -21,6 +23,7 @@ pub mod client;
 pub mod origin;
 pub mod raw;
 pub mod server;
+pub mod tls;
 pub mod visitor;
 pub mod wsecho;
 
@@ -28,6 +31,7 @@ pub use client::TestClient;
 pub use origin::Origin;
 pub use raw::RawWs;
 pub use server::TestServer;
+pub use tls::HttpsVisitor;
 pub use visitor::{Reply, Visitor};
 
 /// The bound on every wait in the end-to-end tests that is not itself

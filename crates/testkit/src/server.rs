@@ -1,13 +1,17 @@
-//! The real server on an ephemeral port.
+//! The real server on an ephemeral port (and, with TLS, a second one for
+//! HTTPS).
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use cryptun_proto::mux::Heartbeat;
-use cryptun_server::Config;
+use cryptun_server::{Certs, Config, Listeners, TlsListener};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+
+use crate::tls::TestTls;
 
 /// A running server; stops when dropped.
 pub struct TestServer {
@@ -15,6 +19,8 @@ pub struct TestServer {
     pub config: Config,
     shutdown: CancellationToken,
     task: Option<JoinHandle<std::io::Result<()>>>,
+    /// The HTTPS side, for servers started with [`start_tls`](Self::start_tls).
+    pub tls: Option<TestTls>,
 }
 
 impl TestServer {
@@ -37,12 +43,48 @@ impl TestServer {
     }
 
     pub async fn start_with(config: Config) -> Self {
+        Self::start_listeners(config, None).await
+    }
+
+    /// A server with a plain listener at `addr` and an HTTPS one at
+    /// `tls.addr`, whose certificates a fresh development authority signs.
+    pub async fn start_tls(config: Config) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let (certs, dev) = Certs::dev(&config.domain, dir.path()).unwrap();
+        Self::start_tls_with(config, certs, dev.ca, Some(dir)).await
+    }
+
+    /// Like [`start_tls`](Self::start_tls), serving `certs`, which `ca`
+    /// signed; `data_dir` is kept as long as the server.
+    pub async fn start_tls_with(
+        config: Config,
+        certs: Certs,
+        ca: PathBuf,
+        data_dir: Option<tempfile::TempDir>,
+    ) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let tls = TestTls {
+            addr: listener.local_addr().unwrap(),
+            certs: certs.clone(),
+            ca,
+            data_dir,
+        };
+        let https = TlsListener { listener, certs };
+        Self::start_listeners(config, Some((https, tls))).await
+    }
+
+    async fn start_listeners(config: Config, tls: Option<(TlsListener, TestTls)>) -> Self {
         let config = config.validated().expect("valid test config");
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
+        let (https, tls) = tls.unzip();
+        let listeners = Listeners {
+            http: Some(listener),
+            https,
+        };
         let shutdown = CancellationToken::new();
-        let task = tokio::spawn(cryptun_server::run(
-            listener,
+        let task = tokio::spawn(cryptun_server::serve(
+            listeners,
             config.clone(),
             shutdown.clone(),
         ));
@@ -51,12 +93,17 @@ impl TestServer {
             config,
             shutdown,
             task: Some(task),
+            tls,
         }
     }
 
-    /// `http://127.0.0.1:PORT`, for clients.
+    /// What clients connect to: `http://127.0.0.1:PORT`, or with TLS
+    /// `https://localhost:PORT` (a name the certificate covers).
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        match &self.tls {
+            Some(tls) => format!("https://{}:{}", self.config.domain, tls.addr.port()),
+            None => format!("http://{}", self.addr),
+        }
     }
 
     /// `ws://127.0.0.1:PORT/ws`, for raw WebSocket clients.
@@ -64,9 +111,11 @@ impl TestServer {
         format!("ws://{}/ws", self.addr)
     }
 
-    /// The Host under which `subdomain` is served.
+    /// The Host under which `subdomain` is served (on the HTTPS port when
+    /// there is one, as its public URL says).
     pub fn host_of(&self, subdomain: &str) -> String {
-        format!("{subdomain}.{}:{}", self.config.domain, self.addr.port())
+        let port = self.tls.as_ref().map_or(self.addr, |t| t.addr).port();
+        format!("{subdomain}.{}:{port}", self.config.domain)
     }
 
     /// Stops the server and waits for it to finish.

@@ -1,0 +1,143 @@
+//! The byte stream under the WebSocket: TCP for `ws://`, and TLS over TCP
+//! for `wss://`.
+//!
+//! The server's certificate is checked against Mozilla's root programme (the
+//! `webpki-roots` list, the same everywhere, independent of the machine's
+//! store) plus, with `--ca FILE`, the authorities in that file: a
+//! development server's own CA (`cryptun server --tls-self-signed`) or a
+//! company one. A certificate that does not check out stops the connection
+//! with [`ClientError::Untrusted`], which says how to fix it.
+
+use std::io;
+use std::path::Path;
+use std::sync::Arc;
+
+use http::Uri;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName};
+use rustls::{CertificateError, RootCertStore};
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+use tokio_rustls::client::TlsStream;
+use tokio_util::either::Either;
+
+use crate::ClientError;
+
+/// A connection to the server, plain or TLS.
+pub(crate) type Stream = Either<TcpStream, TlsStream<TcpStream>>;
+
+/// Opens a TCP connection to the host of `url` (a `ws://` or `wss://`
+/// control URL) and, for `wss://`, completes a TLS handshake that trusts the
+/// public roots and whatever `ca` holds.
+pub(crate) async fn connect(url: &str, ca: Option<&Path>) -> Result<Stream, ClientError> {
+    let failed = |err: io::Error| ClientError::Connect {
+        url: url.to_owned(),
+        source: Box::new(err.into()),
+    };
+    let uri: Uri = url
+        .parse()
+        .map_err(|e| failed(io::Error::new(io::ErrorKind::InvalidInput, e)))?;
+    let tls = uri.scheme_str() == Some("wss");
+    let host = uri.host().unwrap_or_default();
+    let port = uri.port_u16().unwrap_or(if tls { 443 } else { 80 });
+    // An IPv6 literal comes bracketed out of a URI, and bare into connect.
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    // Names under `localhost` are loopback (RFC 6761), as browsers and curl
+    // resolve them, though the system resolver may not.
+    let dial = if bare.ends_with(".localhost") {
+        "localhost"
+    } else {
+        bare
+    };
+    // The connector is ready before the TCP connection: a bad `--ca` is an
+    // error of its own, whether or not the server is up.
+    let connector = tls.then(|| connector(ca)).transpose()?;
+    let tcp = TcpStream::connect((dial, port)).await.map_err(failed)?;
+    let _ = tcp.set_nodelay(true);
+    let Some(connector) = connector else {
+        return Ok(Either::Left(tcp));
+    };
+    let name = ServerName::try_from(bare.to_owned())
+        .map_err(|e| failed(io::Error::new(io::ErrorKind::InvalidInput, e)))?;
+    match connector.connect(name, tcp).await {
+        Ok(stream) => Ok(Either::Right(stream)),
+        Err(err) => Err(handshake_error(url, host, err)),
+    }
+}
+
+/// A TLS connector trusting the public roots and the certificates in `ca`.
+fn connector(ca: Option<&Path>) -> Result<TlsConnector, ClientError> {
+    let mut roots = RootCertStore {
+        roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+    };
+    if let Some(path) = ca {
+        let bad = |reason: String| ClientError::Ca {
+            path: path.to_owned(),
+            reason,
+        };
+        let pem = std::fs::read(path).map_err(|e| bad(e.to_string()))?;
+        let certs = CertificateDer::pem_slice_iter(&pem)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| bad(e.to_string()))?;
+        if certs.is_empty() {
+            return Err(bad("no CERTIFICATE block in the file".into()));
+        }
+        for cert in certs {
+            roots
+                .add(cert)
+                .map_err(|e| bad(format!("not a usable CA certificate: {e}")))?;
+        }
+    }
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| ClientError::Ca {
+        path: ca.map(Path::to_owned).unwrap_or_default(),
+        reason: e.to_string(),
+    })?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    Ok(TlsConnector::from(Arc::new(config)))
+}
+
+/// Turns a failed handshake into [`ClientError::Untrusted`] when the
+/// server's certificate was the trouble.
+fn handshake_error(url: &str, host: &str, err: io::Error) -> ClientError {
+    let certificate = err
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+        .and_then(|e| match e {
+            rustls::Error::InvalidCertificate(reason) => Some(reason),
+            _ => None,
+        });
+    match certificate {
+        Some(reason) => ClientError::Untrusted {
+            url: url.to_owned(),
+            reason: describe(reason, host),
+        },
+        None => ClientError::Connect {
+            url: url.to_owned(),
+            source: Box::new(err.into()),
+        },
+    }
+}
+
+fn describe(reason: &CertificateError, host: &str) -> String {
+    match reason {
+        CertificateError::UnknownIssuer => "it is not signed by an authority this client \
+            trusts; use --ca FILE for a self-signed server"
+            .into(),
+        CertificateError::BadSignature => "its signature does not verify".into(),
+        CertificateError::Expired | CertificateError::ExpiredContext { .. } => {
+            "it has expired".into()
+        }
+        CertificateError::NotValidYet | CertificateError::NotValidYetContext { .. } => {
+            "it is not valid yet".into()
+        }
+        CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. } => {
+            format!("it is not valid for {host}; connect by a name it covers")
+        }
+        other => format!("{other:?}; use --ca FILE for a self-signed server"),
+    }
+}
