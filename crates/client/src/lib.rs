@@ -31,6 +31,7 @@ pub mod target;
 use std::sync::Arc;
 use std::time::Duration;
 
+pub use cryptun_proto::Secret;
 pub use cryptun_proto::message::TunnelCreated;
 pub use session::{Session, connect};
 pub use target::{AddressError, Target};
@@ -51,6 +52,13 @@ pub struct ClientConfig {
     pub connect_timeout: Duration,
     /// How long to wait for the local service to accept a connection.
     pub local_connect_timeout: Duration,
+    /// The API key to present (`--token`, `CRYPTUN_TOKEN`, or the saved
+    /// config written by `cryptun login`).
+    pub token: Option<Secret>,
+    /// The secret of an earlier tunnel with the same `subdomain`, to take
+    /// its name back after a disconnect (see
+    /// [`Session::reconnect_config`]).
+    pub reconnect_secret: Option<Secret>,
 }
 
 impl ClientConfig {
@@ -63,6 +71,8 @@ impl ClientConfig {
             request_timeout: None,
             connect_timeout: Duration::from_secs(10),
             local_connect_timeout: Duration::from_secs(5),
+            token: None,
+            reconnect_secret: None,
         })
     }
 }

@@ -295,6 +295,7 @@ fn create_tunnel(
                         .config
                         .limits
                         .announce(state.config.heartbeat.interval),
+                    reconnect_secret: None,
                 }));
                 return Ok((registration, created));
             }
