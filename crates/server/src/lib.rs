@@ -18,6 +18,7 @@
 //! - `control`: the `/ws` endpoint: WebSocket upgrade, handshake, and the
 //!   session that owns one client connection and its tunnels.
 //! - [`registry`]: live tunnels by subdomain.
+//! - [`store`]: the SQLite database of keys and reserved names.
 //! - [`error`]: what can fail, by whom, and the response each failure becomes.
 //!
 //! # Tasks
@@ -38,6 +39,7 @@ pub mod host;
 mod passthrough;
 mod proxy;
 pub mod registry;
+pub mod store;
 
 use std::convert::Infallible;
 use std::io;
@@ -59,6 +61,7 @@ use tracing::{Instrument, debug, info, info_span, warn};
 
 pub use config::Config;
 pub use registry::Registry;
+pub use store::Store;
 
 /// Errors as they cross crate boundaries.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
