@@ -56,7 +56,15 @@ pub enum GatewayError {
     /// A WebSocket upgrade request was not valid.
     #[error("bad WebSocket upgrade: {0}")]
     BadUpgrade(&'static str),
+    /// The tunnel's client disconnected; its name is held this much longer
+    /// for it to reconnect.
+    #[error("the tunnel's client is reconnecting; try again shortly")]
+    Reconnecting(Duration),
 }
+
+/// The longest `Retry-After` for a tunnel that is reconnecting: a client
+/// usually comes back within seconds, well before the grace ends.
+const MAX_RECONNECT_RETRY: Duration = Duration::from_secs(5);
 
 impl GatewayError {
     /// The status the visitor gets.
@@ -72,6 +80,7 @@ impl GatewayError {
                 StatusCode::BAD_GATEWAY
             }
             GatewayError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
+            GatewayError::Reconnecting(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -87,7 +96,8 @@ impl GatewayError {
             GatewayError::ClientGone
             | GatewayError::ClientReset
             | GatewayError::BadResponse(_)
-            | GatewayError::Timeout(_) => Side::Client,
+            | GatewayError::Timeout(_)
+            | GatewayError::Reconnecting(_) => Side::Client,
             GatewayError::TooManyStreams => Side::Server,
         }
     }
@@ -106,6 +116,7 @@ impl GatewayError {
             GatewayError::BadResponse(_) => "bad_response",
             GatewayError::Timeout(_) => "timeout",
             GatewayError::BadUpgrade(_) => "bad_upgrade",
+            GatewayError::Reconnecting(_) => "tunnel_reconnecting",
         }
     }
 
@@ -128,6 +139,10 @@ impl GatewayError {
         headers.insert("x-cryptun-error", HeaderValue::from_static(self.code()));
         if status == StatusCode::TOO_MANY_REQUESTS {
             headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        if let GatewayError::Reconnecting(left) = self {
+            let secs = left.min(MAX_RECONNECT_RETRY).as_secs_f64().ceil().max(1.0);
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(secs as u64));
         }
         resp
     }

@@ -10,6 +10,7 @@ use tracing::debug;
 
 use crate::error::GatewayError;
 use crate::host::{self, Route};
+use crate::registry::Lookup;
 use crate::{Body, Peer, ServiceResult, State, control, full, proxy};
 
 /// Handles one request from `peer`.
@@ -19,9 +20,10 @@ pub(crate) async fn handle(state: Arc<State>, peer: Peer, req: Request<Incoming>
     let result = match host::route(&req, &state.config.domain) {
         Err(err) => Err(err.into()),
         Ok(Route::Server) => own_route(&state, peer, req),
-        Ok(Route::Tunnel(label)) => match state.registry.get(&label) {
-            Some(tunnel) => proxy::forward(&state, &tunnel, peer, req).await,
-            None => Err(GatewayError::UnknownTunnel(format!(
+        Ok(Route::Tunnel(label)) => match state.registry.lookup(&label) {
+            Lookup::Live(tunnel) => proxy::forward(&state, &tunnel, peer, req).await,
+            Lookup::Reconnecting(left) => Err(GatewayError::Reconnecting(left)),
+            Lookup::Free => Err(GatewayError::UnknownTunnel(format!(
                 "{label}.{}",
                 state.config.domain
             ))),
