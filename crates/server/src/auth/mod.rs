@@ -140,6 +140,7 @@ impl Refusal {
 
 /// Records a failed attempt from `ip` and returns the refusal to send.
 pub(crate) fn failure(state: &State, ip: IpAddr, refusal: Refusal) -> Refusal {
+    info!(%ip, code = ?refusal.code, reason = %refusal.message, "handshake refused");
     if let Some(block) = state.backoff.failed(ip, Instant::now()) {
         warn!(%ip, code = ?refusal.code, block = ?block, "repeated failed handshakes; refusing the address for a while");
     }

@@ -135,6 +135,7 @@ impl Store {
         };
         create_private_dir(dir).map_err(dir_error)?;
         let path = dir.join(DB_FILE);
+        create_private_file(&path).map_err(dir_error)?;
         let mut conn = Connection::open(&path)?;
         conn.busy_timeout(BUSY_TIMEOUT)?;
         // WAL lets the server read while `cryptun keys` writes.
@@ -188,6 +189,20 @@ fn create_private_dir(dir: &Path) -> std::io::Result<()> {
     #[cfg(unix)]
     std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
     builder.create(dir)
+}
+
+/// Creates `path` readable by its owner only, unless it exists. SQLite
+/// gives its journal files the database's mode, so they follow.
+fn create_private_file(path: &Path) -> std::io::Result<()> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    match options.open(path) {
+        Ok(_) => Ok(()),
+        Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(err) => Err(err),
+    }
 }
 
 /// The default data directory: `$XDG_DATA_HOME/cryptun`, else
@@ -251,12 +266,20 @@ pub(crate) mod tests {
 
     #[cfg(unix)]
     #[test]
-    fn the_data_directory_is_private() {
+    fn the_data_directory_and_its_files_are_private() {
         use std::os::unix::fs::PermissionsExt;
         let dir = TempDir::new();
-        Store::open(&dir.0).unwrap();
+        // Open, with a write, so the WAL files exist too.
+        let store = Store::open(&dir.0).unwrap();
+        store.create_key("k").unwrap();
         let mode = std::fs::metadata(&dir.0).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o700, "{mode:o}");
+        for entry in std::fs::read_dir(&dir.0).unwrap() {
+            let path = entry.unwrap().path();
+            let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600, "{}: {mode:o}", path.display());
+        }
+        assert!(dir.0.join("cryptun.db-wal").exists());
     }
 
     #[test]
