@@ -19,12 +19,14 @@
 //! - `forward`: one request, from its `request` message to the local
 //!   service and back.
 //! - [`hello`]: the built-in hello service used by `--hello` and the demo.
+//! - [`saved`]: `client.toml`, where `cryptun login` keeps the API key.
 //! - [`Event`]: what the client reports per request, for the CLI to print.
 
 #![forbid(unsafe_code)]
 
 mod forward;
 pub mod hello;
+pub mod saved;
 mod session;
 pub mod target;
 
