@@ -2,15 +2,24 @@
 //! runs until Ctrl-C (or SIGTERM).
 
 use anyhow::{Context, Result};
-use cryptun_client::{ClientConfig, Target};
+use cryptun_client::{ClientConfig, ClientError, Target};
+use cryptun_proto::ErrorCode;
+use cryptun_server::AuthMode;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::{DemoArgs, HttpArgs, ServerArgs, output};
+use crate::{DemoArgs, HttpArgs, ServerArgs, keys, output};
 
 /// `cryptun server`.
 pub async fn server(args: ServerArgs) -> Result<()> {
     let defaults = cryptun_server::Config::default();
+    let auth = args
+        .auth
+        .unwrap_or_else(|| AuthMode::default_for(args.listen, &args.domain));
+    let data_dir = match auth {
+        AuthMode::Off => None,
+        AuthMode::Optional | AuthMode::Required => Some(keys::data_dir(args.data_dir.clone())?),
+    };
     let config = cryptun_server::Config {
         domain: args.domain.clone(),
         public_port: args.public_port,
@@ -29,6 +38,9 @@ pub async fn server(args: ServerArgs) -> Result<()> {
         shutdown_grace: args.shutdown_grace,
         tls_handshake_timeout: args.tls_handshake_timeout,
         redirect_http: args.redirect_http,
+        auth,
+        data_dir,
+        reconnect_grace: args.reconnect_grace,
         ..defaults
     }
     .validated()?;
@@ -107,7 +119,24 @@ pub async fn http(args: HttpArgs) -> Result<()> {
     config.subdomain = args.subdomain;
     config.request_timeout = args.request_timeout;
     config.ca = args.ca;
-    let session = cryptun_client::connect(&config).await?;
+    config.token = keys::client_token(args.token)?;
+    let session = match cryptun_client::connect(&config).await {
+        Ok(session) => session,
+        Err(
+            err @ ClientError::Refused {
+                code: ErrorCode::Unauthorized,
+                ..
+            },
+        ) => {
+            let hint = if config.token.is_some() {
+                "check the key, or ask the server's operator for a new one"
+            } else {
+                "give it an API key: --token, CRYPTUN_TOKEN, or `cryptun login`"
+            };
+            return Err(anyhow::anyhow!("{err} ({hint})"));
+        }
+        Err(err) => return Err(err.into()),
+    };
     let shown = if args.hello {
         "built-in hello page".to_owned()
     } else {

@@ -4,6 +4,7 @@
 #![forbid(unsafe_code)]
 
 mod commands;
+mod keys;
 mod output;
 
 use std::net::SocketAddr;
@@ -11,6 +12,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{ArgGroup, Args, Parser, Subcommand};
+use cryptun_client::Secret;
 
 /// Self-hosted secure tunnels: expose a local service at a public URL.
 #[derive(Debug, Parser)]
@@ -35,6 +37,16 @@ enum Command {
     /// Server, hello service and client in one process: the whole product at once.
     #[command(after_help = "Example:\n  cryptun demo\n  curl http://tunnel-<id>.localhost:4000/")]
     Demo(DemoArgs),
+    /// Manage the server's API keys and reserved names (run where the server's data directory is).
+    #[command(
+        after_help = "Examples:\n  cryptun keys create --name laptop\n  cryptun keys list\n  cryptun keys reserve k7x2abcd myapp\n  cryptun keys revoke k7x2abcd"
+    )]
+    Keys(KeysArgs),
+    /// Save an API key for `cryptun http` (in ~/.config/cryptun/client.toml, mode 0600).
+    #[command(
+        after_help = "Examples:\n  cryptun login ck_...\n  cryptun login < token.txt   (keeps the key out of shell history)"
+    )]
+    Login(LoginArgs),
 }
 
 #[derive(Debug, Args)]
@@ -91,10 +103,17 @@ struct ServerArgs {
     /// How long a new HTTPS connection has to finish its TLS handshake.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     tls_handshake_timeout: Duration,
-    /// Where the server keeps its files (the development certificate)
+    /// Where the server keeps its files: the key database, the development certificate
     /// [default: $XDG_DATA_HOME/cryptun or ~/.local/share/cryptun].
     #[arg(long, env = "CRYPTUN_DATA_DIR")]
     data_dir: Option<PathBuf>,
+    /// Whether clients need an API key: required, optional or off. Default: off when listening on
+    /// loopback with domain localhost (this machine only), required otherwise.
+    #[arg(long, env = "CRYPTUN_AUTH")]
+    auth: Option<cryptun_server::AuthMode>,
+    /// How long a disconnected tunnel's name is kept for its client to reconnect (visitors get 503).
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    reconnect_grace: Duration,
 }
 
 #[derive(Debug, Args)]
@@ -121,6 +140,61 @@ struct HttpArgs {
     /// (e.g. the ca.pem printed by `cryptun server --tls-self-signed`).
     #[arg(long, env = "CRYPTUN_CA")]
     ca: Option<PathBuf>,
+    /// API key for the server [default: the one saved by `cryptun login`].
+    #[arg(long, env = "CRYPTUN_TOKEN", hide_env_values = true, value_parser = secret)]
+    token: Option<Secret>,
+}
+
+#[derive(Debug, Args)]
+struct KeysArgs {
+    /// The server's data directory [default: $XDG_DATA_HOME/cryptun or ~/.local/share/cryptun].
+    #[arg(long, env = "CRYPTUN_DATA_DIR", global = true)]
+    data_dir: Option<PathBuf>,
+    #[command(subcommand)]
+    command: KeysCommand,
+}
+
+#[derive(Debug, Subcommand)]
+enum KeysCommand {
+    /// Create a key; its token is shown once, only here.
+    Create {
+        /// What the key is for (a person, a machine, CI).
+        #[arg(long)]
+        name: String,
+        /// Print {"id","name","token"} as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List keys (never their tokens) and their reserved names.
+    List {
+        /// Print a JSON array.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke a key: it opens no new tunnel (live ones run on until they disconnect).
+    Revoke {
+        /// The key's id (see `keys list`).
+        id: String,
+    },
+    /// Reserve a subdomain for a key: only that key can claim it, also after restarts.
+    Reserve {
+        /// The key's id.
+        key_id: String,
+        /// The subdomain label.
+        name: String,
+    },
+    /// Release a reserved subdomain.
+    Unreserve {
+        /// The subdomain label.
+        name: String,
+    },
+}
+
+#[derive(Debug, Args)]
+struct LoginArgs {
+    /// The API key (from `cryptun keys create` on the server). Read from standard input when absent.
+    #[arg(value_parser = secret)]
+    token: Option<Secret>,
 }
 
 #[derive(Debug, Args)]
@@ -130,11 +204,21 @@ struct DemoArgs {
     listen: SocketAddr,
 }
 
+/// Parses a key given on the command line or in the environment, so that
+/// it is a [`Secret`] (hidden from `Debug`) from the start.
+fn secret(value: &str) -> Result<Secret, String> {
+    let value = value.trim();
+    if value.is_empty() || value.contains(char::is_whitespace) {
+        return Err("an API key is one word, like ck_...".into());
+    }
+    Ok(Secret::new(value))
+}
+
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let default_level = match cli.command {
         Command::Server(_) => "info",
-        Command::Http(_) | Command::Demo(_) => "warn",
+        Command::Http(_) | Command::Demo(_) | Command::Keys(_) | Command::Login(_) => "warn",
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
@@ -155,6 +239,8 @@ fn main() -> std::process::ExitCode {
             Command::Server(args) => commands::server(args).await,
             Command::Http(args) => commands::http(args).await,
             Command::Demo(args) => commands::demo(args).await,
+            Command::Keys(args) => keys::keys(args).await,
+            Command::Login(args) => keys::login(args),
         }
     });
     match result {

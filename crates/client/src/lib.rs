@@ -20,12 +20,14 @@
 //! - `forward`: one request, from its `request` message to the local
 //!   service and back.
 //! - [`hello`]: the built-in hello service used by `--hello` and the demo.
+//! - [`saved`]: `client.toml`, where `cryptun login` keeps the API key.
 //! - [`Event`]: what the client reports per request, for the CLI to print.
 
 #![forbid(unsafe_code)]
 
 mod forward;
 pub mod hello;
+pub mod saved;
 mod session;
 pub mod target;
 mod transport;
@@ -34,6 +36,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+pub use cryptun_proto::Secret;
 pub use cryptun_proto::message::TunnelCreated;
 pub use session::{Session, connect};
 pub use target::{AddressError, Target};
@@ -58,6 +61,13 @@ pub struct ClientConfig {
     /// server, besides the public roots (`--ca`; e.g. the `ca.pem` of
     /// `cryptun server --tls-self-signed`).
     pub ca: Option<PathBuf>,
+    /// The API key to present (`--token`, `CRYPTUN_TOKEN`, or the saved
+    /// config written by `cryptun login`).
+    pub token: Option<Secret>,
+    /// The secret of an earlier tunnel with the same `subdomain`, to take
+    /// its name back after a disconnect (see
+    /// [`Session::reconnect_config`]).
+    pub reconnect_secret: Option<Secret>,
 }
 
 impl ClientConfig {
@@ -71,6 +81,8 @@ impl ClientConfig {
             connect_timeout: Duration::from_secs(10),
             local_connect_timeout: Duration::from_secs(5),
             ca: None,
+            token: None,
+            reconnect_secret: None,
         })
     }
 }

@@ -61,6 +61,8 @@ async fn connect_inner(config: &ClientConfig) -> Result<Session, ClientError> {
         request_timeout_ms: config
             .request_timeout
             .map(|d| d.as_millis().try_into().unwrap_or(u64::MAX)),
+        token: config.token.clone(),
+        reconnect_secret: config.reconnect_secret.clone(),
     });
     ws.send(Message::text(encode(&create)))
         .await
@@ -106,6 +108,18 @@ impl Session {
     /// The tunnel the server created.
     pub fn tunnel(&self) -> &TunnelCreated {
         &self.tunnel
+    }
+
+    /// Settings that take this tunnel's name back on a new connection
+    /// while the server holds it after a disconnect: the same settings,
+    /// asking for this subdomain, with the tunnel's reconnect secret (for a
+    /// tunnel opened without a key; with a key, the key is enough).
+    pub fn reconnect_config(&self) -> ClientConfig {
+        ClientConfig {
+            subdomain: Some(self.tunnel.subdomain.clone()),
+            reconnect_secret: self.tunnel.reconnect_secret.clone(),
+            ..self.config.clone()
+        }
     }
 
     /// Serves requests until `shutdown` fires (returns `Ok`) or the

@@ -15,6 +15,7 @@
 //! - [`limits`]: every bound a session enforces, and why.
 //! - [`mux`]: streams over one WebSocket: the pending-stream table, credit
 //!   windows, body types for hyper, and the writer task.
+//! - [`secret`]: API keys and reconnect secrets, hidden from `Debug`.
 //!
 //! Nothing here opens a socket; the server and client crates do.
 
@@ -25,11 +26,13 @@ pub mod head;
 pub mod limits;
 pub mod message;
 pub mod mux;
+pub mod secret;
 
 pub use frame::{Frame, FrameError, FrameKind};
 pub use head::{HeadError, InlineBody, RequestHead, ResponseHead};
 pub use limits::Limits;
 pub use message::{ClientMessage, ErrorCode, PROTOCOL_VERSION, ServerMessage};
+pub use secret::Secret;
 pub use tokio_tungstenite::tungstenite;
 
 /// WebSocket close codes used by both ends (RFC 6455 §7.4.1).

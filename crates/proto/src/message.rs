@@ -9,6 +9,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::head::{RequestHead, ResponseHead};
+use crate::secret::Secret;
 
 /// The protocol version this build speaks. A client that names no version is
 /// taken to speak version 1.
@@ -57,6 +58,15 @@ pub struct CreateTunnel {
     /// by the server's maximum. Absent means the server's default.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub request_timeout_ms: Option<u64>,
+    /// The client's API key. It authenticates the whole connection and is
+    /// read from the first `create_tunnel` only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<Secret>,
+    /// The `reconnect_secret` of an earlier tunnel with the same
+    /// `subdomain`: it takes the name back while the server holds it after
+    /// a disconnect.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reconnect_secret: Option<Secret>,
 }
 
 /// Messages the server sends to a client.
@@ -102,6 +112,11 @@ pub struct TunnelCreated {
     pub request_timeout_ms: u64,
     /// The limits the server enforces on this session.
     pub limits: SessionLimits,
+    /// For a tunnel opened without an API key: the secret that takes its
+    /// name back after a disconnect (send it as `reconnect_secret` with the
+    /// same `subdomain`). A new one is issued each time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reconnect_secret: Option<Secret>,
 }
 
 /// Limits announced in `tunnel_created` so a client can stay within them.
@@ -132,6 +147,9 @@ pub struct ErrorMessage {
     /// The request concerned, when there is one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub request_id: Option<u32>,
+    /// For `too_many_attempts`: how long until the server listens again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_after_ms: Option<u64>,
 }
 
 /// Why the server refused something.
@@ -155,6 +173,16 @@ pub enum ErrorCode {
     BadResponse,
     /// A message arrived before the first `create_tunnel`.
     NoTunnel,
+    /// The API key is missing (where the server requires one), unknown or
+    /// revoked.
+    Unauthorized,
+    /// Too many failed handshakes from this address: refused without
+    /// checking until `retry_after_ms` has passed.
+    TooManyAttempts,
+    /// The requested subdomain is reserved for another API key.
+    SubdomainReserved,
+    /// The server failed (its database, say); not the client's fault.
+    Internal,
 }
 
 impl ServerMessage {
@@ -164,6 +192,7 @@ impl ServerMessage {
             code,
             message: message.into(),
             request_id,
+            retry_after_ms: None,
         })
     }
 }
@@ -236,6 +265,30 @@ mod tests {
         let bad_field =
             decode::<ClientMessage>(r#"{"type":"response","request_id":"x"}"#, CLIENT_TYPES);
         assert!(matches!(bad_field, Err(DecodeError::Malformed(_))));
+    }
+
+    #[test]
+    fn create_tunnel_carries_secrets_that_debug_hides() {
+        let text = r#"{"type":"create_tunnel","subdomain":"app","token":"ck_abcdefgh_s3cr3t","reconnect_secret":"r3c0nn3ct"}"#;
+        let msg: ClientMessage = decode(text, CLIENT_TYPES).unwrap();
+        let ClientMessage::CreateTunnel(create) = &msg else {
+            panic!("{msg:?}")
+        };
+        assert_eq!(
+            create.token.as_ref().unwrap().expose(),
+            "ck_abcdefgh_s3cr3t"
+        );
+        assert_eq!(
+            create.reconnect_secret.as_ref().unwrap().expose(),
+            "r3c0nn3ct"
+        );
+        let shown = format!("{msg:?}");
+        assert!(
+            !shown.contains("s3cr3t") && !shown.contains("r3c0nn3ct"),
+            "{shown}"
+        );
+        // And back: the fields travel as plain strings.
+        assert!(encode(&msg).contains(r#""token":"ck_abcdefgh_s3cr3t""#));
     }
 
     #[test]

@@ -1,9 +1,12 @@
 //! The server's settings, validated once before any socket is bound.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use cryptun_proto::Limits;
 use cryptun_proto::mux::Heartbeat;
+
+use crate::auth::{AuthMode, BackoffConfig};
 
 /// Everything `run` needs to know besides its listener.
 #[derive(Debug, Clone)]
@@ -39,6 +42,21 @@ pub struct Config {
     /// With a TLS listener, answer every request on the plain listener with
     /// a 308 redirect to the same host and path over HTTPS.
     pub redirect_http: bool,
+    /// Whether clients need an API key. `Off` by default here, so an
+    /// embedded or test server needs no data directory; `cryptun server`
+    /// picks its own default with [`AuthMode::default_for`].
+    pub auth: AuthMode,
+    /// Where the database of keys and reserved names lives. Needed unless
+    /// `auth` is off (and not opened when it is).
+    pub data_dir: Option<PathBuf>,
+    /// How long a disconnected tunnel's name is held for its owner to
+    /// reconnect (visitors get 503 meanwhile). Zero frees it at once.
+    pub reconnect_grace: Duration,
+    /// Most names held for reconnection at once; beyond it the oldest hold
+    /// ends early.
+    pub max_held_names: usize,
+    /// Backoff for failed handshakes, per source address.
+    pub auth_backoff: BackoffConfig,
 }
 
 impl Default for Config {
@@ -59,6 +77,18 @@ impl Default for Config {
             shutdown_grace: Duration::from_secs(10),
             tls_handshake_timeout: Duration::from_secs(10),
             redirect_http: false,
+            auth: AuthMode::Off,
+            data_dir: None,
+            // Long enough for a client to notice a dropped connection and
+            // dial again (its own heartbeat takes up to 30 s to notice a
+            // silent one), short enough that a name abandoned for good is
+            // free again soon.
+            reconnect_grace: Duration::from_secs(30),
+            // About 150 bytes each (the name twice, the owner, two
+            // instants): some 15 MiB at worst, reached only by a client
+            // opening and dropping over 3,000 tunnels a second.
+            max_held_names: 100_000,
+            auth_backoff: BackoffConfig::default(),
         }
     }
 }
@@ -102,6 +132,19 @@ impl Config {
         if self.max_request_timeout < self.request_timeout {
             return Err(ConfigError(
                 "the maximum request timeout must be at least the default one".into(),
+            ));
+        }
+        if self.auth != AuthMode::Off && self.data_dir.is_none() {
+            return Err(ConfigError(format!(
+                "--auth {} needs a data directory for its keys (--data-dir)",
+                self.auth
+            )));
+        }
+        let b = &self.auth_backoff;
+        if b.forget_after < b.max || b.max < b.base || b.max_entries == 0 {
+            return Err(ConfigError(
+                "the handshake backoff must have base <= max <= forget_after and room for an entry"
+                    .into(),
             ));
         }
         for (name, d) in [

@@ -8,10 +8,9 @@
 //! on them fails at once (the visitors get 502).
 
 use std::sync::Arc;
-use std::time::SystemTime;
 
 use cryptun_proto::message::{
-    self, ClientMessage, CreateTunnel, ErrorCode, ServerMessage, TunnelCreated, decode, encode,
+    self, ClientMessage, CreateTunnel, ErrorCode, ServerMessage, decode, encode,
 };
 use cryptun_proto::mux::{Mux, Side, run_writer};
 use cryptun_proto::tungstenite::protocol::{CloseFrame, Role, frame::coding::CloseCode};
@@ -26,8 +25,10 @@ use tokio::sync::mpsc;
 use tokio_tungstenite::WebSocketStream;
 use tracing::{Instrument, debug, info, info_span, warn};
 
+use crate::admit::create_tunnel;
+use crate::auth::{self, Identity};
 use crate::error::GatewayError;
-use crate::registry::{Registration, Tunnel};
+use crate::registry::Registration;
 use crate::{Body, Peer, State, full};
 
 /// Messages waiting for the writer (heads and body frames) per session. Each
@@ -113,26 +114,38 @@ fn close_frame(code: u16, reason: impl Into<String>) -> CloseFrame {
 
 /// Runs one client session from handshake to close.
 async fn session(state: Arc<State>, mut ws: Ws, peer: Peer) {
-    let create =
-        match tokio::time::timeout(state.config.handshake_timeout, handshake(&mut ws)).await {
-            Ok(Ok(create)) => create,
-            Ok(Err(Some(frame))) => {
-                debug!(reason = %frame.reason, "handshake refused");
-                let _ = ws.close(Some(frame)).await;
-                return;
+    // The first create_tunnel and its key are checked before anything is
+    // set up for the session: a refused client costs a message and a close.
+    let admitted = tokio::time::timeout(state.config.handshake_timeout, async {
+        let create = handshake(&mut ws).await?;
+        match auth::authenticate(&state, peer, &create).await {
+            Ok(identity) => Ok((create, identity)),
+            Err(refusal) => {
+                let _ = ws.send(Message::text(refusal.to_text())).await;
+                Err(Some(close_frame(refusal.close_code(), refusal.message)))
             }
-            Ok(Err(None)) => return,
-            Err(_) => {
-                let reason = format!(
-                    "no create_tunnel within {:?}",
-                    state.config.handshake_timeout
-                );
-                let _ = ws
-                    .close(Some(close_frame(close_code::POLICY, reason)))
-                    .await;
-                return;
-            }
-        };
+        }
+    })
+    .await;
+    let (create, identity) = match admitted {
+        Ok(Ok(admitted)) => admitted,
+        Ok(Err(Some(frame))) => {
+            debug!(reason = %frame.reason, "handshake refused");
+            let _ = ws.close(Some(frame)).await;
+            return;
+        }
+        Ok(Err(None)) => return,
+        Err(_) => {
+            let reason = format!(
+                "no create_tunnel within {:?}",
+                state.config.handshake_timeout
+            );
+            let _ = ws
+                .close(Some(close_frame(close_code::POLICY, reason)))
+                .await;
+            return;
+        }
+    };
     let (out_tx, out_rx) = mpsc::channel(OUTBOUND_QUEUE);
     let mux: Mux<ResponseHead> = Mux::new(
         Side::Opener,
@@ -143,7 +156,7 @@ async fn session(state: Arc<State>, mut ws: Ws, peer: Peer) {
     // Even if this task panics, pending visitors get their 502 at once.
     let _close_streams = mux.close_on_drop();
     let mut tunnels = Vec::new();
-    match create_tunnel(&state, &mux, &create, peer, 0) {
+    match create_tunnel(&state, &mux, &create, &identity, peer, 0).await {
         Ok((registration, created)) => {
             info!(subdomain = %registration.tunnel().subdomain, binary = create.binary_streams, "tunnel created");
             tunnels.push(registration);
@@ -152,11 +165,10 @@ async fn session(state: Arc<State>, mut ws: Ws, peer: Peer) {
                 return;
             }
         }
-        Err(error) => {
-            let _ = ws.send(Message::text(error)).await;
-            let _ = ws
-                .close(Some(close_frame(close_code::POLICY, "tunnel refused")))
-                .await;
+        Err(refusal) => {
+            let _ = ws.send(Message::text(refusal.to_text())).await;
+            let frame = close_frame(refusal.close_code(), "tunnel refused");
+            let _ = ws.close(Some(frame)).await;
             return;
         }
     }
@@ -168,7 +180,7 @@ async fn session(state: Arc<State>, mut ws: Ws, peer: Peer) {
     // Each arm says why the session ended and whether the writer still has
     // a close frame to send.
     let (ended, closing) = tokio::select! {
-        end = read_loop(&state, &mux, &mut stream, &mut tunnels, peer) => end,
+        end = read_loop(&state, &mux, &mut stream, &mut tunnels, &identity, peer) => end,
         result = &mut writer => match result {
             Ok(_) => ("writer finished".to_owned(), false),
             Err(err) => (err.to_string(), false),
@@ -233,104 +245,6 @@ async fn handshake(ws: &mut Ws) -> Result<CreateTunnel, Option<CloseFrame>> {
     }
 }
 
-/// Registers a tunnel for `create`; returns the registration and the
-/// `tunnel_created` text, or the `error` text to send instead.
-fn create_tunnel(
-    state: &State,
-    mux: &Mux<ResponseHead>,
-    create: &CreateTunnel,
-    peer: Peer,
-    existing: usize,
-) -> Result<(Registration, String), String> {
-    let refuse = |code, text: String| encode(&ServerMessage::error(code, text, None));
-    if existing >= state.config.limits.max_tunnels_per_session {
-        return Err(refuse(
-            ErrorCode::TooManyTunnels,
-            format!(
-                "a connection may hold at most {} tunnels",
-                state.config.limits.max_tunnels_per_session
-            ),
-        ));
-    }
-    let asked = match &create.subdomain {
-        Some(name) => {
-            Some(valid_subdomain(name).map_err(|why| refuse(ErrorCode::InvalidSubdomain, why))?)
-        }
-        None => None,
-    };
-    loop {
-        let id = cryptun_proto::random_id(10);
-        let subdomain = asked.clone().unwrap_or_else(|| format!("tunnel-{id}"));
-        let tunnel = Tunnel {
-            public_url: state.config.public_url(&subdomain, state.listen_port),
-            id,
-            subdomain,
-            client_addr: peer,
-            created_at: SystemTime::now(),
-            requests: Default::default(),
-            request_timeout: create
-                .request_timeout_ms
-                .map(std::time::Duration::from_millis)
-                .filter(|d| !d.is_zero())
-                .map_or(state.config.request_timeout, |d| {
-                    d.min(state.config.max_request_timeout)
-                }),
-            mux: mux.clone(),
-        };
-        match state.registry.register(tunnel) {
-            Ok(registration) => {
-                let t = registration.tunnel();
-                let created = encode(&ServerMessage::TunnelCreated(TunnelCreated {
-                    version: PROTOCOL_VERSION,
-                    tunnel_id: t.id.clone(),
-                    subdomain: t.subdomain.clone(),
-                    public_url: t.public_url.clone(),
-                    binary_streams: mux.binary(),
-                    request_timeout_ms: t
-                        .request_timeout
-                        .as_millis()
-                        .try_into()
-                        .unwrap_or(u64::MAX),
-                    limits: state
-                        .config
-                        .limits
-                        .announce(state.config.heartbeat.interval),
-                }));
-                return Ok((registration, created));
-            }
-            Err(_) if asked.is_some() => {
-                return Err(refuse(
-                    ErrorCode::SubdomainTaken,
-                    format!(
-                        "the subdomain {:?} is in use by another tunnel",
-                        asked.unwrap_or_default()
-                    ),
-                ));
-            }
-            // A generated name collided (50 random bits): draw again.
-            Err(_) => continue,
-        }
-    }
-}
-
-/// Checks a requested subdomain: one DNS label of letters, digits and
-/// hyphens, 1 to 63 characters, not starting or ending with a hyphen.
-/// Returns it lowercased.
-fn valid_subdomain(name: &str) -> Result<String, String> {
-    let ok = !name.is_empty()
-        && name.len() <= 63
-        && !name.starts_with('-')
-        && !name.ends_with('-')
-        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
-    if ok {
-        Ok(name.to_ascii_lowercase())
-    } else {
-        Err(format!(
-            "the subdomain {name:?} is not a valid DNS label (1-63 letters, digits or hyphens, not starting or ending with a hyphen)"
-        ))
-    }
-}
-
 /// Reads the client's messages until the connection ends or must be closed.
 /// Returns why it ended, and whether a close frame was queued.
 async fn read_loop(
@@ -338,12 +252,13 @@ async fn read_loop(
     mux: &Mux<ResponseHead>,
     stream: &mut futures_util::stream::SplitStream<Ws>,
     tunnels: &mut Vec<Registration>,
+    identity: &Identity,
     peer: Peer,
 ) -> (String, bool) {
     while let Some(msg) = stream.next().await {
         mux.heard();
         let refusal = match msg {
-            Ok(Message::Text(text)) => on_text(state, mux, &text, tunnels, peer),
+            Ok(Message::Text(text)) => on_text(state, mux, &text, tunnels, identity, peer).await,
             Ok(Message::Binary(data)) => on_binary(mux, data),
             Ok(Message::Close(_)) => return ("client closed the connection".into(), false),
             Ok(_) => None,
@@ -363,11 +278,12 @@ async fn read_loop(
 }
 
 /// Handles one text message; returns a close frame if the session must end.
-fn on_text(
+async fn on_text(
     state: &State,
     mux: &Mux<ResponseHead>,
     text: &str,
     tunnels: &mut Vec<Registration>,
+    identity: &Identity,
     peer: Peer,
 ) -> Option<CloseFrame> {
     match decode::<ClientMessage>(text, message::CLIENT_TYPES) {
@@ -387,13 +303,15 @@ fn on_text(
         Ok(ClientMessage::Ping) => mux.queue_pong(),
         Ok(ClientMessage::Pong) => {}
         Ok(ClientMessage::CreateTunnel(create)) => {
-            match create_tunnel(state, mux, &create, peer, tunnels.len()) {
+            // The connection's identity was settled by its first
+            // create_tunnel; a token here is not looked at.
+            match create_tunnel(state, mux, &create, identity, peer, tunnels.len()).await {
                 Ok((registration, created)) => {
                     info!(subdomain = %registration.tunnel().subdomain, "tunnel created");
                     tunnels.push(registration);
                     mux.queue_text(created);
                 }
-                Err(error) => mux.queue_text(error),
+                Err(refusal) => mux.queue_text(refusal.to_text()),
             }
         }
         Err(err) => {

@@ -65,7 +65,15 @@ pub enum GatewayError {
         /// The request's Host name.
         host: String,
     },
+    /// The tunnel's client disconnected; its name is held this much longer
+    /// for it to reconnect.
+    #[error("the tunnel's client is reconnecting; try again shortly")]
+    Reconnecting(Duration),
 }
+
+/// The longest `Retry-After` for a tunnel that is reconnecting: a client
+/// usually comes back within seconds, well before the grace ends.
+const MAX_RECONNECT_RETRY: Duration = Duration::from_secs(5);
 
 impl GatewayError {
     /// The status the visitor gets.
@@ -82,6 +90,7 @@ impl GatewayError {
             }
             GatewayError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
             GatewayError::Misdirected { .. } => StatusCode::MISDIRECTED_REQUEST,
+            GatewayError::Reconnecting(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -98,7 +107,8 @@ impl GatewayError {
             GatewayError::ClientGone
             | GatewayError::ClientReset
             | GatewayError::BadResponse(_)
-            | GatewayError::Timeout(_) => Side::Client,
+            | GatewayError::Timeout(_)
+            | GatewayError::Reconnecting(_) => Side::Client,
             GatewayError::TooManyStreams => Side::Server,
         }
     }
@@ -118,6 +128,7 @@ impl GatewayError {
             GatewayError::Timeout(_) => "timeout",
             GatewayError::BadUpgrade(_) => "bad_upgrade",
             GatewayError::Misdirected { .. } => "misdirected",
+            GatewayError::Reconnecting(_) => "tunnel_reconnecting",
         }
     }
 
@@ -140,6 +151,10 @@ impl GatewayError {
         headers.insert("x-cryptun-error", HeaderValue::from_static(self.code()));
         if status == StatusCode::TOO_MANY_REQUESTS {
             headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        if let GatewayError::Reconnecting(left) = self {
+            let secs = left.min(MAX_RECONNECT_RETRY).as_secs_f64().ceil().max(1.0);
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(secs as u64));
         }
         resp
     }

@@ -12,6 +12,7 @@ use tracing::debug;
 use crate::error::GatewayError;
 use crate::host::{self, Route};
 use crate::https::{self, Transport};
+use crate::registry::Lookup;
 use crate::{Body, Conn, Peer, ServiceResult, State, control, full, proxy};
 
 /// Handles one request on `conn`.
@@ -44,12 +45,13 @@ async fn dispatch(
     }
     match route {
         Route::Server => own_route(state, conn.peer, req),
-        Route::Tunnel(label) => match state.registry.get(&label) {
-            Some(tunnel) => {
+        Route::Tunnel(label) => match state.registry.lookup(&label) {
+            Lookup::Live(tunnel) => {
                 let scheme = conn.transport.scheme();
                 proxy::forward(&tunnel, conn.peer, scheme, req).await
             }
-            None => Err(GatewayError::UnknownTunnel(format!(
+            Lookup::Reconnecting(left) => Err(GatewayError::Reconnecting(left)),
+            Lookup::Free => Err(GatewayError::UnknownTunnel(format!(
                 "{label}.{}",
                 state.config.domain
             ))),

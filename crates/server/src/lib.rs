@@ -22,7 +22,13 @@
 //!   (WebSocket) both ways.
 //! - `control`: the `/ws` endpoint: WebSocket upgrade, handshake, and the
 //!   session that owns one client connection and its tunnels.
-//! - [`registry`]: live tunnels by subdomain.
+//! - `admit`: who may open which tunnel: name rules, reserved names, the
+//!   reconnect grace, and the registration itself.
+//! - [`auth`]: auth modes, checking API keys at the handshake, and the
+//!   backoff for failed handshakes.
+//! - [`store`]: the SQLite database of keys and reserved names.
+//! - [`registry`]: live tunnels by subdomain, and names held for
+//!   reconnection.
 //! - [`error`]: what can fail, by whom, and the response each failure becomes.
 //!
 //! # Tasks
@@ -37,6 +43,8 @@
 
 #![forbid(unsafe_code)]
 
+mod admit;
+pub mod auth;
 pub mod config;
 mod control;
 pub mod error;
@@ -46,6 +54,7 @@ mod https;
 mod passthrough;
 mod proxy;
 pub mod registry;
+pub mod store;
 pub mod tls;
 
 use std::convert::Infallible;
@@ -68,11 +77,13 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, debug, info, info_span, warn};
 
+pub use auth::AuthMode;
 pub use config::Config;
 pub use registry::Registry;
 pub use tls::Certs;
 
 use https::Transport;
+pub use store::Store;
 
 /// Errors as they cross crate boundaries.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -105,6 +116,10 @@ pub(crate) struct State {
     pub(crate) sessions_stop: CancellationToken,
     /// Session tasks, awaited on shutdown.
     pub(crate) tasks: TaskTracker,
+    /// Keys and reserved names; `None` when auth is off.
+    pub(crate) store: Option<Store>,
+    /// Failed handshakes by address.
+    pub(crate) backoff: auth::Backoff,
 }
 
 /// The sockets a server answers on.
@@ -174,17 +189,28 @@ pub async fn serve(
         (true, false) => return Err(invalid("redirect_http needs an HTTPS listener")),
         (false, _) => None,
     };
+    let store = open_store(&config).await?;
     let state = Arc::new(State {
         listen_port,
         redirect_to,
-        registry: Arc::new(Registry::default()),
+        registry: Arc::new(Registry::new(config.reconnect_grace, config.max_held_names)),
         sessions_stop: CancellationToken::new(),
         tasks: TaskTracker::new(),
+        store,
+        backoff: auth::Backoff::new(config.auth_backoff),
         config,
     });
     for (listener, scheme) in [(&plain, "http"), (&https, "https")] {
         if let Some(addr) = listener.as_ref().and_then(|l| l.local_addr().ok()) {
             info!(%addr, %scheme, domain = %state.config.domain, "listening");
+        }
+    }
+    match &state.store {
+        Some(store) => {
+            info!(auth = %state.config.auth, database = %store.path().display(), "clients are checked against the key database")
+        }
+        None => {
+            info!(auth = %state.config.auth, "no API keys: any client may open tunnels, reserved names are not enforced")
         }
     }
     let graceful = GracefulShutdown::new();
@@ -301,6 +327,23 @@ pub(crate) struct Conn {
     pub(crate) peer: Peer,
     /// Plain or TLS (with its SNI).
     pub(crate) transport: Transport,
+}
+
+/// Opens the key database unless auth is off.
+async fn open_store(config: &Config) -> io::Result<Option<Store>> {
+    let Some(dir) = config
+        .data_dir
+        .clone()
+        .filter(|_| config.auth != AuthMode::Off)
+    else {
+        return Ok(None);
+    };
+    let opened = tokio::task::spawn_blocking(move || Store::open(&dir))
+        .await
+        .map_err(io::Error::other)?;
+    opened
+        .map(Some)
+        .map_err(|err| io::Error::other(format!("could not open the key database: {err}")))
 }
 
 /// A never-failing service result, as hyper wants it.

@@ -1,13 +1,19 @@
-//! Live tunnels by subdomain: the map the gateway routes through.
+//! Live tunnels by subdomain: the map the gateway routes through, and the
+//! names held for reconnection ([`held`]).
 //!
 //! An entry is owned by its session: [`Registration`] removes it when dropped,
 //! so a tunnel leaves the map however its session ends (close, error, panic).
+//! Its name is then held for the reconnect grace, for its [`Owner`] only.
+
+pub mod held;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
-use std::time::SystemTime;
+use std::time::{Duration, Instant, SystemTime};
+
+pub use held::{Claim, HeldBy, Owner};
 
 use cryptun_proto::ResponseHead;
 use cryptun_proto::mux::Mux;
@@ -31,6 +37,8 @@ pub struct Tunnel {
     pub request_timeout: std::time::Duration,
     /// The session's streams, shared with its other tunnels.
     pub mux: Mux<ResponseHead>,
+    /// Who may take the name back after a disconnect.
+    pub owner: Owner,
 }
 
 /// What `/api/tunnels` shows of a tunnel.
@@ -70,53 +78,125 @@ impl Tunnel {
     }
 }
 
-/// The map from subdomain to live tunnel.
-#[derive(Default)]
+/// The map from subdomain to live tunnel, and the names held for
+/// reconnection.
 pub struct Registry {
-    tunnels: RwLock<HashMap<String, Arc<Tunnel>>>,
+    inner: RwLock<Inner>,
+    /// How long a name is held after its tunnel's session ends.
+    grace: Duration,
 }
 
-/// The subdomain is held by another live tunnel.
+struct Inner {
+    tunnels: HashMap<String, Arc<Tunnel>>,
+    holds: held::Holds,
+}
+
+impl Default for Registry {
+    /// No reconnect grace.
+    fn default() -> Self {
+        Registry::new(Duration::ZERO, 1)
+    }
+}
+
+/// Why a subdomain could not be registered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-#[error("subdomain is taken")]
-pub struct Taken;
+pub enum Taken {
+    /// Another live tunnel has it.
+    #[error("the subdomain is in use by another tunnel")]
+    Live,
+    /// It is held for the reconnection of another client.
+    #[error("the subdomain is held for its previous client to reconnect")]
+    Held(HeldBy),
+}
+
+/// Where a subdomain points now.
+#[derive(Clone)]
+pub enum Lookup {
+    /// A live tunnel.
+    Live(Arc<Tunnel>),
+    /// No live tunnel, but the name is held for this much longer.
+    Reconnecting(Duration),
+    /// Nothing.
+    Free,
+}
 
 impl Registry {
-    /// Finds the tunnel serving `subdomain`.
-    pub fn get(&self, subdomain: &str) -> Option<Arc<Tunnel>> {
-        self.read().get(subdomain).cloned()
+    /// An empty registry that holds a disconnected tunnel's name for
+    /// `grace`, remembering at most `max_held` such names.
+    pub fn new(grace: Duration, max_held: usize) -> Self {
+        Registry {
+            inner: RwLock::new(Inner {
+                tunnels: HashMap::new(),
+                holds: held::Holds::new(max_held),
+            }),
+            grace,
+        }
     }
 
-    /// Registers `tunnel` unless its subdomain is taken. The entry lives as
-    /// long as the returned registration.
-    pub fn register(self: &Arc<Self>, tunnel: Tunnel) -> Result<Registration, Taken> {
-        let mut map = self.tunnels.write().unwrap_or_else(|e| e.into_inner());
-        if map.contains_key(&tunnel.subdomain) {
-            return Err(Taken);
+    /// Finds the tunnel serving `subdomain`.
+    pub fn get(&self, subdomain: &str) -> Option<Arc<Tunnel>> {
+        self.read().tunnels.get(subdomain).cloned()
+    }
+
+    /// Where `subdomain` points: a live tunnel, a name held for
+    /// reconnection, or nothing.
+    pub fn lookup(&self, subdomain: &str) -> Lookup {
+        let inner = self.read();
+        if let Some(tunnel) = inner.tunnels.get(subdomain) {
+            return Lookup::Live(Arc::clone(tunnel));
         }
+        match inner.holds.remaining(subdomain, Instant::now()) {
+            Some(left) => Lookup::Reconnecting(left),
+            None => Lookup::Free,
+        }
+    }
+
+    /// Registers `tunnel` unless its subdomain is live, or held for
+    /// another identity than `claim`'s. The entry lives as long as the
+    /// returned registration.
+    pub fn register(
+        self: &Arc<Self>,
+        tunnel: Tunnel,
+        claim: Claim<'_>,
+    ) -> Result<Registration, Taken> {
+        let mut inner = self.write();
+        if inner.tunnels.contains_key(&tunnel.subdomain) {
+            return Err(Taken::Live);
+        }
+        inner
+            .holds
+            .claim(&tunnel.subdomain, claim, Instant::now())
+            .map_err(Taken::Held)?;
         let tunnel = Arc::new(tunnel);
-        map.insert(tunnel.subdomain.clone(), Arc::clone(&tunnel));
+        inner
+            .tunnels
+            .insert(tunnel.subdomain.clone(), Arc::clone(&tunnel));
         Ok(Registration {
             registry: Arc::clone(self),
             tunnel,
         })
     }
 
+    /// Names held for reconnection now.
+    pub fn held(&self) -> usize {
+        self.read().holds.len()
+    }
+
     /// Whether a subdomain is in use.
     pub fn contains(&self, subdomain: &str) -> bool {
-        self.read().contains_key(subdomain)
+        self.read().tunnels.contains_key(subdomain)
     }
 
     /// Live tunnels, oldest first.
     pub fn list(&self) -> Vec<Arc<Tunnel>> {
-        let mut all: Vec<_> = self.read().values().cloned().collect();
+        let mut all: Vec<_> = self.read().tunnels.values().cloned().collect();
         all.sort_by_key(|t| t.created_at);
         all
     }
 
     /// Number of live tunnels.
     pub fn len(&self) -> usize {
-        self.read().len()
+        self.read().tunnels.len()
     }
 
     /// Whether no tunnel is live.
@@ -124,8 +204,12 @@ impl Registry {
         self.len() == 0
     }
 
-    fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<String, Arc<Tunnel>>> {
-        self.tunnels.read().unwrap_or_else(|e| e.into_inner())
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Inner> {
+        self.inner.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, Inner> {
+        self.inner.write().unwrap_or_else(|e| e.into_inner())
     }
 }
 
@@ -144,16 +228,23 @@ impl Registration {
 
 impl Drop for Registration {
     fn drop(&mut self) {
-        let mut map = self
-            .registry
+        let registry = &self.registry;
+        let mut inner = registry.write();
+        let name = &self.tunnel.subdomain;
+        if !inner
             .tunnels
-            .write()
-            .unwrap_or_else(|e| e.into_inner());
-        if map
-            .get(&self.tunnel.subdomain)
+            .get(name)
             .is_some_and(|t| Arc::ptr_eq(t, &self.tunnel))
         {
-            map.remove(&self.tunnel.subdomain);
+            return;
+        }
+        inner.tunnels.remove(name);
+        if !registry.grace.is_zero() {
+            let now = Instant::now();
+            let owner = self.tunnel.owner.clone();
+            inner
+                .holds
+                .hold(name.clone(), owner, now + registry.grace, now);
         }
     }
 }

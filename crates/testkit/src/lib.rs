@@ -5,7 +5,8 @@
 //!
 //! # Layout
 //!
-//! - [`server`]: [`TestServer`], the real server on `127.0.0.1:0`.
+//! - [`server`]: [`TestServer`], the real server on `127.0.0.1:0`, and
+//!   [`TempDir`] for its data directory.
 //! - [`client`]: [`TestClient`], the real client connected to it.
 //! - [`origin`]: [`Origin`], a local HTTP service with routes for echoing,
 //!   large bodies, hashing uploads, delays, hangs and streamed responses.
@@ -30,7 +31,7 @@ pub mod wsecho;
 pub use client::TestClient;
 pub use origin::Origin;
 pub use raw::RawWs;
-pub use server::TestServer;
+pub use server::{TempDir, TestServer};
 pub use tls::HttpsVisitor;
 pub use visitor::{Reply, Visitor};
 

@@ -2,11 +2,11 @@
 //! HTTPS).
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use cryptun_proto::mux::Heartbeat;
-use cryptun_server::{Certs, Config, Listeners, TlsListener};
+use cryptun_server::{AuthMode, Certs, Config, Listeners, TlsListener};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -35,6 +35,15 @@ impl TestServer {
             },
             shutdown_grace: Duration::from_secs(2),
             ..Config::default()
+        }
+    }
+
+    /// Test settings with auth `mode` and the key database in `dir`.
+    pub fn auth_config(dir: &Path, mode: AuthMode) -> Config {
+        Config {
+            auth: mode,
+            data_dir: Some(dir.to_owned()),
+            ..Self::test_config()
         }
     }
 
@@ -130,5 +139,31 @@ impl TestServer {
 impl Drop for TestServer {
     fn drop(&mut self) {
         self.shutdown.cancel();
+    }
+}
+
+/// A fresh directory under the system's temp folder (for a server's data
+/// directory), removed with its contents when dropped.
+pub struct TempDir {
+    pub path: PathBuf,
+}
+
+impl TempDir {
+    pub fn new() -> Self {
+        let path =
+            std::env::temp_dir().join(format!("cryptun-test-{}", cryptun_proto::random_id(12)));
+        TempDir { path }
+    }
+}
+
+impl Default for TempDir {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.path);
     }
 }

@@ -91,10 +91,11 @@ async fn client_killed_mid_request_gives_502_quickly() {
         !listed(&visitor, &subdomain).await
     })
     .await;
-    assert_eq!(
-        visitor.get(&host, "/echo").await.status,
-        StatusCode::NOT_FOUND
-    );
+    // Its name is held for the client to reconnect: "come back shortly".
+    let held = visitor.get(&host, "/echo").await;
+    assert_eq!(held.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(held.headers["x-cryptun-error"], "tunnel_reconnecting");
+    assert!(held.headers.contains_key("retry-after"));
 }
 
 #[tokio::test]

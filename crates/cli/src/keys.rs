@@ -1,0 +1,152 @@
+//! `cryptun keys` (the server's API keys and reserved names, straight in
+//! its database) and `cryptun login` (the client's saved key). Printing
+//! only: the store and the saved config live in the library crates.
+
+use std::io::BufRead as _;
+use std::path::PathBuf;
+use std::time::{Duration, UNIX_EPOCH};
+
+use anyhow::{Context, Result, bail};
+use cryptun_client::Secret;
+use cryptun_client::saved::{self, SavedConfig};
+use cryptun_server::Store;
+use cryptun_server::store::KeyInfo;
+
+use crate::{KeysArgs, KeysCommand, LoginArgs};
+
+/// The data directory: the flag or `CRYPTUN_DATA_DIR`, else the default.
+pub fn data_dir(given: Option<PathBuf>) -> Result<PathBuf> {
+    given
+        .or_else(cryptun_server::store::default_data_dir)
+        .context("no data directory: pass --data-dir or set CRYPTUN_DATA_DIR (HOME is not set)")
+}
+
+/// `cryptun keys ...`.
+pub async fn keys(args: KeysArgs) -> Result<()> {
+    let dir = data_dir(args.data_dir)?;
+    // The store blocks (SQLite); this command does nothing else meanwhile.
+    tokio::task::spawn_blocking(move || run(&dir, args.command)).await?
+}
+
+fn run(dir: &std::path::Path, command: KeysCommand) -> Result<()> {
+    let store = Store::open(dir)
+        .with_context(|| format!("could not open the key database in {}", dir.display()))?;
+    match command {
+        KeysCommand::Create { name, json } => {
+            let key = store.create_key(&name)?;
+            if json {
+                let line = serde_json::json!({
+                    "id": key.info.id,
+                    "name": key.info.name,
+                    "token": key.token.expose(),
+                });
+                println!("{line}");
+            } else {
+                println!("Created key {} ({}).", key.info.id, key.info.name);
+                println!("Its token is shown only this once:");
+                println!();
+                println!("  {}", key.token.expose());
+                println!();
+                println!("On the client: cryptun login <token>  (or CRYPTUN_TOKEN=<token>)");
+            }
+        }
+        KeysCommand::List { json } => list(&store.list_keys()?, json),
+        KeysCommand::Revoke { id } => {
+            store.revoke_key(&id)?;
+            println!("Revoked key {id}: it opens no new tunnel.");
+        }
+        KeysCommand::Reserve { key_id, name } => {
+            let reserved = store.reserve(&key_id, &name)?;
+            println!("Reserved {} for key {}.", reserved.name, reserved.key_id);
+        }
+        KeysCommand::Unreserve { name } => {
+            if !store.unreserve(&name)? {
+                bail!("{name:?} is not reserved");
+            }
+            println!("Released {name}.");
+        }
+    }
+    Ok(())
+}
+
+fn date(secs: i64) -> String {
+    let at = UNIX_EPOCH + Duration::from_secs(secs.try_into().unwrap_or(0));
+    humantime::format_rfc3339_seconds(at).to_string()
+}
+
+fn list(keys: &[KeyInfo], json: bool) {
+    if json {
+        let all: Vec<_> = keys
+            .iter()
+            .map(|k| {
+                serde_json::json!({
+                    "id": k.id,
+                    "name": k.name,
+                    "created_at": date(k.created_at),
+                    "revoked_at": k.revoked_at.map(date),
+                    "reserved": k.reserved,
+                })
+            })
+            .collect();
+        println!("{}", serde_json::Value::Array(all));
+        return;
+    }
+    if keys.is_empty() {
+        println!("No keys yet: cryptun keys create --name NAME");
+        return;
+    }
+    println!(
+        "{:<10} {:<20} {:<22} {:<8} RESERVED",
+        "ID", "NAME", "CREATED", "STATUS"
+    );
+    for k in keys {
+        let status = if k.revoked_at.is_some() {
+            "revoked"
+        } else {
+            "active"
+        };
+        println!(
+            "{:<10} {:<20} {:<22} {:<8} {}",
+            k.id,
+            k.name,
+            date(k.created_at),
+            status,
+            k.reserved.join(", ")
+        );
+    }
+}
+
+/// `cryptun login [TOKEN]`.
+pub fn login(args: LoginArgs) -> Result<()> {
+    let token = match args.token {
+        Some(token) => token,
+        None => read_token()?,
+    };
+    let path = saved::default_path()?;
+    let mut config = SavedConfig::load(&path)?;
+    config.token = Some(token);
+    config.save(&path)?;
+    println!("Saved the API key to {}.", path.display());
+    Ok(())
+}
+
+fn read_token() -> Result<Secret> {
+    let mut line = String::new();
+    std::io::stdin()
+        .lock()
+        .read_line(&mut line)
+        .context("could not read the key from standard input")?;
+    crate::secret(&line).map_err(anyhow::Error::msg)
+}
+
+/// The key `cryptun http` presents: `--token` or `CRYPTUN_TOKEN`, else the
+/// saved one, else none.
+pub fn client_token(given: Option<Secret>) -> Result<Option<Secret>> {
+    if given.is_some() {
+        return Ok(given);
+    }
+    let Ok(path) = saved::default_path() else {
+        return Ok(None);
+    };
+    Ok(SavedConfig::load(&path)?.token)
+}

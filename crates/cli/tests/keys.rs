@@ -1,0 +1,295 @@
+//! Keys and login as a person uses them, with the real binary: `cryptun
+//! keys` manages a data directory in a temp folder; a server on a real
+//! domain requires a key by default; `cryptun http` finds it in
+//! `CRYPTUN_TOKEN` or in what `cryptun login` saved (mode 0600), says what
+//! to do when it has none; and the key shows up in no log line, even at
+//! debug level.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use cryptun_testkit::{TempDir, Visitor};
+
+const WAIT: Duration = Duration::from_secs(20);
+
+fn cryptun(args: &[&str], env: &[(&str, &Path)]) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_cryptun"));
+    cmd.args(args)
+        .env_remove("CRYPTUN_TOKEN")
+        .env_remove("CRYPTUN_DATA_DIR")
+        .env_remove("CRYPTUN_AUTH")
+        .env("RUST_LOG", "debug");
+    for (name, value) in env {
+        cmd.env(name, value);
+    }
+    cmd
+}
+
+/// Runs a command to completion, feeding it `stdin`.
+fn run(mut cmd: Command, stdin: &str) -> Output {
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    child.wait_with_output().unwrap()
+}
+
+fn stdout(out: &Output) -> String {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout.clone()).unwrap()
+}
+
+/// A long-running process, killed when dropped; its output lines arrive
+/// on channels.
+struct Proc {
+    child: Child,
+    stdout: mpsc::Receiver<String>,
+    stderr: mpsc::Receiver<String>,
+}
+
+impl Proc {
+    fn spawn(mut cmd: Command) -> Proc {
+        let mut child = cmd
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stdout = lines(child.stdout.take().unwrap());
+        let stderr = lines(child.stderr.take().unwrap());
+        Proc {
+            child,
+            stdout,
+            stderr,
+        }
+    }
+
+    /// Stderr lines up to the first containing `needle`.
+    fn log_until(&self, needle: &str) -> Vec<String> {
+        let mut seen = Vec::new();
+        loop {
+            let line = self
+                .stderr
+                .recv_timeout(WAIT)
+                .unwrap_or_else(|_| panic!("no log line with {needle:?} in {seen:#?}"));
+            let found = line.contains(needle);
+            seen.push(line);
+            if found {
+                return seen;
+            }
+        }
+    }
+
+    /// Kills the process and returns the rest of its stderr, to its end.
+    fn finish(mut self) -> Vec<String> {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let mut rest = Vec::new();
+        // Ends when the reader thread reaches the closed pipe's end.
+        while let Ok(line) = self.stderr.recv_timeout(WAIT) {
+            rest.push(line);
+        }
+        rest
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn lines(stream: impl std::io::Read + Send + 'static) -> mpsc::Receiver<String> {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stream).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+fn listening_addr(lines: &[String]) -> SocketAddr {
+    lines
+        .iter()
+        .flat_map(|l| l.split_whitespace())
+        .find_map(|w| w.strip_prefix("addr="))
+        .expect("the listening line names the address")
+        .parse()
+        .unwrap()
+}
+
+#[test]
+fn keys_create_list_reserve_revoke() {
+    let data = TempDir::new();
+    let env = [("CRYPTUN_DATA_DIR", data.path.as_path())];
+    let created = stdout(&run(
+        cryptun(&["keys", "create", "--name", "ci", "--json"], &env),
+        "",
+    ));
+    let created: serde_json::Value = serde_json::from_str(&created).unwrap();
+    let id = created["id"].as_str().unwrap();
+    let token = created["token"].as_str().unwrap();
+    assert!(token.starts_with(&format!("ck_{id}_")), "{token}");
+
+    let plain = stdout(&run(
+        cryptun(&["keys", "create", "--name", "laptop"], &env),
+        "",
+    ));
+    assert!(plain.contains("shown only this once"), "{plain}");
+
+    stdout(&run(cryptun(&["keys", "reserve", id, "myapp"], &env), ""));
+    let list = stdout(&run(cryptun(&["keys", "list"], &env), ""));
+    assert!(!list.contains(token), "list shows no token");
+    let row = list.lines().find(|l| l.starts_with(id)).unwrap();
+    assert!(
+        row.contains("ci") && row.contains("active") && row.contains("myapp"),
+        "{row}"
+    );
+
+    stdout(&run(cryptun(&["keys", "revoke", id], &env), ""));
+    let list = stdout(&run(cryptun(&["keys", "list", "--json"], &env), ""));
+    let list: serde_json::Value = serde_json::from_str(&list).unwrap();
+    let ci = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["id"] == id)
+        .unwrap();
+    assert!(ci["revoked_at"].is_string(), "{ci}");
+
+    let failed = run(cryptun(&["keys", "revoke", "nosuchid"], &env), "");
+    assert!(!failed.status.success());
+    assert!(String::from_utf8_lossy(&failed.stderr).contains("no key with id"));
+}
+
+#[tokio::test]
+async fn a_server_on_a_real_domain_requires_a_key_that_login_saves() {
+    let (data, config) = (TempDir::new(), TempDir::new());
+    let env = [
+        ("CRYPTUN_DATA_DIR", data.path.as_path()),
+        ("XDG_CONFIG_HOME", config.path.as_path()),
+    ];
+    let created = stdout(&run(
+        cryptun(&["keys", "create", "--name", "t", "--json"], &env),
+        "",
+    ));
+    let created: serde_json::Value = serde_json::from_str(&created).unwrap();
+    let token = created["token"].as_str().unwrap().to_owned();
+    let secret_part = token.rsplit('_').next().unwrap().to_owned();
+
+    let args = [
+        "server",
+        "--listen",
+        "127.0.0.1:0",
+        "--domain",
+        "tunnels.example.test",
+    ];
+    let server = Proc::spawn(cryptun(&args, &env));
+    let startup = server.log_until("key database");
+    assert!(
+        startup.iter().any(|l| l.contains("auth=required")),
+        "{startup:#?}"
+    );
+    let addr = listening_addr(&startup);
+    let server_url = format!("http://{addr}");
+
+    // Without a key: refused, with a hint.
+    let http = ["http", "--hello", "--json", "--server", &server_url];
+    let refused = run(cryptun(&http, &env), "");
+    assert!(!refused.status.success());
+    let error = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        error.contains("requires an API key") && error.contains("cryptun login"),
+        "{error}"
+    );
+
+    // `cryptun login` reads the key from stdin and saves it privately.
+    let saved = stdout(&run(cryptun(&["login"], &env), &format!("{token}\n")));
+    let path = config.path.join("cryptun").join("client.toml");
+    assert!(saved.contains(&path.display().to_string()), "{saved}");
+    assert!(!saved.contains(&secret_part));
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "{mode:o}");
+    }
+
+    let client = Proc::spawn(cryptun(&http, &env));
+    let first = client.stdout.recv_timeout(WAIT).expect("tunnel_created");
+    let first: serde_json::Value = serde_json::from_str(&first).unwrap();
+    let url = first["public_url"].as_str().unwrap();
+    assert!(url.contains(".tunnels.example.test:"), "{url}");
+    let host = url.strip_prefix("http://").unwrap();
+    let reply = Visitor::new(addr).get(host, "/").await;
+    assert_eq!(reply.status, 200);
+
+    // CRYPTUN_TOKEN works too, and a bad one is refused with its own hint.
+    let empty = TempDir::new();
+    let mut by_env = cryptun(&http, &[("XDG_CONFIG_HOME", empty.path.as_path())]);
+    by_env.env("CRYPTUN_TOKEN", &token);
+    let by_env = Proc::spawn(by_env);
+    let line = by_env.stdout.recv_timeout(WAIT).expect("tunnel_created");
+    assert!(line.contains("tunnel_created"), "{line}");
+    let mut bad = cryptun(&http, &[("XDG_CONFIG_HOME", empty.path.as_path())]);
+    bad.env("CRYPTUN_TOKEN", "ck_aaaaaaaa_wrong");
+    let bad = run(bad, "");
+    let error = String::from_utf8_lossy(&bad.stderr);
+    assert!(
+        error.contains("unknown or revoked") && error.contains("check the key"),
+        "{error}"
+    );
+
+    // No log line of any process shows the key.
+    let mut logs = startup;
+    logs.extend(server.finish());
+    logs.extend(client.finish());
+    logs.extend(by_env.finish());
+    logs.push(String::from_utf8_lossy(&refused.stderr).into_owned());
+    assert!(
+        logs.iter().any(|l| l.contains("authenticated")),
+        "{logs:#?}"
+    );
+    for line in &logs {
+        assert!(
+            !line.contains(&secret_part),
+            "the key leaked into a log: {line}"
+        );
+    }
+}
+
+#[test]
+fn on_loopback_with_domain_localhost_auth_is_off_and_no_database_is_made() {
+    let data = TempDir::new();
+    let server = Proc::spawn(cryptun(
+        &["server", "--listen", "127.0.0.1:0"],
+        &[("CRYPTUN_DATA_DIR", data.path.as_path())],
+    ));
+    let startup = server.log_until("no API keys");
+    assert!(
+        startup.iter().any(|l| l.contains("auth=off")),
+        "{startup:#?}"
+    );
+    assert!(!data.path.exists());
+}

@@ -1,0 +1,182 @@
+//! The client's saved settings: `client.toml`, written by `cryptun login`
+//! and read by `cryptun http` for the API key it presents when neither
+//! `--token` nor `CRYPTUN_TOKEN` gives one.
+//!
+//! The file lives at `$XDG_CONFIG_HOME/cryptun/client.toml`, else
+//! `~/.config/cryptun/client.toml`. It holds a secret, so it is written
+//! readable by its owner only (mode 0600, in a 0700 directory), through a
+//! temporary file renamed into place so a crash never leaves half a key.
+//! Unknown fields are refused rather than ignored: a typo should not
+//! silently drop the key.
+
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+
+use cryptun_proto::Secret;
+use serde::{Deserialize, Serialize};
+
+/// The file's name inside the config directory.
+pub const FILE_NAME: &str = "client.toml";
+
+/// What `client.toml` holds.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SavedConfig {
+    /// The API key to present to the server.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<Secret>,
+}
+
+/// Why the saved config could not be read or written.
+#[derive(Debug, thiserror::Error)]
+pub enum SavedError {
+    /// Reading or writing the file failed.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML of the expected shape.
+    #[error("{path}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+    /// No config directory: neither `XDG_CONFIG_HOME` nor `HOME` is set.
+    #[error("no config directory: set XDG_CONFIG_HOME or HOME")]
+    NoConfigDir,
+}
+
+/// `$XDG_CONFIG_HOME/cryptun/client.toml`, else
+/// `$HOME/.config/cryptun/client.toml`.
+pub fn default_path() -> Result<PathBuf, SavedError> {
+    let absolute = |var| {
+        std::env::var_os(var)
+            .map(PathBuf::from)
+            .filter(|p| p.is_absolute())
+    };
+    let base = absolute("XDG_CONFIG_HOME")
+        .or_else(|| absolute("HOME").map(|home| home.join(".config")))
+        .ok_or(SavedError::NoConfigDir)?;
+    Ok(base.join("cryptun").join(FILE_NAME))
+}
+
+impl SavedConfig {
+    /// Reads `path`; a missing file is an empty config.
+    pub fn load(path: &Path) -> Result<SavedConfig, SavedError> {
+        let text = match std::fs::read_to_string(path) {
+            Ok(text) => text,
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
+                return Ok(SavedConfig::default());
+            }
+            Err(source) => {
+                return Err(SavedError::Io {
+                    path: path.to_owned(),
+                    source,
+                });
+            }
+        };
+        if readable_by_others(path) {
+            tracing::warn!(path = %path.display(), "the saved API key is readable by other users; chmod 600 it");
+        }
+        toml::from_str(&text).map_err(|err| SavedError::Parse {
+            path: path.to_owned(),
+            message: err.message().to_owned(),
+        })
+    }
+
+    /// Writes the config to `path`, readable by its owner only.
+    pub fn save(&self, path: &Path) -> Result<(), SavedError> {
+        let io = |source| SavedError::Io {
+            path: path.to_owned(),
+            source,
+        };
+        let text = toml::to_string(self).map_err(|err| SavedError::Parse {
+            path: path.to_owned(),
+            message: err.to_string(),
+        })?;
+        if let Some(dir) = path.parent() {
+            let mut builder = std::fs::DirBuilder::new();
+            builder.recursive(true);
+            #[cfg(unix)]
+            std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+            builder.create(dir).map_err(io)?;
+        }
+        let temp = path.with_extension(format!("tmp{}", std::process::id()));
+        let mut options = std::fs::OpenOptions::new();
+        options.write(true).create(true).truncate(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+        let written = options.open(&temp).and_then(|mut file| {
+            file.write_all(text.as_bytes())?;
+            file.sync_all()
+        });
+        if let Err(err) = written.and_then(|()| std::fs::rename(&temp, path)) {
+            let _ = std::fs::remove_file(&temp);
+            return Err(io(err));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(unix)]
+fn readable_by_others(path: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path).is_ok_and(|m| m.permissions().mode() & 0o077 != 0)
+}
+
+#[cfg(not(unix))]
+fn readable_by_others(_: &Path) -> bool {
+    false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn temp_path() -> PathBuf {
+        std::env::temp_dir()
+            .join(format!("cryptun-saved-{}", cryptun_proto::random_id(12)))
+            .join("cryptun")
+            .join(FILE_NAME)
+    }
+
+    #[test]
+    fn saves_privately_and_loads_back() {
+        let path = temp_path();
+        assert_eq!(SavedConfig::load(&path).unwrap(), SavedConfig::default());
+        let saved = SavedConfig {
+            token: Some(Secret::new("ck_abcdefgh_xyz")),
+        };
+        saved.save(&path).unwrap();
+        assert_eq!(SavedConfig::load(&path).unwrap(), saved);
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(text.trim(), r#"token = "ck_abcdefgh_xyz""#);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600, "{mode:o}");
+            assert!(!readable_by_others(&path));
+        }
+        let _ = std::fs::remove_dir_all(path.parent().unwrap().parent().unwrap());
+    }
+
+    #[test]
+    fn unknown_fields_and_bad_toml_are_refused() {
+        let path = temp_path();
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        for bad in ["tokn = \"x\"", "token = ", "token = 3"] {
+            std::fs::write(&path, bad).unwrap();
+            assert!(
+                matches!(SavedConfig::load(&path), Err(SavedError::Parse { .. })),
+                "{bad:?}"
+            );
+        }
+        let _ = std::fs::remove_dir_all(path.parent().unwrap().parent().unwrap());
+    }
+}

@@ -1,0 +1,264 @@
+//! Names held for their owner after a disconnect: the reconnect grace.
+//!
+//! When a tunnel's session ends, its name is held for `reconnect_grace`:
+//! visitors get 503 with `Retry-After`, and only the same identity may
+//! take the name back: a client with the same API key or, for a tunnel
+//! opened without one, the `reconnect_secret` it was given. After the
+//! grace the name is free again (unless reserved, which the store decides).
+//!
+//! Holds live in memory only: a restarted server holds nothing. Their
+//! number is bounded (`max`): when full, the hold that ends soonest is
+//! dropped early. Every hold lasts the same grace, so the order of holding
+//! is the order of expiry, and a queue finds the soonest in O(1).
+
+use std::collections::{HashMap, VecDeque};
+use std::time::{Duration, Instant};
+
+use cryptun_proto::Secret;
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+use tracing::warn;
+
+/// Who may take a name back during its grace.
+#[derive(Clone, PartialEq, Eq)]
+pub enum Owner {
+    /// Any connection authenticated with this key id.
+    Key(String),
+    /// Whoever presents the reconnect secret with this SHA-256.
+    Secret([u8; 32]),
+}
+
+impl Owner {
+    /// The owner for an anonymous tunnel given `secret`.
+    pub fn secret(secret: &Secret) -> Owner {
+        Owner::Secret(Sha256::digest(secret.expose().as_bytes()).into())
+    }
+}
+
+impl std::fmt::Debug for Owner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Owner::Key(id) => write!(f, "Key({id})"),
+            Owner::Secret(_) => f.write_str("Secret(***)"),
+        }
+    }
+}
+
+/// What a new tunnel offers to prove it may take a held name.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Claim<'a> {
+    /// The connection's key id, if it has one.
+    pub key: Option<&'a str>,
+    /// The reconnect secret it sent, if any.
+    pub secret: Option<&'a Secret>,
+}
+
+impl Claim<'_> {
+    fn proves(&self, owner: &Owner) -> bool {
+        match owner {
+            Owner::Key(id) => self.key == Some(id.as_str()),
+            Owner::Secret(hash) => self.secret.is_some_and(|s| {
+                let Owner::Secret(presented) = Owner::secret(s) else {
+                    return false;
+                };
+                presented.ct_eq(hash).into()
+            }),
+        }
+    }
+}
+
+/// Why a held name could not be taken.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HeldBy {
+    /// Held for another identity; the claim offered no secret.
+    Other(Duration),
+    /// The claim's reconnect secret is not the one the name is held for:
+    /// a failed attempt, counted against the address.
+    WrongSecret(Duration),
+}
+
+struct Held {
+    owner: Owner,
+    until: Instant,
+}
+
+/// The held names.
+pub(super) struct Holds {
+    map: HashMap<String, Held>,
+    /// `(until, name)` in order of holding, which is the order of expiry.
+    /// May name holds since taken back; those are skipped.
+    order: VecDeque<(Instant, String)>,
+    max: usize,
+}
+
+impl Holds {
+    pub(super) fn new(max: usize) -> Self {
+        Holds {
+            map: HashMap::new(),
+            order: VecDeque::new(),
+            max: max.max(1),
+        }
+    }
+
+    /// Holds `name` for `owner` until `until`.
+    pub(super) fn hold(&mut self, name: String, owner: Owner, until: Instant, now: Instant) {
+        self.purge(now);
+        while self.order.len() >= self.max {
+            if self.pop_front() {
+                warn!("too many names held for reconnection; releasing the oldest early");
+            }
+        }
+        self.order.push_back((until, name.clone()));
+        self.map.insert(name, Held { owner, until });
+    }
+
+    /// How long `name` is still held, if it is.
+    pub(super) fn remaining(&self, name: &str, now: Instant) -> Option<Duration> {
+        let held = self.map.get(name)?;
+        (held.until > now).then(|| held.until - now)
+    }
+
+    /// Takes `name` if it is not held, or held for the claimant (the hold
+    /// ends); otherwise says why not.
+    pub(super) fn claim(
+        &mut self,
+        name: &str,
+        claim: Claim<'_>,
+        now: Instant,
+    ) -> Result<(), HeldBy> {
+        self.purge(now);
+        let Some(held) = self.map.get(name) else {
+            return Ok(());
+        };
+        if claim.proves(&held.owner) {
+            self.map.remove(name);
+            return Ok(());
+        }
+        let remaining = held.until.saturating_duration_since(now);
+        match (&held.owner, claim.secret) {
+            (Owner::Secret(_), Some(_)) => Err(HeldBy::WrongSecret(remaining)),
+            _ => Err(HeldBy::Other(remaining)),
+        }
+    }
+
+    /// Names held now (for tests and metrics).
+    pub(super) fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    /// Ends every hold whose time is up.
+    fn purge(&mut self, now: Instant) {
+        while self.order.front().is_some_and(|(until, _)| *until <= now) {
+            self.pop_front();
+        }
+    }
+
+    /// Drops the first queued hold; returns whether it was still in force.
+    fn pop_front(&mut self) -> bool {
+        let Some((until, name)) = self.order.pop_front() else {
+            return false;
+        };
+        let current = self.map.get(&name).is_some_and(|h| h.until == until);
+        if current {
+            self.map.remove(&name);
+        }
+        current
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GRACE: Duration = Duration::from_secs(30);
+
+    #[test]
+    fn only_the_owner_takes_a_held_name_back() {
+        let mut holds = Holds::new(10);
+        let t = Instant::now();
+        let secret = Secret::new("s3cret");
+        holds.hold("app".into(), Owner::secret(&secret), t + GRACE, t);
+        holds.hold("keyed".into(), Owner::Key("k1".into()), t + GRACE, t);
+        assert_eq!(holds.remaining("app", t), Some(GRACE));
+
+        let nobody = Claim::default();
+        assert_eq!(holds.claim("app", nobody, t), Err(HeldBy::Other(GRACE)));
+        let wrong = Secret::new("guess");
+        let guess = Claim {
+            key: None,
+            secret: Some(&wrong),
+        };
+        assert_eq!(
+            holds.claim("app", guess, t),
+            Err(HeldBy::WrongSecret(GRACE))
+        );
+        let other_key = Claim {
+            key: Some("k2"),
+            secret: Some(&wrong),
+        };
+        assert_eq!(
+            holds.claim("keyed", other_key, t),
+            Err(HeldBy::Other(GRACE))
+        );
+
+        let owner = Claim {
+            key: None,
+            secret: Some(&secret),
+        };
+        assert_eq!(holds.claim("app", owner, t), Ok(()));
+        assert_eq!(holds.remaining("app", t), None);
+        let key = Claim {
+            key: Some("k1"),
+            secret: None,
+        };
+        assert_eq!(holds.claim("keyed", key, t), Ok(()));
+        assert_eq!(holds.len(), 0);
+    }
+
+    #[test]
+    fn holds_end_with_the_grace() {
+        let mut holds = Holds::new(10);
+        let t = Instant::now();
+        holds.hold("app".into(), Owner::Key("k".into()), t + GRACE, t);
+        let after = t + GRACE;
+        assert_eq!(holds.remaining("app", after), None);
+        assert_eq!(holds.claim("app", Claim::default(), after), Ok(()));
+        assert_eq!(holds.len(), 0);
+    }
+
+    #[test]
+    fn a_name_held_again_is_not_released_by_its_old_hold() {
+        let mut holds = Holds::new(10);
+        let t = Instant::now();
+        let owner = Owner::Key("k".into());
+        holds.hold("app".into(), owner.clone(), t + GRACE, t);
+        let key = Claim {
+            key: Some("k"),
+            secret: None,
+        };
+        holds.claim("app", key, t).unwrap();
+        let t2 = t + Duration::from_secs(10);
+        holds.hold("app".into(), owner, t2 + GRACE, t2);
+        // The first hold's time passes; the second is still in force.
+        let t3 = t + GRACE;
+        assert_eq!(
+            holds.claim("app", Claim::default(), t3),
+            Err(HeldBy::Other(Duration::from_secs(10)))
+        );
+    }
+
+    #[test]
+    fn the_number_of_holds_is_bounded() {
+        let mut holds = Holds::new(3);
+        let t = Instant::now();
+        for i in 0..100u64 {
+            let now = t + Duration::from_millis(i);
+            holds.hold(format!("n{i}"), Owner::Key("k".into()), now + GRACE, now);
+            assert!(holds.len() <= 3 && holds.order.len() <= 3);
+        }
+        // The newest stay; the oldest went first.
+        let now = t + Duration::from_millis(100);
+        assert!(holds.remaining("n99", now).is_some());
+        assert!(holds.remaining("n0", now).is_none());
+    }
+}

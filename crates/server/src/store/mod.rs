@@ -1,0 +1,305 @@
+//! The server's durable state: API keys and reserved names, in an embedded
+//! SQLite database (`cryptun.db`) in the data directory.
+//!
+//! The database is created on first use and brought up to date by an
+//! ordered list of migrations: `PRAGMA user_version` counts those applied,
+//! and each one that is missing runs in its own transaction. A database
+//! from a newer cryptun (a higher version than this build knows) is
+//! refused rather than guessed at.
+//!
+//! What is stored, and why it is safe to keep: a key's *hash* (SHA-256 of
+//! the token), never the token; its id, name and dates; and which key owns
+//! which reserved name. See `docs/SECURITY.md`.
+//!
+//! rusqlite is blocking. The server touches the store only at handshake
+//! time (one indexed lookup to check a key, one to check a reserved name)
+//! and does so through `tokio::task::spawn_blocking`, so a slow disk never
+//! stalls the runtime; the `cryptun keys` commands call it directly. Both
+//! may run at once against the same file: the database is in WAL mode with
+//! a busy timeout, so a writer (the CLI) and a reader (the server) do not
+//! trip over each other.
+//!
+//! # Layout
+//!
+//! - this file: opening, pragmas, migrations, errors.
+//! - [`keys`]: creating, listing, revoking and checking API keys.
+//! - [`names`]: reserving names for keys.
+
+pub mod keys;
+pub mod names;
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use rusqlite::Connection;
+
+pub use keys::{KeyInfo, NewKey};
+pub use names::Reservation;
+
+/// The database file inside the data directory.
+pub const DB_FILE: &str = "cryptun.db";
+
+/// How long a statement waits for another process's write lock (the CLI
+/// writing while the server reads) before giving up.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Schema migrations, oldest first. Entry `i` takes the database from
+/// `user_version` `i` to `i + 1`. Never edit one that has shipped: append.
+const MIGRATIONS: &[&str] = &[
+    // 1: keys and reserved names.
+    "CREATE TABLE keys (
+        id         TEXT PRIMARY KEY,
+        name       TEXT NOT NULL,
+        hash       BLOB NOT NULL,
+        created_at INTEGER NOT NULL,
+        revoked_at INTEGER
+    );
+    CREATE TABLE reserved_names (
+        name       TEXT PRIMARY KEY,
+        key_id     TEXT NOT NULL REFERENCES keys(id),
+        created_at INTEGER NOT NULL
+    );
+    CREATE INDEX reserved_names_by_key ON reserved_names(key_id);",
+];
+
+/// The schema version this build writes.
+pub const SCHEMA_VERSION: u32 = MIGRATIONS.len() as u32;
+
+/// What went wrong with the store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The data directory could not be created or opened.
+    #[error("data directory {path}: {source}")]
+    Dir {
+        /// The directory.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// SQLite failed.
+    #[error("database: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    /// The task running a store call failed (it panicked).
+    #[error("store task failed: {0}")]
+    Task(String),
+    /// The database was written by a newer cryptun.
+    #[error(
+        "the database has schema version {found}, newer than this cryptun knows ({known}); upgrade cryptun"
+    )]
+    TooNew {
+        /// Version in the file.
+        found: u32,
+        /// Newest version this build knows.
+        known: u32,
+    },
+    /// No key has this id.
+    #[error("no key with id {0:?}")]
+    NoSuchKey(String),
+    /// The key was revoked.
+    #[error("key {0:?} is revoked")]
+    Revoked(String),
+    /// The name cannot be reserved (not a DNS label, or generated-looking).
+    #[error("{0}")]
+    InvalidName(String),
+    /// Another key already holds the reservation.
+    #[error("{name:?} is already reserved for key {key_id:?}")]
+    NameTaken {
+        /// The name.
+        name: String,
+        /// Its owner.
+        key_id: String,
+    },
+}
+
+/// A handle on the database; cheap to clone, shared by every session.
+#[derive(Clone)]
+pub struct Store {
+    conn: Arc<Mutex<Connection>>,
+    path: PathBuf,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").field("path", &self.path).finish()
+    }
+}
+
+impl Store {
+    /// Opens (creating if need be) the database in `dir`, creating `dir`
+    /// readable by its owner only, and applies any missing migrations.
+    pub fn open(dir: &Path) -> Result<Store, StoreError> {
+        let dir_error = |source| StoreError::Dir {
+            path: dir.to_owned(),
+            source,
+        };
+        create_private_dir(dir).map_err(dir_error)?;
+        let path = dir.join(DB_FILE);
+        create_private_file(&path).map_err(dir_error)?;
+        let mut conn = Connection::open(&path)?;
+        conn.busy_timeout(BUSY_TIMEOUT)?;
+        // WAL lets the server read while `cryptun keys` writes.
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "foreign_keys", "ON")?;
+        migrate(&mut conn)?;
+        Ok(Store {
+            conn: Arc::new(Mutex::new(conn)),
+            path,
+        })
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub(crate) fn conn(&self) -> MutexGuard<'_, Connection> {
+        // A panic while holding the lock leaves the connection usable:
+        // every write runs in a transaction SQLite rolls back.
+        self.conn.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// The schema version of an open database.
+pub fn schema_version(conn: &Connection) -> Result<u32, rusqlite::Error> {
+    conn.pragma_query_value(None, "user_version", |row| row.get(0))
+}
+
+/// Applies, in order, each migration the database has not had yet.
+fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
+    let found = schema_version(conn)?;
+    if found > SCHEMA_VERSION {
+        return Err(StoreError::TooNew {
+            found,
+            known: SCHEMA_VERSION,
+        });
+    }
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(found as usize) {
+        let tx = conn.transaction()?;
+        tx.execute_batch(sql)?;
+        tx.pragma_update(None, "user_version", i as u32 + 1)?;
+        tx.commit()?;
+    }
+    Ok(())
+}
+
+fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+    builder.create(dir)
+}
+
+/// Creates `path` readable by its owner only, unless it exists. SQLite
+/// gives its journal files the database's mode, so they follow.
+fn create_private_file(path: &Path) -> std::io::Result<()> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    match options.open(path) {
+        Ok(_) => Ok(()),
+        Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(err) => Err(err),
+    }
+}
+
+/// The default data directory: `$XDG_DATA_HOME/cryptun`, else
+/// `$HOME/.local/share/cryptun`; `None` when neither variable is set.
+pub fn default_data_dir() -> Option<PathBuf> {
+    let xdg = std::env::var_os("XDG_DATA_HOME")
+        .map(PathBuf::from)
+        .filter(|p| p.is_absolute());
+    let base = xdg.or_else(|| {
+        std::env::var_os("HOME")
+            .map(PathBuf::from)
+            .filter(|p| p.is_absolute())
+            .map(|home| home.join(".local").join("share"))
+    })?;
+    Some(base.join("cryptun"))
+}
+
+/// Seconds since the Unix epoch, as stored.
+pub(crate) fn now_unix() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs().try_into().unwrap_or(i64::MAX))
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    /// A fresh directory under the system's temp folder, removed on drop.
+    pub(crate) struct TempDir(pub PathBuf);
+
+    impl TempDir {
+        pub(crate) fn new() -> Self {
+            let dir = std::env::temp_dir().join(format!(
+                "cryptun-store-test-{}",
+                cryptun_proto::random_id(12)
+            ));
+            TempDir(dir)
+        }
+    }
+
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    #[test]
+    fn creates_the_schema_once_and_reopens() {
+        let dir = TempDir::new();
+        let store = Store::open(&dir.0).unwrap();
+        assert_eq!(schema_version(&store.conn()).unwrap(), SCHEMA_VERSION);
+        let created = store.create_key("laptop").unwrap();
+        drop(store);
+        let again = Store::open(&dir.0).unwrap();
+        assert_eq!(schema_version(&again.conn()).unwrap(), SCHEMA_VERSION);
+        let keys = again.list_keys().unwrap();
+        assert_eq!(keys.len(), 1);
+        assert_eq!(keys[0].id, created.info.id);
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn the_data_directory_and_its_files_are_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = TempDir::new();
+        // Open, with a write, so the WAL files exist too.
+        let store = Store::open(&dir.0).unwrap();
+        store.create_key("k").unwrap();
+        let mode = std::fs::metadata(&dir.0).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o700, "{mode:o}");
+        for entry in std::fs::read_dir(&dir.0).unwrap() {
+            let path = entry.unwrap().path();
+            let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600, "{}: {mode:o}", path.display());
+        }
+        assert!(dir.0.join("cryptun.db-wal").exists());
+    }
+
+    #[test]
+    fn a_database_from_a_newer_version_is_refused() {
+        let dir = TempDir::new();
+        drop(Store::open(&dir.0).unwrap());
+        let conn = Connection::open(dir.0.join(DB_FILE)).unwrap();
+        conn.pragma_update(None, "user_version", SCHEMA_VERSION + 1)
+            .unwrap();
+        drop(conn);
+        let err = Store::open(&dir.0).unwrap_err();
+        assert!(matches!(err, StoreError::TooNew { .. }), "{err}");
+    }
+
+    #[test]
+    fn default_data_dir_follows_xdg() {
+        // Only reads the environment the test runs in: check the shape.
+        if let Some(dir) = default_data_dir() {
+            assert!(dir.is_absolute());
+            assert!(dir.ends_with("cryptun"));
+        }
+    }
+}

@@ -1,0 +1,192 @@
+//! Reserved names: a subdomain that only one key may claim, kept across
+//! restarts.
+//!
+//! A reservation does not open a tunnel: while its owner is not connected,
+//! visitors get 404 as for any free name. It only decides who may take the
+//! name: a client presenting the owner's key. Names of the generated shape
+//! (`tunnel-...`) cannot be reserved, so a generated name never needs a
+//! lookup.
+
+use rusqlite::{OptionalExtension, params};
+
+use super::{Store, StoreError, now_unix};
+
+/// Prefix of generated subdomains, which cannot be reserved.
+pub const GENERATED_PREFIX: &str = "tunnel-";
+
+/// A reserved name and its owner.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reservation {
+    /// The subdomain label (lowercase).
+    pub name: String,
+    /// The key that may claim it.
+    pub key_id: String,
+    /// Unix seconds.
+    pub created_at: i64,
+}
+
+/// Checks a requested subdomain: one DNS label of letters, digits and
+/// hyphens, 1 to 63 characters, not starting or ending with a hyphen.
+/// Returns it lowercased.
+pub fn valid_subdomain(name: &str) -> Result<String, String> {
+    let ok = !name.is_empty()
+        && name.len() <= 63
+        && !name.starts_with('-')
+        && !name.ends_with('-')
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
+    if ok {
+        Ok(name.to_ascii_lowercase())
+    } else {
+        Err(format!(
+            "the subdomain {name:?} is not a valid DNS label (1-63 letters, digits or hyphens, not starting or ending with a hyphen)"
+        ))
+    }
+}
+
+impl Store {
+    /// Reserves `name` for key `key_id` (which must exist and be live).
+    /// Reserving a name the key already holds is a no-op.
+    pub fn reserve(&self, key_id: &str, name: &str) -> Result<Reservation, StoreError> {
+        let name = valid_subdomain(name).map_err(StoreError::InvalidName)?;
+        if name.starts_with(GENERATED_PREFIX) {
+            return Err(StoreError::InvalidName(format!(
+                "names starting with {GENERATED_PREFIX:?} are generated ones and cannot be reserved"
+            )));
+        }
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let revoked: Option<Option<i64>> = tx
+            .query_row(
+                "SELECT revoked_at FROM keys WHERE id = ?1",
+                [key_id],
+                |row| row.get(0),
+            )
+            .optional()?;
+        match revoked {
+            None => return Err(StoreError::NoSuchKey(key_id.to_owned())),
+            Some(Some(_)) => return Err(StoreError::Revoked(key_id.to_owned())),
+            Some(None) => {}
+        }
+        if let Some(owner) = reserved_by(&tx, &name)? {
+            if owner != key_id {
+                return Err(StoreError::NameTaken {
+                    name,
+                    key_id: owner,
+                });
+            }
+        }
+        let created_at = now_unix();
+        tx.execute(
+            "INSERT OR IGNORE INTO reserved_names (name, key_id, created_at) VALUES (?1, ?2, ?3)",
+            params![name, key_id, created_at],
+        )?;
+        tx.commit()?;
+        Ok(Reservation {
+            name,
+            key_id: key_id.to_owned(),
+            created_at,
+        })
+    }
+
+    /// Removes the reservation of `name`; returns whether there was one.
+    pub fn unreserve(&self, name: &str) -> Result<bool, StoreError> {
+        let name = name.to_ascii_lowercase();
+        let removed = self
+            .conn()
+            .execute("DELETE FROM reserved_names WHERE name = ?1", [name])?;
+        Ok(removed == 1)
+    }
+
+    /// Every reservation, by name.
+    pub fn reservations(&self) -> Result<Vec<Reservation>, StoreError> {
+        let conn = self.conn();
+        let mut stmt =
+            conn.prepare("SELECT name, key_id, created_at FROM reserved_names ORDER BY name")?;
+        let rows = stmt.query_map([], |row| {
+            Ok(Reservation {
+                name: row.get(0)?,
+                key_id: row.get(1)?,
+                created_at: row.get(2)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// The key that `name` (a valid, lowercase label) is reserved for.
+    pub fn reserved_for(&self, name: &str) -> Result<Option<String>, StoreError> {
+        if name.starts_with(GENERATED_PREFIX) {
+            return Ok(None);
+        }
+        Ok(reserved_by(&self.conn(), name)?)
+    }
+}
+
+fn reserved_by(conn: &rusqlite::Connection, name: &str) -> Result<Option<String>, rusqlite::Error> {
+    conn.query_row(
+        "SELECT key_id FROM reserved_names WHERE name = ?1",
+        [name],
+        |row| row.get(0),
+    )
+    .optional()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::tests::TempDir;
+    use super::*;
+
+    #[test]
+    fn a_name_is_reserved_for_one_key() {
+        let dir = TempDir::new();
+        let store = Store::open(&dir.0).unwrap();
+        let a = store.create_key("a").unwrap().info.id;
+        let b = store.create_key("b").unwrap().info.id;
+        store.reserve(&a, "MyApp").unwrap();
+        assert_eq!(store.reserved_for("myapp").unwrap(), Some(a.clone()));
+        // Idempotent for the owner, refused for anyone else.
+        store.reserve(&a, "myapp").unwrap();
+        assert!(matches!(
+            store.reserve(&b, "myapp"),
+            Err(StoreError::NameTaken { key_id, .. }) if key_id == a
+        ));
+        assert_eq!(store.list_keys().unwrap()[0].reserved, vec!["myapp"]);
+        assert_eq!(store.reservations().unwrap().len(), 1);
+
+        assert!(store.unreserve("MYAPP").unwrap());
+        assert!(!store.unreserve("myapp").unwrap());
+        assert_eq!(store.reserved_for("myapp").unwrap(), None);
+        store.reserve(&b, "myapp").unwrap();
+    }
+
+    #[test]
+    fn bad_names_and_keys_are_refused() {
+        let dir = TempDir::new();
+        let store = Store::open(&dir.0).unwrap();
+        let a = store.create_key("a").unwrap().info.id;
+        for bad in ["", "-x", "a.b", "tunnel-abcdefghij", &"x".repeat(64)] {
+            assert!(
+                matches!(store.reserve(&a, bad), Err(StoreError::InvalidName(_))),
+                "{bad:?}"
+            );
+        }
+        assert!(matches!(
+            store.reserve("nosuchid", "app"),
+            Err(StoreError::NoSuchKey(_))
+        ));
+        store.revoke_key(&a).unwrap();
+        assert!(matches!(
+            store.reserve(&a, "app"),
+            Err(StoreError::Revoked(_))
+        ));
+    }
+
+    #[test]
+    fn revoking_keeps_the_reservation() {
+        let dir = TempDir::new();
+        let store = Store::open(&dir.0).unwrap();
+        let a = store.create_key("a").unwrap().info.id;
+        store.reserve(&a, "app").unwrap();
+        store.revoke_key(&a).unwrap();
+        assert_eq!(store.reserved_for("app").unwrap(), Some(a));
+    }
+}
