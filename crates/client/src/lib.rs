@@ -31,7 +31,7 @@ pub mod target;
 use std::sync::Arc;
 use std::time::Duration;
 
-pub use cryptun_proto::message::TunnelCreated;
+pub use cryptun_proto::message::{BasicAuth, TunnelCreated};
 pub use session::{Session, connect};
 pub use target::{AddressError, Target};
 
@@ -51,6 +51,14 @@ pub struct ClientConfig {
     pub connect_timeout: Duration,
     /// How long to wait for the local service to accept a connection.
     pub local_connect_timeout: Duration,
+    /// Credentials visitors must present (HTTP Basic); the server enforces them.
+    pub basic_auth: Option<BasicAuth>,
+    /// Only visitors from these CIDR blocks are served (empty: everyone).
+    pub allow_ips: Vec<String>,
+    /// Visitors from these CIDR blocks are refused.
+    pub deny_ips: Vec<String>,
+    /// The largest request body visitors may send (the server caps it).
+    pub max_body_size: Option<u64>,
 }
 
 impl ClientConfig {
@@ -63,6 +71,10 @@ impl ClientConfig {
             request_timeout: None,
             connect_timeout: Duration::from_secs(10),
             local_connect_timeout: Duration::from_secs(5),
+            basic_auth: None,
+            allow_ips: Vec::new(),
+            deny_ips: Vec::new(),
+            max_body_size: None,
         })
     }
 }

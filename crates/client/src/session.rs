@@ -64,6 +64,10 @@ async fn connect_inner(config: &ClientConfig) -> Result<Session, ClientError> {
         request_timeout_ms: config
             .request_timeout
             .map(|d| d.as_millis().try_into().unwrap_or(u64::MAX)),
+        basic_auth: config.basic_auth.clone(),
+        allow_ips: config.allow_ips.clone(),
+        deny_ips: config.deny_ips.clone(),
+        max_body_size: config.max_body_size,
     });
     ws.send(Message::text(encode(&create)))
         .await

@@ -295,6 +295,7 @@ fn create_tunnel(
                         .config
                         .limits
                         .announce(state.config.heartbeat.interval),
+                    max_body_size: None,
                 }));
                 return Ok((registration, created));
             }
