@@ -10,6 +10,12 @@
 //!
 //! - [`config`]: settings and their validation.
 //! - [`host`]: Host header parsing and routing decisions.
+//! - [`hardening`]: what hyper lets through that we refuse: ambiguous
+//!   framing (scanned below hyper, in [`hardening::framing`]), long targets,
+//!   odd paths on our own routes, `h2c` upgrades.
+//! - [`access`]: a tunnel's visitor rules: IP allow and deny lists, Basic
+//!   credentials.
+//! - [`limits`]: request rates, body size and body idle timeout.
 //! - `gateway`: the hyper service: the server's own routes, and dispatch to
 //!   tunnels.
 //! - `proxy`: carries one visitor request through a tunnel and back.
@@ -30,11 +36,14 @@
 
 #![forbid(unsafe_code)]
 
+pub mod access;
 pub mod config;
 mod control;
 pub mod error;
 mod gateway;
+pub mod hardening;
 pub mod host;
+pub mod limits;
 mod passthrough;
 mod proxy;
 pub mod registry;

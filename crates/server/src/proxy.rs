@@ -155,12 +155,12 @@ pub(crate) fn refuse_response(mux: &Mux<ResponseHead>, id: u32, err: HeadError) 
 /// bytes (before reading, when Content-Length says so).
 async fn read_inline(body: Incoming, limit: usize) -> Result<Bytes, GatewayError> {
     if body.size_hint().lower() > limit as u64 {
-        return Err(GatewayError::BodyTooLarge(limit));
+        return Err(GatewayError::BodyTooLarge(limit as u64));
     }
     match Limited::new(body, limit).collect().await {
         Ok(collected) => Ok(collected.to_bytes()),
         Err(err) if err.is::<http_body_util::LengthLimitError>() => {
-            Err(GatewayError::BodyTooLarge(limit))
+            Err(GatewayError::BodyTooLarge(limit as u64))
         }
         Err(err) => Err(GatewayError::VisitorBody(err.to_string())),
     }
