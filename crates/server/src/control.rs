@@ -26,7 +26,9 @@ use tokio::sync::mpsc;
 use tokio_tungstenite::WebSocketStream;
 use tracing::{Instrument, debug, info, info_span, warn};
 
+use crate::access::Access;
 use crate::error::GatewayError;
+use crate::limits::TunnelLimiter;
 use crate::registry::{Registration, Tunnel};
 use crate::{Body, Peer, State, full};
 
@@ -258,6 +260,17 @@ fn create_tunnel(
         }
         None => None,
     };
+    // Checked once here; rebuilt below for each try, because a name
+    // collision drops the tunnel it was moved into.
+    let access = || Access::from_request(create).map_err(|(code, why)| refuse(code, why));
+    access()?;
+    // The smaller of the server's limit and the tunnel's; 0 asks for the
+    // server's, as with the request timeout.
+    let max_body_size = match (state.config.max_body_size, create.max_body_size) {
+        (server, None | Some(0)) => server,
+        (Some(server), Some(asked)) => Some(server.min(asked)),
+        (None, asked) => asked,
+    };
     loop {
         let id = cryptun_proto::random_id(10);
         let subdomain = asked.clone().unwrap_or_else(|| format!("tunnel-{id}"));
@@ -276,6 +289,9 @@ fn create_tunnel(
                     d.min(state.config.max_request_timeout)
                 }),
             mux: mux.clone(),
+            access: access()?,
+            rate_limiter: state.config.rate_limits.per_tunnel.map(TunnelLimiter::new),
+            max_body_size,
         };
         match state.registry.register(tunnel) {
             Ok(registration) => {
@@ -295,7 +311,7 @@ fn create_tunnel(
                         .config
                         .limits
                         .announce(state.config.heartbeat.interval),
-                    max_body_size: None,
+                    max_body_size: t.max_body_size,
                 }));
                 return Ok((registration, created));
             }

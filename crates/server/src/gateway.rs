@@ -1,64 +1,116 @@
-//! The hyper service behind every connection: routes each request by its own
-//! Host to a tunnel or to the server's own endpoints.
+//! The hyper service behind every connection: checks each request, then
+//! routes it by its own Host to a tunnel or to the server's own endpoints.
+//!
+//! The checks run in this order, cheapest and broadest first, and nothing a
+//! check refuses reaches a tunnel's client:
+//!
+//! 1. framing (400 and close): the verdict of [`hardening::framing`];
+//! 2. the request target's length (414);
+//! 3. the Host (400);
+//! 4. for a tunnel host: the visitor address's request rate (429), whether
+//!    the tunnel exists (404), its IP lists (403), its credentials (401), its
+//!    request rate (429), then its body limits while forwarding (413, 408).
+//!
+//! The per-address rate counts every request for a tunnel host, unknown
+//! names included, so scanning for tunnels is throttled like using them. The
+//! server's own routes are not counted: `/healthz` is for probes and the
+//! admin API has its token. A visitor refused by a tunnel's rules does not
+//! use up the tunnel's rate, so strangers cannot starve its real visitors;
+//! they are bounded by the per-address rate instead.
 
 use std::sync::Arc;
 
-use http::{HeaderValue, Method, Request, Response, header};
+use http::{HeaderValue, Request, Response, StatusCode, header};
 use hyper::body::Incoming;
-use serde::Serialize;
 use tracing::debug;
 
-use crate::error::GatewayError;
+use crate::error::{GatewayError, RateScope};
+use crate::hardening::{self, framing::Verdict};
 use crate::host::{self, Route};
-use crate::{Body, Peer, ServiceResult, State, control, full, proxy};
+use crate::registry::Tunnel;
+use crate::{Body, Conn, Peer, ServiceResult, State, admin, proxy};
 
-/// Handles one request from `peer`.
-pub(crate) async fn handle(state: Arc<State>, peer: Peer, req: Request<Incoming>) -> ServiceResult {
+/// Handles one request on `conn`.
+pub(crate) async fn handle(
+    state: Arc<State>,
+    conn: Arc<Conn>,
+    req: Request<Incoming>,
+) -> ServiceResult {
+    let peer = conn.peer;
+    // Exactly one verdict per request, whatever happens next.
+    let verdict = conn.framing.next();
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
-    let result = match host::route(&req, &state.config.domain) {
-        Err(err) => Err(err.into()),
-        Ok(Route::Server) => own_route(&state, peer, req),
-        Ok(Route::Tunnel(label)) => match state.registry.get(&label) {
-            Some(tunnel) => proxy::forward(&state, &tunnel, peer, req).await,
-            None => Err(GatewayError::UnknownTunnel(format!(
-                "{label}.{}",
-                state.config.domain
-            ))),
-        },
+    let mut resp = match dispatch(&state, peer, verdict, req).await {
+        Ok(resp) => resp,
+        Err(err) => {
+            debug!(%peer, %method, %path, status = err.status().as_u16(), side = ?err.side(), %err, "request failed");
+            err.into_response()
+        }
     };
-    Ok(result.unwrap_or_else(|err| {
-        debug!(%peer, %method, %path, status = err.status().as_u16(), side = ?err.side(), %err, "request failed");
-        err.into_response()
-    }))
+    if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+        conn.framing.switched();
+    } else if verdict == Verdict::OkThenClose {
+        resp.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    Ok(resp)
 }
 
-/// The server's own host: the control endpoint and read-only status.
-fn own_route(
+/// Checks a request and sends it where it belongs.
+async fn dispatch(
     state: &Arc<State>,
     peer: Peer,
+    verdict: Verdict,
     req: Request<Incoming>,
 ) -> Result<Response<Body>, GatewayError> {
-    match (req.method(), req.uri().path()) {
-        (&Method::GET, "/ws") => control::upgrade(Arc::clone(state), peer, req),
-        (&Method::GET, "/healthz") => Ok(json(&serde_json::json!({
-            "status": "ok",
-            "tunnels": state.registry.len(),
-        }))),
-        (&Method::GET, "/api/tunnels") => {
-            let list: Vec<_> = state.registry.list().iter().map(|t| t.info()).collect();
-            Ok(json(&list))
-        }
-        _ => Err(GatewayError::NotFound),
+    if let Verdict::Refuse(why) = verdict {
+        return Err(GatewayError::BadFraming(why));
+    }
+    hardening::check_uri(req.uri(), state.config.max_uri_length)?;
+    let label = match host::route(&req, &state.config.domain)? {
+        Route::Server => return admin::own_route(state, peer, req),
+        Route::Tunnel(label) => label,
+    };
+    if let Some(limiter) = &state.ip_limiter {
+        limiter
+            .check(peer.ip())
+            .map_err(|retry_after| GatewayError::RateLimited {
+                scope: RateScope::Visitor,
+                retry_after,
+            })?;
+    }
+    match state.registry.get(&label) {
+        Some(tunnel) => to_tunnel(state, &tunnel, peer, req).await,
+        None => Err(GatewayError::UnknownTunnel(format!(
+            "{label}.{}",
+            state.config.domain
+        ))),
     }
 }
 
-fn json<T: Serialize>(value: &T) -> Response<Body> {
-    let body = serde_json::to_vec_pretty(value).unwrap_or_default();
-    let mut resp = Response::new(full(body));
-    resp.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    resp
+/// Applies the tunnel's own rules, then forwards.
+async fn to_tunnel(
+    state: &State,
+    tunnel: &Arc<Tunnel>,
+    peer: Peer,
+    mut req: Request<Incoming>,
+) -> Result<Response<Body>, GatewayError> {
+    tunnel.access.check_ip(peer.ip())?;
+    if tunnel.access.has_credentials() {
+        tunnel
+            .access
+            .check_credentials(req.headers(), &tunnel.subdomain)?;
+        // The credentials were for the tunnel, not for the app.
+        req.headers_mut().remove(header::AUTHORIZATION);
+    }
+    if let Some(limiter) = &tunnel.rate_limiter {
+        limiter
+            .check()
+            .map_err(|retry_after| GatewayError::RateLimited {
+                scope: RateScope::Tunnel,
+                retry_after,
+            })?;
+    }
+    proxy::forward(state, tunnel, peer, req).await
 }

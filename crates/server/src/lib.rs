@@ -10,14 +10,15 @@
 //!
 //! - [`config`]: settings and their validation.
 //! - [`host`]: Host header parsing and routing decisions.
+//! - `gateway`: the hyper service: checks every request, then dispatches it
+//!   to the server's own routes or to a tunnel.
 //! - [`hardening`]: what hyper lets through that we refuse: ambiguous
 //!   framing (scanned below hyper, in [`hardening::framing`]), long targets,
 //!   odd paths on our own routes, `h2c` upgrades.
 //! - [`access`]: a tunnel's visitor rules: IP allow and deny lists, Basic
 //!   credentials.
 //! - [`limits`]: request rates, body size and body idle timeout.
-//! - `gateway`: the hyper service: the server's own routes, and dispatch to
-//!   tunnels.
+//! - [`admin`]: the server's own routes and the admin token.
 //! - `proxy`: carries one visitor request through a tunnel and back.
 //! - `passthrough`: after a `101`, the raw bytes of an upgraded connection
 //!   (WebSocket) both ways.
@@ -37,6 +38,7 @@
 #![forbid(unsafe_code)]
 
 pub mod access;
+pub mod admin;
 pub mod config;
 mod control;
 pub mod error;
@@ -66,7 +68,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, debug, info, info_span, warn};
 
-pub use config::Config;
+pub use admin::AdminToken;
+pub use config::{Config, RateLimits};
 pub use registry::Registry;
 
 /// Errors as they cross crate boundaries.
@@ -81,11 +84,9 @@ pub(crate) fn full(bytes: impl Into<Bytes>) -> Body {
         .boxed()
 }
 
-/// Limits on the visitor-facing HTTP/1 parser.
+/// Limits on the visitor-facing HTTP/1 parser: over them, 431.
 const MAX_HEAD_BYTES: usize = 64 << 10;
 const MAX_REQUEST_HEADERS: usize = 100;
-/// A visitor has this long to send a complete request head.
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Shared by every task of one server.
 pub(crate) struct State {
@@ -97,6 +98,16 @@ pub(crate) struct State {
     pub(crate) sessions_stop: CancellationToken,
     /// Session tasks, awaited on shutdown.
     pub(crate) tasks: TaskTracker,
+    /// The per-address request rate, if one is set.
+    pub(crate) ip_limiter: Option<limits::IpLimiter>,
+}
+
+/// One visitor connection, as its requests see it.
+pub(crate) struct Conn {
+    /// The address it came from.
+    pub(crate) peer: Peer,
+    /// The framing verdicts on its request heads, one per request.
+    pub(crate) framing: Arc<hardening::framing::Verdicts>,
 }
 
 /// Serves on `listener` until `shutdown` fires, then stops accepting, lets
@@ -113,6 +124,10 @@ pub async fn run(
         registry: Arc::new(Registry::default()),
         sessions_stop: CancellationToken::new(),
         tasks: TaskTracker::new(),
+        ip_limiter: config.rate_limits.per_ip.map(|rate| {
+            let limits = &config.rate_limits;
+            limits::IpLimiter::new(rate, limits.max_tracked_ips, limits.sweep_interval)
+        }),
         config,
     });
     info!(%addr, domain = %state.config.domain, "listening");
@@ -121,7 +136,7 @@ pub async fn run(
     let mut http = auto::Builder::new(TokioExecutor::new());
     http.http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .header_read_timeout(state.config.header_read_timeout)
         .max_buf_size(MAX_HEAD_BYTES)
         .max_headers(MAX_REQUEST_HEADERS)
         .keep_alive(true);
@@ -147,8 +162,15 @@ pub async fn run(
         };
         let _ = stream.set_nodelay(true);
         let state = Arc::clone(&state);
-        let service = service_fn(move |req| gateway::handle(Arc::clone(&state), peer, req));
-        let conn = http.serve_connection_with_upgrades(TokioIo::new(stream), service);
+        let framing = Arc::new(hardening::framing::Verdicts::default());
+        // The scan must see every head hyper accepts whole: a little over
+        // hyper's own limit.
+        let io =
+            hardening::framing::Guarded::new(stream, Arc::clone(&framing), MAX_HEAD_BYTES + 1024);
+        let conn = Arc::new(Conn { peer, framing });
+        let service =
+            service_fn(move |req| gateway::handle(Arc::clone(&state), Arc::clone(&conn), req));
+        let conn = http.serve_connection_with_upgrades(TokioIo::new(io), service);
         let conn = graceful.watch(conn.into_owned());
         tokio::spawn(
             async move {
