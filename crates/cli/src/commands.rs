@@ -41,6 +41,17 @@ pub async fn server(args: ServerArgs) -> Result<()> {
         auth,
         data_dir,
         reconnect_grace: args.reconnect_grace,
+        header_read_timeout: args.header_read_timeout,
+        body_read_timeout: args.body_read_timeout,
+        max_uri_length: args.max_uri_length,
+        max_body_size: args.max_body_size,
+        rate_limits: cryptun_server::RateLimits {
+            per_ip: args.rate_limit_ip,
+            per_tunnel: args.rate_limit_tunnel,
+            max_tracked_ips: args.rate_limit_max_ips,
+            ..defaults.rate_limits
+        },
+        admin_token: args.admin_token.clone(),
         ..defaults
     }
     .validated()?;
@@ -118,6 +129,10 @@ pub async fn http(args: HttpArgs) -> Result<()> {
     let mut config = ClientConfig::new(&args.server, target.clone())?;
     config.subdomain = args.subdomain;
     config.request_timeout = args.request_timeout;
+    config.basic_auth = args.basic_auth;
+    config.allow_ips = args.allow_ips;
+    config.deny_ips = args.deny_ips;
+    config.max_body_size = args.max_body_size;
     config.ca = args.ca;
     config.token = keys::client_token(args.token)?;
     let session = match cryptun_client::connect(&config).await {

@@ -6,13 +6,16 @@
 mod commands;
 mod keys;
 mod output;
+mod parse;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{ArgGroup, Args, Parser, Subcommand};
-use cryptun_client::Secret;
+use cryptun_client::{BasicAuth, Secret};
+use cryptun_server::AdminToken;
+use cryptun_server::limits::Rate;
 
 /// Self-hosted secure tunnels: expose a local service at a public URL.
 #[derive(Debug, Parser)]
@@ -31,7 +34,7 @@ enum Command {
     Server(ServerArgs),
     /// Expose a local HTTP service through a server.
     #[command(
-        after_help = "Examples:\n  cryptun http 3000\n  cryptun http 192.168.1.5:8080 --subdomain myapp\n  cryptun http --hello --json\n  cryptun http 3000 --server https://tunnels.example.com\n  cryptun http 3000 --server https://localhost:4443 --ca ca.pem"
+        after_help = "Examples:\n  cryptun http 3000\n  cryptun http 192.168.1.5:8080 --subdomain myapp\n  cryptun http --hello --json\n  cryptun http 3000 --server https://tunnels.example.com\n  cryptun http 3000 --server https://localhost:4443 --ca ca.pem\n  CRYPTUN_BASIC_AUTH=ann:secret cryptun http 3000 --allow-ip 203.0.113.0/24"
     )]
     Http(HttpArgs),
     /// Server, hello service and client in one process: the whole product at once.
@@ -114,6 +117,30 @@ struct ServerArgs {
     /// How long a disconnected tunnel's name is kept for its client to reconnect (visitors get 503).
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     reconnect_grace: Duration,
+    /// How long a visitor has to send a request head (also how long a kept-alive connection may idle).
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    header_read_timeout: Duration,
+    /// How long a request body may stall before the visitor gets 408.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    body_read_timeout: Duration,
+    /// Longest request target (path and query), in bytes; 414 beyond.
+    #[arg(long, default_value_t = 8192)]
+    max_uri_length: usize,
+    /// Largest request body on any tunnel (bytes, or 512K, 10M, 1G); 413 beyond. Default: no limit.
+    #[arg(long, value_parser = parse::size)]
+    max_body_size: Option<u64>,
+    /// Requests per visitor address, over all tunnels: N/s, N/m or N/h, optionally :BURST (e.g. 20/s:40); 429 beyond. Default: no limit.
+    #[arg(long, env = "CRYPTUN_RATE_LIMIT_IP")]
+    rate_limit_ip: Option<Rate>,
+    /// Requests per tunnel, over all its visitors (same syntax); 429 beyond. Default: no limit.
+    #[arg(long, env = "CRYPTUN_RATE_LIMIT_TUNNEL")]
+    rate_limit_tunnel: Option<Rate>,
+    /// Most visitor addresses the per-address limit tracks at once; beyond it new addresses share one bucket.
+    #[arg(long, default_value_t = 100_000)]
+    rate_limit_max_ips: usize,
+    /// Bearer token for the admin API (/api/...), at least 16 characters. Without one, the admin API answers loopback addresses only.
+    #[arg(long, env = "CRYPTUN_ADMIN_TOKEN", hide_env_values = true, value_parser = parse::admin_token)]
+    admin_token: Option<AdminToken>,
 }
 
 #[derive(Debug, Args)]
@@ -143,6 +170,18 @@ struct HttpArgs {
     /// API key for the server [default: the one saved by `cryptun login`].
     #[arg(long, env = "CRYPTUN_TOKEN", hide_env_values = true, value_parser = secret)]
     token: Option<Secret>,
+    /// Visitors must log in with USER:PASSWORD (HTTP Basic). Prefer the environment variable: arguments show in `ps`.
+    #[arg(long, env = "CRYPTUN_BASIC_AUTH", hide_env_values = true, value_name = "USER:PASSWORD", value_parser = parse::basic_auth)]
+    basic_auth: Option<BasicAuth>,
+    /// Serve only visitors from this address or CIDR block (repeatable).
+    #[arg(long = "allow-ip", value_name = "CIDR")]
+    allow_ips: Vec<String>,
+    /// Refuse visitors from this address or CIDR block (repeatable; wins over --allow-ip).
+    #[arg(long = "deny-ip", value_name = "CIDR")]
+    deny_ips: Vec<String>,
+    /// Largest request body visitors may send (bytes, or 512K, 10M, 1G); the server may allow less.
+    #[arg(long, value_parser = parse::size)]
+    max_body_size: Option<u64>,
 }
 
 #[derive(Debug, Args)]

@@ -37,7 +37,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use cryptun_proto::Secret;
-pub use cryptun_proto::message::TunnelCreated;
+pub use cryptun_proto::message::{BasicAuth, TunnelCreated};
 pub use session::{Session, connect};
 pub use target::{AddressError, Target};
 
@@ -68,6 +68,14 @@ pub struct ClientConfig {
     /// its name back after a disconnect (see
     /// [`Session::reconnect_config`]).
     pub reconnect_secret: Option<Secret>,
+    /// Credentials visitors must present (HTTP Basic); the server enforces them.
+    pub basic_auth: Option<BasicAuth>,
+    /// Only visitors from these CIDR blocks are served (empty: everyone).
+    pub allow_ips: Vec<String>,
+    /// Visitors from these CIDR blocks are refused.
+    pub deny_ips: Vec<String>,
+    /// The largest request body visitors may send (the server caps it).
+    pub max_body_size: Option<u64>,
 }
 
 impl ClientConfig {
@@ -83,6 +91,10 @@ impl ClientConfig {
             ca: None,
             token: None,
             reconnect_secret: None,
+            basic_auth: None,
+            allow_ips: Vec::new(),
+            deny_ips: Vec::new(),
+            max_body_size: None,
         })
     }
 }

@@ -63,6 +63,10 @@ async fn connect_inner(config: &ClientConfig) -> Result<Session, ClientError> {
             .map(|d| d.as_millis().try_into().unwrap_or(u64::MAX)),
         token: config.token.clone(),
         reconnect_secret: config.reconnect_secret.clone(),
+        basic_auth: config.basic_auth.clone(),
+        allow_ips: config.allow_ips.clone(),
+        deny_ips: config.deny_ips.clone(),
+        max_body_size: config.max_body_size,
     });
     ws.send(Message::text(encode(&create)))
         .await

@@ -67,6 +67,42 @@ pub struct CreateTunnel {
     /// a disconnect.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reconnect_secret: Option<Secret>,
+    /// Visitors must present these credentials (HTTP Basic authentication);
+    /// the server answers 401 to those who do not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub basic_auth: Option<BasicAuth>,
+    /// Only visitors whose address falls in one of these CIDR blocks (or
+    /// single addresses) are served; empty means everyone. 403 otherwise.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allow_ips: Vec<String>,
+    /// Visitors whose address falls in one of these CIDR blocks get 403,
+    /// whatever `allow_ips` says.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub deny_ips: Vec<String>,
+    /// The largest request body this tunnel accepts, in bytes (413 beyond);
+    /// capped by the server's own limit. Absent means the server's limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_body_size: Option<u64>,
+}
+
+/// HTTP Basic credentials a tunnel's visitors must present.
+///
+/// `Debug` hides the password, so a logged `create_tunnel` shows none.
+#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BasicAuth {
+    /// The user name: no colon, no control characters.
+    pub username: String,
+    /// The password: no control characters.
+    pub password: String,
+}
+
+impl std::fmt::Debug for BasicAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BasicAuth")
+            .field("username", &self.username)
+            .field("password", &"***")
+            .finish()
+    }
 }
 
 /// Messages the server sends to a client.
@@ -117,6 +153,11 @@ pub struct TunnelCreated {
     /// same `subdomain`). A new one is issued each time.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reconnect_secret: Option<Secret>,
+    /// The largest request body this tunnel's visitors may send, in bytes
+    /// (the smaller of the server's limit and the one asked for). Absent
+    /// means no limit beyond `max_inline_body` on JSON-only sessions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_body_size: Option<u64>,
 }
 
 /// Limits announced in `tunnel_created` so a client can stay within them.
@@ -183,6 +224,11 @@ pub enum ErrorCode {
     SubdomainReserved,
     /// The server failed (its database, say); not the client's fault.
     Internal,
+    /// An entry of `allow_ips` or `deny_ips` is not an IP address or CIDR
+    /// block (or there are too many).
+    InvalidCidr,
+    /// `basic_auth` has an empty or invalid user name or password.
+    InvalidBasicAuth,
 }
 
 impl ServerMessage {
@@ -289,6 +335,28 @@ mod tests {
         );
         // And back: the fields travel as plain strings.
         assert!(encode(&msg).contains(r#""token":"ck_abcdefgh_s3cr3t""#));
+    }
+
+    #[test]
+    fn access_fields_round_trip_and_hide_the_password() {
+        let text = r#"{"type":"create_tunnel","basic_auth":{"username":"u","password":"s3cret"},"allow_ips":["10.0.0.0/8"],"deny_ips":["10.0.0.7"],"max_body_size":1000}"#;
+        let ClientMessage::CreateTunnel(create) = decode(text, CLIENT_TYPES).unwrap() else {
+            panic!("not create_tunnel");
+        };
+        assert_eq!(create.allow_ips, ["10.0.0.0/8"]);
+        assert_eq!(create.deny_ips, ["10.0.0.7"]);
+        assert_eq!(create.max_body_size, Some(1000));
+        let shown = format!("{create:?}");
+        assert!(!shown.contains("s3cret"), "{shown}");
+        assert_eq!(create.basic_auth.as_ref().unwrap().password, "s3cret");
+        let again: ClientMessage = decode(
+            &encode(&ClientMessage::CreateTunnel(create.clone())),
+            CLIENT_TYPES,
+        )
+        .unwrap();
+        assert_eq!(again, ClientMessage::CreateTunnel(create));
+        let error = encode(&ServerMessage::error(ErrorCode::InvalidCidr, "x", None));
+        assert!(error.contains(r#""code":"invalid_cidr""#), "{error}");
     }
 
     #[test]

@@ -14,7 +14,9 @@ use cryptun_proto::mux::Mux;
 use cryptun_proto::{PROTOCOL_VERSION, ResponseHead};
 use tracing::warn;
 
+use crate::access::Access;
 use crate::auth::{self, Identity, Refusal};
+use crate::limits::TunnelLimiter;
 use crate::registry::{Claim, HeldBy, Owner, Registration, Taken, Tunnel};
 use crate::store::names::valid_subdomain;
 use crate::{Peer, State};
@@ -42,6 +44,17 @@ pub(crate) async fn create_tunnel(
             valid_subdomain(name).map_err(|why| Refusal::new(ErrorCode::InvalidSubdomain, why))?,
         ),
         None => None,
+    };
+    // Checked once here; rebuilt below for each try, because a name
+    // collision drops the tunnel it was moved into.
+    let access = || Access::from_request(create).map_err(|(code, why)| Refusal::new(code, why));
+    access()?;
+    // The smaller of the server's limit and the tunnel's; 0 asks for the
+    // server's, as with the request timeout.
+    let max_body_size = match (state.config.max_body_size, create.max_body_size) {
+        (server, None | Some(0)) => server,
+        (Some(server), Some(asked)) => Some(server.min(asked)),
+        (None, asked) => asked,
     };
     let key = match identity {
         Identity::Key(id) => Some(id.as_str()),
@@ -79,6 +92,9 @@ pub(crate) async fn create_tunnel(
             request_timeout: request_timeout(state, create),
             mux: mux.clone(),
             owner: owner.clone(),
+            access: access()?,
+            rate_limiter: state.config.rate_limits.per_tunnel.map(TunnelLimiter::new),
+            max_body_size,
         };
         match state.registry.register(tunnel, claim) {
             Ok(registration) => {
@@ -174,5 +190,6 @@ fn tunnel_created(
             .limits
             .announce(state.config.heartbeat.interval),
         reconnect_secret,
+        max_body_size: t.max_body_size,
     }))
 }

@@ -6,7 +6,9 @@ use std::time::Duration;
 use cryptun_proto::Limits;
 use cryptun_proto::mux::Heartbeat;
 
+use crate::admin::AdminToken;
 use crate::auth::{AuthMode, BackoffConfig};
+use crate::limits::Rate;
 
 /// Everything `run` needs to know besides its listener.
 #[derive(Debug, Clone)]
@@ -57,6 +59,51 @@ pub struct Config {
     pub max_held_names: usize,
     /// Backoff for failed handshakes, per source address.
     pub auth_backoff: BackoffConfig,
+    /// How long a visitor has to send a complete request head, the wait for
+    /// the next request on a kept-alive connection included; then the
+    /// connection is closed.
+    pub header_read_timeout: Duration,
+    /// How long the server waits for the next bytes of a request body
+    /// before answering 408 (or closing the connection, if the response has
+    /// begun).
+    pub body_read_timeout: Duration,
+    /// Longest request target (path and query), in bytes; 414 beyond.
+    pub max_uri_length: usize,
+    /// Largest request body on any tunnel, in bytes; 413 beyond. A tunnel
+    /// may ask for less. `None`: no limit (bodies stream, so size costs no
+    /// memory).
+    pub max_body_size: Option<u64>,
+    /// Request rates per visitor address and per tunnel.
+    pub rate_limits: RateLimits,
+    /// Bearer token for the admin API (`/api/...`). `None`: the admin API is
+    /// served to loopback peers only.
+    pub admin_token: Option<AdminToken>,
+}
+
+/// Request rates, and the bounds of the per-address table.
+#[derive(Debug, Clone)]
+pub struct RateLimits {
+    /// Per visitor address (IPv6 by /64), over every request for a tunnel
+    /// host (unknown ones included). `None`: no limit.
+    pub per_ip: Option<Rate>,
+    /// Per tunnel, across all its visitors. `None`: no limit.
+    pub per_tunnel: Option<Rate>,
+    /// Most addresses tracked at once; beyond it, new addresses share one
+    /// bucket. 100,000 entries cost a few MiB.
+    pub max_tracked_ips: usize,
+    /// How often addresses whose bucket has refilled are forgotten.
+    pub sweep_interval: Duration,
+}
+
+impl Default for RateLimits {
+    fn default() -> Self {
+        RateLimits {
+            per_ip: None,
+            per_tunnel: None,
+            max_tracked_ips: 100_000,
+            sweep_interval: Duration::from_secs(10),
+        }
+    }
 }
 
 impl Default for Config {
@@ -89,6 +136,12 @@ impl Default for Config {
             // opening and dropping over 3,000 tunnels a second.
             max_held_names: 100_000,
             auth_backoff: BackoffConfig::default(),
+            header_read_timeout: Duration::from_secs(30),
+            body_read_timeout: Duration::from_secs(30),
+            max_uri_length: 8 << 10,
+            max_body_size: None,
+            rate_limits: RateLimits::default(),
+            admin_token: None,
         }
     }
 }
@@ -152,10 +205,23 @@ impl Config {
             ("handshake timeout", self.handshake_timeout),
             ("heartbeat interval", self.heartbeat.interval),
             ("TLS handshake timeout", self.tls_handshake_timeout),
+            ("header read timeout", self.header_read_timeout),
+            ("body read timeout", self.body_read_timeout),
+            ("rate limit sweep interval", self.rate_limits.sweep_interval),
         ] {
             if d.is_zero() {
                 return Err(ConfigError(format!("the {name} must be more than zero")));
             }
+        }
+        if self.max_uri_length < 64 {
+            return Err(ConfigError(
+                "the maximum URI length must be at least 64 bytes".into(),
+            ));
+        }
+        if self.rate_limits.max_tracked_ips == 0 {
+            return Err(ConfigError(
+                "the rate limiter must track at least one address".into(),
+            ));
         }
         Ok(self)
     }

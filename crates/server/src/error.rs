@@ -37,7 +37,7 @@ pub enum GatewayError {
     TooManyStreams,
     /// The request body is larger than this tunnel can take.
     #[error("the request body is larger than {0} bytes")]
-    BodyTooLarge(usize),
+    BodyTooLarge(u64),
     /// Reading the visitor's body failed.
     #[error("could not read the request body: {0}")]
     VisitorBody(String),
@@ -69,6 +69,64 @@ pub enum GatewayError {
     /// for it to reconnect.
     #[error("the tunnel's client is reconnecting; try again shortly")]
     Reconnecting(Duration),
+    /// The visitor's address is kept out by the tunnel's allow or deny list.
+    #[error("your address may not reach this tunnel")]
+    Forbidden,
+    /// The tunnel wants HTTP Basic credentials (for this realm) that the
+    /// visitor did not present.
+    #[error("this tunnel needs a user name and password")]
+    Unauthorized(String),
+    /// Over a request rate: the visitor's address or the tunnel's.
+    #[error("too many requests {scope}; try again in {} s", retry_secs(*.retry_after))]
+    RateLimited {
+        /// Whose rate.
+        scope: RateScope,
+        /// How long until a request would be allowed.
+        retry_after: Duration,
+    },
+    /// The request's framing is ambiguous or unsupported.
+    #[error("ambiguous request framing: {0}")]
+    BadFraming(&'static str),
+    /// The request target is longer than allowed.
+    #[error("the request target is longer than {0} bytes")]
+    UriTooLong(usize),
+    /// The visitor stopped sending its body for this long.
+    #[error("the request body stalled for {0:?}")]
+    BodyTimeout(Duration),
+    /// A path on the server's own routes with dot segments or encoded
+    /// separators.
+    #[error("the path has dot segments or encoded separators")]
+    BadPath,
+    /// The admin API needs the admin token.
+    #[error("the admin API needs Authorization: Bearer <admin token>")]
+    AdminUnauthorized,
+    /// No admin token is configured and the caller is not on loopback.
+    #[error("the admin API is served to loopback addresses only (the server has no --admin-token)")]
+    AdminForbidden,
+}
+
+/// Whose request rate was exceeded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RateScope {
+    /// The visitor's address, across the whole server.
+    Visitor,
+    /// The tunnel, across all its visitors.
+    Tunnel,
+}
+
+impl std::fmt::Display for RateScope {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            RateScope::Visitor => "from your address",
+            RateScope::Tunnel => "to this tunnel",
+        })
+    }
+}
+
+/// Whole seconds to wait, rounded up, at least 1 (for `Retry-After`).
+fn retry_secs(wait: Duration) -> u64 {
+    let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+    secs.max(1)
 }
 
 /// The longest `Retry-After` for a tunnel that is reconnecting: a client
@@ -81,7 +139,16 @@ impl GatewayError {
         match self {
             GatewayError::BadHost(_)
             | GatewayError::VisitorBody(_)
-            | GatewayError::BadUpgrade(_) => StatusCode::BAD_REQUEST,
+            | GatewayError::BadUpgrade(_)
+            | GatewayError::BadFraming(_)
+            | GatewayError::BadPath => StatusCode::BAD_REQUEST,
+            GatewayError::Unauthorized(_) | GatewayError::AdminUnauthorized => {
+                StatusCode::UNAUTHORIZED
+            }
+            GatewayError::Forbidden | GatewayError::AdminForbidden => StatusCode::FORBIDDEN,
+            GatewayError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            GatewayError::UriTooLong(_) => StatusCode::URI_TOO_LONG,
+            GatewayError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             GatewayError::UnknownTunnel(_) | GatewayError::NotFound => StatusCode::NOT_FOUND,
             GatewayError::TooManyStreams => StatusCode::TOO_MANY_REQUESTS,
             GatewayError::BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
@@ -103,7 +170,16 @@ impl GatewayError {
             | GatewayError::BodyTooLarge(_)
             | GatewayError::VisitorBody(_)
             | GatewayError::BadUpgrade(_)
-            | GatewayError::Misdirected { .. } => Side::Visitor,
+            | GatewayError::Misdirected { .. }
+            | GatewayError::Forbidden
+            | GatewayError::Unauthorized(_)
+            | GatewayError::RateLimited { .. }
+            | GatewayError::BadFraming(_)
+            | GatewayError::UriTooLong(_)
+            | GatewayError::BodyTimeout(_)
+            | GatewayError::BadPath
+            | GatewayError::AdminUnauthorized
+            | GatewayError::AdminForbidden => Side::Visitor,
             GatewayError::ClientGone
             | GatewayError::ClientReset
             | GatewayError::BadResponse(_)
@@ -129,10 +205,32 @@ impl GatewayError {
             GatewayError::BadUpgrade(_) => "bad_upgrade",
             GatewayError::Misdirected { .. } => "misdirected",
             GatewayError::Reconnecting(_) => "tunnel_reconnecting",
+            GatewayError::Forbidden => "forbidden",
+            GatewayError::Unauthorized(_) => "unauthorized",
+            GatewayError::RateLimited { .. } => "rate_limited",
+            GatewayError::BadFraming(_) => "bad_framing",
+            GatewayError::UriTooLong(_) => "uri_too_long",
+            GatewayError::BodyTimeout(_) => "body_timeout",
+            GatewayError::BadPath => "bad_path",
+            GatewayError::AdminUnauthorized => "admin_unauthorized",
+            GatewayError::AdminForbidden => "admin_forbidden",
         }
     }
 
-    /// The plain-text page the visitor sees.
+    /// Whether the connection must close after this answer: the request's
+    /// body was not read to its end, or its framing cannot be trusted.
+    pub fn closes_connection(&self) -> bool {
+        matches!(
+            self,
+            GatewayError::BadFraming(_)
+                | GatewayError::BodyTooLarge(_)
+                | GatewayError::BodyTimeout(_)
+                | GatewayError::VisitorBody(_)
+        )
+    }
+
+    /// The plain-text page the visitor sees, with the headers its status
+    /// calls for (`WWW-Authenticate`, `Retry-After`, `Connection: close`).
     pub fn into_response(self) -> Response<Body> {
         let status = self.status();
         let text = format!(
@@ -149,8 +247,30 @@ impl GatewayError {
             HeaderValue::from_static("text/plain; charset=utf-8"),
         );
         headers.insert("x-cryptun-error", HeaderValue::from_static(self.code()));
-        if status == StatusCode::TOO_MANY_REQUESTS {
-            headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        match &self {
+            GatewayError::RateLimited { retry_after, .. } => {
+                headers.insert(header::RETRY_AFTER, retry_secs(*retry_after).into());
+            }
+            GatewayError::TooManyStreams => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            }
+            GatewayError::Unauthorized(realm) => {
+                // The realm is a subdomain label: a token, safe in quotes.
+                let challenge = format!("Basic realm=\"{realm}\", charset=\"UTF-8\"");
+                if let Ok(value) = HeaderValue::from_str(&challenge) {
+                    headers.insert(header::WWW_AUTHENTICATE, value);
+                }
+            }
+            GatewayError::AdminUnauthorized => {
+                headers.insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Bearer realm=\"cryptun admin\""),
+                );
+            }
+            _ => {}
+        }
+        if self.closes_connection() {
+            headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
         if let GatewayError::Reconnecting(left) = self {
             let secs = left.min(MAX_RECONNECT_RETRY).as_secs_f64().ceil().max(1.0);

@@ -1,90 +1,128 @@
-//! The hyper service behind every connection: routes each request by its own
-//! Host to a tunnel or to the server's own endpoints (after the HTTPS checks
-//! of `https.rs`).
+//! The hyper service behind every connection: checks each request, then
+//! routes it by its own Host to a tunnel or to the server's own endpoints.
+//!
+//! The checks run in this order, cheapest and broadest first, and nothing a
+//! check refuses reaches a tunnel's client:
+//!
+//! 1. framing (400 and close): the verdict of [`hardening::framing`];
+//! 2. the request target's length (414);
+//! 3. the Host (400), then for HTTPS: the plain listener may only redirect
+//!    (308), and the Host must match the connection's SNI (421, see
+//!    `https.rs`);
+//! 4. for a tunnel host: the visitor address's request rate (429), whether
+//!    the tunnel exists (404; 503 while its client reconnects), its IP lists (403), its credentials (401), its
+//!    request rate (429), then its body limits while forwarding (413, 408).
+//!
+//! The per-address rate counts every request for a tunnel host, unknown
+//! names included, so scanning for tunnels is throttled like using them. The
+//! server's own routes are not counted: `/healthz` is for probes and the
+//! admin API has its token. A visitor refused by a tunnel's rules does not
+//! use up the tunnel's rate, so strangers cannot starve its real visitors;
+//! they are bounded by the per-address rate instead.
 
 use std::sync::Arc;
 
-use http::{HeaderValue, Method, Request, Response, header};
+use http::{HeaderValue, Request, Response, StatusCode, header};
 use hyper::body::Incoming;
-use serde::Serialize;
 use tracing::debug;
 
-use crate::error::GatewayError;
+use crate::error::{GatewayError, RateScope};
+use crate::hardening::{self, framing::Verdict};
 use crate::host::{self, Route};
 use crate::https::{self, Transport};
-use crate::registry::Lookup;
-use crate::{Body, Conn, Peer, ServiceResult, State, control, full, proxy};
+use crate::registry::{Lookup, Tunnel};
+use crate::{Body, Conn, ServiceResult, State, admin, proxy};
 
 /// Handles one request on `conn`.
-pub(crate) async fn handle(state: Arc<State>, conn: Conn, req: Request<Incoming>) -> ServiceResult {
+pub(crate) async fn handle(
+    state: Arc<State>,
+    conn: Arc<Conn>,
+    req: Request<Incoming>,
+) -> ServiceResult {
     let peer = conn.peer;
+    // Exactly one verdict per request, whatever happens next.
+    let verdict = conn.framing.next();
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
-    let result = match host::name(&req) {
-        Err(err) => Err(err.into()),
-        Ok(name) => dispatch(&state, &conn, &name, req).await,
+    let mut resp = match dispatch(&state, &conn, verdict, req).await {
+        Ok(resp) => resp,
+        Err(err) => {
+            debug!(%peer, %method, %path, status = err.status().as_u16(), side = ?err.side(), %err, "request failed");
+            err.into_response()
+        }
     };
-    Ok(result.unwrap_or_else(|err| {
-        debug!(%peer, %method, %path, status = err.status().as_u16(), side = ?err.side(), %err, "request failed");
-        err.into_response()
-    }))
+    if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+        conn.framing.switched();
+    } else if verdict == Verdict::OkThenClose {
+        resp.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    Ok(resp)
 }
 
-/// Sends a request for host `name` where it belongs.
+/// Checks a request and sends it where it belongs.
 async fn dispatch(
     state: &Arc<State>,
     conn: &Conn,
-    name: &str,
+    verdict: Verdict,
     req: Request<Incoming>,
 ) -> Result<Response<Body>, GatewayError> {
-    let route = host::route_name(name, &state.config.domain);
+    if let Verdict::Refuse(why) = verdict {
+        return Err(GatewayError::BadFraming(why));
+    }
+    hardening::check_uri(req.uri(), state.config.max_uri_length)?;
+    let name = host::name(&req)?;
+    let route = host::route_name(&name, &state.config.domain);
     match (&conn.transport, state.redirect_to) {
-        (Transport::Plain, Some(port)) => return Ok(https::redirect(name, port, req.uri())),
-        (Transport::Tls { sni }, _) => https::check_sni(sni.as_deref(), name, &route)?,
+        (Transport::Plain, Some(port)) => return Ok(https::redirect(&name, port, req.uri())),
+        (Transport::Tls { sni }, _) => https::check_sni(sni.as_deref(), &name, &route)?,
         (Transport::Plain, None) => {}
     }
-    match route {
-        Route::Server => own_route(state, conn.peer, req),
-        Route::Tunnel(label) => match state.registry.lookup(&label) {
-            Lookup::Live(tunnel) => {
-                let scheme = conn.transport.scheme();
-                proxy::forward(&tunnel, conn.peer, scheme, req).await
-            }
-            Lookup::Reconnecting(left) => Err(GatewayError::Reconnecting(left)),
-            Lookup::Free => Err(GatewayError::UnknownTunnel(format!(
-                "{label}.{}",
-                state.config.domain
-            ))),
-        },
+    let label = match route {
+        Route::Server => return admin::own_route(state, conn.peer, req),
+        Route::Tunnel(label) => label,
+    };
+    if let Some(limiter) = &state.ip_limiter {
+        limiter
+            .check(conn.peer.ip())
+            .map_err(|retry_after| GatewayError::RateLimited {
+                scope: RateScope::Visitor,
+                retry_after,
+            })?;
+    }
+    match state.registry.lookup(&label) {
+        Lookup::Live(tunnel) => to_tunnel(state, &tunnel, conn, req).await,
+        Lookup::Reconnecting(left) => Err(GatewayError::Reconnecting(left)),
+        Lookup::Free => Err(GatewayError::UnknownTunnel(format!(
+            "{label}.{}",
+            state.config.domain
+        ))),
     }
 }
 
-/// The server's own host: the control endpoint and read-only status.
-fn own_route(
-    state: &Arc<State>,
-    peer: Peer,
-    req: Request<Incoming>,
+/// Applies the tunnel's own rules, then forwards.
+async fn to_tunnel(
+    state: &State,
+    tunnel: &Arc<Tunnel>,
+    conn: &Conn,
+    mut req: Request<Incoming>,
 ) -> Result<Response<Body>, GatewayError> {
-    match (req.method(), req.uri().path()) {
-        (&Method::GET, "/ws") => control::upgrade(Arc::clone(state), peer, req),
-        (&Method::GET, "/healthz") => Ok(json(&serde_json::json!({
-            "status": "ok",
-            "tunnels": state.registry.len(),
-        }))),
-        (&Method::GET, "/api/tunnels") => {
-            let list: Vec<_> = state.registry.list().iter().map(|t| t.info()).collect();
-            Ok(json(&list))
-        }
-        _ => Err(GatewayError::NotFound),
+    let peer = conn.peer;
+    tunnel.access.check_ip(peer.ip())?;
+    if tunnel.access.has_credentials() {
+        tunnel
+            .access
+            .check_credentials(req.headers(), &tunnel.subdomain)?;
+        // The credentials were for the tunnel, not for the app.
+        req.headers_mut().remove(header::AUTHORIZATION);
     }
-}
-
-fn json<T: Serialize>(value: &T) -> Response<Body> {
-    let body = serde_json::to_vec_pretty(value).unwrap_or_default();
-    let mut resp = Response::new(full(body));
-    resp.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    resp
+    if let Some(limiter) = &tunnel.rate_limiter {
+        limiter
+            .check()
+            .map_err(|retry_after| GatewayError::RateLimited {
+                scope: RateScope::Tunnel,
+                retry_after,
+            })?;
+    }
+    proxy::forward(state, tunnel, peer, conn.transport.scheme(), req).await
 }

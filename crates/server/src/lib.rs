@@ -15,8 +15,15 @@
 //!   development authority) and the TLS acceptor.
 //! - `https`: what HTTPS changes per request: SNI must match Host (421),
 //!   plain requests redirect (308), `X-Forwarded-Proto`.
-//! - `gateway`: the hyper service: the server's own routes, and dispatch to
-//!   tunnels.
+//! - `gateway`: the hyper service: checks every request, then dispatches it
+//!   to the server's own routes or to a tunnel.
+//! - [`hardening`]: what hyper lets through that we refuse: ambiguous
+//!   framing (scanned below hyper, in [`hardening::framing`]), long targets,
+//!   odd paths on our own routes, `h2c` upgrades.
+//! - [`access`]: a tunnel's visitor rules: IP allow and deny lists, Basic
+//!   credentials.
+//! - [`limits`]: request rates, body size and body idle timeout.
+//! - [`admin`]: the server's own routes and the admin token.
 //! - `proxy`: carries one visitor request through a tunnel and back.
 //! - `passthrough`: after a `101`, the raw bytes of an upgraded connection
 //!   (WebSocket) both ways.
@@ -43,14 +50,18 @@
 
 #![forbid(unsafe_code)]
 
+pub mod access;
+pub mod admin;
 mod admit;
 pub mod auth;
 pub mod config;
 mod control;
 pub mod error;
 mod gateway;
+pub mod hardening;
 pub mod host;
 mod https;
+pub mod limits;
 mod passthrough;
 mod proxy;
 pub mod registry;
@@ -77,8 +88,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, debug, info, info_span, warn};
 
+pub use admin::AdminToken;
 pub use auth::AuthMode;
-pub use config::Config;
+pub use config::{Config, RateLimits};
 pub use registry::Registry;
 pub use tls::Certs;
 
@@ -97,11 +109,9 @@ pub(crate) fn full(bytes: impl Into<Bytes>) -> Body {
         .boxed()
 }
 
-/// Limits on the visitor-facing HTTP/1 parser.
+/// Limits on the visitor-facing HTTP/1 parser: over them, 431.
 const MAX_HEAD_BYTES: usize = 64 << 10;
 const MAX_REQUEST_HEADERS: usize = 100;
-/// A visitor has this long to send a complete request head.
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Shared by every task of one server.
 pub(crate) struct State {
@@ -120,6 +130,8 @@ pub(crate) struct State {
     pub(crate) store: Option<Store>,
     /// Failed handshakes by address.
     pub(crate) backoff: auth::Backoff,
+    /// The per-address request rate, if one is set.
+    pub(crate) ip_limiter: Option<limits::IpLimiter>,
 }
 
 /// The sockets a server answers on.
@@ -198,6 +210,10 @@ pub async fn serve(
         tasks: TaskTracker::new(),
         store,
         backoff: auth::Backoff::new(config.auth_backoff),
+        ip_limiter: config.rate_limits.per_ip.map(|rate| {
+            let limits = &config.rate_limits;
+            limits::IpLimiter::new(rate, limits.max_tracked_ips, limits.sweep_interval)
+        }),
         config,
     });
     for (listener, scheme) in [(&plain, "http"), (&https, "https")] {
@@ -218,7 +234,7 @@ pub async fn serve(
     let mut http = auto::Builder::new(TokioExecutor::new());
     http.http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .header_read_timeout(state.config.header_read_timeout)
         .max_buf_size(MAX_HEAD_BYTES)
         .max_headers(MAX_REQUEST_HEADERS)
         .keep_alive(true);
@@ -288,11 +304,7 @@ async fn connection(
     _permit: OwnedSemaphorePermit,
 ) {
     let Some(acceptor) = tls else {
-        let conn = Conn {
-            peer,
-            transport: Transport::Plain,
-        };
-        return serve_http(state, &http, watcher, stream, conn).await;
+        return serve_http(state, &http, watcher, stream, peer, Transport::Plain).await;
     };
     let limit = state.config.tls_handshake_timeout;
     let stream = match tokio::time::timeout(limit, acceptor.accept(stream)).await {
@@ -301,19 +313,33 @@ async fn connection(
         Err(_) => return debug!(?limit, "TLS handshake timed out"),
     };
     let sni = stream.get_ref().1.server_name().map(Arc::from);
-    let conn = Conn {
-        peer,
-        transport: Transport::Tls { sni },
-    };
-    serve_http(state, &http, watcher, stream, conn).await;
+    serve_http(state, &http, watcher, stream, peer, Transport::Tls { sni }).await;
 }
 
-/// Serves HTTP/1.1 (with upgrades) on `io` until it closes.
-async fn serve_http<I>(state: Arc<State>, http: &Http, watcher: Watcher, io: I, conn: Conn)
-where
+/// Serves HTTP/1.1 (with upgrades) on `io` until it closes. Every request
+/// head is scanned for ambiguous framing on the (decrypted) bytes before
+/// hyper parses it.
+async fn serve_http<I>(
+    state: Arc<State>,
+    http: &Http,
+    watcher: Watcher,
+    io: I,
+    peer: Peer,
+    transport: Transport,
+) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let service = service_fn(move |req| gateway::handle(Arc::clone(&state), conn.clone(), req));
+    let framing = Arc::new(hardening::framing::Verdicts::default());
+    // The scan must see every head hyper accepts whole: a little over
+    // hyper's own limit.
+    let io = hardening::framing::Guarded::new(io, Arc::clone(&framing), MAX_HEAD_BYTES + 1024);
+    let conn = Arc::new(Conn {
+        peer,
+        transport,
+        framing,
+    });
+    let service =
+        service_fn(move |req| gateway::handle(Arc::clone(&state), Arc::clone(&conn), req));
     let serving = http.serve_connection_with_upgrades(TokioIo::new(io), service);
     if let Err(err) = watcher.watch(serving.into_owned()).await {
         debug!(%err, "connection ended with an error");
@@ -327,6 +353,8 @@ pub(crate) struct Conn {
     pub(crate) peer: Peer,
     /// Plain or TLS (with its SNI).
     pub(crate) transport: Transport,
+    /// The framing verdicts on its request heads, one per request.
+    pub(crate) framing: Arc<hardening::framing::Verdicts>,
 }
 
 /// Opens the key database unless auth is off.

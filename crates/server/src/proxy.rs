@@ -13,18 +13,20 @@ use cryptun_proto::mux::{Mux, OpenError, Stream, pump};
 use cryptun_proto::{HeadError, InlineBody, RequestHead, ResponseHead};
 use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, header};
 use http_body::Body as _;
-use http_body_util::{BodyExt, Limited};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use tokio::time::{Instant, timeout_at};
 use tracing::{Instrument, debug, debug_span};
 
 use crate::error::GatewayError;
+use crate::limits::{BodyGuard, Tripwire};
 use crate::registry::Tunnel;
-use crate::{Body, Peer, full, passthrough};
+use crate::{Body, Peer, State, full, hardening, passthrough};
 
 /// Forwards `req` from `visitor`, who came in over `scheme` (`http` or
 /// `https`), through `tunnel` and returns the response.
 pub(crate) async fn forward(
+    state: &State,
     tunnel: &Arc<Tunnel>,
     visitor: Peer,
     scheme: &str,
@@ -36,11 +38,19 @@ pub(crate) async fn forward(
     let mux = &tunnel.mux;
     let deadline = Instant::now() + tunnel.request_timeout;
     // A protocol switch is offered only to clients that stream, for requests
-    // without a body; anything else is plain HTTP with Upgrade stripped.
-    let upgrade =
-        upgrade_protocol(req.headers()).filter(|_| mux.binary() && req.body().is_end_stream());
+    // without a body, and never to h2c; anything else is plain HTTP with
+    // Upgrade stripped.
+    let upgrade = upgrade_protocol(req.headers())
+        .filter(|p| mux.binary() && req.body().is_end_stream() && hardening::honoured_upgrade(p));
     let on_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
     let (parts, body) = req.into_parts();
+    // A declared length over the limit is refused before a byte is read.
+    let limit = tunnel.max_body_size;
+    if let Some(limit) = limit.filter(|l| body.size_hint().lower() > *l) {
+        return Err(GatewayError::BodyTooLarge(limit));
+    }
+    let tripwire = Arc::new(Tripwire::default());
+    let idle = state.config.body_read_timeout;
     let mut headers = forwarded_headers(parts.headers, visitor, scheme);
     if let Some(protocol) = &upgrade {
         keep_upgrade(&mut headers, protocol.clone());
@@ -55,10 +65,13 @@ pub(crate) async fn forward(
         body: InlineBody::default(),
     };
     let upload = if !mux.binary() {
-        head.body = InlineBody::inline(&read_inline(body, mux.limits().max_inline_body).await?);
+        let inline = mux.limits().max_inline_body as u64;
+        let limit = limit.map_or(inline, |l| l.min(inline));
+        let body = BodyGuard::new(body, Some(limit), idle, Arc::clone(&tripwire));
+        head.body = InlineBody::inline(&read_inline(body, &tripwire).await?);
         None
     } else if !body.is_end_stream() {
-        Some(body)
+        Some(BodyGuard::new(body, limit, idle, Arc::clone(&tripwire)))
     } else {
         None
     };
@@ -114,7 +127,12 @@ pub(crate) async fn forward(
     {
         Ok(response) => response,
         Err(_) if mux.is_closed() => return Err(GatewayError::ClientGone),
-        Err(_) => return Err(GatewayError::ClientReset),
+        // Our upload stopped the visitor's body (and so reset the stream).
+        Err(_) => {
+            return Err(tripwire
+                .tripped()
+                .map_or(GatewayError::ClientReset, Into::into));
+        }
     };
     if let (Some(on_upgrade), Some(send)) = (on_upgrade, send) {
         if response.status == 101 {
@@ -152,18 +170,20 @@ pub(crate) fn refuse_response(mux: &Mux<ResponseHead>, id: u32, err: HeadError) 
     err.into()
 }
 
-/// Reads a whole body for a JSON-only session, refusing more than `limit`
-/// bytes (before reading, when Content-Length says so).
-async fn read_inline(body: Incoming, limit: usize) -> Result<Bytes, GatewayError> {
-    if body.size_hint().lower() > limit as u64 {
+/// Reads a whole body for a JSON-only session, within its guard's limits
+/// (refused before reading when Content-Length is over the size limit).
+async fn read_inline(
+    body: BodyGuard<Incoming>,
+    tripwire: &Tripwire,
+) -> Result<Bytes, GatewayError> {
+    if let Some(limit) = body.limit().filter(|l| body.size_hint().lower() > *l) {
         return Err(GatewayError::BodyTooLarge(limit));
     }
-    match Limited::new(body, limit).collect().await {
+    match body.collect().await {
         Ok(collected) => Ok(collected.to_bytes()),
-        Err(err) if err.is::<http_body_util::LengthLimitError>() => {
-            Err(GatewayError::BodyTooLarge(limit))
-        }
-        Err(err) => Err(GatewayError::VisitorBody(err.to_string())),
+        Err(err) => Err(tripwire
+            .tripped()
+            .map_or_else(|| GatewayError::VisitorBody(err.to_string()), Into::into)),
     }
 }
 

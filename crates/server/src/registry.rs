@@ -19,6 +19,9 @@ use cryptun_proto::ResponseHead;
 use cryptun_proto::mux::Mux;
 use serde::Serialize;
 
+use crate::access::Access;
+use crate::limits::TunnelLimiter;
+
 /// One live tunnel.
 pub struct Tunnel {
     /// Random id, unique among live tunnels.
@@ -39,6 +42,12 @@ pub struct Tunnel {
     pub mux: Mux<ResponseHead>,
     /// Who may take the name back after a disconnect.
     pub owner: Owner,
+    /// Who may reach it (IP lists, credentials).
+    pub access: Access,
+    /// Its request rate, across all its visitors, if limited.
+    pub rate_limiter: Option<TunnelLimiter>,
+    /// Largest request body its visitors may send, if limited.
+    pub max_body_size: Option<u64>,
 }
 
 /// What `/api/tunnels` shows of a tunnel.
@@ -60,6 +69,14 @@ pub struct TunnelInfo {
     pub in_flight: usize,
     /// Messages from the client naming unknown or finished requests (dropped).
     pub unmatched_messages: u64,
+    /// Whether visitors must present Basic credentials.
+    pub basic_auth: bool,
+    /// Networks allowed (empty: all).
+    pub allow_ips: Vec<String>,
+    /// Networks refused.
+    pub deny_ips: Vec<String>,
+    /// Largest request body accepted, if limited.
+    pub max_body_size: Option<u64>,
 }
 
 impl Tunnel {
@@ -74,6 +91,10 @@ impl Tunnel {
             request_count: self.requests.load(Ordering::Relaxed),
             in_flight: self.mux.stream_count(),
             unmatched_messages: self.mux.unmatched(),
+            basic_auth: self.access.has_credentials(),
+            allow_ips: self.access.allowed(),
+            deny_ips: self.access.denied(),
+            max_body_size: self.max_body_size,
         }
     }
 }

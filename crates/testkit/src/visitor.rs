@@ -1,7 +1,7 @@
 //! Visitors: HTTP requests to the server's address with any Host header,
 //! and raw sockets for byte-level tests.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -11,13 +11,15 @@ use hyper::body::Incoming;
 use hyper_util::client::legacy::{Client, connect::HttpConnector};
 use hyper_util::rt::TokioExecutor;
 use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::net::{TcpSocket, TcpStream};
 
 /// A pooled HTTP client aimed at one server.
 #[derive(Clone)]
 pub struct Visitor {
     pub server: SocketAddr,
     http: Client<HttpConnector, Full<Bytes>>,
+    /// Sent as `Authorization: Bearer` by [`tunnels`](Self::tunnels).
+    admin_token: Option<String>,
 }
 
 /// A whole response.
@@ -46,7 +48,14 @@ impl Visitor {
         Visitor {
             server,
             http: Client::builder(TokioExecutor::new()).build(connector),
+            admin_token: None,
         }
+    }
+
+    /// The same visitor, presenting `token` to the admin API.
+    pub fn with_admin_token(mut self, token: &str) -> Self {
+        self.admin_token = Some(token.to_owned());
+        self
     }
 
     /// A request builder for `path` on `host`, aimed at the server.
@@ -104,12 +113,19 @@ impl Visitor {
         .await
     }
 
+    /// `GET path` on the server's own host, with the admin token if set.
+    pub async fn admin_get(&self, path: &str) -> Reply {
+        let mut req = self.builder("GET", &format!("localhost:{}", self.server.port()), path);
+        if let Some(token) = &self.admin_token {
+            req = req.header("authorization", format!("Bearer {token}"));
+        }
+        self.fetch(req.body(Full::default()).unwrap()).await
+    }
+
     /// The server's `/api/tunnels`.
     pub async fn tunnels(&self) -> Vec<serde_json::Value> {
-        let reply = self
-            .get(&format!("localhost:{}", self.server.port()), "/api/tunnels")
-            .await;
-        assert_eq!(reply.status, StatusCode::OK);
+        let reply = self.admin_get("/api/tunnels").await;
+        assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
         reply.json().as_array().cloned().unwrap_or_default()
     }
 }
@@ -117,11 +133,46 @@ impl Visitor {
 /// Writes `request` bytes on a new connection to `addr` and reads until the
 /// server closes or `limit` passes; returns what was read.
 pub async fn raw_exchange(addr: SocketAddr, request: &[u8], limit: Duration) -> String {
-    let mut stream = TcpStream::connect(addr).await.unwrap();
+    exchange_on(TcpStream::connect(addr).await.unwrap(), request, limit).await
+}
+
+/// [`raw_exchange`] from the loopback address `source`.
+pub async fn raw_exchange_from(
+    source: IpAddr,
+    addr: SocketAddr,
+    request: &[u8],
+    limit: Duration,
+) -> String {
+    exchange_on(connect_from(source, addr).await, request, limit).await
+}
+
+async fn exchange_on(mut stream: TcpStream, request: &[u8], limit: Duration) -> String {
     stream.write_all(request).await.unwrap();
     let mut out = Vec::new();
     let _ = tokio::time::timeout(limit, stream.read_to_end(&mut out)).await;
     String::from_utf8_lossy(&out).into_owned()
+}
+
+/// A connection to `addr` from `source`, an IPv4 loopback address: on
+/// Linux every 127.x.y.z is the local machine, so tests can be visitors
+/// from as many addresses as they like.
+pub async fn connect_from(source: IpAddr, addr: SocketAddr) -> TcpStream {
+    let socket = TcpSocket::new_v4().unwrap();
+    socket
+        .bind(SocketAddr::new(source, 0))
+        .unwrap_or_else(|e| panic!("cannot bind {source}: {e}"));
+    tokio::time::timeout(crate::LIMIT, socket.connect(addr))
+        .await
+        .expect("connect timed out")
+        .unwrap()
+}
+
+/// The status code of a raw response (0 if there is none).
+pub fn status_of(raw: &str) -> u16 {
+    raw.strip_prefix("HTTP/1.1 ")
+        .and_then(|rest| rest.get(..3))
+        .and_then(|code| code.parse().ok())
+        .unwrap_or(0)
 }
 
 /// A response read off a raw socket by [`read_response`].

@@ -331,6 +331,10 @@ async fn invalid_response_head_gives_502_and_bad_response() {
         json!({"status": 200, "headers": {"x-evil": "a\r\nx-injected: yes"}, "body": "no"}),
         json!({"status": 200, "headers": [["x-evil", "line\nfeed"]]}),
         json!({"status": 200, "headers": [["bad name", "v"]]}),
+        json!({"status": 200, "headers": [["x-evil", "nul\0byte"]]}),
+        json!({"status": 200, "headers": [["x-evil", "bare\rcr"]]}),
+        json!({"status": 200, "headers": [["x-evil\r\nx-injected", "yes"]]}),
+        json!({"status": 200, "headers": [["x-e\0vil", "v"]]}),
         json!({"status": 42, "body": "no"}),
         json!({"status": 101}),
     ] {

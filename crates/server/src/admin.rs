@@ -1,0 +1,222 @@
+//! The server's own routes, and who may use them.
+//!
+//! - `GET /ws`: the client control endpoint (open; tunnel creation has its
+//!   own rules).
+//! - `GET /healthz`: `{"status":"ok"}` for anyone, so load balancers can
+//!   probe it; the tunnel count only for admins.
+//! - `GET /api/tunnels`, `GET /api/limits` and anything else under `/api/`:
+//!   admins only.
+//!
+//! An admin is a request with `Authorization: Bearer <token>` matching the
+//! server's admin token (`--admin-token`), compared in constant time.
+//! Without a token configured, the admin API is served to loopback peers
+//! only, so that a default server exposes nothing to the network; behind a
+//! reverse proxy on the same host every peer is loopback, so set a token
+//! there. With a token configured, it is required from everyone.
+//!
+//! Paths with dot segments or encoded separators are refused with 400
+//! before any of this.
+
+use std::fmt;
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use http::{HeaderMap, HeaderValue, Method, Request, Response, header};
+use hyper::body::Incoming;
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+use crate::error::GatewayError;
+use crate::{Body, Peer, State, control, full, hardening};
+
+/// Shortest admin token accepted: a guessable token is worse than none
+/// (which at least keeps the API on loopback).
+pub const MIN_TOKEN_LEN: usize = 16;
+
+/// The admin API's bearer token, kept only as its SHA-256 digest. `Debug`
+/// shows nothing of it.
+#[derive(Clone)]
+pub struct AdminToken {
+    digest: Vec<u8>,
+}
+
+impl fmt::Debug for AdminToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("AdminToken(***)")
+    }
+}
+
+/// An admin token too short or with characters a header cannot carry.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "the admin token must be at least {MIN_TOKEN_LEN} visible ASCII characters (e.g. `openssl rand -hex 24`)"
+)]
+pub struct AdminTokenError;
+
+impl AdminToken {
+    /// Keeps the digest of `token`.
+    pub fn new(token: &str) -> Result<Self, AdminTokenError> {
+        if token.len() < MIN_TOKEN_LEN || !token.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(AdminTokenError);
+        }
+        Ok(AdminToken {
+            digest: Sha256::digest(token.as_bytes()).to_vec(),
+        })
+    }
+
+    /// Whether `presented` is the token, in time independent of where they
+    /// differ (digests of equal length are compared).
+    fn matches(&self, presented: &[u8]) -> bool {
+        Sha256::digest(presented)
+            .as_slice()
+            .ct_eq(&self.digest)
+            .into()
+    }
+}
+
+/// Whether a request from `peer` with `headers` may use the admin API of
+/// a server with `token`.
+fn authorize(
+    token: Option<&AdminToken>,
+    peer: IpAddr,
+    headers: &HeaderMap,
+) -> Result<(), GatewayError> {
+    let Some(token) = token else {
+        return if crate::access::canonical(peer).is_loopback() {
+            Ok(())
+        } else {
+            Err(GatewayError::AdminForbidden)
+        };
+    };
+    let mut values = headers.get_all(header::AUTHORIZATION).iter();
+    let presented = match (values.next(), values.next()) {
+        (Some(value), None) => bearer(value),
+        _ => None,
+    };
+    match presented {
+        Some(presented) if token.matches(presented) => Ok(()),
+        _ => Err(GatewayError::AdminUnauthorized),
+    }
+}
+
+/// The token of an `Authorization: Bearer <token>` value.
+fn bearer(value: &HeaderValue) -> Option<&[u8]> {
+    let value = value.as_bytes().trim_ascii();
+    let space = value.iter().position(|b| *b == b' ')?;
+    let (scheme, token) = value.split_at(space);
+    scheme
+        .eq_ignore_ascii_case(b"bearer")
+        .then(|| token.trim_ascii())
+}
+
+/// Serves a request for the server's own host.
+pub(crate) fn own_route(
+    state: &Arc<State>,
+    peer: Peer,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, GatewayError> {
+    hardening::check_own_path(req.uri().path())?;
+    let admin = || authorize(state.config.admin_token.as_ref(), peer.ip(), req.headers());
+    match (req.method(), req.uri().path()) {
+        (&Method::GET, "/ws") => control::upgrade(Arc::clone(state), peer, req),
+        (&Method::GET, "/healthz") => {
+            let mut health = serde_json::json!({ "status": "ok" });
+            if admin().is_ok() {
+                health["tunnels"] = state.registry.len().into();
+            }
+            Ok(json(&health))
+        }
+        (_, path) if path == "/api" || path.starts_with("/api/") => {
+            admin()?;
+            api(state, req.method(), path)
+        }
+        _ => Err(GatewayError::NotFound),
+    }
+}
+
+/// The admin API proper, for an authorised caller.
+fn api(state: &State, method: &Method, path: &str) -> Result<Response<Body>, GatewayError> {
+    match (method, path) {
+        (&Method::GET, "/api/tunnels") => {
+            let list: Vec<_> = state.registry.list().iter().map(|t| t.info()).collect();
+            Ok(json(&list))
+        }
+        (&Method::GET, "/api/limits") => {
+            let limits = &state.config.rate_limits;
+            let ip = state.ip_limiter.as_ref();
+            Ok(json(&serde_json::json!({
+                "rate_limit_ip": limits.per_ip.map(|r| r.to_string()),
+                "rate_limit_tunnel": limits.per_tunnel.map(|r| r.to_string()),
+                "tracked_addresses": ip.map_or(0, |l| l.tracked()),
+                "max_tracked_addresses": limits.max_tracked_ips,
+                "max_body_size": state.config.max_body_size,
+            })))
+        }
+        _ => Err(GatewayError::NotFound),
+    }
+}
+
+fn json<T: Serialize>(value: &T) -> Response<Body> {
+    let body = serde_json::to_vec_pretty(value).unwrap_or_default();
+    let mut resp = Response::new(full(body));
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_are_checked_and_hidden() {
+        assert!(AdminToken::new("short").is_err());
+        assert!(AdminToken::new("has a space in it, long enough").is_err());
+        let token = AdminToken::new("0123456789abcdef0123").unwrap();
+        assert_eq!(format!("{token:?}"), "AdminToken(***)");
+        assert!(token.matches(b"0123456789abcdef0123"));
+        assert!(!token.matches(b"0123456789abcdef0124"));
+        assert!(!token.matches(b""));
+        let value = HeaderValue::from_static("bearer   0123456789abcdef0123 ");
+        assert_eq!(bearer(&value), Some(&b"0123456789abcdef0123"[..]));
+        assert_eq!(bearer(&HeaderValue::from_static("Basic abc")), None);
+    }
+
+    #[test]
+    fn without_a_token_only_loopback_is_admin() {
+        let none = HeaderMap::new();
+        for ip in ["127.0.0.1", "127.9.9.9", "::1", "::ffff:127.0.0.1"] {
+            assert!(authorize(None, ip.parse().unwrap(), &none).is_ok(), "{ip}");
+        }
+        for ip in ["192.0.2.1", "10.0.0.1", "2001:db8::1", "::ffff:192.0.2.1"] {
+            let refused = authorize(None, ip.parse().unwrap(), &none);
+            assert!(matches!(refused, Err(GatewayError::AdminForbidden)), "{ip}");
+        }
+    }
+
+    #[test]
+    fn with_a_token_everyone_needs_it() {
+        let token = AdminToken::new("0123456789abcdef0123").unwrap();
+        let with = |value: &'static str| {
+            let mut headers = HeaderMap::new();
+            headers.insert(header::AUTHORIZATION, HeaderValue::from_static(value));
+            headers
+        };
+        let good = with("Bearer 0123456789abcdef0123");
+        for ip in ["127.0.0.1", "192.0.2.1"] {
+            let ip = ip.parse().unwrap();
+            assert!(authorize(Some(&token), ip, &good).is_ok());
+            for bad in [
+                HeaderMap::new(),
+                with("Bearer nope"),
+                with("Basic 0123456789abcdef0123"),
+            ] {
+                let refused = authorize(Some(&token), ip, &bad);
+                assert!(matches!(refused, Err(GatewayError::AdminUnauthorized)));
+            }
+        }
+    }
+}

@@ -1,0 +1,364 @@
+//! Request framing checked on the raw bytes, below hyper.
+//!
+//! hyper resolves some ambiguous framings instead of refusing them: with
+//! both `Content-Length` and `Transfer-Encoding` it drops the length and
+//! reads chunked; it merges repeated equal `Content-Length` lines; it takes
+//! any coding list that ends in `chunked`. What it hands on is safe, but the
+//! original header lines are gone, so the gateway cannot refuse them. A
+//! proxy in front of us might have read the same bytes the other way, which
+//! is how requests are smuggled, so we refuse them outright.
+//!
+//! [`Guarded`] wraps a connection and reads every request head as it goes
+//! past, then pushes one [`Verdict`] per head; the gateway takes one per
+//! request, in order. To find the next head it skips request bodies: exact
+//! for `Content-Length` bodies; after a chunked body (or `CONNECT`) it stops
+//! scanning and the verdict tells the gateway to close the connection after
+//! that response, so the two parsers can never disagree about where a head
+//! starts. It also stops for good once the connection switches protocols
+//! ([`Verdicts::switched`]) or a head outgrows hyper's own limit (hyper then
+//! refuses it with 431).
+
+use std::collections::VecDeque;
+use std::io;
+use std::pin::Pin;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll, ready};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+/// Heads scanned ahead of the requests hyper has dispatched. A client that
+/// pipelines more than this gets its surplus requests refused.
+const MAX_PENDING: usize = 64;
+
+/// What the scan found in one request head.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Unambiguous framing.
+    Ok,
+    /// Unambiguous, but the scan cannot follow the body (chunked, or a
+    /// tunnel via `CONNECT`): the connection must close after the response.
+    OkThenClose,
+    /// Ambiguous or unsupported framing: refuse with 400 and close.
+    Refuse(&'static str),
+}
+
+/// The verdicts of one connection, shared by its reader and its requests.
+#[derive(Debug, Default)]
+pub struct Verdicts {
+    pending: Mutex<VecDeque<Verdict>>,
+    switched: AtomicBool,
+}
+
+impl Verdicts {
+    /// The verdict on the request being handled (the oldest not taken).
+    /// None left means the scan gave up ahead of hyper, which only a client
+    /// pipelining far ahead causes: refused.
+    pub fn next(&self) -> Verdict {
+        let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        pending
+            .pop_front()
+            .unwrap_or(Verdict::Refuse("too many pipelined requests"))
+    }
+
+    /// The connection now carries another protocol: stop scanning.
+    pub fn switched(&self) {
+        self.switched.store(true, Ordering::Relaxed);
+    }
+
+    fn push(&self, verdict: Verdict) -> bool {
+        let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        if pending.len() >= MAX_PENDING {
+            return false;
+        }
+        pending.push_back(verdict);
+        true
+    }
+}
+
+/// Where the scan is in the byte stream.
+#[derive(Debug)]
+enum Scan {
+    /// Collecting a head (leading empty lines skipped).
+    Head(Vec<u8>),
+    /// Skipping this many body bytes.
+    Body(u64),
+    /// Not scanning any more.
+    Off,
+}
+
+/// A connection whose request heads are checked as they are read.
+pub struct Guarded<T> {
+    io: T,
+    scan: Scan,
+    verdicts: std::sync::Arc<Verdicts>,
+    max_head: usize,
+}
+
+impl<T> Guarded<T> {
+    /// Wraps `io`. `max_head` must be at least hyper's own head limit, so
+    /// that every head hyper accepts is seen whole.
+    pub fn new(io: T, verdicts: std::sync::Arc<Verdicts>, max_head: usize) -> Self {
+        Guarded {
+            io,
+            scan: Scan::Head(Vec::new()),
+            verdicts,
+            max_head,
+        }
+    }
+
+    fn feed(&mut self, mut data: &[u8]) {
+        while !data.is_empty() {
+            match &mut self.scan {
+                Scan::Off => return,
+                Scan::Body(left) => {
+                    let n = (*left).min(data.len() as u64);
+                    *left -= n;
+                    data = &data[n as usize..];
+                    if *left == 0 {
+                        self.scan = Scan::Head(Vec::new());
+                    }
+                }
+                Scan::Head(buf) => {
+                    if buf.is_empty() {
+                        // Empty lines before a request line are ignored
+                        // (RFC 9112 2.2), by hyper as by us.
+                        let skip = data.iter().take_while(|b| matches!(b, b'\r' | b'\n'));
+                        data = &data[skip.count()..];
+                        if data.is_empty() {
+                            return;
+                        }
+                    }
+                    let old = buf.len();
+                    let take = data.len().min(self.max_head + 4 - old);
+                    buf.extend_from_slice(&data[..take]);
+                    match head_end(buf, old.saturating_sub(2)) {
+                        Some(end) => {
+                            let (verdict, next) = judge(&buf[..end]);
+                            data = &data[end - old..];
+                            self.scan = if self.verdicts.push(verdict) {
+                                next
+                            } else {
+                                Scan::Off
+                            };
+                        }
+                        None if buf.len() > self.max_head => self.scan = Scan::Off,
+                        None => return,
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The end of a head (just past its empty line) in `buf`, searching for the
+/// line feed before it from `from`.
+fn head_end(buf: &[u8], from: usize) -> Option<usize> {
+    (from..buf.len()).find_map(|i| {
+        if buf[i] != b'\n' {
+            return None;
+        }
+        match (buf.get(i + 1), buf.get(i + 2)) {
+            (Some(b'\n'), _) => Some(i + 2),
+            (Some(b'\r'), Some(b'\n')) => Some(i + 3),
+            _ => None,
+        }
+    })
+}
+
+/// The verdict on one complete head, and where the scan goes next.
+fn judge(head: &[u8]) -> (Verdict, Scan) {
+    let mut lines = head
+        .split(|b| *b == b'\n')
+        .map(|l| l.strip_suffix(b"\r").unwrap_or(l));
+    let request_line = lines.next().unwrap_or_default();
+    let connect = request_line.starts_with(b"CONNECT ");
+    let mut lengths = Vec::new();
+    let mut codings = Vec::new();
+    for line in lines.filter(|l| !l.is_empty()) {
+        // A line without a colon is malformed; hyper refuses the request.
+        let Some(colon) = line.iter().position(|b| *b == b':') else {
+            continue;
+        };
+        let (name, value) = (&line[..colon], line[colon + 1..].trim_ascii());
+        if name.eq_ignore_ascii_case(b"content-length") {
+            lengths.push(value);
+        } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
+            codings.push(value);
+        }
+    }
+    let refuse = |why| (Verdict::Refuse(why), Scan::Off);
+    if !lengths.is_empty() && !codings.is_empty() {
+        return refuse("both Content-Length and Transfer-Encoding");
+    }
+    if codings.len() > 1 {
+        return refuse("repeated Transfer-Encoding");
+    }
+    if let Some(coding) = codings.first() {
+        let list: Vec<&[u8]> = coding
+            .split(|b| *b == b',')
+            .map(|c| c.trim_ascii())
+            .collect();
+        let chunked = |c: &[u8]| c.eq_ignore_ascii_case(b"chunked");
+        return match list.as_slice() {
+            [only] if chunked(only) => (Verdict::OkThenClose, Scan::Off),
+            many if many.iter().filter(|c| chunked(c)).count() > 1 => {
+                refuse("repeated transfer coding")
+            }
+            _ => refuse("unsupported transfer coding (only chunked is accepted)"),
+        };
+    }
+    if lengths.len() > 1 {
+        return refuse("repeated Content-Length");
+    }
+    let length = match lengths.first() {
+        None => 0,
+        Some(v) if !v.is_empty() && v.iter().all(u8::is_ascii_digit) => {
+            match std::str::from_utf8(v)
+                .ok()
+                .and_then(|v| v.parse::<u64>().ok())
+            {
+                Some(n) => n,
+                None => return refuse("malformed Content-Length"),
+            }
+        }
+        Some(_) => return refuse("malformed Content-Length"),
+    };
+    if connect {
+        return (Verdict::OkThenClose, Scan::Off);
+    }
+    let next = match length {
+        0 => Scan::Head(Vec::new()),
+        n => Scan::Body(n),
+    };
+    (Verdict::Ok, next)
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Guarded<T> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        ready!(Pin::new(&mut this.io).poll_read(cx, buf))?;
+        if !matches!(this.scan, Scan::Off) {
+            if this.verdicts.switched.load(Ordering::Relaxed) {
+                this.scan = Scan::Off;
+            } else {
+                this.feed(&buf.filled()[before..]);
+            }
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Guarded<T> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    /// Feeds `bytes` in pieces of `step` and returns the verdicts.
+    fn scan(bytes: &[u8], step: usize) -> Vec<Verdict> {
+        let verdicts = Arc::new(Verdicts::default());
+        let mut guarded = Guarded::new((), Arc::clone(&verdicts), 1024);
+        for piece in bytes.chunks(step) {
+            guarded.feed(piece);
+        }
+        let pending = verdicts.pending.lock().unwrap();
+        pending.iter().copied().collect()
+    }
+
+    fn all_steps(bytes: &[u8]) -> Vec<Verdict> {
+        let whole = scan(bytes, bytes.len().max(1));
+        for step in [1, 2, 3, 7] {
+            assert_eq!(scan(bytes, step), whole, "step {step}");
+        }
+        whole
+    }
+
+    #[test]
+    fn keep_alive_heads_are_found_across_bodies() {
+        // The body looks like a refusable head; it must be skipped, not read.
+        let body = "GET / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n";
+        let stream = format!(
+            "\r\nPOST /a HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n{body}\
+             GET /b HTTP/1.1\nHost: x\n\nGET /c HTTP/1.1\r\ncontent-length:0\r\n\r\n",
+            body.len()
+        );
+        let stream = stream.as_bytes();
+        assert_eq!(all_steps(stream), [Verdict::Ok; 3]);
+    }
+
+    #[test]
+    fn ambiguous_framings_are_refused() {
+        for head in [
+            "POST / HTTP/1.1\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n",
+            "POST / HTTP/1.1\r\ntransfer-encoding: chunked\r\ncontent-length: 3\r\n\r\n",
+            "POST / HTTP/1.1\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\n",
+            "POST / HTTP/1.1\r\nContent-Length: 3, 3\r\n\r\n",
+            "POST / HTTP/1.1\r\nContent-Length: +3\r\n\r\n",
+            "POST / HTTP/1.1\r\nContent-Length: 99999999999999999999999\r\n\r\n",
+            "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n",
+            "POST / HTTP/1.1\r\nTransfer-Encoding: chunked, chunked\r\n\r\n",
+            "POST / HTTP/1.1\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
+            "POST / HTTP/1.1\r\nTransfer-Encoding: xchunked\r\n\r\n",
+        ] {
+            let verdicts = all_steps(head.as_bytes());
+            assert!(
+                matches!(verdicts[..], [Verdict::Refuse(_)]),
+                "{head:?}: {verdicts:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn chunked_and_connect_close_and_stop_the_scan() {
+        let chunked = b"POST / HTTP/1.1\r\nTransfer-Encoding: Chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\nGET / HTTP/1.1\r\n\r\n";
+        assert_eq!(all_steps(chunked), [Verdict::OkThenClose]);
+        let connect = b"CONNECT x:443 HTTP/1.1\r\nHost: x:443\r\n\r\nGET / HTTP/1.1\r\n\r\n";
+        assert_eq!(all_steps(connect), [Verdict::OkThenClose]);
+    }
+
+    #[test]
+    fn oversized_heads_and_deep_pipelines_stop_the_scan() {
+        let big = format!(
+            "GET / HTTP/1.1\r\nX: {}\r\n\r\nGET / HTTP/1.1\r\n\r\n",
+            "y".repeat(2000)
+        );
+        assert_eq!(all_steps(big.as_bytes()), []);
+        let deep = "GET / HTTP/1.1\r\n\r\n".repeat(MAX_PENDING + 5);
+        assert_eq!(scan(deep.as_bytes(), deep.len()).len(), MAX_PENDING);
+    }
+}

@@ -1,0 +1,190 @@
+//! Visitors' access, chosen per tunnel by its client and enforced by the
+//! server: IP allow and deny lists (403), HTTP Basic credentials (401 with a
+//! challenge), and invalid rules refused when the tunnel is created. A
+//! refused visitor never reaches the local app.
+
+#![allow(clippy::unwrap_used)]
+
+use std::net::IpAddr;
+
+use cryptun_client::{BasicAuth, ClientConfig, ClientError};
+use cryptun_proto::ErrorCode;
+use cryptun_testkit::visitor::{raw_exchange_from, status_of};
+use cryptun_testkit::{LIMIT, Origin, TestClient, TestServer, Visitor, within};
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().unwrap()
+}
+
+/// A tunnel to a fresh origin, with the client configured by `adjust`.
+async fn tunnel(
+    server: &TestServer,
+    adjust: impl FnOnce(&mut ClientConfig),
+) -> (Origin, TestClient) {
+    let origin = Origin::start().await;
+    let client = within(
+        "tunnel",
+        TestClient::start_with(server, &origin.target(), adjust),
+    )
+    .await
+    .unwrap();
+    (origin, client)
+}
+
+/// `GET /token?t=ok` on `host` from `source`, with `extra` header lines;
+/// the raw response.
+async fn get_from(server: &TestServer, source: &str, host: &str, extra: &str) -> String {
+    let request =
+        format!("GET /token?t=ok HTTP/1.1\r\nHost: {host}\r\n{extra}Connection: close\r\n\r\n");
+    raw_exchange_from(ip(source), server.addr, request.as_bytes(), LIMIT).await
+}
+
+#[tokio::test]
+async fn allow_and_deny_lists_keep_visitors_out_before_the_app() {
+    let server = TestServer::start().await;
+    let (allow_origin, allowing) =
+        tunnel(&server, |c| c.allow_ips = vec!["127.0.0.1/32".into()]).await;
+    let (deny_origin, denying) = tunnel(&server, |c| {
+        c.allow_ips = vec!["127.0.0.0/8".into()];
+        c.deny_ips = vec!["127.0.0.2".into(), "10.0.0.0/8".into()];
+    })
+    .await;
+
+    let ok = get_from(&server, "127.0.0.1", &allowing.host, "").await;
+    assert_eq!(status_of(&ok), 200, "{ok}");
+    let out = get_from(&server, "127.0.0.2", &allowing.host, "").await;
+    assert_eq!(status_of(&out), 403, "{out}");
+    assert!(out.contains("x-cryptun-error: forbidden"), "{out}");
+    // The visitor's claims about its address change nothing.
+    let claim = "X-Forwarded-For: 127.0.0.1\r\nX-Real-IP: 127.0.0.1\r\n";
+    let out = get_from(&server, "127.0.0.2", &allowing.host, claim).await;
+    assert_eq!(status_of(&out), 403, "{out}");
+    assert_eq!(allow_origin.requests(), 1);
+
+    let denied = get_from(&server, "127.0.0.2", &denying.host, "").await;
+    assert_eq!(status_of(&denied), 403, "deny wins over allow: {denied}");
+    for source in ["127.0.0.1", "127.0.0.3"] {
+        let ok = get_from(&server, source, &denying.host, "").await;
+        assert_eq!(status_of(&ok), 200, "{source}: {ok}");
+    }
+    assert_eq!(deny_origin.requests(), 2);
+
+    // The admin API shows the rules.
+    let list = within("api", Visitor::new(server.addr).tunnels()).await;
+    let entry = list
+        .iter()
+        .find(|t| t["subdomain"] == denying.tunnel.subdomain)
+        .unwrap();
+    assert_eq!(entry["allow_ips"], serde_json::json!(["127.0.0.0/8"]));
+    assert_eq!(
+        entry["deny_ips"],
+        serde_json::json!(["127.0.0.2/32", "10.0.0.0/8"])
+    );
+    assert_eq!(entry["basic_auth"], false);
+}
+
+fn basic(user_pass: &str) -> String {
+    format!(
+        "Authorization: Basic {}\r\n",
+        cryptun_testkit::raw::base64_encode(user_pass.as_bytes())
+    )
+}
+
+#[tokio::test]
+async fn basic_auth_challenges_and_the_app_never_sees_the_credentials() {
+    let server = TestServer::start().await;
+    let password = "correct horse:battery";
+    let (origin, client) = tunnel(&server, |c| {
+        c.basic_auth = Some(BasicAuth {
+            username: "ann".into(),
+            password: password.into(),
+        })
+    })
+    .await;
+    let host = &client.host;
+    let bad = [
+        String::new(),
+        basic("ann:wrong"),
+        basic("bob:correct horse:battery"),
+        basic("ann:correct horse:battery ").replace("Basic", "Bearer"),
+        "Authorization: Basic not-base64!\r\n".to_owned(),
+        format!("{0}{0}", basic(&format!("ann:{password}"))),
+    ];
+    for extra in bad {
+        let reply = get_from(&server, "127.0.0.1", host, &extra).await;
+        assert_eq!(status_of(&reply), 401, "{extra:?}: {reply}");
+        let challenge = format!(
+            "www-authenticate: Basic realm=\"{}\"",
+            client.tunnel.subdomain
+        );
+        assert!(reply.contains(&challenge), "{reply}");
+    }
+    assert_eq!(origin.requests(), 0, "a refused visitor reached the app");
+
+    let good = basic(&format!("ann:{password}"));
+    let reply = get_from(&server, "127.0.0.1", host, &good).await;
+    assert_eq!(status_of(&reply), 200, "{reply}");
+    assert!(reply.ends_with("ok"), "{reply}");
+    let echo = format!("GET /echo HTTP/1.1\r\nHost: {host}\r\n{good}Connection: close\r\n\r\n");
+    let reply = raw_exchange_from(ip("127.0.0.1"), server.addr, echo.as_bytes(), LIMIT).await;
+    assert_eq!(status_of(&reply), 200, "{reply}");
+    assert!(
+        !reply.to_ascii_lowercase().contains("authorization"),
+        "{reply}"
+    );
+
+    // The admin API tells that credentials are set, and nothing of them.
+    let list = within("api", Visitor::new(server.addr).tunnels()).await;
+    assert_eq!(list[0]["basic_auth"], true);
+    let text = serde_json::to_string(&list).unwrap();
+    assert!(!text.contains("horse") && !text.contains("ann"), "{text}");
+}
+
+#[tokio::test]
+async fn invalid_rules_are_refused_at_create_tunnel() {
+    let server = TestServer::start().await;
+    let origin = Origin::start().await;
+    let target = origin.target();
+    let refused = |adjust: Box<dyn FnOnce(&mut ClientConfig) + Send>| {
+        let server = &server;
+        let target = target.clone();
+        async move {
+            match within("refused", TestClient::start_with(server, &target, adjust)).await {
+                Err(ClientError::Refused { code, message }) => (code, message),
+                Err(other) => panic!("{other}"),
+                Ok(_) => panic!("granted"),
+            }
+        }
+    };
+    for cidr in [
+        "10.0.0.0/33",
+        "10.0.0",
+        "example.com",
+        "10.0.0.0/8 ",
+        "::/200",
+    ] {
+        let list = vec![cidr.to_owned()];
+        let (code, message) = refused(Box::new(move |c| c.allow_ips = list)).await;
+        assert_eq!(code, ErrorCode::InvalidCidr, "{cidr}: {message}");
+        assert!(message.contains(cidr), "{message}");
+        let list = vec![cidr.to_owned()];
+        let (code, _) = refused(Box::new(move |c| c.deny_ips = list)).await;
+        assert_eq!(code, ErrorCode::InvalidCidr, "{cidr}");
+    }
+    let many = vec!["10.0.0.1".to_owned(); 65];
+    let (code, _) = refused(Box::new(move |c| c.deny_ips = many)).await;
+    assert_eq!(code, ErrorCode::InvalidCidr);
+    for (user, pass) in [("a:b", "x"), ("", "x"), ("a", ""), ("a", "x\r\ny")] {
+        let auth = BasicAuth {
+            username: user.into(),
+            password: pass.into(),
+        };
+        let (code, message) = refused(Box::new(move |c| c.basic_auth = Some(auth))).await;
+        assert_eq!(code, ErrorCode::InvalidBasicAuth, "{user:?}: {message}");
+    }
+    assert!(
+        within("api", Visitor::new(server.addr).tunnels())
+            .await
+            .is_empty()
+    );
+}
