@@ -19,12 +19,15 @@
 //! - `forward`: one request, from its `request` message to the local
 //!   service and back.
 //! - [`hello`]: the built-in hello service used by `--hello` and the demo.
+//! - [`inspector`]: the request inspector, a web page of recent exchanges
+//!   with replay and HAR export (`--inspect`).
 //! - [`Event`]: what the client reports per request, for the CLI to print.
 
 #![forbid(unsafe_code)]
 
 mod forward;
 pub mod hello;
+pub mod inspector;
 mod session;
 pub mod target;
 
@@ -32,6 +35,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use cryptun_proto::message::TunnelCreated;
+pub use inspector::{Inspector, InspectorLimits};
 pub use session::{Session, connect};
 pub use target::{AddressError, Target};
 
@@ -51,6 +55,8 @@ pub struct ClientConfig {
     pub connect_timeout: Duration,
     /// How long to wait for the local service to accept a connection.
     pub local_connect_timeout: Duration,
+    /// Where to record exchanges for the request inspector, if anywhere.
+    pub inspector: Option<Inspector>,
 }
 
 impl ClientConfig {
@@ -63,6 +69,7 @@ impl ClientConfig {
             request_timeout: None,
             connect_timeout: Duration::from_secs(10),
             local_connect_timeout: Duration::from_secs(5),
+            inspector: None,
         })
     }
 }
