@@ -93,6 +93,10 @@ struct HttpArgs {
     /// How long visitors may wait for a response (e.g. 10m for long polling; the server caps it).
     #[arg(long, value_parser = humantime::parse_duration)]
     request_timeout: Option<Duration>,
+    /// Where the request inspector serves its page (recent requests, replay, HAR); `off` disables it.
+    /// If the port is taken the next nine are tried.
+    #[arg(long, env = "CRYPTUN_INSPECT", default_value = "127.0.0.1:4040", value_parser = parse_inspect)]
+    inspect: Inspect,
 }
 
 #[derive(Debug, Args)]
@@ -100,6 +104,22 @@ struct DemoArgs {
     /// Address for the demo's server.
     #[arg(long, default_value = "127.0.0.1:4000")]
     listen: SocketAddr,
+    /// Where the request inspector serves its page; `off` disables it.
+    #[arg(long, env = "CRYPTUN_INSPECT", default_value = "127.0.0.1:4040", value_parser = parse_inspect)]
+    inspect: Inspect,
+}
+
+/// `--inspect`: an address, or `off`.
+#[derive(Debug, Clone, Copy)]
+struct Inspect(Option<SocketAddr>);
+
+fn parse_inspect(value: &str) -> Result<Inspect, String> {
+    match value.to_ascii_lowercase().as_str() {
+        "off" | "false" | "no" | "none" => Ok(Inspect(None)),
+        _ => value.parse().map(|addr| Inspect(Some(addr))).map_err(|_| {
+            format!("expected an address such as 127.0.0.1:4040, or off; got {value:?}")
+        }),
+    }
 }
 
 fn main() -> std::process::ExitCode {
