@@ -11,6 +11,8 @@
 //!   large bodies, hashing uploads, delays, hangs and streamed responses.
 //! - [`visitor`]: HTTP requests to the server with any Host, and a raw
 //!   socket for byte-level tests.
+//! - [`inspector`]: [`TestInspector`], the client's request inspector on
+//!   `127.0.0.1:0`, with its JSON API.
 //! - [`raw`]: [`RawWs`], a hand-driven WebSocket client speaking JSON, for
 //!   protocol and abuse tests.
 
@@ -18,6 +20,7 @@
 #![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
 
 pub mod client;
+pub mod inspector;
 pub mod origin;
 pub mod raw;
 pub mod server;
@@ -25,6 +28,7 @@ pub mod visitor;
 pub mod wsecho;
 
 pub use client::TestClient;
+pub use inspector::TestInspector;
 pub use origin::Origin;
 pub use raw::RawWs;
 pub use server::TestServer;
