@@ -13,12 +13,15 @@
 //!   socket for byte-level tests.
 //! - [`inspector`]: [`TestInspector`], the client's request inspector on
 //!   `127.0.0.1:0`, with its JSON API.
+//! - [`browser`]: [`Browser`], headless Chromium driven over the DevTools
+//!   Protocol, for tests of pages.
 //! - [`raw`]: [`RawWs`], a hand-driven WebSocket client speaking JSON, for
 //!   protocol and abuse tests.
 
 #![forbid(unsafe_code)]
 #![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
 
+pub mod browser;
 pub mod client;
 pub mod inspector;
 pub mod origin;
@@ -27,6 +30,7 @@ pub mod server;
 pub mod visitor;
 pub mod wsecho;
 
+pub use browser::Browser;
 pub use client::TestClient;
 pub use inspector::TestInspector;
 pub use origin::Origin;
