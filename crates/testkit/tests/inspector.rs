@@ -10,10 +10,13 @@
 
 use base64::Engine as _;
 use cryptun_client::InspectorLimits;
+use cryptun_testkit::wsecho::{self, WsEcho};
 use cryptun_testkit::{
     Origin, TestClient, TestInspector, TestServer, Visitor, pattern, sha256_hex, within,
 };
+use futures_util::{SinkExt, StreamExt};
 use serde_json::Value;
+use tokio_tungstenite::tungstenite::Message;
 
 /// A server, an origin, an inspector with `limits`, a client recording
 /// into it, and a visitor.
@@ -343,6 +346,38 @@ async fn an_unreachable_local_service_is_recorded_with_its_error() {
         error.contains("could not reach the local service"),
         "{error}"
     );
+}
+
+#[tokio::test]
+async fn a_websocket_is_recorded_as_a_switch_and_not_replayed() {
+    let server = TestServer::start().await;
+    let app = WsEcho::start().await;
+    let inspector = TestInspector::start(small(1024)).await;
+    let client = TestClient::start_with(&server, &app.target(), inspector.attach())
+        .await
+        .unwrap();
+    let mut ws = within(
+        "the upgrade",
+        wsecho::connect(server.addr, &client.host, "/socket"),
+    )
+    .await
+    .unwrap();
+    within("an echo", async {
+        ws.send(Message::text("hi")).await.unwrap();
+        assert_eq!(ws.next().await.unwrap().unwrap(), Message::text("hi"));
+    })
+    .await;
+    let list = inspector
+        .wait_for("the switch", |list| list.iter().any(|e| e["status"] == 101))
+        .await;
+    let detail = inspector.detail(list[0]["id"].as_u64().unwrap()).await;
+    assert_eq!(detail["upgraded"], true);
+    assert_eq!(detail["response"]["status"], 101);
+    assert_eq!(detail["replay"]["allowed"], false);
+    let reason = detail["replay"]["reason"].as_str().unwrap();
+    assert!(reason.contains("WebSocket"), "{reason}");
+    drop(ws);
+    inspector.wait_finished("/socket").await;
 }
 
 #[tokio::test]

@@ -86,7 +86,10 @@ impl Tap {
                 after,
             });
             if status == 101 {
+                // What follows is another protocol's bytes, not captured;
+                // the HTTP body of a 101 is empty.
                 record.upgraded = true;
+                record.response_body.state = BodyState::Complete;
             }
         });
     }
