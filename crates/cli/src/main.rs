@@ -87,7 +87,7 @@ struct HttpArgs {
     /// Ask for this subdomain instead of a random one.
     #[arg(long)]
     subdomain: Option<String>,
-    /// Print one JSON object per line (tunnel_created first, then one per request).
+    /// Print one JSON object per line (tunnel_created first, then inspector if on, then one per request).
     #[arg(long)]
     json: bool,
     /// How long visitors may wait for a response (e.g. 10m for long polling; the server caps it).
