@@ -201,6 +201,10 @@ fn load_phase(env: &Env, args: &RunArgs) -> Result<LoadReport> {
             "--server".into(),
             format!("http://{server_addr}"),
             "--json".into(),
+            // The tunnel itself is measured; the request inspector (a
+            // debugging aid that copies the start of every body) is not.
+            "--inspect".into(),
+            "off".into(),
         ],
         &env.logs.join("client.log"),
     )?;

@@ -2,13 +2,13 @@
 //! runs until Ctrl-C (or SIGTERM).
 
 use anyhow::{Context, Result};
-use cryptun_client::{ClientConfig, ClientError, Target};
+use cryptun_client::{ClientConfig, ClientError, Inspector, Target, inspector};
 use cryptun_proto::ErrorCode;
 use cryptun_server::AuthMode;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::{DemoArgs, HttpArgs, ServerArgs, keys, output};
+use crate::{DemoArgs, HttpArgs, Inspect, ServerArgs, keys, output};
 
 /// `cryptun server`.
 pub async fn server(args: ServerArgs) -> Result<()> {
@@ -135,6 +135,8 @@ pub async fn http(args: HttpArgs) -> Result<()> {
     config.max_body_size = args.max_body_size;
     config.ca = args.ca;
     config.token = keys::client_token(args.token)?;
+    let inspector = start_inspector(args.inspect, &shutdown).await;
+    config.inspector = inspector.as_ref().map(|(inspector, _)| inspector.clone());
     let session = match cryptun_client::connect(&config).await {
         Ok(session) => session,
         Err(
@@ -158,6 +160,9 @@ pub async fn http(args: HttpArgs) -> Result<()> {
         target.to_string()
     };
     output::tunnel_created(session.tunnel(), &shown, args.json);
+    if let Some((_, url)) = &inspector {
+        output::inspector(url, args.json);
+    }
     session
         .run(shutdown, output::request_lines(args.json))
         .await?;
@@ -175,7 +180,9 @@ pub async fn demo(args: DemoArgs) -> Result<()> {
         shutdown.clone(),
     ));
     let target = start_hello(&shutdown).await?;
-    let config = ClientConfig::new(&format!("http://{addr}"), target)?;
+    let mut config = ClientConfig::new(&format!("http://{addr}"), target)?;
+    let inspector = start_inspector(args.inspect, &shutdown).await;
+    config.inspector = inspector.as_ref().map(|(inspector, _)| inspector.clone());
     let session = cryptun_client::connect(&config).await?;
     let tunnel = session.tunnel();
     let url = &tunnel.public_url;
@@ -189,6 +196,9 @@ pub async fn demo(args: DemoArgs) -> Result<()> {
         addr.port()
     );
     println!("  Tunnels     curl http://{addr}/api/tunnels");
+    if let Some((_, url)) = &inspector {
+        println!("  Inspector   {url}");
+    }
     println!();
     println!("Requests appear below. Press Ctrl-C to stop.");
     session
@@ -220,6 +230,41 @@ async fn bind(addr: std::net::SocketAddr) -> Result<TcpListener> {
             "could not listen on {addr} (is another server running? choose another with --listen)"
         )
     })
+}
+
+/// Starts the request inspector if asked, returning it and its URL. A
+/// taken address is not fatal: the tunnel matters more, so it runs
+/// without one and says so on stderr.
+async fn start_inspector(
+    inspect: Inspect,
+    shutdown: &CancellationToken,
+) -> Option<(Inspector, String)> {
+    let addr = inspect.0?;
+    let bound = inspector::bind(addr)
+        .await
+        .map_err(anyhow::Error::from)
+        .and_then(|listener| Ok((listener.local_addr()?, listener)));
+    let (local, listener) = match bound {
+        Ok(bound) => bound,
+        Err(err) => {
+            eprintln!(
+                "warning: running without the request inspector: {err:#} (choose another address with --inspect, or --inspect off)"
+            );
+            return None;
+        }
+    };
+    if !local.ip().is_loopback() {
+        eprintln!(
+            "warning: the request inspector on {local} shows this tunnel's traffic, and replays it, for anyone who can reach it"
+        );
+    }
+    let inspector = Inspector::default();
+    tokio::spawn(inspector::serve(
+        listener,
+        inspector.clone(),
+        shutdown.clone(),
+    ));
+    Some((inspector, format!("http://{local}")))
 }
 
 /// Starts the hello service on an ephemeral loopback port.

@@ -157,7 +157,7 @@ struct HttpArgs {
     /// Ask for this subdomain instead of a random one.
     #[arg(long)]
     subdomain: Option<String>,
-    /// Print one JSON object per line (tunnel_created first, then one per request).
+    /// Print one JSON object per line (tunnel_created first, then inspector if on, then one per request).
     #[arg(long)]
     json: bool,
     /// How long visitors may wait for a response (e.g. 10m for long polling; the server caps it).
@@ -182,6 +182,10 @@ struct HttpArgs {
     /// Largest request body visitors may send (bytes, or 512K, 10M, 1G); the server may allow less.
     #[arg(long, value_parser = parse::size)]
     max_body_size: Option<u64>,
+    /// Where the request inspector serves its page (recent requests, replay, HAR); `off` disables it.
+    /// If the port is taken the next nine are tried.
+    #[arg(long, env = "CRYPTUN_INSPECT", default_value = "127.0.0.1:4040", value_parser = parse_inspect)]
+    inspect: Inspect,
 }
 
 #[derive(Debug, Args)]
@@ -241,6 +245,22 @@ struct DemoArgs {
     /// Address for the demo's server.
     #[arg(long, default_value = "127.0.0.1:4000")]
     listen: SocketAddr,
+    /// Where the request inspector serves its page; `off` disables it.
+    #[arg(long, env = "CRYPTUN_INSPECT", default_value = "127.0.0.1:4040", value_parser = parse_inspect)]
+    inspect: Inspect,
+}
+
+/// `--inspect`: an address, or `off`.
+#[derive(Debug, Clone, Copy)]
+struct Inspect(Option<SocketAddr>);
+
+fn parse_inspect(value: &str) -> Result<Inspect, String> {
+    match value.to_ascii_lowercase().as_str() {
+        "off" | "false" | "no" | "none" => Ok(Inspect(None)),
+        _ => value.parse().map(|addr| Inspect(Some(addr))).map_err(|_| {
+            format!("expected an address such as 127.0.0.1:4040, or off; got {value:?}")
+        }),
+    }
 }
 
 /// Parses a key given on the command line or in the environment, so that

@@ -19,6 +19,16 @@ pub fn tunnel_created(tunnel: &TunnelCreated, target: &str, json: bool) {
     }
 }
 
+/// Prints where the request inspector is.
+pub fn inspector(url: &str, json: bool) {
+    if json {
+        let line = serde_json::json!({ "type": "inspector", "url": url });
+        println_flush(&line.to_string());
+    } else {
+        println_flush(&format!("Inspector   {url}"));
+    }
+}
+
 /// An event sink printing one line per request to stdout.
 pub fn request_lines(json: bool) -> Events {
     Events::to(move |event| match event {

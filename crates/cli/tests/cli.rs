@@ -1,7 +1,9 @@
 //! The `cryptun` binary as a person runs it: `server`, `http --hello --json`
 //! and `demo`, as real processes on ephemeral loopback ports; and with TLS:
 //! a development authority, a client over `https://` with and without
-//! `--ca`, and a certificate reloaded on SIGHUP.
+//! `--ca`, and a certificate reloaded on SIGHUP. The request
+//! inspector is off unless a test asks for it (on port 0), so no test
+//! takes the default port 4040.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -26,6 +28,7 @@ impl Proc {
         let mut child = Command::new(env!("CARGO_BIN_EXE_cryptun"))
             .args(args)
             .env("RUST_LOG", "info")
+            .env("CRYPTUN_INSPECT", "off")
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -280,4 +283,112 @@ async fn sighup_reloads_the_certificate_files() {
     let new = HttpsVisitor::new(https, &renewed.ca);
     let served = within("handshake", new.served_leaf("localhost")).await;
     assert_eq!(served.unwrap(), renewed.leaf());
+}
+
+#[tokio::test]
+async fn http_json_announces_the_inspector_which_lists_requests() {
+    let (_server, addr) = server();
+    let client = Proc::spawn(&[
+        "http",
+        "--hello",
+        "--json",
+        "--inspect",
+        "127.0.0.1:0",
+        "--server",
+        &format!("http://{addr}"),
+    ]);
+    let first: serde_json::Value = serde_json::from_str(&client.line()).unwrap();
+    assert_eq!(first["type"], "tunnel_created");
+    let second: serde_json::Value = serde_json::from_str(&client.line()).unwrap();
+    assert_eq!(second["type"], "inspector");
+    let inspector_url = second["url"].as_str().unwrap();
+    let inspector: SocketAddr = inspector_url
+        .strip_prefix("http://")
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(inspector.ip().is_loopback(), "{inspector}");
+
+    let url = first["public_url"].as_str().unwrap();
+    let reply = Visitor::new(addr)
+        .get(host_of(url), "/seen?by=inspector")
+        .await;
+    assert_eq!(reply.status, 200);
+    let logged: serde_json::Value = serde_json::from_str(&client.line()).unwrap();
+    assert_eq!(logged["type"], "request");
+
+    let page = Visitor::new(inspector)
+        .get(&inspector.to_string(), "/")
+        .await;
+    assert_eq!(page.status, 200);
+    assert!(page.text().contains("Cryptun inspector"));
+    let list = Visitor::new(inspector)
+        .get(&inspector.to_string(), "/api/requests")
+        .await
+        .json();
+    assert_eq!(list[0]["path"], "/seen?by=inspector", "{list}");
+    assert_eq!(list[0]["status"], 200, "{list}");
+}
+
+/// Binds ten consecutive loopback ports (the inspector's whole range).
+fn ten_taken_ports() -> (u16, Vec<std::net::TcpListener>) {
+    for _ in 0..50 {
+        let first = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = first.local_addr().unwrap().port();
+        let Some(last) = port.checked_add(9) else {
+            continue;
+        };
+        let rest: Vec<_> = (port + 1..=last)
+            .map_while(|p| std::net::TcpListener::bind(("127.0.0.1", p)).ok())
+            .collect();
+        if rest.len() == 9 {
+            let mut all = vec![first];
+            all.extend(rest);
+            return (port, all);
+        }
+    }
+    panic!("no ten consecutive free loopback ports in 50 tries");
+}
+
+#[tokio::test]
+async fn a_taken_inspector_port_moves_up_and_a_full_range_only_warns() {
+    let (_server, addr) = server();
+    let server_url = format!("http://{addr}");
+    let (port, held) = ten_taken_ports();
+
+    // All ten taken: a warning, and the tunnel runs without the inspector.
+    let wanted = format!("127.0.0.1:{port}");
+    let args = [
+        "http",
+        "--hello",
+        "--inspect",
+        &wanted,
+        "--server",
+        &server_url,
+    ];
+    let client = Proc::spawn(&args);
+    let warning = client.log_with("request inspector");
+    assert!(warning.contains("warning"), "{warning}");
+    assert!(client.line().starts_with("Forwarding"));
+
+    // The first one taken: the next free one is used and announced.
+    let mut held = held;
+    let _first = held.remove(0);
+    drop(held);
+    let client = Proc::spawn(&args);
+    assert!(client.line().starts_with("Forwarding"));
+    let line = client.line();
+    let shown = line
+        .strip_prefix("Inspector")
+        .unwrap_or_else(|| panic!("{line}"));
+    let shown: SocketAddr = shown
+        .trim()
+        .strip_prefix("http://")
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(
+        shown.port() > port && shown.port() <= port + 9,
+        "{shown} after {port}"
+    );
 }

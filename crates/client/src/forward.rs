@@ -21,6 +21,7 @@ use hyper_util::client::legacy::{Client, connect::HttpConnector};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tracing::debug;
 
+use crate::inspector::{Inspector, Tap};
 use crate::{ClientConfig, Event, Events, Target};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -43,6 +44,7 @@ pub(crate) struct Forwarder {
     http: Client<HttpConnector, LocalBody>,
     target: Target,
     events: Events,
+    inspector: Option<Inspector>,
 }
 
 impl Forwarder {
@@ -53,10 +55,14 @@ impl Forwarder {
         let http = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(POOL_IDLE)
             .build(connector);
+        if let Some(inspector) = &config.inspector {
+            inspector.attach(&config.target);
+        }
         Forwarder {
             http,
             target: config.target.clone(),
             events,
+            inspector: config.inspector.clone(),
         }
     }
 }
@@ -65,14 +71,16 @@ impl Forwarder {
 pub(crate) async fn forward(fwd: Arc<Forwarder>, stream: Stream<()>, head: RequestHead) {
     let started = Instant::now();
     let (method, path) = (head.method.clone(), head.path.clone());
+    let tap = Tap::start(fwd.inspector.as_ref(), &head);
     let Stream {
         recv, send, gone, ..
     } = stream;
     let outcome = tokio::select! {
         biased;
-        outcome = exchange(&fwd, head, recv, send, started) => outcome,
+        outcome = exchange(&fwd, &tap, head, recv, send, started) => outcome,
         _ = gone => Outcome { status: 0, duration: started.elapsed(), error: Some("cancelled: the visitor went away".into()) },
     };
+    tap.finish(outcome.status, outcome.error.clone());
     fwd.events.emit(Event::Request {
         method,
         path,
@@ -90,6 +98,7 @@ struct Outcome {
 
 async fn exchange(
     fwd: &Forwarder,
+    tap: &Tap,
     head: RequestHead,
     recv: RecvBody<()>,
     mut send: SendHalf<()>,
@@ -107,6 +116,7 @@ async fn exchange(
             .await;
         }
     };
+    let request = request.map(|body| tap.request_body(body));
     let mut response = match fwd.http.request(request).await {
         Ok(response) => response,
         Err(err) => {
@@ -119,6 +129,7 @@ async fn exchange(
         }
     };
     let status = response.status().as_u16();
+    tap.response_head(status, response.headers());
     if let Some((protocol, recv)) = upgrade {
         if status == 101 {
             let on_upgrade = hyper::upgrade::on(&mut response);
@@ -129,6 +140,7 @@ async fn exchange(
         drop(recv);
     }
     let (parts, body) = response.into_parts();
+    let body = tap.response_body(body);
     let mut headers = parts.headers;
     strip_hop_by_hop(&mut headers);
     let headers = headers_to_wire(&headers);
@@ -335,7 +347,7 @@ fn closed(status: u16, started: Instant) -> Outcome {
 
 /// An error and its causes on one line ("client error (Connect): tcp
 /// connect error: Connection refused (os error 111)").
-fn error_chain(err: &dyn std::error::Error) -> String {
+pub(crate) fn error_chain(err: &dyn std::error::Error) -> String {
     let mut text = err.to_string();
     let mut source = err.source();
     while let Some(cause) = source {

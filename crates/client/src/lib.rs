@@ -21,12 +21,15 @@
 //!   service and back.
 //! - [`hello`]: the built-in hello service used by `--hello` and the demo.
 //! - [`saved`]: `client.toml`, where `cryptun login` keeps the API key.
+//! - [`inspector`]: the request inspector, a web page of recent exchanges
+//!   with replay and HAR export (`--inspect`).
 //! - [`Event`]: what the client reports per request, for the CLI to print.
 
 #![forbid(unsafe_code)]
 
 mod forward;
 pub mod hello;
+pub mod inspector;
 pub mod saved;
 mod session;
 pub mod target;
@@ -38,6 +41,7 @@ use std::time::Duration;
 
 pub use cryptun_proto::Secret;
 pub use cryptun_proto::message::{BasicAuth, TunnelCreated};
+pub use inspector::{Inspector, InspectorLimits};
 pub use session::{Session, connect};
 pub use target::{AddressError, Target};
 
@@ -76,6 +80,8 @@ pub struct ClientConfig {
     pub deny_ips: Vec<String>,
     /// The largest request body visitors may send (the server caps it).
     pub max_body_size: Option<u64>,
+    /// Where to record exchanges for the request inspector, if anywhere.
+    pub inspector: Option<Inspector>,
 }
 
 impl ClientConfig {
@@ -95,6 +101,7 @@ impl ClientConfig {
             allow_ips: Vec::new(),
             deny_ips: Vec::new(),
             max_body_size: None,
+            inspector: None,
         })
     }
 }

@@ -151,6 +151,9 @@ impl Session {
         // local requests instead of holding them open forever.
         let _close_streams = mux.close_on_drop();
         mux.heard();
+        if let Some(inspector) = &self.config.inspector {
+            inspector.set_public_url(&self.tunnel.public_url);
+        }
         let forwarder = Arc::new(Forwarder::new(&self.config, events));
         let (sink, mut stream) = self.ws.split();
         let writer = run_writer(sink, out_rx, mux.clone(), heartbeat);

@@ -12,6 +12,10 @@
 //!   large bodies, hashing uploads, delays, hangs and streamed responses.
 //! - [`visitor`]: HTTP requests to the server with any Host, and a raw
 //!   socket for byte-level tests.
+//! - [`inspector`]: [`TestInspector`], the client's request inspector on
+//!   `127.0.0.1:0`, with its JSON API.
+//! - [`browser`]: [`Browser`], headless Chromium driven over the DevTools
+//!   Protocol, for tests of pages.
 //! - [`raw`]: [`RawWs`], a hand-driven WebSocket client speaking JSON, for
 //!   protocol and abuse tests.
 //! - [`tls`]: development certificates in temporary folders, and
@@ -20,7 +24,9 @@
 #![forbid(unsafe_code)]
 #![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
 
+pub mod browser;
 pub mod client;
+pub mod inspector;
 pub mod origin;
 pub mod raw;
 pub mod server;
@@ -28,7 +34,9 @@ pub mod tls;
 pub mod visitor;
 pub mod wsecho;
 
+pub use browser::Browser;
 pub use client::TestClient;
+pub use inspector::TestInspector;
 pub use origin::Origin;
 pub use raw::RawWs;
 pub use server::{TempDir, TestServer};

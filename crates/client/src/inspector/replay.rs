@@ -1,0 +1,158 @@
+//! Replay: a captured request sent to the local service again — same
+//! method, path, headers and body — straight from the client, not through
+//! the tunnel. The replay is an exchange of its own in the list, marked
+//! with the one it replays, so its answer can be inspected like any other.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use cryptun_proto::head::{headers_from_wire, strip_hop_by_hop};
+use http::{Method, Request, StatusCode};
+use http_body_util::{BodyExt, Full, combinators::BoxBody};
+use hyper_util::client::legacy::{Client, connect::HttpConnector};
+use hyper_util::rt::TokioExecutor;
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, debug_span};
+
+use super::capture::{Recording, Tap};
+use super::view::replay_refusal;
+use super::{Inspector, TunnelInfo};
+use crate::forward::error_chain;
+
+type ReplayBody = BoxBody<Bytes, std::convert::Infallible>;
+
+/// The longest a replay may run, its response body included; a replayed
+/// long poll or event stream is cut there.
+const REPLAY_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// How long to wait for the local service to accept a connection.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Bounds on rebuilding captured headers; they came through the same
+/// bounds on the way in.
+const MAX_HEADERS: usize = 1024;
+const MAX_HEADER_BYTES: usize = 1 << 20;
+
+/// Why a replay was not started.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum ReplayError {
+    /// The exchange left the ring buffer, or never was.
+    #[error("no exchange #{0}: it has left the list or never existed")]
+    NotFound(u64),
+    /// The request is not known whole (truncated, unfinished, a switch).
+    #[error("cannot replay #{id}: {reason}")]
+    Refused { id: u64, reason: String },
+    /// No session has attached the inspector to a local service yet.
+    #[error("the inspector is not attached to a tunnel yet")]
+    NoTarget,
+    /// [`MAX_REPLAYS`](super::MAX_REPLAYS) are running.
+    #[error("too many replays in flight; try again when one has finished")]
+    Busy,
+    /// The captured head no longer makes a valid request.
+    #[error("cannot replay #{id}: {reason}")]
+    Invalid { id: u64, reason: String },
+}
+
+impl ReplayError {
+    /// The status the API answers with.
+    pub(crate) fn status(&self) -> StatusCode {
+        match self {
+            ReplayError::NotFound(_) => StatusCode::NOT_FOUND,
+            ReplayError::Refused { .. } | ReplayError::Invalid { .. } => StatusCode::CONFLICT,
+            ReplayError::NoTarget => StatusCode::SERVICE_UNAVAILABLE,
+            ReplayError::Busy => StatusCode::TOO_MANY_REQUESTS,
+        }
+    }
+}
+
+/// Starts replaying exchange `id`; returns the replay's own id at once.
+/// The replay runs until its response ends, [`REPLAY_TIMEOUT`] passes, or
+/// `shutdown` fires.
+pub(crate) fn start(
+    inspector: &Inspector,
+    id: u64,
+    shutdown: CancellationToken,
+) -> Result<u64, ReplayError> {
+    let entry = inspector.get(id).ok_or(ReplayError::NotFound(id))?;
+    let (method, path, headers, body) = {
+        let record = entry.lock();
+        if let Some(reason) = replay_refusal(&record) {
+            return Err(ReplayError::Refused { id, reason });
+        }
+        let body = Bytes::copy_from_slice(&record.request_body.bytes);
+        let headers = record.request_headers.clone();
+        (record.method.clone(), record.path.clone(), headers, body)
+    };
+    let TunnelInfo { target, .. } = inspector.tunnel_info();
+    let target = target.ok_or(ReplayError::NoTarget)?;
+    let invalid = |reason: String| ReplayError::Invalid { id, reason };
+    let method = Method::from_bytes(method.as_bytes()).map_err(|e| invalid(e.to_string()))?;
+    let uri = target.uri(&path).map_err(|e| invalid(e.to_string()))?;
+    let mut header_map = headers_from_wire(&headers, MAX_HEADERS, MAX_HEADER_BYTES)
+        .map_err(|e| invalid(e.to_string()))?;
+    strip_hop_by_hop(&mut header_map);
+    let permit = Arc::clone(inspector.replay_permits())
+        .try_acquire_owned()
+        .map_err(|_| ReplayError::Busy)?;
+
+    let entry = inspector.record(method.to_string(), path, headers, Some(id));
+    let replay_id = entry.id;
+    let tap = Tap::from_recording(Recording {
+        inspector: inspector.clone(),
+        entry,
+    });
+    let body = Full::new(body).map_err(|never| match never {}).boxed();
+    let mut request = Request::new(tap.request_body(body));
+    *request.method_mut() = method;
+    *request.uri_mut() = uri;
+    *request.headers_mut() = header_map;
+    let task = async move {
+        let _permit = permit;
+        let outcome = tokio::select! {
+            () = shutdown.cancelled() => Err("cancelled: the inspector stopped".to_owned()),
+            done = tokio::time::timeout(REPLAY_TIMEOUT, send(&tap, request, &target)) => {
+                done.map_err(|_| format!("the replay took longer than {REPLAY_TIMEOUT:?}"))
+            }
+        };
+        let (status, error) = outcome.unwrap_or_else(|error| (0, Some(error)));
+        tap.finish(status, error);
+    };
+    tokio::spawn(task.instrument(debug_span!("replay", of = id, id = replay_id)));
+    Ok(replay_id)
+}
+
+/// Sends the request and reads the response to its end through the tap;
+/// returns the status and what failed, if anything.
+async fn send(
+    tap: &Tap,
+    request: Request<ReplayBody>,
+    target: &crate::Target,
+) -> (u16, Option<String>) {
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    connector.set_connect_timeout(Some(CONNECT_TIMEOUT));
+    let client: Client<_, ReplayBody> = Client::builder(TokioExecutor::new())
+        .pool_max_idle_per_host(0)
+        .build(connector);
+    let response = match client.request(request).await {
+        Ok(response) => response,
+        Err(err) => {
+            let why = error_chain(&err);
+            let text = format!("could not reach the local service at {target}: {why}");
+            return (502, Some(text));
+        }
+    };
+    let status = response.status().as_u16();
+    tap.response_head(status, response.headers());
+    let mut body = tap.response_body(response.into_body());
+    while let Some(frame) = body.frame().await {
+        if let Err(err) = frame {
+            return (
+                status,
+                Some(format!("response body: {}", error_chain(&err))),
+            );
+        }
+    }
+    (status, None)
+}

@@ -1,0 +1,152 @@
+//! The client's request inspector on an ephemeral loopback port, with
+//! helpers for its JSON API and a bounded, event-driven wait on its live
+//! feed (no polling on a timer).
+
+use std::net::SocketAddr;
+
+use bytes::Bytes;
+use cryptun_client::{ClientConfig, Inspector, InspectorLimits};
+use http_body_util::{BodyExt, Full};
+use serde_json::Value;
+use tokio_util::sync::CancellationToken;
+
+use crate::{Reply, Visitor, within};
+
+/// A running inspector; stops when dropped.
+pub struct TestInspector {
+    pub addr: SocketAddr,
+    pub inspector: Inspector,
+    visitor: Visitor,
+    shutdown: CancellationToken,
+}
+
+impl TestInspector {
+    pub async fn start(limits: InspectorLimits) -> Self {
+        let addr = "127.0.0.1:0".parse().unwrap();
+        let listener = cryptun_client::inspector::bind(addr).await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let inspector = Inspector::new(limits);
+        let shutdown = CancellationToken::new();
+        tokio::spawn(cryptun_client::inspector::serve(
+            listener,
+            inspector.clone(),
+            shutdown.clone(),
+        ));
+        TestInspector {
+            addr,
+            inspector,
+            visitor: Visitor::new(addr),
+            shutdown,
+        }
+    }
+
+    /// For [`TestClient::start_with`](crate::TestClient::start_with):
+    /// records the client's exchanges here.
+    pub fn attach(&self) -> impl FnOnce(&mut ClientConfig) + use<> {
+        let inspector = self.inspector.clone();
+        move |config| config.inspector = Some(inspector)
+    }
+
+    /// `http://127.0.0.1:PORT/`.
+    pub fn url(&self) -> String {
+        format!("http://{}/", self.addr)
+    }
+
+    /// The Host the inspector answers to.
+    pub fn host(&self) -> String {
+        self.addr.to_string()
+    }
+
+    /// `GET path`.
+    pub async fn get(&self, path: &str) -> Reply {
+        within(path, self.visitor.get(&self.host(), path)).await
+    }
+
+    /// `METHOD path` with no body.
+    pub async fn call(&self, method: &str, path: &str) -> Reply {
+        within(path, self.visitor.call(method, &self.host(), path, "")).await
+    }
+
+    /// `GET path`, which must answer 200 with JSON.
+    pub async fn json(&self, path: &str) -> Value {
+        let reply = self.get(path).await;
+        assert_eq!(reply.status, 200, "{path}: {}", reply.text());
+        reply.json()
+    }
+
+    /// The list, newest first.
+    pub async fn list(&self) -> Vec<Value> {
+        self.json("/api/requests")
+            .await
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// One exchange in full.
+    pub async fn detail(&self, id: u64) -> Value {
+        self.json(&format!("/api/requests/{id}")).await
+    }
+
+    /// Waits until `done` holds for the list, rechecking on each event of
+    /// the live feed, and returns the list.
+    pub async fn wait_for(&self, what: &str, done: impl Fn(&[Value]) -> bool) -> Vec<Value> {
+        within(what, async {
+            let request = self
+                .visitor
+                .builder("GET", &self.host(), "/api/events")
+                .body(Full::<Bytes>::default())
+                .unwrap();
+            let mut feed = self.visitor.send(request).await.into_body();
+            // The first event says the feed is live: from then on, no
+            // change goes unnoticed.
+            next_event(&mut feed).await;
+            loop {
+                let list = self.list().await;
+                if done(&list) {
+                    return list;
+                }
+                next_event(&mut feed).await;
+            }
+        })
+        .await
+    }
+
+    /// Waits until the exchange at `path` (the newest one) has finished,
+    /// and returns its summary.
+    pub async fn wait_finished(&self, path: &str) -> Value {
+        let list = self
+            .wait_for(&format!("{path} to finish"), |list| {
+                list.iter().any(|e| e["path"] == path && finished(e))
+            })
+            .await;
+        list.into_iter().find(|e| e["path"] == path).unwrap()
+    }
+
+    /// Waits until exchange `id` has finished, and returns its summary.
+    pub async fn wait_id(&self, id: u64) -> Value {
+        let list = self
+            .wait_for(&format!("#{id} to finish"), |list| {
+                list.iter().any(|e| e["id"] == id && finished(e))
+            })
+            .await;
+        list.into_iter().find(|e| e["id"] == id).unwrap()
+    }
+}
+
+/// Waits for the next chunk of the event stream (an event or keepalive).
+async fn next_event(feed: &mut hyper::body::Incoming) {
+    let frame = feed.frame().await.expect("the inspector's feed ended");
+    frame.expect("the inspector's feed failed");
+}
+
+/// Whether a summary is of an exchange that has ended.
+pub fn finished(summary: &Value) -> bool {
+    matches!(summary["state"].as_str(), Some("done" | "failed"))
+}
+
+impl Drop for TestInspector {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}

@@ -1,0 +1,151 @@
+//! The inspector's page in a real headless Chromium, as a person uses it:
+//! it loads and goes live, a request sent through the tunnel appears in
+//! the list without a reload, clicking it shows its headers and bodies
+//! (markup a visitor sent shows as text, never as HTML), and Replay sends
+//! it to the local service again.
+//!
+//! Chromium must be installed (`apt-get install -y chromium`); without it
+//! this test fails and says so. `CRYPTUN_SCREENSHOT=path` saves a picture
+//! of the page at the end (that is how `docs/inspector.png` is made).
+
+#![allow(clippy::unwrap_used)]
+
+use cryptun_client::InspectorLimits;
+use cryptun_testkit::{Browser, Origin, TestClient, TestInspector, TestServer, Visitor, within};
+
+/// A header value that would run script if the page used innerHTML.
+const HOSTILE: &str = "<img src=x onerror=\"document.body.dataset.pwned='yes'\">";
+
+#[tokio::test]
+async fn the_page_lists_requests_live_shows_them_and_replays() {
+    let server = TestServer::start().await;
+    let origin = Origin::start().await;
+    let inspector = TestInspector::start(InspectorLimits::default()).await;
+    let client = TestClient::start_with(&server, &origin.target(), inspector.attach())
+        .await
+        .unwrap();
+    let visitor = Visitor::new(server.addr);
+
+    let mut browser = Browser::launch().await;
+    browser.navigate(&inspector.url()).await;
+    browser
+        .wait_until("the live feed", "document.querySelector('#live.on')")
+        .await;
+    let tunnel = browser
+        .eval("document.querySelector('#tunnel').textContent")
+        .await;
+    assert!(
+        tunnel.as_str().unwrap().contains(&client.tunnel.public_url),
+        "{tunnel}"
+    );
+
+    // A request through the tunnel appears without a reload.
+    let request = visitor
+        .builder("POST", &client.host, "/echo/from-the-browser-test?q=1")
+        .header("x-trace", "abc123")
+        .body("hello from the visitor".into())
+        .unwrap();
+    let reply = within("the POST", visitor.fetch(request)).await;
+    assert_eq!(reply.status, 200);
+    assert_eq!(origin.requests(), 1);
+    let row = "[...document.querySelectorAll('#list li')]
+               .find(li => li.textContent.includes('/echo/from-the-browser-test?q=1'))";
+    browser
+        .wait_until(
+            "the request in the list with its status",
+            &format!("{row}?.querySelector('.status')?.textContent === '200'"),
+        )
+        .await;
+
+    // Clicking it shows its headers and both bodies.
+    browser.eval(&format!("{row}.click(); true")).await;
+    let header_value = |name: &str| {
+        format!(
+            "[...document.querySelectorAll('#request table.headers tr')]
+               .find(tr => tr.querySelector('.name').textContent === '{name}')
+               ?.querySelector('.value').textContent"
+        )
+    };
+    let trace = browser
+        .wait_until("the request headers", &header_value("x-trace"))
+        .await;
+    assert_eq!(trace, "abc123");
+    let body = browser
+        .wait_until(
+            "the request body",
+            "document.querySelector('#request .body pre')?.textContent",
+        )
+        .await;
+    assert_eq!(body, "hello from the visitor");
+    let response = browser
+        .wait_until(
+            "the response body",
+            "document.querySelector('#response .body pre')?.textContent",
+        )
+        .await;
+    assert!(
+        response.as_str().unwrap().contains("body_sha256"),
+        "{response}"
+    );
+
+    // Replay: the origin gets the request again, and the replay is listed.
+    browser
+        .wait_until(
+            "Replay to be enabled",
+            "document.querySelector('#replay:not(:disabled)')",
+        )
+        .await;
+    browser.click("#replay").await;
+    let message = browser
+        .wait_until(
+            "the replay confirmation",
+            "(t => t.startsWith('Sent again') && t)(document.querySelector('#replay-msg').textContent)",
+        )
+        .await;
+    let replay_id: u64 = message
+        .as_str()
+        .unwrap()
+        .rsplit('#')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let replay = inspector.wait_id(replay_id).await;
+    assert_eq!(replay["status"], 200);
+    assert_eq!(origin.requests(), 2, "the origin got the request again");
+    browser
+        .wait_until(
+            "the replay in the list",
+            &format!(
+                "document.querySelector('#list .replay-mark[title=\"replay of #{}\"]')",
+                replay["replay_of"]
+            ),
+        )
+        .await;
+
+    if let Ok(path) = std::env::var("CRYPTUN_SCREENSHOT") {
+        browser.screenshot(std::path::Path::new(&path)).await;
+    }
+
+    // What a visitor sent is shown as text, never run as markup.
+    let request = visitor
+        .builder("GET", &client.host, "/echo/hostile")
+        .header("x-hostile", HOSTILE)
+        .body(Default::default())
+        .unwrap();
+    within("the hostile GET", visitor.fetch(request)).await;
+    let row = "[...document.querySelectorAll('#list li')]
+               .find(li => li.textContent.includes('/echo/hostile'))";
+    browser
+        .wait_until("the hostile request in the list", row)
+        .await;
+    browser.eval(&format!("{row}.click(); true")).await;
+    let hostile = browser
+        .wait_until("the hostile header", &header_value("x-hostile"))
+        .await;
+    assert_eq!(hostile, HOSTILE);
+    let injected = browser
+        .eval("document.querySelector('#detail img') !== null || 'pwned' in document.body.dataset")
+        .await;
+    assert_eq!(injected, false, "markup from a request reached the DOM");
+}
