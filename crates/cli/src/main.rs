@@ -50,6 +50,14 @@ enum Command {
         after_help = "Examples:\n  cryptun login ck_...\n  cryptun login < token.txt   (keeps the key out of shell history)"
     )]
     Login(LoginArgs),
+    /// Print a shell completion script to standard output.
+    #[command(
+        after_help = "Examples:\n  cryptun completions bash > /etc/bash_completion.d/cryptun\n  cryptun completions zsh > \"${fpath[1]}/_cryptun\"\n  cryptun completions fish > ~/.config/fish/completions/cryptun.fish"
+    )]
+    Completions {
+        /// The shell: bash, zsh, fish, elvish or powershell.
+        shell: clap_complete::Shell,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -275,9 +283,18 @@ fn secret(value: &str) -> Result<Secret, String> {
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    if let Command::Completions { shell } = cli.command {
+        let mut command = <Cli as clap::CommandFactory>::command();
+        clap_complete::generate(shell, &mut command, "cryptun", &mut std::io::stdout());
+        return std::process::ExitCode::SUCCESS;
+    }
     let default_level = match cli.command {
         Command::Server(_) => "info",
-        Command::Http(_) | Command::Demo(_) | Command::Keys(_) | Command::Login(_) => "warn",
+        Command::Http(_)
+        | Command::Demo(_)
+        | Command::Keys(_)
+        | Command::Login(_)
+        | Command::Completions { .. } => "warn",
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
@@ -300,6 +317,8 @@ fn main() -> std::process::ExitCode {
             Command::Demo(args) => commands::demo(args).await,
             Command::Keys(args) => keys::keys(args).await,
             Command::Login(args) => keys::login(args),
+            // Answered before the runtime started.
+            Command::Completions { .. } => Ok(()),
         }
     });
     match result {

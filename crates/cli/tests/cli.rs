@@ -392,3 +392,38 @@ async fn a_taken_inspector_port_moves_up_and_a_full_range_only_warns() {
         "{shown} after {port}"
     );
 }
+
+#[test]
+fn completions_for_every_shell_name_the_subcommands() {
+    for (shell, marker) in [
+        ("bash", "_cryptun()"),
+        ("zsh", "#compdef cryptun"),
+        ("fish", "complete -c cryptun"),
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_cryptun"))
+            .args(["completions", shell])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{shell}");
+        let script = String::from_utf8(out.stdout).unwrap();
+        assert!(script.contains(marker), "{shell}: {script:.200}");
+        for sub in ["server", "http", "demo", "keys", "login"] {
+            assert!(script.contains(sub), "{shell} lacks {sub}");
+        }
+    }
+}
+
+#[test]
+fn every_subcommand_has_examples_in_its_help() {
+    for sub in ["server", "http", "demo", "keys", "login", "completions"] {
+        let out = Command::new(env!("CARGO_BIN_EXE_cryptun"))
+            .args([sub, "--help"])
+            .output()
+            .unwrap();
+        let help = String::from_utf8(out.stdout).unwrap();
+        assert!(
+            help.contains("Example"),
+            "`cryptun {sub} --help` has no example:\n{help}"
+        );
+    }
+}
