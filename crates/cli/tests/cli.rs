@@ -7,80 +7,14 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
-use std::time::Duration;
+use std::process::Command;
 
+mod common;
+
+use common::Proc;
 use cryptun_testkit::tls::TlsFiles;
 use cryptun_testkit::{HttpsVisitor, Visitor, within};
-
-/// A child process killed when dropped, with its output lines on channels.
-struct Proc {
-    child: Child,
-    stdout: mpsc::Receiver<String>,
-    stderr: mpsc::Receiver<String>,
-}
-
-impl Proc {
-    fn spawn(args: &[&str]) -> Proc {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_cryptun"))
-            .args(args)
-            .env("RUST_LOG", "info")
-            .env("CRYPTUN_INSPECT", "off")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("cryptun starts");
-        let stdout = lines(child.stdout.take().unwrap());
-        let stderr = lines(child.stderr.take().unwrap());
-        Proc {
-            child,
-            stdout,
-            stderr,
-        }
-    }
-
-    /// The next stdout line, within 20 s.
-    fn line(&self) -> String {
-        self.stdout
-            .recv_timeout(Duration::from_secs(20))
-            .expect("a line on stdout")
-    }
-
-    /// The first stderr line containing `needle`, within 20 s.
-    fn log_with(&self, needle: &str) -> String {
-        loop {
-            let line = self
-                .stderr
-                .recv_timeout(Duration::from_secs(20))
-                .unwrap_or_else(|_| panic!("no log line with {needle:?}"));
-            if line.contains(needle) {
-                return line;
-            }
-        }
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn lines(stream: impl std::io::Read + Send + 'static) -> mpsc::Receiver<String> {
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stream).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    rx
-}
 
 /// The address the server logged for its `scheme` listener.
 fn listening(proc: &Proc, scheme: &str) -> SocketAddr {

@@ -7,16 +7,15 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
-use std::sync::mpsc;
-use std::time::Duration;
+use std::process::{Command, Output, Stdio};
 
+mod common;
+
+use common::{Proc, WAIT};
 use cryptun_testkit::{TempDir, Visitor};
-
-const WAIT: Duration = Duration::from_secs(20);
 
 fn cryptun(args: &[&str], env: &[(&str, &Path)]) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_cryptun"));
@@ -55,78 +54,6 @@ fn stdout(out: &Output) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8(out.stdout.clone()).unwrap()
-}
-
-/// A long-running process, killed when dropped; its output lines arrive
-/// on channels.
-struct Proc {
-    child: Child,
-    stdout: mpsc::Receiver<String>,
-    stderr: mpsc::Receiver<String>,
-}
-
-impl Proc {
-    fn spawn(mut cmd: Command) -> Proc {
-        let mut child = cmd
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let stdout = lines(child.stdout.take().unwrap());
-        let stderr = lines(child.stderr.take().unwrap());
-        Proc {
-            child,
-            stdout,
-            stderr,
-        }
-    }
-
-    /// Stderr lines up to the first containing `needle`.
-    fn log_until(&self, needle: &str) -> Vec<String> {
-        let mut seen = Vec::new();
-        loop {
-            let line = self
-                .stderr
-                .recv_timeout(WAIT)
-                .unwrap_or_else(|_| panic!("no log line with {needle:?} in {seen:#?}"));
-            let found = line.contains(needle);
-            seen.push(line);
-            if found {
-                return seen;
-            }
-        }
-    }
-
-    /// Kills the process and returns the rest of its stderr, to its end.
-    fn finish(mut self) -> Vec<String> {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let mut rest = Vec::new();
-        // Ends when the reader thread reaches the closed pipe's end.
-        while let Ok(line) = self.stderr.recv_timeout(WAIT) {
-            rest.push(line);
-        }
-        rest
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn lines(stream: impl std::io::Read + Send + 'static) -> mpsc::Receiver<String> {
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stream).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    rx
 }
 
 fn listening_addr(lines: &[String]) -> SocketAddr {
@@ -205,7 +132,7 @@ async fn a_server_on_a_real_domain_requires_a_key_that_login_saves() {
         "--domain",
         "tunnels.example.test",
     ];
-    let server = Proc::spawn(cryptun(&args, &env));
+    let server = Proc::start(cryptun(&args, &env));
     let startup = server.log_until("key database");
     assert!(
         startup.iter().any(|l| l.contains("auth=required")),
@@ -236,7 +163,7 @@ async fn a_server_on_a_real_domain_requires_a_key_that_login_saves() {
         assert_eq!(mode & 0o777, 0o600, "{mode:o}");
     }
 
-    let client = Proc::spawn(cryptun(&http, &env));
+    let client = Proc::start(cryptun(&http, &env));
     let first = client.stdout.recv_timeout(WAIT).expect("tunnel_created");
     let first: serde_json::Value = serde_json::from_str(&first).unwrap();
     let url = first["public_url"].as_str().unwrap();
@@ -249,7 +176,7 @@ async fn a_server_on_a_real_domain_requires_a_key_that_login_saves() {
     let empty = TempDir::new();
     let mut by_env = cryptun(&http, &[("XDG_CONFIG_HOME", empty.path.as_path())]);
     by_env.env("CRYPTUN_TOKEN", &token);
-    let by_env = Proc::spawn(by_env);
+    let by_env = Proc::start(by_env);
     let line = by_env.stdout.recv_timeout(WAIT).expect("tunnel_created");
     assert!(line.contains("tunnel_created"), "{line}");
     let mut bad = cryptun(&http, &[("XDG_CONFIG_HOME", empty.path.as_path())]);
@@ -282,7 +209,7 @@ async fn a_server_on_a_real_domain_requires_a_key_that_login_saves() {
 #[test]
 fn on_loopback_with_domain_localhost_auth_is_off_and_no_database_is_made() {
     let data = TempDir::new();
-    let server = Proc::spawn(cryptun(
+    let server = Proc::start(cryptun(
         &["server", "--listen", "127.0.0.1:0"],
         &[("CRYPTUN_DATA_DIR", data.path.as_path())],
     ));
