@@ -202,6 +202,9 @@ async fn read_loop(
                     Ok(ServerMessage::Error(err)) => {
                         warn!(code = ?err.code, message = %err.message, "server reported an error")
                     }
+                    Ok(ServerMessage::GoingAway { reconnect_after_ms }) => {
+                        debug!(reconnect_after_ms, "the server is going away");
+                    }
                     Ok(ServerMessage::Pong | ServerMessage::TunnelCreated(_)) => {}
                     Err(err) => warn!(%err, "ignoring a message from the server"),
                 }

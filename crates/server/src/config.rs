@@ -31,6 +31,10 @@ pub struct Config {
     pub max_connections: usize,
     /// How long in-flight requests may run on after shutdown is asked for.
     pub shutdown_grace: Duration,
+    /// How long the server keeps accepting connections after shutdown is
+    /// asked for, with `/readyz` answering 503, so that a load balancer
+    /// stops sending it traffic before it stops listening. Zero by default.
+    pub shutdown_delay: Duration,
 }
 
 impl Default for Config {
@@ -49,6 +53,7 @@ impl Default for Config {
             limits: Limits::default(),
             max_connections: 10_000,
             shutdown_grace: Duration::from_secs(10),
+            shutdown_delay: Duration::ZERO,
         }
     }
 }

@@ -56,6 +56,9 @@ pub enum GatewayError {
     /// A WebSocket upgrade request was not valid.
     #[error("bad WebSocket upgrade: {0}")]
     BadUpgrade(&'static str),
+    /// The server is shutting down and takes no new clients.
+    #[error("the server is shutting down")]
+    ShuttingDown,
 }
 
 impl GatewayError {
@@ -72,6 +75,7 @@ impl GatewayError {
                 StatusCode::BAD_GATEWAY
             }
             GatewayError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
+            GatewayError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -88,7 +92,7 @@ impl GatewayError {
             | GatewayError::ClientReset
             | GatewayError::BadResponse(_)
             | GatewayError::Timeout(_) => Side::Client,
-            GatewayError::TooManyStreams => Side::Server,
+            GatewayError::TooManyStreams | GatewayError::ShuttingDown => Side::Server,
         }
     }
 
@@ -106,6 +110,7 @@ impl GatewayError {
             GatewayError::BadResponse(_) => "bad_response",
             GatewayError::Timeout(_) => "timeout",
             GatewayError::BadUpgrade(_) => "bad_upgrade",
+            GatewayError::ShuttingDown => "shutting_down",
         }
     }
 
@@ -126,7 +131,7 @@ impl GatewayError {
             HeaderValue::from_static("text/plain; charset=utf-8"),
         );
         headers.insert("x-cryptun-error", HeaderValue::from_static(self.code()));
-        if status == StatusCode::TOO_MANY_REQUESTS {
+        if status == StatusCode::TOO_MANY_REQUESTS || status == StatusCode::SERVICE_UNAVAILABLE {
             headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }
         resp

@@ -14,10 +14,10 @@ use cryptun_proto::{HeadError, InlineBody, RequestHead, ResponseHead};
 use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, header};
 use http_body::Body as _;
 use http_body_util::{BodyExt, Limited};
-use hyper::body::Incoming;
 use tokio::time::{Instant, timeout_at};
 use tracing::{Instrument, debug, debug_span};
 
+use crate::access::RequestBody;
 use crate::error::GatewayError;
 use crate::registry::Tunnel;
 use crate::{Body, Peer, State, full, passthrough};
@@ -27,7 +27,7 @@ pub(crate) async fn forward(
     state: &State,
     tunnel: &Arc<Tunnel>,
     visitor: Peer,
-    mut req: Request<Incoming>,
+    mut req: Request<RequestBody>,
 ) -> Result<Response<Body>, GatewayError> {
     tunnel
         .requests
@@ -67,7 +67,10 @@ pub(crate) async fn forward(
         head.body = InlineBody::streamed();
     }
     let stream = mux.open(sends).map_err(|err| match err {
-        OpenError::TooMany => GatewayError::TooManyStreams,
+        OpenError::TooMany => {
+            state.metrics.refused("max_streams");
+            GatewayError::TooManyStreams
+        }
         OpenError::Closed | OpenError::Duplicate(_) => GatewayError::ClientGone,
     })?;
     let Stream {
@@ -153,7 +156,7 @@ pub(crate) fn refuse_response(mux: &Mux<ResponseHead>, id: u32, err: HeadError) 
 
 /// Reads a whole body for a JSON-only session, refusing more than `limit`
 /// bytes (before reading, when Content-Length says so).
-async fn read_inline(body: Incoming, limit: usize) -> Result<Bytes, GatewayError> {
+async fn read_inline(body: RequestBody, limit: usize) -> Result<Bytes, GatewayError> {
     if body.size_hint().lower() > limit as u64 {
         return Err(GatewayError::BodyTooLarge(limit));
     }

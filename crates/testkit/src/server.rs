@@ -37,8 +37,14 @@ impl TestServer {
     }
 
     pub async fn start_with(config: Config) -> Self {
+        Self::start_on("127.0.0.1:0".parse().unwrap(), config).await
+    }
+
+    /// Starts a server on `addr`: the address of a server that stopped, to
+    /// play a restart.
+    pub async fn start_on(addr: SocketAddr, config: Config) -> Self {
         let config = config.validated().expect("valid test config");
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let listener = TcpListener::bind(addr).await.unwrap();
         let addr = listener.local_addr().unwrap();
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(cryptun_server::run(
@@ -70,11 +76,29 @@ impl TestServer {
     }
 
     /// Stops the server and waits for it to finish.
-    pub async fn stop(mut self) {
+    pub async fn stop(self) {
+        self.begin_stop();
+        self.stopped().await;
+    }
+
+    /// Begins the shutdown (as SIGTERM does) without waiting for it.
+    pub fn begin_stop(&self) {
         self.shutdown.cancel();
+    }
+
+    /// Waits, within [`LIMIT`](crate::LIMIT), for the server to finish.
+    pub async fn stopped(mut self) {
         if let Some(task) = self.task.take() {
-            task.await.unwrap().unwrap();
+            crate::within("the server stops", task)
+                .await
+                .unwrap()
+                .unwrap();
         }
+    }
+
+    /// The server's own Host, for `/metrics`, `/readyz` and the like.
+    pub fn own_host(&self) -> String {
+        format!("localhost:{}", self.addr.port())
     }
 }
 
