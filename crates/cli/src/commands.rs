@@ -53,9 +53,8 @@ pub async fn http(args: HttpArgs) -> Result<()> {
         target.to_string()
     };
     output::tunnel_created(session.tunnel(), &shown, args.json);
-    session
-        .run(shutdown, output::request_lines(args.json))
-        .await?;
+    let events = output::events(args.json);
+    cryptun_client::serve(&config, session, shutdown, events).await?;
     Ok(())
 }
 
@@ -86,9 +85,7 @@ pub async fn demo(args: DemoArgs) -> Result<()> {
     println!("  Tunnels     curl http://{addr}/api/tunnels");
     println!();
     println!("Requests appear below. Press Ctrl-C to stop.");
-    session
-        .run(shutdown.clone(), output::request_lines(false))
-        .await?;
+    session.run(shutdown.clone(), output::events(false)).await?;
     shutdown.cancel();
     server.await.context("server task failed")??;
     Ok(())

@@ -7,7 +7,9 @@
 //! let config = ClientConfig::new("http://127.0.0.1:4000", Target::parse("3000")?)?;
 //! let session = connect(&config).await?;
 //! println!("{}", session.tunnel().public_url);
-//! session.run(Default::default(), cryptun_client::Events::none()).await?;
+//! // Serve until Ctrl-C, reconnecting whenever the connection is lost.
+//! cryptun_client::serve(&config, session, Default::default(), cryptun_client::Events::none())
+//!     .await?;
 //! # Ok(())
 //! # }
 //! ```
@@ -16,6 +18,8 @@
 //!
 //! - [`target`]: parsing the local target and the server address.
 //! - `session`: the connection: handshake, reader, writer, heartbeats.
+//! - [`reconnect`]: keeping the tunnel up across lost connections and
+//!   server restarts: backoff, jitter, asking for the same tunnel again.
 //! - `forward`: one request, from its `request` message to the local
 //!   service and back.
 //! - [`hello`]: the built-in hello service used by `--hello` and the demo.
@@ -25,6 +29,7 @@
 
 mod forward;
 pub mod hello;
+pub mod reconnect;
 mod session;
 pub mod target;
 
@@ -32,6 +37,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use cryptun_proto::message::TunnelCreated;
+pub use reconnect::{Reconnect, serve};
 pub use session::{Session, connect};
 pub use target::{AddressError, Target};
 
@@ -51,6 +57,8 @@ pub struct ClientConfig {
     pub connect_timeout: Duration,
     /// How long to wait for the local service to accept a connection.
     pub local_connect_timeout: Duration,
+    /// How [`serve`] reconnects after a lost connection.
+    pub reconnect: Reconnect,
 }
 
 impl ClientConfig {
@@ -63,6 +71,7 @@ impl ClientConfig {
             request_timeout: None,
             connect_timeout: Duration::from_secs(10),
             local_connect_timeout: Duration::from_secs(5),
+            reconnect: Reconnect::default(),
         })
     }
 }
@@ -95,6 +104,39 @@ pub enum ClientError {
     /// The connection to the server was lost or closed.
     #[error("disconnected from the server: {0}")]
     Disconnected(String),
+    /// The server closed the connection because it is shutting down or
+    /// restarting.
+    #[error("the server is going away (shutting down or restarting)")]
+    GoingAway {
+        /// How long the server suggested waiting before reconnecting.
+        reconnect_after: Duration,
+    },
+}
+
+impl ClientError {
+    /// Whether trying again cannot help: the server refused the tunnel or
+    /// the client (an HTTP 4xx on the upgrade), the address is not a
+    /// WebSocket URL, or the server speaks another protocol. Lost
+    /// connections, timeouts and servers going away are not final.
+    pub fn is_final(&self) -> bool {
+        use cryptun_proto::tungstenite::Error;
+        match self {
+            ClientError::Refused { .. } | ClientError::Protocol(_) => true,
+            ClientError::Connect { source, .. } => match source.as_ref() {
+                Error::Http(resp) => {
+                    let status = resp.status();
+                    status.is_client_error()
+                        && status != http::StatusCode::REQUEST_TIMEOUT
+                        && status != http::StatusCode::TOO_MANY_REQUESTS
+                }
+                Error::Url(_) => true,
+                _ => false,
+            },
+            ClientError::Timeout(_)
+            | ClientError::Disconnected(_)
+            | ClientError::GoingAway { .. } => false,
+        }
+    }
 }
 
 /// Something that happened, for the CLI (or a test) to show.
@@ -112,6 +154,21 @@ pub enum Event {
         duration: Duration,
         /// What went wrong, if anything.
         error: Option<String>,
+    },
+    /// The connection was lost (or a reconnect failed); the next attempt
+    /// comes after `retry_in`.
+    Disconnected {
+        /// Why.
+        error: String,
+        /// The wait before the next attempt.
+        retry_in: Duration,
+        /// 1 for the first attempt after a loss, then 2, 3, ...
+        attempt: u32,
+    },
+    /// A reconnect succeeded: the tunnel is served again.
+    Reconnected {
+        /// The tunnel, as the server created it again.
+        tunnel: TunnelCreated,
     },
 }
 
