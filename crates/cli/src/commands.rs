@@ -27,6 +27,7 @@ pub async fn server(args: ServerArgs) -> Result<()> {
         },
         max_connections: args.max_connections,
         shutdown_grace: args.shutdown_grace,
+        shutdown_delay: args.shutdown_delay,
         ..defaults
     }
     .validated()?;
@@ -37,7 +38,7 @@ pub async fn server(args: ServerArgs) -> Result<()> {
 }
 
 /// `cryptun http`.
-pub async fn http(args: HttpArgs) -> Result<()> {
+pub async fn http(args: HttpArgs, json_logs: bool) -> Result<()> {
     let shutdown = shutdown_on_signal();
     let target = match &args.target {
         Some(target) => Target::parse(target)?,
@@ -53,13 +54,13 @@ pub async fn http(args: HttpArgs) -> Result<()> {
         target.to_string()
     };
     output::tunnel_created(session.tunnel(), &shown, args.json);
-    let events = output::events(args.json);
+    let events = output::events(args.json, json_logs);
     cryptun_client::serve(&config, session, shutdown, events).await?;
     Ok(())
 }
 
 /// `cryptun demo`.
-pub async fn demo(args: DemoArgs) -> Result<()> {
+pub async fn demo(args: DemoArgs, json_logs: bool) -> Result<()> {
     let shutdown = shutdown_on_signal();
     let listener = bind(args.listen).await?;
     let addr = listener.local_addr()?;
@@ -85,7 +86,9 @@ pub async fn demo(args: DemoArgs) -> Result<()> {
     println!("  Tunnels     curl http://{addr}/api/tunnels");
     println!();
     println!("Requests appear below. Press Ctrl-C to stop.");
-    session.run(shutdown.clone(), output::events(false)).await?;
+    session
+        .run(shutdown.clone(), output::events(false, json_logs))
+        .await?;
     shutdown.cancel();
     server.await.context("server task failed")??;
     Ok(())

@@ -22,8 +22,9 @@ pub fn tunnel_created(tunnel: &TunnelCreated, target: &str, json: bool) {
 }
 
 /// An event sink printing one line per request to stdout, and the
-/// connection's ups and downs to stderr.
-pub fn events(json: bool) -> Events {
+/// connection's ups and downs to stderr: plain lines, or log records when
+/// the logs are JSON (`json_logs`).
+pub fn events(json: bool, json_logs: bool) -> Events {
     Events::to(move |event| match event {
         Event::Request {
             method,
@@ -62,7 +63,10 @@ pub fn events(json: bool) -> Events {
             attempt,
         } => {
             let secs = retry_in.as_secs_f64();
-            if attempt <= 1 {
+            if json_logs {
+                let retry_in_ms = retry_in.as_millis() as u64;
+                tracing::warn!(%error, retry_in_ms, attempt, "connection lost; reconnecting");
+            } else if attempt <= 1 {
                 eprintln!("connection lost: {error}; reconnecting in {secs:.1}s");
             } else {
                 eprintln!("reconnect failed: {error}; retrying in {secs:.1}s");
@@ -78,7 +82,11 @@ pub fn events(json: bool) -> Events {
             }
         }
         Event::Reconnected { tunnel } => {
-            eprintln!("reconnected: {}", tunnel.public_url);
+            if json_logs {
+                tracing::warn!(public_url = %tunnel.public_url, "reconnected");
+            } else {
+                eprintln!("reconnected: {}", tunnel.public_url);
+            }
             if json {
                 let line = serde_json::json!({
                     "type": "reconnected",

@@ -13,12 +13,15 @@
 //!   socket for byte-level tests.
 //! - [`raw`]: [`RawWs`], a hand-driven WebSocket client speaking JSON, for
 //!   protocol and abuse tests.
+//! - [`process`]: [`Proc`], the real binary as a child process: output
+//!   lines, signals, bounded waits for its exit.
 
 #![forbid(unsafe_code)]
 #![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
 
 pub mod client;
 pub mod origin;
+pub mod process;
 pub mod raw;
 pub mod server;
 pub mod visitor;
@@ -26,6 +29,7 @@ pub mod wsecho;
 
 pub use client::TestClient;
 pub use origin::Origin;
+pub use process::Proc;
 pub use raw::RawWs;
 pub use server::TestServer;
 pub use visitor::{Reply, Visitor};
