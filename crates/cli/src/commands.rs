@@ -52,6 +52,7 @@ pub async fn server(args: ServerArgs) -> Result<()> {
             ..defaults.rate_limits
         },
         admin_token: args.admin_token.clone(),
+        shutdown_delay: args.shutdown_delay,
         ..defaults
     }
     .validated()?;
@@ -120,7 +121,7 @@ fn default_data_dir() -> std::path::PathBuf {
 }
 
 /// `cryptun http`.
-pub async fn http(args: HttpArgs) -> Result<()> {
+pub async fn http(args: HttpArgs, json_logs: bool) -> Result<()> {
     let shutdown = shutdown_on_signal();
     let target = match &args.target {
         Some(target) => Target::parse(target)?,
@@ -163,14 +164,13 @@ pub async fn http(args: HttpArgs) -> Result<()> {
     if let Some((_, url)) = &inspector {
         output::inspector(url, args.json);
     }
-    session
-        .run(shutdown, output::request_lines(args.json))
-        .await?;
+    let events = output::events(args.json, json_logs);
+    cryptun_client::serve(&config, session, shutdown, events).await?;
     Ok(())
 }
 
 /// `cryptun demo`.
-pub async fn demo(args: DemoArgs) -> Result<()> {
+pub async fn demo(args: DemoArgs, json_logs: bool) -> Result<()> {
     let shutdown = shutdown_on_signal();
     let listener = bind(args.listen).await?;
     let addr = listener.local_addr()?;
@@ -202,7 +202,7 @@ pub async fn demo(args: DemoArgs) -> Result<()> {
     println!();
     println!("Requests appear below. Press Ctrl-C to stop.");
     session
-        .run(shutdown.clone(), output::request_lines(false))
+        .run(shutdown.clone(), output::events(false, json_logs))
         .await?;
     shutdown.cancel();
     server.await.context("server task failed")??;

@@ -23,6 +23,18 @@ use cryptun_server::limits::Rate;
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Log format on stderr: `text` for people, `json` (one object per line) for machines.
+    #[arg(long, global = true, env = "CRYPTUN_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    /// Human-readable lines (colours on a terminal).
+    Text,
+    /// One JSON object per line.
+    Json,
 }
 
 #[derive(Debug, Subcommand)]
@@ -149,6 +161,9 @@ struct ServerArgs {
     /// Bearer token for the admin API (/api/...), at least 16 characters. Without one, the admin API answers loopback addresses only.
     #[arg(long, env = "CRYPTUN_ADMIN_TOKEN", hide_env_values = true, value_parser = parse::admin_token)]
     admin_token: Option<AdminToken>,
+    /// After Ctrl-C or SIGTERM, keep accepting this long with /readyz answering 503, so a load balancer stops sending traffic first.
+    #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
+    shutdown_delay: Duration,
 }
 
 #[derive(Debug, Args)]
@@ -298,11 +313,19 @@ fn main() -> std::process::ExitCode {
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
-    tracing_subscriber::fmt()
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+        .with_writer(std::io::stderr);
+    match cli.log_format {
+        LogFormat::Text => logs
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+        LogFormat::Json => logs
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .init(),
+    }
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(err) => {
@@ -310,11 +333,12 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
+    let json_logs = cli.log_format == LogFormat::Json;
     let result = runtime.block_on(async {
         match cli.command {
             Command::Server(args) => commands::server(args).await,
-            Command::Http(args) => commands::http(args).await,
-            Command::Demo(args) => commands::demo(args).await,
+            Command::Http(args) => commands::http(args, json_logs).await,
+            Command::Demo(args) => commands::demo(args, json_logs).await,
             Command::Keys(args) => keys::keys(args).await,
             Command::Login(args) => keys::login(args),
             // Answered before the runtime started.

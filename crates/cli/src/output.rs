@@ -1,4 +1,6 @@
-//! What the client prints: a line per request as ngrok does, or JSON lines.
+//! What the client prints: a line per request as ngrok does, or JSON lines,
+//! on stdout; what the connection is doing (lost, reconnecting, back) on
+//! stderr, and also on stdout as JSON lines with `--json`.
 
 use std::io::Write as _;
 
@@ -29,8 +31,10 @@ pub fn inspector(url: &str, json: bool) {
     }
 }
 
-/// An event sink printing one line per request to stdout.
-pub fn request_lines(json: bool) -> Events {
+/// An event sink printing one line per request to stdout, and the
+/// connection's ups and downs to stderr: plain lines, or log records when
+/// the logs are JSON (`json_logs`).
+pub fn events(json: bool, json_logs: bool) -> Events {
     Events::to(move |event| match event {
         Event::Request {
             method,
@@ -62,6 +66,46 @@ pub fn request_lines(json: bool) -> Events {
                 }
             };
             println_flush(&line);
+        }
+        Event::Disconnected {
+            error,
+            retry_in,
+            attempt,
+        } => {
+            let secs = retry_in.as_secs_f64();
+            if json_logs {
+                let retry_in_ms = retry_in.as_millis() as u64;
+                tracing::warn!(%error, retry_in_ms, attempt, "connection lost; reconnecting");
+            } else if attempt <= 1 {
+                eprintln!("connection lost: {error}; reconnecting in {secs:.1}s");
+            } else {
+                eprintln!("reconnect failed: {error}; retrying in {secs:.1}s");
+            }
+            if json {
+                let line = serde_json::json!({
+                    "type": "disconnected",
+                    "error": error,
+                    "retry_in_ms": retry_in.as_millis() as u64,
+                    "attempt": attempt,
+                });
+                println_flush(&line.to_string());
+            }
+        }
+        Event::Reconnected { tunnel } => {
+            if json_logs {
+                tracing::warn!(public_url = %tunnel.public_url, "reconnected");
+            } else {
+                eprintln!("reconnected: {}", tunnel.public_url);
+            }
+            if json {
+                let line = serde_json::json!({
+                    "type": "reconnected",
+                    "tunnel_id": tunnel.tunnel_id,
+                    "subdomain": tunnel.subdomain,
+                    "public_url": tunnel.public_url,
+                });
+                println_flush(&line.to_string());
+            }
         }
     })
 }

@@ -7,7 +7,9 @@
 //! let config = ClientConfig::new("http://127.0.0.1:4000", Target::parse("3000")?)?;
 //! let session = connect(&config).await?;
 //! println!("{}", session.tunnel().public_url);
-//! session.run(Default::default(), cryptun_client::Events::none()).await?;
+//! // Serve until Ctrl-C, reconnecting whenever the connection is lost.
+//! cryptun_client::serve(&config, session, Default::default(), cryptun_client::Events::none())
+//!     .await?;
 //! # Ok(())
 //! # }
 //! ```
@@ -17,6 +19,8 @@
 //! - [`target`]: parsing the local target and the server address.
 //! - `session`: the connection: handshake, reader, writer, heartbeats.
 //! - `transport`: TCP, or TLS over it for `wss://`, and certificate trust.
+//! - [`reconnect`]: keeping the tunnel up across lost connections and
+//!   server restarts: backoff, jitter, asking for the same tunnel again.
 //! - `forward`: one request, from its `request` message to the local
 //!   service and back.
 //! - [`hello`]: the built-in hello service used by `--hello` and the demo.
@@ -30,6 +34,7 @@
 mod forward;
 pub mod hello;
 pub mod inspector;
+pub mod reconnect;
 pub mod saved;
 mod session;
 pub mod target;
@@ -42,6 +47,7 @@ use std::time::Duration;
 pub use cryptun_proto::Secret;
 pub use cryptun_proto::message::{BasicAuth, TunnelCreated};
 pub use inspector::{Inspector, InspectorLimits};
+pub use reconnect::{Reconnect, serve};
 pub use session::{Session, connect};
 pub use target::{AddressError, Target};
 
@@ -82,6 +88,8 @@ pub struct ClientConfig {
     pub max_body_size: Option<u64>,
     /// Where to record exchanges for the request inspector, if anywhere.
     pub inspector: Option<Inspector>,
+    /// How [`serve`] reconnects after a lost connection.
+    pub reconnect: Reconnect,
 }
 
 impl ClientConfig {
@@ -102,6 +110,7 @@ impl ClientConfig {
             deny_ips: Vec::new(),
             max_body_size: None,
             inspector: None,
+            reconnect: Reconnect::default(),
         })
     }
 }
@@ -161,6 +170,43 @@ pub enum ClientError {
         /// The `--server` value that would work.
         suggest: String,
     },
+    /// The server closed the connection because it is shutting down or
+    /// restarting.
+    #[error("the server is going away (shutting down or restarting)")]
+    GoingAway {
+        /// How long the server suggested waiting before reconnecting.
+        reconnect_after: Duration,
+    },
+}
+
+impl ClientError {
+    /// Whether trying again cannot help: the server refused the tunnel or
+    /// the client (an HTTP 4xx on the upgrade), the address is not a
+    /// WebSocket URL, or the server speaks another protocol. Lost
+    /// connections, timeouts and servers going away are not final.
+    pub fn is_final(&self) -> bool {
+        use cryptun_proto::tungstenite::Error;
+        match self {
+            ClientError::Refused { .. }
+            | ClientError::Protocol(_)
+            | ClientError::Untrusted { .. }
+            | ClientError::Ca { .. }
+            | ClientError::Redirected { .. } => true,
+            ClientError::Connect { source, .. } => match source.as_ref() {
+                Error::Http(resp) => {
+                    let status = resp.status();
+                    status.is_client_error()
+                        && status != http::StatusCode::REQUEST_TIMEOUT
+                        && status != http::StatusCode::TOO_MANY_REQUESTS
+                }
+                Error::Url(_) => true,
+                _ => false,
+            },
+            ClientError::Timeout(_)
+            | ClientError::Disconnected(_)
+            | ClientError::GoingAway { .. } => false,
+        }
+    }
 }
 
 /// Something that happened, for the CLI (or a test) to show.
@@ -178,6 +224,21 @@ pub enum Event {
         duration: Duration,
         /// What went wrong, if anything.
         error: Option<String>,
+    },
+    /// The connection was lost (or a reconnect failed); the next attempt
+    /// comes after `retry_in`.
+    Disconnected {
+        /// Why.
+        error: String,
+        /// The wait before the next attempt.
+        retry_in: Duration,
+        /// 1 for the first attempt after a loss, then 2, 3, ...
+        attempt: u32,
+    },
+    /// A reconnect succeeded: the tunnel is served again.
+    Reconnected {
+        /// The tunnel, as the server created it again.
+        tunnel: TunnelCreated,
     },
 }
 

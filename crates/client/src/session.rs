@@ -29,6 +29,9 @@ type Ws = WebSocketStream<transport::Stream>;
 const MAX_SERVER_MESSAGE: usize = 16 << 20;
 /// Outbound messages queued per connection (see the server's equivalent).
 const OUTBOUND_QUEUE: usize = 64;
+/// The wait before reconnecting to a server that closed with 1001 without
+/// saying how long to wait.
+const GOING_AWAY_WAIT: Duration = Duration::from_secs(1);
 
 /// A connected client with a live tunnel, ready to [`run`](Session::run).
 pub struct Session {
@@ -187,6 +190,13 @@ async fn read_loop(
     stream: &mut futures_util::stream::SplitStream<Ws>,
     forwarder: &Arc<Forwarder>,
 ) -> ClientError {
+    // Set by `going_away`: however the connection then ends, the server
+    // left on purpose and said when to come back.
+    let mut going_away: Option<Duration> = None;
+    let lost = |going_away: Option<Duration>, why: String| match going_away {
+        Some(reconnect_after) => ClientError::GoingAway { reconnect_after },
+        None => ClientError::Disconnected(why),
+    };
     while let Some(msg) = stream.next().await {
         mux.heard();
         match msg {
@@ -220,6 +230,10 @@ async fn read_loop(
                     Ok(ServerMessage::Error(err)) => {
                         warn!(code = ?err.code, message = %err.message, "server reported an error")
                     }
+                    Ok(ServerMessage::GoingAway { reconnect_after_ms }) => {
+                        debug!(reconnect_after_ms, "the server is going away");
+                        going_away = Some(Duration::from_millis(reconnect_after_ms));
+                    }
                     Ok(ServerMessage::Pong | ServerMessage::TunnelCreated(_)) => {}
                     Err(err) => warn!(%err, "ignoring a message from the server"),
                 }
@@ -238,13 +252,19 @@ async fn read_loop(
                 }
             }
             Ok(Message::Close(frame)) => {
-                return ClientError::Disconnected(describe_close(frame.as_ref()));
+                // A server that closes with 1001 without `going_away`
+                // (another implementation) gets the usual first wait.
+                let going = frame
+                    .as_ref()
+                    .is_some_and(|f| u16::from(f.code) == close_code::GOING_AWAY);
+                let going_away = going_away.or(going.then_some(GOING_AWAY_WAIT));
+                return lost(going_away, describe_close(frame.as_ref()));
             }
             Ok(_) => {}
-            Err(err) => return ClientError::Disconnected(err.to_string()),
+            Err(err) => return lost(going_away, err.to_string()),
         }
     }
-    ClientError::Disconnected("connection lost".into())
+    lost(going_away, "connection lost".into())
 }
 
 /// Why the WebSocket handshake failed; a redirect (the server wants TLS)

@@ -129,6 +129,14 @@ pub enum ServerMessage {
     Pong,
     /// Something the client sent was refused; see [`ErrorCode`].
     Error(ErrorMessage),
+    /// The server is shutting down: requests in flight may still finish,
+    /// then it closes the connection (close code 1001). The client should
+    /// then reconnect, to this server or another one, no sooner than
+    /// `reconnect_after_ms` (plus some random spread).
+    GoingAway {
+        /// Suggested wait after the close before reconnecting.
+        reconnect_after_ms: u64,
+    },
 }
 
 /// The body of `tunnel_created`.
@@ -290,7 +298,14 @@ pub fn decode<'a, T: Deserialize<'a>>(text: &'a str, known: &[&str]) -> Result<T
 /// The `type` values a server understands from clients.
 pub const CLIENT_TYPES: &[&str] = &["create_tunnel", "response", "cancel", "ping", "pong"];
 /// The `type` values a client understands from servers.
-pub const SERVER_TYPES: &[&str] = &["tunnel_created", "request", "cancel", "pong", "error"];
+pub const SERVER_TYPES: &[&str] = &[
+    "tunnel_created",
+    "request",
+    "cancel",
+    "pong",
+    "error",
+    "going_away",
+];
 
 #[cfg(test)]
 mod tests {
@@ -357,6 +372,21 @@ mod tests {
         assert_eq!(again, ClientMessage::CreateTunnel(create));
         let error = encode(&ServerMessage::error(ErrorCode::InvalidCidr, "x", None));
         assert!(error.contains(r#""code":"invalid_cidr""#), "{error}");
+    }
+
+    #[test]
+    fn going_away_shape() {
+        let text = encode(&ServerMessage::GoingAway {
+            reconnect_after_ms: 1000,
+        });
+        assert_eq!(text, r#"{"type":"going_away","reconnect_after_ms":1000}"#);
+        let back: ServerMessage = decode(&text, SERVER_TYPES).unwrap();
+        assert!(matches!(
+            back,
+            ServerMessage::GoingAway {
+                reconnect_after_ms: 1000
+            }
+        ));
     }
 
     #[test]

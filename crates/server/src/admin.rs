@@ -21,7 +21,7 @@ use std::fmt;
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use http::{HeaderMap, HeaderValue, Method, Request, Response, header};
+use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header};
 use hyper::body::Incoming;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
@@ -119,7 +119,13 @@ pub(crate) fn own_route(
     hardening::check_own_path(req.uri().path())?;
     let admin = || authorize(state.config.admin_token.as_ref(), peer.ip(), req.headers());
     match (req.method(), req.uri().path()) {
+        (&Method::GET, "/ws") if state.is_draining() => Err(GatewayError::ShuttingDown),
         (&Method::GET, "/ws") => control::upgrade(Arc::clone(state), peer, req),
+        (&Method::GET, "/readyz") => Ok(readiness(state)),
+        (&Method::GET, "/metrics") => {
+            admin()?;
+            Ok(metrics(state))
+        }
         (&Method::GET, "/healthz") => {
             let mut health = serde_json::json!({ "status": "ok" });
             if admin().is_ok() {
@@ -133,6 +139,33 @@ pub(crate) fn own_route(
         }
         _ => Err(GatewayError::NotFound),
     }
+}
+
+/// `/readyz`: 200 while the server accepts tunnels, 503 once it drains.
+fn readiness(state: &State) -> Response<Body> {
+    let (status, text) = if state.is_draining() {
+        (StatusCode::SERVICE_UNAVAILABLE, "draining")
+    } else {
+        (StatusCode::OK, "ready")
+    };
+    let mut resp = json(&serde_json::json!({ "status": text }));
+    *resp.status_mut() = status;
+    resp
+}
+
+/// `/metrics`, in the OpenMetrics text format (behind the admin check, like
+/// the rest of the admin API).
+fn metrics(state: &State) -> Response<Body> {
+    state
+        .metrics
+        .tunnels
+        .set(i64::try_from(state.registry.len()).unwrap_or(i64::MAX));
+    let mut resp = Response::new(full(crate::metrics::encode(&state.metrics_registry)));
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
+    );
+    resp
 }
 
 /// The admin API proper, for an authorised caller.

@@ -34,6 +34,7 @@ pub(crate) async fn create_tunnel(
 ) -> Result<(Registration, String), Refusal> {
     let max = state.config.limits.max_tunnels_per_session;
     if existing >= max {
+        state.metrics.refused("max_tunnels");
         return Err(Refusal::new(
             ErrorCode::TooManyTunnels,
             format!("a connection may hold at most {max} tunnels"),

@@ -78,6 +78,10 @@ pub struct Config {
     /// Bearer token for the admin API (`/api/...`). `None`: the admin API is
     /// served to loopback peers only.
     pub admin_token: Option<AdminToken>,
+    /// How long the server keeps accepting connections after shutdown is
+    /// asked for, with `/readyz` answering 503, so that a load balancer
+    /// stops sending it traffic before it stops listening. Zero by default.
+    pub shutdown_delay: Duration,
 }
 
 /// Request rates, and the bounds of the per-address table.
@@ -142,6 +146,7 @@ impl Default for Config {
             max_body_size: None,
             rate_limits: RateLimits::default(),
             admin_token: None,
+            shutdown_delay: Duration::ZERO,
         }
     }
 }

@@ -28,6 +28,7 @@ use tracing::{Instrument, debug, info, info_span, warn};
 use crate::admit::create_tunnel;
 use crate::auth::{self, Identity};
 use crate::error::GatewayError;
+use crate::metrics::HandshakeFailure as Failure;
 use crate::registry::Registration;
 use crate::{Body, Peer, State, full};
 
@@ -35,6 +36,9 @@ use crate::{Body, Peer, State, full};
 /// is at most one frame, so this bounds a session's outbound buffer to about
 /// 64 x 64 KiB; senders beyond that wait.
 const OUTBOUND_QUEUE: usize = 64;
+/// The wait suggested to clients in `going_away`, before they reconnect
+/// (they add a random spread, so a restart is not met by a herd).
+const RECONNECT_AFTER: std::time::Duration = std::time::Duration::from_secs(1);
 
 type Ws = WebSocketStream<TokioIo<Upgraded>>;
 
@@ -84,7 +88,10 @@ pub(crate) fn upgrade(
                     .await;
                     session(state, ws, peer).await;
                 }
-                Err(err) => debug!(%err, "upgrade failed"),
+                Err(err) => {
+                    state.metrics.handshake_failed("upgrade_failed");
+                    debug!(%err, "upgrade failed");
+                }
             }
         }
         .instrument(info_span!("session", client = %peer)),
@@ -117,10 +124,14 @@ async fn session(state: Arc<State>, mut ws: Ws, peer: Peer) {
     // The first create_tunnel and its key are checked before anything is
     // set up for the session: a refused client costs a message and a close.
     let admitted = tokio::time::timeout(state.config.handshake_timeout, async {
-        let create = handshake(&mut ws).await?;
+        let create = handshake(&mut ws).await.map_err(|(failure, frame)| {
+            state.metrics.handshake(&failure);
+            frame
+        })?;
         match auth::authenticate(&state, peer, &create).await {
             Ok(identity) => Ok((create, identity)),
             Err(refusal) => {
+                state.metrics.handshake(&Failure::Code(refusal.code));
                 let _ = ws.send(Message::text(refusal.to_text())).await;
                 Err(Some(close_frame(refusal.close_code(), refusal.message)))
             }
@@ -136,6 +147,7 @@ async fn session(state: Arc<State>, mut ws: Ws, peer: Peer) {
         }
         Ok(Err(None)) => return,
         Err(_) => {
+            state.metrics.handshake_failed("timeout");
             let reason = format!(
                 "no create_tunnel within {:?}",
                 state.config.handshake_timeout
@@ -156,7 +168,7 @@ async fn session(state: Arc<State>, mut ws: Ws, peer: Peer) {
     // Even if this task panics, pending visitors get their 502 at once.
     let _close_streams = mux.close_on_drop();
     let mut tunnels = Vec::new();
-    match create_tunnel(&state, &mux, &create, &identity, peer, 0).await {
+    let _connected = match create_tunnel(&state, &mux, &create, &identity, peer, 0).await {
         Ok((registration, created)) => {
             info!(subdomain = %registration.tunnel().subdomain, binary = create.binary_streams, "tunnel created");
             tunnels.push(registration);
@@ -164,23 +176,31 @@ async fn session(state: Arc<State>, mut ws: Ws, peer: Peer) {
                 mux.close();
                 return;
             }
+            state.metrics.session_started()
         }
         Err(refusal) => {
+            state.metrics.handshake(&Failure::Code(refusal.code));
             let _ = ws.send(Message::text(refusal.to_text())).await;
             let frame = close_frame(refusal.close_code(), "tunnel refused");
             let _ = ws.close(Some(frame)).await;
             return;
         }
-    }
+    };
     mux.heard();
 
     let (sink, mut stream) = ws.split();
     let writer = run_writer(sink, out_rx, mux.clone(), state.config.heartbeat);
     tokio::pin!(writer);
+    let going_away = announce_going_away(&state, &mux);
+    tokio::pin!(going_away);
     // Each arm says why the session ended and whether the writer still has
-    // a close frame to send.
+    // a close frame to send. In order: with nothing to drain, the
+    // announcement and `sessions_stop` are due at once, and `going_away`
+    // must be queued before the close.
     let (ended, closing) = tokio::select! {
+        biased;
         end = read_loop(&state, &mux, &mut stream, &mut tunnels, &identity, peer) => end,
+        end = &mut going_away => end,
         result = &mut writer => match result {
             Ok(_) => ("writer finished".to_owned(), false),
             Err(err) => (err.to_string(), false),
@@ -200,27 +220,52 @@ async fn session(state: Arc<State>, mut ws: Ws, peer: Peer) {
     }
 }
 
+/// When shutdown begins, tells the client the server is going away; the
+/// session goes on until the in-flight requests have drained. Never ends.
+async fn announce_going_away(state: &State, mux: &Mux<ResponseHead>) -> (String, bool) {
+    state.draining.cancelled().await;
+    let after = u64::try_from(RECONNECT_AFTER.as_millis()).unwrap_or(u64::MAX);
+    mux.queue_text(encode(&ServerMessage::GoingAway {
+        reconnect_after_ms: after,
+    }));
+    std::future::pending().await
+}
+
 /// Waits for the first `create_tunnel`. Pings are answered; anything else
 /// before it is refused.
-async fn handshake(ws: &mut Ws) -> Result<CreateTunnel, Option<CloseFrame>> {
+async fn handshake(ws: &mut Ws) -> Result<CreateTunnel, (Failure, Option<CloseFrame>)> {
     loop {
         let text = match ws.next().await {
             Some(Ok(Message::Text(text))) => text,
             Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
-            Some(Ok(Message::Close(_))) | None => return Err(None),
+            Some(Ok(Message::Close(_))) | None => return Err((Failure::Other("closed"), None)),
             Some(Ok(_)) => {
-                return Err(Some(close_frame(
-                    close_code::POLICY,
-                    "expected create_tunnel first",
-                )));
+                return Err((
+                    Failure::Code(ErrorCode::NoTunnel),
+                    Some(close_frame(
+                        close_code::POLICY,
+                        "expected create_tunnel first",
+                    )),
+                ));
             }
-            Some(Err(err)) => return Err(close_for(&err)),
+            Some(Err(err)) => {
+                let frame = close_for(&err);
+                let reason = if frame.is_some() {
+                    "protocol"
+                } else {
+                    "closed"
+                };
+                return Err((Failure::Other(reason), frame));
+            }
         };
         let refuse = |code, text: String| {
             let msg = encode(&ServerMessage::error(code, text.clone(), None));
-            (msg, close_frame(close_code::POLICY, text))
+            (
+                msg,
+                (Failure::Code(code), close_frame(close_code::POLICY, text)),
+            )
         };
-        let (msg, frame) = match decode::<ClientMessage>(&text, message::CLIENT_TYPES) {
+        let (msg, (failure, frame)) = match decode::<ClientMessage>(&text, message::CLIENT_TYPES) {
             Ok(ClientMessage::CreateTunnel(create)) => match create.version {
                 Some(v) if v > PROTOCOL_VERSION => refuse(
                     ErrorCode::UnsupportedVersion,
@@ -241,7 +286,7 @@ async fn handshake(ws: &mut Ws) -> Result<CreateTunnel, Option<CloseFrame>> {
             Err(err) => refuse(err.code(), err.to_string()),
         };
         let _ = ws.send(Message::text(msg)).await;
-        return Err(Some(frame));
+        return Err((failure, Some(frame)));
     }
 }
 

@@ -103,6 +103,9 @@ pub enum GatewayError {
     /// No admin token is configured and the caller is not on loopback.
     #[error("the admin API is served to loopback addresses only (the server has no --admin-token)")]
     AdminForbidden,
+    /// The server is shutting down and takes no new clients.
+    #[error("the server is shutting down")]
+    ShuttingDown,
 }
 
 /// Whose request rate was exceeded.
@@ -158,6 +161,7 @@ impl GatewayError {
             GatewayError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
             GatewayError::Misdirected { .. } => StatusCode::MISDIRECTED_REQUEST,
             GatewayError::Reconnecting(_) => StatusCode::SERVICE_UNAVAILABLE,
+            GatewayError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -185,7 +189,7 @@ impl GatewayError {
             | GatewayError::BadResponse(_)
             | GatewayError::Timeout(_)
             | GatewayError::Reconnecting(_) => Side::Client,
-            GatewayError::TooManyStreams => Side::Server,
+            GatewayError::TooManyStreams | GatewayError::ShuttingDown => Side::Server,
         }
     }
 
@@ -214,6 +218,7 @@ impl GatewayError {
             GatewayError::BadPath => "bad_path",
             GatewayError::AdminUnauthorized => "admin_unauthorized",
             GatewayError::AdminForbidden => "admin_forbidden",
+            GatewayError::ShuttingDown => "shutting_down",
         }
     }
 
@@ -251,7 +256,7 @@ impl GatewayError {
             GatewayError::RateLimited { retry_after, .. } => {
                 headers.insert(header::RETRY_AFTER, retry_secs(*retry_after).into());
             }
-            GatewayError::TooManyStreams => {
+            GatewayError::TooManyStreams | GatewayError::ShuttingDown => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
             }
             GatewayError::Unauthorized(realm) => {

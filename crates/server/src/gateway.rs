@@ -10,8 +10,8 @@
 //!    (308), and the Host must match the connection's SNI (421, see
 //!    `https.rs`);
 //! 4. for a tunnel host: the visitor address's request rate (429), whether
-//!    the tunnel exists (404; 503 while its client reconnects), its IP lists (403), its credentials (401), its
-//!    request rate (429), then its body limits while forwarding (413, 408).
+//!    the tunnel exists (404; 503 while its client reconnects), its IP
+//!    lists (403), its credentials (401), its request rate (429), then its body limits while forwarding (413, 408).
 //!
 //! The per-address rate counts every request for a tunnel host, unknown
 //! names included, so scanning for tunnels is throttled like using them. The
@@ -26,6 +26,7 @@ use http::{HeaderValue, Request, Response, StatusCode, header};
 use hyper::body::Incoming;
 use tracing::debug;
 
+use crate::access_log::{Exchange, RequestBody};
 use crate::error::{GatewayError, RateScope};
 use crate::hardening::{self, framing::Verdict};
 use crate::host::{self, Route};
@@ -82,6 +83,28 @@ async fn dispatch(
         Route::Server => return admin::own_route(state, conn.peer, req),
         Route::Tunnel(label) => label,
     };
+    // Everything else is a visitor's request for a tunnel: counted, timed
+    // and logged (`access_log`), whether or not the tunnel exists.
+    let peer = conn.peer;
+    let (exchange, req) = Exchange::begin(&state.metrics, peer, Some(label.clone()), req);
+    Ok(match to_label(state, conn, &label, req).await {
+        Ok(resp) => exchange.respond(resp, None),
+        Err(err) => {
+            let code = err.code();
+            debug!(%peer, status = err.status().as_u16(), side = ?err.side(), %err, "request failed");
+            exchange.respond(err.into_response(), Some(code))
+        }
+    })
+}
+
+/// A request for tunnel `label`: the visitor address's rate, then the
+/// tunnel, if it is there.
+async fn to_label(
+    state: &State,
+    conn: &Conn,
+    label: &str,
+    req: Request<RequestBody>,
+) -> Result<Response<Body>, GatewayError> {
     if let Some(limiter) = &state.ip_limiter {
         limiter
             .check(conn.peer.ip())
@@ -90,7 +113,7 @@ async fn dispatch(
                 retry_after,
             })?;
     }
-    match state.registry.lookup(&label) {
+    match state.registry.lookup(label) {
         Lookup::Live(tunnel) => to_tunnel(state, &tunnel, conn, req).await,
         Lookup::Reconnecting(left) => Err(GatewayError::Reconnecting(left)),
         Lookup::Free => Err(GatewayError::UnknownTunnel(format!(
@@ -105,7 +128,7 @@ async fn to_tunnel(
     state: &State,
     tunnel: &Arc<Tunnel>,
     conn: &Conn,
-    mut req: Request<Incoming>,
+    mut req: Request<RequestBody>,
 ) -> Result<Response<Body>, GatewayError> {
     let peer = conn.peer;
     tunnel.access.check_ip(peer.ip())?;

@@ -37,6 +37,8 @@
 //! - [`registry`]: live tunnels by subdomain, and names held for
 //!   reconnection.
 //! - [`error`]: what can fail, by whom, and the response each failure becomes.
+//! - [`metrics`]: every metric family, created in one place.
+//! - `access`: one visitor request's metrics and access log line.
 //!
 //! # Tasks
 //!
@@ -51,6 +53,7 @@
 #![forbid(unsafe_code)]
 
 pub mod access;
+mod access_log;
 pub mod admin;
 mod admit;
 pub mod auth;
@@ -62,6 +65,7 @@ pub mod hardening;
 pub mod host;
 mod https;
 pub mod limits;
+pub mod metrics;
 mod passthrough;
 mod proxy;
 pub mod registry;
@@ -91,6 +95,7 @@ use tracing::{Instrument, debug, info, info_span, warn};
 pub use admin::AdminToken;
 pub use auth::AuthMode;
 pub use config::{Config, RateLimits};
+pub use metrics::Metrics;
 pub use registry::Registry;
 pub use tls::Certs;
 
@@ -132,6 +137,20 @@ pub(crate) struct State {
     pub(crate) backoff: auth::Backoff,
     /// The per-address request rate, if one is set.
     pub(crate) ip_limiter: Option<limits::IpLimiter>,
+    /// The metric families, and the registry `/metrics` encodes.
+    pub(crate) metrics: Metrics,
+    pub(crate) metrics_registry: prometheus_client::registry::Registry,
+    /// Fires when shutdown begins: from then on the server is draining
+    /// (`/readyz` answers 503, new clients are refused, sessions are told
+    /// the server is going away).
+    pub(crate) draining: CancellationToken,
+}
+
+impl State {
+    /// Whether shutdown has begun.
+    pub(crate) fn is_draining(&self) -> bool {
+        self.draining.is_cancelled()
+    }
 }
 
 /// The sockets a server answers on.
@@ -202,6 +221,8 @@ pub async fn serve(
         (false, _) => None,
     };
     let store = open_store(&config).await?;
+    let mut metrics_registry = prometheus_client::registry::Registry::default();
+    let metrics = Metrics::register(&mut metrics_registry);
     let state = Arc::new(State {
         listen_port,
         redirect_to,
@@ -214,6 +235,9 @@ pub async fn serve(
             let limits = &config.rate_limits;
             limits::IpLimiter::new(rate, limits.max_tracked_ips, limits.sweep_interval)
         }),
+        metrics,
+        metrics_registry,
+        draining: shutdown.clone(),
         config,
     });
     for (listener, scheme) in [(&plain, "http"), (&https, "https")] {
@@ -240,9 +264,21 @@ pub async fn serve(
         .keep_alive(true);
     let http = Arc::new(http.http1_only());
 
+    // Shutdown begins with `draining` (the shutdown token itself): /readyz
+    // answers 503 and clients are told; the server keeps accepting for
+    // `shutdown_delay` so a load balancer can notice, then stops.
+    let delay = state.config.shutdown_delay;
+    let stop = async {
+        shutdown.cancelled().await;
+        if !delay.is_zero() {
+            info!(?delay, "shutting down: not ready, still accepting");
+            tokio::time::sleep(delay).await;
+        }
+    };
+    tokio::pin!(stop);
     loop {
         let (accepted, tls) = tokio::select! {
-            () = shutdown.cancelled() => break,
+            () = &mut stop => break,
             accepted = accept(plain.as_ref()) => (accepted, None),
             accepted = accept(https.as_ref()) => (accepted, acceptor.clone()),
         };
@@ -257,6 +293,7 @@ pub async fn serve(
             }
         };
         let Ok(permit) = Arc::clone(&slots).try_acquire_owned() else {
+            state.metrics.refused("max_connections");
             warn!(%peer, "connection limit reached; dropping connection");
             continue;
         };
@@ -279,6 +316,8 @@ pub async fn serve(
     {
         warn!("in-flight requests still running at the shutdown deadline");
     }
+    // Only now do sessions close: the requests that drained above needed
+    // their tunnels' sessions alive to finish.
     state.sessions_stop.cancel();
     state.tasks.close();
     let _ = tokio::time::timeout(Duration::from_secs(2), state.tasks.wait()).await;

@@ -14,10 +14,10 @@ use cryptun_proto::{HeadError, InlineBody, RequestHead, ResponseHead};
 use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, header};
 use http_body::Body as _;
 use http_body_util::BodyExt;
-use hyper::body::Incoming;
 use tokio::time::{Instant, timeout_at};
 use tracing::{Instrument, debug, debug_span};
 
+use crate::access_log::RequestBody;
 use crate::error::GatewayError;
 use crate::limits::{BodyGuard, Tripwire};
 use crate::registry::Tunnel;
@@ -30,7 +30,7 @@ pub(crate) async fn forward(
     tunnel: &Arc<Tunnel>,
     visitor: Peer,
     scheme: &str,
-    mut req: Request<Incoming>,
+    mut req: Request<RequestBody>,
 ) -> Result<Response<Body>, GatewayError> {
     tunnel
         .requests
@@ -81,7 +81,10 @@ pub(crate) async fn forward(
         head.body = InlineBody::streamed();
     }
     let stream = mux.open(sends).map_err(|err| match err {
-        OpenError::TooMany => GatewayError::TooManyStreams,
+        OpenError::TooMany => {
+            state.metrics.refused("max_streams");
+            GatewayError::TooManyStreams
+        }
         OpenError::Closed | OpenError::Duplicate(_) => GatewayError::ClientGone,
     })?;
     let Stream {
@@ -173,7 +176,7 @@ pub(crate) fn refuse_response(mux: &Mux<ResponseHead>, id: u32, err: HeadError) 
 /// Reads a whole body for a JSON-only session, within its guard's limits
 /// (refused before reading when Content-Length is over the size limit).
 async fn read_inline(
-    body: BodyGuard<Incoming>,
+    body: BodyGuard<RequestBody>,
     tripwire: &Tripwire,
 ) -> Result<Bytes, GatewayError> {
     if let Some(limit) = body.limit().filter(|l| body.size_hint().lower() > *l) {

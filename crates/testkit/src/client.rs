@@ -2,7 +2,8 @@
 
 use std::sync::{Arc, Mutex};
 
-use cryptun_client::{ClientConfig, ClientError, Event, Events, Target, TunnelCreated};
+use cryptun_client::{ClientConfig, ClientError, Event, Events, Reconnect, Target, TunnelCreated};
+use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -13,6 +14,8 @@ pub struct TestClient {
     pub tunnel: TunnelCreated,
     /// Every event the client reported, in order.
     pub events: Arc<Mutex<Vec<Event>>>,
+    /// Notified after each event.
+    event_added: Arc<Notify>,
     /// The Host header that reaches this tunnel.
     pub host: String,
     shutdown: CancellationToken,
@@ -33,25 +36,78 @@ impl TestClient {
         target: &str,
         adjust: impl FnOnce(&mut ClientConfig),
     ) -> Result<Self, ClientError> {
+        Self::start_inner(server, target, adjust, false).await
+    }
+
+    /// Like [`start_with`](Self::start_with), but the client reconnects
+    /// when its connection is lost, as `cryptun http` does, with short
+    /// backoff steps.
+    pub async fn start_reconnecting(
+        server: &TestServer,
+        target: &str,
+        adjust: impl FnOnce(&mut ClientConfig),
+    ) -> Result<Self, ClientError> {
+        let quick = |config: &mut ClientConfig| {
+            config.reconnect = Reconnect {
+                initial: std::time::Duration::from_millis(100),
+                max: std::time::Duration::from_millis(500),
+                ..Reconnect::default()
+            };
+            adjust(config);
+        };
+        Self::start_inner(server, target, quick, true).await
+    }
+
+    async fn start_inner(
+        server: &TestServer,
+        target: &str,
+        adjust: impl FnOnce(&mut ClientConfig),
+        reconnect: bool,
+    ) -> Result<Self, ClientError> {
         let mut config = ClientConfig::new(&server.url(), Target::parse(target).unwrap()).unwrap();
         config.ca = server.tls.as_ref().map(|tls| tls.ca.clone());
         adjust(&mut config);
         let session = cryptun_client::connect(&config).await?;
         let tunnel = session.tunnel().clone();
         let events = Arc::new(Mutex::new(Vec::new()));
-        let sink = Arc::clone(&events);
+        let event_added = Arc::new(Notify::new());
+        let (sink, added) = (Arc::clone(&events), Arc::clone(&event_added));
+        let sink = Events::to(move |e| {
+            sink.lock().unwrap().push(e);
+            added.notify_waiters();
+        });
         let shutdown = CancellationToken::new();
-        let task = tokio::spawn(session.run(
-            shutdown.clone(),
-            Events::to(move |e| sink.lock().unwrap().push(e)),
-        ));
+        let task = if reconnect {
+            let stop = shutdown.clone();
+            tokio::spawn(async move { cryptun_client::serve(&config, session, stop, sink).await })
+        } else {
+            tokio::spawn(session.run(shutdown.clone(), sink))
+        };
         Ok(TestClient {
             host: server.host_of(&tunnel.subdomain),
             tunnel,
             events,
+            event_added,
             shutdown,
             task: Some(task),
         })
+    }
+
+    /// Waits, within [`LIMIT`](crate::LIMIT), for an event that `matches`,
+    /// among those reported so far and after; returns a copy.
+    pub async fn wait_event(&self, what: &str, matches: impl Fn(&Event) -> bool) -> Event {
+        crate::within(what, async {
+            loop {
+                let added = self.event_added.notified();
+                tokio::pin!(added);
+                added.as_mut().enable();
+                if let Some(e) = self.events.lock().unwrap().iter().find(|e| matches(e)) {
+                    return e.clone();
+                }
+                added.await;
+            }
+        })
+        .await
     }
 
     /// Kills the client abruptly: its task is aborted and its socket dropped

@@ -20,6 +20,8 @@
 //!   protocol and abuse tests.
 //! - [`tls`]: development certificates in temporary folders, and
 //!   [`HttpsVisitor`], which speaks HTTPS with any SNI and Host.
+//! - [`process`]: [`Proc`], the real binary as a child process: output
+//!   lines, signals, bounded waits for its exit.
 
 #![forbid(unsafe_code)]
 #![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
@@ -28,6 +30,7 @@ pub mod browser;
 pub mod client;
 pub mod inspector;
 pub mod origin;
+pub mod process;
 pub mod raw;
 pub mod server;
 pub mod tls;
@@ -38,6 +41,7 @@ pub use browser::Browser;
 pub use client::TestClient;
 pub use inspector::TestInspector;
 pub use origin::Origin;
+pub use process::Proc;
 pub use raw::RawWs;
 pub use server::{TempDir, TestServer};
 pub use tls::HttpsVisitor;

@@ -52,7 +52,13 @@ impl TestServer {
     }
 
     pub async fn start_with(config: Config) -> Self {
-        Self::start_listeners(config, None).await
+        Self::start_on("127.0.0.1:0".parse().unwrap(), config).await
+    }
+
+    /// Starts a server on `addr`: the address of a server that stopped, to
+    /// play a restart.
+    pub async fn start_on(addr: SocketAddr, config: Config) -> Self {
+        Self::start_listeners(addr, config, None).await
     }
 
     /// A server with a plain listener at `addr` and an HTTPS one at
@@ -79,12 +85,16 @@ impl TestServer {
             data_dir,
         };
         let https = TlsListener { listener, certs };
-        Self::start_listeners(config, Some((https, tls))).await
+        Self::start_listeners("127.0.0.1:0".parse().unwrap(), config, Some((https, tls))).await
     }
 
-    async fn start_listeners(config: Config, tls: Option<(TlsListener, TestTls)>) -> Self {
+    async fn start_listeners(
+        addr: SocketAddr,
+        config: Config,
+        tls: Option<(TlsListener, TestTls)>,
+    ) -> Self {
         let config = config.validated().expect("valid test config");
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let listener = TcpListener::bind(addr).await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (https, tls) = tls.unzip();
         let listeners = Listeners {
@@ -128,11 +138,29 @@ impl TestServer {
     }
 
     /// Stops the server and waits for it to finish.
-    pub async fn stop(mut self) {
+    pub async fn stop(self) {
+        self.begin_stop();
+        self.stopped().await;
+    }
+
+    /// Begins the shutdown (as SIGTERM does) without waiting for it.
+    pub fn begin_stop(&self) {
         self.shutdown.cancel();
+    }
+
+    /// Waits, within [`LIMIT`](crate::LIMIT), for the server to finish.
+    pub async fn stopped(mut self) {
         if let Some(task) = self.task.take() {
-            task.await.unwrap().unwrap();
+            crate::within("the server stops", task)
+                .await
+                .unwrap()
+                .unwrap();
         }
+    }
+
+    /// The server's own Host, for `/metrics`, `/readyz` and the like.
+    pub fn own_host(&self) -> String {
+        format!("localhost:{}", self.addr.port())
     }
 }
 

@@ -122,12 +122,34 @@ impl Visitor {
         self.fetch(req.body(Full::default()).unwrap()).await
     }
 
+    /// The server's `/metrics` text.
+    pub async fn metrics(&self) -> String {
+        let reply = self
+            .get(&format!("localhost:{}", self.server.port()), "/metrics")
+            .await;
+        assert_eq!(reply.status, StatusCode::OK);
+        reply.text()
+    }
+
+    /// The value of the sample `series` (name and labels exactly as
+    /// exposed) in the server's `/metrics`, or 0 if it is absent.
+    pub async fn metric(&self, series: &str) -> f64 {
+        sample(&self.metrics().await, series)
+    }
+
     /// The server's `/api/tunnels`.
     pub async fn tunnels(&self) -> Vec<serde_json::Value> {
         let reply = self.admin_get("/api/tunnels").await;
         assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
         reply.json().as_array().cloned().unwrap_or_default()
     }
+}
+
+/// The value of the sample `series` in a metrics page, or 0 if absent.
+pub fn sample(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .map_or(0.0, |v| v.trim().parse().unwrap())
 }
 
 /// Writes `request` bytes on a new connection to `addr` and reads until the

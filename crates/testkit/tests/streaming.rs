@@ -139,7 +139,7 @@ async fn a_slow_visitor_stalls_only_its_own_stream() {
     let finished = |events: &[Event]| {
         events
             .iter()
-            .any(|Event::Request { path: p, .. }| *p == path)
+            .any(|e| matches!(e, Event::Request { path: p, .. } if *p == path))
     };
     assert!(
         !finished(&client.events.lock().unwrap()),

@@ -1,0 +1,247 @@
+//! Keeping a tunnel up: when the connection drops or the server restarts,
+//! reconnect with exponential backoff and jitter, and ask for the same
+//! tunnel again.
+//!
+//! Connection losses are retried for as long as it takes; refusals are
+//! final (an invalid name, a refused key, a protocol the server does not
+//! speak: asking again would get the same answer). One refusal is retried
+//! for a while: `subdomain_taken` on a reconnect, because the name is most
+//! likely held by our own previous connection, which the server has not yet
+//! seen die (it notices within its heartbeat timeout).
+//!
+//! What a reconnect sends differs from the first connect in one place,
+//! [`reconnect_config`]: that is where a reconnect secret will go.
+
+use std::time::{Duration, Instant};
+
+use cryptun_proto::ErrorCode;
+use tokio_util::sync::CancellationToken;
+
+use crate::session::{Session, connect};
+use crate::{ClientConfig, ClientError, Event, Events, TunnelCreated};
+
+/// How the client reconnects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Reconnect {
+    /// The first wait after a connection is lost.
+    pub initial: Duration,
+    /// The longest wait between two attempts.
+    pub max: Duration,
+    /// A connection that lasted this long was stable: the next loss starts
+    /// again from `initial`.
+    pub stable: Duration,
+    /// How long a reconnect keeps asking for a subdomain the server says is
+    /// taken (by our own previous connection, until the server notices it
+    /// is gone) before giving up.
+    pub reclaim: Duration,
+}
+
+impl Default for Reconnect {
+    fn default() -> Self {
+        Reconnect {
+            initial: Duration::from_secs(1),
+            max: Duration::from_secs(30),
+            stable: Duration::from_secs(60),
+            // The server's default heartbeat takes up to 40 s to notice a
+            // vanished client; twice that, plus margin.
+            reclaim: Duration::from_secs(120),
+        }
+    }
+}
+
+/// Exponential backoff with jitter: each wait is the current step times a
+/// random factor in [0.5, 1.5), never over the maximum; the step doubles
+/// after each attempt.
+#[derive(Debug, Clone)]
+pub struct Backoff {
+    policy: Reconnect,
+    step: Duration,
+}
+
+impl Backoff {
+    /// A backoff starting at `policy.initial`.
+    pub fn new(policy: Reconnect) -> Self {
+        Backoff {
+            policy,
+            step: policy.initial,
+        }
+    }
+
+    /// The next wait; `spread` in [0, 1) picks the jitter.
+    pub fn next(&mut self, spread: f64) -> Duration {
+        let wait = self.jittered(self.step, spread);
+        self.step = self.step.saturating_mul(2).min(self.policy.max);
+        wait
+    }
+
+    /// `base` with jitter, within the maximum.
+    pub fn jittered(&self, base: Duration, spread: f64) -> Duration {
+        base.mul_f64(0.5 + spread.clamp(0.0, 1.0))
+            .min(self.policy.max)
+    }
+
+    /// Starts again from the initial wait.
+    pub fn reset(&mut self) {
+        self.step = self.policy.initial;
+    }
+}
+
+/// A random number in [0, 1) from the operating system.
+fn spread() -> f64 {
+    getrandom::u32().map_or(0.5, |n| f64::from(n) / (f64::from(u32::MAX) + 1.0))
+}
+
+/// What to send when reconnecting after `previous`: the same settings,
+/// asking for the same subdomain.
+pub fn reconnect_config(config: &ClientConfig, previous: &TunnelCreated) -> ClientConfig {
+    let mut again = config.clone();
+    again.subdomain = Some(previous.subdomain.clone());
+    again
+}
+
+/// Serves `session` and every session after it: when the connection is
+/// lost, reconnects (reporting each step to `events`) and goes on. Returns
+/// `Ok` when `shutdown` fires, or the error that made it give up.
+pub async fn serve(
+    config: &ClientConfig,
+    mut session: Session,
+    shutdown: CancellationToken,
+    events: Events,
+) -> Result<(), ClientError> {
+    let policy = config.reconnect;
+    let mut backoff = Backoff::new(policy);
+    loop {
+        let last = session.tunnel().clone();
+        let started = Instant::now();
+        let mut lost = match session.run(shutdown.clone(), events.clone()).await {
+            Ok(()) => return Ok(()),
+            Err(err) if err.is_final() => return Err(err),
+            Err(err) => err,
+        };
+        if started.elapsed() >= policy.stable {
+            backoff.reset();
+        }
+        let lost_at = Instant::now();
+        let mut attempt = 0;
+        session = loop {
+            attempt += 1;
+            let wait = match &lost {
+                // The server left on purpose and said when to come back.
+                ClientError::GoingAway { reconnect_after } => {
+                    backoff.reset();
+                    backoff.jittered(*reconnect_after, spread())
+                }
+                _ => backoff.next(spread()),
+            };
+            events.emit(Event::Disconnected {
+                error: lost.to_string(),
+                retry_in: wait,
+                attempt,
+            });
+            let again = reconnect_config(config, &last);
+            let result = tokio::select! {
+                () = shutdown.cancelled() => return Ok(()),
+                result = async {
+                    tokio::time::sleep(wait).await;
+                    connect(&again).await
+                } => result,
+            };
+            match result {
+                Ok(session) => break session,
+                Err(err) if worth_retrying(&err, lost_at.elapsed(), policy) => lost = err,
+                Err(err) => return Err(err),
+            }
+        };
+        events.emit(Event::Reconnected {
+            tunnel: session.tunnel().clone(),
+        });
+    }
+}
+
+/// Whether a failed reconnect, `since` the connection was lost, should be
+/// tried again.
+fn worth_retrying(err: &ClientError, since: Duration, policy: Reconnect) -> bool {
+    match err {
+        ClientError::Refused {
+            code: ErrorCode::SubdomainTaken,
+            ..
+        } => since < policy.reclaim,
+        err => !err.is_final(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy() -> Reconnect {
+        Reconnect {
+            initial: Duration::from_secs(1),
+            max: Duration::from_secs(10),
+            stable: Duration::from_secs(60),
+            reclaim: Duration::from_secs(5),
+        }
+    }
+
+    #[test]
+    fn backoff_doubles_up_to_the_maximum_and_resets() {
+        let mut b = Backoff::new(policy());
+        let waits: Vec<u64> = (0..6).map(|_| b.next(0.5).as_secs()).collect();
+        assert_eq!(waits, [1, 2, 4, 8, 10, 10]);
+        b.reset();
+        assert_eq!(b.next(0.5), Duration::from_secs(1));
+    }
+
+    #[test]
+    fn jitter_spreads_between_half_and_one_and_a_half() {
+        let mut b = Backoff::new(policy());
+        assert_eq!(b.next(0.0), Duration::from_millis(500));
+        let second = b.next(0.999);
+        assert!(second > Duration::from_millis(2990) && second < Duration::from_secs(3));
+        // Never over the maximum, whatever the jitter.
+        for _ in 0..5 {
+            assert!(b.next(0.999) <= Duration::from_secs(10));
+        }
+        let s = spread();
+        assert!((0.0..1.0).contains(&s), "{s}");
+    }
+
+    #[test]
+    fn refusals_are_final_except_a_taken_name_for_a_while() {
+        let refused = |code| ClientError::Refused {
+            code,
+            message: String::new(),
+        };
+        let p = policy();
+        let early = Duration::from_secs(1);
+        let late = Duration::from_secs(6);
+        assert!(worth_retrying(
+            &refused(ErrorCode::SubdomainTaken),
+            early,
+            p
+        ));
+        assert!(!worth_retrying(
+            &refused(ErrorCode::SubdomainTaken),
+            late,
+            p
+        ));
+        assert!(!worth_retrying(
+            &refused(ErrorCode::InvalidSubdomain),
+            early,
+            p
+        ));
+        assert!(!worth_retrying(
+            &refused(ErrorCode::UnsupportedVersion),
+            early,
+            p
+        ));
+        assert!(!worth_retrying(
+            &ClientError::Protocol("x".into()),
+            early,
+            p
+        ));
+        let lost = ClientError::Disconnected("reset".into());
+        assert!(worth_retrying(&lost, late, p));
+        assert!(worth_retrying(&ClientError::Timeout(early), late, p));
+    }
+}

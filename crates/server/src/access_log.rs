@@ -1,0 +1,211 @@
+//! One visitor request as operators see it: the metrics it moves and its
+//! access log line (target `cryptun::access`).
+//!
+//! An [`Exchange`] starts when a request for a tunnel arrives and ends when
+//! its response body has been written, or abandoned by the visitor, or the
+//! request was dropped before any answer: its `Drop` does the accounting, so
+//! every request is counted exactly once however it ends. Body bytes are
+//! counted as frames pass through [`RequestBody`] and [`ResponseBody`]: one
+//! atomic addition per frame.
+//!
+//! The log line holds the path without its query string: query strings
+//! often carry tokens and other secrets.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::{Method, Request, Response};
+use http_body::{Body as HttpBody, Frame, SizeHint};
+use http_body_util::combinators::BoxBody;
+use hyper::body::Incoming;
+use prometheus_client::metrics::counter::Counter;
+use tracing::info;
+
+use crate::metrics::{Metrics, Outcome, class_of};
+use crate::{Body, BoxError, Peer};
+
+/// The `reason` of a request the tunnel's client answered.
+const UPSTREAM: &str = "upstream";
+
+/// One visitor request to a tunnel, from arrival to the end of its response.
+pub(crate) struct Exchange {
+    metrics: Metrics,
+    started: Instant,
+    visitor: Peer,
+    method: Method,
+    path: String,
+    /// The tunnel label asked for, if the Host named one.
+    tunnel: Option<String>,
+    bytes_in: Arc<AtomicU64>,
+    bytes_out: u64,
+    /// The status sent, once there is one (0: none yet).
+    status: u16,
+    reason: &'static str,
+    complete: bool,
+}
+
+impl Exchange {
+    /// Starts accounting for `req`, and returns the request with its body
+    /// counted.
+    pub(crate) fn begin(
+        metrics: &Metrics,
+        visitor: Peer,
+        tunnel: Option<String>,
+        req: Request<Incoming>,
+    ) -> (Self, Request<RequestBody>) {
+        metrics.in_flight.inc();
+        let bytes_in = Arc::new(AtomicU64::new(0));
+        let exchange = Exchange {
+            metrics: metrics.clone(),
+            started: Instant::now(),
+            visitor,
+            method: req.method().clone(),
+            path: req.uri().path().to_owned(),
+            tunnel,
+            bytes_in: Arc::clone(&bytes_in),
+            bytes_out: 0,
+            status: 0,
+            reason: "visitor_gone",
+            complete: false,
+        };
+        let total = metrics.bytes_in.clone();
+        let req = req.map(|inner| RequestBody {
+            inner,
+            seen: bytes_in,
+            total,
+        });
+        (exchange, req)
+    }
+
+    /// The response is ready: `reason` is the gateway's error code, or
+    /// `None` when the tunnel's client answered. The exchange ends with the
+    /// returned response's body.
+    pub(crate) fn respond(
+        mut self,
+        resp: Response<Body>,
+        reason: Option<&'static str>,
+    ) -> Response<Body> {
+        self.status = resp.status().as_u16();
+        self.reason = reason.unwrap_or(UPSTREAM);
+        // An empty body may never be polled.
+        self.complete = resp.body().is_end_stream();
+        let total = self.metrics.bytes_out.clone();
+        resp.map(|inner| {
+            BoxBody::new(ResponseBody {
+                inner,
+                exchange: self,
+                total,
+            })
+        })
+    }
+}
+
+impl Drop for Exchange {
+    fn drop(&mut self) {
+        let duration = self.started.elapsed();
+        self.metrics.in_flight.dec();
+        self.metrics.request_done(
+            Outcome {
+                class: class_of(self.status),
+                reason: self.reason,
+            },
+            duration,
+        );
+        info!(
+            target: "cryptun::access",
+            tunnel = self.tunnel.as_deref().unwrap_or("-"),
+            method = %self.method,
+            path = %self.path,
+            status = self.status,
+            outcome = self.reason,
+            duration_ms = (duration.as_secs_f64() * 1e6).round() / 1e3,
+            bytes_in = self.bytes_in.load(Ordering::Relaxed),
+            bytes_out = self.bytes_out,
+            complete = self.complete,
+            visitor = %self.visitor,
+            "request"
+        );
+    }
+}
+
+/// A visitor's request body, counted as it is read.
+pub(crate) struct RequestBody {
+    inner: Incoming,
+    seen: Arc<AtomicU64>,
+    total: Counter,
+}
+
+impl HttpBody for RequestBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        if let Poll::Ready(Some(Ok(frame))) = &polled {
+            if let Some(data) = frame.data_ref() {
+                let n = data.len() as u64;
+                self.seen.fetch_add(n, Ordering::Relaxed);
+                self.total.inc_by(n);
+            }
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// A response body on its way to the visitor, counted as it is written;
+/// dropping it ends the exchange.
+struct ResponseBody {
+    inner: Body,
+    exchange: Exchange,
+    total: Counter,
+}
+
+impl HttpBody for ResponseBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    let n = data.len() as u64;
+                    self.exchange.bytes_out += n;
+                    self.total.inc_by(n);
+                }
+                if self.inner.is_end_stream() {
+                    self.exchange.complete = true;
+                }
+            }
+            Poll::Ready(None) => self.exchange.complete = true,
+            _ => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}

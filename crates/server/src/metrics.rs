@@ -1,0 +1,302 @@
+//! The server's metrics: every family is created here, in
+//! [`Metrics::register`], and travels in the server's state (no globals).
+//! `GET /metrics` on the server's own host serves them in the OpenMetrics
+//! text format, which Prometheus scrapes.
+//!
+//! No label takes a value a peer chooses: there is no per-tunnel or
+//! per-subdomain series, and every `reason` comes from a closed set
+//! ([`GatewayError::code`](crate::error::GatewayError::code), the protocol's
+//! error codes, or a constant at the call site). So a visitor or client can
+//! make the counters count, but never make the server keep more series.
+//!
+//! Per-request work is a handful of atomic additions: the counters that are
+//! touched per body frame are looked up once, when the metrics are created.
+
+use std::time::Duration;
+
+use cryptun_proto::ErrorCode;
+use cryptun_proto::message::{SERVER_TYPES, ServerMessage, decode};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+/// Upper bounds of the request duration buckets, in seconds: from a quick
+/// local answer to a long poll.
+const DURATION_BUCKETS: [f64; 14] = [
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0,
+];
+
+/// Labels of `cryptun_requests_total`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct Outcome {
+    /// `1xx` .. `5xx`, or `none` when the visitor left before any answer.
+    pub class: &'static str,
+    /// `upstream` when the tunnel's client answered (whatever its status);
+    /// otherwise the gateway's error code (`tunnel_not_found`, `timeout`,
+    /// `client_gone`, `too_many_requests`, ...) or `visitor_gone`.
+    pub reason: &'static str,
+}
+
+/// A `reason` label from a closed set.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct Reason {
+    /// Why.
+    pub reason: &'static str,
+}
+
+/// The `reason` label of a handshake failure.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct HandshakeReason {
+    /// `timeout`, `closed`, `protocol`, `upgrade_failed`, or the protocol
+    /// error code the client was refused with (`subdomain_taken`, ...).
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct Direction {
+    direction: &'static str,
+}
+
+/// Every metric the server keeps. Cloning shares the same series.
+#[derive(Debug, Clone)]
+pub struct Metrics {
+    /// Live tunnels (set from the registry when scraped).
+    pub tunnels: Gauge,
+    /// Connected clients: control sessions past their handshake.
+    pub sessions: Gauge,
+    /// Visitor requests to tunnels by outcome.
+    pub requests: Family<Outcome, Counter>,
+    /// Visitor requests from arrival to the end of the response body.
+    pub request_duration: Histogram,
+    /// Visitor requests being served.
+    pub in_flight: Gauge,
+    /// Body bytes received from visitors (request bodies), counted per frame.
+    pub bytes_in: Counter,
+    /// Body bytes sent to visitors (response bodies), counted per frame.
+    pub bytes_out: Counter,
+    /// Control connections that ended before a tunnel was created.
+    pub handshake_failures: Family<HandshakeReason, Counter>,
+    /// Things refused because a limit was reached; see [`Metrics::refused`].
+    pub refusals: Family<Reason, Counter>,
+}
+
+impl Metrics {
+    /// Creates every family and registers it in `registry`.
+    pub fn register(registry: &mut Registry) -> Self {
+        let bytes = Family::<Direction, Counter>::default();
+        // One statement each: `get_or_create` returns a read guard, which
+        // must be gone before the next series is created.
+        let bytes_in = bytes.get_or_create(&Direction { direction: "in" }).clone();
+        let bytes_out = bytes.get_or_create(&Direction { direction: "out" }).clone();
+        let metrics = Metrics {
+            tunnels: Gauge::default(),
+            sessions: Gauge::default(),
+            requests: Family::default(),
+            request_duration: Histogram::new(DURATION_BUCKETS),
+            in_flight: Gauge::default(),
+            bytes_in,
+            bytes_out,
+            handshake_failures: Family::default(),
+            refusals: Family::default(),
+        };
+        let r = registry.sub_registry_with_prefix("cryptun");
+        r.register("tunnels", "Live tunnels", metrics.tunnels.clone());
+        r.register(
+            "sessions",
+            "Connected clients (control sessions)",
+            metrics.sessions.clone(),
+        );
+        r.register(
+            "requests",
+            "Visitor requests to tunnels, by status class and reason",
+            metrics.requests.clone(),
+        );
+        r.register(
+            "request_duration_seconds",
+            "Visitor requests from arrival to the end of the response body",
+            metrics.request_duration.clone(),
+        );
+        r.register(
+            "requests_in_flight",
+            "Visitor requests being served",
+            metrics.in_flight.clone(),
+        );
+        r.register(
+            "body_bytes",
+            "Body bytes from visitors (in) and to visitors (out)",
+            bytes,
+        );
+        r.register(
+            "handshake_failures",
+            "Control connections that ended before a tunnel was created",
+            metrics.handshake_failures.clone(),
+        );
+        r.register(
+            "refusals",
+            "Connections, requests or tunnels refused because a limit was reached",
+            metrics.refusals.clone(),
+        );
+        metrics
+    }
+
+    /// Counts something refused by a limiter. `reason` names the limit
+    /// (`max_connections`, `max_streams`, `max_tunnels`, ...): a constant,
+    /// never anything a peer sent.
+    pub fn refused(&self, reason: &'static str) {
+        self.refusals.get_or_create(&Reason { reason }).inc();
+    }
+
+    /// Counts a failed handshake.
+    pub fn handshake(&self, failure: &HandshakeFailure) {
+        match failure {
+            HandshakeFailure::Code(code) => self.handshake_refused(*code),
+            HandshakeFailure::Other(reason) => self.handshake_failed(reason),
+        }
+    }
+
+    /// Counts a failed handshake under a fixed reason.
+    pub fn handshake_failed(&self, reason: &'static str) {
+        self.handshake_failures
+            .get_or_create(&HandshakeReason {
+                reason: reason.to_owned(),
+            })
+            .inc();
+    }
+
+    /// Counts a handshake refused with a protocol error code.
+    pub fn handshake_refused(&self, code: ErrorCode) {
+        // The wire name of the code: a closed set, whatever codes later
+        // versions add.
+        let name = serde_json::to_value(code)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_owned))
+            .unwrap_or_else(|| "other".to_owned());
+        self.handshake_failures
+            .get_or_create(&HandshakeReason { reason: name })
+            .inc();
+    }
+
+    /// Records one finished visitor request.
+    pub fn request_done(&self, outcome: Outcome, duration: Duration) {
+        self.requests.get_or_create(&outcome).inc();
+        self.request_duration.observe(duration.as_secs_f64());
+    }
+
+    /// Counts a connected client until the guard drops.
+    pub fn session_started(&self) -> GaugeGuard {
+        self.sessions.inc();
+        GaugeGuard(self.sessions.clone())
+    }
+}
+
+/// Why a control connection ended before its first tunnel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HandshakeFailure {
+    /// Refused with a protocol error code.
+    Code(ErrorCode),
+    /// Ended otherwise: `closed`, `protocol`, ...
+    Other(&'static str),
+}
+
+impl HandshakeFailure {
+    /// The failure behind an `error` message the server is about to send
+    /// (as `create_tunnel` hands it back, encoded).
+    pub fn refused_with(error: &str) -> Self {
+        match decode::<ServerMessage>(error, SERVER_TYPES) {
+            Ok(ServerMessage::Error(e)) => HandshakeFailure::Code(e.code),
+            _ => HandshakeFailure::Other("refused"),
+        }
+    }
+}
+
+/// The status class label of `status` (0: no answer).
+pub fn class_of(status: u16) -> &'static str {
+    match status {
+        100..=199 => "1xx",
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        500..=599 => "5xx",
+        _ => "none",
+    }
+}
+
+/// Decrements its gauge when dropped, however the holder ends.
+#[derive(Debug)]
+pub struct GaugeGuard(Gauge);
+
+impl Drop for GaugeGuard {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+/// The registry's text in the OpenMetrics format.
+pub fn encode(registry: &Registry) -> String {
+    let mut text = String::new();
+    // Writing to a String cannot fail; an encoding error would be a bug in
+    // a metric type, and a partial page is still the best answer.
+    let _ = prometheus_client::encoding::text::encode(&mut text, registry);
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_family_is_exposed_under_the_cryptun_prefix() {
+        let mut registry = Registry::default();
+        let m = Metrics::register(&mut registry);
+        m.refused("max_streams");
+        m.handshake_refused(ErrorCode::SubdomainTaken);
+        m.request_done(
+            Outcome {
+                class: "5xx",
+                reason: "timeout",
+            },
+            Duration::from_millis(30),
+        );
+        m.bytes_in.inc_by(10);
+        let text = encode(&registry);
+        for line in [
+            "# TYPE cryptun_tunnels gauge",
+            "# TYPE cryptun_sessions gauge",
+            "cryptun_requests_total{class=\"5xx\",reason=\"timeout\"} 1",
+            "cryptun_request_duration_seconds_count 1",
+            "cryptun_request_duration_seconds_bucket{le=\"0.05\"} 1",
+            "cryptun_requests_in_flight 0",
+            "cryptun_body_bytes_total{direction=\"in\"} 10",
+            "cryptun_body_bytes_total{direction=\"out\"} 0",
+            "cryptun_handshake_failures_total{reason=\"subdomain_taken\"} 1",
+            "cryptun_refusals_total{reason=\"max_streams\"} 1",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line:?} missing:\n{text}");
+        }
+        assert!(text.ends_with("# EOF\n"));
+    }
+
+    #[test]
+    fn classes() {
+        assert_eq!(class_of(101), "1xx");
+        assert_eq!(class_of(204), "2xx");
+        assert_eq!(class_of(404), "4xx");
+        assert_eq!(class_of(504), "5xx");
+        assert_eq!(class_of(0), "none");
+        assert_eq!(class_of(999), "none");
+    }
+
+    #[test]
+    fn the_session_gauge_follows_its_guards() {
+        let m = Metrics::register(&mut Registry::default());
+        let a = m.session_started();
+        let b = m.session_started();
+        assert_eq!(m.sessions.get(), 2);
+        drop(a);
+        drop(b);
+        assert_eq!(m.sessions.get(), 0);
+    }
+}
