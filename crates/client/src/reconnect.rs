@@ -92,10 +92,13 @@ fn spread() -> f64 {
 }
 
 /// What to send when reconnecting after `previous`: the same settings,
-/// asking for the same subdomain.
+/// asking for the same subdomain with the tunnel's reconnect secret.
 pub fn reconnect_config(config: &ClientConfig, previous: &TunnelCreated) -> ClientConfig {
     let mut again = config.clone();
     again.subdomain = Some(previous.subdomain.clone());
+    // An anonymous tunnel's name is held for it during the server's grace
+    // period; the secret from its tunnel_created takes it back.
+    again.reconnect_secret = previous.reconnect_secret.clone();
     again
 }
 

@@ -122,11 +122,7 @@ impl Session {
     /// asking for this subdomain, with the tunnel's reconnect secret (for a
     /// tunnel opened without a key; with a key, the key is enough).
     pub fn reconnect_config(&self) -> ClientConfig {
-        ClientConfig {
-            subdomain: Some(self.tunnel.subdomain.clone()),
-            reconnect_secret: self.tunnel.reconnect_secret.clone(),
-            ..self.config.clone()
-        }
+        crate::reconnect::reconnect_config(&self.config, &self.tunnel)
     }
 
     /// Serves requests until `shutdown` fires (returns `Ok`) or the
