@@ -43,15 +43,21 @@ impl RawWs {
     }
 
     /// Connects and sends `{"type":"create_tunnel", ..extra}`; returns the
-    /// session and the `tunnel_created` message.
-    pub async fn tunnel(server: &TestServer, extra: Value) -> (Self, Value) {
+    /// session and the server's first answer (`tunnel_created` or `error`).
+    pub async fn create(server: &TestServer, extra: Value) -> (Self, Value) {
         let mut ws = Self::connect(server).await;
         let mut create = serde_json::json!({ "type": "create_tunnel" });
         if let (Some(create), Value::Object(extra)) = (create.as_object_mut(), extra) {
             create.extend(extra);
         }
         ws.send_json(&create).await;
-        let created = ws.recv_json().await;
+        let answer = ws.recv_json().await;
+        (ws, answer)
+    }
+
+    /// Like [`create`](Self::create), insisting on `tunnel_created`.
+    pub async fn tunnel(server: &TestServer, extra: Value) -> (Self, Value) {
+        let (ws, created) = Self::create(server, extra).await;
         assert_eq!(created["type"], "tunnel_created", "{created}");
         (ws, created)
     }

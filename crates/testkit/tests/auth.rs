@@ -22,13 +22,7 @@ use serde_json::{Value, json};
 /// Sends `create` as a connection's first message; returns the `error`
 /// the server answers with and its close code.
 async fn refused(server: &TestServer, create: Value) -> (Value, u16) {
-    let mut ws = RawWs::connect(server).await;
-    let mut msg = json!({ "type": "create_tunnel" });
-    msg.as_object_mut()
-        .unwrap()
-        .extend(create.as_object().unwrap().clone());
-    ws.send_json(&msg).await;
-    let error = ws.recv_json().await;
+    let (mut ws, error) = RawWs::create(server, create).await;
     assert_eq!(error["type"], "error", "{error}");
     (error, ws.expect_close().await)
 }

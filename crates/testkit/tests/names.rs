@@ -18,21 +18,8 @@ use cryptun_testkit::{Origin, RawWs, TempDir, TestClient, TestServer, Visitor};
 use http::StatusCode;
 use serde_json::{Value, json};
 
-/// The first answer to `create` on a new connection (`tunnel_created` or
-/// `error`), with the connection kept open.
-async fn answer(server: &TestServer, create: Value) -> (RawWs, Value) {
-    let mut ws = RawWs::connect(server).await;
-    let mut msg = json!({ "type": "create_tunnel" });
-    msg.as_object_mut()
-        .unwrap()
-        .extend(create.as_object().unwrap().clone());
-    ws.send_json(&msg).await;
-    let reply = ws.recv_json().await;
-    (ws, reply)
-}
-
 async fn code_for(server: &TestServer, create: Value) -> String {
-    let (_ws, reply) = answer(server, create).await;
+    let (_ws, reply) = RawWs::create(server, create).await;
     assert_eq!(reply["type"], "error", "{reply}");
     reply["code"].as_str().unwrap().to_owned()
 }
@@ -120,7 +107,7 @@ async fn a_reserved_name_goes_only_to_its_key_also_after_a_restart() {
         assert_eq!(mine.tunnel.subdomain, "myapp");
         serves(&server, "myapp", "reserved").await;
         // Other names stay first come, first served.
-        let (_ws, created) = answer(&server, json!({ "subdomain": "free" })).await;
+        let (_ws, created) = RawWs::create(&server, json!({ "subdomain": "free" })).await;
         assert_eq!(created["type"], "tunnel_created", "{round}: {created}");
         drop(mine);
         server.stop().await;
@@ -241,7 +228,7 @@ async fn after_the_grace_the_name_is_free_again() {
         "subdomain_taken"
     );
     eventually(WAIT, "the name is free after the grace", || async {
-        let (_ws, reply) = answer(&server, json!({ "subdomain": name })).await;
+        let (_ws, reply) = RawWs::create(&server, json!({ "subdomain": name })).await;
         reply["type"] == "tunnel_created"
     })
     .await;
@@ -258,7 +245,7 @@ async fn wrong_reconnect_secrets_count_as_failed_attempts() {
         ..TestServer::test_config()
     })
     .await;
-    let (ws, created) = answer(&server, json!({})).await;
+    let (ws, created) = RawWs::create(&server, json!({})).await;
     let name = created["subdomain"].as_str().unwrap().to_owned();
     let secret = created["reconnect_secret"].as_str().unwrap().to_owned();
     drop(ws);
