@@ -12,7 +12,7 @@ use std::process::Command;
 
 mod common;
 
-use common::Proc;
+use common::{Proc, cryptun};
 use cryptun_testkit::tls::TlsFiles;
 use cryptun_testkit::{HttpsVisitor, Visitor, within};
 
@@ -32,7 +32,7 @@ fn listening(proc: &Proc, scheme: &str) -> SocketAddr {
 
 /// Starts `cryptun server` on an ephemeral port and returns it with its address.
 fn server() -> (Proc, SocketAddr) {
-    let proc = Proc::spawn(&["server", "--listen", "127.0.0.1:0"]);
+    let proc = cryptun(&["server", "--listen", "127.0.0.1:0"]);
     let line = proc.log_with("listening");
     let addr = line
         .split_whitespace()
@@ -50,7 +50,7 @@ fn host_of(public_url: &str) -> &str {
 #[tokio::test]
 async fn http_hello_json_prints_tunnel_created_then_request_lines() {
     let (_server, addr) = server();
-    let client = Proc::spawn(&[
+    let client = cryptun(&[
         "http",
         "--hello",
         "--json",
@@ -89,7 +89,7 @@ async fn http_hello_json_prints_tunnel_created_then_request_lines() {
 async fn http_prints_the_url_plainly_and_refuses_a_taken_name() {
     let (_server, addr) = server();
     let server_url = format!("http://{addr}");
-    let first = Proc::spawn(&[
+    let first = cryptun(&[
         "http",
         "--hello",
         "--subdomain",
@@ -102,7 +102,7 @@ async fn http_prints_the_url_plainly_and_refuses_a_taken_name() {
         line.contains(&format!("http://myapp.localhost:{}", addr.port())),
         "{line}"
     );
-    let mut second = Proc::spawn(&[
+    let mut second = cryptun(&[
         "http",
         "--hello",
         "--subdomain",
@@ -118,7 +118,7 @@ async fn http_prints_the_url_plainly_and_refuses_a_taken_name() {
 
 #[tokio::test]
 async fn demo_serves_the_hello_page() {
-    let demo = Proc::spawn(&["demo", "--listen", "127.0.0.1:0"]);
+    let demo = cryptun(&["demo", "--listen", "127.0.0.1:0"]);
     let url = loop {
         let line = demo.line();
         if let Some(url) = line.trim().strip_prefix("Public URL") {
@@ -137,7 +137,7 @@ async fn demo_serves_the_hello_page() {
 
 #[test]
 fn bad_target_is_refused_clearly() {
-    let mut proc = Proc::spawn(&["http", "ftp://nowhere:21"]);
+    let mut proc = cryptun(&["http", "ftp://nowhere:21"]);
     assert!(!proc.child.wait().unwrap().success());
     let error = proc.log_with("error");
     assert!(error.contains("invalid target"), "{error}");
@@ -147,7 +147,7 @@ fn bad_target_is_refused_clearly() {
 async fn self_signed_server_and_a_client_over_https() {
     let data = tempfile::tempdir().unwrap();
     let data_dir = data.path().to_str().unwrap();
-    let server = Proc::spawn(&[
+    let server = cryptun(&[
         "server",
         "--listen",
         "127.0.0.1:0",
@@ -163,7 +163,7 @@ async fn self_signed_server_and_a_client_over_https() {
     let https = listening(&server, "https");
     let url = format!("https://localhost:{}", https.port());
 
-    let client = Proc::spawn(&["http", "--hello", "--json", "--server", &url, "--ca", &ca]);
+    let client = cryptun(&["http", "--hello", "--json", "--server", &url, "--ca", &ca]);
     let first: serde_json::Value = serde_json::from_str(&client.line()).unwrap();
     let public = first["public_url"].as_str().unwrap();
     let host = public.strip_prefix("https://").unwrap();
@@ -181,7 +181,7 @@ async fn self_signed_server_and_a_client_over_https() {
     assert_eq!(reply.status, 200);
     assert!(reply.text().contains("Hello from Cryptun!"));
 
-    let refused = Proc::spawn(&["http", "--hello", "--server", &url]);
+    let refused = cryptun(&["http", "--hello", "--server", &url]);
     let error = refused.log_with("error");
     assert!(error.contains("certificate not trusted"), "{error}");
     assert!(error.contains("--ca FILE"), "{error}");
@@ -191,7 +191,7 @@ async fn self_signed_server_and_a_client_over_https() {
 #[tokio::test]
 async fn sighup_reloads_the_certificate_files() {
     let files = TlsFiles::generate("localhost");
-    let server = Proc::spawn(&[
+    let server = cryptun(&[
         "server",
         "--listen",
         "127.0.0.1:0",
@@ -222,7 +222,7 @@ async fn sighup_reloads_the_certificate_files() {
 #[tokio::test]
 async fn http_json_announces_the_inspector_which_lists_requests() {
     let (_server, addr) = server();
-    let client = Proc::spawn(&[
+    let client = cryptun(&[
         "http",
         "--hello",
         "--json",
@@ -300,7 +300,7 @@ async fn a_taken_inspector_port_moves_up_and_a_full_range_only_warns() {
         "--server",
         &server_url,
     ];
-    let client = Proc::spawn(&args);
+    let client = cryptun(&args);
     let warning = client.log_with("request inspector");
     assert!(warning.contains("warning"), "{warning}");
     assert!(client.line().starts_with("Forwarding"));
@@ -309,7 +309,7 @@ async fn a_taken_inspector_port_moves_up_and_a_full_range_only_warns() {
     let mut held = held;
     let _first = held.remove(0);
     drop(held);
-    let client = Proc::spawn(&args);
+    let client = cryptun(&args);
     assert!(client.line().starts_with("Forwarding"));
     let line = client.line();
     let shown = line

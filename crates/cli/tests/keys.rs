@@ -14,7 +14,7 @@ use std::process::{Command, Output, Stdio};
 
 mod common;
 
-use common::{Proc, WAIT};
+use common::Proc;
 use cryptun_testkit::{TempDir, Visitor};
 
 fn cryptun(args: &[&str], env: &[(&str, &Path)]) -> Command {
@@ -164,7 +164,7 @@ async fn a_server_on_a_real_domain_requires_a_key_that_login_saves() {
     }
 
     let client = Proc::start(cryptun(&http, &env));
-    let first = client.stdout.recv_timeout(WAIT).expect("tunnel_created");
+    let first = client.line();
     let first: serde_json::Value = serde_json::from_str(&first).unwrap();
     let url = first["public_url"].as_str().unwrap();
     assert!(url.contains(".tunnels.example.test:"), "{url}");
@@ -177,7 +177,7 @@ async fn a_server_on_a_real_domain_requires_a_key_that_login_saves() {
     let mut by_env = cryptun(&http, &[("XDG_CONFIG_HOME", empty.path.as_path())]);
     by_env.env("CRYPTUN_TOKEN", &token);
     let by_env = Proc::start(by_env);
-    let line = by_env.stdout.recv_timeout(WAIT).expect("tunnel_created");
+    let line = by_env.line();
     assert!(line.contains("tunnel_created"), "{line}");
     let mut bad = cryptun(&http, &[("XDG_CONFIG_HOME", empty.path.as_path())]);
     bad.env("CRYPTUN_TOKEN", "ck_aaaaaaaa_wrong");

@@ -8,17 +8,18 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use cryptun_testkit::raw::{WAIT, eventually};
-use cryptun_testkit::{Origin, Proc, Visitor, within};
+mod common;
 
-const CRYPTUN: &str = env!("CARGO_BIN_EXE_cryptun");
+use common::{Proc, cryptun};
+use cryptun_testkit::raw::{WAIT, eventually};
+use cryptun_testkit::{Origin, Visitor, within};
 
 /// Starts `cryptun server` on an ephemeral port with `extra` arguments;
 /// returns it with its address, read from its text or JSON log.
 fn server(extra: &[&str]) -> (Proc, SocketAddr) {
     let mut args = vec!["server", "--listen", "127.0.0.1:0"];
     args.extend_from_slice(extra);
-    let mut proc = Proc::spawn(CRYPTUN, &args);
+    let proc = cryptun(&args);
     let line = proc.log_with("listening");
     let addr = if line.starts_with('{') {
         let json: serde_json::Value = serde_json::from_str(&line).unwrap();
@@ -39,7 +40,7 @@ fn client(addr: SocketAddr, target: &[&str]) -> (Proc, String) {
     let server = format!("http://{addr}");
     let mut args = vec!["http", "--json", "--server", &server];
     args.extend_from_slice(target);
-    let proc = Proc::spawn(CRYPTUN, &args);
+    let proc = cryptun(&args);
     let created: serde_json::Value = serde_json::from_str(&proc.line()).unwrap();
     assert_eq!(created["type"], "tunnel_created", "{created}");
     let url = created["public_url"].as_str().unwrap();
@@ -51,7 +52,7 @@ fn client(addr: SocketAddr, target: &[&str]) -> (Proc, String) {
 async fn sigterm_lets_the_request_in_flight_finish_then_exits_0() {
     let (mut server, addr) = server(&["--shutdown-grace", "20s"]);
     let origin = Origin::start().await;
-    let (mut client, host) = client(addr, &[&origin.target()]);
+    let (client, host) = client(addr, &[&origin.target()]);
     let slow = {
         let visitor = Visitor::new(addr);
         tokio::spawn(async move { visitor.get(&host, "/delay?ms=1500").await })
@@ -76,7 +77,7 @@ async fn sigterm_lets_the_request_in_flight_finish_then_exits_0() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn json_logs_have_an_access_line_per_request_without_the_query() {
-    let (mut server, addr) = server(&["--log-format", "json"]);
+    let (server, addr) = server(&["--log-format", "json"]);
     let (_client, host) = client(addr, &["--hello"]);
     let reply = Visitor::new(addr)
         .get(&host, "/some/path?token=s3cret")
@@ -101,7 +102,7 @@ async fn json_logs_have_an_access_line_per_request_without_the_query() {
             .starts_with("127.0.0.1:"),
         "{access}"
     );
-    for line in &server.seen {
+    for line in &server.seen() {
         let parsed: Result<serde_json::Value, _> = serde_json::from_str(line);
         assert!(parsed.is_ok(), "not JSON: {line}");
         assert!(!line.contains("s3cret"), "a secret was logged: {line}");
