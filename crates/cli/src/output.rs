@@ -9,13 +9,7 @@ use cryptun_client::{Event, Events, TunnelCreated};
 /// Prints the tunnel's announcement.
 pub fn tunnel_created(tunnel: &TunnelCreated, target: &str, json: bool) {
     if json {
-        let line = serde_json::json!({
-            "type": "tunnel_created",
-            "tunnel_id": tunnel.tunnel_id,
-            "subdomain": tunnel.subdomain,
-            "public_url": tunnel.public_url,
-        });
-        println_flush(&line.to_string());
+        println_flush(&tunnel_line("tunnel_created", tunnel));
     } else {
         println_flush(&format!("Forwarding  {} -> {target}", tunnel.public_url));
     }
@@ -98,16 +92,22 @@ pub fn events(json: bool, json_logs: bool) -> Events {
                 eprintln!("reconnected: {}", tunnel.public_url);
             }
             if json {
-                let line = serde_json::json!({
-                    "type": "reconnected",
-                    "tunnel_id": tunnel.tunnel_id,
-                    "subdomain": tunnel.subdomain,
-                    "public_url": tunnel.public_url,
-                });
-                println_flush(&line.to_string());
+                println_flush(&tunnel_line("reconnected", &tunnel));
             }
         }
     })
+}
+
+/// A tunnel as one JSON line of type `kind` (the seed's `tunnel_created`
+/// shape).
+fn tunnel_line(kind: &str, tunnel: &TunnelCreated) -> String {
+    serde_json::json!({
+        "type": kind,
+        "tunnel_id": tunnel.tunnel_id,
+        "subdomain": tunnel.subdomain,
+        "public_url": tunnel.public_url,
+    })
+    .to_string()
 }
 
 fn println_flush(line: &str) {
