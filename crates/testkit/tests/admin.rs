@@ -29,7 +29,13 @@ async fn with_a_token_the_admin_api_wants_it_even_from_loopback() {
     let wrong = Visitor::new(server.addr).with_admin_token("test-admin-token-0123456789abcdeX");
     let admin = Visitor::new(server.addr).with_admin_token(TOKEN);
 
-    for path in ["/api/tunnels", "/api/limits", "/api/nope", "/api"] {
+    for path in [
+        "/api/tunnels",
+        "/api/limits",
+        "/api/nope",
+        "/api",
+        "/metrics",
+    ] {
         for visitor in [&stranger, &wrong] {
             let reply = within(path, visitor.admin_get(path)).await;
             assert_eq!(reply.status, 401, "{path}: {}", reply.text());
@@ -55,6 +61,13 @@ async fn with_a_token_the_admin_api_wants_it_even_from_loopback() {
     let limits = within("limits", admin.admin_get("/api/limits")).await;
     assert_eq!(limits.status, 200);
     assert_eq!(limits.json()["rate_limit_ip"], Value::Null);
+    let metrics = within("metrics", admin.admin_get("/metrics")).await;
+    assert_eq!(metrics.status, 200);
+    assert!(
+        metrics.text().contains("cryptun_tunnels 1"),
+        "{}",
+        metrics.text()
+    );
     let missing = within("nope", admin.admin_get("/api/nope")).await;
     assert_eq!(missing.status, 404);
 
