@@ -8,7 +8,7 @@ use cryptun_server::AuthMode;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::{DemoArgs, HttpArgs, Inspect, ServerArgs, keys, output};
+use crate::{DemoArgs, HttpArgs, Inspect, ServerArgs, keys, output, status};
 
 /// `cryptun server`.
 pub async fn server(args: ServerArgs) -> Result<()> {
@@ -160,12 +160,25 @@ pub async fn http(args: HttpArgs, json_logs: bool) -> Result<()> {
     } else {
         target.to_string()
     };
-    output::tunnel_created(session.tunnel(), &shown, args.json);
-    if let Some((_, url)) = &inspector {
-        output::inspector(url, args.json);
-    }
-    let events = output::events(args.json, json_logs);
-    cryptun_client::serve(&config, session, shutdown, events).await?;
+    let url = inspector.as_ref().map(|(_, url)| url.as_str());
+    let view = output::live(
+        status::Header::new(&args.server, url),
+        vec![status::Tunnel::new(None, session.tunnel(), &shown)],
+        args.json || json_logs,
+    );
+    let events = match &view {
+        Some(view) => view.events(),
+        None => {
+            output::tunnel_created(session.tunnel(), &shown, args.json);
+            if let Some(url) = url {
+                output::inspector(url, args.json);
+            }
+            output::events(args.json, json_logs)
+        }
+    };
+    let served = cryptun_client::serve(&config, session, shutdown, events).await;
+    output::finish(view, served.as_ref().err());
+    served?;
     Ok(())
 }
 
@@ -186,24 +199,47 @@ pub async fn demo(args: DemoArgs, json_logs: bool) -> Result<()> {
     let session = cryptun_client::connect(&config).await?;
     let tunnel = session.tunnel();
     let url = &tunnel.public_url;
-    println!("Cryptun demo: server, hello service and client are running.");
-    println!();
-    println!("  Public URL  {url}");
-    println!("  Try         curl {url}/hello");
-    println!(
-        "  or          curl -H 'Host: {}.localhost:{}' http://{addr}/hello",
-        tunnel.subdomain,
-        addr.port()
-    );
-    println!("  Tunnels     curl http://{addr}/api/tunnels");
-    if let Some((_, url)) = &inspector {
-        println!("  Inspector   {url}");
-    }
-    println!();
-    println!("Requests appear below. Press Ctrl-C to stop.");
-    session
-        .run(shutdown.clone(), output::events(false, json_logs))
-        .await?;
+    let tries = [
+        ("Try", format!("curl {url}/hello")),
+        (
+            "or",
+            format!(
+                "curl -H 'Host: {}.localhost:{}' http://{addr}/hello",
+                tunnel.subdomain,
+                addr.port()
+            ),
+        ),
+        ("Tunnels", format!("curl http://{addr}/api/tunnels")),
+    ];
+    let inspector = inspector.as_ref().map(|(_, url)| url.as_str());
+    let mut header = status::Header::new(&format!("http://{addr} (in this process)"), inspector);
+    header.hints = tries
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), v.clone()))
+        .collect();
+    let target = "built-in hello page";
+    let tunnels = vec![status::Tunnel::new(None, tunnel, target)];
+    let view = output::live(header, tunnels, json_logs);
+    let events = match &view {
+        Some(view) => view.events(),
+        None => {
+            println!("Cryptun demo: server, hello service and client are running.");
+            println!();
+            println!("  Public URL  {url}");
+            for (label, line) in &tries {
+                println!("  {label:<10}  {line}");
+            }
+            if let Some(url) = inspector {
+                println!("  Inspector   {url}");
+            }
+            println!();
+            println!("Requests appear below. Press Ctrl-C to stop.");
+            output::events(false, json_logs)
+        }
+    };
+    let served = session.run(shutdown.clone(), events).await;
+    output::finish(view, served.as_ref().err());
+    served?;
     shutdown.cancel();
     server.await.context("server task failed")??;
     Ok(())

@@ -7,6 +7,7 @@ mod commands;
 mod keys;
 mod output;
 mod parse;
+mod status;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

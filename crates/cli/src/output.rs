@@ -6,6 +6,27 @@ use std::io::Write as _;
 
 use cryptun_client::{Event, Events, TunnelCreated};
 
+use crate::status::{self, Header, Live, Tunnel};
+
+/// The live status view of `tunnels`, if stdout is a terminal and the
+/// output is not `for_machines`; `None` means plain lines. A terminal that
+/// cannot be set up gets plain lines too, with a warning.
+pub fn live(header: Header, tunnels: Vec<Tunnel>, for_machines: bool) -> Option<Live> {
+    if !status::wanted(for_machines) {
+        return None;
+    }
+    Live::start(header, tunnels)
+        .inspect_err(|err| eprintln!("warning: no live status view ({err}); printing lines"))
+        .ok()
+}
+
+/// Ends the live view, if there is one, showing why the session ended.
+pub fn finish(view: Option<Live>, error: Option<&impl std::fmt::Display>) {
+    if let Some(view) = view {
+        view.finish(&error.map_or_else(|| "stopped".to_owned(), ToString::to_string));
+    }
+}
+
 /// Prints the tunnel's announcement.
 pub fn tunnel_created(tunnel: &TunnelCreated, target: &str, json: bool) {
     if json {
@@ -30,6 +51,8 @@ pub fn inspector(url: &str, json: bool) {
 /// the logs are JSON (`json_logs`).
 pub fn events(json: bool, json_logs: bool) -> Events {
     Events::to(move |event| match event {
+        // One line per request, when it ends.
+        Event::RequestStarted { .. } => {}
         Event::Request {
             method,
             path,

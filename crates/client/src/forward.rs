@@ -71,6 +71,10 @@ impl Forwarder {
 pub(crate) async fn forward(fwd: Arc<Forwarder>, stream: Stream<()>, head: RequestHead) {
     let started = Instant::now();
     let (method, path) = (head.method.clone(), head.path.clone());
+    fwd.events.emit(Event::RequestStarted {
+        method: method.clone(),
+        path: path.clone(),
+    });
     let tap = Tap::start(fwd.inspector.as_ref(), &head);
     let Stream {
         recv, send, gone, ..

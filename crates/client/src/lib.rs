@@ -212,6 +212,14 @@ impl ClientError {
 /// Something that happened, for the CLI (or a test) to show.
 #[derive(Debug, Clone)]
 pub enum Event {
+    /// A request arrived and is being forwarded; a [`Event::Request`]
+    /// follows when it ends (so started minus ended is the number open).
+    RequestStarted {
+        /// Request method.
+        method: String,
+        /// Path and query.
+        path: String,
+    },
     /// A request was answered (or failed) — one line per request.
     Request {
         /// Request method.
