@@ -16,3 +16,5 @@ pub fn cryptun(args: &[&str]) -> Proc {
         .env("CRYPTUN_INSPECT", "off");
     Proc::start(cmd)
 }
+
+pub mod tty;

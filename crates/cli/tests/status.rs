@@ -1,0 +1,164 @@
+//! The live status view of `cryptun http`, on a real pseudo-terminal
+//! against a real server: the public URL and each request appear on the
+//! screen, Ctrl-C (typed, so the terminal sends SIGINT) and an error exit
+//! both give the terminal back; without a terminal, or with `--json` on
+//! one, the output stays plain lines.
+//!
+//! The waits on the terminal block their thread, so these tests run on a
+//! multi-threaded runtime and wait inside `block_in_place`, leaving the
+//! in-process server its own threads.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use common::cryptun;
+use common::tty::{Screen, Tty};
+use cryptun_server::AuthMode;
+use cryptun_testkit::{TempDir, TestServer, Visitor};
+use tokio::task::block_in_place;
+
+/// `host:port` of a public URL.
+fn host_of(url: &str) -> &str {
+    url.strip_prefix("http://").unwrap()
+}
+
+/// Waits for the view and returns its public URL.
+fn public_url(tty: &mut Tty) -> String {
+    let screen = tty.wait_for("the status view", |s| {
+        s.alternate && s.line("Forwarding").is_some()
+    });
+    let line = screen.line("Forwarding").unwrap();
+    let url = line.split_whitespace().nth(1).unwrap().to_owned();
+    assert!(url.starts_with("http://tunnel-"), "{screen}");
+    assert!(
+        line.ends_with(&format!("{url} -> built-in hello page")),
+        "{line}"
+    );
+    url
+}
+
+/// The last byte offset of `needle` in `raw`.
+fn last(raw: &[u8], needle: &str) -> Option<usize> {
+    raw.windows(needle.len())
+        .rposition(|w| w == needle.as_bytes())
+}
+
+/// The terminal was given back: the alternate screen left and the cursor
+/// shown, after they were last taken.
+fn assert_restored(tty: &Tty) {
+    let screen = tty.screen();
+    assert!(!screen.alternate && screen.cursor_visible, "{screen}");
+    let raw = &tty.raw;
+    assert!(last(raw, "\x1b[?1049l") > last(raw, "\x1b[?1049h"));
+    assert!(last(raw, "\x1b[?25h") > last(raw, "\x1b[?25l"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_terminal_the_view_shows_the_url_and_each_request_and_ctrl_c_restores_it() {
+    let server = TestServer::start().await;
+    let server_url = server.url();
+    let args = [
+        "http",
+        "--hello",
+        "--server",
+        &server_url,
+        "--inspect",
+        "127.0.0.1:0",
+    ];
+    let mut tty = Tty::cryptun(&args, 100, 30);
+    let url = block_in_place(|| public_url(&mut tty));
+    let screen = tty.screen();
+    let online = "Session Status    online";
+    assert_eq!(screen.line("Session Status").as_deref(), Some(online));
+    let server_line = format!("Server            {server_url}");
+    assert_eq!(screen.line("Server").as_deref(), Some(&*server_line));
+    let inspector = screen.line("Web Interface").unwrap();
+    assert!(inspector.contains("http://127.0.0.1:"), "{screen}");
+
+    let reply = Visitor::new(server.addr)
+        .get(host_of(&url), "/status-e2e?x=1")
+        .await;
+    assert_eq!(reply.status, 200);
+    let is_request = |l: &String| l.contains(" GET     /status-e2e?x=1  200 ");
+    let screen = block_in_place(|| {
+        tty.wait_for("the request's line", |s: &Screen| {
+            s.lines().iter().any(is_request)
+        })
+    });
+    let line = screen.lines().into_iter().find(is_request).unwrap();
+    assert!(line.ends_with("ms"), "{line}");
+    let stats = screen
+        .lines()
+        .iter()
+        .position(|l| l.starts_with("Connections"))
+        .unwrap();
+    let counts: Vec<String> = screen.lines()[stats + 1]
+        .split_whitespace()
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(counts[..2], ["1", "0"], "{screen}");
+    // A hundred columns: no row is wider.
+    assert!(screen.lines().iter().all(|l| l.chars().count() <= 100));
+
+    tty.type_keys(b"\x03");
+    let status = block_in_place(|| tty.wait_exit());
+    assert!(status.success(), "{status}: {}", tty.screen());
+    assert_restored(&tty);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reconnecting_shows_on_the_view_and_a_final_error_restores_the_terminal() {
+    let server = TestServer::start().await;
+    let addr = server.addr;
+    let mut tty = Tty::cryptun(&["http", "--hello", "--server", &server.url()], 100, 30);
+    block_in_place(|| public_url(&mut tty));
+
+    server.stop().await;
+    block_in_place(|| {
+        tty.wait_for("reconnecting", |s| {
+            s.line("Session Status")
+                .is_some_and(|l| l.contains("reconnecting (attempt"))
+        })
+    });
+    // The server comes back wanting API keys, which this client lacks:
+    // the reconnect is refused for good and the client exits.
+    let dir = TempDir::new();
+    let _strict =
+        TestServer::start_on(addr, TestServer::auth_config(&dir.path, AuthMode::Required)).await;
+    let status = block_in_place(|| tty.wait_exit());
+    assert!(!status.success(), "{}", tty.screen());
+    assert_restored(&tty);
+    // The error is on the normal screen, after the view is gone.
+    let screen = tty.screen();
+    let error = screen.line("error:").unwrap_or_else(|| panic!("{screen}"));
+    assert!(error.contains("refused"), "{error}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_on_a_terminal_stays_json_lines() {
+    let server = TestServer::start().await;
+    let args = ["http", "--hello", "--json", "--server", &server.url()];
+    let mut tty = Tty::cryptun(&args, 100, 30);
+    let line = block_in_place(|| tty.wait_for_line("tunnel_created"));
+    let json: serde_json::Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(json["type"], "tunnel_created");
+    assert!(!tty.text().contains("\x1b[?1049h"), "{:?}", tty.text());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_terminal_the_output_stays_plain_lines() {
+    let server = TestServer::start().await;
+    let client = cryptun(&["http", "--hello", "--server", &server.url()]);
+    let first = block_in_place(|| client.line());
+    let url = first
+        .strip_prefix("Forwarding  ")
+        .and_then(|rest| rest.strip_suffix(" -> built-in hello page"))
+        .unwrap_or_else(|| panic!("{first:?}"));
+    let reply = Visitor::new(server.addr).get(host_of(url), "/plain").await;
+    assert_eq!(reply.status, 200);
+    let line = block_in_place(|| client.line());
+    assert!(line.starts_with("GET     /plain "), "{line:?}");
+    assert!(line.contains(" 200 "), "{line:?}");
+    assert!(!first.contains('\x1b') && !line.contains('\x1b'));
+}
