@@ -16,6 +16,8 @@ use common::cryptun;
 use common::tty::{Screen, Tty};
 use cryptun_server::AuthMode;
 use cryptun_testkit::{TempDir, TestServer, Visitor};
+use std::time::Duration;
+
 use tokio::task::block_in_place;
 
 /// `host:port` of a public URL.
@@ -105,6 +107,25 @@ async fn on_a_terminal_the_view_shows_the_url_and_each_request_and_ctrl_c_restor
     let status = block_in_place(|| tty.wait_exit());
     assert!(status.success(), "{status}: {}", tty.screen());
     assert_restored(&tty);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_view_draws_nothing_and_a_resize_redraws_it_to_the_new_size() {
+    let server = TestServer::start().await;
+    let mut tty = Tty::cryptun(&["http", "--hello", "--server", &server.url()], 100, 30);
+    block_in_place(|| {
+        public_url(&mut tty);
+        // Past two ticks of the redraw loop: nothing changed, nothing drawn.
+        tty.assert_quiet_for(Duration::from_millis(2500));
+    });
+    tty.resize(60, 12);
+    // The title row is now 60 wide, and what does not fit is cut.
+    let title = format!("cryptun{}(Ctrl+C to quit)", " ".repeat(60 - 7 - 16));
+    block_in_place(|| tty.wait_for_text(&title));
+    let screen = tty.screen();
+    let forwarding = screen.line("Forwarding").unwrap();
+    assert_eq!(forwarding.chars().count(), 60, "{screen}");
+    assert!(forwarding.ends_with('…'), "{screen}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

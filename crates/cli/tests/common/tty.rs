@@ -30,7 +30,11 @@ impl Tty {
             .chain(args.iter().copied())
             .map(|arg| format!("'{}'", arg.replace('\'', r"'\''")))
             .collect();
-        let line = format!("stty cols {cols} rows {rows} && exec {}", quoted.join(" "));
+        // `tty` names the terminal first, for `resize`.
+        let line = format!(
+            "tty && stty cols {cols} rows {rows} && exec {}",
+            quoted.join(" ")
+        );
         let mut child = Command::new("script")
             .args(["-qfec", &line, "/dev/null"])
             .env("CRYPTUN_INSPECT", "off")
@@ -104,6 +108,24 @@ impl Tty {
         }
     }
 
+    /// Reads output until it contains `needle`, within [`LIMIT`].
+    pub fn wait_for_text(&mut self, needle: &str) {
+        self.read_until(needle, |tty| tty.text().contains(needle).then_some(()));
+    }
+
+    /// Resizes the terminal, as a window manager does: the program gets
+    /// SIGWINCH.
+    pub fn resize(&mut self, cols: usize, rows: usize) {
+        let device = self.wait_for_line("/dev/pts/");
+        let status = Command::new("stty")
+            .args(["-F", device.trim()])
+            .args(["cols", &cols.to_string(), "rows", &rows.to_string()])
+            .status()
+            .expect("stty runs");
+        assert!(status.success(), "stty -F {device} failed");
+        (self.cols, self.rows) = (cols, rows);
+    }
+
     /// Types `keys` (`b"\x03"` is Ctrl-C).
     pub fn type_keys(&mut self, keys: &[u8]) {
         self.keys.write_all(keys).expect("the terminal takes input");
@@ -124,6 +146,16 @@ impl Tty {
             }
         }
         self.child.wait().expect("waiting for the program")
+    }
+
+    /// Asserts that the program writes nothing for `quiet`.
+    pub fn assert_quiet_for(&mut self, quiet: std::time::Duration) {
+        if let Ok(chunk) = self.chunks.recv_timeout(quiet) {
+            panic!(
+                "wrote {:?} while nothing changed",
+                String::from_utf8_lossy(&chunk)
+            );
+        }
     }
 
     /// The output as text, escape sequences included.
