@@ -115,7 +115,9 @@ async fn an_idle_view_draws_nothing_and_a_resize_redraws_it_to_the_new_size() {
     let mut tty = Tty::cryptun(&["http", "--hello", "--server", &server.url()], 100, 30);
     block_in_place(|| {
         public_url(&mut tty);
-        // Past two ticks of the redraw loop: nothing changed, nothing drawn.
+        // The frame's last sequence (clear below it) is out...
+        tty.wait_for_end("\x1b[J");
+        // ...and past two ticks of the redraw loop: nothing changed, nothing drawn.
         tty.assert_quiet_for(Duration::from_millis(2500));
     });
     tty.resize(60, 12);

@@ -39,9 +39,12 @@ impl Screen {
         if !self.active {
             return Ok(());
         }
-        let mut out = self.out.lock();
+        // The whole frame in one write, so the terminal is not caught
+        // showing half of it.
+        let mut frame = Vec::with_capacity(lines.iter().map(|l| l.len() + 16).sum());
         for (row, line) in (0u16..).zip(lines) {
-            out.queue(cursor::MoveTo(0, row))?
+            frame
+                .queue(cursor::MoveTo(0, row))?
                 .queue(style::Print(line))?
                 .queue(terminal::Clear(terminal::ClearType::UntilNewLine))?;
         }
@@ -49,9 +52,12 @@ impl Screen {
             // Below the last row the cursor would stay on it, and clearing
             // "down" from there would erase it.
             let below = u16::try_from(lines.len()).unwrap_or(u16::MAX);
-            out.queue(cursor::MoveTo(0, below))?
+            frame
+                .queue(cursor::MoveTo(0, below))?
                 .queue(terminal::Clear(terminal::ClearType::FromCursorDown))?;
         }
+        let mut out = self.out.lock();
+        out.write_all(&frame)?;
         out.flush()
     }
 

@@ -148,6 +148,12 @@ impl Tty {
         self.child.wait().expect("waiting for the program")
     }
 
+    /// Reads output until what has been written so far ends with `end`
+    /// (the last sequence of a frame, say), within [`LIMIT`].
+    pub fn wait_for_end(&mut self, end: &str) {
+        self.read_until(end, |tty| tty.raw.ends_with(end.as_bytes()).then_some(()));
+    }
+
     /// Asserts that the program writes nothing for `quiet`.
     pub fn assert_quiet_for(&mut self, quiet: std::time::Duration) {
         if let Ok(chunk) = self.chunks.recv_timeout(quiet) {
