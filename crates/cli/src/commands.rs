@@ -8,7 +8,7 @@ use cryptun_server::AuthMode;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::{DemoArgs, HttpArgs, Inspect, ServerArgs, keys, output, status};
+use crate::{DemoArgs, HttpArgs, Inspect, ServerArgs, keys, output};
 
 /// `cryptun server`.
 pub async fn server(args: ServerArgs) -> Result<()> {
@@ -161,21 +161,8 @@ pub async fn http(args: HttpArgs, json_logs: bool) -> Result<()> {
         target.to_string()
     };
     let url = inspector.as_ref().map(|(_, url)| url.as_str());
-    let view = output::live(
-        status::Header::new(&args.server, url),
-        vec![status::Tunnel::new(None, session.tunnel(), &shown)],
-        args.json || json_logs,
-    );
-    let events = match &view {
-        Some(view) => view.events(),
-        None => {
-            output::tunnel_created(session.tunnel(), &shown, args.json);
-            if let Some(url) = url {
-                output::inspector(url, args.json);
-            }
-            output::events(args.json, json_logs)
-        }
-    };
+    let tunnels = [(session.tunnel(), shown.as_str())];
+    let (view, events) = output::show(&args.server, &tunnels, url, args.json, json_logs);
     let served = cryptun_client::serve(&config, session, shutdown, events).await;
     output::finish(view, served.as_ref().err());
     served?;
@@ -197,47 +184,14 @@ pub async fn demo(args: DemoArgs, json_logs: bool) -> Result<()> {
     let inspector = start_inspector(args.inspect, &shutdown).await;
     config.inspector = inspector.as_ref().map(|(inspector, _)| inspector.clone());
     let session = cryptun_client::connect(&config).await?;
-    let tunnel = session.tunnel();
-    let url = &tunnel.public_url;
-    let tries = [
-        ("Try", format!("curl {url}/hello")),
-        (
-            "or",
-            format!(
-                "curl -H 'Host: {}.localhost:{}' http://{addr}/hello",
-                tunnel.subdomain,
-                addr.port()
-            ),
-        ),
-        ("Tunnels", format!("curl http://{addr}/api/tunnels")),
-    ];
     let inspector = inspector.as_ref().map(|(_, url)| url.as_str());
-    let mut header = status::Header::new(&format!("http://{addr} (in this process)"), inspector);
-    header.hints = tries
-        .iter()
-        .map(|(k, v)| ((*k).to_owned(), v.clone()))
-        .collect();
-    let target = "built-in hello page";
-    let tunnels = vec![status::Tunnel::new(None, tunnel, target)];
-    let view = output::live(header, tunnels, json_logs);
-    let events = match &view {
-        Some(view) => view.events(),
-        None => {
-            println!("Cryptun demo: server, hello service and client are running.");
-            println!();
-            println!("  Public URL  {url}");
-            for (label, line) in &tries {
-                println!("  {label:<10}  {line}");
-            }
-            if let Some(url) = inspector {
-                println!("  Inspector   {url}");
-            }
-            println!();
-            println!("Requests appear below. Press Ctrl-C to stop.");
-            output::events(false, json_logs)
-        }
+    let (view, events) = output::demo(addr, session.tunnel(), inspector, json_logs);
+    let served = match session.run(shutdown.clone(), events).await {
+        // Ctrl-C stops the demo's own server too, which may tell the
+        // client it is going away before the client notices the signal.
+        Err(ClientError::GoingAway { .. }) if shutdown.is_cancelled() => Ok(()),
+        served => served,
     };
-    let served = session.run(shutdown.clone(), events).await;
     output::finish(view, served.as_ref().err());
     served?;
     shutdown.cancel();

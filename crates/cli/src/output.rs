@@ -1,6 +1,7 @@
-//! What the client prints: a line per request as ngrok does, or JSON lines,
-//! on stdout; what the connection is doing (lost, reconnecting, back) on
-//! stderr, and also on stdout as JSON lines with `--json`.
+//! What the client prints: on a terminal, the live status view (see
+//! `status`); otherwise a line per request as ngrok does, or JSON lines,
+//! on stdout, and what the connection is doing (lost, reconnecting, back)
+//! on stderr, and also on stdout as JSON lines with `--json`.
 
 use std::io::Write as _;
 
@@ -8,10 +9,84 @@ use cryptun_client::{Event, Events, TunnelCreated};
 
 use crate::status::{self, Header, Live, Tunnel};
 
-/// The live status view of `tunnels`, if stdout is a terminal and the
-/// output is not `for_machines`; `None` means plain lines. A terminal that
-/// cannot be set up gets plain lines too, with a warning.
-pub fn live(header: Header, tunnels: Vec<Tunnel>, for_machines: bool) -> Option<Live> {
+/// Shows `tunnels` (each with the target shown for it) and the inspector:
+/// in the live status view when stdout is a terminal and the output is for
+/// people, else as lines. Returns the view, to [`finish`] at the end, and
+/// where the client's events go.
+pub fn show(
+    server: &str,
+    tunnels: &[(&TunnelCreated, &str)],
+    inspector: Option<&str>,
+    json: bool,
+    json_logs: bool,
+) -> (Option<Live>, Events) {
+    let header = Header::new(server, inspector);
+    let shown = tunnels
+        .iter()
+        .map(|(created, target)| Tunnel::new(None, created, target))
+        .collect();
+    if let Some(view) = live(header, shown, json || json_logs) {
+        let events = view.events();
+        return (Some(view), events);
+    }
+    for (created, target) in tunnels {
+        tunnel_created(created, target, json);
+    }
+    if let Some(url) = inspector {
+        self::inspector(url, json);
+    }
+    (None, events(json, json_logs))
+}
+
+/// What `cryptun demo` shows: the status view with lines to try, or the
+/// same as a banner above the request lines.
+pub fn demo(
+    addr: std::net::SocketAddr,
+    tunnel: &TunnelCreated,
+    inspector: Option<&str>,
+    json_logs: bool,
+) -> (Option<Live>, Events) {
+    let url = &tunnel.public_url;
+    let port = addr.port();
+    let tries = [
+        ("Try", format!("curl {url}/hello")),
+        (
+            "or",
+            format!(
+                "curl -H 'Host: {}.localhost:{port}' http://{addr}/hello",
+                tunnel.subdomain
+            ),
+        ),
+        ("Tunnels", format!("curl http://{addr}/api/tunnels")),
+    ];
+    let mut header = Header::new(&format!("http://{addr} (in this process)"), inspector);
+    header.hints = tries
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), v.clone()))
+        .collect();
+    let shown = vec![Tunnel::new(None, tunnel, "built-in hello page")];
+    if let Some(view) = live(header, shown, json_logs) {
+        let events = view.events();
+        return (Some(view), events);
+    }
+    println!("Cryptun demo: server, hello service and client are running.");
+    println!();
+    println!("  Public URL  {url}");
+    for (label, line) in &tries {
+        println!("  {label:<10}  {line}");
+    }
+    if let Some(url) = inspector {
+        println!("  Inspector   {url}");
+    }
+    println!();
+    println!("Requests appear below. Press Ctrl-C to stop.");
+    (None, events(false, json_logs))
+}
+
+/// The live status view, if stdout is a terminal and the output is not
+/// `for_machines`; `None` means plain lines. A terminal that cannot be set
+/// up gets plain lines too, with a warning.
+fn live(header: Header, tunnels: Vec<Tunnel>, for_machines: bool) -> Option<Live> {
     if !status::wanted(for_machines) {
         return None;
     }
