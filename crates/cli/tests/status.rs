@@ -15,8 +15,10 @@ mod common;
 use common::cryptun;
 use common::tty::{Screen, Tty};
 use cryptun_server::AuthMode;
-use cryptun_testkit::{TempDir, TestServer, Visitor};
+use cryptun_testkit::{Origin, TempDir, TestServer, Visitor};
 use std::time::Duration;
+use tokio::io::AsyncWriteExt as _;
+use tokio::net::TcpStream;
 
 use tokio::task::block_in_place;
 
@@ -27,16 +29,18 @@ fn host_of(url: &str) -> &str {
 
 /// Waits for the view and returns its public URL.
 fn public_url(tty: &mut Tty) -> String {
+    public_url_to(tty, "built-in hello page")
+}
+
+/// Waits for the view of a tunnel to `target` and returns its public URL.
+fn public_url_to(tty: &mut Tty, target: &str) -> String {
     let screen = tty.wait_for("the status view", |s| {
         s.alternate && s.line("Forwarding").is_some()
     });
     let line = screen.line("Forwarding").unwrap();
     let url = line.split_whitespace().nth(1).unwrap().to_owned();
     assert!(url.starts_with("http://tunnel-"), "{screen}");
-    assert!(
-        line.ends_with(&format!("{url} -> built-in hello page")),
-        "{line}"
-    );
+    assert!(line.ends_with(&format!("{url} -> {target}")), "{line}");
     url
 }
 
@@ -90,16 +94,8 @@ async fn on_a_terminal_the_view_shows_the_url_and_each_request_and_ctrl_c_restor
     });
     let line = screen.lines().into_iter().find(is_request).unwrap();
     assert!(line.ends_with("ms"), "{line}");
-    let stats = screen
-        .lines()
-        .iter()
-        .position(|l| l.starts_with("Connections"))
-        .unwrap();
-    let counts: Vec<String> = screen.lines()[stats + 1]
-        .split_whitespace()
-        .map(str::to_owned)
-        .collect();
-    assert_eq!(counts[..2], ["1", "0"], "{screen}");
+    let counts_now = counts(&screen);
+    assert_eq!(counts_now, Some(("1".into(), "0".into())), "{screen}");
     // A hundred columns: no row is wider.
     assert!(screen.lines().iter().all(|l| l.chars().count() <= 100));
 
@@ -107,6 +103,44 @@ async fn on_a_terminal_the_view_shows_the_url_and_each_request_and_ctrl_c_restor
     let status = block_in_place(|| tty.wait_exit());
     assert!(status.success(), "{status}: {}", tty.screen());
     assert_restored(&tty);
+}
+
+/// The two counts (`ttl`, `opn`) on the statistics row.
+fn counts(screen: &Screen) -> Option<(String, String)> {
+    let lines = screen.lines();
+    let at = lines.iter().position(|l| l.starts_with("Connections"))?;
+    let mut values = lines.get(at + 1)?.split_whitespace();
+    Some((values.next()?.to_owned(), values.next()?.to_owned()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_in_flight_counts_as_open_until_its_visitor_leaves() {
+    let server = TestServer::start().await;
+    let origin = Origin::start().await;
+    let target = origin.addr.to_string();
+    let mut tty = Tty::cryptun(&["http", &target, "--server", &server.url()], 100, 30);
+    let url = block_in_place(|| public_url_to(&mut tty, &format!("http://{target}")));
+
+    let mut visitor = TcpStream::connect(server.addr).await.unwrap();
+    let head = format!("GET /hang HTTP/1.1\r\nHost: {}\r\n\r\n", host_of(&url));
+    visitor.write_all(head.as_bytes()).await.unwrap();
+    let open = Some(("0".to_owned(), "1".to_owned()));
+    block_in_place(|| tty.wait_for("one request open", |s| counts(s) == open));
+
+    drop(visitor);
+    let ended = Some(("1".to_owned(), "0".to_owned()));
+    let screen = block_in_place(|| tty.wait_for("the request ended", |s| counts(s) == ended));
+    // Status `---`: the visitor left before any answer.
+    let line = screen
+        .lines()
+        .into_iter()
+        .find(|l| l.contains(" /hang "))
+        .unwrap();
+    assert!(line.contains(" GET     /hang  ---  "), "{screen}");
+    assert!(
+        line.ends_with("cancelled: the visitor went away"),
+        "{screen}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
