@@ -186,14 +186,9 @@ impl State {
     /// Updates the tunnel the server created again: the one with the same
     /// subdomain, or the only one.
     fn reconnected(&mut self, created: &TunnelCreated) {
-        let only = self.tunnels.len() == 1;
-        let found = self
-            .tunnels
-            .iter_mut()
-            .enumerate()
-            .find(|(_, t)| t.subdomain == created.subdomain)
-            .map(|(i, _)| i)
-            .or(only.then_some(0));
+        let same = |t: &Tunnel| t.subdomain == created.subdomain;
+        let only = (self.tunnels.len() == 1).then_some(0);
+        let found = self.tunnels.iter().position(same).or(only);
         if let Some(tunnel) = found.and_then(|i| self.tunnels.get_mut(i)) {
             tunnel.subdomain = created.subdomain.clone();
             tunnel.public_url = created.public_url.clone();
