@@ -15,6 +15,20 @@ pub fn tunnel_created(tunnel: &TunnelCreated, target: &str, json: bool) {
     }
 }
 
+/// Prints the announcement of tunnel `name` of a session of several: the
+/// plain line names it, the JSON line gains a `name` field.
+pub fn named_tunnel_created(name: &str, tunnel: &TunnelCreated, target: &str, json: bool) {
+    if json {
+        let mut line = tunnel_json("tunnel_created", tunnel);
+        line["name"] = name.into();
+        line["target"] = target.into();
+        println_flush(&line.to_string());
+    } else {
+        let url = &tunnel.public_url;
+        println_flush(&format!("Forwarding  {name:<12} {url} -> {target}"));
+    }
+}
+
 /// Prints where the request inspector is.
 pub fn inspector(url: &str, json: bool) {
     if json {
@@ -29,8 +43,15 @@ pub fn inspector(url: &str, json: bool) {
 /// connection's ups and downs to stderr: plain lines, or log records when
 /// the logs are JSON (`json_logs`).
 pub fn events(json: bool, json_logs: bool) -> Events {
+    events_named(json, json_logs, false)
+}
+
+/// [`events`], with each plain request line starting with the name of its
+/// tunnel when `named` (a session of several tunnels).
+pub fn events_named(json: bool, json_logs: bool, named: bool) -> Events {
     Events::to(move |event| match event {
         Event::Request {
+            tunnel,
             method,
             path,
             status,
@@ -41,6 +62,7 @@ pub fn events(json: bool, json_logs: bool) -> Events {
             let line = if json {
                 serde_json::json!({
                     "type": "request",
+                    "tunnel": tunnel,
                     "method": method,
                     "path": path,
                     "status": status,
@@ -54,9 +76,14 @@ pub fn events(json: bool, json_logs: bool) -> Events {
                 } else {
                     status.to_string()
                 };
-                match error {
+                let line = match error {
                     Some(error) => format!("{method:<7} {path:<40} {status} {ms:>8.1}ms  {error}"),
                     None => format!("{method:<7} {path:<40} {status} {ms:>8.1}ms"),
+                };
+                if named {
+                    format!("{tunnel:<12} {line}")
+                } else {
+                    line
                 }
             };
             println_flush(&line);
@@ -101,13 +128,16 @@ pub fn events(json: bool, json_logs: bool) -> Events {
 /// A tunnel as one JSON line of type `kind` (the seed's `tunnel_created`
 /// shape).
 fn tunnel_line(kind: &str, tunnel: &TunnelCreated) -> String {
+    tunnel_json(kind, tunnel).to_string()
+}
+
+fn tunnel_json(kind: &str, tunnel: &TunnelCreated) -> serde_json::Value {
     serde_json::json!({
         "type": kind,
         "tunnel_id": tunnel.tunnel_id,
         "subdomain": tunnel.subdomain,
         "public_url": tunnel.public_url,
     })
-    .to_string()
 }
 
 fn println_flush(line: &str) {

@@ -2,6 +2,7 @@
 //! with both bodies streamed. If the server abandons the request (the visitor
 //! left), the local request is dropped at once, which closes its connection.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -22,7 +23,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use tracing::debug;
 
 use crate::inspector::{Inspector, Tap};
-use crate::{ClientConfig, Event, Events, Target};
+use crate::{ClientConfig, Event, Events, Target, TunnelCreated};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 type LocalBody = BoxBody<Bytes, BoxError>;
@@ -39,16 +40,33 @@ const INLINE_RESPONSE_MAX: u64 = 16 << 10;
 /// Idle pooled connections to the local service are closed after this.
 const POOL_IDLE: Duration = Duration::from_secs(60);
 
-/// What every forwarded request shares: the pooled HTTP client and target.
+/// What every forwarded request shares: the pooled HTTP client and the
+/// tunnels' targets.
 pub(crate) struct Forwarder {
     http: Client<HttpConnector, LocalBody>,
-    target: Target,
+    /// By tunnel id; the first tunnel's route is also the one taken for a
+    /// request naming no tunnel we know, on a session of one tunnel.
+    routes: HashMap<String, Route>,
+    first: Route,
+    single: bool,
     events: Events,
     inspector: Option<Inspector>,
 }
 
+/// Where one tunnel's requests go.
+#[derive(Clone)]
+struct Route {
+    /// The tunnel's name for [`Event::Request`].
+    name: Arc<str>,
+    target: Target,
+    /// The inspector records the first tunnel only (its replay goes there).
+    inspect: bool,
+}
+
 impl Forwarder {
-    pub(crate) fn new(config: &ClientConfig, events: Events) -> Self {
+    /// A forwarder for `created`, the tunnels of [`ClientConfig::tunnels`]
+    /// in the same order.
+    pub(crate) fn new(config: &ClientConfig, created: &[TunnelCreated], events: Events) -> Self {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(config.local_connect_timeout));
@@ -58,30 +76,85 @@ impl Forwarder {
         if let Some(inspector) = &config.inspector {
             inspector.attach(&config.target);
         }
+        let routes: HashMap<String, Route> = config
+            .tunnels()
+            .into_iter()
+            .zip(created)
+            .enumerate()
+            .map(|(i, (spec, tunnel))| {
+                let name = spec.name.unwrap_or_else(|| tunnel.subdomain.clone());
+                let route = Route {
+                    name: name.into(),
+                    target: spec.target,
+                    inspect: i == 0,
+                };
+                (tunnel.tunnel_id.clone(), route)
+            })
+            .collect();
+        let first = created
+            .first()
+            .and_then(|t| routes.get(&t.tunnel_id).cloned())
+            .unwrap_or_else(|| Route {
+                name: "".into(),
+                target: config.target.clone(),
+                inspect: true,
+            });
         Forwarder {
             http,
-            target: config.target.clone(),
+            single: routes.len() <= 1,
+            routes,
+            first,
             events,
             inspector: config.inspector.clone(),
         }
     }
+
+    /// The route of `tunnel_id`: on a session of one tunnel, that tunnel
+    /// whatever the id says (a server may leave it out).
+    fn route(&self, tunnel_id: &str) -> Option<&Route> {
+        match self.routes.get(tunnel_id) {
+            Some(route) => Some(route),
+            None if self.single => Some(&self.first),
+            None => None,
+        }
+    }
 }
 
-/// Forwards one request and reports it.
-pub(crate) async fn forward(fwd: Arc<Forwarder>, stream: Stream<()>, head: RequestHead) {
+/// Forwards one request arriving on `tunnel_id` and reports it.
+pub(crate) async fn forward(
+    fwd: Arc<Forwarder>,
+    tunnel_id: String,
+    stream: Stream<()>,
+    head: RequestHead,
+) {
     let started = Instant::now();
     let (method, path) = (head.method.clone(), head.path.clone());
-    let tap = Tap::start(fwd.inspector.as_ref(), &head);
+    let Some(route) = fwd.route(&tunnel_id).cloned() else {
+        let text = format!("cryptun client: no tunnel {tunnel_id:?} on this connection");
+        let outcome = answer_error(stream.send, 502, text, started).await;
+        fwd.events.emit(Event::Request {
+            tunnel: tunnel_id,
+            method,
+            path,
+            status: outcome.status,
+            duration: outcome.duration,
+            error: outcome.error,
+        });
+        return;
+    };
+    let inspector = fwd.inspector.as_ref().filter(|_| route.inspect);
+    let tap = Tap::start(inspector, &head);
     let Stream {
         recv, send, gone, ..
     } = stream;
     let outcome = tokio::select! {
         biased;
-        outcome = exchange(&fwd, &tap, head, recv, send, started) => outcome,
+        outcome = exchange(&fwd, &route.target, &tap, head, recv, send, started) => outcome,
         _ = gone => Outcome { status: 0, duration: started.elapsed(), error: Some("cancelled: the visitor went away".into()) },
     };
     tap.finish(outcome.status, outcome.error.clone());
     fwd.events.emit(Event::Request {
+        tunnel: route.name.to_string(),
         method,
         path,
         status: outcome.status,
@@ -98,13 +171,14 @@ struct Outcome {
 
 async fn exchange(
     fwd: &Forwarder,
+    target: &Target,
     tap: &Tap,
     head: RequestHead,
     recv: RecvBody<()>,
     mut send: SendHalf<()>,
     started: Instant,
 ) -> Outcome {
-    let (request, upgrade) = match local_request(&fwd.target, head, recv) {
+    let (request, upgrade) = match local_request(target, head, recv) {
         Ok(parts) => parts,
         Err(why) => {
             return answer_error(
@@ -121,10 +195,7 @@ async fn exchange(
         Ok(response) => response,
         Err(err) => {
             let why = error_chain(&err);
-            let text = format!(
-                "cryptun could not reach the local service at {}: {why}",
-                fwd.target
-            );
+            let text = format!("cryptun could not reach the local service at {target}: {why}");
             return answer_error(send, 502, text, started).await;
         }
     };
