@@ -138,23 +138,7 @@ pub async fn http(args: HttpArgs, json_logs: bool) -> Result<()> {
     config.token = keys::client_token(args.token)?;
     let inspector = start_inspector(args.inspect, &shutdown).await;
     config.inspector = inspector.as_ref().map(|(inspector, _)| inspector.clone());
-    let session = match cryptun_client::connect(&config).await {
-        Ok(session) => session,
-        Err(
-            err @ ClientError::Refused {
-                code: ErrorCode::Unauthorized,
-                ..
-            },
-        ) => {
-            let hint = if config.token.is_some() {
-                "check the key, or ask the server's operator for a new one"
-            } else {
-                "give it an API key: --token, CRYPTUN_TOKEN, or `cryptun login`"
-            };
-            return Err(anyhow::anyhow!("{err} ({hint})"));
-        }
-        Err(err) => return Err(err.into()),
-    };
+    let session = connect(&config).await?;
     let shown = if args.hello {
         "built-in hello page".to_owned()
     } else {
@@ -167,6 +151,27 @@ pub async fn http(args: HttpArgs, json_logs: bool) -> Result<()> {
     let events = output::events(args.json, json_logs);
     cryptun_client::serve(&config, session, shutdown, events).await?;
     Ok(())
+}
+
+/// Connects and creates the tunnels; a refused key gets a hint.
+pub async fn connect(config: &ClientConfig) -> Result<cryptun_client::Session> {
+    match cryptun_client::connect(config).await {
+        Ok(session) => Ok(session),
+        Err(
+            err @ ClientError::Refused {
+                code: ErrorCode::Unauthorized,
+                ..
+            },
+        ) => {
+            let hint = if config.token.is_some() {
+                "check the key, or ask the server's operator for a new one"
+            } else {
+                "give it an API key: --token, CRYPTUN_TOKEN, or `cryptun login`"
+            };
+            Err(anyhow::anyhow!("{err} ({hint})"))
+        }
+        Err(err) => Err(err.into()),
+    }
 }
 
 /// `cryptun demo`.
@@ -278,7 +283,7 @@ async fn start_hello(shutdown: &CancellationToken) -> Result<Target> {
 }
 
 /// A token cancelled on Ctrl-C or SIGTERM.
-fn shutdown_on_signal() -> CancellationToken {
+pub fn shutdown_on_signal() -> CancellationToken {
     let token = CancellationToken::new();
     let fire = token.clone();
     tokio::spawn(async move {
