@@ -312,12 +312,16 @@ fn secret(value: &str) -> Result<Secret, String> {
 }
 
 fn main() -> std::process::ExitCode {
-    let (cli, file) = match config::parse_cli() {
+    let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let (cli, file) = match config::parse_from(&argv) {
         Ok(parsed) => parsed,
-        Err(err) => {
-            eprintln!("error: {err:#}");
-            return std::process::ExitCode::from(2);
-        }
+        Err(err) => match err.downcast::<clap::Error>() {
+            Ok(clap) => clap.exit(),
+            Err(err) => {
+                eprintln!("error: {err:#}");
+                return std::process::ExitCode::from(2);
+            }
+        },
     };
     if let Command::Completions { shell } = cli.command {
         let mut command = <Cli as clap::CommandFactory>::command();

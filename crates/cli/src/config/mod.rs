@@ -15,10 +15,13 @@
 //!
 //! - this module: finding and reading the file, checking keys and values
 //!   against a [`clap::Command`], and parsing the command line with the
-//!   file's values as defaults ([`parse_cli`]).
+//!   file's values as defaults ([`parse_from`]).
+//! - `tests`: the example files of `examples/` load, every key of them.
 //! - [`tunnels`]: the `[tunnels.NAME]` tables of `client.toml`, turned into
 //!   the client library's tunnel settings for `cryptun start`.
 
+#[cfg(test)]
+mod tests;
 pub mod tunnels;
 
 use std::ffi::OsString;
@@ -293,13 +296,13 @@ fn file_for(name: &str, matches: &ArgMatches) -> Result<Option<(ConfigFile, &'st
 }
 
 /// Parses the command line, with the subcommand's config file (if any) as
-/// defaults. Help, version and flag errors exit as clap does; a bad file
-/// is an error naming its line. Returns the file too (`start` reads its
-/// tunnels).
-pub fn parse_cli() -> Result<(Cli, Option<ConfigFile>)> {
-    let argv: Vec<OsString> = std::env::args_os().collect();
+/// defaults. A bad file is an error naming its line; help, version and flag
+/// errors are a [`clap::Error`] inside the error, for the caller to
+/// [`exit`](clap::Error::exit) with as clap does. Returns the file too
+/// (`start` reads its tunnels).
+pub fn parse_from(argv: &[OsString]) -> Result<(Cli, Option<ConfigFile>)> {
     let plain = Cli::command();
-    let matches = plain.clone().get_matches_from(&argv);
+    let matches = plain.clone().try_get_matches_from(argv)?;
     let Some((name, sub)) = matches.subcommand() else {
         return Ok((Cli::from_arg_matches(&matches)?, None));
     };
@@ -318,7 +321,7 @@ pub fn parse_cli() -> Result<(Cli, Option<ConfigFile>)> {
         bail!(file.value_error(&entry, "expected tables: [tunnels.NAME]"));
     }
     let with_file = plain.mut_subcommand(name, |_| target);
-    let matches = with_file.get_matches_from(&argv);
+    let matches = with_file.try_get_matches_from(argv)?;
     Ok((Cli::from_arg_matches(&matches)?, Some(file)))
 }
 

@@ -15,7 +15,7 @@ use super::{ConfigFile, Entry, check, entries, file_arg};
 use crate::Cli;
 
 /// The flags of `cryptun http` a tunnel table may set, besides `target`.
-const TUNNEL_KEYS: [&str; 6] = [
+pub const TUNNEL_KEYS: [&str; 6] = [
     "subdomain",
     "request_timeout",
     "basic_auth",
@@ -40,7 +40,7 @@ pub fn declared(file: &ConfigFile) -> Result<Vec<Declared>> {
         return Ok(Vec::new());
     };
     let DeValue::Table(tunnels) = tunnels.get_ref() else {
-        // `parse_cli` has refused it already.
+        // `parse_from` has refused it already.
         bail!("{}: `tunnels` must be tables", file.path.display());
     };
     let http = Cli::command();
