@@ -320,6 +320,11 @@ pub fn parse_from(argv: &[OsString]) -> Result<(Cli, Option<ConfigFile>)> {
     {
         bail!(file.value_error(&entry, "expected tables: [tunnels.NAME]"));
     }
+    if schema == "start" {
+        // The tunnels are checked now too, whichever command reads the
+        // file: a bad file is refused the same way everywhere.
+        tunnels::declared(&file)?;
+    }
     let with_file = plain.mut_subcommand(name, |_| target);
     let matches = with_file.try_get_matches_from(argv)?;
     Ok((Cli::from_arg_matches(&matches)?, Some(file)))
