@@ -12,6 +12,7 @@ use crate::{DemoArgs, HttpArgs, Inspect, ServerArgs, keys, output};
 
 /// `cryptun server`.
 pub async fn server(args: ServerArgs) -> Result<()> {
+    tls_rules(&args)?;
     let defaults = cryptun_server::Config::default();
     let auth = args
         .auth
@@ -76,6 +77,25 @@ pub async fn server(args: ServerArgs) -> Result<()> {
         https,
     };
     cryptun_server::serve(listeners, config, shutdown).await?;
+    Ok(())
+}
+
+/// The rules between the TLS settings that clap checks for flags, checked
+/// again for values from a config file (which clap sees as defaults).
+fn tls_rules(args: &ServerArgs) -> Result<()> {
+    match (&args.tls_cert, &args.tls_key) {
+        (Some(_), None) => anyhow::bail!("tls_cert needs tls_key (--tls-key) too"),
+        (None, Some(_)) => anyhow::bail!("tls_key needs tls_cert (--tls-cert) too"),
+        (Some(_), Some(_)) if args.tls_self_signed => {
+            anyhow::bail!("tls_cert and tls_self_signed exclude each other; choose one")
+        }
+        _ => {}
+    }
+    if args.redirect_http && args.tls_cert.is_none() && !args.tls_self_signed {
+        anyhow::bail!(
+            "redirect_http needs a certificate: tls_cert and tls_key, or tls_self_signed"
+        );
+    }
     Ok(())
 }
 
