@@ -149,6 +149,17 @@ fn a_bad_value_is_refused_with_the_key_file_and_line() {
     let error = refused(cryptun(&["start", "api"], home, &[]));
     assert!(error.contains(&format!("{client}:6")), "{error}");
     assert!(error.contains("`request_timeout`"), "{error}");
+    write(
+        home,
+        "client.toml",
+        "[tunnels.web]\ntarget = \"3000\"\nallow_ips = [\"10.0.0.0/8\", \"10.1/33\"]\n",
+    );
+    let error = refused(cryptun(&["start", "web"], home, &[]));
+    assert!(error.contains(&format!("{client}:3")), "{error}");
+    assert!(
+        error.contains("`allow_ips`") && error.contains("10.1/33"),
+        "{error}"
+    );
 
     // A --config that is not there is an error; a default file that is
     // not there is not (the first test).

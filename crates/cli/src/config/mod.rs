@@ -159,25 +159,31 @@ pub fn check(file: &ConfigFile, entry: &Entry<'_, '_>, arg: &Arg) -> Result<ArgM
     let words = words(file, entry, arg)?;
     // A lone copy of the flag, so that only its parser runs (no
     // `requires`, no conflicts, no environment).
-    let id = arg.get_id().clone();
-    let lone = Arg::new(id.clone())
-        .long("value")
+    let long = arg.get_long().unwrap_or("value").to_owned();
+    let mut lone = Arg::new(arg.get_id().clone())
+        .long(long.clone())
         .action(arg.get_action().clone())
         .value_parser(arg.get_value_parser().clone());
+    if let Some(names) = arg.get_value_names() {
+        lone = lone.value_names(names.iter().cloned());
+    }
+    let flag = format!("--{long}");
     let mut argv: Vec<OsString> = Vec::new();
     match arg.get_action() {
         ArgAction::SetTrue | ArgAction::SetFalse => {
             if words.first().is_some_and(|w| w == "true") {
-                argv.push("--value".into());
+                argv.push(flag.into());
             }
         }
         _ => {
             for word in &words {
-                argv.push("--value".into());
+                argv.push(flag.clone().into());
                 argv.push(word.into());
             }
         }
     }
+    // A secret's value is not repeated in the message.
+    let secret = arg.is_hide_env_values_set();
     Command::new("file")
         .no_binary_name(true)
         .disable_help_flag(true)
@@ -185,7 +191,9 @@ pub fn check(file: &ConfigFile, entry: &Entry<'_, '_>, arg: &Arg) -> Result<ArgM
         .try_get_matches_from(argv)
         .map_err(|err| {
             let why = match std::error::Error::source(&err) {
+                Some(source) if secret => source.to_string(),
                 Some(source) => format!("{:?}: {source}", words.join(" ")),
+                None if secret => "not a valid value".to_owned(),
                 None => first_line(&err.render().to_string()),
             };
             file.value_error(entry, why)

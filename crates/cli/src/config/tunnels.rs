@@ -129,7 +129,15 @@ fn tunnel(
             let what = format!("unknown key in [tunnels.{name}] (known: target, {known})");
             return Err(file.key_error(&entry, what));
         };
-        matches.push((arg.get_id().to_string(), check(file, &entry, arg)?));
+        let checked = check(file, &entry, arg)?;
+        if matches!(key.replace('-', "_").as_str(), "allow_ips" | "deny_ips") {
+            // The server would refuse them only once connected; say where.
+            for ip in strings(&checked, arg.get_id().as_str()) {
+                ip.parse::<cryptun_server::access::Cidr>()
+                    .map_err(|e| file.value_error(&entry, e))?;
+            }
+        }
+        matches.push((arg.get_id().to_string(), checked));
     }
     let target = target.ok_or_else(|| {
         anyhow!(
