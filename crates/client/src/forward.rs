@@ -2,7 +2,6 @@
 //! with both bodies streamed. If the server abandons the request (the visitor
 //! left), the local request is dropped at once, which closes its connection.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -23,6 +22,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use tracing::debug;
 
 use crate::inspector::{Inspector, Tap};
+use crate::routes::Routes;
 use crate::{ClientConfig, Event, Events, Target, TunnelCreated};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -41,26 +41,12 @@ const INLINE_RESPONSE_MAX: u64 = 16 << 10;
 const POOL_IDLE: Duration = Duration::from_secs(60);
 
 /// What every forwarded request shares: the pooled HTTP client and the
-/// tunnels' targets.
+/// tunnels' routes.
 pub(crate) struct Forwarder {
     http: Client<HttpConnector, LocalBody>,
-    /// By tunnel id; the first tunnel's route is also the one taken for a
-    /// request naming no tunnel we know, on a session of one tunnel.
-    routes: HashMap<String, Route>,
-    first: Route,
-    single: bool,
+    routes: Routes,
     events: Events,
     inspector: Option<Inspector>,
-}
-
-/// Where one tunnel's requests go.
-#[derive(Clone)]
-struct Route {
-    /// The tunnel's name for [`Event::Request`].
-    name: Arc<str>,
-    target: Target,
-    /// The inspector records the first tunnel only (its replay goes there).
-    inspect: bool,
 }
 
 impl Forwarder {
@@ -76,46 +62,11 @@ impl Forwarder {
         if let Some(inspector) = &config.inspector {
             inspector.attach(&config.target);
         }
-        let routes: HashMap<String, Route> = config
-            .tunnels()
-            .into_iter()
-            .zip(created)
-            .enumerate()
-            .map(|(i, (spec, tunnel))| {
-                let name = spec.name.unwrap_or_else(|| tunnel.subdomain.clone());
-                let route = Route {
-                    name: name.into(),
-                    target: spec.target,
-                    inspect: i == 0,
-                };
-                (tunnel.tunnel_id.clone(), route)
-            })
-            .collect();
-        let first = created
-            .first()
-            .and_then(|t| routes.get(&t.tunnel_id).cloned())
-            .unwrap_or_else(|| Route {
-                name: "".into(),
-                target: config.target.clone(),
-                inspect: true,
-            });
         Forwarder {
             http,
-            single: routes.len() <= 1,
-            routes,
-            first,
+            routes: Routes::new(config, created),
             events,
             inspector: config.inspector.clone(),
-        }
-    }
-
-    /// The route of `tunnel_id`: on a session of one tunnel, that tunnel
-    /// whatever the id says (a server may leave it out).
-    fn route(&self, tunnel_id: &str) -> Option<&Route> {
-        match self.routes.get(tunnel_id) {
-            Some(route) => Some(route),
-            None if self.single => Some(&self.first),
-            None => None,
         }
     }
 }
@@ -129,7 +80,7 @@ pub(crate) async fn forward(
 ) {
     let started = Instant::now();
     let (method, path) = (head.method.clone(), head.path.clone());
-    let Some(route) = fwd.route(&tunnel_id).cloned() else {
+    let Some(route) = fwd.routes.get(&tunnel_id).cloned() else {
         let text = format!("cryptun client: no tunnel {tunnel_id:?} on this connection");
         let outcome = answer_error(stream.send, 502, text, started).await;
         fwd.events.emit(Event::Request {

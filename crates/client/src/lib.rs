@@ -25,6 +25,7 @@
 //!   server restarts: backoff, jitter, asking for the same tunnel again.
 //! - `forward`: one request, from its `request` message to the local
 //!   service and back.
+//! - `routes`: which tunnel's local service a request goes to.
 //! - [`hello`]: the built-in hello service used by `--hello` and the demo.
 //! - [`saved`]: `client.toml`, where `cryptun login` keeps the API key
 //!   (and the user their tunnels).
@@ -38,6 +39,7 @@ mod forward;
 pub mod hello;
 pub mod inspector;
 pub mod reconnect;
+mod routes;
 pub mod saved;
 mod session;
 pub mod target;
