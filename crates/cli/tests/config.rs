@@ -2,7 +2,8 @@
 //! then `CRYPTUN_*` variables, then its file (found at the default path or
 //! given with `--config`), then the defaults; a bad key or value stops it
 //! naming the file and line; `cryptun start` opens the tunnels of
-//! `client.toml` over one connection, each to its own local service.
+//! `client.toml` over one connection, each to its own local service; and
+//! `cryptun login` changes the token of that file and nothing else.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -262,5 +263,29 @@ async fn start_name_opens_only_that_tunnel_and_an_unknown_name_lists_the_others(
     assert!(
         error.contains("no tunnel ap") && error.contains("web, api"),
         "{error}"
+    );
+}
+
+#[test]
+fn login_changes_only_the_token_of_client_toml() {
+    let home = TempDir::new();
+    let home = home.path.as_path();
+    let before = "# my tunnels\nserver = \"http://127.0.0.1:4000\"  # the server\ntoken = \"ck_old\"\n\n[tunnels.web]\ntarget = \"3000\"  # dev server\n";
+    let path = write(home, "client.toml", before);
+    let mut login = cryptun(&["login", "ck_new_key"], home, &[]);
+    assert!(login.wait_exit(Duration::from_secs(10)).success());
+    let after = std::fs::read_to_string(&path).unwrap();
+    assert_eq!(after, before.replace("ck_old", "ck_new_key"));
+
+    // A file without a token gets one, the rest as it was.
+    let before = "# only tunnels\n[tunnels.web]\ntarget = \"3000\"\n";
+    std::fs::write(&path, before).unwrap();
+    let mut login = cryptun(&["login", "ck_other"], home, &[]);
+    assert!(login.wait_exit(Duration::from_secs(10)).success());
+    let after = std::fs::read_to_string(&path).unwrap();
+    assert!(after.contains("token = \"ck_other\""), "{after}");
+    assert!(
+        after.contains("# only tunnels\n") && after.contains("[tunnels.web]\ntarget = \"3000\"\n"),
+        "{after}"
     );
 }
