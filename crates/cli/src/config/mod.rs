@@ -320,7 +320,9 @@ pub fn parse_from(argv: &[OsString]) -> Result<(Cli, Option<ConfigFile>)> {
     let schema_cmd = subcommand(&plain, schema)?;
     let target = subcommand(&plain, name)?.clone();
     let table = file.table()?;
-    let target = with_defaults(&file, &table, schema_cmd, &["tunnels"], target)?;
+    // `tunnels` is a key of the client's file only.
+    let skip: &[&str] = if schema == "start" { &["tunnels"] } else { &[] };
+    let target = with_defaults(&file, &table, schema_cmd, skip, target)?;
     if let Some(entry) = entries(&table)
         .into_iter()
         .find(|e| e.key.get_ref() == "tunnels")

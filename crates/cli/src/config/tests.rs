@@ -152,3 +152,14 @@ fn a_flag_wins_over_the_file() {
     assert_eq!(args.domain, "flag.test");
     assert_eq!(args.max_streams, 7);
 }
+
+#[test]
+fn tunnels_are_no_key_of_the_server_file() {
+    let (_dir, path) = temp_file("[tunnels.web]\ntarget = \"3000\"\n");
+    let err = parse_from(&argv(&["server", "--config", path.to_str().unwrap()])).unwrap_err();
+    let err = format!("{err:#}");
+    assert!(
+        err.contains("config.toml:1") && err.contains("`tunnels`: unknown key"),
+        "{err}"
+    );
+}
