@@ -12,6 +12,7 @@ use crate::{DemoArgs, HttpArgs, Inspect, ServerArgs, keys, output};
 
 /// `cryptun server`.
 pub async fn server(args: ServerArgs) -> Result<()> {
+    tls_rules(&args)?;
     let defaults = cryptun_server::Config::default();
     let auth = args
         .auth
@@ -79,6 +80,25 @@ pub async fn server(args: ServerArgs) -> Result<()> {
     Ok(())
 }
 
+/// The rules between the TLS settings that clap checks for flags, checked
+/// again for values from a config file (which clap sees as defaults).
+fn tls_rules(args: &ServerArgs) -> Result<()> {
+    match (&args.tls_cert, &args.tls_key) {
+        (Some(_), None) => anyhow::bail!("tls_cert needs tls_key (--tls-key) too"),
+        (None, Some(_)) => anyhow::bail!("tls_key needs tls_cert (--tls-cert) too"),
+        (Some(_), Some(_)) if args.tls_self_signed => {
+            anyhow::bail!("tls_cert and tls_self_signed exclude each other; choose one")
+        }
+        _ => {}
+    }
+    if args.redirect_http && args.tls_cert.is_none() && !args.tls_self_signed {
+        anyhow::bail!(
+            "redirect_http needs a certificate: tls_cert and tls_key, or tls_self_signed"
+        );
+    }
+    Ok(())
+}
+
 /// The certificates the server presents, if it serves HTTPS: the
 /// operator's files, or a development authority (announced on stdout).
 fn certs(args: &ServerArgs, domain: &str) -> Result<Option<cryptun_server::Certs>> {
@@ -138,8 +158,25 @@ pub async fn http(args: HttpArgs, json_logs: bool) -> Result<()> {
     config.token = keys::client_token(args.token)?;
     let inspector = start_inspector(args.inspect, &shutdown).await;
     config.inspector = inspector.as_ref().map(|(inspector, _)| inspector.clone());
-    let session = match cryptun_client::connect(&config).await {
-        Ok(session) => session,
+    let session = connect(&config).await?;
+    let shown = if args.hello {
+        "built-in hello page".to_owned()
+    } else {
+        target.to_string()
+    };
+    let url = inspector.as_ref().map(|(_, url)| url.as_str());
+    let tunnels = [(None, session.tunnel(), shown.as_str())];
+    let (view, events) = output::show(&args.server, &tunnels, url, args.json, json_logs);
+    let served = cryptun_client::serve(&config, session, shutdown, events).await;
+    output::finish(view, served.as_ref().err());
+    served?;
+    Ok(())
+}
+
+/// Connects and creates the tunnels; a refused key gets a hint.
+pub async fn connect(config: &ClientConfig) -> Result<cryptun_client::Session> {
+    match cryptun_client::connect(config).await {
+        Ok(session) => Ok(session),
         Err(
             err @ ClientError::Refused {
                 code: ErrorCode::Unauthorized,
@@ -151,22 +188,10 @@ pub async fn http(args: HttpArgs, json_logs: bool) -> Result<()> {
             } else {
                 "give it an API key: --token, CRYPTUN_TOKEN, or `cryptun login`"
             };
-            return Err(anyhow::anyhow!("{err} ({hint})"));
+            Err(anyhow::anyhow!("{err} ({hint})"))
         }
-        Err(err) => return Err(err.into()),
-    };
-    let shown = if args.hello {
-        "built-in hello page".to_owned()
-    } else {
-        target.to_string()
-    };
-    let url = inspector.as_ref().map(|(_, url)| url.as_str());
-    let tunnels = [(session.tunnel(), shown.as_str())];
-    let (view, events) = output::show(&args.server, &tunnels, url, args.json, json_logs);
-    let served = cryptun_client::serve(&config, session, shutdown, events).await;
-    output::finish(view, served.as_ref().err());
-    served?;
-    Ok(())
+        Err(err) => Err(err.into()),
+    }
 }
 
 /// `cryptun demo`.
@@ -268,7 +293,7 @@ async fn start_hello(shutdown: &CancellationToken) -> Result<Target> {
 }
 
 /// A token cancelled on Ctrl-C or SIGTERM.
-fn shutdown_on_signal() -> CancellationToken {
+pub fn shutdown_on_signal() -> CancellationToken {
     let token = CancellationToken::new();
     let fire = token.clone();
     tokio::spawn(async move {

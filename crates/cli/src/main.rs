@@ -4,9 +4,11 @@
 #![forbid(unsafe_code)]
 
 mod commands;
+mod config;
 mod keys;
 mod output;
 mod parse;
+mod start;
 mod status;
 
 use std::net::SocketAddr;
@@ -50,6 +52,11 @@ enum Command {
         after_help = "Examples:\n  cryptun http 3000\n  cryptun http 192.168.1.5:8080 --subdomain myapp\n  cryptun http --hello --json\n  cryptun http 3000 --server https://tunnels.example.com\n  cryptun http 3000 --server https://localhost:4443 --ca ca.pem\n  CRYPTUN_BASIC_AUTH=ann:secret cryptun http 3000 --allow-ip 203.0.113.0/24"
     )]
     Http(HttpArgs),
+    /// Open tunnels declared in the client config file, over one connection.
+    #[command(
+        after_help = "The config file (default ~/.config/cryptun/client.toml):\n  server = \"https://tunnels.example.com\"\n  [tunnels.web]\n  target = \"3000\"\n  subdomain = \"myapp\"\n  [tunnels.api]\n  target = \"localhost:8080\"\n\nExamples:\n  cryptun start --all\n  cryptun start web\n  cryptun start web api --json\n  cryptun start --all --config ./cryptun.toml"
+    )]
+    Start(start::StartArgs),
     /// Server, hello service and client in one process: the whole product at once.
     #[command(after_help = "Example:\n  cryptun demo\n  curl http://tunnel-<id>.localhost:4000/")]
     Demo(DemoArgs),
@@ -76,6 +83,10 @@ enum Command {
 #[derive(Debug, Args)]
 #[command(group(ArgGroup::new("tls").args(["tls_cert", "tls_self_signed"])))]
 struct ServerArgs {
+    /// Config file: flags as keys (`request_timeout = "30s"`); flags and CRYPTUN_* variables win
+    /// over it [default: $XDG_CONFIG_HOME/cryptun/server.toml or ~/.config/cryptun/server.toml].
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
     /// Address to listen on for visitors and clients.
     #[arg(long, env = "CRYPTUN_LISTEN", default_value = "127.0.0.1:4000")]
     listen: SocketAddr,
@@ -175,6 +186,10 @@ struct HttpArgs {
     /// Serve the built-in hello page instead of a local service.
     #[arg(long)]
     hello: bool,
+    /// Client config file, for its top-level keys (server, token, ca) [default:
+    /// $XDG_CONFIG_HOME/cryptun/client.toml or ~/.config/cryptun/client.toml].
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
     /// The cryptun server to connect to.
     #[arg(long, env = "CRYPTUN_SERVER", default_value = "http://127.0.0.1:4000")]
     server: String,
@@ -298,7 +313,17 @@ fn secret(value: &str) -> Result<Secret, String> {
 }
 
 fn main() -> std::process::ExitCode {
-    let cli = Cli::parse();
+    let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let (cli, file) = match config::parse_from(&argv) {
+        Ok(parsed) => parsed,
+        Err(err) => match err.downcast::<clap::Error>() {
+            Ok(clap) => clap.exit(),
+            Err(err) => {
+                eprintln!("error: {err:#}");
+                return std::process::ExitCode::from(2);
+            }
+        },
+    };
     if let Command::Completions { shell } = cli.command {
         let mut command = <Cli as clap::CommandFactory>::command();
         clap_complete::generate(shell, &mut command, "cryptun", &mut std::io::stdout());
@@ -307,6 +332,7 @@ fn main() -> std::process::ExitCode {
     let default_level = match cli.command {
         Command::Server(_) => "info",
         Command::Http(_)
+        | Command::Start(_)
         | Command::Demo(_)
         | Command::Keys(_)
         | Command::Login(_)
@@ -339,6 +365,7 @@ fn main() -> std::process::ExitCode {
         match cli.command {
             Command::Server(args) => commands::server(args).await,
             Command::Http(args) => commands::http(args, json_logs).await,
+            Command::Start(args) => start::start(args, file, json_logs).await,
             Command::Demo(args) => commands::demo(args, json_logs).await,
             Command::Keys(args) => keys::keys(args).await,
             Command::Login(args) => keys::login(args),

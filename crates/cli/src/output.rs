@@ -9,13 +9,18 @@ use cryptun_client::{Event, Events, TunnelCreated};
 
 use crate::status::{self, Header, Live, Tunnel};
 
-/// Shows `tunnels` (each with the target shown for it) and the inspector:
-/// in the live status view when stdout is a terminal and the output is for
-/// people, else as lines. Returns the view, to [`finish`] at the end, and
-/// where the client's events go.
+/// A tunnel as shown: its name in the config file (`cryptun start`), the
+/// server's answer, and the target shown for it.
+pub type Shown<'a> = (Option<&'a str>, &'a TunnelCreated, &'a str);
+
+/// Shows `tunnels` and the inspector: in the live status view when stdout
+/// is a terminal and the output is for people, else as lines (each request
+/// line starting with its tunnel's name when the tunnels have names).
+/// Returns the view, to [`finish`] at the end, and where the client's
+/// events go.
 pub fn show(
     server: &str,
-    tunnels: &[(&TunnelCreated, &str)],
+    tunnels: &[Shown<'_>],
     inspector: Option<&str>,
     json: bool,
     json_logs: bool,
@@ -23,19 +28,23 @@ pub fn show(
     let header = Header::new(server, inspector);
     let shown = tunnels
         .iter()
-        .map(|(created, target)| Tunnel::new(None, created, target))
+        .map(|(name, created, target)| Tunnel::new(name.map(str::to_owned), created, target))
         .collect();
     if let Some(view) = live(header, shown, json || json_logs) {
         let events = view.events();
         return (Some(view), events);
     }
-    for (created, target) in tunnels {
-        tunnel_created(created, target, json);
+    for (name, created, target) in tunnels {
+        match name {
+            Some(name) => named_tunnel_created(name, created, target, json),
+            None => tunnel_created(created, target, json),
+        }
     }
     if let Some(url) = inspector {
         self::inspector(url, json);
     }
-    (None, events(json, json_logs))
+    let named = tunnels.iter().any(|(name, ..)| name.is_some());
+    (None, events_named(json, json_logs, named))
 }
 
 /// What `cryptun demo` shows: the status view with lines to try, or the
@@ -103,7 +112,7 @@ pub fn finish(view: Option<Live>, error: Option<&impl std::fmt::Display>) {
 }
 
 /// Prints the tunnel's announcement.
-pub fn tunnel_created(tunnel: &TunnelCreated, target: &str, json: bool) {
+fn tunnel_created(tunnel: &TunnelCreated, target: &str, json: bool) {
     if json {
         println_flush(&tunnel_line("tunnel_created", tunnel));
     } else {
@@ -111,8 +120,22 @@ pub fn tunnel_created(tunnel: &TunnelCreated, target: &str, json: bool) {
     }
 }
 
+/// Prints the announcement of tunnel `name` of a session of several: the
+/// plain line names it, the JSON line gains a `name` field.
+fn named_tunnel_created(name: &str, tunnel: &TunnelCreated, target: &str, json: bool) {
+    if json {
+        let mut line = tunnel_json("tunnel_created", tunnel);
+        line["name"] = name.into();
+        line["target"] = target.into();
+        println_flush(&line.to_string());
+    } else {
+        let url = &tunnel.public_url;
+        println_flush(&format!("Forwarding  {name:<12} {url} -> {target}"));
+    }
+}
+
 /// Prints where the request inspector is.
-pub fn inspector(url: &str, json: bool) {
+fn inspector(url: &str, json: bool) {
     if json {
         let line = serde_json::json!({ "type": "inspector", "url": url });
         println_flush(&line.to_string());
@@ -125,10 +148,17 @@ pub fn inspector(url: &str, json: bool) {
 /// connection's ups and downs to stderr: plain lines, or log records when
 /// the logs are JSON (`json_logs`).
 pub fn events(json: bool, json_logs: bool) -> Events {
+    events_named(json, json_logs, false)
+}
+
+/// [`events`], with each plain request line starting with the name of its
+/// tunnel when `named` (a session of several tunnels).
+pub fn events_named(json: bool, json_logs: bool, named: bool) -> Events {
     Events::to(move |event| match event {
         // One line per request, when it ends.
         Event::RequestStarted { .. } => {}
         Event::Request {
+            tunnel,
             method,
             path,
             status,
@@ -139,6 +169,7 @@ pub fn events(json: bool, json_logs: bool) -> Events {
             let line = if json {
                 serde_json::json!({
                     "type": "request",
+                    "tunnel": tunnel,
                     "method": method,
                     "path": path,
                     "status": status,
@@ -152,9 +183,14 @@ pub fn events(json: bool, json_logs: bool) -> Events {
                 } else {
                     status.to_string()
                 };
-                match error {
+                let line = match error {
                     Some(error) => format!("{method:<7} {path:<40} {status} {ms:>8.1}ms  {error}"),
                     None => format!("{method:<7} {path:<40} {status} {ms:>8.1}ms"),
+                };
+                if named {
+                    format!("{tunnel:<12} {line}")
+                } else {
+                    line
                 }
             };
             println_flush(&line);
@@ -199,13 +235,16 @@ pub fn events(json: bool, json_logs: bool) -> Events {
 /// A tunnel as one JSON line of type `kind` (the seed's `tunnel_created`
 /// shape).
 fn tunnel_line(kind: &str, tunnel: &TunnelCreated) -> String {
+    tunnel_json(kind, tunnel).to_string()
+}
+
+fn tunnel_json(kind: &str, tunnel: &TunnelCreated) -> serde_json::Value {
     serde_json::json!({
         "type": kind,
         "tunnel_id": tunnel.tunnel_id,
         "subdomain": tunnel.subdomain,
         "public_url": tunnel.public_url,
     })
-    .to_string()
 }
 
 fn println_flush(line: &str) {

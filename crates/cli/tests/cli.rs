@@ -341,7 +341,7 @@ fn completions_for_every_shell_name_the_subcommands() {
         assert!(out.status.success(), "{shell}");
         let script = String::from_utf8(out.stdout).unwrap();
         assert!(script.contains(marker), "{shell}: {script:.200}");
-        for sub in ["server", "http", "demo", "keys", "login"] {
+        for sub in ["server", "http", "start", "demo", "keys", "login"] {
             assert!(script.contains(sub), "{shell} lacks {sub}");
         }
     }
@@ -349,7 +349,15 @@ fn completions_for_every_shell_name_the_subcommands() {
 
 #[test]
 fn every_subcommand_has_examples_in_its_help() {
-    for sub in ["server", "http", "demo", "keys", "login", "completions"] {
+    for sub in [
+        "server",
+        "http",
+        "start",
+        "demo",
+        "keys",
+        "login",
+        "completions",
+    ] {
         let out = Command::new(env!("CARGO_BIN_EXE_cryptun"))
             .args([sub, "--help"])
             .output()

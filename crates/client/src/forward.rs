@@ -22,7 +22,8 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use tracing::debug;
 
 use crate::inspector::{Inspector, Tap};
-use crate::{ClientConfig, Event, Events, Target};
+use crate::routes::Routes;
+use crate::{ClientConfig, Event, Events, Target, TunnelCreated};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 type LocalBody = BoxBody<Bytes, BoxError>;
@@ -39,16 +40,19 @@ const INLINE_RESPONSE_MAX: u64 = 16 << 10;
 /// Idle pooled connections to the local service are closed after this.
 const POOL_IDLE: Duration = Duration::from_secs(60);
 
-/// What every forwarded request shares: the pooled HTTP client and target.
+/// What every forwarded request shares: the pooled HTTP client and the
+/// tunnels' routes.
 pub(crate) struct Forwarder {
     http: Client<HttpConnector, LocalBody>,
-    target: Target,
+    routes: Routes,
     events: Events,
     inspector: Option<Inspector>,
 }
 
 impl Forwarder {
-    pub(crate) fn new(config: &ClientConfig, events: Events) -> Self {
+    /// A forwarder for `created`, the tunnels of [`ClientConfig::tunnels`]
+    /// in the same order.
+    pub(crate) fn new(config: &ClientConfig, created: &[TunnelCreated], events: Events) -> Self {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(config.local_connect_timeout));
@@ -60,32 +64,52 @@ impl Forwarder {
         }
         Forwarder {
             http,
-            target: config.target.clone(),
+            routes: Routes::new(config, created),
             events,
             inspector: config.inspector.clone(),
         }
     }
 }
 
-/// Forwards one request and reports it.
-pub(crate) async fn forward(fwd: Arc<Forwarder>, stream: Stream<()>, head: RequestHead) {
+/// Forwards one request arriving on `tunnel_id` and reports it.
+pub(crate) async fn forward(
+    fwd: Arc<Forwarder>,
+    tunnel_id: String,
+    stream: Stream<()>,
+    head: RequestHead,
+) {
     let started = Instant::now();
     let (method, path) = (head.method.clone(), head.path.clone());
     fwd.events.emit(Event::RequestStarted {
         method: method.clone(),
         path: path.clone(),
     });
-    let tap = Tap::start(fwd.inspector.as_ref(), &head);
+    let Some(route) = fwd.routes.get(&tunnel_id).cloned() else {
+        let text = format!("cryptun client: no tunnel {tunnel_id:?} on this connection");
+        let outcome = answer_error(stream.send, 502, text, started).await;
+        fwd.events.emit(Event::Request {
+            tunnel: tunnel_id,
+            method,
+            path,
+            status: outcome.status,
+            duration: outcome.duration,
+            error: outcome.error,
+        });
+        return;
+    };
+    let inspector = fwd.inspector.as_ref().filter(|_| route.inspect);
+    let tap = Tap::start(inspector, &head);
     let Stream {
         recv, send, gone, ..
     } = stream;
     let outcome = tokio::select! {
         biased;
-        outcome = exchange(&fwd, &tap, head, recv, send, started) => outcome,
+        outcome = exchange(&fwd, &route.target, &tap, head, recv, send, started) => outcome,
         _ = gone => Outcome { status: 0, duration: started.elapsed(), error: Some("cancelled: the visitor went away".into()) },
     };
     tap.finish(outcome.status, outcome.error.clone());
     fwd.events.emit(Event::Request {
+        tunnel: route.name.to_string(),
         method,
         path,
         status: outcome.status,
@@ -102,13 +126,14 @@ struct Outcome {
 
 async fn exchange(
     fwd: &Forwarder,
+    target: &Target,
     tap: &Tap,
     head: RequestHead,
     recv: RecvBody<()>,
     mut send: SendHalf<()>,
     started: Instant,
 ) -> Outcome {
-    let (request, upgrade) = match local_request(&fwd.target, head, recv) {
+    let (request, upgrade) = match local_request(target, head, recv) {
         Ok(parts) => parts,
         Err(why) => {
             return answer_error(
@@ -125,10 +150,7 @@ async fn exchange(
         Ok(response) => response,
         Err(err) => {
             let why = error_chain(&err);
-            let text = format!(
-                "cryptun could not reach the local service at {}: {why}",
-                fwd.target
-            );
+            let text = format!("cryptun could not reach the local service at {target}: {why}");
             return answer_error(send, 502, text, started).await;
         }
     };

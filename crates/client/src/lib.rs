@@ -1,5 +1,6 @@
-//! The Cryptun client: connects to a server's `/ws`, creates a tunnel, and
-//! carries each request that arrives on it to a local service.
+//! The Cryptun client: connects to a server's `/ws`, creates a tunnel (or
+//! several, over the one connection), and carries each request that arrives
+//! on it to its tunnel's local service.
 //!
 //! ```no_run
 //! # async fn example() -> Result<(), Box<dyn std::error::Error>> {
@@ -17,14 +18,17 @@
 //! # Layout
 //!
 //! - [`target`]: parsing the local target and the server address.
-//! - `session`: the connection: handshake, reader, writer, heartbeats.
+//! - `session`: the connection: handshake (one `create_tunnel` per
+//!   tunnel), reader, writer, heartbeats.
 //! - `transport`: TCP, or TLS over it for `wss://`, and certificate trust.
 //! - [`reconnect`]: keeping the tunnel up across lost connections and
 //!   server restarts: backoff, jitter, asking for the same tunnel again.
 //! - `forward`: one request, from its `request` message to the local
 //!   service and back.
+//! - `routes`: which tunnel's local service a request goes to.
 //! - [`hello`]: the built-in hello service used by `--hello` and the demo.
-//! - [`saved`]: `client.toml`, where `cryptun login` keeps the API key.
+//! - [`saved`]: `client.toml`, where `cryptun login` keeps the API key
+//!   (and the user their tunnels).
 //! - [`inspector`]: the request inspector, a web page of recent exchanges
 //!   with replay and HAR export (`--inspect`).
 //! - [`Event`]: what the client reports per request, for the CLI to print.
@@ -35,6 +39,7 @@ mod forward;
 pub mod hello;
 pub mod inspector;
 pub mod reconnect;
+mod routes;
 pub mod saved;
 mod session;
 pub mod target;
@@ -52,10 +57,17 @@ pub use session::{Session, connect};
 pub use target::{AddressError, Target};
 
 /// How the client connects and forwards.
+///
+/// The fields from `target` to `max_body_size` describe the session's first
+/// (often only) tunnel; [`more_tunnels`](ClientConfig::more_tunnels) adds
+/// others on the same connection.
 #[derive(Debug, Clone)]
 pub struct ClientConfig {
     /// WebSocket URL of the server's control endpoint.
     pub control_url: String,
+    /// The first tunnel's name, as the user calls it (`cryptun start NAME`);
+    /// reported in [`Event::Request`]. `None`: the tunnel's subdomain.
+    pub name: Option<String>,
     /// The local service.
     pub target: Target,
     /// A subdomain to ask for.
@@ -90,6 +102,50 @@ pub struct ClientConfig {
     pub inspector: Option<Inspector>,
     /// How [`serve`] reconnects after a lost connection.
     pub reconnect: Reconnect,
+    /// Further tunnels opened on the same connection (the server allows
+    /// up to 16 per connection). The inspector sees the first tunnel only.
+    pub more_tunnels: Vec<TunnelConfig>,
+}
+
+/// One tunnel of a session: what to ask the server for, and where its
+/// requests go.
+#[derive(Debug, Clone)]
+pub struct TunnelConfig {
+    /// The tunnel's name, as the user calls it; `None`: its subdomain.
+    pub name: Option<String>,
+    /// The local service.
+    pub target: Target,
+    /// A subdomain to ask for.
+    pub subdomain: Option<String>,
+    /// How long visitors may wait for a response head; `None`: the server's default.
+    pub request_timeout: Option<Duration>,
+    /// The secret of an earlier tunnel with the same `subdomain`.
+    pub reconnect_secret: Option<Secret>,
+    /// Credentials visitors must present (HTTP Basic).
+    pub basic_auth: Option<BasicAuth>,
+    /// Only visitors from these CIDR blocks are served (empty: everyone).
+    pub allow_ips: Vec<String>,
+    /// Visitors from these CIDR blocks are refused.
+    pub deny_ips: Vec<String>,
+    /// The largest request body visitors may send (the server caps it).
+    pub max_body_size: Option<u64>,
+}
+
+impl TunnelConfig {
+    /// A tunnel to `target` with every other setting left to the server.
+    pub fn new(target: Target) -> Self {
+        TunnelConfig {
+            name: None,
+            target,
+            subdomain: None,
+            request_timeout: None,
+            reconnect_secret: None,
+            basic_auth: None,
+            allow_ips: Vec::new(),
+            deny_ips: Vec::new(),
+            max_body_size: None,
+        }
+    }
 }
 
 impl ClientConfig {
@@ -97,6 +153,7 @@ impl ClientConfig {
     pub fn new(server: &str, target: Target) -> Result<Self, AddressError> {
         Ok(ClientConfig {
             control_url: target::control_url(server)?,
+            name: None,
             target,
             subdomain: None,
             request_timeout: None,
@@ -111,7 +168,56 @@ impl ClientConfig {
             max_body_size: None,
             inspector: None,
             reconnect: Reconnect::default(),
+            more_tunnels: Vec::new(),
         })
+    }
+
+    /// Settings for `server` and several tunnels over one connection, the
+    /// first of `tunnels` in the first-tunnel fields. `None` if `tunnels`
+    /// is empty.
+    pub fn with_tunnels(
+        server: &str,
+        tunnels: Vec<TunnelConfig>,
+    ) -> Result<Option<Self>, AddressError> {
+        let mut tunnels = tunnels.into_iter();
+        let Some(first) = tunnels.next() else {
+            return Ok(None);
+        };
+        let mut config = ClientConfig::new(server, first.target.clone())?;
+        config.set_first(first);
+        config.more_tunnels = tunnels.collect();
+        Ok(Some(config))
+    }
+
+    /// Every tunnel of the session, the first one first.
+    pub fn tunnels(&self) -> Vec<TunnelConfig> {
+        let first = TunnelConfig {
+            name: self.name.clone(),
+            target: self.target.clone(),
+            subdomain: self.subdomain.clone(),
+            request_timeout: self.request_timeout,
+            reconnect_secret: self.reconnect_secret.clone(),
+            basic_auth: self.basic_auth.clone(),
+            allow_ips: self.allow_ips.clone(),
+            deny_ips: self.deny_ips.clone(),
+            max_body_size: self.max_body_size,
+        };
+        std::iter::once(first)
+            .chain(self.more_tunnels.iter().cloned())
+            .collect()
+    }
+
+    /// Replaces the first tunnel's settings.
+    pub(crate) fn set_first(&mut self, first: TunnelConfig) {
+        self.name = first.name;
+        self.target = first.target;
+        self.subdomain = first.subdomain;
+        self.request_timeout = first.request_timeout;
+        self.reconnect_secret = first.reconnect_secret;
+        self.basic_auth = first.basic_auth;
+        self.allow_ips = first.allow_ips;
+        self.deny_ips = first.deny_ips;
+        self.max_body_size = first.max_body_size;
     }
 }
 
@@ -222,6 +328,9 @@ pub enum Event {
     },
     /// A request was answered (or failed) — one line per request.
     Request {
+        /// The tunnel that served it: its name ([`ClientConfig::name`],
+        /// [`TunnelConfig::name`]), else its subdomain.
+        tunnel: String,
         /// Request method.
         method: String,
         /// Path and query.
@@ -243,7 +352,8 @@ pub enum Event {
         /// 1 for the first attempt after a loss, then 2, 3, ...
         attempt: u32,
     },
-    /// A reconnect succeeded: the tunnel is served again.
+    /// A reconnect succeeded: the tunnel is served again (one event per
+    /// tunnel of the session).
     Reconnected {
         /// The tunnel, as the server created it again.
         tunnel: TunnelCreated,

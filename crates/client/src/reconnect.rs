@@ -1,6 +1,6 @@
-//! Keeping a tunnel up: when the connection drops or the server restarts,
+//! Keeping tunnels up: when the connection drops or the server restarts,
 //! reconnect with exponential backoff and jitter, and ask for the same
-//! tunnel again.
+//! tunnels again (each with its subdomain and reconnect secret).
 //!
 //! Connection losses are retried for as long as it takes; refusals are
 //! final (an invalid name, a refused key, a protocol the server does not
@@ -91,14 +91,23 @@ fn spread() -> f64 {
     getrandom::u32().map_or(0.5, |n| f64::from(n) / (f64::from(u32::MAX) + 1.0))
 }
 
-/// What to send when reconnecting after `previous`: the same settings,
-/// asking for the same subdomain with the tunnel's reconnect secret.
-pub fn reconnect_config(config: &ClientConfig, previous: &TunnelCreated) -> ClientConfig {
+/// What to send when reconnecting after `previous` (the tunnels of
+/// [`ClientConfig::tunnels`], in order): the same settings, asking for the
+/// same subdomains with each tunnel's reconnect secret.
+pub fn reconnect_config(config: &ClientConfig, previous: &[TunnelCreated]) -> ClientConfig {
+    let mut tunnels = config.tunnels();
+    for (tunnel, created) in tunnels.iter_mut().zip(previous) {
+        tunnel.subdomain = Some(created.subdomain.clone());
+        // An anonymous tunnel's name is held for it during the server's
+        // grace period; the secret from its tunnel_created takes it back.
+        tunnel.reconnect_secret = created.reconnect_secret.clone();
+    }
     let mut again = config.clone();
-    again.subdomain = Some(previous.subdomain.clone());
-    // An anonymous tunnel's name is held for it during the server's grace
-    // period; the secret from its tunnel_created takes it back.
-    again.reconnect_secret = previous.reconnect_secret.clone();
+    let mut tunnels = tunnels.into_iter();
+    if let Some(first) = tunnels.next() {
+        again.set_first(first);
+    }
+    again.more_tunnels = tunnels.collect();
     again
 }
 
@@ -114,7 +123,7 @@ pub async fn serve(
     let policy = config.reconnect;
     let mut backoff = Backoff::new(policy);
     loop {
-        let last = session.tunnel().clone();
+        let last = session.tunnels().to_vec();
         let started = Instant::now();
         let mut lost = match session.run(shutdown.clone(), events.clone()).await {
             Ok(()) => return Ok(()),
@@ -155,9 +164,11 @@ pub async fn serve(
                 Err(err) => return Err(err),
             }
         };
-        events.emit(Event::Reconnected {
-            tunnel: session.tunnel().clone(),
-        });
+        for tunnel in session.tunnels() {
+            events.emit(Event::Reconnected {
+                tunnel: tunnel.clone(),
+            });
+        }
     }
 }
 

@@ -1,29 +1,28 @@
 //! The client's saved settings: `client.toml`, written by `cryptun login`
-//! and read by `cryptun http` for the API key it presents when neither
-//! `--token` nor `CRYPTUN_TOKEN` gives one.
+//! (its `token` key) and read by `cryptun http` for the API key it presents
+//! when neither `--token` nor `CRYPTUN_TOKEN` gives one. The same file
+//! holds the user's other client settings and tunnels (`cryptun start`);
+//! the CLI checks those keys, this module looks at `token` only.
 //!
 //! The file lives at `$XDG_CONFIG_HOME/cryptun/client.toml`, else
 //! `~/.config/cryptun/client.toml`. It holds a secret, so it is written
 //! readable by its owner only (mode 0600, in a 0700 directory), through a
 //! temporary file renamed into place so a crash never leaves half a key.
-//! Unknown fields are refused rather than ignored: a typo should not
-//! silently drop the key.
+//! Saving changes the `token` key only: the rest of the file, comments
+//! and layout included, stays as the user wrote it (`toml_edit`).
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
 use cryptun_proto::Secret;
-use serde::{Deserialize, Serialize};
 
 /// The file's name inside the config directory.
 pub const FILE_NAME: &str = "client.toml";
 
-/// What `client.toml` holds.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+/// What `client.toml` holds that this module deals with.
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct SavedConfig {
     /// The API key to present to the server.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token: Option<Secret>,
 }
 
@@ -38,7 +37,7 @@ pub enum SavedError {
         /// Why.
         source: std::io::Error,
     },
-    /// The file is not valid TOML of the expected shape.
+    /// The file is not valid TOML, or its `token` is not a string.
     #[error("{path}: {message}")]
     Parse {
         /// The file.
@@ -51,9 +50,9 @@ pub enum SavedError {
     NoConfigDir,
 }
 
-/// `$XDG_CONFIG_HOME/cryptun/client.toml`, else
-/// `$HOME/.config/cryptun/client.toml`.
-pub fn default_path() -> Result<PathBuf, SavedError> {
+/// `$XDG_CONFIG_HOME/cryptun`, else `$HOME/.config/cryptun` (also where
+/// the server's `server.toml` is looked for).
+pub fn config_dir() -> Result<PathBuf, SavedError> {
     let absolute = |var| {
         std::env::var_os(var)
             .map(PathBuf::from)
@@ -62,43 +61,75 @@ pub fn default_path() -> Result<PathBuf, SavedError> {
     let base = absolute("XDG_CONFIG_HOME")
         .or_else(|| absolute("HOME").map(|home| home.join(".config")))
         .ok_or(SavedError::NoConfigDir)?;
-    Ok(base.join("cryptun").join(FILE_NAME))
+    Ok(base.join("cryptun"))
+}
+
+/// `$XDG_CONFIG_HOME/cryptun/client.toml`, else
+/// `$HOME/.config/cryptun/client.toml`.
+pub fn default_path() -> Result<PathBuf, SavedError> {
+    Ok(config_dir()?.join(FILE_NAME))
+}
+
+/// The file's text, or `None` if there is no file.
+fn read(path: &Path) -> Result<Option<String>, SavedError> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => Ok(Some(text)),
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(source) => Err(SavedError::Io {
+            path: path.to_owned(),
+            source,
+        }),
+    }
 }
 
 impl SavedConfig {
-    /// Reads `path`; a missing file is an empty config.
+    /// Reads `path`; a missing file is an empty config. Keys other than
+    /// `token` are left to the CLI's config loader.
     pub fn load(path: &Path) -> Result<SavedConfig, SavedError> {
-        let text = match std::fs::read_to_string(path) {
-            Ok(text) => text,
-            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
-                return Ok(SavedConfig::default());
-            }
-            Err(source) => {
-                return Err(SavedError::Io {
-                    path: path.to_owned(),
-                    source,
-                });
-            }
+        let Some(text) = read(path)? else {
+            return Ok(SavedConfig::default());
         };
         if readable_by_others(path) {
             tracing::warn!(path = %path.display(), "the saved API key is readable by other users; chmod 600 it");
         }
-        toml::from_str(&text).map_err(|err| SavedError::Parse {
+        let parse = |message: String| SavedError::Parse {
             path: path.to_owned(),
-            message: err.message().to_owned(),
-        })
+            message,
+        };
+        let table: toml::Table = toml::from_str(&text).map_err(|e| parse(e.message().into()))?;
+        let token = match table.get("token") {
+            None => None,
+            Some(toml::Value::String(token)) => Some(Secret::new(token)),
+            Some(other) => {
+                let kind = other.type_str();
+                return Err(parse(format!("token must be a string, not a {kind}")));
+            }
+        };
+        Ok(SavedConfig { token })
     }
 
-    /// Writes the config to `path`, readable by its owner only.
+    /// Writes the token into the file at `path` (created if missing),
+    /// readable by its owner only; every other line stays as it was.
     pub fn save(&self, path: &Path) -> Result<(), SavedError> {
         let io = |source| SavedError::Io {
             path: path.to_owned(),
             source,
         };
-        let text = toml::to_string(self).map_err(|err| SavedError::Parse {
-            path: path.to_owned(),
-            message: err.to_string(),
-        })?;
+        let existing = read(path)?.unwrap_or_default();
+        let mut doc: toml_edit::DocumentMut =
+            existing
+                .parse()
+                .map_err(|e: toml_edit::TomlError| SavedError::Parse {
+                    path: path.to_owned(),
+                    message: e.message().to_owned(),
+                })?;
+        match &self.token {
+            Some(token) => doc["token"] = toml_edit::value(token.expose()),
+            None => {
+                doc.remove("token");
+            }
+        }
+        let text = doc.to_string();
         if let Some(dir) = path.parent() {
             let mut builder = std::fs::DirBuilder::new();
             builder.recursive(true);
@@ -167,10 +198,26 @@ mod tests {
     }
 
     #[test]
-    fn unknown_fields_and_bad_toml_are_refused() {
+    fn saving_keeps_the_rest_of_the_file() {
         let path = temp_path();
         std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-        for bad in ["tokn = \"x\"", "token = ", "token = 3"] {
+        let before = "# my tunnels\nserver = \"https://t.example.com\" # the server\ntoken = \"old\"\n\n[tunnels.web]\ntarget = \"3000\" # dev server\n";
+        std::fs::write(&path, before).unwrap();
+        let saved = SavedConfig {
+            token: Some(Secret::new("ck_new")),
+        };
+        saved.save(&path).unwrap();
+        let after = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(after, before.replace("\"old\"", "\"ck_new\""));
+        assert_eq!(SavedConfig::load(&path).unwrap(), saved);
+        let _ = std::fs::remove_dir_all(path.parent().unwrap().parent().unwrap());
+    }
+
+    #[test]
+    fn bad_toml_and_a_token_not_a_string_are_refused() {
+        let path = temp_path();
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        for bad in ["token = ", "token = 3", "[token"] {
             std::fs::write(&path, bad).unwrap();
             assert!(
                 matches!(SavedConfig::load(&path), Err(SavedError::Parse { .. })),

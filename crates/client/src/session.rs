@@ -1,4 +1,4 @@
-//! One connection to the server: the handshake that creates the tunnel,
+//! One connection to the server: the handshake that creates the tunnels,
 //! then a reader that dispatches requests and frames while the writer sends
 //! responses and credit, until the connection ends.
 
@@ -9,9 +9,9 @@ use cryptun_proto::message::{
     self, ClientMessage, CreateTunnel, ServerMessage, TunnelCreated, decode, encode,
 };
 use cryptun_proto::mux::{Heartbeat, Mux, OpenError, Side, run_writer};
-use cryptun_proto::tungstenite::Message;
 use cryptun_proto::tungstenite::protocol::CloseFrame;
 use cryptun_proto::tungstenite::protocol::frame::coding::CloseCode;
+use cryptun_proto::tungstenite::{Error as WsError, Message};
 use cryptun_proto::{Frame, Limits, PROTOCOL_VERSION, close_code};
 use futures_util::{SinkExt, StreamExt};
 use tokio::sync::mpsc;
@@ -20,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
 use crate::forward::{Forwarder, forward};
-use crate::{ClientConfig, ClientError, Events, transport};
+use crate::{ClientConfig, ClientError, Events, TunnelConfig, transport};
 
 type Ws = WebSocketStream<transport::Stream>;
 
@@ -33,18 +33,46 @@ const OUTBOUND_QUEUE: usize = 64;
 /// saying how long to wait.
 const GOING_AWAY_WAIT: Duration = Duration::from_secs(1);
 
-/// A connected client with a live tunnel, ready to [`run`](Session::run).
+/// Messages the server may send before the client has seen every
+/// `tunnel_created` (requests on a tunnel already created, on a reconnect
+/// while visitors are waiting); they are kept for [`Session::run`]. A
+/// handshake is a round trip, so this only bounds a broken server.
+const MAX_EARLY_MESSAGES: usize = 4096;
+
+/// A connected client with its live tunnels, ready to [`run`](Session::run).
 pub struct Session {
     ws: Ws,
-    tunnel: TunnelCreated,
+    /// One per [`ClientConfig::tunnels`], in the same order.
+    tunnels: Vec<TunnelCreated>,
     config: ClientConfig,
+    /// What arrived during the handshake after the first tunnel was up.
+    early: Vec<Message>,
 }
 
-/// Connects to the server and creates the tunnel.
+/// Connects to the server and creates the tunnels: all of them or none
+/// (a refusal of any fails the connection).
 pub async fn connect(config: &ClientConfig) -> Result<Session, ClientError> {
     tokio::time::timeout(config.connect_timeout, connect_inner(config))
         .await
         .map_err(|_| ClientError::Timeout(config.connect_timeout))?
+}
+
+fn create_message(config: &ClientConfig, tunnel: &TunnelConfig) -> Message {
+    let create = ClientMessage::CreateTunnel(CreateTunnel {
+        version: Some(PROTOCOL_VERSION),
+        subdomain: tunnel.subdomain.clone(),
+        binary_streams: true,
+        request_timeout_ms: tunnel
+            .request_timeout
+            .map(|d| d.as_millis().try_into().unwrap_or(u64::MAX)),
+        token: config.token.clone(),
+        reconnect_secret: tunnel.reconnect_secret.clone(),
+        basic_auth: tunnel.basic_auth.clone(),
+        allow_ips: tunnel.allow_ips.clone(),
+        deny_ips: tunnel.deny_ips.clone(),
+        max_body_size: tunnel.max_body_size,
+    });
+    Message::text(encode(&create))
 }
 
 async fn connect_inner(config: &ClientConfig) -> Result<Session, ClientError> {
@@ -57,24 +85,20 @@ async fn connect_inner(config: &ClientConfig) -> Result<Session, ClientError> {
     let (mut ws, _) = tokio_tungstenite::client_async_with_config(url, stream, Some(ws_config))
         .await
         .map_err(|source| handshake_error(url, source))?;
-    let create = ClientMessage::CreateTunnel(CreateTunnel {
-        version: Some(PROTOCOL_VERSION),
-        subdomain: config.subdomain.clone(),
-        binary_streams: true,
-        request_timeout_ms: config
-            .request_timeout
-            .map(|d| d.as_millis().try_into().unwrap_or(u64::MAX)),
-        token: config.token.clone(),
-        reconnect_secret: config.reconnect_secret.clone(),
-        basic_auth: config.basic_auth.clone(),
-        allow_ips: config.allow_ips.clone(),
-        deny_ips: config.deny_ips.clone(),
-        max_body_size: config.max_body_size,
-    });
-    ws.send(Message::text(encode(&create)))
+    let specs = config.tunnels();
+    // All at once: the server answers each in order, so a session of many
+    // tunnels costs one round trip.
+    for spec in &specs {
+        ws.feed(create_message(config, spec))
+            .await
+            .map_err(|e| ClientError::Disconnected(e.to_string()))?;
+    }
+    ws.flush()
         .await
         .map_err(|e| ClientError::Disconnected(e.to_string()))?;
-    loop {
+    let mut tunnels = Vec::with_capacity(specs.len());
+    let mut early = Vec::new();
+    while tunnels.len() < specs.len() {
         let msg = ws
             .next()
             .await
@@ -88,47 +112,70 @@ async fn connect_inner(config: &ClientConfig) -> Result<Session, ClientError> {
                             "the server refused binary streams".into(),
                         ));
                     }
-                    return Ok(Session {
-                        ws,
-                        tunnel,
-                        config: config.clone(),
-                    });
+                    tunnels.push(tunnel);
                 }
                 Ok(ServerMessage::Error(err)) => {
+                    let message = match (specs.len(), &specs[tunnels.len()].name) {
+                        (2.., Some(name)) => format!("tunnel {name}: {}", err.message),
+                        _ => err.message,
+                    };
                     return Err(ClientError::Refused {
                         code: err.code,
-                        message: err.message,
+                        message,
                     });
                 }
-                Ok(other) => debug!(?other, "ignored before tunnel_created"),
+                Ok(other) if tunnels.is_empty() => {
+                    debug!(?other, "ignored before tunnel_created")
+                }
+                Ok(_) => early.push(Message::Text(text)),
                 Err(err) => return Err(ClientError::Protocol(err.to_string())),
             },
             Message::Close(frame) => {
                 return Err(ClientError::Disconnected(describe_close(frame.as_ref())));
             }
+            msg @ Message::Binary(_) if !tunnels.is_empty() => early.push(msg),
             _ => {}
         }
+        if early.len() > MAX_EARLY_MESSAGES {
+            return Err(ClientError::Protocol(
+                "too many messages before the tunnels were created".into(),
+            ));
+        }
     }
+    Ok(Session {
+        ws,
+        tunnels,
+        config: config.clone(),
+        early,
+    })
 }
 
 impl Session {
-    /// The tunnel the server created.
+    /// The (first) tunnel the server created.
     pub fn tunnel(&self) -> &TunnelCreated {
-        &self.tunnel
+        // `connect` returns a session only with every tunnel created, and
+        // there is always a first.
+        &self.tunnels[0]
     }
 
-    /// Settings that take this tunnel's name back on a new connection
-    /// while the server holds it after a disconnect: the same settings,
-    /// asking for this subdomain, with the tunnel's reconnect secret (for a
-    /// tunnel opened without a key; with a key, the key is enough).
+    /// Every tunnel the server created, in the order of
+    /// [`ClientConfig::tunnels`].
+    pub fn tunnels(&self) -> &[TunnelCreated] {
+        &self.tunnels
+    }
+
+    /// Settings that take these tunnels' names back on a new connection
+    /// while the server holds them after a disconnect: the same settings,
+    /// asking for these subdomains, with each tunnel's reconnect secret
+    /// (for tunnels opened without a key; with a key, the key is enough).
     pub fn reconnect_config(&self) -> ClientConfig {
-        crate::reconnect::reconnect_config(&self.config, &self.tunnel)
+        crate::reconnect::reconnect_config(&self.config, &self.tunnels)
     }
 
     /// Serves requests until `shutdown` fires (returns `Ok`) or the
     /// connection ends (returns why).
     pub async fn run(self, shutdown: CancellationToken, events: Events) -> Result<(), ClientError> {
-        let announced = self.tunnel.limits;
+        let announced = self.tunnel().limits;
         let limits = Limits {
             max_message_bytes: announced.max_message_bytes,
             max_frame_payload: announced.max_frame_payload,
@@ -151,10 +198,13 @@ impl Session {
         let _close_streams = mux.close_on_drop();
         mux.heard();
         if let Some(inspector) = &self.config.inspector {
-            inspector.set_public_url(&self.tunnel.public_url);
+            inspector.set_public_url(&self.tunnel().public_url);
         }
-        let forwarder = Arc::new(Forwarder::new(&self.config, events));
-        let (sink, mut stream) = self.ws.split();
+        let forwarder = Arc::new(Forwarder::new(&self.config, &self.tunnels, events));
+        let (sink, stream) = self.ws.split();
+        // What came during the handshake goes first, in order.
+        let early = futures_util::stream::iter(self.early.into_iter().map(Ok));
+        let mut stream = early.chain(stream);
         let writer = run_writer(sink, out_rx, mux.clone(), heartbeat);
         tokio::pin!(writer);
         // Each arm says how the session ended and whether the writer still
@@ -183,7 +233,7 @@ impl Session {
 
 async fn read_loop(
     mux: &Mux<()>,
-    stream: &mut futures_util::stream::SplitStream<Ws>,
+    stream: &mut (impl futures_util::Stream<Item = Result<Message, WsError>> + Unpin),
     forwarder: &Arc<Forwarder>,
 ) -> ClientError {
     // Set by `going_away`: however the connection then ends, the server
@@ -200,11 +250,12 @@ async fn read_loop(
                 match decode::<ServerMessage>(&text, message::SERVER_TYPES) {
                     Ok(ServerMessage::Request {
                         request_id,
+                        tunnel_id,
                         request,
-                        ..
                     }) => match mux.accept(request_id, request.body.body_stream) {
                         Ok(stream) => {
-                            tokio::spawn(forward(Arc::clone(forwarder), stream, request));
+                            let forwarder = Arc::clone(forwarder);
+                            tokio::spawn(forward(forwarder, tunnel_id, stream, request));
                         }
                         Err(OpenError::TooMany) => {
                             // The server frees a stream when it has the whole

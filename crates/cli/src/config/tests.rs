@@ -1,0 +1,165 @@
+//! The example files of `examples/` go through the real loader, as they
+//! are and with every commented-out key switched on, and show every key
+//! the loader accepts: a flag added without its line in the example fails
+//! here.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::CommandFactory;
+
+use super::{ConfigFile, file_arg, parse_from, tunnels};
+use crate::{Cli, Command};
+
+fn example(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../examples")
+        .join(name)
+}
+
+fn argv(args: &[&str]) -> Vec<OsString> {
+    std::iter::once("cryptun")
+        .chain(args.iter().copied())
+        .map(OsString::from)
+        .collect()
+}
+
+/// `text` with each `# key = value` line made live.
+fn uncommented(text: &str) -> String {
+    text.lines()
+        .map(|line| match line.strip_prefix("# ") {
+            Some(rest) if is_key_line(rest) => rest,
+            _ => line,
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+fn is_key_line(line: &str) -> bool {
+    line.split_once(" = ")
+        .is_some_and(|(key, _)| key.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'))
+}
+
+/// The keys of `text` (live or commented out), in the top-level table.
+fn keys_shown(text: &str) -> Vec<String> {
+    text.lines()
+        .take_while(|line| !line.starts_with('['))
+        .map(|line| line.strip_prefix("# ").unwrap_or(line))
+        .filter(|line| is_key_line(line))
+        .filter_map(|line| line.split_once(" = ").map(|(k, _)| k.to_owned()))
+        .collect()
+}
+
+fn file_keys(subcommand: &str) -> Vec<String> {
+    let cli = Cli::command();
+    let cmd = cli.find_subcommand(subcommand).unwrap();
+    cmd.get_arguments()
+        .filter(|arg| file_arg(cmd, arg.get_id().as_str()).is_some())
+        .map(|arg| arg.get_id().to_string())
+        .collect()
+}
+
+fn temp_file(text: &str) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("config.toml");
+    std::fs::write(&path, text).unwrap();
+    (dir, path)
+}
+
+#[test]
+fn the_server_example_loads_and_shows_every_key() {
+    let path = example("server.toml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let shown = keys_shown(&text);
+    for key in file_keys("server") {
+        assert!(shown.contains(&key), "examples/server.toml lacks {key}");
+    }
+    let (cli, file) = parse_from(&argv(&["server", "--config", path.to_str().unwrap()])).unwrap();
+    assert!(file.is_some());
+    let Command::Server(args) = cli.command else {
+        panic!("not server")
+    };
+    assert_eq!(args.listen, "127.0.0.1:4000".parse().unwrap());
+    assert_eq!(args.request_timeout, Duration::from_secs(60));
+    assert!(args.public_port.is_none());
+
+    let (_dir, all) = temp_file(&uncommented(&text));
+    let (cli, _) = parse_from(&argv(&["server", "--config", all.to_str().unwrap()])).unwrap();
+    let Command::Server(args) = cli.command else {
+        panic!("not server")
+    };
+    assert_eq!(args.public_port, Some(80));
+    assert_eq!(args.max_body_size, Some(10 << 20));
+    assert!(args.admin_token.is_some() && args.rate_limit_tunnel.is_some());
+    assert_eq!(args.auth, Some(cryptun_server::AuthMode::Required));
+}
+
+#[test]
+fn the_client_example_loads_and_shows_every_key() {
+    let path = example("client.toml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let shown = keys_shown(&text);
+    for key in file_keys("start") {
+        assert!(shown.contains(&key), "examples/client.toml lacks {key}");
+    }
+    for key in tunnels::TUNNEL_KEYS {
+        assert!(
+            text.contains(&format!("\n{key} = ")),
+            "examples/client.toml's tunnels lack {key}"
+        );
+    }
+    for text in [text.clone(), uncommented(&text)] {
+        let (_dir, path) = temp_file(&text);
+        let args = argv(&["start", "--all", "--config", path.to_str().unwrap()]);
+        let (cli, file) = parse_from(&args).unwrap();
+        assert!(matches!(cli.command, Command::Start(_)));
+        let file: ConfigFile = file.unwrap();
+        let declared = tunnels::declared(&file).unwrap();
+        let names: Vec<&str> = declared.iter().map(|d| d.name.as_str()).collect();
+        assert_eq!(names, ["web", "api"]);
+        let web = &declared[0].config;
+        assert_eq!(web.subdomain.as_deref(), Some("myapp"));
+        assert_eq!(web.allow_ips, ["203.0.113.0/24"]);
+        assert_eq!(web.max_body_size, Some(10 << 20));
+        assert_eq!(web.basic_auth.as_ref().unwrap().username, "ann");
+        // `cryptun http` reads the same file's top-level keys.
+        let args = argv(&["http", "3000", "--config", path.to_str().unwrap()]);
+        assert!(matches!(
+            parse_from(&args).unwrap().0.command,
+            Command::Http(_)
+        ));
+    }
+}
+
+#[test]
+fn a_flag_wins_over_the_file() {
+    let (_dir, path) = temp_file("domain = \"file.test\"\nmax_streams = 7\n");
+    let path = path.to_str().unwrap();
+    let (cli, _) = parse_from(&argv(&[
+        "server",
+        "--config",
+        path,
+        "--domain",
+        "flag.test",
+    ]))
+    .unwrap();
+    let Command::Server(args) = cli.command else {
+        panic!("not server")
+    };
+    assert_eq!(args.domain, "flag.test");
+    assert_eq!(args.max_streams, 7);
+}
+
+#[test]
+fn tunnels_are_no_key_of_the_server_file() {
+    let (_dir, path) = temp_file("[tunnels.web]\ntarget = \"3000\"\n");
+    let err = parse_from(&argv(&["server", "--config", path.to_str().unwrap()])).unwrap_err();
+    let err = format!("{err:#}");
+    assert!(
+        err.contains("config.toml:1") && err.contains("`tunnels`: unknown key"),
+        "{err}"
+    );
+}

@@ -1,0 +1,168 @@
+//! The `[tunnels.NAME]` tables of `client.toml`: each key is a flag of
+//! `cryptun http` (`target`, `subdomain`, `basic_auth`, `allow_ips`, ...),
+//! checked by that flag's own parser, so a tunnel in a file means what the
+//! same flags would on the command line. Environment variables do not
+//! reach into tunnels: each says all it wants.
+
+use std::time::Duration;
+
+use anyhow::{Result, anyhow, bail};
+use clap::{ArgMatches, Command, CommandFactory};
+use cryptun_client::{BasicAuth, Target, TunnelConfig};
+use toml::de::{DeTable, DeValue};
+
+use super::{ConfigFile, Entry, check, entries, file_arg};
+use crate::Cli;
+
+/// The flags of `cryptun http` a tunnel table may set, besides `target`.
+pub const TUNNEL_KEYS: [&str; 6] = [
+    "subdomain",
+    "request_timeout",
+    "basic_auth",
+    "allow_ips",
+    "deny_ips",
+    "max_body_size",
+];
+
+/// A tunnel declared in the file.
+#[derive(Debug, Clone)]
+pub struct Declared {
+    /// Its name: the key after `tunnels.`.
+    pub name: String,
+    /// What to open.
+    pub config: TunnelConfig,
+}
+
+/// Every tunnel of `file`, in file order.
+pub fn declared(file: &ConfigFile) -> Result<Vec<Declared>> {
+    let table = file.table()?;
+    let Some(tunnels) = table.get("tunnels") else {
+        return Ok(Vec::new());
+    };
+    let DeValue::Table(tunnels) = tunnels.get_ref() else {
+        // `parse_from` has refused it already.
+        bail!("{}: `tunnels` must be tables", file.path.display());
+    };
+    let http = Cli::command();
+    let http = http
+        .find_subcommand("http")
+        .ok_or_else(|| anyhow!("no http subcommand"))?;
+    entries(tunnels)
+        .into_iter()
+        .map(|entry| {
+            let DeValue::Table(table) = entry.value.get_ref() else {
+                return Err(file.value_error(&entry, "expected a table: [tunnels.NAME]"));
+            };
+            let name = entry.key.get_ref().to_string();
+            let config = tunnel(file, &entry, table, http)?;
+            Ok(Declared { name, config })
+        })
+        .collect()
+}
+
+/// Picks the tunnels to open: every one (`all`), or those `names` in the
+/// order given. An unknown name is an error listing the names declared.
+pub fn select(
+    file: &ConfigFile,
+    declared: Vec<Declared>,
+    names: &[String],
+    all: bool,
+) -> Result<Vec<Declared>> {
+    let known = || {
+        declared
+            .iter()
+            .map(|d| d.name.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    if declared.is_empty() {
+        bail!(
+            "{} declares no tunnels; add one:\n\n  [tunnels.web]\n  target = \"3000\"",
+            file.path.display()
+        );
+    }
+    if all {
+        return Ok(declared);
+    }
+    let mut chosen: Vec<Declared> = Vec::with_capacity(names.len());
+    for name in names {
+        if chosen.iter().any(|d| &d.name == name) {
+            bail!("tunnel {name} is named twice");
+        }
+        match declared.iter().find(|d| &d.name == name) {
+            Some(d) => chosen.push(d.clone()),
+            None => bail!(
+                "no tunnel {name} in {} (it declares: {})",
+                file.path.display(),
+                known()
+            ),
+        }
+    }
+    Ok(chosen)
+}
+
+/// One `[tunnels.NAME]` table.
+fn tunnel(
+    file: &ConfigFile,
+    at: &Entry<'_, '_>,
+    table: &DeTable<'_>,
+    http: &Command,
+) -> Result<TunnelConfig> {
+    let name = at.key.get_ref();
+    let mut target = None;
+    let mut matches: Vec<(String, ArgMatches)> = Vec::new();
+    for entry in entries(table) {
+        let key = entry.key.get_ref();
+        if key == "target" {
+            let word = match entry.value.get_ref() {
+                DeValue::String(s) => s.to_string(),
+                DeValue::Integer(i) => i.as_str().to_owned(),
+                _ => return Err(file.value_error(&entry, "expected a port, host:port or URL")),
+            };
+            let parsed = Target::parse(&word).map_err(|e| file.value_error(&entry, e))?;
+            target = Some(parsed);
+            continue;
+        }
+        let arg = file_arg(http, key).filter(|arg| TUNNEL_KEYS.contains(&arg.get_id().as_str()));
+        let Some(arg) = arg else {
+            let known = TUNNEL_KEYS.join(", ");
+            let what = format!("unknown key in [tunnels.{name}] (known: target, {known})");
+            return Err(file.key_error(&entry, what));
+        };
+        let checked = check(file, &entry, arg)?;
+        if matches!(key.replace('-', "_").as_str(), "allow_ips" | "deny_ips") {
+            // The server would refuse them only once connected; say where.
+            for ip in strings(&checked, arg.get_id().as_str()) {
+                ip.parse::<cryptun_server::access::Cidr>()
+                    .map_err(|e| file.value_error(&entry, e))?;
+            }
+        }
+        matches.push((arg.get_id().to_string(), checked));
+    }
+    let target = target.ok_or_else(|| {
+        anyhow!(
+            "{}: [tunnels.{name}] needs a target (a port, host:port or URL)",
+            file.at(at.key.span().start)
+        )
+    })?;
+    let mut config = TunnelConfig::new(target);
+    config.name = Some(name.to_string());
+    for (id, m) in matches {
+        match id.as_str() {
+            "subdomain" => config.subdomain = m.get_one::<String>(&id).cloned(),
+            "request_timeout" => config.request_timeout = m.get_one::<Duration>(&id).copied(),
+            "basic_auth" => config.basic_auth = m.get_one::<BasicAuth>(&id).cloned(),
+            "max_body_size" => config.max_body_size = m.get_one::<u64>(&id).copied(),
+            "allow_ips" => config.allow_ips = strings(&m, &id),
+            "deny_ips" => config.deny_ips = strings(&m, &id),
+            _ => {}
+        }
+    }
+    Ok(config)
+}
+
+fn strings(m: &ArgMatches, id: &str) -> Vec<String> {
+    m.get_many::<String>(id)
+        .map(|values| values.cloned().collect())
+        .unwrap_or_default()
+}

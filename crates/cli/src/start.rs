@@ -1,0 +1,73 @@
+//! `cryptun start`: opens tunnels declared in the client config file over
+//! one connection to the server.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result, bail};
+use clap::{ArgGroup, Args};
+use cryptun_client::{ClientConfig, Secret};
+
+use crate::config::{ConfigFile, tunnels};
+use crate::{commands, keys, output};
+
+/// The arguments of `cryptun start`.
+#[derive(Debug, Args)]
+#[command(group(ArgGroup::new("which").args(["names", "all"]).required(true)))]
+pub struct StartArgs {
+    /// Tunnels to open, by their names in the config file (`[tunnels.NAME]`).
+    #[arg(value_name = "NAME")]
+    names: Vec<String>,
+    /// Open every tunnel the config file declares.
+    #[arg(long, conflicts_with = "names")]
+    all: bool,
+    /// The client config file [default: $XDG_CONFIG_HOME/cryptun/client.toml
+    /// or ~/.config/cryptun/client.toml].
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// The cryptun server to connect to.
+    #[arg(long, env = "CRYPTUN_SERVER", default_value = "http://127.0.0.1:4000")]
+    server: String,
+    /// Print one JSON object per line (a tunnel_created per tunnel, then one per request).
+    #[arg(long)]
+    json: bool,
+    /// Also trust the certificate authorities in this PEM file for an https:// server.
+    #[arg(long, env = "CRYPTUN_CA")]
+    ca: Option<PathBuf>,
+    /// API key for the server [default: the one saved by `cryptun login`].
+    #[arg(long, env = "CRYPTUN_TOKEN", hide_env_values = true, value_parser = crate::secret)]
+    token: Option<Secret>,
+}
+
+/// `cryptun start`.
+pub async fn start(args: StartArgs, file: Option<ConfigFile>, json_logs: bool) -> Result<()> {
+    let Some(file) = file else {
+        let path = cryptun_client::saved::default_path()?;
+        bail!(
+            "no client config file at {} (write one, see examples/client.toml, or pass --config FILE)",
+            path.display()
+        );
+    };
+    let chosen = tunnels::select(&file, tunnels::declared(&file)?, &args.names, args.all)?;
+    let shown: Vec<(String, String)> = chosen
+        .iter()
+        .map(|d| (d.name.clone(), d.config.target.to_string()))
+        .collect();
+    let specs = chosen.into_iter().map(|d| d.config).collect();
+    let mut config =
+        ClientConfig::with_tunnels(&args.server, specs)?.context("no tunnels to open")?;
+    config.ca = args.ca;
+    config.token = keys::client_token(args.token)?;
+    let shutdown = commands::shutdown_on_signal();
+    let session = commands::connect(&config).await?;
+    let tunnels: Vec<output::Shown<'_>> = session
+        .tunnels()
+        .iter()
+        .zip(&shown)
+        .map(|(tunnel, (name, target))| (Some(name.as_str()), tunnel, target.as_str()))
+        .collect();
+    let (view, events) = output::show(&args.server, &tunnels, None, args.json, json_logs);
+    let served = cryptun_client::serve(&config, session, shutdown, events).await;
+    output::finish(view, served.as_ref().err());
+    served?;
+    Ok(())
+}

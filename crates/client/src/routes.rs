@@ -1,0 +1,111 @@
+//! Which local service a request goes to: each `request` names the tunnel
+//! it arrived on (`tunnel_id`), and each tunnel of the session has its own
+//! target and name.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use crate::{ClientConfig, Target, TunnelCreated};
+
+/// Where one tunnel's requests go.
+#[derive(Debug, Clone)]
+pub(crate) struct Route {
+    /// The tunnel's name for [`Event::Request`](crate::Event::Request).
+    pub name: Arc<str>,
+    /// Its local service.
+    pub target: Target,
+    /// The inspector records the first tunnel only (its replay goes there).
+    pub inspect: bool,
+}
+
+/// The routes of a session, by tunnel id.
+#[derive(Debug)]
+pub(crate) struct Routes {
+    by_id: HashMap<String, Route>,
+    /// The first tunnel's route, also taken for a request naming no tunnel
+    /// we know on a session of one tunnel (a server may leave the id out).
+    first: Route,
+}
+
+impl Routes {
+    /// The routes of `created`, the tunnels of [`ClientConfig::tunnels`]
+    /// in the same order.
+    pub(crate) fn new(config: &ClientConfig, created: &[TunnelCreated]) -> Self {
+        let by_id: HashMap<String, Route> = config
+            .tunnels()
+            .into_iter()
+            .zip(created)
+            .enumerate()
+            .map(|(i, (spec, tunnel))| {
+                let name = spec.name.unwrap_or_else(|| tunnel.subdomain.clone());
+                let route = Route {
+                    name: name.into(),
+                    target: spec.target,
+                    inspect: i == 0,
+                };
+                (tunnel.tunnel_id.clone(), route)
+            })
+            .collect();
+        let first = created
+            .first()
+            .and_then(|t| by_id.get(&t.tunnel_id).cloned())
+            .unwrap_or_else(|| Route {
+                name: "".into(),
+                target: config.target.clone(),
+                inspect: true,
+            });
+        Routes { by_id, first }
+    }
+
+    /// The route of `tunnel_id`, if the session has that tunnel (or only
+    /// one tunnel).
+    pub(crate) fn get(&self, tunnel_id: &str) -> Option<&Route> {
+        match self.by_id.get(tunnel_id) {
+            Some(route) => Some(route),
+            None if self.by_id.len() <= 1 => Some(&self.first),
+            None => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::TunnelConfig;
+
+    fn created(id: &str) -> TunnelCreated {
+        let json = serde_json::json!({
+            "version": 1, "tunnel_id": id, "subdomain": format!("tunnel-{id}"),
+            "public_url": format!("http://tunnel-{id}.localhost"),
+            "binary_streams": true, "request_timeout_ms": 60000,
+            "limits": {
+                "max_message_bytes": 1, "max_frame_payload": 1, "stream_window": 1,
+                "max_inline_body": 1, "max_streams": 1, "heartbeat_interval_ms": 1,
+            },
+        });
+        serde_json::from_value(json).expect("a tunnel_created")
+    }
+
+    #[test]
+    fn each_tunnel_id_has_its_target_and_an_unknown_one_none() {
+        let target = |t: &str| Target::parse(t).expect("a target");
+        let mut config =
+            ClientConfig::new("http://127.0.0.1:4000", target("3000")).expect("a server address");
+        let mut api = TunnelConfig::new(target("4000"));
+        api.name = Some("api".into());
+        config.more_tunnels.push(api);
+        let routes = Routes::new(&config, &[created("aaa"), created("bbb")]);
+        let first = routes.get("aaa").expect("aaa");
+        assert_eq!((&*first.name, first.inspect), ("tunnel-aaa", true));
+        let api = routes.get("bbb").expect("bbb");
+        assert_eq!(
+            (&*api.name, api.target.to_string(), api.inspect),
+            ("api", target("4000").to_string(), false)
+        );
+        assert!(routes.get("ccc").is_none());
+        // One tunnel: whatever the id.
+        let one = ClientConfig::new("http://127.0.0.1:4000", target("3000")).expect("a server");
+        let routes = Routes::new(&one, &[created("aaa")]);
+        assert_eq!(&*routes.get("").expect("the one tunnel").name, "tunnel-aaa");
+    }
+}

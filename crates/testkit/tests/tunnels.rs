@@ -1,0 +1,133 @@
+//! Several tunnels on one connection (`cryptun start`): each request goes
+//! to its own tunnel's local service and is reported with the tunnel's
+//! name; a restarted server gets every tunnel back, each at its URL; a
+//! refusal of any tunnel fails the connection and names the tunnel.
+
+#![allow(clippy::unwrap_used)]
+
+use cryptun_client::{ClientError, Event, Target, TunnelConfig};
+use cryptun_proto::ErrorCode;
+use cryptun_testkit::raw::{WAIT, eventually};
+use cryptun_testkit::{Origin, TestClient, TestServer, Visitor};
+
+/// A second tunnel, named `second`, asking for the subdomain `second`.
+fn second(origin: &Origin) -> TunnelConfig {
+    let mut tunnel = TunnelConfig::new(Target::parse(&origin.target()).unwrap());
+    tunnel.name = Some("second".into());
+    tunnel.subdomain = Some("second".into());
+    tunnel
+}
+
+fn served_by(client: &TestClient, path: &str) -> Option<String> {
+    client.events.lock().unwrap().iter().find_map(|e| match e {
+        Event::Request {
+            tunnel, path: p, ..
+        } if p == path => Some(tunnel.clone()),
+        _ => None,
+    })
+}
+
+#[tokio::test]
+async fn each_tunnel_of_a_connection_reaches_its_own_origin() {
+    let server = TestServer::start().await;
+    let (one, two) = (Origin::start().await, Origin::start().await);
+    let client = TestClient::start_with(&server, &one.target(), |c| {
+        c.name = Some("first".into());
+        c.more_tunnels.push(second(&two));
+    })
+    .await
+    .unwrap();
+    let visitor = Visitor::new(server.addr);
+    let live = visitor.tunnels().await;
+    assert_eq!(live.len(), 2, "{live:?}");
+    assert_eq!(live[0]["client_addr"], live[1]["client_addr"]);
+
+    let reply = visitor.get(&client.host, "/echo?n=1").await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    let reply = visitor.get(&server.host_of("second"), "/echo?n=2").await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    assert_eq!(reply.json()["path"], "/echo?n=2");
+    assert_eq!((one.requests(), two.requests()), (1, 1));
+    eventually(WAIT, "both requests reported", || async {
+        served_by(&client, "/echo?n=2").is_some()
+    })
+    .await;
+    assert_eq!(served_by(&client, "/echo?n=1").as_deref(), Some("first"));
+    assert_eq!(served_by(&client, "/echo?n=2").as_deref(), Some("second"));
+}
+
+#[tokio::test]
+async fn a_restarted_server_gets_every_tunnel_back() {
+    let server = TestServer::start().await;
+    let addr = server.addr;
+    let (one, two) = (Origin::start().await, Origin::start().await);
+    let client = TestClient::start_reconnecting(&server, &one.target(), |c| {
+        c.more_tunnels.push(second(&two));
+    })
+    .await
+    .unwrap();
+    let (first_host, second_host) = (client.host.clone(), server.host_of("second"));
+    assert_eq!(
+        Visitor::new(addr).get(&second_host, "/echo").await.status,
+        200
+    );
+
+    server.stop().await;
+    let _restarted = TestServer::start_on(addr, TestServer::test_config()).await;
+    eventually(WAIT, "both tunnels reconnected", || async {
+        let events = client.events.lock().unwrap();
+        events
+            .iter()
+            .filter(|e| matches!(e, Event::Reconnected { .. }))
+            .count()
+            >= 2
+    })
+    .await;
+    let back: Vec<String> = client
+        .events
+        .lock()
+        .unwrap()
+        .iter()
+        .filter_map(|e| match e {
+            Event::Reconnected { tunnel } => Some(tunnel.public_url.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(back[0], client.tunnel.public_url);
+    assert!(back[1].contains("://second."), "{back:?}");
+
+    let visitor = Visitor::new(addr);
+    assert_eq!(visitor.tunnels().await.len(), 2);
+    let reply = visitor.get(&first_host, "/echo?again=1").await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    let reply = visitor.get(&second_host, "/echo?again=2").await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    assert_eq!((one.requests(), two.requests()), (1, 2));
+}
+
+#[tokio::test]
+async fn a_refused_tunnel_fails_the_connection_and_is_named() {
+    let server = TestServer::start().await;
+    let origin = Origin::start().await;
+    let taken = TestClient::start_with(&server, &origin.target(), |c| {
+        c.subdomain = Some("second".into());
+    })
+    .await
+    .unwrap();
+    let refused = TestClient::start_with(&server, &origin.target(), |c| {
+        c.more_tunnels.push(second(&origin));
+    })
+    .await;
+    let Err(ClientError::Refused { code, message }) = refused else {
+        panic!("not refused: {:?}", refused.err());
+    };
+    assert_eq!(code, ErrorCode::SubdomainTaken);
+    assert!(message.starts_with("tunnel second: "), "{message}");
+    // The first tunnel of the refused connection does not linger.
+    let visitor = Visitor::new(server.addr);
+    eventually(WAIT, "only the taken tunnel left", || async {
+        visitor.tunnels().await.len() == 1
+    })
+    .await;
+    drop(taken);
+}
