@@ -4,8 +4,11 @@
 //!   own rules).
 //! - `GET /healthz`: `{"status":"ok"}` for anyone, so load balancers can
 //!   probe it; the tunnel count only for admins.
-//! - `GET /api/tunnels`, `GET /api/limits` and anything else under `/api/`:
-//!   admins only.
+//! - `GET /dashboard` (and its script and style): the live dashboard page
+//!   for anyone, since it holds no data; what it shows comes from
+//!   `GET /api/dashboard` (see [`dashboard`](crate::dashboard)).
+//! - `GET /api/tunnels`, `GET /api/limits`, `GET /api/dashboard` and
+//!   anything else under `/api/`: admins only.
 //!
 //! An admin is a request with `Authorization: Bearer <token>` matching the
 //! server's admin token (`--admin-token`), compared in constant time.
@@ -28,7 +31,7 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use crate::error::GatewayError;
-use crate::{Body, Peer, State, control, full, hardening};
+use crate::{Body, Peer, State, control, dashboard, full, hardening};
 
 /// Shortest admin token accepted: a guessable token is worse than none
 /// (which at least keeps the API on loopback).
@@ -133,6 +136,9 @@ pub(crate) fn own_route(
             }
             Ok(json(&health))
         }
+        (&Method::GET, path @ ("/dashboard" | "/dashboard/app.js" | "/dashboard/app.css")) => {
+            dashboard::asset(path).ok_or(GatewayError::NotFound)
+        }
         (_, path) if path == "/api" || path.starts_with("/api/") => {
             admin()?;
             api(state, req.method(), path)
@@ -175,6 +181,10 @@ fn api(state: &State, method: &Method, path: &str) -> Result<Response<Body>, Gat
             let list: Vec<_> = state.registry.list().iter().map(|t| t.info()).collect();
             Ok(json(&list))
         }
+        (&Method::GET, "/api/dashboard") => {
+            let snapshot = serde_json::to_vec(&dashboard::snapshot(state)).unwrap_or_default();
+            Ok(json_bytes(snapshot))
+        }
         (&Method::GET, "/api/limits") => {
             let limits = &state.config.rate_limits;
             let ip = state.ip_limiter.as_ref();
@@ -191,11 +201,21 @@ fn api(state: &State, method: &Method, path: &str) -> Result<Response<Body>, Gat
 }
 
 fn json<T: Serialize>(value: &T) -> Response<Body> {
-    let body = serde_json::to_vec_pretty(value).unwrap_or_default();
+    json_bytes(serde_json::to_vec_pretty(value).unwrap_or_default())
+}
+
+/// A JSON answer, never cached (it is live, and may be an admin's).
+fn json_bytes(body: Vec<u8>) -> Response<Body> {
     let mut resp = Response::new(full(body));
-    resp.headers_mut().insert(
+    let headers = resp.headers_mut();
+    headers.insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),
+    );
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    headers.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
     );
     resp
 }
