@@ -170,7 +170,9 @@ function render(s, now) {
   $("t-rate").textContent = fmtRate(t.rate);
   $("t-inflight").textContent = t.in_flight;
   $("t-4xx").textContent = t.status["4xx"];
+  $("t-4xx").classList.toggle("warn", t.status["4xx"] > 0);
   $("t-5xx").textContent = t.status["5xx"];
+  $("t-5xx").classList.toggle("bad", t.status["5xx"] > 0);
   $("t-5xx-sub").textContent = "502: " + t.status["502"] + " · 504: " + t.status["504"];
   $("t-bytes").textContent = fmtBytes(t.bytes_in) + " / " + fmtBytes(t.bytes_out);
 
@@ -239,7 +241,7 @@ function fillTunnel(tr, t, now) {
   const [, client, key, since_, requests, rate, inflight, e4xx, e5xx, gateway, bytes] = tr.children;
   client.textContent = t.client_addr;
   key.textContent = fmtKey(t.key_name, t.key_id);
-  key.title = t.key_id ? "key " + t.key_id : "no API key";
+  key.title = t.key_id ? (t.key_name || "") + " (key " + t.key_id + ")" : "no API key";
   since_.textContent = since(t.created_at, now);
   since_.title = t.created_at;
   requests.textContent = s.requests;
@@ -269,6 +271,7 @@ function fillClient(tr, c, now) {
   const [address, key, since_, names] = tr.children;
   address.textContent = c.client_addr;
   key.textContent = fmtKey(c.key_name, c.key_id);
+  key.title = c.key_id ? (c.key_name || "") + " (key " + c.key_id + ")" : "no API key";
   since_.textContent = since(c.connected_since, now);
   since_.title = c.connected_since;
   names.textContent = c.tunnels.join(", ");
