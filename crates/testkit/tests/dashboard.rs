@@ -1,5 +1,6 @@
 //! The server dashboard's API: the page is served to anyone and holds no
-//! data; `/api/dashboard` wants the admin token (401 without it) and lists
+//! data; `/api/dashboard` wants the admin token (401 without it), or
+//! without one a loopback caller under a loopback name, and lists
 //! live tunnels with their counters (requests, statuses with 502 and 504
 //! apart, bytes, rate, in flight), their clients and key names, and the
 //! server's totals and state.
@@ -106,7 +107,7 @@ async fn the_page_is_open_but_its_data_wants_the_admin_token() {
 }
 
 #[tokio::test]
-async fn without_a_token_loopback_gets_the_data() {
+async fn without_a_token_loopback_gets_the_data_under_a_loopback_name() {
     let server = TestServer::start().await;
     let visitor = Visitor::new(server.addr);
     let data = snapshot(&visitor).await;
@@ -114,6 +115,22 @@ async fn without_a_token_loopback_gets_the_data() {
     assert_eq!(data["tunnels"], serde_json::json!([]));
     assert_eq!(data["server"]["draining"], false);
     assert_eq!(data["server"]["version"], env!("CARGO_PKG_VERSION"));
+
+    // Other loopback names work; a name that merely points at 127.0.0.1
+    // (a page elsewhere rebinding its DNS) gets the page, not the data.
+    let port = server.addr.port();
+    for host in [format!("127.0.0.1:{port}"), format!("[::1]:{port}")] {
+        let reply = within(&host, visitor.get(&host, "/api/dashboard")).await;
+        assert_eq!(reply.status, 200, "{host}: {}", reply.text());
+    }
+    let rebound = format!("attacker.example:{port}");
+    for path in ["/api/dashboard", "/api/tunnels", "/metrics"] {
+        let reply = within(path, visitor.get(&rebound, path)).await;
+        assert_eq!(reply.status, 403, "{path}: {}", reply.text());
+        assert_eq!(reply.headers["x-cryptun-error"], "admin_host");
+    }
+    let page = within("the page", visitor.get(&rebound, "/dashboard")).await;
+    assert_eq!(page.status, 200);
 }
 
 #[tokio::test]
