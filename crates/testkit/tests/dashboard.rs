@@ -134,6 +134,18 @@ async fn without_a_token_loopback_gets_the_data_under_a_loopback_name() {
 }
 
 #[tokio::test]
+async fn a_draining_server_says_so() {
+    let mut config = TestServer::test_config();
+    config.shutdown_delay = Duration::from_secs(5);
+    let server = TestServer::start_with(config).await;
+    let visitor = Visitor::new(server.addr);
+    assert_eq!(snapshot(&visitor).await["server"]["draining"], false);
+    server.begin_stop();
+    // Still accepting for `shutdown_delay`, and saying it is draining.
+    assert_eq!(snapshot(&visitor).await["server"]["draining"], true);
+}
+
+#[tokio::test]
 async fn tunnels_are_listed_with_their_counters_clients_and_totals() {
     let mut config = guarded(TestServer::test_config());
     config.limits.max_streams = 1;

@@ -130,6 +130,13 @@ async function pollOnce() {
   if (resp.status === 403) {
     stop();
     setConn("off", "not allowed");
+    $("forbidden-why").textContent = resp.headers.get("x-cryptun-error") === "admin_host"
+      ? "This server has no admin token, so its data is served only to pages opened as "
+        + "localhost, a loopback address or the server's own domain. Open "
+        + "http://localhost:" + (location.port || "80") + "/dashboard instead."
+      : "This server has no admin token, so its data is served to loopback addresses only. "
+        + "Open the dashboard on the server's machine (or through an SSH tunnel), or start "
+        + "the server with --admin-token.";
     return show("forbidden");
   }
   if (!resp.ok) {
