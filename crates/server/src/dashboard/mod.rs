@@ -29,7 +29,6 @@
 //! address is shown as text, never parsed as markup.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::time::{Instant, SystemTime};
 
 use http::{HeaderValue, Response, header};
@@ -153,19 +152,18 @@ pub struct ClientInfo {
 pub(crate) fn snapshot(state: &State) -> Snapshot {
     let now = Instant::now();
     let live = state.registry.list();
-    let listed: Vec<_> = live.iter().take(MAX_LISTED).collect();
+    let tunnels: Vec<TunnelInfo> = live.iter().take(MAX_LISTED).map(|t| t.info()).collect();
     // A client is one control connection, and its address (with its port)
     // names one connection at a time.
     let mut clients: Vec<ClientInfo> = Vec::new();
-    let mut by_addr: HashMap<SocketAddr, usize> = HashMap::new();
-    for tunnel in &listed {
-        let index = *by_addr.entry(tunnel.client_addr).or_insert_with(|| {
-            let info = tunnel.info();
+    let mut by_addr: HashMap<&str, usize> = HashMap::new();
+    for tunnel in &tunnels {
+        let index = *by_addr.entry(&tunnel.client_addr).or_insert_with(|| {
             clients.push(ClientInfo {
-                client_addr: info.client_addr,
-                connected_since: info.created_at,
-                key_id: info.key_id,
-                key_name: info.key_name,
+                client_addr: tunnel.client_addr.clone(),
+                connected_since: tunnel.created_at.clone(),
+                key_id: tunnel.key_id.clone(),
+                key_name: tunnel.key_name.clone(),
                 tunnels: Vec::new(),
             });
             clients.len() - 1
@@ -190,7 +188,7 @@ pub(crate) fn snapshot(state: &State) -> Snapshot {
             requests: state.totals.view(now),
         },
         clients,
-        tunnels: listed.iter().map(|t| t.info()).collect(),
+        tunnels,
         omitted: live.len().saturating_sub(MAX_LISTED),
     }
 }
