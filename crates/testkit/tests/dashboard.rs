@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use cryptun_server::{AdminToken, AuthMode, Store};
 use cryptun_testkit::raw::{WAIT, eventually};
-use cryptun_testkit::{Origin, TempDir, TestClient, TestServer, Visitor, within};
+use cryptun_testkit::{Origin, RawWs, TempDir, TestClient, TestServer, Visitor, within};
 use serde_json::Value;
 
 const TOKEN: &str = "dashboard-admin-token-0123456789";
@@ -277,4 +277,26 @@ async fn a_tunnel_opened_with_a_key_shows_the_key_name() {
         .await
         .text();
     assert!(!text.contains(key.token.expose()));
+}
+
+#[tokio::test]
+async fn a_busy_node_lists_at_most_500_tunnels_and_counts_them_all() {
+    let limit = 500;
+    let mut config = TestServer::test_config();
+    config.limits.max_tunnels_per_session = limit + 2;
+    let server = TestServer::start_with(config).await;
+    let (mut ws, _) = RawWs::tunnel(&server, serde_json::json!({})).await;
+    for _ in 0..limit {
+        ws.send_json(&serde_json::json!({ "type": "create_tunnel" }))
+            .await;
+        within("a tunnel", ws.recv_type("tunnel_created")).await;
+    }
+    let data = snapshot(&Visitor::new(server.addr)).await;
+    assert_eq!(data["totals"]["tunnels"], limit + 1);
+    assert_eq!(data["tunnels"].as_array().unwrap().len(), limit);
+    assert_eq!(data["omitted"], 1);
+    // One client, holding the listed tunnels.
+    let clients = data["clients"].as_array().unwrap();
+    assert_eq!(clients.len(), 1);
+    assert_eq!(clients[0]["tunnels"].as_array().unwrap().len(), limit);
 }
