@@ -26,6 +26,15 @@ fn cell(subdomain: &str, column: &str) -> String {
     )
 }
 
+/// Types `text` into the tunnel filter, as JavaScript.
+fn filter(text: &str) -> String {
+    format!(
+        "(() => {{ const f = document.querySelector('#filter');
+           f.value = {}; f.dispatchEvent(new Event('input')); return true; }})()",
+        serde_json::to_string(text).unwrap()
+    )
+}
+
 #[tokio::test]
 async fn the_dashboard_follows_tunnels_and_their_requests_live() {
     let dir = TempDir::new();
@@ -143,6 +152,22 @@ async fn the_dashboard_follows_tunnels_and_their_requests_live() {
         .wait_until("the second tunnel", &cell(&other.tunnel.subdomain, "key"))
         .await;
     assert_eq!(other_key, HOSTILE);
+    // The filter narrows the list to the matching tunnels.
+    let visible = "[...document.querySelectorAll('#tunnels tbody tr')]
+                   .filter(tr => !tr.hidden).map(tr => tr.dataset.subdomain).join()";
+    browser.eval(&filter("LAPTOP")).await;
+    assert_eq!(browser.eval(visible).await, "myapp");
+    browser.eval(&filter("")).await;
+    assert_eq!(
+        browser
+            .eval(visible)
+            .await
+            .as_str()
+            .unwrap()
+            .split(',')
+            .count(),
+        2
+    );
 
     // The clients leave: so do their tunnels.
     client.stop().await.unwrap();

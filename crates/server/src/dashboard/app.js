@@ -266,6 +266,18 @@ function renderTunnels(list, now) {
   const tbody = $("tunnels").tBodies[0];
   reconcile(tbody, state.tunnels, list, (t) => t.tunnel_id, buildTunnel, (tr, t) => fillTunnel(tr, t, now));
   $("no-tunnels").hidden = list.length > 0;
+  applyFilter();
+}
+
+// Hides the rows whose subdomain, client address and key do not contain
+// the filter's text.
+function applyFilter() {
+  const needle = $("filter").value.trim().toLowerCase();
+  for (const tr of state.tunnels.values()) {
+    const [subdomain, client, key] = tr.children;
+    const text = (subdomain.textContent + " " + client.textContent + " " + key.textContent).toLowerCase();
+    tr.hidden = Boolean(needle) && !text.includes(needle);
+  }
 }
 
 function buildClient() {
@@ -299,4 +311,5 @@ document.addEventListener("visibilitychange", () => {
 });
 $("login-form").addEventListener("submit", signIn);
 $("signout").addEventListener("click", signOut);
+$("filter").addEventListener("input", applyFilter);
 poll();
