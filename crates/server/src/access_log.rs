@@ -5,8 +5,11 @@
 //! its response body has been written, or abandoned by the visitor, or the
 //! request was dropped before any answer: its `Drop` does the accounting, so
 //! every request is counted exactly once however it ends. Body bytes are
-//! counted as frames pass through [`RequestBody`] and [`ResponseBody`]: one
-//! atomic addition per frame.
+//! counted as frames pass through [`RequestBody`] and [`ResponseBody`]: a
+//! few atomic additions per frame.
+//!
+//! Besides the metrics, an exchange moves the dashboard's [`Stats`]: the
+//! server's, and the tunnel's when the Host named a live one.
 //!
 //! The log line holds the path without its query string: query strings
 //! often carry tokens and other secrets.
@@ -26,7 +29,8 @@ use prometheus_client::metrics::counter::Counter;
 use tracing::info;
 
 use crate::metrics::{Metrics, Outcome, class_of};
-use crate::{Body, BoxError, Peer};
+use crate::stats::Stats;
+use crate::{Body, BoxError, Peer, State};
 
 /// The `reason` of a request the tunnel's client answered.
 const UPSTREAM: &str = "upstream";
@@ -42,6 +46,7 @@ pub(crate) struct Exchange {
     tunnel: Option<String>,
     bytes_in: Arc<AtomicU64>,
     bytes_out: u64,
+    tallies: Tallies,
     /// The status sent, once there is one (0: none yet).
     status: u16,
     reason: &'static str,
@@ -49,25 +54,35 @@ pub(crate) struct Exchange {
 }
 
 impl Exchange {
-    /// Starts accounting for `req`, and returns the request with its body
-    /// counted.
+    /// Starts accounting for `req` from `visitor` to the tunnel `tunnel`
+    /// names (whose counters are `stats` if it is live), and returns the
+    /// request with its body counted.
     pub(crate) fn begin(
-        metrics: &Metrics,
+        state: &State,
         visitor: Peer,
         tunnel: Option<String>,
+        stats: Option<Arc<Stats>>,
         req: Request<Incoming>,
     ) -> (Self, Request<RequestBody>) {
+        let metrics = &state.metrics;
         metrics.in_flight.inc();
+        let started = Instant::now();
+        let tallies = Tallies {
+            server: Arc::clone(&state.totals),
+            tunnel: stats,
+        };
+        tallies.each(|s| s.begin(started));
         let bytes_in = Arc::new(AtomicU64::new(0));
         let exchange = Exchange {
             metrics: metrics.clone(),
-            started: Instant::now(),
+            started,
             visitor,
             method: req.method().clone(),
             path: req.uri().path().to_owned(),
             tunnel,
             bytes_in: Arc::clone(&bytes_in),
             bytes_out: 0,
+            tallies: tallies.clone(),
             status: 0,
             reason: "visitor_gone",
             complete: false,
@@ -77,6 +92,7 @@ impl Exchange {
             inner,
             seen: bytes_in,
             total,
+            tallies,
         });
         (exchange, req)
     }
@@ -108,6 +124,8 @@ impl Drop for Exchange {
     fn drop(&mut self) {
         let duration = self.started.elapsed();
         self.metrics.in_flight.dec();
+        let status = self.status;
+        self.tallies.each(|s| s.end(status));
         self.metrics.request_done(
             Outcome {
                 class: class_of(self.status),
@@ -137,6 +155,7 @@ pub(crate) struct RequestBody {
     inner: Incoming,
     seen: Arc<AtomicU64>,
     total: Counter,
+    tallies: Tallies,
 }
 
 impl HttpBody for RequestBody {
@@ -153,6 +172,7 @@ impl HttpBody for RequestBody {
                 let n = data.len() as u64;
                 self.seen.fetch_add(n, Ordering::Relaxed);
                 self.total.inc_by(n);
+                self.tallies.each(|s| s.add_in(n));
             }
         }
         polled
@@ -190,6 +210,7 @@ impl HttpBody for ResponseBody {
                     let n = data.len() as u64;
                     self.exchange.bytes_out += n;
                     self.total.inc_by(n);
+                    self.exchange.tallies.each(|s| s.add_out(n));
                 }
                 if self.inner.is_end_stream() {
                     self.exchange.complete = true;
@@ -207,5 +228,22 @@ impl HttpBody for ResponseBody {
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+/// The dashboard counters one request moves: the server's, and its
+/// tunnel's when the tunnel was live.
+#[derive(Clone)]
+struct Tallies {
+    server: Arc<Stats>,
+    tunnel: Option<Arc<Stats>>,
+}
+
+impl Tallies {
+    fn each(&self, f: impl Fn(&Stats)) {
+        f(&self.server);
+        if let Some(tunnel) = &self.tunnel {
+            f(tunnel);
+        }
     }
 }

@@ -4,8 +4,11 @@
 //!   own rules).
 //! - `GET /healthz`: `{"status":"ok"}` for anyone, so load balancers can
 //!   probe it; the tunnel count only for admins.
-//! - `GET /api/tunnels`, `GET /api/limits` and anything else under `/api/`:
-//!   admins only.
+//! - `GET /dashboard` (and its script and style): the live dashboard page
+//!   for anyone, since it holds no data; what it shows comes from
+//!   `GET /api/dashboard` (see [`dashboard`](crate::dashboard)).
+//! - `GET /api/tunnels`, `GET /api/limits`, `GET /api/dashboard` and
+//!   anything else under `/api/`: admins only.
 //!
 //! An admin is a request with `Authorization: Bearer <token>` matching the
 //! server's admin token (`--admin-token`), compared in constant time.
@@ -13,6 +16,13 @@
 //! only, so that a default server exposes nothing to the network; behind a
 //! reverse proxy on the same host every peer is loopback, so set a token
 //! there. With a token configured, it is required from everyone.
+//!
+//! Without a token, a loopback caller must also ask under a loopback name
+//! (`localhost`, `127.0.0.1`, `[::1]`) or the server's domain: a web page
+//! on another site can point a name it controls at 127.0.0.1 (DNS
+//! rebinding) and read what the browser fetches there as its own, but it
+//! cannot send those Hosts. This matters since the dashboard invites
+//! browsers onto the admin host.
 //!
 //! Paths with dot segments or encoded separators are refused with 400
 //! before any of this.
@@ -28,7 +38,7 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use crate::error::GatewayError;
-use crate::{Body, Peer, State, control, full, hardening};
+use crate::{Body, Peer, State, control, dashboard, full, hardening};
 
 /// Shortest admin token accepted: a guessable token is worse than none
 /// (which at least keeps the API on loopback).
@@ -75,19 +85,29 @@ impl AdminToken {
     }
 }
 
-/// Whether a request from `peer` with `headers` may use the admin API of
-/// a server with `token`.
+/// Who asks: the peer, and the host name (as [`crate::host::name`] gives
+/// it) it asked under.
+struct Caller<'a> {
+    peer: IpAddr,
+    host: &'a str,
+}
+
+/// Whether `caller`, sending `headers`, may use the admin API of a server
+/// with `token`, whose tunnels live under `domain`.
 fn authorize(
     token: Option<&AdminToken>,
-    peer: IpAddr,
+    domain: &str,
+    caller: &Caller<'_>,
     headers: &HeaderMap,
 ) -> Result<(), GatewayError> {
     let Some(token) = token else {
-        return if crate::access::canonical(peer).is_loopback() {
-            Ok(())
-        } else {
-            Err(GatewayError::AdminForbidden)
-        };
+        if !crate::access::canonical(caller.peer).is_loopback() {
+            return Err(GatewayError::AdminForbidden);
+        }
+        if !(caller.host == domain || is_loopback_name(caller.host)) {
+            return Err(GatewayError::AdminHost);
+        }
+        return Ok(());
     };
     let mut values = headers.get_all(header::AUTHORIZATION).iter();
     let presented = match (values.next(), values.next()) {
@@ -98,6 +118,17 @@ fn authorize(
         Some(presented) if token.matches(presented) => Ok(()),
         _ => Err(GatewayError::AdminUnauthorized),
     }
+}
+
+/// `localhost`, `*.localhost` or a loopback address: names only this
+/// machine answers to. `host` is lowercase, without port, IPv6 in brackets.
+fn is_loopback_name(host: &str) -> bool {
+    let ip = host.trim_start_matches('[').trim_end_matches(']');
+    host == "localhost"
+        || host.ends_with(".localhost")
+        || ip
+            .parse::<IpAddr>()
+            .is_ok_and(|ip| crate::access::canonical(ip).is_loopback())
 }
 
 /// The token of an `Authorization: Bearer <token>` value.
@@ -117,7 +148,21 @@ pub(crate) fn own_route(
     req: Request<Incoming>,
 ) -> Result<Response<Body>, GatewayError> {
     hardening::check_own_path(req.uri().path())?;
-    let admin = || authorize(state.config.admin_token.as_ref(), peer.ip(), req.headers());
+    // The gateway has routed on this name, so it is there and valid.
+    let host = crate::host::name(&req).unwrap_or_default();
+    let caller = Caller {
+        peer: peer.ip(),
+        host: &host,
+    };
+    let config = &state.config;
+    let admin = || {
+        authorize(
+            config.admin_token.as_ref(),
+            &config.domain,
+            &caller,
+            req.headers(),
+        )
+    };
     match (req.method(), req.uri().path()) {
         (&Method::GET, "/ws") if state.is_draining() => Err(GatewayError::ShuttingDown),
         (&Method::GET, "/ws") => control::upgrade(Arc::clone(state), peer, req),
@@ -132,6 +177,9 @@ pub(crate) fn own_route(
                 health["tunnels"] = state.registry.len().into();
             }
             Ok(json(&health))
+        }
+        (&Method::GET, path @ ("/dashboard" | "/dashboard/app.js" | "/dashboard/app.css")) => {
+            dashboard::asset(path).ok_or(GatewayError::NotFound)
         }
         (_, path) if path == "/api" || path.starts_with("/api/") => {
             admin()?;
@@ -175,6 +223,10 @@ fn api(state: &State, method: &Method, path: &str) -> Result<Response<Body>, Gat
             let list: Vec<_> = state.registry.list().iter().map(|t| t.info()).collect();
             Ok(json(&list))
         }
+        (&Method::GET, "/api/dashboard") => {
+            let snapshot = serde_json::to_vec(&dashboard::snapshot(state)).unwrap_or_default();
+            Ok(json_bytes(snapshot))
+        }
         (&Method::GET, "/api/limits") => {
             let limits = &state.config.rate_limits;
             let ip = state.ip_limiter.as_ref();
@@ -191,11 +243,21 @@ fn api(state: &State, method: &Method, path: &str) -> Result<Response<Body>, Gat
 }
 
 fn json<T: Serialize>(value: &T) -> Response<Body> {
-    let body = serde_json::to_vec_pretty(value).unwrap_or_default();
+    json_bytes(serde_json::to_vec_pretty(value).unwrap_or_default())
+}
+
+/// A JSON answer, never cached (it is live, and may be an admin's).
+fn json_bytes(body: Vec<u8>) -> Response<Body> {
     let mut resp = Response::new(full(body));
-    resp.headers_mut().insert(
+    let headers = resp.headers_mut();
+    headers.insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),
+    );
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    headers.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
     );
     resp
 }
@@ -218,14 +280,43 @@ mod tests {
         assert_eq!(bearer(&HeaderValue::from_static("Basic abc")), None);
     }
 
+    fn caller(ip: &str, host: &'static str) -> Caller<'static> {
+        Caller {
+            peer: ip.parse().unwrap(),
+            host,
+        }
+    }
+
     #[test]
     fn without_a_token_only_loopback_is_admin() {
         let none = HeaderMap::new();
+        let domain = "tunnels.example.com";
         for ip in ["127.0.0.1", "127.9.9.9", "::1", "::ffff:127.0.0.1"] {
-            assert!(authorize(None, ip.parse().unwrap(), &none).is_ok(), "{ip}");
+            for host in [
+                "localhost",
+                "app.localhost",
+                "127.0.0.1",
+                "127.1.2.3",
+                "[::1]",
+                "[::ffff:127.0.0.1]",
+                "tunnels.example.com",
+            ] {
+                let verdict = authorize(None, domain, &caller(ip, host), &none);
+                assert!(verdict.is_ok(), "{ip} {host}");
+            }
+            // A name anyone could point at 127.0.0.1 (DNS rebinding).
+            for host in [
+                "evil.example",
+                "localhost.evil.example",
+                "10.0.0.1",
+                "[::2]",
+            ] {
+                let refused = authorize(None, domain, &caller(ip, host), &none);
+                assert!(matches!(refused, Err(GatewayError::AdminHost)), "{host}");
+            }
         }
         for ip in ["192.0.2.1", "10.0.0.1", "2001:db8::1", "::ffff:192.0.2.1"] {
-            let refused = authorize(None, ip.parse().unwrap(), &none);
+            let refused = authorize(None, domain, &caller(ip, "localhost"), &none);
             assert!(matches!(refused, Err(GatewayError::AdminForbidden)), "{ip}");
         }
     }
@@ -240,14 +331,15 @@ mod tests {
         };
         let good = with("Bearer 0123456789abcdef0123");
         for ip in ["127.0.0.1", "192.0.2.1"] {
-            let ip = ip.parse().unwrap();
-            assert!(authorize(Some(&token), ip, &good).is_ok());
+            // With a token, the Host does not matter: the token is the proof.
+            let who = caller(ip, "evil.example");
+            assert!(authorize(Some(&token), "localhost", &who, &good).is_ok());
             for bad in [
                 HeaderMap::new(),
                 with("Bearer nope"),
                 with("Basic 0123456789abcdef0123"),
             ] {
-                let refused = authorize(Some(&token), ip, &bad);
+                let refused = authorize(Some(&token), "localhost", &who, &bad);
                 assert!(matches!(refused, Err(GatewayError::AdminUnauthorized)));
             }
         }

@@ -57,9 +57,9 @@ pub(crate) async fn create_tunnel(
         (Some(server), Some(asked)) => Some(server.min(asked)),
         (None, asked) => asked,
     };
-    let key = match identity {
-        Identity::Key(id) => Some(id.as_str()),
-        Identity::Anonymous => None,
+    let (key, key_name) = match identity {
+        Identity::Key { id, name } => (Some(id.as_str()), Some(name)),
+        Identity::Anonymous => (None, None),
     };
     if let Some(name) = &asked {
         check_reservation(state, name, key).await?;
@@ -90,6 +90,8 @@ pub(crate) async fn create_tunnel(
             client_addr: peer,
             created_at: SystemTime::now(),
             requests: Default::default(),
+            stats: Default::default(),
+            key_name: key_name.cloned(),
             request_timeout: request_timeout(state, create),
             mux: mux.clone(),
             owner: owner.clone(),

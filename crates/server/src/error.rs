@@ -103,6 +103,13 @@ pub enum GatewayError {
     /// No admin token is configured and the caller is not on loopback.
     #[error("the admin API is served to loopback addresses only (the server has no --admin-token)")]
     AdminForbidden,
+    /// No admin token is configured, and a loopback caller asked under a
+    /// Host that is neither a loopback name nor the server's domain: what
+    /// a web page does through DNS rebinding.
+    #[error(
+        "without --admin-token, the admin API answers only under localhost, a loopback address or the server's domain"
+    )]
+    AdminHost,
     /// The server is shutting down and takes no new clients.
     #[error("the server is shutting down")]
     ShuttingDown,
@@ -148,7 +155,9 @@ impl GatewayError {
             GatewayError::Unauthorized(_) | GatewayError::AdminUnauthorized => {
                 StatusCode::UNAUTHORIZED
             }
-            GatewayError::Forbidden | GatewayError::AdminForbidden => StatusCode::FORBIDDEN,
+            GatewayError::Forbidden | GatewayError::AdminForbidden | GatewayError::AdminHost => {
+                StatusCode::FORBIDDEN
+            }
             GatewayError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             GatewayError::UriTooLong(_) => StatusCode::URI_TOO_LONG,
             GatewayError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
@@ -183,7 +192,8 @@ impl GatewayError {
             | GatewayError::BodyTimeout(_)
             | GatewayError::BadPath
             | GatewayError::AdminUnauthorized
-            | GatewayError::AdminForbidden => Side::Visitor,
+            | GatewayError::AdminForbidden
+            | GatewayError::AdminHost => Side::Visitor,
             GatewayError::ClientGone
             | GatewayError::ClientReset
             | GatewayError::BadResponse(_)
@@ -218,6 +228,7 @@ impl GatewayError {
             GatewayError::BadPath => "bad_path",
             GatewayError::AdminUnauthorized => "admin_unauthorized",
             GatewayError::AdminForbidden => "admin_forbidden",
+            GatewayError::AdminHost => "admin_host",
             GatewayError::ShuttingDown => "shutting_down",
         }
     }

@@ -84,10 +84,16 @@ async fn dispatch(
         Route::Tunnel(label) => label,
     };
     // Everything else is a visitor's request for a tunnel: counted, timed
-    // and logged (`access_log`), whether or not the tunnel exists.
+    // and logged (`access_log`), whether or not the tunnel exists; in the
+    // tunnel's own counters too when it is live, refused or not.
     let peer = conn.peer;
-    let (exchange, req) = Exchange::begin(&state.metrics, peer, Some(label.clone()), req);
-    Ok(match to_label(state, conn, &label, req).await {
+    let lookup = state.registry.lookup(&label);
+    let stats = match &lookup {
+        Lookup::Live(tunnel) => Some(Arc::clone(&tunnel.stats)),
+        _ => None,
+    };
+    let (exchange, req) = Exchange::begin(state, peer, Some(label.clone()), stats, req);
+    Ok(match to_label(state, conn, &label, lookup, req).await {
         Ok(resp) => exchange.respond(resp, None),
         Err(err) => {
             let code = err.code();
@@ -97,12 +103,13 @@ async fn dispatch(
     })
 }
 
-/// A request for tunnel `label`: the visitor address's rate, then the
-/// tunnel, if it is there.
+/// A request for tunnel `label`, which `lookup` found: the visitor
+/// address's rate, then the tunnel, if it is there.
 async fn to_label(
     state: &State,
     conn: &Conn,
     label: &str,
+    lookup: Lookup,
     req: Request<RequestBody>,
 ) -> Result<Response<Body>, GatewayError> {
     if let Some(limiter) = &state.ip_limiter {
@@ -113,7 +120,7 @@ async fn to_label(
                 retry_after,
             })?;
     }
-    match state.registry.lookup(label) {
+    match lookup {
         Lookup::Live(tunnel) => to_tunnel(state, &tunnel, conn, req).await,
         Lookup::Reconnecting(left) => Err(GatewayError::Reconnecting(left)),
         Lookup::Free => Err(GatewayError::UnknownTunnel(format!(

@@ -38,6 +38,9 @@
 //!   reconnection.
 //! - [`error`]: what can fail, by whom, and the response each failure becomes.
 //! - [`metrics`]: every metric family, created in one place.
+//! - [`stats`]: the dashboard's request counters, per tunnel and in all.
+//! - `dashboard`: the live page on the server's own host, and the
+//!   snapshot behind it (`/api/dashboard`).
 //! - `access`: one visitor request's metrics and access log line.
 //!
 //! # Tasks
@@ -59,6 +62,7 @@ mod admit;
 pub mod auth;
 pub mod config;
 mod control;
+mod dashboard;
 pub mod error;
 mod gateway;
 pub mod hardening;
@@ -69,6 +73,7 @@ pub mod metrics;
 mod passthrough;
 mod proxy;
 pub mod registry;
+pub mod stats;
 pub mod store;
 pub mod tls;
 
@@ -76,7 +81,7 @@ use std::convert::Infallible;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, combinators::BoxBody};
@@ -140,6 +145,10 @@ pub(crate) struct State {
     /// The metric families, and the registry `/metrics` encodes.
     pub(crate) metrics: Metrics,
     pub(crate) metrics_registry: prometheus_client::registry::Registry,
+    /// Every visitor request to a tunnel host, for the dashboard.
+    pub(crate) totals: Arc<stats::Stats>,
+    /// When the server started, for its uptime.
+    pub(crate) started: (Instant, SystemTime),
     /// Fires when shutdown begins: from then on the server is draining
     /// (`/readyz` answers 503, new clients are refused, sessions are told
     /// the server is going away).
@@ -237,6 +246,8 @@ pub async fn serve(
         }),
         metrics,
         metrics_registry,
+        totals: Arc::default(),
+        started: (Instant::now(), SystemTime::now()),
         draining: shutdown.clone(),
         config,
     });

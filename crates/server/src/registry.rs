@@ -21,6 +21,7 @@ use serde::Serialize;
 
 use crate::access::Access;
 use crate::limits::TunnelLimiter;
+use crate::stats::{Stats, StatsView};
 
 /// One live tunnel.
 pub struct Tunnel {
@@ -36,6 +37,11 @@ pub struct Tunnel {
     pub created_at: SystemTime,
     /// Requests routed to this tunnel so far.
     pub requests: AtomicU64,
+    /// Every visitor request for it while it is live, refused ones
+    /// included: counts, statuses, bytes, rate (for the dashboard).
+    pub stats: Arc<Stats>,
+    /// The human name of the API key that opened it, if any.
+    pub key_name: Option<String>,
     /// How long its visitors wait for a response head.
     pub request_timeout: std::time::Duration,
     /// The session's streams, shared with its other tunnels.
@@ -63,7 +69,8 @@ pub struct TunnelInfo {
     pub client_addr: String,
     /// RFC 3339 creation time.
     pub created_at: String,
-    /// Requests routed so far.
+    /// Requests forwarded to its client so far (past its rules and
+    /// limits; `stats.requests` counts refused ones too).
     pub request_count: u64,
     /// Requests in flight on the tunnel's session.
     pub in_flight: usize,
@@ -77,6 +84,13 @@ pub struct TunnelInfo {
     pub deny_ips: Vec<String>,
     /// Largest request body accepted, if limited.
     pub max_body_size: Option<u64>,
+    /// The id of the API key that opened it, if any.
+    pub key_id: Option<String>,
+    /// That key's name.
+    pub key_name: Option<String>,
+    /// Every visitor request for it while it was live, refused ones
+    /// included.
+    pub stats: StatsView,
 }
 
 impl Tunnel {
@@ -95,6 +109,12 @@ impl Tunnel {
             allow_ips: self.access.allowed(),
             deny_ips: self.access.denied(),
             max_body_size: self.max_body_size,
+            key_id: match &self.owner {
+                Owner::Key(id) => Some(id.clone()),
+                Owner::Secret(_) => None,
+            },
+            key_name: self.key_name.clone(),
+            stats: self.stats.view(Instant::now()),
         }
     }
 }

@@ -82,8 +82,13 @@ impl std::fmt::Display for AuthMode {
 pub(crate) enum Identity {
     /// No key (auth off, or optional and none given).
     Anonymous,
-    /// The id of the key it presented.
-    Key(String),
+    /// The key it presented.
+    Key {
+        /// Its id (not secret).
+        id: String,
+        /// Its human name, as `cryptun keys create --name` gave it.
+        name: String,
+    },
 }
 
 /// Why a `create_tunnel` was refused: the `error` to send and, for a
@@ -172,13 +177,13 @@ pub(crate) async fn authenticate(
     };
     match blocking(store, {
         let token = token.clone();
-        move |store| store.verify(&token)
+        move |store| store.identify(&token)
     })
     .await
     {
-        Ok(Some(id)) => {
+        Ok(Some((id, name))) => {
             info!(key = %id, "authenticated");
-            Ok(Identity::Key(id))
+            Ok(Identity::Key { id, name })
         }
         Ok(None) => Err(failure(
             state,

@@ -156,22 +156,27 @@ impl Store {
     /// The id of the live key whose token this is, or `None` (malformed,
     /// unknown, wrong secret or revoked: the caller learns no more).
     pub fn verify(&self, token: &Secret) -> Result<Option<String>, StoreError> {
+        Ok(self.identify(token)?.map(|(id, _)| id))
+    }
+
+    /// Like [`verify`](Self::verify), with the key's name: `(id, name)`.
+    pub fn identify(&self, token: &Secret) -> Result<Option<(String, String)>, StoreError> {
         let Some(id) = token_id(token) else {
             return Ok(None);
         };
-        let row: Option<(Vec<u8>, Option<i64>)> = self
+        let row: Option<(Vec<u8>, Option<i64>, String)> = self
             .conn()
             .query_row(
-                "SELECT hash, revoked_at FROM keys WHERE id = ?1",
+                "SELECT hash, revoked_at, name FROM keys WHERE id = ?1",
                 [id],
-                |row| Ok((row.get(0)?, row.get(1)?)),
+                |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)),
             )
             .optional()?;
-        let Some((stored, revoked_at)) = row else {
+        let Some((stored, revoked_at, name)) = row else {
             return Ok(None);
         };
         let matches: bool = stored.as_slice().ct_eq(&token_hash(token)).into();
-        Ok((matches && revoked_at.is_none()).then(|| id.to_owned()))
+        Ok((matches && revoked_at.is_none()).then(|| (id.to_owned(), name)))
     }
 }
 
@@ -192,6 +197,8 @@ mod tests {
         );
         assert_eq!(token.len(), 3 + ID_LEN + 1 + SECRET_LEN);
         assert_eq!(store.verify(&key.token).unwrap(), Some(key.info.id.clone()));
+        let named = (key.info.id.clone(), "laptop".to_owned());
+        assert_eq!(store.identify(&key.token).unwrap(), Some(named));
 
         store.revoke_key(&key.info.id).unwrap();
         assert_eq!(store.verify(&key.token).unwrap(), None);
