@@ -67,6 +67,7 @@ pub fn demo(
             ),
         ),
         ("Tunnels", format!("curl http://{addr}/api/tunnels")),
+        ("Dashboard", format!("http://{addr}/dashboard")),
     ];
     let mut header = Header::new(&format!("http://{addr} (in this process)"), inspector);
     header.hints = tries

@@ -253,7 +253,8 @@ pub async fn serve(
     });
     for (listener, scheme) in [(&plain, "http"), (&https, "https")] {
         if let Some(addr) = listener.as_ref().and_then(|l| l.local_addr().ok()) {
-            info!(%addr, %scheme, domain = %state.config.domain, "listening");
+            let dashboard = format!("{scheme}://{addr}/dashboard");
+            info!(%addr, %scheme, domain = %state.config.domain, %dashboard, "listening");
         }
     }
     match &state.store {

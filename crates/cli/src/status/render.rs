@@ -43,7 +43,17 @@ pub fn render(state: &State, now: Instant, width: usize, height: usize) -> Vec<S
     }
     let mut lines = header(state, now, width);
     let room = height.saturating_sub(lines.len());
-    lines.extend(requests(state.recent.iter().take(room), width));
+    // With several tunnels, each request line says which one served it.
+    let tunnel_width = (state.tunnels.len() > 1).then(|| {
+        let names = state.tunnels.iter();
+        let names = names.map(|t| t.name.as_deref().unwrap_or(&t.subdomain).chars().count());
+        names.max().unwrap_or(0)
+    });
+    lines.extend(requests(
+        state.recent.iter().take(room),
+        width,
+        tunnel_width,
+    ));
     lines.truncate(height);
     lines.iter().map(|line| fit(line, width)).collect()
 }
@@ -143,11 +153,16 @@ fn row(cells: &[String]) -> String {
 }
 
 /// One line per request, the path column as wide as the longest path shown
-/// allows within `width`.
-fn requests<'a>(shown: impl Iterator<Item = &'a Request>, width: usize) -> Vec<String> {
+/// allows within `width`; with a `tunnel_width`, the tunnel's name first.
+fn requests<'a>(
+    shown: impl Iterator<Item = &'a Request>,
+    width: usize,
+    tunnel_width: Option<usize>,
+) -> Vec<String> {
     let shown: Vec<&Request> = shown.collect();
-    // time(8) + 2 + method(7) + 1 + path + 2 + status(3) + 2 + duration(8)
-    let fixed = 8 + 2 + 7 + 1 + 2 + 3 + 2 + 8;
+    let tunnel = tunnel_width.map_or(0, |w| w + 2);
+    // time(8) + 2 + [tunnel + 2] + method(7) + 1 + path + 2 + status(3) + 2 + duration(8)
+    let fixed = 8 + 2 + tunnel + 7 + 1 + 2 + 3 + 2 + 8;
     let longest = shown.iter().map(|r| r.path.chars().count()).max();
     let path_width = longest.unwrap_or(0).min(width.saturating_sub(fixed)).max(4);
     shown
@@ -157,8 +172,9 @@ fn requests<'a>(shown: impl Iterator<Item = &'a Request>, width: usize) -> Vec<S
                 0 => "---".to_owned(),
                 status => status.to_string(),
             };
+            let name = tunnel_width.map_or(String::new(), |w| pad(&r.tunnel, w) + "  ");
             let mut line = format!(
-                "{}  {:<7} {}  {status:>3}  {:>8}",
+                "{}  {name}{:<7} {}  {status:>3}  {:>8}",
                 clock(r.at),
                 fit(&r.method, 7),
                 pad(&r.path, path_width),

@@ -163,7 +163,7 @@ fn reconnecting_counts_down_then_says_trying() {
 #[test]
 fn several_tunnels_each_get_a_line_with_aligned_names() {
     let t0 = Instant::now();
-    let s = state(
+    let mut s = state(
         t0,
         &[
             (Some("web"), "tunnel-a"),
@@ -184,6 +184,21 @@ fn several_tunnels_each_get_a_line_with_aligned_names() {
             "Forwarding                 http://tunnel-c.localhost:4000 -> http://127.0.0.1:3000",
         ]
     );
+    // Each request line names the tunnel that served it.
+    let served_by = |tunnel: &str| Event::Request {
+        tunnel: tunnel.into(),
+        method: "GET".into(),
+        path: "/x".into(),
+        status: 200,
+        duration: Duration::from_millis(2),
+        error: None,
+    };
+    s.apply(served_by("backend"), t0, noon());
+    s.apply(served_by("tunnel-c"), t0, noon());
+    let lines = render(&s, t0, 120, 40);
+    let last = &lines[lines.len() - 2..];
+    assert_eq!(last[0], "12:03:21  tunnel-c  GET     /x    200     2.0ms");
+    assert_eq!(last[1], "12:03:21  backend   GET     /x    200     2.0ms");
 }
 
 #[test]
@@ -193,6 +208,7 @@ fn long_paths_are_cut_and_errors_follow_the_duration() {
     let long = format!("/{}", "a".repeat(200));
     s.apply(request(&long, 200, 3), t0, noon());
     let gone = Event::Request {
+        tunnel: "tunnel-a".into(),
         method: "POST".into(),
         path: "/upload".into(),
         status: 0,

@@ -95,6 +95,8 @@ pub enum Connection {
 pub struct Request {
     /// When it ended (wall clock, for display).
     pub at: SystemTime,
+    /// The tunnel that served it (its name, else its subdomain).
+    pub tunnel: String,
     /// Method.
     pub method: String,
     /// Path and query.
@@ -139,6 +141,7 @@ impl State {
         match event {
             Event::RequestStarted { .. } => self.stats.started(),
             Event::Request {
+                tunnel,
                 method,
                 path,
                 status,
@@ -152,6 +155,7 @@ impl State {
                 }
                 self.recent.push_front(Request {
                     at: wall,
+                    tunnel,
                     method,
                     path,
                     status,

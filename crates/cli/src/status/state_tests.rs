@@ -40,6 +40,7 @@ pub(super) fn state(t0: Instant, tunnels: &[(Option<&str>, &str)]) -> State {
 
 pub(super) fn request(path: &str, status: u16, ms: u64) -> Event {
     Event::Request {
+        tunnel: "tunnel-a".into(),
         method: "GET".into(),
         path: path.into(),
         status,
