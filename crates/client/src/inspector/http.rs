@@ -11,7 +11,7 @@
 //! | `POST /api/requests/{id}/replay` | replays it; `202` with the replay's id |
 //! | `GET /api/events` | Server-Sent Events: `update`, `evict`, `clear`, `resync` |
 //!
-//! It shows the tunnel's traffic to whoever can reach it, without a login,
+//! It shows the tunnels' traffic to whoever can reach it, without a login,
 //! so it binds to loopback by default, answers only to loopback names there
 //! (a page elsewhere cannot read it through DNS rebinding), and refuses
 //! cross-origin writes (a page elsewhere cannot trigger a replay).
