@@ -250,7 +250,7 @@ async fn bind(addr: std::net::SocketAddr) -> Result<TcpListener> {
 /// Starts the request inspector if asked, returning it and its URL. A
 /// taken address is not fatal: the tunnel matters more, so it runs
 /// without one and says so on stderr.
-async fn start_inspector(
+pub(crate) async fn start_inspector(
     inspect: Inspect,
     shutdown: &CancellationToken,
 ) -> Option<(Inspector, String)> {
@@ -270,7 +270,7 @@ async fn start_inspector(
     };
     if !local.ip().is_loopback() {
         eprintln!(
-            "warning: the request inspector on {local} shows this tunnel's traffic, and replays it, for anyone who can reach it"
+            "warning: the request inspector on {local} shows the tunnels' traffic, and replays it, for anyone who can reach it"
         );
     }
     let inspector = Inspector::default();

@@ -54,7 +54,7 @@ enum Command {
     Http(HttpArgs),
     /// Open tunnels declared in the client config file, over one connection.
     #[command(
-        after_help = "The config file (default ~/.config/cryptun/client.toml):\n  server = \"https://tunnels.example.com\"\n  [tunnels.web]\n  target = \"3000\"\n  subdomain = \"myapp\"\n  [tunnels.api]\n  target = \"localhost:8080\"\n\nExamples:\n  cryptun start --all\n  cryptun start web\n  cryptun start web api --json\n  cryptun start --all --config ./cryptun.toml"
+        after_help = "The config file (default ~/.config/cryptun/client.toml):\n  server = \"https://tunnels.example.com\"\n  [tunnels.web]\n  target = \"3000\"\n  subdomain = \"myapp\"\n  [tunnels.api]\n  target = \"localhost:8080\"\n\nExamples:\n  cryptun start --all\n  cryptun start web\n  cryptun start web api --json\n  cryptun start --all --config ./cryptun.toml\n  cryptun start --all --inspect 127.0.0.1:4041"
     )]
     Start(start::StartArgs),
     /// Server, hello service and client in one process: the whole product at once.
@@ -291,9 +291,10 @@ struct DemoArgs {
 
 /// `--inspect`: an address, or `off`.
 #[derive(Debug, Clone, Copy)]
-struct Inspect(Option<SocketAddr>);
+pub(crate) struct Inspect(pub(crate) Option<SocketAddr>);
 
-fn parse_inspect(value: &str) -> Result<Inspect, String> {
+/// Parses `--inspect` (`cryptun http`, `start` and `demo` share it).
+pub(crate) fn parse_inspect(value: &str) -> Result<Inspect, String> {
     match value.to_ascii_lowercase().as_str() {
         "off" | "false" | "no" | "none" => Ok(Inspect(None)),
         _ => value.parse().map(|addr| Inspect(Some(addr))).map_err(|_| {

@@ -1,5 +1,6 @@
 //! `cryptun start`: opens tunnels declared in the client config file over
-//! one connection to the server.
+//! one connection to the server, with one request inspector for all of
+//! them (`--inspect`, as for `cryptun http`).
 
 use std::path::PathBuf;
 
@@ -8,7 +9,7 @@ use clap::{ArgGroup, Args};
 use cryptun_client::{ClientConfig, Secret};
 
 use crate::config::{ConfigFile, tunnels};
-use crate::{commands, keys, output};
+use crate::{Inspect, commands, keys, output};
 
 /// The arguments of `cryptun start`.
 #[derive(Debug, Args)]
@@ -36,6 +37,10 @@ pub struct StartArgs {
     /// API key for the server [default: the one saved by `cryptun login`].
     #[arg(long, env = "CRYPTUN_TOKEN", hide_env_values = true, value_parser = crate::secret)]
     token: Option<Secret>,
+    /// Where the request inspector serves its page, for every tunnel opened (recent requests,
+    /// replay, HAR); `off` disables it. If the port is taken the next nine are tried.
+    #[arg(long, env = "CRYPTUN_INSPECT", default_value = "127.0.0.1:4040", value_parser = crate::parse_inspect)]
+    inspect: Inspect,
 }
 
 /// `cryptun start`.
@@ -58,6 +63,8 @@ pub async fn start(args: StartArgs, file: Option<ConfigFile>, json_logs: bool) -
     config.ca = args.ca;
     config.token = keys::client_token(args.token)?;
     let shutdown = commands::shutdown_on_signal();
+    let inspector = commands::start_inspector(args.inspect, &shutdown).await;
+    config.inspector = inspector.as_ref().map(|(inspector, _)| inspector.clone());
     let session = commands::connect(&config).await?;
     let tunnels: Vec<output::Shown<'_>> = session
         .tunnels()
@@ -65,7 +72,8 @@ pub async fn start(args: StartArgs, file: Option<ConfigFile>, json_logs: bool) -
         .zip(&shown)
         .map(|(tunnel, (name, target))| (Some(name.as_str()), tunnel, target.as_str()))
         .collect();
-    let (view, events) = output::show(&args.server, &tunnels, None, args.json, json_logs);
+    let url = inspector.as_ref().map(|(_, url)| url.as_str());
+    let (view, events) = output::show(&args.server, &tunnels, url, args.json, json_logs);
     let served = cryptun_client::serve(&config, session, shutdown, events).await;
     output::finish(view, served.as_ref().err());
     served?;

@@ -2,8 +2,9 @@
 //! then `CRYPTUN_*` variables, then its file (found at the default path or
 //! given with `--config`), then the defaults; a bad key or value stops it
 //! naming the file and line; `cryptun start` opens the tunnels of
-//! `client.toml` over one connection, each to its own local service; and
-//! `cryptun login` changes the token of that file and nothing else.
+//! `client.toml` over one connection, each to its own local service, with
+//! one request inspector for all of them (`--inspect`); and `cryptun
+//! login` changes the token of that file and nothing else.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -262,6 +263,81 @@ async fn start_name_opens_only_that_tunnel_and_an_unknown_name_lists_the_others(
     let error = typo.finish().join("\n");
     assert!(
         error.contains("no tunnel ap") && error.contains("web, api"),
+        "{error}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn start_inspect_shows_every_tunnel_and_replays_to_each_origin() {
+    let home = TempDir::new();
+    let home = home.path.as_path();
+    let (_server, addr) = server(home);
+    let (one, two) = (Origin::start().await, Origin::start().await);
+    let text = format!(
+        "server = \"http://{addr}\"\n[tunnels.one]\ntarget = \"{}\"\n[tunnels.two]\ntarget = \"{}\"\n",
+        one.target(),
+        two.target()
+    );
+    write(home, "client.toml", &text);
+    let args = ["start", "--all", "--json", "--inspect", "127.0.0.1:0"];
+    let client = cryptun(&args, home, &[]);
+    let tunnels = created(&client, 2);
+    let line: serde_json::Value = serde_json::from_str(&client.line()).unwrap();
+    assert_eq!(line["type"], "inspector", "{line}");
+    let url = line["url"].as_str().unwrap();
+    let inspector: SocketAddr = url.strip_prefix("http://").unwrap().parse().unwrap();
+    let inspect = Visitor::new(inspector);
+    let host = inspector.to_string();
+
+    let visitor = Visitor::new(addr);
+    for (name, tunnel_host) in &tunnels {
+        let reply = visitor.get(tunnel_host, &format!("/echo/{name}")).await;
+        assert_eq!(reply.status, 200, "{}", reply.text());
+    }
+    // A request line is printed once the inspector has recorded its end.
+    for _ in 0..2 {
+        let line: serde_json::Value = serde_json::from_str(&client.line()).unwrap();
+        assert_eq!(line["type"], "request", "{line}");
+    }
+    let list = inspect.get(&host, "/api/requests").await.json();
+    let listed: Vec<(&str, &str)> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| (e["path"].as_str().unwrap(), e["tunnel"].as_str().unwrap()))
+        .collect();
+    assert_eq!(listed, [("/echo/two", "two"), ("/echo/one", "one")]);
+    let status = inspect.get(&host, "/api/status").await.json();
+    let names: Vec<&str> = status["tunnels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["one", "two"]);
+    assert_eq!(
+        status["tunnels"][1]["public_url"],
+        format!("http://{}", tunnels[1].1)
+    );
+
+    // Replaying the second tunnel's request reaches the second origin only.
+    let path = format!("/api/requests/{}/replay", list[0]["id"]);
+    let replayed = inspect.call("POST", &host, &path, "").await;
+    assert_eq!(replayed.status, 202, "{}", replayed.text());
+    cryptun_testkit::raw::eventually(Duration::from_secs(5), "the replay", || async {
+        two.requests() == 2
+    })
+    .await;
+    assert_eq!(one.requests(), 1);
+
+    // --inspect takes what `cryptun http --inspect` takes, and nothing else.
+    let error = refused(cryptun(
+        &["start", "--all", "--inspect", "nowhere"],
+        home,
+        &[],
+    ));
+    assert!(
+        error.contains("expected an address such as 127.0.0.1:4040, or off"),
         "{error}"
     );
 }

@@ -59,12 +59,14 @@ impl Forwarder {
         let http = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(POOL_IDLE)
             .build(connector);
+        let routes = Routes::new(config, created);
         if let Some(inspector) = &config.inspector {
-            inspector.attach(&config.target);
+            // Each (re)connection brings the tunnels' current public URLs.
+            inspector.set_tunnels(routes.tunnels());
         }
         Forwarder {
             http,
-            routes: Routes::new(config, created),
+            routes,
             events,
             inspector: config.inspector.clone(),
         }
@@ -97,8 +99,7 @@ pub(crate) async fn forward(
         });
         return;
     };
-    let inspector = fwd.inspector.as_ref().filter(|_| route.inspect);
-    let tap = Tap::start(inspector, &head);
+    let tap = Tap::start(fwd.inspector.as_ref(), &route.name, &route.target, &head);
     let Stream {
         recv, send, gone, ..
     } = stream;

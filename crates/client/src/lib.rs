@@ -103,7 +103,8 @@ pub struct ClientConfig {
     /// How [`serve`] reconnects after a lost connection.
     pub reconnect: Reconnect,
     /// Further tunnels opened on the same connection (the server allows
-    /// up to 16 per connection). The inspector sees the first tunnel only.
+    /// up to 16 per connection). The inspector records every tunnel's
+    /// exchanges, each with its tunnel.
     pub more_tunnels: Vec<TunnelConfig>,
 }
 

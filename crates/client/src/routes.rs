@@ -5,6 +5,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use crate::inspector::TunnelInfo;
 use crate::{ClientConfig, Target, TunnelCreated};
 
 /// Where one tunnel's requests go.
@@ -14,8 +15,6 @@ pub(crate) struct Route {
     pub name: Arc<str>,
     /// Its local service.
     pub target: Target,
-    /// The inspector records the first tunnel only (its replay goes there).
-    pub inspect: bool,
 }
 
 /// The routes of a session, by tunnel id.
@@ -25,36 +24,47 @@ pub(crate) struct Routes {
     /// The first tunnel's route, also taken for a request naming no tunnel
     /// we know on a session of one tunnel (a server may leave the id out).
     first: Route,
+    /// Every tunnel, first one first, as the inspector shows them.
+    tunnels: Vec<TunnelInfo>,
 }
 
 impl Routes {
     /// The routes of `created`, the tunnels of [`ClientConfig::tunnels`]
     /// in the same order.
     pub(crate) fn new(config: &ClientConfig, created: &[TunnelCreated]) -> Self {
-        let by_id: HashMap<String, Route> = config
-            .tunnels()
-            .into_iter()
-            .zip(created)
-            .enumerate()
-            .map(|(i, (spec, tunnel))| {
-                let name = spec.name.unwrap_or_else(|| tunnel.subdomain.clone());
-                let route = Route {
-                    name: name.into(),
-                    target: spec.target,
-                    inspect: i == 0,
-                };
-                (tunnel.tunnel_id.clone(), route)
-            })
-            .collect();
+        let mut tunnels = Vec::with_capacity(created.len());
+        let mut by_id = HashMap::with_capacity(created.len());
+        for (spec, tunnel) in config.tunnels().into_iter().zip(created) {
+            let name: Arc<str> = spec.name.unwrap_or_else(|| tunnel.subdomain.clone()).into();
+            tunnels.push(TunnelInfo {
+                name: Arc::clone(&name),
+                subdomain: tunnel.subdomain.clone(),
+                public_url: tunnel.public_url.clone(),
+                target: spec.target.clone(),
+            });
+            let route = Route {
+                name,
+                target: spec.target,
+            };
+            by_id.insert(tunnel.tunnel_id.clone(), route);
+        }
         let first = created
             .first()
             .and_then(|t| by_id.get(&t.tunnel_id).cloned())
             .unwrap_or_else(|| Route {
                 name: "".into(),
                 target: config.target.clone(),
-                inspect: true,
             });
-        Routes { by_id, first }
+        Routes {
+            by_id,
+            first,
+            tunnels,
+        }
+    }
+
+    /// Every tunnel of the session, first one first, for the inspector.
+    pub(crate) fn tunnels(&self) -> Vec<TunnelInfo> {
+        self.tunnels.clone()
     }
 
     /// The route of `tunnel_id`, if the session has that tunnel (or only
@@ -96,13 +106,25 @@ mod tests {
         config.more_tunnels.push(api);
         let routes = Routes::new(&config, &[created("aaa"), created("bbb")]);
         let first = routes.get("aaa").expect("aaa");
-        assert_eq!((&*first.name, first.inspect), ("tunnel-aaa", true));
+        assert_eq!(&*first.name, "tunnel-aaa");
         let api = routes.get("bbb").expect("bbb");
         assert_eq!(
-            (&*api.name, api.target.to_string(), api.inspect),
-            ("api", target("4000").to_string(), false)
+            (&*api.name, api.target.to_string()),
+            ("api", target("4000").to_string())
         );
         assert!(routes.get("ccc").is_none());
+        let shown: Vec<(&str, &str)> = routes
+            .tunnels
+            .iter()
+            .map(|t| (&*t.name, t.public_url.as_str()))
+            .collect();
+        assert_eq!(
+            shown,
+            [
+                ("tunnel-aaa", "http://tunnel-aaa.localhost"),
+                ("api", "http://tunnel-bbb.localhost")
+            ]
+        );
         // One tunnel: whatever the id.
         let one = ClientConfig::new("http://127.0.0.1:4000", target("3000")).expect("a server");
         let routes = Routes::new(&one, &[created("aaa")]);

@@ -197,9 +197,6 @@ impl Session {
         // local requests instead of holding them open forever.
         let _close_streams = mux.close_on_drop();
         mux.heard();
-        if let Some(inspector) = &self.config.inspector {
-            inspector.set_public_url(&self.tunnel().public_url);
-        }
         let forwarder = Arc::new(Forwarder::new(&self.config, &self.tunnels, events));
         let (sink, stream) = self.ws.split();
         // What came during the handshake goes first, in order.

@@ -92,15 +92,7 @@ impl TestInspector {
     /// the live feed, and returns the list.
     pub async fn wait_for(&self, what: &str, done: impl Fn(&[Value]) -> bool) -> Vec<Value> {
         within(what, async {
-            let request = self
-                .visitor
-                .builder("GET", &self.host(), "/api/events")
-                .body(Full::<Bytes>::default())
-                .unwrap();
-            let mut feed = self.visitor.send(request).await.into_body();
-            // The first event says the feed is live: from then on, no
-            // change goes unnoticed.
-            next_event(&mut feed).await;
+            let mut feed = self.feed().await;
             loop {
                 let list = self.list().await;
                 if done(&list) {
@@ -110,6 +102,36 @@ impl TestInspector {
             }
         })
         .await
+    }
+
+    /// Waits until `done` holds for `/api/status` (the session's tunnels
+    /// change on a reconnect), rechecking on each event of the live feed,
+    /// and returns it.
+    pub async fn wait_status(&self, what: &str, done: impl Fn(&Value) -> bool) -> Value {
+        within(what, async {
+            let mut feed = self.feed().await;
+            loop {
+                let status = self.json("/api/status").await;
+                if done(&status) {
+                    return status;
+                }
+                next_event(&mut feed).await;
+            }
+        })
+        .await
+    }
+
+    /// The live feed, once live: from then on, no change goes unnoticed.
+    async fn feed(&self) -> hyper::body::Incoming {
+        let request = self
+            .visitor
+            .builder("GET", &self.host(), "/api/events")
+            .body(Full::<Bytes>::default())
+            .unwrap();
+        let mut feed = self.visitor.send(request).await.into_body();
+        // The first event says the feed is live.
+        next_event(&mut feed).await;
+        feed
     }
 
     /// Waits until the exchange at `path` (the newest one) has finished,

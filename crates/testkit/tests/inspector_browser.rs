@@ -2,7 +2,9 @@
 //! it loads and goes live, a request sent through the tunnel appears in
 //! the list without a reload, clicking it shows its headers and bodies
 //! (markup a visitor sent shows as text, never as HTML), and Replay sends
-//! it to the local service again.
+//! it to the local service again. With two tunnels on the connection, the
+//! page names both, badges each row with its tunnel, and a replay goes to
+//! the tunnel's own local service.
 //!
 //! Chromium must be installed (`apt-get install -y chromium`); without it
 //! this test fails and says so. `CRYPTUN_SCREENSHOT=path` saves a picture
@@ -10,7 +12,7 @@
 
 #![allow(clippy::unwrap_used)]
 
-use cryptun_client::InspectorLimits;
+use cryptun_client::{InspectorLimits, Target, TunnelConfig};
 use cryptun_testkit::{Browser, Origin, TestClient, TestInspector, TestServer, Visitor, within};
 
 /// A header value that would run script if the page used innerHTML.
@@ -56,6 +58,12 @@ async fn the_page_lists_requests_live_shows_them_and_replays() {
             &format!("{row}?.querySelector('.status')?.textContent === '200'"),
         )
         .await;
+
+    // One tunnel: no tunnel badges.
+    let badges = browser
+        .eval("document.querySelectorAll('.tunnel-badge').length")
+        .await;
+    assert_eq!(badges, 0);
 
     // Clicking it shows its headers and both bodies.
     browser.eval(&format!("{row}.click(); true")).await;
@@ -148,4 +156,80 @@ async fn the_page_lists_requests_live_shows_them_and_replays() {
         .eval("document.querySelector('#detail img') !== null || 'pwned' in document.body.dataset")
         .await;
     assert_eq!(injected, false, "markup from a request reached the DOM");
+}
+
+#[tokio::test]
+async fn with_two_tunnels_rows_name_their_tunnel_and_replay_goes_to_its_origin() {
+    let server = TestServer::start().await;
+    let (web_origin, api_origin) = (Origin::start().await, Origin::start().await);
+    let inspector = TestInspector::start(InspectorLimits::default()).await;
+    let attach = inspector.attach();
+    let client = TestClient::start_with(&server, &web_origin.target(), |c| {
+        c.name = Some("web".into());
+        let mut api = TunnelConfig::new(Target::parse(&api_origin.target()).unwrap());
+        api.name = Some("api".into());
+        api.subdomain = Some("api".into());
+        c.more_tunnels.push(api);
+        attach(c);
+    })
+    .await
+    .unwrap();
+    let visitor = Visitor::new(server.addr);
+
+    let mut browser = Browser::launch().await;
+    browser.navigate(&inspector.url()).await;
+    browser
+        .wait_until("the live feed", "document.querySelector('#live.on')")
+        .await;
+    let names = browser
+        .wait_until(
+            "both tunnels in the header",
+            "(n => n.length === 2 && n.join(','))([...document.querySelectorAll('#tunnel .one')].map(e => e.dataset.name))",
+        )
+        .await;
+    assert_eq!(names, "web,api");
+
+    within("web", visitor.get(&client.host, "/echo/to-web")).await;
+    within("api", visitor.get(&server.host_of("api"), "/echo/to-api")).await;
+    let badge = |path: &str| {
+        format!(
+            "[...document.querySelectorAll('#list li')]
+               .find(li => li.textContent.includes('{path}'))
+               ?.querySelector('.tunnel-badge')?.textContent"
+        )
+    };
+    let web = browser
+        .wait_until("the web row's badge", &badge("/echo/to-web"))
+        .await;
+    assert_eq!(web, "web");
+    let api = browser
+        .wait_until("the api row's badge", &badge("/echo/to-api"))
+        .await;
+    assert_eq!(api, "api");
+
+    // Replay from the api row's detail: the api origin gets it again.
+    let row = "[...document.querySelectorAll('#list li')]
+               .find(li => li.textContent.includes('/echo/to-api'))";
+    browser.eval(&format!("{row}.click(); true")).await;
+    browser
+        .wait_until(
+            "the api detail",
+            "document.querySelector('#detail .sub')?.textContent.includes('tunnel api') \
+             && document.querySelector('#replay:not(:disabled)')",
+        )
+        .await;
+    browser.click("#replay").await;
+    browser
+        .wait_until(
+            "the replay confirmation",
+            "document.querySelector('#replay-msg').textContent.startsWith('Sent again')",
+        )
+        .await;
+    inspector
+        .wait_for("the replay to finish", |list| {
+            list.iter()
+                .any(|e| !e["replay_of"].is_null() && cryptun_testkit::inspector::finished(e))
+        })
+        .await;
+    assert_eq!((web_origin.requests(), api_origin.requests()), (1, 2));
 }

@@ -18,7 +18,8 @@ use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt as _;
 use http_body_util::combinators::BoxBody;
 
-use super::{BodyState, Captured, Change, Entry, Finished, Inspector, ResponseHead};
+use super::{BodyState, Captured, Change, Entry, Finished, Inspector, ResponseHead, Via};
+use crate::Target;
 
 /// One exchange's capture, or nothing when the inspector is off: every
 /// method is then a no-op that hands its input back unchanged.
@@ -39,11 +40,21 @@ pub(crate) enum Side {
 }
 
 impl Tap {
-    /// Starts recording a request that has just arrived.
-    pub(crate) fn start(inspector: Option<&Inspector>, head: &RequestHead) -> Tap {
+    /// Starts recording a request that has just arrived on tunnel
+    /// `tunnel`, on its way to `target`.
+    pub(crate) fn start(
+        inspector: Option<&Inspector>,
+        tunnel: &Arc<str>,
+        target: &Target,
+        head: &RequestHead,
+    ) -> Tap {
         Tap(inspector.map(|inspector| Recording {
             inspector: inspector.clone(),
             entry: inspector.record(
+                Via {
+                    tunnel: Arc::clone(tunnel),
+                    target: target.clone(),
+                },
                 head.method.clone(),
                 head.path.clone(),
                 head.headers.clone(),
@@ -274,7 +285,8 @@ mod tests {
             ],
             body: cryptun_proto::InlineBody::streamed(),
         };
-        let tap = Tap::start(Some(&inspector), &head);
+        let target = Target::parse("3000").unwrap();
+        let tap = Tap::start(Some(&inspector), &"web".into(), &target, &head);
         (inspector, tap)
     }
 
@@ -342,7 +354,8 @@ mod tests {
             headers: Vec::new(),
             body: Default::default(),
         };
-        let tap = Tap::start(None, &head);
+        let target = Target::parse("3000").unwrap();
+        let tap = Tap::start(None, &"web".into(), &target, &head);
         let body = tap.response_body(chunks(&[b"abc"]));
         assert_eq!(&body.collect().await.unwrap().to_bytes()[..], b"abc");
         tap.finish(200, None);

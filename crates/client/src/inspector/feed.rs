@@ -8,6 +8,7 @@
 //! | `evict` | `{"id": N}` | left the ring buffer |
 //! | `clear` | `{}` | the list was cleared |
 //! | `resync` | `{}` | this subscriber fell behind: reload the list |
+//! | `tunnels` | `{}` | the session (re)connected: reload `/api/status` |
 
 use std::convert::Infallible;
 use std::time::Duration;
@@ -62,6 +63,7 @@ pub(crate) fn events(inspector: &Inspector, shutdown: &CancellationToken) -> Res
                 },
                 Ok(Change::Evicted(id)) => event("evict", &json!({ "id": id })),
                 Ok(Change::Cleared) => event("clear", &json!({})),
+                Ok(Change::Tunnels) => event("tunnels", &json!({})),
                 Err(broadcast::error::RecvError::Lagged(_)) => event("resync", &json!({})),
                 Err(broadcast::error::RecvError::Closed) => return None,
             },

@@ -1,6 +1,8 @@
 //! The list as an HTTP Archive (HAR 1.2), the format browsers' devtools,
 //! proxies and HAR viewers import. Bodies hold what was captured; a
-//! truncated one says so in its `comment`.
+//! truncated one says so in its `comment`. Each entry names the tunnel that
+//! served it and its local service in the custom fields `_tunnel` and
+//! `_target` (HAR allows fields starting with `_`).
 
 use base64::Engine as _;
 use serde_json::{Value, json};
@@ -8,9 +10,15 @@ use serde_json::{Value, json};
 use super::view::{as_text, header, millis, rfc3339};
 use super::{Captured, Entry, TunnelInfo};
 
-/// A HAR document of `entries`, oldest first.
-pub(crate) fn export(entries: &[std::sync::Arc<Entry>], tunnel: &TunnelInfo) -> Value {
-    let entries: Vec<Value> = entries.iter().map(|e| entry(e, tunnel)).collect();
+/// A HAR document of `entries`, oldest first, from a session of `tunnels`.
+pub(crate) fn export(entries: &[std::sync::Arc<Entry>], tunnels: &[TunnelInfo]) -> Value {
+    let entries: Vec<Value> = entries
+        .iter()
+        .map(|e| {
+            let tunnel = tunnels.iter().find(|t| t.name == e.via.tunnel);
+            entry(e, tunnel)
+        })
+        .collect();
     json!({
         "log": {
             "version": "1.2",
@@ -21,7 +29,7 @@ pub(crate) fn export(entries: &[std::sync::Arc<Entry>], tunnel: &TunnelInfo) -> 
     })
 }
 
-fn entry(entry: &Entry, tunnel: &TunnelInfo) -> Value {
+fn entry(entry: &Entry, tunnel: Option<&TunnelInfo>) -> Value {
     let record = entry.lock();
     let headers = &record.request_headers;
     let wait = record.response.as_ref().map_or(0.0, |r| millis(r.after));
@@ -81,6 +89,8 @@ fn entry(entry: &Entry, tunnel: &TunnelInfo) -> Value {
         "response": response,
         "cache": {},
         "timings": { "send": 0, "wait": wait, "receive": total - wait },
+        "_tunnel": &*entry.via.tunnel,
+        "_target": entry.via.target.to_string(),
     });
     let mut notes = Vec::new();
     if let Some(of) = entry.replay_of {
@@ -118,15 +128,16 @@ fn content(captured: &Captured, mime: &str) -> Value {
 }
 
 /// The URL the visitor asked for: the scheme the server saw, the Host they
-/// sent (the tunnel's public host), and the path.
-fn url(headers: &[(String, String)], path: &str, tunnel: &TunnelInfo) -> String {
+/// sent (the tunnel's public host), and the path; without a Host, the
+/// tunnel's public URL now.
+fn url(headers: &[(String, String)], path: &str, tunnel: Option<&TunnelInfo>) -> String {
     match header(headers, "host") {
         Some(host) => {
             let scheme = header(headers, "x-forwarded-proto").unwrap_or_else(|| "http".into());
             format!("{scheme}://{host}{path}")
         }
-        None => match &tunnel.public_url {
-            Some(base) => format!("{}{path}", base.trim_end_matches('/')),
+        None => match tunnel {
+            Some(tunnel) => format!("{}{path}", tunnel.public_url.trim_end_matches('/')),
             None => format!("http://localhost{path}"),
         },
     }
@@ -185,12 +196,14 @@ mod tests {
             ("host".to_owned(), "t.example.com".to_owned()),
             ("x-forwarded-proto".to_owned(), "https".to_owned()),
         ];
-        let tunnel = TunnelInfo::default();
-        assert_eq!(url(&headers, "/a?b", &tunnel), "https://t.example.com/a?b");
+        assert_eq!(url(&headers, "/a?b", None), "https://t.example.com/a?b");
         let tunnel = TunnelInfo {
-            public_url: Some("http://t.localhost:4000".into()),
-            ..TunnelInfo::default()
+            name: "web".into(),
+            subdomain: "t".into(),
+            public_url: "http://t.localhost:4000".into(),
+            target: crate::Target::parse("3000").unwrap(),
         };
-        assert_eq!(url(&[], "/a", &tunnel), "http://t.localhost:4000/a");
+        assert_eq!(url(&[], "/a", Some(&tunnel)), "http://t.localhost:4000/a");
+        assert_eq!(url(&[], "/a", None), "http://localhost/a");
     }
 }

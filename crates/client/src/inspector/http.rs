@@ -3,7 +3,7 @@
 //! | route | answer |
 //! |---|---|
 //! | `GET /` | the page (`page.html`, self-contained) |
-//! | `GET /api/status` | the tunnel's public URL, target and the limits |
+//! | `GET /api/status` | the session's tunnels (public URL, target, name) and the limits |
 //! | `GET /api/requests` | summaries, newest first |
 //! | `DELETE /api/requests` | clears the list |
 //! | `GET /api/requests.har` | the list as HAR 1.2 |
@@ -11,7 +11,7 @@
 //! | `POST /api/requests/{id}/replay` | replays it; `202` with the replay's id |
 //! | `GET /api/events` | Server-Sent Events: `update`, `evict`, `clear`, `resync` |
 //!
-//! It shows the tunnel's traffic to whoever can reach it, without a login,
+//! It shows the tunnels' traffic to whoever can reach it, without a login,
 //! so it binds to loopback by default, answers only to loopback names there
 //! (a page elsewhere cannot read it through DNS rebinding), and refuses
 //! cross-origin writes (a page elsewhere cannot trigger a replay).
@@ -191,7 +191,7 @@ fn route(
             empty(StatusCode::NO_CONTENT)
         }
         (&Method::GET, ["api", "requests.har"]) => {
-            let har = har::export(&inspector.entries(), &inspector.tunnel_info());
+            let har = har::export(&inspector.entries(), &inspector.tunnel_infos());
             let mut resp = json_ok(har);
             resp.headers_mut().insert(
                 header::CONTENT_DISPOSITION,
@@ -244,12 +244,28 @@ fn route(
     }
 }
 
+/// The session's tunnels, first one first, and the limits. `public_url`
+/// and `target` at the top are the first tunnel's, as before sessions had
+/// several; `null` until a session has connected.
 fn status(inspector: &Inspector) -> Value {
-    let tunnel = inspector.tunnel_info();
+    let tunnels = inspector.tunnel_infos();
     let limits = inspector.limits();
+    let first = tunnels.first();
+    let list: Vec<Value> = tunnels
+        .iter()
+        .map(|t| {
+            json!({
+                "name": &*t.name,
+                "subdomain": t.subdomain,
+                "public_url": t.public_url,
+                "target": t.target.to_string(),
+            })
+        })
+        .collect();
     json!({
-        "public_url": tunnel.public_url,
-        "target": tunnel.target.map(|t| t.to_string()),
+        "public_url": first.map(|t| t.public_url.clone()),
+        "target": first.map(|t| t.target.to_string()),
+        "tunnels": list,
         "capacity": limits.capacity,
         "max_body": limits.max_body,
         "count": inspector.len(),

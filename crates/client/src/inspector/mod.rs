@@ -1,7 +1,11 @@
 //! The request inspector, like ngrok's on `127.0.0.1:4040`: a web page and a
-//! JSON API showing the tunnel's recent exchanges live, each with its
+//! JSON API showing the session's recent exchanges live, each with its
 //! request and response heads and the start of both bodies, with replay to
 //! the local service and export as HAR.
+//!
+//! One inspector serves every tunnel of a session (`cryptun start` opens
+//! several over one connection): each exchange records the tunnel that
+//! served it and that tunnel's local service, and a replay goes there.
 //!
 //! Capture never holds up a stream: bodies are teed as their chunks pass
 //! ([`capture`]), keeping at most [`InspectorLimits::max_body`] bytes of
@@ -79,15 +83,30 @@ struct Inner {
     next_id: AtomicU64,
     ring: Mutex<VecDeque<Arc<Entry>>>,
     changes: broadcast::Sender<Change>,
-    tunnel: Mutex<TunnelInfo>,
+    tunnels: Mutex<Vec<TunnelInfo>>,
     replays: Arc<Semaphore>,
 }
 
-/// What the inspector knows of the tunnel it watches.
-#[derive(Debug, Clone, Default)]
+/// One tunnel of the session the inspector watches, as of the latest
+/// connection (a reconnect may bring new public URLs).
+#[derive(Debug, Clone)]
 pub(crate) struct TunnelInfo {
-    pub(crate) target: Option<Target>,
-    pub(crate) public_url: Option<String>,
+    /// The name the user gave it (`cryptun start NAME`), or its subdomain.
+    pub(crate) name: Arc<str>,
+    pub(crate) subdomain: String,
+    pub(crate) public_url: String,
+    /// Its local service.
+    pub(crate) target: Target,
+}
+
+/// The tunnel an exchange came through and where it went; a replay goes
+/// to the same place.
+#[derive(Debug, Clone)]
+pub(crate) struct Via {
+    /// The tunnel's name (see [`TunnelInfo::name`]).
+    pub(crate) tunnel: Arc<str>,
+    /// The local service that served it.
+    pub(crate) target: Target,
 }
 
 /// A change to the list, for the live page.
@@ -99,6 +118,8 @@ pub(crate) enum Change {
     Evicted(u64),
     /// The list was cleared.
     Cleared,
+    /// The session's tunnels changed (a new connection).
+    Tunnels,
 }
 
 /// One exchange: a request and its response, as far as they have got.
@@ -106,6 +127,8 @@ pub(crate) struct Entry {
     pub(crate) id: u64,
     /// The exchange this one replays, if it is a replay.
     pub(crate) replay_of: Option<u64>,
+    /// The tunnel that served it (a replay: the original's).
+    pub(crate) via: Via,
     pub(crate) started: SystemTime,
     pub(crate) started_at: Instant,
     record: Mutex<Record>,
@@ -213,7 +236,7 @@ impl Inspector {
                 next_id: AtomicU64::new(1),
                 ring: Mutex::new(VecDeque::with_capacity(limits.capacity)),
                 changes: broadcast::channel(CHANGE_QUEUE).0,
-                tunnel: Mutex::new(TunnelInfo::default()),
+                tunnels: Mutex::new(Vec::new()),
                 replays: Arc::new(Semaphore::new(MAX_REPLAYS)),
             }),
         }
@@ -240,23 +263,22 @@ impl Inspector {
         self.notify(Change::Cleared);
     }
 
-    /// Records where replays go: the client's local service.
-    pub(crate) fn attach(&self, target: &Target) {
-        self.tunnel().target = Some(target.clone());
+    /// Records the session's tunnels, first one first, as a connection
+    /// (or reconnection) made them: the page shows their public URLs.
+    pub(crate) fn set_tunnels(&self, tunnels: Vec<TunnelInfo>) {
+        *self.tunnels() = tunnels;
+        self.notify(Change::Tunnels);
     }
 
-    /// Records the public URL, for the page and HAR URLs.
-    pub(crate) fn set_public_url(&self, url: &str) {
-        self.tunnel().public_url = Some(url.to_owned());
-    }
-
-    pub(crate) fn tunnel_info(&self) -> TunnelInfo {
-        self.tunnel().clone()
+    /// The session's tunnels, first one first.
+    pub(crate) fn tunnel_infos(&self) -> Vec<TunnelInfo> {
+        self.tunnels().clone()
     }
 
     /// Adds an exchange that has just arrived, evicting the oldest if full.
     pub(crate) fn record(
         &self,
+        via: Via,
         method: String,
         path: String,
         request_headers: Vec<(String, String)>,
@@ -265,6 +287,7 @@ impl Inspector {
         let entry = Arc::new(Entry {
             id: self.inner.next_id.fetch_add(1, Ordering::Relaxed),
             replay_of,
+            via,
             started: SystemTime::now(),
             started_at: Instant::now(),
             record: Mutex::new(Record {
@@ -325,8 +348,8 @@ impl Inspector {
         self.inner.ring.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn tunnel(&self) -> MutexGuard<'_, TunnelInfo> {
-        self.inner.tunnel.lock().unwrap_or_else(|e| e.into_inner())
+    fn tunnels(&self) -> MutexGuard<'_, Vec<TunnelInfo>> {
+        self.inner.tunnels.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
@@ -335,8 +358,12 @@ mod tests {
     use super::*;
 
     fn add(inspector: &Inspector, path: &str) -> u64 {
+        let via = Via {
+            tunnel: "web".into(),
+            target: Target::parse("3000").expect("a target"),
+        };
         inspector
-            .record("GET".into(), path.into(), Vec::new(), None)
+            .record(via, "GET".into(), path.into(), Vec::new(), None)
             .id
     }
 

@@ -1,6 +1,6 @@
-//! Replay: a captured request sent to the local service again — same
-//! method, path, headers and body — straight from the client, not through
-//! the tunnel. The replay is an exchange of its own in the list, marked
+//! Replay: a captured request sent again to the local service of the
+//! tunnel that served it — same method, path, headers and body — straight
+//! from the client, not through the tunnel. The replay is an exchange of its own in the list, marked
 //! with the one it replays, so its answer can be inspected like any other.
 
 use std::sync::Arc;
@@ -15,9 +15,9 @@ use hyper_util::rt::TokioExecutor;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug_span};
 
+use super::Inspector;
 use super::capture::{Recording, Tap};
 use super::view::replay_refusal;
-use super::{Inspector, TunnelInfo};
 use crate::forward::error_chain;
 
 type ReplayBody = BoxBody<Bytes, std::convert::Infallible>;
@@ -43,9 +43,6 @@ pub(crate) enum ReplayError {
     /// The request is not known whole (truncated, unfinished, a switch).
     #[error("cannot replay #{id}: {reason}")]
     Refused { id: u64, reason: String },
-    /// No session has attached the inspector to a local service yet.
-    #[error("the inspector is not attached to a tunnel yet")]
-    NoTarget,
     /// [`MAX_REPLAYS`](super::MAX_REPLAYS) are running.
     #[error("too many replays in flight; try again when one has finished")]
     Busy,
@@ -60,13 +57,13 @@ impl ReplayError {
         match self {
             ReplayError::NotFound(_) => StatusCode::NOT_FOUND,
             ReplayError::Refused { .. } | ReplayError::Invalid { .. } => StatusCode::CONFLICT,
-            ReplayError::NoTarget => StatusCode::SERVICE_UNAVAILABLE,
             ReplayError::Busy => StatusCode::TOO_MANY_REQUESTS,
         }
     }
 }
 
-/// Starts replaying exchange `id`; returns the replay's own id at once.
+/// Starts replaying exchange `id` to the local service of the tunnel that
+/// served it; returns the replay's own id at once.
 /// The replay runs until its response ends, [`REPLAY_TIMEOUT`] passes, or
 /// `shutdown` fires.
 pub(crate) fn start(
@@ -84,8 +81,8 @@ pub(crate) fn start(
         let headers = record.request_headers.clone();
         (record.method.clone(), record.path.clone(), headers, body)
     };
-    let TunnelInfo { target, .. } = inspector.tunnel_info();
-    let target = target.ok_or(ReplayError::NoTarget)?;
+    let via = entry.via.clone();
+    let target = via.target.clone();
     let invalid = |reason: String| ReplayError::Invalid { id, reason };
     let method = Method::from_bytes(method.as_bytes()).map_err(|e| invalid(e.to_string()))?;
     let uri = target.uri(&path).map_err(|e| invalid(e.to_string()))?;
@@ -96,7 +93,7 @@ pub(crate) fn start(
         .try_acquire_owned()
         .map_err(|_| ReplayError::Busy)?;
 
-    let entry = inspector.record(method.to_string(), path, headers, Some(id));
+    let entry = inspector.record(via, method.to_string(), path, headers, Some(id));
     let replay_id = entry.id;
     let tap = Tap::from_recording(Recording {
         inspector: inspector.clone(),

@@ -24,6 +24,8 @@ fn summary_of(entry: &Entry, record: &Record) -> Value {
     json!({
         "id": entry.id,
         "replay_of": entry.replay_of,
+        "tunnel": &*entry.via.tunnel,
+        "target": entry.via.target.to_string(),
         "started": rfc3339(entry.started),
         "method": record.method,
         "path": record.path,
