@@ -148,12 +148,12 @@ pub async fn http(args: HttpArgs, json_logs: bool) -> Result<()> {
         None => start_hello(&shutdown).await?,
     };
     let mut config = ClientConfig::new(&args.server, target.clone())?;
-    config.subdomain = args.subdomain;
-    config.request_timeout = args.request_timeout;
-    config.basic_auth = args.basic_auth;
-    config.allow_ips = args.allow_ips;
-    config.deny_ips = args.deny_ips;
-    config.max_body_size = args.max_body_size;
+    config.tunnel.subdomain = args.subdomain;
+    config.tunnel.request_timeout = args.request_timeout;
+    config.tunnel.basic_auth = args.basic_auth;
+    config.tunnel.allow_ips = args.allow_ips;
+    config.tunnel.deny_ips = args.deny_ips;
+    config.tunnel.max_body_size = args.max_body_size;
     config.ca = args.ca;
     config.token = keys::client_token(args.token)?;
     let inspector = start_inspector(args.inspect, &shutdown).await;

@@ -56,25 +56,19 @@ pub use reconnect::{Reconnect, serve};
 pub use session::{Session, connect};
 pub use target::{AddressError, Target};
 
-/// How the client connects and forwards.
-///
-/// The fields from `target` to `max_body_size` describe the session's first
-/// (often only) tunnel; [`more_tunnels`](ClientConfig::more_tunnels) adds
-/// others on the same connection.
+/// How the client connects and forwards: the server, the connection's
+/// settings, and the tunnels it carries — [`tunnel`](ClientConfig::tunnel)
+/// (the only one of `cryptun http`) and any [`more_tunnels`](ClientConfig::more_tunnels)
+/// (`cryptun start`).
 #[derive(Debug, Clone)]
 pub struct ClientConfig {
     /// WebSocket URL of the server's control endpoint.
     pub control_url: String,
-    /// The first tunnel's name, as the user calls it (`cryptun start NAME`);
-    /// reported in [`Event::Request`]. `None`: the tunnel's subdomain.
-    pub name: Option<String>,
-    /// The local service.
-    pub target: Target,
-    /// A subdomain to ask for.
-    pub subdomain: Option<String>,
-    /// How long visitors may wait for a response head (for long polling);
-    /// `None` takes the server's default. The server caps it.
-    pub request_timeout: Option<Duration>,
+    /// The session's first (often only) tunnel.
+    pub tunnel: TunnelConfig,
+    /// Further tunnels opened on the same connection (the server allows
+    /// up to 16 per connection).
+    pub more_tunnels: Vec<TunnelConfig>,
     /// How long to wait for the server to accept the connection and tunnel.
     pub connect_timeout: Duration,
     /// How long to wait for the local service to accept a connection.
@@ -86,26 +80,10 @@ pub struct ClientConfig {
     /// The API key to present (`--token`, `CRYPTUN_TOKEN`, or the saved
     /// config written by `cryptun login`).
     pub token: Option<Secret>,
-    /// The secret of an earlier tunnel with the same `subdomain`, to take
-    /// its name back after a disconnect (see
-    /// [`Session::reconnect_config`]).
-    pub reconnect_secret: Option<Secret>,
-    /// Credentials visitors must present (HTTP Basic); the server enforces them.
-    pub basic_auth: Option<BasicAuth>,
-    /// Only visitors from these CIDR blocks are served (empty: everyone).
-    pub allow_ips: Vec<String>,
-    /// Visitors from these CIDR blocks are refused.
-    pub deny_ips: Vec<String>,
-    /// The largest request body visitors may send (the server caps it).
-    pub max_body_size: Option<u64>,
     /// Where to record exchanges for the request inspector, if anywhere.
     pub inspector: Option<Inspector>,
     /// How [`serve`] reconnects after a lost connection.
     pub reconnect: Reconnect,
-    /// Further tunnels opened on the same connection (the server allows
-    /// up to 16 per connection). The inspector records every tunnel's
-    /// exchanges, each with its tunnel.
-    pub more_tunnels: Vec<TunnelConfig>,
 }
 
 /// One tunnel of a session: what to ask the server for, and where its
@@ -150,32 +128,24 @@ impl TunnelConfig {
 }
 
 impl ClientConfig {
-    /// Settings for `server` (see [`target::control_url`]) and `target`.
+    /// Settings for `server` (see [`target::control_url`]) and one tunnel
+    /// to `target`.
     pub fn new(server: &str, target: Target) -> Result<Self, AddressError> {
         Ok(ClientConfig {
             control_url: target::control_url(server)?,
-            name: None,
-            target,
-            subdomain: None,
-            request_timeout: None,
+            tunnel: TunnelConfig::new(target),
+            more_tunnels: Vec::new(),
             connect_timeout: Duration::from_secs(10),
             local_connect_timeout: Duration::from_secs(5),
             ca: None,
             token: None,
-            reconnect_secret: None,
-            basic_auth: None,
-            allow_ips: Vec::new(),
-            deny_ips: Vec::new(),
-            max_body_size: None,
             inspector: None,
             reconnect: Reconnect::default(),
-            more_tunnels: Vec::new(),
         })
     }
 
-    /// Settings for `server` and several tunnels over one connection, the
-    /// first of `tunnels` in the first-tunnel fields. `None` if `tunnels`
-    /// is empty.
+    /// Settings for `server` and several tunnels over one connection.
+    /// `None` if `tunnels` is empty.
     pub fn with_tunnels(
         server: &str,
         tunnels: Vec<TunnelConfig>,
@@ -185,40 +155,19 @@ impl ClientConfig {
             return Ok(None);
         };
         let mut config = ClientConfig::new(server, first.target.clone())?;
-        config.set_first(first);
+        config.tunnel = first;
         config.more_tunnels = tunnels.collect();
         Ok(Some(config))
     }
 
     /// Every tunnel of the session, the first one first.
-    pub fn tunnels(&self) -> Vec<TunnelConfig> {
-        let first = TunnelConfig {
-            name: self.name.clone(),
-            target: self.target.clone(),
-            subdomain: self.subdomain.clone(),
-            request_timeout: self.request_timeout,
-            reconnect_secret: self.reconnect_secret.clone(),
-            basic_auth: self.basic_auth.clone(),
-            allow_ips: self.allow_ips.clone(),
-            deny_ips: self.deny_ips.clone(),
-            max_body_size: self.max_body_size,
-        };
-        std::iter::once(first)
-            .chain(self.more_tunnels.iter().cloned())
-            .collect()
+    pub fn tunnels(&self) -> impl Iterator<Item = &TunnelConfig> {
+        std::iter::once(&self.tunnel).chain(&self.more_tunnels)
     }
 
-    /// Replaces the first tunnel's settings.
-    pub(crate) fn set_first(&mut self, first: TunnelConfig) {
-        self.name = first.name;
-        self.target = first.target;
-        self.subdomain = first.subdomain;
-        self.request_timeout = first.request_timeout;
-        self.reconnect_secret = first.reconnect_secret;
-        self.basic_auth = first.basic_auth;
-        self.allow_ips = first.allow_ips;
-        self.deny_ips = first.deny_ips;
-        self.max_body_size = first.max_body_size;
+    /// [`tunnels`](Self::tunnels), to change them.
+    pub fn tunnels_mut(&mut self) -> impl Iterator<Item = &mut TunnelConfig> {
+        std::iter::once(&mut self.tunnel).chain(&mut self.more_tunnels)
     }
 }
 
@@ -329,8 +278,8 @@ pub enum Event {
     },
     /// A request was answered (or failed) — one line per request.
     Request {
-        /// The tunnel that served it: its name ([`ClientConfig::name`],
-        /// [`TunnelConfig::name`]), else its subdomain.
+        /// The tunnel that served it: its [name](TunnelConfig::name), else
+        /// its subdomain.
         tunnel: String,
         /// Request method.
         method: String,

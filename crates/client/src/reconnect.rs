@@ -95,19 +95,13 @@ fn spread() -> f64 {
 /// [`ClientConfig::tunnels`], in order): the same settings, asking for the
 /// same subdomains with each tunnel's reconnect secret.
 pub fn reconnect_config(config: &ClientConfig, previous: &[TunnelCreated]) -> ClientConfig {
-    let mut tunnels = config.tunnels();
-    for (tunnel, created) in tunnels.iter_mut().zip(previous) {
+    let mut again = config.clone();
+    for (tunnel, created) in again.tunnels_mut().zip(previous) {
         tunnel.subdomain = Some(created.subdomain.clone());
         // An anonymous tunnel's name is held for it during the server's
         // grace period; the secret from its tunnel_created takes it back.
         tunnel.reconnect_secret = created.reconnect_secret.clone();
     }
-    let mut again = config.clone();
-    let mut tunnels = tunnels.into_iter();
-    if let Some(first) = tunnels.next() {
-        again.set_first(first);
-    }
-    again.more_tunnels = tunnels.collect();
     again
 }
 

@@ -34,8 +34,9 @@ impl Routes {
     pub(crate) fn new(config: &ClientConfig, created: &[TunnelCreated]) -> Self {
         let mut tunnels = Vec::with_capacity(created.len());
         let mut by_id = HashMap::with_capacity(created.len());
-        for (spec, tunnel) in config.tunnels().into_iter().zip(created) {
-            let name: Arc<str> = spec.name.unwrap_or_else(|| tunnel.subdomain.clone()).into();
+        for (spec, tunnel) in config.tunnels().zip(created) {
+            let name = spec.name.as_ref().unwrap_or(&tunnel.subdomain);
+            let name: Arc<str> = name.as_str().into();
             tunnels.push(TunnelInfo {
                 name: Arc::clone(&name),
                 subdomain: tunnel.subdomain.clone(),
@@ -44,7 +45,7 @@ impl Routes {
             });
             let route = Route {
                 name,
-                target: spec.target,
+                target: spec.target.clone(),
             };
             by_id.insert(tunnel.tunnel_id.clone(), route);
         }
@@ -53,7 +54,7 @@ impl Routes {
             .and_then(|t| by_id.get(&t.tunnel_id).cloned())
             .unwrap_or_else(|| Route {
                 name: "".into(),
-                target: config.target.clone(),
+                target: config.tunnel.target.clone(),
             });
         Routes {
             by_id,

@@ -85,7 +85,7 @@ async fn connect_inner(config: &ClientConfig) -> Result<Session, ClientError> {
     let (mut ws, _) = tokio_tungstenite::client_async_with_config(url, stream, Some(ws_config))
         .await
         .map_err(|source| handshake_error(url, source))?;
-    let specs = config.tunnels();
+    let specs: Vec<&TunnelConfig> = config.tunnels().collect();
     // All at once: the server answers each in order, so a session of many
     // tunnels costs one round trip.
     for spec in &specs {

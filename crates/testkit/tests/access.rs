@@ -42,11 +42,13 @@ async fn get_from(server: &TestServer, source: &str, host: &str, extra: &str) ->
 #[tokio::test]
 async fn allow_and_deny_lists_keep_visitors_out_before_the_app() {
     let server = TestServer::start().await;
-    let (allow_origin, allowing) =
-        tunnel(&server, |c| c.allow_ips = vec!["127.0.0.1/32".into()]).await;
+    let (allow_origin, allowing) = tunnel(&server, |c| {
+        c.tunnel.allow_ips = vec!["127.0.0.1/32".into()]
+    })
+    .await;
     let (deny_origin, denying) = tunnel(&server, |c| {
-        c.allow_ips = vec!["127.0.0.0/8".into()];
-        c.deny_ips = vec!["127.0.0.2".into(), "10.0.0.0/8".into()];
+        c.tunnel.allow_ips = vec!["127.0.0.0/8".into()];
+        c.tunnel.deny_ips = vec!["127.0.0.2".into(), "10.0.0.0/8".into()];
     })
     .await;
 
@@ -95,7 +97,7 @@ async fn basic_auth_challenges_and_the_app_never_sees_the_credentials() {
     let server = TestServer::start().await;
     let password = "correct horse:battery";
     let (origin, client) = tunnel(&server, |c| {
-        c.basic_auth = Some(BasicAuth {
+        c.tunnel.basic_auth = Some(BasicAuth {
             username: "ann".into(),
             password: password.into(),
         })
@@ -164,22 +166,22 @@ async fn invalid_rules_are_refused_at_create_tunnel() {
         "::/200",
     ] {
         let list = vec![cidr.to_owned()];
-        let (code, message) = refused(Box::new(move |c| c.allow_ips = list)).await;
+        let (code, message) = refused(Box::new(move |c| c.tunnel.allow_ips = list)).await;
         assert_eq!(code, ErrorCode::InvalidCidr, "{cidr}: {message}");
         assert!(message.contains(cidr), "{message}");
         let list = vec![cidr.to_owned()];
-        let (code, _) = refused(Box::new(move |c| c.deny_ips = list)).await;
+        let (code, _) = refused(Box::new(move |c| c.tunnel.deny_ips = list)).await;
         assert_eq!(code, ErrorCode::InvalidCidr, "{cidr}");
     }
     let many = vec!["10.0.0.1".to_owned(); 65];
-    let (code, _) = refused(Box::new(move |c| c.deny_ips = many)).await;
+    let (code, _) = refused(Box::new(move |c| c.tunnel.deny_ips = many)).await;
     assert_eq!(code, ErrorCode::InvalidCidr);
     for (user, pass) in [("a:b", "x"), ("", "x"), ("a", ""), ("a", "x\r\ny")] {
         let auth = BasicAuth {
             username: user.into(),
             password: pass.into(),
         };
-        let (code, message) = refused(Box::new(move |c| c.basic_auth = Some(auth))).await;
+        let (code, message) = refused(Box::new(move |c| c.tunnel.basic_auth = Some(auth))).await;
         assert_eq!(code, ErrorCode::InvalidBasicAuth, "{user:?}: {message}");
     }
     assert!(

@@ -41,7 +41,7 @@ async fn start_client(
 ) -> Result<TestClient, ClientError> {
     TestClient::start_with(server, &origin.target(), |c| {
         c.token = token.cloned();
-        c.subdomain = subdomain.map(str::to_owned);
+        c.tunnel.subdomain = subdomain.map(str::to_owned);
     })
     .await
 }

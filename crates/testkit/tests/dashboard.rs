@@ -153,7 +153,7 @@ async fn tunnels_are_listed_with_their_counters_clients_and_totals() {
     let admin = Visitor::new(server.addr).with_admin_token(TOKEN);
     let origin = Origin::start().await;
     let client = TestClient::start_with(&server, &origin.target(), |c| {
-        c.request_timeout = Some(Duration::from_secs(2));
+        c.tunnel.request_timeout = Some(Duration::from_secs(2));
     })
     .await
     .unwrap();

@@ -90,7 +90,7 @@ async fn the_dashboard_follows_tunnels_and_their_requests_live() {
     // A client connects: its tunnel appears, with its key's name.
     let client = TestClient::start_with(&server, &origin.target(), |c| {
         c.token = Some(laptop.token.clone());
-        c.subdomain = Some("myapp".into());
+        c.tunnel.subdomain = Some("myapp".into());
     })
     .await
     .unwrap();

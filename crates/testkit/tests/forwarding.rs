@@ -379,8 +379,9 @@ async fn requested_subdomains_are_granted_validated_and_exclusive() {
     let name = format!("My-App-{}", cryptun_proto::random_id(6));
     let lower = name.to_ascii_lowercase();
     let target = origin.target();
-    let ask =
-        |name: String| TestClient::start_with(&server, &target, move |c| c.subdomain = Some(name));
+    let ask = |name: String| {
+        TestClient::start_with(&server, &target, move |c| c.tunnel.subdomain = Some(name))
+    };
     let granted = within("granted", ask(name.clone())).await.unwrap();
     assert_eq!(granted.tunnel.subdomain, lower);
     let url = format!("http://{lower}.localhost:{}", server.addr.port());

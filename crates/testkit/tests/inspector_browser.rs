@@ -165,7 +165,7 @@ async fn with_two_tunnels_rows_name_their_tunnel_and_replay_goes_to_its_origin()
     let inspector = TestInspector::start(InspectorLimits::default()).await;
     let attach = inspector.attach();
     let client = TestClient::start_with(&server, &web_origin.target(), |c| {
-        c.name = Some("web".into());
+        c.tunnel.name = Some("web".into());
         let mut api = TunnelConfig::new(Target::parse(&api_origin.target()).unwrap());
         api.name = Some("api".into());
         api.subdomain = Some("api".into());

@@ -43,7 +43,7 @@ async fn each_exchange_names_its_tunnel_and_replays_to_its_origin() {
     let inspector = TestInspector::start(InspectorLimits::default()).await;
     let attach = inspector.attach();
     let client = TestClient::start_with(&server, &web_origin.target(), |c| {
-        c.name = Some("web".into());
+        c.tunnel.name = Some("web".into());
         c.more_tunnels.push(api(&api_origin));
         attach(c);
     })

@@ -93,8 +93,8 @@ async fn a_tunnel_may_ask_for_a_smaller_body_limit_only() {
     config.max_body_size = Some(1000);
     let server = TestServer::start_with(config).await;
     let origin = Origin::start().await;
-    let small = client_with(&server, &origin, |c| c.max_body_size = Some(100)).await;
-    let big = client_with(&server, &origin, |c| c.max_body_size = Some(5000)).await;
+    let small = client_with(&server, &origin, |c| c.tunnel.max_body_size = Some(100)).await;
+    let big = client_with(&server, &origin, |c| c.tunnel.max_body_size = Some(5000)).await;
     assert_eq!(small.tunnel.max_body_size, Some(100));
     assert_eq!(big.tunnel.max_body_size, Some(1000), "capped by the server");
     let visitor = Visitor::new(server.addr);

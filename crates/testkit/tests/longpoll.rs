@@ -22,7 +22,7 @@ async fn a_long_poll_waits_as_long_as_its_tunnel_asked() {
     let server = strict_server().await;
     let origin = Origin::start().await;
     let patient = TestClient::start_with(&server, &origin.target(), |c| {
-        c.request_timeout = Some(Duration::from_secs(20));
+        c.tunnel.request_timeout = Some(Duration::from_secs(20));
     })
     .await
     .unwrap();
@@ -47,7 +47,7 @@ async fn a_tunnel_cannot_ask_for_more_than_the_server_allows() {
     let server = strict_server().await;
     let origin = Origin::start().await;
     let greedy = TestClient::start_with(&server, &origin.target(), |c| {
-        c.request_timeout = Some(Duration::from_secs(24 * 3600));
+        c.tunnel.request_timeout = Some(Duration::from_secs(24 * 3600));
     })
     .await
     .unwrap();

@@ -32,9 +32,9 @@ async fn client(
     secret: Option<&Secret>,
 ) -> Result<TestClient, ClientError> {
     TestClient::start_with(server, &origin.target(), |c| {
-        c.subdomain = Some(name.to_owned());
+        c.tunnel.subdomain = Some(name.to_owned());
         c.token = token.cloned();
-        c.reconnect_secret = secret.cloned();
+        c.tunnel.reconnect_secret = secret.cloned();
     })
     .await
 }
@@ -167,8 +167,11 @@ async fn the_client_keeps_what_it_needs_to_reconnect() {
     let session = cryptun_client::connect(&config).await.unwrap();
     let name = session.tunnel().subdomain.clone();
     let again = session.reconnect_config();
-    assert_eq!(again.subdomain.as_deref(), Some(name.as_str()));
-    assert_eq!(again.reconnect_secret, session.tunnel().reconnect_secret);
+    assert_eq!(again.tunnel.subdomain.as_deref(), Some(name.as_str()));
+    assert_eq!(
+        again.tunnel.reconnect_secret,
+        session.tunnel().reconnect_secret
+    );
     drop(session);
     wait_held(&server, &name).await;
     let back = cryptun_client::connect(&again).await.unwrap();

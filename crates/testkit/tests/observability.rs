@@ -42,7 +42,7 @@ async fn metrics_count_requests_by_outcome_with_bytes_and_durations() {
     let origin = Origin::start().await;
     let client = TestClient::start(&server, &origin.target()).await;
     let impatient = TestClient::start_with(&server, &origin.target(), |c| {
-        c.request_timeout = Some(Duration::from_millis(300));
+        c.tunnel.request_timeout = Some(Duration::from_millis(300));
     })
     .await
     .unwrap();

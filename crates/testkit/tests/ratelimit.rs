@@ -65,7 +65,7 @@ async fn each_tunnel_has_its_own_rate_across_its_visitors() {
     let busy = within(
         "busy",
         TestClient::start_with(&server, &origin.target(), |c| {
-            c.allow_ips = vec!["127.0.0.0/24".into()];
+            c.tunnel.allow_ips = vec!["127.0.0.0/24".into()];
         }),
     )
     .await

@@ -32,7 +32,7 @@ async fn each_tunnel_of_a_connection_reaches_its_own_origin() {
     let server = TestServer::start().await;
     let (one, two) = (Origin::start().await, Origin::start().await);
     let client = TestClient::start_with(&server, &one.target(), |c| {
-        c.name = Some("first".into());
+        c.tunnel.name = Some("first".into());
         c.more_tunnels.push(second(&two));
     })
     .await
@@ -110,7 +110,7 @@ async fn a_refused_tunnel_fails_the_connection_and_is_named() {
     let server = TestServer::start().await;
     let origin = Origin::start().await;
     let taken = TestClient::start_with(&server, &origin.target(), |c| {
-        c.subdomain = Some("second".into());
+        c.tunnel.subdomain = Some("second".into());
     })
     .await
     .unwrap();
