@@ -14,7 +14,6 @@ use cryptun_proto::tungstenite::protocol::CloseFrame;
 use cryptun_proto::tungstenite::protocol::frame::coding::CloseCode;
 use cryptun_proto::{Frame, Limits, PROTOCOL_VERSION, close_code};
 use futures_util::{SinkExt, StreamExt};
-use tokio::sync::mpsc;
 use tokio_tungstenite::WebSocketStream;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
@@ -27,8 +26,6 @@ type Ws = WebSocketStream<transport::Stream>;
 /// The largest message the client accepts from a server. The server is the
 /// party the client chose to trust; this only bounds a broken one.
 const MAX_SERVER_MESSAGE: usize = 16 << 20;
-/// Outbound messages queued per connection (see the server's equivalent).
-const OUTBOUND_QUEUE: usize = 64;
 /// The wait before reconnecting to a server that closed with 1001 without
 /// saying how long to wait.
 const GOING_AWAY_WAIT: Duration = Duration::from_secs(1);
@@ -143,8 +140,7 @@ impl Session {
             interval,
             timeout: interval * 3,
         };
-        let (out_tx, out_rx) = mpsc::channel(OUTBOUND_QUEUE);
-        let mux: Mux<()> = Mux::new(Side::Acceptor, true, limits, out_tx);
+        let mux: Mux<()> = Mux::new(Side::Acceptor, true, limits);
         // However this ends, even if the future is dropped mid-way (its task
         // aborted), every stream fails, so the request tasks let go of their
         // local requests instead of holding them open forever.
@@ -155,7 +151,7 @@ impl Session {
         }
         let forwarder = Arc::new(Forwarder::new(&self.config, events));
         let (sink, mut stream) = self.ws.split();
-        let writer = run_writer(sink, out_rx, mux.clone(), heartbeat);
+        let writer = run_writer(sink, mux.clone(), heartbeat);
         tokio::pin!(writer);
         // Each arm says how the session ended and whether the writer still
         // has a close frame to send.
