@@ -2,6 +2,8 @@
 //!
 //! 1. Starts the origin (`cryptun-bench origin`), `cryptun server` and
 //!    `cryptun http ORIGIN --json` as separate processes on loopback.
+//!    It holds `--idle-visitors` keep-alive connections open through the
+//!    tunnel to measure what each costs ([`crate::visitors`]).
 //! 2. For each scenario runs wrk twice, straight at the origin and through the
 //!    tunnel (`-H "Host: tunnel-….localhost:PORT"` against the server's
 //!    127.0.0.1 address), sampling every process's RSS and CPU time meanwhile.
@@ -53,6 +55,10 @@ pub struct RunArgs {
     /// Skip the load scenarios (only the idle-tunnel swarm).
     #[arg(long)]
     pub skip_load: bool,
+    /// Idle keep-alive visitor connections to hold open through the tunnel
+    /// (before the load runs) to measure what each costs; 0 skips it.
+    #[arg(long, default_value_t = crate::visitors::DEFAULT_COUNT)]
+    pub idle_visitors: usize,
     /// Skip the idle-tunnel swarm.
     #[arg(long)]
     pub skip_swarm: bool,
@@ -104,6 +110,8 @@ pub struct LoadReport {
     pub scenarios: Vec<ScenarioResult>,
     /// RSS once the tunnel is up, before any load, KiB.
     pub idle_rss_kib: Roles<u64>,
+    /// Held-open idle visitor connections and what they cost.
+    pub idle_visitors: Option<crate::visitors::IdleVisitors>,
     /// RSS two seconds after the last run, KiB.
     pub after_rss_kib: Roles<u64>,
     /// Clock ticks per second, to turn ticks into time.
@@ -231,6 +239,13 @@ fn load_phase(env: &Env, args: &RunArgs) -> Result<LoadReport> {
     };
     std::thread::sleep(Duration::from_secs(1));
     let idle_rss_kib = rss_of(pids)?;
+    let idle_visitors = match args.idle_visitors {
+        0 => None,
+        count => {
+            eprintln!("holding {count} idle visitor connections open");
+            Some(crate::visitors::measure(server_addr, &host, count, pids)?)
+        }
+    };
 
     let direct_url = |path: &str| format!("http://{origin_addr}{path}");
     let tunnel_url = |path: &str| format!("http://{server_addr}{path}");
@@ -319,6 +334,7 @@ fn load_phase(env: &Env, args: &RunArgs) -> Result<LoadReport> {
     Ok(LoadReport {
         scenarios: results,
         idle_rss_kib,
+        idle_visitors,
         after_rss_kib,
         ticks_per_sec: procs::clock_ticks_per_sec(),
     })
