@@ -9,9 +9,9 @@
 //! nobody holds it and nothing is queued ahead of it (so per-stream order is
 //! kept), and it never waits on the socket — if the socket cannot take the
 //! bytes at once, they stay buffered in the sink and the writer task, woken,
-//! finishes the flush under its stall timeout. Under load the queue is rarely
-//! empty and messages go through the writer, which batches them into one
-//! flush.
+//! finishes the flush under its stall timeout. With more than a few streams
+//! in flight every message goes through the writer, which batches whatever
+//! is queued into one flush: under load that is cheaper than a write each.
 //!
 //! The invariant that keeps order: messages leave the queue only while the
 //! sink is held, and a write-through happens only when the queue is empty.
@@ -29,6 +29,15 @@ use super::Mux;
 /// is at most one frame, so this bounds a session's outbound buffer to about
 /// 64 x 64 KiB; senders beyond that wait.
 pub(super) const OUTBOUND_QUEUE: usize = 64;
+
+/// Write-through only while at most this many streams are in flight. With
+/// more, messages come often enough that the writer's batching (one flush
+/// for many) costs less than a socket write per message: on loopback with
+/// 50 concurrent requests, writing through everything took the client from
+/// 0.2 to 0.9 socket writes per request and cost both ends about 10% more
+/// CPU per request, while saving wake-ups only pays when the session is
+/// otherwise quiet.
+const WRITE_THROUGH_MAX_STREAMS: usize = 4;
 
 /// The sink of the session's WebSocket, type-erased so that [`Mux`] does not
 /// depend on the transport under it.
@@ -79,6 +88,9 @@ impl<H: Send + 'static> Mux<H> {
     /// would cost a wake-up per inbound message: tokio-tungstenite wakes the
     /// last write waker whenever the socket becomes readable.
     fn write_through(&self, message: Message) -> Attempt {
+        if self.stream_count() > WRITE_THROUGH_MAX_STREAMS {
+            return Attempt::Busy(message);
+        }
         let mut cx = Context::from_waker(Waker::noop());
         let Ok(mut wire) = self.inner.wire.try_lock() else {
             return Attempt::Busy(message);
