@@ -3,8 +3,9 @@
 # client, for one load through the tunnel: a steadier yardstick than the
 # requests/s ratios when other work shares the machine.
 #
-#   scripts/perf-stat.sh [BIN_DIR] [CONNECTIONS] [SECONDS]
-#   scripts/perf-stat.sh target/release 1 6      # the defaults
+#   scripts/perf-stat.sh [BIN_DIR] [CONNECTIONS] [SECONDS] [PATH]
+#   scripts/perf-stat.sh target/release 1 6 /small   # the defaults
+#   scripts/perf-stat.sh target/release 10 6 /1m     # 1 MiB responses
 #
 # Starts `cryptun-bench origin`, `cryptun server` and `cryptun http` from
 # BIN_DIR (build them first: cargo build --release -p cryptun -p
@@ -18,6 +19,7 @@ set -euo pipefail
 bin=${1:-target/release}
 conns=${2:-1}
 secs=${3:-6}
+path=${4:-/small}
 threads=1
 if [ "$conns" -gt 1 ]; then threads=2; fi
 work=$(mktemp -d)
@@ -57,10 +59,10 @@ perf stat -x, -e "$events" -p "$client" -o "$work/client.stat" -- sleep "$secs" 
 stat_client=$!
 sleep 0.2
 wrk -t"$threads" -c"$conns" -d"$((secs - 1))"s --latency -H "Host: $host" \
-    "http://127.0.0.1:$port/small" >"$work/wrk.out"
+    "http://127.0.0.1:$port$path" >"$work/wrk.out"
 wait "$stat_server" "$stat_client"
 requests=$(awk '/requests in/ {print $1}' "$work/wrk.out")
-grep -E "Requests/sec|  50%|  99%" "$work/wrk.out"
+grep -E "Requests/sec|Transfer/sec|  50%|  99%|errors|Non-2xx" "$work/wrk.out"
 echo "per request over $requests requests (wrk -t$threads -c$conns):"
 for role in server client; do
     awk -F, -v n="$requests" -v role="$role" '

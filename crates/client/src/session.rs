@@ -12,7 +12,7 @@ use cryptun_proto::mux::{Heartbeat, Mux, OpenError, Side, run_writer};
 use cryptun_proto::tungstenite::Message;
 use cryptun_proto::tungstenite::protocol::CloseFrame;
 use cryptun_proto::tungstenite::protocol::frame::coding::CloseCode;
-use cryptun_proto::{Frame, Limits, PROTOCOL_VERSION, close_code};
+use cryptun_proto::{Frame, Limits, PROTOCOL_VERSION, ReadAhead, close_code};
 use futures_util::{SinkExt, StreamExt};
 use tokio_tungstenite::WebSocketStream;
 use tokio_util::sync::CancellationToken;
@@ -21,7 +21,7 @@ use tracing::{debug, warn};
 use crate::forward::{Forwarder, forward};
 use crate::{ClientConfig, ClientError, Events, transport};
 
-type Ws = WebSocketStream<transport::Stream>;
+type Ws = WebSocketStream<ReadAhead<transport::Stream>>;
 
 /// The largest message the client accepts from a server. The server is the
 /// party the client chose to trust; this only bounds a broken one.
@@ -51,9 +51,10 @@ async fn connect_inner(config: &ClientConfig) -> Result<Session, ClientError> {
         .max_frame_size(Some(MAX_SERVER_MESSAGE));
     let url = &config.control_url;
     let stream = transport::connect(url, config.ca.as_deref()).await?;
-    let (mut ws, _) = tokio_tungstenite::client_async_with_config(url, stream, Some(ws_config))
-        .await
-        .map_err(|source| handshake_error(url, source))?;
+    let (mut ws, _) =
+        tokio_tungstenite::client_async_with_config(url, ReadAhead::new(stream), Some(ws_config))
+            .await
+            .map_err(|source| handshake_error(url, source))?;
     let create = ClientMessage::CreateTunnel(CreateTunnel {
         version: Some(PROTOCOL_VERSION),
         subdomain: config.subdomain.clone(),

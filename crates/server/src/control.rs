@@ -15,7 +15,7 @@ use cryptun_proto::message::{
 use cryptun_proto::mux::{Mux, Side, run_writer};
 use cryptun_proto::tungstenite::protocol::{CloseFrame, Role, frame::coding::CloseCode};
 use cryptun_proto::tungstenite::{self, Message, handshake::derive_accept_key};
-use cryptun_proto::{Frame, FrameError, PROTOCOL_VERSION, ResponseHead, close_code};
+use cryptun_proto::{Frame, FrameError, PROTOCOL_VERSION, ReadAhead, ResponseHead, close_code};
 use futures_util::{SinkExt, StreamExt};
 use http::{HeaderValue, Request, Response, StatusCode, header};
 use hyper::body::Incoming;
@@ -35,7 +35,7 @@ use crate::{Body, Peer, State, full};
 /// (they add a random spread, so a restart is not met by a herd).
 const RECONNECT_AFTER: std::time::Duration = std::time::Duration::from_secs(1);
 
-type Ws = WebSocketStream<TokioIo<Upgraded>>;
+type Ws = WebSocketStream<ReadAhead<TokioIo<Upgraded>>>;
 
 /// Answers a WebSocket upgrade on `/ws` and starts the session behind it.
 pub(crate) fn upgrade(
@@ -76,7 +76,7 @@ pub(crate) fn upgrade(
                 Ok(upgraded) => {
                     let config = state.config.limits.websocket_config();
                     let ws = WebSocketStream::from_raw_socket(
-                        TokioIo::new(upgraded),
+                        ReadAhead::new(TokioIo::new(upgraded)),
                         Role::Server,
                         Some(config),
                     )
