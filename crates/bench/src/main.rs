@@ -21,6 +21,7 @@ mod run;
 mod sample;
 mod swarm;
 mod tunnels;
+mod visitors;
 mod wrk;
 
 use clap::{Parser, Subcommand};

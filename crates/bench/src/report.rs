@@ -4,6 +4,7 @@
 use crate::run::LoadReport;
 use crate::sample::{Measured, Roles};
 use crate::tunnels::TunnelResult;
+use crate::visitors::IdleVisitors;
 
 /// Everything one run measured.
 pub struct Report {
@@ -90,6 +91,9 @@ impl Report {
         if let Some(load) = &self.load {
             tables.push(load_table(load));
             tables.push(resource_table(load));
+            if let Some(idle) = &load.idle_visitors {
+                tables.push(visitor_table(idle));
+            }
         }
         if !self.tunnels.is_empty() {
             tables.push(tunnel_table(&self.tunnels));
@@ -227,6 +231,40 @@ fn resource_table(load: &LoadReport) -> Table {
         title: "Resources of each process during the tunnel runs".into(),
         header: vec!["".into(), "server".into(), "client".into(), "origin".into()],
         rows,
+    }
+}
+
+fn visitor_table(idle: &IdleVisitors) -> Table {
+    let (server, client, both) = idle.per_connection();
+    let kib = |bytes: f64| format!("{:.1} KiB", bytes / 1024.0);
+    Table {
+        title: "Held-open idle visitor connections (one request each, then idle)".into(),
+        header: vec![
+            "connections".into(),
+            "still open".into(),
+            "server RSS before / with".into(),
+            "client RSS before / with".into(),
+            "per connection: server".into(),
+            "client".into(),
+            "both".into(),
+        ],
+        rows: vec![vec![
+            thousands(idle.count as f64),
+            thousands(idle.open as f64),
+            format!(
+                "{} / {}",
+                mib(idle.before_kib.server),
+                mib(idle.with_kib.server)
+            ),
+            format!(
+                "{} / {}",
+                mib(idle.before_kib.client),
+                mib(idle.with_kib.client)
+            ),
+            kib(server),
+            kib(client),
+            kib(both),
+        ]],
     }
 }
 

@@ -5,6 +5,9 @@
 //! 2. For each scenario runs wrk twice, straight at the origin and through the
 //!    tunnel (`-H "Host: tunnel-….localhost:PORT"` against the server's
 //!    127.0.0.1 address), sampling every process's RSS and CPU time meanwhile.
+//!    Then, against a fresh server and client, holds `--idle-visitors`
+//!    keep-alive connections open to measure what each costs
+//!    ([`crate::visitors`]).
 //! 3. Runs the swarm ([`crate::tunnels`]) against a fresh server per count.
 //! 4. Prints a readable report and the same tables in markdown.
 //!
@@ -53,6 +56,10 @@ pub struct RunArgs {
     /// Skip the load scenarios (only the idle-tunnel swarm).
     #[arg(long)]
     pub skip_load: bool,
+    /// Idle keep-alive visitor connections to hold open through the tunnel
+    /// (before the load runs) to measure what each costs; 0 skips it.
+    #[arg(long, default_value_t = crate::visitors::DEFAULT_COUNT)]
+    pub idle_visitors: usize,
     /// Skip the idle-tunnel swarm.
     #[arg(long)]
     pub skip_swarm: bool,
@@ -104,6 +111,8 @@ pub struct LoadReport {
     pub scenarios: Vec<ScenarioResult>,
     /// RSS once the tunnel is up, before any load, KiB.
     pub idle_rss_kib: Roles<u64>,
+    /// Held-open idle visitor connections and what they cost.
+    pub idle_visitors: Option<crate::visitors::IdleVisitors>,
     /// RSS two seconds after the last run, KiB.
     pub after_rss_kib: Roles<u64>,
     /// Clock ticks per second, to turn ticks into time.
@@ -192,34 +201,7 @@ fn load_phase(env: &Env, args: &RunArgs) -> Result<LoadReport> {
     )?;
     let origin_addr: SocketAddr = origin.next_line(Duration::from_secs(10))?.trim().parse()?;
     let (mut server, server_addr) = start_server(env, &[], "server.log")?;
-    let mut client = Proc::spawn(
-        "client",
-        &env.cryptun,
-        &[
-            "http".into(),
-            origin_addr.to_string(),
-            "--server".into(),
-            format!("http://{server_addr}"),
-            "--json".into(),
-            // The tunnel itself is measured; the request inspector (a
-            // debugging aid that copies the start of every body) is not.
-            "--inspect".into(),
-            "off".into(),
-        ],
-        &env.logs.join("client.log"),
-    )?;
-    let created: serde_json::Value =
-        serde_json::from_str(&client.next_line(Duration::from_secs(15))?)?;
-    // One line per request follows; the reader thread drains them.
-    client.release_stdout();
-    let public_url = created["public_url"]
-        .as_str()
-        .context("no public_url in the client's first line")?;
-    let host = public_url
-        .strip_prefix("http://")
-        .unwrap_or(public_url)
-        .trim_end_matches('/')
-        .to_owned();
+    let (mut client, host, public_url) = start_client(env, origin_addr, server_addr, "client.log")?;
     eprintln!("origin {origin_addr}, server {server_addr}, tunnel {public_url}");
     check_paths(origin_addr, &origin_addr.to_string())?;
     check_paths(server_addr, &host)?;
@@ -316,12 +298,79 @@ fn load_phase(env: &Env, args: &RunArgs) -> Result<LoadReport> {
     }
     std::thread::sleep(Duration::from_secs(2));
     let after_rss_kib = rss_of(pids)?;
+    drop((server, client));
+    let idle_visitors = match args.idle_visitors {
+        0 => None,
+        count => Some(idle_visitors(env, origin_addr, origin.pid(), count)?),
+    };
     Ok(LoadReport {
         scenarios: results,
         idle_rss_kib,
+        idle_visitors,
         after_rss_kib,
         ticks_per_sec: procs::clock_ticks_per_sec(),
     })
+}
+
+/// Starts `cryptun http ORIGIN` against the server at `server_addr`; returns
+/// it with its tunnel's Host and public URL.
+fn start_client(
+    env: &Env,
+    origin_addr: SocketAddr,
+    server_addr: SocketAddr,
+    log: &str,
+) -> Result<(Proc, String, String)> {
+    let mut client = Proc::spawn(
+        "client",
+        &env.cryptun,
+        &[
+            "http".into(),
+            origin_addr.to_string(),
+            "--server".into(),
+            format!("http://{server_addr}"),
+            "--json".into(),
+            // The tunnel itself is measured; the request inspector (a
+            // debugging aid that copies the start of every body) is not.
+            "--inspect".into(),
+            "off".into(),
+        ],
+        &env.logs.join(log),
+    )?;
+    let created: serde_json::Value =
+        serde_json::from_str(&client.next_line(Duration::from_secs(15))?)?;
+    // One line per request follows; the reader thread drains them.
+    client.release_stdout();
+    let public_url = created["public_url"]
+        .as_str()
+        .context("no public_url in the client's first line")?
+        .to_owned();
+    let host = public_url
+        .strip_prefix("http://")
+        .unwrap_or(&public_url)
+        .trim_end_matches('/')
+        .to_owned();
+    Ok((client, host, public_url))
+}
+
+/// Idle visitor connections through a fresh server and client, so that
+/// neither the load runs' RSS nor this measurement colours the other.
+fn idle_visitors(
+    env: &Env,
+    origin_addr: SocketAddr,
+    origin_pid: u32,
+    count: usize,
+) -> Result<crate::visitors::IdleVisitors> {
+    let (server, server_addr) = start_server(env, &[], "server-visitors.log")?;
+    let (client, host, _) = start_client(env, origin_addr, server_addr, "client-visitors.log")?;
+    check_paths(server_addr, &host)?;
+    std::thread::sleep(Duration::from_secs(1));
+    let pids = Roles {
+        server: server.pid(),
+        client: client.pid(),
+        origin: origin_pid,
+    };
+    eprintln!("holding {count} idle visitor connections open");
+    crate::visitors::measure(server_addr, &host, count, pids)
 }
 
 /// Checks that `/small` and `/1m` answer in full at `addr` with Host `host`.

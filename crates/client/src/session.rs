@@ -12,9 +12,8 @@ use cryptun_proto::mux::{Heartbeat, Mux, OpenError, Side, run_writer};
 use cryptun_proto::tungstenite::protocol::CloseFrame;
 use cryptun_proto::tungstenite::protocol::frame::coding::CloseCode;
 use cryptun_proto::tungstenite::{Error as WsError, Message};
-use cryptun_proto::{Frame, Limits, PROTOCOL_VERSION, close_code};
+use cryptun_proto::{Frame, Limits, PROTOCOL_VERSION, ReadAhead, close_code};
 use futures_util::{SinkExt, StreamExt};
-use tokio::sync::mpsc;
 use tokio_tungstenite::WebSocketStream;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
@@ -22,13 +21,11 @@ use tracing::{debug, warn};
 use crate::forward::{Forwarder, forward};
 use crate::{ClientConfig, ClientError, Events, TunnelConfig, transport};
 
-type Ws = WebSocketStream<transport::Stream>;
+type Ws = WebSocketStream<ReadAhead<transport::Stream>>;
 
 /// The largest message the client accepts from a server. The server is the
 /// party the client chose to trust; this only bounds a broken one.
 const MAX_SERVER_MESSAGE: usize = 16 << 20;
-/// Outbound messages queued per connection (see the server's equivalent).
-const OUTBOUND_QUEUE: usize = 64;
 /// The wait before reconnecting to a server that closed with 1001 without
 /// saying how long to wait.
 const GOING_AWAY_WAIT: Duration = Duration::from_secs(1);
@@ -82,9 +79,10 @@ async fn connect_inner(config: &ClientConfig) -> Result<Session, ClientError> {
         .max_frame_size(Some(MAX_SERVER_MESSAGE));
     let url = &config.control_url;
     let stream = transport::connect(url, config.ca.as_deref()).await?;
-    let (mut ws, _) = tokio_tungstenite::client_async_with_config(url, stream, Some(ws_config))
-        .await
-        .map_err(|source| handshake_error(url, source))?;
+    let (mut ws, _) =
+        tokio_tungstenite::client_async_with_config(url, ReadAhead::new(stream), Some(ws_config))
+            .await
+            .map_err(|source| handshake_error(url, source))?;
     let specs: Vec<&TunnelConfig> = config.tunnels().collect();
     // All at once: the server answers each in order, so a session of many
     // tunnels costs one round trip.
@@ -190,8 +188,7 @@ impl Session {
             interval,
             timeout: interval * 3,
         };
-        let (out_tx, out_rx) = mpsc::channel(OUTBOUND_QUEUE);
-        let mux: Mux<()> = Mux::new(Side::Acceptor, true, limits, out_tx);
+        let mux: Mux<()> = Mux::new(Side::Acceptor, true, limits);
         // However this ends, even if the future is dropped mid-way (its task
         // aborted), every stream fails, so the request tasks let go of their
         // local requests instead of holding them open forever.
@@ -202,7 +199,7 @@ impl Session {
         // What came during the handshake goes first, in order.
         let early = futures_util::stream::iter(self.early.into_iter().map(Ok));
         let mut stream = early.chain(stream);
-        let writer = run_writer(sink, out_rx, mux.clone(), heartbeat);
+        let writer = run_writer(sink, mux.clone(), heartbeat);
         tokio::pin!(writer);
         // Each arm says how the session ended and whether the writer still
         // has a close frame to send.

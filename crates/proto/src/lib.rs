@@ -26,12 +26,14 @@ pub mod head;
 pub mod limits;
 pub mod message;
 pub mod mux;
+pub mod read_ahead;
 pub mod secret;
 
 pub use frame::{Frame, FrameError, FrameKind};
 pub use head::{HeadError, InlineBody, RequestHead, ResponseHead};
 pub use limits::Limits;
 pub use message::{ClientMessage, ErrorCode, PROTOCOL_VERSION, ServerMessage};
+pub use read_ahead::ReadAhead;
 pub use secret::Secret;
 pub use tokio_tungstenite::tungstenite;
 

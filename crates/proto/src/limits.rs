@@ -4,7 +4,9 @@ use std::time::Duration;
 
 use crate::message::SessionLimits;
 
-/// Bytes tungstenite reads from the socket at a time.
+/// Bytes tungstenite reads from the socket at a time. Its buffer is resident
+/// per connection, so it stays small; [`crate::ReadAhead`] under it makes the
+/// socket reads large while a body streams in.
 const READ_BUFFER: usize = 4 << 10;
 
 /// Every bound a session enforces on what a peer may make us hold.

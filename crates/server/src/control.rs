@@ -15,13 +15,12 @@ use cryptun_proto::message::{
 use cryptun_proto::mux::{Mux, Side, run_writer};
 use cryptun_proto::tungstenite::protocol::{CloseFrame, Role, frame::coding::CloseCode};
 use cryptun_proto::tungstenite::{self, Message, handshake::derive_accept_key};
-use cryptun_proto::{Frame, FrameError, PROTOCOL_VERSION, ResponseHead, close_code};
+use cryptun_proto::{Frame, FrameError, PROTOCOL_VERSION, ReadAhead, ResponseHead, close_code};
 use futures_util::{SinkExt, StreamExt};
 use http::{HeaderValue, Request, Response, StatusCode, header};
 use hyper::body::Incoming;
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
-use tokio::sync::mpsc;
 use tokio_tungstenite::WebSocketStream;
 use tracing::{Instrument, debug, info, info_span, warn};
 
@@ -32,15 +31,11 @@ use crate::metrics::HandshakeFailure as Failure;
 use crate::registry::Registration;
 use crate::{Body, Peer, State, full};
 
-/// Messages waiting for the writer (heads and body frames) per session. Each
-/// is at most one frame, so this bounds a session's outbound buffer to about
-/// 64 x 64 KiB; senders beyond that wait.
-const OUTBOUND_QUEUE: usize = 64;
 /// The wait suggested to clients in `going_away`, before they reconnect
 /// (they add a random spread, so a restart is not met by a herd).
 const RECONNECT_AFTER: std::time::Duration = std::time::Duration::from_secs(1);
 
-type Ws = WebSocketStream<TokioIo<Upgraded>>;
+type Ws = WebSocketStream<ReadAhead<TokioIo<Upgraded>>>;
 
 /// Answers a WebSocket upgrade on `/ws` and starts the session behind it.
 pub(crate) fn upgrade(
@@ -81,7 +76,7 @@ pub(crate) fn upgrade(
                 Ok(upgraded) => {
                     let config = state.config.limits.websocket_config();
                     let ws = WebSocketStream::from_raw_socket(
-                        TokioIo::new(upgraded),
+                        ReadAhead::new(TokioIo::new(upgraded)),
                         Role::Server,
                         Some(config),
                     )
@@ -158,13 +153,7 @@ async fn session(state: Arc<State>, mut ws: Ws, peer: Peer) {
             return;
         }
     };
-    let (out_tx, out_rx) = mpsc::channel(OUTBOUND_QUEUE);
-    let mux: Mux<ResponseHead> = Mux::new(
-        Side::Opener,
-        create.binary_streams,
-        state.config.limits,
-        out_tx,
-    );
+    let mux: Mux<ResponseHead> = Mux::new(Side::Opener, create.binary_streams, state.config.limits);
     // Even if this task panics, pending visitors get their 502 at once.
     let _close_streams = mux.close_on_drop();
     let mut tunnels = Vec::new();
@@ -189,7 +178,7 @@ async fn session(state: Arc<State>, mut ws: Ws, peer: Peer) {
     mux.heard();
 
     let (sink, mut stream) = ws.split();
-    let writer = run_writer(sink, out_rx, mux.clone(), state.config.heartbeat);
+    let writer = run_writer(sink, mux.clone(), state.config.heartbeat);
     tokio::pin!(writer);
     let going_away = announce_going_away(&state, &mux);
     tokio::pin!(going_away);

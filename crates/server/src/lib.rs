@@ -389,8 +389,15 @@ async fn serve_http<I>(
         transport,
         framing,
     });
-    let service =
-        service_fn(move |req| gateway::handle(Arc::clone(&state), Arc::clone(&conn), req));
+    // Boxed per request: hyper keeps the slot for a connection's service
+    // future for as long as the connection lives, sized (and, once a
+    // request has been served, resident) as the whole future — some 20 KiB
+    // for `gateway::handle`. Boxing keeps that slot at a pointer, so an
+    // idle keep-alive connection costs a few KiB, for a malloc and a free
+    // per request.
+    let service = service_fn(move |req| {
+        Box::pin(gateway::handle(Arc::clone(&state), Arc::clone(&conn), req))
+    });
     let serving = http.serve_connection_with_upgrades(TokioIo::new(io), service);
     if let Err(err) = watcher.watch(serving.into_owned()).await {
         debug!(%err, "connection ended with an error");

@@ -16,11 +16,16 @@
 //! writer drains first. Only stream tasks wait, for credit or for room in the
 //! outbound queue; so a peer that stops reading stalls its own streams and
 //! nothing else, and two peers writing to each other cannot deadlock.
+//!
+//! A stream task whose message finds the writer idle and nothing queued
+//! writes it to the socket itself (see `wire.rs`): a small exchange then
+//! costs no wake-up of the writer task on either side.
 
 mod control;
 mod pipe;
 mod recv;
 mod send;
+mod wire;
 mod writer;
 
 use std::collections::HashMap;
@@ -105,8 +110,11 @@ struct Inner<H> {
     limits: Limits,
     table: Mutex<Table<H>>,
     control: Mutex<Control>,
+    /// Wakes the writer: control messages, queued messages, or a flush
+    /// left unfinished by a write-through.
     control_ready: Notify,
     out: mpsc::Sender<Message>,
+    wire: tokio::sync::Mutex<wire::Wire>,
     started: Instant,
     last_heard_ms: AtomicU64,
     unmatched: AtomicU64,
@@ -154,9 +162,10 @@ pub struct Stream<H: Send + 'static> {
 }
 
 impl<H: Send + 'static> Mux<H> {
-    /// A mux for one session. `binary` says whether bodies travel as frames;
-    /// outbound messages from stream tasks go to `out`, which the writer drains.
-    pub fn new(side: Side, binary: bool, limits: Limits, out: mpsc::Sender<Message>) -> Self {
+    /// A mux for one session. `binary` says whether bodies travel as frames.
+    /// Nothing is written until [`run_writer`] hands it the WebSocket's sink.
+    pub fn new(side: Side, binary: bool, limits: Limits) -> Self {
+        let (out, queue) = mpsc::channel(wire::OUTBOUND_QUEUE);
         Mux {
             inner: Arc::new(Inner {
                 side,
@@ -170,6 +179,7 @@ impl<H: Send + 'static> Mux<H> {
                 control: Mutex::new(Control::default()),
                 control_ready: Notify::new(),
                 out,
+                wire: tokio::sync::Mutex::new(wire::Wire { sink: None, queue }),
                 started: Instant::now(),
                 last_heard_ms: AtomicU64::new(0),
                 unmatched: AtomicU64::new(0),
@@ -381,11 +391,6 @@ impl<H: Send + 'static> Mux<H> {
         let now = self.inner.started.elapsed().as_millis() as u64;
         let last = self.inner.last_heard_ms.load(Ordering::Relaxed);
         Duration::from_millis(now.saturating_sub(last))
-    }
-
-    /// The ordered outbound queue (heads, then their body frames).
-    pub fn outbound(&self) -> &mpsc::Sender<Message> {
-        &self.inner.out
     }
 
     fn count_unmatched(&self) {

@@ -60,8 +60,7 @@ impl<H: Send + 'static> SendHalf<H> {
     /// Sends a text message (the head) in order with this stream's frames.
     pub async fn send_text(&self, text: String) -> Result<(), StreamClosed> {
         self.mux
-            .outbound()
-            .send(Message::text(text))
+            .send_message(Message::text(text))
             .await
             .map_err(|_| StreamClosed)
     }
@@ -91,8 +90,7 @@ impl<H: Send + 'static> SendHalf<H> {
             if !piece.is_empty() || kind == FrameKind::End {
                 let frame = Frame::encode(kind, self.id, &piece);
                 self.mux
-                    .outbound()
-                    .send(Message::Binary(frame))
+                    .send_message(Message::Binary(frame))
                     .await
                     .map_err(|_| StreamClosed)?;
             }

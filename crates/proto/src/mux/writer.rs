@@ -1,6 +1,7 @@
-//! The writer: the one task that writes to a session's WebSocket.
+//! The writer: the task that owns the writing side of a session's WebSocket.
 //!
-//! It sends control messages (credit, resets, errors, pongs) first, then heads
+//! Stream tasks write through the socket themselves when it is idle
+//! (`wire.rs`); everything else goes through the writer. It sends control messages (credit, resets, errors, pongs) first, then heads
 //! and body frames in the order stream tasks queued them, batching whatever is
 //! ready into one flush. It also keeps the connection honest: it pings on an
 //! interval, gives up on a peer that has been silent too long, and gives up on
@@ -9,11 +10,11 @@
 use std::time::Duration;
 
 use futures_util::{Sink, SinkExt};
-use tokio::sync::mpsc;
 use tokio::time::{MissedTickBehavior, interval, timeout};
 use tokio_tungstenite::tungstenite::{self, Message, protocol::CloseFrame};
 
 use super::Mux;
+use super::wire::{BoxSink, Wire};
 
 /// Most messages written between two flushes: bounds the time control
 /// messages wait behind a burst of data.
@@ -43,78 +44,87 @@ pub enum WriterError {
     Silent(Duration),
 }
 
-/// Runs the writer until the outbound queue closes, a close frame is sent,
-/// or the connection fails. Returns the close frame it sent, if any.
+/// Runs the writer until a close frame is sent or the connection fails.
+/// Returns the close frame it sent, if any. From its first poll until it
+/// ends, stream tasks may also write through `sink` when it is idle.
 pub async fn run_writer<S, H>(
-    mut sink: S,
-    mut out: mpsc::Receiver<Message>,
+    sink: S,
     mux: Mux<H>,
     heartbeat: Heartbeat,
 ) -> Result<Option<CloseFrame>, WriterError>
 where
-    S: Sink<Message, Error = tungstenite::Error> + Unpin,
+    S: Sink<Message, Error = tungstenite::Error> + Send + 'static,
     H: Send + 'static,
 {
+    mux.inner.wire.lock().await.sink = Some(Box::pin(sink));
+    // However the writer ends (returns, or its future is dropped), the sink
+    // goes with it: the connection must not outlive the session.
+    let _release = Release(mux.clone());
     let mut ticker = interval(heartbeat.interval);
     ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
     ticker.tick().await;
     loop {
-        let mut pending = None;
+        let mut ping = false;
         tokio::select! {
             biased;
             () = mux.inner.control_ready.notified() => {}
-            msg = out.recv() => match msg {
-                Some(msg) => pending = Some(msg),
-                None => return Ok(None),
-            },
             _ = ticker.tick() => {
                 if mux.silence() > heartbeat.timeout {
                     return Err(WriterError::Silent(mux.silence()));
                 }
-                pending = Some(Message::Ping(Default::default()));
+                ping = true;
             }
         }
+        let mut wire = mux.inner.wire.lock().await;
+        let Wire { sink, queue } = &mut *wire;
+        let Some(sink) = sink.as_mut() else {
+            return Ok(None);
+        };
         let (control, close) = mux.take_control();
         for msg in control {
-            write(&mut sink, heartbeat.timeout, msg).await?;
+            write(sink, heartbeat.timeout, msg).await?;
         }
         if let Some(frame) = close {
-            write(
-                &mut sink,
-                heartbeat.timeout,
-                Message::Close(Some(frame.clone())),
-            )
-            .await?;
-            flush(&mut sink, heartbeat.timeout).await?;
+            write(sink, heartbeat.timeout, Message::Close(Some(frame.clone()))).await?;
+            flush(sink, heartbeat.timeout).await?;
+            wire.sink = None;
             return Ok(Some(frame));
         }
-        if let Some(msg) = pending {
-            write(&mut sink, heartbeat.timeout, msg).await?;
-            for _ in 1..BATCH {
-                match out.try_recv() {
-                    Ok(msg) => write(&mut sink, heartbeat.timeout, msg).await?,
-                    Err(_) => break,
-                }
+        if ping {
+            write(sink, heartbeat.timeout, Message::Ping(Default::default())).await?;
+        }
+        for _ in 0..BATCH {
+            match queue.try_recv() {
+                Ok(msg) => write(sink, heartbeat.timeout, msg).await?,
+                Err(_) => break,
             }
         }
-        flush(&mut sink, heartbeat.timeout).await?;
+        // Also finishes whatever a write-through left buffered.
+        flush(sink, heartbeat.timeout).await?;
+        if !queue.is_empty() {
+            // More than one batch was waiting: go round again at once.
+            mux.inner.control_ready.notify_one();
+        }
     }
 }
 
-async fn write<S>(sink: &mut S, limit: Duration, msg: Message) -> Result<(), WriterError>
-where
-    S: Sink<Message, Error = tungstenite::Error> + Unpin,
-{
+/// Takes the sink away from the mux when the writer ends.
+struct Release<H: Send + 'static>(Mux<H>);
+
+impl<H: Send + 'static> Drop for Release<H> {
+    fn drop(&mut self) {
+        self.0.drop_sink();
+    }
+}
+
+async fn write(sink: &mut BoxSink, limit: Duration, msg: Message) -> Result<(), WriterError> {
     timeout(limit, sink.feed(msg))
         .await
         .map_err(|_| WriterError::Stalled(limit))?
         .map_err(WriterError::from)
 }
 
-async fn flush<S>(sink: &mut S, limit: Duration) -> Result<(), WriterError>
-where
-    S: Sink<Message, Error = tungstenite::Error> + Unpin,
-{
+async fn flush(sink: &mut BoxSink, limit: Duration) -> Result<(), WriterError> {
     timeout(limit, sink.flush())
         .await
         .map_err(|_| WriterError::Stalled(limit))?
