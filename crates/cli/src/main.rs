@@ -320,7 +320,7 @@ fn main() -> std::process::ExitCode {
         Err(err) => match err.downcast::<clap::Error>() {
             Ok(clap) => clap.exit(),
             Err(err) => {
-                eprintln!("error: {err:#}");
+                eprintln!("error: {}", report(&err));
                 return std::process::ExitCode::from(2);
             }
         },
@@ -377,8 +377,38 @@ fn main() -> std::process::ExitCode {
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(err) => {
-            eprintln!("error: {err:#}");
+            eprintln!("error: {}", report(&err));
             std::process::ExitCode::FAILURE
         }
+    }
+}
+
+/// An error and its causes on one line, each cause once: many errors (the
+/// WebSocket library's among them) already print their source in their own
+/// message, and `{:#}` would repeat it.
+fn report(err: &anyhow::Error) -> String {
+    let mut line = err.to_string();
+    for cause in err.chain().skip(1) {
+        let cause = cause.to_string();
+        if !line.contains(&cause) {
+            line.push_str(": ");
+            line.push_str(&cause);
+        }
+    }
+    line
+}
+
+#[cfg(test)]
+mod tests {
+    use super::report;
+
+    #[test]
+    fn a_cause_already_in_the_message_is_not_repeated() {
+        let io = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused");
+        let inner = anyhow::Error::new(io).context("IO error: refused");
+        let err = inner.context("could not connect");
+        assert_eq!(report(&err), "could not connect: IO error: refused");
+        let plain = anyhow::anyhow!("no tunnel").context("starting");
+        assert_eq!(report(&plain), "starting: no tunnel");
     }
 }
