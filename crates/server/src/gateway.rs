@@ -31,8 +31,9 @@ use crate::error::{GatewayError, RateScope};
 use crate::hardening::{self, framing::Verdict};
 use crate::host::{self, Route};
 use crate::https::{self, Transport};
+use crate::listen::Conn;
 use crate::registry::{Lookup, Tunnel};
-use crate::{Body, Conn, ServiceResult, State, admin, proxy};
+use crate::{Body, ServiceResult, State, admin, proxy};
 
 /// Handles one request on `conn`.
 pub(crate) async fn handle(

@@ -5,11 +5,14 @@
 //! [`run`] takes a bound listener, a validated [`Config`] and a cancellation
 //! token, and serves until the token fires; tests hand it a listener on
 //! `127.0.0.1:0`. [`serve`] does the same for a plain listener, an HTTPS
-//! listener with its [`tls::Certs`], or both.
+//! listener with its [`tls::Certs`], or both. This file holds those two and
+//! the state every task of a server shares; the sockets are `listen`'s.
 //!
 //! # Layout
 //!
 //! - [`config`]: settings and their validation.
+//! - `listen`: the listeners ([`Listeners`]), the accept loop and its
+//!   connection limit, each connection's TLS handshake and HTTP/1.1 serving.
 //! - [`host`]: Host header parsing and routing decisions.
 //! - [`tls`]: the certificates (the operator's files, reloadable, or a
 //!   development authority) and the TLS acceptor.
@@ -41,7 +44,7 @@
 //! - [`stats`]: the dashboard's request counters, per tunnel and in all.
 //! - `dashboard`: the live page on the server's own host, and the
 //!   snapshot behind it (`/api/dashboard`).
-//! - `access`: one visitor request's metrics and access log line.
+//! - `access_log`: one visitor request's metrics and access log line.
 //!
 //! # Tasks
 //!
@@ -69,6 +72,7 @@ pub mod hardening;
 pub mod host;
 mod https;
 pub mod limits;
+mod listen;
 pub mod metrics;
 mod passthrough;
 mod proxy;
@@ -85,27 +89,20 @@ use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, combinators::BoxBody};
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::{GracefulShutdown, Watcher};
-use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
-use tokio_rustls::TlsAcceptor;
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{Instrument, debug, info, info_span, warn};
+use tracing::{info, warn};
 
 pub use admin::AdminToken;
 pub use auth::AuthMode;
 pub use config::{Config, RateLimits};
+pub use listen::{Listeners, TlsListener};
 pub use metrics::Metrics;
 pub use registry::Registry;
-pub use tls::Certs;
-
-use https::Transport;
 pub use store::Store;
+pub use tls::Certs;
 
 /// Errors as they cross crate boundaries.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -118,10 +115,6 @@ pub(crate) fn full(bytes: impl Into<Bytes>) -> Body {
         .map_err(|never| match never {})
         .boxed()
 }
-
-/// Limits on the visitor-facing HTTP/1 parser: over them, 431.
-const MAX_HEAD_BYTES: usize = 64 << 10;
-const MAX_REQUEST_HEADERS: usize = 100;
 
 /// Shared by every task of one server.
 pub(crate) struct State {
@@ -161,27 +154,6 @@ impl State {
         self.draining.is_cancelled()
     }
 }
-
-/// The sockets a server answers on.
-#[derive(Debug, Default)]
-pub struct Listeners {
-    /// Plain HTTP. With `Config::redirect_http` it only redirects to HTTPS.
-    pub http: Option<TcpListener>,
-    /// HTTPS.
-    pub https: Option<TlsListener>,
-}
-
-/// A listener for HTTPS and the certificate it presents.
-#[derive(Debug)]
-pub struct TlsListener {
-    /// Where TLS connections arrive.
-    pub listener: TcpListener,
-    /// What they are served with; reload it to change the certificate.
-    pub certs: Certs,
-}
-
-/// The HTTP/1.1 connection builder every connection shares.
-type Http = auto::Builder<TokioExecutor>;
 
 /// Serves plain HTTP on `listener` until `shutdown` fires; see [`serve`].
 pub async fn run(
@@ -266,15 +238,6 @@ pub async fn serve(
         }
     }
     let graceful = GracefulShutdown::new();
-    let slots = Arc::new(Semaphore::new(state.config.max_connections));
-    let mut http = auto::Builder::new(TokioExecutor::new());
-    http.http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(state.config.header_read_timeout)
-        .max_buf_size(MAX_HEAD_BYTES)
-        .max_headers(MAX_REQUEST_HEADERS)
-        .keep_alive(true);
-    let http = Arc::new(http.http1_only());
 
     // Shutdown begins with `draining` (the shutdown token itself): /readyz
     // answers 503 and clients are told; the server keeps accepting for
@@ -287,40 +250,8 @@ pub async fn serve(
             tokio::time::sleep(delay).await;
         }
     };
-    tokio::pin!(stop);
-    loop {
-        let (accepted, tls) = tokio::select! {
-            () = &mut stop => break,
-            accepted = accept(plain.as_ref()) => (accepted, None),
-            accepted = accept(https.as_ref()) => (accepted, acceptor.clone()),
-        };
-        let (stream, peer) = match accepted {
-            Ok(conn) => conn,
-            Err(err) => {
-                // Out of file descriptors and the like: back off briefly
-                // rather than spin; the listener itself is fine.
-                warn!(%err, "accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        let Ok(permit) = Arc::clone(&slots).try_acquire_owned() else {
-            state.metrics.refused("max_connections");
-            warn!(%peer, "connection limit reached; dropping connection");
-            continue;
-        };
-        let _ = stream.set_nodelay(true);
-        let task = connection(
-            Arc::clone(&state),
-            Arc::clone(&http),
-            graceful.watcher(),
-            (stream, peer, tls),
-            permit,
-        );
-        tokio::spawn(task.instrument(info_span!("conn", %peer)));
-    }
+    listen::accept_until(&state, plain, https, acceptor, &graceful, stop).await;
 
-    drop((plain, https));
     info!("shutting down: draining in-flight requests");
     if tokio::time::timeout(state.config.shutdown_grace, graceful.shutdown())
         .await
@@ -335,84 +266,6 @@ pub async fn serve(
     let _ = tokio::time::timeout(Duration::from_secs(2), state.tasks.wait()).await;
     info!("stopped");
     Ok(())
-}
-
-/// The next connection on `listener`, or never if there is none.
-async fn accept(listener: Option<&TcpListener>) -> io::Result<(TcpStream, SocketAddr)> {
-    match listener {
-        Some(listener) => listener.accept().await,
-        None => std::future::pending().await,
-    }
-}
-
-/// Serves one accepted connection, after its TLS handshake if it came in
-/// on the HTTPS listener; holds its connection slot until it closes.
-async fn connection(
-    state: Arc<State>,
-    http: Arc<Http>,
-    watcher: Watcher,
-    (stream, peer, tls): (TcpStream, SocketAddr, Option<TlsAcceptor>),
-    _permit: OwnedSemaphorePermit,
-) {
-    let Some(acceptor) = tls else {
-        return serve_http(state, &http, watcher, stream, peer, Transport::Plain).await;
-    };
-    let limit = state.config.tls_handshake_timeout;
-    let stream = match tokio::time::timeout(limit, acceptor.accept(stream)).await {
-        Ok(Ok(stream)) => stream,
-        Ok(Err(err)) => return debug!(%err, "TLS handshake failed"),
-        Err(_) => return debug!(?limit, "TLS handshake timed out"),
-    };
-    let sni = stream.get_ref().1.server_name().map(Arc::from);
-    serve_http(state, &http, watcher, stream, peer, Transport::Tls { sni }).await;
-}
-
-/// Serves HTTP/1.1 (with upgrades) on `io` until it closes. Every request
-/// head is scanned for ambiguous framing on the (decrypted) bytes before
-/// hyper parses it.
-async fn serve_http<I>(
-    state: Arc<State>,
-    http: &Http,
-    watcher: Watcher,
-    io: I,
-    peer: Peer,
-    transport: Transport,
-) where
-    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
-    let framing = Arc::new(hardening::framing::Verdicts::default());
-    // The scan must see every head hyper accepts whole: a little over
-    // hyper's own limit.
-    let io = hardening::framing::Guarded::new(io, Arc::clone(&framing), MAX_HEAD_BYTES + 1024);
-    let conn = Arc::new(Conn {
-        peer,
-        transport,
-        framing,
-    });
-    // Boxed per request: hyper keeps the slot for a connection's service
-    // future for as long as the connection lives, sized (and, once a
-    // request has been served, resident) as the whole future — some 20 KiB
-    // for `gateway::handle`. Boxing keeps that slot at a pointer, so an
-    // idle keep-alive connection costs a few KiB, for a malloc and a free
-    // per request.
-    let service = service_fn(move |req| {
-        Box::pin(gateway::handle(Arc::clone(&state), Arc::clone(&conn), req))
-    });
-    let serving = http.serve_connection_with_upgrades(TokioIo::new(io), service);
-    if let Err(err) = watcher.watch(serving.into_owned()).await {
-        debug!(%err, "connection ended with an error");
-    }
-}
-
-/// Who is on the other end of a connection, and how they came in.
-#[derive(Debug, Clone)]
-pub(crate) struct Conn {
-    /// The visitor's or client's address.
-    pub(crate) peer: Peer,
-    /// Plain or TLS (with its SNI).
-    pub(crate) transport: Transport,
-    /// The framing verdicts on its request heads, one per request.
-    pub(crate) framing: Arc<hardening::framing::Verdicts>,
 }
 
 /// Opens the key database unless auth is off.
