@@ -67,6 +67,16 @@ impl Origin {
         self.addr.to_string()
     }
 
+    /// A further tunnel of a session (`ClientConfig::more_tunnels`) to this
+    /// origin, named `name` and asking for the subdomain `name`.
+    pub fn tunnel(&self, name: &str) -> cryptun_client::TunnelConfig {
+        let target = cryptun_client::Target::parse(&self.target()).expect("an origin's address");
+        let mut tunnel = cryptun_client::TunnelConfig::new(target);
+        tunnel.name = Some(name.into());
+        tunnel.subdomain = Some(name.into());
+        tunnel
+    }
+
     /// Requests received so far.
     pub fn requests(&self) -> usize {
         self.stats.requests.load(Ordering::SeqCst)

@@ -12,7 +12,7 @@
 
 #![allow(clippy::unwrap_used)]
 
-use cryptun_client::{InspectorLimits, Target, TunnelConfig};
+use cryptun_client::InspectorLimits;
 use cryptun_testkit::{Browser, Origin, TestClient, TestInspector, TestServer, Visitor, within};
 
 /// A header value that would run script if the page used innerHTML.
@@ -166,10 +166,7 @@ async fn with_two_tunnels_rows_name_their_tunnel_and_replay_goes_to_its_origin()
     let attach = inspector.attach();
     let client = TestClient::start_with(&server, &web_origin.target(), |c| {
         c.tunnel.name = Some("web".into());
-        let mut api = TunnelConfig::new(Target::parse(&api_origin.target()).unwrap());
-        api.name = Some("api".into());
-        api.subdomain = Some("api".into());
-        c.more_tunnels.push(api);
+        c.more_tunnels.push(api_origin.tunnel("api"));
         attach(c);
     })
     .await

@@ -7,19 +7,12 @@
 
 #![allow(clippy::unwrap_used)]
 
-use cryptun_client::{InspectorLimits, Target, TunnelConfig};
+use cryptun_client::{InspectorLimits, Target};
 use cryptun_server::Config;
 use cryptun_testkit::{Origin, TestClient, TestInspector, TestServer, Visitor, within};
 use serde_json::Value;
 
 /// The tunnel named `api`, asking for the subdomain `api`, to `origin`.
-fn api(origin: &Origin) -> TunnelConfig {
-    let mut tunnel = TunnelConfig::new(Target::parse(&origin.target()).unwrap());
-    tunnel.name = Some("api".into());
-    tunnel.subdomain = Some("api".into());
-    tunnel
-}
-
 /// How the inspector writes `origin`'s target.
 fn target_of(origin: &Origin) -> String {
     Target::parse(&origin.target()).unwrap().to_string()
@@ -44,7 +37,7 @@ async fn each_exchange_names_its_tunnel_and_replays_to_its_origin() {
     let attach = inspector.attach();
     let client = TestClient::start_with(&server, &web_origin.target(), |c| {
         c.tunnel.name = Some("web".into());
-        c.more_tunnels.push(api(&api_origin));
+        c.more_tunnels.push(api_origin.tunnel("api"));
         attach(c);
     })
     .await
@@ -125,7 +118,7 @@ async fn after_a_reconnect_the_status_shows_the_new_public_urls() {
     let inspector = TestInspector::start(InspectorLimits::default()).await;
     let attach = inspector.attach();
     let client = TestClient::start_reconnecting(&server, &web_origin.target(), |c| {
-        c.more_tunnels.push(api(&api_origin));
+        c.more_tunnels.push(api_origin.tunnel("api"));
         attach(c);
     })
     .await

@@ -5,18 +5,10 @@
 
 #![allow(clippy::unwrap_used)]
 
-use cryptun_client::{ClientError, Event, Target, TunnelConfig};
+use cryptun_client::{ClientError, Event};
 use cryptun_proto::ErrorCode;
 use cryptun_testkit::raw::{WAIT, eventually};
 use cryptun_testkit::{Origin, TestClient, TestServer, Visitor};
-
-/// A second tunnel, named `second`, asking for the subdomain `second`.
-fn second(origin: &Origin) -> TunnelConfig {
-    let mut tunnel = TunnelConfig::new(Target::parse(&origin.target()).unwrap());
-    tunnel.name = Some("second".into());
-    tunnel.subdomain = Some("second".into());
-    tunnel
-}
 
 fn served_by(client: &TestClient, path: &str) -> Option<String> {
     client.events.lock().unwrap().iter().find_map(|e| match e {
@@ -33,7 +25,7 @@ async fn each_tunnel_of_a_connection_reaches_its_own_origin() {
     let (one, two) = (Origin::start().await, Origin::start().await);
     let client = TestClient::start_with(&server, &one.target(), |c| {
         c.tunnel.name = Some("first".into());
-        c.more_tunnels.push(second(&two));
+        c.more_tunnels.push(two.tunnel("second"));
     })
     .await
     .unwrap();
@@ -62,7 +54,7 @@ async fn a_restarted_server_gets_every_tunnel_back() {
     let addr = server.addr;
     let (one, two) = (Origin::start().await, Origin::start().await);
     let client = TestClient::start_reconnecting(&server, &one.target(), |c| {
-        c.more_tunnels.push(second(&two));
+        c.more_tunnels.push(two.tunnel("second"));
     })
     .await
     .unwrap();
@@ -115,7 +107,7 @@ async fn a_refused_tunnel_fails_the_connection_and_is_named() {
     .await
     .unwrap();
     let refused = TestClient::start_with(&server, &origin.target(), |c| {
-        c.more_tunnels.push(second(&origin));
+        c.more_tunnels.push(origin.tunnel("second"));
     })
     .await;
     let Err(ClientError::Refused { code, message }) = refused else {
