@@ -6,7 +6,7 @@
 //!   probe it; the tunnel count only for admins.
 //! - `GET /dashboard` (and its script and style): the live dashboard page
 //!   for anyone, since it holds no data; what it shows comes from
-//!   `GET /api/dashboard` (see [`dashboard`](crate::dashboard)).
+//!   `GET /api/dashboard` (see the `dashboard` module).
 //! - `GET /api/tunnels`, `GET /api/limits`, `GET /api/dashboard` and
 //!   anything else under `/api/`: admins only.
 //!

@@ -1,6 +1,6 @@
 //! Request counters for the dashboard: one [`Stats`] per live tunnel and
 //! one for the whole server, moved by every visitor request
-//! ([`access_log`](crate::access_log)) and read by `/api/dashboard`.
+//! (`access_log`) and read by `/api/dashboard`.
 //!
 //! Unlike [`metrics`](crate::metrics), which keeps no per-tunnel series so
 //! that peers cannot grow it, these live inside a tunnel's handle and go
@@ -171,7 +171,7 @@ pub struct StatusCounts {
     pub gateway_timeout: u64,
 }
 
-/// Events per second for the last [`BUCKETS`] seconds. Each bucket packs
+/// Events per second for the last `BUCKETS` seconds. Each bucket packs
 /// the second it counts (high 32 bits) with its count (low 32 bits) in one
 /// atomic, so moving a bucket on to a new second and counting in it cannot
 /// race: a stale bucket is ignored when read and restarted when written.

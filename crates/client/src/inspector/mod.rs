@@ -8,7 +8,7 @@
 //! served it and that tunnel's local service, and a replay goes there.
 //!
 //! Capture never holds up a stream: bodies are teed as their chunks pass
-//! ([`capture`]), keeping at most [`InspectorLimits::max_body`] bytes of
+//! (`capture`), keeping at most [`InspectorLimits::max_body`] bytes of
 //! each, and only the last [`InspectorLimits::capacity`] exchanges are kept.
 //! The worst case is therefore `capacity × 2 × max_body` bytes (25 MiB with
 //! the defaults), whatever the traffic.
