@@ -1,9 +1,10 @@
 //! The writer: the task that owns the writing side of a session's WebSocket.
 //!
 //! Stream tasks write through the socket themselves when it is idle
-//! (`wire.rs`); everything else goes through the writer. It sends control messages (credit, resets, errors, pongs) first, then heads
-//! and body frames in the order stream tasks queued them, batching whatever is
-//! ready into one flush. It also keeps the connection honest: it pings on an
+//! (`wire.rs`); everything else goes through the writer. It sends control
+//! messages (credit, resets, errors, pongs) first, then heads and body frames
+//! in the order stream tasks queued them, batching whatever is ready into one
+//! flush. It also keeps the connection honest: it pings on an
 //! interval, gives up on a peer that has been silent too long, and gives up on
 //! a write that cannot make progress (a peer that stopped reading).
 
@@ -129,4 +130,62 @@ async fn flush(sink: &mut BoxSink, limit: Duration) -> Result<(), WriterError> {
         .await
         .map_err(|_| WriterError::Stalled(limit))?
         .map_err(WriterError::from)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Limits;
+    use crate::mux::Side;
+    use tokio::net::{TcpListener, TcpStream};
+    use tokio_tungstenite::WebSocketStream;
+    use tokio_tungstenite::tungstenite::protocol::Role;
+
+    /// Our end of a real loopback WebSocket, and the peer's raw socket.
+    async fn pair() -> (WebSocketStream<TcpStream>, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let peer = TcpStream::connect(listener.local_addr().expect("addr"))
+            .await
+            .expect("connect");
+        let (ours, _) = listener.accept().await.expect("accept");
+        let ws = WebSocketStream::from_raw_socket(ours, Role::Server, None).await;
+        (ws, peer)
+    }
+
+    /// A peer that keeps talking (so it is never "silent") but stopped
+    /// reading: once the socket's buffers are full, the writer gives up
+    /// after the heartbeat timeout instead of blocking forever.
+    #[tokio::test]
+    async fn a_peer_that_stops_reading_stalls_the_writer_out() {
+        let (ws, _peer_never_reads) = pair().await;
+        let (sink, _stream) = futures_util::StreamExt::split(ws);
+        let mux: Mux<()> = Mux::new(Side::Acceptor, true, Limits::default());
+        let limit = Duration::from_millis(300);
+        let heartbeat = Heartbeat {
+            interval: Duration::from_millis(50),
+            timeout: limit,
+        };
+        let writer = tokio::spawn(run_writer(sink, mux.clone(), heartbeat));
+        let big = "x".repeat(64 << 10);
+        let ended = timeout(Duration::from_secs(20), async {
+            loop {
+                if writer.is_finished() {
+                    break;
+                }
+                // The peer is heard from all along: only the write can stall.
+                mux.heard();
+                for _ in 0..4 {
+                    mux.queue_text(big.clone());
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await;
+        assert!(ended.is_ok(), "the writer kept blocking on a full socket");
+        let result = writer.await.expect("the writer task");
+        assert!(
+            matches!(result, Err(WriterError::Stalled(d)) if d == limit),
+            "{result:?}"
+        );
+    }
 }
