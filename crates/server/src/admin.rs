@@ -28,7 +28,7 @@
 //! before any of this.
 //!
 //! Every request here is counted by route (a fixed set, see
-//! [`route_label`]) and status class, so an operator sees probes, scrapes,
+//! `route_label`) and status class, so an operator sees probes, scrapes,
 //! client connections and refused admin calls apart.
 
 use std::fmt;
