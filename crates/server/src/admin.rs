@@ -26,6 +26,10 @@
 //!
 //! Paths with dot segments or encoded separators are refused with 400
 //! before any of this.
+//!
+//! Every request here is counted by route (a fixed set, see
+//! `route_label`) and status class, so an operator sees probes, scrapes,
+//! client connections and refused admin calls apart.
 
 use std::fmt;
 use std::net::IpAddr;
@@ -141,8 +145,44 @@ fn bearer(value: &HeaderValue) -> Option<&[u8]> {
         .then(|| token.trim_ascii())
 }
 
-/// Serves a request for the server's own host.
+/// Serves a request for the server's own host, and counts it in
+/// `cryptun_own_route_requests_total` by route and status class.
 pub(crate) fn own_route(
+    state: &Arc<State>,
+    peer: Peer,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, GatewayError> {
+    let route = route_label(req.uri().path());
+    let answer = serve(state, peer, req);
+    let status = match &answer {
+        Ok(resp) => resp.status(),
+        Err(err) => err.status(),
+    };
+    state.metrics.own_route(route, status.as_u16());
+    answer
+}
+
+/// The metrics label of an own route: one of a fixed set, whatever the
+/// path (a mistyped or hostile one is `other`, or the family it starts
+/// like: `/api/nope` is `api`).
+pub(crate) fn route_label(path: &str) -> &'static str {
+    let under = |prefix: &str| {
+        path.strip_prefix(prefix)
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+    };
+    match path {
+        "/ws" => "ws",
+        "/healthz" => "healthz",
+        "/readyz" => "readyz",
+        "/metrics" => "metrics",
+        _ if under("/api") => "api",
+        _ if under("/dashboard") => "dashboard",
+        _ => "other",
+    }
+}
+
+/// Answers a request for the server's own host.
+fn serve(
     state: &Arc<State>,
     peer: Peer,
     req: Request<Incoming>,
@@ -265,6 +305,22 @@ fn json_bytes(body: Vec<u8>) -> Response<Body> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn route_labels_are_a_fixed_set() {
+        for (path, label) in [
+            ("/ws", "ws"),
+            ("/ws/x", "other"),
+            ("/healthz", "healthz"),
+            ("/api", "api"),
+            ("/api/tunnels", "api"),
+            ("/apiary", "other"),
+            ("/dashboard/app.js", "dashboard"),
+            ("/", "other"),
+        ] {
+            assert_eq!(route_label(path), label, "{path}");
+        }
+    }
 
     #[test]
     fn tokens_are_checked_and_hidden() {

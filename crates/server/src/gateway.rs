@@ -13,6 +13,12 @@
 //!    the tunnel exists (404; 503 while its client reconnects), its IP
 //!    lists (403), its credentials (401), its request rate (429), then its body limits while forwarding (413, 408).
 //!
+//! Each refusal of steps 1 to 3 (and the 308) counts in
+//! `cryptun_refused_requests_total`; hyper's own refusals of a head it
+//! cannot parse are counted in `listen`. A request for the server's own
+//! routes counts in `cryptun_own_route_requests_total` (see `admin`), one
+//! for a tunnel in `cryptun_requests_total` (see `access_log`).
+//!
 //! The per-address rate counts every request for a tunnel host, unknown
 //! names included, so scanning for tunnels is throttled like using them. The
 //! server's own routes are not counted: `/healthz` is for probes and the
@@ -32,6 +38,7 @@ use crate::hardening::{self, framing::Verdict};
 use crate::host::{self, Route};
 use crate::https::{self, Transport};
 use crate::listen::Conn;
+use crate::metrics::Refused;
 use crate::registry::{Lookup, Tunnel};
 use crate::{Body, ServiceResult, State, admin, proxy};
 
@@ -69,15 +76,24 @@ async fn dispatch(
     verdict: Verdict,
     req: Request<Incoming>,
 ) -> Result<Response<Body>, GatewayError> {
+    // What is answered here, before routing, is counted by reason: it is
+    // neither a tunnel's request nor one of the server's own.
+    let refused = |reason| state.metrics.refused_request(reason);
     if let Verdict::Refuse(why) = verdict {
+        refused(Refused::BadFraming);
         return Err(GatewayError::BadFraming(why));
     }
-    hardening::check_uri(req.uri(), state.config.max_uri_length)?;
-    let name = host::name(&req)?;
+    hardening::check_uri(req.uri(), state.config.max_uri_length)
+        .inspect_err(|_| refused(Refused::UriTooLong))?;
+    let name = host::name(&req).inspect_err(|_| refused(Refused::BadHost))?;
     let route = host::route_name(&name, &state.config.domain);
     match (&conn.transport, state.redirect_to) {
-        (Transport::Plain, Some(port)) => return Ok(https::redirect(&name, port, req.uri())),
-        (Transport::Tls { sni }, _) => https::check_sni(sni.as_deref(), &name, &route)?,
+        (Transport::Plain, Some(port)) => {
+            refused(Refused::Redirect);
+            return Ok(https::redirect(&name, port, req.uri()));
+        }
+        (Transport::Tls { sni }, _) => https::check_sni(sni.as_deref(), &name, &route)
+            .inspect_err(|_| refused(Refused::Misdirected))?,
         (Transport::Plain, None) => {}
     }
     let label = match route {

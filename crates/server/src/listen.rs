@@ -2,7 +2,8 @@
 //! plain and HTTPS listeners with its connection limit, each HTTPS
 //! connection's TLS handshake (bounded by `tls_handshake_timeout`), and the
 //! HTTP/1.1 serving of every connection, with each request head scanned for
-//! ambiguous framing below hyper.
+//! ambiguous framing below hyper. A head hyper refuses itself is counted
+//! here, as the gateway never sees it.
 
 use std::future::Future;
 use std::io;
@@ -21,6 +22,7 @@ use tokio_rustls::TlsAcceptor;
 use tracing::{Instrument, debug, info_span, warn};
 
 use crate::https::Transport;
+use crate::metrics::Refused;
 use crate::{Certs, Peer, State, gateway, hardening};
 
 /// Limits on the visitor-facing HTTP/1 parser: over them, 431.
@@ -160,12 +162,35 @@ async fn serve_http<I>(
     // for `gateway::handle`. Boxing keeps that slot at a pointer, so an
     // idle keep-alive connection costs a few KiB, for a malloc and a free
     // per request.
+    let metrics = state.metrics.clone();
     let service = service_fn(move |req| {
         Box::pin(gateway::handle(Arc::clone(&state), Arc::clone(&conn), req))
     });
     let serving = http.serve_connection_with_upgrades(TokioIo::new(io), service);
     if let Err(err) = watcher.watch(serving.into_owned()).await {
+        if let Some(reason) = err
+            .downcast_ref::<hyper::Error>()
+            .and_then(refused_by_hyper)
+        {
+            metrics.refused_request(reason);
+        }
         debug!(%err, "connection ended with an error");
+    }
+}
+
+/// The refusal behind a connection's error, if hyper refused a request head
+/// itself (it has then answered 400, 414 or 431 and closed) before the
+/// gateway saw it. A header read timeout is not one: hyper cannot tell a
+/// slow head from an idle keep-alive connection.
+fn refused_by_hyper(err: &hyper::Error) -> Option<Refused> {
+    if err.is_parse_too_large() {
+        // 431, or 414 for a URI over hyper's own cap (64 KiB, more than a
+        // head may hold anyway).
+        Some(Refused::HeadersTooLarge)
+    } else if err.is_parse() {
+        Some(Refused::Malformed)
+    } else {
+        None
     }
 }
 

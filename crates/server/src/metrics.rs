@@ -55,6 +55,63 @@ pub struct HandshakeReason {
     pub reason: String,
 }
 
+/// Labels of `cryptun_own_route_requests_total`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct OwnRoute {
+    /// `ws`, `healthz`, `readyz`, `metrics`, `api`, `dashboard` or `other`
+    /// (see `admin::route_label`).
+    pub route: &'static str,
+    /// `1xx` .. `5xx` of the answer.
+    pub class: &'static str,
+}
+
+/// Why a request was answered before it was routed to a tunnel or to the
+/// server's own routes: the `reason` of `cryptun_refused_requests_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refused {
+    /// A head hyper could not parse (400: a CR or NUL in a header, a
+    /// folded line, a bad request line ...), or HTTP/2 on the HTTP/1 port.
+    Malformed,
+    /// A head over hyper's size or header-count limit (431).
+    HeadersTooLarge,
+    /// Ambiguous framing, as `hardening::framing` judges it (400).
+    BadFraming,
+    /// A request target over `max_uri_length` (414).
+    UriTooLong,
+    /// A missing, repeated or malformed Host (400).
+    BadHost,
+    /// Sent to HTTPS from the plain listener (308).
+    Redirect,
+    /// A Host other than the TLS connection's SNI (421).
+    Misdirected,
+}
+
+impl Refused {
+    /// Every reason, in the order of [`Metrics::refused_requests`].
+    pub const ALL: [Refused; 7] = [
+        Refused::Malformed,
+        Refused::HeadersTooLarge,
+        Refused::BadFraming,
+        Refused::UriTooLong,
+        Refused::BadHost,
+        Refused::Redirect,
+        Refused::Misdirected,
+    ];
+
+    /// The label value; the gateway's error code where there is one.
+    pub fn label(self) -> &'static str {
+        match self {
+            Refused::Malformed => "malformed",
+            Refused::HeadersTooLarge => "headers_too_large",
+            Refused::BadFraming => "bad_framing",
+            Refused::UriTooLong => "uri_too_long",
+            Refused::BadHost => "bad_host",
+            Refused::Redirect => "redirect",
+            Refused::Misdirected => "misdirected",
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct Direction {
     direction: &'static str,
@@ -81,6 +138,12 @@ pub struct Metrics {
     pub handshake_failures: Family<HandshakeReason, Counter>,
     /// Things refused because a limit was reached; see [`Metrics::refused`].
     pub refusals: Family<Reason, Counter>,
+    /// Requests answered before routing, one counter per [`Refused`] (in
+    /// [`Refused::ALL`]'s order), created up front so that each reads 0
+    /// until it happens and counting is one atomic addition.
+    pub refused_requests: [Counter; Refused::ALL.len()],
+    /// Requests to the server's own routes, by route and status class.
+    pub own_routes: Family<OwnRoute, Counter>,
 }
 
 impl Metrics {
@@ -91,6 +154,11 @@ impl Metrics {
         // must be gone before the next series is created.
         let bytes_in = bytes.get_or_create(&Direction { direction: "in" }).clone();
         let bytes_out = bytes.get_or_create(&Direction { direction: "out" }).clone();
+        let refused = Family::<Reason, Counter>::default();
+        let refused_requests = Refused::ALL.map(|r| {
+            let reason = r.label();
+            refused.get_or_create(&Reason { reason }).clone()
+        });
         let metrics = Metrics {
             tunnels: Gauge::default(),
             sessions: Gauge::default(),
@@ -101,6 +169,8 @@ impl Metrics {
             bytes_out,
             handshake_failures: Family::default(),
             refusals: Family::default(),
+            refused_requests,
+            own_routes: Family::default(),
         };
         let r = registry.sub_registry_with_prefix("cryptun");
         r.register("tunnels", "Live tunnels", metrics.tunnels.clone());
@@ -139,6 +209,17 @@ impl Metrics {
             "Connections, requests or tunnels refused because a limit was reached",
             metrics.refusals.clone(),
         );
+        r.register(
+            "refused_requests",
+            "Requests answered before routing: bad framing or head, bad Host, \
+             redirected to HTTPS, misdirected",
+            refused,
+        );
+        r.register(
+            "own_route_requests",
+            "Requests to the server's own routes, by route and status class",
+            metrics.own_routes.clone(),
+        );
         metrics
     }
 
@@ -147,6 +228,24 @@ impl Metrics {
     /// never anything a peer sent.
     pub fn refused(&self, reason: &'static str) {
         self.refusals.get_or_create(&Reason { reason }).inc();
+    }
+
+    /// Counts a request answered before routing.
+    pub fn refused_request(&self, reason: Refused) {
+        // `ALL` lists the variants in order (a unit test checks), so this
+        // always finds one; a variant left out of it is not counted rather
+        // than panicking on a visitor's request.
+        if let Some(counter) = self.refused_requests.get(reason as usize) {
+            counter.inc();
+        }
+    }
+
+    /// Counts a request to the server's own `route` answered with `status`.
+    pub fn own_route(&self, route: &'static str, status: u16) {
+        let class = class_of(status);
+        self.own_routes
+            .get_or_create(&OwnRoute { route, class })
+            .inc();
     }
 
     /// Counts a failed handshake.
@@ -261,6 +360,8 @@ mod tests {
             Duration::from_millis(30),
         );
         m.bytes_in.inc_by(10);
+        m.refused_request(Refused::Misdirected);
+        m.own_route("healthz", 200);
         let text = encode(&registry);
         for line in [
             "# TYPE cryptun_tunnels gauge",
@@ -273,10 +374,25 @@ mod tests {
             "cryptun_body_bytes_total{direction=\"out\"} 0",
             "cryptun_handshake_failures_total{reason=\"subdomain_taken\"} 1",
             "cryptun_refusals_total{reason=\"max_streams\"} 1",
+            "cryptun_refused_requests_total{reason=\"misdirected\"} 1",
+            "cryptun_refused_requests_total{reason=\"bad_host\"} 0",
+            "cryptun_own_route_requests_total{route=\"healthz\",class=\"2xx\"} 1",
         ] {
             assert!(text.lines().any(|l| l == line), "{line:?} missing:\n{text}");
         }
         assert!(text.ends_with("# EOF\n"));
+    }
+
+    #[test]
+    fn each_refusal_reason_has_its_own_counter() {
+        let m = Metrics::register(&mut Registry::default());
+        for (i, reason) in Refused::ALL.into_iter().enumerate() {
+            for _ in 0..=i {
+                m.refused_request(reason);
+            }
+        }
+        let counts: Vec<u64> = m.refused_requests.iter().map(Counter::get).collect();
+        assert_eq!(counts, [1, 2, 3, 4, 5, 6, 7]);
     }
 
     #[test]

@@ -1,6 +1,8 @@
 //! What operators see: `/metrics` counting requests by outcome, bytes,
-//! durations, sessions, handshake failures and refusals, without a series
-//! per tunnel; `/healthz` and `/readyz`, before and after shutdown begins.
+//! durations, sessions, handshake failures and refusals, requests refused
+//! before routing (by reason) and requests to the server's own routes,
+//! without a series per tunnel or per bad Host; `/healthz` and `/readyz`,
+//! before and after shutdown begins.
 
 #![allow(clippy::unwrap_used)]
 
@@ -8,12 +10,27 @@ use std::time::Duration;
 
 use cryptun_client::ClientError;
 use cryptun_testkit::raw::{WAIT, eventually};
-use cryptun_testkit::visitor::sample;
+use cryptun_testkit::visitor::{raw_exchange, sample, status_of};
 use cryptun_testkit::{Origin, RawWs, Reply, TestClient, TestServer, Visitor, within};
 use serde_json::json;
 
 fn requests(class: &str, reason: &str) -> String {
     format!("cryptun_requests_total{{class=\"{class}\",reason=\"{reason}\"}}")
+}
+
+fn refused(reason: &str) -> String {
+    format!("cryptun_refused_requests_total{{reason=\"{reason}\"}}")
+}
+
+fn own(route: &str, class: &str) -> String {
+    format!("cryptun_own_route_requests_total{{route=\"{route}\",class=\"{class}\"}}")
+}
+
+/// Sends raw `request` bytes on a new connection and returns the status
+/// of the answer (the server closes after each of these).
+async fn raw_status(server: &TestServer, request: &str) -> u16 {
+    let reply = raw_exchange(server.addr, request.as_bytes(), WAIT).await;
+    status_of(&reply)
 }
 
 /// Waits until every `(series, value)` holds in `/metrics`: the server
@@ -110,10 +127,118 @@ async fn metrics_count_requests_by_outcome_with_bytes_and_durations() {
 }
 
 #[tokio::test]
+async fn requests_refused_before_routing_are_counted_by_reason() {
+    let server = TestServer::start().await;
+    let origin = Origin::start().await;
+    let client = TestClient::start(&server, &origin.target()).await;
+    let h = &client.host;
+    let get = |headers: &str| format!("GET /echo HTTP/1.1\r\n{headers}Connection: close\r\n\r\n");
+    // Each reason a different number of times, so that no two can be
+    // mistaken for each other.
+    let smuggle = format!(
+        "POST /echo HTTP/1.1\r\nHost: {h}\r\nContent-Length: 5\r\n\
+         Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"
+    );
+    let many_headers: String = (0..101).map(|i| format!("X-H{i}: v\r\n")).collect();
+    let huge_header = format!("X-Big: {}\r\n", "b".repeat(70_000));
+    let long_target = format!("/echo?{}", "q".repeat(server.config.max_uri_length));
+    let cases: Vec<(String, u16)> = vec![
+        (smuggle, 400),
+        (get(&format!("Host: {h}\r\nX-Evil: a\0b\r\n")), 400),
+        (get(&format!("Host: {h}\r\nX-Evil : a\r\n")), 400),
+        (get(&format!("Host: {h}\r\n{many_headers}")), 431),
+        (get(&format!("Host: {h}\r\n{many_headers}")), 431),
+        (get(&format!("Host: {h}\r\n{huge_header}")), 431),
+        (
+            format!("GET {long_target} HTTP/1.1\r\nHost: {h}\r\nConnection: close\r\n\r\n"),
+            414,
+        ),
+        (get(""), 400),
+        (get("Host: no..such..host\r\n"), 400),
+        (get(&format!("Host: {h}\r\nHost: {h}\r\n")), 400),
+    ];
+    for (request, status) in &cases {
+        let got = raw_status(&server, request).await;
+        assert_eq!(got, *status, "{}", &request[..request.len().min(120)]);
+    }
+
+    // The server's own routes, each under its own label.
+    let visitor = Visitor::new(server.addr);
+    let own_host = server.own_host();
+    for (path, status) in [
+        ("/healthz", 200),
+        ("/healthz", 200),
+        ("/readyz", 200),
+        ("/dashboard", 200),
+        ("/ws", 400),
+        ("/nothing-here", 404),
+        ("/api/nothing-here", 404),
+    ] {
+        assert_eq!(visitor.get(&own_host, path).await.status, status, "{path}");
+    }
+    // Loopback, but under a name a rebinding page could send: refused.
+    let rebound = visitor.get("rebind.example", "/api/tunnels").await;
+    assert_eq!(rebound.status, 403, "{}", rebound.text());
+
+    expect_metrics(
+        &visitor,
+        &[
+            (refused("bad_framing"), 1.0),
+            (refused("malformed"), 2.0),
+            (refused("headers_too_large"), 3.0),
+            (refused("uri_too_long"), 1.0),
+            (refused("bad_host"), 3.0),
+            (refused("redirect"), 0.0),
+            (refused("misdirected"), 0.0),
+            (own("healthz", "2xx"), 2.0),
+            (own("readyz", "2xx"), 1.0),
+            (own("dashboard", "2xx"), 1.0),
+            (own("ws", "4xx"), 1.0),
+            (own("other", "4xx"), 1.0),
+            (own("api", "4xx"), 2.0),
+        ],
+    )
+    .await;
+    let text = visitor.metrics().await;
+    assert!(sample(&text, &own("metrics", "2xx")) >= 1.0, "{text}");
+    // None of them reached the app, nor counts as a tunnel's request.
+    assert_eq!(origin.requests(), 0);
+    assert!(!text.contains("cryptun_requests_total{"), "{text}");
+}
+
+#[tokio::test]
+async fn redirects_and_misdirected_requests_are_counted() {
+    let config = cryptun_server::Config {
+        redirect_http: true,
+        ..TestServer::test_config()
+    };
+    let server = TestServer::start_tls(config).await;
+    for host in ["tunnel-x.localhost", "localhost"] {
+        let request = format!("GET / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+        assert_eq!(raw_status(&server, &request).await, 308);
+    }
+    let https = server.tls.as_ref().unwrap().visitor();
+    for sni in [Some("other.localhost"), Some("tunnel-x.localhost"), None] {
+        let reply = within("get", https.get(sni, "tunnel-y.localhost", "/")).await;
+        assert_eq!(reply.status, 421, "{sni:?}: {}", reply.text());
+    }
+    // The plain listener only redirects: read the page over HTTPS.
+    let reply = within("metrics", https.get(None, "127.0.0.1", "/metrics")).await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    let text = reply.text();
+    assert_eq!(sample(&text, &refused("redirect")), 2.0, "{text}");
+    assert_eq!(sample(&text, &refused("misdirected")), 3.0, "{text}");
+    assert_eq!(sample(&text, &refused("bad_host")), 0.0, "{text}");
+}
+
+#[tokio::test]
 async fn no_series_grows_with_what_visitors_ask_for() {
     let server = TestServer::start().await;
     let visitor = Visitor::new(server.addr);
     visitor.get(&server.host_of("ghost-0"), "/").await;
+    // Scraping counts itself: the first scrape's own series appears on the
+    // second.
+    visitor.metrics().await;
     let series = |text: &str| text.lines().filter(|l| !l.starts_with('#')).count();
     let before = series(&visitor.metrics().await);
     for i in 1..40 {
@@ -125,13 +250,36 @@ async fn no_series_grows_with_what_visitors_ask_for() {
             .await;
         assert_eq!(reply.status, 404);
     }
-    visitor.get("no..such..host", "/").await;
     let text = visitor.metrics().await;
-    // A malformed Host is refused before routing, like bad framing: it is
-    // not a tunnel request, and adds no series either.
     assert_eq!(series(&text), before, "no new series:\n{text}");
     assert!(!text.contains("ghost"), "{text}");
     assert_eq!(sample(&text, &requests("4xx", "tunnel_not_found")), 40.0);
+}
+
+#[tokio::test]
+async fn forty_bad_hosts_add_no_series() {
+    let server = TestServer::start().await;
+    let visitor = Visitor::new(server.addr);
+    let bad = |host: &str| format!("GET / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+    assert_eq!(raw_status(&server, &bad("first..bad")).await, 400);
+    // Scraping counts itself: the first scrape's own series appears on the
+    // second.
+    visitor.metrics().await;
+    let series = |text: &str| text.lines().filter(|l| !l.starts_with('#')).count();
+    let before = series(&visitor.metrics().await);
+    for i in 0..40 {
+        let host = match i % 4 {
+            0 => format!("bad-{i}..localhost"),
+            1 => format!("bad_{i} space.localhost"),
+            2 => format!("bad-{i}.localhost:{}", 70_000 + i),
+            _ => format!("[::{i}x]"),
+        };
+        assert_eq!(raw_status(&server, &bad(&host)).await, 400, "{host}");
+    }
+    let text = visitor.metrics().await;
+    assert_eq!(series(&text), before, "no new series:\n{text}");
+    assert!(!text.contains("bad-"), "{text}");
+    assert_eq!(sample(&text, &refused("bad_host")), 41.0, "{text}");
 }
 
 #[tokio::test]

@@ -12,6 +12,11 @@
 //!   in `chunked`, `Transfer-Encoding` on HTTP/1.0: 400;
 //! - no complete head within `header_read_timeout`: the connection closes.
 //!
+//! Every refusal here and in [`framing`] is counted in
+//! `cryptun_refused_requests_total` (by `gateway`, or by `listen` for what
+//! hyper refuses), except the header timeout, which hyper reports alike for
+//! an idle keep-alive connection.
+//!
 //! Tunnel traffic is never normalised: a path goes to the local app byte for
 //! byte, dot segments and encoded slashes included; only the server's own
 //! routes refuse them.
