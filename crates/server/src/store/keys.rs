@@ -221,7 +221,10 @@ mod tests {
             store.revoke_key(&key.info.id),
             Err(StoreError::Revoked(_))
         ));
-        assert_eq!(store.revoked_ids().unwrap(), std::slice::from_ref(&key.info.id));
+        assert_eq!(
+            store.revoked_ids().unwrap(),
+            std::slice::from_ref(&key.info.id)
+        );
         assert!(matches!(
             store.revoke_key("nosuchid"),
             Err(StoreError::NoSuchKey(_))
