@@ -42,6 +42,7 @@ pub async fn server(args: ServerArgs) -> Result<()> {
         auth,
         data_dir,
         reconnect_grace: args.reconnect_grace,
+        revocation_poll: args.revocation_poll,
         header_read_timeout: args.header_read_timeout,
         body_read_timeout: args.body_read_timeout,
         max_uri_length: args.max_uri_length,

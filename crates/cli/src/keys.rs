@@ -53,7 +53,9 @@ fn run(dir: &std::path::Path, command: KeysCommand) -> Result<()> {
         KeysCommand::List { json } => list(&store.list_keys()?, json),
         KeysCommand::Revoke { id } => {
             store.revoke_key(&id)?;
-            println!("Revoked key {id}: it opens no new tunnel.");
+            println!(
+                "Revoked key {id}: it opens no new tunnel, and a running server closes its live ones within seconds."
+            );
         }
         KeysCommand::Reserve { key_id, name } => {
             let reserved = store.reserve(&key_id, &name)?;

@@ -149,6 +149,10 @@ struct ServerArgs {
     /// How long a disconnected tunnel's name is kept for its client to reconnect (visitors get 503).
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     reconnect_grace: Duration,
+    /// How often the key database is checked for revoked keys: a revoked key's live tunnels close
+    /// within this interval.
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    revocation_poll: Duration,
     /// How long a visitor has to send a request head (also how long a kept-alive connection may idle).
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     header_read_timeout: Duration,
@@ -253,7 +257,7 @@ enum KeysCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Revoke a key: it opens no new tunnel (live ones run on until they disconnect).
+    /// Revoke a key: it opens no new tunnel, and a running server closes its live ones within seconds (5 s by default).
     Revoke {
         /// The key's id (see `keys list`).
         id: String,

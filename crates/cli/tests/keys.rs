@@ -220,3 +220,60 @@ fn on_loopback_with_domain_localhost_auth_is_off_and_no_database_is_made() {
     );
     assert!(!data.path.exists());
 }
+
+#[tokio::test]
+async fn keys_revoke_closes_the_live_tunnels_of_a_running_server() {
+    let data = TempDir::new();
+    let env = [("CRYPTUN_DATA_DIR", data.path.as_path())];
+    let created = stdout(&run(
+        cryptun(&["keys", "create", "--name", "leaked", "--json"], &env),
+        "",
+    ));
+    let created: serde_json::Value = serde_json::from_str(&created).unwrap();
+    let (id, token) = (
+        created["id"].as_str().unwrap(),
+        created["token"].as_str().unwrap(),
+    );
+    let args = [
+        "server",
+        "--listen",
+        "127.0.0.1:0",
+        "--auth",
+        "required",
+        "--revocation-poll",
+        "200ms",
+    ];
+    let server = Proc::start(cryptun(&args, &env));
+    let addr = listening_addr(&server.log_until("key database"));
+    let server_url = format!("http://{addr}");
+    let mut http = cryptun(&["http", "--hello", "--json", "--server", &server_url], &[]);
+    http.env("CRYPTUN_TOKEN", token);
+    let mut client = Proc::start(http);
+    let first: serde_json::Value = serde_json::from_str(&client.line()).unwrap();
+    let host = first["public_url"]
+        .as_str()
+        .unwrap()
+        .strip_prefix("http://")
+        .unwrap()
+        .to_owned();
+    let visitor = Visitor::new(addr);
+    assert_eq!(visitor.get(&host, "/").await.status, 200);
+
+    let revoked = stdout(&run(cryptun(&["keys", "revoke", id], &env), ""));
+    assert!(revoked.contains("closes its live ones"), "{revoked}");
+
+    // The client stops by itself, with the reason, and does not reconnect.
+    let status = client.wait_exit(std::time::Duration::from_secs(10));
+    assert!(!status.success());
+    let logs = client.finish();
+    assert!(logs.iter().any(|l| l.contains("was revoked")), "{logs:#?}");
+    assert!(!logs.iter().any(|l| l.contains("reconnect")), "{logs:#?}");
+    let tunnels = visitor.tunnels().await;
+    assert!(tunnels.is_empty(), "{tunnels:?}");
+    assert_eq!(visitor.get(&host, "/").await.status, 404);
+    let server_logs = server.finish();
+    assert!(
+        server_logs.iter().any(|l| l.contains("key revoked")),
+        "{server_logs:#?}"
+    );
+}

@@ -226,6 +226,13 @@ pub enum ClientError {
         /// The `--server` value that would work.
         suggest: String,
     },
+    /// The server ended the session because the API key it was opened with
+    /// was revoked (`key_revoked`). Final: the key will not work again.
+    #[error("the server closed the session: {message}")]
+    KeyRevoked {
+        /// The server's explanation.
+        message: String,
+    },
     /// The server closed the connection because it is shutting down or
     /// restarting.
     #[error("the server is going away (shutting down or restarting)")]
@@ -237,13 +244,15 @@ pub enum ClientError {
 
 impl ClientError {
     /// Whether trying again cannot help: the server refused the tunnel or
-    /// the client (an HTTP 4xx on the upgrade), the address is not a
-    /// WebSocket URL, or the server speaks another protocol. Lost
+    /// the client (an HTTP 4xx on the upgrade), revoked the client's key,
+    /// the address is not a WebSocket URL, or the server speaks another
+    /// protocol. Lost
     /// connections, timeouts and servers going away are not final.
     pub fn is_final(&self) -> bool {
         use cryptun_proto::tungstenite::Error;
         match self {
             ClientError::Refused { .. }
+            | ClientError::KeyRevoked { .. }
             | ClientError::Protocol(_)
             | ClientError::Untrusted { .. }
             | ClientError::Ca { .. }

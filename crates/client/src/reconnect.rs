@@ -248,6 +248,11 @@ mod tests {
             early,
             p
         ));
+        let revoked = ClientError::KeyRevoked {
+            message: "revoked".into(),
+        };
+        assert!(revoked.is_final());
+        assert!(!worth_retrying(&revoked, early, p));
         let lost = ClientError::Disconnected("reset".into());
         assert!(worth_retrying(&lost, late, p));
         assert!(worth_retrying(&ClientError::Timeout(early), late, p));

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use cryptun_proto::message::{
-    self, ClientMessage, CreateTunnel, ServerMessage, TunnelCreated, decode, encode,
+    self, ClientMessage, CreateTunnel, ErrorCode, ServerMessage, TunnelCreated, decode, encode,
 };
 use cryptun_proto::mux::{Heartbeat, Mux, OpenError, Side, run_writer};
 use cryptun_proto::tungstenite::protocol::CloseFrame;
@@ -268,6 +268,12 @@ async fn read_loop(
                         }
                     },
                     Ok(ServerMessage::Cancel { request_id }) => mux.cancel_from_peer(request_id),
+                    Ok(ServerMessage::Error(err)) if err.code == ErrorCode::KeyRevoked => {
+                        // The server closes the session next (1008).
+                        return ClientError::KeyRevoked {
+                            message: err.message,
+                        };
+                    }
                     Ok(ServerMessage::Error(err)) => {
                         warn!(code = ?err.code, message = %err.message, "server reported an error")
                     }

@@ -237,6 +237,10 @@ pub enum ErrorCode {
     InvalidCidr,
     /// `basic_auth` has an empty or invalid user name or password.
     InvalidBasicAuth,
+    /// The API key this session authenticated with was revoked while it
+    /// was connected: the session is closed (1008) and its tunnels are gone.
+    /// Final: reconnecting with the same key is refused.
+    KeyRevoked,
 }
 
 impl ServerMessage {

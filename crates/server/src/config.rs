@@ -51,6 +51,11 @@ pub struct Config {
     /// Where the database of keys and reserved names lives. Needed unless
     /// `auth` is off (and not opened when it is).
     pub data_dir: Option<PathBuf>,
+    /// How often the server checks the database for revoked keys, to close
+    /// the live sessions opened with them: a revocation takes effect on
+    /// live tunnels within this interval. Each check reads only SQLite's
+    /// change counter unless something changed.
+    pub revocation_poll: Duration,
     /// How long a disconnected tunnel's name is held for its owner to
     /// reconnect (visitors get 503 meanwhile). Zero frees it at once.
     pub reconnect_grace: Duration,
@@ -130,6 +135,9 @@ impl Default for Config {
             redirect_http: false,
             auth: AuthMode::Off,
             data_dir: None,
+            // Seconds matter to an operator cutting off a leaked key; a
+            // check that reads no disk costs nothing at this rate.
+            revocation_poll: Duration::from_secs(5),
             // Long enough for a client to notice a dropped connection and
             // dial again (its own heartbeat takes up to 30 s to notice a
             // silent one), short enough that a name abandoned for good is
@@ -213,6 +221,7 @@ impl Config {
             ("header read timeout", self.header_read_timeout),
             ("body read timeout", self.body_read_timeout),
             ("rate limit sweep interval", self.rate_limits.sweep_interval),
+            ("revocation poll interval", self.revocation_poll),
         ] {
             if d.is_zero() {
                 return Err(ConfigError(format!("the {name} must be more than zero")));

@@ -34,8 +34,9 @@
 //!   session that owns one client connection and its tunnels.
 //! - `admit`: who may open which tunnel: name rules, reserved names, the
 //!   reconnect grace, and the registration itself.
-//! - [`auth`]: auth modes, checking API keys at the handshake, and the
-//!   backoff for failed handshakes.
+//! - [`auth`]: auth modes, checking API keys at the handshake, the
+//!   backoff for failed handshakes, and the watcher that cuts the sessions
+//!   of revoked keys.
 //! - [`store`]: the SQLite database of keys and reserved names.
 //! - [`registry`]: live tunnels by subdomain, and names held for
 //!   reconnection.
@@ -133,6 +134,8 @@ pub(crate) struct State {
     pub(crate) store: Option<Store>,
     /// Failed handshakes by address.
     pub(crate) backoff: auth::Backoff,
+    /// Live sessions by API key, cut when their key is revoked.
+    pub(crate) key_sessions: Arc<auth::KeySessions>,
     /// The per-address request rate, if one is set.
     pub(crate) ip_limiter: Option<limits::IpLimiter>,
     /// The metric families, and the registry `/metrics` encodes.
@@ -212,6 +215,7 @@ pub async fn serve(
         tasks: TaskTracker::new(),
         store,
         backoff: auth::Backoff::new(config.auth_backoff),
+        key_sessions: Arc::default(),
         ip_limiter: config.rate_limits.per_ip.map(|rate| {
             let limits = &config.rate_limits;
             limits::IpLimiter::new(rate, limits.max_tracked_ips, limits.sweep_interval)
@@ -236,6 +240,9 @@ pub async fn serve(
         None => {
             info!(auth = %state.config.auth, "no API keys: any client may open tunnels, reserved names are not enforced")
         }
+    }
+    if let Some(store) = &state.store {
+        auth::spawn_watcher(&state, store.clone(), state.sessions_stop.clone());
     }
     let graceful = GracefulShutdown::new();
 

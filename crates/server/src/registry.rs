@@ -215,7 +215,14 @@ impl Registry {
         Ok(Registration {
             registry: Arc::clone(self),
             tunnel,
+            hold: true,
         })
+    }
+
+    /// Ends every reconnection hold of key `id` (its key was revoked, so
+    /// nobody can take the names back); returns how many.
+    pub fn release_key(&self, id: &str) -> usize {
+        self.write().holds.release_owner(&Owner::Key(id.to_owned()))
     }
 
     /// Names held for reconnection now.
@@ -258,12 +265,21 @@ impl Registry {
 pub struct Registration {
     registry: Arc<Registry>,
     tunnel: Arc<Tunnel>,
+    /// Whether the name is held for reconnection when the tunnel leaves.
+    hold: bool,
 }
 
 impl Registration {
     /// The registered tunnel.
     pub fn tunnel(&self) -> &Arc<Tunnel> {
         &self.tunnel
+    }
+
+    /// Removes the tunnel and frees its name at once, without holding it
+    /// for reconnection (its key was revoked: there is no one to hold it
+    /// for). Visitors get 404 from now on.
+    pub fn remove_without_hold(mut self) {
+        self.hold = false;
     }
 }
 
@@ -280,7 +296,7 @@ impl Drop for Registration {
             return;
         }
         inner.tunnels.remove(name);
-        if !registry.grace.is_zero() {
+        if self.hold && !registry.grace.is_zero() {
             let now = Instant::now();
             let owner = self.tunnel.owner.clone();
             inner

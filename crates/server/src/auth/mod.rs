@@ -1,11 +1,13 @@
 //! Who a client is: the auth mode, checking the API key of a new
-//! connection at its first `create_tunnel`, and the backoff that turns away
-//! addresses that keep failing.
+//! connection at its first `create_tunnel`, the backoff that turns away
+//! addresses that keep failing, and (`revocation`) cutting the live
+//! sessions of a key revoked while they run.
 //!
-//! Everything here happens before the session holds any tunnel state: a
-//! refused connection gets an `error` and a close (1008), nothing more.
+//! Admission happens before the session holds any tunnel state: a refused
+//! connection gets an `error` and a close (1008), nothing more.
 
 mod backoff;
+mod revocation;
 
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
@@ -15,6 +17,7 @@ use cryptun_proto::{Secret, close_code};
 use tracing::{info, warn};
 
 pub use backoff::{Backoff, BackoffConfig};
+pub(crate) use revocation::{KeySessions, spawn_watcher};
 
 use crate::State;
 use crate::store::{Store, StoreError};

@@ -5,10 +5,16 @@
 //! sends everything queued for the client. When either stops, the session's
 //! tunnels leave the registry and every request still pending on them fails
 //! at once (the visitors get 502).
+//!
+//! A session opened with an API key also ends when that key is revoked
+//! (`auth::revocation` notices): `error` `key_revoked`, close 1008, and its
+//! names are freed at once instead of held for a reconnection.
 
 use std::sync::Arc;
 
-use cryptun_proto::message::{self, ClientMessage, CreateTunnel, ServerMessage, decode, encode};
+use cryptun_proto::message::{
+    self, ClientMessage, CreateTunnel, ErrorCode, ServerMessage, decode, encode,
+};
 use cryptun_proto::mux::{Mux, Side, run_writer};
 use cryptun_proto::tungstenite::Message;
 use cryptun_proto::tungstenite::protocol::CloseFrame;
@@ -59,6 +65,17 @@ pub(super) async fn run(
         }
     };
     mux.heard();
+    let key_session = match &identity {
+        Identity::Key { id, .. } => Some(state.key_sessions.register(id)),
+        Identity::Anonymous => None,
+    };
+    let revoked = async {
+        match &key_session {
+            Some(session) => session.revoked().await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::pin!(revoked);
 
     let (sink, mut stream) = ws.split();
     let writer = run_writer(sink, mux.clone(), state.config.heartbeat);
@@ -81,6 +98,10 @@ pub(super) async fn run(
             mux.queue_close(close_frame(close_code::GOING_AWAY, "server shutting down"));
             ("server shutting down".to_owned(), true)
         }
+        () = &mut revoked => {
+            cut_off(&mux, &identity, &mut tunnels);
+            ("API key revoked".to_owned(), true)
+        }
     };
     // The tunnels go first, so new visitors see 404 rather than a dying
     // tunnel; then everything in flight fails at once.
@@ -90,6 +111,27 @@ pub(super) async fn run(
     if closing {
         let _ = tokio::time::timeout(std::time::Duration::from_secs(1), writer).await;
     }
+}
+
+/// Ends a session whose key was revoked: its tunnels leave the registry
+/// with their names freed, not held (404 from now on), and the client is
+/// told why before the close.
+fn cut_off(mux: &Mux<ResponseHead>, identity: &Identity, tunnels: &mut Vec<Registration>) {
+    for registration in tunnels.drain(..) {
+        registration.remove_without_hold();
+    }
+    let id = match identity {
+        Identity::Key { id, .. } => id.as_str(),
+        Identity::Anonymous => "",
+    };
+    let message =
+        format!("the API key {id} was revoked by the server's operator; its tunnels are closed");
+    mux.queue_text(encode(&ServerMessage::error(
+        ErrorCode::KeyRevoked,
+        message,
+        None,
+    )));
+    mux.queue_close(close_frame(close_code::POLICY, "API key revoked"));
 }
 
 /// When shutdown begins, tells the client the server is going away; the

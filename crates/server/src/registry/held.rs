@@ -141,6 +141,14 @@ impl Holds {
         }
     }
 
+    /// Ends every hold whose owner is `owner`; returns how many.
+    pub(super) fn release_owner(&mut self, owner: &Owner) -> usize {
+        let before = self.map.len();
+        self.map.retain(|_, held| held.owner != *owner);
+        // Their queue entries stay; `pop_front` skips names no longer held.
+        before - self.map.len()
+    }
+
     /// Names held now (for tests and metrics).
     pub(super) fn len(&self) -> usize {
         self.map.len()

@@ -131,7 +131,9 @@ impl Store {
         Ok(keys)
     }
 
-    /// Revokes key `id`: from now on its token opens no tunnel. Its
+    /// Revokes key `id`: from now on its token opens no tunnel, and a
+    /// running server closes the sessions opened with it within its
+    /// `revocation_poll` interval. Its
     /// reserved names stay reserved (claimable by nobody) until
     /// unreserved, so revoking a leaked key does not hand its names to the
     /// first comer.
@@ -142,6 +144,7 @@ impl Store {
             params![id, now_unix()],
         )?;
         if changed == 1 {
+            self.revoked_locally();
             return Ok(());
         }
         let exists: Option<i64> = conn
@@ -151,6 +154,17 @@ impl Store {
             Some(_) => Err(StoreError::Revoked(id.to_owned())),
             None => Err(StoreError::NoSuchKey(id.to_owned())),
         }
+    }
+
+    /// The ids of every revoked key. Revocation is an operator's act, so
+    /// the list stays short; the server keeps it to cut live sessions.
+    pub fn revoked_ids(&self) -> Result<Vec<String>, StoreError> {
+        let conn = self.conn();
+        let ids = conn
+            .prepare("SELECT id FROM keys WHERE revoked_at IS NOT NULL")?
+            .query_map([], |row| row.get(0))?
+            .collect::<Result<_, _>>()?;
+        Ok(ids)
     }
 
     /// The id of the live key whose token this is, or `None` (malformed,
@@ -207,6 +221,10 @@ mod tests {
             store.revoke_key(&key.info.id),
             Err(StoreError::Revoked(_))
         ));
+        assert_eq!(
+            store.revoked_ids().unwrap(),
+            std::slice::from_ref(&key.info.id)
+        );
         assert!(matches!(
             store.revoke_key("nosuchid"),
             Err(StoreError::NoSuchKey(_))

@@ -11,9 +11,10 @@
 //! the token), never the token; its id, name and dates; and which key owns
 //! which reserved name. See `docs/SECURITY.md`.
 //!
-//! rusqlite is blocking. The server touches the store only at handshake
-//! time (one indexed lookup to check a key, one to check a reserved name)
-//! and does so through `tokio::task::spawn_blocking`, so a slow disk never
+//! rusqlite is blocking. The server touches the store at handshake time
+//! (one indexed lookup to check a key, one to check a reserved name) and
+//! every few seconds to notice revocations ([`Store::revision`], then the
+//! revoked ids when it moved), and does so through `tokio::task::spawn_blocking`, so a slow disk never
 //! stalls the runtime; the `cryptun keys` commands call it directly. Both
 //! may run at once against the same file: the database is in WAL mode with
 //! a busy timeout, so a writer (the CLI) and a reader (the server) do not
@@ -29,6 +30,7 @@ pub mod keys;
 pub mod names;
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -117,6 +119,9 @@ pub enum StoreError {
 pub struct Store {
     conn: Arc<Mutex<Connection>>,
     path: PathBuf,
+    /// Revocations made through this handle (its own connection's writes
+    /// do not move `PRAGMA data_version`); see [`Store::revision`].
+    local_revocations: Arc<AtomicU64>,
 }
 
 impl std::fmt::Debug for Store {
@@ -145,12 +150,28 @@ impl Store {
         Ok(Store {
             conn: Arc::new(Mutex::new(conn)),
             path,
+            local_revocations: Arc::default(),
         })
     }
 
     /// The database file.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// A number that changes whenever the database may have changed since
+    /// the last call: `PRAGMA data_version` (moved by every commit of
+    /// another connection, such as `cryptun keys revoke` in another
+    /// process) together with the revocations made through this handle.
+    /// Costs no disk read, so it can be polled every few seconds.
+    pub fn revision(&self) -> Result<(i64, u64), StoreError> {
+        let conn = self.conn();
+        let version: i64 = conn.pragma_query_value(None, "data_version", |row| row.get(0))?;
+        Ok((version, self.local_revocations.load(Ordering::Acquire)))
+    }
+
+    pub(crate) fn revoked_locally(&self) {
+        self.local_revocations.fetch_add(1, Ordering::AcqRel);
     }
 
     pub(crate) fn conn(&self) -> MutexGuard<'_, Connection> {
@@ -280,6 +301,29 @@ pub(crate) mod tests {
             assert_eq!(mode & 0o777, 0o600, "{}: {mode:o}", path.display());
         }
         assert!(dir.0.join("cryptun.db-wal").exists());
+    }
+
+    #[test]
+    fn the_revision_moves_with_revocations_from_any_connection() {
+        let dir = TempDir::new();
+        let server = Store::open(&dir.0).unwrap();
+        let cli = Store::open(&dir.0).unwrap();
+        let a = cli.create_key("a").unwrap().info.id;
+        let b = cli.create_key("b").unwrap().info.id;
+        let first = server.revision().unwrap();
+        assert_eq!(server.revision().unwrap(), first, "nothing changed");
+        // Another connection (the CLI in its own process).
+        cli.revoke_key(&a).unwrap();
+        let second = server.revision().unwrap();
+        assert_ne!(second, first);
+        // This handle's own connection.
+        server.revoke_key(&b).unwrap();
+        assert_ne!(server.revision().unwrap(), second);
+        let mut revoked = server.revoked_ids().unwrap();
+        revoked.sort();
+        let mut both = vec![a, b];
+        both.sort();
+        assert_eq!(revoked, both);
     }
 
     #[test]
