@@ -6,6 +6,7 @@
 mod commands;
 mod config;
 mod keys;
+mod lines;
 mod output;
 mod parse;
 mod start;
@@ -378,6 +379,9 @@ fn main() -> std::process::ExitCode {
             Command::Completions { .. } => Ok(()),
         }
     });
+    // Request lines still queued for stdout go out first (unless stdout is
+    // stuck: then they are lost, as they would be anyway).
+    lines::flush(Duration::from_secs(2));
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(err) => {

@@ -3,10 +3,9 @@
 //! on stdout, and what the connection is doing (lost, reconnecting, back)
 //! on stderr, and also on stdout as JSON lines with `--json`.
 
-use std::io::Write as _;
-
 use cryptun_client::{Event, Events, TunnelCreated};
 
+use crate::lines;
 use crate::status::{self, Header, Live, Tunnel};
 
 /// A tunnel as shown: its name in the config file (`cryptun start`), the
@@ -115,9 +114,9 @@ pub fn finish(view: Option<Live>, error: Option<&impl std::fmt::Display>) {
 /// Prints the tunnel's announcement.
 fn tunnel_created(tunnel: &TunnelCreated, target: &str, json: bool) {
     if json {
-        println_flush(&tunnel_line("tunnel_created", tunnel));
+        lines::print(&tunnel_line("tunnel_created", tunnel));
     } else {
-        println_flush(&format!("Forwarding  {} -> {target}", tunnel.public_url));
+        lines::print(&format!("Forwarding  {} -> {target}", tunnel.public_url));
     }
 }
 
@@ -128,10 +127,10 @@ fn named_tunnel_created(name: &str, tunnel: &TunnelCreated, target: &str, json: 
         let mut line = tunnel_json("tunnel_created", tunnel);
         line["name"] = name.into();
         line["target"] = target.into();
-        println_flush(&line.to_string());
+        lines::print(&line.to_string());
     } else {
         let url = &tunnel.public_url;
-        println_flush(&format!("Forwarding  {name:<12} {url} -> {target}"));
+        lines::print(&format!("Forwarding  {name:<12} {url} -> {target}"));
     }
 }
 
@@ -139,9 +138,9 @@ fn named_tunnel_created(name: &str, tunnel: &TunnelCreated, target: &str, json: 
 fn inspector(url: &str, json: bool) {
     if json {
         let line = serde_json::json!({ "type": "inspector", "url": url });
-        println_flush(&line.to_string());
+        lines::print(&line.to_string());
     } else {
-        println_flush(&format!("Inspector   {url}"));
+        lines::print(&format!("Inspector   {url}"));
     }
 }
 
@@ -194,7 +193,7 @@ pub fn events_named(json: bool, json_logs: bool, named: bool) -> Events {
                     line
                 }
             };
-            println_flush(&line);
+            lines::print(&line);
         }
         Event::Disconnected {
             error,
@@ -217,7 +216,7 @@ pub fn events_named(json: bool, json_logs: bool, named: bool) -> Events {
                     "retry_in_ms": retry_in.as_millis() as u64,
                     "attempt": attempt,
                 });
-                println_flush(&line.to_string());
+                lines::print(&line.to_string());
             }
         }
         Event::Reconnected { tunnel } => {
@@ -227,7 +226,7 @@ pub fn events_named(json: bool, json_logs: bool, named: bool) -> Events {
                 eprintln!("reconnected: {}", tunnel.public_url);
             }
             if json {
-                println_flush(&tunnel_line("reconnected", &tunnel));
+                lines::print(&tunnel_line("reconnected", &tunnel));
             }
         }
     })
@@ -246,11 +245,4 @@ fn tunnel_json(kind: &str, tunnel: &TunnelCreated) -> serde_json::Value {
         "subdomain": tunnel.subdomain,
         "public_url": tunnel.public_url,
     })
-}
-
-fn println_flush(line: &str) {
-    let mut out = std::io::stdout().lock();
-    // A closed stdout (piped into `head`) must not kill the tunnel.
-    let _ = writeln!(out, "{line}");
-    let _ = out.flush();
 }

@@ -85,6 +85,50 @@ async fn http_hello_json_prints_tunnel_created_then_request_lines() {
     assert!(logged["duration_ms"].as_f64().unwrap() >= 0.0);
 }
 
+/// A stdout nobody reads (a paused pager, a stuck pipe) does not hold up
+/// the tunnel: request lines queue up to a bound, then are dropped.
+#[tokio::test]
+async fn a_stdout_nobody_reads_does_not_stall_the_tunnel() {
+    use std::io::BufRead as _;
+    let (_server, addr) = server();
+    let mut client = Command::new(env!("CARGO_BIN_EXE_cryptun"))
+        .args([
+            "http",
+            "--hello",
+            "--json",
+            "--server",
+            &format!("http://{addr}"),
+        ])
+        .env("CRYPTUN_INSPECT", "off")
+        .env("XDG_CONFIG_HOME", "/nonexistent/cryptun-tests")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Only the first line is read; after it, nobody reads the pipe.
+    let mut stdout = std::io::BufReader::new(client.stdout.take().unwrap());
+    let mut first = String::new();
+    stdout.read_line(&mut first).unwrap();
+    let first: serde_json::Value = serde_json::from_str(&first).unwrap();
+    let host = host_of(first["public_url"].as_str().unwrap()).to_owned();
+    // Each request line is ~150 bytes: 2,000 of them are several times
+    // what a pipe holds (64 KiB on Linux).
+    let visitor = Visitor::new(addr);
+    let served = tokio::time::timeout(std::time::Duration::from_secs(60), async {
+        for i in 0..2000 {
+            let reply = visitor.get(&host, &format!("/request/{i}")).await;
+            assert_eq!(reply.status, 200, "request {i}");
+        }
+    })
+    .await;
+    client.kill().unwrap();
+    assert!(
+        served.is_ok(),
+        "the tunnel stalled behind its unread stdout"
+    );
+    client.wait().unwrap();
+}
+
 #[tokio::test]
 async fn http_prints_the_url_plainly_and_refuses_a_taken_name() {
     let (_server, addr) = server();
