@@ -20,8 +20,10 @@ const MAX_PENDING: usize = 1 << 20;
 /// The lines not written yet, shared with the writing thread.
 struct Pending {
     state: Mutex<State>,
-    /// Wakes the writer (lines arrived) and [`flush`] (the writer is idle).
-    changed: Condvar,
+    /// Wakes the writer: lines arrived in an empty buffer.
+    arrived: Condvar,
+    /// Wakes [`flush`]: the writer finished a batch.
+    written: Condvar,
 }
 
 #[derive(Default)]
@@ -51,7 +53,7 @@ pub fn flush(limit: Duration) {
         let Some(left) = deadline.checked_duration_since(Instant::now()) else {
             return;
         };
-        state = match pending.changed.wait_timeout(state, left) {
+        state = match pending.written.wait_timeout(state, left) {
             Ok((state, _)) => state,
             Err(poisoned) => poisoned.into_inner().0,
         };
@@ -74,7 +76,8 @@ impl Pending {
     fn new() -> Self {
         Pending {
             state: Mutex::new(State::default()),
-            changed: Condvar::new(),
+            arrived: Condvar::new(),
+            written: Condvar::new(),
         }
     }
 
@@ -85,10 +88,15 @@ impl Pending {
             state.dropped += 1;
             return;
         }
+        // Only an empty buffer has the writer waiting; otherwise it takes
+        // this line with the batch it is about to write (no wake-up per line).
+        let was_empty = state.buf.is_empty();
         state.buf.extend_from_slice(line.as_bytes());
         state.buf.push(b'\n');
         drop(state);
-        self.changed.notify_all();
+        if was_empty {
+            self.arrived.notify_one();
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -102,9 +110,9 @@ fn write_out(pending: &'static Pending) {
     loop {
         let mut state = pending.lock();
         state.writing = false;
-        pending.changed.notify_all();
+        pending.written.notify_all();
         while state.buf.is_empty() {
-            state = match pending.changed.wait(state) {
+            state = match pending.arrived.wait(state) {
                 Ok(state) => state,
                 Err(poisoned) => poisoned.into_inner(),
             };
