@@ -127,8 +127,14 @@ async fn connection(
     let limit = state.config.tls_handshake_timeout;
     let stream = match tokio::time::timeout(limit, acceptor.accept(stream)).await {
         Ok(Ok(stream)) => stream,
-        Ok(Err(err)) => return debug!(%err, "TLS handshake failed"),
-        Err(_) => return debug!(?limit, "TLS handshake timed out"),
+        Ok(Err(err)) => {
+            state.metrics.tls_handshake_failed("error");
+            return debug!(%err, "TLS handshake failed");
+        }
+        Err(_) => {
+            state.metrics.tls_handshake_failed("timeout");
+            return debug!(?limit, "TLS handshake timed out");
+        }
     };
     let sni = stream.get_ref().1.server_name().map(Arc::from);
     serve_http(state, &http, watcher, stream, peer, Transport::Tls { sni }).await;

@@ -144,6 +144,10 @@ pub struct Metrics {
     pub refused_requests: [Counter; Refused::ALL.len()],
     /// Requests to the server's own routes, by route and status class.
     pub own_routes: Family<OwnRoute, Counter>,
+    /// HTTPS connections whose TLS handshake failed (`error`: a bad or
+    /// refused hello, a closed connection) or did not finish in time
+    /// (`timeout`).
+    pub tls_handshake_failures: Family<Reason, Counter>,
 }
 
 impl Metrics {
@@ -169,6 +173,7 @@ impl Metrics {
             bytes_out,
             handshake_failures: Family::default(),
             refusals: Family::default(),
+            tls_handshake_failures: Family::default(),
             refused_requests,
             own_routes: Family::default(),
         };
@@ -220,6 +225,15 @@ impl Metrics {
             "Requests to the server's own routes, by route and status class",
             metrics.own_routes.clone(),
         );
+        // Both series from the start, at 0, for `rate()`; one statement
+        // each (see above).
+        metrics.tls_handshake_failed_by("error");
+        metrics.tls_handshake_failed_by("timeout");
+        r.register(
+            "tls_handshake_failures",
+            "HTTPS connections whose TLS handshake failed (error) or took too long (timeout)",
+            metrics.tls_handshake_failures.clone(),
+        );
         metrics
     }
 
@@ -228,6 +242,18 @@ impl Metrics {
     /// never anything a peer sent.
     pub fn refused(&self, reason: &'static str) {
         self.refusals.get_or_create(&Reason { reason }).inc();
+    }
+
+    /// Counts an HTTPS connection whose TLS handshake failed: `reason` is
+    /// `error` or `timeout`.
+    pub fn tls_handshake_failed(&self, reason: &'static str) {
+        self.tls_handshake_failed_by(reason).inc();
+    }
+
+    fn tls_handshake_failed_by(&self, reason: &'static str) -> Counter {
+        self.tls_handshake_failures
+            .get_or_create(&Reason { reason })
+            .clone()
     }
 
     /// Counts a request answered before routing.

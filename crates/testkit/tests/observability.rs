@@ -1,6 +1,7 @@
 //! What operators see: `/metrics` counting requests by outcome, bytes,
 //! durations, sessions, handshake failures and refusals, requests refused
-//! before routing (by reason) and requests to the server's own routes,
+//! before routing (by reason), requests to the server's own routes and
+//! failed TLS handshakes,
 //! without a series per tunnel or per bad Host; `/healthz` and `/readyz`,
 //! before and after shutdown begins.
 
@@ -345,4 +346,48 @@ async fn readyz_answers_503_once_shutdown_begins_while_healthz_stays_200() {
         "{refused:?}"
     );
     assert!(refused.to_string().contains("503"), "{refused}");
+}
+
+#[tokio::test]
+async fn failed_tls_handshakes_are_counted_by_reason() {
+    let config = cryptun_server::Config {
+        tls_handshake_timeout: Duration::from_millis(300),
+        ..TestServer::test_config()
+    };
+    let server = TestServer::start_tls(config).await;
+    let https = server.tls.as_ref().unwrap().addr;
+    let visitor = Visitor::new(server.addr);
+    let failures =
+        |reason: &str| format!("cryptun_tls_handshake_failures_total{{reason=\"{reason}\"}}");
+    expect_metrics(
+        &visitor,
+        &[(failures("error"), 0.0), (failures("timeout"), 0.0)],
+    )
+    .await;
+    // Plain HTTP on the HTTPS port is no TLS hello.
+    raw_exchange(https, b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n", WAIT).await;
+    // A connection that says nothing past the handshake limit.
+    let _silent = tokio::net::TcpStream::connect(https).await.unwrap();
+    expect_metrics(
+        &visitor,
+        &[(failures("error"), 1.0), (failures("timeout"), 1.0)],
+    )
+    .await;
+    // A good handshake counts as neither.
+    let reply = within(
+        "https",
+        server
+            .tls
+            .as_ref()
+            .unwrap()
+            .visitor()
+            .get(None, "localhost", "/healthz"),
+    )
+    .await;
+    assert_eq!(reply.status, 200);
+    expect_metrics(
+        &visitor,
+        &[(failures("error"), 1.0), (failures("timeout"), 1.0)],
+    )
+    .await;
 }
