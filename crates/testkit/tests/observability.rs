@@ -1,9 +1,8 @@
 //! What operators see: `/metrics` counting requests by outcome, bytes,
 //! durations, sessions, handshake failures and refusals, requests refused
 //! before routing (by reason), requests to the server's own routes and
-//! failed TLS handshakes,
-//! without a series per tunnel or per bad Host; `/healthz` and `/readyz`,
-//! before and after shutdown begins.
+//! failed TLS handshakes, without a series per tunnel or per bad Host;
+//! `/healthz` and `/readyz`, before and after shutdown begins.
 
 #![allow(clippy::unwrap_used)]
 
