@@ -43,7 +43,7 @@ pub fn show(
         self::inspector(url, json);
     }
     let named = tunnels.iter().any(|(name, ..)| name.is_some());
-    (None, events_named(json, json_logs, named))
+    (None, events(json, json_logs, named))
 }
 
 /// What `cryptun demo` shows: the status view with lines to try, or the
@@ -89,7 +89,7 @@ pub fn demo(
     }
     println!();
     println!("Requests appear below. Press Ctrl-C to stop.");
-    (None, events(false, json_logs))
+    (None, events(false, json_logs, false))
 }
 
 /// The live status view, if stdout is a terminal and the output is not
@@ -144,16 +144,11 @@ fn inspector(url: &str, json: bool) {
     }
 }
 
-/// An event sink printing one line per request to stdout, and the
-/// connection's ups and downs to stderr: plain lines, or log records when
-/// the logs are JSON (`json_logs`).
-pub fn events(json: bool, json_logs: bool) -> Events {
-    events_named(json, json_logs, false)
-}
-
-/// [`events`], with each plain request line starting with the name of its
-/// tunnel when `named` (a session of several tunnels).
-pub fn events_named(json: bool, json_logs: bool, named: bool) -> Events {
+/// An event sink printing one line per request to stdout (each plain line
+/// starting with its tunnel's name when `named`: a session of several
+/// tunnels), and the connection's ups and downs to stderr: plain lines, or
+/// log records when the logs are JSON (`json_logs`).
+fn events(json: bool, json_logs: bool, named: bool) -> Events {
     Events::to(move |event| match event {
         // One line per request, when it ends.
         Event::RequestStarted { .. } => {}
