@@ -123,3 +123,51 @@ async fn a_refused_tunnel_fails_the_connection_and_is_named() {
     .await;
     drop(taken);
 }
+
+/// A broken server that floods the handshake (sends messages for the first
+/// tunnel before it answers for the second, without end) is left with an
+/// error once the client has kept 4,096 of them, not followed into memory.
+#[tokio::test]
+async fn a_server_flooding_the_handshake_is_left_at_the_bound() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = tokio::spawn(async move {
+        let (tcp, _) = listener.accept().await.unwrap();
+        let mut ws = tokio_tungstenite::accept_async(tcp).await.unwrap();
+        ws.next().await; // the first create_tunnel
+        let created = serde_json::json!({
+            "type": "tunnel_created", "version": 1, "tunnel_id": "aaa",
+            "subdomain": "tunnel-aaa", "public_url": "http://tunnel-aaa.localhost",
+            "binary_streams": true, "request_timeout_ms": 60000,
+            "limits": {
+                "max_message_bytes": 1048576, "max_frame_payload": 65536,
+                "stream_window": 262144, "max_inline_body": 16384,
+                "max_streams": 1024, "heartbeat_interval_ms": 10000,
+            },
+        });
+        ws.send(Message::text(created.to_string())).await.unwrap();
+        // Frames for the first tunnel, and never a second tunnel_created.
+        let mut sent = 0u32;
+        while ws.send(Message::binary(vec![0u8; 8])).await.is_ok() && sent < 100_000 {
+            sent += 1;
+        }
+        sent
+    });
+    let origin = Origin::start().await;
+    let mut config = cryptun_client::ClientConfig::new(
+        &format!("http://{addr}"),
+        cryptun_client::Target::parse(&origin.target()).unwrap(),
+    )
+    .unwrap();
+    config.more_tunnels.push(origin.tunnel("second"));
+    let outcome = cryptun_testkit::within("the handshake", cryptun_client::connect(&config)).await;
+    let Err(ClientError::Protocol(why)) = outcome else {
+        panic!("not left: {:?}", outcome.err());
+    };
+    assert!(why.contains("too many messages"), "{why}");
+    // The client hung up well before the server's own limit.
+    assert!(server.await.unwrap() < 100_000);
+}
