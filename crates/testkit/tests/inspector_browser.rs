@@ -18,6 +18,16 @@ use cryptun_testkit::{Browser, Origin, TestClient, TestInspector, TestServer, Vi
 /// A header value that would run script if the page used innerHTML.
 const HOSTILE: &str = "<img src=x onerror=\"document.body.dataset.pwned='yes'\">";
 
+/// Chromium on the inspector's page, its live feed connected.
+async fn open(inspector: &TestInspector) -> Browser {
+    let mut browser = Browser::launch().await;
+    browser.navigate(&inspector.url()).await;
+    browser
+        .wait_until("the live feed", "document.querySelector('#live.on')")
+        .await;
+    browser
+}
+
 #[tokio::test]
 async fn the_page_lists_requests_live_shows_them_and_replays() {
     let server = TestServer::start().await;
@@ -28,11 +38,7 @@ async fn the_page_lists_requests_live_shows_them_and_replays() {
         .unwrap();
     let visitor = Visitor::new(server.addr);
 
-    let mut browser = Browser::launch().await;
-    browser.navigate(&inspector.url()).await;
-    browser
-        .wait_until("the live feed", "document.querySelector('#live.on')")
-        .await;
+    let mut browser = open(&inspector).await;
     let tunnel = browser
         .eval("document.querySelector('#tunnel').textContent")
         .await;
@@ -173,11 +179,7 @@ async fn with_two_tunnels_rows_name_their_tunnel_and_replay_goes_to_its_origin()
     .unwrap();
     let visitor = Visitor::new(server.addr);
 
-    let mut browser = Browser::launch().await;
-    browser.navigate(&inspector.url()).await;
-    browser
-        .wait_until("the live feed", "document.querySelector('#live.on')")
-        .await;
+    let mut browser = open(&inspector).await;
     let names = browser
         .wait_until(
             "both tunnels in the header",
