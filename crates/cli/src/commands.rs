@@ -8,7 +8,7 @@ use cryptun_server::AuthMode;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::{DemoArgs, HttpArgs, Inspect, ServerArgs, keys, output};
+use crate::{DemoArgs, HttpArgs, Inspect, ServerArgs, keys, lines, output};
 
 /// `cryptun server`.
 pub async fn server(args: ServerArgs) -> Result<()> {
@@ -263,16 +263,16 @@ pub(crate) async fn start_inspector(
     let (local, listener) = match bound {
         Ok(bound) => bound,
         Err(err) => {
-            eprintln!(
+            lines::eprint(&format!(
                 "warning: running without the request inspector: {err:#} (choose another address with --inspect, or --inspect off)"
-            );
+            ));
             return None;
         }
     };
     if !local.ip().is_loopback() {
-        eprintln!(
+        lines::eprint(&format!(
             "warning: the request inspector on {local} shows the tunnels' traffic, and replays it, for anyone who can reach it"
-        );
+        ));
     }
     let inspector = Inspector::default();
     tokio::spawn(inspector::serve(

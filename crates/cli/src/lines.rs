@@ -1,26 +1,136 @@
-//! Standard output that never holds up the tunnel.
+//! Standard output and standard error that never hold up the tunnel.
 //!
-//! The client prints a line per request. Written from the task that served
-//! the request, a stdout nobody reads (`cryptun http 3000 | less`, paused;
+//! The client prints a line per request and the server logs one (the access
+//! log). Written from the task that served the request, a stream nobody
+//! reads (`cryptun http 3000 | less`, paused; `cryptun server 2>&1 | less`;
 //! a full pipe to a stuck log shipper) would block that task, then every
-//! worker thread, then the whole tunnel. So lines go into a bounded buffer
-//! and one thread of their own writes them out, in order, as fast as
-//! stdout takes them: when it is busy, the lines that arrive meanwhile go
-//! out together in one write. When the buffer is full, new lines are
-//! dropped and counted, and a note says how many once stdout moves again.
+//! worker thread, then every tunnel. So lines go into a bounded buffer per
+//! stream, and one thread per stream writes them out, in order, as fast as
+//! the stream takes them: lines that arrive while it writes, or in the
+//! moment after, go out together in one write (no wake-up or system call
+//! per line under load). When a buffer is full, new lines are dropped and
+//! counted, and a note says how many once the stream moves again.
+//!
+//! [`print`] and [`eprint`] queue a line; [`Logs`] hands the buffer of
+//! standard error to `tracing` as its writer; [`flush`] empties both before
+//! the process exits.
 
 use std::io::Write as _;
 use std::sync::{Condvar, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
-/// Most bytes waiting for stdout (about 5,000 request lines); beyond it
-/// lines are dropped rather than held.
+/// Most bytes waiting for one stream (about 5,000 lines); beyond it lines
+/// are dropped rather than held.
 const MAX_PENDING: usize = 1 << 20;
 
-/// The lines not written yet, shared with the writing thread.
+/// How long the writer gathers lines after a write before it writes again.
+const GATHER: Duration = Duration::from_millis(2);
+
+/// Queues `line` (a newline is added) for stdout, in order with every line
+/// before it. Never blocks on stdout.
+pub fn print(line: &str) {
+    Stream::Stdout.pending().push(&[line.as_bytes(), b"\n"]);
+}
+
+/// Queues `line` (a newline is added) for stderr, in order with every line
+/// (and log event) before it. Never blocks on stderr.
+pub fn eprint(line: &str) {
+    Stream::Stderr.pending().push(&[line.as_bytes(), b"\n"]);
+}
+
+/// The writer `tracing` formats log events into: each event (one
+/// `write_all` of a whole formatted line) is queued for stderr.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Logs;
+
+impl std::io::Write for Logs {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        Stream::Stderr.pending().push(&[buf]);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Logs {
+    type Writer = Logs;
+
+    fn make_writer(&'a self) -> Logs {
+        Logs
+    }
+}
+
+/// Waits until every queued line of both streams is written, for at most
+/// `limit` in all (a stream may be stuck for good). Call before the process
+/// exits.
+pub fn flush(limit: Duration) {
+    let deadline = Instant::now() + limit;
+    for stream in [Stream::Stdout, Stream::Stderr] {
+        if let Some(pending) = stream.cell().get() {
+            pending.wait_written(deadline);
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Stream {
+    Stdout,
+    Stderr,
+}
+
+static STDOUT: OnceLock<&'static Pending> = OnceLock::new();
+static STDERR: OnceLock<&'static Pending> = OnceLock::new();
+
+impl Stream {
+    fn cell(self) -> &'static OnceLock<&'static Pending> {
+        match self {
+            Stream::Stdout => &STDOUT,
+            Stream::Stderr => &STDERR,
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Stream::Stdout => "stdout",
+            Stream::Stderr => "stderr",
+        }
+    }
+
+    fn write_all(self, bytes: &[u8]) {
+        // A closed stream (piped into `head`) must not kill the tunnel:
+        // errors are ignored, and the lines are gone either way.
+        let _ = match self {
+            Stream::Stdout => std::io::stdout().lock().write_all(bytes),
+            Stream::Stderr => std::io::stderr().lock().write_all(bytes),
+        };
+    }
+
+    /// The stream's buffer, its writing thread started on first use.
+    fn pending(self) -> &'static Pending {
+        self.cell().get_or_init(|| {
+            let pending: &'static Pending = Box::leak(Box::new(Pending::default()));
+            let started = std::thread::Builder::new()
+                .name(self.name().into())
+                .spawn(move || write_out(self, pending));
+            if let Err(err) = started {
+                // Said once, straight out: there is no other way to say it.
+                eprintln!(
+                    "warning: no {} writer thread ({err}); lines are lost",
+                    self.name()
+                );
+            }
+            pending
+        })
+    }
+}
+
+/// The lines of one stream not written yet, shared with its writing thread.
+#[derive(Default)]
 struct Pending {
     state: Mutex<State>,
-    /// Wakes the writer: lines arrived in an empty buffer.
+    /// Wakes the writer: lines arrived while it was waiting for some.
     arrived: Condvar,
     /// Wakes [`flush`]: the writer finished a batch.
     written: Condvar,
@@ -30,72 +140,42 @@ struct Pending {
 struct State {
     buf: Vec<u8>,
     dropped: u64,
+    /// The writer waits on `arrived` (only then does a line wake it).
+    waiting: bool,
+    /// The writer holds a batch it has not finished writing.
     writing: bool,
 }
 
-static PENDING: OnceLock<&'static Pending> = OnceLock::new();
-
-/// Queues `line` (a newline is added) for stdout, in order with every line
-/// before it. Never blocks on stdout.
-pub fn print(line: &str) {
-    pending().push(line);
-}
-
-/// Waits until every queued line is written, for at most `limit` (stdout
-/// may be stuck for good). Call before the process exits.
-pub fn flush(limit: Duration) {
-    let Some(pending) = PENDING.get() else {
-        return;
-    };
-    let deadline = Instant::now() + limit;
-    let mut state = pending.lock();
-    while !state.buf.is_empty() || state.writing {
-        let Some(left) = deadline.checked_duration_since(Instant::now()) else {
-            return;
-        };
-        state = match pending.written.wait_timeout(state, left) {
-            Ok((state, _)) => state,
-            Err(poisoned) => poisoned.into_inner().0,
-        };
-    }
-}
-
-fn pending() -> &'static Pending {
-    PENDING.get_or_init(|| {
-        let pending: &'static Pending = Box::leak(Box::new(Pending::new()));
-        std::thread::Builder::new()
-            .name("stdout".into())
-            .spawn(move || write_out(pending))
-            .map_err(|err| eprintln!("warning: no stdout writer thread ({err}); lines are lost"))
-            .ok();
-        pending
-    })
-}
-
 impl Pending {
-    fn new() -> Self {
-        Pending {
-            state: Mutex::new(State::default()),
-            arrived: Condvar::new(),
-            written: Condvar::new(),
-        }
-    }
-
-    /// Queues `line`, or counts it as dropped when the buffer is full.
-    fn push(&self, line: &str) {
+    /// Queues the concatenation of `parts`, or counts it as dropped when
+    /// the buffer has no room for it.
+    fn push(&self, parts: &[&[u8]]) {
+        let len: usize = parts.iter().map(|p| p.len()).sum();
         let mut state = self.lock();
-        if state.buf.len() + line.len() + 1 > MAX_PENDING {
+        if state.buf.len() + len > MAX_PENDING {
             state.dropped += 1;
             return;
         }
-        // Only an empty buffer has the writer waiting; otherwise it takes
-        // this line with the batch it is about to write (no wake-up per line).
-        let was_empty = state.buf.is_empty();
-        state.buf.extend_from_slice(line.as_bytes());
-        state.buf.push(b'\n');
+        for part in parts {
+            state.buf.extend_from_slice(part);
+        }
+        let wake = std::mem::take(&mut state.waiting);
         drop(state);
-        if was_empty {
+        if wake {
             self.arrived.notify_one();
+        }
+    }
+
+    fn wait_written(&self, deadline: Instant) {
+        let mut state = self.lock();
+        while !state.buf.is_empty() || state.writing {
+            let Some(left) = deadline.checked_duration_since(Instant::now()) else {
+                return;
+            };
+            state = match self.written.wait_timeout(state, left) {
+                Ok((state, _)) => state,
+                Err(poisoned) => poisoned.into_inner().0,
+            };
         }
     }
 
@@ -104,31 +184,33 @@ impl Pending {
     }
 }
 
-/// The writing thread: takes whatever is queued and writes it in one go.
-fn write_out(pending: &'static Pending) {
-    let mut out = std::io::stdout();
+/// The writing thread: takes whatever is queued and writes it in one go,
+/// then gathers for a moment before the next.
+fn write_out(stream: Stream, pending: &'static Pending) {
     loop {
         let mut state = pending.lock();
         state.writing = false;
         pending.written.notify_all();
         while state.buf.is_empty() {
+            state.waiting = true;
             state = match pending.arrived.wait(state) {
                 Ok(state) => state,
                 Err(poisoned) => poisoned.into_inner(),
             };
         }
+        state.waiting = false;
         let batch = std::mem::take(&mut state.buf);
         let dropped = std::mem::take(&mut state.dropped);
         state.writing = true;
         drop(state);
         if dropped > 0 {
-            let note = format!("({dropped} lines dropped: stdout was not being read)\n");
-            let _ = out.write_all(note.as_bytes());
+            let name = stream.name();
+            stream.write_all(
+                format!("({dropped} lines dropped: {name} was not being read)\n").as_bytes(),
+            );
         }
-        // A closed stdout (piped into `head`) must not kill the tunnel:
-        // errors are ignored, and the lines are gone either way.
-        let _ = out.write_all(&batch);
-        let _ = out.flush();
+        stream.write_all(&batch);
+        std::thread::sleep(GATHER);
     }
 }
 
@@ -139,12 +221,24 @@ mod tests {
     #[test]
     fn lines_beyond_the_bound_are_dropped_and_counted() {
         // No writing thread drains this one.
-        let pending = Pending::new();
+        let pending = Pending::default();
         pending.lock().buf.resize(MAX_PENDING - 4, b'x');
-        pending.push("abc");
-        pending.push("d");
+        pending.push(&[b"abc", b"\n"]);
+        pending.push(&[b"d\n"]);
         let state = pending.lock();
         assert_eq!((state.buf.len(), state.dropped), (MAX_PENDING, 1));
         assert!(state.buf.ends_with(b"abc\n"));
+    }
+
+    #[test]
+    fn only_a_waiting_writer_is_woken() {
+        let pending = Pending::default();
+        pending.push(&[b"a\n"]);
+        assert!(!pending.lock().waiting);
+        pending.lock().waiting = true;
+        pending.push(&[b"b\n"]);
+        let state = pending.lock();
+        assert!(!state.waiting, "the push woke the writer");
+        assert_eq!(state.buf, b"a\nb\n");
     }
 }

@@ -348,7 +348,7 @@ fn main() -> std::process::ExitCode {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
     let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(lines::Logs);
     match cli.log_format {
         LogFormat::Text => logs
             .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
@@ -379,7 +379,7 @@ fn main() -> std::process::ExitCode {
             Command::Completions { .. } => Ok(()),
         }
     });
-    // Request lines still queued for stdout go out first (unless stdout is
+    // Lines and log events still queued go out first (unless a stream is
     // stuck: then they are lost, as they would be anyway).
     lines::flush(Duration::from_secs(2));
     match result {

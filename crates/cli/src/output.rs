@@ -100,7 +100,11 @@ fn live(header: Header, tunnels: Vec<Tunnel>, for_machines: bool) -> Option<Live
         return None;
     }
     Live::start(header, tunnels)
-        .inspect_err(|err| eprintln!("warning: no live status view ({err}); printing lines"))
+        .inspect_err(|err| {
+            lines::eprint(&format!(
+                "warning: no live status view ({err}); printing lines"
+            ))
+        })
         .ok()
 }
 
@@ -200,9 +204,13 @@ fn events(json: bool, json_logs: bool, named: bool) -> Events {
                 let retry_in_ms = retry_in.as_millis() as u64;
                 tracing::warn!(%error, retry_in_ms, attempt, "connection lost; reconnecting");
             } else if attempt <= 1 {
-                eprintln!("connection lost: {error}; reconnecting in {secs:.1}s");
+                lines::eprint(&format!(
+                    "connection lost: {error}; reconnecting in {secs:.1}s"
+                ));
             } else {
-                eprintln!("reconnect failed: {error}; retrying in {secs:.1}s");
+                lines::eprint(&format!(
+                    "reconnect failed: {error}; retrying in {secs:.1}s"
+                ));
             }
             if json {
                 let line = serde_json::json!({
@@ -218,7 +226,7 @@ fn events(json: bool, json_logs: bool, named: bool) -> Events {
             if json_logs {
                 tracing::warn!(public_url = %tunnel.public_url, "reconnected");
             } else {
-                eprintln!("reconnected: {}", tunnel.public_url);
+                lines::eprint(&format!("reconnected: {}", tunnel.public_url));
             }
             if json {
                 lines::print(&tunnel_line("reconnected", &tunnel));

@@ -146,6 +146,72 @@ async fn a_stdout_nobody_reads_does_not_stall_the_tunnel() {
     assert!(exited.is_some(), "stuck on its unread stdout after SIGTERM");
 }
 
+/// A server whose stderr nobody reads (`cryptun server 2>&1 | less`,
+/// paused) keeps serving: its access log lines queue up to a bound, then
+/// are dropped, and it still exits promptly.
+#[tokio::test]
+async fn a_server_log_nobody_reads_does_not_stall_the_server() {
+    let mut server = Command::new(env!("CARGO_BIN_EXE_cryptun"))
+        .args(["server", "--listen", "127.0.0.1:0"])
+        .env("XDG_CONFIG_HOME", "/nonexistent/cryptun-tests")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Only the lines up to the listening address are read; after them,
+    // nobody reads the pipe.
+    let mut stderr = std::io::BufReader::new(server.stderr.take().unwrap());
+    let addr: SocketAddr = loop {
+        let mut line = String::new();
+        assert!(std::io::BufRead::read_line(&mut stderr, &mut line).unwrap() > 0);
+        if let Some(addr) = line
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("addr="))
+        {
+            break addr.parse().unwrap();
+        }
+    };
+    let client = cryptun(&[
+        "http",
+        "--hello",
+        "--json",
+        "--server",
+        &format!("http://{addr}"),
+    ]);
+    let first: serde_json::Value = serde_json::from_str(&client.line()).unwrap();
+    let host = host_of(first["public_url"].as_str().unwrap()).to_owned();
+    // Each access log line is ~250 bytes: 2,000 of them are several times
+    // what a pipe holds (64 KiB on Linux).
+    let visitor = Visitor::new(addr);
+    let served = tokio::time::timeout(std::time::Duration::from_secs(60), async {
+        for i in 0..2000 {
+            let reply = visitor.get(&host, &format!("/request/{i}")).await;
+            assert_eq!(reply.status, 200, "request {i}");
+        }
+    })
+    .await;
+    if served.is_err() {
+        server.kill().unwrap();
+        panic!("the server stalled behind its unread stderr");
+    }
+    let stopping = std::time::Instant::now();
+    let pid = server.id().to_string();
+    Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    let exited = loop {
+        if let Some(status) = server.try_wait().unwrap() {
+            break Some(status);
+        }
+        if stopping.elapsed() > std::time::Duration::from_secs(20) {
+            break None;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    if exited.is_none() {
+        server.kill().unwrap();
+    }
+    assert!(exited.is_some(), "stuck on its unread stderr after SIGTERM");
+}
+
 #[tokio::test]
 async fn http_prints_the_url_plainly_and_refuses_a_taken_name() {
     let (_server, addr) = server();
