@@ -367,7 +367,7 @@ fn main() -> std::process::ExitCode {
         }
     };
     let json_logs = cli.log_format == LogFormat::Json;
-    let result = runtime.block_on(async {
+    let command = async move {
         match cli.command {
             Command::Server(args) => commands::server(args).await,
             Command::Http(args) => commands::http(args, json_logs).await,
@@ -378,7 +378,17 @@ fn main() -> std::process::ExitCode {
             // Answered before the runtime started.
             Command::Completions { .. } => Ok(()),
         }
-    });
+    };
+    // The command runs as a task on the worker threads, not on this one:
+    // a future that `block_on` polls lives on the main thread, and every
+    // wake-up of it (each message of a session loop) would cross threads.
+    let result = match runtime.block_on(runtime.spawn(command)) {
+        Ok(result) => result,
+        Err(err) => match err.try_into_panic() {
+            Ok(panic) => std::panic::resume_unwind(panic),
+            Err(err) => Err(anyhow::anyhow!("the command was cancelled: {err}")),
+        },
+    };
     // Lines and log events still queued go out first (unless a stream is
     // stuck: then they are lost, as they would be anyway).
     lines::flush(Duration::from_secs(2));
