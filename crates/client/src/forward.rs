@@ -16,17 +16,14 @@ use cryptun_proto::mux::{
 use cryptun_proto::{InlineBody, RequestHead, ResponseHead};
 use http::{HeaderValue, Method, Request};
 use http_body::Body as _;
-use http_body_util::{BodyExt, Full, combinators::BoxBody};
-use hyper_util::client::legacy::{Client, connect::HttpConnector};
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::TokioIo;
 use tracing::debug;
 
 use crate::inspector::{Inspector, Tap};
+use crate::local::{self, DrivenBody, LocalBody, LocalPool};
 use crate::routes::Routes;
 use crate::{ClientConfig, Event, Events, Target, TunnelCreated};
-
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
-type LocalBody = BoxBody<Bytes, BoxError>;
 
 /// Bounds on a request head from the server. The server already limits what
 /// visitors send; these only guard against a broken server.
@@ -37,13 +34,10 @@ const MAX_HEADER_BYTES: usize = 1 << 20;
 /// inline in the response head (base64, so about 22 KiB of JSON at most).
 const INLINE_RESPONSE_MAX: u64 = 16 << 10;
 
-/// Idle pooled connections to the local service are closed after this.
-const POOL_IDLE: Duration = Duration::from_secs(60);
-
-/// What every forwarded request shares: the pooled HTTP client and the
-/// tunnels' routes.
+/// What every forwarded request shares: the pooled connections to the
+/// local services and the tunnels' routes.
 pub(crate) struct Forwarder {
-    http: Client<HttpConnector, LocalBody>,
+    local: LocalPool,
     routes: Routes,
     events: Events,
     inspector: Option<Inspector>,
@@ -53,19 +47,14 @@ impl Forwarder {
     /// A forwarder for `created`, the tunnels of [`ClientConfig::tunnels`]
     /// in the same order.
     pub(crate) fn new(config: &ClientConfig, created: &[TunnelCreated], events: Events) -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(config.local_connect_timeout));
-        let http = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(POOL_IDLE)
-            .build(connector);
+        let local = LocalPool::new(config.local_connect_timeout);
         let routes = Routes::new(config, created);
         if let Some(inspector) = &config.inspector {
             // Each (re)connection brings the tunnels' current public URLs.
             inspector.set_tunnels(routes.tunnels());
         }
         Forwarder {
-            http,
+            local,
             routes,
             events,
             inspector: config.inspector.clone(),
@@ -147,7 +136,7 @@ async fn exchange(
         }
     };
     let request = request.map(|body| tap.request_body(body));
-    let mut response = match fwd.http.request(request).await {
+    let mut response = match fwd.local.send(target, request).await {
         Ok(response) => response,
         Err(err) => {
             let why = error_chain(&err);
@@ -237,9 +226,13 @@ fn local_request(
 ) -> Result<(Request<LocalBody>, Option<Upgrade>), String> {
     let method = Method::from_bytes(head.method.as_bytes())
         .map_err(|_| format!("invalid method {:?}", head.method))?;
-    let uri = target
-        .uri(&head.path)
-        .map_err(|e| format!("invalid path {:?}: {e}", head.path))?;
+    let uri = head
+        .path
+        .parse::<http::Uri>()
+        .ok()
+        // Origin-form (or `*`): the connection is straight to the target.
+        .filter(|uri| uri.scheme().is_none() && (uri.path().starts_with('/') || uri.path() == "*"))
+        .ok_or_else(|| format!("invalid path {:?}", head.path))?;
     let mut headers = headers_from_wire(&head.headers, MAX_HEADERS, MAX_HEADER_BYTES)
         .map_err(|e| e.to_string())?;
     let protocol = upgrade_protocol(&headers).filter(|_| head.body.body_stream);
@@ -270,6 +263,7 @@ fn local_request(
     *request.method_mut() = method;
     *request.uri_mut() = uri;
     *request.headers_mut() = headers;
+    local::address(&mut request, target);
     Ok((request, upgrade))
 }
 
@@ -279,7 +273,7 @@ type Upgrade = (HeaderValue, RecvBody<()>);
 /// The app accepted a protocol switch: relays its 101, then joins the
 /// tunnel stream and the local connection until both directions end.
 async fn switch(
-    response: http::Response<hyper::body::Incoming>,
+    response: http::Response<DrivenBody>,
     protocol: HeaderValue,
     on_upgrade: hyper::upgrade::OnUpgrade,
     recv: RecvBody<()>,

@@ -38,6 +38,7 @@
 mod forward;
 pub mod hello;
 pub mod inspector;
+mod local;
 pub mod reconnect;
 mod routes;
 pub mod saved;

@@ -54,6 +54,11 @@ impl Target {
         Ok(Target { authority })
     }
 
+    /// The target's `host:port`.
+    pub(crate) fn authority(&self) -> &Authority {
+        &self.authority
+    }
+
     /// The URI of `path_and_query` on the target.
     pub fn uri(&self, path_and_query: &str) -> Result<Uri, http::Error> {
         Uri::builder()

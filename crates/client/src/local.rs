@@ -1,0 +1,378 @@
+//! Connections to the local service, each driven by the task that forwards
+//! the request on it.
+//!
+//! A pooled HTTP client runs every connection as a task of its own: the
+//! request crosses to it over a channel and the response comes back over
+//! another, two wake-ups (often two threads) per request. Here the task
+//! forwarding a request polls the connection itself, while it waits for the
+//! response and while it streams the response body ([`DrivenBody`]), so a
+//! request and its response cross no task on the client.
+//!
+//! When a response body has been read to its end, the connection goes back
+//! to the pool: at most [`MAX_IDLE`] per target, for at most
+//! [`POOL_IDLE`]. A pooled connection is checked for a close from the
+//! local service before it is used; a request that a stale connection
+//! never sent is sent again on a new one. A request abandoned midway drops
+//! its connection, which closes it. A sweeper closes what idled too long.
+
+use std::collections::HashMap;
+use std::future::{Future, poll_fn};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::uri::Authority;
+use http::{HeaderValue, Request, Response};
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::combinators::BoxBody;
+use hyper::body::Incoming;
+use hyper::client::conn::http1::{self, SendRequest};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+
+use crate::Target;
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// A request body on its way to the local service.
+pub(crate) type LocalBody = BoxBody<Bytes, BoxError>;
+
+/// Idle connections kept per target; more are closed.
+pub(crate) const MAX_IDLE: usize = 128;
+
+/// Idle connections are closed after this.
+pub(crate) const POOL_IDLE: Duration = Duration::from_secs(60);
+
+/// How often the sweeper looks for connections idle too long or closed.
+const SWEEP_EVERY: Duration = Duration::from_secs(15);
+
+/// Why a request got no response from the local service.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum LocalError {
+    #[error("connect: {0}")]
+    Connect(std::io::Error),
+    #[error("connect: no answer within {0:?}")]
+    ConnectTimeout(Duration),
+    #[error(transparent)]
+    Http(#[from] hyper::Error),
+}
+
+/// Idle connections to the local services, by target.
+pub(crate) struct LocalPool {
+    idle: Arc<Mutex<Idle>>,
+    connect_timeout: Duration,
+}
+
+type Idle = HashMap<Authority, Vec<(Conn, Instant)>>;
+
+/// One HTTP/1.1 connection: the handle requests are sent on and the
+/// connection itself, which nobody polls but the task using it.
+struct Conn {
+    sender: SendRequest<LocalBody>,
+    io: Pin<Box<dyn Future<Output = hyper::Result<()>> + Send>>,
+    /// The connection future finished: closed, failed or upgraded.
+    done: bool,
+}
+
+impl Conn {
+    /// Polls the connection once: reads what the local service sent,
+    /// writes what is queued. Notes when it finished.
+    fn drive(&mut self, cx: &mut Context<'_>) {
+        if !self.done && self.io.as_mut().poll(cx).is_ready() {
+            self.done = true;
+        }
+    }
+
+    /// Drives the connection without a task to wake: true while it can
+    /// take another request.
+    fn reusable(&mut self) -> bool {
+        self.drive(&mut Context::from_waker(Waker::noop()));
+        !self.done && self.sender.is_ready()
+    }
+}
+
+impl LocalPool {
+    /// A pool whose new connections give up after `connect_timeout`. Its
+    /// sweeper runs while the pool lives (call from within the runtime).
+    pub(crate) fn new(connect_timeout: Duration) -> Self {
+        let idle = Arc::new(Mutex::new(Idle::new()));
+        tokio::spawn(sweep(Arc::downgrade(&idle)));
+        LocalPool {
+            idle,
+            connect_timeout,
+        }
+    }
+
+    /// Sends `request` (origin-form URI, `Host` set) to `target` and
+    /// returns its response. Its body drives the connection; read to its
+    /// end, it gives the connection back to the pool. After a `101`, the
+    /// connection has already handed its socket to `hyper::upgrade::on`.
+    pub(crate) async fn send(
+        &self,
+        target: &Target,
+        mut request: Request<LocalBody>,
+    ) -> Result<Response<DrivenBody>, LocalError> {
+        loop {
+            let (mut conn, pooled) = match self.checkout(target.authority()) {
+                Some(conn) => (conn, true),
+                None => (self.connect(target).await?, false),
+            };
+            let mut sending = std::pin::pin!(conn.sender.try_send_request(request));
+            let sent = poll_fn(|cx| {
+                if let Poll::Ready(sent) = sending.as_mut().poll(cx) {
+                    return Poll::Ready(sent);
+                }
+                conn.drive(cx);
+                // A finished connection has answered (a 101) or failed the
+                // request: either way the response future is ready now.
+                sending.as_mut().poll(cx)
+            })
+            .await;
+            match sent {
+                Ok(response) => {
+                    if response.status() == http::StatusCode::SWITCHING_PROTOCOLS {
+                        // Let the connection hand its socket to the upgrade.
+                        poll_fn(|cx| {
+                            conn.drive(cx);
+                            if conn.done {
+                                Poll::Ready(())
+                            } else {
+                                Poll::Pending
+                            }
+                        })
+                        .await;
+                    }
+                    let pool = Arc::downgrade(&self.idle);
+                    let authority = target.authority().clone();
+                    return Ok(response.map(|body| DrivenBody {
+                        body,
+                        conn: Some(conn),
+                        home: Some((pool, authority)),
+                    }));
+                }
+                Err(mut err) => match err.take_message() {
+                    // A pooled connection the local service had closed as
+                    // the request went out: it was not sent; again, on a
+                    // new connection.
+                    Some(unsent) if pooled => request = unsent,
+                    _ => return Err(err.into_error().into()),
+                },
+            }
+        }
+    }
+
+    /// The most recently used idle connection to `authority` that is still
+    /// open.
+    fn checkout(&self, authority: &Authority) -> Option<Conn> {
+        let mut idle = lock(&self.idle);
+        let list = idle.get_mut(authority)?;
+        while let Some((mut conn, since)) = list.pop() {
+            if since.elapsed() < POOL_IDLE && conn.reusable() {
+                return Some(conn);
+            }
+        }
+        None
+    }
+
+    async fn connect(&self, target: &Target) -> Result<Conn, LocalError> {
+        let address = target.authority().as_str();
+        let tcp = tokio::time::timeout(self.connect_timeout, TcpStream::connect(address))
+            .await
+            .map_err(|_| LocalError::ConnectTimeout(self.connect_timeout))?
+            .map_err(LocalError::Connect)?;
+        // Heads and small bodies go out at once, not after a delayed ACK.
+        tcp.set_nodelay(true).map_err(LocalError::Connect)?;
+        let (sender, io) = http1::handshake(TokioIo::new(tcp)).await?;
+        Ok(Conn {
+            sender,
+            io: Box::pin(io.with_upgrades()),
+            done: false,
+        })
+    }
+}
+
+/// Keeps a connection for the next request to `authority`, if it can take
+/// one and there is room.
+fn check_in(idle: &Mutex<Idle>, authority: Authority, mut conn: Conn) {
+    if !conn.reusable() {
+        return;
+    }
+    let mut idle = lock(idle);
+    let list = idle.entry(authority).or_default();
+    if list.len() < MAX_IDLE {
+        list.push((conn, Instant::now()));
+    }
+}
+
+/// Closes, every [`SWEEP_EVERY`], the connections idle for [`POOL_IDLE`]
+/// or closed by the local service, until the pool is gone.
+async fn sweep(idle: Weak<Mutex<Idle>>) {
+    let mut every = tokio::time::interval(SWEEP_EVERY);
+    every.tick().await;
+    loop {
+        every.tick().await;
+        let Some(idle) = idle.upgrade() else {
+            return;
+        };
+        lock(&idle).retain(|_, list| {
+            list.retain_mut(|(conn, since)| since.elapsed() < POOL_IDLE && conn.reusable());
+            !list.is_empty()
+        });
+    }
+}
+
+fn lock(idle: &Mutex<Idle>) -> MutexGuard<'_, Idle> {
+    idle.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A response body from the local service that drives its connection as
+/// it is read, and gives the connection back to the pool once read to its
+/// end. Dropped before that, it closes the connection.
+pub(crate) struct DrivenBody {
+    body: Incoming,
+    conn: Option<Conn>,
+    home: Option<(Weak<Mutex<Idle>>, Authority)>,
+}
+
+impl Body for DrivenBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = &mut *self;
+        if let Some(conn) = &mut this.conn {
+            conn.drive(cx);
+        }
+        Pin::new(&mut this.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
+impl Drop for DrivenBody {
+    fn drop(&mut self) {
+        if !self.body.is_end_stream() {
+            return;
+        }
+        if let (Some(conn), Some((idle, authority))) = (self.conn.take(), self.home.take()) {
+            if let Some(idle) = idle.upgrade() {
+                check_in(&idle, authority, conn);
+            }
+        }
+    }
+}
+
+/// Makes `request` one for `target` over a direct connection: an
+/// origin-form URI, and a `Host` naming the target when the request had
+/// none.
+pub(crate) fn address(request: &mut Request<LocalBody>, target: &Target) {
+    if !request.headers().contains_key(http::header::HOST) {
+        if let Ok(host) = HeaderValue::from_str(target.authority().as_str()) {
+            request.headers_mut().insert(http::header::HOST, host);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::{BodyExt, Empty, Full};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tokio::net::TcpListener;
+
+    /// A local service that answers `hello` and counts its connections.
+    async fn service() -> (Target, Arc<AtomicUsize>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let count = accepted.clone();
+        tokio::spawn(async move {
+            loop {
+                let (tcp, _) = listener.accept().await.unwrap();
+                count.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(hyper::server::conn::http1::Builder::new().serve_connection(
+                    TokioIo::new(tcp),
+                    hyper::service::service_fn(|req: Request<Incoming>| async move {
+                        let close = req.uri().path() == "/close";
+                        let mut resp = Response::new(Full::new(Bytes::from_static(b"hello")));
+                        if close {
+                            resp.headers_mut().insert(
+                                http::header::CONNECTION,
+                                HeaderValue::from_static("close"),
+                            );
+                        }
+                        Ok::<_, std::convert::Infallible>(resp)
+                    }),
+                ));
+            }
+        });
+        (Target::parse(&addr.to_string()).unwrap(), accepted)
+    }
+
+    fn get(path: &str, target: &Target) -> Request<LocalBody> {
+        let mut request = Request::get(path)
+            .body(Empty::new().map_err(|never| match never {}).boxed())
+            .unwrap();
+        address(&mut request, target);
+        request
+    }
+
+    async fn fetch(pool: &LocalPool, target: &Target, path: &str) -> Bytes {
+        let response = pool.send(target, get(path, target)).await.unwrap();
+        response.into_body().collect().await.unwrap().to_bytes()
+    }
+
+    #[tokio::test]
+    async fn a_connection_read_to_the_end_serves_the_next_request() {
+        let (target, accepted) = service().await;
+        let pool = LocalPool::new(Duration::from_secs(5));
+        for _ in 0..10 {
+            assert_eq!(fetch(&pool, &target, "/").await, "hello");
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn a_connection_the_service_closed_is_not_used_again() {
+        let (target, accepted) = service().await;
+        let pool = LocalPool::new(Duration::from_secs(5));
+        assert_eq!(fetch(&pool, &target, "/close").await, "hello");
+        // Give the close time to arrive: the pool must notice it.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(fetch(&pool, &target, "/").await, "hello");
+        assert_eq!(accepted.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn a_body_dropped_midway_closes_its_connection() {
+        let (target, accepted) = service().await;
+        let pool = LocalPool::new(Duration::from_secs(5));
+        let response = pool.send(&target, get("/", &target)).await.unwrap();
+        drop(response);
+        assert_eq!(fetch(&pool, &target, "/").await, "hello");
+        assert_eq!(accepted.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn a_refused_connection_is_an_error() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let target = Target::parse(&listener.local_addr().unwrap().to_string()).unwrap();
+        drop(listener);
+        let pool = LocalPool::new(Duration::from_secs(5));
+        let Err(err) = pool.send(&target, get("/", &target)).await else {
+            panic!("a response from a closed port");
+        };
+        assert!(matches!(err, LocalError::Connect(_)), "{err}");
+    }
+}
