@@ -35,6 +35,9 @@ pub enum GatewayError {
     /// The tunnel has as many requests in flight as it may.
     #[error("too many requests in flight on this tunnel")]
     TooManyStreams,
+    /// The request head is longer than the server takes.
+    #[error("the request head is larger than {0} bytes")]
+    HeadTooLarge(usize),
     /// The request body is larger than this tunnel can take.
     #[error("the request body is larger than {0} bytes")]
     BodyTooLarge(u64),
@@ -164,6 +167,7 @@ impl GatewayError {
             GatewayError::UnknownTunnel(_) | GatewayError::NotFound => StatusCode::NOT_FOUND,
             GatewayError::TooManyStreams => StatusCode::TOO_MANY_REQUESTS,
             GatewayError::BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            GatewayError::HeadTooLarge(_) => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             GatewayError::ClientGone | GatewayError::ClientReset | GatewayError::BadResponse(_) => {
                 StatusCode::BAD_GATEWAY
             }
@@ -181,6 +185,7 @@ impl GatewayError {
             | GatewayError::UnknownTunnel(_)
             | GatewayError::NotFound
             | GatewayError::BodyTooLarge(_)
+            | GatewayError::HeadTooLarge(_)
             | GatewayError::VisitorBody(_)
             | GatewayError::BadUpgrade(_)
             | GatewayError::Misdirected { .. }
@@ -211,6 +216,7 @@ impl GatewayError {
             GatewayError::NotFound => "not_found",
             GatewayError::TooManyStreams => "too_many_requests",
             GatewayError::BodyTooLarge(_) => "body_too_large",
+            GatewayError::HeadTooLarge(_) => "headers_too_large",
             GatewayError::VisitorBody(_) => "bad_request_body",
             GatewayError::ClientGone => "client_gone",
             GatewayError::ClientReset => "client_reset",
@@ -239,6 +245,7 @@ impl GatewayError {
         matches!(
             self,
             GatewayError::BadFraming(_)
+                | GatewayError::HeadTooLarge(_)
                 | GatewayError::BodyTooLarge(_)
                 | GatewayError::BodyTimeout(_)
                 | GatewayError::VisitorBody(_)

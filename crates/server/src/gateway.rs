@@ -79,9 +79,16 @@ async fn dispatch(
     // What is answered here, before routing, is counted by reason: it is
     // neither a tunnel's request nor one of the server's own.
     let refused = |reason| state.metrics.refused_request(reason);
-    if let Verdict::Refuse(why) = verdict {
-        refused(Refused::BadFraming);
-        return Err(GatewayError::BadFraming(why));
+    match verdict {
+        Verdict::Refuse(why) => {
+            refused(Refused::BadFraming);
+            return Err(GatewayError::BadFraming(why));
+        }
+        Verdict::TooLarge(max) => {
+            refused(Refused::HeadersTooLarge);
+            return Err(GatewayError::HeadTooLarge(max));
+        }
+        Verdict::Ok | Verdict::OkThenClose => {}
     }
     hardening::check_uri(req.uri(), state.config.max_uri_length)
         .inspect_err(|_| refused(Refused::UriTooLong))?;

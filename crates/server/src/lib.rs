@@ -75,6 +75,7 @@ mod https;
 pub mod limits;
 mod listen;
 pub mod metrics;
+mod park;
 mod passthrough;
 mod proxy;
 pub mod registry;
@@ -90,7 +91,6 @@ use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, combinators::BoxBody};
-use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -244,7 +244,7 @@ pub async fn serve(
     if let Some(store) = &state.store {
         auth::spawn_watcher(&state, store.clone(), state.sessions_stop.clone());
     }
-    let graceful = GracefulShutdown::new();
+    let drain = listen::Drain::default();
 
     // Shutdown begins with `draining` (the shutdown token itself): /readyz
     // answers 503 and clients are told; the server keeps accepting for
@@ -257,10 +257,12 @@ pub async fn serve(
             tokio::time::sleep(delay).await;
         }
     };
-    listen::accept_until(&state, plain, https, acceptor, &graceful, stop).await;
+    listen::accept_until(&state, plain, https, acceptor, &drain, stop).await;
 
     info!("shutting down: draining in-flight requests");
-    if tokio::time::timeout(state.config.shutdown_grace, graceful.shutdown())
+    drain.stop.cancel();
+    drain.tasks.close();
+    if tokio::time::timeout(state.config.shutdown_grace, drain.tasks.wait())
         .await
         .is_err()
     {

@@ -2,27 +2,34 @@
 //! plain and HTTPS listeners with its connection limit, each HTTPS
 //! connection's TLS handshake (bounded by `tls_handshake_timeout`), and the
 //! HTTP/1.1 serving of every connection, with each request head scanned for
-//! ambiguous framing below hyper. A head hyper refuses itself is counted
-//! here, as the gateway never sees it.
+//! ambiguous framing below hyper, and plain connections parked without
+//! hyper while idle ([`crate::park`]). A head hyper refuses itself is
+//! counted here, as the gateway never sees it.
 
-use std::future::Future;
+use std::convert::Infallible;
+use std::future::{Future, poll_fn};
 use std::io;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
+use hyper::server::conn::http1;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::{GracefulShutdown, Watcher};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_rustls::TlsAcceptor;
+use tokio_rustls::server::TlsStream;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tracing::{Instrument, debug, info_span, warn};
 
 use crate::https::Transport;
 use crate::metrics::Refused;
+use crate::park::{Activity, Parkable, Tracked};
 use crate::{Certs, Peer, State, gateway, hardening};
 
 /// Limits on the visitor-facing HTTP/1 parser: over them, 431.
@@ -47,29 +54,42 @@ pub struct TlsListener {
     pub certs: Certs,
 }
 
+/// How long a plain connection stays quiet between requests before it is
+/// parked ([`crate::park`]).
+const PARK_AFTER: Duration = Duration::from_millis(500);
+
 /// The HTTP/1.1 connection builder every connection shares.
-type Http = auto::Builder<TokioExecutor>;
+type Http = http1::Builder;
+
+/// The connections being served, and the signal asking them to finish:
+/// in-flight requests complete, idle connections close.
+#[derive(Debug, Default)]
+pub(crate) struct Drain {
+    /// Cancelled when the server has stopped accepting.
+    pub(crate) stop: CancellationToken,
+    /// Every connection's task.
+    pub(crate) tasks: TaskTracker,
+}
 
 /// Accepts connections on `plain` and `https` until `stop` resolves, each
-/// served in its own task watched by `graceful`; at most `max_connections`
-/// at once. The listeners close when it returns.
+/// served in its own task tracked by `drain`; at most `max_connections` at
+/// once. The listeners close when it returns.
 pub(crate) async fn accept_until(
     state: &Arc<State>,
     plain: Option<TcpListener>,
     https: Option<TcpListener>,
     acceptor: Option<TlsAcceptor>,
-    graceful: &GracefulShutdown,
+    drain: &Drain,
     stop: impl Future<Output = ()>,
 ) {
     let slots = Arc::new(Semaphore::new(state.config.max_connections));
-    let mut http = auto::Builder::new(TokioExecutor::new());
-    http.http1()
-        .timer(TokioTimer::new())
+    let mut http = http1::Builder::new();
+    http.timer(TokioTimer::new())
         .header_read_timeout(state.config.header_read_timeout)
         .max_buf_size(MAX_HEAD_BYTES)
         .max_headers(MAX_REQUEST_HEADERS)
         .keep_alive(true);
-    let http = Arc::new(http.http1_only());
+    let http = Arc::new(http);
     tokio::pin!(stop);
     loop {
         let (accepted, tls) = tokio::select! {
@@ -96,11 +116,13 @@ pub(crate) async fn accept_until(
         let task = connection(
             Arc::clone(state),
             Arc::clone(&http),
-            graceful.watcher(),
+            drain.stop.clone(),
             (stream, peer, tls),
             permit,
         );
-        tokio::spawn(task.instrument(info_span!("conn", %peer)));
+        drain
+            .tasks
+            .spawn(task.instrument(info_span!("conn", %peer)));
     }
 }
 
@@ -117,15 +139,17 @@ async fn accept(listener: Option<&TcpListener>) -> io::Result<(TcpStream, Socket
 async fn connection(
     state: Arc<State>,
     http: Arc<Http>,
-    watcher: Watcher,
+    stop: CancellationToken,
     (stream, peer, tls): (TcpStream, SocketAddr, Option<TlsAcceptor>),
     _permit: OwnedSemaphorePermit,
 ) {
     let Some(acceptor) = tls else {
-        return serve_http(state, &http, watcher, stream, peer, Transport::Plain).await;
+        return serve_http(state, &http, stop, stream, peer, Transport::Plain).await;
     };
     let limit = state.config.tls_handshake_timeout;
-    let stream = match tokio::time::timeout(limit, acceptor.accept(stream)).await {
+    // Boxed: a parked plain connection's task need not have room for it.
+    let handshake = Box::pin(tokio::time::timeout(limit, acceptor.accept(stream)));
+    let stream = match handshake.await {
         Ok(Ok(stream)) => stream,
         Ok(Err(err)) => {
             state.metrics.tls_handshake_failed("error");
@@ -137,50 +161,153 @@ async fn connection(
         }
     };
     let sni = stream.get_ref().1.server_name().map(Arc::from);
-    serve_http(state, &http, watcher, stream, peer, Transport::Tls { sni }).await;
+    // Boxed, like the handshake: the TLS session is several KiB that a
+    // plain connection's task need not have room for.
+    Box::pin(serve_http(
+        state,
+        &http,
+        stop,
+        stream,
+        peer,
+        Transport::Tls { sni },
+    ))
+    .await;
 }
 
-/// Serves HTTP/1.1 (with upgrades) on `io` until it closes. Every request
-/// head is scanned for ambiguous framing on the (decrypted) bytes before
-/// hyper parses it.
-async fn serve_http<I>(
+/// A visitor's socket: plain TCP can be parked while idle; TLS cannot
+/// (rustls holds buffers of its own, and may hold decrypted bytes).
+trait Socket: AsyncRead + AsyncWrite + Unpin + Send + 'static {
+    fn parkable(&self) -> Option<&TcpStream>;
+}
+
+impl Socket for TcpStream {
+    fn parkable(&self) -> Option<&TcpStream> {
+        Some(self)
+    }
+}
+
+impl Socket for TlsStream<TcpStream> {
+    fn parkable(&self) -> Option<&TcpStream> {
+        None
+    }
+}
+
+/// How a stint of hyper serving a connection ended.
+enum Stint {
+    /// The connection closed, failed or was upgraded.
+    Ended(hyper::Result<()>),
+    /// Idle between requests: the socket can be taken back.
+    Quiet,
+}
+
+/// Serves HTTP/1.1 (with upgrades) on `io` until it closes, or until
+/// `stop` once no request is in flight. Every request head is scanned for
+/// ambiguous framing on the (decrypted) bytes before hyper parses it. A
+/// plain connection idle between requests is parked without hyper until
+/// its next bytes arrive, for at most `header_read_timeout` (as long as
+/// hyper itself waits for the next head).
+async fn serve_http<I: Socket>(
     state: Arc<State>,
     http: &Http,
-    watcher: Watcher,
+    stop: CancellationToken,
     io: I,
     peer: Peer,
     transport: Transport,
-) where
-    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
+) {
+    let idle_limit = io.parkable().map(|_| state.config.header_read_timeout);
     let framing = Arc::new(hardening::framing::Verdicts::default());
-    // The scan must see every head hyper accepts whole: a little over
-    // hyper's own limit.
-    let io = hardening::framing::Guarded::new(io, Arc::clone(&framing), MAX_HEAD_BYTES + 1024);
+    let io = hardening::framing::Guarded::new(io, Arc::clone(&framing), MAX_HEAD_BYTES);
     let conn = Arc::new(Conn {
         peer,
         transport,
         framing,
     });
+    let activity = Arc::new(Activity::default());
+    let mut io = Parkable::new(io, Arc::clone(&activity));
     // Boxed per request: hyper keeps the slot for a connection's service
-    // future for as long as the connection lives, sized (and, once a
+    // future for as long as it serves the connection, sized (and, once a
     // request has been served, resident) as the whole future — some 20 KiB
-    // for `gateway::handle`. Boxing keeps that slot at a pointer, so an
-    // idle keep-alive connection costs a few KiB, for a malloc and a free
-    // per request.
+    // for `gateway::handle`. Boxing keeps that slot at a pointer, for a
+    // malloc and a free per request.
     let metrics = state.metrics.clone();
+    let requests = Arc::clone(&activity);
     let service = service_fn(move |req| {
-        Box::pin(gateway::handle(Arc::clone(&state), Arc::clone(&conn), req))
+        let busy = requests.begin();
+        let handled = gateway::handle(Arc::clone(&state), Arc::clone(&conn), req);
+        Box::pin(async move {
+            let response = handled.await?;
+            Ok::<_, Infallible>(response.map(|body| Tracked::new(body, busy)))
+        })
     });
-    let serving = http.serve_connection_with_upgrades(TokioIo::new(io), service);
-    if let Err(err) = watcher.watch(serving.into_owned()).await {
-        if let Some(reason) = err
-            .downcast_ref::<hyper::Error>()
-            .and_then(refused_by_hyper)
-        {
-            metrics.refused_request(reason);
+    loop {
+        let seen = activity.finished();
+        // Boxed, so that parking frees hyper's connection state whole.
+        let mut serving = Box::new(
+            http.serve_connection(TokioIo::new(io), service.clone())
+                .with_upgrades(),
+        );
+        let mut stopping = std::pin::pin!(stop.cancelled());
+        let mut stopped = false;
+        // Quiet for PARK_AFTER: under load the next request follows at
+        // once, and hyper's state is worth keeping for it.
+        let mut settled = std::pin::pin!(tokio::time::sleep(PARK_AFTER));
+        let mut settling = false;
+        let stint = poll_fn(|cx| {
+            if !stopped && stopping.as_mut().poll(cx).is_ready() {
+                // In-flight requests finish; keep-alive ends with them.
+                Pin::new(&mut *serving).graceful_shutdown();
+                stopped = true;
+            }
+            if let Poll::Ready(ended) = Pin::new(&mut *serving).poll(cx) {
+                return Poll::Ready(Stint::Ended(ended));
+            }
+            if idle_limit.is_none() || stopped || !activity.quiet_since(seen) {
+                settling = false;
+                return Poll::Pending;
+            }
+            if !settling {
+                settled
+                    .as_mut()
+                    .reset(tokio::time::Instant::now() + PARK_AFTER);
+                settling = true;
+            }
+            settled.as_mut().poll(cx).map(|()| Stint::Quiet)
+        })
+        .await;
+        if let Stint::Ended(ended) = stint {
+            if let Err(err) = ended {
+                if let Some(reason) = refused_by_hyper(&err) {
+                    metrics.refused_request(reason);
+                }
+                debug!(%err, "connection ended with an error");
+            }
+            return;
         }
-        debug!(%err, "connection ended with an error");
+        let Some(parts) = serving.into_parts() else {
+            return;
+        };
+        io = parts.io.into_inner();
+        io.replay(parts.read_buf);
+        if io.has_replay() {
+            // The next request has begun arriving: serve it at once.
+            continue;
+        }
+        let (Some(tcp), Some(limit)) = (io.get_ref().get_ref().parkable(), idle_limit) else {
+            return;
+        };
+        metrics.idle_connections.inc();
+        let woken = tokio::select! {
+            readable = tcp.readable() => readable.is_ok(),
+            () = tokio::time::sleep(limit) => {
+                debug!("idle keep-alive connection closed");
+                false
+            }
+            () = stop.cancelled() => false,
+        };
+        metrics.idle_connections.dec();
+        if !woken {
+            return;
+        }
     }
 }
 

@@ -72,7 +72,7 @@ pub enum Refused {
     /// A head hyper could not parse (400: a CR or NUL in a header, a
     /// folded line, a bad request line ...), or HTTP/2 on the HTTP/1 port.
     Malformed,
-    /// A head over hyper's size or header-count limit (431).
+    /// A head over the size (64 KiB) or header-count (100) limit (431).
     HeadersTooLarge,
     /// Ambiguous framing, as `hardening::framing` judges it (400).
     BadFraming,
@@ -130,6 +130,9 @@ pub struct Metrics {
     pub request_duration: Histogram,
     /// Visitor requests being served.
     pub in_flight: Gauge,
+    /// Plain visitor connections idle between requests, held without
+    /// hyper's buffers (see `park`).
+    pub idle_connections: Gauge,
     /// Body bytes received from visitors (request bodies), counted per frame.
     pub bytes_in: Counter,
     /// Body bytes sent to visitors (response bodies), counted per frame.
@@ -169,6 +172,7 @@ impl Metrics {
             requests: Family::default(),
             request_duration: Histogram::new(DURATION_BUCKETS),
             in_flight: Gauge::default(),
+            idle_connections: Gauge::default(),
             bytes_in,
             bytes_out,
             handshake_failures: Family::default(),
@@ -198,6 +202,11 @@ impl Metrics {
             "requests_in_flight",
             "Visitor requests being served",
             metrics.in_flight.clone(),
+        );
+        r.register(
+            "idle_connections",
+            "Visitor connections idle between requests, held without HTTP buffers",
+            metrics.idle_connections.clone(),
         );
         r.register(
             "body_bytes",
@@ -396,6 +405,7 @@ mod tests {
             "cryptun_request_duration_seconds_count 1",
             "cryptun_request_duration_seconds_bucket{le=\"0.05\"} 1",
             "cryptun_requests_in_flight 0",
+            "cryptun_idle_connections 0",
             "cryptun_body_bytes_total{direction=\"in\"} 10",
             "cryptun_body_bytes_total{direction=\"out\"} 0",
             "cryptun_handshake_failures_total{reason=\"subdomain_taken\"} 1",

@@ -15,8 +15,9 @@
 //! scanning and the verdict tells the gateway to close the connection after
 //! that response, so the two parsers can never disagree about where a head
 //! starts. It also stops for good once the connection switches protocols
-//! ([`Verdicts::switched`]) or a head outgrows hyper's own limit (hyper then
-//! refuses it with 431).
+//! ([`Verdicts::switched`]) or a head outgrows the head limit: that head's
+//! verdict is [`Verdict::TooLarge`] (431), should hyper, which checks its
+//! own limit only between reads, have taken it whole.
 
 use std::collections::VecDeque;
 use std::io;
@@ -41,6 +42,10 @@ pub enum Verdict {
     OkThenClose,
     /// Ambiguous or unsupported framing: refuse with 400 and close.
     Refuse(&'static str),
+    /// A head longer than the limit: refuse with 431 and close. (hyper
+    /// checks its own limit only between reads, so one read can bring it a
+    /// longer head whole.)
+    TooLarge(usize),
 }
 
 /// The verdicts of one connection, shared by its reader and its requests.
@@ -96,8 +101,8 @@ pub struct Guarded<T> {
 }
 
 impl<T> Guarded<T> {
-    /// Wraps `io`. `max_head` must be at least hyper's own head limit, so
-    /// that every head hyper accepts is seen whole.
+    /// Wraps `io`. A head longer than `max_head` bytes gets
+    /// [`Verdict::TooLarge`], and the scan stops there.
     pub fn new(io: T, verdicts: std::sync::Arc<Verdicts>, max_head: usize) -> Self {
         Guarded {
             io,
@@ -105,6 +110,11 @@ impl<T> Guarded<T> {
             verdicts,
             max_head,
         }
+    }
+
+    /// The connection inside.
+    pub fn get_ref(&self) -> &T {
+        &self.io
     }
 
     fn feed(&mut self, mut data: &[u8]) {
@@ -130,10 +140,10 @@ impl<T> Guarded<T> {
                         }
                     }
                     let old = buf.len();
-                    let take = data.len().min(self.max_head + 4 - old);
+                    let take = data.len().min(self.max_head + 1 - old);
                     buf.extend_from_slice(&data[..take]);
                     match head_end(buf, old.saturating_sub(2)) {
-                        Some(end) => {
+                        Some(end) if end <= self.max_head => {
                             let (verdict, next) = judge(&buf[..end]);
                             data = &data[end - old..];
                             self.scan = if self.verdicts.push(verdict) {
@@ -142,8 +152,11 @@ impl<T> Guarded<T> {
                                 Scan::Off
                             };
                         }
-                        None if buf.len() > self.max_head => self.scan = Scan::Off,
-                        None => return,
+                        _ if buf.len() > self.max_head => {
+                            self.verdicts.push(Verdict::TooLarge(self.max_head));
+                            self.scan = Scan::Off;
+                        }
+                        _ => return,
                     }
                 }
             }
@@ -352,12 +365,17 @@ mod tests {
     }
 
     #[test]
-    fn oversized_heads_and_deep_pipelines_stop_the_scan() {
-        let big = format!(
-            "GET / HTTP/1.1\r\nX: {}\r\n\r\nGET / HTTP/1.1\r\n\r\n",
-            "y".repeat(2000)
-        );
-        assert_eq!(all_steps(big.as_bytes()), []);
+    fn oversized_heads_are_refused_and_deep_pipelines_stop_the_scan() {
+        // The limit is 1024 here: a head of 1024 bytes passes, one byte
+        // more is too large, and the scan stops there.
+        let sized = |len: usize| {
+            let empty = "GET / HTTP/1.1\r\nX: \r\n\r\n".len();
+            format!("GET / HTTP/1.1\r\nX: {}\r\n\r\n", "y".repeat(len - empty))
+        };
+        assert_eq!(sized(1024).len(), 1024);
+        assert_eq!(all_steps(sized(1024).as_bytes()), [Verdict::Ok]);
+        let big = sized(1025) + "GET / HTTP/1.1\r\n\r\n";
+        assert_eq!(all_steps(big.as_bytes()), [Verdict::TooLarge(1024)]);
         let deep = "GET / HTTP/1.1\r\n\r\n".repeat(MAX_PENDING + 5);
         assert_eq!(scan(deep.as_bytes(), deep.len()).len(), MAX_PENDING);
     }

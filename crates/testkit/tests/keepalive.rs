@@ -1,0 +1,143 @@
+//! Idle keep-alive visitor connections: parked without hyper's buffers
+//! between requests (`cryptun_idle_connections` counts them) and picked up
+//! again by their next bytes — a next request, one split across writes,
+//! two pipelined in one write; closed after `header_read_timeout`, and at
+//! once when the server stops.
+
+#![allow(clippy::unwrap_used)]
+
+use std::time::Duration;
+
+use cryptun_testkit::raw::{WAIT, eventually};
+use cryptun_testkit::{Origin, TestClient, TestServer, Visitor, within};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::net::TcpStream;
+
+fn get(host: &str, token: &str) -> String {
+    format!("GET /token?t={token} HTTP/1.1\r\nHost: {host}\r\n\r\n")
+}
+
+/// Reads one response with a `Content-Length` body off `stream`: its
+/// status and body.
+async fn response(stream: &mut TcpStream) -> (u16, String) {
+    let mut raw = Vec::new();
+    let head_end = loop {
+        if let Some(end) = raw.windows(4).position(|w| w == b"\r\n\r\n") {
+            break end + 4;
+        }
+        let mut buf = [0u8; 1];
+        let n = within("a response head", stream.read(&mut buf))
+            .await
+            .unwrap();
+        assert!(
+            n > 0,
+            "closed mid-head: {:?}",
+            String::from_utf8_lossy(&raw)
+        );
+        raw.push(buf[0]);
+    };
+    let head = String::from_utf8_lossy(&raw[..head_end]).to_lowercase();
+    let status = head[9..12].parse().unwrap();
+    let length: usize = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .map(|v| v.trim().parse().unwrap())
+        .expect("a content-length");
+    let mut body = vec![0u8; length];
+    within("a response body", stream.read_exact(&mut body))
+        .await
+        .unwrap();
+    (status, String::from_utf8(body).unwrap())
+}
+
+/// Waits until the server counts `n` parked connections (the scraping
+/// connection is busy while it scrapes, so it never counts itself).
+async fn parked(scraper: &Visitor, n: f64) {
+    eventually(WAIT, &format!("{n} parked connections"), || async {
+        scraper.metric("cryptun_idle_connections").await == n
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_parked_connection_serves_the_next_requests_on_it() {
+    let server = TestServer::start().await;
+    let origin = Origin::start().await;
+    let client = TestClient::start(&server, &origin.target()).await;
+    let scraper = Visitor::new(server.addr);
+    let mut visitor = TcpStream::connect(server.addr).await.unwrap();
+
+    visitor
+        .write_all(get(&client.host, "one").as_bytes())
+        .await
+        .unwrap();
+    assert_eq!(response(&mut visitor).await, (200, "one".into()));
+    parked(&scraper, 1.0).await;
+
+    // A head split across writes, the first part waking the connection.
+    let second = get(&client.host, "two");
+    let (a, b) = second.split_at(10);
+    visitor.write_all(a.as_bytes()).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    visitor.write_all(b.as_bytes()).await.unwrap();
+    assert_eq!(response(&mut visitor).await, (200, "two".into()));
+    parked(&scraper, 1.0).await;
+
+    // Two requests in one write: the second is already read when the
+    // first is answered, and is served from what hyper had read.
+    let both = get(&client.host, "three") + &get(&client.host, "four");
+    visitor.write_all(both.as_bytes()).await.unwrap();
+    assert_eq!(response(&mut visitor).await, (200, "three".into()));
+    assert_eq!(response(&mut visitor).await, (200, "four".into()));
+    parked(&scraper, 1.0).await;
+
+    drop(visitor);
+    parked(&scraper, 0.0).await;
+}
+
+#[tokio::test]
+async fn a_parked_connection_closes_after_the_header_read_timeout() {
+    let mut config = TestServer::test_config();
+    config.header_read_timeout = Duration::from_secs(1);
+    let server = TestServer::start_with(config).await;
+    let origin = Origin::start().await;
+    let client = TestClient::start(&server, &origin.target()).await;
+    let mut visitor = TcpStream::connect(server.addr).await.unwrap();
+    visitor
+        .write_all(get(&client.host, "one").as_bytes())
+        .await
+        .unwrap();
+    assert_eq!(response(&mut visitor).await, (200, "one".into()));
+    let mut rest = Vec::new();
+    within("the idle connection closes", visitor.read_to_end(&mut rest))
+        .await
+        .unwrap();
+    assert!(rest.is_empty(), "{:?}", String::from_utf8_lossy(&rest));
+    parked(&Visitor::new(server.addr), 0.0).await;
+}
+
+#[tokio::test]
+async fn stopping_the_server_closes_parked_connections_at_once() {
+    let mut config = TestServer::test_config();
+    // Far longer than the test waits: only closing at once passes.
+    config.shutdown_grace = Duration::from_secs(60);
+    config.shutdown_delay = Duration::ZERO;
+    let server = TestServer::start_with(config).await;
+    let origin = Origin::start().await;
+    let client = TestClient::start(&server, &origin.target()).await;
+    let mut visitor = TcpStream::connect(server.addr).await.unwrap();
+    visitor
+        .write_all(get(&client.host, "one").as_bytes())
+        .await
+        .unwrap();
+    assert_eq!(response(&mut visitor).await, (200, "one".into()));
+    parked(&Visitor::new(server.addr), 1.0).await;
+
+    server.begin_stop();
+    let mut rest = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(5), visitor.read_to_end(&mut rest));
+    assert!(closed.await.is_ok(), "the parked connection was kept open");
+    tokio::time::timeout(Duration::from_secs(5), server.stopped())
+        .await
+        .expect("the server waited for its idle connection");
+}
