@@ -19,6 +19,7 @@ mod procs;
 mod report;
 mod run;
 mod sample;
+mod scenarios;
 mod swarm;
 mod tunnels;
 mod visitors;
