@@ -8,6 +8,9 @@
 //!    Then, against a fresh server and client, holds `--idle-visitors`
 //!    keep-alive connections open to measure what each costs
 //!    ([`crate::visitors`]).
+//!    With `--bore PATH`, after Cryptun's runs and before the idle visitors,
+//!    the same scenarios run through bore ([`crate::bore`]) against the same
+//!    origin, for a yardstick measured in the same run.
 //! 3. Runs the swarm ([`crate::tunnels`]) against a fresh server per count.
 //! 4. Prints a readable report and the same tables in markdown.
 //!
@@ -67,6 +70,10 @@ pub struct RunArgs {
     /// Also write the markdown report to this file.
     #[arg(long)]
     pub markdown: Option<PathBuf>,
+    /// Also run the load scenarios through bore, an established TCP tunnel,
+    /// with this `bore` binary (scripts/bench.sh --compare installs one).
+    #[arg(long, conflicts_with = "skip_load")]
+    pub bore: Option<PathBuf>,
 }
 
 /// The executables and the folder for their logs.
@@ -86,7 +93,7 @@ pub struct LoadReport {
     pub scenarios: Vec<Scenario>,
     /// Straight at the origin, one run per scenario.
     pub direct: Vec<Measured>,
-    /// Each tunnel measured (Cryptun's).
+    /// Cryptun's tunnel, then bore's if `--bore` asked for it.
     pub tunnels: Vec<TunnelLoad>,
     /// Held-open idle visitor connections and what they cost.
     pub idle_visitors: Option<crate::visitors::IdleVisitors>,
@@ -117,6 +124,9 @@ pub fn run(mut args: RunArgs) -> Result<()> {
         "{} not found: build it first (cargo build --release -p cryptun -p cryptun-bench)",
         cryptun.display()
     );
+    if let Some(bore) = &args.bore {
+        ensure!(bore.is_file(), "{} not found (--bore)", bore.display());
+    }
     let logs = std::env::temp_dir().join(format!("cryptun-bench-{}", std::process::id()));
     std::fs::create_dir_all(&logs)?;
     eprintln!("logs of the children: {}", logs.display());
@@ -187,7 +197,12 @@ fn load_phase(env: &Env, args: &RunArgs) -> Result<LoadReport> {
         host: None,
     };
     let tunnel = Target {
-        name: "tunnel",
+        // Alone it is "the tunnel", as in the tables recorded before bore.
+        name: if args.bore.is_some() {
+            "cryptun"
+        } else {
+            "tunnel"
+        },
         addr: server_addr,
         host: Some(host),
     };
@@ -203,6 +218,16 @@ fn load_phase(env: &Env, args: &RunArgs) -> Result<LoadReport> {
         &mut [&mut server, &mut client, &mut origin],
     )?;
     drop((server, client));
+    let mut tunnels = vec![cryptun];
+    if let Some(bore) = &args.bore {
+        tunnels.push(crate::bore::measure(
+            bore,
+            &runner,
+            &env.logs,
+            &mut origin,
+            origin_addr,
+        )?);
+    }
     let idle_visitors = match args.idle_visitors {
         0 => None,
         count => Some(idle_visitors(env, origin_addr, origin.pid(), count)?),
@@ -210,7 +235,7 @@ fn load_phase(env: &Env, args: &RunArgs) -> Result<LoadReport> {
     Ok(LoadReport {
         scenarios: runner.scenarios,
         direct: direct_runs,
-        tunnels: vec![cryptun],
+        tunnels,
         idle_visitors,
         ticks_per_sec: procs::clock_ticks_per_sec(),
     })

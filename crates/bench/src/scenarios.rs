@@ -5,8 +5,8 @@
 //! ("direct") or a tunnel's public side. [`Runner::tunnel`] measures one
 //! tunnel: its processes' resident memory once it is up and idle, a warm-up,
 //! every scenario (each wrk run sampled by [`crate::sample::measure`]), and
-//! the memory once idle again. Every tunnel measured goes through it, so
-//! their numbers compare.
+//! the memory once idle again. Cryptun's tunnel and bore's both go through
+//! it, so their numbers compare.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
