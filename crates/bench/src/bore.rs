@@ -30,6 +30,18 @@ const CONTROL_PORT: u16 = 7835;
 /// How long each bore process may take to start listening.
 const START_WAIT: Duration = Duration::from_secs(10);
 
+/// Fails if bore's control port is taken on loopback: a bore server already
+/// there would take our client and be measured instead of ours. Checked
+/// before the run starts and again just before bore does.
+pub fn ensure_control_port_free() -> Result<()> {
+    let control = SocketAddr::from(([127, 0, 0, 1], CONTROL_PORT));
+    drop(
+        std::net::TcpListener::bind(control)
+            .with_context(|| format!("bore's control port {control} is taken"))?,
+    );
+    Ok(())
+}
+
 /// Starts `bore server` and `bore local` for the origin at `origin_addr`,
 /// runs `runner`'s scenarios through them, and stops them.
 pub fn measure(
@@ -39,13 +51,8 @@ pub fn measure(
     origin: &mut Proc,
     origin_addr: SocketAddr,
 ) -> Result<TunnelLoad> {
+    ensure_control_port_free()?;
     let control = SocketAddr::from(([127, 0, 0, 1], CONTROL_PORT));
-    // A bore server already there would take our client and be measured
-    // instead of ours.
-    drop(
-        std::net::TcpListener::bind(control)
-            .with_context(|| format!("bore's control port {control} is taken"))?,
-    );
     let addr = free_port()?;
     let port = addr.port().to_string();
     let spawn = |name, args: &[&str], log: &str| -> Result<Proc> {

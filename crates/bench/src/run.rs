@@ -126,6 +126,7 @@ pub fn run(mut args: RunArgs) -> Result<()> {
     );
     if let Some(bore) = &args.bore {
         ensure!(bore.is_file(), "{} not found (--bore)", bore.display());
+        crate::bore::ensure_control_port_free()?;
     }
     let logs = std::env::temp_dir().join(format!("cryptun-bench-{}", std::process::id()));
     std::fs::create_dir_all(&logs)?;
