@@ -3,6 +3,8 @@
 #
 #   scripts/bench.sh            # full run (10 s per wrk run; 1,000 and 10,000 idle tunnels)
 #   scripts/bench.sh --quick    # 3 s per wrk run; 1,000 idle tunnels
+#   scripts/bench.sh --compare  # also run the load through bore (an established
+#                               # TCP tunnel), same origin, same run
 #
 # Any other arguments go to `cryptun-bench run` (see `--help` there), e.g.
 #   scripts/bench.sh --duration 20 --tunnels 1000,5000 --markdown /tmp/bench.md
@@ -11,8 +13,27 @@
 # raises the open-file limit (each idle tunnel is one descriptor in the server
 # and one in the swarm), and runs the orchestrator. Everything stays on
 # 127.0.0.1; docs/BENCHMARKS.md explains what is measured.
+#
+# --compare installs bore if it is missing (`cargo install bore-cli --locked
+# --root target/bench-tools`; only then: a plain run does not need it) and
+# passes `--bore target/bench-tools/bin/bore`. bore's server takes port 7835,
+# which must be free.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+args=()
+compare=false
+for arg in "$@"; do
+    if [ "$arg" = "--compare" ]; then compare=true; else args+=("$arg"); fi
+done
+if $compare; then
+    bore=target/bench-tools/bin/bore
+    if [ ! -x "$bore" ]; then
+        echo "bench: installing bore into target/bench-tools" >&2
+        cargo install bore-cli --locked --root target/bench-tools
+    fi
+    args+=(--bore "$bore")
+fi
 
 if ! command -v wrk >/dev/null 2>&1; then
     echo "bench: installing wrk" >&2
@@ -34,4 +55,4 @@ if ! ulimit -n "$want" 2>/dev/null; then
     fi
 fi
 
-exec target/release/cryptun-bench run "$@"
+exec target/release/cryptun-bench run "${args[@]}"

@@ -8,6 +8,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
+use crate::origin::{LARGE_LEN, SMALL_BODY};
+
 /// Status and body of `GET path` on `addr` with the given Host header.
 pub fn get(addr: SocketAddr, host: &str, path: &str) -> Result<(u16, Vec<u8>)> {
     let timeout = Duration::from_secs(10);
@@ -31,6 +33,25 @@ pub fn get(addr: SocketAddr, host: &str, path: &str) -> Result<(u16, Vec<u8>)> {
         .and_then(|s| s.parse().ok())
         .context("no status in the response")?;
     Ok((status, raw[split + 4..].to_vec()))
+}
+
+/// Checks that `/small` and `/1m` answer in full at `addr` with Host `host`.
+pub fn check_paths(addr: SocketAddr, host: &str) -> Result<()> {
+    let (status, body) = crate::http::get(addr, host, "/small")?;
+    if status != 200 || body != SMALL_BODY {
+        bail!(
+            "GET /small via {addr} (Host {host}) gave {status}, {} bytes",
+            body.len()
+        );
+    }
+    let (status, body) = crate::http::get(addr, host, "/1m")?;
+    if status != 200 || body.len() != LARGE_LEN {
+        bail!(
+            "GET /1m via {addr} (Host {host}) gave {status}, {} bytes",
+            body.len()
+        );
+    }
+    Ok(())
 }
 
 /// Polls `GET /healthz` until it answers 200, for at most `wait`.

@@ -7,18 +7,21 @@
 //! - `run` — the orchestrator: starts the origin, `cryptun server` and
 //!   `cryptun http` from the same build directory, drives `wrk` against the
 //!   origin directly and through the tunnel, samples `/proc`, runs the swarm
-//!   against a fresh server, and prints the results.
+//!   against a fresh server, and prints the results; with `--bore PATH` it
+//!   also drives the same load through bore, an established TCP tunnel.
 //!
 //! `scripts/bench.sh` builds everything in release mode and runs `run`.
 
 #![forbid(unsafe_code)]
 
+mod bore;
 mod http;
 mod origin;
 mod procs;
 mod report;
 mod run;
 mod sample;
+mod scenarios;
 mod swarm;
 mod tunnels;
 mod visitors;

@@ -7,6 +7,7 @@
 
 use std::fs::File;
 use std::io::{BufRead as _, BufReader, Read};
+use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::mpsc;
@@ -83,6 +84,22 @@ impl Proc {
         match self.child.try_wait()? {
             None => Ok(()),
             Some(status) => Err(anyhow!("{} exited unexpectedly: {status}", self.name)),
+        }
+    }
+
+    /// Waits until `addr` accepts a TCP connection, for at most `wait`;
+    /// fails at once if the child exits meanwhile.
+    pub fn wait_listening(&mut self, addr: SocketAddr, wait: Duration) -> Result<()> {
+        let deadline = std::time::Instant::now() + wait;
+        loop {
+            if TcpStream::connect_timeout(&addr, Duration::from_secs(1)).is_ok() {
+                return Ok(());
+            }
+            self.check_alive()?;
+            if std::time::Instant::now() > deadline {
+                bail!("{} was not listening on {addr} within {wait:?}", self.name);
+            }
+            std::thread::sleep(Duration::from_millis(50));
         }
     }
 

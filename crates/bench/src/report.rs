@@ -93,7 +93,9 @@ impl Report {
         let mut tables = Vec::new();
         if let Some(load) = &self.load {
             tables.push(load_table(load));
-            tables.push(resource_table(load));
+            for tunnel in &load.tunnels {
+                tables.push(resource_table(load, tunnel));
+            }
             if let Some(idle) = &load.idle_visitors {
                 tables.push(visitor_table(idle));
             }

@@ -8,6 +8,9 @@
 //!    Then, against a fresh server and client, holds `--idle-visitors`
 //!    keep-alive connections open to measure what each costs
 //!    ([`crate::visitors`]).
+//!    With `--bore PATH`, after Cryptun's runs and before the idle visitors,
+//!    the same scenarios run through bore ([`crate::bore`]) against the same
+//!    origin, for a yardstick measured in the same run.
 //! 3. Runs the swarm ([`crate::tunnels`]) against a fresh server per count.
 //! 4. Prints a readable report and the same tables in markdown.
 //!
@@ -19,14 +22,15 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::{Context, Result, bail, ensure};
+use anyhow::{Context, Result, ensure};
 use clap::Args;
 
-use crate::origin::{LARGE_LEN, SMALL_BODY};
+use crate::http::check_paths;
 use crate::procs::{self, Proc};
 use crate::report::{self, Report};
-use crate::sample::{Measured, Roles, measure, rss_of};
-use crate::wrk::{self, Load};
+use crate::sample::{Measured, Roles};
+use crate::scenarios::{Runner, Scenario, Target, TunnelLoad};
+use crate::wrk;
 
 /// Arguments of `cryptun-bench run`.
 #[derive(Debug, Args)]
@@ -66,6 +70,10 @@ pub struct RunArgs {
     /// Also write the markdown report to this file.
     #[arg(long)]
     pub markdown: Option<PathBuf>,
+    /// Also run the load scenarios through bore, an established TCP tunnel,
+    /// with this `bore` binary (scripts/bench.sh --compare installs one).
+    #[arg(long, conflicts_with = "skip_load")]
+    pub bore: Option<PathBuf>,
 }
 
 /// The executables and the folder for their logs.
@@ -78,43 +86,17 @@ pub struct Env {
     pub logs: PathBuf,
 }
 
-/// One load scenario.
-#[derive(Debug, Clone)]
-pub struct Scenario {
-    /// Short label for tables.
-    pub label: String,
-    /// Origin path.
-    pub path: &'static str,
-    /// wrk -c.
-    pub connections: u32,
-    /// wrk -t.
-    pub threads: u32,
-    /// Whether throughput in MiB/s is the headline.
-    pub large: bool,
-}
-
-/// A scenario, direct and through the tunnel.
-#[derive(Debug, Clone)]
-pub struct ScenarioResult {
-    /// What ran.
-    pub scenario: Scenario,
-    /// Straight at the origin.
-    pub direct: Measured,
-    /// Through server and client.
-    pub tunnel: Measured,
-}
-
 /// Everything the load phase measured.
 #[derive(Debug, Clone, Default)]
 pub struct LoadReport {
-    /// Per scenario.
-    pub scenarios: Vec<ScenarioResult>,
-    /// RSS once the tunnel is up, before any load, KiB.
-    pub idle_rss_kib: Roles<u64>,
+    /// The scenarios, in the order they ran.
+    pub scenarios: Vec<Scenario>,
+    /// Straight at the origin, one run per scenario.
+    pub direct: Vec<Measured>,
+    /// Cryptun's tunnel, then bore's if `--bore` asked for it.
+    pub tunnels: Vec<TunnelLoad>,
     /// Held-open idle visitor connections and what they cost.
     pub idle_visitors: Option<crate::visitors::IdleVisitors>,
-    /// RSS two seconds after the last run, KiB.
-    pub after_rss_kib: Roles<u64>,
     /// Clock ticks per second, to turn ticks into time.
     pub ticks_per_sec: u64,
 }
@@ -142,6 +124,10 @@ pub fn run(mut args: RunArgs) -> Result<()> {
         "{} not found: build it first (cargo build --release -p cryptun -p cryptun-bench)",
         cryptun.display()
     );
+    if let Some(bore) = &args.bore {
+        ensure!(bore.is_file(), "{} not found (--bore)", bore.display());
+        crate::bore::ensure_control_port_free()?;
+    }
     let logs = std::env::temp_dir().join(format!("cryptun-bench-{}", std::process::id()));
     std::fs::create_dir_all(&logs)?;
     eprintln!("logs of the children: {}", logs.display());
@@ -192,7 +178,7 @@ pub fn start_server(env: &Env, extra: &[&str], log: &str) -> Result<(Proc, Socke
 }
 
 fn load_phase(env: &Env, args: &RunArgs) -> Result<LoadReport> {
-    let script = wrk::install_script(&env.logs)?;
+    let runner = Runner::new(args, wrk::install_script(&env.logs)?);
     let mut origin = Proc::spawn(
         "origin",
         &env.bench,
@@ -206,108 +192,52 @@ fn load_phase(env: &Env, args: &RunArgs) -> Result<LoadReport> {
     check_paths(origin_addr, &origin_addr.to_string())?;
     check_paths(server_addr, &host)?;
 
+    let direct = Target {
+        name: "direct",
+        addr: origin_addr,
+        host: None,
+    };
+    let tunnel = Target {
+        // Alone it is "the tunnel", as in the tables recorded before bore.
+        name: if args.bore.is_some() {
+            "cryptun"
+        } else {
+            "tunnel"
+        },
+        addr: server_addr,
+        host: Some(host),
+    };
     let pids = Roles {
         server: server.pid(),
         client: client.pid(),
         origin: origin.pid(),
     };
-    std::thread::sleep(Duration::from_secs(1));
-    let idle_rss_kib = rss_of(pids)?;
-
-    let direct_url = |path: &str| format!("http://{origin_addr}{path}");
-    let tunnel_url = |path: &str| format!("http://{server_addr}{path}");
-    let duration = Duration::from_secs(args.duration);
-    let warm = Duration::from_secs(if args.quick { 1 } else { 2 });
-    for (url, host) in [
-        (direct_url("/small"), None),
-        (tunnel_url("/small"), Some(host.clone())),
-    ] {
-        eprintln!("warm-up {url}");
-        let load = Load {
-            url,
-            host,
-            connections: args.connections,
-            threads: 2,
-            duration: warm,
-        };
-        wrk::run(&load, &script)?;
-    }
-
-    let scenarios = [
-        Scenario {
-            label: format!("100 B, {} conns", args.connections),
-            path: "/small",
-            connections: args.connections,
-            threads: 2,
-            large: false,
-        },
-        Scenario {
-            label: format!("1 MiB, {} conns", args.large_connections),
-            path: "/1m",
-            connections: args.large_connections,
-            threads: 2,
-            large: true,
-        },
-        Scenario {
-            label: "100 B, 1 conn".to_owned(),
-            path: "/small",
-            connections: 1,
-            threads: 1,
-            large: false,
-        },
-    ];
-    let mut results = Vec::new();
-    for scenario in scenarios {
-        let mut run = |url: String, host: Option<String>, what: &str| -> Result<Measured> {
-            eprintln!(
-                "{} {what}: wrk -t{} -c{} -d{}s {url}",
-                scenario.label, scenario.threads, scenario.connections, args.duration
-            );
-            let load = Load {
-                url,
-                host,
-                connections: scenario.connections,
-                threads: scenario.threads,
-                duration,
-            };
-            let measured = measure(&load, &script, pids)?;
-            for proc in [&mut server, &mut client, &mut origin] {
-                proc.check_alive()?;
-            }
-            let w = measured.wrk;
-            eprintln!(
-                "  {:.0} req/s, {:.1} MiB/s, latency mean {:.0} p50 {} p90 {} p99 {} max {} µs, {} errors",
-                w.rps(),
-                w.mib_per_sec(),
-                w.mean_us,
-                w.p50_us,
-                w.p90_us,
-                w.p99_us,
-                w.max_us,
-                w.errors()
-            );
-            Ok(measured)
-        };
-        let direct = run(direct_url(scenario.path), None, "direct")?;
-        let tunnel = run(tunnel_url(scenario.path), Some(host.clone()), "tunnel")?;
-        results.push(ScenarioResult {
-            scenario,
-            direct,
-            tunnel,
-        });
-    }
-    std::thread::sleep(Duration::from_secs(2));
-    let after_rss_kib = rss_of(pids)?;
+    let (cryptun, [direct_runs]) = runner.tunnel(
+        &tunnel,
+        [&direct],
+        pids,
+        &mut [&mut server, &mut client, &mut origin],
+    )?;
     drop((server, client));
+    let mut tunnels = vec![cryptun];
+    if let Some(bore) = &args.bore {
+        tunnels.push(crate::bore::measure(
+            bore,
+            &runner,
+            &env.logs,
+            &mut origin,
+            origin_addr,
+        )?);
+    }
     let idle_visitors = match args.idle_visitors {
         0 => None,
         count => Some(idle_visitors(env, origin_addr, origin.pid(), count)?),
     };
     Ok(LoadReport {
-        scenarios: results,
-        idle_rss_kib,
+        scenarios: runner.scenarios,
+        direct: direct_runs,
+        tunnels,
         idle_visitors,
-        after_rss_kib,
         ticks_per_sec: procs::clock_ticks_per_sec(),
     })
 }
@@ -371,23 +301,4 @@ fn idle_visitors(
     };
     eprintln!("holding {count} idle visitor connections open");
     crate::visitors::measure(server_addr, &host, count, pids)
-}
-
-/// Checks that `/small` and `/1m` answer in full at `addr` with Host `host`.
-fn check_paths(addr: SocketAddr, host: &str) -> Result<()> {
-    let (status, body) = crate::http::get(addr, host, "/small")?;
-    if status != 200 || body != SMALL_BODY {
-        bail!(
-            "GET /small via {addr} (Host {host}) gave {status}, {} bytes",
-            body.len()
-        );
-    }
-    let (status, body) = crate::http::get(addr, host, "/1m")?;
-    if status != 200 || body.len() != LARGE_LEN {
-        bail!(
-            "GET /1m via {addr} (Host {host}) gave {status}, {} bytes",
-            body.len()
-        );
-    }
-    Ok(())
 }

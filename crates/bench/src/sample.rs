@@ -15,9 +15,9 @@ use crate::wrk::{self, Load, WrkResult};
 /// A value per process.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Roles<T> {
-    /// `cryptun server`.
+    /// The tunnel's server (`cryptun server`, or `bore server`).
     pub server: T,
-    /// `cryptun http`.
+    /// The tunnel's client (`cryptun http`, or `bore local`).
     pub client: T,
     /// The origin.
     pub origin: T,

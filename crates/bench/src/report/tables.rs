@@ -5,86 +5,96 @@
 use super::Table;
 use crate::run::LoadReport;
 use crate::sample::{Measured, Roles};
+use crate::scenarios::TunnelLoad;
 use crate::tunnels::TunnelResult;
 use crate::visitors::IdleVisitors;
+use crate::wrk::WrkResult;
 
 pub(super) fn load_table(load: &LoadReport) -> Table {
     let mut rows = Vec::new();
-    for r in &load.scenarios {
-        let (d, t) = (&r.direct.wrk, &r.tunnel.wrk);
-        let label = &r.scenario.label;
-        if r.scenario.large {
-            rows.push(vec![
-                format!("{label}: throughput"),
-                format!("{:.0} MiB/s", d.mib_per_sec()),
-                format!("{:.0} MiB/s", t.mib_per_sec()),
-                ratio(t.mib_per_sec(), d.mib_per_sec()),
-            ]);
+    for (i, (scenario, direct)) in load.scenarios.iter().zip(&load.direct).enumerate() {
+        let d = direct.wrk;
+        let through: Vec<WrkResult> = load
+            .tunnels
+            .iter()
+            .map(|t| t.runs.get(i).map(|m| m.wrk).unwrap_or_default())
+            .collect();
+        // A row: the direct value, then each tunnel's value and how it
+        // compares with direct.
+        let row = |what: &str, direct: String, cells: &dyn Fn(&WrkResult) -> [String; 2]| {
+            let mut row = vec![format!("{}: {what}", scenario.label), direct];
+            row.extend(through.iter().flat_map(cells));
+            row
+        };
+        if scenario.large {
+            let mib_s = |w: &WrkResult| format!("{:.0} MiB/s", w.mib_per_sec());
+            rows.push(row("throughput", mib_s(&d), &|t| {
+                [mib_s(t), ratio(t.mib_per_sec(), d.mib_per_sec())]
+            }));
         }
-        rows.push(vec![
-            format!("{label}: requests/s"),
-            thousands(d.rps()),
-            thousands(t.rps()),
-            ratio(t.rps(), d.rps()),
-        ]);
-        for (name, dv, tv) in [("p50", d.p50_us, t.p50_us), ("p99", d.p99_us, t.p99_us)] {
-            rows.push(vec![
-                format!("{label}: latency {name}"),
-                ms(dv as f64),
-                ms(tv as f64),
-                signed_ms(tv as f64 - dv as f64),
-            ]);
+        rows.push(row("requests/s", thousands(d.rps()), &|t| {
+            [thousands(t.rps()), ratio(t.rps(), d.rps())]
+        }));
+        type Pick = fn(&WrkResult) -> u64;
+        let percentiles: [(&str, Pick); 2] = [("p50", |w| w.p50_us), ("p99", |w| w.p99_us)];
+        for (name, pick) in percentiles {
+            let dv = pick(&d) as f64;
+            rows.push(row(&format!("latency {name}"), ms(dv), &|t| {
+                let tv = pick(t) as f64;
+                [ms(tv), signed_ms(tv - dv)]
+            }));
         }
     }
-    let direct_err: u64 = load.scenarios.iter().map(|r| r.direct.wrk.errors()).sum();
-    let tunnel_err: u64 = load.scenarios.iter().map(|r| r.tunnel.wrk.errors()).sum();
-    rows.push(vec![
+    let errors = |runs: &[Measured]| runs.iter().map(|m| m.wrk.errors()).sum::<u64>();
+    let mut errors_row = vec![
         "errors and non-2xx (all runs)".into(),
-        direct_err.to_string(),
-        tunnel_err.to_string(),
-        String::new(),
-    ]);
+        errors(&load.direct).to_string(),
+    ];
+    for t in &load.tunnels {
+        errors_row.extend([errors(&t.runs).to_string(), String::new()]);
+    }
+    rows.push(errors_row);
+    let mut header = vec![String::new(), "direct".into()];
+    for t in &load.tunnels {
+        header.extend([t.name.to_owned(), format!("{} vs direct", t.name)]);
+    }
     Table {
         title: "Throughput and latency: direct to the origin vs through the tunnel".into(),
-        header: vec![
-            "".into(),
-            "direct".into(),
-            "tunnel".into(),
-            "tunnel vs direct".into(),
-        ],
+        header,
         rows,
     }
 }
 
-pub(super) fn resource_table(load: &LoadReport) -> Table {
+/// The resources of `tunnel`'s processes (and the origin's) during its runs.
+pub(super) fn resource_table(load: &LoadReport, tunnel: &TunnelLoad) -> Table {
     let mut rows = vec![mem_row(
         "RSS idle (tunnel up, before load)",
-        load.idle_rss_kib,
+        tunnel.idle_rss_kib,
     )];
-    for r in &load.scenarios {
+    for (scenario, run) in load.scenarios.iter().zip(&tunnel.runs) {
         rows.push(mem_row(
-            &format!("RSS peak, {}", r.scenario.label),
-            r.tunnel.peak_rss_kib,
+            &format!("RSS peak, {}", scenario.label),
+            run.peak_rss_kib,
         ));
     }
-    rows.push(mem_row("RSS idle after load (+2 s)", load.after_rss_kib));
+    rows.push(mem_row("RSS idle after load (+2 s)", tunnel.after_rss_kib));
     let tick_us = 1e6 / load.ticks_per_sec.max(1) as f64;
-    for r in &load.scenarios {
-        let per = |ticks: u64, m: &Measured| ticks as f64 * tick_us / m.wrk.requests.max(1) as f64;
-        let t = &r.tunnel;
+    let per = |ticks: u64, m: &Measured| ticks as f64 * tick_us / m.wrk.requests.max(1) as f64;
+    let runs = load.scenarios.iter().zip(&tunnel.runs).zip(&load.direct);
+    for ((scenario, t), direct) in runs {
         rows.push(vec![
-            format!("CPU per request, {}", r.scenario.label),
+            format!("CPU per request, {}", scenario.label),
             cpu(per(t.cpu_ticks.server, t)),
             cpu(per(t.cpu_ticks.client, t)),
             format!(
                 "{} (direct {})",
                 cpu(per(t.cpu_ticks.origin, t)),
-                cpu(per(r.direct.cpu_ticks.origin, &r.direct))
+                cpu(per(direct.cpu_ticks.origin, direct))
             ),
         ]);
     }
     Table {
-        title: "Resources of each process during the tunnel runs".into(),
+        title: format!("Resources of each process during the {} runs", tunnel.name),
         header: vec!["".into(), "server".into(), "client".into(), "origin".into()],
         rows,
     }
@@ -253,5 +263,67 @@ mod tests {
         assert_eq!(signed_ms(-80.0), "-0.080 ms");
         assert_eq!(ms(15_300.0), "15.3 ms");
         assert_eq!(ratio(1.0, 4.0), "0.25×");
+    }
+
+    fn run(requests: u64, p50_us: u64) -> Measured {
+        let wrk = WrkResult {
+            requests,
+            duration_us: 1_000_000,
+            p50_us,
+            ..WrkResult::default()
+        };
+        Measured {
+            wrk,
+            ..Measured::default()
+        }
+    }
+
+    #[test]
+    fn each_tunnel_has_its_columns_and_resources() {
+        let scenario = crate::scenarios::Scenario {
+            label: "100 B, 1 conn".into(),
+            path: "/small",
+            connections: 1,
+            threads: 1,
+            large: false,
+        };
+        let tunnel = |name, requests, p50_us| TunnelLoad {
+            name,
+            runs: vec![run(requests, p50_us)],
+            ..TunnelLoad::default()
+        };
+        let load = LoadReport {
+            scenarios: vec![scenario],
+            direct: vec![run(1_000, 100)],
+            tunnels: vec![tunnel("cryptun", 200, 400), tunnel("bore", 500, 250)],
+            ..LoadReport::default()
+        };
+        let table = load_table(&load);
+        assert_eq!(
+            table.header,
+            [
+                "",
+                "direct",
+                "cryptun",
+                "cryptun vs direct",
+                "bore",
+                "bore vs direct"
+            ]
+        );
+        assert_eq!(
+            table.rows[0],
+            [
+                "100 B, 1 conn: requests/s",
+                "1,000",
+                "200",
+                "0.20×",
+                "500",
+                "0.50×"
+            ]
+        );
+        assert_eq!(table.rows[1][5], "+0.150 ms");
+        assert_eq!(table.rows.last().unwrap()[4], "0");
+        let bore = resource_table(&load, &load.tunnels[1]);
+        assert_eq!(bore.title, "Resources of each process during the bore runs");
     }
 }

@@ -1,0 +1,207 @@
+//! The load scenarios and the one code path that measures a tunnel with
+//! them.
+//!
+//! A [`Target`] is where wrk sends its requests: the origin itself
+//! ("direct") or a tunnel's public side. [`Runner::tunnel`] measures one
+//! tunnel: its processes' resident memory once it is up and idle, a warm-up,
+//! every scenario (each wrk run sampled by [`crate::sample::measure`]), and
+//! the memory once idle again. Cryptun's tunnel and bore's both go through
+//! it, so their numbers compare.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Result;
+
+use crate::procs::Proc;
+use crate::run::RunArgs;
+use crate::sample::{Measured, Roles, measure, rss_of};
+use crate::wrk::{self, Load};
+
+/// One load scenario.
+#[derive(Debug, Clone)]
+pub struct Scenario {
+    /// Short label for tables.
+    pub label: String,
+    /// Origin path.
+    pub path: &'static str,
+    /// wrk -c.
+    pub connections: u32,
+    /// wrk -t.
+    pub threads: u32,
+    /// Whether throughput in MiB/s is the headline.
+    pub large: bool,
+}
+
+/// Where wrk sends its requests.
+#[derive(Debug, Clone)]
+pub struct Target {
+    /// Its name in messages and tables ("direct", "tunnel", "bore", ...).
+    pub name: &'static str,
+    /// The address wrk connects to.
+    pub addr: SocketAddr,
+    /// Host header to send, if not the address.
+    pub host: Option<String>,
+}
+
+impl Target {
+    fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+}
+
+/// One tunnel's side of the load phase.
+#[derive(Debug, Clone, Default)]
+pub struct TunnelLoad {
+    /// Its name in the tables.
+    pub name: &'static str,
+    /// One run per scenario, in the order of [`Runner::scenarios`].
+    pub runs: Vec<Measured>,
+    /// RSS once the tunnel is up, before any load, KiB.
+    pub idle_rss_kib: Roles<u64>,
+    /// RSS two seconds after the last run, KiB.
+    pub after_rss_kib: Roles<u64>,
+}
+
+/// What every wrk run of the load phase shares.
+pub struct Runner {
+    /// The scenarios, in the order they run.
+    pub scenarios: Vec<Scenario>,
+    /// wrk's Lua script ([`wrk::install_script`]).
+    script: PathBuf,
+    /// Seconds per measured run.
+    duration: Duration,
+    /// How long each target is warmed up with `/small` before its first run.
+    warm: Duration,
+    /// Connections during the warm-up.
+    warm_connections: u32,
+}
+
+impl Runner {
+    /// The three scenarios of `run`'s arguments, run with wrk's `script`.
+    pub fn new(args: &RunArgs, script: PathBuf) -> Self {
+        let scenarios = vec![
+            Scenario {
+                label: format!("100 B, {} conns", args.connections),
+                path: "/small",
+                connections: args.connections,
+                threads: 2,
+                large: false,
+            },
+            Scenario {
+                label: format!("1 MiB, {} conns", args.large_connections),
+                path: "/1m",
+                connections: args.large_connections,
+                threads: 2,
+                large: true,
+            },
+            Scenario {
+                label: "100 B, 1 conn".to_owned(),
+                path: "/small",
+                connections: 1,
+                threads: 1,
+                large: false,
+            },
+        ];
+        Runner {
+            scenarios,
+            script,
+            duration: Duration::from_secs(args.duration),
+            warm: Duration::from_secs(if args.quick { 1 } else { 2 }),
+            warm_connections: args.connections,
+        }
+    }
+
+    /// Measures the tunnel reached at `tunnel`, whose processes are `pids`:
+    /// RSS once idle, every scenario, RSS 2 s after the last run. Each of
+    /// `paired` (direct, say) runs each scenario just before the tunnel
+    /// does, so that the two are measured under the same conditions; their
+    /// runs come back beside the tunnel's. `procs` are checked to be alive
+    /// after every run.
+    pub fn tunnel<const N: usize>(
+        &self,
+        tunnel: &Target,
+        paired: [&Target; N],
+        pids: Roles<u32>,
+        procs: &mut [&mut Proc],
+    ) -> Result<(TunnelLoad, [Vec<Measured>; N])> {
+        std::thread::sleep(Duration::from_secs(1));
+        let idle_rss_kib = rss_of(pids)?;
+        for target in paired.iter().chain([&tunnel]) {
+            self.warm_up(target)?;
+        }
+        let mut paired_runs: [Vec<Measured>; N] = std::array::from_fn(|_| Vec::new());
+        let mut runs = Vec::new();
+        for scenario in &self.scenarios {
+            for (target, target_runs) in paired.iter().zip(&mut paired_runs) {
+                target_runs.push(self.measure(scenario, target, pids, procs)?);
+            }
+            runs.push(self.measure(scenario, tunnel, pids, procs)?);
+        }
+        std::thread::sleep(Duration::from_secs(2));
+        let load = TunnelLoad {
+            name: tunnel.name,
+            runs,
+            idle_rss_kib,
+            after_rss_kib: rss_of(pids)?,
+        };
+        Ok((load, paired_runs))
+    }
+
+    fn warm_up(&self, target: &Target) -> Result<()> {
+        let url = target.url("/small");
+        eprintln!("warm-up {url}");
+        let load = Load {
+            url,
+            host: target.host.clone(),
+            connections: self.warm_connections,
+            threads: 2,
+            duration: self.warm,
+        };
+        wrk::run(&load, &self.script)?;
+        Ok(())
+    }
+
+    fn measure(
+        &self,
+        scenario: &Scenario,
+        target: &Target,
+        pids: Roles<u32>,
+        procs: &mut [&mut Proc],
+    ) -> Result<Measured> {
+        let url = target.url(scenario.path);
+        eprintln!(
+            "{} {}: wrk -t{} -c{} -d{}s {url}",
+            scenario.label,
+            target.name,
+            scenario.threads,
+            scenario.connections,
+            self.duration.as_secs()
+        );
+        let load = Load {
+            url,
+            host: target.host.clone(),
+            connections: scenario.connections,
+            threads: scenario.threads,
+            duration: self.duration,
+        };
+        let measured = measure(&load, &self.script, pids)?;
+        for proc in procs.iter_mut() {
+            proc.check_alive()?;
+        }
+        let w = measured.wrk;
+        eprintln!(
+            "  {:.0} req/s, {:.1} MiB/s, latency mean {:.0} p50 {} p90 {} p99 {} max {} µs, {} errors",
+            w.rps(),
+            w.mib_per_sec(),
+            w.mean_us,
+            w.p50_us,
+            w.p90_us,
+            w.p99_us,
+            w.max_us,
+            w.errors()
+        );
+        Ok(measured)
+    }
+}
