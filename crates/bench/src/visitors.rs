@@ -6,7 +6,10 @@
 //!
 //! The requests go one at a time, so the client's pool to the origin stays
 //! at one connection: what is measured is the visitor connections, not the
-//! concurrency of their requests.
+//! concurrency of their requests. They are opened [`BATCH`] at a time, each
+//! batch given [`SETTLE`] to go idle (the server parks a connection quiet
+//! for 0.5 s): what is measured is what idle connections hold, not the
+//! allocator's high-water mark of every connection busy at once.
 
 use std::io::{Read as _, Write as _};
 use std::net::{SocketAddr, TcpStream};
@@ -18,6 +21,12 @@ use crate::sample::{Roles, rss_of};
 
 /// Idle visitor connections held open at once [default of `--idle-visitors`].
 pub const DEFAULT_COUNT: usize = 1_000;
+
+/// Connections opened before a pause.
+pub const BATCH: usize = 100;
+
+/// The pause after each batch, and before the memory is read.
+pub const SETTLE: Duration = Duration::from_secs(1);
 
 /// The result of one measurement.
 #[derive(Debug, Clone, Copy, Default)]
@@ -56,10 +65,13 @@ pub fn measure(
     for i in 0..count {
         let conn = one(addr, host).with_context(|| format!("idle visitor {i}"))?;
         conns.push(conn);
+        if (i + 1) % BATCH == 0 {
+            std::thread::sleep(SETTLE);
+        }
     }
-    // Let whatever the requests left behind settle (tasks finishing, the
-    // pool's connection going idle).
-    std::thread::sleep(Duration::from_secs(1));
+    // Let whatever the requests left behind settle (tasks finishing,
+    // connections parked, the pool's connection going idle).
+    std::thread::sleep(SETTLE);
     let with_kib = rss_of(pids)?;
     let open = conns.iter().filter(|c| still_open(c)).count();
     Ok(IdleVisitors {

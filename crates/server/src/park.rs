@@ -121,9 +121,14 @@ impl<T> Parkable<T> {
         }
     }
 
-    /// Bytes hyper had read and not used: they are read again first.
+    /// Bytes hyper had read and not used: they are read again first. (An
+    /// empty buffer is not kept: it would still hold hyper's allocation.)
     pub(crate) fn replay(&mut self, bytes: Bytes) {
-        self.replay = bytes;
+        self.replay = if bytes.is_empty() {
+            Bytes::new()
+        } else {
+            bytes
+        };
     }
 
     /// True when bytes are waiting to be read again.
@@ -147,6 +152,9 @@ impl<T: AsyncRead + Unpin> AsyncRead for Parkable<T> {
             let n = this.replay.len().min(buf.remaining());
             buf.put_slice(&this.replay[..n]);
             this.replay.advance(n);
+            if this.replay.is_empty() {
+                this.replay = Bytes::new();
+            }
             return Poll::Ready(Ok(()));
         }
         let polled = Pin::new(&mut this.io).poll_read(cx, buf);
