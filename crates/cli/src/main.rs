@@ -21,6 +21,11 @@ use cryptun_client::{BasicAuth, Secret};
 use cryptun_server::AdminToken;
 use cryptun_server::limits::Rate;
 
+/// See `Cargo.toml` for why jemalloc.
+#[cfg(not(target_env = "msvc"))]
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 /// Self-hosted secure tunnels: expose a local service at a public URL.
 #[derive(Debug, Parser)]
 #[command(name = "cryptun", version, about, long_about = None)]
