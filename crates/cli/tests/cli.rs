@@ -114,36 +114,47 @@ async fn a_stdout_nobody_reads_does_not_stall_the_tunnel() {
     let host = host_of(first["public_url"].as_str().unwrap()).to_owned();
     // Each request line is ~150 bytes: 2,000 of them are several times
     // what a pipe holds (64 KiB on Linux).
-    let visitor = Visitor::new(addr);
-    let served = tokio::time::timeout(std::time::Duration::from_secs(60), async {
-        for i in 0..2000 {
-            let reply = visitor.get(&host, &format!("/request/{i}")).await;
-            assert_eq!(reply.status, 200, "request {i}");
-        }
-    })
-    .await;
-    if served.is_err() {
+    if !served_within_a_minute(addr, &host, 2000).await {
         client.kill().unwrap();
         panic!("the tunnel stalled behind its unread stdout");
     }
     // Lines are still queued for the full pipe: on SIGTERM the client waits
     // for them only so long (2 s), then exits anyway.
-    let stopping = std::time::Instant::now();
-    let pid = client.id().to_string();
-    Command::new("kill").args(["-TERM", &pid]).status().unwrap();
-    let exited = loop {
-        if let Some(status) = client.try_wait().unwrap() {
-            break Some(status);
+    assert!(
+        terminated_within(&mut client, 15),
+        "stuck on its unread stdout after SIGTERM"
+    );
+}
+
+/// Whether `count` requests to `host` through the server at `addr` were
+/// all answered 200 within a minute.
+async fn served_within_a_minute(addr: SocketAddr, host: &str, count: usize) -> bool {
+    let visitor = Visitor::new(addr);
+    let served = tokio::time::timeout(std::time::Duration::from_secs(60), async {
+        for i in 0..count {
+            let reply = visitor.get(host, &format!("/request/{i}")).await;
+            assert_eq!(reply.status, 200, "request {i}");
         }
-        if stopping.elapsed() > std::time::Duration::from_secs(15) {
-            break None;
+    });
+    served.await.is_ok()
+}
+
+/// Sends SIGTERM to `child` and waits up to `secs` for it to exit (killing
+/// it if it does not): whether it exited.
+fn terminated_within(child: &mut std::process::Child, secs: u64) -> bool {
+    let stopping = std::time::Instant::now();
+    let pid = child.id().to_string();
+    Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    loop {
+        if child.try_wait().unwrap().is_some() {
+            return true;
+        }
+        if stopping.elapsed() > std::time::Duration::from_secs(secs) {
+            child.kill().unwrap();
+            return false;
         }
         std::thread::sleep(std::time::Duration::from_millis(50));
-    };
-    if exited.is_none() {
-        client.kill().unwrap();
     }
-    assert!(exited.is_some(), "stuck on its unread stdout after SIGTERM");
 }
 
 /// A server whose stderr nobody reads (`cryptun server 2>&1 | less`,
@@ -182,34 +193,14 @@ async fn a_server_log_nobody_reads_does_not_stall_the_server() {
     let host = host_of(first["public_url"].as_str().unwrap()).to_owned();
     // Each access log line is ~250 bytes: 2,000 of them are several times
     // what a pipe holds (64 KiB on Linux).
-    let visitor = Visitor::new(addr);
-    let served = tokio::time::timeout(std::time::Duration::from_secs(60), async {
-        for i in 0..2000 {
-            let reply = visitor.get(&host, &format!("/request/{i}")).await;
-            assert_eq!(reply.status, 200, "request {i}");
-        }
-    })
-    .await;
-    if served.is_err() {
+    if !served_within_a_minute(addr, &host, 2000).await {
         server.kill().unwrap();
         panic!("the server stalled behind its unread stderr");
     }
-    let stopping = std::time::Instant::now();
-    let pid = server.id().to_string();
-    Command::new("kill").args(["-TERM", &pid]).status().unwrap();
-    let exited = loop {
-        if let Some(status) = server.try_wait().unwrap() {
-            break Some(status);
-        }
-        if stopping.elapsed() > std::time::Duration::from_secs(20) {
-            break None;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    };
-    if exited.is_none() {
-        server.kill().unwrap();
-    }
-    assert!(exited.is_some(), "stuck on its unread stderr after SIGTERM");
+    assert!(
+        terminated_within(&mut server, 20),
+        "stuck on its unread stderr after SIGTERM"
+    );
 }
 
 #[tokio::test]

@@ -8,6 +8,7 @@
 
 use std::time::Duration;
 
+use cryptun_server::Config;
 use cryptun_testkit::raw::{WAIT, eventually};
 use cryptun_testkit::{Origin, TestClient, TestServer, Visitor, within};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
@@ -59,19 +60,25 @@ async fn parked(scraper: &Visitor, n: f64) {
     .await;
 }
 
-#[tokio::test]
-async fn a_parked_connection_serves_the_next_requests_on_it() {
-    let server = TestServer::start().await;
+/// A server with `config` and a tunnel, and a visitor connection that has
+/// made one request (the origin and the client must live as long).
+async fn one_request_made(config: Config) -> (TestServer, Origin, TestClient, TcpStream) {
+    let server = TestServer::start_with(config).await;
     let origin = Origin::start().await;
     let client = TestClient::start(&server, &origin.target()).await;
-    let scraper = Visitor::new(server.addr);
     let mut visitor = TcpStream::connect(server.addr).await.unwrap();
-
     visitor
         .write_all(get(&client.host, "one").as_bytes())
         .await
         .unwrap();
     assert_eq!(response(&mut visitor).await, (200, "one".into()));
+    (server, origin, client, visitor)
+}
+
+#[tokio::test]
+async fn a_parked_connection_serves_the_next_requests_on_it() {
+    let (server, _origin, client, mut visitor) = one_request_made(TestServer::test_config()).await;
+    let scraper = Visitor::new(server.addr);
     parked(&scraper, 1.0).await;
 
     // A head split across writes, the first part waking the connection.
@@ -99,15 +106,7 @@ async fn a_parked_connection_serves_the_next_requests_on_it() {
 async fn a_parked_connection_closes_after_the_header_read_timeout() {
     let mut config = TestServer::test_config();
     config.header_read_timeout = Duration::from_secs(1);
-    let server = TestServer::start_with(config).await;
-    let origin = Origin::start().await;
-    let client = TestClient::start(&server, &origin.target()).await;
-    let mut visitor = TcpStream::connect(server.addr).await.unwrap();
-    visitor
-        .write_all(get(&client.host, "one").as_bytes())
-        .await
-        .unwrap();
-    assert_eq!(response(&mut visitor).await, (200, "one".into()));
+    let (server, _origin, _client, mut visitor) = one_request_made(config).await;
     let mut rest = Vec::new();
     within("the idle connection closes", visitor.read_to_end(&mut rest))
         .await
@@ -122,15 +121,7 @@ async fn stopping_the_server_closes_parked_connections_at_once() {
     // Far longer than the test waits: only closing at once passes.
     config.shutdown_grace = Duration::from_secs(60);
     config.shutdown_delay = Duration::ZERO;
-    let server = TestServer::start_with(config).await;
-    let origin = Origin::start().await;
-    let client = TestClient::start(&server, &origin.target()).await;
-    let mut visitor = TcpStream::connect(server.addr).await.unwrap();
-    visitor
-        .write_all(get(&client.host, "one").as_bytes())
-        .await
-        .unwrap();
-    assert_eq!(response(&mut visitor).await, (200, "one".into()));
+    let (server, _origin, _client, mut visitor) = one_request_made(config).await;
     parked(&Visitor::new(server.addr), 1.0).await;
 
     server.begin_stop();
