@@ -390,7 +390,11 @@ fn main() -> std::process::ExitCode {
     let result = match runtime.block_on(runtime.spawn(command)) {
         Ok(result) => result,
         Err(err) => match err.try_into_panic() {
-            Ok(panic) => std::panic::resume_unwind(panic),
+            Ok(panic) => {
+                // The log lines that led up to it go out first.
+                lines::flush(Duration::from_secs(2));
+                std::panic::resume_unwind(panic)
+            }
             Err(err) => Err(anyhow::anyhow!("the command was cancelled: {err}")),
         },
     };

@@ -148,6 +148,7 @@ impl LocalPool {
                     let authority = target.authority().clone();
                     return Ok(response.map(|body| DrivenBody {
                         body,
+                        ended: false,
                         conn: Some(conn),
                         home: Some((pool, authority)),
                     }));
@@ -232,6 +233,8 @@ fn lock(idle: &Mutex<Idle>) -> MutexGuard<'_, Idle> {
 /// end. Dropped before that, it closes the connection.
 pub(crate) struct DrivenBody {
     body: Incoming,
+    /// The body said it ended (a chunked one never reports it beforehand).
+    ended: bool,
     conn: Option<Conn>,
     home: Option<(Weak<Mutex<Idle>>, Authority)>,
 }
@@ -248,7 +251,11 @@ impl Body for DrivenBody {
         if let Some(conn) = &mut this.conn {
             conn.drive(cx);
         }
-        Pin::new(&mut this.body).poll_frame(cx)
+        let polled = Pin::new(&mut this.body).poll_frame(cx);
+        if let Poll::Ready(None) = polled {
+            this.ended = true;
+        }
+        polled
     }
 
     fn is_end_stream(&self) -> bool {
@@ -262,7 +269,7 @@ impl Body for DrivenBody {
 
 impl Drop for DrivenBody {
     fn drop(&mut self) {
-        if !self.body.is_end_stream() {
+        if !self.ended && !self.body.is_end_stream() {
             return;
         }
         if let (Some(conn), Some((idle, authority))) = (self.conn.take(), self.home.take()) {
@@ -287,7 +294,7 @@ pub(crate) fn address(request: &mut Request<LocalBody>, target: &Target) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use http_body_util::{BodyExt, Empty, Full};
+    use http_body_util::{BodyExt, Either, Empty, Full};
     use std::sync::atomic::{AtomicUsize, Ordering};
     use tokio::net::TcpListener;
 
@@ -305,7 +312,15 @@ mod tests {
                     TokioIo::new(tcp),
                     hyper::service::service_fn(|req: Request<Incoming>| async move {
                         let close = req.uri().path() == "/close";
-                        let mut resp = Response::new(Full::new(Bytes::from_static(b"hello")));
+                        let body = if req.uri().path() == "/chunked" {
+                            Either::Left(Chunks(vec![
+                                Bytes::from_static(b"lo"),
+                                Bytes::from_static(b"hel"),
+                            ]))
+                        } else {
+                            Either::Right(Full::new(Bytes::from_static(b"hello")))
+                        };
+                        let mut resp = Response::new(body);
                         if close {
                             resp.headers_mut().insert(
                                 http::header::CONNECTION,
@@ -318,6 +333,21 @@ mod tests {
             }
         });
         (Target::parse(&addr.to_string()).unwrap(), accepted)
+    }
+
+    /// A body of unknown length (sent chunked), its pieces in reverse.
+    struct Chunks(Vec<Bytes>);
+
+    impl Body for Chunks {
+        type Data = Bytes;
+        type Error = std::convert::Infallible;
+
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+            Poll::Ready(self.0.pop().map(|piece| Ok(Frame::data(piece))))
+        }
     }
 
     fn get(path: &str, target: &Target) -> Request<LocalBody> {
@@ -339,6 +369,16 @@ mod tests {
         let pool = LocalPool::new(Duration::from_secs(5));
         for _ in 0..10 {
             assert_eq!(fetch(&pool, &target, "/").await, "hello");
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn a_chunked_response_read_to_its_end_returns_its_connection() {
+        let (target, accepted) = service().await;
+        let pool = LocalPool::new(Duration::from_secs(5));
+        for _ in 0..5 {
+            assert_eq!(fetch(&pool, &target, "/chunked").await, "hello");
         }
         assert_eq!(accepted.load(Ordering::SeqCst), 1);
     }

@@ -20,11 +20,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Instant;
 
+use crate::park::VisitorBody;
 use bytes::Bytes;
 use http::{Method, Request, Response};
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use http_body_util::combinators::BoxBody;
-use hyper::body::Incoming;
 use prometheus_client::metrics::counter::Counter;
 use tracing::info;
 
@@ -62,7 +62,7 @@ impl Exchange {
         visitor: Peer,
         tunnel: Option<String>,
         stats: Option<Arc<Stats>>,
-        req: Request<Incoming>,
+        req: Request<VisitorBody>,
     ) -> (Self, Request<RequestBody>) {
         let metrics = &state.metrics;
         metrics.in_flight.inc();
@@ -152,7 +152,7 @@ impl Drop for Exchange {
 
 /// A visitor's request body, counted as it is read.
 pub(crate) struct RequestBody {
-    inner: Incoming,
+    inner: VisitorBody,
     seen: Arc<AtomicU64>,
     total: Counter,
     tallies: Tallies,

@@ -35,8 +35,8 @@ use std::fmt;
 use std::net::IpAddr;
 use std::sync::Arc;
 
+use crate::park::VisitorBody;
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header};
-use hyper::body::Incoming;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
@@ -150,7 +150,7 @@ fn bearer(value: &HeaderValue) -> Option<&[u8]> {
 pub(crate) fn own_route(
     state: &Arc<State>,
     peer: Peer,
-    req: Request<Incoming>,
+    req: Request<VisitorBody>,
 ) -> Result<Response<Body>, GatewayError> {
     let route = route_label(req.uri().path());
     let answer = serve(state, peer, req);
@@ -185,7 +185,7 @@ pub(crate) fn route_label(path: &str) -> &'static str {
 fn serve(
     state: &Arc<State>,
     peer: Peer,
-    req: Request<Incoming>,
+    req: Request<VisitorBody>,
 ) -> Result<Response<Body>, GatewayError> {
     hardening::check_own_path(req.uri().path())?;
     // The gateway has routed on this name, so it is there and valid.

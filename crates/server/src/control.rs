@@ -10,6 +10,7 @@ mod session;
 
 use std::sync::Arc;
 
+use crate::park::VisitorBody;
 use cryptun_proto::message::{
     self, ClientMessage, CreateTunnel, ErrorCode, ServerMessage, decode, encode,
 };
@@ -18,7 +19,6 @@ use cryptun_proto::tungstenite::{self, Message, handshake::derive_accept_key};
 use cryptun_proto::{PROTOCOL_VERSION, ReadAhead, close_code};
 use futures_util::{SinkExt, StreamExt};
 use http::{HeaderValue, Request, Response, StatusCode, header};
-use hyper::body::Incoming;
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
 use tokio_tungstenite::WebSocketStream;
@@ -35,7 +35,7 @@ type Ws = WebSocketStream<ReadAhead<TokioIo<Upgraded>>>;
 pub(crate) fn upgrade(
     state: Arc<State>,
     peer: Peer,
-    mut req: Request<Incoming>,
+    mut req: Request<VisitorBody>,
 ) -> Result<Response<Body>, GatewayError> {
     let headers = req.headers();
     let has_token = |name: header::HeaderName, token: &str| {

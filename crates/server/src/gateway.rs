@@ -28,8 +28,8 @@
 
 use std::sync::Arc;
 
+use crate::park::VisitorBody;
 use http::{HeaderValue, Request, Response, StatusCode, header};
-use hyper::body::Incoming;
 use tracing::debug;
 
 use crate::access_log::{Exchange, RequestBody};
@@ -46,7 +46,7 @@ use crate::{Body, ServiceResult, State, admin, proxy};
 pub(crate) async fn handle(
     state: Arc<State>,
     conn: Arc<Conn>,
-    req: Request<Incoming>,
+    req: Request<VisitorBody>,
 ) -> ServiceResult {
     let peer = conn.peer;
     // Exactly one verdict per request, whatever happens next.
@@ -74,7 +74,7 @@ async fn dispatch(
     state: &Arc<State>,
     conn: &Conn,
     verdict: Verdict,
-    req: Request<Incoming>,
+    req: Request<VisitorBody>,
 ) -> Result<Response<Body>, GatewayError> {
     // What is answered here, before routing, is counted by reason: it is
     // neither a tunnel's request nor one of the server's own.

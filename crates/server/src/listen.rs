@@ -231,7 +231,8 @@ async fn serve_http<I: Socket>(
     // malloc and a free per request.
     let metrics = state.metrics.clone();
     let requests = Arc::clone(&activity);
-    let service = service_fn(move |req| {
+    let service = service_fn(move |req: http::Request<hyper::body::Incoming>| {
+        let req = req.map(|body| Tracked::new(body, requests.begin()));
         let busy = requests.begin();
         let handled = gateway::handle(Arc::clone(&state), Arc::clone(&conn), req);
         Box::pin(async move {

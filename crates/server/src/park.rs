@@ -11,7 +11,9 @@
 //! hyper had already read replayed first.
 //!
 //! [`Activity`] is what tells a connection is quiet: requests in flight
-//! (each response body holds a [`Busy`] until hyper drops it), responses
+//! (each request's body and its response's body hold a [`Busy`] until they
+//! are dropped: a response may end while its request's body still arrives,
+//! and those bytes must reach hyper, not a parked socket), responses
 //! finished, and what [`Parkable`] saw hyper do with the socket last.
 
 use std::io;
@@ -70,7 +72,8 @@ impl Drop for Busy {
     }
 }
 
-/// A response body that keeps its request in flight until hyper drops it.
+/// A body (a visitor's request body, or the response hyper writes) that
+/// keeps its request in flight until it is dropped.
 #[derive(Debug)]
 pub(crate) struct Tracked<B> {
     inner: B,
@@ -102,6 +105,9 @@ impl<B: Body + Unpin> Body for Tracked<B> {
         self.inner.size_hint()
     }
 }
+
+/// A visitor's request body, as the gateway sees it.
+pub(crate) type VisitorBody = Tracked<hyper::body::Incoming>;
 
 /// The socket as hyper sees it: bytes taken back from an earlier hyper
 /// connection are read first, and reads and writes are noted in the

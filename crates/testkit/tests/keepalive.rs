@@ -1,8 +1,9 @@
 //! Idle keep-alive visitor connections: parked without hyper's buffers
 //! between requests (`cryptun_idle_connections` counts them) and picked up
 //! again by their next bytes — a next request, one split across writes,
-//! two pipelined in one write; closed after `header_read_timeout`, and at
-//! once when the server stops.
+//! two pipelined in one write; never while a request body still arrives
+//! after its response; closed after `header_read_timeout`, and at once when
+//! the server stops.
 
 #![allow(clippy::unwrap_used)]
 
@@ -131,4 +132,64 @@ async fn stopping_the_server_closes_parked_connections_at_once() {
     tokio::time::timeout(Duration::from_secs(5), server.stopped())
         .await
         .expect("the server waited for its idle connection");
+}
+
+/// The origin's `/token` answers at once, without reading the body: the
+/// response ends while the upload goes on. A connection quiet then must not
+/// be parked, or the rest of the body would be parsed as requests.
+#[tokio::test]
+async fn a_body_still_arriving_after_its_response_is_not_parsed_as_a_request() {
+    let server = TestServer::start().await;
+    let origin = Origin::start().await;
+    let client = TestClient::start(&server, &origin.target()).await;
+    let mut visitor = TcpStream::connect(server.addr).await.unwrap();
+    let smuggled = get(&client.host, "smuggled");
+    let head = format!(
+        "POST /token?t=first HTTP/1.1\r\nHost: {}\r\nContent-Length: {}\r\n\r\n",
+        client.host,
+        5 + smuggled.len()
+    );
+    visitor.write_all(head.as_bytes()).await.unwrap();
+    visitor.write_all(b"12345").await.unwrap();
+    assert_eq!(response(&mut visitor).await, (200, "first".into()));
+    // A slow uploader: longer than a connection takes to be parked.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let rest = smuggled + &get(&client.host, "real");
+    let _ = visitor.write_all(rest.as_bytes()).await;
+    let mut after = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(3), visitor.read_to_end(&mut after)).await;
+    let after = String::from_utf8_lossy(&after);
+    assert!(
+        !after.contains("smuggled") && !after.contains("400 Bad Request"),
+        "the rest of the body was served as a request:\n{after}"
+    );
+    drop(server);
+}
+
+/// The same when the gateway answers without reading the body at all (no
+/// such tunnel) and hyper skips the body's bytes as they come.
+#[tokio::test]
+async fn a_body_refused_unread_is_not_parsed_as_a_request() {
+    let server = TestServer::start().await;
+    let origin = Origin::start().await;
+    let client = TestClient::start(&server, &origin.target()).await;
+    let mut visitor = TcpStream::connect(server.addr).await.unwrap();
+    let smuggled = get(&client.host, "smuggled");
+    let head = format!(
+        "POST /x HTTP/1.1\r\nHost: {}\r\nContent-Length: {}\r\n\r\n",
+        server.host_of("nosuchtunnel"),
+        5 + smuggled.len()
+    );
+    visitor.write_all(head.as_bytes()).await.unwrap();
+    visitor.write_all(b"12345").await.unwrap();
+    assert_eq!(response(&mut visitor).await.0, 404);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let _ = visitor.write_all(smuggled.as_bytes()).await;
+    let mut after = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(3), visitor.read_to_end(&mut after)).await;
+    let after = String::from_utf8_lossy(&after);
+    assert!(
+        !after.contains("smuggled"),
+        "the rest of the body was served as a request:\n{after}"
+    );
 }
