@@ -29,7 +29,7 @@ use tracing::{Instrument, debug, info_span, warn};
 
 use crate::https::Transport;
 use crate::metrics::Refused;
-use crate::park::{Activity, Parkable, Tracked};
+use crate::park::{Activity, Parkable, Parked, Tracked};
 use crate::{Certs, Peer, State, gateway, hardening};
 
 /// Limits on the visitor-facing HTTP/1 parser: over them, 431.
@@ -296,16 +296,17 @@ async fn serve_http<I: Socket>(
         let (Some(tcp), Some(limit)) = (io.get_ref().get_ref().parkable(), idle_limit) else {
             return;
         };
-        metrics.idle_connections.inc();
-        let woken = tokio::select! {
-            readable = tcp.readable() => readable.is_ok(),
-            () = tokio::time::sleep(limit) => {
-                debug!("idle keep-alive connection closed");
-                false
+        let woken = {
+            let _parked = Parked::count(&metrics.idle_connections);
+            tokio::select! {
+                readable = tcp.readable() => readable.is_ok(),
+                () = tokio::time::sleep(limit) => {
+                    debug!("idle keep-alive connection closed");
+                    false
+                }
+                () = stop.cancelled() => false,
             }
-            () = stop.cancelled() => false,
         };
-        metrics.idle_connections.dec();
         if !woken {
             return;
         }

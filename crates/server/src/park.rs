@@ -24,6 +24,7 @@ use std::task::{Context, Poll};
 
 use bytes::{Buf, Bytes};
 use http_body::{Body, Frame, SizeHint};
+use prometheus_client::metrics::gauge::Gauge;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 /// One connection's requests and socket use, shared by its service and its
@@ -103,6 +104,23 @@ impl<B: Body + Unpin> Body for Tracked<B> {
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+/// A parked connection, counted in a gauge for as long as it is parked
+/// (however the wait ends, the task dropped included).
+pub(crate) struct Parked<'a>(&'a Gauge);
+
+impl<'a> Parked<'a> {
+    pub(crate) fn count(gauge: &'a Gauge) -> Self {
+        gauge.inc();
+        Parked(gauge)
+    }
+}
+
+impl Drop for Parked<'_> {
+    fn drop(&mut self) {
+        self.0.dec();
     }
 }
 
