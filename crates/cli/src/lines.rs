@@ -11,7 +11,7 @@
 //! per line under load). When a buffer is full, new lines are dropped and
 //! counted, and a note says how many once the stream moves again.
 //!
-//! [`print`] and [`eprint`] queue a line; [`Logs`] hands the buffer of
+//! [`print()`] and [`eprint()`] queue a line; [`Logs`] hands the buffer of
 //! standard error to `tracing` as its writer; [`flush`] empties both before
 //! the process exits.
 
