@@ -2,8 +2,8 @@
 //! plain and HTTPS listeners with its connection limit, each HTTPS
 //! connection's TLS handshake (bounded by `tls_handshake_timeout`), and the
 //! HTTP/1.1 serving of every connection, with each request head scanned for
-//! ambiguous framing below hyper, and plain connections parked without
-//! hyper while idle ([`crate::park`]). A head hyper refuses itself is
+//! ambiguous framing below hyper, and idle connections parked without
+//! hyper ([`crate::park`]). A head hyper refuses itself is
 //! counted here, as the gateway never sees it.
 
 use std::convert::Infallible;
@@ -54,8 +54,8 @@ pub struct TlsListener {
     pub certs: Certs,
 }
 
-/// How long a plain connection stays quiet between requests before it is
-/// parked ([`crate::park`]).
+/// How long a connection stays quiet between requests before it is parked
+/// ([`crate::park`]).
 const PARK_AFTER: Duration = Duration::from_millis(500);
 
 /// The HTTP/1.1 connection builder every connection shares.
@@ -174,21 +174,26 @@ async fn connection(
     .await;
 }
 
-/// A visitor's socket: plain TCP can be parked while idle; TLS cannot
-/// (rustls holds buffers of its own, and may hold decrypted bytes).
+/// A visitor's socket, and the TCP socket under it whose readability
+/// wakes it when parked.
 trait Socket: AsyncRead + AsyncWrite + Unpin + Send + 'static {
-    fn parkable(&self) -> Option<&TcpStream>;
+    fn tcp(&self) -> &TcpStream;
 }
 
 impl Socket for TcpStream {
-    fn parkable(&self) -> Option<&TcpStream> {
-        Some(self)
+    fn tcp(&self) -> &TcpStream {
+        self
     }
 }
 
+/// A TLS connection parks like a plain one: hyper's last read returned
+/// Pending, so rustls holds no decrypted bytes (tokio-rustls reads the
+/// socket until it has plaintext or the socket would block), and a record
+/// that arrives only in part waits in rustls for the rest, whose arrival
+/// makes the socket readable.
 impl Socket for TlsStream<TcpStream> {
-    fn parkable(&self) -> Option<&TcpStream> {
-        None
+    fn tcp(&self) -> &TcpStream {
+        self.get_ref().0
     }
 }
 
@@ -203,8 +208,8 @@ enum Stint {
 /// Serves HTTP/1.1 (with upgrades) on `io` until it closes, or until
 /// `stop` once no request is in flight. Every request head is scanned for
 /// ambiguous framing on the (decrypted) bytes before hyper parses it. A
-/// plain connection idle between requests is parked without hyper until
-/// its next bytes arrive, for at most `header_read_timeout` (as long as
+/// connection idle between requests is parked without hyper until its next
+/// bytes arrive, for at most `header_read_timeout` (as long as
 /// hyper itself waits for the next head).
 async fn serve_http<I: Socket>(
     state: Arc<State>,
@@ -214,7 +219,7 @@ async fn serve_http<I: Socket>(
     peer: Peer,
     transport: Transport,
 ) {
-    let idle_limit = io.parkable().map(|_| state.config.header_read_timeout);
+    let idle_limit = state.config.header_read_timeout;
     let framing = Arc::new(hardening::framing::Verdicts::default());
     let io = hardening::framing::Guarded::new(io, Arc::clone(&framing), MAX_HEAD_BYTES);
     let conn = Arc::new(Conn {
@@ -262,7 +267,7 @@ async fn serve_http<I: Socket>(
             if let Poll::Ready(ended) = Pin::new(&mut *serving).poll(cx) {
                 return Poll::Ready(Stint::Ended(ended));
             }
-            if idle_limit.is_none() || stopped || !activity.quiet_since(seen) {
+            if stopped || !activity.quiet_since(seen) {
                 settling = false;
                 return Poll::Pending;
             }
@@ -293,14 +298,12 @@ async fn serve_http<I: Socket>(
             // The next request has begun arriving: serve it at once.
             continue;
         }
-        let (Some(tcp), Some(limit)) = (io.get_ref().get_ref().parkable(), idle_limit) else {
-            return;
-        };
+        let tcp = io.get_ref().get_ref().tcp();
         let woken = {
             let _parked = Parked::count(&metrics.idle_connections);
             tokio::select! {
                 readable = tcp.readable() => readable.is_ok(),
-                () = tokio::time::sleep(limit) => {
+                () = tokio::time::sleep(idle_limit) => {
                     debug!("idle keep-alive connection closed");
                     false
                 }

@@ -130,7 +130,7 @@ pub struct Metrics {
     pub request_duration: Histogram,
     /// Visitor requests being served.
     pub in_flight: Gauge,
-    /// Plain visitor connections idle between requests, held without
+    /// Visitor connections idle between requests, held without
     /// hyper's buffers (see `park`).
     pub idle_connections: Gauge,
     /// Body bytes received from visitors (request bodies), counted per frame.

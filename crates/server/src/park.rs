@@ -3,12 +3,13 @@
 //! hyper keeps a connection's read buffer (8 to 16 KiB), write buffer
 //! (8 KiB) and dispatcher for as long as the connection lives, busy or idle;
 //! a browser holds several keep-alive connections open per page, most of
-//! them idle. So when a plain connection has nothing in flight, everything
+//! them idle. So when a connection has nothing in flight, everything
 //! written and hyper waiting for the next request head, `listen` takes the
-//! socket back from hyper (`into_parts`) and parks it: the task waits for it
-//! to become readable holding nothing but the socket and the small state
-//! here, then serves the next request with a fresh hyper connection, bytes
-//! hyper had already read replayed first.
+//! socket back from hyper (`into_parts`) and parks it: the task waits for
+//! the TCP socket to become readable holding nothing but the connection
+//! (for HTTPS, with its TLS session) and the small state here, then serves
+//! the next request with a fresh hyper connection, bytes hyper had already
+//! read replayed first.
 //!
 //! [`Activity`] is what tells a connection is quiet: requests in flight
 //! (each request's body and its response's body hold a [`Busy`] until they

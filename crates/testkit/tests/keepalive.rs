@@ -1,9 +1,9 @@
 //! Idle keep-alive visitor connections: parked without hyper's buffers
 //! between requests (`cryptun_idle_connections` counts them) and picked up
 //! again by their next bytes — a next request, one split across writes,
-//! two pipelined in one write; never while a request body still arrives
-//! after its response; closed after `header_read_timeout`, and at once when
-//! the server stops.
+//! two pipelined in one write, over TLS too; never while a request body
+//! still arrives after its response; closed after `header_read_timeout`,
+//! and at once when the server stops.
 
 #![allow(clippy::unwrap_used)]
 
@@ -12,7 +12,7 @@ use std::time::Duration;
 use cryptun_server::Config;
 use cryptun_testkit::raw::{WAIT, eventually};
 use cryptun_testkit::{Origin, TestClient, TestServer, Visitor, within};
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
 
 fn get(host: &str, token: &str) -> String {
@@ -21,7 +21,7 @@ fn get(host: &str, token: &str) -> String {
 
 /// Reads one response with a `Content-Length` body off `stream`: its
 /// status and body.
-async fn response(stream: &mut TcpStream) -> (u16, String) {
+async fn response(stream: &mut (impl AsyncRead + Unpin)) -> (u16, String) {
     let mut raw = Vec::new();
     let head_end = loop {
         if let Some(end) = raw.windows(4).position(|w| w == b"\r\n\r\n") {
@@ -99,6 +99,25 @@ async fn a_parked_connection_serves_the_next_requests_on_it() {
     assert_eq!(response(&mut visitor).await, (200, "four".into()));
     parked(&scraper, 1.0).await;
 
+    drop(visitor);
+    parked(&scraper, 0.0).await;
+}
+
+#[tokio::test]
+async fn a_parked_tls_connection_serves_the_next_requests_on_it() {
+    let server = TestServer::start_tls(TestServer::test_config()).await;
+    let origin = Origin::start().await;
+    let client = TestClient::start(&server, &origin.target()).await;
+    let scraper = Visitor::new(server.addr);
+    let sni = format!("{}.localhost", client.tunnel.subdomain);
+    let tls = server.tls.as_ref().unwrap().visitor();
+    let mut visitor = tls.connect(Some(&sni)).await.unwrap();
+    for token in ["one", "two", "three"] {
+        let request = get(&client.host, token);
+        visitor.write_all(request.as_bytes()).await.unwrap();
+        assert_eq!(response(&mut visitor).await, (200, token.into()));
+        parked(&scraper, 1.0).await;
+    }
     drop(visitor);
     parked(&scraper, 0.0).await;
 }
