@@ -153,60 +153,53 @@ async fn stopping_the_server_closes_parked_connections_at_once() {
         .expect("the server waited for its idle connection");
 }
 
-/// The origin's `/token` answers at once, without reading the body: the
-/// response ends while the upload goes on. A connection quiet then must not
-/// be parked, or the rest of the body would be parsed as requests.
-#[tokio::test]
-async fn a_body_still_arriving_after_its_response_is_not_parsed_as_a_request() {
+/// A fresh connection to a new server and tunnel sends `POST path` to
+/// `host` (the tunnel's, or another name) with a body of 5 bytes and then,
+/// 1.5 s after the response (longer than a connection takes to be parked),
+/// a request for the token `smuggled` as the body's rest, and a real
+/// request after it. Returns the response's status and everything the
+/// server sent after it.
+async fn body_arriving_late(path: &str, host: Option<&str>) -> (u16, String) {
     let server = TestServer::start().await;
     let origin = Origin::start().await;
     let client = TestClient::start(&server, &origin.target()).await;
     let mut visitor = TcpStream::connect(server.addr).await.unwrap();
     let smuggled = get(&client.host, "smuggled");
     let head = format!(
-        "POST /token?t=first HTTP/1.1\r\nHost: {}\r\nContent-Length: {}\r\n\r\n",
-        client.host,
+        "POST {path} HTTP/1.1\r\nHost: {}\r\nContent-Length: {}\r\n\r\n",
+        host.map_or(client.host.clone(), |name| server.host_of(name)),
         5 + smuggled.len()
     );
     visitor.write_all(head.as_bytes()).await.unwrap();
     visitor.write_all(b"12345").await.unwrap();
-    assert_eq!(response(&mut visitor).await, (200, "first".into()));
-    // A slow uploader: longer than a connection takes to be parked.
+    let (status, _) = response(&mut visitor).await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let rest = smuggled + &get(&client.host, "real");
     let _ = visitor.write_all(rest.as_bytes()).await;
     let mut after = Vec::new();
     let _ = tokio::time::timeout(Duration::from_secs(3), visitor.read_to_end(&mut after)).await;
-    let after = String::from_utf8_lossy(&after);
+    (status, String::from_utf8_lossy(&after).into_owned())
+}
+
+/// The origin's `/token` answers at once, without reading the body: the
+/// response ends while the upload goes on. A connection quiet then must not
+/// be parked, or the rest of the body would be parsed as requests.
+#[tokio::test]
+async fn a_body_still_arriving_after_its_response_is_not_parsed_as_a_request() {
+    let (status, after) = body_arriving_late("/token?t=first", None).await;
+    assert_eq!(status, 200);
     assert!(
         !after.contains("smuggled") && !after.contains("400 Bad Request"),
         "the rest of the body was served as a request:\n{after}"
     );
-    drop(server);
 }
 
 /// The same when the gateway answers without reading the body at all (no
 /// such tunnel) and hyper skips the body's bytes as they come.
 #[tokio::test]
 async fn a_body_refused_unread_is_not_parsed_as_a_request() {
-    let server = TestServer::start().await;
-    let origin = Origin::start().await;
-    let client = TestClient::start(&server, &origin.target()).await;
-    let mut visitor = TcpStream::connect(server.addr).await.unwrap();
-    let smuggled = get(&client.host, "smuggled");
-    let head = format!(
-        "POST /x HTTP/1.1\r\nHost: {}\r\nContent-Length: {}\r\n\r\n",
-        server.host_of("nosuchtunnel"),
-        5 + smuggled.len()
-    );
-    visitor.write_all(head.as_bytes()).await.unwrap();
-    visitor.write_all(b"12345").await.unwrap();
-    assert_eq!(response(&mut visitor).await.0, 404);
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    let _ = visitor.write_all(smuggled.as_bytes()).await;
-    let mut after = Vec::new();
-    let _ = tokio::time::timeout(Duration::from_secs(3), visitor.read_to_end(&mut after)).await;
-    let after = String::from_utf8_lossy(&after);
+    let (status, after) = body_arriving_late("/x", Some("nosuchtunnel")).await;
+    assert_eq!(status, 404);
     assert!(
         !after.contains("smuggled"),
         "the rest of the body was served as a request:\n{after}"
