@@ -10,7 +10,44 @@ use http_body_util::{BodyExt, Full};
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
-use crate::{Reply, Visitor, within};
+use crate::{Origin, Reply, TestClient, TestServer, Visitor, within};
+
+/// A server, two origins and one client holding two tunnels over one
+/// connection — `web` (the first, on `client.host`) and `api` (on
+/// `server.host_of("api")`) — whose exchanges an inspector records.
+pub struct TwoTunnels {
+    pub server: TestServer,
+    pub web_origin: Origin,
+    pub api_origin: Origin,
+    pub inspector: TestInspector,
+    pub client: TestClient,
+    pub visitor: Visitor,
+}
+
+impl TwoTunnels {
+    pub async fn start() -> Self {
+        let server = TestServer::start().await;
+        let (web_origin, api_origin) = (Origin::start().await, Origin::start().await);
+        let inspector = TestInspector::start(InspectorLimits::default()).await;
+        let attach = inspector.attach();
+        let client = TestClient::start_with(&server, &web_origin.target(), |c| {
+            c.tunnel.name = Some("web".into());
+            c.more_tunnels.push(api_origin.tunnel("api"));
+            attach(c);
+        })
+        .await
+        .unwrap();
+        let visitor = Visitor::new(server.addr);
+        TwoTunnels {
+            server,
+            web_origin,
+            api_origin,
+            inspector,
+            client,
+            visitor,
+        }
+    }
+}
 
 /// A running inspector; stops when dropped.
 pub struct TestInspector {

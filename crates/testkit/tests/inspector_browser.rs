@@ -13,6 +13,7 @@
 #![allow(clippy::unwrap_used)]
 
 use cryptun_client::InspectorLimits;
+use cryptun_testkit::inspector::TwoTunnels;
 use cryptun_testkit::{Browser, Origin, TestClient, TestInspector, TestServer, Visitor, within};
 
 /// A header value that would run script if the page used innerHTML.
@@ -166,18 +167,14 @@ async fn the_page_lists_requests_live_shows_them_and_replays() {
 
 #[tokio::test]
 async fn with_two_tunnels_rows_name_their_tunnel_and_replay_goes_to_its_origin() {
-    let server = TestServer::start().await;
-    let (web_origin, api_origin) = (Origin::start().await, Origin::start().await);
-    let inspector = TestInspector::start(InspectorLimits::default()).await;
-    let attach = inspector.attach();
-    let client = TestClient::start_with(&server, &web_origin.target(), |c| {
-        c.tunnel.name = Some("web".into());
-        c.more_tunnels.push(api_origin.tunnel("api"));
-        attach(c);
-    })
-    .await
-    .unwrap();
-    let visitor = Visitor::new(server.addr);
+    let TwoTunnels {
+        server,
+        web_origin,
+        api_origin,
+        inspector,
+        client,
+        visitor,
+    } = TwoTunnels::start().await;
 
     let mut browser = open(&inspector).await;
     let names = browser

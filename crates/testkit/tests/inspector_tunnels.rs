@@ -9,6 +9,7 @@
 
 use cryptun_client::{InspectorLimits, Target};
 use cryptun_server::Config;
+use cryptun_testkit::inspector::TwoTunnels;
 use cryptun_testkit::{Origin, TestClient, TestInspector, TestServer, Visitor, within};
 use serde_json::Value;
 
@@ -31,18 +32,14 @@ async fn replay(inspector: &TestInspector, id: &Value) -> Value {
 
 #[tokio::test]
 async fn each_exchange_names_its_tunnel_and_replays_to_its_origin() {
-    let server = TestServer::start().await;
-    let (web_origin, api_origin) = (Origin::start().await, Origin::start().await);
-    let inspector = TestInspector::start(InspectorLimits::default()).await;
-    let attach = inspector.attach();
-    let client = TestClient::start_with(&server, &web_origin.target(), |c| {
-        c.tunnel.name = Some("web".into());
-        c.more_tunnels.push(api_origin.tunnel("api"));
-        attach(c);
-    })
-    .await
-    .unwrap();
-    let visitor = Visitor::new(server.addr);
+    let TwoTunnels {
+        server,
+        web_origin,
+        api_origin,
+        inspector,
+        client,
+        visitor,
+    } = TwoTunnels::start().await;
 
     let reply = within("web", visitor.get(&client.host, "/echo/web")).await;
     assert_eq!(reply.status, 200, "{}", reply.text());
