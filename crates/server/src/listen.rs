@@ -29,7 +29,7 @@ use tracing::{Instrument, debug, info_span, warn};
 
 use crate::https::Transport;
 use crate::metrics::Refused;
-use crate::park::{Activity, Parkable, Parked, Tracked};
+use crate::park::{Activity, Parkable, Tracked};
 use crate::{Certs, Peer, State, gateway, hardening};
 
 /// Limits on the visitor-facing HTTP/1 parser: over them, 431.
@@ -300,7 +300,7 @@ async fn serve_http<I: Socket>(
         }
         let tcp = io.get_ref().get_ref().tcp();
         let woken = {
-            let _parked = Parked::count(&metrics.idle_connections);
+            let _parked = metrics.connection_parked();
             tokio::select! {
                 readable = tcp.readable() => readable.is_ok(),
                 () = tokio::time::sleep(idle_limit) => {

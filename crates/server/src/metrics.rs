@@ -324,6 +324,12 @@ impl Metrics {
         self.sessions.inc();
         GaugeGuard(self.sessions.clone())
     }
+
+    /// Counts a parked visitor connection until the guard drops.
+    pub fn connection_parked(&self) -> GaugeGuard {
+        self.idle_connections.inc();
+        GaugeGuard(self.idle_connections.clone())
+    }
 }
 
 /// Why a control connection ended before its first tunnel.

@@ -25,14 +25,15 @@ use std::task::{Context, Poll};
 
 use bytes::{Buf, Bytes};
 use http_body::{Body, Frame, SizeHint};
-use prometheus_client::metrics::gauge::Gauge;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 /// One connection's requests and socket use, shared by its service and its
 /// socket wrapper (all on the connection's task: relaxed atomics suffice).
 #[derive(Debug, Default)]
 pub(crate) struct Activity {
+    /// Bodies (each request's and each response's) not dropped yet.
     in_flight: AtomicUsize,
+    /// Bodies dropped so far.
     finished: AtomicU64,
     /// hyper's last read found nothing to read.
     read_waiting: AtomicBool,
@@ -41,20 +42,20 @@ pub(crate) struct Activity {
 }
 
 impl Activity {
-    /// A request begins; it ends when the returned guard is dropped.
+    /// A body begins; it ends when the returned guard is dropped.
     pub(crate) fn begin(self: &Arc<Self>) -> Busy {
         self.in_flight.fetch_add(1, Ordering::Relaxed);
         Busy(Arc::clone(self))
     }
 
-    /// Responses finished so far.
+    /// Bodies finished so far.
     pub(crate) fn finished(&self) -> u64 {
         self.finished.load(Ordering::Relaxed)
     }
 
-    /// True when a response finished after the `seen`th, none is in
-    /// flight, everything written has been flushed and hyper waits for
-    /// bytes: the connection is idle between requests.
+    /// True when a body finished after the `seen`th, none is in flight,
+    /// everything written has been flushed and hyper waits for bytes: the
+    /// connection is idle between requests.
     pub(crate) fn quiet_since(&self, seen: u64) -> bool {
         self.finished() > seen
             && self.in_flight.load(Ordering::Relaxed) == 0
@@ -63,7 +64,7 @@ impl Activity {
     }
 }
 
-/// A request in flight; dropped when its response body is.
+/// A body in flight; dropped with it.
 #[derive(Debug)]
 pub(crate) struct Busy(Arc<Activity>);
 
@@ -105,23 +106,6 @@ impl<B: Body + Unpin> Body for Tracked<B> {
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
-    }
-}
-
-/// A parked connection, counted in a gauge for as long as it is parked
-/// (however the wait ends, the task dropped included).
-pub(crate) struct Parked<'a>(&'a Gauge);
-
-impl<'a> Parked<'a> {
-    pub(crate) fn count(gauge: &'a Gauge) -> Self {
-        gauge.inc();
-        Parked(gauge)
-    }
-}
-
-impl Drop for Parked<'_> {
-    fn drop(&mut self) {
-        self.0.dec();
     }
 }
 
