@@ -37,6 +37,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{Notify, mpsc, oneshot};
 use tokio_tungstenite::tungstenite::Message;
+use tokio_util::sync::CancellationToken;
 
 use control::Control;
 use table::Table;
@@ -83,6 +84,11 @@ struct Inner<H> {
     /// left unfinished by a write-through.
     control_ready: Notify,
     out: mpsc::Sender<Message>,
+    /// Cancelled when nothing will take from `out` any more (the writer
+    /// ended, or the session closed): senders waiting on a full queue fail
+    /// instead of waiting for good (the queue's receiver lives in `wire`,
+    /// as long as any handle).
+    out_closed: CancellationToken,
     wire: tokio::sync::Mutex<wire::Wire>,
     started: Instant,
     last_heard_ms: AtomicU64,
@@ -127,6 +133,7 @@ impl<H: Send + 'static> Mux<H> {
                 control: Mutex::new(Control::default()),
                 control_ready: Notify::new(),
                 out,
+                out_closed: CancellationToken::new(),
                 wire: tokio::sync::Mutex::new(wire::Wire { sink: None, queue }),
                 started: Instant::now(),
                 last_heard_ms: AtomicU64::new(0),

@@ -232,6 +232,7 @@ impl<H: Send + 'static> Mux<H> {
     /// Closes the session's streams: every pending head, body and upload
     /// fails now, and no stream can be opened any more.
     pub fn close(&self) {
+        self.inner.out_closed.cancel();
         let mut table = self.table();
         table.closed = true;
         let ids: Vec<u32> = table.slots.keys().copied().collect();

@@ -27,7 +27,7 @@ use super::Mux;
 
 /// Messages waiting for the writer (heads and body frames) per session. Each
 /// is at most one frame, so this bounds a session's outbound buffer to about
-/// 64 x 64 KiB; senders beyond that wait.
+/// 64 x 128 KiB; senders beyond that wait (or fail, once the writer is gone).
 pub(super) const OUTBOUND_QUEUE: usize = 64;
 
 /// Write-through only while at most this many streams are in flight. With
@@ -73,7 +73,10 @@ impl<H: Send + 'static> Mux<H> {
             Attempt::Written => Ok(()),
             Attempt::Failed => Err(WireClosed),
             Attempt::Busy(msg) => {
-                self.inner.out.send(msg).await.map_err(|_| WireClosed)?;
+                tokio::select! {
+                    sent = self.inner.out.send(msg) => sent.map_err(|_| WireClosed)?,
+                    () = self.inner.out_closed.cancelled() => return Err(WireClosed),
+                }
                 self.inner.control_ready.notify_one();
                 Ok(())
             }
@@ -123,6 +126,7 @@ impl<H: Send + 'static> Mux<H> {
     /// even while stream tasks still hold the mux. If a write-through holds
     /// the wire this very moment, the sink goes when the last handle does.
     pub(super) fn drop_sink(&self) {
+        self.inner.out_closed.cancel();
         if let Ok(mut wire) = self.inner.wire.try_lock() {
             wire.sink = None;
         }

@@ -187,5 +187,17 @@ mod tests {
             matches!(result, Err(WriterError::Stalled(d)) if d == limit),
             "{result:?}"
         );
+        // Nothing takes from the outbound queue any more: a sender that
+        // finds it full fails instead of waiting for good.
+        let failed = timeout(Duration::from_secs(5), async {
+            for _ in 0..=super::super::wire::OUTBOUND_QUEUE {
+                if mux.send_message(Message::text("x")).await.is_err() {
+                    return true;
+                }
+            }
+            false
+        })
+        .await;
+        assert_eq!(failed, Ok(true), "a sender waited on a dead writer's queue");
     }
 }
