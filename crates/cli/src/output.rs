@@ -155,7 +155,7 @@ fn inspector(url: &str, json: bool) {
 fn events(json: bool, json_logs: bool, named: bool) -> Events {
     Events::to(move |event| match event {
         // One line per request, when it ends.
-        Event::RequestStarted { .. } => {}
+        Event::RequestStarted => {}
         Event::Request {
             tunnel,
             method,

@@ -71,10 +71,7 @@ pub(crate) async fn forward(
 ) {
     let started = Instant::now();
     let (method, path) = (head.method.clone(), head.path.clone());
-    fwd.events.emit(Event::RequestStarted {
-        method: method.clone(),
-        path: path.clone(),
-    });
+    fwd.events.emit(Event::RequestStarted);
     let Some(route) = fwd.routes.get(&tunnel_id).cloned() else {
         let text = format!("cryptun client: no tunnel {tunnel_id:?} on this connection");
         let outcome = answer_error(stream.send, 502, text, started).await;

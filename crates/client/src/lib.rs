@@ -280,12 +280,7 @@ impl ClientError {
 pub enum Event {
     /// A request arrived and is being forwarded; a [`Event::Request`]
     /// follows when it ends (so started minus ended is the number open).
-    RequestStarted {
-        /// Request method.
-        method: String,
-        /// Path and query.
-        path: String,
-    },
+    RequestStarted,
     /// A request was answered (or failed) — one line per request.
     Request {
         /// The tunnel that served it: its [name](TunnelConfig::name), else

@@ -139,7 +139,7 @@ impl State {
     /// Takes in what the client reported, at `now` (`wall` on the clock).
     pub fn apply(&mut self, event: Event, now: Instant, wall: SystemTime) {
         match event {
-            Event::RequestStarted { .. } => self.stats.started(),
+            Event::RequestStarted => self.stats.started(),
             Event::Request {
                 tunnel,
                 method,
