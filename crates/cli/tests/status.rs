@@ -103,6 +103,16 @@ async fn on_a_terminal_the_view_shows_the_url_and_each_request_and_ctrl_c_restor
     let status = block_in_place(|| tty.wait_exit());
     assert!(status.success(), "{status}: {}", tty.screen());
     assert_restored(&tty);
+    // The last frame stays on the normal screen, the session offline.
+    let screen = tty.screen();
+    let session = screen
+        .line("Session Status")
+        .unwrap_or_else(|| panic!("{screen}"));
+    assert!(session.contains("offline"), "{screen}");
+    assert!(
+        screen.lines().iter().any(|l| l.contains("/status-e2e?x=1")),
+        "{screen}"
+    );
 }
 
 /// The two counts (`ttl`, `opn`) on the statistics row.
@@ -190,6 +200,10 @@ async fn reconnecting_shows_on_the_view_and_a_final_error_restores_the_terminal(
     let screen = tty.screen();
     let error = screen.line("error:").unwrap_or_else(|| panic!("{screen}"));
     assert!(error.contains("refused"), "{error}");
+    let session = screen
+        .line("Session Status")
+        .unwrap_or_else(|| panic!("{screen}"));
+    assert!(session.contains("offline"), "{screen}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

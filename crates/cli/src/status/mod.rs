@@ -89,15 +89,15 @@ impl Live {
         })
     }
 
-    /// Shows the session as offline for `why` (the last frame drawn), then
-    /// restores the terminal.
+    /// Restores the terminal and leaves on it the last frame, showing the
+    /// session offline for `why`.
     pub fn finish(self, why: &str) {
         self.task.abort();
         let mut state = lock(&self.shared.state);
         state.offline(why);
         let (width, height) = term::size();
         let lines = render::render(&state, Instant::now(), width, height);
-        let _ = lock(&self.shared.screen).draw(&lines, height);
+        lock(&self.shared.screen).leave_showing(&lines);
     }
 }
 

@@ -61,6 +61,21 @@ impl Screen {
         out.flush()
     }
 
+    /// Leaves the alternate screen, then prints `lines` on the normal one:
+    /// the last frame stays in the terminal after the program ends. Does
+    /// nothing once left.
+    pub fn leave_showing(&mut self, lines: &[String]) {
+        if !self.active {
+            return;
+        }
+        self.leave();
+        let mut out = self.out.lock();
+        for line in lines {
+            let _ = writeln!(out, "{}", line.trim_end());
+        }
+        let _ = out.flush();
+    }
+
     /// Shows the cursor and leaves the alternate screen: the terminal is as
     /// it was before [`Screen::enter`]. Idempotent.
     pub fn leave(&mut self) {
