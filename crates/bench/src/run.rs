@@ -61,7 +61,8 @@ pub struct RunArgs {
     #[arg(long)]
     pub skip_load: bool,
     /// Idle keep-alive visitor connections to hold open through the tunnel
-    /// (before the load runs) to measure what each costs; 0 skips it.
+    /// (after the load runs, against a fresh server and client) to measure
+    /// what each costs; 0 skips it.
     #[arg(long, default_value_t = crate::visitors::DEFAULT_COUNT)]
     pub idle_visitors: usize,
     /// Skip the idle-tunnel swarm.

@@ -25,6 +25,8 @@
 //!   server restarts: backoff, jitter, asking for the same tunnel again.
 //! - `forward`: one request, from its `request` message to the local
 //!   service and back.
+//! - `local`: connections to the local service, pooled, each driven by
+//!   the task forwarding the request on it.
 //! - `routes`: which tunnel's local service a request goes to.
 //! - [`hello`]: the built-in hello service used by `--hello` and the demo.
 //! - [`saved`]: `client.toml`, where `cryptun login` keeps the API key

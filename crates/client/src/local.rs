@@ -280,9 +280,8 @@ impl Drop for DrivenBody {
     }
 }
 
-/// Makes `request` one for `target` over a direct connection: an
-/// origin-form URI, and a `Host` naming the target when the request had
-/// none.
+/// Gives `request` (whose URI must already be origin-form) a `Host` naming
+/// `target` when it had none, as a direct connection needs.
 pub(crate) fn address(request: &mut Request<LocalBody>, target: &Target) {
     if !request.headers().contains_key(http::header::HOST) {
         if let Ok(host) = HeaderValue::from_str(target.authority().as_str()) {

@@ -54,8 +54,9 @@
 //! `tls_handshake_timeout`), if any, then serves its HTTP requests. A `/ws`
 //! upgrade spawns a session task that owns that WebSocket and everything
 //! registered through it; a visitor's request runs in its connection's task
-//! and, when it has a body, one upload task. Nothing is shared between
-//! tunnels except the registry.
+//! and, when it has a body, one upload task. With a key store, one more
+//! task watches it for revoked keys and cuts their sessions. Nothing is
+//! shared between tunnels except the registry.
 
 #![forbid(unsafe_code)]
 
@@ -229,7 +230,13 @@ pub async fn serve(
     });
     for (listener, scheme) in [(&plain, "http"), (&https, "https")] {
         if let Some(addr) = listener.as_ref().and_then(|l| l.local_addr().ok()) {
-            let dashboard = format!("{scheme}://{addr}/dashboard");
+            // Bound to every address: the name that reaches it from this
+            // machine, which the admin routes accept without a token.
+            let dashboard = if addr.ip().is_unspecified() {
+                format!("{scheme}://localhost:{}/dashboard", addr.port())
+            } else {
+                format!("{scheme}://{addr}/dashboard")
+            };
             info!(%addr, %scheme, domain = %state.config.domain, %dashboard, "listening");
         }
     }

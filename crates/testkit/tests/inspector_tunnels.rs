@@ -13,7 +13,6 @@ use cryptun_testkit::inspector::TwoTunnels;
 use cryptun_testkit::{Origin, TestClient, TestInspector, TestServer, Visitor, within};
 use serde_json::Value;
 
-/// The tunnel named `api`, asking for the subdomain `api`, to `origin`.
 /// How the inspector writes `origin`'s target.
 fn target_of(origin: &Origin) -> String {
     Target::parse(&origin.target()).unwrap().to_string()

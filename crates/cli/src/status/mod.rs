@@ -1,4 +1,5 @@
-//! The live status view: what `cryptun http` and `cryptun demo` show when
+//! The live status view: what `cryptun http`, `cryptun start` and
+//! `cryptun demo` show when
 //! stdout is a terminal, redrawn in place as ngrok's is — session status,
 //! version, server, inspector, one "Forwarding" line per tunnel, connection
 //! statistics and the last requests. Without a terminal (or with `--json`

@@ -9,7 +9,7 @@
 //! | `GET /api/requests.har` | the list as HAR 1.2 |
 //! | `GET /api/requests/{id}` | one exchange with heads and bodies |
 //! | `POST /api/requests/{id}/replay` | replays it; `202` with the replay's id |
-//! | `GET /api/events` | Server-Sent Events: `update`, `evict`, `clear`, `resync` |
+//! | `GET /api/events` | Server-Sent Events: `update`, `evict`, `clear`, `resync`, `tunnels` |
 //!
 //! It shows the tunnels' traffic to whoever can reach it, without a login,
 //! so it binds to loopback by default, answers only to loopback names there
