@@ -92,14 +92,15 @@ fn header(state: &State, now: Instant, width: usize) -> Vec<String> {
     }
     lines.push(String::new());
     let s = &state.stats;
+    let [p50, p90] = s.percentiles([0.5, 0.9]);
     let columns = ["ttl", "opn", "rt1", "rt5", "p50", "p90"].map(str::to_owned);
     let values = [
         s.total().to_string(),
         s.open().to_string(),
         format!("{:.2}", s.rate1(now)),
         format!("{:.2}", s.rate5(now)),
-        s.percentile(0.5).map_or("-".into(), duration),
-        s.percentile(0.9).map_or("-".into(), duration),
+        p50.map_or("-".into(), duration),
+        p90.map_or("-".into(), duration),
     ];
     lines.push(labelled("Connections", &row(&columns)));
     lines.push(labelled("", &row(&values)));

@@ -257,15 +257,18 @@ impl Stats {
         self.rates.per_second(now, RATE_SECONDS)
     }
 
-    /// The `q` quantile (0.5 for the median) of the last
-    /// [`DURATION_WINDOW`] durations, by nearest rank; `None` before any.
-    pub fn percentile(&self, q: f64) -> Option<Duration> {
+    /// The quantiles `qs` (0.5 for the median) of the last
+    /// [`DURATION_WINDOW`] durations, by nearest rank, from one sort (the
+    /// view's lock is held meanwhile); `None` before any.
+    pub fn percentiles<const N: usize>(&self, qs: [f64; N]) -> [Option<Duration>; N] {
         let mut sorted: Vec<Duration> = self.durations.iter().copied().collect();
         sorted.sort_unstable();
         let n = sorted.len();
-        // Nearest rank: the smallest value with at least q of them at or below it.
-        let rank = ((q.clamp(0.0, 1.0) * n as f64).ceil() as usize).clamp(1, n.max(1));
-        sorted.get(rank - 1).copied()
+        qs.map(|q| {
+            // Nearest rank: the smallest value with at least q of them at or below it.
+            let rank = ((q.clamp(0.0, 1.0) * n as f64).ceil() as usize).clamp(1, n.max(1));
+            sorted.get(rank - 1).copied()
+        })
     }
 }
 

@@ -121,18 +121,17 @@ fn percentiles_by_nearest_rank_over_the_last_window() {
     let t0 = Instant::now();
     let mut s = state(t0, &[(None, "tunnel-a")]);
     let wall = SystemTime::now();
-    assert_eq!(s.stats.percentile(0.5), None);
+    assert_eq!(s.stats.percentiles([0.5]), [None]);
     for ms in 1..=10 {
         s.apply(request("/", 200, ms), t0, wall);
     }
-    assert_eq!(s.stats.percentile(0.5), Some(Duration::from_millis(5)));
-    assert_eq!(s.stats.percentile(0.9), Some(Duration::from_millis(9)));
+    let ms = |n| Some(Duration::from_millis(n));
+    assert_eq!(s.stats.percentiles([0.5, 0.9]), [ms(5), ms(9)]);
     // The window keeps only the last DURATION_WINDOW: slow ones, now.
     for _ in 0..DURATION_WINDOW {
         s.apply(request("/", 200, 1000), t0, wall);
     }
-    assert_eq!(s.stats.percentile(0.5), Some(secs(1)));
-    assert_eq!(s.stats.percentile(0.0), Some(secs(1)));
+    assert_eq!(s.stats.percentiles([0.5, 0.0]), [Some(secs(1)); 2]);
 }
 
 #[test]
