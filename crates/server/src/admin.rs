@@ -145,15 +145,17 @@ fn bearer(value: &HeaderValue) -> Option<&[u8]> {
         .then(|| token.trim_ascii())
 }
 
-/// Serves a request for the server's own host, and counts it in
+/// Serves a request for the server's own host, asked for as `host` (the
+/// name the gateway routed on), and counts it in
 /// `cryptun_own_route_requests_total` by route and status class.
 pub(crate) fn own_route(
     state: &Arc<State>,
     peer: Peer,
+    host: &str,
     req: Request<VisitorBody>,
 ) -> Result<Response<Body>, GatewayError> {
     let route = route_label(req.uri().path());
-    let answer = serve(state, peer, req);
+    let answer = serve(state, peer, host, req);
     let status = match &answer {
         Ok(resp) => resp.status(),
         Err(err) => err.status(),
@@ -185,14 +187,13 @@ pub(crate) fn route_label(path: &str) -> &'static str {
 fn serve(
     state: &Arc<State>,
     peer: Peer,
+    host: &str,
     req: Request<VisitorBody>,
 ) -> Result<Response<Body>, GatewayError> {
     hardening::check_own_path(req.uri().path())?;
-    // The gateway has routed on this name, so it is there and valid.
-    let host = crate::host::name(&req).unwrap_or_default();
     let caller = Caller {
         peer: peer.ip(),
-        host: &host,
+        host,
     };
     let config = &state.config;
     let admin = || {

@@ -104,7 +104,7 @@ async fn dispatch(
         (Transport::Plain, None) => {}
     }
     let label = match route {
-        Route::Server => return admin::own_route(state, conn.peer, req),
+        Route::Server => return admin::own_route(state, conn.peer, &name, req),
         Route::Tunnel(label) => label,
     };
     // Everything else is a visitor's request for a tunnel: counted, timed
