@@ -6,6 +6,7 @@
 //! and a 1008 close, its tunnel leaves `/api/tunnels` at once (404, not a
 //! held 503), a request in flight gets 502, and the client stops instead
 //! of reconnecting; another key's tunnel on the same server is untouched.
+//! A name held for a revoked key's disconnected client is let go.
 
 #![allow(clippy::unwrap_used)]
 
@@ -13,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use cryptun_client::{ClientError, Event, Secret};
 use cryptun_server::{AuthMode, Config, Store};
+use cryptun_testkit::raw::{WAIT, eventually};
 use cryptun_testkit::{Origin, RawWs, TempDir, TestClient, TestServer, Visitor, within};
 use http::StatusCode;
 use serde_json::json;
@@ -152,4 +154,32 @@ async fn a_client_speaking_raw_json_gets_key_revoked_then_1008() {
     assert_eq!(error["code"], "key_revoked", "{error}");
     assert_eq!(ws.expect_close().await, 1008);
     assert!(Visitor::new(server.addr).tunnels().await.is_empty());
+}
+
+#[tokio::test]
+async fn revoking_a_key_lets_go_of_the_names_held_for_it() {
+    let dir = TempDir::new();
+    let server = TestServer::start_with(config(&dir)).await;
+    let origin = Origin::start().await;
+    let (key, token) = new_key(&dir, "laptop");
+    let client = TestClient::start_with(&server, &origin.target(), |c| {
+        c.token = Some(token.clone());
+        c.tunnel.subdomain = Some("gamma".into());
+    })
+    .await
+    .unwrap();
+    let visitor = Visitor::new(server.addr);
+    let host = server.host_of("gamma");
+    // The client goes away: its name is held for it (503, for 30 s).
+    drop(client);
+    eventually(WAIT, "the name is held", || async {
+        visitor.get(&host, "/").await.status == StatusCode::SERVICE_UNAVAILABLE
+    })
+    .await;
+
+    Store::open(&dir.path).unwrap().revoke_key(&key).unwrap();
+    eventually(WAIT, "the hold ends with the key", || async {
+        visitor.get(&host, "/").await.status == StatusCode::NOT_FOUND
+    })
+    .await;
 }

@@ -181,6 +181,20 @@ mod tests {
     const GRACE: Duration = Duration::from_secs(30);
 
     #[test]
+    fn a_revoked_key_releases_only_its_own_holds() {
+        let mut holds = Holds::new(10);
+        let t = Instant::now();
+        holds.hold("a".into(), Owner::Key("k1".into()), t + GRACE, t);
+        holds.hold("b".into(), Owner::Key("k1".into()), t + GRACE, t);
+        holds.hold("c".into(), Owner::Key("k2".into()), t + GRACE, t);
+        assert_eq!(holds.release_owner(&Owner::Key("k1".into())), 2);
+        assert_eq!(holds.len(), 1);
+        assert_eq!(holds.remaining("a", t), None);
+        assert_eq!(holds.remaining("c", t), Some(GRACE));
+        assert_eq!(holds.release_owner(&Owner::Key("k1".into())), 0);
+    }
+
+    #[test]
     fn only_the_owner_takes_a_held_name_back() {
         let mut holds = Holds::new(10);
         let t = Instant::now();
