@@ -15,7 +15,7 @@
 //! standard error to `tracing` as its writer; [`flush`] empties both before
 //! the process exits.
 
-use std::io::Write as _;
+use std::io::Write;
 use std::sync::{Condvar, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -98,12 +98,14 @@ impl Stream {
         }
     }
 
-    fn write_all(self, bytes: &[u8]) {
+    /// Writes a batch, after the note on lines dropped before it, if any.
+    fn write_batch(self, dropped: u64, batch: &[u8]) {
         // A closed stream (piped into `head`) must not kill the tunnel:
         // errors are ignored, and the lines are gone either way.
+        let name = self.name();
         let _ = match self {
-            Stream::Stdout => std::io::stdout().lock().write_all(bytes),
-            Stream::Stderr => std::io::stderr().lock().write_all(bytes),
+            Stream::Stdout => write_batch(&mut std::io::stdout().lock(), name, dropped, batch),
+            Stream::Stderr => write_batch(&mut std::io::stderr().lock(), name, dropped, batch),
         };
     }
 
@@ -203,15 +205,23 @@ fn write_out(stream: Stream, pending: &'static Pending) {
         let dropped = std::mem::take(&mut state.dropped);
         state.writing = true;
         drop(state);
-        if dropped > 0 {
-            let name = stream.name();
-            stream.write_all(
-                format!("({dropped} lines dropped: {name} was not being read)\n").as_bytes(),
-            );
-        }
-        stream.write_all(&batch);
+        stream.write_batch(dropped, &batch);
         std::thread::sleep(GATHER);
     }
+}
+
+/// `batch` to `out`, after a note saying how many lines were dropped
+/// before it (when any were) because stream `name` was not being read.
+fn write_batch(
+    out: &mut impl Write,
+    name: &str,
+    dropped: u64,
+    batch: &[u8],
+) -> std::io::Result<()> {
+    if dropped > 0 {
+        writeln!(out, "({dropped} lines dropped: {name} was not being read)")?;
+    }
+    out.write_all(batch)
 }
 
 #[cfg(test)]
@@ -228,6 +238,17 @@ mod tests {
         let state = pending.lock();
         assert_eq!((state.buf.len(), state.dropped), (MAX_PENDING, 1));
         assert!(state.buf.ends_with(b"abc\n"));
+    }
+
+    #[test]
+    fn the_next_batch_says_how_many_lines_were_dropped_before_it() {
+        let mut out = Vec::new();
+        write_batch(&mut out, "stdout", 3, b"next\n").unwrap();
+        write_batch(&mut out, "stdout", 0, b"then\n").unwrap();
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "(3 lines dropped: stdout was not being read)\nnext\nthen\n"
+        );
     }
 
     #[test]

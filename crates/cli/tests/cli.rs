@@ -86,8 +86,9 @@ async fn http_hello_json_prints_tunnel_created_then_request_lines() {
 }
 
 /// A stdout nobody reads (a paused pager, a stuck pipe) does not hold up
-/// the tunnel (request lines queue up to a bound, then are dropped), nor
-/// the client's exit.
+/// the tunnel (request lines queue for it), nor the client's exit. (The
+/// bound on the queue, and the note on lines dropped past it, are unit
+/// tests in `lines.rs`.)
 #[tokio::test]
 async fn a_stdout_nobody_reads_does_not_stall_the_tunnel() {
     use std::io::BufRead as _;
@@ -158,8 +159,8 @@ fn terminated_within(child: &mut std::process::Child, secs: u64) -> bool {
 }
 
 /// A server whose stderr nobody reads (`cryptun server 2>&1 | less`,
-/// paused) keeps serving: its access log lines queue up to a bound, then
-/// are dropped, and it still exits promptly.
+/// paused) keeps serving (its access log lines queue for it), and it still
+/// exits promptly.
 #[tokio::test]
 async fn a_server_log_nobody_reads_does_not_stall_the_server() {
     let mut server = Command::new(env!("CARGO_BIN_EXE_cryptun"))
