@@ -114,19 +114,16 @@ impl Drop for Live {
 /// last frame. Ends if the terminal cannot be written.
 async fn redraw(shared: Arc<Shared>) {
     let mut resized = Resized::new();
-    let mut last: Option<(usize, Vec<String>)> = None;
+    // The title row spans the width: a resize changes the frame too.
+    let mut last: Vec<String> = Vec::new();
     loop {
         let (width, height) = term::size();
         let lines = render::render(&lock(&shared.state), Instant::now(), width, height);
-        let frame = Some((width, lines));
-        if frame != last {
-            let drawn = frame.as_ref().map_or(Ok(()), |(_, lines)| {
-                lock(&shared.screen).draw(lines, height)
-            });
-            if drawn.is_err() {
+        if lines != last {
+            if lock(&shared.screen).draw(&lines, height).is_err() {
                 return;
             }
-            last = frame;
+            last = lines;
         }
         tokio::select! {
             () = shared.changed.notified() => {}
