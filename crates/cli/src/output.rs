@@ -29,8 +29,7 @@ pub fn show(
         .iter()
         .map(|(name, created, target)| Tunnel::new(name.map(str::to_owned), created, target))
         .collect();
-    if let Some(view) = live(header, shown, json || json_logs) {
-        let events = view.events();
+    if let Some((view, events)) = live(header, shown, json || json_logs) {
         return (Some(view), events);
     }
     for (name, created, target) in tunnels {
@@ -74,38 +73,37 @@ pub fn demo(
         .map(|(k, v)| ((*k).to_owned(), v.clone()))
         .collect();
     let shown = vec![Tunnel::new(None, tunnel, "built-in hello page")];
-    if let Some(view) = live(header, shown, json_logs) {
-        let events = view.events();
+    if let Some((view, events)) = live(header, shown, json_logs) {
         return (Some(view), events);
     }
-    println!("Cryptun demo: server, hello service and client are running.");
-    println!();
-    println!("  Public URL  {url}");
+    lines::print("Cryptun demo: server, hello service and client are running.\n");
+    lines::print(&format!("  Public URL  {url}"));
     for (label, line) in &tries {
-        println!("  {label:<10}  {line}");
+        lines::print(&format!("  {label:<10}  {line}"));
     }
     if let Some(url) = inspector {
-        println!("  Inspector   {url}");
+        lines::print(&format!("  Inspector   {url}"));
     }
-    println!();
-    println!("Requests appear below. Press Ctrl-C to stop.");
+    lines::print("\nRequests appear below. Press Ctrl-C to stop.");
     (None, events(false, json_logs, false))
 }
 
-/// The live status view, if stdout is a terminal and the output is not
-/// `for_machines`; `None` means plain lines. A terminal that cannot be set
-/// up gets plain lines too, with a warning.
-fn live(header: Header, tunnels: Vec<Tunnel>, for_machines: bool) -> Option<Live> {
+/// The live status view and the events that feed it, if stdout is a
+/// terminal and the output is not `for_machines`; `None` means plain lines.
+/// A terminal that cannot be set up gets plain lines too, with a warning.
+fn live(header: Header, tunnels: Vec<Tunnel>, for_machines: bool) -> Option<(Live, Events)> {
     if !status::wanted(for_machines) {
         return None;
     }
-    Live::start(header, tunnels)
+    let view = Live::start(header, tunnels)
         .inspect_err(|err| {
             lines::eprint(&format!(
                 "warning: no live status view ({err}); printing lines"
             ))
         })
-        .ok()
+        .ok()?;
+    let events = view.events();
+    Some((view, events))
 }
 
 /// Ends the live view, if there is one, showing why the session ended.
