@@ -62,6 +62,18 @@ impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Logs {
     }
 }
 
+/// Holds stderr's lines back (`true`) while the live view owns the
+/// terminal they would be written over, where they would stay until the
+/// view changed and then be lost with it; `false` lets them out, after the
+/// view has given the terminal back.
+pub fn hold_stderr(held: bool) {
+    let pending = Stream::Stderr.pending();
+    pending.lock().held = held;
+    if !held {
+        pending.arrived.notify_one();
+    }
+}
+
 /// Waits until every queued line of both streams is written, for at most
 /// `limit` in all (a stream may be stuck for good). Call before the process
 /// exits.
@@ -146,6 +158,8 @@ struct State {
     waiting: bool,
     /// The writer holds a batch it has not finished writing.
     writing: bool,
+    /// Lines wait, whatever is queued ([`hold_stderr`]).
+    held: bool,
 }
 
 impl Pending {
@@ -193,7 +207,7 @@ fn write_out(stream: Stream, pending: &'static Pending) {
         let mut state = pending.lock();
         state.writing = false;
         pending.written.notify_all();
-        while state.buf.is_empty() {
+        while state.buf.is_empty() || state.held {
             state.waiting = true;
             state = match pending.arrived.wait(state) {
                 Ok(state) => state,

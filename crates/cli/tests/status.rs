@@ -206,6 +206,39 @@ async fn reconnecting_shows_on_the_view_and_a_final_error_restores_the_terminal(
     assert!(session.contains("offline"), "{screen}");
 }
 
+/// Log lines (here the client's debug line when the server goes away) are
+/// not drawn over the view, where they would stay until it changed and
+/// then vanish: they come out on the normal screen once it is given back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn log_lines_wait_for_the_view_to_end() {
+    let server = TestServer::start().await;
+    let args = ["http", "--hello", "--server", &server.url()];
+    let env = [("RUST_LOG", "cryptun_client=debug")];
+    let mut tty = Tty::cryptun_with_env(&args, &env, 100, 30);
+    block_in_place(|| public_url(&mut tty));
+    server.stop().await;
+    let screen = block_in_place(|| {
+        tty.wait_for("reconnecting", |s| {
+            s.line("Session Status")
+                .is_some_and(|l| l.contains("reconnecting (attempt"))
+        })
+    });
+    // The debug line's field, which the view itself never shows.
+    assert!(!tty.text().contains("reconnect_after_ms"), "{screen}");
+    tty.type_keys(b"\x03");
+    let status = block_in_place(|| tty.wait_exit());
+    assert!(status.success(), "{status}: {}", tty.screen());
+    assert_restored(&tty);
+    let screen = tty.screen();
+    assert!(
+        screen
+            .lines()
+            .iter()
+            .any(|l| l.contains("the server is going away")),
+        "{screen}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn json_on_a_terminal_stays_json_lines() {
     let server = TestServer::start().await;

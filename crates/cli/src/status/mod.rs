@@ -72,6 +72,10 @@ impl Live {
     /// Takes over the terminal and shows `tunnels`.
     pub fn start(header: Header, tunnels: Vec<Tunnel>) -> std::io::Result<Live> {
         let screen = Screen::enter()?;
+        if std::io::stderr().is_terminal() {
+            // Log lines would be drawn over the view: they wait for its end.
+            crate::lines::hold_stderr(true);
+        }
         let shared = Arc::new(Shared {
             state: Mutex::new(State::new(header, tunnels, Instant::now())),
             changed: Notify::new(),
@@ -106,6 +110,7 @@ impl Drop for Live {
     fn drop(&mut self) {
         self.task.abort();
         lock(&self.shared.screen).leave();
+        crate::lines::hold_stderr(false);
     }
 }
 

@@ -26,6 +26,11 @@ impl Tty {
     /// Starts `cryptun ARGS` on a `cols` x `rows` terminal, the inspector
     /// off unless `args` say otherwise.
     pub fn cryptun(args: &[&str], cols: usize, rows: usize) -> Tty {
+        Tty::cryptun_with_env(args, &[], cols, rows)
+    }
+
+    /// [`Tty::cryptun`] with environment variables `env` set too.
+    pub fn cryptun_with_env(args: &[&str], env: &[(&str, &str)], cols: usize, rows: usize) -> Tty {
         let quoted: Vec<String> = std::iter::once(env!("CARGO_BIN_EXE_cryptun"))
             .chain(args.iter().copied())
             .map(|arg| format!("'{}'", arg.replace('\'', r"'\''")))
@@ -39,6 +44,7 @@ impl Tty {
             .args(["-qfec", &line, "/dev/null"])
             .env("CRYPTUN_INSPECT", "off")
             .env("TERM", "xterm-256color")
+            .envs(env.iter().copied())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
