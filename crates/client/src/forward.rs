@@ -223,13 +223,7 @@ fn local_request(
 ) -> Result<(Request<LocalBody>, Option<Upgrade>), String> {
     let method = Method::from_bytes(head.method.as_bytes())
         .map_err(|_| format!("invalid method {:?}", head.method))?;
-    let uri = head
-        .path
-        .parse::<http::Uri>()
-        .ok()
-        // Origin-form (or `*`): the connection is straight to the target.
-        .filter(|uri| uri.scheme().is_none() && (uri.path().starts_with('/') || uri.path() == "*"))
-        .ok_or_else(|| format!("invalid path {:?}", head.path))?;
+    let uri = local::origin_form(&head.path)?;
     let mut headers = headers_from_wire(&head.headers, MAX_HEADERS, MAX_HEADER_BYTES)
         .map_err(|e| e.to_string())?;
     let protocol = upgrade_protocol(&headers).filter(|_| head.body.body_stream);

@@ -280,8 +280,17 @@ impl Drop for DrivenBody {
     }
 }
 
-/// Gives `request` (whose URI must already be origin-form) a `Host` naming
-/// `target` when it had none, as a direct connection needs.
+/// The URI of `path` for a request sent straight to the local service:
+/// origin-form (or `*`), nothing else.
+pub(crate) fn origin_form(path: &str) -> Result<http::Uri, String> {
+    path.parse::<http::Uri>()
+        .ok()
+        .filter(|uri| uri.scheme().is_none() && (uri.path().starts_with('/') || uri.path() == "*"))
+        .ok_or_else(|| format!("invalid path {path:?}"))
+}
+
+/// Gives `request` (its URI from [`origin_form`]) a `Host` naming `target`
+/// when it had none, as a direct connection needs.
 pub(crate) fn address(request: &mut Request<LocalBody>, target: &Target) {
     if !request.headers().contains_key(http::header::HOST) {
         if let Ok(host) = HeaderValue::from_str(target.authority().as_str()) {

@@ -3,7 +3,7 @@
 
 use std::fmt;
 
-use http::uri::{Authority, Scheme, Uri};
+use http::uri::Authority;
 
 /// The local service requests are forwarded to.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -57,15 +57,6 @@ impl Target {
     /// The target's `host:port`.
     pub(crate) fn authority(&self) -> &Authority {
         &self.authority
-    }
-
-    /// The URI of `path_and_query` on the target.
-    pub fn uri(&self, path_and_query: &str) -> Result<Uri, http::Error> {
-        Uri::builder()
-            .scheme(Scheme::HTTP)
-            .authority(self.authority.clone())
-            .path_and_query(path_and_query)
-            .build()
     }
 }
 

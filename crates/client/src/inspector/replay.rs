@@ -9,9 +9,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use cryptun_proto::head::{headers_from_wire, strip_hop_by_hop};
 use http::{Method, Request, StatusCode};
-use http_body_util::{BodyExt, Full, combinators::BoxBody};
-use hyper_util::client::legacy::{Client, connect::HttpConnector};
-use hyper_util::rt::TokioExecutor;
+use http_body_util::{BodyExt, Full};
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug_span};
 
@@ -19,8 +17,7 @@ use super::Inspector;
 use super::capture::{Recording, Tap};
 use super::view::replay_refusal;
 use crate::forward::error_chain;
-
-type ReplayBody = BoxBody<Bytes, std::convert::Infallible>;
+use crate::local::{self, LocalBody, LocalPool};
 
 /// The longest a replay may run, its response body included; a replayed
 /// long poll or event stream is cut there.
@@ -85,7 +82,7 @@ pub(crate) fn start(
     let target = via.target.clone();
     let invalid = |reason: String| ReplayError::Invalid { id, reason };
     let method = Method::from_bytes(method.as_bytes()).map_err(|e| invalid(e.to_string()))?;
-    let uri = target.uri(&path).map_err(|e| invalid(e.to_string()))?;
+    let uri = local::origin_form(&path).map_err(invalid)?;
     let mut header_map = headers_from_wire(&headers, MAX_HEADERS, MAX_HEADER_BYTES)
         .map_err(|e| invalid(e.to_string()))?;
     strip_hop_by_hop(&mut header_map);
@@ -99,11 +96,12 @@ pub(crate) fn start(
         inspector: inspector.clone(),
         entry,
     });
-    let body = Full::new(body).map_err(|never| match never {}).boxed();
+    let body: LocalBody = Full::new(body).map_err(|never| match never {}).boxed();
     let mut request = Request::new(tap.request_body(body));
     *request.method_mut() = method;
     *request.uri_mut() = uri;
     *request.headers_mut() = header_map;
+    local::address(&mut request, &target);
     let task = async move {
         let _permit = permit;
         let outcome = tokio::select! {
@@ -123,16 +121,12 @@ pub(crate) fn start(
 /// returns the status and what failed, if anything.
 async fn send(
     tap: &Tap,
-    request: Request<ReplayBody>,
+    request: Request<LocalBody>,
     target: &crate::Target,
 ) -> (u16, Option<String>) {
-    let mut connector = HttpConnector::new();
-    connector.set_nodelay(true);
-    connector.set_connect_timeout(Some(CONNECT_TIMEOUT));
-    let client: Client<_, ReplayBody> = Client::builder(TokioExecutor::new())
-        .pool_max_idle_per_host(0)
-        .build(connector);
-    let response = match client.request(request).await {
+    // A connection of its own, closed with the pool when the replay ends.
+    let pool = LocalPool::new(CONNECT_TIMEOUT);
+    let response = match pool.send(target, request).await {
         Ok(response) => response,
         Err(err) => {
             let why = error_chain(&err);
