@@ -66,12 +66,16 @@ pub(super) async fn run(
     };
     mux.heard();
     let key_session = match &identity {
-        Identity::Key { id, .. } => Some(state.key_sessions.register(id)),
+        Identity::Key { id, .. } => Some((id.as_str(), state.key_sessions.register(id))),
         Identity::Anonymous => None,
     };
+    // Resolves with the key's id once it is revoked.
     let revoked = async {
         match &key_session {
-            Some(session) => session.revoked().await,
+            Some((id, session)) => {
+                session.revoked().await;
+                *id
+            }
             None => std::future::pending().await,
         }
     };
@@ -98,8 +102,8 @@ pub(super) async fn run(
             mux.queue_close(close_frame(close_code::GOING_AWAY, "server shutting down"));
             ("server shutting down".to_owned(), true)
         }
-        () = &mut revoked => {
-            cut_off(&mux, &identity, &mut tunnels);
+        id = &mut revoked => {
+            cut_off(&mux, id, &mut tunnels);
             ("API key revoked".to_owned(), true)
         }
     };
@@ -116,14 +120,10 @@ pub(super) async fn run(
 /// Ends a session whose key was revoked: its tunnels leave the registry
 /// with their names freed, not held (404 from now on), and the client is
 /// told why before the close.
-fn cut_off(mux: &Mux<ResponseHead>, identity: &Identity, tunnels: &mut Vec<Registration>) {
+fn cut_off(mux: &Mux<ResponseHead>, id: &str, tunnels: &mut Vec<Registration>) {
     for registration in tunnels.drain(..) {
         registration.remove_without_hold();
     }
-    let id = match identity {
-        Identity::Key { id, .. } => id.as_str(),
-        Identity::Anonymous => "",
-    };
     let message =
         format!("the API key {id} was revoked by the server's operator; its tunnels are closed");
     mux.queue_text(encode(&ServerMessage::error(
