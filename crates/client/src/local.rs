@@ -423,4 +423,46 @@ mod tests {
         };
         assert!(matches!(err, LocalError::Connect(_)), "{err}");
     }
+
+    #[tokio::test]
+    async fn a_service_that_never_accepts_times_out() {
+        // A listener with a backlog of one that never accepts: once its
+        // queue is full, the kernel drops further connection attempts.
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let listener = socket.listen(1).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut queued = Vec::new();
+        for _ in 0..2 {
+            queued.push(TcpStream::connect(addr).await.unwrap());
+        }
+        let target = Target::parse(&addr.to_string()).unwrap();
+        let limit = Duration::from_millis(300);
+        let pool = LocalPool::new(limit);
+        let Err(err) = pool.send(&target, get("/", &target)).await else {
+            panic!("a response from a service that never accepts");
+        };
+        assert!(
+            matches!(err, LocalError::ConnectTimeout(d) if d == limit),
+            "{err}"
+        );
+    }
+
+    #[tokio::test]
+    async fn at_most_max_idle_connections_are_kept() {
+        let (target, accepted) = service().await;
+        let pool = LocalPool::new(Duration::from_secs(5));
+        // More responses held at once than the pool keeps: each took a
+        // connection of its own.
+        let mut held = Vec::new();
+        for _ in 0..MAX_IDLE + 2 {
+            held.push(pool.send(&target, get("/", &target)).await.unwrap());
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), MAX_IDLE + 2);
+        for response in held {
+            response.into_body().collect().await.unwrap();
+        }
+        let idle = lock(&pool.idle).values().map(Vec::len).sum::<usize>();
+        assert_eq!(idle, MAX_IDLE);
+    }
 }
