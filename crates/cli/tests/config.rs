@@ -127,6 +127,37 @@ fn an_unknown_key_is_refused_with_the_file_and_line() {
     assert!(error.contains(&format!("{path}:1")), "{error}");
 }
 
+/// The rules between TLS settings that clap checks for flags hold for
+/// values from a file too.
+#[test]
+fn tls_settings_from_a_file_follow_the_flags_rules() {
+    let home = TempDir::new();
+    let home = home.path.as_path();
+    for (text, needs) in [
+        ("tls_cert = \"c.pem\"\n", "tls_cert needs tls_key"),
+        ("tls_key = \"k.pem\"\n", "tls_key needs tls_cert"),
+        (
+            "tls_cert = \"c.pem\"\ntls_key = \"k.pem\"\ntls_self_signed = true\n",
+            "exclude each other",
+        ),
+        (
+            "redirect_http = true\n",
+            "redirect_http needs a certificate",
+        ),
+    ] {
+        let path = write(
+            home,
+            "server.toml",
+            &format!("listen = \"127.0.0.1:0\"\n{text}"),
+        );
+        let mut server = cryptun(&["server", "--config", &path], home, &[]);
+        let status = server.wait_exit(Duration::from_secs(10));
+        assert!(!status.success(), "{text}: {status:?}");
+        let output = server.finish().join("\n");
+        assert!(output.contains(needs), "{text}: {output}");
+    }
+}
+
 #[test]
 fn a_bad_value_is_refused_with_the_key_file_and_line() {
     let home = TempDir::new();
