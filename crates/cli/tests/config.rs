@@ -127,6 +127,28 @@ fn an_unknown_key_is_refused_with_the_file_and_line() {
     assert!(error.contains(&format!("{path}:1")), "{error}");
 }
 
+/// A secret's bad value is refused by key, file and line, without the
+/// value itself in the message (it may be most of a real password).
+#[test]
+fn a_bad_secret_is_refused_without_its_value() {
+    let home = TempDir::new();
+    let home = home.path.as_path();
+    let client = write(
+        home,
+        "client.toml",
+        "[tunnels.web]\ntarget = \"3000\"\nbasic_auth = \"annsecretnocolon\"\n",
+    );
+    let error = refused(cryptun(&["start", "web"], home, &[]));
+    assert!(error.contains(&format!("{client}:3")), "{error}");
+    assert!(error.contains("`basic_auth`"), "{error}");
+    assert!(!error.contains("annsecretnocolon"), "{error}");
+
+    let server = write(home, "server.toml", "admin_token = \"short\"\n");
+    let error = refused(cryptun(&["server", "--config", &server], home, &[]));
+    assert!(error.contains(&format!("{server}:1")), "{error}");
+    assert!(!error.contains("short\""), "{error}");
+}
+
 /// The rules between TLS settings that clap checks for flags hold for
 /// values from a file too.
 #[test]
