@@ -223,10 +223,10 @@ struct HttpArgs {
     #[arg(long, env = "CRYPTUN_BASIC_AUTH", hide_env_values = true, value_name = "USER:PASSWORD", value_parser = parse::basic_auth)]
     basic_auth: Option<BasicAuth>,
     /// Serve only visitors from this address or CIDR block (repeatable).
-    #[arg(long = "allow-ip", value_name = "CIDR")]
+    #[arg(long = "allow-ip", value_name = "CIDR", value_parser = parse::cidr)]
     allow_ips: Vec<String>,
     /// Refuse visitors from this address or CIDR block (repeatable; wins over --allow-ip).
-    #[arg(long = "deny-ip", value_name = "CIDR")]
+    #[arg(long = "deny-ip", value_name = "CIDR", value_parser = parse::cidr)]
     deny_ips: Vec<String>,
     /// Largest request body visitors may send (bytes, or 512K, 10M, 1G); the server may allow less.
     #[arg(long, value_parser = parse::size)]

@@ -3,6 +3,14 @@
 use cryptun_client::BasicAuth;
 use cryptun_server::AdminToken;
 
+/// An address or CIDR block, checked here (the server would refuse a bad
+/// one only once connected) and passed on as written.
+pub fn cidr(s: &str) -> Result<String, String> {
+    s.parse::<cryptun_server::access::Cidr>()
+        .map(|_| s.to_owned())
+        .map_err(|e| e.to_string())
+}
+
 /// A byte count: digits, optionally followed by `K`, `M` or `G` (binary
 /// multiples, case-insensitive): `1048576`, `512K`, `10M`.
 pub fn size(s: &str) -> Result<u64, String> {

@@ -215,6 +215,20 @@ fn a_bad_value_is_refused_with_the_key_file_and_line() {
         error.contains("`allow_ips`") && error.contains("10.1/33"),
         "{error}"
     );
+    // The flag itself, and the key at the top of the file, alike: refused
+    // before connecting, not by the server once connected.
+    let error = refused(cryptun(
+        &["http", "3000", "--deny-ip", "10.1/33"],
+        home,
+        &[],
+    ));
+    assert!(
+        error.contains("--deny-ip") && error.contains("10.1/33"),
+        "{error}"
+    );
+    write(home, "client.toml", "allow_ips = [\"10.1/33\"]\n");
+    let error = refused(cryptun(&["http", "3000"], home, &[]));
+    assert!(error.contains(&format!("{client}:1")), "{error}");
 
     // A --config that is not there is an error; a default file that is
     // not there is not (the first test).

@@ -130,13 +130,6 @@ fn tunnel(
             return Err(file.key_error(&entry, what));
         };
         let checked = check(file, &entry, arg)?;
-        if matches!(key.replace('-', "_").as_str(), "allow_ips" | "deny_ips") {
-            // The server would refuse them only once connected; say where.
-            for ip in strings(&checked, arg.get_id().as_str()) {
-                ip.parse::<cryptun_server::access::Cidr>()
-                    .map_err(|e| file.value_error(&entry, e))?;
-            }
-        }
         matches.push((arg.get_id().to_string(), checked));
     }
     let target = target.ok_or_else(|| {
