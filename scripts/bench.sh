@@ -5,6 +5,8 @@
 #   scripts/bench.sh --quick    # 3 s per wrk run; 1,000 idle tunnels
 #   scripts/bench.sh --compare  # also run the load through bore (an established
 #                               # TCP tunnel), same origin, same run
+#   scripts/bench.sh --nginx    # nginx as the origin (issue 3's yardstick was
+#                               # measured with it) instead of our own
 #
 # Any other arguments go to `cryptun-bench run` (see `--help` there), e.g.
 #   scripts/bench.sh --duration 20 --tunnels 1000,5000 --markdown /tmp/bench.md
@@ -17,15 +19,28 @@
 # --compare installs bore if it is missing (`cargo install bore-cli --locked
 # --root target/bench-tools`; only then: a plain run does not need it) and
 # passes `--bore target/bench-tools/bin/bore`. bore's server takes port 7835,
-# which must be free.
+# which must be free. --nginx installs nginx with apt-get if it is missing and
+# passes `--nginx PATH`; the two combine.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 args=()
 compare=false
+nginx=false
 for arg in "$@"; do
-    if [ "$arg" = "--compare" ]; then compare=true; else args+=("$arg"); fi
+    case "$arg" in
+        --compare) compare=true ;;
+        --nginx) nginx=true ;;
+        *) args+=("$arg") ;;
+    esac
 done
+sudo=""
+if [ "$(id -u)" -ne 0 ]; then sudo="sudo"; fi
+apt_install() {
+    echo "bench: installing $1" >&2
+    $sudo apt-get update
+    $sudo apt-get install -y "$1"
+}
 if $compare; then
     bore=target/bench-tools/bin/bore
     if [ ! -x "$bore" ]; then
@@ -35,12 +50,12 @@ if $compare; then
     args+=(--bore "$bore")
 fi
 
-if ! command -v wrk >/dev/null 2>&1; then
-    echo "bench: installing wrk" >&2
-    sudo=""
-    if [ "$(id -u)" -ne 0 ]; then sudo="sudo"; fi
-    $sudo apt-get update
-    $sudo apt-get install -y wrk
+if ! command -v wrk >/dev/null 2>&1; then apt_install wrk; fi
+if $nginx; then
+    # nginx lives in /usr/sbin, which a user's PATH may not hold.
+    path_nginx() { PATH="$PATH:/usr/sbin" command -v nginx; }
+    if ! path_nginx >/dev/null; then apt_install nginx; fi
+    args+=(--nginx "$(path_nginx)")
 fi
 
 cargo build --release -p cryptun -p cryptun-bench

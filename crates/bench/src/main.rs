@@ -8,7 +8,8 @@
 //!   `cryptun http` from the same build directory, drives `wrk` against the
 //!   origin directly and through the tunnel, samples `/proc`, runs the swarm
 //!   against a fresh server, and prints the results; with `--bore PATH` it
-//!   also drives the same load through bore, an established TCP tunnel.
+//!   also drives the same load through bore, an established TCP tunnel;
+//!   with `--nginx PATH` nginx is the origin.
 //!
 //! `scripts/bench.sh` builds everything in release mode and runs `run`.
 
@@ -16,6 +17,7 @@
 
 mod bore;
 mod http;
+mod nginx;
 mod origin;
 mod procs;
 mod report;

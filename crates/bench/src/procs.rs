@@ -3,7 +3,8 @@
 //! [`Proc`] owns a child and kills it when dropped, so no benchmark run leaves
 //! a server behind. The helpers read resident memory (`VmRSS` in
 //! `/proc/PID/status`) and CPU time (`utime + stime` in `/proc/PID/stat`, all
-//! threads of the process, in clock ticks).
+//! threads of the process, in clock ticks), each summed over the process
+//! and its live descendants (nginx serves from its master's children).
 
 use std::fs::File;
 use std::io::{BufRead as _, BufReader, Read};
@@ -22,6 +23,7 @@ pub struct Proc {
     child: Child,
     stdin: Option<ChildStdin>,
     lines: Option<mpsc::Receiver<String>>,
+    terminate_first: bool,
 }
 
 impl Proc {
@@ -52,7 +54,15 @@ impl Proc {
             child,
             stdin,
             lines: Some(rx),
+            terminate_first: false,
         })
+    }
+
+    /// On drop, asks the child to stop (SIGTERM) and gives it a few seconds
+    /// before killing it: for a child that must stop children of its own
+    /// (nginx's master stops its workers; killed, it would leave them).
+    pub fn terminate_on_drop(&mut self) {
+        self.terminate_first = true;
     }
 
     /// The child's process id.
@@ -121,13 +131,55 @@ impl Proc {
 
 impl Drop for Proc {
     fn drop(&mut self) {
+        if self.terminate_first {
+            let terminated = Command::new("kill")
+                .args(["-TERM", &self.pid().to_string()])
+                .status();
+            if terminated.is_ok_and(|s| s.success()) {
+                self.close_stdin_and_wait(Duration::from_secs(5));
+            }
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
 }
 
-/// Resident memory of `pid` in KiB.
+/// Resident memory of `pid` and its descendants, in KiB.
 pub fn rss_kib(pid: u32) -> Result<u64> {
+    tree(pid).into_iter().map(own_rss_kib).sum()
+}
+
+/// User plus system CPU time of `pid` and its descendants (all threads), in
+/// clock ticks.
+pub fn cpu_ticks(pid: u32) -> Result<u64> {
+    tree(pid).into_iter().map(own_cpu_ticks).sum()
+}
+
+/// `pid` and its live descendants, `pid` first. A child that exits between
+/// the listing and the reading fails that reading; the benchmark's children
+/// only exit when it stops them.
+fn tree(pid: u32) -> Vec<u32> {
+    let mut all = vec![pid];
+    let mut next = 0;
+    while let Some(&parent) = all.get(next) {
+        next += 1;
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{parent}/task")) else {
+            continue;
+        };
+        for task in tasks.flatten() {
+            let children =
+                std::fs::read_to_string(task.path().join("children")).unwrap_or_default();
+            all.extend(
+                children
+                    .split_whitespace()
+                    .filter_map(|c| c.parse::<u32>().ok()),
+            );
+        }
+    }
+    all
+}
+
+fn own_rss_kib(pid: u32) -> Result<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
         .with_context(|| format!("reading /proc/{pid}/status"))?;
     status
@@ -138,8 +190,7 @@ pub fn rss_kib(pid: u32) -> Result<u64> {
         .context("no VmRSS")
 }
 
-/// User plus system CPU time of `pid` (all its threads), in clock ticks.
-pub fn cpu_ticks(pid: u32) -> Result<u64> {
+fn own_cpu_ticks(pid: u32) -> Result<u64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .with_context(|| format!("reading /proc/{pid}/stat"))?;
     // The command name may hold spaces and parentheses: fields are counted
@@ -200,5 +251,17 @@ mod tests {
         cpu_ticks(me).unwrap();
         assert!(clock_ticks_per_sec() > 0);
         assert!(open_files_limit().unwrap() > 0);
+    }
+
+    #[test]
+    fn a_process_tree_counts_its_children() {
+        let mut child = Command::new("sleep").arg("30").spawn().unwrap();
+        let me = std::process::id();
+        let all = tree(me);
+        assert_eq!(all[0], me);
+        assert!(all.contains(&child.id()), "{all:?}");
+        assert!(rss_kib(me).unwrap() > own_rss_kib(me).unwrap());
+        child.kill().unwrap();
+        child.wait().unwrap();
     }
 }

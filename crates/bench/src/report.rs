@@ -83,8 +83,13 @@ impl Report {
             .as_deref()
             .map(|c| format!("commit {c}; "))
             .unwrap_or_default();
+        let origin = self
+            .load
+            .as_ref()
+            .map(|load| format!("origin: {}; ", load.origin))
+            .unwrap_or_default();
         format!(
-            "{commit}{} CPUs ({}), Linux {}, {}; {} s per wrk run; origin, server, client and wrk share the CPUs.",
+            "{commit}{} CPUs ({}), Linux {}, {}; {origin}{} s per wrk run; origin, server, client and wrk share the CPUs.",
             m.cpus, m.model, m.kernel, m.wrk, self.duration_s
         )
     }

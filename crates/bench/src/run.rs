@@ -8,6 +8,7 @@
 //!    Then, against a fresh server and client, holds `--idle-visitors`
 //!    keep-alive connections open to measure what each costs
 //!    ([`crate::visitors`]).
+//!    With `--nginx PATH` the origin is nginx ([`crate::nginx`]) instead.
 //!    With `--bore PATH`, after Cryptun's runs and before the idle visitors,
 //!    the same scenarios run through bore ([`crate::bore`]) against the same
 //!    origin, for a yardstick measured in the same run.
@@ -75,6 +76,11 @@ pub struct RunArgs {
     /// with this `bore` binary (scripts/bench.sh --compare installs one).
     #[arg(long, conflicts_with = "skip_load")]
     pub bore: Option<PathBuf>,
+    /// Use nginx, with this `nginx` binary, as the origin instead of our own
+    /// (scripts/bench.sh --nginx installs one): the origin issue 3's
+    /// yardstick figures were measured with.
+    #[arg(long, conflicts_with = "skip_load")]
+    pub nginx: Option<PathBuf>,
 }
 
 /// The executables and the folder for their logs.
@@ -100,6 +106,8 @@ pub struct LoadReport {
     pub idle_visitors: Option<crate::visitors::IdleVisitors>,
     /// Clock ticks per second, to turn ticks into time.
     pub ticks_per_sec: u64,
+    /// What served as the origin.
+    pub origin: &'static str,
 }
 
 /// Runs the benchmark.
@@ -125,6 +133,9 @@ pub fn run(mut args: RunArgs) -> Result<()> {
         "{} not found: build it first (cargo build --release -p cryptun -p cryptun-bench)",
         cryptun.display()
     );
+    if let Some(nginx) = &args.nginx {
+        ensure!(nginx.is_file(), "{} not found (--nginx)", nginx.display());
+    }
     if let Some(bore) = &args.bore {
         ensure!(bore.is_file(), "{} not found (--bore)", bore.display());
         crate::bore::ensure_control_port_free()?;
@@ -180,13 +191,22 @@ pub fn start_server(env: &Env, extra: &[&str], log: &str) -> Result<(Proc, Socke
 
 fn load_phase(env: &Env, args: &RunArgs) -> Result<LoadReport> {
     let runner = Runner::new(args, wrk::install_script(&env.logs)?);
-    let mut origin = Proc::spawn(
-        "origin",
-        &env.bench,
-        &["origin".into(), "--listen".into(), "127.0.0.1:0".into()],
-        &env.logs.join("origin.log"),
-    )?;
-    let origin_addr: SocketAddr = origin.next_line(Duration::from_secs(10))?.trim().parse()?;
+    let (mut origin, origin_addr, origin_name) = match &args.nginx {
+        Some(nginx) => {
+            let (proc, addr) = crate::nginx::start(nginx, &env.logs)?;
+            (proc, addr, "nginx, one worker per CPU")
+        }
+        None => {
+            let mut proc = Proc::spawn(
+                "origin",
+                &env.bench,
+                &["origin".into(), "--listen".into(), "127.0.0.1:0".into()],
+                &env.logs.join("origin.log"),
+            )?;
+            let addr = proc.next_line(Duration::from_secs(10))?.trim().parse()?;
+            (proc, addr, "cryptun-bench origin")
+        }
+    };
     let (mut server, server_addr) = start_server(env, &[], "server.log")?;
     let (mut client, host, public_url) = start_client(env, origin_addr, server_addr, "client.log")?;
     eprintln!("origin {origin_addr}, server {server_addr}, tunnel {public_url}");
@@ -240,6 +260,7 @@ fn load_phase(env: &Env, args: &RunArgs) -> Result<LoadReport> {
         tunnels,
         idle_visitors,
         ticks_per_sec: procs::clock_ticks_per_sec(),
+        origin: origin_name,
     })
 }
 

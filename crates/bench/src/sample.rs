@@ -80,9 +80,10 @@ pub fn measure(load: &Load, script: &Path, pids: Roles<u32>) -> Result<Measured>
     Ok(Measured {
         wrk: result?,
         cpu_ticks: Roles {
-            server: after.server - before.server,
-            client: after.client - before.client,
-            origin: after.origin - before.origin,
+            // Saturating: a process tree whose child exited reads less.
+            server: after.server.saturating_sub(before.server),
+            client: after.client.saturating_sub(before.client),
+            origin: after.origin.saturating_sub(before.origin),
         },
         peak_rss_kib,
     })
