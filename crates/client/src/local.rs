@@ -71,25 +71,33 @@ type Idle = HashMap<Authority, Vec<(Conn, Instant)>>;
 /// connection itself, which nobody polls but the task using it.
 struct Conn {
     sender: SendRequest<LocalBody>,
-    io: Pin<Box<dyn Future<Output = hyper::Result<()>> + Send>>,
-    /// The connection future finished: closed, failed or upgraded.
-    done: bool,
+    /// `None` once the connection finished: closed, failed or upgraded.
+    io: Option<Pin<Box<dyn Future<Output = hyper::Result<()>> + Send>>>,
 }
 
 impl Conn {
     /// Polls the connection once: reads what the local service sent,
-    /// writes what is queued. Notes when it finished.
+    /// writes what is queued. Drops it when it finished, as a spawned
+    /// connection task would: a request still queued on it (one that met a
+    /// close from the local service before it was written) only comes
+    /// back, unsent, when the connection is dropped.
     fn drive(&mut self, cx: &mut Context<'_>) {
-        if !self.done && self.io.as_mut().poll(cx).is_ready() {
-            self.done = true;
+        if let Some(io) = &mut self.io {
+            if io.as_mut().poll(cx).is_ready() {
+                self.io = None;
+            }
         }
+    }
+
+    fn done(&self) -> bool {
+        self.io.is_none()
     }
 
     /// Drives the connection without a task to wake: true while it can
     /// take another request.
     fn reusable(&mut self) -> bool {
         self.drive(&mut Context::from_waker(Waker::noop()));
-        !self.done && self.sender.is_ready()
+        !self.done() && self.sender.is_ready()
     }
 }
 
@@ -112,10 +120,26 @@ impl LocalPool {
     pub(crate) async fn send(
         &self,
         target: &Target,
+        request: Request<LocalBody>,
+    ) -> Result<Response<DrivenBody>, LocalError> {
+        self.send_on(None, target, request).await
+    }
+
+    /// [`send`](Self::send), trying `checked_out` first: a pooled
+    /// connection already past the check in [`checkout`](Self::checkout).
+    /// Tests hand in one that the local service closed after that check,
+    /// as happens when the close arrives between the check and the write.
+    async fn send_on(
+        &self,
+        mut checked_out: Option<Conn>,
+        target: &Target,
         mut request: Request<LocalBody>,
     ) -> Result<Response<DrivenBody>, LocalError> {
         loop {
-            let (mut conn, pooled) = match self.checkout(target.authority()) {
+            let next = checked_out
+                .take()
+                .or_else(|| self.checkout(target.authority()));
+            let (mut conn, pooled) = match next {
                 Some(conn) => (conn, true),
                 None => (self.connect(target).await?, false),
             };
@@ -125,8 +149,9 @@ impl LocalPool {
                     return Poll::Ready(sent);
                 }
                 conn.drive(cx);
-                // A finished connection has answered (a 101) or failed the
-                // request: either way the response future is ready now.
+                // A finished connection (dropped by `drive`) has answered
+                // (a 101), failed the request or given it back unsent:
+                // either way the response future is ready now.
                 sending.as_mut().poll(cx)
             })
             .await;
@@ -136,7 +161,7 @@ impl LocalPool {
                         // Let the connection hand its socket to the upgrade.
                         poll_fn(|cx| {
                             conn.drive(cx);
-                            if conn.done {
+                            if conn.done() {
                                 Poll::Ready(())
                             } else {
                                 Poll::Pending
@@ -188,8 +213,7 @@ impl LocalPool {
         let (sender, io) = http1::handshake(TokioIo::new(tcp)).await?;
         Ok(Conn {
             sender,
-            io: Box::pin(io.with_upgrades()),
-            done: false,
+            io: Some(Box::pin(io.with_upgrades())),
         })
     }
 }
@@ -369,6 +393,87 @@ mod tests {
     async fn fetch(pool: &LocalPool, target: &Target, path: &str) -> Bytes {
         let response = pool.send(target, get(path, target)).await.unwrap();
         response.into_body().collect().await.unwrap().to_bytes()
+    }
+
+    /// A local service on a raw socket: the test accepts and answers each
+    /// connection itself, so it decides when one closes and sees its EOF.
+    async fn raw_service() -> (Target, TcpListener) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let target = Target::parse(&listener.local_addr().unwrap().to_string()).unwrap();
+        (target, listener)
+    }
+
+    /// Reads one request head (the requests here have no body) and answers
+    /// `hello`, keeping the connection open.
+    async fn answer(tcp: &mut TcpStream) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut head = Vec::new();
+        while !head.ends_with(b"\r\n\r\n") {
+            let mut byte = [0; 1];
+            assert_eq!(
+                tcp.read(&mut byte).await.unwrap(),
+                1,
+                "EOF in a request head"
+            );
+            head.push(byte[0]);
+        }
+        tcp.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nhello")
+            .await
+            .unwrap();
+    }
+
+    /// Accepts one connection and answers one request on it.
+    async fn accept_and_answer(listener: &TcpListener) -> TcpStream {
+        let (mut tcp, _) = listener.accept().await.unwrap();
+        answer(&mut tcp).await;
+        tcp
+    }
+
+    /// Pools a connection, takes it out past the check before use, has
+    /// the service `close` it, and sends a request on it: the request must
+    /// come back unsent and go out on a new connection. In the client this
+    /// happens when another worker's reactor registers the close between
+    /// the check and the write; here a yield lets the reactor register it.
+    async fn retried_after(close: impl FnOnce(TcpStream)) {
+        let (target, listener) = raw_service().await;
+        let pool = LocalPool::new(Duration::from_secs(5));
+        let (body, first) = tokio::join!(fetch(&pool, &target, "/"), accept_and_answer(&listener));
+        assert_eq!(body, "hello");
+        let stale = pool
+            .checkout(target.authority())
+            .expect("a pooled connection");
+        close(first);
+        tokio::task::yield_now().await;
+        let sent = async {
+            let response = pool.send_on(Some(stale), &target, get("/", &target)).await;
+            response
+                .unwrap()
+                .into_body()
+                .collect()
+                .await
+                .unwrap()
+                .to_bytes()
+        };
+        let retried = tokio::time::timeout(Duration::from_secs(5), async {
+            tokio::join!(sent, accept_and_answer(&listener))
+        })
+        .await;
+        let (body, _second) = retried.expect("the request was neither retried nor failed");
+        assert_eq!(body, "hello");
+    }
+
+    #[tokio::test]
+    async fn a_request_a_closed_pooled_connection_never_sent_goes_out_on_a_new_one() {
+        retried_after(drop).await;
+    }
+
+    #[tokio::test]
+    async fn a_request_a_reset_pooled_connection_never_sent_goes_out_on_a_new_one() {
+        retried_after(|tcp| {
+            // No lingering: the close sends a RST instead of a FIN.
+            tcp.set_zero_linger().unwrap();
+        })
+        .await;
     }
 
     #[tokio::test]
