@@ -20,7 +20,7 @@ use std::future::{Future, poll_fn};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::task::{Context, Poll, Waker};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::uri::Authority;
@@ -31,6 +31,8 @@ use hyper::body::Incoming;
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
+// Tokio's clock, which tests can pause: the idle deadlines follow it.
+use tokio::time::Instant;
 
 use crate::Target;
 
@@ -474,6 +476,31 @@ mod tests {
             tcp.set_zero_linger().unwrap();
         })
         .await;
+    }
+
+    #[tokio::test]
+    async fn a_connection_idle_for_pool_idle_is_closed_by_the_sweeper() {
+        use tokio::io::AsyncReadExt;
+        let (target, listener) = raw_service().await;
+        let pool = LocalPool::new(Duration::from_secs(5));
+        let (body, mut origin) =
+            tokio::join!(fetch(&pool, &target, "/"), accept_and_answer(&listener));
+        assert_eq!(body, "hello");
+        let since = lock(&pool.idle)[target.authority()][0].1;
+        // From here on the clock moves only while every task waits, and
+        // then straight to the next timer: the sweeps, 15 s apart.
+        tokio::time::pause();
+        let mut byte = [0; 1];
+        let read = origin.read(&mut byte);
+        let eof = tokio::time::timeout(POOL_IDLE + 2 * SWEEP_EVERY, read).await;
+        assert_eq!(eof.expect("the idle connection stayed open").unwrap(), 0);
+        let idled = since.elapsed();
+        assert!(idled >= POOL_IDLE, "closed after {idled:?} idle");
+        assert!(
+            idled <= POOL_IDLE + SWEEP_EVERY,
+            "closed after {idled:?} idle"
+        );
+        assert!(lock(&pool.idle).is_empty());
     }
 
     #[tokio::test]
