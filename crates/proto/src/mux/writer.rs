@@ -137,6 +137,10 @@ mod tests {
     use super::*;
     use crate::Limits;
     use crate::mux::Side;
+    use futures_util::StreamExt;
+    use std::pin::Pin;
+    use std::sync::{Arc, Mutex};
+    use std::task::{Context, Poll};
     use tokio::net::{TcpListener, TcpStream};
     use tokio_tungstenite::WebSocketStream;
     use tokio_tungstenite::tungstenite::protocol::Role;
@@ -150,6 +154,117 @@ mod tests {
         let (ours, _) = listener.accept().await.expect("accept");
         let ws = WebSocketStream::from_raw_socket(ours, Role::Server, None).await;
         (ws, peer)
+    }
+
+    /// A sink that notes, at each flush, how many messages it had taken.
+    struct Counted {
+        ws: WebSocketStream<TcpStream>,
+        fed: usize,
+        flushes: Arc<Mutex<Vec<usize>>>,
+    }
+
+    impl Sink<Message> for Counted {
+        type Error = tungstenite::Error;
+
+        fn poll_ready(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+        ) -> Poll<Result<(), Self::Error>> {
+            Pin::new(&mut self.ws).poll_ready(cx)
+        }
+
+        fn start_send(mut self: Pin<&mut Self>, msg: Message) -> Result<(), Self::Error> {
+            self.fed += 1;
+            Pin::new(&mut self.ws).start_send(msg)
+        }
+
+        fn poll_flush(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+        ) -> Poll<Result<(), Self::Error>> {
+            let flushed = Pin::new(&mut self.ws).poll_flush(cx);
+            if let Poll::Ready(Ok(())) = flushed {
+                let fed = self.fed;
+                self.flushes.lock().unwrap().push(fed);
+            }
+            flushed
+        }
+
+        fn poll_close(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+        ) -> Poll<Result<(), Self::Error>> {
+            Pin::new(&mut self.ws).poll_close(cx)
+        }
+    }
+
+    /// No pings and no giving up while a test runs.
+    const QUIET: Heartbeat = Heartbeat {
+        interval: Duration::from_secs(3600),
+        timeout: Duration::from_secs(3600),
+    };
+
+    /// The texts of the first `n` messages the peer receives.
+    async fn receive(peer: TcpStream, n: usize) -> Vec<String> {
+        let mut ws = WebSocketStream::from_raw_socket(peer, Role::Client, None).await;
+        let mut texts = Vec::new();
+        while texts.len() < n {
+            let next = timeout(Duration::from_secs(5), ws.next()).await;
+            match next
+                .expect("a message within 5 s")
+                .expect("the stream ended")
+            {
+                Ok(Message::Text(text)) => texts.push(text.to_string()),
+                other => panic!("{other:?}"),
+            }
+        }
+        texts
+    }
+
+    fn numbers(n: usize) -> Vec<String> {
+        (0..n).map(|i| i.to_string()).collect()
+    }
+
+    #[tokio::test]
+    async fn a_backlog_of_queued_messages_goes_out_in_order_in_one_flush() {
+        let (ws, peer) = pair().await;
+        let mux: Mux<()> = Mux::new(Side::Acceptor, true, Limits::default());
+        // No writer yet: every message waits in the queue.
+        for text in numbers(BATCH) {
+            assert!(mux.send_message(Message::text(text)).await.is_ok());
+        }
+        let flushes = Arc::new(Mutex::new(Vec::new()));
+        let sink = Counted {
+            ws,
+            fed: 0,
+            flushes: flushes.clone(),
+        };
+        let writer = tokio::spawn(run_writer(sink, mux.clone(), QUIET));
+        assert_eq!(receive(peer, BATCH).await, numbers(BATCH));
+        assert_eq!(*flushes.lock().unwrap(), [BATCH]);
+        writer.abort();
+    }
+
+    #[tokio::test]
+    async fn more_messages_than_a_batch_and_the_queue_hold_arrive_in_order() {
+        let (ws, peer) = pair().await;
+        let mux: Mux<()> = Mux::new(Side::Acceptor, true, Limits::default());
+        // The sender fills the queue and waits for room; once the writer
+        // has emptied it, the sender's messages race the writer's next
+        // batch for the socket (write-through) and must not overtake it.
+        let n = 3 * BATCH + BATCH / 2;
+        let sender = tokio::spawn({
+            let mux = mux.clone();
+            async move {
+                for text in numbers(n) {
+                    assert!(mux.send_message(Message::text(text)).await.is_ok());
+                }
+            }
+        });
+        let writer = tokio::spawn(run_writer(ws, mux.clone(), QUIET));
+        assert_eq!(receive(peer, n).await, numbers(n));
+        sender.await.expect("the sender");
+        writer.abort();
     }
 
     /// A peer that keeps talking (so it is never "silent") but stopped
