@@ -68,15 +68,12 @@ pub(crate) fn upgrade(
         async move {
             match on_upgrade.await {
                 Ok(upgraded) => {
-                    let config = state.config.limits.websocket_config();
-                    let mut ws = WebSocketStream::from_raw_socket(
-                        ReadAhead::new(TokioIo::new(upgraded)),
-                        Role::Server,
-                        Some(config),
-                    )
-                    .await;
-                    if let Some((create, identity)) = admit(&state, &mut ws, peer).await {
-                        session::run(state, ws, peer, create, identity).await;
+                    // Two futures one after the other, so that nothing only
+                    // the opening needs (the unsplit socket, the handshake,
+                    // the first create_tunnel) stays in this task's state for
+                    // the session's life: it is most of an idle tunnel's cost.
+                    if let Some((opened, identity)) = open(&state, upgraded, peer).await {
+                        session::serve(&state, opened, peer, &identity).await;
                     }
                 }
                 Err(err) => {
@@ -108,6 +105,25 @@ fn close_frame(code: u16, reason: impl Into<String>) -> CloseFrame {
         code: CloseCode::from(code),
         reason: reason.into(),
     }
+}
+
+/// Speaks WebSocket on the upgraded connection, admits the client and opens
+/// its session with its first tunnel; `None` if it went no further.
+async fn open(
+    state: &State,
+    upgraded: Upgraded,
+    peer: Peer,
+) -> Option<(session::Opened, Identity)> {
+    let config = state.config.limits.websocket_config();
+    let mut ws = WebSocketStream::from_raw_socket(
+        ReadAhead::new(TokioIo::new(upgraded)),
+        Role::Server,
+        Some(config),
+    )
+    .await;
+    let (create, identity) = admit(state, &mut ws, peer).await?;
+    let opened = session::open(state, ws, peer, create, &identity).await?;
+    Some((opened, identity))
 }
 
 /// Waits for the client's first `create_tunnel` and checks its address and

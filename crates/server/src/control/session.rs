@@ -10,15 +10,14 @@
 //! (`auth::revocation` notices): `error` `key_revoked`, close 1008, and its
 //! names are freed at once instead of held for a reconnection.
 
-use std::sync::Arc;
-
 use cryptun_proto::message::{
     self, ClientMessage, CreateTunnel, ErrorCode, ServerMessage, decode, encode,
 };
-use cryptun_proto::mux::{Mux, Side, run_writer};
+use cryptun_proto::mux::{CloseOnDrop, Mux, Side, run_writer};
 use cryptun_proto::tungstenite::Message;
 use cryptun_proto::tungstenite::protocol::CloseFrame;
 use cryptun_proto::{Frame, FrameError, ResponseHead, close_code};
+use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use tracing::{debug, info, warn};
 
@@ -33,37 +32,72 @@ use crate::{Peer, State};
 /// (they add a random spread, so a restart is not met by a herd).
 const RECONNECT_AFTER: std::time::Duration = std::time::Duration::from_secs(1);
 
-/// Runs an admitted client's session until it closes: `create` and
-/// `identity` are what the handshake accepted.
-pub(super) async fn run(
-    state: Arc<State>,
+/// A session whose first tunnel is registered and announced, its socket
+/// split into the halves the reader and the writer take.
+pub(super) struct Opened {
+    sink: SplitSink<Ws, Message>,
+    stream: SplitStream<Ws>,
+    mux: Mux<ResponseHead>,
+    /// However the session's task ends (returns, panics, is aborted),
+    /// pending visitors get their 502 at once.
+    close_streams: CloseOnDrop<ResponseHead>,
+    tunnels: Vec<Registration>,
+    /// Counts the session in `cryptun_sessions` until dropped.
+    connected: crate::metrics::GaugeGuard,
+}
+
+/// Creates the session's first tunnel (`create` and `identity` are what
+/// the handshake accepted) and tells the client, or tells it why not and
+/// closes.
+pub(super) async fn open(
+    state: &State,
     mut ws: Ws,
     peer: Peer,
     create: CreateTunnel,
-    identity: Identity,
-) {
+    identity: &Identity,
+) -> Option<Opened> {
     let mux: Mux<ResponseHead> = Mux::new(Side::Opener, create.binary_streams, state.config.limits);
-    // Even if this task panics, pending visitors get their 502 at once.
-    let _close_streams = mux.close_on_drop();
-    let mut tunnels = Vec::new();
-    let _connected = match create_tunnel(&state, &mux, &create, &identity, peer, 0).await {
+    let close_streams = mux.close_on_drop();
+    match create_tunnel(state, &mux, &create, identity, peer, 0).await {
         Ok((registration, created)) => {
             info!(subdomain = %registration.tunnel().subdomain, binary = create.binary_streams, "tunnel created");
-            tunnels.push(registration);
+            let tunnels = vec![registration];
             if ws.send(Message::text(created)).await.is_err() {
                 mux.close();
-                return;
+                return None;
             }
-            state.metrics.session_started()
+            let (sink, stream) = ws.split();
+            Some(Opened {
+                sink,
+                stream,
+                mux,
+                close_streams,
+                tunnels,
+                connected: state.metrics.session_started(),
+            })
         }
         Err(refusal) => {
             state.metrics.handshake(&Failure::Code(refusal.code));
             let _ = ws.send(Message::text(refusal.to_text())).await;
             let frame = close_frame(refusal.close_code(), "tunnel refused");
             let _ = ws.close(Some(frame)).await;
-            return;
+            None
         }
-    };
+    }
+}
+
+/// The opened session's life: reads and routes the client's messages while
+/// its writer sends, until either ends, the server stops or the key is
+/// revoked.
+pub(super) async fn serve(state: &State, opened: Opened, peer: Peer, identity: &Identity) {
+    let Opened {
+        sink,
+        mut stream,
+        mux,
+        close_streams: _close_streams,
+        mut tunnels,
+        connected: _connected,
+    } = opened;
     mux.heard();
     let key_session = match &identity {
         Identity::Key { id, .. } => Some((id.as_str(), state.key_sessions.register(id))),
@@ -81,10 +115,9 @@ pub(super) async fn run(
     };
     tokio::pin!(revoked);
 
-    let (sink, mut stream) = ws.split();
     let writer = run_writer(sink, mux.clone(), state.config.heartbeat);
     tokio::pin!(writer);
-    let going_away = announce_going_away(&state, &mux);
+    let going_away = announce_going_away(state, &mux);
     tokio::pin!(going_away);
     // Each arm says why the session ended and whether the writer still has
     // a close frame to send. In order: with nothing to drain, the
@@ -92,7 +125,7 @@ pub(super) async fn run(
     // must be queued before the close.
     let (ended, closing) = tokio::select! {
         biased;
-        end = read_loop(&state, &mux, &mut stream, &mut tunnels, &identity, peer) => end,
+        end = read_loop(state, &mux, &mut stream, &mut tunnels, identity, peer) => end,
         end = &mut going_away => end,
         result = &mut writer => match result {
             Ok(_) => ("writer finished".to_owned(), false),
@@ -150,7 +183,7 @@ async fn announce_going_away(state: &State, mux: &Mux<ResponseHead>) -> (String,
 async fn read_loop(
     state: &State,
     mux: &Mux<ResponseHead>,
-    stream: &mut futures_util::stream::SplitStream<Ws>,
+    stream: &mut SplitStream<Ws>,
     tunnels: &mut Vec<Registration>,
     identity: &Identity,
     peer: Peer,
@@ -204,8 +237,18 @@ async fn on_text(
         Ok(ClientMessage::Pong) => {}
         Ok(ClientMessage::CreateTunnel(create)) => {
             // The connection's identity was settled by its first
-            // create_tunnel; a token here is not looked at.
-            match create_tunnel(state, mux, &create, identity, peer, tunnels.len()).await {
+            // create_tunnel; a token here is not looked at. Boxed: rare, and
+            // inline it would grow every idle session's task.
+            match Box::pin(create_tunnel(
+                state,
+                mux,
+                &create,
+                identity,
+                peer,
+                tunnels.len(),
+            ))
+            .await
+            {
                 Ok((registration, created)) => {
                     info!(subdomain = %registration.tunnel().subdomain, "tunnel created");
                     tunnels.push(registration);
