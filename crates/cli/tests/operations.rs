@@ -1,5 +1,6 @@
 //! The `cryptun` binary in operation: SIGTERM drains the request in flight
-//! and exits 0 while its client says it is reconnecting; `--log-format
+//! (and writes its access line) and exits 0 while its client says it is
+//! reconnecting; `--log-format
 //! json` writes one JSON object per line, with an access line per request
 //! that leaves the query string out.
 
@@ -68,7 +69,14 @@ async fn sigterm_lets_the_request_in_flight_finish_then_exits_0() {
     assert_eq!(reply.text(), "done");
     let status = tokio::task::block_in_place(|| server.wait_exit(Duration::from_secs(30)));
     assert!(status.success(), "{status:?}");
-    server.log_with("stopped");
+    // Its access line is written before the server says it stopped.
+    let lines = server.log_until("stopped");
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("cryptun::access") && l.contains("path=/delay")),
+        "{lines:#?}"
+    );
     // The client noticed, and says what it does about it.
     let lost = tokio::task::block_in_place(|| client.log_with("connection lost"));
     assert!(lost.contains("going away"), "{lost}");

@@ -12,7 +12,10 @@
 //! server's, and the tunnel's when the Host named a live one.
 //!
 //! The log line holds the path without its query string: query strings
-//! often carry tokens and other secrets.
+//! often carry tokens and other secrets. It is written by a task of its own,
+//! spawned when the exchange ends: the end comes as hyper takes the last
+//! body bytes, before it writes them to the visitor, and formatting the line
+//! there added about 8 µs to every response's latency on one connection.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -26,9 +29,9 @@ use http::{Method, Request, Response};
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use http_body_util::combinators::BoxBody;
 use prometheus_client::metrics::counter::Counter;
-use tracing::info;
+use tracing::{Instrument as _, Level, info};
 
-use crate::metrics::{Metrics, Outcome, class_of};
+use crate::metrics::{Outcome, class_of};
 use crate::stats::Stats;
 use crate::{Body, BoxError, Peer, State};
 
@@ -37,7 +40,9 @@ const UPSTREAM: &str = "upstream";
 
 /// One visitor request to a tunnel, from arrival to the end of its response.
 pub(crate) struct Exchange {
-    metrics: Metrics,
+    /// For the metrics at the end: one reference, where a copy of
+    /// `Metrics` would be a reference count per metric.
+    state: Arc<State>,
     started: Instant,
     visitor: Peer,
     method: Method,
@@ -58,7 +63,7 @@ impl Exchange {
     /// names (whose counters are `stats` if it is live), and returns the
     /// request with its body counted.
     pub(crate) fn begin(
-        state: &State,
+        state: &Arc<State>,
         visitor: Peer,
         tunnel: Option<String>,
         stats: Option<Arc<Stats>>,
@@ -74,7 +79,7 @@ impl Exchange {
         tallies.each(|s| s.begin(started));
         let bytes_in = Arc::new(AtomicU64::new(0));
         let exchange = Exchange {
-            metrics: metrics.clone(),
+            state: Arc::clone(state),
             started,
             visitor,
             method: req.method().clone(),
@@ -109,7 +114,7 @@ impl Exchange {
         self.reason = reason.unwrap_or(UPSTREAM);
         // An empty body may never be polled.
         self.complete = resp.body().is_end_stream();
-        let total = self.metrics.bytes_out.clone();
+        let total = self.state.metrics.bytes_out.clone();
         resp.map(|inner| {
             BoxBody::new(ResponseBody {
                 inner,
@@ -123,25 +128,70 @@ impl Exchange {
 impl Drop for Exchange {
     fn drop(&mut self) {
         let duration = self.started.elapsed();
-        self.metrics.in_flight.dec();
+        let metrics = &self.state.metrics;
+        metrics.in_flight.dec();
         let status = self.status;
         self.tallies.each(|s| s.end(status));
-        self.metrics.request_done(
+        metrics.request_done(
             Outcome {
                 class: class_of(self.status),
                 reason: self.reason,
             },
             duration,
         );
+        if !tracing::enabled!(target: "cryptun::access", Level::INFO) {
+            return;
+        }
+        let line = Line {
+            tunnel: self.tunnel.take(),
+            method: std::mem::take(&mut self.method),
+            path: std::mem::take(&mut self.path),
+            status,
+            outcome: self.reason,
+            duration_ms: (duration.as_secs_f64() * 1e6).round() / 1e3,
+            bytes_in: self.bytes_in.load(Ordering::Relaxed),
+            bytes_out: self.bytes_out,
+            complete: self.complete,
+            visitor: self.visitor,
+        };
+        // A task runs only once the one that spawned it yields: here, once
+        // hyper has written the response. A tracked one, so that shutdown
+        // waits for the last lines. Without a runtime (never, in the
+        // server), the line is written at once.
+        if tokio::runtime::Handle::try_current().is_ok() {
+            let write = async move { line.write() }.instrument(tracing::Span::current());
+            self.state.tasks.spawn(write);
+        } else {
+            line.write();
+        }
+    }
+}
+
+/// The access log line of one exchange.
+struct Line {
+    tunnel: Option<String>,
+    method: Method,
+    path: String,
+    status: u16,
+    outcome: &'static str,
+    duration_ms: f64,
+    bytes_in: u64,
+    bytes_out: u64,
+    complete: bool,
+    visitor: Peer,
+}
+
+impl Line {
+    fn write(self) {
         info!(
             target: "cryptun::access",
             tunnel = self.tunnel.as_deref().unwrap_or("-"),
             method = %self.method,
             path = %self.path,
             status = self.status,
-            outcome = self.reason,
-            duration_ms = (duration.as_secs_f64() * 1e6).round() / 1e3,
-            bytes_in = self.bytes_in.load(Ordering::Relaxed),
+            outcome = self.outcome,
+            duration_ms = self.duration_ms,
+            bytes_in = self.bytes_in,
             bytes_out = self.bytes_out,
             complete = self.complete,
             visitor = %self.visitor,

@@ -51,11 +51,13 @@ pub(crate) async fn handle(
     let peer = conn.peer;
     // Exactly one verdict per request, whatever happens next.
     let verdict = conn.framing.next();
-    let method = req.method().clone();
-    let path = req.uri().path().to_owned();
+    // Kept for the debug line on a failure, only when it would be written.
+    let named = tracing::enabled!(tracing::Level::DEBUG)
+        .then(|| (req.method().clone(), req.uri().path().to_owned()));
     let mut resp = match dispatch(&state, &conn, verdict, req).await {
         Ok(resp) => resp,
         Err(err) => {
+            let (method, path) = named.unwrap_or_default();
             debug!(%peer, %method, %path, status = err.status().as_u16(), side = ?err.side(), %err, "request failed");
             err.into_response()
         }

@@ -129,7 +129,7 @@ pub(crate) struct State {
     pub(crate) redirect_to: Option<u16>,
     /// Fires when sessions must close (after in-flight requests drained).
     pub(crate) sessions_stop: CancellationToken,
-    /// Session tasks, awaited on shutdown.
+    /// Session tasks and access log lines, awaited on shutdown.
     pub(crate) tasks: TaskTracker,
     /// Keys and reserved names; `None` when auth is off.
     pub(crate) store: Option<Store>,
