@@ -15,7 +15,20 @@
 # client for SECONDS. Prints wrk's rate and latency, then per request:
 # task-clock (CPU time of all threads), context switches and socket
 # syscalls. Needs perf and wrk; everything stays on 127.0.0.1.
+#
+#   scripts/perf-stat.sh --timeline [BIN_DIR] [SECONDS]
+#
+# records every socket call of the server and the client instead (`perf
+# record -e raw_syscalls:*`, one connection) and prints where one request's
+# time goes, step by step (scripts/timeline.py): in each process, and in
+# waking the next one.
 set -euo pipefail
+timeline=false
+if [ "${1:-}" = "--timeline" ]; then
+    timeline=true
+    shift
+    set -- "${1:-target/release}" 1 "${2:-4}" /small
+fi
 bin=${1:-target/release}
 conns=${2:-1}
 secs=${3:-6}
@@ -52,10 +65,15 @@ url=$(head -1 "$work/client.out" | python3 -c 'import json,sys; print(json.load(
 host=${url#http://}
 wrk -t1 -c"$conns" -d1s -H "Host: $host" "http://127.0.0.1:$port/small" >/dev/null
 
-events=task-clock,context-switches,syscalls:sys_enter_write,syscalls:sys_enter_writev,syscalls:sys_enter_sendto,syscalls:sys_enter_recvfrom
-perf stat -x, -e "$events" -p "$server" -o "$work/server.stat" -- sleep "$secs" &
+if $timeline; then
+    watch=(perf record -q -e raw_syscalls:sys_enter,raw_syscalls:sys_exit)
+else
+    events=task-clock,context-switches,syscalls:sys_enter_write,syscalls:sys_enter_writev,syscalls:sys_enter_sendto,syscalls:sys_enter_recvfrom
+    watch=(perf stat -x, -e "$events")
+fi
+"${watch[@]}" -p "$server" -o "$work/server.stat" -- sleep "$secs" &
 stat_server=$!
-perf stat -x, -e "$events" -p "$client" -o "$work/client.stat" -- sleep "$secs" &
+"${watch[@]}" -p "$client" -o "$work/client.stat" -- sleep "$secs" &
 stat_client=$!
 sleep 0.2
 wrk -t"$threads" -c"$conns" -d"$((secs - 1))"s --latency -H "Host: $host" \
@@ -63,6 +81,13 @@ wrk -t"$threads" -c"$conns" -d"$((secs - 1))"s --latency -H "Host: $host" \
 wait "$stat_server" "$stat_client"
 requests=$(awk '/requests in/ {print $1}' "$work/wrk.out")
 grep -E "Requests/sec|Transfer/sec|  50%|  99%|errors|Non-2xx" "$work/wrk.out"
+if $timeline; then
+    for role in server client; do
+        perf script -i "$work/$role.stat" >"$work/$role.trace" 2>/dev/null
+    done
+    python3 "$(dirname "$0")/timeline.py" "$work/server.trace" "$work/client.trace"
+    exit 0
+fi
 echo "per request over $requests requests (wrk -t$threads -c$conns):"
 for role in server client; do
     awk -F, -v n="$requests" -v role="$role" '
