@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use cryptun_proto::message::{
-    self, ClientMessage, CreateTunnel, ErrorCode, ServerMessage, TunnelCreated, decode, encode,
+    ClientMessage, CreateTunnel, ErrorCode, ServerMessage, TunnelCreated, encode,
 };
 use cryptun_proto::mux::{Heartbeat, Mux, OpenError, Side, run_writer};
 use cryptun_proto::tungstenite::protocol::CloseFrame;
@@ -103,7 +103,7 @@ async fn connect_inner(config: &ClientConfig) -> Result<Session, ClientError> {
             .ok_or_else(|| ClientError::Disconnected("closed during the handshake".into()))?
             .map_err(|e| ClientError::Disconnected(e.to_string()))?;
         match msg {
-            Message::Text(text) => match decode::<ServerMessage>(&text, message::SERVER_TYPES) {
+            Message::Text(text) => match ServerMessage::decode(&text) {
                 Ok(ServerMessage::TunnelCreated(tunnel)) => {
                     if !tunnel.binary_streams {
                         return Err(ClientError::Protocol(
@@ -241,7 +241,7 @@ async fn read_loop(
         mux.heard();
         match msg {
             Ok(Message::Text(text)) => {
-                match decode::<ServerMessage>(&text, message::SERVER_TYPES) {
+                match ServerMessage::decode(&text) {
                     Ok(ServerMessage::Request {
                         request_id,
                         tunnel_id,

@@ -11,10 +11,12 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use serde::de::{MapAccess, SeqAccess, Visitor};
 use serde::{Deserialize, Deserializer, Serialize};
 
 /// Method, target and headers of a visitor's request.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(from = "RequestWire")]
 pub struct RequestHead {
     /// The method, byte for byte (`GET`, `PROPFIND`, ...).
     pub method: String,
@@ -30,6 +32,7 @@ pub struct RequestHead {
 
 /// Status, headers and optionally the body of the local service's answer.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(from = "ResponseWire")]
 pub struct ResponseHead {
     /// HTTP status code.
     pub status: u16,
@@ -39,6 +42,66 @@ pub struct ResponseHead {
     /// The body inline, or a promise of binary frames.
     #[serde(default, flatten)]
     pub body: InlineBody,
+}
+
+/// A request head as read off the wire. The body's fields are read in
+/// place: `#[serde(flatten)]` would have serde buffer the whole head into
+/// its generic `Content` first, on the message every request brings.
+#[derive(Deserialize)]
+struct RequestWire {
+    method: String,
+    path: String,
+    #[serde(default, deserialize_with = "header_list")]
+    headers: Vec<(String, String)>,
+    #[serde(default)]
+    body: Option<String>,
+    #[serde(default)]
+    body_encoding: Option<String>,
+    #[serde(default)]
+    body_stream: bool,
+}
+
+/// A response head as read off the wire (see [`RequestWire`]).
+#[derive(Deserialize)]
+struct ResponseWire {
+    status: u16,
+    #[serde(default, deserialize_with = "header_list")]
+    headers: Vec<(String, String)>,
+    #[serde(default)]
+    body: Option<String>,
+    #[serde(default)]
+    body_encoding: Option<String>,
+    #[serde(default)]
+    body_stream: bool,
+}
+
+impl From<RequestWire> for RequestHead {
+    fn from(wire: RequestWire) -> Self {
+        RequestHead {
+            method: wire.method,
+            path: wire.path,
+            headers: wire.headers,
+            body: InlineBody {
+                body: wire.body,
+                body_encoding: wire.body_encoding,
+                body_stream: wire.body_stream,
+            },
+        }
+    }
+}
+
+impl From<ResponseWire> for ResponseHead {
+    fn from(wire: ResponseWire) -> Self {
+        ResponseHead {
+            status: wire.status,
+            headers: wire.headers,
+            body: InlineBody {
+                body: wire.body,
+                body_encoding: wire.body_encoding,
+                body_stream: wire.body_stream,
+            },
+        }
+    }
 }
 
 /// How a body travels with its head.
@@ -227,23 +290,39 @@ fn string_to_latin1(s: &str) -> Vec<u8> {
     }
 }
 
+/// Headers as a list of `[name, value]` pairs (what we send), or an object
+/// of names to values (what a hand-written client may send; values that are
+/// not strings are taken as their JSON text), read as they come.
 fn header_list<'de, D: Deserializer<'de>>(de: D) -> Result<Vec<(String, String)>, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum Either {
-        List(Vec<(String, String)>),
-        Map(serde_json::Map<String, serde_json::Value>),
+    struct Headers;
+    impl<'de> Visitor<'de> for Headers {
+        type Value = Vec<(String, String)>;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a list of [name, value] pairs or an object of names to values")
+        }
+
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+            let mut list = Vec::new();
+            while let Some(pair) = seq.next_element()? {
+                list.push(pair);
+            }
+            Ok(list)
+        }
+
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+            let mut list = Vec::new();
+            while let Some((name, value)) = map.next_entry::<String, serde_json::Value>()? {
+                let value = match value {
+                    serde_json::Value::String(s) => s,
+                    other => other.to_string(),
+                };
+                list.push((name, value));
+            }
+            Ok(list)
+        }
     }
-    match Either::deserialize(de)? {
-        Either::List(list) => Ok(list),
-        Either::Map(map) => map
-            .into_iter()
-            .map(|(k, v)| match v {
-                serde_json::Value::String(s) => Ok((k, s)),
-                other => Ok((k, other.to_string())),
-            })
-            .collect(),
-    }
+    de.deserialize_any(Headers)
 }
 
 #[cfg(test)]

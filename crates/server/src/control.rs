@@ -11,9 +11,7 @@ mod session;
 use std::sync::Arc;
 
 use crate::park::VisitorBody;
-use cryptun_proto::message::{
-    self, ClientMessage, CreateTunnel, ErrorCode, ServerMessage, decode, encode,
-};
+use cryptun_proto::message::{ClientMessage, CreateTunnel, ErrorCode, ServerMessage, encode};
 use cryptun_proto::tungstenite::protocol::{CloseFrame, Role, frame::coding::CloseCode};
 use cryptun_proto::tungstenite::{self, Message, handshake::derive_accept_key};
 use cryptun_proto::{PROTOCOL_VERSION, ReadAhead, close_code};
@@ -203,7 +201,7 @@ async fn handshake(ws: &mut Ws) -> Result<CreateTunnel, (Failure, Option<CloseFr
                 (Failure::Code(code), close_frame(close_code::POLICY, text)),
             )
         };
-        let (msg, (failure, frame)) = match decode::<ClientMessage>(&text, message::CLIENT_TYPES) {
+        let (msg, (failure, frame)) = match ClientMessage::decode(&text) {
             Ok(ClientMessage::CreateTunnel(create)) => match create.version {
                 Some(v) if v > PROTOCOL_VERSION => refuse(
                     ErrorCode::UnsupportedVersion,

@@ -10,9 +10,7 @@
 //! (`auth::revocation` notices): `error` `key_revoked`, close 1008, and its
 //! names are freed at once instead of held for a reconnection.
 
-use cryptun_proto::message::{
-    self, ClientMessage, CreateTunnel, ErrorCode, ServerMessage, decode, encode,
-};
+use cryptun_proto::message::{ClientMessage, CreateTunnel, ErrorCode, ServerMessage, encode};
 use cryptun_proto::mux::{CloseOnDrop, Mux, Side, run_writer};
 use cryptun_proto::tungstenite::Message;
 use cryptun_proto::tungstenite::protocol::CloseFrame;
@@ -219,7 +217,7 @@ async fn on_text(
     identity: &Identity,
     peer: Peer,
 ) -> Option<CloseFrame> {
-    match decode::<ClientMessage>(text, message::CLIENT_TYPES) {
+    match ClientMessage::decode(text) {
         Ok(ClientMessage::Response {
             request_id,
             response,

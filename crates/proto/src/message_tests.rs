@@ -1,0 +1,174 @@
+//! Tests of [`super`]: messages as the seed and our peers write them.
+
+use super::*;
+
+#[test]
+fn seed_create_tunnel_parses_with_defaults() {
+    let msg: ClientMessage = decode(r#"{"type":"create_tunnel"}"#, CLIENT_TYPES).unwrap();
+    assert_eq!(msg, ClientMessage::CreateTunnel(CreateTunnel::default()));
+}
+
+#[test]
+fn unknown_type_is_told_apart_from_garbage() {
+    let unknown = decode::<ClientMessage>(r#"{"type":"teleport"}"#, CLIENT_TYPES);
+    assert!(matches!(unknown, Err(DecodeError::UnknownType(t)) if t == "teleport"));
+    let garbage = decode::<ClientMessage>("{not json", CLIENT_TYPES);
+    assert!(matches!(garbage, Err(DecodeError::Malformed(_))));
+    let bad_field =
+        decode::<ClientMessage>(r#"{"type":"response","request_id":"x"}"#, CLIENT_TYPES);
+    assert!(matches!(bad_field, Err(DecodeError::Malformed(_))));
+}
+
+#[test]
+fn create_tunnel_carries_secrets_that_debug_hides() {
+    let text = r#"{"type":"create_tunnel","subdomain":"app","token":"ck_abcdefgh_s3cr3t","reconnect_secret":"r3c0nn3ct"}"#;
+    let msg: ClientMessage = decode(text, CLIENT_TYPES).unwrap();
+    let ClientMessage::CreateTunnel(create) = &msg else {
+        panic!("{msg:?}")
+    };
+    assert_eq!(
+        create.token.as_ref().unwrap().expose(),
+        "ck_abcdefgh_s3cr3t"
+    );
+    assert_eq!(
+        create.reconnect_secret.as_ref().unwrap().expose(),
+        "r3c0nn3ct"
+    );
+    let shown = format!("{msg:?}");
+    assert!(
+        !shown.contains("s3cr3t") && !shown.contains("r3c0nn3ct"),
+        "{shown}"
+    );
+    // And back: the fields travel as plain strings.
+    assert!(encode(&msg).contains(r#""token":"ck_abcdefgh_s3cr3t""#));
+}
+
+#[test]
+fn access_fields_round_trip_and_hide_the_password() {
+    let text = r#"{"type":"create_tunnel","basic_auth":{"username":"u","password":"s3cret"},"allow_ips":["10.0.0.0/8"],"deny_ips":["10.0.0.7"],"max_body_size":1000}"#;
+    let ClientMessage::CreateTunnel(create) = decode(text, CLIENT_TYPES).unwrap() else {
+        panic!("not create_tunnel");
+    };
+    assert_eq!(create.allow_ips, ["10.0.0.0/8"]);
+    assert_eq!(create.deny_ips, ["10.0.0.7"]);
+    assert_eq!(create.max_body_size, Some(1000));
+    let shown = format!("{create:?}");
+    assert!(!shown.contains("s3cret"), "{shown}");
+    assert_eq!(create.basic_auth.as_ref().unwrap().password, "s3cret");
+    let again: ClientMessage = decode(
+        &encode(&ClientMessage::CreateTunnel(create.clone())),
+        CLIENT_TYPES,
+    )
+    .unwrap();
+    assert_eq!(again, ClientMessage::CreateTunnel(create));
+    let error = encode(&ServerMessage::error(ErrorCode::InvalidCidr, "x", None));
+    assert!(error.contains(r#""code":"invalid_cidr""#), "{error}");
+}
+
+#[test]
+fn going_away_shape() {
+    let text = encode(&ServerMessage::GoingAway {
+        reconnect_after_ms: 1000,
+    });
+    assert_eq!(text, r#"{"type":"going_away","reconnect_after_ms":1000}"#);
+    let back: ServerMessage = decode(&text, SERVER_TYPES).unwrap();
+    assert!(matches!(
+        back,
+        ServerMessage::GoingAway {
+            reconnect_after_ms: 1000
+        }
+    ));
+}
+
+#[test]
+fn error_message_shape() {
+    let text = encode(&ServerMessage::error(
+        ErrorCode::SubdomainTaken,
+        "taken",
+        None,
+    ));
+    assert_eq!(
+        text,
+        r#"{"type":"error","code":"subdomain_taken","message":"taken"}"#
+    );
+}
+
+/// A request head with every field a head can carry.
+fn full_request() -> ServerMessage {
+    ServerMessage::Request {
+        request_id: 7,
+        tunnel_id: "abcdefghij".into(),
+        request: RequestHead {
+            method: "POST".into(),
+            path: "/a?b=c".into(),
+            headers: vec![
+                ("host".into(), "tunnel-abcdefghij.localhost:4000".into()),
+                ("x-twice".into(), "1".into()),
+                ("x-twice".into(), "2".into()),
+            ],
+            body: crate::InlineBody::inline(b"\x00body"),
+        },
+    }
+}
+
+#[test]
+fn requests_and_responses_as_we_write_them_read_back_the_same_both_ways() {
+    let request = full_request();
+    let text = encode(&request);
+    assert!(text.starts_with(r#"{"type":"request","#), "{text}");
+    assert_eq!(ServerMessage::decode(&text).unwrap(), request);
+    assert_eq!(
+        decode::<ServerMessage>(&text, SERVER_TYPES).unwrap(),
+        request
+    );
+
+    let response = ClientMessage::Response {
+        request_id: 7,
+        response: ResponseHead {
+            status: 201,
+            headers: vec![("content-type".into(), "text/plain".into())],
+            body: crate::InlineBody::streamed(),
+        },
+    };
+    let text = encode(&response);
+    assert!(text.starts_with(r#"{"type":"response","#), "{text}");
+    assert_eq!(ClientMessage::decode(&text).unwrap(), response);
+    assert_eq!(
+        decode::<ClientMessage>(&text, CLIENT_TYPES).unwrap(),
+        response
+    );
+}
+
+#[test]
+fn a_tag_written_last_or_a_bad_field_takes_the_general_path() {
+    let late = r#"{"request_id":3,"response":{"status":204},"type":"response"}"#;
+    assert!(matches!(
+        ClientMessage::decode(late).unwrap(),
+        ClientMessage::Response { request_id: 3, response } if response.status == 204
+    ));
+    let bad = r#"{"type":"response","request_id":"three","response":{"status":204}}"#;
+    assert!(matches!(
+        ClientMessage::decode(bad),
+        Err(DecodeError::Malformed(_))
+    ));
+    let other = r#"{"type":"ping"}"#;
+    assert_eq!(ClientMessage::decode(other).unwrap(), ClientMessage::Ping);
+    let unknown = r#"{"type":"teleport","request_id":1}"#;
+    assert!(matches!(
+        ServerMessage::decode(unknown),
+        Err(DecodeError::UnknownType(t)) if t == "teleport"
+    ));
+}
+
+#[test]
+fn headers_as_an_object_keep_their_order_repeats_and_non_string_values() {
+    let text = r#"{"type":"response","request_id":1,"response":{"status":200,"headers":{"x-b":"1","x-a":2,"x-b":"3"}}}"#;
+    let ClientMessage::Response { response, .. } = ClientMessage::decode(text).unwrap() else {
+        panic!("not a response");
+    };
+    let want: Vec<(String, String)> = [("x-b", "1"), ("x-a", "2"), ("x-b", "3")]
+        .iter()
+        .map(|(n, v)| ((*n).into(), (*v).into()))
+        .collect();
+    assert_eq!(response.headers, want);
+}
