@@ -67,13 +67,15 @@ wrk -t1 -c"$conns" -d1s -H "Host: $host" "http://127.0.0.1:$port/small" >/dev/nu
 
 if $timeline; then
     watch=(perf record -q -e raw_syscalls:sys_enter,raw_syscalls:sys_exit)
+    out=data
 else
     events=task-clock,context-switches,syscalls:sys_enter_write,syscalls:sys_enter_writev,syscalls:sys_enter_sendto,syscalls:sys_enter_recvfrom
     watch=(perf stat -x, -e "$events")
+    out=stat
 fi
-"${watch[@]}" -p "$server" -o "$work/server.stat" -- sleep "$secs" &
+"${watch[@]}" -p "$server" -o "$work/server.$out" -- sleep "$secs" &
 stat_server=$!
-"${watch[@]}" -p "$client" -o "$work/client.stat" -- sleep "$secs" &
+"${watch[@]}" -p "$client" -o "$work/client.$out" -- sleep "$secs" &
 stat_client=$!
 sleep 0.2
 wrk -t"$threads" -c"$conns" -d"$((secs - 1))"s --latency -H "Host: $host" \
@@ -83,7 +85,7 @@ requests=$(awk '/requests in/ {print $1}' "$work/wrk.out")
 grep -E "Requests/sec|Transfer/sec|  50%|  99%|errors|Non-2xx" "$work/wrk.out"
 if $timeline; then
     for role in server client; do
-        perf script -i "$work/$role.stat" >"$work/$role.trace" 2>/dev/null
+        perf script -i "$work/$role.data" >"$work/$role.trace"
     done
     python3 "$(dirname "$0")/timeline.py" "$work/server.trace" "$work/client.trace"
     exit 0

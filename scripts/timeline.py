@@ -26,25 +26,31 @@ import statistics
 import sys
 
 CALL = re.compile(
-    r"\s\d+\s+\[\d+\]\s+([\d.]+):\s+raw_syscalls:sys_(enter|exit): NR (\d+)(?: \(([0-9a-f]+))?"
+    r"\s(\d+)\s+\[\d+\]\s+([\d.]+):\s+raw_syscalls:sys_(enter|exit): NR (\d+)"
+    r"(?: \(([0-9a-f]+)| = (-?\d+))?"
 )
 RECV = {0, 45}  # read, recvfrom
 SEND, WRITEV = 44, 20  # sendto, writev
 
 
 def load(path, who):
+    """(time µs, process, "enter"/"exit", syscall, fd on enter, thread, result on exit)"""
     calls = []
     with open(path) as f:
         for line in f:
             m = CALL.search(line)
             if m:
-                fd = int(m.group(4), 16) if m.group(4) else None
-                calls.append((float(m.group(1)) * 1e6, who, m.group(2), int(m.group(3)), fd))
+                fd = int(m.group(5), 16) if m.group(5) else None
+                ret = int(m.group(6)) if m.group(6) else None
+                tid = int(m.group(1))
+                calls.append((float(m.group(2)) * 1e6, who, m.group(3), int(m.group(4)), fd, tid, ret))
     return calls
 
 
 def busiest_fd(calls, who, nr):
     fds = collections.Counter(c[4] for c in calls if c[1] == who and c[2] == "enter" and c[3] == nr)
+    if not fds:
+        sys.exit(f"no syscall {nr} of the {'server' if who == 'S' else 'client'} in the traces")
     return fds.most_common(1)[0][0]
 
 
@@ -67,12 +73,15 @@ def main():
         "server: response read -> written to the visitor",
     ]
     done, times, reading = [], [], {}
-    for t, who, kind, nr, fd in calls:
+    for t, who, kind, nr, fd, tid, ret in calls:
         if kind == "enter" and nr in RECV:
-            reading[who] = fd
+            reading[tid] = fd
             continue
-        if kind == "exit" and nr in RECV and who in reading:
-            event, fd = "recv", reading.pop(who)
+        if kind == "exit" and nr in RECV and tid in reading:
+            # A read that found nothing (EAGAIN) or the end is no read done.
+            event, fd = "recv", reading.pop(tid)
+            if ret is None or ret <= 0:
+                continue
         elif kind == "enter" and nr in (SEND, WRITEV):
             event = "send"
         else:

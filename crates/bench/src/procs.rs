@@ -146,37 +146,62 @@ impl Drop for Proc {
 
 /// Resident memory of `pid` and its descendants, in KiB.
 pub fn rss_kib(pid: u32) -> Result<u64> {
-    tree(pid).into_iter().map(own_rss_kib).sum()
+    sum_tree(pid, own_rss_kib)
 }
 
 /// User plus system CPU time of `pid` and its descendants (all threads), in
 /// clock ticks.
 pub fn cpu_ticks(pid: u32) -> Result<u64> {
-    tree(pid).into_iter().map(own_cpu_ticks).sum()
+    sum_tree(pid, own_cpu_ticks)
 }
 
-/// `pid` and its live descendants, `pid` first. A child that exits between
-/// the listing and the reading fails that reading; the benchmark's children
-/// only exit when it stops them.
-fn tree(pid: u32) -> Vec<u32> {
+/// `value` summed over `pid` and its live descendants. A descendant that
+/// exits between the listing and the reading counts nothing; `pid` itself
+/// must be there.
+fn sum_tree(pid: u32, value: fn(u32) -> Result<u64>) -> Result<u64> {
+    let mut total = 0;
+    for (n, each) in tree(pid)?.into_iter().enumerate() {
+        match value(each) {
+            Ok(v) => total += v,
+            Err(_) if n > 0 && !Path::new(&format!("/proc/{each}")).exists() => {}
+            Err(err) => return Err(err),
+        }
+    }
+    Ok(total)
+}
+
+/// `pid` and its live descendants, `pid` first, from
+/// `/proc/PID/task/TID/children` (a kernel built without
+/// `CONFIG_PROC_CHILDREN` has no such file: an error, rather than numbers
+/// that silently leave nginx's workers out).
+fn tree(pid: u32) -> Result<Vec<u32>> {
     let mut all = vec![pid];
     let mut next = 0;
     while let Some(&parent) = all.get(next) {
         next += 1;
         let Ok(tasks) = std::fs::read_dir(format!("/proc/{parent}/task")) else {
+            // Gone since it was listed; `pid` itself fails when read.
             continue;
         };
         for task in tasks.flatten() {
-            let children =
-                std::fs::read_to_string(task.path().join("children")).unwrap_or_default();
-            all.extend(
-                children
-                    .split_whitespace()
-                    .filter_map(|c| c.parse::<u32>().ok()),
-            );
+            let path = task.path().join("children");
+            match std::fs::read_to_string(&path) {
+                Ok(children) => {
+                    all.extend(
+                        children
+                            .split_whitespace()
+                            .filter_map(|c| c.parse::<u32>().ok()),
+                    );
+                }
+                // The thread ended meanwhile.
+                Err(_) if !task.path().exists() => {}
+                Err(err) => {
+                    return Err(err).with_context(|| format!("reading {}", path.display()));
+                }
+            }
         }
     }
-    all
+    Ok(all)
 }
 
 fn own_rss_kib(pid: u32) -> Result<u64> {
@@ -257,7 +282,7 @@ mod tests {
     fn a_process_tree_counts_its_children() {
         let mut child = Command::new("sleep").arg("30").spawn().unwrap();
         let me = std::process::id();
-        let all = tree(me);
+        let all = tree(me).unwrap();
         assert_eq!(all[0], me);
         assert!(all.contains(&child.id()), "{all:?}");
         assert!(rss_kib(me).unwrap() > own_rss_kib(me).unwrap());

@@ -6,6 +6,7 @@
 //! that never sends binary frames can serve a tunnel with these alone: bodies
 //! then travel inline, base64-encoded, in `request.body` and `response.body`.
 
+use serde::de::IgnoredAny;
 use serde::{Deserialize, Serialize};
 
 use crate::head::{RequestHead, ResponseHead};
@@ -308,6 +309,10 @@ impl ClientMessage {
     pub fn decode(text: &str) -> Result<Self, DecodeError> {
         #[derive(Deserialize)]
         struct Response {
+            /// Declared so that a second `type` fails here, as it does in
+            /// the general path.
+            #[serde(rename = "type")]
+            _tag: IgnoredAny,
             request_id: u32,
             response: ResponseHead,
         }
@@ -328,6 +333,8 @@ impl ServerMessage {
     pub fn decode(text: &str) -> Result<Self, DecodeError> {
         #[derive(Deserialize)]
         struct Request {
+            #[serde(rename = "type")]
+            _tag: IgnoredAny,
             request_id: u32,
             tunnel_id: String,
             request: RequestHead,
@@ -344,8 +351,7 @@ impl ServerMessage {
 }
 
 /// `text` read as the fields of one variant, if it starts with `prefix`
-/// (its tag, first) and reads cleanly; the tag itself is skipped as an
-/// unknown field.
+/// (its tag, first) and reads cleanly.
 fn tagged_first<'a, F: Deserialize<'a>>(text: &'a str, prefix: &str) -> Option<F> {
     if text.starts_with(prefix) {
         serde_json::from_str(text).ok()

@@ -151,6 +151,11 @@ fn a_tag_written_last_or_a_bad_field_takes_the_general_path() {
         ClientMessage::decode(bad),
         Err(DecodeError::Malformed(_))
     ));
+    let twice = r#"{"type":"response","type":"ping","request_id":3,"response":{"status":204}}"#;
+    assert!(matches!(
+        ClientMessage::decode(twice),
+        Err(DecodeError::Malformed(_))
+    ));
     let other = r#"{"type":"ping"}"#;
     assert_eq!(ClientMessage::decode(other).unwrap(), ClientMessage::Ping);
     let unknown = r#"{"type":"teleport","request_id":1}"#;
@@ -162,13 +167,19 @@ fn a_tag_written_last_or_a_bad_field_takes_the_general_path() {
 
 #[test]
 fn headers_as_an_object_keep_their_order_repeats_and_non_string_values() {
-    let text = r#"{"type":"response","request_id":1,"response":{"status":200,"headers":{"x-b":"1","x-a":2,"x-b":"3"}}}"#;
-    let ClientMessage::Response { response, .. } = ClientMessage::decode(text).unwrap() else {
-        panic!("not a response");
-    };
     let want: Vec<(String, String)> = [("x-b", "1"), ("x-a", "2"), ("x-b", "3")]
         .iter()
         .map(|(n, v)| ((*n).into(), (*v).into()))
         .collect();
-    assert_eq!(response.headers, want);
+    let head = r#"{"status":200,"headers":{"x-b":"1","x-a":2,"x-b":"3"}}"#;
+    // Tag first (read directly) and tag last (through serde's buffering).
+    for text in [
+        format!(r#"{{"type":"response","request_id":1,"response":{head}}}"#),
+        format!(r#"{{"request_id":1,"response":{head},"type":"response"}}"#),
+    ] {
+        let ClientMessage::Response { response, .. } = ClientMessage::decode(&text).unwrap() else {
+            panic!("not a response: {text}");
+        };
+        assert_eq!(response.headers, want, "{text}");
+    }
 }

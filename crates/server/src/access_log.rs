@@ -15,7 +15,8 @@
 //! often carry tokens and other secrets. It is written by a task of its own,
 //! spawned when the exchange ends: the end comes as hyper takes the last
 //! body bytes, before it writes them to the visitor, and formatting the line
-//! there added about 8 µs to every response's latency on one connection.
+//! there added about 4 µs to every response's latency on one connection
+//! (docs/BENCHMARKS.md, "Third round").
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -154,11 +155,12 @@ impl Drop for Exchange {
             complete: self.complete,
             visitor: self.visitor,
         };
-        // A task runs only once the one that spawned it yields: here, once
-        // hyper has written the response. A tracked one, so that shutdown
-        // waits for the last lines. Without a runtime (never, in the
-        // server), the line is written at once.
-        if tokio::runtime::Handle::try_current().is_ok() {
+        // A spawned task normally runs once the one that spawned it yields:
+        // here, once hyper has written the response. A tracked one, so that
+        // shutdown waits for it. Once shutdown stopped waiting (a request
+        // that outlived the drain), or without a runtime (never, in the
+        // server), the line is written at once instead.
+        if !self.state.tasks.is_closed() && tokio::runtime::Handle::try_current().is_ok() {
             let write = async move { line.write() }.instrument(tracing::Span::current());
             self.state.tasks.spawn(write);
         } else {

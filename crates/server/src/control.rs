@@ -70,7 +70,10 @@ pub(crate) fn upgrade(
                     // the opening needs (the unsplit socket, the handshake,
                     // the first create_tunnel) stays in this task's state for
                     // the session's life: it is most of an idle tunnel's cost.
-                    if let Some((opened, identity)) = open(&state, upgraded, peer).await {
+                    // The opening is boxed, so that however it grows, the
+                    // task is only ever as large as the serving.
+                    let opening = Box::pin(open(&state, upgraded, peer));
+                    if let Some((opened, identity)) = opening.await {
                         session::serve(&state, opened, peer, &identity).await;
                     }
                 }

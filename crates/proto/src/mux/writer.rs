@@ -229,9 +229,17 @@ mod tests {
     async fn a_backlog_of_queued_messages_goes_out_in_order_in_one_flush() {
         let (ws, peer) = pair().await;
         let mux: Mux<()> = Mux::new(Side::Acceptor, true, Limits::default());
-        // No writer yet: every message waits in the queue.
+        // No writer yet: every message waits in the queue (which holds a
+        // batch; a timeout rather than a hang should that change).
         for text in numbers(BATCH) {
-            assert!(mux.send_message(Message::text(text)).await.is_ok());
+            let queued = timeout(
+                Duration::from_secs(5),
+                mux.send_message(Message::text(text)),
+            );
+            assert!(
+                matches!(queued.await, Ok(Ok(()))),
+                "the queue holds a batch"
+            );
         }
         let flushes = Arc::new(Mutex::new(Vec::new()));
         let sink = Counted {

@@ -1,0 +1,88 @@
+//! Tests of [`super`]: heads on the wire and their conversions.
+
+use super::*;
+
+#[test]
+fn any_header_bytes_round_trip() {
+    let mut map = HeaderMap::new();
+    map.append("x-a", HeaderValue::from_static("one"));
+    map.append("x-bin", HeaderValue::from_bytes(b"caf\xe9 \xff").unwrap());
+    map.append(
+        "x-utf8",
+        HeaderValue::from_bytes("naïve".as_bytes()).unwrap(),
+    );
+    map.append("x-a", HeaderValue::from_static("two"));
+    let wire = headers_to_wire(&map);
+    let json = serde_json::to_string(&wire).unwrap();
+    let back: Vec<(String, String)> = serde_json::from_str(&json).unwrap();
+    assert_eq!(headers_from_wire(&back, 100, 1 << 16).unwrap(), map);
+}
+
+#[test]
+fn control_characters_are_refused() {
+    for bad in ["a\r\nb", "a\nb", "a\0b"] {
+        let list = vec![("x-evil".to_owned(), bad.to_owned())];
+        assert!(matches!(
+            headers_from_wire(&list, 100, 1 << 16),
+            Err(HeadError::Header(_))
+        ));
+    }
+    let list = vec![("bad name".to_owned(), "v".to_owned())];
+    assert!(headers_from_wire(&list, 100, 1 << 16).is_err());
+}
+
+#[test]
+fn header_limits() {
+    let list: Vec<_> = (0..11)
+        .map(|i| (format!("x-{i}"), "v".to_owned()))
+        .collect();
+    assert!(matches!(
+        headers_from_wire(&list, 10, 1 << 16),
+        Err(HeadError::TooLarge { .. })
+    ));
+    assert!(headers_from_wire(&list[..10], 10, 1 << 16).is_ok());
+}
+
+#[test]
+fn seed_style_response_with_map_and_text_body() {
+    let head: ResponseHead = serde_json::from_str(
+        r#"{"status":200,"headers":{"content-type":"text/plain"},"body":"hi"}"#,
+    )
+    .unwrap();
+    assert_eq!(
+        head.headers,
+        vec![("content-type".into(), "text/plain".into())]
+    );
+    assert_eq!(head.body.decode().unwrap(), Bytes::from_static(b"hi"));
+}
+
+#[test]
+fn upgrade_needs_both_headers() {
+    let mut map = HeaderMap::new();
+    map.insert("upgrade", HeaderValue::from_static("websocket"));
+    assert_eq!(upgrade_protocol(&map), None);
+    map.insert(
+        "connection",
+        HeaderValue::from_static("keep-alive, Upgrade"),
+    );
+    assert_eq!(
+        upgrade_protocol(&map),
+        Some(HeaderValue::from_static("websocket"))
+    );
+    keep_upgrade(&mut map, HeaderValue::from_static("websocket"));
+    assert_eq!(map["connection"], "upgrade");
+    assert_eq!(map["upgrade"], "websocket");
+}
+
+#[test]
+fn hop_by_hop_and_connection_named_headers_go() {
+    let mut map = HeaderMap::new();
+    map.insert("connection", HeaderValue::from_static("close, x-secret"));
+    map.insert("x-secret", HeaderValue::from_static("1"));
+    map.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+    map.insert("transfer-encoding", HeaderValue::from_static("chunked"));
+    map.insert("x-kept", HeaderValue::from_static("1"));
+    strip_hop_by_hop(&mut map);
+    assert_eq!(map.len(), 1);
+    assert!(map.contains_key("x-kept"));
+}
