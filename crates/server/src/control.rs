@@ -233,7 +233,11 @@ async fn handshake(ws: &mut Ws) -> Result<CreateTunnel, (Failure, Option<CloseFr
 /// rules, or `None` when the connection is simply gone.
 fn close_for(err: &tungstenite::Error) -> Option<CloseFrame> {
     use tungstenite::Error;
+    use tungstenite::error::ProtocolError;
     match err {
+        // The connection just ended (a client killed, a network gone): no
+        // rule was broken, and there is nobody left to tell.
+        Error::Protocol(ProtocolError::ResetWithoutClosingHandshake) => None,
         Error::Capacity(e) => Some(close_frame(close_code::TOO_BIG, e.to_string())),
         Error::Utf8(_) => Some(close_frame(
             close_code::INVALID_PAYLOAD,

@@ -124,6 +124,8 @@ pub struct Metrics {
     pub tunnels: Gauge,
     /// Connected clients: control sessions past their handshake.
     pub sessions: Gauge,
+    /// Sessions that ended, by why (see `control::session::Ended`).
+    pub sessions_ended: Family<Reason, Counter>,
     /// Visitor requests to tunnels by outcome.
     pub requests: Family<Outcome, Counter>,
     /// Visitor requests from arrival to the end of the response body.
@@ -169,6 +171,7 @@ impl Metrics {
         let metrics = Metrics {
             tunnels: Gauge::default(),
             sessions: Gauge::default(),
+            sessions_ended: Family::default(),
             requests: Family::default(),
             request_duration: Histogram::new(DURATION_BUCKETS),
             in_flight: Gauge::default(),
@@ -187,6 +190,11 @@ impl Metrics {
             "sessions",
             "Connected clients (control sessions)",
             metrics.sessions.clone(),
+        );
+        r.register(
+            "sessions_ended",
+            "Client sessions that ended, by reason",
+            metrics.sessions_ended.clone(),
         );
         r.register(
             "requests",
@@ -289,6 +297,11 @@ impl Metrics {
             HandshakeFailure::Code(code) => self.handshake_refused(*code),
             HandshakeFailure::Other(reason) => self.handshake_failed(reason),
         }
+    }
+
+    /// Counts a session that ended, under its reason.
+    pub fn session_ended(&self, reason: &'static str) {
+        self.sessions_ended.get_or_create(&Reason { reason }).inc();
     }
 
     /// Counts a failed handshake under a fixed reason.

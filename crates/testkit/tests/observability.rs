@@ -110,6 +110,22 @@ async fn metrics_count_requests_by_outcome_with_bytes_and_durations() {
             ("cryptun_refusals_total{reason=\"max_streams\"}".into(), 1.0),
             ("cryptun_sessions".into(), 1.0),
             ("cryptun_tunnels".into(), 1.0),
+            // The killed client's connection just dropped.
+            ("cryptun_sessions_ended_total{reason=\"lost\"}".into(), 1.0),
+        ],
+    )
+    .await;
+    // The other one says goodbye.
+    impatient.stop().await.unwrap();
+    expect_metrics(
+        &visitor,
+        &[
+            ("cryptun_sessions".into(), 0.0),
+            (
+                "cryptun_sessions_ended_total{reason=\"client_closed\"}".into(),
+                1.0,
+            ),
+            ("cryptun_sessions_ended_total{reason=\"lost\"}".into(), 1.0),
         ],
     )
     .await;

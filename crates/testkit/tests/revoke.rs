@@ -102,6 +102,13 @@ async fn revoking_a_key_cuts_its_live_tunnels_and_no_others() {
         .count();
     assert_eq!(reconnects, 0, "the client tried to reconnect");
 
+    assert_eq!(
+        visitor
+            .metric("cryptun_sessions_ended_total{reason=\"revoked\"}")
+            .await,
+        1.0
+    );
+
     // Gone at once, name not held: 404, not 503.
     let tunnels = visitor.tunnels().await;
     assert_eq!(tunnels.len(), 1, "{tunnels:?}");

@@ -11,7 +11,7 @@
 //! names are freed at once instead of held for a reconnection.
 
 use cryptun_proto::message::{ClientMessage, CreateTunnel, ErrorCode, ServerMessage, encode};
-use cryptun_proto::mux::{CloseOnDrop, Mux, Side, run_writer};
+use cryptun_proto::mux::{CloseOnDrop, Mux, Side, WriterError, run_writer};
 use cryptun_proto::tungstenite::Message;
 use cryptun_proto::tungstenite::protocol::CloseFrame;
 use cryptun_proto::{Frame, FrameError, ResponseHead, close_code};
@@ -25,6 +25,39 @@ use crate::auth::Identity;
 use crate::metrics::HandshakeFailure as Failure;
 use crate::registry::Registration;
 use crate::{Peer, State};
+
+/// Why a session ended: the `reason` of `cryptun_sessions_ended_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ended {
+    /// The client closed the WebSocket.
+    ClientClosed,
+    /// The connection failed or ended without a close.
+    Lost,
+    /// The client broke a protocol rule (closed 1002 or 1009).
+    Protocol,
+    /// Nothing was heard from the client within the heartbeat timeout.
+    Silent,
+    /// The client stopped reading: a write blocked past the timeout.
+    Stalled,
+    /// The server shut down.
+    Shutdown,
+    /// The session's API key was revoked.
+    Revoked,
+}
+
+impl Ended {
+    fn label(self) -> &'static str {
+        match self {
+            Ended::ClientClosed => "client_closed",
+            Ended::Lost => "lost",
+            Ended::Protocol => "protocol",
+            Ended::Silent => "silent",
+            Ended::Stalled => "stalled",
+            Ended::Shutdown => "shutdown",
+            Ended::Revoked => "revoked",
+        }
+    }
+}
 
 /// The wait suggested to clients in `going_away`, before they reconnect
 /// (they add a random spread, so a restart is not met by a herd).
@@ -121,23 +154,31 @@ pub(super) async fn serve(state: &State, opened: Opened, peer: Peer, identity: &
     // a close frame to send. In order: with nothing to drain, the
     // announcement and `sessions_stop` are due at once, and `going_away`
     // must be queued before the close.
-    let (ended, closing) = tokio::select! {
+    let (kind, ended, closing) = tokio::select! {
         biased;
         end = read_loop(state, &mux, &mut stream, &mut tunnels, identity, peer) => end,
         end = &mut going_away => end,
         result = &mut writer => match result {
-            Ok(_) => ("writer finished".to_owned(), false),
-            Err(err) => (err.to_string(), false),
+            Ok(_) => (Ended::Lost, "writer finished".to_owned(), false),
+            Err(err) => {
+                let kind = match err {
+                    WriterError::Silent(_) => Ended::Silent,
+                    WriterError::Stalled(_) => Ended::Stalled,
+                    WriterError::Ws(_) => Ended::Lost,
+                };
+                (kind, err.to_string(), false)
+            }
         },
         () = state.sessions_stop.cancelled() => {
             mux.queue_close(close_frame(close_code::GOING_AWAY, "server shutting down"));
-            ("server shutting down".to_owned(), true)
+            (Ended::Shutdown, "server shutting down".to_owned(), true)
         }
         id = &mut revoked => {
             cut_off(&mux, id, &mut tunnels);
-            ("API key revoked".to_owned(), true)
+            (Ended::Revoked, "API key revoked".to_owned(), true)
         }
     };
+    state.metrics.session_ended(kind.label());
     // The tunnels go first, so new visitors see 404 rather than a dying
     // tunnel; then everything in flight fails at once.
     drop(tunnels);
@@ -167,7 +208,7 @@ fn cut_off(mux: &Mux<ResponseHead>, id: &str, tunnels: &mut Vec<Registration>) {
 
 /// When shutdown begins, tells the client the server is going away; the
 /// session goes on until the in-flight requests have drained. Never ends.
-async fn announce_going_away(state: &State, mux: &Mux<ResponseHead>) -> (String, bool) {
+async fn announce_going_away(state: &State, mux: &Mux<ResponseHead>) -> (Ended, String, bool) {
     state.draining.cancelled().await;
     let after = u64::try_from(RECONNECT_AFTER.as_millis()).unwrap_or(u64::MAX);
     mux.queue_text(encode(&ServerMessage::GoingAway {
@@ -177,7 +218,8 @@ async fn announce_going_away(state: &State, mux: &Mux<ResponseHead>) -> (String,
 }
 
 /// Reads the client's messages until the connection ends or must be closed.
-/// Returns why it ended, and whether a close frame was queued.
+/// Returns why it ended, in a word and in a sentence, and whether a close
+/// frame was queued.
 async fn read_loop(
     state: &State,
     mux: &Mux<ResponseHead>,
@@ -185,27 +227,33 @@ async fn read_loop(
     tunnels: &mut Vec<Registration>,
     identity: &Identity,
     peer: Peer,
-) -> (String, bool) {
+) -> (Ended, String, bool) {
     while let Some(msg) = stream.next().await {
         mux.heard();
         let refusal = match msg {
             Ok(Message::Text(text)) => on_text(state, mux, &text, tunnels, identity, peer).await,
             Ok(Message::Binary(data)) => on_binary(mux, data),
-            Ok(Message::Close(_)) => return ("client closed the connection".into(), false),
+            Ok(Message::Close(_)) => {
+                return (
+                    Ended::ClientClosed,
+                    "client closed the connection".into(),
+                    false,
+                );
+            }
             Ok(_) => None,
             Err(err) => match close_for(&err) {
                 Some(frame) => Some(frame),
-                None => return (format!("connection lost: {err}"), false),
+                None => return (Ended::Lost, format!("connection lost: {err}"), false),
             },
         };
         if let Some(frame) = refusal {
             let reason = frame.reason.to_string();
             warn!(code = u16::from(frame.code), %reason, "closing session");
             mux.queue_close(frame);
-            return (reason, true);
+            return (Ended::Protocol, reason, true);
         }
     }
-    ("connection lost".into(), false)
+    (Ended::Lost, "connection lost".into(), false)
 }
 
 /// Handles one text message; returns a close frame if the session must end.
