@@ -33,7 +33,7 @@ enum Ended {
     ClientClosed,
     /// The connection failed or ended without a close.
     Lost,
-    /// The client broke a protocol rule (closed 1002 or 1009).
+    /// The client broke a protocol rule (closed with 1002, 1007 or 1009).
     Protocol,
     /// Nothing was heard from the client within the heartbeat timeout.
     Silent,
