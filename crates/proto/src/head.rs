@@ -268,8 +268,13 @@ pub fn headers_from_wire(
     for (name, value) in list {
         let header_name =
             HeaderName::from_bytes(name.as_bytes()).map_err(|_| HeadError::Header(name.clone()))?;
-        let header_value = HeaderValue::from_bytes(&string_to_latin1(value))
-            .map_err(|_| HeadError::Header(format!("{name}: {value}")))?;
+        // ASCII, by far the most common, is its own byte string: one copy.
+        let header_value = if value.is_ascii() {
+            HeaderValue::from_str(value)
+        } else {
+            HeaderValue::from_bytes(&string_to_latin1(value))
+        }
+        .map_err(|_| HeadError::Header(format!("{name}: {value}")))?;
         map.append(header_name, header_value);
     }
     Ok(map)
