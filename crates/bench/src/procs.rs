@@ -156,16 +156,14 @@ pub fn cpu_ticks(pid: u32) -> Result<u64> {
 }
 
 /// `value` summed over `pid` and its live descendants. A descendant that
-/// exits between the listing and the reading counts nothing; `pid` itself
-/// must be there.
-fn sum_tree(pid: u32, value: fn(u32) -> Result<u64>) -> Result<u64> {
-    let mut total = 0;
-    for (n, each) in tree(pid)?.into_iter().enumerate() {
-        match value(each) {
-            Ok(v) => total += v,
-            Err(_) if n > 0 && !Path::new(&format!("/proc/{each}")).exists() => {}
-            Err(err) => return Err(err),
-        }
+/// cannot be read counts nothing: it exited between the listing and the
+/// reading, or is exiting (a zombie has no `VmRSS`). `pid` itself must be
+/// readable.
+fn sum_tree(pid: u32, value: impl Fn(u32) -> Result<u64>) -> Result<u64> {
+    let mut all = tree(pid)?.into_iter();
+    let mut total = value(all.next().unwrap_or(pid))?;
+    for descendant in all {
+        total += value(descendant).unwrap_or(0);
     }
     Ok(total)
 }
@@ -285,7 +283,22 @@ mod tests {
         let all = tree(me).unwrap();
         assert_eq!(all[0], me);
         assert!(all.contains(&child.id()), "{all:?}");
-        assert!(rss_kib(me).unwrap() > own_rss_kib(me).unwrap());
+        // The child counted once, beside this process (other tests may
+        // have children of their own meanwhile; RSS moves too much to
+        // compare).
+        let id = child.id();
+        let sum = sum_tree(me, |pid| Ok(if pid == id { 1000 } else { 1 })).unwrap();
+        assert!((1001..2000).contains(&sum), "{sum}");
+        // A descendant that cannot be read counts nothing.
+        let sum = sum_tree(me, |pid| {
+            if pid == id {
+                Err(anyhow!("zombie"))
+            } else {
+                Ok(1)
+            }
+        });
+        assert!(sum.unwrap() >= 1);
+        assert!(rss_kib(me).unwrap() > 0);
         child.kill().unwrap();
         child.wait().unwrap();
     }
