@@ -73,9 +73,19 @@ impl<H: Send + 'static> Mux<H> {
             Attempt::Written => Ok(()),
             Attempt::Failed => Err(WireClosed),
             Attempt::Busy(msg) => {
-                tokio::select! {
-                    sent = self.inner.out.send(msg) => sent.map_err(|_| WireClosed)?,
-                    () = self.inner.out_closed.cancelled() => return Err(WireClosed),
+                // Room in the queue is the common case: no waiting, so no
+                // watch on `out_closed` (a lock to register with it).
+                let msg = match self.inner.out.try_send(msg) {
+                    Ok(()) => None,
+                    Err(mpsc::error::TrySendError::Full(msg)) => Some(msg),
+                    Err(mpsc::error::TrySendError::Closed(_)) => return Err(WireClosed),
+                };
+                if let Some(msg) = msg {
+                    tokio::select! {
+                        biased;
+                        () = self.inner.out_closed.cancelled() => return Err(WireClosed),
+                        sent = self.inner.out.send(msg) => sent.map_err(|_| WireClosed)?,
+                    }
                 }
                 self.inner.control_ready.notify_one();
                 Ok(())
