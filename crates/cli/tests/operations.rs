@@ -1,6 +1,6 @@
 //! The `cryptun` binary in operation: SIGTERM drains the request in flight
 //! (and writes its access line) and exits 0 while its client says it is
-//! reconnecting; `--log-format
+//! reconnecting, and cuts one that outlives `--shutdown-grace`, logged too; `--log-format
 //! json` writes one JSON object per line, with an access line per request
 //! that leaves the query string out.
 
@@ -81,6 +81,48 @@ async fn sigterm_lets_the_request_in_flight_finish_then_exits_0() {
     let lost = tokio::task::block_in_place(|| client.log_with("connection lost"));
     assert!(lost.contains("going away"), "{lost}");
     assert!(lost.contains("reconnecting in"), "{lost}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_request_outliving_the_shutdown_grace_is_cut_and_still_logged() {
+    let (mut server, addr) = server(&["--shutdown-grace", "300ms"]);
+    let origin = Origin::start().await;
+    let (_client, host) = client(addr, &[&origin.target()]);
+    let stuck = {
+        let visitor = Visitor::new(addr);
+        tokio::spawn(async move { visitor.get(&host, "/hang").await })
+    };
+    eventually(WAIT, "the request reaches the origin", || async {
+        origin.requests() >= 1
+    })
+    .await;
+
+    server.signal("TERM");
+    let started = std::time::Instant::now();
+    let status = tokio::task::block_in_place(|| server.wait_exit(Duration::from_secs(30)));
+    assert!(status.success(), "{status:?}");
+    // The grace, then at most the 2 s the sessions get to close.
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+    let lines = server.log_until("stopped");
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("still running at the shutdown deadline")),
+        "{lines:#?}"
+    );
+    // Its access line, written after the drain stopped waiting for tasks.
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("cryptun::access") && l.contains("path=/hang status=502")),
+        "{lines:#?}"
+    );
+    let reply = within("the cut request", stuck).await.unwrap();
+    assert_eq!(reply.status, 502, "{}", reply.text());
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -280,6 +280,9 @@ pub async fn serve(
     state.sessions_stop.cancel();
     state.tasks.close();
     let _ = tokio::time::timeout(Duration::from_secs(2), state.tasks.wait()).await;
+    // Requests the deadline cut have failed with their sessions (502): let
+    // their connections answer and log them before the runtime goes.
+    let _ = tokio::time::timeout(Duration::from_secs(1), drain.tasks.wait()).await;
     info!("stopped");
     Ok(())
 }
