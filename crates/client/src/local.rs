@@ -6,7 +6,9 @@
 //! another, two wake-ups (often two threads) per request. Here the task
 //! forwarding a request polls the connection itself, while it waits for the
 //! response and while it streams the response body ([`DrivenBody`]), so a
-//! request and its response cross no task on the client.
+//! request and its response cross no task on the client. A request with a
+//! body to upload is the exception: its connection gets a task of its own
+//! ([`Conn::detach`]), so that the upload flows whatever the response does.
 //!
 //! When a response body has been read to its end, the connection goes back
 //! to the pool: at most [`MAX_IDLE`] per target, for at most
@@ -73,7 +75,8 @@ type Idle = HashMap<Authority, Vec<(Conn, Instant)>>;
 /// connection itself, which nobody polls but the task using it.
 struct Conn {
     sender: SendRequest<LocalBody>,
-    /// `None` once the connection finished: closed, failed or upgraded.
+    /// `None` once the connection finished (closed, failed or upgraded) or
+    /// went to a task of its own ([`Conn::detach`]).
     io: Option<Pin<Box<dyn Future<Output = hyper::Result<()>> + Send>>>,
 }
 
@@ -93,6 +96,20 @@ impl Conn {
 
     fn done(&self) -> bool {
         self.io.is_none()
+    }
+
+    /// Hands the connection to a task of its own, as hyper's own client
+    /// does. For a request whose body is still to be sent: the upload must
+    /// keep flowing to the local service however the response is read (a
+    /// visitor that sends everything before it reads, to a service that
+    /// answers first, would otherwise wait on each other for good). Such a
+    /// connection is not pooled again.
+    fn detach(&mut self) {
+        if let Some(io) = self.io.take() {
+            tokio::spawn(async move {
+                let _ = io.await;
+            });
+        }
     }
 
     /// Drives the connection without a task to wake: true while it can
@@ -117,7 +134,9 @@ impl LocalPool {
 
     /// Sends `request` (origin-form URI, `Host` set) to `target` and
     /// returns its response. Its body drives the connection; read to its
-    /// end, it gives the connection back to the pool. After a `101`, the
+    /// end, it gives the connection back to the pool. (A request with a
+    /// body to upload has its connection driven by a task of its own
+    /// instead, and not pooled: see [`Conn::detach`].) After a `101`, the
     /// connection has already handed its socket to `hyper::upgrade::on`.
     pub(crate) async fn send(
         &self,
@@ -145,6 +164,9 @@ impl LocalPool {
                 Some(conn) => (conn, true),
                 None => (self.connect(target).await?, false),
             };
+            if !request.body().is_end_stream() {
+                conn.detach();
+            }
             let mut sending = std::pin::pin!(conn.sender.try_send_request(request));
             let sent = poll_fn(|cx| {
                 if let Poll::Ready(sent) = sending.as_mut().poll(cx) {

@@ -12,6 +12,7 @@
 //! | `/stream?chunks=N&interval_ms=M` | `N` chunks, `M` ms apart, chunked |
 //! | `/token?t=X` | `X` |
 //! | `/zeros?n=N` | `N` zero bytes, streamed from one static buffer (for GiB tests) |
+//! | `/answer-first?n=N` | `N` zero bytes at once, while the request body is read to its end on the side ([`Origin::uploaded`] counts it) |
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -286,24 +287,42 @@ async fn route(req: Request<Incoming>, stats: Arc<Stats>) -> Response<Body> {
             resp
         }
         "/token" => text(StatusCode::OK, query(&req, "t").unwrap_or_default()),
-        "/zeros" => {
-            static ZEROS: [u8; 64 << 10] = [0; 64 << 10];
+        "/answer-first" => {
+            // Like a service that streams its answer while it still reads
+            // the upload (a transcoder, an echo): the two directions
+            // progress independently.
             let n = num("n", 0);
-            let stream = futures_util::stream::unfold(0u64, move |sent| async move {
-                (sent < n).then(|| {
-                    let len = (n - sent).min(ZEROS.len() as u64) as usize;
-                    (
-                        Ok::<_, Infallible>(Frame::data(Bytes::from_static(&ZEROS[..len]))),
-                        sent + len as u64,
-                    )
-                })
+            let mut body = req.into_body();
+            tokio::spawn(async move {
+                while let Some(Ok(frame)) = body.frame().await {
+                    if let Ok(data) = frame.into_data() {
+                        stats.uploaded.fetch_add(data.len(), Ordering::SeqCst);
+                        stats.changed.notify_waiters();
+                    }
+                }
             });
-            let mut resp = Response::new(StreamBody::new(stream).boxed());
-            resp.headers_mut().insert("content-length", n.into());
-            resp
+            zeros(n)
         }
+        "/zeros" => zeros(num("n", 0)),
         _ => text(StatusCode::NOT_FOUND, "origin: no such route"),
     }
+}
+
+/// `n` zero bytes, streamed from one static buffer, with `content-length`.
+fn zeros(n: u64) -> Response<Body> {
+    static ZEROS: [u8; 64 << 10] = [0; 64 << 10];
+    let stream = futures_util::stream::unfold(0u64, move |sent| async move {
+        (sent < n).then(|| {
+            let len = (n - sent).min(ZEROS.len() as u64) as usize;
+            (
+                Ok::<_, Infallible>(Frame::data(Bytes::from_static(&ZEROS[..len]))),
+                sent + len as u64,
+            )
+        })
+    });
+    let mut resp = Response::new(StreamBody::new(stream).boxed());
+    resp.headers_mut().insert("content-length", n.into());
+    resp
 }
 
 /// Bytes `start..end` of [`pattern`](crate::pattern).

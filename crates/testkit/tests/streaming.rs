@@ -199,3 +199,44 @@ async fn a_streaming_upload_is_consumed_as_it_arrives() {
     assert_eq!(json["len"], data.len());
     assert_eq!(json["sha256"], sha256_hex(&data));
 }
+
+#[tokio::test]
+async fn an_upload_keeps_flowing_while_the_answer_waits_for_its_reader() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (server, origin, client, _visitor) = tunnel().await;
+    // A visitor that sends its whole upload before it reads a byte (as
+    // simple HTTP clients do), to a service that answers at once and reads
+    // the upload on the side. The answer is larger than every buffer on its
+    // way back, so it waits for its reader; the upload must get through
+    // meanwhile, or neither side ever finishes.
+    const N: usize = 64 << 20;
+    let mut tcp = TcpStream::connect(server.addr).await.unwrap();
+    let head = format!(
+        "POST /answer-first?n={N} HTTP/1.1\r\nHost: {}\r\nContent-Length: {N}\r\n\r\n",
+        client.host
+    );
+    let upload = async {
+        tcp.write_all(head.as_bytes()).await.unwrap();
+        let chunk = vec![7u8; 1 << 20];
+        for _ in 0..N / chunk.len() {
+            tcp.write_all(&chunk).await.unwrap();
+        }
+    };
+    within("the whole upload is sent", upload).await;
+    assert!(
+        origin.wait_uploaded(N, LIMIT).await,
+        "only {} of {N} bytes reached the service",
+        origin.uploaded()
+    );
+    let mut read = 0;
+    let mut buf = vec![0u8; 1 << 20];
+    let answer = async {
+        // Head and body: the body alone is N bytes.
+        while read < N {
+            let n = tcp.read(&mut buf).await.unwrap();
+            assert!(n > 0, "the answer ended after {read} bytes");
+            read += n;
+        }
+    };
+    within("the answer is read", answer).await;
+}
