@@ -116,7 +116,9 @@ pub(crate) async fn accept_until(
         let task = connection(
             Arc::clone(state),
             Arc::clone(&http),
-            drain.stop.clone(),
+            // A token of its own: each wake-up of the connection checks it,
+            // and one shared by all would be a lock they all take.
+            drain.stop.child_token(),
             (stream, peer, tls),
             permit,
         );
