@@ -28,7 +28,11 @@ use http_body::{Body, Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 /// One connection's requests and socket use, shared by its service and its
-/// socket wrapper (all on the connection's task: relaxed atomics suffice).
+/// socket wrapper. All on the connection's task but one: a request body
+/// may end on the task uploading it, and then hyper, whose body channel
+/// sees its receiver dropped, wakes the connection's task, which looks
+/// again (`keepalive.rs`, a connection whose upload ends after its
+/// response); that wake-up orders the relaxed atomics.
 #[derive(Debug, Default)]
 pub(crate) struct Activity {
     /// Bodies (each request's and each response's) not dropped yet.

@@ -209,3 +209,28 @@ async fn a_body_refused_unread_is_not_parsed_as_a_request() {
         "the rest of the body was served as a request:\n{after}"
     );
 }
+
+/// The request body ends on the task uploading it, after its response: the
+/// connection, quiet then, is parked all the same.
+#[tokio::test]
+async fn a_connection_whose_upload_ends_after_its_response_is_parked() {
+    let server = TestServer::start().await;
+    let origin = Origin::start().await;
+    let client = TestClient::start(&server, &origin.target()).await;
+    let scraper = Visitor::new(server.addr);
+    let mut visitor = TcpStream::connect(server.addr).await.unwrap();
+    let head = format!(
+        "POST /token?t=first HTTP/1.1\r\nHost: {}\r\nContent-Length: 10\r\n\r\n12345",
+        client.host
+    );
+    visitor.write_all(head.as_bytes()).await.unwrap();
+    assert_eq!(response(&mut visitor).await, (200, "first".into()));
+    visitor.write_all(b"67890").await.unwrap();
+    parked(&scraper, 1.0).await;
+    // And it still serves.
+    visitor
+        .write_all(get(&client.host, "next").as_bytes())
+        .await
+        .unwrap();
+    assert_eq!(response(&mut visitor).await, (200, "next".into()));
+}
