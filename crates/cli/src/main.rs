@@ -398,16 +398,18 @@ fn main() -> std::process::ExitCode {
             Err(err) => Err(anyhow::anyhow!("the command was cancelled: {err}")),
         },
     };
-    // Lines and log events still queued go out first (unless a stream is
-    // stuck: then they are lost, as they would be anyway).
-    lines::flush(Duration::from_secs(2));
-    match result {
+    // The error goes after the lines and log events still queued, through
+    // the same queue, so that a stderr nobody reads cannot keep the process
+    // from exiting (a stuck stream loses them, as it would anyway).
+    let code = match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(err) => {
-            eprintln!("error: {}", report(&err));
+            lines::eprint(&format!("error: {}", report(&err)));
             std::process::ExitCode::FAILURE
         }
-    }
+    };
+    lines::flush(Duration::from_secs(2));
+    code
 }
 
 /// An error and its causes on one line, each cause once: many errors (the
