@@ -24,8 +24,9 @@ use crate::procs::Proc;
 use crate::sample::Roles;
 use crate::scenarios::{Runner, Target, TunnelLoad};
 
-/// bore's control port; bore 0.6 has no option to change it.
-const CONTROL_PORT: u16 = 7835;
+/// bore's control address; bore 0.6 has no option to change its port.
+const CONTROL: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 7835);
 
 /// How long each bore process may take to start listening.
 const START_WAIT: Duration = Duration::from_secs(10);
@@ -34,10 +35,9 @@ const START_WAIT: Duration = Duration::from_secs(10);
 /// there would take our client and be measured instead of ours. Checked
 /// before the run starts and again just before bore does.
 pub fn ensure_control_port_free() -> Result<()> {
-    let control = SocketAddr::from(([127, 0, 0, 1], CONTROL_PORT));
     drop(
-        std::net::TcpListener::bind(control)
-            .with_context(|| format!("bore's control port {control} is taken"))?,
+        std::net::TcpListener::bind(CONTROL)
+            .with_context(|| format!("bore's control port {CONTROL} is taken"))?,
     );
     Ok(())
 }
@@ -52,7 +52,6 @@ pub fn measure(
     origin_addr: SocketAddr,
 ) -> Result<TunnelLoad> {
     ensure_control_port_free()?;
-    let control = SocketAddr::from(([127, 0, 0, 1], CONTROL_PORT));
     let addr = free_port()?;
     let port = addr.port().to_string();
     let spawn = |name, args: &[&str], log: &str| -> Result<Proc> {
@@ -73,7 +72,7 @@ pub fn measure(
         &port,
     ];
     let mut server = spawn("bore server", &server_args, "bore-server.log")?;
-    server.wait_listening(control, START_WAIT)?;
+    server.wait_listening(CONTROL, START_WAIT)?;
     let origin_port = origin_addr.port().to_string();
     let client_args = [
         "local",
@@ -87,7 +86,7 @@ pub fn measure(
     ];
     let mut client = spawn("bore client", &client_args, "bore-client.log")?;
     client.wait_listening(addr, START_WAIT)?;
-    eprintln!("bore: server {control}, tunnel {addr}");
+    eprintln!("bore: server {CONTROL}, tunnel {addr}");
     check_paths(addr, &addr.to_string())?;
 
     let target = Target {

@@ -37,14 +37,14 @@ pub fn get(addr: SocketAddr, host: &str, path: &str) -> Result<(u16, Vec<u8>)> {
 
 /// Checks that `/small` and `/1m` answer in full at `addr` with Host `host`.
 pub fn check_paths(addr: SocketAddr, host: &str) -> Result<()> {
-    let (status, body) = crate::http::get(addr, host, "/small")?;
+    let (status, body) = get(addr, host, "/small")?;
     if status != 200 || body != SMALL_BODY {
         bail!(
             "GET /small via {addr} (Host {host}) gave {status}, {} bytes",
             body.len()
         );
     }
-    let (status, body) = crate::http::get(addr, host, "/1m")?;
+    let (status, body) = get(addr, host, "/1m")?;
     if status != 200 || body.len() != LARGE_LEN {
         bail!(
             "GET /1m via {addr} (Host {host}) gave {status}, {} bytes",

@@ -22,7 +22,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 
 use crate::http::free_port;
-use crate::origin::{LARGE_LEN, SMALL_BODY};
+use crate::origin::{SMALL_BODY, large_body};
 use crate::procs::Proc;
 
 /// Starts nginx on a free loopback port serving `/small` and `/1m` from
@@ -51,12 +51,6 @@ pub fn start(program: &Path, logs: &Path) -> Result<(Proc, SocketAddr)> {
     nginx.terminate_on_drop();
     nginx.wait_listening(addr, Duration::from_secs(10))?;
     Ok((nginx, addr))
-}
-
-/// `/1m`: the same length as our origin's, a pattern that does not compress
-/// to nothing should anything on the way try.
-fn large_body() -> Vec<u8> {
-    (0..LARGE_LEN).map(|i| (i % 251) as u8).collect()
 }
 
 fn config_text(dir: &Path, root: &Path, addr: SocketAddr) -> String {

@@ -32,6 +32,12 @@ pub const SMALL_BODY: &[u8; 100] =
 /// The size of the `/1m` body.
 pub const LARGE_LEN: usize = 1 << 20;
 
+/// The `/1m` body, the same from every origin: a pattern that does not
+/// compress to nothing, should anything on the way try.
+pub fn large_body() -> Vec<u8> {
+    (0..LARGE_LEN).map(|i| (i % 251) as u8).collect()
+}
+
 /// Arguments of `cryptun-bench origin`.
 #[derive(Debug, Args)]
 pub struct OriginArgs {
@@ -54,7 +60,7 @@ pub async fn serve(args: OriginArgs) -> Result<()> {
     crate::exit_when_stdin_closes(0);
 
     let small = Bytes::from_static(SMALL_BODY);
-    let large = Bytes::from(vec![b'x'; LARGE_LEN]);
+    let large = Bytes::from(large_body());
     loop {
         let stream = match listener.accept().await {
             Ok((stream, _)) => stream,

@@ -13,6 +13,8 @@
 //! - [`config`]: settings and their validation.
 //! - `listen`: the listeners ([`Listeners`]), the accept loop and its
 //!   connection limit, each connection's TLS handshake and HTTP/1.1 serving.
+//! - `park`: idle keep-alive connections held without hyper's buffers,
+//!   picked up again by their next bytes.
 //! - [`host`]: Host header parsing and routing decisions.
 //! - [`tls`]: the certificates (the operator's files, reloadable, or a
 //!   development authority) and the TLS acceptor.
