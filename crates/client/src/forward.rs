@@ -13,7 +13,7 @@ use cryptun_proto::message::{ClientMessage, encode};
 use cryptun_proto::mux::{
     RecvBody, SendHalf, Stream, StreamClosed, copy_from_stream, copy_into_stream, pump,
 };
-use cryptun_proto::{InlineBody, RequestHead, ResponseHead};
+use cryptun_proto::{HeadError, InlineBody, RequestHead, ResponseHead};
 use http::{HeaderValue, Method, Request};
 use http_body::Body as _;
 use http_body_util::{BodyExt, Full};
@@ -222,8 +222,8 @@ fn local_request(
     recv: RecvBody<()>,
 ) -> Result<(Request<LocalBody>, Option<Upgrade>), String> {
     let method = Method::from_bytes(head.method.as_bytes())
-        .map_err(|_| format!("invalid method {:?}", head.method))?;
-    let uri = local::origin_form(&head.path)?;
+        .map_err(|_| HeadError::Method(head.method.clone()).to_string())?;
+    let uri = local::origin_form(&head.path).map_err(|e| e.to_string())?;
     let mut headers = headers_from_wire(&head.headers, MAX_HEADERS, MAX_HEADER_BYTES)
         .map_err(|e| e.to_string())?;
     let protocol = upgrade_protocol(&headers).filter(|_| head.body.body_stream);

@@ -36,6 +36,8 @@ use tokio::net::TcpStream;
 // Tokio's clock, which tests can pause: the idle deadlines follow it.
 use tokio::time::Instant;
 
+use cryptun_proto::HeadError;
+
 use crate::Target;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -330,11 +332,11 @@ impl Drop for DrivenBody {
 
 /// The URI of `path` for a request sent straight to the local service:
 /// origin-form (or `*`), nothing else.
-pub(crate) fn origin_form(path: &str) -> Result<http::Uri, String> {
+pub(crate) fn origin_form(path: &str) -> Result<http::Uri, HeadError> {
     path.parse::<http::Uri>()
         .ok()
         .filter(|uri| uri.scheme().is_none() && (uri.path().starts_with('/') || uri.path() == "*"))
-        .ok_or_else(|| format!("invalid path {path:?}"))
+        .ok_or_else(|| HeadError::Path(path.to_owned()))
 }
 
 /// Gives `request` (its URI from [`origin_form`]) a `Host` naming `target`

@@ -267,3 +267,17 @@ async fn at_most_max_idle_connections_are_kept() {
     let idle = lock(&pool.idle).values().map(Vec::len).sum::<usize>();
     assert_eq!(idle, MAX_IDLE);
 }
+
+#[test]
+fn only_origin_form_paths_reach_the_local_service() {
+    for good in ["/", "/a?b=c", "*"] {
+        assert_eq!(origin_form(good).unwrap().to_string(), good);
+    }
+    for bad in ["http://other:22/", "host:80", "", "a/b"] {
+        assert_eq!(
+            origin_form(bad),
+            Err(HeadError::Path(bad.to_owned())),
+            "{bad}"
+        );
+    }
+}

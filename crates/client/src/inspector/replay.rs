@@ -82,7 +82,7 @@ pub(crate) fn start(
     let target = via.target.clone();
     let invalid = |reason: String| ReplayError::Invalid { id, reason };
     let method = Method::from_bytes(method.as_bytes()).map_err(|e| invalid(e.to_string()))?;
-    let uri = local::origin_form(&path).map_err(invalid)?;
+    let uri = local::origin_form(&path).map_err(|e| invalid(e.to_string()))?;
     let mut header_map = headers_from_wire(&headers, MAX_HEADERS, MAX_HEADER_BYTES)
         .map_err(|e| invalid(e.to_string()))?;
     strip_hop_by_hop(&mut header_map);
