@@ -211,8 +211,10 @@ enum Stint {
 /// `stop` once no request is in flight. Every request head is scanned for
 /// ambiguous framing on the (decrypted) bytes before hyper parses it. A
 /// connection idle between requests is parked without hyper until its next
-/// bytes arrive, for at most `header_read_timeout` (as long as
-/// hyper itself waits for the next head).
+/// bytes arrive: idle at most `header_read_timeout` in all, as long as
+/// hyper itself waits for the next head. A head begun just before that
+/// gets the fresh hyper connection's own `header_read_timeout`, so one
+/// slow head may take up to twice that from the previous response.
 async fn serve_http<I: Socket>(
     state: Arc<State>,
     http: &Http,
@@ -305,7 +307,9 @@ async fn serve_http<I: Socket>(
             let _parked = metrics.connection_parked();
             tokio::select! {
                 readable = tcp.readable() => readable.is_ok(),
-                () = tokio::time::sleep(idle_limit) => {
+                // Quiet for PARK_AFTER already: together, as long as hyper
+                // would have waited for the next head.
+                () = tokio::time::sleep(idle_limit.saturating_sub(PARK_AFTER)) => {
                     debug!("idle keep-alive connection closed");
                     false
                 }

@@ -125,8 +125,9 @@ async fn a_parked_tls_connection_serves_the_next_requests_on_it() {
 #[tokio::test]
 async fn a_parked_connection_closes_after_the_header_read_timeout() {
     let mut config = TestServer::test_config();
-    config.header_read_timeout = Duration::from_secs(1);
+    config.header_read_timeout = Duration::from_secs(2);
     let (server, _origin, _client, mut visitor) = one_request_made(config).await;
+    let answered = std::time::Instant::now();
     // Parked first (after 0.5 s), so what closes it is the parked wait's
     // limit, not hyper's own wait for a head.
     let scraper = Visitor::new(server.addr);
@@ -135,6 +136,12 @@ async fn a_parked_connection_closes_after_the_header_read_timeout() {
     within("the idle connection closes", visitor.read_to_end(&mut rest))
         .await
         .unwrap();
+    // Idle as long as hyper would have let it be, the parked time included.
+    let idle = answered.elapsed();
+    assert!(
+        idle >= Duration::from_millis(1900) && idle < Duration::from_millis(2400),
+        "closed after {idle:?} idle"
+    );
     assert!(rest.is_empty(), "{:?}", String::from_utf8_lossy(&rest));
     parked(&scraper, 0.0).await;
 }
