@@ -225,7 +225,8 @@ fn write_out(stream: Stream, pending: &'static Pending) {
 }
 
 /// `batch` to `out`, after a note saying how many lines were dropped
-/// before it (when any were) because stream `name` was not being read.
+/// before it (when any were): more waited for stream `name` than the
+/// buffer holds, because nobody read it or the live view held it.
 fn write_batch(
     out: &mut impl Write,
     name: &str,
@@ -233,7 +234,7 @@ fn write_batch(
     batch: &[u8],
 ) -> std::io::Result<()> {
     if dropped > 0 {
-        writeln!(out, "({dropped} lines dropped: {name} was not being read)")?;
+        writeln!(out, "({dropped} lines dropped: too many waited for {name})")?;
     }
     out.write_all(batch)
 }
@@ -261,7 +262,7 @@ mod tests {
         write_batch(&mut out, "stdout", 0, b"then\n").unwrap();
         assert_eq!(
             String::from_utf8(out).unwrap(),
-            "(3 lines dropped: stdout was not being read)\nnext\nthen\n"
+            "(3 lines dropped: too many waited for stdout)\nnext\nthen\n"
         );
     }
 
