@@ -11,45 +11,20 @@ use std::time::Duration;
 
 use cryptun_server::Config;
 use cryptun_testkit::raw::{WAIT, eventually};
+use cryptun_testkit::visitor::read_response;
 use cryptun_testkit::{Origin, TestClient, TestServer, Visitor, within};
-use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::io::{AsyncBufRead, AsyncReadExt as _, AsyncWriteExt as _, BufReader};
 use tokio::net::TcpStream;
 
 fn get(host: &str, token: &str) -> String {
     format!("GET /token?t={token} HTTP/1.1\r\nHost: {host}\r\n\r\n")
 }
 
-/// Reads one response with a `Content-Length` body off `stream`: its
-/// status and body.
-async fn response(stream: &mut (impl AsyncRead + Unpin)) -> (u16, String) {
-    let mut raw = Vec::new();
-    let head_end = loop {
-        if let Some(end) = raw.windows(4).position(|w| w == b"\r\n\r\n") {
-            break end + 4;
-        }
-        let mut buf = [0u8; 1];
-        let n = within("a response head", stream.read(&mut buf))
-            .await
-            .unwrap();
-        assert!(
-            n > 0,
-            "closed mid-head: {:?}",
-            String::from_utf8_lossy(&raw)
-        );
-        raw.push(buf[0]);
-    };
-    let head = String::from_utf8_lossy(&raw[..head_end]).to_lowercase();
-    let status = head[9..12].parse().unwrap();
-    let length: usize = head
-        .lines()
-        .find_map(|l| l.strip_prefix("content-length:"))
-        .map(|v| v.trim().parse().unwrap())
-        .expect("a content-length");
-    let mut body = vec![0u8; length];
-    within("a response body", stream.read_exact(&mut body))
-        .await
-        .unwrap();
-    (status, String::from_utf8(body).unwrap())
+/// One response off `stream` (buffered: a pipelined second response
+/// waits in it): its status and body.
+async fn response(stream: &mut (impl AsyncBufRead + Unpin)) -> (u16, String) {
+    let resp = within("a response", read_response(stream)).await;
+    (resp.status, String::from_utf8(resp.body).unwrap())
 }
 
 /// Waits until the server counts `n` parked connections (the scraping
@@ -63,11 +38,13 @@ async fn parked(scraper: &Visitor, n: f64) {
 
 /// A server with `config` and a tunnel, and a visitor connection that has
 /// made one request (the origin and the client must live as long).
-async fn one_request_made(config: Config) -> (TestServer, Origin, TestClient, TcpStream) {
+async fn one_request_made(
+    config: Config,
+) -> (TestServer, Origin, TestClient, BufReader<TcpStream>) {
     let server = TestServer::start_with(config).await;
     let origin = Origin::start().await;
     let client = TestClient::start(&server, &origin.target()).await;
-    let mut visitor = TcpStream::connect(server.addr).await.unwrap();
+    let mut visitor = BufReader::new(TcpStream::connect(server.addr).await.unwrap());
     visitor
         .write_all(get(&client.host, "one").as_bytes())
         .await
@@ -111,7 +88,7 @@ async fn a_parked_tls_connection_serves_the_next_requests_on_it() {
     let scraper = Visitor::new(server.addr);
     let sni = format!("{}.localhost", client.tunnel.subdomain);
     let tls = server.tls.as_ref().unwrap().visitor();
-    let mut visitor = tls.connect(Some(&sni)).await.unwrap();
+    let mut visitor = BufReader::new(tls.connect(Some(&sni)).await.unwrap());
     for token in ["one", "two", "three"] {
         let request = get(&client.host, token);
         visitor.write_all(request.as_bytes()).await.unwrap();
@@ -174,7 +151,7 @@ async fn body_arriving_late(path: &str, host: Option<&str>) -> (u16, String) {
     let server = TestServer::start().await;
     let origin = Origin::start().await;
     let client = TestClient::start(&server, &origin.target()).await;
-    let mut visitor = TcpStream::connect(server.addr).await.unwrap();
+    let mut visitor = BufReader::new(TcpStream::connect(server.addr).await.unwrap());
     let smuggled = get(&client.host, "smuggled");
     let head = format!(
         "POST {path} HTTP/1.1\r\nHost: {}\r\nContent-Length: {}\r\n\r\n",
@@ -225,7 +202,7 @@ async fn a_connection_whose_upload_ends_after_its_response_is_parked() {
     let origin = Origin::start().await;
     let client = TestClient::start(&server, &origin.target()).await;
     let scraper = Visitor::new(server.addr);
-    let mut visitor = TcpStream::connect(server.addr).await.unwrap();
+    let mut visitor = BufReader::new(TcpStream::connect(server.addr).await.unwrap());
     let head = format!(
         "POST /token?t=first HTTP/1.1\r\nHost: {}\r\nContent-Length: 10\r\n\r\n12345",
         client.host
