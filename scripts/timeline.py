@@ -21,6 +21,7 @@ the visitor with writev (hyper) and to the client with send (tungstenite),
 the client to the local service with writev and to the server with send.
 """
 import collections
+import platform
 import re
 import statistics
 import sys
@@ -55,6 +56,8 @@ def busiest_fd(calls, who, nr):
 
 
 def main():
+    if platform.machine() != "x86_64":
+        sys.exit("timeline.py knows the x86-64 syscall numbers only")
     calls = sorted(load(sys.argv[1], "S") + load(sys.argv[2], "C"))
     visitor, s_ws = busiest_fd(calls, "S", WRITEV), busiest_fd(calls, "S", SEND)
     local, c_ws = busiest_fd(calls, "C", WRITEV), busiest_fd(calls, "C", SEND)
