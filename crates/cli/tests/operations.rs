@@ -49,19 +49,34 @@ fn client(addr: SocketAddr, target: &[&str]) -> (Proc, String) {
     (proc, host)
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn sigterm_lets_the_request_in_flight_finish_then_exits_0() {
-    let (mut server, addr) = server(&["--shutdown-grace", "20s"]);
+/// A server with `--shutdown-grace grace`, its client tunnelling to an
+/// origin, and a visitor's `GET path` that has reached the origin.
+async fn request_in_flight(
+    grace: &str,
+    path: &'static str,
+) -> (
+    Proc,
+    Proc,
+    Origin,
+    tokio::task::JoinHandle<cryptun_testkit::Reply>,
+) {
+    let (server, addr) = server(&["--shutdown-grace", grace]);
     let origin = Origin::start().await;
     let (client, host) = client(addr, &[&origin.target()]);
-    let slow = {
+    let reply = {
         let visitor = Visitor::new(addr);
-        tokio::spawn(async move { visitor.get(&host, "/delay?ms=1500").await })
+        tokio::spawn(async move { visitor.get(&host, path).await })
     };
     eventually(WAIT, "the request reaches the origin", || async {
         origin.requests() >= 1
     })
     .await;
+    (server, client, origin, reply)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_lets_the_request_in_flight_finish_then_exits_0() {
+    let (mut server, client, _origin, slow) = request_in_flight("20s", "/delay?ms=1500").await;
 
     server.signal("TERM");
     let reply = within("the request in flight", slow).await.unwrap();
@@ -85,17 +100,7 @@ async fn sigterm_lets_the_request_in_flight_finish_then_exits_0() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_request_outliving_the_shutdown_grace_is_cut_and_still_logged() {
-    let (mut server, addr) = server(&["--shutdown-grace", "300ms"]);
-    let origin = Origin::start().await;
-    let (_client, host) = client(addr, &[&origin.target()]);
-    let stuck = {
-        let visitor = Visitor::new(addr);
-        tokio::spawn(async move { visitor.get(&host, "/hang").await })
-    };
-    eventually(WAIT, "the request reaches the origin", || async {
-        origin.requests() >= 1
-    })
-    .await;
+    let (mut server, _client, _origin, stuck) = request_in_flight("300ms", "/hang").await;
 
     server.signal("TERM");
     let started = std::time::Instant::now();
