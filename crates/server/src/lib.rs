@@ -251,6 +251,7 @@ pub async fn serve(
         }
     }
     if let Some(store) = &state.store {
+        restore_holds(&state.registry, store).await;
         auth::spawn_watcher(&state, store.clone(), state.sessions_stop.clone());
     }
     let drain = listen::Drain::default();
@@ -282,6 +283,11 @@ pub async fn serve(
     state.sessions_stop.cancel();
     state.tasks.close();
     let _ = tokio::time::timeout(Duration::from_secs(2), state.tasks.wait()).await;
+    // Every tunnel that was live is held for its client by now: keep the
+    // holds for the next start.
+    if let Some(store) = &state.store {
+        save_holds(&state.registry, store).await;
+    }
     // Requests the deadline cut have failed with their sessions (502): let
     // their connections answer and log them before the runtime goes.
     let _ = tokio::time::timeout(Duration::from_secs(1), drain.tasks.wait()).await;
@@ -304,6 +310,36 @@ async fn open_store(config: &Config) -> io::Result<Option<Store>> {
     opened
         .map(Some)
         .map_err(|err| io::Error::other(format!("could not open the key database: {err}")))
+}
+
+/// Holds again the names the last run saved when it stopped. A failure
+/// costs only those holds: the server starts all the same.
+async fn restore_holds(registry: &Registry, store: &Store) {
+    match auth::blocking(store, Store::take_holds).await {
+        Ok(saved) if saved.is_empty() => {}
+        Ok(saved) => {
+            info!(
+                names = saved.len(),
+                "names held for reconnection when the server last stopped are held again"
+            );
+            registry.restore_holds(saved);
+        }
+        Err(err) => warn!(%err, "could not read the names held when the server last stopped"),
+    }
+}
+
+/// Saves the names held for reconnection, for the next start.
+async fn save_holds(registry: &Registry, store: &Store) {
+    let saved = registry.saved_holds();
+    let names = saved.len();
+    match auth::blocking(store, move |store| store.save_holds(&saved)).await {
+        Ok(()) if names > 0 => info!(
+            names,
+            "names held for reconnection saved for the next start"
+        ),
+        Ok(()) => {}
+        Err(err) => warn!(%err, "could not save the names held for reconnection"),
+    }
 }
 
 /// A never-failing service result, as hyper wants it.

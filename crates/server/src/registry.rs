@@ -22,6 +22,7 @@ use serde::Serialize;
 use crate::access::Access;
 use crate::limits::TunnelLimiter;
 use crate::stats::{Stats, StatsView};
+use crate::store::SavedHold;
 
 /// One live tunnel.
 pub struct Tunnel {
@@ -228,6 +229,20 @@ impl Registry {
     /// Names held for reconnection now.
     pub fn held(&self) -> usize {
         self.read().holds.len()
+    }
+
+    /// The names held for reconnection now, for whom, and for how much
+    /// longer: what a stopping server saves.
+    pub fn saved_holds(&self) -> Vec<SavedHold> {
+        self.read().holds.saved(Instant::now())
+    }
+
+    /// Holds again the names a previous run saved, for what is left of
+    /// their grace (at most this registry's grace).
+    pub fn restore_holds(&self, saved: Vec<SavedHold>) {
+        self.write()
+            .holds
+            .restore(saved, self.grace, Instant::now());
     }
 
     /// Whether a subdomain is in use.

@@ -2,8 +2,9 @@
 //! also after a server restart on the same data directory; a name is held
 //! for its client after a disconnect (visitors get 503 with Retry-After)
 //! and goes back only to the same identity, its key or the reconnect
-//! secret of an anonymous tunnel; after the grace it is free again; a
-//! second live client never takes a name from a live one.
+//! secret of an anonymous tunnel, also across a restart of a server with
+//! a database; after the grace it is free again; a second live client
+//! never takes a name from a live one.
 
 #![allow(clippy::unwrap_used)]
 
@@ -76,7 +77,7 @@ async fn a_reserved_name_goes_only_to_its_key_also_after_a_restart() {
     drop(store);
     let origin = Origin::start().await;
 
-    for round in ["first start", "after a restart"] {
+    for (i, round) in ["first start", "after a restart"].into_iter().enumerate() {
         let server = TestServer::start_with(config.clone()).await;
         let other_token = json!({ "subdomain": "MyApp", "token": other.token.expose() });
         assert_eq!(
@@ -106,8 +107,10 @@ async fn a_reserved_name_goes_only_to_its_key_also_after_a_restart() {
             .unwrap();
         assert_eq!(mine.tunnel.subdomain, "myapp");
         serves(&server, "myapp", "reserved").await;
-        // Other names stay first come, first served.
-        let (_ws, created) = RawWs::create(&server, json!({ "subdomain": "free" })).await;
+        // Other names stay first come, first served (a new one each round:
+        // the last round's is held for its client across the restart).
+        let free = format!("free-{i}");
+        let (_ws, created) = RawWs::create(&server, json!({ "subdomain": free })).await;
         assert_eq!(created["type"], "tunnel_created", "{round}: {created}");
         drop(mine);
         server.stop().await;
@@ -211,6 +214,50 @@ async fn a_keyed_tunnel_gets_its_name_back_with_its_key_only() {
         .await
         .unwrap();
     serves(&server, "keyed", "back").await;
+}
+
+#[tokio::test]
+async fn names_live_when_the_server_stops_are_held_for_their_clients_after_it_restarts() {
+    let dir = TempDir::new();
+    let config = TestServer::auth_config(&dir.path, AuthMode::Optional);
+    let store = Store::open(&dir.path).unwrap();
+    let (owner, other) = (
+        store.create_key("owner").unwrap(),
+        store.create_key("other").unwrap(),
+    );
+    drop(store);
+    let origin = Origin::start().await;
+    let server = TestServer::start_with(config.clone()).await;
+    let anonymous = TestClient::start(&server, &origin.target()).await;
+    let name = anonymous.tunnel.subdomain.clone();
+    let secret = anonymous.tunnel.reconnect_secret.clone().unwrap();
+    let _keyed = client(&server, &origin, "keyed", Some(&owner.token), None)
+        .await
+        .unwrap();
+    server.stop().await;
+
+    let server = TestServer::start_with(config).await;
+    for held in [name.as_str(), "keyed"] {
+        wait_held(&server, held).await;
+    }
+    // Strangers are turned away, as before the restart.
+    assert_eq!(
+        code_for(&server, json!({ "subdomain": name })).await,
+        "subdomain_taken"
+    );
+    let guess = json!({ "subdomain": name, "reconnect_secret": "a".repeat(32) });
+    assert_eq!(code_for(&server, guess).await, "unauthorized");
+    let stranger = json!({ "subdomain": "keyed", "token": other.token.expose() });
+    assert_eq!(code_for(&server, stranger).await, "subdomain_taken");
+    // Their clients take them back.
+    let _anonymous = client(&server, &origin, &name, None, Some(&secret))
+        .await
+        .unwrap();
+    serves(&server, &name, "anonymous").await;
+    let _keyed = client(&server, &origin, "keyed", Some(&owner.token), None)
+        .await
+        .unwrap();
+    serves(&server, "keyed", "keyed").await;
 }
 
 #[tokio::test]

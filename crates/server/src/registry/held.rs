@@ -6,8 +6,9 @@
 //! opened without one, the `reconnect_secret` it was given. After the
 //! grace the name is free again (unless reserved, which the store decides).
 //!
-//! Holds live in memory only: a restarted server holds nothing. Their
-//! number is bounded (`max`): when full, the hold that ends soonest is
+//! Holds live in memory; a server with a database saves them when it stops
+//! and takes them back when it starts (`store::holds`), so a restart does
+//! not free every name at once. Their number is bounded (`max`): when full, the hold that ends soonest is
 //! dropped early. Every hold lasts the same grace, so the order of holding
 //! is the order of expiry, and a queue finds the soonest in O(1).
 
@@ -15,6 +16,8 @@ use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use cryptun_proto::Secret;
+
+use crate::store::{HoldOwner, SavedHold};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use tracing::warn;
@@ -154,6 +157,40 @@ impl Holds {
         self.map.len()
     }
 
+    /// The holds in force at `now`, with what is left of each.
+    pub(super) fn saved(&self, now: Instant) -> Vec<SavedHold> {
+        self.map
+            .iter()
+            .filter(|(_, held)| held.until > now)
+            .map(|(name, held)| SavedHold {
+                name: name.clone(),
+                owner: match &held.owner {
+                    Owner::Key(id) => HoldOwner::Key(id.clone()),
+                    Owner::Secret(hash) => HoldOwner::SecretHash(*hash),
+                },
+                left: held.until - now,
+            })
+            .collect()
+    }
+
+    /// Holds again what a previous run saved, each for what was left of it
+    /// but no longer than `grace` (the order of expiry must stay the order
+    /// of holding). A name held since keeps its newer hold.
+    pub(super) fn restore(&mut self, mut saved: Vec<SavedHold>, grace: Duration, now: Instant) {
+        saved.sort_by_key(|hold| hold.left);
+        for hold in saved {
+            let left = hold.left.min(grace);
+            if left.is_zero() || self.map.contains_key(&hold.name) {
+                continue;
+            }
+            let owner = match hold.owner {
+                HoldOwner::Key(id) => Owner::Key(id),
+                HoldOwner::SecretHash(hash) => Owner::Secret(hash),
+            };
+            self.hold(hold.name, owner, now + left, now);
+        }
+    }
+
     /// Ends every hold whose time is up.
     fn purge(&mut self, now: Instant) {
         while self.order.front().is_some_and(|(until, _)| *until <= now) {
@@ -267,6 +304,39 @@ mod tests {
             holds.claim("app", Claim::default(), t3),
             Err(HeldBy::Other(Duration::from_secs(10)))
         );
+    }
+
+    #[test]
+    fn saved_holds_are_restored_with_what_was_left_of_them() {
+        let t = Instant::now();
+        let mut before = Holds::new(10);
+        let secret = Secret::new("s3cret");
+        before.hold("anon".into(), Owner::secret(&secret), t + GRACE, t);
+        let t1 = t + Duration::from_secs(5);
+        before.hold("keyed".into(), Owner::Key("k".into()), t1 + GRACE, t1);
+        let mut saved = before.saved(t1);
+        saved.sort_by(|a, b| a.name.cmp(&b.name));
+        assert_eq!(saved[0].left, GRACE - Duration::from_secs(5));
+        assert_eq!(saved[1].left, GRACE);
+
+        // A later start: the keyed name is already held afresh there; a
+        // hold longer than this run's grace is cut to it.
+        let mut after = Holds::new(10);
+        let t2 = t1 + Duration::from_secs(60);
+        after.hold("keyed".into(), Owner::Key("other".into()), t2 + GRACE, t2);
+        let short = Duration::from_secs(10);
+        after.restore(saved, short, t2);
+        assert_eq!(after.remaining("anon", t2), Some(short));
+        assert_eq!(after.remaining("keyed", t2), Some(GRACE));
+        let owner = Claim {
+            key: None,
+            secret: Some(&secret),
+        };
+        assert_eq!(
+            after.claim("anon", Claim::default(), t2),
+            Err(HeldBy::Other(short))
+        );
+        assert_eq!(after.claim("anon", owner, t2), Ok(()));
     }
 
     #[test]

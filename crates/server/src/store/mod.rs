@@ -1,5 +1,6 @@
-//! The server's durable state: API keys and reserved names, in an embedded
-//! SQLite database (`cryptun.db`) in the data directory.
+//! The server's durable state: API keys, reserved names, and the names held
+//! for reconnection while the server restarts, in an embedded SQLite
+//! database (`cryptun.db`) in the data directory.
 //!
 //! The database is created on first use and brought up to date by an
 //! ordered list of migrations: `PRAGMA user_version` counts those applied,
@@ -9,7 +10,9 @@
 //!
 //! What is stored, and why it is safe to keep: a key's *hash* (SHA-256 of
 //! the token), never the token; its id, name and dates; and which key owns
-//! which reserved name. See `docs/SECURITY.md`.
+//! which reserved name; across a restart, which names are held for whom
+//! (a key id, or the hash of a reconnect secret) and until when. See
+//! `docs/SECURITY.md`.
 //!
 //! rusqlite is blocking. The server touches the store at handshake time
 //! (one indexed lookup to check a key, one to check a reserved name) and
@@ -25,7 +28,10 @@
 //! - this file: opening, pragmas, migrations, errors.
 //! - [`keys`]: creating, listing, revoking and checking API keys.
 //! - [`names`]: reserving names for keys.
+//! - [`holds`]: names held for reconnection, saved at shutdown and taken
+//!   back at start.
 
+pub mod holds;
 pub mod keys;
 pub mod names;
 
@@ -36,6 +42,7 @@ use std::time::Duration;
 
 use rusqlite::Connection;
 
+pub use holds::{HoldOwner, SavedHold};
 pub use keys::{KeyInfo, NewKey};
 pub use names::Reservation;
 
@@ -63,6 +70,15 @@ const MIGRATIONS: &[&str] = &[
         created_at INTEGER NOT NULL
     );
     CREATE INDEX reserved_names_by_key ON reserved_names(key_id);",
+    // 2: names held for reconnection across a restart (written at shutdown,
+    // read and emptied at start). One owner each: a key or a secret's hash.
+    "CREATE TABLE held_names (
+        name        TEXT PRIMARY KEY,
+        key_id      TEXT,
+        secret_hash BLOB,
+        until_ms    INTEGER NOT NULL,
+        CHECK ((key_id IS NULL) <> (secret_hash IS NULL))
+    );",
 ];
 
 /// The schema version this build writes.
@@ -283,6 +299,28 @@ pub(crate) mod tests {
         let keys = again.list_keys().unwrap();
         assert_eq!(keys.len(), 1);
         assert_eq!(keys[0].id, created.info.id);
+    }
+
+    #[test]
+    fn a_database_of_an_older_version_is_brought_up_to_date_keeping_its_data() {
+        let dir = TempDir::new();
+        {
+            // What the first release wrote: schema version 1, one key.
+            std::fs::create_dir_all(&dir.0).unwrap();
+            let conn = Connection::open(dir.0.join(DB_FILE)).unwrap();
+            conn.execute_batch(MIGRATIONS[0]).unwrap();
+            conn.pragma_update(None, "user_version", 1).unwrap();
+            conn.execute(
+                "INSERT INTO keys (id, name, hash, created_at) VALUES ('k1', 'old', x'00', 0)",
+                [],
+            )
+            .unwrap();
+        }
+        let store = Store::open(&dir.0).unwrap();
+        assert_eq!(schema_version(&store.conn()).unwrap(), SCHEMA_VERSION);
+        assert_eq!(store.list_keys().unwrap()[0].id, "k1");
+        store.save_holds(&[]).unwrap();
+        assert!(store.take_holds().unwrap().is_empty());
     }
 
     #[cfg(unix)]

@@ -1,0 +1,190 @@
+//! Names held for reconnection, carried across a restart.
+//!
+//! The reconnect grace lives in memory (`registry::held`). A server that
+//! stops gracefully writes what it still holds here — every tunnel that
+//! was live when it stopped is held by then — and the next start on the
+//! same data directory takes it back, minus the time it was down. Without
+//! this, a restart (a deploy, a config change) freed every name at once,
+//! and whoever asked first after it came back took a name whose owner was
+//! just reconnecting.
+//!
+//! What is kept: the name, when the hold ends (Unix milliseconds), and its
+//! owner — a key id, or the SHA-256 of an anonymous tunnel's reconnect
+//! secret (never the secret). Rows are written in one transaction at
+//! shutdown and removed when read; a hold whose time is up, or whose key
+//! was revoked meanwhile, is not taken back.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use rusqlite::params;
+
+use super::{Store, StoreError};
+
+/// Who a saved hold is for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HoldOwner {
+    /// Any client with this key id.
+    Key(String),
+    /// Whoever presents the reconnect secret with this SHA-256.
+    SecretHash([u8; 32]),
+}
+
+/// One name held for reconnection, as saved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SavedHold {
+    /// The subdomain.
+    pub name: String,
+    /// Who may take it back.
+    pub owner: HoldOwner,
+    /// How long it is still held, from when it was saved or loaded.
+    pub left: Duration,
+}
+
+impl Store {
+    /// Replaces the saved holds with `holds`, each ending `left` from now.
+    pub fn save_holds(&self, holds: &[SavedHold]) -> Result<(), StoreError> {
+        let now = now_ms();
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        tx.execute("DELETE FROM held_names", [])?;
+        {
+            let mut insert = tx.prepare(
+                "INSERT OR REPLACE INTO held_names (name, key_id, secret_hash, until_ms)
+                 VALUES (?1, ?2, ?3, ?4)",
+            )?;
+            for hold in holds {
+                let until =
+                    now.saturating_add(hold.left.as_millis().try_into().unwrap_or(i64::MAX));
+                let (key, hash) = match &hold.owner {
+                    HoldOwner::Key(id) => (Some(id.as_str()), None),
+                    HoldOwner::SecretHash(hash) => (None, Some(&hash[..])),
+                };
+                insert.execute(params![hold.name, key, hash, until])?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Takes the saved holds out of the database: those still in force and
+    /// not owned by a revoked key, soonest to end first. Leaves none saved.
+    pub fn take_holds(&self) -> Result<Vec<SavedHold>, StoreError> {
+        let now = now_ms();
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let holds = {
+            let mut select = tx.prepare(
+                "SELECT h.name, h.key_id, h.secret_hash, h.until_ms
+                 FROM held_names h LEFT JOIN keys k ON k.id = h.key_id
+                 WHERE h.until_ms > ?1 AND k.revoked_at IS NULL
+                 ORDER BY h.until_ms",
+            )?;
+            let rows = select.query_map([now], |row| {
+                let name: String = row.get(0)?;
+                let key: Option<String> = row.get(1)?;
+                let hash: Option<Vec<u8>> = row.get(2)?;
+                let until: i64 = row.get(3)?;
+                Ok((name, key, hash, until))
+            })?;
+            let mut holds = Vec::new();
+            for row in rows {
+                let (name, key, hash, until) = row?;
+                let owner = match (key, hash.and_then(|h| <[u8; 32]>::try_from(h).ok())) {
+                    (Some(id), _) => HoldOwner::Key(id),
+                    (None, Some(hash)) => HoldOwner::SecretHash(hash),
+                    // Neither (a row not written by us): nobody to hold for.
+                    (None, None) => continue,
+                };
+                let left = Duration::from_millis(until.saturating_sub(now).try_into().unwrap_or(0));
+                holds.push(SavedHold { name, owner, left });
+            }
+            holds
+        };
+        tx.execute("DELETE FROM held_names", [])?;
+        tx.commit()?;
+        Ok(holds)
+    }
+}
+
+/// Milliseconds since the Unix epoch.
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis().try_into().unwrap_or(i64::MAX))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::tests::TempDir;
+
+    fn hold(name: &str, owner: HoldOwner, secs: u64) -> SavedHold {
+        SavedHold {
+            name: name.into(),
+            owner,
+            left: Duration::from_secs(secs),
+        }
+    }
+
+    #[test]
+    fn saved_holds_come_back_once_soonest_first_with_what_is_left() {
+        let dir = TempDir::new();
+        let store = Store::open(&dir.0).unwrap();
+        let key = store.create_key("k").unwrap().info.id;
+        store
+            .save_holds(&[
+                hold("later", HoldOwner::SecretHash([7; 32]), 30),
+                hold("sooner", HoldOwner::Key(key.clone()), 10),
+            ])
+            .unwrap();
+        // Another handle on the same file: what a restarted server opens.
+        drop(store);
+        let store = Store::open(&dir.0).unwrap();
+        let taken = store.take_holds().unwrap();
+        let names: Vec<_> = taken.iter().map(|h| h.name.as_str()).collect();
+        assert_eq!(names, ["sooner", "later"]);
+        assert_eq!(taken[0].owner, HoldOwner::Key(key));
+        assert_eq!(taken[1].owner, HoldOwner::SecretHash([7; 32]));
+        assert!(
+            taken[0].left <= Duration::from_secs(10) && taken[0].left > Duration::from_secs(8),
+            "{:?}",
+            taken[0].left
+        );
+        assert!(store.take_holds().unwrap().is_empty(), "taken only once");
+    }
+
+    #[test]
+    fn ended_holds_and_revoked_keys_holds_are_not_taken_back() {
+        let dir = TempDir::new();
+        let store = Store::open(&dir.0).unwrap();
+        let live = store.create_key("live").unwrap().info.id;
+        let revoked = store.create_key("revoked").unwrap().info.id;
+        store
+            .save_holds(&[
+                hold("over", HoldOwner::Key(live.clone()), 0),
+                hold("revoked", HoldOwner::Key(revoked.clone()), 30),
+                hold("kept", HoldOwner::Key(live), 30),
+            ])
+            .unwrap();
+        store.revoke_key(&revoked).unwrap();
+        let taken = store.take_holds().unwrap();
+        let names: Vec<_> = taken.iter().map(|h| h.name.as_str()).collect();
+        assert_eq!(names, ["kept"]);
+    }
+
+    #[test]
+    fn saving_replaces_what_was_saved() {
+        let dir = TempDir::new();
+        let store = Store::open(&dir.0).unwrap();
+        let owner = HoldOwner::SecretHash([1; 32]);
+        store.save_holds(&[hold("a", owner.clone(), 30)]).unwrap();
+        store.save_holds(&[hold("b", owner, 30)]).unwrap();
+        let names: Vec<_> = store
+            .take_holds()
+            .unwrap()
+            .into_iter()
+            .map(|h| h.name)
+            .collect();
+        assert_eq!(names, ["b"]);
+    }
+}
