@@ -14,6 +14,8 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use serde::de::{MapAccess, SeqAccess, Visitor};
 use serde::{Deserialize, Deserializer, Serialize};
 
+use crate::limits::MAX_WIRE_HEADERS;
+
 /// Method, target and headers of a visitor's request. Read through
 /// [`RequestWire`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -310,7 +312,7 @@ fn header_list<'de, D: Deserializer<'de>>(de: D) -> Result<Vec<(String, String)>
         fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
             let mut list = Vec::new();
             while let Some(pair) = seq.next_element()? {
-                list.push(pair);
+                push_header(&mut list, pair)?;
             }
             Ok(list)
         }
@@ -322,12 +324,27 @@ fn header_list<'de, D: Deserializer<'de>>(de: D) -> Result<Vec<(String, String)>
                     serde_json::Value::String(s) => s,
                     other => other.to_string(),
                 };
-                list.push((name, value));
+                push_header(&mut list, (name, value))?;
             }
             Ok(list)
         }
     }
     de.deserialize_any(Headers)
+}
+
+/// Adds a header read off the wire, refusing the head once it has more than
+/// [`MAX_WIRE_HEADERS`]: the session's own, lower, limit is checked later.
+fn push_header<E: serde::de::Error>(
+    list: &mut Vec<(String, String)>,
+    pair: (String, String),
+) -> Result<(), E> {
+    if list.len() == MAX_WIRE_HEADERS {
+        return Err(E::custom(format_args!(
+            "a head carries at most {MAX_WIRE_HEADERS} headers"
+        )));
+    }
+    list.push(pair);
+    Ok(())
 }
 
 #[cfg(test)]

@@ -86,3 +86,34 @@ fn hop_by_hop_and_connection_named_headers_go() {
     assert_eq!(map.len(), 1);
     assert!(map.contains_key("x-kept"));
 }
+
+#[test]
+fn a_head_with_more_headers_than_the_wire_allows_is_refused_as_it_is_read() {
+    let list = |n: usize| {
+        let pairs: Vec<String> = (0..n).map(|i| format!(r#"["x-{i}","v"]"#)).collect();
+        format!("[{}]", pairs.join(","))
+    };
+    let object = |n: usize| {
+        let pairs: Vec<String> = (0..n).map(|i| format!(r#""x-{i}":"v""#)).collect();
+        format!("{{{}}}", pairs.join(","))
+    };
+    for headers in [list, object] {
+        let response = |n| {
+            format!(
+                r#"{{"type":"response","request_id":1,"response":{{"status":200,"headers":{}}}}}"#,
+                headers(n)
+            )
+        };
+        let at_most = crate::ClientMessage::decode(&response(MAX_WIRE_HEADERS));
+        assert!(at_most.is_ok(), "{at_most:?}");
+        let over = crate::ClientMessage::decode(&response(MAX_WIRE_HEADERS + 1)).unwrap_err();
+        assert!(over.to_string().contains("at most 1024 headers"), "{over}");
+        // The general path (the type not first) refuses it the same way.
+        let late_type = format!(
+            r#"{{"request_id":1,"response":{{"status":200,"headers":{}}},"type":"response"}}"#,
+            headers(MAX_WIRE_HEADERS + 1)
+        );
+        let over = crate::ClientMessage::decode(&late_type).unwrap_err();
+        assert!(over.to_string().contains("at most 1024 headers"), "{over}");
+    }
+}

@@ -9,6 +9,12 @@ use crate::message::SessionLimits;
 /// socket reads large while a body streams in.
 const READ_BUFFER: usize = 4 << 10;
 
+/// Most headers one head may carry on the wire, whatever a session's
+/// [`Limits::max_headers`] (which cannot exceed it): a head is refused as
+/// soon as its list grows past this, so a message of small headers cannot
+/// make its reader hold many times its size in parsed pairs.
+pub const MAX_WIRE_HEADERS: usize = 1024;
+
 /// Every bound a session enforces on what a peer may make us hold.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
@@ -34,7 +40,7 @@ pub struct Limits {
     /// longer than it takes one to finish: beyond this we answer 429.
     pub max_streams: usize,
     /// Most headers in one response head from a client (as hyper's default
-    /// for requests).
+    /// for requests); at most [`MAX_WIRE_HEADERS`].
     pub max_headers: usize,
     /// Most bytes of header names and values in one response head.
     pub max_header_bytes: usize,

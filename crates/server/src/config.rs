@@ -185,6 +185,12 @@ impl Config {
                 "the stream window must hold at least two maximum-size frames".into(),
             ));
         }
+        if l.max_headers > cryptun_proto::limits::MAX_WIRE_HEADERS {
+            return Err(ConfigError(format!(
+                "at most {} headers per head can be allowed",
+                cryptun_proto::limits::MAX_WIRE_HEADERS
+            )));
+        }
         if l.max_message_bytes < l.max_inline_body / 3 * 4 + l.max_header_bytes + 1024 {
             return Err(ConfigError(
                 "max message size must fit a base64 inline body plus its head".into(),
@@ -255,5 +261,20 @@ impl Config {
                 self.public_scheme, self.domain
             )
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_header_limit_above_what_the_wire_carries_is_refused() {
+        let mut config = Config::default();
+        config.limits.max_headers = cryptun_proto::limits::MAX_WIRE_HEADERS;
+        assert!(config.clone().validated().is_ok());
+        config.limits.max_headers += 1;
+        let err = config.validated().unwrap_err();
+        assert!(err.to_string().contains("at most 1024 headers"), "{err}");
     }
 }
