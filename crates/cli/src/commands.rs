@@ -53,6 +53,7 @@ pub async fn server(args: ServerArgs) -> Result<()> {
             max_tracked_ips: args.rate_limit_max_ips,
             ..defaults.rate_limits
         },
+        trusted_proxies: args.trusted_proxies.clone(),
         admin_token: args.admin_token.clone(),
         shutdown_delay: args.shutdown_delay,
         ..defaults

@@ -11,6 +11,12 @@ pub fn cidr(s: &str) -> Result<String, String> {
         .map_err(|e| e.to_string())
 }
 
+/// A `--trusted-proxy` address or CIDR block.
+pub fn trusted_proxy(s: &str) -> Result<cryptun_server::access::Cidr, String> {
+    s.parse()
+        .map_err(|e: cryptun_server::access::CidrError| e.to_string())
+}
+
 /// A byte count: digits, optionally followed by `K`, `M` or `G` (binary
 /// multiples, case-insensitive): `1048576`, `512K`, `10M`.
 pub fn size(s: &str) -> Result<u64, String> {

@@ -80,6 +80,11 @@ pub struct Config {
     pub max_body_size: Option<u64>,
     /// Request rates per visitor address and per tunnel.
     pub rate_limits: RateLimits,
+    /// Reverse proxies and load balancers in front of the server: a request
+    /// from one of them is taken to come from the address it appended to
+    /// `X-Forwarded-For` (see `forwarded.rs`). Empty: the header is never
+    /// trusted.
+    pub trusted_proxies: Vec<crate::access::Cidr>,
     /// Bearer token for the admin API (`/api/...`). `None`: the admin API is
     /// served to loopback peers only.
     pub admin_token: Option<AdminToken>,
@@ -153,6 +158,7 @@ impl Default for Config {
             max_uri_length: 8 << 10,
             max_body_size: None,
             rate_limits: RateLimits::default(),
+            trusted_proxies: Vec::new(),
             admin_token: None,
             shutdown_delay: Duration::ZERO,
         }

@@ -9,7 +9,9 @@
 //! 3. the Host (400), then for HTTPS: the plain listener may only redirect
 //!    (308), and the Host must match the connection's SNI (421, see
 //!    `https.rs`);
-//! 4. for a tunnel host: the visitor address's request rate (429), whether
+//! 4. for a tunnel host: the visitor address's request rate (429; the
+//!    address is the TCP peer's, or behind a trusted proxy the one it
+//!    forwarded, see `forwarded`), whether
 //!    the tunnel exists (404; 503 while its client reconnects), its IP
 //!    lists (403), its credentials (401), its request rate (429), then its body limits while forwarding (413, 408).
 //!
@@ -40,7 +42,7 @@ use crate::https::{self, Transport};
 use crate::listen::Conn;
 use crate::metrics::Refused;
 use crate::registry::{Lookup, Tunnel};
-use crate::{Body, ServiceResult, State, admin, proxy};
+use crate::{Body, Peer, ServiceResult, State, admin, forwarded, proxy};
 
 /// Handles one request on `conn`.
 pub(crate) async fn handle(
@@ -105,49 +107,53 @@ async fn dispatch(
             .inspect_err(|_| refused(Refused::Misdirected))?,
         (Transport::Plain, None) => {}
     }
+    // The TCP peer, or behind a trusted proxy the address it forwarded.
+    let peer = forwarded::visitor(&state.config.trusted_proxies, conn.peer, req.headers());
     let label = match route {
-        Route::Server => return admin::own_route(state, conn.peer, &name, req),
+        Route::Server => return admin::own_route(state, peer, &name, req),
         Route::Tunnel(label) => label,
     };
     // Everything else is a visitor's request for a tunnel: counted, timed
     // and logged (`access_log`), whether or not the tunnel exists; in the
     // tunnel's own counters too when it is live, refused or not.
-    let peer = conn.peer;
     let lookup = state.registry.lookup(&label);
     let stats = match &lookup {
         Lookup::Live(tunnel) => Some(Arc::clone(&tunnel.stats)),
         _ => None,
     };
     let (exchange, req) = Exchange::begin(state, peer, Some(label.clone()), stats, req);
-    Ok(match to_label(state, conn, &label, lookup, req).await {
-        Ok(resp) => exchange.respond(resp, None),
-        Err(err) => {
-            let code = err.code();
-            debug!(%peer, status = err.status().as_u16(), side = ?err.side(), %err, "request failed");
-            exchange.respond(err.into_response(), Some(code))
-        }
-    })
+    Ok(
+        match to_label(state, conn, peer, &label, lookup, req).await {
+            Ok(resp) => exchange.respond(resp, None),
+            Err(err) => {
+                let code = err.code();
+                debug!(%peer, status = err.status().as_u16(), side = ?err.side(), %err, "request failed");
+                exchange.respond(err.into_response(), Some(code))
+            }
+        },
+    )
 }
 
-/// A request for tunnel `label`, which `lookup` found: the visitor
-/// address's rate, then the tunnel, if it is there.
+/// A request for tunnel `label`, which `lookup` found, from `peer`: the
+/// visitor address's rate, then the tunnel, if it is there.
 async fn to_label(
     state: &State,
     conn: &Conn,
+    peer: Peer,
     label: &str,
     lookup: Lookup,
     req: Request<RequestBody>,
 ) -> Result<Response<Body>, GatewayError> {
     if let Some(limiter) = &state.ip_limiter {
         limiter
-            .check(conn.peer.ip())
+            .check(peer.ip())
             .map_err(|retry_after| GatewayError::RateLimited {
                 scope: RateScope::Visitor,
                 retry_after,
             })?;
     }
     match lookup {
-        Lookup::Live(tunnel) => to_tunnel(state, &tunnel, conn, req).await,
+        Lookup::Live(tunnel) => to_tunnel(state, &tunnel, conn, peer, req).await,
         Lookup::Reconnecting(left) => Err(GatewayError::Reconnecting(left)),
         Lookup::Free => Err(GatewayError::UnknownTunnel(format!(
             "{label}.{}",
@@ -161,9 +167,9 @@ async fn to_tunnel(
     state: &State,
     tunnel: &Arc<Tunnel>,
     conn: &Conn,
+    peer: Peer,
     mut req: Request<RequestBody>,
 ) -> Result<Response<Body>, GatewayError> {
-    let peer = conn.peer;
     tunnel.access.check_ip(peer.ip())?;
     if tunnel.access.has_credentials() {
         tunnel

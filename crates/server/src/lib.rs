@@ -27,6 +27,8 @@
 //!   odd paths on our own routes, `h2c` upgrades.
 //! - [`access`]: a tunnel's visitor rules: IP allow and deny lists, Basic
 //!   credentials.
+//! - `forwarded`: the visitor's address behind a trusted reverse proxy
+//!   (`X-Forwarded-For`, trusted only from `--trusted-proxy` peers).
 //! - [`limits`]: request rates, body size and body idle timeout.
 //! - [`admin`]: the server's own routes and the admin token.
 //! - `proxy`: carries one visitor request through a tunnel and back.
@@ -39,7 +41,8 @@
 //! - [`auth`]: auth modes, checking API keys at the handshake, the
 //!   backoff for failed handshakes, and the watcher that cuts the sessions
 //!   of revoked keys.
-//! - [`store`]: the SQLite database of keys and reserved names.
+//! - [`store`]: the SQLite database of keys, reserved names, and names
+//!   held for reconnection across a restart.
 //! - [`registry`]: live tunnels by subdomain, and names held for
 //!   reconnection.
 //! - [`error`]: what can fail, by whom, and the response each failure becomes.
@@ -71,6 +74,7 @@ pub mod config;
 mod control;
 mod dashboard;
 pub mod error;
+mod forwarded;
 mod gateway;
 pub mod hardening;
 pub mod host;

@@ -190,3 +190,91 @@ async fn invalid_rules_are_refused_at_create_tunnel() {
             .is_empty()
     );
 }
+
+/// `GET /echo` on `host` from `source` with an `X-Forwarded-For` line (if
+/// any): the status, and the `x-forwarded-for` the app saw (if it was
+/// reached).
+async fn echo_from(
+    server: &TestServer,
+    source: &str,
+    host: &str,
+    xff: Option<&str>,
+) -> (u16, Option<String>) {
+    let extra = xff.map_or(String::new(), |v| format!("X-Forwarded-For: {v}\r\n"));
+    let request = format!("GET /echo HTTP/1.1\r\nHost: {host}\r\n{extra}Connection: close\r\n\r\n");
+    let raw = raw_exchange_from(ip(source), server.addr, request.as_bytes(), LIMIT).await;
+    let status = status_of(&raw);
+    let seen = (status == 200).then(|| {
+        let body = &raw[raw.find("\r\n\r\n").unwrap() + 4..];
+        let echo: serde_json::Value = serde_json::from_str(body).unwrap();
+        let headers = echo["headers"].as_array().unwrap();
+        let xff = headers.iter().find(|h| h[0] == "x-forwarded-for").unwrap();
+        xff[1].as_str().unwrap().to_owned()
+    });
+    (status, seen)
+}
+
+#[tokio::test]
+async fn behind_a_trusted_proxy_the_address_it_forwarded_is_the_visitors() {
+    let server = TestServer::start_with(cryptun_server::Config {
+        trusted_proxies: vec!["127.0.0.2".parse().unwrap()],
+        ..TestServer::test_config()
+    })
+    .await;
+    let (origin, client) = tunnel(&server, |c| {
+        c.tunnel.allow_ips = vec!["203.0.113.0/24".into()];
+    })
+    .await;
+    let host = &client.tunnel.subdomain;
+    let host = server.host_of(host);
+
+    // Through the proxy (127.0.0.2): the rightmost address it appended is
+    // the visitor's, for the allow list and for the app; what the visitor
+    // wrote before it is not.
+    let proxied = echo_from(
+        &server,
+        "127.0.0.2",
+        &host,
+        Some("198.51.100.1, 203.0.113.9"),
+    )
+    .await;
+    assert_eq!(proxied, (200, Some("203.0.113.9".to_owned())));
+    let outside = echo_from(
+        &server,
+        "127.0.0.2",
+        &host,
+        Some("203.0.113.9, 198.51.100.7"),
+    )
+    .await;
+    assert_eq!(outside.0, 403, "a visitor cannot choose its address");
+    // The proxy itself, with no header: not on the list.
+    assert_eq!(echo_from(&server, "127.0.0.2", &host, None).await.0, 403);
+    // Anyone else's header is not trusted.
+    let direct = echo_from(&server, "127.0.0.1", &host, Some("203.0.113.9")).await;
+    assert_eq!(direct.0, 403);
+    assert_eq!(origin.requests(), 1);
+
+    // The admin API's loopback rule goes by the forwarded address too: a
+    // remote visitor coming through a proxy on this host is not local.
+    let admin = |xff: &str| {
+        let extra = if xff.is_empty() {
+            String::new()
+        } else {
+            format!("X-Forwarded-For: {xff}\r\n")
+        };
+        format!(
+            "GET /api/tunnels HTTP/1.1\r\nHost: {}\r\n{extra}Connection: close\r\n\r\n",
+            server.own_host()
+        )
+    };
+    let remote = raw_exchange_from(
+        ip("127.0.0.2"),
+        server.addr,
+        admin("203.0.113.9").as_bytes(),
+        LIMIT,
+    )
+    .await;
+    assert_eq!(status_of(&remote), 403, "{remote}");
+    let local = raw_exchange_from(ip("127.0.0.2"), server.addr, admin("").as_bytes(), LIMIT).await;
+    assert_eq!(status_of(&local), 200, "{local}");
+}

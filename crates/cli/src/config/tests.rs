@@ -154,6 +154,24 @@ fn a_flag_wins_over_the_file() {
 }
 
 #[test]
+fn trusted_proxies_come_from_the_file_as_a_list_and_bad_ones_are_refused() {
+    let (_dir, path) = temp_file("trusted_proxies = [\"127.0.0.1\", \"10.0.0.0/8\"]\n");
+    let (cli, _) = parse_from(&argv(&["server", "--config", path.to_str().unwrap()])).unwrap();
+    let Command::Server(args) = cli.command else {
+        panic!("not server")
+    };
+    let proxies: Vec<String> = args.trusted_proxies.iter().map(|c| c.to_string()).collect();
+    assert_eq!(proxies, ["127.0.0.1/32", "10.0.0.0/8"]);
+
+    let (_dir, path) = temp_file("trusted_proxies = [\"10.0.0.0/33\"]\n");
+    let err = parse_from(&argv(&["server", "--config", path.to_str().unwrap()])).unwrap_err();
+    assert!(
+        format!("{err:#}").contains("not an IP address or CIDR block"),
+        "{err:#}"
+    );
+}
+
+#[test]
 fn tunnels_are_no_key_of_the_server_file() {
     let (_dir, path) = temp_file("[tunnels.web]\ntarget = \"3000\"\n");
     let err = parse_from(&argv(&["server", "--config", path.to_str().unwrap()])).unwrap_err();
