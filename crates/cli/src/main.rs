@@ -52,7 +52,7 @@ enum Command {
     #[command(
         after_help = "Examples:\n  cryptun server\n  cryptun server --listen 0.0.0.0:80 --domain tunnels.example.com\n  cryptun server --tls-self-signed\n  cryptun server --domain tunnels.example.com --listen 0.0.0.0:80 --tls-listen 0.0.0.0:443 \\\n      --tls-cert fullchain.pem --tls-key privkey.pem --redirect-http"
     )]
-    Server(ServerArgs),
+    Server(Box<ServerArgs>),
     /// Expose a local HTTP service through a server.
     #[command(
         after_help = "Examples:\n  cryptun http 3000\n  cryptun http 192.168.1.5:8080 --subdomain myapp\n  cryptun http --hello --json\n  cryptun http 3000 --server https://tunnels.example.com\n  cryptun http 3000 --server https://localhost:4443 --ca ca.pem\n  CRYPTUN_BASIC_AUTH=ann:secret cryptun http 3000 --allow-ip 203.0.113.0/24"
@@ -379,7 +379,7 @@ fn main() -> std::process::ExitCode {
     let json_logs = cli.log_format == LogFormat::Json;
     let command = async move {
         match cli.command {
-            Command::Server(args) => commands::server(args).await,
+            Command::Server(args) => commands::server(*args).await,
             Command::Http(args) => commands::http(args, json_logs).await,
             Command::Start(args) => start::start(args, file, json_logs).await,
             Command::Demo(args) => commands::demo(args, json_logs).await,

@@ -95,6 +95,7 @@ fn the_server_example_loads_and_shows_every_key() {
     assert_eq!(args.max_body_size, Some(10 << 20));
     assert!(args.admin_token.is_some() && args.rate_limit_tunnel.is_some());
     assert_eq!(args.auth, Some(cryptun_server::AuthMode::Required));
+    assert_eq!(args.trusted_proxies.len(), 2);
 }
 
 #[test]
