@@ -298,8 +298,8 @@ fn string_to_latin1(s: &str) -> Vec<u8> {
 }
 
 /// Headers as a list of `[name, value]` pairs (what we send), or an object
-/// of names to values (what a hand-written client may send; values that are
-/// not strings are taken as their JSON text), read as they come.
+/// of names to values (what a hand-written client may send; see
+/// [`Scalar`]), read as they come.
 fn header_list<'de, D: Deserializer<'de>>(de: D) -> Result<Vec<(String, String)>, D::Error> {
     struct Headers;
     impl<'de> Visitor<'de> for Headers {
@@ -319,17 +319,56 @@ fn header_list<'de, D: Deserializer<'de>>(de: D) -> Result<Vec<(String, String)>
 
         fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
             let mut list = Vec::new();
-            while let Some((name, value)) = map.next_entry::<String, serde_json::Value>()? {
-                let value = match value {
-                    serde_json::Value::String(s) => s,
-                    other => other.to_string(),
-                };
+            while let Some((name, Scalar(value))) = map.next_entry::<String, Scalar>()? {
                 push_header(&mut list, (name, value))?;
             }
             Ok(list)
         }
     }
     de.deserialize_any(Headers)
+}
+
+/// A header value in an object: a string, or a number, boolean or null
+/// taken as its JSON text. An array or object is refused (its tree would
+/// be built whole before anything could check its size).
+struct Scalar(String);
+
+impl<'de> Deserialize<'de> for Scalar {
+    fn deserialize<D: Deserializer<'de>>(de: D) -> Result<Self, D::Error> {
+        struct Text;
+        impl Visitor<'_> for Text {
+            type Value = String;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a header value: a string, number, boolean or null")
+            }
+            fn visit_str<E>(self, v: &str) -> Result<String, E> {
+                Ok(v.to_owned())
+            }
+            fn visit_string<E>(self, v: String) -> Result<String, E> {
+                Ok(v)
+            }
+            fn visit_bool<E>(self, v: bool) -> Result<String, E> {
+                Ok(v.to_string())
+            }
+            fn visit_i64<E>(self, v: i64) -> Result<String, E> {
+                Ok(v.to_string())
+            }
+            fn visit_u64<E>(self, v: u64) -> Result<String, E> {
+                Ok(v.to_string())
+            }
+            fn visit_f64<E>(self, v: f64) -> Result<String, E> {
+                Ok(
+                    serde_json::Number::from_f64(v)
+                        .map_or_else(|| v.to_string(), |n| n.to_string()),
+                )
+            }
+            fn visit_unit<E>(self) -> Result<String, E> {
+                Ok("null".to_owned())
+            }
+        }
+        de.deserialize_any(Text).map(Scalar)
+    }
 }
 
 /// Adds a header read off the wire, refusing the head once it has more than

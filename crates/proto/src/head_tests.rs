@@ -108,12 +108,27 @@ fn a_head_with_more_headers_than_the_wire_allows_is_refused_as_it_is_read() {
         assert!(at_most.is_ok(), "{at_most:?}");
         let over = crate::ClientMessage::decode(&response(MAX_WIRE_HEADERS + 1)).unwrap_err();
         assert!(over.to_string().contains("at most 1024 headers"), "{over}");
-        // The general path (the type not first) refuses it the same way.
+        // The type not first (found by a first pass) refuses it the same way.
         let late_type = format!(
             r#"{{"request_id":1,"response":{{"status":200,"headers":{}}},"type":"response"}}"#,
             headers(MAX_WIRE_HEADERS + 1)
         );
         let over = crate::ClientMessage::decode(&late_type).unwrap_err();
         assert!(over.to_string().contains("at most 1024 headers"), "{over}");
+    }
+}
+
+#[test]
+fn header_values_in_an_object_are_scalars() {
+    let head: ResponseHead = serde_json::from_str(
+        r#"{"status":200,"headers":{"a":"s","b":2,"c":-3,"d":1.5,"e":true,"f":null}}"#,
+    )
+    .unwrap();
+    let values: Vec<&str> = head.headers.iter().map(|(_, v)| v.as_str()).collect();
+    assert_eq!(values, ["s", "2", "-3", "1.5", "true", "null"]);
+    for nested in [r#"[1,2]"#, r#"{"x":"y"}"#] {
+        let text = format!(r#"{{"status":200,"headers":{{"a":{nested}}}}}"#);
+        let err = serde_json::from_str::<ResponseHead>(&text).unwrap_err();
+        assert!(err.to_string().contains("a header value"), "{err}");
     }
 }

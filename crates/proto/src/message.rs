@@ -6,6 +6,8 @@
 //! that never sends binary frames can serve a tunnel with these alone: bodies
 //! then travel inline, base64-encoded, in `request.body` and `response.body`.
 
+use std::borrow::Cow;
+
 use serde::de::IgnoredAny;
 use serde::{Deserialize, Serialize};
 
@@ -284,52 +286,60 @@ impl DecodeError {
     }
 }
 
-/// Parses one text frame, telling an unknown `type` apart from malformed input.
+/// Parses one text frame, telling an unknown `type` apart from malformed
+/// input, through serde's support for tagged enums, which first buffers the
+/// whole message into a generic tree (many times its size for a message of
+/// many small values). For text we wrote ourselves; what a peer sends goes
+/// through [`ClientMessage::decode`] and [`ServerMessage::decode`].
 pub fn decode<'a, T: Deserialize<'a>>(text: &'a str, known: &[&str]) -> Result<T, DecodeError> {
-    serde_json::from_str(text).map_err(|err| {
-        #[derive(Deserialize)]
-        struct Tag {
-            r#type: String,
-        }
-        match serde_json::from_str::<Tag>(text) {
-            Ok(tag) if !known.contains(&tag.r#type.as_str()) => {
-                DecodeError::UnknownType(tag.r#type)
-            }
-            _ => DecodeError::Malformed(err.to_string()),
-        }
+    serde_json::from_str(text).map_err(|err| match tag(text) {
+        Ok(tag) if !known.contains(&tag.as_ref()) => DecodeError::UnknownType(tag.into_owned()),
+        _ => DecodeError::Malformed(err.to_string()),
     })
 }
 
 impl ClientMessage {
-    /// Decodes a client's text message. A `response`, the message every
-    /// request brings back, is read straight into its fields when it starts
-    /// the way our client writes it (`{"type":"response",`): serde reads a
-    /// tagged enum by buffering the whole message first. Anything else, and
-    /// anything that fails there, takes the general path, errors included.
+    /// Decodes a client's text message without buffering it: its `type`
+    /// first (skipping everything else), then the fields of that message
+    /// straight into place. A `response`, the message every request brings
+    /// back, written the way our client writes it (`{"type":"response",`),
+    /// is read in one pass.
     pub fn decode(text: &str) -> Result<Self, DecodeError> {
         #[derive(Deserialize)]
         struct Response {
-            /// Declared so that a second `type` fails here, as it does in
-            /// the general path.
+            /// Declared so that a second `type` is refused.
             #[serde(rename = "type")]
             _tag: IgnoredAny,
             request_id: u32,
             response: ResponseHead,
         }
-        if let Some(r) = tagged_first::<Response>(text, r#"{"type":"response","#) {
-            return Ok(ClientMessage::Response {
-                request_id: r.request_id,
-                response: r.response,
-            });
-        }
-        decode(text, CLIENT_TYPES)
+        let tag = match text.starts_with(r#"{"type":"response","#) {
+            true => Cow::Borrowed("response"),
+            false => tag(text)?,
+        };
+        Ok(match tag.as_ref() {
+            "response" => {
+                let r: Response = fields(text)?;
+                ClientMessage::Response {
+                    request_id: r.request_id,
+                    response: r.response,
+                }
+            }
+            "create_tunnel" => ClientMessage::CreateTunnel(fields(text)?),
+            "cancel" => ClientMessage::Cancel {
+                request_id: fields::<RequestId>(text)?.request_id,
+            },
+            "ping" => ClientMessage::Ping,
+            "pong" => ClientMessage::Pong,
+            _ => return Err(DecodeError::UnknownType(tag.into_owned())),
+        })
     }
 }
 
 impl ServerMessage {
-    /// Decodes a server's text message; a `request` the way our server
-    /// writes it is read straight into its fields (see
-    /// [`ClientMessage::decode`]).
+    /// Decodes a server's text message the same way (see
+    /// [`ClientMessage::decode`]); a `request` written the way our server
+    /// writes it is read in one pass.
     pub fn decode(text: &str) -> Result<Self, DecodeError> {
         #[derive(Deserialize)]
         struct Request {
@@ -339,25 +349,57 @@ impl ServerMessage {
             tunnel_id: String,
             request: RequestHead,
         }
-        if let Some(r) = tagged_first::<Request>(text, r#"{"type":"request","#) {
-            return Ok(ServerMessage::Request {
-                request_id: r.request_id,
-                tunnel_id: r.tunnel_id,
-                request: r.request,
-            });
+        #[derive(Deserialize)]
+        struct GoingAway {
+            reconnect_after_ms: u64,
         }
-        decode(text, SERVER_TYPES)
+        let tag = match text.starts_with(r#"{"type":"request","#) {
+            true => Cow::Borrowed("request"),
+            false => tag(text)?,
+        };
+        Ok(match tag.as_ref() {
+            "request" => {
+                let r: Request = fields(text)?;
+                ServerMessage::Request {
+                    request_id: r.request_id,
+                    tunnel_id: r.tunnel_id,
+                    request: r.request,
+                }
+            }
+            "tunnel_created" => ServerMessage::TunnelCreated(fields(text)?),
+            "cancel" => ServerMessage::Cancel {
+                request_id: fields::<RequestId>(text)?.request_id,
+            },
+            "pong" => ServerMessage::Pong,
+            "error" => ServerMessage::Error(fields(text)?),
+            "going_away" => ServerMessage::GoingAway {
+                reconnect_after_ms: fields::<GoingAway>(text)?.reconnect_after_ms,
+            },
+            _ => return Err(DecodeError::UnknownType(tag.into_owned())),
+        })
     }
 }
 
-/// `text` read as the fields of one variant, if it starts with `prefix`
-/// (its tag, first) and reads cleanly.
-fn tagged_first<'a, F: Deserialize<'a>>(text: &'a str, prefix: &str) -> Option<F> {
-    if text.starts_with(prefix) {
-        serde_json::from_str(text).ok()
-    } else {
-        None
+/// The fields of `cancel`.
+#[derive(Deserialize)]
+struct RequestId {
+    request_id: u32,
+}
+
+/// The `type` of a message. Nothing else is kept: the other values are
+/// skipped as they are read. A second `type` is refused.
+fn tag(text: &str) -> Result<Cow<'_, str>, DecodeError> {
+    #[derive(Deserialize)]
+    struct Tag<'a> {
+        #[serde(rename = "type", borrow)]
+        tag: Cow<'a, str>,
     }
+    fields::<Tag>(text).map(|t| t.tag)
+}
+
+/// `text` read as one message's fields (its `type` is not one of them).
+fn fields<'a, F: Deserialize<'a>>(text: &'a str) -> Result<F, DecodeError> {
+    serde_json::from_str(text).map_err(|err| DecodeError::Malformed(err.to_string()))
 }
 
 /// The `type` values a server understands from clients.

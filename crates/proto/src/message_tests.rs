@@ -140,7 +140,7 @@ fn requests_and_responses_as_we_write_them_read_back_the_same_both_ways() {
 }
 
 #[test]
-fn a_tag_written_last_or_a_bad_field_takes_the_general_path() {
+fn a_tag_written_last_is_found_and_a_bad_field_is_malformed() {
     let late = r#"{"request_id":3,"response":{"status":204},"type":"response"}"#;
     assert!(matches!(
         ClientMessage::decode(late).unwrap(),
@@ -172,7 +172,7 @@ fn headers_as_an_object_keep_their_order_repeats_and_non_string_values() {
         .map(|(n, v)| ((*n).into(), (*v).into()))
         .collect();
     let head = r#"{"status":200,"headers":{"x-b":"1","x-a":2,"x-b":"3"}}"#;
-    // Tag first (read directly) and tag last (through serde's buffering).
+    // Tag first (read in one pass) and tag last (the tag found first).
     for text in [
         format!(r#"{{"type":"response","request_id":1,"response":{head}}}"#),
         format!(r#"{{"request_id":1,"response":{head},"type":"response"}}"#),
@@ -181,5 +181,71 @@ fn headers_as_an_object_keep_their_order_repeats_and_non_string_values() {
             panic!("not a response: {text}");
         };
         assert_eq!(response.headers, want, "{text}");
+    }
+}
+
+#[test]
+fn every_message_decodes_as_serde_s_tagged_enum_would_read_it() {
+    let head = ResponseHead {
+        status: 200,
+        headers: vec![("x-a".into(), "1".into())],
+        body: crate::InlineBody::streamed(),
+    };
+    let clients = [
+        ClientMessage::CreateTunnel(CreateTunnel {
+            subdomain: Some("app".into()),
+            binary_streams: true,
+            allow_ips: vec!["10.0.0.0/8".into()],
+            ..CreateTunnel::default()
+        }),
+        ClientMessage::Response {
+            request_id: 9,
+            response: head,
+        },
+        ClientMessage::Cancel { request_id: 4 },
+        ClientMessage::Ping,
+        ClientMessage::Pong,
+    ];
+    let servers = [
+        ServerMessage::Request {
+            request_id: 1,
+            tunnel_id: "t".into(),
+            request: RequestHead {
+                method: "GET".into(),
+                path: "/".into(),
+                headers: vec![],
+                body: crate::InlineBody::default(),
+            },
+        },
+        ServerMessage::Cancel { request_id: 2 },
+        ServerMessage::Pong,
+        ServerMessage::error(ErrorCode::NoTunnel, "no", Some(3)),
+        ServerMessage::GoingAway {
+            reconnect_after_ms: 500,
+        },
+    ];
+    /// The same object with its `type` moved to the end.
+    fn tag_last(text: &str) -> String {
+        let value: serde_json::Value = serde_json::from_str(text).unwrap();
+        let mut map = value.as_object().unwrap().clone();
+        let tag = map.remove("type").unwrap();
+        let mut text = serde_json::to_string(&map).unwrap();
+        text.pop();
+        let sep = if map.is_empty() { "" } else { "," };
+        format!(r#"{text}{sep}"type":{tag}}}"#)
+    }
+    for msg in clients {
+        let text = encode(&msg);
+        for text in [text.clone(), tag_last(&text)] {
+            assert_eq!(ClientMessage::decode(&text).unwrap(), msg, "{text}");
+            assert_eq!(decode::<ClientMessage>(&text, CLIENT_TYPES).unwrap(), msg);
+        }
+    }
+    for msg in servers {
+        let text = encode(&msg);
+        for text in [text.clone(), tag_last(&text)] {
+            assert_eq!(ServerMessage::decode(&text).unwrap(), msg, "{text}");
+            assert_eq!(decode::<ServerMessage>(&text, SERVER_TYPES).unwrap(), msg);
+        }
     }
 }
