@@ -180,9 +180,10 @@ struct ServerArgs {
     /// Most visitor addresses the per-address limit tracks at once; beyond it new addresses share one bucket.
     #[arg(long, default_value_t = 100_000)]
     rate_limit_max_ips: usize,
-    /// A reverse proxy or load balancer in front of the server, by address or CIDR block
-    /// (repeatable): a request from it counts as coming from the address it appended to
-    /// X-Forwarded-For (for IP lists, rate limits, logs, the admin API's loopback rule).
+    /// An HTTP reverse proxy in front of the server (nginx, Caddy, an application load balancer;
+    /// never a TCP passthrough one), by address or CIDR block (repeatable): a request from it
+    /// counts as coming from the address it appended to X-Forwarded-For (IP lists, rate limits,
+    /// handshake backoff, logs), with the scheme in its X-Forwarded-Proto.
     #[arg(long = "trusted-proxy", value_name = "CIDR", value_parser = parse::trusted_proxy)]
     trusted_proxies: Vec<cryptun_server::access::Cidr>,
     /// Bearer token for the admin API (/api/...), at least 16 characters. Without one, the admin API answers loopback addresses only.

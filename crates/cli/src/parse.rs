@@ -11,10 +11,18 @@ pub fn cidr(s: &str) -> Result<String, String> {
         .map_err(|e| e.to_string())
 }
 
-/// A `--trusted-proxy` address or CIDR block.
+/// A `--trusted-proxy` address or CIDR block; not one holding every
+/// address, which would let any visitor name its own.
 pub fn trusted_proxy(s: &str) -> Result<cryptun_server::access::Cidr, String> {
-    s.parse()
-        .map_err(|e: cryptun_server::access::CidrError| e.to_string())
+    let cidr: cryptun_server::access::Cidr = s
+        .parse()
+        .map_err(|e: cryptun_server::access::CidrError| e.to_string())?;
+    if cidr.prefix() == 0 {
+        return Err(format!(
+            "{s:?} trusts every address: any visitor could then choose its own; name the proxies"
+        ));
+    }
+    Ok(cidr)
 }
 
 /// A byte count: digits, optionally followed by `K`, `M` or `G` (binary

@@ -2,10 +2,11 @@
 //! (IP allow and deny lists, HTTP Basic credentials), enforced here before
 //! a request goes anywhere near the client.
 //!
-//! The address checked is the TCP peer's, as the server saw it;
-//! `X-Forwarded-For` and the like are never trusted. IPv4-mapped IPv6
-//! addresses (`::ffff:203.0.113.9`, from a dual-stack listener) count as
-//! their IPv4 address.
+//! The address checked is the TCP peer's, as the server saw it, or from a
+//! `--trusted-proxy` the one it forwarded (see `forwarded`); from anyone
+//! else `X-Forwarded-For` and the like are never trusted. IPv4-mapped IPv6
+//! addresses (`::ffff:203.0.113.9`, from a dual-stack listener), in rules
+//! as in requests, count as their IPv4 address.
 //!
 //! Credentials are kept only as the SHA-256 digest of `user:password`, and a
 //! visitor's are compared with it in constant time. Neither is ever logged:
@@ -65,6 +66,15 @@ impl FromStr for Cidr {
             }
             Some(_) => return Err(err()),
         };
+        // An IPv4-mapped network (`::ffff:10.0.0.0/104`) is the IPv4 one:
+        // addresses are compared as IPv4 (see `canonical`).
+        let (addr, prefix) = match addr {
+            IpAddr::V6(v6) if prefix >= 96 => match v6.to_ipv4_mapped() {
+                Some(v4) => (IpAddr::V4(v4), prefix - 96),
+                None => (addr, prefix),
+            },
+            _ => (addr, prefix),
+        };
         Ok(Cidr {
             network: masked(addr, prefix),
             prefix,
@@ -79,6 +89,11 @@ impl fmt::Display for Cidr {
 }
 
 impl Cidr {
+    /// The prefix length: 0 is every address.
+    pub fn prefix(&self) -> u8 {
+        self.prefix
+    }
+
     /// Whether `ip` is inside this network. An IPv4 network never holds an
     /// IPv6 address (except IPv4-mapped ones), nor the reverse.
     pub fn contains(&self, ip: IpAddr) -> bool {
@@ -267,6 +282,12 @@ mod tests {
         assert!(v6.contains(ip("2001:db8:ffff::1")) && !v6.contains(ip("2001:db9::1")));
         let any6: Cidr = "::/0".parse().unwrap();
         assert!(any6.contains(ip("::1")));
+        // An IPv4-mapped rule is the IPv4 one, as IPv4-mapped peers are.
+        let mapped: Cidr = "::ffff:10.0.0.1".parse().unwrap();
+        assert_eq!(mapped.to_string(), "10.0.0.1/32");
+        assert!(mapped.contains(ip("10.0.0.1")) && mapped.contains(ip("::ffff:10.0.0.1")));
+        let mapped: Cidr = "::ffff:10.0.0.0/104".parse().unwrap();
+        assert_eq!(mapped.to_string(), "10.0.0.0/8");
         for bad in [
             "",
             "10.0.0.0/33",

@@ -14,8 +14,9 @@
 //! server's admin token (`--admin-token`), compared in constant time.
 //! Without a token configured, the admin API is served to loopback peers
 //! only, so that a default server exposes nothing to the network; behind a
-//! reverse proxy on the same host every peer is loopback, so set a token
-//! there. With a token configured, it is required from everyone.
+//! reverse proxy on the same host every peer is loopback (unless the proxy
+//! is a `--trusted-proxy` that names the visitor, see `forwarded`), so set
+//! a token there. With a token configured, it is required from everyone.
 //!
 //! Without a token, a loopback caller must also ask under a loopback name
 //! (`localhost`, `127.0.0.1`, `[::1]`) or the server's domain: a web page
@@ -42,7 +43,8 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use crate::error::GatewayError;
-use crate::{Body, Peer, State, control, dashboard, full, hardening};
+use crate::forwarded::Visitor;
+use crate::{Body, State, control, dashboard, full, hardening};
 
 /// Shortest admin token accepted: a guessable token is worse than none
 /// (which at least keeps the API on loopback).
@@ -89,10 +91,10 @@ impl AdminToken {
     }
 }
 
-/// Who asks: the peer, and the host name (as [`crate::host::name`] gives
-/// it) it asked under.
+/// Who asks: whether from this machine, and the host name (as
+/// [`crate::host::name`] gives it) it asked under.
 struct Caller<'a> {
-    peer: IpAddr,
+    loopback: bool,
     host: &'a str,
 }
 
@@ -105,7 +107,7 @@ fn authorize(
     headers: &HeaderMap,
 ) -> Result<(), GatewayError> {
     let Some(token) = token else {
-        if !crate::access::canonical(caller.peer).is_loopback() {
+        if !caller.loopback {
             return Err(GatewayError::AdminForbidden);
         }
         if !(caller.host == domain || is_loopback_name(caller.host)) {
@@ -150,12 +152,12 @@ fn bearer(value: &HeaderValue) -> Option<&[u8]> {
 /// `cryptun_own_route_requests_total` by route and status class.
 pub(crate) fn own_route(
     state: &Arc<State>,
-    peer: Peer,
+    visitor: Visitor,
     host: &str,
     req: Request<VisitorBody>,
 ) -> Result<Response<Body>, GatewayError> {
     let route = route_label(req.uri().path());
-    let answer = serve(state, peer, host, req);
+    let answer = serve(state, visitor, host, req);
     let status = match &answer {
         Ok(resp) => resp.status(),
         Err(err) => err.status(),
@@ -186,13 +188,13 @@ pub(crate) fn route_label(path: &str) -> &'static str {
 /// Answers a request for the server's own host.
 fn serve(
     state: &Arc<State>,
-    peer: Peer,
+    visitor: Visitor,
     host: &str,
     req: Request<VisitorBody>,
 ) -> Result<Response<Body>, GatewayError> {
     hardening::check_own_path(req.uri().path())?;
     let caller = Caller {
-        peer: peer.ip(),
+        loopback: visitor.is_loopback(),
         host,
     };
     let config = &state.config;
@@ -206,7 +208,7 @@ fn serve(
     };
     match (req.method(), req.uri().path()) {
         (&Method::GET, "/ws") if state.is_draining() => Err(GatewayError::ShuttingDown),
-        (&Method::GET, "/ws") => control::upgrade(Arc::clone(state), peer, req),
+        (&Method::GET, "/ws") => control::upgrade(Arc::clone(state), visitor.addr, req),
         (&Method::GET, "/readyz") => Ok(readiness(state)),
         (&Method::GET, "/metrics") => {
             admin()?;
@@ -338,8 +340,13 @@ mod tests {
     }
 
     fn caller(ip: &str, host: &'static str) -> Caller<'static> {
+        let visitor = crate::forwarded::Visitor {
+            addr: std::net::SocketAddr::new(ip.parse().unwrap(), 1),
+            forwarded: false,
+            scheme: None,
+        };
         Caller {
-            peer: ip.parse().unwrap(),
+            loopback: visitor.is_loopback(),
             host,
         }
     }

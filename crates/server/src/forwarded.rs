@@ -16,9 +16,17 @@
 //!
 //! That address is then the visitor's everywhere: tunnels' IP lists, the
 //! per-address rate limit, the backoff of failed client handshakes, the
-//! admin API's loopback rule, the access log and the `X-Forwarded-For` the
-//! local service receives. `X-Forwarded-For` carries no port: the address
-//! has port 0 unless the entry gave one (`203.0.113.9:41000`).
+//! access log and the `X-Forwarded-For` the local service receives. It can
+//! take the admin API's loopback rule away (a remote visitor coming through
+//! a proxy on this host is not local) but never grant it: a request counts
+//! as loopback only when its TCP peer is and no address was forwarded,
+//! since every host inside a trusted range can claim any address.
+//! `X-Forwarded-For` carries no port: the address has port 0 unless the
+//! entry gave one (`203.0.113.9:41000`).
+//!
+//! A trusted proxy's `X-Forwarded-Proto` (`http` or `https`, its last
+//! entry) is also taken as the scheme the visitor used, so that a service
+//! behind a proxy terminating TLS hears `https`.
 
 use std::net::{IpAddr, SocketAddr};
 
@@ -31,13 +39,37 @@ use crate::access::Cidr;
 /// trusted proxies is a few hops, and a longer header is the sender's.
 const MAX_HOPS: usize = 16;
 
+/// Who sent a request, as far as the server can tell.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Visitor {
+    /// The address rules, limits and logs go by.
+    pub(crate) addr: Peer,
+    /// Whether `addr` was named by a trusted proxy rather than seen.
+    pub(crate) forwarded: bool,
+    /// The scheme a trusted proxy said the visitor used.
+    pub(crate) scheme: Option<&'static str>,
+}
+
+impl Visitor {
+    /// Whether the request comes from this machine: its TCP peer is a
+    /// loopback address and no proxy named another one.
+    pub(crate) fn is_loopback(&self) -> bool {
+        !self.forwarded && crate::access::canonical(self.addr.ip()).is_loopback()
+    }
+}
+
 /// Who sent a request arriving from `peer` with `headers`, trusting the
 /// proxies in `trusted`; see the module's documentation.
-pub(crate) fn visitor(trusted: &[Cidr], peer: Peer, headers: &HeaderMap) -> Peer {
+pub(crate) fn visitor(trusted: &[Cidr], peer: Peer, headers: &HeaderMap) -> Visitor {
+    let mut visitor = Visitor {
+        addr: peer,
+        forwarded: false,
+        scheme: None,
+    };
     if trusted.is_empty() || !is_trusted(trusted, peer.ip()) {
-        return peer;
+        return visitor;
     }
-    let mut visitor = peer;
+    visitor.scheme = forwarded_proto(headers);
     // Repeated header lines form one list, in order (RFC 9110, 5.3).
     let entries = headers
         .get_all("x-forwarded-for")
@@ -48,7 +80,8 @@ pub(crate) fn visitor(trusted: &[Cidr], peer: Peer, headers: &HeaderMap) -> Peer
         let Some(addr) = parse_entry(entry) else {
             break;
         };
-        visitor = addr;
+        visitor.addr = addr;
+        visitor.forwarded = true;
         if !is_trusted(trusted, addr.ip()) {
             break;
         }
@@ -60,11 +93,30 @@ fn is_trusted(trusted: &[Cidr], ip: IpAddr) -> bool {
     trusted.iter().any(|cidr| cidr.contains(ip))
 }
 
+/// The last entry of `X-Forwarded-Proto` (the nearest proxy's), if it is
+/// `http` or `https`.
+fn forwarded_proto(headers: &HeaderMap) -> Option<&'static str> {
+    let last = headers.get_all("x-forwarded-proto").iter().next_back()?;
+    let entry = last.as_bytes().rsplit(|b| *b == b',').next()?.trim_ascii();
+    if entry.eq_ignore_ascii_case(b"https") {
+        Some("https")
+    } else if entry.eq_ignore_ascii_case(b"http") {
+        Some("http")
+    } else {
+        None
+    }
+}
+
 /// One `X-Forwarded-For` entry: an address, optionally with a port
-/// (`192.0.2.1`, `192.0.2.1:80`, `2001:db8::1`, `[2001:db8::1]:80`).
+/// (`192.0.2.1`, `192.0.2.1:80`, `2001:db8::1`, `[2001:db8::1]`,
+/// `[2001:db8::1]:80`).
 fn parse_entry(entry: &[u8]) -> Option<SocketAddr> {
     let text = std::str::from_utf8(entry).ok()?.trim();
-    if let Ok(ip) = text.parse::<IpAddr>() {
+    let bare = text
+        .strip_prefix('[')
+        .and_then(|t| t.strip_suffix(']'))
+        .unwrap_or(text);
+    if let Ok(ip) = bare.parse::<IpAddr>() {
         return Some(SocketAddr::new(ip, 0));
     }
     text.parse::<SocketAddr>().ok()
@@ -84,7 +136,9 @@ mod tests {
         for line in xff {
             headers.append("x-forwarded-for", HeaderValue::from_str(line).unwrap());
         }
-        visitor(&trusted(proxies), peer.parse().unwrap(), &headers).to_string()
+        visitor(&trusted(proxies), peer.parse().unwrap(), &headers)
+            .addr
+            .to_string()
     }
 
     #[test]
@@ -153,6 +207,33 @@ mod tests {
         assert_eq!(
             from("[::ffff:127.0.0.1]:80", &["203.0.113.9"], &["127.0.0.1"]),
             "203.0.113.9:0"
+        );
+    }
+
+    #[test]
+    fn a_forwarded_address_is_never_loopback_and_the_proxy_names_the_scheme() {
+        let proxies = trusted(&["127.0.0.1", "10.0.0.0/8"]);
+        let mut headers = HeaderMap::new();
+        let seen = visitor(&proxies, "127.0.0.1:1".parse().unwrap(), &headers);
+        assert!(seen.is_loopback() && !seen.forwarded && seen.scheme.is_none());
+        // A host inside a trusted range claims to be this machine.
+        headers.insert(
+            "x-forwarded-for",
+            HeaderValue::from_static("127.0.0.1, 10.1.2.3"),
+        );
+        headers.insert("x-forwarded-proto", HeaderValue::from_static("http, HTTPS"));
+        let claimed = visitor(&proxies, "127.0.0.1:1".parse().unwrap(), &headers);
+        assert_eq!(claimed.addr.ip().to_string(), "127.0.0.1");
+        assert!(claimed.forwarded && !claimed.is_loopback());
+        assert_eq!(claimed.scheme, Some("https"));
+        // From anyone else the headers count for nothing.
+        let stranger = visitor(&proxies, "192.0.2.1:1".parse().unwrap(), &headers);
+        assert_eq!(stranger.scheme, None);
+        assert!(!stranger.forwarded);
+        headers.insert("x-forwarded-proto", HeaderValue::from_static("gopher"));
+        assert_eq!(
+            visitor(&proxies, "127.0.0.1:1".parse().unwrap(), &headers).scheme,
+            None
         );
     }
 

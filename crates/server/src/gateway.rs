@@ -36,13 +36,14 @@ use tracing::debug;
 
 use crate::access_log::{Exchange, RequestBody};
 use crate::error::{GatewayError, RateScope};
+use crate::forwarded::{self, Visitor};
 use crate::hardening::{self, framing::Verdict};
 use crate::host::{self, Route};
 use crate::https::{self, Transport};
 use crate::listen::Conn;
 use crate::metrics::Refused;
 use crate::registry::{Lookup, Tunnel};
-use crate::{Body, Peer, ServiceResult, State, admin, forwarded, proxy};
+use crate::{Body, ServiceResult, State, admin, proxy};
 
 /// Handles one request on `conn`.
 pub(crate) async fn handle(
@@ -108,11 +109,12 @@ async fn dispatch(
         (Transport::Plain, None) => {}
     }
     // The TCP peer, or behind a trusted proxy the address it forwarded.
-    let peer = forwarded::visitor(&state.config.trusted_proxies, conn.peer, req.headers());
+    let visitor = forwarded::visitor(&state.config.trusted_proxies, conn.peer, req.headers());
     let label = match route {
-        Route::Server => return admin::own_route(state, peer, &name, req),
+        Route::Server => return admin::own_route(state, visitor, &name, req),
         Route::Tunnel(label) => label,
     };
+    let peer = visitor.addr;
     // Everything else is a visitor's request for a tunnel: counted, timed
     // and logged (`access_log`), whether or not the tunnel exists; in the
     // tunnel's own counters too when it is live, refused or not.
@@ -123,7 +125,7 @@ async fn dispatch(
     };
     let (exchange, req) = Exchange::begin(state, peer, Some(label.clone()), stats, req);
     Ok(
-        match to_label(state, conn, peer, &label, lookup, req).await {
+        match to_label(state, conn, visitor, &label, lookup, req).await {
             Ok(resp) => exchange.respond(resp, None),
             Err(err) => {
                 let code = err.code();
@@ -134,26 +136,26 @@ async fn dispatch(
     )
 }
 
-/// A request for tunnel `label`, which `lookup` found, from `peer`: the
+/// A request for tunnel `label`, which `lookup` found, from `visitor`: the
 /// visitor address's rate, then the tunnel, if it is there.
 async fn to_label(
     state: &State,
     conn: &Conn,
-    peer: Peer,
+    visitor: Visitor,
     label: &str,
     lookup: Lookup,
     req: Request<RequestBody>,
 ) -> Result<Response<Body>, GatewayError> {
     if let Some(limiter) = &state.ip_limiter {
         limiter
-            .check(peer.ip())
+            .check(visitor.addr.ip())
             .map_err(|retry_after| GatewayError::RateLimited {
                 scope: RateScope::Visitor,
                 retry_after,
             })?;
     }
     match lookup {
-        Lookup::Live(tunnel) => to_tunnel(state, &tunnel, conn, peer, req).await,
+        Lookup::Live(tunnel) => to_tunnel(state, &tunnel, conn, visitor, req).await,
         Lookup::Reconnecting(left) => Err(GatewayError::Reconnecting(left)),
         Lookup::Free => Err(GatewayError::UnknownTunnel(format!(
             "{label}.{}",
@@ -167,9 +169,10 @@ async fn to_tunnel(
     state: &State,
     tunnel: &Arc<Tunnel>,
     conn: &Conn,
-    peer: Peer,
+    visitor: Visitor,
     mut req: Request<RequestBody>,
 ) -> Result<Response<Body>, GatewayError> {
+    let peer = visitor.addr;
     tunnel.access.check_ip(peer.ip())?;
     if tunnel.access.has_credentials() {
         tunnel
@@ -186,5 +189,6 @@ async fn to_tunnel(
                 retry_after,
             })?;
     }
-    proxy::forward(state, tunnel, peer, conn.transport.scheme(), req).await
+    let scheme = visitor.scheme.unwrap_or(conn.transport.scheme());
+    proxy::forward(state, tunnel, peer, scheme, req).await
 }

@@ -231,10 +231,21 @@ impl Registry {
         self.read().holds.len()
     }
 
-    /// The names held for reconnection now, for whom, and for how much
-    /// longer: what a stopping server saves.
+    /// What a stopping server saves: the names held for reconnection now,
+    /// for whom, and for how much longer, and the names of tunnels still
+    /// live (their sessions are ending, or late to), each held for the
+    /// whole grace.
     pub fn saved_holds(&self) -> Vec<SavedHold> {
-        self.read().holds.saved(Instant::now())
+        let inner = self.read();
+        let mut saved = inner.holds.saved(Instant::now());
+        if !self.grace.is_zero() {
+            saved.extend(inner.tunnels.values().map(|tunnel| SavedHold {
+                name: tunnel.subdomain.clone(),
+                owner: tunnel.owner.clone(),
+                left: self.grace,
+            }));
+        }
+        saved
     }
 
     /// Holds again the names a previous run saved, for what is left of
@@ -318,5 +329,57 @@ impl Drop for Registration {
                 .holds
                 .hold(name.clone(), owner, now + registry.grace, now);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cryptun_proto::Limits;
+    use cryptun_proto::message::CreateTunnel;
+    use cryptun_proto::mux::Side;
+
+    fn tunnel(name: &str, owner: Owner) -> Tunnel {
+        Tunnel {
+            id: name.into(),
+            subdomain: name.into(),
+            public_url: format!("http://{name}.localhost"),
+            client_addr: "127.0.0.1:1".parse().unwrap(),
+            created_at: SystemTime::now(),
+            requests: AtomicU64::new(0),
+            stats: Arc::default(),
+            key_name: None,
+            request_timeout: Duration::from_secs(1),
+            mux: Mux::new(Side::Opener, true, Limits::default()),
+            owner,
+            access: Access::from_request(&CreateTunnel::default()).unwrap(),
+            rate_limiter: None,
+            max_body_size: None,
+        }
+    }
+
+    #[test]
+    fn a_stopping_server_saves_its_holds_and_its_tunnels_still_live() {
+        let grace = Duration::from_secs(30);
+        let registry = Arc::new(Registry::new(grace, 10));
+        let left = registry
+            .register(tunnel("left", Owner::Key("a".into())), Claim::default())
+            .unwrap();
+        drop(left);
+        let _live = registry
+            .register(tunnel("live", Owner::Secret([1; 32])), Claim::default())
+            .unwrap();
+        let mut saved = registry.saved_holds();
+        saved.sort_by(|a, b| a.name.cmp(&b.name));
+        let names: Vec<_> = saved.iter().map(|h| h.name.as_str()).collect();
+        assert_eq!(names, ["left", "live"]);
+        assert_eq!(saved[0].owner, Owner::Key("a".into()));
+        assert_eq!(saved[1].owner, Owner::Secret([1; 32]));
+        assert_eq!(saved[1].left, grace);
+        // Taken back by a fresh registry: both held for their owners.
+        let fresh = Registry::new(grace, 10);
+        fresh.restore_holds(saved);
+        assert_eq!(fresh.held(), 2);
+        assert!(matches!(fresh.lookup("live"), Lookup::Reconnecting(_)));
     }
 }

@@ -42,10 +42,41 @@ impl RawWs {
         RawWs { sink, stream }
     }
 
+    /// Opens `/ws` on `server` from `source` (a loopback address, see
+    /// [`crate::visitor::connect_from`]), with an `X-Forwarded-For` line
+    /// when given: a client behind a proxy, or one posing as a proxy.
+    pub async fn connect_from(
+        server: &TestServer,
+        source: std::net::IpAddr,
+        forwarded_for: Option<&str>,
+    ) -> Self {
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+        let tcp = crate::visitor::connect_from(source, server.addr).await;
+        let mut request = server.ws_url().into_client_request().expect("request");
+        if let Some(value) = forwarded_for {
+            request
+                .headers_mut()
+                .insert("x-forwarded-for", value.parse().expect("header value"));
+        }
+        let stream = MaybeTlsStream::Plain(tcp);
+        let (ws, _) = tokio::time::timeout(WAIT, tokio_tungstenite::client_async(request, stream))
+            .await
+            .expect("WebSocket connect timed out")
+            .expect("WebSocket connect failed");
+        let (sink, stream) = ws.split();
+        RawWs { sink, stream }
+    }
+
     /// Connects and sends `{"type":"create_tunnel", ..extra}`; returns the
     /// session and the server's first answer (`tunnel_created` or `error`).
     pub async fn create(server: &TestServer, extra: Value) -> (Self, Value) {
-        let mut ws = Self::connect(server).await;
+        Self::connect(server).await.ask(extra).await
+    }
+
+    /// Sends `{"type":"create_tunnel", ..extra}` on this connection; returns
+    /// it with the server's answer.
+    pub async fn ask(self, extra: Value) -> (Self, Value) {
+        let mut ws = self;
         let mut create = serde_json::json!({ "type": "create_tunnel" });
         if let (Some(create), Value::Object(extra)) = (create.as_object_mut(), extra) {
             create.extend(extra);

@@ -10,7 +10,7 @@ use std::net::IpAddr;
 use cryptun_client::{BasicAuth, ClientConfig, ClientError};
 use cryptun_proto::ErrorCode;
 use cryptun_testkit::visitor::{raw_exchange_from, status_of};
-use cryptun_testkit::{LIMIT, Origin, TestClient, TestServer, Visitor, within};
+use cryptun_testkit::{LIMIT, Origin, RawWs, TestClient, TestServer, Visitor, within};
 
 fn ip(s: &str) -> IpAddr {
     s.parse().unwrap()
@@ -191,28 +191,49 @@ async fn invalid_rules_are_refused_at_create_tunnel() {
     );
 }
 
-/// `GET /echo` on `host` from `source` with an `X-Forwarded-For` line (if
-/// any): the status, and the `x-forwarded-for` the app saw (if it was
-/// reached).
-async fn echo_from(
+/// A raw `GET path` on `host` from `source` with these extra header lines
+/// (`X-Forwarded-For` and the like, as a proxy would add them).
+async fn get_via(
     server: &TestServer,
     source: &str,
     host: &str,
-    xff: Option<&str>,
-) -> (u16, Option<String>) {
-    let extra = xff.map_or(String::new(), |v| format!("X-Forwarded-For: {v}\r\n"));
-    let request = format!("GET /echo HTTP/1.1\r\nHost: {host}\r\n{extra}Connection: close\r\n\r\n");
-    let raw = raw_exchange_from(ip(source), server.addr, request.as_bytes(), LIMIT).await;
+    path: &str,
+    headers: &[(&str, &str)],
+) -> String {
+    let extra: String = headers
+        .iter()
+        .map(|(n, v)| format!("{n}: {v}\r\n"))
+        .collect();
+    let request =
+        format!("GET {path} HTTP/1.1\r\nHost: {host}\r\n{extra}Connection: close\r\n\r\n");
+    raw_exchange_from(ip(source), server.addr, request.as_bytes(), LIMIT).await
+}
+
+/// `GET /echo` on `host` from `source` with these header lines: the status
+/// and, if the app was reached, the `x-forwarded-for` and
+/// `x-forwarded-proto` it saw.
+async fn echo_via(
+    server: &TestServer,
+    source: &str,
+    host: &str,
+    headers: &[(&str, &str)],
+) -> (u16, Option<(String, String)>) {
+    let raw = get_via(server, source, host, "/echo", headers).await;
     let status = status_of(&raw);
     let seen = (status == 200).then(|| {
         let body = &raw[raw.find("\r\n\r\n").unwrap() + 4..];
         let echo: serde_json::Value = serde_json::from_str(body).unwrap();
         let headers = echo["headers"].as_array().unwrap();
-        let xff = headers.iter().find(|h| h[0] == "x-forwarded-for").unwrap();
-        xff[1].as_str().unwrap().to_owned()
+        let named = |name: &str| {
+            let pair = headers.iter().find(|h| h[0] == name).unwrap();
+            pair[1].as_str().unwrap().to_owned()
+        };
+        (named("x-forwarded-for"), named("x-forwarded-proto"))
     });
     (status, seen)
 }
+
+const XFF: &str = "X-Forwarded-For";
 
 #[tokio::test]
 async fn behind_a_trusted_proxy_the_address_it_forwarded_is_the_visitors() {
@@ -225,56 +246,96 @@ async fn behind_a_trusted_proxy_the_address_it_forwarded_is_the_visitors() {
         c.tunnel.allow_ips = vec!["203.0.113.0/24".into()];
     })
     .await;
-    let host = &client.tunnel.subdomain;
-    let host = server.host_of(host);
+    let host = &client.host;
 
     // Through the proxy (127.0.0.2): the rightmost address it appended is
     // the visitor's, for the allow list and for the app; what the visitor
-    // wrote before it is not.
-    let proxied = echo_from(
-        &server,
-        "127.0.0.2",
-        &host,
-        Some("198.51.100.1, 203.0.113.9"),
-    )
-    .await;
-    assert_eq!(proxied, (200, Some("203.0.113.9".to_owned())));
-    let outside = echo_from(
-        &server,
-        "127.0.0.2",
-        &host,
-        Some("203.0.113.9, 198.51.100.7"),
-    )
-    .await;
-    assert_eq!(outside.0, 403, "a visitor cannot choose its address");
+    // wrote before it is not. The proxy's scheme is the visitor's too.
+    let chain = [
+        (XFF, "198.51.100.1, 203.0.113.9"),
+        ("X-Forwarded-Proto", "https"),
+    ];
+    let seen = ("203.0.113.9".to_owned(), "https".to_owned());
+    assert_eq!(
+        echo_via(&server, "127.0.0.2", host, &chain).await,
+        (200, Some(seen))
+    );
+    let outside = [(XFF, "203.0.113.9, 198.51.100.7")];
+    let (status, _) = echo_via(&server, "127.0.0.2", host, &outside).await;
+    assert_eq!(status, 403, "a visitor cannot choose its address");
     // The proxy itself, with no header: not on the list.
-    assert_eq!(echo_from(&server, "127.0.0.2", &host, None).await.0, 403);
-    // Anyone else's header is not trusted.
-    let direct = echo_from(&server, "127.0.0.1", &host, Some("203.0.113.9")).await;
+    assert_eq!(echo_via(&server, "127.0.0.2", host, &[]).await.0, 403);
+    // Anyone else's headers are not trusted.
+    let direct = echo_via(&server, "127.0.0.1", host, &chain).await;
     assert_eq!(direct.0, 403);
     assert_eq!(origin.requests(), 1);
 
-    // The admin API's loopback rule goes by the forwarded address too: a
-    // remote visitor coming through a proxy on this host is not local.
-    let admin = |xff: &str| {
-        let extra = if xff.is_empty() {
-            String::new()
-        } else {
-            format!("X-Forwarded-For: {xff}\r\n")
-        };
-        format!(
-            "GET /api/tunnels HTTP/1.1\r\nHost: {}\r\n{extra}Connection: close\r\n\r\n",
-            server.own_host()
+    // The admin API's loopback rule: a visitor named by a proxy on this
+    // host is not local, even one named 127.0.0.1.
+    let own = server.own_host();
+    for claimed in ["203.0.113.9", "127.0.0.1"] {
+        let remote = get_via(
+            &server,
+            "127.0.0.2",
+            &own,
+            "/api/tunnels",
+            &[(XFF, claimed)],
         )
-    };
-    let remote = raw_exchange_from(
-        ip("127.0.0.2"),
-        server.addr,
-        admin("203.0.113.9").as_bytes(),
-        LIMIT,
-    )
-    .await;
-    assert_eq!(status_of(&remote), 403, "{remote}");
-    let local = raw_exchange_from(ip("127.0.0.2"), server.addr, admin("").as_bytes(), LIMIT).await;
+        .await;
+        assert_eq!(status_of(&remote), 403, "{claimed}: {remote}");
+    }
+    let local = get_via(&server, "127.0.0.2", &own, "/api/tunnels", &[]).await;
     assert_eq!(status_of(&local), 200, "{local}");
+}
+
+#[tokio::test]
+async fn behind_a_trusted_proxy_rates_and_handshake_failures_count_per_forwarded_address() {
+    let dir = cryptun_testkit::TempDir::new();
+    let mut config = TestServer::auth_config(&dir.path, cryptun_server::AuthMode::Required);
+    config.trusted_proxies = vec!["127.0.0.2".parse().unwrap()];
+    config.rate_limits.per_ip = Some("1/m".parse().unwrap());
+    config.auth_backoff.free_failures = 1;
+    config.auth_backoff.base = std::time::Duration::from_secs(60);
+    let server = TestServer::start_with(config).await;
+    let token = cryptun_server::Store::open(&dir.path)
+        .unwrap()
+        .create_key("k")
+        .unwrap()
+        .token;
+    let (_origin, client) = tunnel(&server, |c| c.token = Some(token.clone())).await;
+
+    // One request a minute per visitor address, however many share the proxy.
+    for (who, status) in [
+        ("203.0.113.1", 200),
+        ("203.0.113.1", 429),
+        ("203.0.113.2", 200),
+    ] {
+        let reply = get_via(
+            &server,
+            "127.0.0.2",
+            &client.host,
+            "/token?t=ok",
+            &[(XFF, who)],
+        )
+        .await;
+        assert_eq!(status_of(&reply), status, "{who}: {reply}");
+    }
+
+    // Failed handshakes through the proxy turn away the address that
+    // failed, not every client behind the proxy.
+    async fn create(server: &TestServer, who: &str, token: &str) -> String {
+        let ws = RawWs::connect_from(server, ip("127.0.0.2"), Some(who)).await;
+        let (_ws, answer) = ws.ask(serde_json::json!({ "token": token })).await;
+        answer["code"].as_str().unwrap_or("created").to_owned()
+    }
+    for expected in ["unauthorized", "unauthorized", "too_many_attempts"] {
+        assert_eq!(
+            create(&server, "198.51.100.1", "ck_guess_x").await,
+            expected
+        );
+    }
+    assert_eq!(
+        create(&server, "198.51.100.2", token.expose()).await,
+        "created"
+    );
 }

@@ -182,3 +182,14 @@ fn tunnels_are_no_key_of_the_server_file() {
         "{err}"
     );
 }
+
+#[test]
+fn a_trusted_proxy_of_every_address_is_refused() {
+    for all in ["0.0.0.0/0", "::/0"] {
+        let err = parse_from(&argv(&["server", "--trusted-proxy", all])).unwrap_err();
+        assert!(
+            format!("{err:#}").contains("trusts every address"),
+            "{err:#}"
+        );
+    }
+}

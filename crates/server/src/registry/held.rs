@@ -8,16 +8,18 @@
 //!
 //! Holds live in memory; a server with a database saves them when it stops
 //! and takes them back when it starts (`store::holds`), so a restart does
-//! not free every name at once. Their number is bounded (`max`): when full, the hold that ends soonest is
-//! dropped early. Every hold lasts the same grace, so the order of holding
-//! is the order of expiry, and a queue finds the soonest in O(1).
+//! not free every name at once. Their number is bounded (`max`): when full,
+//! the hold that ends soonest is dropped early. A queue in order of expiry
+//! finds the soonest in O(1); a new hold lasts the whole grace, so it goes
+//! at the queue's end (only holds taken back after a restart, shorter,
+//! are placed further in).
 
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use cryptun_proto::Secret;
 
-use crate::store::{HoldOwner, SavedHold};
+use crate::store::SavedHold;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use tracing::warn;
@@ -111,7 +113,9 @@ impl Holds {
                 warn!("too many names held for reconnection; releasing the oldest early");
             }
         }
-        self.order.push_back((until, name.clone()));
+        // At the end, but for a hold taken back after a restart.
+        let at = self.order.partition_point(|(end, _)| *end <= until);
+        self.order.insert(at, (until, name.clone()));
         self.map.insert(name, Held { owner, until });
     }
 
@@ -133,7 +137,7 @@ impl Holds {
         let Some(held) = self.map.get(name) else {
             return Ok(());
         };
-        if claim.proves(&held.owner) {
+        if held.until <= now || claim.proves(&held.owner) {
             self.map.remove(name);
             return Ok(());
         }
@@ -164,30 +168,28 @@ impl Holds {
             .filter(|(_, held)| held.until > now)
             .map(|(name, held)| SavedHold {
                 name: name.clone(),
-                owner: match &held.owner {
-                    Owner::Key(id) => HoldOwner::Key(id.clone()),
-                    Owner::Secret(hash) => HoldOwner::SecretHash(*hash),
-                },
+                owner: held.owner.clone(),
                 left: held.until - now,
             })
             .collect()
     }
 
     /// Holds again what a previous run saved, each for what was left of it
-    /// but no longer than `grace` (the order of expiry must stay the order
-    /// of holding). A name held since keeps its newer hold.
-    pub(super) fn restore(&mut self, mut saved: Vec<SavedHold>, grace: Duration, now: Instant) {
-        saved.sort_by_key(|hold| hold.left);
+    /// but no longer than `grace`; if more than fit, those ending last. A
+    /// name held since keeps its newer hold.
+    pub(super) fn restore(&mut self, saved: Vec<SavedHold>, grace: Duration, now: Instant) {
+        let mut saved: Vec<SavedHold> = saved
+            .into_iter()
+            .map(|hold| SavedHold {
+                left: hold.left.min(grace),
+                ..hold
+            })
+            .filter(|hold| !hold.left.is_zero() && !self.map.contains_key(&hold.name))
+            .collect();
+        saved.sort_by_key(|hold| std::cmp::Reverse(hold.left));
+        saved.truncate(self.max);
         for hold in saved {
-            let left = hold.left.min(grace);
-            if left.is_zero() || self.map.contains_key(&hold.name) {
-                continue;
-            }
-            let owner = match hold.owner {
-                HoldOwner::Key(id) => Owner::Key(id),
-                HoldOwner::SecretHash(hash) => Owner::Secret(hash),
-            };
-            self.hold(hold.name, owner, now + left, now);
+            self.hold(hold.name, hold.owner, now + hold.left, now);
         }
     }
 
@@ -337,6 +339,36 @@ mod tests {
             Err(HeldBy::Other(short))
         );
         assert_eq!(after.claim("anon", owner, t2), Ok(()));
+    }
+
+    #[test]
+    fn a_shorter_hold_taken_back_ends_on_time_behind_a_longer_one() {
+        let t = Instant::now();
+        let mut holds = Holds::new(10);
+        holds.hold("new".into(), Owner::Key("k".into()), t + GRACE, t);
+        let short = Duration::from_secs(5);
+        let saved = |name: &str, left| SavedHold {
+            name: name.into(),
+            owner: Owner::Key("old".into()),
+            left,
+        };
+        holds.restore(vec![saved("old", short)], GRACE, t);
+        let later = t + short;
+        assert_eq!(holds.remaining("old", later), None);
+        // The next hold's purge finds it ended, though it came in last.
+        holds.hold("next".into(), Owner::Key("k".into()), later + GRACE, later);
+        assert_eq!(holds.len(), 2, "the ended hold left the map");
+        assert_eq!(holds.claim("old", Claim::default(), later), Ok(()));
+        assert_eq!(holds.remaining("new", later), Some(GRACE - short));
+
+        // More saved than the bound holds: those ending last are kept.
+        let mut small = Holds::new(2);
+        let many = (1..=5)
+            .map(|i| saved(&format!("n{i}"), Duration::from_secs(i)))
+            .collect();
+        small.restore(many, GRACE, t);
+        assert_eq!(small.len(), 2);
+        assert!(small.remaining("n5", t).is_some() && small.remaining("n4", t).is_some());
     }
 
     #[test]

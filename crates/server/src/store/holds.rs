@@ -14,20 +14,12 @@
 //! shutdown and removed when read; a hold whose time is up, or whose key
 //! was revoked meanwhile, is not taken back.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use rusqlite::params;
 
 use super::{Store, StoreError};
-
-/// Who a saved hold is for.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum HoldOwner {
-    /// Any client with this key id.
-    Key(String),
-    /// Whoever presents the reconnect secret with this SHA-256.
-    SecretHash([u8; 32]),
-}
+use crate::registry::Owner;
 
 /// One name held for reconnection, as saved.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -35,7 +27,7 @@ pub struct SavedHold {
     /// The subdomain.
     pub name: String,
     /// Who may take it back.
-    pub owner: HoldOwner,
+    pub owner: Owner,
     /// How long it is still held, from when it was saved or loaded.
     pub left: Duration,
 }
@@ -56,8 +48,8 @@ impl Store {
                 let until =
                     now.saturating_add(hold.left.as_millis().try_into().unwrap_or(i64::MAX));
                 let (key, hash) = match &hold.owner {
-                    HoldOwner::Key(id) => (Some(id.as_str()), None),
-                    HoldOwner::SecretHash(hash) => (None, Some(&hash[..])),
+                    Owner::Key(id) => (Some(id.as_str()), None),
+                    Owner::Secret(hash) => (None, Some(&hash[..])),
                 };
                 insert.execute(params![hold.name, key, hash, until])?;
             }
@@ -90,8 +82,8 @@ impl Store {
             for row in rows {
                 let (name, key, hash, until) = row?;
                 let owner = match (key, hash.and_then(|h| <[u8; 32]>::try_from(h).ok())) {
-                    (Some(id), _) => HoldOwner::Key(id),
-                    (None, Some(hash)) => HoldOwner::SecretHash(hash),
+                    (Some(id), _) => Owner::Key(id),
+                    (None, Some(hash)) => Owner::Secret(hash),
                     // Neither (a row not written by us): nobody to hold for.
                     (None, None) => continue,
                 };
@@ -108,9 +100,10 @@ impl Store {
 
 /// Milliseconds since the Unix epoch.
 fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis().try_into().unwrap_or(i64::MAX))
+    super::since_epoch()
+        .as_millis()
+        .try_into()
+        .unwrap_or(i64::MAX)
 }
 
 #[cfg(test)]
@@ -118,7 +111,7 @@ mod tests {
     use super::*;
     use crate::store::tests::TempDir;
 
-    fn hold(name: &str, owner: HoldOwner, secs: u64) -> SavedHold {
+    fn hold(name: &str, owner: Owner, secs: u64) -> SavedHold {
         SavedHold {
             name: name.into(),
             owner,
@@ -133,8 +126,8 @@ mod tests {
         let key = store.create_key("k").unwrap().info.id;
         store
             .save_holds(&[
-                hold("later", HoldOwner::SecretHash([7; 32]), 30),
-                hold("sooner", HoldOwner::Key(key.clone()), 10),
+                hold("later", Owner::Secret([7; 32]), 30),
+                hold("sooner", Owner::Key(key.clone()), 10),
             ])
             .unwrap();
         // Another handle on the same file: what a restarted server opens.
@@ -143,8 +136,8 @@ mod tests {
         let taken = store.take_holds().unwrap();
         let names: Vec<_> = taken.iter().map(|h| h.name.as_str()).collect();
         assert_eq!(names, ["sooner", "later"]);
-        assert_eq!(taken[0].owner, HoldOwner::Key(key));
-        assert_eq!(taken[1].owner, HoldOwner::SecretHash([7; 32]));
+        assert_eq!(taken[0].owner, Owner::Key(key));
+        assert_eq!(taken[1].owner, Owner::Secret([7; 32]));
         assert!(
             taken[0].left <= Duration::from_secs(10) && taken[0].left > Duration::from_secs(8),
             "{:?}",
@@ -161,9 +154,9 @@ mod tests {
         let revoked = store.create_key("revoked").unwrap().info.id;
         store
             .save_holds(&[
-                hold("over", HoldOwner::Key(live.clone()), 0),
-                hold("revoked", HoldOwner::Key(revoked.clone()), 30),
-                hold("kept", HoldOwner::Key(live), 30),
+                hold("over", Owner::Key(live.clone()), 0),
+                hold("revoked", Owner::Key(revoked.clone()), 30),
+                hold("kept", Owner::Key(live), 30),
             ])
             .unwrap();
         store.revoke_key(&revoked).unwrap();
@@ -176,7 +169,7 @@ mod tests {
     fn saving_replaces_what_was_saved() {
         let dir = TempDir::new();
         let store = Store::open(&dir.0).unwrap();
-        let owner = HoldOwner::SecretHash([1; 32]);
+        let owner = Owner::Secret([1; 32]);
         store.save_holds(&[hold("a", owner.clone(), 30)]).unwrap();
         store.save_holds(&[hold("b", owner, 30)]).unwrap();
         let names: Vec<_> = store

@@ -42,7 +42,7 @@ use std::time::Duration;
 
 use rusqlite::Connection;
 
-pub use holds::{HoldOwner, SavedHold};
+pub use holds::SavedHold;
 pub use keys::{KeyInfo, NewKey};
 pub use names::Reservation;
 
@@ -259,9 +259,14 @@ pub fn default_data_dir() -> Option<PathBuf> {
 
 /// Seconds since the Unix epoch, as stored.
 pub(crate) fn now_unix() -> i64 {
+    since_epoch().as_secs().try_into().unwrap_or(i64::MAX)
+}
+
+/// Time since the Unix epoch (zero if the clock is before it).
+fn since_epoch() -> Duration {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs().try_into().unwrap_or(i64::MAX))
+        .unwrap_or_default()
 }
 
 #[cfg(test)]
