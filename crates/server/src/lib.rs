@@ -287,8 +287,8 @@ pub async fn serve(
     state.sessions_stop.cancel();
     state.tasks.close();
     let _ = tokio::time::timeout(Duration::from_secs(2), state.tasks.wait()).await;
-    // Every tunnel that was live is held for its client by now: keep the
-    // holds for the next start.
+    // Keep the names held for reconnection, those of sessions that just
+    // ended and of any still ending, for the next start.
     if let Some(store) = &state.store {
         save_holds(&state.registry, store).await;
     }

@@ -1,9 +1,9 @@
 //! Names held for reconnection, carried across a restart.
 //!
 //! The reconnect grace lives in memory (`registry::held`). A server that
-//! stops gracefully writes what it still holds here — every tunnel that
-//! was live when it stopped is held by then — and the next start on the
-//! same data directory takes it back, minus the time it was down. Without
+//! stops gracefully writes what it holds here, the names of tunnels still
+//! live as it stops included, and the next start on the same data
+//! directory takes it back, minus the time it was down. Without
 //! this, a restart (a deploy, a config change) freed every name at once,
 //! and whoever asked first after it came back took a name whose owner was
 //! just reconnecting.
