@@ -313,10 +313,7 @@ impl ClientMessage {
             request_id: u32,
             response: ResponseHead,
         }
-        let tag = match text.starts_with(r#"{"type":"response","#) {
-            true => Cow::Borrowed("response"),
-            false => tag(text)?,
-        };
+        let tag = tag_unless_first(text, "response")?;
         Ok(match tag.as_ref() {
             "response" => {
                 let r: Response = fields(text)?;
@@ -353,10 +350,7 @@ impl ServerMessage {
         struct GoingAway {
             reconnect_after_ms: u64,
         }
-        let tag = match text.starts_with(r#"{"type":"request","#) {
-            true => Cow::Borrowed("request"),
-            false => tag(text)?,
-        };
+        let tag = tag_unless_first(text, "request")?;
         Ok(match tag.as_ref() {
             "request" => {
                 let r: Request = fields(text)?;
@@ -395,6 +389,20 @@ fn tag(text: &str) -> Result<Cow<'_, str>, DecodeError> {
         tag: Cow<'a, str>,
     }
     fields::<Tag>(text).map(|t| t.tag)
+}
+
+/// `first` if `text` starts with it as its tag (`{"type":"first",`, the
+/// way our peers write their most frequent message), else its tag read.
+fn tag_unless_first<'a>(text: &'a str, first: &'static str) -> Result<Cow<'a, str>, DecodeError> {
+    let starts = text
+        .strip_prefix(r#"{"type":""#)
+        .and_then(|rest| rest.strip_prefix(first))
+        .is_some_and(|rest| rest.starts_with(r#"","#));
+    if starts {
+        Ok(Cow::Borrowed(first))
+    } else {
+        tag(text)
+    }
 }
 
 /// `text` read as one message's fields (its `type` is not one of them).
