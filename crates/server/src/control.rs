@@ -73,7 +73,15 @@ pub(crate) fn upgrade(
                     // The opening is boxed, so that however it grows, the
                     // task is only ever as large as the serving.
                     let opening = Box::pin(open(&state, upgraded, peer));
-                    if let Some((opened, identity)) = opening.await {
+                    let opened = tokio::select! {
+                        opened = opening => opened,
+                        // Sessions are closing (shutdown): a handshake still
+                        // under way is dropped, so that no tunnel opens after
+                        // the names held for reconnection were saved; its
+                        // client reconnects.
+                        () = state.sessions_stop.cancelled() => None,
+                    };
+                    if let Some((opened, identity)) = opened {
                         session::serve(&state, opened, peer, &identity).await;
                     }
                 }

@@ -157,6 +157,20 @@ impl RawWs {
         close_code(&mut self.stream).await
     }
 
+    /// Waits for the connection to end however it does (a close frame, a
+    /// reset, the socket closed): for a server that drops it.
+    pub async fn expect_disconnect(&mut self) {
+        let ended = tokio::time::timeout(WAIT, async {
+            while let Some(Ok(msg)) = self.stream.next().await {
+                if msg.is_close() {
+                    return;
+                }
+            }
+        })
+        .await;
+        assert!(ended.is_ok(), "the connection stayed open");
+    }
+
     /// Sends `msg` while reading, and returns the server's close code. For
     /// messages the server refuses part-way through: it may stop reading
     /// before the whole message is written.

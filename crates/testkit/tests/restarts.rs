@@ -121,3 +121,21 @@ async fn a_refused_reconnect_is_final() {
         "{ended:?}"
     );
 }
+
+#[tokio::test]
+async fn a_handshake_still_under_way_when_sessions_close_is_dropped() {
+    let server = TestServer::start_with(cryptun_server::Config {
+        handshake_timeout: std::time::Duration::from_secs(30),
+        ..TestServer::test_config()
+    })
+    .await;
+    // Upgraded, but no create_tunnel yet.
+    let mut pending = RawWs::connect(&server).await;
+    let started = std::time::Instant::now();
+    server.stop().await;
+    // Not held up by the handshake (sessions get 2 s to end), and nothing
+    // could open after the server saved what it holds.
+    let took = started.elapsed();
+    assert!(took < std::time::Duration::from_millis(1500), "{took:?}");
+    pending.expect_disconnect().await;
+}
