@@ -380,13 +380,18 @@ struct RequestId {
     request_id: u32,
 }
 
-/// The `type` of a message. Nothing else is kept: the other values are
-/// skipped as they are read. A second `type` is refused.
+/// The `type` of a message, which must be a JSON object. Nothing else is
+/// kept: the other values are skipped as they are read. A second `type` is
+/// refused.
 fn tag(text: &str) -> Result<Cow<'_, str>, DecodeError> {
     #[derive(Deserialize)]
     struct Tag<'a> {
         #[serde(rename = "type", borrow)]
         tag: Cow<'a, str>,
+    }
+    // serde would also read a struct from an array (`["ping"]`).
+    if !text.trim_start().starts_with('{') {
+        return Err(DecodeError::Malformed("a message is a JSON object".into()));
     }
     fields::<Tag>(text).map(|t| t.tag)
 }

@@ -192,11 +192,21 @@ fn every_message_decodes_as_serde_s_tagged_enum_would_read_it() {
         body: crate::InlineBody::streamed(),
     };
     let clients = [
+        ClientMessage::CreateTunnel(CreateTunnel::default()),
         ClientMessage::CreateTunnel(CreateTunnel {
+            version: Some(1),
             subdomain: Some("app".into()),
             binary_streams: true,
+            request_timeout_ms: Some(5000),
+            token: Some(crate::Secret::new("ck_abc_def")),
+            reconnect_secret: Some(crate::Secret::new("r3c")),
+            basic_auth: Some(BasicAuth {
+                username: "u".into(),
+                password: "p".into(),
+            }),
             allow_ips: vec!["10.0.0.0/8".into()],
-            ..CreateTunnel::default()
+            deny_ips: vec!["10.0.0.7".into()],
+            max_body_size: Some(1000),
         }),
         ClientMessage::Response {
             request_id: 9,
@@ -207,6 +217,23 @@ fn every_message_decodes_as_serde_s_tagged_enum_would_read_it() {
         ClientMessage::Pong,
     ];
     let servers = [
+        ServerMessage::TunnelCreated(TunnelCreated {
+            version: 1,
+            tunnel_id: "abc".into(),
+            subdomain: "app".into(),
+            public_url: "http://app.localhost".into(),
+            binary_streams: true,
+            request_timeout_ms: 60_000,
+            limits: crate::Limits::default().announce(std::time::Duration::from_secs(10)),
+            reconnect_secret: Some(crate::Secret::new("r3c")),
+            max_body_size: Some(1000),
+        }),
+        ServerMessage::Error(ErrorMessage {
+            code: ErrorCode::TooManyAttempts,
+            message: "later".into(),
+            request_id: None,
+            retry_after_ms: Some(1500),
+        }),
         ServerMessage::Request {
             request_id: 1,
             tunnel_id: "t".into(),
@@ -247,5 +274,29 @@ fn every_message_decodes_as_serde_s_tagged_enum_would_read_it() {
             assert_eq!(ServerMessage::decode(&text).unwrap(), msg, "{text}");
             assert_eq!(decode::<ServerMessage>(&text, SERVER_TYPES).unwrap(), msg);
         }
+    }
+    // Every type a side knows has its arm (a variant added to the enum and
+    // its list of types but not to `decode` would read as unknown).
+    for ty in CLIENT_TYPES {
+        let decoded = ClientMessage::decode(&format!(r#"{{"type":"{ty}"}}"#));
+        assert!(!matches!(decoded, Err(DecodeError::UnknownType(_))), "{ty}");
+    }
+    for ty in SERVER_TYPES {
+        let decoded = ServerMessage::decode(&format!(r#"{{"type":"{ty}"}}"#));
+        assert!(!matches!(decoded, Err(DecodeError::UnknownType(_))), "{ty}");
+    }
+}
+
+#[test]
+fn a_message_is_an_object() {
+    for text in [r#"["ping"]"#, r#"["cancel",5]"#, "5", r#""ping""#] {
+        assert!(
+            matches!(ClientMessage::decode(text), Err(DecodeError::Malformed(_))),
+            "{text}"
+        );
+        assert!(matches!(
+            ServerMessage::decode(text),
+            Err(DecodeError::Malformed(_))
+        ));
     }
 }

@@ -31,29 +31,49 @@ fn no_message_costs_much_beside_itself_to_decode() {
     let n = 200_000; // text of about a megabyte
     let headers = vec![r#"["a","b"]"#; n].join(",");
     let head = r#"{"status":200,"headers":[]}"#;
+    // Each with whether it is a valid message.
     let client_texts = [
         // Many headers, type first and type last (refused at 1,024).
-        format!(
-            r#"{{"type":"response","request_id":1,"response":{{"status":200,"headers":[{headers}]}}}}"#
+        (
+            false,
+            format!(
+                r#"{{"type":"response","request_id":1,"response":{{"status":200,"headers":[{headers}]}}}}"#
+            ),
         ),
-        format!(
-            r#"{{"request_id":1,"response":{{"status":200,"headers":[{headers}]}},"type":"response"}}"#
+        (
+            false,
+            format!(
+                r#"{{"request_id":1,"response":{{"status":200,"headers":[{headers}]}},"type":"response"}}"#
+            ),
         ),
         // A header value that is a large array (refused).
-        format!(
-            r#"{{"request_id":1,"response":{{"status":200,"headers":{{"a":[{}]}}}},"type":"response"}}"#,
-            tiny_values(n)
+        (
+            false,
+            format!(
+                r#"{{"request_id":1,"response":{{"status":200,"headers":{{"a":[{}]}}}},"type":"response"}}"#,
+                tiny_values(n)
+            ),
         ),
         // Junk in a field nobody reads, before and after the type.
-        format!(r#"{{"junk":[{}],"type":"ping"}}"#, tiny_values(n)),
-        format!(
-            r#"{{"junk":[{}],"request_id":1,"response":{head},"type":"response"}}"#,
-            tiny_values(n)
+        (
+            true,
+            format!(r#"{{"junk":[{}],"type":"ping"}}"#, tiny_values(n)),
         ),
-        format!(r#"{{"type":"create_tunnel","junk":[{}]}}"#, tiny_values(n)),
+        (
+            true,
+            format!(
+                r#"{{"junk":[{}],"request_id":1,"response":{head},"type":"response"}}"#,
+                tiny_values(n)
+            ),
+        ),
+        (
+            true,
+            format!(r#"{{"type":"create_tunnel","junk":[{}]}}"#, tiny_values(n)),
+        ),
     ];
-    for text in &client_texts {
+    for (valid, text) in &client_texts {
         let (decoded, bytes) = allocated_by(|| ClientMessage::decode(text).map(|_| ()));
+        assert_eq!(decoded.is_ok(), *valid, "{decoded:?}: {}...", &text[..60]);
         assert!(
             bytes < text.len() as u64 / 8,
             "{bytes} bytes allocated to decode {} bytes ({decoded:?}): {}...",

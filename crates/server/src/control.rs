@@ -74,6 +74,9 @@ pub(crate) fn upgrade(
                     // task is only ever as large as the serving.
                     let opening = Box::pin(open(&state, upgraded, peer));
                     let opened = tokio::select! {
+                        // An opening that is done wins: its session ends
+                        // through `serve`, with going_away and 1001.
+                        biased;
                         opened = opening => opened,
                         // Sessions are closing (shutdown): a handshake still
                         // under way is dropped, so that no tunnel opens after

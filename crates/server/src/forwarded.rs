@@ -44,7 +44,8 @@ const MAX_HOPS: usize = 16;
 pub(crate) struct Visitor {
     /// The address rules, limits and logs go by.
     pub(crate) addr: Peer,
-    /// Whether `addr` was named by a trusted proxy rather than seen.
+    /// Whether a trusted proxy forwarded the request for someone (it sent
+    /// `X-Forwarded-For`, whether or not an address in it could be used).
     pub(crate) forwarded: bool,
     /// The scheme a trusted proxy said the visitor used.
     pub(crate) scheme: Option<&'static str>,
@@ -70,6 +71,9 @@ pub(crate) fn visitor(trusted: &[Cidr], peer: Peer, headers: &HeaderMap) -> Visi
         return visitor;
     }
     visitor.scheme = forwarded_proto(headers);
+    // Even if no entry is an address (`unknown`, `unix:`), the request is
+    // someone else's: never this machine's own.
+    visitor.forwarded = headers.contains_key("x-forwarded-for");
     // Repeated header lines form one list, in order (RFC 9110, 5.3).
     let entries = headers
         .get_all("x-forwarded-for")
@@ -81,7 +85,6 @@ pub(crate) fn visitor(trusted: &[Cidr], peer: Peer, headers: &HeaderMap) -> Visi
             break;
         };
         visitor.addr = addr;
-        visitor.forwarded = true;
         if !is_trusted(trusted, addr.ip()) {
             break;
         }
@@ -235,6 +238,13 @@ mod tests {
             visitor(&proxies, "127.0.0.1:1".parse().unwrap(), &headers).scheme,
             None
         );
+        // A header with no usable address still makes the request someone
+        // else's (a proxy behind a unix socket writes `unix:`).
+        for unusable in ["unknown", "unix:", "", "203.0.113.9,", "fe80::1%eth0"] {
+            headers.insert("x-forwarded-for", HeaderValue::from_static(unusable));
+            let seen = visitor(&proxies, "127.0.0.1:1".parse().unwrap(), &headers);
+            assert!(!seen.is_loopback(), "{unusable:?}");
+        }
     }
 
     #[test]

@@ -187,7 +187,7 @@ impl Holds {
             .filter(|hold| !hold.left.is_zero() && !self.map.contains_key(&hold.name))
             .collect();
         saved.sort_by_key(|hold| std::cmp::Reverse(hold.left));
-        saved.truncate(self.max);
+        saved.truncate(self.max.saturating_sub(self.map.len()));
         for hold in saved {
             self.hold(hold.name, hold.owner, now + hold.left, now);
         }
