@@ -19,14 +19,16 @@
 //! access log and the `X-Forwarded-For` the local service receives. It can
 //! take the admin API's loopback rule away (a remote visitor coming through
 //! a proxy on this host is not local) but never grant it: a request counts
-//! as loopback only when its TCP peer is and no address was forwarded,
-//! since every host inside a trusted range can claim any address.
+//! as loopback only when its TCP peer is and it carries no
+//! `X-Forwarded-For` from a trusted proxy (usable or not: `unix:`), since
+//! every host inside a trusted range can claim any address.
 //! `X-Forwarded-For` carries no port: the address has port 0 unless the
 //! entry gave one (`203.0.113.9:41000`).
 //!
 //! A trusted proxy's `X-Forwarded-Proto` (`http` or `https`, its last
 //! entry) is also taken as the scheme the visitor used, so that a service
-//! behind a proxy terminating TLS hears `https`.
+//! behind a proxy terminating TLS hears `https`; the proxy must set it,
+//! or a visitor's own claim passes through.
 
 use std::net::{IpAddr, SocketAddr};
 
