@@ -24,6 +24,10 @@ pub async fn server(args: ServerArgs) -> Result<()> {
     let config = cryptun_server::Config {
         domain: args.domain.clone(),
         public_port: args.public_port,
+        public_scheme: args
+            .public_scheme
+            .clone()
+            .unwrap_or(defaults.public_scheme.clone()),
         request_timeout: args.request_timeout,
         max_request_timeout: args.max_request_timeout,
         handshake_timeout: args.handshake_timeout,

@@ -102,6 +102,10 @@ struct ServerArgs {
     /// Port shown in public URLs (default: the listening port), e.g. behind a port forward.
     #[arg(long, env = "CRYPTUN_PUBLIC_PORT")]
     public_port: Option<u16>,
+    /// Scheme shown in public URLs: https behind a reverse proxy that terminates TLS
+    /// [default: https with a TLS listener (--tls-cert, --tls-self-signed), http otherwise].
+    #[arg(long, env = "CRYPTUN_PUBLIC_SCHEME", value_parser = ["http", "https"])]
+    public_scheme: Option<String>,
     /// How long a visitor waits for the local service's response head before 504.
     #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
     request_timeout: Duration,

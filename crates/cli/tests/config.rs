@@ -432,3 +432,38 @@ fn login_changes_only_the_token_of_client_toml() {
         "{after}"
     );
 }
+
+#[test]
+fn behind_a_proxy_terminating_tls_public_urls_say_https() {
+    let home = TempDir::new();
+    let home = home.path.as_path();
+    let args = [
+        "server",
+        "--listen",
+        "127.0.0.1:0",
+        "--public-scheme",
+        "https",
+        "--public-port",
+        "443",
+    ];
+    let server = cryptun(&args, home, &[]);
+    let (addr, _) = listening(&server);
+    let client = cryptun(
+        &[
+            "http",
+            "--hello",
+            "--json",
+            "--server",
+            &format!("http://{addr}"),
+        ],
+        home,
+        &[],
+    );
+    let line: serde_json::Value = serde_json::from_str(&client.line()).unwrap();
+    let url = line["public_url"].as_str().unwrap();
+    assert!(url.starts_with("https://tunnel-"), "{line}");
+    assert!(url.ends_with(".localhost"), "no port: {line}");
+
+    let bad = cryptun(&["server", "--public-scheme", "ftp"], home, &[]);
+    assert!(refused(bad).contains("ftp"));
+}

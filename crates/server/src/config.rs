@@ -15,8 +15,9 @@ use crate::limits::Rate;
 pub struct Config {
     /// Tunnels live at `{subdomain}.{domain}`. Lowercase, no trailing dot.
     pub domain: String,
-    /// Scheme of public URLs: `http`, or `https` when the server has a TLS
-    /// listener (`serve` sets it then).
+    /// Scheme of public URLs: `http` or `https`. `serve` sets `https` when
+    /// the server has a TLS listener; set it to `https` behind a reverse
+    /// proxy that terminates TLS.
     pub public_scheme: String,
     /// Port shown in public URLs (and, with TLS, where redirects go);
     /// `None` means the listener's own port: the HTTPS one when there is
@@ -191,6 +192,12 @@ impl Config {
                 "the stream window must hold at least two maximum-size frames".into(),
             ));
         }
+        if !matches!(self.public_scheme.as_str(), "http" | "https") {
+            return Err(ConfigError(format!(
+                "the public scheme is http or https, not {:?}",
+                self.public_scheme
+            )));
+        }
         if l.max_headers > cryptun_proto::limits::MAX_WIRE_HEADERS {
             return Err(ConfigError(format!(
                 "at most {} headers per head can be allowed",
@@ -273,6 +280,32 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn public_urls_follow_the_scheme_and_leave_out_its_default_port() {
+        let mut config = Config {
+            domain: "tunnels.example.com".into(),
+            ..Config::default()
+        };
+        assert_eq!(
+            config.public_url("app", 80),
+            "http://app.tunnels.example.com"
+        );
+        assert_eq!(
+            config.public_url("app", 4000),
+            "http://app.tunnels.example.com:4000"
+        );
+        // Behind a proxy terminating TLS on 443, the server itself on 4000.
+        config.public_scheme = "https".into();
+        config.public_port = Some(443);
+        assert_eq!(
+            config.public_url("app", 4000),
+            "https://app.tunnels.example.com"
+        );
+        assert!(config.clone().validated().is_ok());
+        config.public_scheme = "ftp".into();
+        assert!(config.validated().is_err());
+    }
 
     #[test]
     fn a_header_limit_above_what_the_wire_carries_is_refused() {

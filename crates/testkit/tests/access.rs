@@ -339,3 +339,19 @@ async fn behind_a_trusted_proxy_rates_and_handshake_failures_count_per_forwarded
         "created"
     );
 }
+
+#[tokio::test]
+async fn behind_a_proxy_terminating_tls_public_urls_say_https() {
+    let server = TestServer::start_with(cryptun_server::Config {
+        public_scheme: "https".into(),
+        public_port: Some(443),
+        trusted_proxies: vec!["127.0.0.2".parse().unwrap()],
+        ..TestServer::test_config()
+    })
+    .await;
+    let (_ws, created) = RawWs::tunnel(&server, serde_json::json!({})).await;
+    let name = created["subdomain"].as_str().unwrap();
+    assert_eq!(created["public_url"], format!("https://{name}.localhost"));
+    let listed = within("api", Visitor::new(server.addr).tunnels()).await;
+    assert_eq!(listed[0]["public_url"], created["public_url"]);
+}
