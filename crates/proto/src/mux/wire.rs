@@ -75,17 +75,14 @@ impl<H: Send + 'static> Mux<H> {
             Attempt::Busy(msg) => {
                 // Room in the queue is the common case: no waiting, so no
                 // watch on `out_closed` (a lock to register with it).
-                let msg = match self.inner.out.try_send(msg) {
-                    Ok(()) => None,
-                    Err(mpsc::error::TrySendError::Full(msg)) => Some(msg),
+                match self.inner.out.try_send(msg) {
+                    Ok(()) => {}
                     Err(mpsc::error::TrySendError::Closed(_)) => return Err(WireClosed),
-                };
-                if let Some(msg) = msg {
-                    tokio::select! {
+                    Err(mpsc::error::TrySendError::Full(msg)) => tokio::select! {
                         biased;
                         () = self.inner.out_closed.cancelled() => return Err(WireClosed),
                         sent = self.inner.out.send(msg) => sent.map_err(|_| WireClosed)?,
-                    }
+                    },
                 }
                 self.inner.control_ready.notify_one();
                 Ok(())
