@@ -334,14 +334,12 @@ impl Metrics {
 
     /// Counts a connected client until the guard drops.
     pub fn session_started(&self) -> GaugeGuard {
-        self.sessions.inc();
-        GaugeGuard(self.sessions.clone())
+        GaugeGuard::count(&self.sessions)
     }
 
     /// Counts a parked visitor connection until the guard drops.
     pub fn connection_parked(&self) -> GaugeGuard {
-        self.idle_connections.inc();
-        GaugeGuard(self.idle_connections.clone())
+        GaugeGuard::count(&self.idle_connections)
     }
 }
 
@@ -380,6 +378,14 @@ pub fn class_of(status: u16) -> &'static str {
 /// Decrements its gauge when dropped, however the holder ends.
 #[derive(Debug)]
 pub struct GaugeGuard(Gauge);
+
+impl GaugeGuard {
+    /// Increments `gauge` now, and decrements it when dropped.
+    fn count(gauge: &Gauge) -> GaugeGuard {
+        gauge.inc();
+        GaugeGuard(gauge.clone())
+    }
+}
 
 impl Drop for GaugeGuard {
     fn drop(&mut self) {
