@@ -65,7 +65,8 @@ pub(crate) enum LocalError {
     Http(#[from] hyper::Error),
 }
 
-/// Idle connections to the local services, by target.
+/// Idle connections to the local services, by target. A clone shares them.
+#[derive(Clone)]
 pub(crate) struct LocalPool {
     idle: Arc<Mutex<Idle>>,
     connect_timeout: Duration,

@@ -85,6 +85,8 @@ struct Inner {
     changes: broadcast::Sender<Change>,
     tunnels: Mutex<Vec<TunnelInfo>>,
     replays: Arc<Semaphore>,
+    /// Connections to the local services for replays (made at the first).
+    replay_pool: std::sync::OnceLock<crate::local::LocalPool>,
 }
 
 /// One tunnel of the session the inspector watches, as of the latest
@@ -238,6 +240,7 @@ impl Inspector {
                 changes: broadcast::channel(CHANGE_QUEUE).0,
                 tunnels: Mutex::new(Vec::new()),
                 replays: Arc::new(Semaphore::new(MAX_REPLAYS)),
+                replay_pool: std::sync::OnceLock::new(),
             }),
         }
     }
@@ -342,6 +345,19 @@ impl Inspector {
 
     pub(crate) fn replay_permits(&self) -> &Arc<Semaphore> {
         &self.inner.replays
+    }
+
+    /// The pool replays send through, shared by them all, apart from the
+    /// tunnels' own (call from within the runtime: the first call starts its
+    /// sweeper).
+    pub(crate) fn replay_pool(
+        &self,
+        connect_timeout: std::time::Duration,
+    ) -> crate::local::LocalPool {
+        self.inner
+            .replay_pool
+            .get_or_init(|| crate::local::LocalPool::new(connect_timeout))
+            .clone()
     }
 
     fn ring(&self) -> MutexGuard<'_, VecDeque<Arc<Entry>>> {

@@ -102,11 +102,12 @@ pub(crate) fn start(
     *request.uri_mut() = uri;
     *request.headers_mut() = header_map;
     local::address(&mut request, &target);
+    let pool = inspector.replay_pool(CONNECT_TIMEOUT);
     let task = async move {
         let _permit = permit;
         let outcome = tokio::select! {
             () = shutdown.cancelled() => Err("cancelled: the inspector stopped".to_owned()),
-            done = tokio::time::timeout(REPLAY_TIMEOUT, send(&tap, request, &target)) => {
+            done = tokio::time::timeout(REPLAY_TIMEOUT, send(&tap, &pool, request, &target)) => {
                 done.map_err(|_| format!("the replay took longer than {REPLAY_TIMEOUT:?}"))
             }
         };
@@ -121,11 +122,10 @@ pub(crate) fn start(
 /// returns the status and what failed, if anything.
 async fn send(
     tap: &Tap,
+    pool: &LocalPool,
     request: Request<LocalBody>,
     target: &crate::Target,
 ) -> (u16, Option<String>) {
-    // A connection of its own, closed with the pool when the replay ends.
-    let pool = LocalPool::new(CONNECT_TIMEOUT);
     let response = match pool.send(target, request).await {
         Ok(response) => response,
         Err(err) => {
