@@ -261,6 +261,24 @@ async fn names_live_when_the_server_stops_are_held_for_their_clients_after_it_re
 }
 
 #[tokio::test]
+async fn holds_that_cannot_be_read_or_saved_cost_only_themselves() {
+    let dir = TempDir::new();
+    drop(Store::open(&dir.path).unwrap());
+    // The table of saved holds is gone (a damaged or hand-edited database):
+    // reading it at start and writing it at shutdown both fail.
+    let db = rusqlite::Connection::open(dir.path.join(cryptun_server::store::DB_FILE)).unwrap();
+    db.execute_batch("DROP TABLE held_names").unwrap();
+    drop(db);
+    let server =
+        TestServer::start_with(TestServer::auth_config(&dir.path, AuthMode::Optional)).await;
+    let origin = Origin::start().await;
+    let client = TestClient::start(&server, &origin.target()).await;
+    serves(&server, &client.tunnel.subdomain, "served").await;
+    // And it stops cleanly, its serve task returning Ok.
+    server.stop().await;
+}
+
+#[tokio::test]
 async fn after_the_grace_the_name_is_free_again() {
     let grace = Duration::from_secs(2);
     let server = TestServer::start_with(Config {
