@@ -19,7 +19,7 @@ use std::time::Duration;
 use clap::{ArgGroup, Args, Parser, Subcommand};
 use cryptun_client::{BasicAuth, Secret};
 use cryptun_server::AdminToken;
-use cryptun_server::limits::Rate;
+use cryptun_server::policy::Rate;
 
 /// See `Cargo.toml` for why jemalloc.
 #[cfg(not(target_env = "msvc"))]
@@ -189,7 +189,7 @@ struct ServerArgs {
     /// counts as coming from the address it appended to X-Forwarded-For (IP lists, rate limits,
     /// handshake backoff, logs), with the scheme in its X-Forwarded-Proto.
     #[arg(long = "trusted-proxy", value_name = "CIDR", value_parser = parse::trusted_proxy)]
-    trusted_proxies: Vec<cryptun_server::access::Cidr>,
+    trusted_proxies: Vec<cryptun_proto::net::Cidr>,
     /// Bearer token for the admin API (/api/...), at least 16 characters. Without one, the admin API answers loopback addresses only.
     #[arg(long, env = "CRYPTUN_ADMIN_TOKEN", hide_env_values = true, value_parser = parse::admin_token)]
     admin_token: Option<AdminToken>,

@@ -6,17 +6,17 @@ use cryptun_server::AdminToken;
 /// An address or CIDR block, checked here (the server would refuse a bad
 /// one only once connected) and passed on as written.
 pub fn cidr(s: &str) -> Result<String, String> {
-    s.parse::<cryptun_server::access::Cidr>()
+    s.parse::<cryptun_proto::net::Cidr>()
         .map(|_| s.to_owned())
         .map_err(|e| e.to_string())
 }
 
 /// A `--trusted-proxy` address or CIDR block; not one holding every
 /// address, which would let any visitor name its own.
-pub fn trusted_proxy(s: &str) -> Result<cryptun_server::access::Cidr, String> {
-    let cidr: cryptun_server::access::Cidr = s
+pub fn trusted_proxy(s: &str) -> Result<cryptun_proto::net::Cidr, String> {
+    let cidr: cryptun_proto::net::Cidr = s
         .parse()
-        .map_err(|e: cryptun_server::access::CidrError| e.to_string())?;
+        .map_err(|e: cryptun_proto::net::CidrError| e.to_string())?;
     if cidr.prefix() == 0 {
         return Err(format!(
             "{s:?} trusts every address: any visitor could then choose its own; name the proxies"

@@ -16,6 +16,9 @@
 //! - [`mux`]: streams over one WebSocket: the pending-stream table, credit
 //!   windows, body types for hyper, and the writer task.
 //! - [`secret`]: API keys and reconnect secrets, hidden from `Debug`.
+//! - [`name`]: tunnel names (subdomain labels) and their rules.
+//! - [`net`]: IP networks (`allow_ips`, trusted proxies) and the group an
+//!   address counts in for per-address limits.
 //!
 //! Nothing here opens a socket; the server and client crates do.
 
@@ -26,6 +29,8 @@ pub mod head;
 pub mod limits;
 pub mod message;
 pub mod mux;
+pub mod name;
+pub mod net;
 pub mod read_ahead;
 pub mod secret;
 
@@ -33,6 +38,7 @@ pub use frame::{Frame, FrameError, FrameKind};
 pub use head::{HeadError, InlineBody, RequestHead, ResponseHead};
 pub use limits::Limits;
 pub use message::{ClientMessage, ErrorCode, PROTOCOL_VERSION, ServerMessage};
+pub use name::Subdomain;
 pub use read_ahead::ReadAhead;
 pub use secret::Secret;
 pub use tokio_tungstenite::tungstenite;

@@ -6,9 +6,12 @@ use std::time::Duration;
 use cryptun_proto::Limits;
 use cryptun_proto::mux::Heartbeat;
 
-use crate::admin::AdminToken;
-use crate::auth::{AuthMode, BackoffConfig};
-use crate::limits::Rate;
+use std::net::SocketAddr;
+
+use cryptun_proto::net::Cidr;
+
+use crate::ops::admin::AdminToken;
+use crate::policy::{BackoffConfig, Rate};
 
 /// Everything `run` needs to know besides its listener.
 #[derive(Debug, Clone)]
@@ -85,7 +88,7 @@ pub struct Config {
     /// from one of them is taken to come from the address it appended to
     /// `X-Forwarded-For` (see `forwarded.rs`). Empty: the header is never
     /// trusted.
-    pub trusted_proxies: Vec<crate::access::Cidr>,
+    pub trusted_proxies: Vec<Cidr>,
     /// Bearer token for the admin API (`/api/...`). `None`: the admin API is
     /// served to loopback peers only.
     pub admin_token: Option<AdminToken>,
@@ -163,6 +166,64 @@ impl Default for Config {
             admin_token: None,
             shutdown_delay: Duration::ZERO,
         }
+    }
+}
+
+/// Whether clients must present an API key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum AuthMode {
+    /// No keys: every client is anonymous, reserved names are not enforced
+    /// and no database is opened. The default on loopback with domain
+    /// `localhost`, where only this machine can connect.
+    #[default]
+    Off,
+    /// A key is checked when one is given (a bad one is refused); clients
+    /// without one are anonymous and may claim any free name that is not
+    /// reserved.
+    Optional,
+    /// Every connection needs a valid key. The default otherwise.
+    Required,
+}
+
+impl AuthMode {
+    /// The mode when none is chosen: `Off` only when the server can be
+    /// reached from this machine alone *and* serves the `localhost` domain
+    /// (the quick start and `cryptun demo`); `Required` otherwise, so a
+    /// server on a public address, or behind a reverse proxy with a real
+    /// domain, is closed unless its operator opens it.
+    pub fn default_for(listen: SocketAddr, domain: &str) -> AuthMode {
+        let domain = domain.trim_end_matches('.').to_ascii_lowercase();
+        let local_domain = domain == "localhost" || domain.ends_with(".localhost");
+        if listen.ip().is_loopback() && local_domain {
+            AuthMode::Off
+        } else {
+            AuthMode::Required
+        }
+    }
+}
+
+impl std::str::FromStr for AuthMode {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "off" => Ok(AuthMode::Off),
+            "optional" => Ok(AuthMode::Optional),
+            "required" => Ok(AuthMode::Required),
+            other => Err(format!(
+                "unknown auth mode {other:?} (expected required, optional or off)"
+            )),
+        }
+    }
+}
+
+impl std::fmt::Display for AuthMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            AuthMode::Off => "off",
+            AuthMode::Optional => "optional",
+            AuthMode::Required => "required",
+        })
     }
 }
 
@@ -280,6 +341,40 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn default_mode_is_off_only_on_loopback_with_a_local_domain() {
+        let at = |s: &str| s.parse::<SocketAddr>().unwrap();
+        assert_eq!(
+            AuthMode::default_for(at("127.0.0.1:4000"), "localhost"),
+            AuthMode::Off
+        );
+        assert_eq!(
+            AuthMode::default_for(at("[::1]:4000"), "Dev.Localhost."),
+            AuthMode::Off
+        );
+        assert_eq!(
+            AuthMode::default_for(at("0.0.0.0:80"), "localhost"),
+            AuthMode::Required
+        );
+        assert_eq!(
+            AuthMode::default_for(at("192.0.2.1:80"), "localhost"),
+            AuthMode::Required
+        );
+        // Loopback behind a reverse proxy serving a real domain.
+        assert_eq!(
+            AuthMode::default_for(at("127.0.0.1:4000"), "tunnels.example.com"),
+            AuthMode::Required
+        );
+    }
+
+    #[test]
+    fn modes_parse_and_print() {
+        for mode in [AuthMode::Off, AuthMode::Optional, AuthMode::Required] {
+            assert_eq!(mode.to_string().parse::<AuthMode>(), Ok(mode));
+        }
+        assert!("maybe".parse::<AuthMode>().is_err());
+    }
 
     #[test]
     fn public_urls_follow_the_scheme_and_leave_out_its_default_port() {

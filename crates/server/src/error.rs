@@ -6,8 +6,21 @@ use std::time::Duration;
 use cryptun_proto::HeadError;
 use http::{HeaderValue, Response, StatusCode, header};
 
-use crate::host::HostError;
-use crate::{Body, full};
+use crate::body::{Body, full};
+
+/// Why a request has no usable Host.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HostError {
+    /// Neither a Host header nor an absolute request target.
+    #[error("the request has no Host header")]
+    Missing,
+    /// More than one Host header.
+    #[error("the request has more than one Host header")]
+    Repeated,
+    /// Not a valid host name, IPv4 or bracketed IPv6 address with an optional port.
+    #[error("the Host header is not a valid host name")]
+    Malformed,
+}
 
 /// The party at fault, for logs (and, later, metrics).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use cryptun_client::{ClientError, Secret};
 use cryptun_proto::ErrorCode;
-use cryptun_server::auth::BackoffConfig;
+use cryptun_server::policy::BackoffConfig;
 use cryptun_server::{AuthMode, Store};
 use cryptun_testkit::{Origin, RawWs, TempDir, TestClient, TestServer, Visitor};
 use http::StatusCode;
@@ -136,14 +136,18 @@ async fn optional_lets_anonymous_clients_in_but_refuses_a_bad_key() {
 }
 
 #[tokio::test]
-async fn off_ignores_keys_and_opens_no_database() {
+async fn off_ignores_keys_but_keeps_its_database() {
     let dir = TempDir::new();
     let server = TestServer::start_with(TestServer::auth_config(&dir.path, AuthMode::Off)).await;
     let (_ws, created) = RawWs::tunnel(&server, json!({ "token": "anything" })).await;
     assert_eq!(created["type"], "tunnel_created");
+    // Anonymous: a token is not looked at, so no key's tunnel.
+    assert!(created["reconnect_secret"].is_string(), "{created}");
+    // The server's own records (names held across a restart) are kept
+    // with auth off too.
     assert!(
-        !dir.path.exists(),
-        "auth off must not create the data directory"
+        dir.path.join(cryptun_server::store::DB_FILE).is_file(),
+        "the database is opened in the data directory whatever the auth mode"
     );
 }
 

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use cryptun_client::{ClientError, Secret};
 use cryptun_proto::ErrorCode;
-use cryptun_server::auth::BackoffConfig;
+use cryptun_server::policy::BackoffConfig;
 use cryptun_server::{AuthMode, Config, Store};
 use cryptun_testkit::raw::{WAIT, eventually};
 use cryptun_testkit::{Origin, RawWs, TempDir, TestClient, TestServer, Visitor};

@@ -8,7 +8,7 @@
 use std::net::IpAddr;
 use std::time::Duration;
 
-use cryptun_server::limits::Rate;
+use cryptun_server::policy::Rate;
 use cryptun_testkit::raw::eventually;
 use cryptun_testkit::visitor::{raw_exchange_from, status_of};
 use cryptun_testkit::{LIMIT, Origin, TestClient, TestServer, Visitor, within};

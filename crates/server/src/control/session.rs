@@ -19,12 +19,12 @@ use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use tracing::{debug, info, warn};
 
+use super::Control;
+use super::auth::Identity;
 use super::{Ws, close_for, close_frame};
-use crate::admit::create_tunnel;
-use crate::auth::Identity;
-use crate::metrics::HandshakeFailure as Failure;
+use crate::edge::Peer;
+use crate::metrics::{GaugeGuard, HandshakeFailure as Failure};
 use crate::registry::Registration;
-use crate::{Peer, State};
 
 /// Why a session ended: the `reason` of `cryptun_sessions_ended_total`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -74,22 +74,27 @@ pub(super) struct Opened {
     close_streams: CloseOnDrop<ResponseHead>,
     tunnels: Vec<Registration>,
     /// Counts the session in `cryptun_sessions` until dropped.
-    connected: crate::metrics::GaugeGuard,
+    connected: GaugeGuard,
 }
 
 /// Creates the session's first tunnel (`create` and `identity` are what
 /// the handshake accepted) and tells the client, or tells it why not and
 /// closes.
 pub(super) async fn open(
-    state: &State,
+    control: &Control,
     mut ws: Ws,
     peer: Peer,
     create: CreateTunnel,
     identity: &Identity,
 ) -> Option<Opened> {
-    let mux: Mux<ResponseHead> = Mux::new(Side::Opener, create.binary_streams, state.config.limits);
+    let mux: Mux<ResponseHead> =
+        Mux::new(Side::Opener, create.binary_streams, control.config.limits);
     let close_streams = mux.close_on_drop();
-    match create_tunnel(state, &mux, &create, identity, peer, 0).await {
+    match control
+        .admit
+        .create_tunnel(&mux, &create, identity, peer, 0)
+        .await
+    {
         Ok((registration, created)) => {
             info!(subdomain = %registration.tunnel().subdomain, binary = create.binary_streams, "tunnel created");
             let tunnels = vec![registration];
@@ -104,11 +109,11 @@ pub(super) async fn open(
                 mux,
                 close_streams,
                 tunnels,
-                connected: state.metrics.session_started(),
+                connected: control.metrics.session_started(),
             })
         }
         Err(refusal) => {
-            state.metrics.handshake(&Failure::Code(refusal.code));
+            control.metrics.handshake(&Failure::Code(refusal.code));
             let _ = ws.send(Message::text(refusal.to_text())).await;
             let frame = close_frame(refusal.close_code(), "tunnel refused");
             let _ = ws.close(Some(frame)).await;
@@ -120,7 +125,7 @@ pub(super) async fn open(
 /// The opened session's life: reads and routes the client's messages while
 /// its writer sends, until either ends, the server stops or the key is
 /// revoked.
-pub(super) async fn serve(state: &State, opened: Opened, peer: Peer, identity: &Identity) {
+pub(super) async fn serve(control: &Control, opened: Opened, peer: Peer, identity: &Identity) {
     let Opened {
         sink,
         mut stream,
@@ -131,7 +136,7 @@ pub(super) async fn serve(state: &State, opened: Opened, peer: Peer, identity: &
     } = opened;
     mux.heard();
     let key_session = match &identity {
-        Identity::Key { id, .. } => Some((id.as_str(), state.key_sessions.register(id))),
+        Identity::Key { id, .. } => Some((id.as_str(), control.key_sessions.register(id))),
         Identity::Anonymous => None,
     };
     // Resolves with the key's id once it is revoked.
@@ -146,9 +151,9 @@ pub(super) async fn serve(state: &State, opened: Opened, peer: Peer, identity: &
     };
     tokio::pin!(revoked);
 
-    let writer = run_writer(sink, mux.clone(), state.config.heartbeat);
+    let writer = run_writer(sink, mux.clone(), control.config.heartbeat);
     tokio::pin!(writer);
-    let going_away = announce_going_away(state, &mux);
+    let going_away = announce_going_away(control, &mux);
     tokio::pin!(going_away);
     // Each arm says why the session ended and whether the writer still has
     // a close frame to send. In order: with nothing to drain, the
@@ -156,7 +161,7 @@ pub(super) async fn serve(state: &State, opened: Opened, peer: Peer, identity: &
     // must be queued before the close.
     let (kind, ended, closing) = tokio::select! {
         biased;
-        end = read_loop(state, &mux, &mut stream, &mut tunnels, identity, peer) => end,
+        end = read_loop(control, &mux, &mut stream, &mut tunnels, identity, peer) => end,
         end = &mut going_away => end,
         result = &mut writer => match result {
             Ok(_) => (Ended::Lost, "writer finished".to_owned(), false),
@@ -169,7 +174,7 @@ pub(super) async fn serve(state: &State, opened: Opened, peer: Peer, identity: &
                 (kind, err.to_string(), false)
             }
         },
-        () = state.sessions_stop.cancelled() => {
+        () = control.sessions_stop.cancelled() => {
             mux.queue_close(close_frame(close_code::GOING_AWAY, "server shutting down"));
             (Ended::Shutdown, "server shutting down".to_owned(), true)
         }
@@ -178,7 +183,7 @@ pub(super) async fn serve(state: &State, opened: Opened, peer: Peer, identity: &
             (Ended::Revoked, "API key revoked".to_owned(), true)
         }
     };
-    state.metrics.session_ended(kind.label());
+    control.metrics.session_ended(kind.label());
     // The tunnels go first, so new visitors see 404 rather than a dying
     // tunnel; then everything in flight fails at once.
     drop(tunnels);
@@ -208,8 +213,8 @@ fn cut_off(mux: &Mux<ResponseHead>, id: &str, tunnels: &mut Vec<Registration>) {
 
 /// When shutdown begins, tells the client the server is going away; the
 /// session goes on until the in-flight requests have drained. Never ends.
-async fn announce_going_away(state: &State, mux: &Mux<ResponseHead>) -> (Ended, String, bool) {
-    state.draining.cancelled().await;
+async fn announce_going_away(control: &Control, mux: &Mux<ResponseHead>) -> (Ended, String, bool) {
+    control.draining.cancelled().await;
     let after = u64::try_from(RECONNECT_AFTER.as_millis()).unwrap_or(u64::MAX);
     mux.queue_text(encode(&ServerMessage::GoingAway {
         reconnect_after_ms: after,
@@ -221,7 +226,7 @@ async fn announce_going_away(state: &State, mux: &Mux<ResponseHead>) -> (Ended, 
 /// Returns why it ended, in a word and in a sentence, and whether a close
 /// frame was queued.
 async fn read_loop(
-    state: &State,
+    control: &Control,
     mux: &Mux<ResponseHead>,
     stream: &mut SplitStream<Ws>,
     tunnels: &mut Vec<Registration>,
@@ -231,7 +236,7 @@ async fn read_loop(
     while let Some(msg) = stream.next().await {
         mux.heard();
         let refusal = match msg {
-            Ok(Message::Text(text)) => on_text(state, mux, &text, tunnels, identity, peer).await,
+            Ok(Message::Text(text)) => on_text(control, mux, &text, tunnels, identity, peer).await,
             Ok(Message::Binary(data)) => on_binary(mux, data),
             Ok(Message::Close(_)) => {
                 return (
@@ -258,7 +263,7 @@ async fn read_loop(
 
 /// Handles one text message; returns a close frame if the session must end.
 async fn on_text(
-    state: &State,
+    control: &Control,
     mux: &Mux<ResponseHead>,
     text: &str,
     tunnels: &mut Vec<Registration>,
@@ -285,14 +290,11 @@ async fn on_text(
             // The connection's identity was settled by its first
             // create_tunnel; a token here is not looked at. Boxed: rare, and
             // inline it would grow every idle session's task.
-            match Box::pin(create_tunnel(
-                state,
-                mux,
-                &create,
-                identity,
-                peer,
-                tunnels.len(),
-            ))
+            match Box::pin(
+                control
+                    .admit
+                    .create_tunnel(mux, &create, identity, peer, tunnels.len()),
+            )
             .await
             {
                 Ok((registration, created)) => {

@@ -19,35 +19,9 @@ use std::time::{Duration, Instant};
 
 use cryptun_proto::Secret;
 
-use crate::store::SavedHold;
-use sha2::{Digest, Sha256};
+use crate::store::{Owner, SavedHold};
 use subtle::ConstantTimeEq;
 use tracing::warn;
-
-/// Who may take a name back during its grace.
-#[derive(Clone, PartialEq, Eq)]
-pub enum Owner {
-    /// Any connection authenticated with this key id.
-    Key(String),
-    /// Whoever presents the reconnect secret with this SHA-256.
-    Secret([u8; 32]),
-}
-
-impl Owner {
-    /// The owner for an anonymous tunnel given `secret`.
-    pub fn secret(secret: &Secret) -> Owner {
-        Owner::Secret(Sha256::digest(secret.expose().as_bytes()).into())
-    }
-}
-
-impl std::fmt::Debug for Owner {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Owner::Key(id) => write!(f, "Key({id})"),
-            Owner::Secret(_) => f.write_str("Secret(***)"),
-        }
-    }
-}
 
 /// What a new tunnel offers to prove it may take a held name.
 #[derive(Debug, Clone, Copy, Default)]

@@ -18,8 +18,35 @@ use std::time::Duration;
 
 use rusqlite::params;
 
+use cryptun_proto::Secret;
+use sha2::{Digest, Sha256};
+
 use super::{Store, StoreError};
-use crate::registry::Owner;
+
+/// Who may take a name back during its grace.
+#[derive(Clone, PartialEq, Eq)]
+pub enum Owner {
+    /// Any connection authenticated with this key id.
+    Key(String),
+    /// Whoever presents the reconnect secret with this SHA-256.
+    Secret([u8; 32]),
+}
+
+impl Owner {
+    /// The owner for an anonymous tunnel given `secret`.
+    pub fn secret(secret: &Secret) -> Owner {
+        Owner::Secret(Sha256::digest(secret.expose().as_bytes()).into())
+    }
+}
+
+impl std::fmt::Debug for Owner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Owner::Key(id) => write!(f, "Key({id})"),
+            Owner::Secret(_) => f.write_str("Secret(***)"),
+        }
+    }
+}
 
 /// One name held for reconnection, as saved.
 #[derive(Debug, Clone, PartialEq, Eq)]

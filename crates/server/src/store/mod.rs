@@ -17,7 +17,7 @@
 //! rusqlite is blocking. The server touches the store at handshake time
 //! (one indexed lookup to check a key, one to check a reserved name) and
 //! every few seconds to notice revocations ([`Store::revision`], then the
-//! revoked ids when it moved), and does so through `tokio::task::spawn_blocking`, so a slow disk never
+//! revoked ids when it moved), and does so through [`Store::call`] (the blocking pool), so a slow disk never
 //! stalls the runtime; the `cryptun keys` commands call it directly. Both
 //! may run at once against the same file: the database is in WAL mode with
 //! a busy timeout, so a writer (the CLI) and a reader (the server) do not
@@ -42,12 +42,15 @@ use std::time::Duration;
 
 use rusqlite::Connection;
 
-pub use holds::SavedHold;
+pub use holds::{Owner, SavedHold};
 pub use keys::{KeyInfo, NewKey};
 pub use names::Reservation;
 
 /// The database file inside the data directory.
 pub const DB_FILE: &str = "cryptun.db";
+
+/// What [`Store::path`] says of a database in memory (SQLite's own name).
+const IN_MEMORY: &str = ":memory:";
 
 /// How long a statement waits for another process's write lock (the CLI
 /// writing while the server reads) before giving up.
@@ -170,7 +173,21 @@ impl Store {
         })
     }
 
-    /// The database file.
+    /// A database in memory, for a server given no data directory (a
+    /// library user's, or a test's): the same schema and rules, kept for
+    /// the life of the process.
+    pub fn in_memory() -> Result<Store, StoreError> {
+        let mut conn = Connection::open_in_memory()?;
+        conn.pragma_update(None, "foreign_keys", "ON")?;
+        migrate(&mut conn)?;
+        Ok(Store {
+            conn: Arc::new(Mutex::new(conn)),
+            path: PathBuf::from(IN_MEMORY),
+            local_revocations: Arc::default(),
+        })
+    }
+
+    /// The database file (`:memory:` for [`Store::in_memory`]).
     pub fn path(&self) -> &Path {
         &self.path
     }
@@ -184,6 +201,19 @@ impl Store {
         let conn = self.conn();
         let version: i64 = conn.pragma_query_value(None, "data_version", |row| row.get(0))?;
         Ok((version, self.local_revocations.load(Ordering::Acquire)))
+    }
+
+    /// Runs `f` against the database on the blocking pool, for async
+    /// callers: SQLite calls block, and a slow disk must not hold up the
+    /// runtime's workers.
+    pub async fn call<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Store) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let store = self.clone();
+        tokio::task::spawn_blocking(move || f(&store))
+            .await
+            .unwrap_or_else(|join| Err(StoreError::Task(join.to_string())))
     }
 
     pub(crate) fn revoked_locally(&self) {
@@ -329,6 +359,20 @@ pub(crate) mod tests {
     }
 
     #[cfg(unix)]
+    #[test]
+    fn a_database_in_memory_has_the_whole_schema() {
+        let store = Store::in_memory().unwrap();
+        assert_eq!(store.path(), Path::new(":memory:"));
+        assert_eq!(
+            schema_version(&store.conn()).unwrap() as usize,
+            MIGRATIONS.len()
+        );
+        let key = store.create_key("ci").unwrap();
+        store.reserve(&key.info.id, "app").unwrap();
+        assert_eq!(store.reserved_for("app").unwrap(), Some(key.info.id));
+        assert!(store.take_holds().unwrap().is_empty());
+    }
+
     #[test]
     fn the_data_directory_and_its_files_are_private() {
         use std::os::unix::fs::PermissionsExt;

@@ -7,12 +7,11 @@
 //! (`tunnel-...`) cannot be reserved, so a generated name never needs a
 //! lookup.
 
+use cryptun_proto::Subdomain;
+use cryptun_proto::name::GENERATED_PREFIX;
 use rusqlite::{OptionalExtension, params};
 
 use super::{Store, StoreError, now_unix};
-
-/// Prefix of generated subdomains, which cannot be reserved.
-pub const GENERATED_PREFIX: &str = "tunnel-";
 
 /// A reserved name and its owner.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -25,34 +24,18 @@ pub struct Reservation {
     pub created_at: i64,
 }
 
-/// Checks a requested subdomain: one DNS label of letters, digits and
-/// hyphens, 1 to 63 characters, not starting or ending with a hyphen.
-/// Returns it lowercased.
-pub fn valid_subdomain(name: &str) -> Result<String, String> {
-    let ok = !name.is_empty()
-        && name.len() <= 63
-        && !name.starts_with('-')
-        && !name.ends_with('-')
-        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
-    if ok {
-        Ok(name.to_ascii_lowercase())
-    } else {
-        Err(format!(
-            "the subdomain {name:?} is not a valid DNS label (1-63 letters, digits or hyphens, not starting or ending with a hyphen)"
-        ))
-    }
-}
-
 impl Store {
     /// Reserves `name` for key `key_id` (which must exist and be live).
     /// Reserving a name the key already holds is a no-op.
     pub fn reserve(&self, key_id: &str, name: &str) -> Result<Reservation, StoreError> {
-        let name = valid_subdomain(name).map_err(StoreError::InvalidName)?;
-        if name.starts_with(GENERATED_PREFIX) {
+        let name =
+            Subdomain::parse(name).map_err(|err| StoreError::InvalidName(err.to_string()))?;
+        if name.is_generated() {
             return Err(StoreError::InvalidName(format!(
                 "names starting with {GENERATED_PREFIX:?} are generated ones and cannot be reserved"
             )));
         }
+        let name: String = name.into();
         let mut conn = self.conn();
         let tx = conn.transaction()?;
         let revoked: Option<Option<i64>> = tx
@@ -114,10 +97,10 @@ impl Store {
 
     /// The key that `name` (a valid, lowercase label) is reserved for.
     pub fn reserved_for(&self, name: &str) -> Result<Option<String>, StoreError> {
-        if name.starts_with(GENERATED_PREFIX) {
-            return Ok(None);
+        match Subdomain::parse(name) {
+            Ok(name) if !name.is_generated() => Ok(reserved_by(&self.conn(), name.as_str())?),
+            _ => Ok(None),
         }
-        Ok(reserved_by(&self.conn(), name)?)
     }
 }
 

@@ -11,35 +11,11 @@
 //! - The scheme a connection came in on becomes the visitor's
 //!   `X-Forwarded-Proto`.
 
-use std::sync::Arc;
-
 use http::{HeaderValue, Response, StatusCode, Uri, header};
 
+use super::host::Route;
+use crate::body::{Body, full};
 use crate::error::GatewayError;
-use crate::host::Route;
-use crate::{Body, full};
-
-/// How a connection reached the server.
-#[derive(Debug, Clone)]
-pub(crate) enum Transport {
-    /// Plain HTTP.
-    Plain,
-    /// HTTPS, with the server name the client's handshake asked for.
-    Tls {
-        /// The SNI, if the client sent one (clients send none for an IP).
-        sni: Option<Arc<str>>,
-    },
-}
-
-impl Transport {
-    /// `http` or `https`, for `X-Forwarded-Proto`.
-    pub(crate) fn scheme(&self) -> &'static str {
-        match self {
-            Transport::Plain => "http",
-            Transport::Tls { .. } => "https",
-        }
-    }
-}
 
 /// Refuses a request on a TLS connection whose Host (`host`, as
 /// `host::name` gives it) is not the name the connection was opened for.

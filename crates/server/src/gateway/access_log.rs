@@ -24,7 +24,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Instant;
 
-use crate::park::VisitorBody;
 use bytes::Bytes;
 use http::{Method, Request, Response};
 use http_body::{Body as HttpBody, Frame, SizeHint};
@@ -32,18 +31,40 @@ use http_body_util::combinators::BoxBody;
 use prometheus_client::metrics::counter::Counter;
 use tracing::{Instrument as _, Level, info};
 
-use crate::metrics::{Outcome, class_of};
-use crate::stats::Stats;
-use crate::{Body, BoxError, Peer, State};
+use tokio_util::task::TaskTracker;
+
+use crate::body::{Body, BoxError};
+use crate::edge::Peer;
+use crate::edge::VisitorBody;
+use crate::metrics::{Metrics, Outcome, class_of};
+use crate::registry::Stats;
 
 /// The `reason` of a request the tunnel's client answered.
 const UPSTREAM: &str = "upstream";
+
+/// What every exchange reports to: the metrics, the server's dashboard
+/// counters, and the tasks that write log lines (awaited on shutdown).
+pub(crate) struct AccessLog {
+    metrics: Metrics,
+    totals: Arc<Stats>,
+    tasks: TaskTracker,
+}
+
+impl AccessLog {
+    pub(crate) fn new(metrics: Metrics, totals: Arc<Stats>, tasks: TaskTracker) -> Self {
+        AccessLog {
+            metrics,
+            totals,
+            tasks,
+        }
+    }
+}
 
 /// One visitor request to a tunnel, from arrival to the end of its response.
 pub(crate) struct Exchange {
     /// For the metrics at the end: one reference, where a copy of
     /// `Metrics` would be a reference count per metric.
-    state: Arc<State>,
+    log: Arc<AccessLog>,
     started: Instant,
     visitor: Peer,
     method: Method,
@@ -64,23 +85,23 @@ impl Exchange {
     /// names (whose counters are `stats` if it is live), and returns the
     /// request with its body counted.
     pub(crate) fn begin(
-        state: &Arc<State>,
+        log: &Arc<AccessLog>,
         visitor: Peer,
         tunnel: Option<String>,
         stats: Option<Arc<Stats>>,
         req: Request<VisitorBody>,
     ) -> (Self, Request<RequestBody>) {
-        let metrics = &state.metrics;
+        let metrics = &log.metrics;
         metrics.in_flight.inc();
         let started = Instant::now();
         let tallies = Tallies {
-            server: Arc::clone(&state.totals),
+            server: Arc::clone(&log.totals),
             tunnel: stats,
         };
         tallies.each(|s| s.begin(started));
         let bytes_in = Arc::new(AtomicU64::new(0));
         let exchange = Exchange {
-            state: Arc::clone(state),
+            log: Arc::clone(log),
             started,
             visitor,
             method: req.method().clone(),
@@ -115,7 +136,7 @@ impl Exchange {
         self.reason = reason.unwrap_or(UPSTREAM);
         // An empty body may never be polled.
         self.complete = resp.body().is_end_stream();
-        let total = self.state.metrics.bytes_out.clone();
+        let total = self.log.metrics.bytes_out.clone();
         resp.map(|inner| {
             BoxBody::new(ResponseBody {
                 inner,
@@ -129,7 +150,7 @@ impl Exchange {
 impl Drop for Exchange {
     fn drop(&mut self) {
         let duration = self.started.elapsed();
-        let metrics = &self.state.metrics;
+        let metrics = &self.log.metrics;
         metrics.in_flight.dec();
         let status = self.status;
         self.tallies.each(|s| s.end(status));
@@ -160,9 +181,9 @@ impl Drop for Exchange {
         // shutdown waits for it. Once shutdown stopped waiting (a request
         // that outlived the drain), or without a runtime (never, in the
         // server), the line is written at once instead.
-        if !self.state.tasks.is_closed() && tokio::runtime::Handle::try_current().is_ok() {
+        if !self.log.tasks.is_closed() && tokio::runtime::Handle::try_current().is_ok() {
             let write = async move { line.write() }.instrument(tracing::Span::current());
-            self.state.tasks.spawn(write);
+            self.log.tasks.spawn(write);
         } else {
             line.write();
         }

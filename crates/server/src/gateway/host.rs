@@ -8,6 +8,8 @@
 
 use http::Request;
 
+pub use crate::error::HostError;
+
 /// The destination of one request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Route {
@@ -15,20 +17,6 @@ pub enum Route {
     Server,
     /// A tunnel subdomain: the label before the domain, lowercased.
     Tunnel(String),
-}
-
-/// Why a request has no usable Host.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum HostError {
-    /// Neither a Host header nor an absolute request target.
-    #[error("the request has no Host header")]
-    Missing,
-    /// More than one Host header.
-    #[error("the request has more than one Host header")]
-    Repeated,
-    /// Not a valid host name, IPv4 or bracketed IPv6 address with an optional port.
-    #[error("the Host header is not a valid host name")]
-    Malformed,
 }
 
 /// Routes `req` for a server whose tunnels live under `domain` (lowercase).

@@ -1,5 +1,5 @@
 //! Checks on a visitor's request before it is routed, for what hyper lets
-//! through: framing (see [`framing`]), the length of the request target,
+//! through: framing (see [`framing`](crate::edge::framing)), the length of the request target,
 //! paths on the server's own routes, and protocol switches we never honour.
 //!
 //! What hyper itself refuses, and how (each has a test in
@@ -12,16 +12,14 @@
 //!   in `chunked`, `Transfer-Encoding` on HTTP/1.0: 400;
 //! - no complete head within `header_read_timeout`: the connection closes.
 //!
-//! Every refusal here and in [`framing`] is counted in
-//! `cryptun_refused_requests_total` (by `gateway`, or by `listen` for what
+//! Every refusal here and in the edge's `framing` is counted in
+//! `cryptun_refused_requests_total` (by the gateway, or by the edge for what
 //! hyper refuses), except the header timeout, which hyper reports alike for
 //! an idle keep-alive connection.
 //!
 //! Tunnel traffic is never normalised: a path goes to the local app byte for
 //! byte, dot segments and encoded slashes included; only the server's own
 //! routes refuse them.
-
-pub mod framing;
 
 use http::{HeaderValue, Uri};
 

@@ -22,6 +22,8 @@ use std::net::IpAddr;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use cryptun_proto::net::group;
+
 /// How the backoff behaves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BackoffConfig {
@@ -75,20 +77,6 @@ pub struct Backoff {
     inner: Mutex<Inner>,
 }
 
-/// The address whose failures `ip` counts towards.
-fn bucket(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V4(_) => ip,
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => IpAddr::V4(v4),
-            None => {
-                let s = v6.segments();
-                IpAddr::V6(std::net::Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
-            }
-        },
-    }
-}
-
 impl Backoff {
     /// An empty table.
     pub fn new(config: BackoffConfig) -> Self {
@@ -105,13 +93,13 @@ impl Backoff {
     /// How long `ip` is still refused for, if it is.
     pub fn blocked(&self, ip: IpAddr, now: Instant) -> Option<Duration> {
         let inner = self.lock();
-        let until = inner.entries.get(&bucket(ip))?.blocked_until?;
+        let until = inner.entries.get(&group(ip))?.blocked_until?;
         (until > now).then(|| until - now)
     }
 
     /// Records a failure from `ip`; returns the refusal it starts, if any.
     pub fn failed(&self, ip: IpAddr, now: Instant) -> Option<Duration> {
-        let key = bucket(ip);
+        let key = group(ip);
         let config = self.config;
         let mut inner = self.lock();
         inner.forget_stale(now, config.forget_after);

@@ -15,9 +15,9 @@ use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use tracing::{Instrument, debug, debug_span};
 
+use super::response::refuse_response;
+use crate::body::{Body, full};
 use crate::error::GatewayError;
-use crate::proxy::refuse_response;
-use crate::{Body, full};
 
 /// Answers the visitor with the app's 101 and joins the two connections.
 pub(crate) fn switch(

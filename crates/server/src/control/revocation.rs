@@ -20,9 +20,10 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, info, info_span, warn};
 
-use super::blocking;
-use crate::State;
-use crate::store::Store;
+use tokio_util::task::TaskTracker;
+
+use crate::registry::Registry;
+use crate::store::{Store, StoreError};
 
 /// The live sessions that authenticated with a key, and the keys known to
 /// be revoked.
@@ -100,59 +101,68 @@ impl KeySessions {
     }
 }
 
-/// Starts the task that polls `store` every `state.config.revocation_poll`
-/// until `stop` fires.
-pub(crate) fn spawn_watcher(state: &Arc<State>, store: Store, stop: CancellationToken) {
-    let state = Arc::clone(state);
-    let tasks = state.tasks.clone();
-    tasks.spawn(
-        async move {
-            tokio::select! {
-                () = watch(&state, &store) => {}
-                () = stop.cancelled() => {}
+/// What the watcher of revocations works on: the database it polls, how
+/// often, and what it cuts.
+pub(crate) struct Watcher {
+    pub(crate) store: Store,
+    pub(crate) every: Duration,
+    pub(crate) sessions: Arc<KeySessions>,
+    pub(crate) registry: Arc<dyn Registry>,
+}
+
+impl Watcher {
+    /// Starts the task that polls the store until `stop` fires, tracked by
+    /// `tasks`.
+    pub(crate) fn spawn(self, tasks: &TaskTracker, stop: CancellationToken) {
+        tasks.spawn(
+            async move {
+                tokio::select! {
+                    () = self.watch() => {}
+                    () = stop.cancelled() => {}
+                }
             }
-        }
-        .instrument(info_span!("revocations")),
-    );
-}
+            .instrument(info_span!("revocations")),
+        );
+    }
 
-async fn watch(state: &State, store: &Store) {
-    let every = state.config.revocation_poll;
-    let mut seen = None;
-    loop {
-        match poll(state, store, seen).await {
-            Ok(revision) => seen = Some(revision),
-            // Tried again next time (`seen` unchanged); the handshake
-            // check still refuses revoked keys meanwhile.
-            Err(err) => warn!(%err, "could not check for revoked keys"),
+    async fn watch(&self) {
+        let mut seen = None;
+        loop {
+            match self.poll(seen).await {
+                Ok(revision) => seen = Some(revision),
+                // Tried again next time (`seen` unchanged); the handshake
+                // check still refuses revoked keys meanwhile.
+                Err(err) => warn!(%err, "could not check for revoked keys"),
+            }
+            tokio::time::sleep(self.every.max(Duration::from_millis(10))).await;
         }
-        tokio::time::sleep(every.max(Duration::from_millis(10))).await;
     }
-}
 
-/// One look at the database: when its revision moved since `seen`, reads
-/// the revoked keys and cuts their sessions. Returns the revision read.
-async fn poll(
-    state: &State,
-    store: &Store,
-    seen: Option<(i64, u64)>,
-) -> Result<(i64, u64), crate::store::StoreError> {
-    // The revision is read before the ids: a revocation committed between
-    // the two moves it again, so the next poll reads the ids again.
-    let revision = blocking(store, Store::revision).await?;
-    if seen == Some(revision) {
-        return Ok(revision);
+    /// One look at the database: when its revision moved since `seen`,
+    /// reads the revoked keys and cuts their sessions. Returns the revision
+    /// read.
+    async fn poll(&self, seen: Option<(i64, u64)>) -> Result<(i64, u64), StoreError> {
+        // The revision is read before the ids: a revocation committed
+        // between the two moves it again, so the next poll reads the ids
+        // again.
+        let revision = self.store.call(Store::revision).await?;
+        if seen == Some(revision) {
+            return Ok(revision);
+        }
+        let revoked: HashSet<String> = self
+            .store
+            .call(Store::revoked_ids)
+            .await?
+            .into_iter()
+            .collect();
+        for id in self.sessions.revoke(revoked) {
+            // Names held for a revoked key's reconnection: nobody can take
+            // them back, so they are free again (reserved ones stay
+            // reserved).
+            self.registry.release_key(&id);
+        }
+        Ok(revision)
     }
-    let revoked: HashSet<String> = blocking(store, Store::revoked_ids)
-        .await?
-        .into_iter()
-        .collect();
-    for id in state.key_sessions.revoke(revoked) {
-        // Names held for a revoked key's reconnection: nobody can take them
-        // back, so they are free again (reserved ones stay reserved).
-        state.registry.release_key(&id);
-    }
-    Ok(revision)
 }
 
 #[cfg(test)]

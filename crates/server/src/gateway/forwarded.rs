@@ -34,8 +34,8 @@ use std::net::{IpAddr, SocketAddr};
 
 use http::HeaderMap;
 
-use crate::Peer;
-use crate::access::Cidr;
+use crate::edge::Peer;
+use cryptun_proto::net::Cidr;
 
 /// Most `X-Forwarded-For` entries looked at, from the right: a chain of
 /// trusted proxies is a few hops, and a longer header is the sender's.
@@ -57,7 +57,7 @@ impl Visitor {
     /// Whether the request comes from this machine: its TCP peer is a
     /// loopback address and no proxy named another one.
     pub(crate) fn is_loopback(&self) -> bool {
-        !self.forwarded && crate::access::canonical(self.addr.ip()).is_loopback()
+        !self.forwarded && cryptun_proto::net::canonical(self.addr.ip()).is_loopback()
     }
 }
 

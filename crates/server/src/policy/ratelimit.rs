@@ -24,7 +24,7 @@ use std::str::FromStr;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use crate::access::{canonical, masked};
+use cryptun_proto::net::group;
 
 /// How often a full table may be swept to make room: bounds the work a
 /// flood of new addresses can cause to one linear pass a second.
@@ -195,7 +195,7 @@ impl IpLimiter {
 
     /// [`check`](Self::check) at `now` nanoseconds on the limiter's clock.
     fn check_at(&self, ip: IpAddr, now: u64) -> Result<(), Duration> {
-        let key = key(ip);
+        let key = group(ip);
         let mut table = self.table.lock().unwrap_or_else(|e| e.into_inner());
         if now.saturating_sub(table.last_sweep) >= self.sweep_every {
             table.sweep(now);
@@ -233,14 +233,6 @@ impl IpLimiter {
     /// The rate each address gets.
     pub fn rate(&self) -> Rate {
         self.rate
-    }
-}
-
-/// The key an address is counted under: IPv4 as is, IPv6 by its /64.
-fn key(ip: IpAddr) -> IpAddr {
-    match canonical(ip) {
-        v4 @ IpAddr::V4(_) => v4,
-        v6 => masked(v6, 64),
     }
 }
 

@@ -11,7 +11,7 @@
 //! Why the page is open and its data is not: the page is the same for
 //! everyone and says nothing about the server, so it needs no guard, and
 //! every number it shows comes from `/api/dashboard`, behind the admin
-//! check like the rest of `/api/` (see [`admin`](crate::admin)). With an
+//! check like the rest of `/api/` (see [`admin`](crate::ops::admin)). With an
 //! admin token, the page asks for it once and keeps it in the tab's
 //! `sessionStorage`, sending it as `Authorization: Bearer` on each fetch:
 //! no cookie, so no other site can make a browser send it (no CSRF), and
@@ -34,9 +34,9 @@ use std::time::{Instant, SystemTime};
 use http::{HeaderValue, Response, header};
 use serde::Serialize;
 
-use crate::registry::TunnelInfo;
-use crate::stats::StatsView;
-use crate::{Body, State, full};
+use super::Ops;
+use crate::body::{Body, full};
+use crate::registry::{StatsView, TunnelInfo};
 
 const PAGE: &str = include_str!("page.html");
 const SCRIPT: &str = include_str!("app.js");
@@ -149,7 +149,7 @@ pub struct ClientInfo {
 }
 
 /// The dashboard's data, now.
-pub(crate) fn snapshot(state: &State) -> Snapshot {
+pub(crate) fn snapshot(state: &Ops) -> Snapshot {
     let now = Instant::now();
     let live = state.registry.list();
     let tunnels: Vec<TunnelInfo> = live.iter().take(MAX_LISTED).map(|t| t.info()).collect();

@@ -1,6 +1,5 @@
-//! Limits on what one visitor may make the server do: request rates
-//! ([`ratelimit`]), and, here, the size of a request body and how long the
-//! server waits for its next bytes.
+//! Limits on a visitor's request body: its size, and how long the server
+//! waits for its next bytes.
 //!
 //! A body of declared length over the limit is refused before a byte of it
 //! is read (413). Otherwise [`BodyGuard`] counts the bytes as they stream
@@ -8,8 +7,6 @@
 //! leaves the server waiting for the next bytes longer than the idle
 //! timeout; it records which on a [`Tripwire`], so the request can be
 //! answered 413 or 408 (or, if the response has already begun, cut off).
-
-pub mod ratelimit;
 
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
@@ -20,10 +17,8 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use tokio::time::Sleep;
 
-use crate::BoxError;
+use crate::body::BoxError;
 use crate::error::GatewayError;
-
-pub use ratelimit::{IpLimiter, Rate, RateError, TunnelLimiter};
 
 /// Why a [`BodyGuard`] stopped a body.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]

@@ -1,0 +1,257 @@
+//! Admission of one `create_tunnel`: which name the tunnel gets and whether
+//! this connection may have it, then its registration.
+//!
+//! In order: the connection's tunnel count; the name's shape; its
+//! reservation (a reserved name goes only to its key); then the registry,
+//! where a live tunnel keeps its name (first come, first served) and a name
+//! held after a disconnect goes back only to the same identity. A wrong
+//! reconnect secret counts as a failed attempt against the address.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use cryptun_proto::message::{CreateTunnel, ErrorCode, ServerMessage, TunnelCreated, encode};
+use cryptun_proto::mux::Mux;
+use cryptun_proto::{PROTOCOL_VERSION, ResponseHead, Secret, Subdomain};
+use tracing::warn;
+
+use super::auth::{self, Auth, Identity, Refusal};
+use crate::config::Config;
+use crate::edge::Peer;
+use crate::metrics::Metrics;
+use crate::policy::{Access, TunnelLimiter};
+use crate::registry::{Claim, HeldBy, Owner, Registration, Registry, Taken, Tunnel};
+
+/// What admitting a tunnel needs: the settings, the registry it is entered
+/// in, and who may have which name.
+pub(crate) struct Admit {
+    pub(crate) config: Arc<Config>,
+    pub(crate) registry: Arc<dyn Registry>,
+    pub(crate) auth: Auth,
+    pub(crate) metrics: Metrics,
+    /// The port public URLs name when the configuration does not.
+    pub(crate) listen_port: u16,
+}
+
+/// What a tunnel is opened with, checked, before its name is settled.
+struct Terms {
+    asked: Option<Subdomain>,
+    max_body_size: Option<u64>,
+    owner: Owner,
+    /// The reconnect secret issued with the tunnel (anonymous ones only).
+    secret: Option<Secret>,
+}
+
+impl Admit {
+    /// Registers a tunnel for `create` on a connection that is `identity` and
+    /// already holds `existing` tunnels; returns the registration and the
+    /// `tunnel_created` text.
+    pub(crate) async fn create_tunnel(
+        &self,
+        mux: &Mux<ResponseHead>,
+        create: &CreateTunnel,
+        identity: &Identity,
+        peer: Peer,
+        existing: usize,
+    ) -> Result<(Registration, String), Refusal> {
+        let terms = self.terms(create, identity, peer, existing).await?;
+        let key_name = match identity {
+            Identity::Key { name, .. } => Some(name),
+            Identity::Anonymous => None,
+        };
+        let claim = Claim {
+            key: identity.key_id(),
+            secret: create.reconnect_secret.as_ref(),
+        };
+        loop {
+            let id = cryptun_proto::random_id(10);
+            let subdomain = terms
+                .asked
+                .clone()
+                .unwrap_or_else(|| Subdomain::generated(&id));
+            let tunnel = Tunnel {
+                public_url: self.config.public_url(subdomain.as_str(), self.listen_port),
+                id,
+                subdomain: subdomain.into(),
+                client_addr: peer,
+                created_at: SystemTime::now(),
+                requests: Default::default(),
+                stats: Default::default(),
+                key_name: key_name.cloned(),
+                request_timeout: self.request_timeout(create),
+                mux: mux.clone(),
+                owner: terms.owner.clone(),
+                access: access(create)?,
+                rate_limiter: self.config.rate_limits.per_tunnel.map(TunnelLimiter::new),
+                max_body_size: terms.max_body_size,
+            };
+            match Arc::clone(&self.registry).register(tunnel, claim) {
+                Ok(registration) => {
+                    let created = self.tunnel_created(mux, &registration, terms.secret);
+                    return Ok((registration, created));
+                }
+                // A generated name collided (50 random bits): draw again.
+                Err(_) if terms.asked.is_none() => continue,
+                Err(taken) => {
+                    let name = terms.asked.as_ref().map_or("", Subdomain::as_str);
+                    return Err(self.refuse_taken(peer, name, taken));
+                }
+            }
+        }
+    }
+
+    /// Checks everything about `create` that does not depend on the
+    /// registry: the connection's tunnel count, the name's shape and
+    /// reservation, the visitor rules, the address's backoff.
+    async fn terms(
+        &self,
+        create: &CreateTunnel,
+        identity: &Identity,
+        peer: Peer,
+        existing: usize,
+    ) -> Result<Terms, Refusal> {
+        let max = self.config.limits.max_tunnels_per_session;
+        if existing >= max {
+            self.metrics.refused("max_tunnels");
+            return Err(Refusal::new(
+                ErrorCode::TooManyTunnels,
+                format!("a connection may hold at most {max} tunnels"),
+            ));
+        }
+        let asked = match &create.subdomain {
+            Some(name) => Some(
+                Subdomain::parse(name)
+                    .map_err(|why| Refusal::new(ErrorCode::InvalidSubdomain, why.to_string()))?,
+            ),
+            None => None,
+        };
+        // Checked once here; rebuilt for each try, because a name collision
+        // drops the tunnel it was moved into.
+        access(create)?;
+        let key = identity.key_id();
+        if let Some(name) = &asked {
+            self.check_reservation(name, key).await?;
+        }
+        if create.reconnect_secret.is_some() {
+            if let Some(wait) = self.auth.blocked(peer.ip()) {
+                return Err(Refusal::backoff(wait));
+            }
+        }
+        let (owner, secret) = match key {
+            Some(id) => (Owner::Key(id.to_owned()), None),
+            None => {
+                let secret = auth::new_reconnect_secret();
+                (Owner::secret(&secret), Some(secret))
+            }
+        };
+        Ok(Terms {
+            asked,
+            max_body_size: self.max_body_size(create),
+            owner,
+            secret,
+        })
+    }
+
+    /// Refuses a reserved name to anyone but its key. Reservations are
+    /// enforced only where clients have keys.
+    async fn check_reservation(&self, name: &Subdomain, key: Option<&str>) -> Result<(), Refusal> {
+        let Some(store) = self.auth.keys() else {
+            return Ok(());
+        };
+        let lookup = {
+            let name = name.clone();
+            store
+                .call(move |store| store.reserved_for(name.as_str()))
+                .await
+        };
+        match lookup {
+            Ok(Some(owner)) if key != Some(owner.as_str()) => Err(Refusal::new(
+                ErrorCode::SubdomainReserved,
+                format!(
+                    "the subdomain {name:?} is reserved for another API key",
+                    name = name.as_str()
+                ),
+            )),
+            Ok(_) => Ok(()),
+            Err(err) => {
+                warn!(%err, "could not look up a reserved name");
+                Err(Refusal::new(
+                    ErrorCode::Internal,
+                    "the server could not check the name; try again later",
+                ))
+            }
+        }
+    }
+
+    fn refuse_taken(&self, peer: Peer, name: &str, taken: Taken) -> Refusal {
+        let secs = |left: Duration| left.as_secs_f64().ceil();
+        match taken {
+            Taken::Live => Refusal::new(
+                ErrorCode::SubdomainTaken,
+                format!("the subdomain {name:?} is in use by another tunnel"),
+            ),
+            Taken::Held(HeldBy::Other(left)) => Refusal::new(
+                ErrorCode::SubdomainTaken,
+                format!(
+                    "the subdomain {name:?} is held for its previous client to reconnect (another {}s)",
+                    secs(left)
+                ),
+            ),
+            Taken::Held(HeldBy::WrongSecret(left)) => self.auth.failure(
+                peer.ip(),
+                Refusal::new(
+                    ErrorCode::Unauthorized,
+                    format!(
+                        "the reconnect secret does not match the one {name:?} is held for (another {}s)",
+                        secs(left)
+                    ),
+                ),
+            ),
+        }
+    }
+
+    /// The smaller of the server's limit and the tunnel's; 0 asks for the
+    /// server's, as with the request timeout.
+    fn max_body_size(&self, create: &CreateTunnel) -> Option<u64> {
+        match (self.config.max_body_size, create.max_body_size) {
+            (server, None | Some(0)) => server,
+            (Some(server), Some(asked)) => Some(server.min(asked)),
+            (None, asked) => asked,
+        }
+    }
+
+    fn request_timeout(&self, create: &CreateTunnel) -> Duration {
+        create
+            .request_timeout_ms
+            .map(Duration::from_millis)
+            .filter(|d| !d.is_zero())
+            .map_or(self.config.request_timeout, |d| {
+                d.min(self.config.max_request_timeout)
+            })
+    }
+
+    fn tunnel_created(
+        &self,
+        mux: &Mux<ResponseHead>,
+        registration: &Registration,
+        reconnect_secret: Option<Secret>,
+    ) -> String {
+        let t = registration.tunnel();
+        encode(&ServerMessage::TunnelCreated(TunnelCreated {
+            version: PROTOCOL_VERSION,
+            tunnel_id: t.id.clone(),
+            subdomain: t.subdomain.clone(),
+            public_url: t.public_url.clone(),
+            binary_streams: mux.binary(),
+            request_timeout_ms: t.request_timeout.as_millis().try_into().unwrap_or(u64::MAX),
+            limits: self.config.limits.announce(self.config.heartbeat.interval),
+            reconnect_secret,
+            max_body_size: t.max_body_size,
+        }))
+    }
+}
+
+/// The visitor rules `create` asks for.
+fn access(create: &CreateTunnel) -> Result<Access, Refusal> {
+    Access::from_request(create).map_err(|(code, why)| Refusal::new(code, why))
+}

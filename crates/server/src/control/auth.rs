@@ -1,0 +1,180 @@
+//! Who a client is: checking the API key of a new connection at its first
+//! `create_tunnel` against the auth mode and the key store, with the
+//! backoff that turns away addresses that keep failing. (Cutting the live
+//! sessions of a key revoked while they run is `revocation`'s.)
+//!
+//! Admission happens before the session holds any tunnel state: a refused
+//! connection gets an `error` and a close (1008), nothing more.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use cryptun_proto::message::{CreateTunnel, ErrorCode, ErrorMessage, ServerMessage, encode};
+use cryptun_proto::{Secret, close_code};
+use tracing::{info, warn};
+
+use crate::config::AuthMode;
+use crate::policy::Backoff;
+use crate::store::Store;
+
+/// Who a connection is, once its first `create_tunnel` is accepted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Identity {
+    /// No key (auth off, or optional and none given).
+    Anonymous,
+    /// The key it presented.
+    Key {
+        /// Its id (not secret).
+        id: String,
+        /// Its human name, as `cryptun keys create --name` gave it.
+        name: String,
+    },
+}
+
+impl Identity {
+    /// The key's id, if it has one.
+    pub(crate) fn key_id(&self) -> Option<&str> {
+        match self {
+            Identity::Key { id, .. } => Some(id),
+            Identity::Anonymous => None,
+        }
+    }
+}
+
+/// Why a `create_tunnel` was refused: the `error` to send and, for a
+/// connection's first one, the close code that follows.
+#[derive(Debug)]
+pub(crate) struct Refusal {
+    pub(crate) code: ErrorCode,
+    pub(crate) message: String,
+    pub(crate) retry_after: Option<Duration>,
+}
+
+impl Refusal {
+    pub(crate) fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Refusal {
+            code,
+            message: message.into(),
+            retry_after: None,
+        }
+    }
+
+    /// The refusal for an address in backoff.
+    pub(crate) fn backoff(wait: Duration) -> Self {
+        Refusal {
+            code: ErrorCode::TooManyAttempts,
+            message: format!(
+                "too many failed attempts from this address; try again in {}s",
+                wait.as_secs_f64().ceil()
+            ),
+            retry_after: Some(wait),
+        }
+    }
+
+    /// The `error` message's text.
+    pub(crate) fn to_text(&self) -> String {
+        encode(&ServerMessage::Error(ErrorMessage {
+            code: self.code,
+            message: self.message.clone(),
+            request_id: None,
+            retry_after_ms: self
+                .retry_after
+                .map(|d| d.as_millis().try_into().unwrap_or(u64::MAX)),
+        }))
+    }
+
+    /// The close code when this ends the connection: 1011 when the server
+    /// is at fault, 1008 otherwise.
+    pub(crate) fn close_code(&self) -> u16 {
+        match self.code {
+            ErrorCode::Internal => close_code::INTERNAL,
+            _ => close_code::POLICY,
+        }
+    }
+}
+
+/// Who may connect: the auth mode, the key store it checks, and the
+/// backoff that turns away addresses that keep failing.
+#[derive(Clone)]
+pub(crate) struct Auth {
+    mode: AuthMode,
+    /// Keys and reserved names (neither is looked at when auth is off).
+    store: Store,
+    backoff: Arc<Backoff>,
+}
+
+impl Auth {
+    pub(crate) fn new(mode: AuthMode, store: Store, backoff: Arc<Backoff>) -> Self {
+        Auth {
+            mode,
+            store,
+            backoff,
+        }
+    }
+
+    /// The key store, where reservations are enforced: with auth on.
+    pub(crate) fn keys(&self) -> Option<&Store> {
+        (self.mode != AuthMode::Off).then_some(&self.store)
+    }
+
+    /// How long `ip` is still refused for its failed attempts, if it is.
+    pub(crate) fn blocked(&self, ip: IpAddr) -> Option<Duration> {
+        self.backoff.blocked(ip, Instant::now())
+    }
+
+    /// Records a failed attempt from `ip` and returns the refusal to send.
+    pub(crate) fn failure(&self, ip: IpAddr, refusal: Refusal) -> Refusal {
+        info!(%ip, code = ?refusal.code, reason = %refusal.message, "handshake refused");
+        if let Some(block) = self.backoff.failed(ip, Instant::now()) {
+            warn!(%ip, code = ?refusal.code, block = ?block, "repeated failed handshakes; refusing the address for a while");
+        }
+        refusal
+    }
+
+    /// Checks the key of a connection's first `create_tunnel`.
+    pub(crate) async fn authenticate(
+        &self,
+        peer: SocketAddr,
+        create: &CreateTunnel,
+    ) -> Result<Identity, Refusal> {
+        if let Some(wait) = self.blocked(peer.ip()) {
+            return Err(Refusal::backoff(wait));
+        }
+        let (Some(store), Some(token)) = (self.keys(), create.token.as_ref()) else {
+            return match self.mode {
+                AuthMode::Required => Err(self.failure(
+                    peer.ip(),
+                    Refusal::new(
+                        ErrorCode::Unauthorized,
+                        "this server requires an API key (the `token` field of create_tunnel)",
+                    ),
+                )),
+                AuthMode::Off | AuthMode::Optional => Ok(Identity::Anonymous),
+            };
+        };
+        let token = token.clone();
+        match store.call(move |store| store.identify(&token)).await {
+            Ok(Some((id, name))) => {
+                info!(key = %id, "authenticated");
+                Ok(Identity::Key { id, name })
+            }
+            Ok(None) => Err(self.failure(
+                peer.ip(),
+                Refusal::new(ErrorCode::Unauthorized, "the API key is unknown or revoked"),
+            )),
+            Err(err) => {
+                warn!(%err, "could not check an API key");
+                Err(Refusal::new(
+                    ErrorCode::Internal,
+                    "the server could not check the API key; try again later",
+                ))
+            }
+        }
+    }
+}
+
+/// A fresh reconnect secret: 32 characters, 160 bits.
+pub(crate) fn new_reconnect_secret() -> Secret {
+    Secret::generate("", 32)
+}

@@ -1,0 +1,335 @@
+//! One connection, from accept to close: its TLS handshake (bounded by
+//! `tls_handshake_timeout`) if it came in on the HTTPS listener, then
+//! HTTP/1.1 in stints of hyper serving it, each request head scanned for
+//! ambiguous framing below hyper, and the connection parked without hyper
+//! ([`super::park`]) whenever it is idle between requests. A head hyper
+//! refuses itself is counted here, as the gateway never sees it.
+
+use std::convert::Infallible;
+use std::future::{Future, poll_fn};
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::Poll;
+use std::time::Duration;
+
+use http::{Request, Response};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
+use tokio::sync::OwnedSemaphorePermit;
+use tokio_rustls::TlsAcceptor;
+use tokio_rustls::server::TlsStream;
+use tokio_util::sync::CancellationToken;
+use tracing::debug;
+
+use super::Peer;
+use super::framing::{Guarded, Verdicts};
+use super::park::{Activity, Parkable, Tracked, VisitorBody};
+use crate::body::Body;
+use crate::metrics::{Metrics, Refused};
+
+/// How long a connection stays quiet between requests before it is parked
+/// ([`super::park`]).
+const PARK_AFTER: Duration = Duration::from_millis(500);
+
+/// What the edge hands each request to, with the connection it came on.
+pub(crate) trait Handler: Send + Sync + 'static {
+    /// Answers `req`; every failure is an answer too.
+    fn handle(
+        self: Arc<Self>,
+        conn: Arc<Conn>,
+        req: Request<VisitorBody>,
+    ) -> impl Future<Output = Response<Body>> + Send + 'static;
+}
+
+/// Who is on the other end of a connection, and how they came in.
+#[derive(Debug, Clone)]
+pub(crate) struct Conn {
+    /// The visitor's or client's address.
+    pub(crate) peer: Peer,
+    /// Plain or TLS (with its SNI).
+    pub(crate) transport: Transport,
+    /// The framing verdicts on its request heads, one per request.
+    pub(crate) framing: Arc<Verdicts>,
+}
+
+/// How a connection reached the server.
+#[derive(Debug, Clone)]
+pub(crate) enum Transport {
+    /// Plain HTTP.
+    Plain,
+    /// HTTPS, with the server name the client's handshake asked for.
+    Tls {
+        /// The SNI, if the client sent one (clients send none for an IP).
+        sni: Option<Arc<str>>,
+    },
+}
+
+impl Transport {
+    /// `http` or `https`, for `X-Forwarded-Proto`.
+    pub(crate) fn scheme(&self) -> &'static str {
+        match self {
+            Transport::Plain => "http",
+            Transport::Tls { .. } => "https",
+        }
+    }
+}
+
+/// What every connection of one accept loop is served with.
+pub(super) struct Serving<H> {
+    pub(super) http: http1::Builder,
+    pub(super) handler: Arc<H>,
+    pub(super) metrics: Metrics,
+    pub(super) tls_handshake_timeout: Duration,
+    /// How long a connection may stay idle between requests.
+    pub(super) idle_limit: Duration,
+    pub(super) max_head_bytes: usize,
+}
+
+/// Serves one accepted connection, after its TLS handshake if it came in
+/// on the HTTPS listener; holds its connection slot until it closes.
+pub(super) async fn connection<H: Handler>(
+    serving: Arc<Serving<H>>,
+    stop: CancellationToken,
+    (stream, peer, tls): (TcpStream, SocketAddr, Option<TlsAcceptor>),
+    _permit: OwnedSemaphorePermit,
+) {
+    let Some(acceptor) = tls else {
+        return serve_http(&serving, stop, stream, peer, Transport::Plain).await;
+    };
+    let limit = serving.tls_handshake_timeout;
+    // Boxed: a parked plain connection's task need not have room for it.
+    let handshake = Box::pin(tokio::time::timeout(limit, acceptor.accept(stream)));
+    let stream = match handshake.await {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(err)) => {
+            serving.metrics.tls_handshake_failed("error");
+            return debug!(%err, "TLS handshake failed");
+        }
+        Err(_) => {
+            serving.metrics.tls_handshake_failed("timeout");
+            return debug!(?limit, "TLS handshake timed out");
+        }
+    };
+    let sni = stream.get_ref().1.server_name().map(Arc::from);
+    // Boxed, like the handshake: the TLS session is several KiB that a
+    // plain connection's task need not have room for.
+    Box::pin(serve_http(
+        &serving,
+        stop,
+        stream,
+        peer,
+        Transport::Tls { sni },
+    ))
+    .await;
+}
+
+/// A visitor's socket, and the TCP socket under it whose readability
+/// wakes it when parked.
+trait Socket: AsyncRead + AsyncWrite + Unpin + Send + 'static {
+    fn tcp(&self) -> &TcpStream;
+}
+
+impl Socket for TcpStream {
+    fn tcp(&self) -> &TcpStream {
+        self
+    }
+}
+
+/// A TLS connection parks like a plain one: hyper's last read returned
+/// Pending, so rustls holds no decrypted bytes (tokio-rustls reads the
+/// socket until it has plaintext or the socket would block), and a record
+/// that arrives only in part waits in rustls for the rest, whose arrival
+/// makes the socket readable.
+impl Socket for TlsStream<TcpStream> {
+    fn tcp(&self) -> &TcpStream {
+        self.get_ref().0
+    }
+}
+
+/// How a stint of hyper serving a connection ended.
+enum Stint {
+    /// The connection closed, failed or was upgraded.
+    Ended(hyper::Result<()>),
+    /// Idle between requests: the socket can be taken back.
+    Quiet,
+}
+
+/// Where a stint stands between two wake-ups.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// A request is in flight, or finished since the stint began.
+    Busy,
+    /// Nothing in flight: the park timer runs.
+    Settling,
+    /// The server is stopping: in-flight requests finish, keep-alive ends
+    /// with them, and the connection is never parked.
+    Stopping,
+}
+
+impl Phase {
+    /// The phase after a wake-up that saw the stop fire (`stop`) or not,
+    /// and the connection `quiet` or not.
+    fn next(self, stop: bool, quiet: bool) -> Phase {
+        match self {
+            Phase::Stopping => Phase::Stopping,
+            _ if stop => Phase::Stopping,
+            _ if quiet => Phase::Settling,
+            _ => Phase::Busy,
+        }
+    }
+}
+
+/// Serves HTTP/1.1 (with upgrades) on `io` until it closes, or until
+/// `stop` once no request is in flight. Every request head is scanned for
+/// ambiguous framing on the (decrypted) bytes before hyper parses it. A
+/// connection idle between requests is parked without hyper until its next
+/// bytes arrive: idle at most `idle_limit` in all, as long as hyper itself
+/// waits for the next head. A head begun just before that gets the fresh
+/// hyper connection's own `header_read_timeout`, so one slow head may take
+/// up to twice that from the previous response.
+async fn serve_http<H: Handler, I: Socket>(
+    serving: &Serving<H>,
+    stop: CancellationToken,
+    io: I,
+    peer: Peer,
+    transport: Transport,
+) {
+    let framing = Arc::new(Verdicts::default());
+    let io = Guarded::new(io, Arc::clone(&framing), serving.max_head_bytes);
+    let conn = Arc::new(Conn {
+        peer,
+        transport,
+        framing,
+    });
+    let activity = Arc::new(Activity::default());
+    let mut io = Parkable::new(io, Arc::clone(&activity));
+    // Boxed per request: hyper keeps the slot for a connection's service
+    // future for as long as it serves the connection, sized (and, once a
+    // request has been served, resident) as the whole future — 5 KiB for
+    // the gateway's (measured with `size_of_val`). Boxing keeps that slot
+    // at a pointer, for a malloc, a copy of the future and a free per
+    // request.
+    let handler = Arc::clone(&serving.handler);
+    let requests = Arc::clone(&activity);
+    let service = service_fn(move |req: Request<hyper::body::Incoming>| {
+        let req = req.map(|body| Tracked::new(body, requests.begin()));
+        let busy = requests.begin();
+        let handled = Arc::clone(&handler).handle(Arc::clone(&conn), req);
+        Box::pin(async move {
+            let response = handled.await;
+            Ok::<_, Infallible>(response.map(|body| Tracked::new(body, busy)))
+        })
+    });
+    loop {
+        let seen = activity.finished();
+        // Boxed, so that parking frees hyper's connection state whole.
+        let mut hyper_conn = Box::new(
+            serving
+                .http
+                .serve_connection(TokioIo::new(io), service.clone())
+                .with_upgrades(),
+        );
+        let mut stopping = std::pin::pin!(stop.cancelled());
+        // Quiet for PARK_AFTER: under load the next request follows at
+        // once, and hyper's state is worth keeping for it.
+        let mut settled = std::pin::pin!(tokio::time::sleep(PARK_AFTER));
+        let mut phase = Phase::Busy;
+        let stint = poll_fn(|cx| {
+            let stop = phase != Phase::Stopping && stopping.as_mut().poll(cx).is_ready();
+            if stop {
+                Pin::new(&mut *hyper_conn).graceful_shutdown();
+            }
+            if let Poll::Ready(ended) = Pin::new(&mut *hyper_conn).poll(cx) {
+                return Poll::Ready(Stint::Ended(ended));
+            }
+            let next = phase.next(stop, activity.quiet_since(seen));
+            if next == Phase::Settling && phase != Phase::Settling {
+                settled
+                    .as_mut()
+                    .reset(tokio::time::Instant::now() + PARK_AFTER);
+            }
+            phase = next;
+            match phase {
+                Phase::Settling => settled.as_mut().poll(cx).map(|()| Stint::Quiet),
+                Phase::Busy | Phase::Stopping => Poll::Pending,
+            }
+        })
+        .await;
+        if let Stint::Ended(ended) = stint {
+            if let Err(err) = ended {
+                if let Some(reason) = refused_by_hyper(&err) {
+                    serving.metrics.refused_request(reason);
+                }
+                debug!(%err, "connection ended with an error");
+            }
+            return;
+        }
+        let Some(parts) = hyper_conn.into_parts() else {
+            return;
+        };
+        io = parts.io.into_inner();
+        io.replay(parts.read_buf);
+        if io.has_replay() {
+            // The next request has begun arriving: serve it at once.
+            continue;
+        }
+        if !park(&io, serving, &stop).await {
+            return;
+        }
+    }
+}
+
+/// Waits, holding nothing but the socket, for a parked connection's next
+/// bytes; false if it is to close instead (idle too long, or stopping).
+async fn park<H, I: Socket>(
+    io: &Parkable<Guarded<I>>,
+    serving: &Serving<H>,
+    stop: &CancellationToken,
+) -> bool {
+    let tcp = io.get_ref().get_ref().tcp();
+    let _parked = serving.metrics.connection_parked();
+    tokio::select! {
+        readable = tcp.readable() => readable.is_ok(),
+        // Quiet for PARK_AFTER already: together, as long as hyper would
+        // have waited for the next head.
+        () = tokio::time::sleep(serving.idle_limit.saturating_sub(PARK_AFTER)) => {
+            debug!("idle keep-alive connection closed");
+            false
+        }
+        () = stop.cancelled() => false,
+    }
+}
+
+/// The refusal behind a connection's error, if hyper refused a request head
+/// itself (it has then answered 400, 414 or 431 and closed) before the
+/// gateway saw it. A header read timeout is not one: hyper cannot tell a
+/// slow head from an idle keep-alive connection.
+fn refused_by_hyper(err: &hyper::Error) -> Option<Refused> {
+    if err.is_parse_too_large() {
+        // 431, or 414 for a URI over hyper's own cap (64 KiB, more than a
+        // head may hold anyway).
+        Some(Refused::HeadersTooLarge)
+    } else if err.is_parse() {
+        Some(Refused::Malformed)
+    } else {
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Phase;
+
+    #[test]
+    fn a_stint_settles_only_while_quiet_and_never_once_stopping() {
+        assert_eq!(Phase::Busy.next(false, false), Phase::Busy);
+        assert_eq!(Phase::Busy.next(false, true), Phase::Settling);
+        assert_eq!(Phase::Settling.next(false, false), Phase::Busy);
+        assert_eq!(Phase::Settling.next(true, true), Phase::Stopping);
+        assert_eq!(Phase::Stopping.next(false, true), Phase::Stopping);
+    }
+}

@@ -1,0 +1,250 @@
+//! The edge: the sockets and the connections they bring. The listeners
+//! ([`Listeners`], [`Bound`]), the accept loop with its connection limit,
+//! and (in `conn`) each connection's TLS handshake and HTTP/1.1 serving.
+//!
+//! The edge knows nothing of tunnels: every request it reads goes to a
+//! [`Handler`] (the gateway), with the [`Conn`] it came on.
+//!
+//! - `conn`: one connection, from its TLS handshake to its close; who is on
+//!   the other end ([`Conn`], [`Transport`]).
+//! - [`framing`]: the verdict on each request head's framing, scanned below
+//!   hyper on the (decrypted) bytes.
+//! - `park`: idle keep-alive connections held without hyper's buffers.
+//! - [`tls`]: the certificates and the TLS acceptor.
+
+mod conn;
+pub mod framing;
+mod park;
+pub mod tls;
+
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::server::conn::http1;
+use hyper_util::rt::TokioTimer;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{Instrument, info, info_span, warn};
+
+pub(crate) use conn::{Conn, Handler, Transport};
+pub(crate) use park::VisitorBody;
+
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::tls::Certs;
+
+/// The address a connection came from.
+pub(crate) type Peer = SocketAddr;
+
+/// Limits on the visitor-facing HTTP/1 parser: over them, 431.
+const MAX_HEAD_BYTES: usize = 64 << 10;
+const MAX_REQUEST_HEADERS: usize = 100;
+
+/// The sockets a server answers on.
+#[derive(Debug, Default)]
+pub struct Listeners {
+    /// Plain HTTP. With `Config::redirect_http` it only redirects to HTTPS.
+    pub http: Option<TcpListener>,
+    /// HTTPS.
+    pub https: Option<TlsListener>,
+}
+
+/// A listener for HTTPS and the certificate it presents.
+#[derive(Debug)]
+pub struct TlsListener {
+    /// Where TLS connections arrive.
+    pub listener: TcpListener,
+    /// What they are served with; reload it to change the certificate.
+    pub certs: Certs,
+}
+
+/// The listeners, ready to accept: the HTTPS one with its acceptor.
+pub(crate) struct Bound {
+    plain: Option<TcpListener>,
+    https: Option<TcpListener>,
+    acceptor: Option<TlsAcceptor>,
+    /// The port public URLs use unless the configuration says otherwise:
+    /// the HTTPS listener's if there is one, else the plain listener's.
+    port: u16,
+}
+
+impl Bound {
+    /// Readies `listeners`; at least one is needed.
+    pub(crate) fn new(listeners: Listeners) -> io::Result<Self> {
+        let Listeners { http: plain, https } = listeners;
+        let (https, acceptor) = match https {
+            Some(tls) => (
+                Some(tls.listener),
+                Some(tls.certs.acceptor().map_err(io::Error::other)?),
+            ),
+            None => (None, None),
+        };
+        let public = https
+            .as_ref()
+            .or(plain.as_ref())
+            .ok_or_else(|| invalid("no listener"))?;
+        let port = public.local_addr()?.port();
+        Ok(Bound {
+            plain,
+            https,
+            acceptor,
+            port,
+        })
+    }
+
+    /// What the listeners settle in `config`: with HTTPS, public URLs are
+    /// `https://`; `redirect_http` needs an HTTPS listener to send to.
+    pub(crate) fn settle(&self, mut config: Config) -> io::Result<Config> {
+        if self.https.is_some() {
+            config.public_scheme = "https".into();
+        } else if config.redirect_http {
+            return Err(invalid("redirect_http needs an HTTPS listener"));
+        }
+        Ok(config)
+    }
+
+    /// The port public URLs name when the configuration does not.
+    pub(crate) fn public_port(&self) -> u16 {
+        self.port
+    }
+
+    /// With `redirect_http`: the HTTPS port plain requests are sent to.
+    pub(crate) fn redirect_to(&self, config: &Config) -> Option<u16> {
+        (config.redirect_http && self.https.is_some())
+            .then(|| config.public_port.unwrap_or(self.port))
+    }
+
+    /// Says where the server listens, and where its dashboard is.
+    pub(crate) fn log_listening(&self, domain: &str) {
+        for (listener, scheme) in [(&self.plain, "http"), (&self.https, "https")] {
+            if let Some(addr) = listener.as_ref().and_then(|l| l.local_addr().ok()) {
+                // Bound to every address: the name that reaches it from this
+                // machine, which the admin routes accept without a token.
+                let dashboard = if addr.ip().is_unspecified() {
+                    format!("{scheme}://localhost:{}/dashboard", addr.port())
+                } else {
+                    format!("{scheme}://{addr}/dashboard")
+                };
+                info!(%addr, %scheme, %domain, %dashboard, "listening");
+            }
+        }
+    }
+}
+
+fn invalid(why: &str) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidInput, why.to_owned())
+}
+
+/// The connections being served, and the signal asking them to finish:
+/// in-flight requests complete, idle connections close.
+#[derive(Debug, Default)]
+pub(crate) struct Drain {
+    /// Cancelled when the server has stopped accepting.
+    pub(crate) stop: CancellationToken,
+    /// Every connection's task.
+    pub(crate) tasks: TaskTracker,
+}
+
+/// The accept loop and what each connection is served with.
+pub(crate) struct Edge {
+    max_connections: usize,
+    tls_handshake_timeout: Duration,
+    /// Also how long a connection may stay idle between requests.
+    header_read_timeout: Duration,
+    metrics: Metrics,
+}
+
+impl Edge {
+    /// The edge of a server configured by `config`.
+    pub(crate) fn new(config: &Config, metrics: Metrics) -> Self {
+        Edge {
+            max_connections: config.max_connections,
+            tls_handshake_timeout: config.tls_handshake_timeout,
+            header_read_timeout: config.header_read_timeout,
+            metrics,
+        }
+    }
+
+    /// Accepts connections on `bound` until `stop` resolves, each served in
+    /// its own task tracked by `drain`, its requests handed to `handler`;
+    /// at most `max_connections` at once. The listeners close when it
+    /// returns.
+    pub(crate) async fn accept_until<H: Handler>(
+        &self,
+        bound: Bound,
+        handler: Arc<H>,
+        drain: &Drain,
+        stop: impl Future<Output = ()>,
+    ) {
+        let slots = Arc::new(Semaphore::new(self.max_connections));
+        let mut http = http1::Builder::new();
+        http.timer(TokioTimer::new())
+            .header_read_timeout(self.header_read_timeout)
+            .max_buf_size(MAX_HEAD_BYTES)
+            .max_headers(MAX_REQUEST_HEADERS)
+            .keep_alive(true);
+        let serving = Arc::new(conn::Serving {
+            http,
+            handler,
+            metrics: self.metrics.clone(),
+            tls_handshake_timeout: self.tls_handshake_timeout,
+            idle_limit: self.header_read_timeout,
+            max_head_bytes: MAX_HEAD_BYTES,
+        });
+        let Bound {
+            plain,
+            https,
+            acceptor,
+            ..
+        } = bound;
+        tokio::pin!(stop);
+        loop {
+            let (accepted, tls) = tokio::select! {
+                () = &mut stop => break,
+                accepted = accept(plain.as_ref()) => (accepted, None),
+                accepted = accept(https.as_ref()) => (accepted, acceptor.clone()),
+            };
+            let (stream, peer) = match accepted {
+                Ok(conn) => conn,
+                Err(err) => {
+                    // Out of file descriptors and the like: back off briefly
+                    // rather than spin; the listener itself is fine.
+                    warn!(%err, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let Ok(permit) = Arc::clone(&slots).try_acquire_owned() else {
+                self.metrics.refused("max_connections");
+                warn!(%peer, "connection limit reached; dropping connection");
+                continue;
+            };
+            let _ = stream.set_nodelay(true);
+            let task = conn::connection(
+                Arc::clone(&serving),
+                // A token of its own: each wake-up of the connection checks
+                // it, and one shared by all would be a lock they all take.
+                drain.stop.child_token(),
+                (stream, peer, tls),
+                permit,
+            );
+            drain
+                .tasks
+                .spawn(task.instrument(info_span!("conn", %peer)));
+        }
+    }
+}
+
+/// The next connection on `listener`, or never if there is none.
+async fn accept(listener: Option<&TcpListener>) -> io::Result<(TcpStream, SocketAddr)> {
+    match listener {
+        Some(listener) => listener.accept().await,
+        None => std::future::pending().await,
+    }
+}

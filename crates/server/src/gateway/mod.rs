@@ -1,0 +1,325 @@
+//! The gateway: what happens to one request. It checks the request, then
+//! routes it by its own Host to a tunnel or to the server's own routes.
+//!
+//! The checks run in this order, cheapest and broadest first, and nothing a
+//! check refuses reaches a tunnel's client:
+//!
+//! 1. framing (400 and close): the edge's verdict ([`crate::edge::framing`]);
+//! 2. the request target's length (414);
+//! 3. the Host (400), then for HTTPS: the plain listener may only redirect
+//!    (308), and the Host must match the connection's SNI (421, see
+//!    [`https`]);
+//! 4. for a tunnel host: the visitor address's request rate (429; the
+//!    address is the TCP peer's, or behind a trusted proxy the one it
+//!    forwarded, see [`forwarded`]), whether the tunnel exists (404; 503
+//!    while its client reconnects), its IP lists (403), its credentials
+//!    (401), its request rate (429), then its body limits while forwarding
+//!    (413, 408).
+//!
+//! Each refusal of steps 1 to 3 (and the 308) counts in
+//! `cryptun_refused_requests_total`; hyper's own refusals of a head it
+//! cannot parse are counted by the edge. A request for the server's own
+//! routes counts in `cryptun_own_route_requests_total`, one for a tunnel in
+//! `cryptun_requests_total` (see [`access_log`]).
+//!
+//! The per-address rate counts every request for a tunnel host, unknown
+//! names included, so scanning for tunnels is throttled like using them. The
+//! server's own routes are not counted: `/healthz` is for probes and the
+//! admin API has its token. A visitor refused by a tunnel's rules does not
+//! use up the tunnel's rate, so strangers cannot starve its real visitors;
+//! they are bounded by the per-address rate instead.
+//!
+//! # Layout
+//!
+//! - this file: the [`Gateway`] handle, the checks and the dispatch.
+//! - [`host`]: the Host header and the route it names.
+//! - [`https`]: the SNI rule and the redirect to HTTPS.
+//! - [`hardening`]: what hyper lets through that we refuse.
+//! - [`forwarded`]: the visitor's address behind a trusted proxy.
+//! - `proxy`: one request through a tunnel and back; `response`: the
+//!   client's answer checked and turned into the visitor's; `passthrough`:
+//!   the bytes of a switched protocol (WebSocket).
+//! - [`access_log`]: one request's metrics and log line.
+
+pub mod access_log;
+pub mod forwarded;
+pub mod hardening;
+pub mod host;
+pub mod https;
+mod passthrough;
+mod proxy;
+mod response;
+
+use std::sync::Arc;
+
+use http::{HeaderValue, Method, Request, Response, StatusCode, header};
+use tracing::debug;
+
+pub(crate) use access_log::AccessLog;
+
+use crate::body::Body;
+use crate::config::Config;
+use crate::control::Control;
+use crate::edge::framing::Verdict;
+use crate::edge::{Conn, Handler, Transport, VisitorBody};
+use crate::error::{GatewayError, RateScope};
+use crate::metrics::{Metrics, Refused};
+use crate::ops::{Caller, Ops, route_label};
+use crate::policy::IpLimiter;
+use crate::registry::{Lookup, Registry, Tunnel};
+use access_log::{Exchange, RequestBody};
+use forwarded::Visitor;
+use host::Route;
+
+/// Everything a request may need on its way, shared by every connection.
+pub(crate) struct Gateway {
+    config: Arc<Config>,
+    registry: Arc<dyn Registry>,
+    metrics: Metrics,
+    /// The per-address request rate, if one is set.
+    ip_limiter: Option<Arc<IpLimiter>>,
+    /// With `redirect_http`: the HTTPS port plain requests are sent to.
+    redirect_to: Option<u16>,
+    log: Arc<AccessLog>,
+    /// Where `/ws` goes.
+    control: Arc<Control>,
+    /// Where the server's other routes go.
+    ops: Ops,
+}
+
+/// What a [`Gateway`] is built from.
+pub(crate) struct Parts {
+    pub(crate) config: Arc<Config>,
+    pub(crate) registry: Arc<dyn Registry>,
+    pub(crate) metrics: Metrics,
+    pub(crate) ip_limiter: Option<Arc<IpLimiter>>,
+    pub(crate) redirect_to: Option<u16>,
+    pub(crate) log: AccessLog,
+    pub(crate) control: Arc<Control>,
+    pub(crate) ops: Ops,
+}
+
+impl Handler for Gateway {
+    async fn handle(self: Arc<Self>, conn: Arc<Conn>, req: Request<VisitorBody>) -> Response<Body> {
+        self.answer(&conn, req).await
+    }
+}
+
+impl Gateway {
+    pub(crate) fn new(parts: Parts) -> Self {
+        let Parts {
+            config,
+            registry,
+            metrics,
+            ip_limiter,
+            redirect_to,
+            log,
+            control,
+            ops,
+        } = parts;
+        Gateway {
+            config,
+            registry,
+            metrics,
+            ip_limiter,
+            redirect_to,
+            log: Arc::new(log),
+            control,
+            ops,
+        }
+    }
+
+    /// Answers one request on `conn`.
+    async fn answer(self: &Arc<Self>, conn: &Conn, req: Request<VisitorBody>) -> Response<Body> {
+        let peer = conn.peer;
+        // Exactly one verdict per request, whatever happens next.
+        let verdict = conn.framing.next();
+        // Kept for the debug line on a failure, only when it would be written.
+        let named = tracing::enabled!(tracing::Level::DEBUG)
+            .then(|| (req.method().clone(), req.uri().path().to_owned()));
+        let mut resp = match self.dispatch(conn, verdict, req).await {
+            Ok(resp) => resp,
+            Err(err) => {
+                let (method, path) = named.unwrap_or_default();
+                debug!(%peer, %method, %path, status = err.status().as_u16(), side = ?err.side(), %err, "request failed");
+                err.into_response()
+            }
+        };
+        if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+            conn.framing.switched();
+        } else if verdict == Verdict::OkThenClose {
+            resp.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        resp
+    }
+
+    /// Checks a request and sends it where it belongs.
+    async fn dispatch(
+        self: &Arc<Self>,
+        conn: &Conn,
+        verdict: Verdict,
+        req: Request<VisitorBody>,
+    ) -> Result<Response<Body>, GatewayError> {
+        let (name, route) = self.check(conn, verdict, &req)?;
+        if let (Transport::Plain, Some(port)) = (&conn.transport, self.redirect_to) {
+            self.metrics.refused_request(Refused::Redirect);
+            return Ok(https::redirect(&name, port, req.uri()));
+        }
+        // The TCP peer, or behind a trusted proxy the address it forwarded.
+        let visitor = forwarded::visitor(&self.config.trusted_proxies, conn.peer, req.headers());
+        match route {
+            Route::Server => self.own_route(visitor, &name, req),
+            Route::Tunnel(label) => Ok(self.for_tunnel(conn, visitor, label, req).await),
+        }
+    }
+
+    /// What is refused before routing, counted by reason (it is neither a
+    /// tunnel's request nor one of the server's own); the Host's name and
+    /// route otherwise.
+    fn check<B>(
+        &self,
+        conn: &Conn,
+        verdict: Verdict,
+        req: &Request<B>,
+    ) -> Result<(String, Route), GatewayError> {
+        let refused = |reason| self.metrics.refused_request(reason);
+        match verdict {
+            Verdict::Refuse(why) => {
+                refused(Refused::BadFraming);
+                return Err(GatewayError::BadFraming(why));
+            }
+            Verdict::TooLarge(max) => {
+                refused(Refused::HeadersTooLarge);
+                return Err(GatewayError::HeadTooLarge(max));
+            }
+            Verdict::Ok | Verdict::OkThenClose => {}
+        }
+        hardening::check_uri(req.uri(), self.config.max_uri_length)
+            .inspect_err(|_| refused(Refused::UriTooLong))?;
+        let name = host::name(req).inspect_err(|_| refused(Refused::BadHost))?;
+        let route = host::route_name(&name, &self.config.domain);
+        if let Transport::Tls { sni } = &conn.transport {
+            https::check_sni(sni.as_deref(), &name, &route)
+                .inspect_err(|_| refused(Refused::Misdirected))?;
+        }
+        Ok((name, route))
+    }
+
+    /// A request for the server's own host, asked for as `host`: `/ws` to
+    /// control, the rest to ops; counted in
+    /// `cryptun_own_route_requests_total` by route and status class.
+    fn own_route(
+        &self,
+        visitor: Visitor,
+        host: &str,
+        req: Request<VisitorBody>,
+    ) -> Result<Response<Body>, GatewayError> {
+        let route = route_label(req.uri().path());
+        let answer = hardening::check_own_path(req.uri().path()).and_then(|()| {
+            if req.method() == Method::GET && req.uri().path() == "/ws" {
+                Control::upgrade(&self.control, visitor.addr, req)
+            } else {
+                let caller = Caller {
+                    loopback: visitor.is_loopback(),
+                    host,
+                };
+                self.ops.serve(&caller, &req)
+            }
+        });
+        let status = match &answer {
+            Ok(resp) => resp.status(),
+            Err(err) => err.status(),
+        };
+        self.metrics.own_route(route, status.as_u16());
+        answer
+    }
+
+    /// A visitor's request for tunnel `label`: counted, timed and logged
+    /// ([`access_log`]) whether or not the tunnel exists; in the tunnel's
+    /// own counters too when it is live, refused or not.
+    async fn for_tunnel(
+        &self,
+        conn: &Conn,
+        visitor: Visitor,
+        label: String,
+        req: Request<VisitorBody>,
+    ) -> Response<Body> {
+        let peer = visitor.addr;
+        let lookup = self.registry.lookup(&label);
+        let stats = match &lookup {
+            Lookup::Live(tunnel) => Some(Arc::clone(&tunnel.stats)),
+            _ => None,
+        };
+        let (exchange, req) = Exchange::begin(&self.log, peer, Some(label.clone()), stats, req);
+        match self.to_label(conn, visitor, &label, lookup, req).await {
+            Ok(resp) => exchange.respond(resp, None),
+            Err(err) => {
+                let code = err.code();
+                debug!(%peer, status = err.status().as_u16(), side = ?err.side(), %err, "request failed");
+                exchange.respond(err.into_response(), Some(code))
+            }
+        }
+    }
+
+    /// A request for tunnel `label`, which `lookup` found, from `visitor`:
+    /// the visitor address's rate, then the tunnel, if it is there.
+    async fn to_label(
+        &self,
+        conn: &Conn,
+        visitor: Visitor,
+        label: &str,
+        lookup: Lookup,
+        req: Request<RequestBody>,
+    ) -> Result<Response<Body>, GatewayError> {
+        if let Some(limiter) = &self.ip_limiter {
+            limiter
+                .check(visitor.addr.ip())
+                .map_err(|retry_after| GatewayError::RateLimited {
+                    scope: RateScope::Visitor,
+                    retry_after,
+                })?;
+        }
+        match lookup {
+            Lookup::Live(tunnel) => self.to_tunnel(&tunnel, conn, visitor, req).await,
+            Lookup::Reconnecting(left) => Err(GatewayError::Reconnecting(left)),
+            Lookup::Free => Err(GatewayError::UnknownTunnel(format!(
+                "{label}.{}",
+                self.config.domain
+            ))),
+        }
+    }
+
+    /// Applies the tunnel's own rules, then forwards.
+    async fn to_tunnel(
+        &self,
+        tunnel: &Arc<Tunnel>,
+        conn: &Conn,
+        visitor: Visitor,
+        mut req: Request<RequestBody>,
+    ) -> Result<Response<Body>, GatewayError> {
+        let peer = visitor.addr;
+        tunnel.access.check_ip(peer.ip())?;
+        if tunnel.access.has_credentials() {
+            tunnel
+                .access
+                .check_credentials(req.headers(), &tunnel.subdomain)?;
+            // The credentials were for the tunnel, not for the app.
+            req.headers_mut().remove(header::AUTHORIZATION);
+        }
+        if let Some(limiter) = &tunnel.rate_limiter {
+            limiter
+                .check()
+                .map_err(|retry_after| GatewayError::RateLimited {
+                    scope: RateScope::Tunnel,
+                    retry_after,
+                })?;
+        }
+        let scheme = visitor.scheme.unwrap_or(conn.transport.scheme());
+        let proxy = proxy::Proxy {
+            metrics: &self.metrics,
+            body_read_timeout: self.config.body_read_timeout,
+        };
+        proxy.forward(tunnel, peer, scheme, req).await
+    }
+}

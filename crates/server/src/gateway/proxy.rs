@@ -1,0 +1,262 @@
+//! Carries one visitor request through a tunnel: the head as a `request`
+//! message, the body as flow-controlled frames (or inline for JSON-only
+//! clients), and the client's response back to the visitor as it streams in.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use cryptun_proto::head::{headers_to_wire, keep_upgrade, strip_hop_by_hop, upgrade_protocol};
+use cryptun_proto::message::{ServerMessage, encode};
+use cryptun_proto::mux::{OpenError, SendHalf, Stream, pump};
+use cryptun_proto::{InlineBody, RequestHead, ResponseHead};
+use http::{HeaderMap, HeaderValue, Request, Response, header};
+use http_body::Body as _;
+use http_body_util::BodyExt;
+use hyper::upgrade::OnUpgrade;
+use tokio::time::{Instant, timeout_at};
+use tracing::{Instrument, debug, debug_span};
+
+use super::access_log::RequestBody;
+use super::response::{build_response, refuse_response};
+use super::{hardening, passthrough};
+use crate::body::{Body, full};
+use crate::edge::Peer;
+use crate::error::GatewayError;
+use crate::metrics::Metrics;
+use crate::policy::{BodyGuard, Tripwire};
+use crate::registry::Tunnel;
+
+/// What forwarding needs besides the tunnel: the server's settings and
+/// counters for it.
+pub(crate) struct Proxy<'a> {
+    pub(crate) metrics: &'a Metrics,
+    /// How long a visitor's body may leave the server waiting (408).
+    pub(crate) body_read_timeout: Duration,
+}
+
+/// A visitor's request made ready for the client: its head, and its body
+/// still to send, if it streams.
+struct Outgoing {
+    head: RequestHead,
+    upload: Option<BodyGuard<RequestBody>>,
+    /// The visitor's connection once switched, if the request offers a
+    /// protocol switch the tunnel can carry.
+    on_upgrade: Option<OnUpgrade>,
+    /// What stopped the visitor's body, if a limit did.
+    tripwire: Arc<Tripwire>,
+}
+
+impl Proxy<'_> {
+    /// Forwards `req` from `visitor`, who came in over `scheme` (`http` or
+    /// `https`), through `tunnel` and returns the response.
+    pub(crate) async fn forward(
+        &self,
+        tunnel: &Arc<Tunnel>,
+        visitor: Peer,
+        scheme: &str,
+        req: Request<RequestBody>,
+    ) -> Result<Response<Body>, GatewayError> {
+        tunnel
+            .requests
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let mux = &tunnel.mux;
+        let deadline = Instant::now() + tunnel.request_timeout;
+        let Outgoing {
+            head,
+            upload,
+            on_upgrade,
+            tripwire,
+        } = self.prepare(tunnel, visitor, scheme, req).await?;
+        let stream = mux.open(head.body.body_stream).map_err(|err| match err {
+            OpenError::TooMany => {
+                self.metrics.refused("max_streams");
+                GatewayError::TooManyStreams
+            }
+            OpenError::Closed | OpenError::Duplicate(_) => GatewayError::ClientGone,
+        })?;
+        let Stream {
+            id,
+            head: response_head,
+            recv,
+            send,
+            ..
+        } = stream;
+        let message = encode(&ServerMessage::Request {
+            request_id: id,
+            tunnel_id: tunnel.id.clone(),
+            request: head,
+        });
+        // The deadline covers queueing the head too: a client that stopped
+        // reading must not hold a visitor longer than one that is slow to
+        // answer.
+        let timed_out = |_| GatewayError::Timeout(tunnel.request_timeout);
+        timeout_at(deadline, send.send_text(message))
+            .await
+            .map_err(timed_out)?
+            .map_err(|_| GatewayError::ClientGone)?;
+        let send = match upload {
+            Some(body) => {
+                spawn_upload(body, send);
+                None
+            }
+            None => Some(send),
+        };
+        let response = match timeout_at(deadline, response_head)
+            .await
+            .map_err(timed_out)?
+        {
+            Ok(response) => response,
+            Err(_) if mux.is_closed() => return Err(GatewayError::ClientGone),
+            // Our upload stopped the visitor's body (and so reset the stream).
+            Err(_) => {
+                return Err(tripwire
+                    .tripped()
+                    .map_or(GatewayError::ClientReset, Into::into));
+            }
+        };
+        if let (Some(on_upgrade), Some(send)) = (on_upgrade, send) {
+            if response.status == 101 {
+                return passthrough::switch(response, mux, on_upgrade, send, recv);
+            }
+            // The app declined the switch: the connection stays plain HTTP,
+            // and the request direction ends without bytes.
+            tokio::spawn(async move {
+                let mut send = send;
+                let _ = send.send(Bytes::new(), true).await;
+            });
+        }
+        let streamed = response.body.body_stream;
+        let (mut resp, inline) = match build_response(response, mux.limits(), mux.binary()) {
+            Ok(parts) => parts,
+            Err(err) => return Err(refuse_response(mux, id, err)),
+        };
+        *resp.body_mut() = if streamed {
+            recv.map_err(Into::into).boxed()
+        } else {
+            full(inline)
+        };
+        Ok(resp)
+    }
+
+    /// The request's head for the client, its body guarded by the tunnel's
+    /// limits: read whole into the head for a JSON-only client, else left
+    /// to stream. A declared length over the limit is refused before a byte
+    /// is read.
+    async fn prepare(
+        &self,
+        tunnel: &Tunnel,
+        visitor: Peer,
+        scheme: &str,
+        mut req: Request<RequestBody>,
+    ) -> Result<Outgoing, GatewayError> {
+        let mux = &tunnel.mux;
+        // A protocol switch is offered only to clients that stream, for
+        // requests without a body, and never to h2c; anything else is plain
+        // HTTP with Upgrade stripped.
+        let upgrade = upgrade_protocol(req.headers()).filter(|p| {
+            mux.binary() && req.body().is_end_stream() && hardening::honoured_upgrade(p)
+        });
+        let on_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
+        let (parts, body) = req.into_parts();
+        let limit = tunnel.max_body_size;
+        if let Some(limit) = limit.filter(|l| body.size_hint().lower() > *l) {
+            return Err(GatewayError::BodyTooLarge(limit));
+        }
+        let tripwire = Arc::new(Tripwire::default());
+        let idle = self.body_read_timeout;
+        let mut headers = forwarded_headers(parts.headers, visitor, scheme);
+        if let Some(protocol) = &upgrade {
+            keep_upgrade(&mut headers, protocol.clone());
+        }
+        let mut head = RequestHead {
+            method: parts.method.as_str().to_owned(),
+            path: parts
+                .uri
+                .path_and_query()
+                .map_or_else(|| "/".to_owned(), |p| p.as_str().to_owned()),
+            headers: headers_to_wire(&headers),
+            body: InlineBody::default(),
+        };
+        let upload = if !mux.binary() {
+            let inline = mux.limits().max_inline_body as u64;
+            let limit = limit.map_or(inline, |l| l.min(inline));
+            let body = BodyGuard::new(body, Some(limit), idle, Arc::clone(&tripwire));
+            head.body = InlineBody::inline(&read_inline(body, &tripwire).await?);
+            None
+        } else if !body.is_end_stream() {
+            Some(BodyGuard::new(body, limit, idle, Arc::clone(&tripwire)))
+        } else {
+            None
+        };
+        // After a switch, the request direction carries the visitor's bytes.
+        if upload.is_some() || upgrade.is_some() {
+            head.body = InlineBody::streamed();
+        }
+        Ok(Outgoing {
+            head,
+            upload,
+            on_upgrade,
+            tripwire,
+        })
+    }
+}
+
+/// Sends the visitor's body beside the response: the local service may
+/// answer (or stream its answer) before it has read the whole request. It
+/// ends with the body, or when the stream completes or is reset.
+fn spawn_upload(body: BodyGuard<RequestBody>, send: SendHalf<ResponseHead>) {
+    let id = send.id();
+    tokio::spawn(
+        async move {
+            if let Err(err) = pump(body, send).await {
+                debug!(%err, "request body upload stopped");
+            }
+        }
+        .instrument(debug_span!("upload", stream = id)),
+    );
+}
+
+/// Reads a whole body for a JSON-only session, within its guard's limits
+/// (refused before reading when Content-Length is over the size limit).
+async fn read_inline(
+    body: BodyGuard<RequestBody>,
+    tripwire: &Tripwire,
+) -> Result<Bytes, GatewayError> {
+    if let Some(limit) = body.limit().filter(|l| body.size_hint().lower() > *l) {
+        return Err(GatewayError::BodyTooLarge(limit));
+    }
+    match body.collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(err) => Err(tripwire
+            .tripped()
+            .map_or_else(|| GatewayError::VisitorBody(err.to_string()), Into::into)),
+    }
+}
+
+/// The visitor's headers as the local service should see them: hop-by-hop
+/// headers removed, and the `X-Forwarded-*` set from what this server saw,
+/// replacing anything the visitor claimed.
+fn forwarded_headers(mut headers: HeaderMap, visitor: Peer, scheme: &str) -> HeaderMap {
+    strip_hop_by_hop(&mut headers);
+    let host = headers.get(header::HOST).cloned();
+    for name in [
+        "x-forwarded-for",
+        "x-forwarded-proto",
+        "x-forwarded-host",
+        "forwarded",
+        "x-real-ip",
+    ] {
+        headers.remove(name);
+    }
+    if let Ok(ip) = HeaderValue::from_str(&visitor.ip().to_string()) {
+        headers.insert("x-forwarded-for", ip);
+    }
+    if let Ok(proto) = HeaderValue::from_str(scheme) {
+        headers.insert("x-forwarded-proto", proto);
+    }
+    if let Some(host) = host {
+        headers.insert("x-forwarded-host", host);
+    }
+    headers
+}

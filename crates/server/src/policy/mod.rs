@@ -1,0 +1,23 @@
+//! Policy: the rules a visitor's request or a client's connection is held
+//! to, each a value the stage that enforces it holds, with the decision
+//! kept apart from the I/O around it.
+//!
+//! - [`access`]: a tunnel's visitor rules (IP allow and deny lists, HTTP
+//!   Basic credentials), chosen by its client.
+//! - [`ratelimit`]: request rates per visitor address and per tunnel.
+//! - [`body`]: a request body's size limit and idle timeout.
+//! - [`backoff`]: failed client handshakes by address, and the refusals
+//!   that follow.
+//!
+//! Every per-address rule counts an address by its group
+//! ([`cryptun_proto::net::group`]: IPv6 by /64).
+
+pub mod access;
+pub mod backoff;
+pub mod body;
+pub mod ratelimit;
+
+pub use access::Access;
+pub use backoff::{Backoff, BackoffConfig};
+pub use body::{BodyGuard, BodyLimit, Tripwire};
+pub use ratelimit::{IpLimiter, Rate, RateError, TunnelLimiter};

@@ -1,0 +1,214 @@
+//! The in-memory registry: this node's live tunnels by name and the names
+//! held for their reconnection, behind one lock. It is the whole registry
+//! of a single server.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use super::held::{self, Claim};
+use super::{Lookup, Registration, Registry, Taken, Tunnel};
+use crate::store::{Owner, SavedHold};
+
+/// The map from subdomain to live tunnel, and the names held for
+/// reconnection.
+pub struct Local {
+    inner: RwLock<Inner>,
+    /// How long a name is held after its tunnel's session ends.
+    grace: Duration,
+}
+
+struct Inner {
+    tunnels: HashMap<String, Arc<Tunnel>>,
+    holds: held::Holds,
+}
+
+impl Default for Local {
+    /// No reconnect grace.
+    fn default() -> Self {
+        Local::new(Duration::ZERO, 1)
+    }
+}
+
+impl Local {
+    /// An empty registry that holds a disconnected tunnel's name for
+    /// `grace`, remembering at most `max_held` such names.
+    pub fn new(grace: Duration, max_held: usize) -> Self {
+        Local {
+            inner: RwLock::new(Inner {
+                tunnels: HashMap::new(),
+                holds: held::Holds::new(max_held),
+            }),
+            grace,
+        }
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Inner> {
+        self.inner.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, Inner> {
+        self.inner.write().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl Registry for Local {
+    /// Where `subdomain` points: a live tunnel, a name held for
+    /// reconnection, or nothing.
+    fn lookup(&self, subdomain: &str) -> Lookup {
+        let inner = self.read();
+        if let Some(tunnel) = inner.tunnels.get(subdomain) {
+            return Lookup::Live(Arc::clone(tunnel));
+        }
+        match inner.holds.remaining(subdomain, Instant::now()) {
+            Some(left) => Lookup::Reconnecting(left),
+            None => Lookup::Free,
+        }
+    }
+
+    /// Registers `tunnel` unless its subdomain is live, or held for
+    /// another identity than `claim`'s. The entry lives as long as the
+    /// returned registration.
+    fn register(self: Arc<Self>, tunnel: Tunnel, claim: Claim<'_>) -> Result<Registration, Taken> {
+        let mut inner = self.write();
+        if inner.tunnels.contains_key(&tunnel.subdomain) {
+            return Err(Taken::Live);
+        }
+        inner
+            .holds
+            .claim(&tunnel.subdomain, claim, Instant::now())
+            .map_err(Taken::Held)?;
+        let tunnel = Arc::new(tunnel);
+        inner
+            .tunnels
+            .insert(tunnel.subdomain.clone(), Arc::clone(&tunnel));
+        drop(inner);
+        Ok(Registration {
+            registry: self,
+            tunnel,
+            hold: true,
+        })
+    }
+
+    /// Ends every reconnection hold of key `id` (its key was revoked, so
+    /// nobody can take the names back); returns how many.
+    fn release_key(&self, id: &str) -> usize {
+        self.write().holds.release_owner(&Owner::Key(id.to_owned()))
+    }
+
+    /// Names held for reconnection now.
+    fn held(&self) -> usize {
+        self.read().holds.len()
+    }
+
+    /// What a stopping server saves: the names held for reconnection now,
+    /// for whom, and for how much longer, and the names of tunnels still
+    /// live (their sessions are ending, or late to), each held for the
+    /// whole grace.
+    fn saved_holds(&self) -> Vec<SavedHold> {
+        let inner = self.read();
+        let mut saved = inner.holds.saved(Instant::now());
+        if !self.grace.is_zero() {
+            saved.extend(inner.tunnels.values().map(|tunnel| SavedHold {
+                name: tunnel.subdomain.clone(),
+                owner: tunnel.owner.clone(),
+                left: self.grace,
+            }));
+        }
+        saved
+    }
+
+    /// Holds again the names a previous run saved, for what is left of
+    /// their grace (at most this registry's grace).
+    fn restore_holds(&self, saved: Vec<SavedHold>) {
+        self.write()
+            .holds
+            .restore(saved, self.grace, Instant::now());
+    }
+
+    /// Live tunnels, oldest first.
+    fn list(&self) -> Vec<Arc<Tunnel>> {
+        let mut all: Vec<_> = self.read().tunnels.values().cloned().collect();
+        all.sort_by_key(|t| t.created_at);
+        all
+    }
+
+    /// Number of live tunnels.
+    fn len(&self) -> usize {
+        self.read().tunnels.len()
+    }
+
+    fn remove(&self, tunnel: &Arc<Tunnel>, hold: bool) {
+        let mut inner = self.write();
+        let name = &tunnel.subdomain;
+        if !inner
+            .tunnels
+            .get(name)
+            .is_some_and(|t| Arc::ptr_eq(t, tunnel))
+        {
+            return;
+        }
+        inner.tunnels.remove(name);
+        if hold && !self.grace.is_zero() {
+            let now = Instant::now();
+            let owner = tunnel.owner.clone();
+            inner.holds.hold(name.clone(), owner, now + self.grace, now);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::Access;
+    use cryptun_proto::Limits;
+    use cryptun_proto::message::CreateTunnel;
+    use cryptun_proto::mux::Mux;
+    use cryptun_proto::mux::Side;
+    use std::sync::atomic::AtomicU64;
+    use std::time::SystemTime;
+
+    fn tunnel(name: &str, owner: Owner) -> Tunnel {
+        Tunnel {
+            id: name.into(),
+            subdomain: name.into(),
+            public_url: format!("http://{name}.localhost"),
+            client_addr: "127.0.0.1:1".parse().unwrap(),
+            created_at: SystemTime::now(),
+            requests: AtomicU64::new(0),
+            stats: Arc::default(),
+            key_name: None,
+            request_timeout: Duration::from_secs(1),
+            mux: Mux::new(Side::Opener, true, Limits::default()),
+            owner,
+            access: Access::from_request(&CreateTunnel::default()).unwrap(),
+            rate_limiter: None,
+            max_body_size: None,
+        }
+    }
+
+    #[test]
+    fn a_stopping_server_saves_its_holds_and_its_tunnels_still_live() {
+        let grace = Duration::from_secs(30);
+        let registry = Arc::new(Local::new(grace, 10));
+        let left = Arc::clone(&registry)
+            .register(tunnel("left", Owner::Key("a".into())), Claim::default())
+            .unwrap();
+        drop(left);
+        let _live = Arc::clone(&registry)
+            .register(tunnel("live", Owner::Secret([1; 32])), Claim::default())
+            .unwrap();
+        let mut saved = registry.saved_holds();
+        saved.sort_by(|a, b| a.name.cmp(&b.name));
+        let names: Vec<_> = saved.iter().map(|h| h.name.as_str()).collect();
+        assert_eq!(names, ["left", "live"]);
+        assert_eq!(saved[0].owner, Owner::Key("a".into()));
+        assert_eq!(saved[1].owner, Owner::Secret([1; 32]));
+        assert_eq!(saved[1].left, grace);
+        // Taken back by a fresh registry: both held for their owners.
+        let fresh = Local::new(grace, 10);
+        fresh.restore_holds(saved);
+        assert_eq!(fresh.held(), 2);
+        assert!(matches!(fresh.lookup("live"), Lookup::Reconnecting(_)));
+    }
+}
