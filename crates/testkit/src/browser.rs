@@ -8,9 +8,8 @@
 //! from a `MutationObserver`, and every wait is bounded by [`LIMIT`].
 
 use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
 
 use base64::Engine as _;
 use futures_util::{SinkExt, StreamExt};
@@ -28,7 +27,8 @@ pub const INSTALL: &str = "apt-get update && apt-get install -y chromium";
 /// started) and its profile removed when dropped.
 pub struct Browser {
     child: Child,
-    profile: PathBuf,
+    /// Removed when the browser drops, after `drop` has ended Chromium.
+    _profile: tempfile::TempDir,
     ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
     session: Option<String>,
     next_id: u64,
@@ -67,18 +67,14 @@ impl Browser {
     /// fresh profile, and opens a blank page. Panics, saying how to
     /// install it, if it cannot be started.
     pub async fn launch() -> Browser {
-        static LAUNCHED: AtomicUsize = AtomicUsize::new(0);
         let program = std::env::var("CHROMIUM").unwrap_or_else(|_| {
             install_if_missing();
             "chromium".into()
         });
-        let profile = std::env::temp_dir().join(format!(
-            "cryptun-chromium-{}-{}",
-            std::process::id(),
-            LAUNCHED.fetch_add(1, Ordering::Relaxed)
-        ));
-        let _ = std::fs::remove_dir_all(&profile);
-        std::fs::create_dir_all(&profile).expect("a temporary profile directory");
+        let profile = tempfile::Builder::new()
+            .prefix("cryptun-chromium-")
+            .tempdir()
+            .expect("a temporary profile directory");
         let mut command = Command::new(&program);
         command
             .args([
@@ -94,7 +90,7 @@ impl Browser {
                 "--window-size=1280,800",
                 "--remote-debugging-port=0",
             ])
-            .arg(format!("--user-data-dir={}", profile.display()))
+            .arg(format!("--user-data-dir={}", profile.path().display()))
             .arg("about:blank")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -121,7 +117,7 @@ impl Browser {
         .expect("DevTools accepts a WebSocket");
         let mut browser = Browser {
             child,
-            profile,
+            _profile: profile,
             ws,
             session: None,
             next_id: 0,
@@ -295,6 +291,5 @@ impl Drop for Browser {
         }
         let _ = self.child.kill();
         let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.profile);
     }
 }

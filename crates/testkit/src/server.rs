@@ -170,28 +170,30 @@ impl Drop for TestServer {
     }
 }
 
-/// A fresh directory under the system's temp folder (for a server's data
-/// directory), removed with its contents when dropped.
+/// A path for a server's data directory that does not exist yet (so a test
+/// can tell whether the server made it), inside a fresh directory under the
+/// system's temp folder that is removed with its contents when dropped.
 pub struct TempDir {
     pub path: PathBuf,
+    /// Owns the enclosing directory: dropping it removes `path` too.
+    _parent: tempfile::TempDir,
 }
 
 impl TempDir {
     pub fn new() -> Self {
-        let path =
-            std::env::temp_dir().join(format!("cryptun-test-{}", cryptun_proto::random_id(12)));
-        TempDir { path }
+        let parent = tempfile::Builder::new()
+            .prefix("cryptun-test-")
+            .tempdir()
+            .expect("a temporary directory");
+        TempDir {
+            path: parent.path().join("data"),
+            _parent: parent,
+        }
     }
 }
 
 impl Default for TempDir {
     fn default() -> Self {
         Self::new()
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.path);
     }
 }
