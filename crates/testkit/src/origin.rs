@@ -169,6 +169,8 @@ impl Drop for DropCounter {
     }
 }
 
+/// The table of routes in the module's doc: each answers in a function
+/// of its own.
 async fn route(req: Request<Incoming>, stats: Arc<Stats>) -> Response<Body> {
     let num = |key: &str, default: u64| {
         query(&req, key)
@@ -176,136 +178,159 @@ async fn route(req: Request<Incoming>, stats: Arc<Stats>) -> Response<Body> {
             .unwrap_or(default)
     };
     match req.uri().path() {
-        path if path == "/echo" || path.starts_with("/echo/") => {
-            let method = req.method().to_string();
-            let path = req
-                .uri()
-                .path_and_query()
-                .map(|p| p.to_string())
-                .unwrap_or_default();
-            let headers: Vec<(String, String)> = req
-                .headers()
-                .iter()
-                .map(|(k, v)| {
-                    (
-                        k.to_string(),
-                        String::from_utf8_lossy(v.as_bytes()).into_owned(),
-                    )
-                })
-                .collect();
-            let body = req
-                .into_body()
-                .collect()
-                .await
-                .map(|b| b.to_bytes())
-                .unwrap_or_default();
-            let json = serde_json::json!({
-                "method": method,
-                "path": path,
-                "headers": headers,
-                "body_len": body.len(),
-                "body_sha256": crate::sha256_hex(&body),
-            });
-            let mut resp = text(StatusCode::OK, json.to_string());
-            resp.headers_mut()
-                .insert("content-type", "application/json".parse().unwrap());
-            resp
-        }
-        "/bytes" => {
-            let n = num("n", 0) as usize;
-            // Each chunk is made as it is sent: a large body neither sits
-            // in memory nor blocks the runtime while it is generated.
-            let chunks = (0..n).step_by(64 << 10).map(move |i| {
-                let chunk = pattern_range(i, n.min(i + (64 << 10)));
-                Ok::<_, Infallible>(Frame::data(Bytes::from(chunk)))
-            });
-            let stream = futures_util::stream::iter(chunks);
-            let mut resp = Response::new(StreamBody::new(stream).boxed());
-            resp.headers_mut().insert("content-length", n.into());
-            resp
-        }
-        "/sha256" => {
-            let mut hasher = sha2::Sha256::new();
-            let mut len = 0u64;
-            let mut body = req.into_body();
-            while let Some(frame) = body.frame().await {
-                match frame {
-                    Ok(frame) => {
-                        if let Ok(data) = frame.into_data() {
-                            len += data.len() as u64;
-                            hasher.update(&data);
-                            stats.uploaded.fetch_add(data.len(), Ordering::SeqCst);
-                            stats.changed.notify_waiters();
-                        }
-                    }
-                    Err(err) => return text(StatusCode::BAD_REQUEST, format!("body error: {err}")),
-                }
-            }
-            let json = serde_json::json!({ "len": len, "sha256": crate::hex(&hasher.finalize()) });
-            text(StatusCode::OK, json.to_string())
-        }
+        path if path == "/echo" || path.starts_with("/echo/") => echo(req).await,
+        "/bytes" => bytes(num("n", 0) as usize),
+        "/sha256" => sha256(req.into_body(), &stats).await,
         "/delay" => {
             tokio::time::sleep(Duration::from_millis(num("ms", 0))).await;
             text(StatusCode::OK, "done")
         }
-        "/hang" => {
-            let _counter = DropCounter(stats);
-            std::future::pending::<()>().await;
-            unreachable!()
-        }
+        "/hang" => hang(stats).await,
         "/status" => {
             let code = StatusCode::from_u16(num("code", 200) as u16).unwrap_or(StatusCode::OK);
             text(code, format!("status {}", code.as_u16()))
         }
-        "/headers" => {
-            let mut resp = text(StatusCode::OK, "headers");
-            let h = resp.headers_mut();
-            h.append("set-cookie", "a=1".parse().unwrap());
-            h.append("x-multi", "1".parse().unwrap());
-            h.append("set-cookie", "b=2".parse().unwrap());
-            h.append("x-multi", "2".parse().unwrap());
-            resp
-        }
-        "/stream" => {
-            let chunks = num("chunks", 3);
-            let interval = Duration::from_millis(num("interval_ms", 100));
-            let stream = futures_util::stream::unfold(0u64, move |i| async move {
-                if i >= chunks {
-                    return None;
-                }
-                if i > 0 {
-                    tokio::time::sleep(interval).await;
-                }
-                Some((
-                    Ok::<_, Infallible>(Frame::data(Bytes::from(format!("chunk {i}\n")))),
-                    i + 1,
-                ))
-            });
-            let mut resp = Response::new(StreamBody::new(stream).boxed());
-            resp.headers_mut()
-                .insert("content-type", "text/event-stream".parse().unwrap());
-            resp
-        }
+        "/headers" => headers(),
+        "/stream" => stream(
+            num("chunks", 3),
+            Duration::from_millis(num("interval_ms", 100)),
+        ),
         "/token" => text(StatusCode::OK, query(&req, "t").unwrap_or_default()),
         "/answer-first" => {
-            // Like a service that streams its answer while it still reads
-            // the upload (a transcoder, an echo): the two directions
-            // progress independently.
             let n = num("n", 0);
-            let mut body = req.into_body();
-            tokio::spawn(async move {
-                while let Some(Ok(frame)) = body.frame().await {
-                    if let Ok(data) = frame.into_data() {
-                        stats.uploaded.fetch_add(data.len(), Ordering::SeqCst);
-                        stats.changed.notify_waiters();
-                    }
-                }
-            });
-            zeros(n)
+            answer_first(req.into_body(), n, stats)
         }
         "/zeros" => zeros(num("n", 0)),
         _ => text(StatusCode::NOT_FOUND, "origin: no such route"),
     }
+}
+
+/// `/echo`: the request as JSON (method, path, headers in order, body
+/// length and SHA-256).
+async fn echo(req: Request<Incoming>) -> Response<Body> {
+    let method = req.method().to_string();
+    let path = req
+        .uri()
+        .path_and_query()
+        .map(|p| p.to_string())
+        .unwrap_or_default();
+    let headers: Vec<(String, String)> = req
+        .headers()
+        .iter()
+        .map(|(k, v)| {
+            (
+                k.to_string(),
+                String::from_utf8_lossy(v.as_bytes()).into_owned(),
+            )
+        })
+        .collect();
+    let body = req
+        .into_body()
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    let json = serde_json::json!({
+        "method": method,
+        "path": path,
+        "headers": headers,
+        "body_len": body.len(),
+        "body_sha256": crate::sha256_hex(&body),
+    });
+    let mut resp = text(StatusCode::OK, json.to_string());
+    resp.headers_mut()
+        .insert("content-type", "application/json".parse().unwrap());
+    resp
+}
+
+/// `/bytes`: `n` bytes of [`pattern`](crate::pattern), in 64 KiB chunks.
+fn bytes(n: usize) -> Response<Body> {
+    // Each chunk is made as it is sent: a large body neither sits
+    // in memory nor blocks the runtime while it is generated.
+    let chunks = (0..n).step_by(64 << 10).map(move |i| {
+        let chunk = pattern_range(i, n.min(i + (64 << 10)));
+        Ok::<_, Infallible>(Frame::data(Bytes::from(chunk)))
+    });
+    let stream = futures_util::stream::iter(chunks);
+    let mut resp = Response::new(StreamBody::new(stream).boxed());
+    resp.headers_mut().insert("content-length", n.into());
+    resp
+}
+
+/// `/sha256`: hashes `body` as it streams, counting its bytes in
+/// `stats.uploaded`; answers its length and SHA-256 as JSON.
+async fn sha256(mut body: Incoming, stats: &Stats) -> Response<Body> {
+    let mut hasher = sha2::Sha256::new();
+    let mut len = 0u64;
+    while let Some(frame) = body.frame().await {
+        match frame {
+            Ok(frame) => {
+                if let Ok(data) = frame.into_data() {
+                    len += data.len() as u64;
+                    hasher.update(&data);
+                    stats.uploaded.fetch_add(data.len(), Ordering::SeqCst);
+                    stats.changed.notify_waiters();
+                }
+            }
+            Err(err) => return text(StatusCode::BAD_REQUEST, format!("body error: {err}")),
+        }
+    }
+    let json = serde_json::json!({ "len": len, "sha256": crate::hex(&hasher.finalize()) });
+    text(StatusCode::OK, json.to_string())
+}
+
+/// `/hang`: never answers; counted in `stats.dropped` when abandoned.
+async fn hang(stats: Arc<Stats>) -> Response<Body> {
+    let _counter = DropCounter(stats);
+    std::future::pending::<()>().await;
+    unreachable!()
+}
+
+/// `/headers`: repeated `set-cookie` and `x-multi`, interleaved.
+fn headers() -> Response<Body> {
+    let mut resp = text(StatusCode::OK, "headers");
+    let h = resp.headers_mut();
+    h.append("set-cookie", "a=1".parse().unwrap());
+    h.append("x-multi", "1".parse().unwrap());
+    h.append("set-cookie", "b=2".parse().unwrap());
+    h.append("x-multi", "2".parse().unwrap());
+    resp
+}
+
+/// `/stream`: `chunks` lines, `interval` apart, as an event stream.
+fn stream(chunks: u64, interval: Duration) -> Response<Body> {
+    let stream = futures_util::stream::unfold(0u64, move |i| async move {
+        if i >= chunks {
+            return None;
+        }
+        if i > 0 {
+            tokio::time::sleep(interval).await;
+        }
+        Some((
+            Ok::<_, Infallible>(Frame::data(Bytes::from(format!("chunk {i}\n")))),
+            i + 1,
+        ))
+    });
+    let mut resp = Response::new(StreamBody::new(stream).boxed());
+    resp.headers_mut()
+        .insert("content-type", "text/event-stream".parse().unwrap());
+    resp
+}
+
+/// `/answer-first`: `n` zero bytes at once, while `body` is read to its
+/// end on the side (counted in `stats.uploaded`). Like a service that
+/// streams its answer while it still reads the upload (a transcoder, an
+/// echo): the two directions progress independently.
+fn answer_first(mut body: Incoming, n: u64, stats: Arc<Stats>) -> Response<Body> {
+    tokio::spawn(async move {
+        while let Some(Ok(frame)) = body.frame().await {
+            if let Ok(data) = frame.into_data() {
+                stats.uploaded.fetch_add(data.len(), Ordering::SeqCst);
+                stats.changed.notify_waiters();
+            }
+        }
+    });
+    zeros(n)
 }
 
 /// `n` zero bytes, streamed from one static buffer, with `content-length`.
