@@ -13,8 +13,15 @@
 //! | 1    | END    | final body bytes, possibly none; the body is done  |
 //! | 2    | WINDOW | u32 (BE): bytes of credit granted to the sender     |
 //! | 3    | RESET  | optional UTF-8 reason; the stream is abandoned      |
+//!
+//! Further kinds, and the flags of a binary head, are reserved for
+//! capabilities still to come ([`RESERVED_KINDS`], [`RESERVED_HEAD_FLAGS`]);
+//! a kind a session did not negotiate closes it with 1002. The table in
+//! `docs/PROTOCOL.md` §5 lists the same values, which a test checks.
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
+
+use crate::capability::Capability;
 
 /// Bytes of frame header before the payload.
 pub const HEADER_LEN: usize = 5;
@@ -31,6 +38,93 @@ pub enum FrameKind {
     /// The stream is abandoned by its sender.
     Reset = 3,
 }
+
+impl FrameKind {
+    /// Every kind this version sends and reads, by value.
+    pub const ALL: [FrameKind; 4] = [
+        FrameKind::Data,
+        FrameKind::End,
+        FrameKind::Window,
+        FrameKind::Reset,
+    ];
+
+    /// Its name in the protocol's table.
+    pub const fn name(self) -> &'static str {
+        match self {
+            FrameKind::Data => "DATA",
+            FrameKind::End => "END",
+            FrameKind::Window => "WINDOW",
+            FrameKind::Reset => "RESET",
+        }
+    }
+
+    /// The kind with this value, if this version speaks it.
+    pub const fn from_value(value: u8) -> Option<Self> {
+        match value {
+            0 => Some(FrameKind::Data),
+            1 => Some(FrameKind::End),
+            2 => Some(FrameKind::Window),
+            3 => Some(FrameKind::Reset),
+            _ => None,
+        }
+    }
+}
+
+/// A frame kind or head flag named for a capability still to come: its
+/// value is kept so that nothing else takes it. This version sends none and
+/// reads none (a reserved kind is unknown to it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Reserved {
+    /// The kind byte, or the flag's bit.
+    pub value: u8,
+    /// Its name in the protocol's table.
+    pub name: &'static str,
+    /// The capability that will bring it: it is sent only on sessions that
+    /// accepted that capability.
+    pub capability: Capability,
+}
+
+/// Frame kinds reserved for coming capabilities, by value.
+pub const RESERVED_KINDS: &[Reserved] = &[
+    // A request or response head, binary-encoded; its first payload byte
+    // holds the head flags below.
+    Reserved {
+        value: 4,
+        name: "HEAD",
+        capability: Capability::BinaryHeads,
+    },
+    // Trailer fields ending a body (the body is then complete, as by END).
+    Reserved {
+        value: 5,
+        name: "TRAILERS",
+        capability: Capability::Trailers,
+    },
+    // A new raw byte stream (a visitor's TCP or TLS connection) on a TCP or
+    // TLS tunnel; END then half-closes, RESET aborts.
+    Reserved {
+        value: 6,
+        name: "OPEN",
+        capability: Capability::RawStreams,
+    },
+];
+
+/// Bits of a HEAD frame's flags byte, reserved with it. Bits not listed are
+/// zero; a set bit a receiver does not know will close with 1002.
+pub const RESERVED_HEAD_FLAGS: &[Reserved] = &[
+    // The head is the whole message: no body follows (today's JSON heads
+    // say so by the absence of `body_stream`).
+    Reserved {
+        value: 0x01,
+        name: "END_STREAM",
+        capability: Capability::BinaryHeads,
+    },
+    // TRAILERS will end the body.
+    Reserved {
+        value: 0x02,
+        name: "TRAILERS",
+        capability: Capability::Trailers,
+    },
+];
 
 /// One decoded binary frame. The payload shares the received buffer.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -85,12 +179,9 @@ impl Frame {
         if buf.len() < HEADER_LEN {
             return Err(FrameError::Short(buf.len()));
         }
-        let kind = match buf.get_u8() {
-            0 => FrameKind::Data,
-            1 => FrameKind::End,
-            2 => FrameKind::Window,
-            3 => FrameKind::Reset,
-            other => return Err(FrameError::UnknownKind(other)),
+        let value = buf.get_u8();
+        let Some(kind) = FrameKind::from_value(value) else {
+            return Err(FrameError::UnknownKind(value));
         };
         let stream = buf.get_u32();
         if buf.len() > max_payload {
@@ -131,6 +222,23 @@ mod tests {
             Frame::decode(Frame::window(7, 65536), 16).unwrap().credit(),
             65536
         );
+    }
+
+    #[test]
+    fn kinds_read_back_and_reserved_values_are_unknown_today() {
+        for kind in FrameKind::ALL {
+            assert_eq!(FrameKind::from_value(kind as u8), Some(kind));
+        }
+        for reserved in RESERVED_KINDS {
+            assert_eq!(
+                Frame::decode(Bytes::from(vec![reserved.value, 0, 0, 0, 1]), 16),
+                Err(FrameError::UnknownKind(reserved.value)),
+                "{reserved:?}"
+            );
+        }
+        for flag in RESERVED_HEAD_FLAGS {
+            assert_eq!(flag.value.count_ones(), 1, "{flag:?}");
+        }
     }
 
     #[test]

@@ -10,6 +10,10 @@
 //! # Layout
 //!
 //! - [`message`]: the JSON control vocabulary and its decoding.
+//! - [`capability`]: what a session speaks beyond the seed's protocol, and
+//!   how client and server agree on it.
+//! - [`error_code`]: why the server refuses something, and what each
+//!   refusal does to the connection.
 //! - [`head`]: request and response heads, header encoding, hop-by-hop rules.
 //! - [`frame`]: the binary frame format.
 //! - [`limits`]: every bound a session enforces, and why.
@@ -24,6 +28,8 @@
 
 #![forbid(unsafe_code)]
 
+pub mod capability;
+pub mod error_code;
 pub mod frame;
 pub mod head;
 pub mod limits;
@@ -34,10 +40,12 @@ pub mod net;
 pub mod read_ahead;
 pub mod secret;
 
+pub use capability::{Capabilities, Capability, negotiate};
+pub use error_code::ErrorCode;
 pub use frame::{Frame, FrameError, FrameKind};
 pub use head::{HeadError, InlineBody, RequestHead, ResponseHead};
 pub use limits::Limits;
-pub use message::{ClientMessage, ErrorCode, PROTOCOL_VERSION, ServerMessage};
+pub use message::{ClientMessage, PROTOCOL_VERSION, ServerMessage};
 pub use name::Subdomain;
 pub use read_ahead::ReadAhead;
 pub use secret::Secret;

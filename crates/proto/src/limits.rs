@@ -15,6 +15,16 @@ const READ_BUFFER: usize = 4 << 10;
 /// make its reader hold many times its size in parsed pairs.
 pub const MAX_WIRE_HEADERS: usize = 1024;
 
+/// Most entries in a `capabilities` list. Six names exist today; 64 leaves
+/// room for many more while refusing a list that is only there to be long
+/// (each entry is matched as it is read and none is kept, so this bounds
+/// the work, not memory).
+pub const MAX_CAPABILITIES: usize = 64;
+
+/// Longest capability name, in bytes: ours are under 20, and a longer one is
+/// refused without being compared.
+pub const MAX_CAPABILITY_NAME: usize = 64;
+
 /// Every bound a session enforces on what a peer may make us hold.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {

@@ -9,8 +9,11 @@
 use std::borrow::Cow;
 
 use serde::de::IgnoredAny;
-use serde::{Deserialize, Serialize};
+use serde::ser::SerializeStruct;
+use serde::{Deserialize, Serialize, Serializer};
 
+use crate::capability::{Capabilities, Capability};
+pub use crate::error_code::ErrorCode;
 use crate::head::{RequestHead, ResponseHead};
 use crate::secret::Secret;
 
@@ -53,9 +56,15 @@ pub struct CreateTunnel {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub subdomain: Option<String>,
     /// The client reads and writes bodies as binary frames with flow control.
-    /// Without it, every body travels inline in the JSON messages.
+    /// Without it, every body travels inline in the JSON messages. The same
+    /// as `binary_streams` in `capabilities`, which it predates.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub binary_streams: bool,
+    /// What the client speaks beyond the seed's protocol (names this
+    /// version does not know are dropped as they are read). See
+    /// [`CreateTunnel::offered`].
+    #[serde(default, skip_serializing_if = "Capabilities::is_empty")]
+    pub capabilities: Capabilities,
     /// How long visitors of this tunnel may wait for a response head, in
     /// milliseconds: more than the server's default for long polling, capped
     /// by the server's maximum. Absent means the server's default.
@@ -86,6 +95,19 @@ pub struct CreateTunnel {
     /// capped by the server's own limit. Absent means the server's limit.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_body_size: Option<u64>,
+}
+
+impl CreateTunnel {
+    /// What the client offers: its `capabilities`, with `binary_streams`
+    /// also when it asked through the older boolean field. What the server
+    /// passes to [`crate::capability::negotiate`].
+    pub fn offered(&self) -> Capabilities {
+        if self.binary_streams {
+            self.capabilities.with(Capability::BinaryStreams)
+        } else {
+            self.capabilities
+        }
+    }
 }
 
 /// HTTP Basic credentials a tunnel's visitors must present.
@@ -143,7 +165,14 @@ pub enum ServerMessage {
 }
 
 /// The body of `tunnel_created`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+///
+/// On the wire it also carries `capabilities`, the ones the server will use
+/// on the session ([`TunnelCreated::capabilities`]). While `binary_streams`
+/// is the only capability spoken, that list is its boolean field written
+/// again, so the struct holds the boolean alone; the field comes with the
+/// second capability (a field added here changes every place that builds
+/// one).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 pub struct TunnelCreated {
     /// Protocol version the server will speak on this session.
     pub version: u32,
@@ -153,7 +182,8 @@ pub struct TunnelCreated {
     pub subdomain: String,
     /// Where visitors reach the tunnel.
     pub public_url: String,
-    /// Whether bodies on this session travel as binary frames.
+    /// Whether bodies on this session travel as binary frames (the
+    /// `binary_streams` capability, accepted).
     pub binary_streams: bool,
     /// How long a visitor waits for this tunnel's response head before 504.
     pub request_timeout_ms: u64,
@@ -169,6 +199,48 @@ pub struct TunnelCreated {
     /// means no limit beyond `max_inline_body` on JSON-only sessions.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_body_size: Option<u64>,
+}
+
+impl TunnelCreated {
+    /// The capabilities the server accepted for the session.
+    pub fn capabilities(&self) -> Capabilities {
+        if self.binary_streams {
+            Capabilities::of(&[Capability::BinaryStreams])
+        } else {
+            Capabilities::NONE
+        }
+    }
+}
+
+impl Serialize for TunnelCreated {
+    /// serde's derive, with `capabilities` after `binary_streams` (absent
+    /// when empty, so a client that asked for nothing reads the seed's
+    /// message).
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut s = serializer.serialize_struct("TunnelCreated", 10)?;
+        s.serialize_field("version", &self.version)?;
+        s.serialize_field("tunnel_id", &self.tunnel_id)?;
+        s.serialize_field("subdomain", &self.subdomain)?;
+        s.serialize_field("public_url", &self.public_url)?;
+        s.serialize_field("binary_streams", &self.binary_streams)?;
+        let capabilities = self.capabilities();
+        if capabilities.is_empty() {
+            s.skip_field("capabilities")?;
+        } else {
+            s.serialize_field("capabilities", &capabilities)?;
+        }
+        s.serialize_field("request_timeout_ms", &self.request_timeout_ms)?;
+        s.serialize_field("limits", &self.limits)?;
+        match &self.reconnect_secret {
+            Some(secret) => s.serialize_field("reconnect_secret", secret)?,
+            None => s.skip_field("reconnect_secret")?,
+        }
+        match &self.max_body_size {
+            Some(max) => s.serialize_field("max_body_size", max)?,
+            None => s.skip_field("max_body_size")?,
+        }
+        s.end()
+    }
 }
 
 /// Limits announced in `tunnel_created` so a client can stay within them.
@@ -202,48 +274,6 @@ pub struct ErrorMessage {
     /// For `too_many_attempts`: how long until the server listens again.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry_after_ms: Option<u64>,
-}
-
-/// Why the server refused something.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ErrorCode {
-    /// The text frame was not valid JSON or lacked required fields.
-    BadMessage,
-    /// The `type` is not one this version knows. The message was ignored.
-    UnknownType,
-    /// `create_tunnel` asked for a protocol version the server does not speak.
-    UnsupportedVersion,
-    /// The requested subdomain is not a valid DNS label (or is reserved).
-    InvalidSubdomain,
-    /// The requested subdomain is held by another live tunnel.
-    SubdomainTaken,
-    /// The session holds as many tunnels as it may.
-    TooManyTunnels,
-    /// A `response` was not a valid HTTP response head (status, header name
-    /// or value, size); the visitor got a 502.
-    BadResponse,
-    /// A message arrived before the first `create_tunnel`.
-    NoTunnel,
-    /// The API key is missing (where the server requires one), unknown or
-    /// revoked.
-    Unauthorized,
-    /// Too many failed handshakes from this address: refused without
-    /// checking until `retry_after_ms` has passed.
-    TooManyAttempts,
-    /// The requested subdomain is reserved for another API key.
-    SubdomainReserved,
-    /// The server failed (its database, say); not the client's fault.
-    Internal,
-    /// An entry of `allow_ips` or `deny_ips` is not an IP address or CIDR
-    /// block (or there are too many).
-    InvalidCidr,
-    /// `basic_auth` has an empty or invalid user name or password.
-    InvalidBasicAuth,
-    /// The API key this session authenticated with was revoked while it
-    /// was connected: the session is closed (1008) and its tunnels are gone.
-    /// Final: reconnecting with the same key is refused.
-    KeyRevoked,
 }
 
 impl ServerMessage {

@@ -197,6 +197,10 @@ fn every_message_decodes_as_serde_s_tagged_enum_would_read_it() {
             version: Some(1),
             subdomain: Some("app".into()),
             binary_streams: true,
+            capabilities: crate::Capabilities::of(&[
+                crate::Capability::BinaryStreams,
+                crate::Capability::Trailers,
+            ]),
             request_timeout_ms: Some(5000),
             token: Some(crate::Secret::new("ck_abc_def")),
             reconnect_secret: Some(crate::Secret::new("r3c")),
@@ -207,6 +211,10 @@ fn every_message_decodes_as_serde_s_tagged_enum_would_read_it() {
             allow_ips: vec!["10.0.0.0/8".into()],
             deny_ips: vec!["10.0.0.7".into()],
             max_body_size: Some(1000),
+        }),
+        ClientMessage::CreateTunnel(CreateTunnel {
+            capabilities: crate::Capabilities::of(&[crate::Capability::BinaryStreams]),
+            ..CreateTunnel::default()
         }),
         ClientMessage::Response {
             request_id: 9,
@@ -227,6 +235,17 @@ fn every_message_decodes_as_serde_s_tagged_enum_would_read_it() {
             limits: crate::Limits::default().announce(std::time::Duration::from_secs(10)),
             reconnect_secret: Some(crate::Secret::new("r3c")),
             max_body_size: Some(1000),
+        }),
+        ServerMessage::TunnelCreated(TunnelCreated {
+            version: 1,
+            tunnel_id: "abc".into(),
+            subdomain: "app".into(),
+            public_url: "http://app.localhost".into(),
+            binary_streams: false,
+            request_timeout_ms: 60_000,
+            limits: crate::Limits::default().announce(std::time::Duration::from_secs(10)),
+            reconnect_secret: None,
+            max_body_size: None,
         }),
         ServerMessage::Error(ErrorMessage {
             code: ErrorCode::TooManyAttempts,
@@ -299,4 +318,102 @@ fn a_message_is_an_object() {
             Err(DecodeError::Malformed(_))
         ));
     }
+}
+
+#[test]
+fn capabilities_are_offered_by_list_or_by_the_older_field() {
+    use crate::{Capabilities, Capability};
+    let streams = Capabilities::of(&[Capability::BinaryStreams]);
+    let offered = |text: &str| match ClientMessage::decode(text).unwrap() {
+        ClientMessage::CreateTunnel(create) => create.offered(),
+        other => panic!("{other:?}"),
+    };
+    // The seed's client states nothing.
+    assert_eq!(offered(r#"{"type":"create_tunnel"}"#), Capabilities::NONE);
+    assert_eq!(
+        offered(r#"{"type":"create_tunnel","binary_streams":false}"#),
+        Capabilities::NONE
+    );
+    // Older clients ask through the boolean, newer ones through the list.
+    assert_eq!(
+        offered(r#"{"type":"create_tunnel","binary_streams":true}"#),
+        streams
+    );
+    assert_eq!(
+        offered(r#"{"capabilities":["binary_streams","from_the_future"],"type":"create_tunnel"}"#),
+        streams
+    );
+    assert_eq!(
+        offered(r#"{"type":"create_tunnel","capabilities":[]}"#),
+        Capabilities::NONE
+    );
+    // A list that breaks the bounds is a malformed message.
+    let long = format!(
+        r#"{{"type":"create_tunnel","capabilities":[{}]}}"#,
+        vec![r#""x""#; crate::limits::MAX_CAPABILITIES + 1].join(",")
+    );
+    assert!(matches!(
+        ClientMessage::decode(&long),
+        Err(DecodeError::Malformed(_))
+    ));
+    assert!(matches!(
+        ClientMessage::decode(r#"{"type":"create_tunnel","capabilities":"binary_streams"}"#),
+        Err(DecodeError::Malformed(_))
+    ));
+}
+
+#[test]
+fn tunnel_created_states_the_accepted_capabilities_only_when_there_are_some() {
+    let created = |binary_streams| TunnelCreated {
+        version: 1,
+        tunnel_id: "abc".into(),
+        subdomain: "tunnel-abc".into(),
+        public_url: "http://tunnel-abc.localhost".into(),
+        binary_streams,
+        request_timeout_ms: 60_000,
+        limits: crate::Limits::default().announce(std::time::Duration::from_secs(10)),
+        reconnect_secret: None,
+        max_body_size: None,
+    };
+    // What the seed's client gets: exactly the fields it always had.
+    let seed: serde_json::Value =
+        serde_json::from_str(&encode(&ServerMessage::TunnelCreated(created(false)))).unwrap();
+    let keys: Vec<&str> = seed
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    let mut want = [
+        "type",
+        "version",
+        "tunnel_id",
+        "subdomain",
+        "public_url",
+        "binary_streams",
+        "request_timeout_ms",
+        "limits",
+    ];
+    want.sort_unstable();
+    assert_eq!(keys, want);
+    let binary = encode(&ServerMessage::TunnelCreated(created(true)));
+    assert!(
+        binary.contains(r#""binary_streams":true,"capabilities":["binary_streams"],"#),
+        "{binary}"
+    );
+    assert_eq!(
+        created(true).capabilities(),
+        crate::Capabilities::of(&[crate::Capability::BinaryStreams])
+    );
+    // The field as the derive would write it otherwise.
+    let with_secret = TunnelCreated {
+        reconnect_secret: Some(crate::Secret::new("r3c")),
+        max_body_size: Some(5),
+        ..created(false)
+    };
+    let text = encode(&with_secret);
+    assert!(
+        text.ends_with(r#""reconnect_secret":"r3c","max_body_size":5}"#),
+        "{text}"
+    );
 }

@@ -70,6 +70,29 @@ fn no_message_costs_much_beside_itself_to_decode() {
             true,
             format!(r#"{{"type":"create_tunnel","junk":[{}]}}"#, tiny_values(n)),
         ),
+        // Capability lists: too many names, type first and last (refused
+        // past 64), and one name of a megabyte (refused, never copied).
+        (
+            false,
+            format!(
+                r#"{{"type":"create_tunnel","capabilities":[{}]}}"#,
+                vec![r#""x""#; n].join(",")
+            ),
+        ),
+        (
+            false,
+            format!(
+                r#"{{"capabilities":[{}],"type":"create_tunnel"}}"#,
+                vec![r#""x""#; n].join(",")
+            ),
+        ),
+        (
+            false,
+            format!(
+                r#"{{"type":"create_tunnel","capabilities":["{}"]}}"#,
+                "a".repeat(4 * n)
+            ),
+        ),
     ];
     for (valid, text) in &client_texts {
         let (decoded, bytes) = allocated_by(|| ClientMessage::decode(text).map(|_| ()));
