@@ -8,7 +8,7 @@ use cryptun_server::AuthMode;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::{DemoArgs, HttpArgs, Inspect, ServerArgs, keys, lines, output};
+use crate::{DemoArgs, HttpArgs, Inspect, ServerArgs, keys, lines, output, paths};
 
 /// `cryptun server`.
 pub async fn server(args: ServerArgs) -> Result<()> {
@@ -19,7 +19,7 @@ pub async fn server(args: ServerArgs) -> Result<()> {
         .unwrap_or_else(|| AuthMode::default_for(args.listen, &args.domain));
     let data_dir = match auth {
         AuthMode::Off => None,
-        AuthMode::Optional | AuthMode::Required => Some(keys::data_dir(args.data_dir.clone())?),
+        AuthMode::Optional | AuthMode::Required => Some(paths::data_dir(args.data_dir.clone())?),
     };
     let config = cryptun_server::Config {
         domain: args.domain.clone(),
@@ -116,7 +116,7 @@ fn certs(args: &ServerArgs, domain: &str) -> Result<Option<cryptun_server::Certs
     if !args.tls_self_signed {
         return Ok(None);
     }
-    let data_dir = args.data_dir.clone().unwrap_or_else(default_data_dir);
+    let data_dir = paths::data_dir(args.data_dir.clone())?;
     let (certs, dev) = Certs::dev(domain, &data_dir)
         .context("could not set up the development certificate authority")?;
     let port = match args.tls_listen.port() {
@@ -132,18 +132,6 @@ fn certs(args: &ServerArgs, domain: &str) -> Result<Option<cryptun_server::Certs
     println!("Trust it:  cryptun http 3000 --server https://{domain}{port} --ca {ca}");
     println!("           curl --cacert {ca} https://tunnel-ID.{domain}{port}/");
     Ok(Some(certs))
-}
-
-/// `$XDG_DATA_HOME/cryptun`, or `~/.local/share/cryptun`, or `./cryptun-data`.
-fn default_data_dir() -> std::path::PathBuf {
-    let env = |name| std::env::var_os(name).filter(|v| !v.is_empty());
-    if let Some(xdg) = env("XDG_DATA_HOME") {
-        return std::path::PathBuf::from(xdg).join("cryptun");
-    }
-    match env("HOME") {
-        Some(home) => std::path::PathBuf::from(home).join(".local/share/cryptun"),
-        None => std::path::PathBuf::from("cryptun-data"),
-    }
 }
 
 /// `cryptun http`.

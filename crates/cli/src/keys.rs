@@ -3,7 +3,6 @@
 //! only: the store and the saved config live in the library crates.
 
 use std::io::BufRead as _;
-use std::path::PathBuf;
 use std::time::{Duration, UNIX_EPOCH};
 
 use anyhow::{Context, Result, bail};
@@ -14,16 +13,9 @@ use cryptun_server::store::KeyInfo;
 
 use crate::{KeysArgs, KeysCommand, LoginArgs};
 
-/// The data directory: the flag or `CRYPTUN_DATA_DIR`, else the default.
-pub fn data_dir(given: Option<PathBuf>) -> Result<PathBuf> {
-    given
-        .or_else(cryptun_server::store::default_data_dir)
-        .context("no data directory: pass --data-dir or set CRYPTUN_DATA_DIR (HOME is not set)")
-}
-
 /// `cryptun keys ...`.
 pub async fn keys(args: KeysArgs) -> Result<()> {
-    let dir = data_dir(args.data_dir)?;
+    let dir = crate::paths::data_dir(args.data_dir)?;
     // The store blocks (SQLite); this command does nothing else meanwhile.
     tokio::task::spawn_blocking(move || run(&dir, args.command)).await?
 }

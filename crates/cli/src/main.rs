@@ -9,6 +9,7 @@ mod keys;
 mod lines;
 mod output;
 mod parse;
+mod paths;
 mod start;
 mod status;
 
