@@ -59,7 +59,7 @@ fn create_message(config: &ClientConfig, tunnel: &TunnelConfig) -> Message {
         version: Some(PROTOCOL_VERSION),
         subdomain: tunnel.subdomain.clone(),
         binary_streams: true,
-        capabilities: Default::default(),
+        capabilities: cryptun_proto::Capabilities::SUPPORTED,
         request_timeout_ms: tunnel
             .request_timeout
             .map(|d| d.as_millis().try_into().unwrap_or(u64::MAX)),
