@@ -20,8 +20,8 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
 use tracing::debug;
 
-use crate::inspector::{Inspector, Tap};
 use crate::local::{self, DrivenBody, LocalBody, LocalPool};
+use crate::observe::{Observer, Watch};
 use crate::routes::Routes;
 use crate::{ClientConfig, Event, Events, Target, TunnelCreated};
 
@@ -40,7 +40,7 @@ pub(crate) struct Forwarder {
     local: LocalPool,
     routes: Routes,
     events: Events,
-    inspector: Option<Inspector>,
+    observer: Option<Arc<dyn Observer>>,
 }
 
 impl Forwarder {
@@ -49,15 +49,16 @@ impl Forwarder {
     pub(crate) fn new(config: &ClientConfig, created: &[TunnelCreated], events: Events) -> Self {
         let local = LocalPool::new(config.local_connect_timeout);
         let routes = Routes::new(config, created);
-        if let Some(inspector) = &config.inspector {
+        let observer = config.observer();
+        if let Some(observer) = &observer {
             // Each (re)connection brings the tunnels' current public URLs.
-            inspector.set_tunnels(routes.tunnels());
+            observer.connected(routes.tunnels());
         }
         Forwarder {
             local,
             routes,
             events,
-            inspector: config.inspector.clone(),
+            observer,
         }
     }
 }
@@ -85,16 +86,16 @@ pub(crate) async fn forward(
         });
         return;
     };
-    let tap = Tap::start(fwd.inspector.as_ref(), &route.name, &route.target, &head);
+    let watch = Watch::start(fwd.observer.as_deref(), &route.name, &route.target, &head);
     let Stream {
         recv, send, gone, ..
     } = stream;
     let outcome = tokio::select! {
         biased;
-        outcome = exchange(&fwd, &route.target, &tap, head, recv, send, started) => outcome,
+        outcome = exchange(&fwd, &route.target, &watch, head, recv, send, started) => outcome,
         _ = gone => Outcome { status: 0, duration: started.elapsed(), error: Some("cancelled: the visitor went away".into()) },
     };
-    tap.finish(outcome.status, outcome.error.clone());
+    watch.finish(outcome.status, outcome.error.clone());
     fwd.events.emit(Event::Request {
         tunnel: route.name.to_string(),
         method,
@@ -114,7 +115,7 @@ struct Outcome {
 async fn exchange(
     fwd: &Forwarder,
     target: &Target,
-    tap: &Tap,
+    watch: &Watch,
     head: RequestHead,
     recv: RecvBody<()>,
     mut send: SendHalf<()>,
@@ -132,7 +133,7 @@ async fn exchange(
             .await;
         }
     };
-    let request = request.map(|body| tap.request_body(body));
+    let request = request.map(|body| watch.request_body(body));
     let mut response = match fwd.local.send(target, request).await {
         Ok(response) => response,
         Err(err) => {
@@ -142,7 +143,7 @@ async fn exchange(
         }
     };
     let status = response.status().as_u16();
-    tap.response_head(status, response.headers());
+    watch.response_head(status, response.headers());
     if let Some((protocol, recv)) = upgrade {
         if status == 101 {
             let on_upgrade = hyper::upgrade::on(&mut response);
@@ -153,7 +154,7 @@ async fn exchange(
         drop(recv);
     }
     let (parts, body) = response.into_parts();
-    let body = tap.response_body(body);
+    let body = watch.response_body(body);
     let mut headers = parts.headers;
     strip_hop_by_hop(&mut headers);
     let headers = headers_to_wire(&headers);

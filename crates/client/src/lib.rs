@@ -27,6 +27,8 @@
 //!   service and back.
 //! - `local`: connections to the local service, pooled, each driven by
 //!   the task forwarding the request on it.
+//! - `observe`: what `forward` reports of each exchange, to whoever watches
+//!   (the inspector).
 //! - `routes`: which tunnel's local service a request goes to.
 //! - [`hello`]: the built-in hello service used by `--hello` and the demo.
 //! - [`saved`]: `client.toml`, where `cryptun login` keeps the API key
@@ -41,6 +43,7 @@ mod forward;
 pub mod hello;
 pub mod inspector;
 mod local;
+mod observe;
 pub mod reconnect;
 mod routes;
 pub mod saved;
@@ -171,6 +174,12 @@ impl ClientConfig {
     /// [`tunnels`](Self::tunnels), to change them.
     pub fn tunnels_mut(&mut self) -> impl Iterator<Item = &mut TunnelConfig> {
         std::iter::once(&mut self.tunnel).chain(&mut self.more_tunnels)
+    }
+
+    /// Who watches the exchanges: the inspector, if any.
+    pub(crate) fn observer(&self) -> Option<Arc<dyn observe::Observer>> {
+        let inspector = self.inspector.clone()?;
+        Some(Arc::new(inspector))
     }
 }
 

@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use crate::inspector::TunnelInfo;
+use crate::observe::TunnelInfo;
 use crate::{ClientConfig, Target, TunnelCreated};
 
 /// Where one tunnel's requests go.
@@ -24,7 +24,7 @@ pub(crate) struct Routes {
     /// The first tunnel's route, also taken for a request naming no tunnel
     /// we know on a session of one tunnel (a server may leave the id out).
     first: Route,
-    /// Every tunnel, first one first, as the inspector shows them.
+    /// Every tunnel, first one first, as observers see them.
     tunnels: Vec<TunnelInfo>,
 }
 
@@ -63,7 +63,7 @@ impl Routes {
         }
     }
 
-    /// Every tunnel of the session, first one first, for the inspector.
+    /// Every tunnel of the session, first one first, for observers.
     pub(crate) fn tunnels(&self) -> Vec<TunnelInfo> {
         self.tunnels.clone()
     }

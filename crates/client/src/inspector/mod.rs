@@ -8,8 +8,8 @@
 //! served it and that tunnel's local service, and a replay goes there.
 //!
 //! Capture never holds up a stream: bodies are teed as their chunks pass
-//! (`capture`), keeping at most [`InspectorLimits::max_body`] bytes of
-//! each, and only the last [`InspectorLimits::capacity`] exchanges are kept.
+//! (`capture`, the inspector's side of the client's `observe` traits),
+//! keeping at most [`InspectorLimits::max_body`] bytes of each, and only the last [`InspectorLimits::capacity`] exchanges are kept.
 //! The worst case is therefore `capacity × 2 × max_body` bytes (25 MiB with
 //! the defaults), whatever the traffic.
 //!
@@ -17,7 +17,8 @@
 //!
 //! - this file: [`Inspector`], the ring buffer of exchanges and the change
 //!   feed the page follows.
-//! - `capture`: the hook `forward` calls, and the body tee.
+//! - `capture`: the inspector as the forwarding core's observer: an
+//!   exchange's entry filled in as it goes, and the first bytes of bodies.
 //! - `view`: exchanges as JSON, bodies as text or hex dump.
 //! - `har`: the list as an HTTP Archive 1.2.
 //! - `replay`: sending a captured request to the local service again.
@@ -40,7 +41,7 @@ use tokio::sync::{Semaphore, broadcast};
 
 use crate::Target;
 
-pub(crate) use capture::Tap;
+pub(crate) use crate::observe::TunnelInfo;
 pub use http::{BIND_ATTEMPTS, InspectorError, bind, serve};
 
 /// How much the inspector keeps.
@@ -87,18 +88,6 @@ struct Inner {
     replays: Arc<Semaphore>,
     /// Connections to the local services for replays (made at the first).
     replay_pool: std::sync::OnceLock<crate::local::LocalPool>,
-}
-
-/// One tunnel of the session the inspector watches, as of the latest
-/// connection (a reconnect may bring new public URLs).
-#[derive(Debug, Clone)]
-pub(crate) struct TunnelInfo {
-    /// The name the user gave it (`cryptun start NAME`), or its subdomain.
-    pub(crate) name: Arc<str>,
-    pub(crate) subdomain: String,
-    pub(crate) public_url: String,
-    /// Its local service.
-    pub(crate) target: Target,
 }
 
 /// The tunnel an exchange came through and where it went; a replay goes

@@ -14,10 +14,11 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug_span};
 
 use super::Inspector;
-use super::capture::{Recording, Tap};
+use super::capture::Recording;
 use super::view::replay_refusal;
 use crate::forward::error_chain;
 use crate::local::{self, LocalBody, LocalPool};
+use crate::observe::Watch;
 
 /// The longest a replay may run, its response body included; a replayed
 /// long poll or event stream is cut there.
@@ -92,10 +93,10 @@ pub(crate) fn start(
 
     let entry = inspector.record(via, method.to_string(), path, headers, Some(id));
     let replay_id = entry.id;
-    let tap = Tap::from_recording(Recording {
+    let tap = Watch::with(Box::new(Recording {
         inspector: inspector.clone(),
         entry,
-    });
+    }));
     let body: LocalBody = Full::new(body).map_err(|never| match never {}).boxed();
     let mut request = Request::new(tap.request_body(body));
     *request.method_mut() = method;
@@ -121,7 +122,7 @@ pub(crate) fn start(
 /// Sends the request and reads the response to its end through the tap;
 /// returns the status and what failed, if anything.
 async fn send(
-    tap: &Tap,
+    tap: &Watch,
     pool: &LocalPool,
     request: Request<LocalBody>,
     target: &crate::Target,

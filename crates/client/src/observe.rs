@@ -1,0 +1,215 @@
+//! What the forwarding core reports about each exchange to whoever watches
+//! (the request inspector is the one watcher today): the session's
+//! tunnels, a request's arrival, its response head, both bodies' bytes as
+//! they pass, and how the exchange ended. The core knows only these
+//! traits; the watcher decides what to keep.
+//!
+//! [`Watch`] is the core's side of one exchange: its watcher, or none, each
+//! method then a no-op that hands its input back unchanged. [`Tee`] is the
+//! body wrapper that reports a body's chunks as they pass; it adds no
+//! buffering and no waiting.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use cryptun_proto::RequestHead;
+use http::HeaderMap;
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::BodyExt as _;
+use http_body_util::combinators::BoxBody;
+
+use crate::Target;
+
+/// Watches a session's exchanges.
+pub(crate) trait Observer: Send + Sync {
+    /// The session's tunnels, first one first, as a connection (or a
+    /// reconnection) made them.
+    fn connected(&self, tunnels: Vec<TunnelInfo>);
+
+    /// A request has just arrived on tunnel `tunnel`, on its way to
+    /// `target`: the watcher of this exchange.
+    fn exchange(
+        &self,
+        tunnel: &Arc<str>,
+        target: &Target,
+        head: &RequestHead,
+    ) -> Box<dyn ExchangeObserver>;
+}
+
+/// Watches one exchange.
+pub(crate) trait ExchangeObserver: Send + Sync {
+    /// A watcher for one of the exchange's bodies, if it wants one;
+    /// `exact` is the body's length when the body itself knows it.
+    fn body(&self, which: Which, exact: Option<u64>) -> Option<Box<dyn BodyObserver>>;
+
+    /// The local service's response head.
+    fn response_head(&self, status: u16, headers: &HeaderMap);
+
+    /// How the exchange ended: the status the visitor got (0 if they went
+    /// away first) and what failed, if anything.
+    fn finish(&self, status: u16, error: Option<String>);
+}
+
+/// Watches one body as it passes. A body dropped before its end gets no
+/// [`end`](BodyObserver::end): its watcher is dropped with it.
+pub(crate) trait BodyObserver: Send + Sync {
+    /// A chunk passed.
+    fn data(&mut self, data: &Bytes);
+
+    /// The body ended, whole or because its source failed.
+    fn end(&mut self, end: BodyEnd);
+}
+
+/// Which body of an exchange.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Which {
+    Request,
+    Response,
+}
+
+/// How a body ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum BodyEnd {
+    /// Every byte passed.
+    Complete,
+    /// Its source failed, saying this.
+    Failed(String),
+}
+
+/// One tunnel of the session, as of the latest connection (a reconnect
+/// may bring new public URLs).
+#[derive(Debug, Clone)]
+pub(crate) struct TunnelInfo {
+    /// The name the user gave it (`cryptun start NAME`), or its subdomain.
+    pub(crate) name: Arc<str>,
+    pub(crate) subdomain: String,
+    pub(crate) public_url: String,
+    /// Its local service.
+    pub(crate) target: Target,
+}
+
+/// One exchange's watcher, or nothing when nobody watches.
+pub(crate) struct Watch(Option<Box<dyn ExchangeObserver>>);
+
+impl Watch {
+    /// Starts watching a request that has just arrived on tunnel `tunnel`,
+    /// on its way to `target`, if `observer` is there.
+    pub(crate) fn start(
+        observer: Option<&dyn Observer>,
+        tunnel: &Arc<str>,
+        target: &Target,
+        head: &RequestHead,
+    ) -> Watch {
+        Watch(observer.map(|observer| observer.exchange(tunnel, target, head)))
+    }
+
+    /// Reports to `observer`, an exchange started elsewhere (a replay).
+    pub(crate) fn with(observer: Box<dyn ExchangeObserver>) -> Watch {
+        Watch(Some(observer))
+    }
+
+    /// Wraps the request body on its way to the local service (and leaves
+    /// it as it is when nobody watches it).
+    pub(crate) fn request_body<E>(&self, body: BoxBody<Bytes, E>) -> BoxBody<Bytes, E>
+    where
+        E: std::fmt::Display + 'static,
+    {
+        match self.body(Which::Request, &body) {
+            None => body,
+            sink => Tee { inner: body, sink }.started().boxed(),
+        }
+    }
+
+    /// Reports the local service's response head.
+    pub(crate) fn response_head(&self, status: u16, headers: &HeaderMap) {
+        if let Some(observer) = &self.0 {
+            observer.response_head(status, headers);
+        }
+    }
+
+    /// Wraps the response body on its way back.
+    pub(crate) fn response_body<B>(&self, body: B) -> Tee<B>
+    where
+        B: Body<Data = Bytes> + Unpin,
+    {
+        let sink = self.body(Which::Response, &body);
+        Tee { inner: body, sink }.started()
+    }
+
+    /// Reports how the exchange ended.
+    pub(crate) fn finish(&self, status: u16, error: Option<String>) {
+        if let Some(observer) = &self.0 {
+            observer.finish(status, error);
+        }
+    }
+
+    fn body<B: Body>(&self, which: Which, body: &B) -> Option<Box<dyn BodyObserver>> {
+        let observer = self.0.as_ref()?;
+        observer.body(which, body.size_hint().exact())
+    }
+}
+
+/// A body that reports what passes through it to its watcher; without one
+/// it is the body itself.
+pub(crate) struct Tee<B> {
+    inner: B,
+    sink: Option<Box<dyn BodyObserver>>,
+}
+
+impl<B: Body> Tee<B> {
+    fn started(mut self) -> Self {
+        // hyper never polls a body that is already at its end (an empty
+        // request body): it is complete now.
+        if self.inner.is_end_stream() {
+            if let Some(sink) = &mut self.sink {
+                sink.end(BodyEnd::Complete);
+            }
+        }
+        self
+    }
+}
+
+impl<B> Body for Tee<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: std::fmt::Display,
+{
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+        let this = &mut *self;
+        let poll = Pin::new(&mut this.inner).poll_frame(cx);
+        if let Some(sink) = &mut this.sink {
+            match &poll {
+                Poll::Ready(Some(Ok(frame))) => {
+                    if let Some(data) = frame.data_ref() {
+                        sink.data(data);
+                    }
+                    // Readers that trust `is_end_stream` stop here without
+                    // polling for the end.
+                    if this.inner.is_end_stream() {
+                        sink.end(BodyEnd::Complete);
+                    }
+                }
+                Poll::Ready(Some(Err(err))) => sink.end(BodyEnd::Failed(err.to_string())),
+                Poll::Ready(None) => sink.end(BodyEnd::Complete),
+                Poll::Pending => {}
+            }
+        }
+        poll
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
