@@ -13,6 +13,33 @@ use crate::{DemoArgs, HttpArgs, Inspect, ServerArgs, keys, lines, output, paths}
 /// `cryptun server`.
 pub async fn server(args: ServerArgs) -> Result<()> {
     tls_rules(&args)?;
+    let config = server_config(&args)?;
+    let shutdown = shutdown_on_signal();
+    let https = match certs(&args, &config.domain)? {
+        Some(certs) => {
+            let listener = bind(args.tls_listen).await?;
+            #[cfg(unix)]
+            tokio::spawn(
+                certs
+                    .clone()
+                    .reload_on_hangup(shutdown.clone())
+                    .context("cannot catch SIGHUP to reload the certificate")?,
+            );
+            Some(cryptun_server::TlsListener { listener, certs })
+        }
+        None => None,
+    };
+    let listeners = cryptun_server::Listeners {
+        http: Some(bind(args.listen).await?),
+        https,
+    };
+    cryptun_server::serve(listeners, config, shutdown).await?;
+    Ok(())
+}
+
+/// The server's configuration from the flags (and config file), validated.
+/// The data directory is looked up only when auth needs its key database.
+fn server_config(args: &ServerArgs) -> Result<cryptun_server::Config> {
     let defaults = cryptun_server::Config::default();
     let auth = args
         .auth
@@ -61,29 +88,8 @@ pub async fn server(args: ServerArgs) -> Result<()> {
         admin_token: args.admin_token.clone(),
         shutdown_delay: args.shutdown_delay,
         ..defaults
-    }
-    .validated()?;
-    let shutdown = shutdown_on_signal();
-    let https = match certs(&args, &config.domain)? {
-        Some(certs) => {
-            let listener = bind(args.tls_listen).await?;
-            #[cfg(unix)]
-            tokio::spawn(
-                certs
-                    .clone()
-                    .reload_on_hangup(shutdown.clone())
-                    .context("cannot catch SIGHUP to reload the certificate")?,
-            );
-            Some(cryptun_server::TlsListener { listener, certs })
-        }
-        None => None,
     };
-    let listeners = cryptun_server::Listeners {
-        http: Some(bind(args.listen).await?),
-        https,
-    };
-    cryptun_server::serve(listeners, config, shutdown).await?;
-    Ok(())
+    Ok(config.validated()?)
 }
 
 /// The rules between the TLS settings that clap checks for flags, checked

@@ -351,7 +351,33 @@ fn main() -> std::process::ExitCode {
         clap_complete::generate(shell, &mut command, "cryptun", &mut std::io::stdout());
         return std::process::ExitCode::SUCCESS;
     }
-    let default_level = match cli.command {
+    init_logging(cli.log_format, default_level(&cli.command));
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(err) => {
+            eprintln!("error: could not start the runtime: {err}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let result = run(&runtime, cli, file);
+    // The error goes after the lines and log events still queued, through
+    // the same queue, so that a stderr nobody reads cannot keep the process
+    // from exiting (a stuck stream loses them, as it would anyway).
+    let code = match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(err) => {
+            lines::eprint(&format!("error: {}", report(&err)));
+            std::process::ExitCode::FAILURE
+        }
+    };
+    lines::flush(Duration::from_secs(2));
+    code
+}
+
+/// The least severe level logged unless `RUST_LOG` says otherwise: the
+/// server tells what it does, a client only what goes wrong.
+fn default_level(command: &Command) -> &'static str {
+    match command {
         Command::Server(_) => "info",
         Command::Http(_)
         | Command::Start(_)
@@ -359,13 +385,18 @@ fn main() -> std::process::ExitCode {
         | Command::Keys(_)
         | Command::Login(_)
         | Command::Completions { .. } => "warn",
-    };
+    }
+}
+
+/// Sends log events to stderr (through [`lines`]) in `format`, filtered by
+/// `RUST_LOG`, else at `default_level`.
+fn init_logging(format: LogFormat, default_level: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
     let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(lines::Logs);
-    match cli.log_format {
+    match format {
         LogFormat::Text => logs
             .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
             .init(),
@@ -375,13 +406,15 @@ fn main() -> std::process::ExitCode {
             .with_current_span(false)
             .init(),
     }
-    let runtime = match tokio::runtime::Runtime::new() {
-        Ok(rt) => rt,
-        Err(err) => {
-            eprintln!("error: could not start the runtime: {err}");
-            return std::process::ExitCode::FAILURE;
-        }
-    };
+}
+
+/// Runs the subcommand on `runtime` to its end. A panic in it is raised
+/// again here, after the log lines that led up to it.
+fn run(
+    runtime: &tokio::runtime::Runtime,
+    cli: Cli,
+    file: Option<config::ConfigFile>,
+) -> anyhow::Result<()> {
     let json_logs = cli.log_format == LogFormat::Json;
     let command = async move {
         match cli.command {
@@ -398,7 +431,7 @@ fn main() -> std::process::ExitCode {
     // The command runs as a task on the worker threads, not on this one:
     // a future that `block_on` polls lives on the main thread, and every
     // wake-up of it (each message of a session loop) would cross threads.
-    let result = match runtime.block_on(runtime.spawn(command)) {
+    match runtime.block_on(runtime.spawn(command)) {
         Ok(result) => result,
         Err(err) => match err.try_into_panic() {
             Ok(panic) => {
@@ -408,19 +441,7 @@ fn main() -> std::process::ExitCode {
             }
             Err(err) => Err(anyhow::anyhow!("the command was cancelled: {err}")),
         },
-    };
-    // The error goes after the lines and log events still queued, through
-    // the same queue, so that a stderr nobody reads cannot keep the process
-    // from exiting (a stuck stream loses them, as it would anyway).
-    let code = match result {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(err) => {
-            lines::eprint(&format!("error: {}", report(&err)));
-            std::process::ExitCode::FAILURE
-        }
-    };
-    lines::flush(Duration::from_secs(2));
-    code
+    }
 }
 
 /// An error and its causes on one line, each cause once: many errors (the
