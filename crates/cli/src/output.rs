@@ -3,6 +3,8 @@
 //! on stdout, and what the connection is doing (lost, reconnecting, back)
 //! on stderr, and also on stdout as JSON lines with `--json`.
 
+use std::time::Duration;
+
 use cryptun_client::{Event, Events, TunnelCreated};
 
 use crate::lines;
@@ -163,27 +165,11 @@ fn events(json: bool, json_logs: bool, named: bool) -> Events {
             error,
         } => {
             let ms = duration.as_secs_f64() * 1000.0;
+            let error = error.as_deref();
             let line = if json {
-                serde_json::json!({
-                    "type": "request",
-                    "tunnel": tunnel,
-                    "method": method,
-                    "path": path,
-                    "status": status,
-                    "duration_ms": (ms * 1000.0).round() / 1000.0,
-                    "error": error,
-                })
-                .to_string()
+                request_json(&tunnel, &method, &path, status, ms, error)
             } else {
-                let status = if status == 0 {
-                    "---".to_owned()
-                } else {
-                    status.to_string()
-                };
-                let line = match error {
-                    Some(error) => format!("{method:<7} {path:<40} {status} {ms:>8.1}ms  {error}"),
-                    None => format!("{method:<7} {path:<40} {status} {ms:>8.1}ms"),
-                };
+                let line = request_text(&method, &path, status, ms, error);
                 if named {
                     format!("{tunnel:<12} {line}")
                 } else {
@@ -196,41 +182,84 @@ fn events(json: bool, json_logs: bool, named: bool) -> Events {
             error,
             retry_in,
             attempt,
-        } => {
-            let secs = retry_in.as_secs_f64();
-            if json_logs {
-                let retry_in_ms = retry_in.as_millis() as u64;
-                tracing::warn!(%error, retry_in_ms, attempt, "connection lost; reconnecting");
-            } else if attempt <= 1 {
-                lines::eprint(&format!(
-                    "connection lost: {error}; reconnecting in {secs:.1}s"
-                ));
-            } else {
-                lines::eprint(&format!(
-                    "reconnect failed: {error}; retrying in {secs:.1}s"
-                ));
-            }
-            if json {
-                let line = serde_json::json!({
-                    "type": "disconnected",
-                    "error": error,
-                    "retry_in_ms": retry_in.as_millis() as u64,
-                    "attempt": attempt,
-                });
-                lines::print(&line.to_string());
-            }
-        }
-        Event::Reconnected { tunnel } => {
-            if json_logs {
-                tracing::warn!(public_url = %tunnel.public_url, "reconnected");
-            } else {
-                lines::eprint(&format!("reconnected: {}", tunnel.public_url));
-            }
-            if json {
-                lines::print(&tunnel_line("reconnected", &tunnel));
-            }
-        }
+        } => disconnected(&error, retry_in, attempt, json, json_logs),
+        Event::Reconnected { tunnel } => reconnected(&tunnel, json, json_logs),
     })
+}
+
+/// A finished request as a JSON line (`duration_ms` to the microsecond).
+fn request_json(
+    tunnel: &str,
+    method: &str,
+    path: &str,
+    status: u16,
+    ms: f64,
+    error: Option<&str>,
+) -> String {
+    serde_json::json!({
+        "type": "request",
+        "tunnel": tunnel,
+        "method": method,
+        "path": path,
+        "status": status,
+        "duration_ms": (ms * 1000.0).round() / 1000.0,
+        "error": error,
+    })
+    .to_string()
+}
+
+/// A finished request as a plain line: `---` for the status of a request
+/// whose visitor went away first.
+fn request_text(method: &str, path: &str, status: u16, ms: f64, error: Option<&str>) -> String {
+    let status = if status == 0 {
+        "---".to_owned()
+    } else {
+        status.to_string()
+    };
+    match error {
+        Some(error) => format!("{method:<7} {path:<40} {status} {ms:>8.1}ms  {error}"),
+        None => format!("{method:<7} {path:<40} {status} {ms:>8.1}ms"),
+    }
+}
+
+/// The connection was lost, or a reconnect failed: a line on stderr (a log
+/// record with `json_logs`), and a JSON line on stdout with `json`.
+fn disconnected(error: &str, retry_in: Duration, attempt: u32, json: bool, json_logs: bool) {
+    let secs = retry_in.as_secs_f64();
+    if json_logs {
+        let retry_in_ms = retry_in.as_millis() as u64;
+        tracing::warn!(%error, retry_in_ms, attempt, "connection lost; reconnecting");
+    } else if attempt <= 1 {
+        lines::eprint(&format!(
+            "connection lost: {error}; reconnecting in {secs:.1}s"
+        ));
+    } else {
+        lines::eprint(&format!(
+            "reconnect failed: {error}; retrying in {secs:.1}s"
+        ));
+    }
+    if json {
+        let line = serde_json::json!({
+            "type": "disconnected",
+            "error": error,
+            "retry_in_ms": retry_in.as_millis() as u64,
+            "attempt": attempt,
+        });
+        lines::print(&line.to_string());
+    }
+}
+
+/// A tunnel is served again after a reconnect: a line on stderr (a log
+/// record with `json_logs`), and a JSON line on stdout with `json`.
+fn reconnected(tunnel: &TunnelCreated, json: bool, json_logs: bool) {
+    if json_logs {
+        tracing::warn!(public_url = %tunnel.public_url, "reconnected");
+    } else {
+        lines::eprint(&format!("reconnected: {}", tunnel.public_url));
+    }
+    if json {
+        lines::print(&tunnel_line("reconnected", tunnel));
+    }
 }
 
 /// A tunnel as one JSON line of type `kind` (the seed's `tunnel_created`
@@ -246,4 +275,39 @@ fn tunnel_json(kind: &str, tunnel: &TunnelCreated) -> serde_json::Value {
         "subdomain": tunnel.subdomain,
         "public_url": tunnel.public_url,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{request_json, request_text};
+
+    #[test]
+    fn a_request_line_shows_its_status_or_dashes_and_its_error() {
+        assert_eq!(
+            request_text("GET", "/", 200, 1.5, None),
+            format!("GET     {:<40} 200      1.5ms", "/")
+        );
+        assert_eq!(
+            request_text("POST", "/up", 0, 10.0, Some("visitor went away")),
+            format!("POST    {:<40} ---     10.0ms  visitor went away", "/up")
+        );
+    }
+
+    #[test]
+    fn a_request_json_line_rounds_the_duration_to_the_microsecond() {
+        let line = request_json("web", "GET", "/", 502, 1.234_567_8, Some("refused"));
+        let line: serde_json::Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(
+            line,
+            serde_json::json!({
+                "type": "request",
+                "tunnel": "web",
+                "method": "GET",
+                "path": "/",
+                "status": 502,
+                "duration_ms": 1.235,
+                "error": "refused",
+            })
+        );
+    }
 }
