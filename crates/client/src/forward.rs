@@ -20,8 +20,9 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
 use tracing::debug;
 
+use crate::error::ExchangeError;
 use crate::local::{self, DrivenBody, LocalBody, LocalPool};
-use crate::observe::{Observer, Watch};
+use crate::observe::{Observer, Tee, Watch};
 use crate::routes::Routes;
 use crate::{ClientConfig, Event, Events, Target, TunnelCreated};
 
@@ -74,16 +75,9 @@ pub(crate) async fn forward(
     let (method, path) = (head.method.clone(), head.path.clone());
     fwd.events.emit(Event::RequestStarted);
     let Some(route) = fwd.routes.get(&tunnel_id).cloned() else {
-        let text = format!("cryptun client: no tunnel {tunnel_id:?} on this connection");
-        let outcome = answer_error(stream.send, 502, text, started).await;
-        fwd.events.emit(Event::Request {
-            tunnel: tunnel_id,
-            method,
-            path,
-            status: outcome.status,
-            duration: outcome.duration,
-            error: outcome.error,
-        });
+        let unknown = ExchangeError::UnknownTunnel(tunnel_id.clone());
+        let outcome = answer(stream.send, unknown, started).await;
+        report(&fwd, tunnel_id, method, path, outcome);
         return;
     };
     let watch = Watch::start(fwd.observer.as_deref(), &route.name, &route.target, &head);
@@ -93,53 +87,83 @@ pub(crate) async fn forward(
     let outcome = tokio::select! {
         biased;
         outcome = exchange(&fwd, &route.target, &watch, head, recv, send, started) => outcome,
-        _ = gone => Outcome { status: 0, duration: started.elapsed(), error: Some("cancelled: the visitor went away".into()) },
+        _ = gone => Outcome::failed(0, started.elapsed(), ExchangeError::VisitorGone),
     };
-    watch.finish(outcome.status, outcome.error.clone());
+    let error = outcome.error.as_ref().map(ToString::to_string);
+    watch.finish(outcome.status, error);
+    report(&fwd, route.name.to_string(), method, path, outcome);
+}
+
+/// Emits the event of an exchange that ended; the one place its failure,
+/// if any, is logged.
+fn report(fwd: &Forwarder, tunnel: String, method: String, path: String, outcome: Outcome) {
+    if let Some(err) = &outcome.error {
+        debug!(side = ?err.side(), error = %err, status = outcome.status, "exchange failed");
+    }
     fwd.events.emit(Event::Request {
-        tunnel: route.name.to_string(),
+        tunnel,
         method,
         path,
         status: outcome.status,
         duration: outcome.duration,
-        error: outcome.error,
+        error: outcome.error.map(|err| err.to_string()),
     });
 }
 
+/// How an exchange ended.
 struct Outcome {
+    /// The status the visitor got (0: none, they went away first).
     status: u16,
+    /// From the request's arrival to the response head.
     duration: Duration,
-    error: Option<String>,
+    error: Option<ExchangeError>,
 }
 
+impl Outcome {
+    fn done(status: u16, duration: Duration) -> Self {
+        Outcome {
+            status,
+            duration,
+            error: None,
+        }
+    }
+
+    fn failed(status: u16, duration: Duration, error: ExchangeError) -> Self {
+        Outcome {
+            status,
+            duration,
+            error: Some(error),
+        }
+    }
+
+    /// The tunnel closed before the response head with `status` went out.
+    fn closed(status: u16, started: Instant) -> Self {
+        Outcome::failed(status, started.elapsed(), ExchangeError::TunnelClosed)
+    }
+}
+
+/// The exchange proper: the request to the local service, and its
+/// response back, relayed plain or as a protocol switch.
 async fn exchange(
     fwd: &Forwarder,
     target: &Target,
     watch: &Watch,
     head: RequestHead,
     recv: RecvBody<()>,
-    mut send: SendHalf<()>,
+    send: SendHalf<()>,
     started: Instant,
 ) -> Outcome {
     let (request, upgrade) = match local_request(target, head, recv) {
         Ok(parts) => parts,
-        Err(why) => {
-            return answer_error(
-                send,
-                400,
-                format!("cryptun could not forward this request: {why}"),
-                started,
-            )
-            .await;
-        }
+        Err(err) => return answer(send, ExchangeError::BadRequest(err), started).await,
     };
     let request = request.map(|body| watch.request_body(body));
     let mut response = match fwd.local.send(target, request).await {
         Ok(response) => response,
-        Err(err) => {
-            let why = error_chain(&err);
-            let text = format!("cryptun could not reach the local service at {target}: {why}");
-            return answer_error(send, 502, text, started).await;
+        Err(source) => {
+            let target = target.clone();
+            let err = ExchangeError::Unreachable { target, source };
+            return answer(send, err, started).await;
         }
     };
     let status = response.status().as_u16();
@@ -153,6 +177,18 @@ async fn exchange(
         // it lets the stream finish with the plain response.
         drop(recv);
     }
+    respond(watch, response, send, started).await
+}
+
+/// Relays a plain response: its head, with the body inline when it is
+/// small and of known length, else streamed after the head.
+async fn respond(
+    watch: &Watch,
+    response: http::Response<DrivenBody>,
+    send: SendHalf<()>,
+    started: Instant,
+) -> Outcome {
+    let status = response.status().as_u16();
     let (parts, body) = response.into_parts();
     let body = watch.response_body(body);
     let mut headers = parts.headers;
@@ -163,56 +199,63 @@ async fn exchange(
         .exact()
         .is_some_and(|len| len <= INLINE_RESPONSE_MAX);
     if small {
-        // A small body of known length rides inside the head: one message
-        // instead of a head and a frame, and the visitor gets a plain
-        // Content-Length response.
-        let bytes = match body.collect().await {
-            Ok(collected) => collected.to_bytes(),
-            Err(err) => {
-                let text = format!(
-                    "the local service failed mid-response: {}",
-                    error_chain(&err)
-                );
-                return answer_error(send, 502, text, started).await;
-            }
-        };
-        let head = ResponseHead {
-            status,
-            headers,
-            body: InlineBody::inline(&bytes),
-        };
-        if send_head(&send, head).await.is_err() {
-            return closed(status, started);
-        }
-        send.finish();
-        return Outcome {
-            status,
-            duration: started.elapsed(),
-            error: None,
-        };
+        respond_inline(status, headers, body, send, started).await
+    } else {
+        respond_streamed(status, headers, body, send, started).await
     }
+}
+
+/// A small body of known length rides inside the head: one message
+/// instead of a head and a frame, and the visitor gets a plain
+/// Content-Length response.
+async fn respond_inline(
+    status: u16,
+    headers: WireHeaders,
+    body: Tee<DrivenBody>,
+    mut send: SendHalf<()>,
+    started: Instant,
+) -> Outcome {
+    let bytes = match body.collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(err) => return answer(send, ExchangeError::FailedMidResponse(err), started).await,
+    };
+    let head = ResponseHead {
+        status,
+        headers,
+        body: InlineBody::inline(&bytes),
+    };
+    if send_head(&send, head).await.is_err() {
+        return Outcome::closed(status, started);
+    }
+    send.finish();
+    Outcome::done(status, started.elapsed())
+}
+
+/// The head, then the body as frames while it comes.
+async fn respond_streamed(
+    status: u16,
+    headers: WireHeaders,
+    body: Tee<DrivenBody>,
+    send: SendHalf<()>,
+    started: Instant,
+) -> Outcome {
     let head = ResponseHead {
         status,
         headers,
         body: InlineBody::streamed(),
     };
     if send_head(&send, head).await.is_err() {
-        return closed(status, started);
+        return Outcome::closed(status, started);
     }
     let duration = started.elapsed();
     match pump(body, send).await {
-        Ok(_) => Outcome {
-            status,
-            duration,
-            error: None,
-        },
-        Err(err) => Outcome {
-            status,
-            duration,
-            error: Some(format!("response body: {err}")),
-        },
+        Ok(_) => Outcome::done(status, duration),
+        Err(err) => Outcome::failed(status, duration, ExchangeError::ResponseBody(err)),
     }
 }
+
+/// Headers as they travel in a head.
+type WireHeaders = Vec<(String, String)>;
 
 /// The request for the local service, its body streaming from the tunnel.
 /// A protocol switch gets no body: the stream's inbound bytes are returned
@@ -221,12 +264,11 @@ fn local_request(
     target: &Target,
     head: RequestHead,
     recv: RecvBody<()>,
-) -> Result<(Request<LocalBody>, Option<Upgrade>), String> {
+) -> Result<(Request<LocalBody>, Option<Upgrade>), HeadError> {
     let method = Method::from_bytes(head.method.as_bytes())
-        .map_err(|_| HeadError::Method(head.method.clone()).to_string())?;
-    let uri = local::origin_form(&head.path).map_err(|e| e.to_string())?;
-    let mut headers = headers_from_wire(&head.headers, MAX_HEADERS, MAX_HEADER_BYTES)
-        .map_err(|e| e.to_string())?;
+        .map_err(|_| HeadError::Method(head.method.clone()))?;
+    let uri = local::origin_form(&head.path)?;
+    let mut headers = headers_from_wire(&head.headers, MAX_HEADERS, MAX_HEADER_BYTES)?;
     let protocol = upgrade_protocol(&headers).filter(|_| head.body.body_stream);
     let empty = || {
         Full::new(Bytes::new())
@@ -244,7 +286,7 @@ fn local_request(
         }
         None => {
             strip_hop_by_hop(&mut headers);
-            let inline = head.body.decode().map_err(|e| e.to_string())?;
+            let inline = head.body.decode()?;
             (
                 Full::new(inline).map_err(|never| match never {}).boxed(),
                 None,
@@ -284,33 +326,22 @@ async fn switch(
         body: InlineBody::streamed(),
     };
     if send_head(&send, head).await.is_err() {
-        return closed(101, started);
+        return Outcome::closed(101, started);
     }
     let duration = started.elapsed();
     let upgraded = match on_upgrade.await {
         Ok(upgraded) => upgraded,
-        Err(err) => {
-            return Outcome {
-                status: 101,
-                duration,
-                error: Some(format!("the local upgrade failed: {err}")),
-            };
-        }
+        Err(err) => return Outcome::failed(101, duration, ExchangeError::Upgrade(err)),
     };
     let (reader, writer) = tokio::io::split(TokioIo::new(upgraded));
     let (up, down) = tokio::join!(
         copy_into_stream(reader, send),
         copy_from_stream(recv, writer)
     );
-    let error = match (up, down) {
-        (Ok(_), Ok(_)) => None,
-        (Err(err), _) => Some(format!("upgraded connection: {err}")),
-        (_, Err(err)) => Some(format!("upgraded connection: {err}")),
-    };
-    Outcome {
-        status: 101,
-        duration,
-        error,
+    match (up, down) {
+        (Ok(_), Ok(_)) => Outcome::done(101, duration),
+        (Err(err), _) => Outcome::failed(101, duration, ExchangeError::UpgradedOut(err)),
+        (_, Err(err)) => Outcome::failed(101, duration, ExchangeError::UpgradedIn(err)),
     }
 }
 
@@ -323,53 +354,17 @@ async fn send_head(send: &SendHalf<()>, head: ResponseHead) -> Result<(), Stream
     .await
 }
 
-/// Answers the visitor with an error page from the client itself.
-async fn answer_error(
-    mut send: SendHalf<()>,
-    status: u16,
-    text: String,
-    started: Instant,
-) -> Outcome {
-    debug!(status, %text, "answering with an error");
-    let head = ResponseHead {
-        status,
-        headers: vec![
-            ("content-type".into(), "text/plain; charset=utf-8".into()),
-            ("x-cryptun-error".into(), "local_service".into()),
-        ],
-        body: InlineBody::inline(format!("{text}\n").as_bytes()),
+/// Answers the visitor with the client's own page for `err`.
+async fn answer(mut send: SendHalf<()>, err: ExchangeError, started: Instant) -> Outcome {
+    let Some(head) = err.answer() else {
+        // Nothing to say (not an error the client answers for): dropping
+        // `send` resets the stream.
+        return Outcome::failed(0, started.elapsed(), err);
     };
+    let status = head.status;
     if send_head(&send, head).await.is_err() {
-        return closed(status, started);
+        return Outcome::closed(status, started);
     }
     send.finish();
-    Outcome {
-        status,
-        duration: started.elapsed(),
-        error: Some(text),
-    }
-}
-
-fn closed(status: u16, started: Instant) -> Outcome {
-    Outcome {
-        status,
-        duration: started.elapsed(),
-        error: Some("the tunnel closed before the response was sent".into()),
-    }
-}
-
-/// An error and its causes on one line ("client error (Connect): tcp
-/// connect error: Connection refused (os error 111)").
-pub(crate) fn error_chain(err: &dyn std::error::Error) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        let next = cause.to_string();
-        if !text.contains(&next) {
-            text.push_str(": ");
-            text.push_str(&next);
-        }
-        source = cause.source();
-    }
-    text
+    Outcome::failed(status, started.elapsed(), err)
 }

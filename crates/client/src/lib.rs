@@ -25,6 +25,8 @@
 //!   server restarts: backoff, jitter, asking for the same tunnel again.
 //! - `forward`: one request, from its `request` message to the local
 //!   service and back.
+//! - `error`: why an exchange failed, by side, and the answer each
+//!   failure becomes.
 //! - `local`: connections to the local service, pooled, each driven by
 //!   the task forwarding the request on it.
 //! - `observe`: what `forward` reports of each exchange, to whoever watches
@@ -39,6 +41,7 @@
 
 #![forbid(unsafe_code)]
 
+mod error;
 mod forward;
 pub mod hello;
 pub mod inspector;

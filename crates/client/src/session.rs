@@ -18,6 +18,7 @@ use tokio_tungstenite::WebSocketStream;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
+use crate::error::ExchangeError;
 use crate::forward::{Forwarder, forward};
 use crate::{ClientConfig, ClientError, Events, TunnelConfig, transport};
 
@@ -256,7 +257,9 @@ async fn read_loop(
                             // The server frees a stream when it has the whole
                             // response; we may hold ours a moment longer, so
                             // this can happen without anyone misbehaving.
-                            mux.queue_text(busy_response(request_id));
+                            if let Some(busy) = busy_response(request_id) {
+                                mux.queue_text(busy);
+                            }
                         }
                         Err(OpenError::Closed) => {}
                         Err(err @ OpenError::Duplicate(_)) => {
@@ -344,20 +347,12 @@ fn handshake_error(url: &str, source: cryptun_proto::tungstenite::Error) -> Clie
 }
 
 /// The answer to a request beyond our own stream limit.
-fn busy_response(request_id: u32) -> String {
-    encode(&ClientMessage::Response {
+fn busy_response(request_id: u32) -> Option<String> {
+    let response = ExchangeError::Busy.answer()?;
+    Some(encode(&ClientMessage::Response {
         request_id,
-        response: cryptun_proto::ResponseHead {
-            status: 503,
-            headers: vec![
-                ("content-type".into(), "text/plain; charset=utf-8".into()),
-                ("retry-after".into(), "1".into()),
-            ],
-            body: cryptun_proto::InlineBody::inline(
-                b"cryptun client: too many requests in flight\n",
-            ),
-        },
-    })
+        response,
+    }))
 }
 
 fn describe_close(frame: Option<&CloseFrame>) -> String {

@@ -16,7 +16,7 @@ use tracing::{Instrument, debug_span};
 use super::Inspector;
 use super::capture::Recording;
 use super::view::replay_refusal;
-use crate::forward::error_chain;
+use crate::error::error_chain;
 use crate::local::{self, LocalBody, LocalPool};
 use crate::observe::Watch;
 
