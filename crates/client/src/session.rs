@@ -2,8 +2,11 @@
 //! then a reader that dispatches requests and frames while the writer sends
 //! responses and credit, until the connection ends.
 
+use std::ops::ControlFlow::{self, Break, Continue};
 use std::sync::Arc;
 use std::time::Duration;
+
+use bytes::Bytes;
 
 use cryptun_proto::message::{
     ClientMessage, CreateTunnel, ErrorCode, ServerMessage, TunnelCreated, encode,
@@ -12,7 +15,7 @@ use cryptun_proto::mux::{Heartbeat, Mux, OpenError, Side, run_writer};
 use cryptun_proto::tungstenite::protocol::CloseFrame;
 use cryptun_proto::tungstenite::protocol::frame::coding::CloseCode;
 use cryptun_proto::tungstenite::{Error as WsError, Message};
-use cryptun_proto::{Frame, Limits, PROTOCOL_VERSION, ReadAhead, close_code};
+use cryptun_proto::{Frame, Limits, PROTOCOL_VERSION, ReadAhead, RequestHead, close_code};
 use futures_util::{SinkExt, StreamExt};
 use tokio_tungstenite::WebSocketStream;
 use tokio_util::sync::CancellationToken;
@@ -96,6 +99,22 @@ async fn connect_inner(config: &ClientConfig) -> Result<Session, ClientError> {
     ws.flush()
         .await
         .map_err(|e| ClientError::Disconnected(e.to_string()))?;
+    let (tunnels, early) = created(&mut ws, &specs).await?;
+    Ok(Session {
+        ws,
+        tunnels,
+        config: config.clone(),
+        early,
+    })
+}
+
+/// Reads the server's answers to the `create_tunnel`s of `specs`, in
+/// order: every tunnel created, with what arrived after the first (see
+/// [`MAX_EARLY_MESSAGES`]), or the refusal.
+async fn created(
+    ws: &mut Ws,
+    specs: &[&TunnelConfig],
+) -> Result<(Vec<TunnelCreated>, Vec<Message>), ClientError> {
     let mut tunnels = Vec::with_capacity(specs.len());
     let mut early = Vec::new();
     while tunnels.len() < specs.len() {
@@ -142,12 +161,7 @@ async fn connect_inner(config: &ClientConfig) -> Result<Session, ClientError> {
             ));
         }
     }
-    Ok(Session {
-        ws,
-        tunnels,
-        config: config.clone(),
-        early,
-    })
+    Ok((tunnels, early))
 }
 
 impl Session {
@@ -227,95 +241,143 @@ impl Session {
     }
 }
 
+/// Reads the server's messages, dispatching requests and frames, until the
+/// connection ends; returns why.
 async fn read_loop(
     mux: &Mux<()>,
     stream: &mut (impl futures_util::Stream<Item = Result<Message, WsError>> + Unpin),
     forwarder: &Arc<Forwarder>,
 ) -> ClientError {
-    // Set by `going_away`: however the connection then ends, the server
-    // left on purpose and said when to come back.
-    let mut going_away: Option<Duration> = None;
-    let lost = |going_away: Option<Duration>, why: String| match going_away {
-        Some(reconnect_after) => ClientError::GoingAway { reconnect_after },
-        None => ClientError::Disconnected(why),
+    let mut reader = Reader {
+        mux,
+        forwarder,
+        going_away: None,
     };
     while let Some(msg) = stream.next().await {
         mux.heard();
-        match msg {
-            Ok(Message::Text(text)) => {
-                match ServerMessage::decode(&text) {
-                    Ok(ServerMessage::Request {
-                        request_id,
-                        tunnel_id,
-                        request,
-                    }) => match mux.accept(request_id, request.body.body_stream) {
-                        Ok(stream) => {
-                            let forwarder = Arc::clone(forwarder);
-                            tokio::spawn(forward(forwarder, tunnel_id, stream, request));
-                        }
-                        Err(OpenError::TooMany) => {
-                            // The server frees a stream when it has the whole
-                            // response; we may hold ours a moment longer, so
-                            // this can happen without anyone misbehaving.
-                            if let Some(busy) = busy_response(request_id) {
-                                mux.queue_text(busy);
-                            }
-                        }
-                        Err(OpenError::Closed) => {}
-                        Err(err @ OpenError::Duplicate(_)) => {
-                            let reason = format!("request {request_id}: {err}");
-                            mux.queue_close(CloseFrame {
-                                code: CloseCode::from(close_code::PROTOCOL_ERROR),
-                                reason: reason.clone().into(),
-                            });
-                            return ClientError::Protocol(reason);
-                        }
-                    },
-                    Ok(ServerMessage::Cancel { request_id }) => mux.cancel_from_peer(request_id),
-                    Ok(ServerMessage::Error(err)) if err.code == ErrorCode::KeyRevoked => {
-                        // The server closes the session next (1008).
-                        return ClientError::KeyRevoked {
-                            message: err.message,
-                        };
-                    }
-                    Ok(ServerMessage::Error(err)) => {
-                        warn!(code = ?err.code, message = %err.message, "server reported an error")
-                    }
-                    Ok(ServerMessage::GoingAway { reconnect_after_ms }) => {
-                        debug!(reconnect_after_ms, "the server is going away");
-                        going_away = Some(Duration::from_millis(reconnect_after_ms));
-                    }
-                    Ok(ServerMessage::Pong | ServerMessage::TunnelCreated(_)) => {}
-                    Err(err) => warn!(%err, "ignoring a message from the server"),
-                }
-            }
-            Ok(Message::Binary(data)) => {
-                let violation = match Frame::decode(data, mux.limits().max_frame_payload) {
-                    Ok(frame) => mux.on_frame(frame).err().map(|v| v.to_string()),
-                    Err(err) => Some(err.to_string()),
-                };
-                if let Some(reason) = violation {
-                    mux.queue_close(CloseFrame {
-                        code: CloseCode::from(close_code::PROTOCOL_ERROR),
-                        reason: reason.clone().into(),
-                    });
-                    return ClientError::Protocol(reason);
-                }
-            }
-            Ok(Message::Close(frame)) => {
-                // A server that closes with 1001 without `going_away`
-                // (another implementation) gets the usual first wait.
-                let going = frame
-                    .as_ref()
-                    .is_some_and(|f| u16::from(f.code) == close_code::GOING_AWAY);
-                let going_away = going_away.or(going.then_some(GOING_AWAY_WAIT));
-                return lost(going_away, describe_close(frame.as_ref()));
-            }
-            Ok(_) => {}
-            Err(err) => return lost(going_away, err.to_string()),
+        let read = match msg {
+            Ok(Message::Text(text)) => reader.text(&text),
+            Ok(Message::Binary(data)) => reader.binary(data),
+            Ok(Message::Close(frame)) => Break(reader.closed(frame.as_ref())),
+            Ok(_) => Continue(()),
+            Err(err) => Break(reader.lost(err.to_string())),
+        };
+        if let Break(end) = read {
+            return end;
         }
     }
-    lost(going_away, "connection lost".into())
+    reader.lost("connection lost".into())
+}
+
+/// What [`read_loop`] works with, and what it remembers between messages.
+struct Reader<'a> {
+    mux: &'a Mux<()>,
+    forwarder: &'a Arc<Forwarder>,
+    /// Set by `going_away`: however the connection then ends, the server
+    /// left on purpose and said when to come back.
+    going_away: Option<Duration>,
+}
+
+impl Reader<'_> {
+    /// A control message; a request starts its exchange.
+    fn text(&mut self, text: &str) -> ControlFlow<ClientError> {
+        match ServerMessage::decode(text) {
+            Ok(ServerMessage::Request {
+                request_id,
+                tunnel_id,
+                request,
+            }) => return self.request(request_id, tunnel_id, request),
+            Ok(ServerMessage::Cancel { request_id }) => self.mux.cancel_from_peer(request_id),
+            Ok(ServerMessage::Error(err)) if err.code == ErrorCode::KeyRevoked => {
+                // The server closes the session next (1008).
+                return Break(ClientError::KeyRevoked {
+                    message: err.message,
+                });
+            }
+            Ok(ServerMessage::Error(err)) => {
+                warn!(code = ?err.code, message = %err.message, "server reported an error")
+            }
+            Ok(ServerMessage::GoingAway { reconnect_after_ms }) => {
+                debug!(reconnect_after_ms, "the server is going away");
+                self.going_away = Some(Duration::from_millis(reconnect_after_ms));
+            }
+            Ok(ServerMessage::Pong | ServerMessage::TunnelCreated(_)) => {}
+            Err(err) => warn!(%err, "ignoring a message from the server"),
+        }
+        Continue(())
+    }
+
+    /// A new request: its stream, and a task forwarding it.
+    fn request(
+        &self,
+        request_id: u32,
+        tunnel_id: String,
+        request: RequestHead,
+    ) -> ControlFlow<ClientError> {
+        match self.mux.accept(request_id, request.body.body_stream) {
+            Ok(stream) => {
+                let forwarder = Arc::clone(self.forwarder);
+                tokio::spawn(forward(forwarder, tunnel_id, stream, request));
+            }
+            Err(OpenError::TooMany) => {
+                // The server frees a stream when it has the whole
+                // response; we may hold ours a moment longer, so this can
+                // happen without anyone misbehaving.
+                if let Some(busy) = busy_response(request_id) {
+                    self.mux.queue_text(busy);
+                }
+            }
+            Err(OpenError::Closed) => {}
+            Err(err @ OpenError::Duplicate(_)) => {
+                return Break(self.violated(format!("request {request_id}: {err}")));
+            }
+        }
+        Continue(())
+    }
+
+    /// A binary frame, for a stream.
+    fn binary(&self, data: Bytes) -> ControlFlow<ClientError> {
+        let violation = match Frame::decode(data, self.mux.limits().max_frame_payload) {
+            Ok(frame) => self.mux.on_frame(frame).err().map(|v| v.to_string()),
+            Err(err) => Some(err.to_string()),
+        };
+        match violation {
+            Some(reason) => Break(self.violated(reason)),
+            None => Continue(()),
+        }
+    }
+
+    /// The server broke the protocol: the session closes with 1002.
+    fn violated(&self, reason: String) -> ClientError {
+        self.mux.queue_close(CloseFrame {
+            code: CloseCode::from(close_code::PROTOCOL_ERROR),
+            reason: reason.clone().into(),
+        });
+        ClientError::Protocol(reason)
+    }
+
+    /// The server closed the connection.
+    fn closed(&self, frame: Option<&CloseFrame>) -> ClientError {
+        // A server that closes with 1001 without `going_away` (another
+        // implementation) gets the usual first wait.
+        let going = frame.is_some_and(|f| u16::from(f.code) == close_code::GOING_AWAY);
+        let going_away = self.going_away.or(going.then_some(GOING_AWAY_WAIT));
+        lost(going_away, describe_close(frame))
+    }
+
+    /// The connection ended for `why`.
+    fn lost(&self, why: String) -> ClientError {
+        lost(self.going_away, why)
+    }
+}
+
+/// How the session ended: the server going away on purpose (and when to
+/// come back), or lost.
+fn lost(going_away: Option<Duration>, why: String) -> ClientError {
+    match going_away {
+        Some(reconnect_after) => ClientError::GoingAway { reconnect_after },
+        None => ClientError::Disconnected(why),
+    }
 }
 
 /// Why the WebSocket handshake failed; a redirect (the server wants TLS)
