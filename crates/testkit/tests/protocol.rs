@@ -154,6 +154,33 @@ async fn json_only_client_serves_requests() {
 }
 
 #[tokio::test]
+async fn capabilities_are_negotiated_and_a_client_stating_none_gets_the_seed_protocol() {
+    let server = TestServer::start().await;
+    // Offered by the list alone (no boolean), with a name this server does
+    // not know: it answers what it will use, and streams.
+    let (_ws, created) = RawWs::tunnel(
+        &server,
+        json!({ "capabilities": ["binary_streams", "from_the_future"] }),
+    )
+    .await;
+    assert_eq!(created["binary_streams"], true, "{created}");
+    assert_eq!(
+        created["capabilities"],
+        json!(["binary_streams"]),
+        "{created}"
+    );
+    // Reserved for later versions: not used by this one.
+    let (_ws, created) = RawWs::tunnel(&server, json!({ "capabilities": ["trailers"] })).await;
+    assert_eq!(created["binary_streams"], false, "{created}");
+    assert!(created.get("capabilities").is_none(), "{created}");
+    // A seed client: exactly the seed's answer, no list.
+    let (mut ws, created) = RawWs::tunnel(&server, json!({})).await;
+    assert_eq!(created["binary_streams"], false);
+    assert!(created.get("capabilities").is_none(), "{created}");
+    assert_session_serves(&server, &mut ws, &created).await;
+}
+
+#[tokio::test]
 async fn malformed_and_unknown_messages_get_errors_and_the_session_goes_on() {
     let server = TestServer::start().await;
     let (mut ws, created) = RawWs::tunnel(&server, json!({})).await;

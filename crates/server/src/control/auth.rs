@@ -10,8 +10,8 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use cryptun_proto::Secret;
 use cryptun_proto::message::{CreateTunnel, ErrorCode, ErrorMessage, ServerMessage, encode};
-use cryptun_proto::{Secret, close_code};
 use tracing::{info, warn};
 
 use crate::config::AuthMode;
@@ -87,10 +87,7 @@ impl Refusal {
     /// The close code when this ends the connection: 1011 when the server
     /// is at fault, 1008 otherwise.
     pub(crate) fn close_code(&self) -> u16 {
-        match self.code {
-            ErrorCode::Internal => close_code::INTERNAL,
-            _ => close_code::POLICY,
-        }
+        self.code.handshake_close_code()
     }
 }
 

@@ -14,7 +14,9 @@ use cryptun_proto::message::{ClientMessage, CreateTunnel, ErrorCode, ServerMessa
 use cryptun_proto::mux::{CloseOnDrop, Mux, Side, WriterError, run_writer};
 use cryptun_proto::tungstenite::Message;
 use cryptun_proto::tungstenite::protocol::CloseFrame;
-use cryptun_proto::{Frame, FrameError, ResponseHead, close_code};
+use cryptun_proto::{
+    Capabilities, Capability, Frame, FrameError, ResponseHead, close_code, negotiate,
+};
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use tracing::{debug, info, warn};
@@ -87,8 +89,12 @@ pub(super) async fn open(
     create: CreateTunnel,
     identity: &Identity,
 ) -> Option<Opened> {
-    let mux: Mux<ResponseHead> =
-        Mux::new(Side::Opener, create.binary_streams, control.config.limits);
+    // The session speaks what the client offered and this server supports
+    // (`tunnel_created` says which); a client that states nothing gets the
+    // seed's JSON-only protocol.
+    let accepted = negotiate(create.offered(), Capabilities::SUPPORTED);
+    let binary = accepted.contains(Capability::BinaryStreams);
+    let mux: Mux<ResponseHead> = Mux::new(Side::Opener, binary, control.config.limits);
     let close_streams = mux.close_on_drop();
     match control
         .admit
@@ -96,7 +102,7 @@ pub(super) async fn open(
         .await
     {
         Ok((registration, created)) => {
-            info!(subdomain = %registration.tunnel().subdomain, binary = create.binary_streams, "tunnel created");
+            info!(subdomain = %registration.tunnel().subdomain, capabilities = ?accepted, "tunnel created");
             let tunnels = vec![registration];
             if ws.send(Message::text(created)).await.is_err() {
                 mux.close();
