@@ -38,14 +38,19 @@ pub async fn server(args: ServerArgs) -> Result<()> {
 }
 
 /// The server's configuration from the flags (and config file), validated.
-/// The data directory is looked up only when auth needs its key database.
+/// The data directory is where the server keeps its database, auth or not.
 fn server_config(args: &ServerArgs) -> Result<cryptun_server::Config> {
     let defaults = cryptun_server::Config::default();
     let auth = args
         .auth
         .unwrap_or_else(|| AuthMode::default_for(args.listen, &args.domain));
+    // The server keeps its records there whatever the auth mode; without
+    // keys it can also do without one (a machine with no home directory),
+    // keeping them in memory.
     let data_dir = match auth {
-        AuthMode::Off => None,
+        AuthMode::Off => paths::data_dir(args.data_dir.clone())
+            .inspect_err(|err| tracing::warn!("{err:#}; the server's records are kept in memory"))
+            .ok(),
         AuthMode::Optional | AuthMode::Required => Some(paths::data_dir(args.data_dir.clone())?),
     };
     let config = cryptun_server::Config {

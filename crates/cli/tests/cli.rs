@@ -166,6 +166,7 @@ async fn a_server_log_nobody_reads_does_not_stall_the_server() {
     let mut server = Command::new(env!("CARGO_BIN_EXE_cryptun"))
         .args(["server", "--listen", "127.0.0.1:0"])
         .env("XDG_CONFIG_HOME", "/nonexistent/cryptun-tests")
+        .env("XDG_DATA_HOME", common::data_home())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
         .spawn()

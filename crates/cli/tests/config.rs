@@ -24,6 +24,7 @@ fn cryptun(args: &[&str], home: &Path, env: &[(&str, &str)]) -> Proc {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_cryptun"));
     cmd.args(args)
         .env("XDG_CONFIG_HOME", home)
+        .env("XDG_DATA_HOME", home)
         .env("RUST_LOG", "info")
         .env("CRYPTUN_INSPECT", "off");
     for (name, _) in std::env::vars() {

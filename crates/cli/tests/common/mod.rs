@@ -1,11 +1,14 @@
 //! The binary under test: `cryptun` as a child process, with info logs,
-//! the inspector off (so no test takes port 4040) and no config file (the
-//! config directory is one that does not exist). The process fixture
+//! the inspector off (so no test takes port 4040), no config file (the
+//! config directory is one that does not exist) and a data directory of
+//! its own under the target folder (a server keeps its database there,
+//! never in the home of whoever runs the tests). The process fixture
 //! itself is testkit's [`Proc`].
 
 #![allow(dead_code)]
 
 use std::process::Command;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 pub use cryptun_testkit::Proc;
 
@@ -15,8 +18,21 @@ pub fn cryptun(args: &[&str]) -> Proc {
     cmd.args(args)
         .env("RUST_LOG", "info")
         .env("CRYPTUN_INSPECT", "off")
-        .env("XDG_CONFIG_HOME", "/nonexistent/cryptun-tests");
+        .env("XDG_CONFIG_HOME", "/nonexistent/cryptun-tests")
+        .env("XDG_DATA_HOME", data_home());
     Proc::start(cmd)
+}
+
+/// A fresh `XDG_DATA_HOME` for one process, under cargo's temporary folder
+/// for integration tests: no two servers share a database.
+pub fn data_home() -> String {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    format!(
+        "{}/data-{}-{}",
+        env!("CARGO_TARGET_TMPDIR"),
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
 }
 
 pub mod tty;

@@ -272,21 +272,6 @@ fn create_private_file(path: &Path) -> std::io::Result<()> {
     }
 }
 
-/// The default data directory: `$XDG_DATA_HOME/cryptun`, else
-/// `$HOME/.local/share/cryptun`; `None` when neither variable is set.
-pub fn default_data_dir() -> Option<PathBuf> {
-    let xdg = std::env::var_os("XDG_DATA_HOME")
-        .map(PathBuf::from)
-        .filter(|p| p.is_absolute());
-    let base = xdg.or_else(|| {
-        std::env::var_os("HOME")
-            .map(PathBuf::from)
-            .filter(|p| p.is_absolute())
-            .map(|home| home.join(".local").join("share"))
-    })?;
-    Some(base.join("cryptun"))
-}
-
 /// Seconds since the Unix epoch, as stored.
 pub(crate) fn now_unix() -> i64 {
     since_epoch().as_secs().try_into().unwrap_or(i64::MAX)
@@ -423,14 +408,5 @@ pub(crate) mod tests {
         drop(conn);
         let err = Store::open(&dir.0).unwrap_err();
         assert!(matches!(err, StoreError::TooNew { .. }), "{err}");
-    }
-
-    #[test]
-    fn default_data_dir_follows_xdg() {
-        // Only reads the environment the test runs in: check the shape.
-        if let Some(dir) = default_data_dir() {
-            assert!(dir.is_absolute());
-            assert!(dir.ends_with("cryptun"));
-        }
     }
 }
