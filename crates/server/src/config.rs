@@ -235,40 +235,13 @@ pub struct ConfigError(pub String);
 impl Config {
     /// Normalises the domain and checks that the settings fit together.
     pub fn validated(mut self) -> Result<Self, ConfigError> {
-        self.domain = self.domain.trim_end_matches('.').to_ascii_lowercase();
-        if self.domain.is_empty()
-            || !self
-                .domain
-                .split('.')
-                .all(|l| !l.is_empty() && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'))
-        {
-            return Err(ConfigError(format!(
-                "--domain {:?} is not a DNS name",
-                self.domain
-            )));
-        }
-        let l = &self.limits;
-        if l.max_frame_payload as u64 * 2 > u64::from(l.stream_window) {
-            return Err(ConfigError(
-                "the stream window must hold at least two maximum-size frames".into(),
-            ));
-        }
+        self.domain = dns_name(&self.domain)?;
+        check_session_limits(&self.limits)?;
         if !matches!(self.public_scheme.as_str(), "http" | "https") {
             return Err(ConfigError(format!(
                 "the public scheme is http or https, not {:?}",
                 self.public_scheme
             )));
-        }
-        if l.max_headers > cryptun_proto::limits::MAX_WIRE_HEADERS {
-            return Err(ConfigError(format!(
-                "at most {} headers per head can be allowed",
-                cryptun_proto::limits::MAX_WIRE_HEADERS
-            )));
-        }
-        if l.max_message_bytes < l.max_inline_body / 3 * 4 + l.max_header_bytes + 1024 {
-            return Err(ConfigError(
-                "max message size must fit a base64 inline body plus its head".into(),
-            ));
         }
         if self.heartbeat.timeout <= self.heartbeat.interval {
             return Err(ConfigError(
@@ -293,6 +266,22 @@ impl Config {
                     .into(),
             ));
         }
+        self.check_durations()?;
+        if self.max_uri_length < 64 {
+            return Err(ConfigError(
+                "the maximum URI length must be at least 64 bytes".into(),
+            ));
+        }
+        if self.rate_limits.max_tracked_ips == 0 {
+            return Err(ConfigError(
+                "the rate limiter must track at least one address".into(),
+            ));
+        }
+        Ok(self)
+    }
+
+    /// Every timeout and interval must be more than zero.
+    fn check_durations(&self) -> Result<(), ConfigError> {
         for (name, d) in [
             ("request timeout", self.request_timeout),
             ("handshake timeout", self.handshake_timeout),
@@ -307,17 +296,7 @@ impl Config {
                 return Err(ConfigError(format!("the {name} must be more than zero")));
             }
         }
-        if self.max_uri_length < 64 {
-            return Err(ConfigError(
-                "the maximum URI length must be at least 64 bytes".into(),
-            ));
-        }
-        if self.rate_limits.max_tracked_ips == 0 {
-            return Err(ConfigError(
-                "the rate limiter must track at least one address".into(),
-            ));
-        }
-        Ok(self)
+        Ok(())
     }
 
     /// The public URL of a subdomain, given the port the server listens on.
@@ -336,6 +315,41 @@ impl Config {
             )
         }
     }
+}
+
+/// `domain` normalised (lowercase, no trailing dot), if it is a DNS name.
+fn dns_name(domain: &str) -> Result<String, ConfigError> {
+    let domain = domain.trim_end_matches('.').to_ascii_lowercase();
+    let label =
+        |l: &str| !l.is_empty() && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
+    if domain.is_empty() || !domain.split('.').all(label) {
+        return Err(ConfigError(format!(
+            "--domain {domain:?} is not a DNS name"
+        )));
+    }
+    Ok(domain)
+}
+
+/// The session limits must fit together: two frames in a window, the
+/// protocol's header cap, an inline body and its head in a message.
+fn check_session_limits(l: &Limits) -> Result<(), ConfigError> {
+    if l.max_frame_payload as u64 * 2 > u64::from(l.stream_window) {
+        return Err(ConfigError(
+            "the stream window must hold at least two maximum-size frames".into(),
+        ));
+    }
+    if l.max_headers > cryptun_proto::limits::MAX_WIRE_HEADERS {
+        return Err(ConfigError(format!(
+            "at most {} headers per head can be allowed",
+            cryptun_proto::limits::MAX_WIRE_HEADERS
+        )));
+    }
+    if l.max_message_bytes < l.max_inline_body / 3 * 4 + l.max_header_bytes + 1024 {
+        return Err(ConfigError(
+            "max message size must fit a base64 inline body plus its head".into(),
+        ));
+    }
+    Ok(())
 }
 
 #[cfg(test)]

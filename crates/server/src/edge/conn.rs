@@ -233,31 +233,13 @@ async fn serve_http<H: Handler, I: Socket>(
                 .serve_connection(TokioIo::new(io), service.clone())
                 .with_upgrades(),
         );
-        let mut stopping = std::pin::pin!(stop.cancelled());
-        // Quiet for PARK_AFTER: under load the next request follows at
-        // once, and hyper's state is worth keeping for it.
-        let mut settled = std::pin::pin!(tokio::time::sleep(PARK_AFTER));
-        let mut phase = Phase::Busy;
-        let stint = poll_fn(|cx| {
-            let stop = phase != Phase::Stopping && stopping.as_mut().poll(cx).is_ready();
-            if stop {
-                Pin::new(&mut *hyper_conn).graceful_shutdown();
-            }
-            if let Poll::Ready(ended) = Pin::new(&mut *hyper_conn).poll(cx) {
-                return Poll::Ready(Stint::Ended(ended));
-            }
-            let next = phase.next(stop, activity.quiet_since(seen));
-            if next == Phase::Settling && phase != Phase::Settling {
-                settled
-                    .as_mut()
-                    .reset(tokio::time::Instant::now() + PARK_AFTER);
-            }
-            phase = next;
-            match phase {
-                Phase::Settling => settled.as_mut().poll(cx).map(|()| Stint::Quiet),
-                Phase::Busy | Phase::Stopping => Poll::Pending,
-            }
-        })
+        let stint = stint(
+            Pin::new(&mut *hyper_conn),
+            |conn| conn.graceful_shutdown(),
+            &activity,
+            seen,
+            &stop,
+        )
         .await;
         if let Stint::Ended(ended) = stint {
             if let Err(err) = ended {
@@ -281,6 +263,48 @@ async fn serve_http<H: Handler, I: Socket>(
             return;
         }
     }
+}
+
+/// Polls hyper serving a connection until the connection ends, or until
+/// it has been quiet since `seen` (nothing in flight) for `PARK_AFTER`.
+/// When `stop` fires, `graceful` asks hyper to finish what is in flight and
+/// end keep-alive; the connection is then never parked.
+async fn stint<C>(
+    mut conn: Pin<&mut C>,
+    graceful: fn(Pin<&mut C>),
+    activity: &Activity,
+    seen: u64,
+    stop: &CancellationToken,
+) -> Stint
+where
+    C: Future<Output = hyper::Result<()>>,
+{
+    let mut stopping = std::pin::pin!(stop.cancelled());
+    // Quiet for PARK_AFTER: under load the next request follows at once,
+    // and hyper's state is worth keeping for it.
+    let mut settled = std::pin::pin!(tokio::time::sleep(PARK_AFTER));
+    let mut phase = Phase::Busy;
+    poll_fn(|cx| {
+        let stop = phase != Phase::Stopping && stopping.as_mut().poll(cx).is_ready();
+        if stop {
+            graceful(conn.as_mut());
+        }
+        if let Poll::Ready(ended) = conn.as_mut().poll(cx) {
+            return Poll::Ready(Stint::Ended(ended));
+        }
+        let next = phase.next(stop, activity.quiet_since(seen));
+        if next == Phase::Settling && phase != Phase::Settling {
+            settled
+                .as_mut()
+                .reset(tokio::time::Instant::now() + PARK_AFTER);
+        }
+        phase = next;
+        match phase {
+            Phase::Settling => settled.as_mut().poll(cx).map(|()| Stint::Quiet),
+            Phase::Busy | Phase::Stopping => Poll::Pending,
+        }
+    })
+    .await
 }
 
 /// Waits, holding nothing but the socket, for a parked connection's next

@@ -8,7 +8,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use cryptun_proto::head::{headers_to_wire, keep_upgrade, strip_hop_by_hop, upgrade_protocol};
 use cryptun_proto::message::{ServerMessage, encode};
-use cryptun_proto::mux::{OpenError, SendHalf, Stream, pump};
+use cryptun_proto::mux::{Mux, OpenError, RecvBody, SendHalf, Stream, pump};
 use cryptun_proto::{InlineBody, RequestHead, ResponseHead};
 use http::{HeaderMap, HeaderValue, Request, Response, header};
 use http_body::Body as _;
@@ -115,28 +115,7 @@ impl Proxy<'_> {
                     .map_or(GatewayError::ClientReset, Into::into));
             }
         };
-        if let (Some(on_upgrade), Some(send)) = (on_upgrade, send) {
-            if response.status == 101 {
-                return passthrough::switch(response, mux, on_upgrade, send, recv);
-            }
-            // The app declined the switch: the connection stays plain HTTP,
-            // and the request direction ends without bytes.
-            tokio::spawn(async move {
-                let mut send = send;
-                let _ = send.send(Bytes::new(), true).await;
-            });
-        }
-        let streamed = response.body.body_stream;
-        let (mut resp, inline) = match build_response(response, mux.limits(), mux.binary()) {
-            Ok(parts) => parts,
-            Err(err) => return Err(refuse_response(mux, id, err)),
-        };
-        *resp.body_mut() = if streamed {
-            recv.map_err(Into::into).boxed()
-        } else {
-            full(inline)
-        };
-        Ok(resp)
+        answer(mux, id, response, on_upgrade.zip(send), recv)
     }
 
     /// The request's head for the client, its body guarded by the tunnel's
@@ -200,6 +179,40 @@ impl Proxy<'_> {
             tripwire,
         })
     }
+}
+
+/// The visitor's response from the client's `response` head for stream
+/// `id`: the protocol switch if one was offered (`switch`) and the app took
+/// it, else the head checked and its body inline or streaming from `recv`.
+fn answer(
+    mux: &Mux<ResponseHead>,
+    id: u32,
+    response: ResponseHead,
+    switch: Option<(OnUpgrade, SendHalf<ResponseHead>)>,
+    recv: RecvBody<ResponseHead>,
+) -> Result<Response<Body>, GatewayError> {
+    if let Some((on_upgrade, send)) = switch {
+        if response.status == 101 {
+            return passthrough::switch(response, mux, on_upgrade, send, recv);
+        }
+        // The app declined the switch: the connection stays plain HTTP, and
+        // the request direction ends without bytes.
+        tokio::spawn(async move {
+            let mut send = send;
+            let _ = send.send(Bytes::new(), true).await;
+        });
+    }
+    let streamed = response.body.body_stream;
+    let (mut resp, inline) = match build_response(response, mux.limits(), mux.binary()) {
+        Ok(parts) => parts,
+        Err(err) => return Err(refuse_response(mux, id, err)),
+    };
+    *resp.body_mut() = if streamed {
+        recv.map_err(Into::into).boxed()
+    } else {
+        full(inline)
+    };
+    Ok(resp)
 }
 
 /// Sends the visitor's body beside the response: the local service may
