@@ -37,7 +37,7 @@ pub(crate) use park::VisitorBody;
 
 use crate::config::Config;
 use crate::metrics::Metrics;
-use crate::tls::Certs;
+use tls::Certs;
 
 /// The address a connection came from.
 pub(crate) type Peer = SocketAddr;
