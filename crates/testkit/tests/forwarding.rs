@@ -255,14 +255,20 @@ async fn host_routing_accepts_every_spelling_of_a_tunnel_name() {
         assert_eq!(reply.status, 200, "{host}: {}", reply.text());
         assert_eq!(reply.text(), "routed", "{host}");
     }
-    // An absolute-form target without a Host header routes by its authority.
-    let absolute = format!(
-        "GET http://{}/token?t=abs HTTP/1.1\r\nConnection: close\r\n\r\n",
-        client.host
-    );
-    let raw = raw_exchange(server.addr, absolute.as_bytes(), LIMIT).await;
-    assert!(raw.starts_with("HTTP/1.1 200"), "{raw}");
+    // An absolute-form target routes by its authority: with HTTP/1.0 no
+    // Host is needed; HTTP/1.1 must send one (RFC 9112 §3.2), whatever the
+    // target names.
+    let absolute = |version: &str| {
+        format!(
+            "GET http://{}/token?t=abs HTTP/{version}\r\nConnection: close\r\n\r\n",
+            client.host
+        )
+    };
+    let raw = raw_exchange(server.addr, absolute("1.0").as_bytes(), LIMIT).await;
+    assert!(raw.starts_with("HTTP/1.0 200"), "{raw}");
     assert!(raw.ends_with("abs"), "{raw}");
+    let raw = raw_exchange(server.addr, absolute("1.1").as_bytes(), LIMIT).await;
+    assert!(raw.starts_with("HTTP/1.1 400"), "{raw}");
 }
 
 #[tokio::test]

@@ -188,3 +188,40 @@ async fn an_h2c_upgrade_is_never_honoured() {
     assert_eq!(reply.body, b"still");
     assert_eq!(origin.requests(), 4);
 }
+
+#[tokio::test]
+async fn an_absolute_target_is_routed_by_its_own_host_and_a_missing_host_is_refused() {
+    let server = TestServer::start().await;
+    let (one, two) = (Origin::start().await, Origin::start().await);
+    let aaa = TestClient::start(&server, &one.target()).await;
+    let bbb = TestClient::start(&server, &two.target()).await;
+    let port = server.addr.port();
+    let (a, b) = (&aaa.host, &bbb.host);
+    // The target names bbb, the Host header aaa: bbb's app answers, and
+    // it is told bbb's name.
+    let request =
+        format!("GET http://{b}/echo/x HTTP/1.1\r\nHost: {a}\r\nConnection: close\r\n\r\n");
+    let reply = until_close(&server, request.as_bytes()).await;
+    assert_eq!(status_of(&reply), 200, "{reply}");
+    let body: Value = serde_json::from_str(&reply[reply.find("\r\n\r\n").unwrap() + 4..]).unwrap();
+    let host = body["headers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|h| h[0] == "host")
+        .map(|h| h[1].as_str().unwrap().to_owned());
+    assert_eq!(host.as_deref(), Some(b.as_str()), "{body}");
+    assert_eq!((one.requests(), two.requests()), (0, 1));
+    // An absolute target to the server's own host is the server's.
+    let own = format!(
+        "GET http://localhost:{port}/healthz HTTP/1.1\r\nHost: {a}\r\nConnection: close\r\n\r\n"
+    );
+    let reply = until_close(&server, own.as_bytes()).await;
+    assert_eq!(status_of(&reply), 200, "{reply}");
+    assert!(reply.contains("\"ok\""), "{reply}");
+    // HTTP/1.1 without a Host: 400, whatever the target names.
+    let hostless = format!("GET http://{b}/echo/y HTTP/1.1\r\nConnection: close\r\n\r\n");
+    let reply = until_close(&server, hostless.as_bytes()).await;
+    assert_eq!(status_of(&reply), 400, "{reply}");
+    assert_eq!((one.requests(), two.requests()), (0, 1));
+}

@@ -5,8 +5,14 @@
 //! without a trailing dot. `{label}.{domain}` goes to the tunnel named
 //! `label`; every other valid host (the domain itself, an IP address, another
 //! name) is the server's own.
+//!
+//! A request whose target is in absolute form (`GET http://b.example/x`) is
+//! for the target's host, whatever its Host header says (RFC 9112 §3.2.2):
+//! routing by the header there would let one name's request reach another.
+//! An HTTP/1.1 request without a Host header is refused whatever its target
+//! (RFC 9112 §3.2), as is one with more than one or an invalid one.
 
-use http::Request;
+use http::{Request, Version};
 
 pub use crate::error::HostError;
 
@@ -35,20 +41,23 @@ pub fn route_name(name: &str, domain: &str) -> Route {
     }
 }
 
-/// The host name `req` is for: its Host (or absolute URI's authority),
-/// lowercased, without port or trailing dot; IPv6 addresses in brackets.
+/// The host name `req` is for: its target's authority when the target is
+/// in absolute form, else its Host; lowercased, without port or trailing
+/// dot; IPv6 addresses in brackets.
 pub fn name<B>(req: &Request<B>) -> Result<String, HostError> {
     let mut hosts = req.headers().get_all(http::header::HOST).iter();
-    let raw = match (hosts.next(), hosts.next()) {
+    let host = match (hosts.next(), hosts.next()) {
         (Some(_), Some(_)) => return Err(HostError::Repeated),
-        (Some(value), None) => value.to_str().map_err(|_| HostError::Malformed)?,
-        (None, _) => req
-            .uri()
-            .authority()
-            .map(|a| a.as_str())
-            .ok_or(HostError::Missing)?,
+        (Some(value), None) => Some(normalize(
+            value.to_str().map_err(|_| HostError::Malformed)?,
+        )?),
+        (None, _) if req.version() >= Version::HTTP_11 => return Err(HostError::Missing),
+        (None, _) => None,
     };
-    normalize(raw)
+    match req.uri().authority() {
+        Some(authority) => normalize(authority.as_str()),
+        None => host.ok_or(HostError::Missing),
+    }
 }
 
 /// Lowercases a Host value and strips its port and trailing dot.
@@ -122,6 +131,49 @@ mod tests {
     }
 
     #[test]
+    fn an_absolute_target_wins_over_the_host_header() {
+        let req = |uri: &str, host: Option<&str>, version| {
+            let mut req = Request::builder().uri(uri).version(version);
+            if let Some(host) = host {
+                req = req.header("host", host);
+            }
+            req.body(()).unwrap()
+        };
+        let smuggled = req(
+            "http://bbb.localhost/x",
+            Some("aaa.localhost"),
+            Version::HTTP_11,
+        );
+        assert_eq!(
+            route(&smuggled, "localhost"),
+            Ok(Route::Tunnel("bbb".into()))
+        );
+        let to_server = req(
+            "http://localhost:4000/ws",
+            Some("aaa.localhost"),
+            Version::HTTP_11,
+        );
+        assert_eq!(route(&to_server, "localhost"), Ok(Route::Server));
+        // HTTP/1.0 may leave Host out; the target names the host then.
+        let old = req("http://BBB.localhost./x", None, Version::HTTP_10);
+        assert_eq!(route(&old, "localhost"), Ok(Route::Tunnel("bbb".into())));
+        let old_origin_form = req("/x", None, Version::HTTP_10);
+        assert_eq!(
+            route(&old_origin_form, "localhost"),
+            Err(HostError::Missing)
+        );
+        // The Host must still be valid, and a target with userinfo is not.
+        let bad_host = req("http://bbb.localhost/x", Some("a b"), Version::HTTP_11);
+        assert_eq!(route(&bad_host, "localhost"), Err(HostError::Malformed));
+        let userinfo = req(
+            "http://u@bbb.localhost/x",
+            Some("bbb.localhost"),
+            Version::HTTP_11,
+        );
+        assert_eq!(route(&userinfo, "localhost"), Err(HostError::Malformed));
+    }
+
+    #[test]
     fn bad_hosts() {
         for host in [
             "", "a b", "x:port", "x:99999", "[::1", "[zz]:1", "a..b", "a/b", "@x",
@@ -130,6 +182,12 @@ mod tests {
         }
         let none = Request::builder().uri("/x").body(()).unwrap();
         assert_eq!(route(&none, "localhost"), Err(HostError::Missing));
+        // HTTP/1.1 needs a Host even when the target names one.
+        let absolute = Request::builder()
+            .uri("http://a.localhost/x")
+            .body(())
+            .unwrap();
+        assert_eq!(route(&absolute, "localhost"), Err(HostError::Missing));
         let two = Request::builder()
             .header("host", "a.localhost")
             .header("host", "b.localhost")

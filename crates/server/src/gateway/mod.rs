@@ -159,9 +159,16 @@ impl Gateway {
         self: &Arc<Self>,
         conn: &Conn,
         verdict: Verdict,
-        req: Request<VisitorBody>,
+        mut req: Request<VisitorBody>,
     ) -> Result<Response<Body>, GatewayError> {
         let (name, route) = self.check(conn, verdict, &req)?;
+        // A target in absolute form named the host: the app gets it as its
+        // Host too, not the header the visitor sent beside it.
+        if let Some(authority) = req.uri().authority() {
+            if let Ok(host) = HeaderValue::from_str(authority.as_str()) {
+                req.headers_mut().insert(header::HOST, host);
+            }
+        }
         if let (Transport::Plain, Some(port)) = (&conn.transport, self.redirect_to) {
             self.metrics.refused_request(Refused::Redirect);
             return Ok(https::redirect(&name, port, req.uri()));
