@@ -78,6 +78,7 @@ fn server_config(args: &ServerArgs) -> Result<cryptun_server::Config> {
         auth,
         data_dir,
         reconnect_grace: args.reconnect_grace,
+        max_holds_per_identity: args.max_holds_per_identity,
         revocation_poll: args.revocation_poll,
         header_read_timeout: args.header_read_timeout,
         body_read_timeout: args.body_read_timeout,

@@ -160,6 +160,10 @@ struct ServerArgs {
     /// How long a disconnected tunnel's name is kept for its client to reconnect (visitors get 503).
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     reconnect_grace: Duration,
+    /// Most names kept for reconnection at once for one API key, or for one client address
+    /// (IPv6: its /64) without a key; over it, that identity's next name is not kept.
+    #[arg(long, default_value_t = 1_000)]
+    max_holds_per_identity: usize,
     /// How often the key database is checked for revoked keys: a revoked key's live tunnels close
     /// within this interval.
     #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]

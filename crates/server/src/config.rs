@@ -63,9 +63,14 @@ pub struct Config {
     /// How long a disconnected tunnel's name is held for its owner to
     /// reconnect (visitors get 503 meanwhile). Zero frees it at once.
     pub reconnect_grace: Duration,
-    /// Most names held for reconnection at once; beyond it the oldest hold
-    /// ends early.
+    /// Most names held for reconnection at once; beyond it a disconnected
+    /// tunnel's name is not held (no hold ends early for another's).
     pub max_held_names: usize,
+    /// Most names held at once for one identity: an API key, or the
+    /// address (IPv6: its /64) anonymous clients connect from. Over it, the
+    /// identity's next disconnected name is not held; nobody else's hold
+    /// ever ends early for it.
+    pub max_holds_per_identity: usize,
     /// Backoff for failed handshakes, per source address.
     pub auth_backoff: BackoffConfig,
     /// How long a visitor has to send a complete request head, the wait for
@@ -152,10 +157,14 @@ impl Default for Config {
             // silent one), short enough that a name abandoned for good is
             // free again soon.
             reconnect_grace: Duration::from_secs(30),
-            // About 150 bytes each (the name twice, the owner, two
-            // instants): some 15 MiB at worst, reached only by a client
-            // opening and dropping over 3,000 tunnels a second.
+            // About 200 bytes each (the name twice, the owner, its holder,
+            // two instants): some 20 MiB at worst, reached only by a hundred
+            // identities each opening and dropping a thousand tunnels.
             max_held_names: 100_000,
+            // A client holds at most 16 names per connection; a thousand
+            // leaves room for many clients behind one address (an office's
+            // NAT) while a hundred identities are needed to fill the table.
+            max_holds_per_identity: 1_000,
             auth_backoff: BackoffConfig::default(),
             header_read_timeout: Duration::from_secs(30),
             body_read_timeout: Duration::from_secs(30),

@@ -200,6 +200,7 @@ impl Stages {
         let registry: Arc<dyn Registry> = Arc::new(registry::Local::new(
             config.reconnect_grace,
             config.max_held_names,
+            config.max_holds_per_identity,
         ));
         let sessions_stop = CancellationToken::new();
         let tasks = TaskTracker::new();

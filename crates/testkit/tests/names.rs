@@ -326,3 +326,59 @@ async fn wrong_reconnect_secrets_count_as_failed_attempts() {
     let right = json!({ "subdomain": name, "reconnect_secret": secret });
     assert_eq!(code_for(&server, right).await, "too_many_attempts");
 }
+
+/// The attack of a stranger who wants a disconnected client's name: it
+/// opens and drops named tunnels until the table of held names is full,
+/// from enough addresses that a per-address share alone cannot stop it
+/// filling the table (with 100,000 held names, the oldest hold, the
+/// victim's, used to end early, and the name went to whoever asked).
+#[tokio::test]
+async fn a_stranger_opening_and_dropping_names_cannot_end_someone_elses_hold() {
+    let config = Config {
+        max_held_names: 64,
+        max_holds_per_identity: 8,
+        ..TestServer::test_config()
+    };
+    let server = TestServer::start_with(config).await;
+    let at = |s: &str| s.parse::<std::net::IpAddr>().unwrap();
+    let (victim, created) = RawWs::connect_from(&server, at("127.0.0.2"), None)
+        .await
+        .ask(json!({ "subdomain": "victim" }))
+        .await;
+    assert_eq!(created["type"], "tunnel_created", "{created}");
+    let secret = created["reconnect_secret"].as_str().unwrap().to_owned();
+    drop(victim);
+    wait_held(&server, "victim").await;
+
+    // 12 addresses x 3 connections x 16 names: 576 names dropped, 96 more
+    // than the shares allow, 32 more than the table holds.
+    for a in 0..12 {
+        for c in 0..3 {
+            let mut ws = RawWs::connect_from(&server, at(&format!("127.0.1.{a}")), None).await;
+            for t in 0..16 {
+                let (next, created) = ws
+                    .ask(json!({ "subdomain": format!("x{a}-{c}-{t}") }))
+                    .await;
+                assert_eq!(created["type"], "tunnel_created", "{created}");
+                ws = next;
+            }
+        }
+    }
+    let admin = Visitor::new(server.addr);
+    eventually(WAIT, "every attacking session has ended", || async {
+        admin.admin_get("/healthz").await.json()["tunnels"] == 0
+    })
+    .await;
+    // The name is still its owner's: a stranger is refused, visitors wait.
+    let stranger = RawWs::connect_from(&server, at("127.0.0.9"), None).await;
+    let (_stranger, refused) = stranger.ask(json!({ "subdomain": "victim" })).await;
+    assert_eq!(refused["code"], "subdomain_taken", "{refused}");
+    wait_held(&server, "victim").await;
+    // And it goes back to the owner with its secret.
+    let back = json!({ "subdomain": "victim", "reconnect_secret": secret });
+    let (_back, created) = RawWs::connect_from(&server, at("127.0.0.2"), None)
+        .await
+        .ask(back)
+        .await;
+    assert_eq!(created["type"], "tunnel_created", "{created}");
+}

@@ -19,9 +19,12 @@ use std::time::{Duration, Instant};
 
 use cryptun_proto::Secret;
 
+use std::net::IpAddr;
+
+use cryptun_proto::net::group;
+
 use crate::store::{Owner, SavedHold};
 use subtle::ConstantTimeEq;
-use tracing::warn;
 
 /// What a new tunnel offers to prove it may take a held name.
 #[derive(Debug, Clone, Copy, Default)]
@@ -56,8 +59,50 @@ pub enum HeldBy {
     WrongSecret(Duration),
 }
 
+/// Who a hold counts against, so that one identity's activity never costs
+/// another its holds: the key of a keyed tunnel, the address (its group,
+/// IPv6 by /64) an anonymous tunnel's client came from, or, for an
+/// anonymous hold taken back after a restart, its secret's hash.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Holder {
+    /// A key's id.
+    Key(String),
+    /// An anonymous client's address group.
+    Address(IpAddr),
+    /// An anonymous hold saved by a previous run (its address is not kept).
+    Secret([u8; 32]),
+}
+
+impl Holder {
+    /// The holder of a hold for `owner` whose client came from `client`.
+    pub fn of(owner: &Owner, client: IpAddr) -> Holder {
+        match owner {
+            Owner::Key(id) => Holder::Key(id.clone()),
+            Owner::Secret(_) => Holder::Address(group(client)),
+        }
+    }
+
+    /// The holder of a hold taken back after a restart.
+    fn restored(owner: &Owner) -> Holder {
+        match owner {
+            Owner::Key(id) => Holder::Key(id.clone()),
+            Owner::Secret(hash) => Holder::Secret(*hash),
+        }
+    }
+}
+
+/// Why a name was not held after its tunnel ended; it is free at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NotHeld {
+    /// Its holder holds as many names as one may.
+    Quota,
+    /// The table holds as many names as it may.
+    Full,
+}
+
 struct Held {
     owner: Owner,
+    holder: Holder,
     until: Instant,
 }
 
@@ -67,30 +112,65 @@ pub(super) struct Holds {
     /// `(until, name)` in order of holding, which is the order of expiry.
     /// May name holds since taken back; those are skipped.
     order: VecDeque<(Instant, String)>,
+    /// Holds in force by holder (no entry at zero).
+    counts: HashMap<Holder, usize>,
     max: usize,
+    per_holder: usize,
 }
 
 impl Holds {
-    pub(super) fn new(max: usize) -> Self {
+    /// At most `max` holds in all, `per_holder` for any one holder.
+    pub(super) fn new(max: usize, per_holder: usize) -> Self {
         Holds {
             map: HashMap::new(),
             order: VecDeque::new(),
+            counts: HashMap::new(),
             max: max.max(1),
+            per_holder: per_holder.max(1),
         }
     }
 
-    /// Holds `name` for `owner` until `until`.
-    pub(super) fn hold(&mut self, name: String, owner: Owner, until: Instant, now: Instant) {
+    /// Holds `name` for `owner`, counted against `holder`, until `until`,
+    /// unless the holder has used up its share or the table is full: no
+    /// hold ever ends early for someone else's (the name is then free at
+    /// once, and the caller says so).
+    pub(super) fn hold(
+        &mut self,
+        name: String,
+        owner: Owner,
+        holder: Holder,
+        until: Instant,
+        now: Instant,
+    ) -> Result<(), NotHeld> {
         self.purge(now);
-        while self.order.len() >= self.max {
-            if self.pop_front() {
-                warn!("too many names held for reconnection; releasing the oldest early");
-            }
+        // A name held again replaces its own older hold.
+        self.remove(&name);
+        if self
+            .counts
+            .get(&holder)
+            .is_some_and(|n| *n >= self.per_holder)
+        {
+            return Err(NotHeld::Quota);
+        }
+        if self.order.len() >= self.max.saturating_mul(2) {
+            self.compact();
+        }
+        if self.map.len() >= self.max {
+            return Err(NotHeld::Full);
         }
         // At the end, but for a hold taken back after a restart.
         let at = self.order.partition_point(|(end, _)| *end <= until);
         self.order.insert(at, (until, name.clone()));
-        self.map.insert(name, Held { owner, until });
+        *self.counts.entry(holder.clone()).or_default() += 1;
+        self.map.insert(
+            name,
+            Held {
+                owner,
+                holder,
+                until,
+            },
+        );
+        Ok(())
     }
 
     /// How long `name` is still held, if it is.
@@ -112,7 +192,7 @@ impl Holds {
             return Ok(());
         };
         if held.until <= now || claim.proves(&held.owner) {
-            self.map.remove(name);
+            self.remove(name);
             return Ok(());
         }
         let remaining = held.until.saturating_duration_since(now);
@@ -124,10 +204,17 @@ impl Holds {
 
     /// Ends every hold whose owner is `owner`; returns how many.
     pub(super) fn release_owner(&mut self, owner: &Owner) -> usize {
-        let before = self.map.len();
-        self.map.retain(|_, held| held.owner != *owner);
+        let names: Vec<String> = self
+            .map
+            .iter()
+            .filter(|(_, held)| held.owner == *owner)
+            .map(|(name, _)| name.clone())
+            .collect();
         // Their queue entries stay; `pop_front` skips names no longer held.
-        before - self.map.len()
+        for name in &names {
+            self.remove(name);
+        }
+        names.len()
     }
 
     /// Names held now (for tests and metrics).
@@ -163,7 +250,10 @@ impl Holds {
         saved.sort_by_key(|hold| std::cmp::Reverse(hold.left));
         saved.truncate(self.max.saturating_sub(self.map.len()));
         for hold in saved {
-            self.hold(hold.name, hold.owner, now + hold.left, now);
+            let holder = Holder::restored(&hold.owner);
+            // Over a holder's share (a smaller setting than the last run's):
+            // those ending last were held first.
+            let _ = self.hold(hold.name, hold.owner, holder, now + hold.left, now);
         }
     }
 
@@ -181,9 +271,31 @@ impl Holds {
         };
         let current = self.map.get(&name).is_some_and(|h| h.until == until);
         if current {
-            self.map.remove(&name);
+            self.remove(&name);
         }
         current
+    }
+
+    /// Drops the queue's entries of holds no longer in force (taken back,
+    /// released, or held again since). Run when the queue has grown to
+    /// twice the bound, so at most once per `max` holds: amortised O(1).
+    fn compact(&mut self) {
+        let map = &self.map;
+        self.order
+            .retain(|(until, name)| map.get(name).is_some_and(|h| h.until == *until));
+    }
+
+    /// Ends the hold of `name`, if any, and its count.
+    fn remove(&mut self, name: &str) {
+        let Some(held) = self.map.remove(name) else {
+            return;
+        };
+        if let Some(count) = self.counts.get_mut(&held.holder) {
+            *count -= 1;
+            if *count == 0 {
+                self.counts.remove(&held.holder);
+            }
+        }
     }
 }
 
@@ -193,13 +305,21 @@ mod tests {
 
     const GRACE: Duration = Duration::from_secs(30);
 
+    impl Holds {
+        /// Holds `name` for `owner`, counted against the owner itself.
+        fn put(&mut self, name: String, owner: Owner, until: Instant, now: Instant) {
+            let holder = Holder::restored(&owner);
+            self.hold(name, owner, holder, until, now).unwrap();
+        }
+    }
+
     #[test]
     fn a_revoked_key_releases_only_its_own_holds() {
-        let mut holds = Holds::new(10);
+        let mut holds = Holds::new(10, 10);
         let t = Instant::now();
-        holds.hold("a".into(), Owner::Key("k1".into()), t + GRACE, t);
-        holds.hold("b".into(), Owner::Key("k1".into()), t + GRACE, t);
-        holds.hold("c".into(), Owner::Key("k2".into()), t + GRACE, t);
+        holds.put("a".into(), Owner::Key("k1".into()), t + GRACE, t);
+        holds.put("b".into(), Owner::Key("k1".into()), t + GRACE, t);
+        holds.put("c".into(), Owner::Key("k2".into()), t + GRACE, t);
         assert_eq!(holds.release_owner(&Owner::Key("k1".into())), 2);
         assert_eq!(holds.len(), 1);
         assert_eq!(holds.remaining("a", t), None);
@@ -209,11 +329,11 @@ mod tests {
 
     #[test]
     fn only_the_owner_takes_a_held_name_back() {
-        let mut holds = Holds::new(10);
+        let mut holds = Holds::new(10, 10);
         let t = Instant::now();
         let secret = Secret::new("s3cret");
-        holds.hold("app".into(), Owner::secret(&secret), t + GRACE, t);
-        holds.hold("keyed".into(), Owner::Key("k1".into()), t + GRACE, t);
+        holds.put("app".into(), Owner::secret(&secret), t + GRACE, t);
+        holds.put("keyed".into(), Owner::Key("k1".into()), t + GRACE, t);
         assert_eq!(holds.remaining("app", t), Some(GRACE));
 
         let nobody = Claim::default();
@@ -252,9 +372,9 @@ mod tests {
 
     #[test]
     fn holds_end_with_the_grace() {
-        let mut holds = Holds::new(10);
+        let mut holds = Holds::new(10, 10);
         let t = Instant::now();
-        holds.hold("app".into(), Owner::Key("k".into()), t + GRACE, t);
+        holds.put("app".into(), Owner::Key("k".into()), t + GRACE, t);
         let after = t + GRACE;
         assert_eq!(holds.remaining("app", after), None);
         assert_eq!(holds.claim("app", Claim::default(), after), Ok(()));
@@ -263,17 +383,17 @@ mod tests {
 
     #[test]
     fn a_name_held_again_is_not_released_by_its_old_hold() {
-        let mut holds = Holds::new(10);
+        let mut holds = Holds::new(10, 10);
         let t = Instant::now();
         let owner = Owner::Key("k".into());
-        holds.hold("app".into(), owner.clone(), t + GRACE, t);
+        holds.put("app".into(), owner.clone(), t + GRACE, t);
         let key = Claim {
             key: Some("k"),
             secret: None,
         };
         holds.claim("app", key, t).unwrap();
         let t2 = t + Duration::from_secs(10);
-        holds.hold("app".into(), owner, t2 + GRACE, t2);
+        holds.put("app".into(), owner, t2 + GRACE, t2);
         // The first hold's time passes; the second is still in force.
         let t3 = t + GRACE;
         assert_eq!(
@@ -285,11 +405,11 @@ mod tests {
     #[test]
     fn saved_holds_are_restored_with_what_was_left_of_them() {
         let t = Instant::now();
-        let mut before = Holds::new(10);
+        let mut before = Holds::new(10, 10);
         let secret = Secret::new("s3cret");
-        before.hold("anon".into(), Owner::secret(&secret), t + GRACE, t);
+        before.put("anon".into(), Owner::secret(&secret), t + GRACE, t);
         let t1 = t + Duration::from_secs(5);
-        before.hold("keyed".into(), Owner::Key("k".into()), t1 + GRACE, t1);
+        before.put("keyed".into(), Owner::Key("k".into()), t1 + GRACE, t1);
         let mut saved = before.saved(t1);
         saved.sort_by(|a, b| a.name.cmp(&b.name));
         assert_eq!(saved[0].left, GRACE - Duration::from_secs(5));
@@ -297,9 +417,9 @@ mod tests {
 
         // A later start: the keyed name is already held afresh there; a
         // hold longer than this run's grace is cut to it.
-        let mut after = Holds::new(10);
+        let mut after = Holds::new(10, 10);
         let t2 = t1 + Duration::from_secs(60);
-        after.hold("keyed".into(), Owner::Key("other".into()), t2 + GRACE, t2);
+        after.put("keyed".into(), Owner::Key("other".into()), t2 + GRACE, t2);
         let short = Duration::from_secs(10);
         after.restore(saved, short, t2);
         assert_eq!(after.remaining("anon", t2), Some(short));
@@ -318,8 +438,8 @@ mod tests {
     #[test]
     fn a_shorter_hold_taken_back_ends_on_time_behind_a_longer_one() {
         let t = Instant::now();
-        let mut holds = Holds::new(10);
-        holds.hold("new".into(), Owner::Key("k".into()), t + GRACE, t);
+        let mut holds = Holds::new(10, 10);
+        holds.put("new".into(), Owner::Key("k".into()), t + GRACE, t);
         let short = Duration::from_secs(5);
         let saved = |name: &str, left| SavedHold {
             name: name.into(),
@@ -330,13 +450,13 @@ mod tests {
         let later = t + short;
         assert_eq!(holds.remaining("old", later), None);
         // The next hold's purge finds it ended, though it came in last.
-        holds.hold("next".into(), Owner::Key("k".into()), later + GRACE, later);
+        holds.put("next".into(), Owner::Key("k".into()), later + GRACE, later);
         assert_eq!(holds.len(), 2, "the ended hold left the map");
         assert_eq!(holds.claim("old", Claim::default(), later), Ok(()));
         assert_eq!(holds.remaining("new", later), Some(GRACE - short));
 
         // More saved than the bound holds: those ending last are kept.
-        let mut small = Holds::new(2);
+        let mut small = Holds::new(2, 10);
         let many = (1..=5)
             .map(|i| saved(&format!("n{i}"), Duration::from_secs(i)))
             .collect();
@@ -346,17 +466,73 @@ mod tests {
     }
 
     #[test]
-    fn the_number_of_holds_is_bounded() {
-        let mut holds = Holds::new(3);
+    fn a_full_table_refuses_new_holds_and_never_ends_one_early() {
+        let mut holds = Holds::new(3, 10);
         let t = Instant::now();
+        let (victim, secret) = (Owner::Key("victim".into()), Owner::Key("k".into()));
+        holds.put("held".into(), victim, t + GRACE, t);
         for i in 0..100u64 {
             let now = t + Duration::from_millis(i);
-            holds.hold(format!("n{i}"), Owner::Key("k".into()), now + GRACE, now);
-            assert!(holds.len() <= 3 && holds.order.len() <= 3);
+            let holder = Holder::Key("k".into());
+            let _ = holds.hold(format!("n{i}"), secret.clone(), holder, now + GRACE, now);
+            assert!(holds.len() <= 3 && holds.order.len() <= 6);
         }
-        // The newest stay; the oldest went first.
         let now = t + Duration::from_millis(100);
-        assert!(holds.remaining("n99", now).is_some());
-        assert!(holds.remaining("n0", now).is_none());
+        assert!(
+            holds.remaining("held", now).is_some(),
+            "the first hold stays"
+        );
+        assert_eq!(
+            holds.hold(
+                "late".into(),
+                Owner::Key("x".into()),
+                Holder::Key("x".into()),
+                now + GRACE,
+                now
+            ),
+            Err(NotHeld::Full)
+        );
+    }
+
+    #[test]
+    fn a_holder_over_its_share_holds_no_more_and_costs_nobody_else() {
+        let mut holds = Holds::new(1000, 2);
+        let t = Instant::now();
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let anon = |n: u8| Owner::Secret([n; 32]);
+        let attacker = Holder::of(&anon(1), ip("2001:db8:0:1::1"));
+        let victim = Holder::of(&anon(9), ip("198.51.100.7"));
+        holds
+            .hold("mine".into(), anon(9), victim, t + GRACE, t)
+            .unwrap();
+        // Another address of the same /64 is the same holder.
+        let same = Holder::of(&anon(2), ip("2001:db8:0:1::ffff"));
+        assert_eq!(same, attacker);
+        holds
+            .hold("a1".into(), anon(1), attacker.clone(), t + GRACE, t)
+            .unwrap();
+        holds
+            .hold("a2".into(), anon(2), same, t + GRACE, t)
+            .unwrap();
+        for i in 3..=255u8 {
+            let refused = holds.hold(format!("a{i}"), anon(i), attacker.clone(), t + GRACE, t);
+            assert_eq!(refused, Err(NotHeld::Quota));
+        }
+        assert_eq!(holds.len(), 3);
+        assert_eq!(
+            holds.claim("mine", Claim::default(), t),
+            Err(HeldBy::Other(GRACE))
+        );
+        // Taken back, a hold frees its share.
+        let secret = Secret::new("s");
+        let back = Claim {
+            key: None,
+            secret: Some(&secret),
+        };
+        holds.map.get_mut("a1").unwrap().owner = Owner::secret(&secret);
+        holds.claim("a1", back, t).unwrap();
+        holds
+            .hold("a3".into(), anon(3), attacker, t + GRACE, t)
+            .unwrap();
     }
 }

@@ -6,7 +6,9 @@ use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
-use super::held::{self, Claim};
+use tracing::debug;
+
+use super::held::{self, Claim, Holder};
 use super::{Lookup, Registration, Registry, Taken, Tunnel};
 use crate::store::{Owner, SavedHold};
 
@@ -26,18 +28,19 @@ struct Inner {
 impl Default for Local {
     /// No reconnect grace.
     fn default() -> Self {
-        Local::new(Duration::ZERO, 1)
+        Local::new(Duration::ZERO, 1, 1)
     }
 }
 
 impl Local {
     /// An empty registry that holds a disconnected tunnel's name for
-    /// `grace`, remembering at most `max_held` such names.
-    pub fn new(grace: Duration, max_held: usize) -> Self {
+    /// `grace`, remembering at most `max_held` such names, `per_holder` for
+    /// any one key or client address.
+    pub fn new(grace: Duration, max_held: usize, per_holder: usize) -> Self {
         Local {
             inner: RwLock::new(Inner {
                 tunnels: HashMap::new(),
-                holds: held::Holds::new(max_held),
+                holds: held::Holds::new(max_held, per_holder),
             }),
             grace,
         }
@@ -152,7 +155,12 @@ impl Registry for Local {
         if hold && !self.grace.is_zero() {
             let now = Instant::now();
             let owner = tunnel.owner.clone();
-            inner.holds.hold(name.clone(), owner, now + self.grace, now);
+            let holder = Holder::of(&owner, tunnel.client_addr.ip());
+            let until = now + self.grace;
+            if let Err(why) = inner.holds.hold(name.clone(), owner, holder, until, now) {
+                // Debug only: a client over its share could fill the log.
+                debug!(name = %name, ?why, "name not held for reconnection");
+            }
         }
     }
 }
@@ -190,7 +198,7 @@ mod tests {
     #[test]
     fn a_stopping_server_saves_its_holds_and_its_tunnels_still_live() {
         let grace = Duration::from_secs(30);
-        let registry = Arc::new(Local::new(grace, 10));
+        let registry = Arc::new(Local::new(grace, 10, 10));
         let left = Arc::clone(&registry)
             .register(tunnel("left", Owner::Key("a".into())), Claim::default())
             .unwrap();
@@ -206,7 +214,7 @@ mod tests {
         assert_eq!(saved[1].owner, Owner::Secret([1; 32]));
         assert_eq!(saved[1].left, grace);
         // Taken back by a fresh registry: both held for their owners.
-        let fresh = Local::new(grace, 10);
+        let fresh = Local::new(grace, 10, 10);
         fresh.restore_holds(saved);
         assert_eq!(fresh.held(), 2);
         assert!(matches!(fresh.lookup("live"), Lookup::Reconnecting(_)));

@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 pub use crate::store::Owner;
-pub use held::{Claim, HeldBy};
+pub use held::{Claim, HeldBy, Holder, NotHeld};
 pub use local::Local;
 
 use cryptun_proto::ResponseHead;
