@@ -72,6 +72,7 @@ fn server_config(args: &ServerArgs) -> Result<cryptun_server::Config> {
             ..defaults.limits
         },
         max_connections: args.max_connections,
+        max_connections_per_ip: args.max_connections_per_ip,
         shutdown_grace: args.shutdown_grace,
         tls_handshake_timeout: args.tls_handshake_timeout,
         redirect_http: args.redirect_http,

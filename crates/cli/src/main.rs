@@ -125,9 +125,13 @@ struct ServerArgs {
     /// Most requests in flight per client connection; beyond it visitors get 429.
     #[arg(long, default_value_t = 1024)]
     max_streams: usize,
-    /// Most simultaneous TCP connections.
+    /// Most simultaneous TCP connections; a tenth are kept for clients reconnecting.
     #[arg(long, default_value_t = 10_000)]
     max_connections: usize,
+    /// Most simultaneous TCP connections from one address (IPv6: its /64); --trusted-proxy
+    /// addresses are exempt.
+    #[arg(long, default_value_t = 1_000)]
+    max_connections_per_ip: usize,
     /// How long in-flight requests may finish after Ctrl-C or SIGTERM.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     shutdown_grace: Duration,

@@ -40,6 +40,9 @@ pub struct Config {
     pub limits: Limits,
     /// Most simultaneous TCP connections (visitors and clients together).
     pub max_connections: usize,
+    /// Most TCP connections from one address (IPv6: its /64) at once;
+    /// trusted proxies are exempt.
+    pub max_connections_per_ip: usize,
     /// How long in-flight requests may run on after shutdown is asked for.
     pub shutdown_grace: Duration,
     /// How long a new HTTPS connection may take to finish its TLS handshake
@@ -144,6 +147,10 @@ impl Default for Config {
             },
             limits: Limits::default(),
             max_connections: 10_000,
+            // A browser opens six or so per host; a thousand leaves room for
+            // an office behind one address, and ten addresses are needed to
+            // take every slot (a tenth is kept for clients regardless).
+            max_connections_per_ip: 1_000,
             shutdown_grace: Duration::from_secs(10),
             tls_handshake_timeout: Duration::from_secs(10),
             redirect_http: false,
@@ -279,6 +286,11 @@ impl Config {
         if self.max_uri_length < 64 {
             return Err(ConfigError(
                 "the maximum URI length must be at least 64 bytes".into(),
+            ));
+        }
+        if self.max_connections == 0 || self.max_connections_per_ip == 0 {
+            return Err(ConfigError(
+                "the connection limits must allow at least one connection".into(),
             ));
         }
         if self.rate_limits.max_tracked_ips == 0 {

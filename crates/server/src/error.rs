@@ -129,6 +129,10 @@ pub enum GatewayError {
     /// The server is shutting down and takes no new clients.
     #[error("the server is shutting down")]
     ShuttingDown,
+    /// Every connection slot but those kept for clients is taken, and this
+    /// connection holds one of those: it may only ask for `/ws`.
+    #[error("the server holds as many connections as it takes; try again shortly")]
+    ConnectionsFull,
 }
 
 /// Whose request rate was exceeded.
@@ -187,7 +191,9 @@ impl GatewayError {
             GatewayError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
             GatewayError::Misdirected { .. } => StatusCode::MISDIRECTED_REQUEST,
             GatewayError::Reconnecting(_) => StatusCode::SERVICE_UNAVAILABLE,
-            GatewayError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+            GatewayError::ShuttingDown | GatewayError::ConnectionsFull => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
         }
     }
 
@@ -217,7 +223,9 @@ impl GatewayError {
             | GatewayError::BadResponse(_)
             | GatewayError::Timeout(_)
             | GatewayError::Reconnecting(_) => Side::Client,
-            GatewayError::TooManyStreams | GatewayError::ShuttingDown => Side::Server,
+            GatewayError::TooManyStreams
+            | GatewayError::ShuttingDown
+            | GatewayError::ConnectionsFull => Side::Server,
         }
     }
 
@@ -249,6 +257,7 @@ impl GatewayError {
             GatewayError::AdminForbidden => "admin_forbidden",
             GatewayError::AdminHost => "admin_host",
             GatewayError::ShuttingDown => "shutting_down",
+            GatewayError::ConnectionsFull => "max_connections",
         }
     }
 
@@ -262,6 +271,7 @@ impl GatewayError {
                 | GatewayError::BodyTooLarge(_)
                 | GatewayError::BodyTimeout(_)
                 | GatewayError::VisitorBody(_)
+                | GatewayError::ConnectionsFull
         )
     }
 
@@ -287,7 +297,9 @@ impl GatewayError {
             GatewayError::RateLimited { retry_after, .. } => {
                 headers.insert(header::RETRY_AFTER, retry_secs(*retry_after).into());
             }
-            GatewayError::TooManyStreams | GatewayError::ShuttingDown => {
+            GatewayError::TooManyStreams
+            | GatewayError::ShuttingDown
+            | GatewayError::ConnectionsFull => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
             }
             GatewayError::Unauthorized(realm) => {

@@ -84,11 +84,14 @@ pub enum Refused {
     Redirect,
     /// A Host other than the TLS connection's SNI (421).
     Misdirected,
+    /// Anything but `GET /ws` on a connection holding one of the slots
+    /// kept for clients (503).
+    ConnectionsFull,
 }
 
 impl Refused {
     /// Every reason, in the order of [`Metrics::refused_requests`].
-    pub const ALL: [Refused; 7] = [
+    pub const ALL: [Refused; 8] = [
         Refused::Malformed,
         Refused::HeadersTooLarge,
         Refused::BadFraming,
@@ -96,6 +99,7 @@ impl Refused {
         Refused::BadHost,
         Refused::Redirect,
         Refused::Misdirected,
+        Refused::ConnectionsFull,
     ];
 
     /// The label value; the gateway's error code where there is one.
@@ -108,6 +112,7 @@ impl Refused {
             Refused::BadHost => "bad_host",
             Refused::Redirect => "redirect",
             Refused::Misdirected => "misdirected",
+            Refused::ConnectionsFull => "max_connections",
         }
     }
 }

@@ -49,7 +49,7 @@ fn each_refusal_reason_has_its_own_counter() {
         }
     }
     let counts: Vec<u64> = m.refused_requests.iter().map(Counter::get).collect();
-    assert_eq!(counts, [1, 2, 3, 4, 5, 6, 7]);
+    assert_eq!(counts, [1, 2, 3, 4, 5, 6, 7, 8]);
 }
 
 #[test]

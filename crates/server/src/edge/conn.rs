@@ -19,7 +19,6 @@ use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
-use tokio::sync::OwnedSemaphorePermit;
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 use tokio_util::sync::CancellationToken;
@@ -28,6 +27,7 @@ use tracing::debug;
 use super::Peer;
 use super::framing::{Guarded, Verdicts};
 use super::park::{Activity, Parkable, Tracked, VisitorBody};
+use super::slots::{KEPT_FOR, Slot};
 use crate::body::Body;
 use crate::metrics::{Metrics, Refused};
 
@@ -54,6 +54,9 @@ pub(crate) struct Conn {
     pub(crate) transport: Transport,
     /// The framing verdicts on its request heads, one per request.
     pub(crate) framing: Arc<Verdicts>,
+    /// It holds one of the slots kept for clients: it may only ask for
+    /// `GET /ws` (see `slots`).
+    pub(crate) clients_only: bool,
 }
 
 /// How a connection reached the server.
@@ -95,10 +98,39 @@ pub(super) async fn connection<H: Handler>(
     serving: Arc<Serving<H>>,
     stop: CancellationToken,
     (stream, peer, tls): (TcpStream, SocketAddr, Option<TlsAcceptor>),
-    _permit: OwnedSemaphorePermit,
+    slot: Slot,
+) {
+    let clients_only = slot.clients_only;
+    let at = Accepted {
+        peer,
+        clients_only,
+        _slot: slot,
+    };
+    let served = serve(&serving, stop, (stream, at, tls));
+    if clients_only {
+        // A slot kept for clients is for asking `/ws` at once: an upgrade
+        // ends the connection well within this.
+        // Boxed: every other connection's task needs no room for the timer.
+        if Box::pin(tokio::time::timeout(KEPT_FOR, served))
+            .await
+            .is_err()
+        {
+            debug!("a connection on a slot kept for clients took too long");
+        }
+    } else {
+        served.await;
+    }
+}
+
+/// Serves `stream` after its TLS handshake if `tls` (an HTTPS listener's
+/// connection).
+async fn serve<H: Handler>(
+    serving: &Serving<H>,
+    stop: CancellationToken,
+    (stream, at, tls): (TcpStream, Accepted, Option<TlsAcceptor>),
 ) {
     let Some(acceptor) = tls else {
-        return serve_http(&serving, stop, stream, peer, Transport::Plain).await;
+        return serve_http(serving, stop, stream, at, Transport::Plain).await;
     };
     let limit = serving.tls_handshake_timeout;
     // Boxed: a parked plain connection's task need not have room for it.
@@ -118,13 +150,21 @@ pub(super) async fn connection<H: Handler>(
     // Boxed, like the handshake: the TLS session is several KiB that a
     // plain connection's task need not have room for.
     Box::pin(serve_http(
-        &serving,
+        serving,
         stop,
         stream,
-        peer,
+        at,
         Transport::Tls { sni },
     ))
     .await;
+}
+
+/// An accepted connection: who it came from, and the slot it holds until
+/// it closes.
+struct Accepted {
+    peer: Peer,
+    clients_only: bool,
+    _slot: Slot,
 }
 
 /// A visitor's socket, and the TCP socket under it whose readability
@@ -195,15 +235,16 @@ async fn serve_http<H: Handler, I: Socket>(
     serving: &Serving<H>,
     stop: CancellationToken,
     io: I,
-    peer: Peer,
+    accepted: Accepted,
     transport: Transport,
 ) {
     let framing = Arc::new(Verdicts::default());
     let io = Guarded::new(io, Arc::clone(&framing), serving.max_head_bytes);
     let conn = Arc::new(Conn {
-        peer,
+        peer: accepted.peer,
         transport,
         framing,
+        clients_only: accepted.clients_only,
     });
     let activity = Arc::new(Activity::default());
     let mut io = Parkable::new(io, Arc::clone(&activity));

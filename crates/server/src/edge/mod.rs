@@ -10,11 +10,14 @@
 //! - [`framing`]: the verdict on each request head's framing, scanned below
 //!   hyper on the (decrypted) bytes.
 //! - `park`: idle keep-alive connections held without hyper's buffers.
+//! - `slots`: who may hold a connection (per address, slots kept for
+//!   clients), and what a refused connection is told.
 //! - [`tls`]: the certificates and the TLS acceptor.
 
 mod conn;
 pub mod framing;
 mod park;
+mod slots;
 pub mod tls;
 
 use std::future::Future;
@@ -26,7 +29,6 @@ use std::time::Duration;
 use hyper::server::conn::http1;
 use hyper_util::rt::TokioTimer;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -34,6 +36,7 @@ use tracing::{Instrument, info, info_span, warn};
 
 pub(crate) use conn::{Conn, Handler, Transport};
 pub(crate) use park::VisitorBody;
+use slots::{Refusals, Slots};
 
 use crate::config::Config;
 use crate::metrics::Metrics;
@@ -153,7 +156,8 @@ pub(crate) struct Drain {
 
 /// The accept loop and what each connection is served with.
 pub(crate) struct Edge {
-    max_connections: usize,
+    slots: Arc<Slots>,
+    refusals: Refusals,
     tls_handshake_timeout: Duration,
     /// Also how long a connection may stay idle between requests.
     header_read_timeout: Duration,
@@ -164,7 +168,12 @@ impl Edge {
     /// The edge of a server configured by `config`.
     pub(crate) fn new(config: &Config, metrics: Metrics) -> Self {
         Edge {
-            max_connections: config.max_connections,
+            slots: Slots::new(
+                config.max_connections,
+                config.max_connections_per_ip,
+                config.trusted_proxies.clone(),
+            ),
+            refusals: Refusals::new(metrics.clone()),
             tls_handshake_timeout: config.tls_handshake_timeout,
             header_read_timeout: config.header_read_timeout,
             metrics,
@@ -173,8 +182,7 @@ impl Edge {
 
     /// Accepts connections on `bound` until `stop` resolves, each served in
     /// its own task tracked by `drain`, its requests handed to `handler`;
-    /// at most `max_connections` at once. The listeners close when it
-    /// returns.
+    /// each needs a slot (`slots`). The listeners close when it returns.
     pub(crate) async fn accept_until<H: Handler>(
         &self,
         bound: Bound,
@@ -182,7 +190,6 @@ impl Edge {
         drain: &Drain,
         stop: impl Future<Output = ()>,
     ) {
-        let slots = Arc::new(Semaphore::new(self.max_connections));
         let mut http = http1::Builder::new();
         http.timer(TokioTimer::new())
             .header_read_timeout(self.header_read_timeout)
@@ -220,10 +227,12 @@ impl Edge {
                     continue;
                 }
             };
-            let Ok(permit) = Arc::clone(&slots).try_acquire_owned() else {
-                self.metrics.refused("max_connections");
-                warn!(%peer, "connection limit reached; dropping connection");
-                continue;
+            let slot = match self.slots.admit(peer) {
+                Ok(slot) => slot,
+                Err(refusal) => {
+                    self.refusals.refuse(stream, peer, refusal, tls.is_none());
+                    continue;
+                }
             };
             let _ = stream.set_nodelay(true);
             let task = conn::connection(
@@ -232,7 +241,7 @@ impl Edge {
                 // it, and one shared by all would be a lock they all take.
                 drain.stop.child_token(),
                 (stream, peer, tls),
-                permit,
+                slot,
             );
             drain
                 .tasks

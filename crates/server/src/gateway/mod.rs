@@ -162,6 +162,10 @@ impl Gateway {
         mut req: Request<VisitorBody>,
     ) -> Result<Response<Body>, GatewayError> {
         let (name, route) = self.check(conn, verdict, &req)?;
+        if conn.clients_only && !(route == Route::Server && is_ws(&req)) {
+            self.metrics.refused_request(Refused::ConnectionsFull);
+            return Err(GatewayError::ConnectionsFull);
+        }
         // A target in absolute form named the host: the app gets it as its
         // Host too, not the header the visitor sent beside it.
         if let Some(authority) = req.uri().authority() {
@@ -224,7 +228,7 @@ impl Gateway {
     ) -> Result<Response<Body>, GatewayError> {
         let route = route_label(req.uri().path());
         let answer = hardening::check_own_path(req.uri().path()).and_then(|()| {
-            if req.method() == Method::GET && req.uri().path() == "/ws" {
+            if is_ws(&req) {
                 Control::upgrade(&self.control, visitor.addr, req)
             } else {
                 let caller = Caller {
@@ -329,4 +333,9 @@ impl Gateway {
         };
         proxy.forward(tunnel, peer, scheme, req).await
     }
+}
+
+/// Whether `req` asks for the control endpoint (`GET /ws`).
+fn is_ws<B>(req: &Request<B>) -> bool {
+    req.method() == Method::GET && req.uri().path() == "/ws"
 }
