@@ -50,6 +50,7 @@ mod passthrough;
 mod proxy;
 mod response;
 
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use http::{HeaderValue, Method, Request, Response, StatusCode, header};
@@ -100,8 +101,30 @@ pub(crate) struct Parts {
 }
 
 impl Handler for Gateway {
+    /// Answers one request on `conn`. (The path of a request is kept to
+    /// few nested futures: each level's future is moved into its caller's.)
     async fn handle(self: Arc<Self>, conn: Arc<Conn>, req: Request<VisitorBody>) -> Response<Body> {
-        self.answer(&conn, req).await
+        let peer = conn.peer;
+        // Exactly one verdict per request, whatever happens next.
+        let verdict = conn.framing.next();
+        // Kept for the debug line on a failure, only when it would be written.
+        let named = tracing::enabled!(tracing::Level::DEBUG)
+            .then(|| (req.method().clone(), req.uri().path().to_owned()));
+        let mut resp = match self.dispatch(&conn, verdict, req).await {
+            Ok(resp) => resp,
+            Err(err) => {
+                let (method, path) = named.unwrap_or_default();
+                debug!(%peer, %method, %path, status = err.status().as_u16(), side = ?err.side(), %err, "request failed");
+                err.into_response()
+            }
+        };
+        if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+            conn.framing.switched();
+        } else if verdict == Verdict::OkThenClose {
+            resp.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        resp
     }
 }
 
@@ -127,31 +150,6 @@ impl Gateway {
             control,
             ops,
         }
-    }
-
-    /// Answers one request on `conn`.
-    async fn answer(self: &Arc<Self>, conn: &Conn, req: Request<VisitorBody>) -> Response<Body> {
-        let peer = conn.peer;
-        // Exactly one verdict per request, whatever happens next.
-        let verdict = conn.framing.next();
-        // Kept for the debug line on a failure, only when it would be written.
-        let named = tracing::enabled!(tracing::Level::DEBUG)
-            .then(|| (req.method().clone(), req.uri().path().to_owned()));
-        let mut resp = match self.dispatch(conn, verdict, req).await {
-            Ok(resp) => resp,
-            Err(err) => {
-                let (method, path) = named.unwrap_or_default();
-                debug!(%peer, %method, %path, status = err.status().as_u16(), side = ?err.side(), %err, "request failed");
-                err.into_response()
-            }
-        };
-        if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
-            conn.framing.switched();
-        } else if verdict == Verdict::OkThenClose {
-            resp.headers_mut()
-                .insert(header::CONNECTION, HeaderValue::from_static("close"));
-        }
-        resp
     }
 
     /// Checks a request and sends it where it belongs.
@@ -262,8 +260,22 @@ impl Gateway {
             Lookup::Live(tunnel) => Some(Arc::clone(&tunnel.stats)),
             _ => None,
         };
-        let (exchange, req) = Exchange::begin(&self.log, peer, Some(label.clone()), stats, req);
-        match self.to_label(conn, visitor, &label, lookup, req).await {
+        let (exchange, mut req) = Exchange::begin(&self.log, peer, Some(label.clone()), stats, req);
+        let admitted = self
+            .admit(visitor, &label, lookup)
+            .and_then(|tunnel| Self::tunnel_rules(&tunnel, peer.ip(), &mut req).map(|()| tunnel));
+        let result = match admitted {
+            Ok(tunnel) => {
+                let scheme = visitor.scheme.unwrap_or(conn.transport.scheme());
+                let proxy = proxy::Proxy {
+                    metrics: &self.metrics,
+                    body_read_timeout: self.config.body_read_timeout,
+                };
+                proxy.forward(&tunnel, peer, scheme, req).await
+            }
+            Err(err) => Err(err),
+        };
+        match result {
             Ok(resp) => exchange.respond(resp, None),
             Err(err) => {
                 let code = err.code();
@@ -273,16 +285,14 @@ impl Gateway {
         }
     }
 
-    /// A request for tunnel `label`, which `lookup` found, from `visitor`:
-    /// the visitor address's rate, then the tunnel, if it is there.
-    async fn to_label(
+    /// The live tunnel `label` names (`lookup` found), if `visitor` is
+    /// within its address's rate.
+    fn admit(
         &self,
-        conn: &Conn,
         visitor: Visitor,
         label: &str,
         lookup: Lookup,
-        req: Request<RequestBody>,
-    ) -> Result<Response<Body>, GatewayError> {
+    ) -> Result<Arc<Tunnel>, GatewayError> {
         if let Some(limiter) = &self.ip_limiter {
             limiter
                 .check(visitor.addr.ip())
@@ -292,7 +302,7 @@ impl Gateway {
                 })?;
         }
         match lookup {
-            Lookup::Live(tunnel) => self.to_tunnel(&tunnel, conn, visitor, req).await,
+            Lookup::Live(tunnel) => Ok(tunnel),
             Lookup::Reconnecting(left) => Err(GatewayError::Reconnecting(left)),
             Lookup::Free => Err(GatewayError::UnknownTunnel(format!(
                 "{label}.{}",
@@ -301,21 +311,18 @@ impl Gateway {
         }
     }
 
-    /// Applies the tunnel's own rules, then forwards.
-    async fn to_tunnel(
-        &self,
-        tunnel: &Arc<Tunnel>,
-        conn: &Conn,
-        visitor: Visitor,
-        mut req: Request<RequestBody>,
-    ) -> Result<Response<Body>, GatewayError> {
-        let peer = visitor.addr;
-        tunnel.access.check_ip(peer.ip())?;
+    /// The tunnel's own rules: its address lists, its credentials (taken
+    /// off the request: they were for the tunnel, not the app), its rate.
+    fn tunnel_rules(
+        tunnel: &Tunnel,
+        visitor: IpAddr,
+        req: &mut Request<RequestBody>,
+    ) -> Result<(), GatewayError> {
+        tunnel.access.check_ip(visitor)?;
         if tunnel.access.has_credentials() {
             tunnel
                 .access
                 .check_credentials(req.headers(), &tunnel.subdomain)?;
-            // The credentials were for the tunnel, not for the app.
             req.headers_mut().remove(header::AUTHORIZATION);
         }
         if let Some(limiter) = &tunnel.rate_limiter {
@@ -326,12 +333,7 @@ impl Gateway {
                     retry_after,
                 })?;
         }
-        let scheme = visitor.scheme.unwrap_or(conn.transport.scheme());
-        let proxy = proxy::Proxy {
-            metrics: &self.metrics,
-            body_read_timeout: self.config.body_read_timeout,
-        };
-        proxy.forward(tunnel, peer, scheme, req).await
+        Ok(())
     }
 }
 

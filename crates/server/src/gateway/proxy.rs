@@ -36,15 +36,25 @@ pub(crate) struct Proxy<'a> {
 }
 
 /// A visitor's request made ready for the client: its head, and its body
-/// still to send, if it streams.
+/// still to read (inline, for a JSON-only client) or to send.
 struct Outgoing {
     head: RequestHead,
-    upload: Option<BodyGuard<RequestBody>>,
+    upload: Upload,
     /// The visitor's connection once switched, if the request offers a
     /// protocol switch the tunnel can carry.
     on_upgrade: Option<OnUpgrade>,
     /// What stopped the visitor's body, if a limit did.
     tripwire: Arc<Tripwire>,
+}
+
+/// What becomes of a request's body.
+enum Upload {
+    /// None to send.
+    None,
+    /// Read whole into the head, for a JSON-only client.
+    Inline(BodyGuard<RequestBody>),
+    /// Streamed as frames beside the response.
+    Stream(BodyGuard<RequestBody>),
 }
 
 impl Proxy<'_> {
@@ -63,11 +73,19 @@ impl Proxy<'_> {
         let mux = &tunnel.mux;
         let deadline = Instant::now() + tunnel.request_timeout;
         let Outgoing {
-            head,
+            mut head,
             upload,
             on_upgrade,
             tripwire,
-        } = self.prepare(tunnel, visitor, scheme, req).await?;
+        } = self.prepare(tunnel, visitor, scheme, req)?;
+        let upload = match upload {
+            Upload::Inline(body) => {
+                head.body = InlineBody::inline(&read_inline(body, &tripwire).await?);
+                None
+            }
+            Upload::Stream(body) => Some(body),
+            Upload::None => None,
+        };
         let stream = mux.open(head.body.body_stream).map_err(|err| match err {
             OpenError::TooMany => {
                 self.metrics.refused("max_streams");
@@ -122,7 +140,7 @@ impl Proxy<'_> {
     /// limits: read whole into the head for a JSON-only client, else left
     /// to stream. A declared length over the limit is refused before a byte
     /// is read.
-    async fn prepare(
+    fn prepare(
         &self,
         tunnel: &Tunnel,
         visitor: Peer,
@@ -160,16 +178,19 @@ impl Proxy<'_> {
         let upload = if !mux.binary() {
             let inline = mux.limits().max_inline_body as u64;
             let limit = limit.map_or(inline, |l| l.min(inline));
-            let body = BodyGuard::new(body, Some(limit), idle, Arc::clone(&tripwire));
-            head.body = InlineBody::inline(&read_inline(body, &tripwire).await?);
-            None
+            Upload::Inline(BodyGuard::new(
+                body,
+                Some(limit),
+                idle,
+                Arc::clone(&tripwire),
+            ))
         } else if !body.is_end_stream() {
-            Some(BodyGuard::new(body, limit, idle, Arc::clone(&tripwire)))
+            Upload::Stream(BodyGuard::new(body, limit, idle, Arc::clone(&tripwire)))
         } else {
-            None
+            Upload::None
         };
         // After a switch, the request direction carries the visitor's bytes.
-        if upload.is_some() || upgrade.is_some() {
+        if matches!(upload, Upload::Stream(_)) || upgrade.is_some() {
             head.body = InlineBody::streamed();
         }
         Ok(Outgoing {
