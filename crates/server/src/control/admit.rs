@@ -255,3 +255,94 @@ impl Admit {
 fn access(create: &CreateTunnel) -> Result<Access, Refusal> {
     Access::from_request(create).map_err(|(code, why)| Refusal::new(code, why))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::AuthMode;
+    use crate::policy::Backoff;
+    use crate::registry::Local;
+    use crate::store::Store;
+    use cryptun_proto::Limits;
+    use cryptun_proto::mux::Side;
+
+    /// Admission with only what it uses: settings, a registry, a store and
+    /// a backoff, and its own metrics.
+    fn admit(auth: AuthMode) -> (Admit, Store) {
+        let config = Arc::new(Config {
+            auth,
+            reconnect_grace: Duration::from_secs(30),
+            ..Config::default()
+        });
+        let store = Store::in_memory().unwrap();
+        let backoff = Arc::new(Backoff::new(config.auth_backoff));
+        let admit = Admit {
+            registry: Arc::new(Local::new(config.reconnect_grace, 100, 100)),
+            auth: Auth::new(config.auth, store.clone(), backoff),
+            metrics: Metrics::register(&mut prometheus_client::registry::Registry::default()),
+            listen_port: 4000,
+            config,
+        };
+        (admit, store)
+    }
+
+    fn named(name: &str) -> CreateTunnel {
+        CreateTunnel {
+            subdomain: Some(name.to_owned()),
+            ..CreateTunnel::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn names_go_to_whom_they_belong() {
+        let (admit, store) = admit(AuthMode::Optional);
+        let key = store.create_key("owner").unwrap();
+        store.reserve(&key.info.id, "mine").unwrap();
+        let mux = Mux::new(Side::Opener, true, Limits::default());
+        let peer: Peer = "192.0.2.1:1".parse().unwrap();
+        let anonymous = Identity::Anonymous;
+        let owner = Identity::Key {
+            id: key.info.id.clone(),
+            name: "owner".into(),
+        };
+        // A reserved name: its key only.
+        let refused = admit
+            .create_tunnel(&mux, &named("mine"), &anonymous, peer, 0)
+            .await;
+        assert_eq!(
+            refused.err().map(|r| r.code),
+            Some(ErrorCode::SubdomainReserved)
+        );
+        let (mine, _) = admit
+            .create_tunnel(&mux, &named("mine"), &owner, peer, 0)
+            .await
+            .unwrap();
+        // A live name: nobody else.
+        let taken = admit
+            .create_tunnel(&mux, &named("mine"), &owner, peer, 1)
+            .await;
+        assert_eq!(taken.err().map(|r| r.code), Some(ErrorCode::SubdomainTaken));
+        // Held after a disconnect: back to its key, not to a stranger.
+        drop(mine);
+        let stranger = admit
+            .create_tunnel(&mux, &named("mine"), &anonymous, peer, 0)
+            .await;
+        assert!(stranger.is_err());
+        assert!(
+            admit
+                .create_tunnel(&mux, &named("mine"), &owner, peer, 0)
+                .await
+                .is_ok()
+        );
+        // A bad name, and too many tunnels on one connection.
+        let bad = admit
+            .create_tunnel(&mux, &named("-x"), &anonymous, peer, 0)
+            .await;
+        assert_eq!(bad.err().map(|r| r.code), Some(ErrorCode::InvalidSubdomain));
+        let max = admit.config.limits.max_tunnels_per_session;
+        let over = admit
+            .create_tunnel(&mux, &named("x"), &anonymous, peer, max)
+            .await;
+        assert_eq!(over.err().map(|r| r.code), Some(ErrorCode::TooManyTunnels));
+    }
+}

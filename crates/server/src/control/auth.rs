@@ -175,3 +175,69 @@ impl Auth {
 pub(crate) fn new_reconnect_secret() -> Secret {
     Secret::generate("", 32)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::BackoffConfig;
+
+    fn auth(mode: AuthMode) -> (Auth, Store) {
+        let store = Store::in_memory().unwrap();
+        let backoff = Arc::new(Backoff::new(BackoffConfig {
+            free_failures: 1,
+            ..BackoffConfig::default()
+        }));
+        (Auth::new(mode, store.clone(), backoff), store)
+    }
+
+    fn create(token: Option<&Secret>) -> CreateTunnel {
+        CreateTunnel {
+            token: token.cloned(),
+            ..CreateTunnel::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn keys_are_checked_against_the_store_and_failures_back_off() {
+        let (auth, store) = auth(AuthMode::Required);
+        let key = store.create_key("ci").unwrap();
+        let peer: SocketAddr = "192.0.2.1:1".parse().unwrap();
+        let known = auth.authenticate(peer, &create(Some(&key.token))).await;
+        assert_eq!(known.unwrap().key_id(), Some(key.info.id.as_str()));
+        // Without a key, then with a wrong one: refused, and the second
+        // failure (one is free) puts the address in backoff.
+        let none = auth.authenticate(peer, &create(None)).await.unwrap_err();
+        assert_eq!(none.code, ErrorCode::Unauthorized);
+        let wrong = Secret::new("ck_abcdefgh_wrong");
+        let bad = auth
+            .authenticate(peer, &create(Some(&wrong)))
+            .await
+            .unwrap_err();
+        assert_eq!(bad.code, ErrorCode::Unauthorized);
+        let blocked = auth.authenticate(peer, &create(Some(&key.token))).await;
+        assert_eq!(blocked.unwrap_err().code, ErrorCode::TooManyAttempts);
+        // Another address is not.
+        let other: SocketAddr = "192.0.2.2:1".parse().unwrap();
+        assert!(
+            auth.authenticate(other, &create(Some(&key.token)))
+                .await
+                .is_ok()
+        );
+    }
+
+    #[tokio::test]
+    async fn with_auth_off_no_key_is_looked_at() {
+        let (auth, store) = auth(AuthMode::Off);
+        let key = store.create_key("ci").unwrap();
+        let peer: SocketAddr = "192.0.2.1:1".parse().unwrap();
+        let with_key = auth.authenticate(peer, &create(Some(&key.token))).await;
+        assert_eq!(with_key.unwrap(), Identity::Anonymous);
+        assert!(
+            auth.keys().is_none(),
+            "reservations are not enforced either"
+        );
+        let (optional, _) = self::auth(AuthMode::Optional);
+        let anonymous = optional.authenticate(peer, &create(None)).await;
+        assert_eq!(anonymous.unwrap(), Identity::Anonymous);
+    }
+}
