@@ -73,6 +73,7 @@ fn server_config(args: &ServerArgs) -> Result<cryptun_server::Config> {
         },
         max_connections: args.max_connections,
         max_connections_per_ip: args.max_connections_per_ip,
+        max_requests_per_ip: args.max_requests_per_ip,
         shutdown_grace: args.shutdown_grace,
         tls_handshake_timeout: args.tls_handshake_timeout,
         redirect_http: args.redirect_http,
@@ -83,6 +84,10 @@ fn server_config(args: &ServerArgs) -> Result<cryptun_server::Config> {
         revocation_poll: args.revocation_poll,
         header_read_timeout: args.header_read_timeout,
         body_read_timeout: args.body_read_timeout,
+        min_body_rate: (args.min_body_rate > 0).then_some(cryptun_server::policy::MinRate {
+            bytes_per_sec: args.min_body_rate,
+            grace: args.min_body_grace,
+        }),
         max_uri_length: args.max_uri_length,
         max_body_size: args.max_body_size,
         rate_limits: cryptun_server::RateLimits {

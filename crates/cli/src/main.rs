@@ -132,6 +132,9 @@ struct ServerArgs {
     /// addresses are exempt.
     #[arg(long, default_value_t = 1_000)]
     max_connections_per_ip: usize,
+    /// Most tunnel requests in flight from one visitor address (IPv6: its /64); 429 beyond.
+    #[arg(long, default_value_t = 256)]
+    max_requests_per_ip: usize,
     /// How long in-flight requests may finish after Ctrl-C or SIGTERM.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     shutdown_grace: Duration,
@@ -178,6 +181,13 @@ struct ServerArgs {
     /// How long a request body may stall before the visitor gets 408.
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     body_read_timeout: Duration,
+    /// The slowest a request body may arrive, in bytes a second, once past --min-body-grace (408
+    /// beyond); 0 for no minimum.
+    #[arg(long, default_value_t = 500)]
+    min_body_rate: u64,
+    /// How long a request body may keep the server waiting before --min-body-rate applies.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    min_body_grace: Duration,
     /// Longest request target (path and query), in bytes; 414 beyond.
     #[arg(long, default_value_t = 8192)]
     max_uri_length: usize,

@@ -11,7 +11,7 @@ use std::net::SocketAddr;
 use cryptun_proto::net::Cidr;
 
 use crate::ops::admin::AdminToken;
-use crate::policy::{BackoffConfig, Rate};
+use crate::policy::{BackoffConfig, MinRate, Rate};
 
 /// Everything `run` needs to know besides its listener.
 #[derive(Debug, Clone)]
@@ -43,6 +43,9 @@ pub struct Config {
     /// Most TCP connections from one address (IPv6: its /64) at once;
     /// trusted proxies are exempt.
     pub max_connections_per_ip: usize,
+    /// Most tunnel requests in flight from one visitor address (IPv6: its
+    /// /64) at once; 429 beyond.
+    pub max_requests_per_ip: usize,
     /// How long in-flight requests may run on after shutdown is asked for.
     pub shutdown_grace: Duration,
     /// How long a new HTTPS connection may take to finish its TLS handshake
@@ -84,6 +87,9 @@ pub struct Config {
     /// before answering 408 (or closing the connection, if the response has
     /// begun).
     pub body_read_timeout: Duration,
+    /// The slowest a request body may arrive, once past its grace (408
+    /// beyond); `None` for no minimum.
+    pub min_body_rate: Option<MinRate>,
     /// Longest request target (path and query), in bytes; 414 beyond.
     pub max_uri_length: usize,
     /// Largest request body on any tunnel, in bytes; 413 beyond. A tunnel
@@ -151,6 +157,9 @@ impl Default for Config {
             // an office behind one address, and ten addresses are needed to
             // take every slot (a tenth is kept for clients regardless).
             max_connections_per_ip: 1_000,
+            // Far more than a browser has in flight to one site; a few
+            // addresses cannot hold a tunnel's 1,024 streams with it.
+            max_requests_per_ip: 256,
             shutdown_grace: Duration::from_secs(10),
             tls_handshake_timeout: Duration::from_secs(10),
             redirect_http: false,
@@ -175,6 +184,13 @@ impl Default for Config {
             auth_backoff: BackoffConfig::default(),
             header_read_timeout: Duration::from_secs(30),
             body_read_timeout: Duration::from_secs(30),
+            // Apache's `mod_reqtimeout` default: 500 bytes a second, after
+            // a grace for a slow start. A byte every ten seconds (which no
+            // idle timeout catches) is cut after the grace.
+            min_body_rate: Some(MinRate {
+                bytes_per_sec: 500,
+                grace: Duration::from_secs(10),
+            }),
             max_uri_length: 8 << 10,
             max_body_size: None,
             rate_limits: RateLimits::default(),
@@ -288,7 +304,10 @@ impl Config {
                 "the maximum URI length must be at least 64 bytes".into(),
             ));
         }
-        if self.max_connections == 0 || self.max_connections_per_ip == 0 {
+        if self.max_connections == 0
+            || self.max_connections_per_ip == 0
+            || self.max_requests_per_ip == 0
+        {
             return Err(ConfigError(
                 "the connection limits must allow at least one connection".into(),
             ));

@@ -48,6 +48,13 @@ pub enum GatewayError {
     /// The tunnel has as many requests in flight as it may.
     #[error("too many requests in flight on this tunnel")]
     TooManyStreams,
+    /// The visitor's address has this many requests in flight already.
+    #[error("your address has {0} requests in flight already; try again when one is answered")]
+    TooManyInFlight(usize),
+    /// The tunnel has as many requests still uploading as it may; requests
+    /// without a body (or a small one) are still served.
+    #[error("too many uploads in flight on this tunnel")]
+    TooManyUploads,
     /// The request head is longer than the server takes.
     #[error("the request head is larger than {0} bytes")]
     HeadTooLarge(usize),
@@ -109,6 +116,9 @@ pub enum GatewayError {
     /// The visitor stopped sending its body for this long.
     #[error("the request body stalled for {0:?}")]
     BodyTimeout(Duration),
+    /// The visitor's body arrived slower than this many bytes a second.
+    #[error("the request body arrived slower than {0} bytes a second")]
+    BodyTooSlow(u64),
     /// A path on the server's own routes with dot segments or encoded
     /// separators.
     #[error("the path has dot segments or encoded separators")]
@@ -178,11 +188,17 @@ impl GatewayError {
             GatewayError::Forbidden | GatewayError::AdminForbidden | GatewayError::AdminHost => {
                 StatusCode::FORBIDDEN
             }
-            GatewayError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            GatewayError::RateLimited { .. } | GatewayError::TooManyInFlight(_) => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
             GatewayError::UriTooLong(_) => StatusCode::URI_TOO_LONG,
-            GatewayError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
+            GatewayError::BodyTimeout(_) | GatewayError::BodyTooSlow(_) => {
+                StatusCode::REQUEST_TIMEOUT
+            }
             GatewayError::UnknownTunnel(_) | GatewayError::NotFound => StatusCode::NOT_FOUND,
-            GatewayError::TooManyStreams => StatusCode::TOO_MANY_REQUESTS,
+            GatewayError::TooManyStreams | GatewayError::TooManyUploads => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
             GatewayError::BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             GatewayError::HeadTooLarge(_) => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             GatewayError::ClientGone | GatewayError::ClientReset | GatewayError::BadResponse(_) => {
@@ -211,9 +227,11 @@ impl GatewayError {
             | GatewayError::Forbidden
             | GatewayError::Unauthorized(_)
             | GatewayError::RateLimited { .. }
+            | GatewayError::TooManyInFlight(_)
             | GatewayError::BadFraming(_)
             | GatewayError::UriTooLong(_)
             | GatewayError::BodyTimeout(_)
+            | GatewayError::BodyTooSlow(_)
             | GatewayError::BadPath
             | GatewayError::AdminUnauthorized
             | GatewayError::AdminForbidden
@@ -224,6 +242,7 @@ impl GatewayError {
             | GatewayError::Timeout(_)
             | GatewayError::Reconnecting(_) => Side::Client,
             GatewayError::TooManyStreams
+            | GatewayError::TooManyUploads
             | GatewayError::ShuttingDown
             | GatewayError::ConnectionsFull => Side::Server,
         }
@@ -236,6 +255,7 @@ impl GatewayError {
             GatewayError::UnknownTunnel(_) => "tunnel_not_found",
             GatewayError::NotFound => "not_found",
             GatewayError::TooManyStreams => "too_many_requests",
+            GatewayError::TooManyUploads => "too_many_uploads",
             GatewayError::BodyTooLarge(_) => "body_too_large",
             GatewayError::HeadTooLarge(_) => "headers_too_large",
             GatewayError::VisitorBody(_) => "bad_request_body",
@@ -249,9 +269,11 @@ impl GatewayError {
             GatewayError::Forbidden => "forbidden",
             GatewayError::Unauthorized(_) => "unauthorized",
             GatewayError::RateLimited { .. } => "rate_limited",
+            GatewayError::TooManyInFlight(_) => "max_requests_per_ip",
             GatewayError::BadFraming(_) => "bad_framing",
             GatewayError::UriTooLong(_) => "uri_too_long",
             GatewayError::BodyTimeout(_) => "body_timeout",
+            GatewayError::BodyTooSlow(_) => "body_too_slow",
             GatewayError::BadPath => "bad_path",
             GatewayError::AdminUnauthorized => "admin_unauthorized",
             GatewayError::AdminForbidden => "admin_forbidden",
@@ -270,6 +292,7 @@ impl GatewayError {
                 | GatewayError::HeadTooLarge(_)
                 | GatewayError::BodyTooLarge(_)
                 | GatewayError::BodyTimeout(_)
+                | GatewayError::BodyTooSlow(_)
                 | GatewayError::VisitorBody(_)
                 | GatewayError::ConnectionsFull
         )
@@ -298,6 +321,8 @@ impl GatewayError {
                 headers.insert(header::RETRY_AFTER, retry_secs(*retry_after).into());
             }
             GatewayError::TooManyStreams
+            | GatewayError::TooManyUploads
+            | GatewayError::TooManyInFlight(_)
             | GatewayError::ShuttingDown
             | GatewayError::ConnectionsFull => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));

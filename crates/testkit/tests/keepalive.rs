@@ -147,6 +147,10 @@ async fn stopping_the_server_closes_parked_connections_at_once() {
 /// a request for the token `smuggled` as the body's rest, and a real
 /// request after it. Returns the response's status and everything the
 /// server sent after it.
+/// A body longer than the gateway reads whole before forwarding (16 KiB),
+/// so that it streams and the app can answer before its end.
+const STREAMED: usize = 20_000;
+
 async fn body_arriving_late(path: &str, host: Option<&str>) -> (u16, String) {
     let server = TestServer::start().await;
     let origin = Origin::start().await;
@@ -156,10 +160,10 @@ async fn body_arriving_late(path: &str, host: Option<&str>) -> (u16, String) {
     let head = format!(
         "POST {path} HTTP/1.1\r\nHost: {}\r\nContent-Length: {}\r\n\r\n",
         host.map_or(client.host.clone(), |name| server.host_of(name)),
-        5 + smuggled.len()
+        STREAMED + smuggled.len()
     );
     visitor.write_all(head.as_bytes()).await.unwrap();
-    visitor.write_all(b"12345").await.unwrap();
+    visitor.write_all(&[b'.'; STREAMED]).await.unwrap();
     let (status, _) = response(&mut visitor).await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let rest = smuggled + &get(&client.host, "real");
@@ -204,10 +208,12 @@ async fn a_connection_whose_upload_ends_after_its_response_is_parked() {
     let scraper = Visitor::new(server.addr);
     let mut visitor = BufReader::new(TcpStream::connect(server.addr).await.unwrap());
     let head = format!(
-        "POST /token?t=first HTTP/1.1\r\nHost: {}\r\nContent-Length: 10\r\n\r\n12345",
-        client.host
+        "POST /token?t=first HTTP/1.1\r\nHost: {}\r\nContent-Length: {}\r\n\r\n",
+        client.host,
+        STREAMED + 5
     );
     visitor.write_all(head.as_bytes()).await.unwrap();
+    visitor.write_all(&[b'.'; STREAMED]).await.unwrap();
     assert_eq!(response(&mut visitor).await, (200, "first".into()));
     visitor.write_all(b"67890").await.unwrap();
     parked(&scraper, 1.0).await;

@@ -11,6 +11,7 @@ use std::convert::Infallible;
 use std::time::Duration;
 
 use bytes::Bytes;
+use cryptun_server::Config;
 use cryptun_testkit::{Origin, TestClient, TestServer, Visitor};
 use futures_util::future::join_all;
 use http_body_util::{BodyExt, Empty, StreamBody};
@@ -20,7 +21,14 @@ use hyper_util::rt::TokioExecutor;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_thousand_visitors_over_a_hundred_tunnels_each_get_their_answer() {
-    let server = TestServer::start().await;
+    // A thousand visitors, all from 127.0.0.1 here: the per-address limits
+    // are raised so that the address stands for a thousand of them.
+    let server = TestServer::start_with(Config {
+        max_connections_per_ip: 2_000,
+        max_requests_per_ip: 2_000,
+        ..TestServer::test_config()
+    })
+    .await;
     let origin = Origin::start().await;
     let target = origin.target();
     let clients = join_all((0..100).map(|_| TestClient::start(&server, &target))).await;

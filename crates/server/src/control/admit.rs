@@ -13,6 +13,7 @@ use std::time::{Duration, SystemTime};
 use cryptun_proto::message::{CreateTunnel, ErrorCode, ServerMessage, TunnelCreated, encode};
 use cryptun_proto::mux::Mux;
 use cryptun_proto::{PROTOCOL_VERSION, ResponseHead, Secret, Subdomain};
+use tokio::sync::Semaphore;
 use tracing::warn;
 
 use super::auth::{self, Auth, Identity, Refusal};
@@ -48,7 +49,7 @@ impl Admit {
     /// `tunnel_created` text.
     pub(crate) async fn create_tunnel(
         &self,
-        mux: &Mux<ResponseHead>,
+        (mux, uploads): (&Mux<ResponseHead>, &Arc<Semaphore>),
         create: &CreateTunnel,
         identity: &Identity,
         peer: Peer,
@@ -80,6 +81,7 @@ impl Admit {
                 key_name: key_name.cloned(),
                 request_timeout: self.request_timeout(create),
                 mux: mux.clone(),
+                uploads: Arc::clone(uploads),
                 owner: terms.owner.clone(),
                 access: access(create)?,
                 rate_limiter: self.config.rate_limits.per_tunnel.map(TunnelLimiter::new),
@@ -299,6 +301,8 @@ mod tests {
         let key = store.create_key("owner").unwrap();
         store.reserve(&key.info.id, "mine").unwrap();
         let mux = Mux::new(Side::Opener, true, Limits::default());
+        let uploads = Arc::new(Semaphore::new(1));
+        let mux = (&mux, &uploads);
         let peer: Peer = "192.0.2.1:1".parse().unwrap();
         let anonymous = Identity::Anonymous;
         let owner = Identity::Key {
@@ -307,41 +311,41 @@ mod tests {
         };
         // A reserved name: its key only.
         let refused = admit
-            .create_tunnel(&mux, &named("mine"), &anonymous, peer, 0)
+            .create_tunnel(mux, &named("mine"), &anonymous, peer, 0)
             .await;
         assert_eq!(
             refused.err().map(|r| r.code),
             Some(ErrorCode::SubdomainReserved)
         );
         let (mine, _) = admit
-            .create_tunnel(&mux, &named("mine"), &owner, peer, 0)
+            .create_tunnel(mux, &named("mine"), &owner, peer, 0)
             .await
             .unwrap();
         // A live name: nobody else.
         let taken = admit
-            .create_tunnel(&mux, &named("mine"), &owner, peer, 1)
+            .create_tunnel(mux, &named("mine"), &owner, peer, 1)
             .await;
         assert_eq!(taken.err().map(|r| r.code), Some(ErrorCode::SubdomainTaken));
         // Held after a disconnect: back to its key, not to a stranger.
         drop(mine);
         let stranger = admit
-            .create_tunnel(&mux, &named("mine"), &anonymous, peer, 0)
+            .create_tunnel(mux, &named("mine"), &anonymous, peer, 0)
             .await;
         assert!(stranger.is_err());
         assert!(
             admit
-                .create_tunnel(&mux, &named("mine"), &owner, peer, 0)
+                .create_tunnel(mux, &named("mine"), &owner, peer, 0)
                 .await
                 .is_ok()
         );
         // A bad name, and too many tunnels on one connection.
         let bad = admit
-            .create_tunnel(&mux, &named("-x"), &anonymous, peer, 0)
+            .create_tunnel(mux, &named("-x"), &anonymous, peer, 0)
             .await;
         assert_eq!(bad.err().map(|r| r.code), Some(ErrorCode::InvalidSubdomain));
         let max = admit.config.limits.max_tunnels_per_session;
         let over = admit
-            .create_tunnel(&mux, &named("x"), &anonymous, peer, max)
+            .create_tunnel(mux, &named("x"), &anonymous, peer, max)
             .await;
         assert_eq!(over.err().map(|r| r.code), Some(ErrorCode::TooManyTunnels));
     }

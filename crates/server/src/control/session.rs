@@ -19,6 +19,8 @@ use cryptun_proto::{
 };
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
+use std::sync::Arc;
+use tokio::sync::Semaphore;
 use tracing::{debug, info, warn};
 
 use super::Control;
@@ -71,6 +73,8 @@ pub(super) struct Opened {
     sink: SplitSink<Ws, Message>,
     stream: SplitStream<Ws>,
     mux: Mux<ResponseHead>,
+    /// The share of its streams that requests still uploading may hold.
+    uploads: Arc<Semaphore>,
     /// However the session's task ends (returns, panics, is aborted),
     /// pending visitors get their 502 at once.
     close_streams: CloseOnDrop<ResponseHead>,
@@ -96,9 +100,11 @@ pub(super) async fn open(
     let binary = accepted.contains(Capability::BinaryStreams);
     let mux: Mux<ResponseHead> = Mux::new(Side::Opener, binary, control.config.limits);
     let close_streams = mux.close_on_drop();
+    let share = crate::gateway::upload_share(control.config.limits.max_streams);
+    let uploads = Arc::new(Semaphore::new(share));
     match control
         .admit
-        .create_tunnel(&mux, &create, identity, peer, 0)
+        .create_tunnel((&mux, &uploads), &create, identity, peer, 0)
         .await
     {
         Ok((registration, created)) => {
@@ -113,6 +119,7 @@ pub(super) async fn open(
                 sink,
                 stream,
                 mux,
+                uploads,
                 close_streams,
                 tunnels,
                 connected: control.metrics.session_started(),
@@ -136,6 +143,7 @@ pub(super) async fn serve(control: &Control, opened: Opened, peer: Peer, identit
         sink,
         mut stream,
         mux,
+        uploads,
         close_streams: _close_streams,
         mut tunnels,
         connected: _connected,
@@ -167,7 +175,7 @@ pub(super) async fn serve(control: &Control, opened: Opened, peer: Peer, identit
     // must be queued before the close.
     let (kind, ended, closing) = tokio::select! {
         biased;
-        end = read_loop(control, &mux, &mut stream, &mut tunnels, identity, peer) => end,
+        end = read_loop(control, (&mux, &uploads), &mut stream, &mut tunnels, identity, peer) => end,
         end = &mut going_away => end,
         result = &mut writer => match result {
             Ok(_) => (Ended::Lost, "writer finished".to_owned(), false),
@@ -233,7 +241,7 @@ async fn announce_going_away(control: &Control, mux: &Mux<ResponseHead>) -> (End
 /// frame was queued.
 async fn read_loop(
     control: &Control,
-    mux: &Mux<ResponseHead>,
+    (mux, uploads): (&Mux<ResponseHead>, &Arc<Semaphore>),
     stream: &mut SplitStream<Ws>,
     tunnels: &mut Vec<Registration>,
     identity: &Identity,
@@ -242,7 +250,9 @@ async fn read_loop(
     while let Some(msg) = stream.next().await {
         mux.heard();
         let refusal = match msg {
-            Ok(Message::Text(text)) => on_text(control, mux, &text, tunnels, identity, peer).await,
+            Ok(Message::Text(text)) => {
+                on_text(control, (mux, uploads), &text, tunnels, identity, peer).await
+            }
             Ok(Message::Binary(data)) => on_binary(mux, data),
             Ok(Message::Close(_)) => {
                 return (
@@ -270,7 +280,7 @@ async fn read_loop(
 /// Handles one text message; returns a close frame if the session must end.
 async fn on_text(
     control: &Control,
-    mux: &Mux<ResponseHead>,
+    (mux, uploads): (&Mux<ResponseHead>, &Arc<Semaphore>),
     text: &str,
     tunnels: &mut Vec<Registration>,
     identity: &Identity,
@@ -296,11 +306,13 @@ async fn on_text(
             // The connection's identity was settled by its first
             // create_tunnel; a token here is not looked at. Boxed: rare, and
             // inline it would grow every idle session's task.
-            match Box::pin(
-                control
-                    .admit
-                    .create_tunnel(mux, &create, identity, peer, tunnels.len()),
-            )
+            match Box::pin(control.admit.create_tunnel(
+                (mux, uploads),
+                &create,
+                identity,
+                peer,
+                tunnels.len(),
+            ))
             .await
             {
                 Ok((registration, created)) => {

@@ -37,6 +37,7 @@ use crate::body::{Body, BoxError};
 use crate::edge::Peer;
 use crate::edge::VisitorBody;
 use crate::metrics::{Metrics, Outcome, class_of};
+use crate::policy::Place;
 use crate::registry::Stats;
 
 /// The `reason` of a request the tunnel's client answered.
@@ -78,9 +79,17 @@ pub(crate) struct Exchange {
     status: u16,
     reason: &'static str,
     complete: bool,
+    /// Its place among its address's requests in flight, given back at
+    /// the end.
+    place: Option<Place>,
 }
 
 impl Exchange {
+    /// Holds `place` until the exchange ends.
+    pub(crate) fn hold(&mut self, place: Place) {
+        self.place = Some(place);
+    }
+
     /// Starts accounting for `req` from `visitor` to the tunnel `tunnel`
     /// names (whose counters are `stats` if it is live), and returns the
     /// request with its body counted.
@@ -113,6 +122,7 @@ impl Exchange {
             status: 0,
             reason: "visitor_gone",
             complete: false,
+            place: None,
         };
         let total = metrics.bytes_in.clone();
         let req = req.map(|inner| RequestBody {

@@ -9,7 +9,8 @@
 //! 3. the Host (400), then for HTTPS: the plain listener may only redirect
 //!    (308), and the Host must match the connection's SNI (421, see
 //!    [`https`]);
-//! 4. for a tunnel host: the visitor address's request rate (429; the
+//! 4. for a tunnel host: the visitor address's requests in flight (429,
+//!    `max_requests_per_ip`), its request rate (429; the
 //!    address is the TCP peer's, or behind a trusted proxy the one it
 //!    forwarded, see [`forwarded`]), whether the tunnel exists (404; 503
 //!    while its client reconnects), its IP lists (403), its credentials
@@ -57,6 +58,7 @@ use http::{HeaderValue, Method, Request, Response, StatusCode, header};
 use tracing::debug;
 
 pub(crate) use access_log::AccessLog;
+pub(crate) use proxy::upload_share;
 
 use crate::body::Body;
 use crate::config::Config;
@@ -66,7 +68,7 @@ use crate::edge::{Conn, Handler, Transport, VisitorBody};
 use crate::error::{GatewayError, RateScope};
 use crate::metrics::{Metrics, Refused};
 use crate::ops::{Caller, Ops, route_label};
-use crate::policy::IpLimiter;
+use crate::policy::{InFlight, IpLimiter};
 use crate::registry::{Lookup, Registry, Tunnel};
 use access_log::{Exchange, RequestBody};
 use forwarded::Visitor;
@@ -79,6 +81,8 @@ pub(crate) struct Gateway {
     metrics: Metrics,
     /// The per-address request rate, if one is set.
     ip_limiter: Option<Arc<IpLimiter>>,
+    /// Requests in flight per address.
+    in_flight: Arc<InFlight>,
     /// With `redirect_http`: the HTTPS port plain requests are sent to.
     redirect_to: Option<u16>,
     log: Arc<AccessLog>,
@@ -141,6 +145,7 @@ impl Gateway {
             ops,
         } = parts;
         Gateway {
+            in_flight: InFlight::new(config.max_requests_per_ip),
             config,
             registry,
             metrics,
@@ -260,16 +265,24 @@ impl Gateway {
             Lookup::Live(tunnel) => Some(Arc::clone(&tunnel.stats)),
             _ => None,
         };
-        let (exchange, mut req) = Exchange::begin(&self.log, peer, Some(label.clone()), stats, req);
-        let admitted = self
-            .admit(visitor, &label, lookup)
-            .and_then(|tunnel| Self::tunnel_rules(&tunnel, peer.ip(), &mut req).map(|()| tunnel));
+        let (mut exchange, mut req) =
+            Exchange::begin(&self.log, peer, Some(label.clone()), stats, req);
+        let admitted = match self.in_flight.admit(peer.ip()) {
+            Some(place) => {
+                exchange.hold(place);
+                self.admit(visitor, &label, lookup).and_then(|tunnel| {
+                    Self::tunnel_rules(&tunnel, peer.ip(), &mut req).map(|()| tunnel)
+                })
+            }
+            None => Err(GatewayError::TooManyInFlight(self.in_flight.max())),
+        };
         let result = match admitted {
             Ok(tunnel) => {
                 let scheme = visitor.scheme.unwrap_or(conn.transport.scheme());
                 let proxy = proxy::Proxy {
                     metrics: &self.metrics,
                     body_read_timeout: self.config.body_read_timeout,
+                    min_body_rate: self.config.min_body_rate,
                 };
                 proxy.forward(&tunnel, peer, scheme, req).await
             }

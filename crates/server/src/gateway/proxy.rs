@@ -2,29 +2,33 @@
 //! message, the body as flow-controlled frames (or inline for JSON-only
 //! clients), and the client's response back to the visitor as it streams in.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use cryptun_proto::head::{headers_to_wire, keep_upgrade, strip_hop_by_hop, upgrade_protocol};
 use cryptun_proto::message::{ServerMessage, encode};
 use cryptun_proto::mux::{Mux, OpenError, RecvBody, SendHalf, Stream, pump};
 use cryptun_proto::{InlineBody, RequestHead, ResponseHead};
 use http::{HeaderMap, HeaderValue, Request, Response, header};
 use http_body::Body as _;
+use http_body::Frame;
 use http_body_util::BodyExt;
 use hyper::upgrade::OnUpgrade;
+use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::{Instant, timeout_at};
 use tracing::{Instrument, debug, debug_span};
 
 use super::access_log::RequestBody;
 use super::response::{build_response, refuse_response};
 use super::{hardening, passthrough};
+use crate::body::BoxError;
 use crate::body::{Body, full};
 use crate::edge::Peer;
 use crate::error::GatewayError;
 use crate::metrics::Metrics;
-use crate::policy::{BodyGuard, Tripwire};
+use crate::policy::{BodyGuard, MinRate, Tripwire};
 use crate::registry::Tunnel;
 
 /// What forwarding needs besides the tunnel: the server's settings and
@@ -33,6 +37,23 @@ pub(crate) struct Proxy<'a> {
     pub(crate) metrics: &'a Metrics,
     /// How long a visitor's body may leave the server waiting (408).
     pub(crate) body_read_timeout: Duration,
+    /// The slowest a visitor's body may arrive (408).
+    pub(crate) min_body_rate: Option<MinRate>,
+}
+
+/// The largest request body read whole before the request goes to the
+/// client (nginx buffers request bodies before passing them on, too): a
+/// visitor dripping a small body holds neither a stream of the tunnel nor
+/// a connection of the local service meanwhile, and the head and body go
+/// as one message. Larger ones stream, at most [`UPLOAD_SHARE`] of the
+/// session's streams at once.
+pub(crate) const SMALL_BODY: usize = 16 << 10;
+
+/// The share of a session's streams that requests still uploading may hold
+/// (three quarters): requests whose body is complete, or has none, always
+/// find a stream, however many slow uploads are in flight.
+pub(crate) fn upload_share(max_streams: usize) -> usize {
+    (max_streams * 3 / 4).max(1)
 }
 
 /// A visitor's request made ready for the client: its head, and its body
@@ -53,8 +74,35 @@ enum Upload {
     None,
     /// Read whole into the head, for a JSON-only client.
     Inline(BodyGuard<RequestBody>),
-    /// Streamed as frames beside the response.
+    /// Read whole if small ([`SMALL_BODY`]), else streamed as frames
+    /// beside the response.
     Stream(BodyGuard<RequestBody>),
+}
+
+/// A body too large to read whole, its first bytes read already: a body
+/// again, those bytes first.
+struct Begun {
+    read: VecDeque<Bytes>,
+    rest: BodyGuard<RequestBody>,
+}
+
+impl http_body::Body for Begun {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.read.pop_front() {
+            Some(bytes) => std::task::Poll::Ready(Some(Ok(Frame::data(bytes)))),
+            None => std::pin::Pin::new(&mut self.rest).poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.read.is_empty() && self.rest.is_end_stream()
+    }
 }
 
 impl Proxy<'_> {
@@ -79,12 +127,37 @@ impl Proxy<'_> {
             tripwire,
         } = self.prepare(tunnel, visitor, scheme, req)?;
         let upload = match upload {
+            // Boxed, both: a request without a body (most) need not carry
+            // room for reading one in its future, which is moved whole
+            // into its place as it starts.
             Upload::Inline(body) => {
-                head.body = InlineBody::inline(&read_inline(body, &tripwire).await?);
+                let whole = Box::pin(read_inline(body, &tripwire)).await?;
+                head.body = InlineBody::inline(&whole);
                 None
             }
-            Upload::Stream(body) => Some(body),
+            Upload::Stream(body) => {
+                let small = SMALL_BODY.min(mux.limits().max_inline_body);
+                match Box::pin(read_small(body, small, &tripwire)).await? {
+                    Ok(whole) => {
+                        head.body = InlineBody::inline(&whole);
+                        None
+                    }
+                    Err(begun) => Some(begun),
+                }
+            }
             Upload::None => None,
+        };
+        // Taken before the stream and held by the upload: its share of the
+        // streams (a request that uploads nothing needs none).
+        let upload = match upload {
+            Some(begun) => {
+                let Ok(slot) = Arc::clone(&tunnel.uploads).try_acquire_owned() else {
+                    self.metrics.refused("max_uploads");
+                    return Err(GatewayError::TooManyUploads);
+                };
+                Some((begun, slot))
+            }
+            None => None,
         };
         let stream = mux.open(head.body.body_stream).map_err(|err| match err {
             OpenError::TooMany => {
@@ -114,8 +187,8 @@ impl Proxy<'_> {
             .map_err(timed_out)?
             .map_err(|_| GatewayError::ClientGone)?;
         let send = match upload {
-            Some(body) => {
-                spawn_upload(body, send);
+            Some((begun, slot)) => {
+                spawn_upload(begun, slot, send);
                 None
             }
             None => Some(send),
@@ -161,7 +234,7 @@ impl Proxy<'_> {
             return Err(GatewayError::BodyTooLarge(limit));
         }
         let tripwire = Arc::new(Tripwire::default());
-        let idle = self.body_read_timeout;
+        let idle = (self.body_read_timeout, self.min_body_rate);
         let mut headers = forwarded_headers(parts.headers, visitor, scheme);
         if let Some(protocol) = &upgrade {
             keep_upgrade(&mut headers, protocol.clone());
@@ -238,17 +311,63 @@ fn answer(
 
 /// Sends the visitor's body beside the response: the local service may
 /// answer (or stream its answer) before it has read the whole request. It
-/// ends with the body, or when the stream completes or is reset.
-fn spawn_upload(body: BodyGuard<RequestBody>, send: SendHalf<ResponseHead>) {
+/// ends with the body, or when the stream completes or is reset, and gives
+/// its `slot` of the upload share back then.
+fn spawn_upload(begun: Begun, slot: OwnedSemaphorePermit, send: SendHalf<ResponseHead>) {
     let id = send.id();
     tokio::spawn(
         async move {
-            if let Err(err) = pump(body, send).await {
+            if let Err(err) = pump(begun, send).await {
                 debug!(%err, "request body upload stopped");
             }
+            drop(slot);
         }
         .instrument(debug_span!("upload", stream = id)),
     );
+}
+
+/// Reads `body` whole if it is at most `small` bytes; otherwise what has
+/// been read so far and the rest, to stream. A body declared longer is not
+/// read at all.
+async fn read_small(
+    mut body: BodyGuard<RequestBody>,
+    small: usize,
+    tripwire: &Tripwire,
+) -> Result<Result<Bytes, Begun>, GatewayError> {
+    let mut read = VecDeque::new();
+    if body.size_hint().lower() > small as u64 {
+        return Ok(Err(Begun { read, rest: body }));
+    }
+    let mut total = 0;
+    while total <= small {
+        match body.frame().await {
+            None => return Ok(Ok(concat(read, total))),
+            Some(Ok(frame)) => {
+                if let Ok(data) = frame.into_data() {
+                    total += data.len();
+                    read.push_back(data);
+                }
+            }
+            Some(Err(err)) => {
+                return Err(tripwire
+                    .tripped()
+                    .map_or_else(|| GatewayError::VisitorBody(err.to_string()), Into::into));
+            }
+        }
+    }
+    Ok(Err(Begun { read, rest: body }))
+}
+
+/// `chunks` (`total` bytes) as one: the only one, without a copy.
+fn concat(mut chunks: VecDeque<Bytes>, total: usize) -> Bytes {
+    if chunks.len() <= 1 {
+        return chunks.pop_front().unwrap_or_default();
+    }
+    let mut whole = BytesMut::with_capacity(total);
+    for chunk in chunks {
+        whole.extend_from_slice(&chunk);
+    }
+    whole.freeze()
 }
 
 /// Reads a whole body for a JSON-only session, within its guard's limits

@@ -1,12 +1,15 @@
-//! Limits on a visitor's request body: its size, and how long the server
-//! waits for its next bytes.
+//! Limits on a visitor's request body: its size, how long the server waits
+//! for its next bytes, and how slowly it may arrive in all.
 //!
 //! A body of declared length over the limit is refused before a byte of it
 //! is read (413). Otherwise [`BodyGuard`] counts the bytes as they stream
-//! and fails the body at the first byte over the limit, or when the visitor
+//! and fails the body at the first byte over the limit, when the visitor
 //! leaves the server waiting for the next bytes longer than the idle
-//! timeout; it records which on a [`Tripwire`], so the request can be
-//! answered 413 or 408 (or, if the response has already begun, cut off).
+//! timeout, or when it arrives slower than the minimum rate ([`MinRate`]:
+//! a byte every ten seconds never trips an idle timeout, but holds a
+//! request, and a stream of its tunnel, for as long as the visitor likes);
+//! it records which on a [`Tripwire`], so the request can be answered 413
+//! or 408 (or, if the response has already begun, cut off).
 
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
@@ -15,7 +18,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
-use tokio::time::Sleep;
+use tokio::time::{Instant, Sleep};
 
 use crate::body::BoxError;
 use crate::error::GatewayError;
@@ -29,6 +32,9 @@ pub enum BodyLimit {
     /// No bytes for this long.
     #[error("no request body bytes arrived for {0:?}")]
     Idle(Duration),
+    /// Slower than this many bytes a second, once past the grace.
+    #[error("the request body arrived slower than {0} bytes a second")]
+    TooSlow(u64),
 }
 
 impl From<BodyLimit> for GatewayError {
@@ -36,6 +42,7 @@ impl From<BodyLimit> for GatewayError {
         match limit {
             BodyLimit::TooLarge(n) => GatewayError::BodyTooLarge(n),
             BodyLimit::Idle(d) => GatewayError::BodyTimeout(d),
+            BodyLimit::TooSlow(rate) => GatewayError::BodyTooSlow(rate),
         }
     }
 }
@@ -56,32 +63,94 @@ impl Tripwire {
     }
 }
 
-/// A request body with a size limit and an idle timeout.
+/// The slowest a body may arrive (Apache's `mod_reqtimeout` `MinRate`):
+/// the visitor may keep the server waiting `grace`, and one second more for
+/// every `bytes_per_sec` bytes it has sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MinRate {
+    /// Bytes a second, on average, past the grace.
+    pub bytes_per_sec: u64,
+    /// Waiting allowed before any byte counts.
+    pub grace: Duration,
+}
+
+impl MinRate {
+    /// How long in all a visitor that has sent `seen` bytes may have kept
+    /// the server waiting.
+    pub fn allowance(&self, seen: u64) -> Duration {
+        let earned = Duration::from_secs_f64(seen as f64 / self.bytes_per_sec.max(1) as f64);
+        self.grace.saturating_add(earned)
+    }
+}
+
+/// How long the guard may wait for the visitor from now, and what it trips
+/// with then: the idle timeout, or what is left of the rate's allowance
+/// after `waited` in all, whichever is sooner.
+fn wait_limit(
+    idle: Duration,
+    rate: Option<MinRate>,
+    seen: u64,
+    waited: Duration,
+) -> (Duration, BodyLimit) {
+    let by_idle = (idle, BodyLimit::Idle(idle));
+    match rate {
+        Some(rate) => {
+            let left = rate.allowance(seen).saturating_sub(waited);
+            if left < idle {
+                (left, BodyLimit::TooSlow(rate.bytes_per_sec))
+            } else {
+                by_idle
+            }
+        }
+        None => by_idle,
+    }
+}
+
+/// A request body with a size limit, an idle timeout and a minimum rate.
 ///
-/// The idle timer runs only while the guard is waiting on the visitor: it
-/// starts when the next frame is asked for and is not ready, and stops when
-/// a frame comes. Time the consumer spends elsewhere (waiting for the
-/// tunnel's credit) is not the visitor's fault and does not count.
+/// The timers run only while the guard is waiting on the visitor: from
+/// when the next frame is asked for and is not ready until a frame comes.
+/// Time the consumer spends elsewhere (waiting for the tunnel's credit) is
+/// not the visitor's fault and does not count, towards either.
 pub struct BodyGuard<B> {
     inner: B,
     limit: Option<u64>,
     seen: u64,
     idle: Duration,
-    timer: Option<Pin<Box<Sleep>>>,
+    rate: Option<MinRate>,
+    /// Time spent waiting on the visitor so far, and since when it has
+    /// been waiting now, if it is.
+    waited: Duration,
+    waiting_since: Option<Instant>,
+    timer: Option<(Pin<Box<Sleep>>, BodyLimit)>,
     tripwire: Arc<Tripwire>,
 }
 
 impl<B> BodyGuard<B> {
-    /// Guards `inner`: at most `limit` bytes, at most `idle` between them.
-    pub fn new(inner: B, limit: Option<u64>, idle: Duration, tripwire: Arc<Tripwire>) -> Self {
+    /// Guards `inner`: at most `limit` bytes, at most `idle` between them,
+    /// no slower than `rate`.
+    pub fn new(
+        inner: B,
+        limit: Option<u64>,
+        (idle, rate): (Duration, Option<MinRate>),
+        tripwire: Arc<Tripwire>,
+    ) -> Self {
         BodyGuard {
             inner,
             limit,
             seen: 0,
             idle,
+            rate,
+            waited: Duration::ZERO,
+            waiting_since: None,
             timer: None,
             tripwire,
         }
+    }
+
+    /// The bytes passed on so far.
+    pub fn seen(&self) -> u64 {
+        self.seen
     }
 
     /// The size limit, if any.
@@ -110,12 +179,18 @@ where
         let this = &mut *self;
         let polled = Pin::new(&mut this.inner).poll_frame(cx);
         if polled.is_pending() {
-            let idle = this.idle;
-            let timer = this
-                .timer
-                .get_or_insert_with(|| Box::pin(tokio::time::sleep(idle)));
+            let since = *this.waiting_since.get_or_insert_with(Instant::now);
+            let (idle, rate, seen, waited) = (this.idle, this.rate, this.seen, this.waited);
+            let (timer, why) = this.timer.get_or_insert_with(|| {
+                let (limit, why) = wait_limit(idle, rate, seen, waited);
+                (Box::pin(tokio::time::sleep_until(since + limit)), why)
+            });
             ready!(timer.as_mut().poll(cx));
-            return this.stop(BodyLimit::Idle(idle));
+            let why = *why;
+            return this.stop(why);
+        }
+        if let Some(since) = this.waiting_since.take() {
+            this.waited += since.elapsed();
         }
         this.timer = None;
         match ready!(polled) {
@@ -151,13 +226,23 @@ mod tests {
     async fn bodies_over_the_limit_trip() {
         let tripwire = Arc::new(Tripwire::default());
         let body = Full::new(Bytes::from(vec![0; 11]));
-        let guard = BodyGuard::new(body, Some(10), Duration::from_secs(5), tripwire.clone());
+        let guard = BodyGuard::new(
+            body,
+            Some(10),
+            (Duration::from_secs(5), None),
+            tripwire.clone(),
+        );
         assert!(guard.collect().await.is_err());
         assert_eq!(tripwire.tripped(), Some(BodyLimit::TooLarge(10)));
 
         let tripwire = Arc::new(Tripwire::default());
         let body = Full::new(Bytes::from(vec![0; 10]));
-        let guard = BodyGuard::new(body, Some(10), Duration::from_secs(5), tripwire.clone());
+        let guard = BodyGuard::new(
+            body,
+            Some(10),
+            (Duration::from_secs(5), None),
+            tripwire.clone(),
+        );
         assert_eq!(guard.collect().await.unwrap().to_bytes().len(), 10);
         assert_eq!(tripwire.tripped(), None);
     }
@@ -167,11 +252,73 @@ mod tests {
         let tripwire = Arc::new(Tripwire::default());
         let stalled = futures_util::stream::pending::<Result<Frame<Bytes>, std::io::Error>>();
         let body = StreamBody::new(stalled);
-        let guard = BodyGuard::new(body, None, Duration::from_secs(5), tripwire.clone());
+        let guard = BodyGuard::new(body, None, (Duration::from_secs(5), None), tripwire.clone());
         assert!(guard.collect().await.is_err());
         assert_eq!(
             tripwire.tripped(),
             Some(BodyLimit::Idle(Duration::from_secs(5)))
+        );
+    }
+
+    #[test]
+    fn the_rate_earns_waiting_time_byte_by_byte() {
+        let rate = MinRate {
+            bytes_per_sec: 500,
+            grace: Duration::from_secs(10),
+        };
+        let idle = Duration::from_secs(30);
+        assert_eq!(rate.allowance(0), Duration::from_secs(10));
+        assert_eq!(rate.allowance(1000), Duration::from_secs(12));
+        let secs = Duration::from_secs;
+        // Early on, the grace is what is left.
+        assert_eq!(
+            wait_limit(idle, Some(rate), 0, secs(4)),
+            (secs(6), BodyLimit::TooSlow(500))
+        );
+        // A fast body has earned more than the idle timeout: idle it is.
+        let fast = wait_limit(idle, Some(rate), 1_000_000, secs(4));
+        assert_eq!(fast, (idle, BodyLimit::Idle(idle)));
+        // Used up: nothing more to wait.
+        assert_eq!(
+            wait_limit(idle, Some(rate), 500, secs(20)).0,
+            Duration::ZERO
+        );
+        assert_eq!(
+            wait_limit(idle, None, 0, secs(99)),
+            (idle, BodyLimit::Idle(idle))
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_dripping_body_trips_the_minimum_rate_though_never_idle() {
+        let tripwire = Arc::new(Tripwire::default());
+        // A byte every 5 s: never idle for 30 s, far under 500 B/s.
+        let drip = futures_util::stream::unfold((), |()| async {
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            Some((
+                Ok::<_, std::io::Error>(Frame::data(Bytes::from_static(b"x"))),
+                (),
+            ))
+        });
+        let rate = MinRate {
+            bytes_per_sec: 500,
+            grace: Duration::from_secs(10),
+        };
+        let body = StreamBody::new(Box::pin(drip));
+        let start = Instant::now();
+        let guard = BodyGuard::new(
+            body,
+            None,
+            (Duration::from_secs(30), Some(rate)),
+            tripwire.clone(),
+        );
+        assert!(guard.collect().await.is_err());
+        assert_eq!(tripwire.tripped(), Some(BodyLimit::TooSlow(500)));
+        // About the grace, plus what two bytes earned.
+        let took = start.elapsed();
+        assert!(
+            took >= Duration::from_secs(10) && took < Duration::from_secs(11),
+            "{took:?}"
         );
     }
 }

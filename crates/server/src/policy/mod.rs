@@ -5,7 +5,8 @@
 //! - [`access`]: a tunnel's visitor rules (IP allow and deny lists, HTTP
 //!   Basic credentials), chosen by its client.
 //! - [`ratelimit`]: request rates per visitor address and per tunnel.
-//! - [`body`]: a request body's size limit and idle timeout.
+//! - [`body`]: a request body's size limit, idle timeout and minimum rate.
+//! - [`in_flight`]: requests in flight per visitor address.
 //! - [`backoff`]: failed client handshakes by address, and the refusals
 //!   that follow.
 //!
@@ -15,9 +16,11 @@
 pub mod access;
 pub mod backoff;
 pub mod body;
+pub mod in_flight;
 pub mod ratelimit;
 
 pub use access::Access;
 pub use backoff::{Backoff, BackoffConfig};
-pub use body::{BodyGuard, BodyLimit, Tripwire};
+pub use body::{BodyGuard, BodyLimit, MinRate, Tripwire};
+pub use in_flight::{InFlight, Place};
 pub use ratelimit::{IpLimiter, Rate, RateError, TunnelLimiter};

@@ -188,6 +188,7 @@ mod tests {
             key_name: None,
             request_timeout: Duration::from_secs(1),
             mux: Mux::new(Side::Opener, true, Limits::default()),
+            uploads: Arc::new(tokio::sync::Semaphore::new(1)),
             owner,
             access: Access::from_request(&CreateTunnel::default()).unwrap(),
             rate_limiter: None,

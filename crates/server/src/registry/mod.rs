@@ -53,6 +53,9 @@ pub struct Tunnel {
     pub request_timeout: std::time::Duration,
     /// The session's streams, shared with its other tunnels.
     pub mux: Mux<ResponseHead>,
+    /// The share of the session's streams that requests still uploading
+    /// may hold, shared by the session's tunnels.
+    pub uploads: Arc<tokio::sync::Semaphore>,
     /// Who may take the name back after a disconnect.
     pub owner: Owner,
     /// Who may reach it (IP lists, credentials).
