@@ -183,6 +183,16 @@ pub fn run(mut args: RunArgs) -> Result<()> {
 pub fn start_server(env: &Env, extra: &[&str], log: &str) -> Result<(Proc, SocketAddr)> {
     let addr = crate::http::free_port()?;
     let mut args = vec!["server".to_owned(), "--listen".to_owned(), addr.to_string()];
+    // Every load comes from 127.0.0.1 here, standing for many visitors and
+    // clients: the per-address shares are raised out of the way.
+    for share in [
+        "--max-connections-per-ip",
+        "--max-requests-per-ip",
+        "--max-sessions-per-ip",
+        "--max-tunnels-per-ip",
+    ] {
+        args.extend([share.to_owned(), "1000000".to_owned()]);
+    }
     args.extend(extra.iter().map(|s| (*s).to_owned()));
     let server = Proc::spawn("server", &env.cryptun, &args, &env.logs.join(log))?;
     crate::http::wait_healthy(addr, Duration::from_secs(15))?;

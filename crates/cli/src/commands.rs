@@ -74,6 +74,8 @@ fn server_config(args: &ServerArgs) -> Result<cryptun_server::Config> {
         max_connections: args.max_connections,
         max_connections_per_ip: args.max_connections_per_ip,
         max_requests_per_ip: args.max_requests_per_ip,
+        max_sessions_per_ip: args.max_sessions_per_ip,
+        max_tunnels_per_ip: args.max_tunnels_per_ip,
         shutdown_grace: args.shutdown_grace,
         tls_handshake_timeout: args.tls_handshake_timeout,
         redirect_http: args.redirect_http,

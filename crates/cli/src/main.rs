@@ -135,6 +135,13 @@ struct ServerArgs {
     /// Most tunnel requests in flight from one visitor address (IPv6: its /64); 429 beyond.
     #[arg(long, default_value_t = 256)]
     max_requests_per_ip: usize,
+    /// Most client connections at once for one API key, or one address (IPv6: its /64) without a
+    /// key.
+    #[arg(long, default_value_t = 64)]
+    max_sessions_per_ip: usize,
+    /// Most live tunnels at once for one API key, or one address (IPv6: its /64) without a key.
+    #[arg(long, default_value_t = 256)]
+    max_tunnels_per_ip: usize,
     /// How long in-flight requests may finish after Ctrl-C or SIGTERM.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     shutdown_grace: Duration,

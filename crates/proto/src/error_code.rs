@@ -51,11 +51,15 @@ pub enum ErrorCode {
     /// was connected: the session is closed (1008) and its tunnels are gone.
     /// Final: reconnecting with the same key is refused.
     KeyRevoked,
+    /// Over a per-identity quota (an API key's, or for anonymous clients
+    /// their address's): sessions or live tunnels. `retry_after_ms` says
+    /// when to try again.
+    QuotaExceeded,
 }
 
 impl ErrorCode {
     /// Every code this version sends, in the table's order.
-    pub const ALL: [ErrorCode; 15] = [
+    pub const ALL: [ErrorCode; 16] = [
         ErrorCode::BadMessage,
         ErrorCode::UnknownType,
         ErrorCode::UnsupportedVersion,
@@ -71,6 +75,7 @@ impl ErrorCode {
         ErrorCode::InvalidCidr,
         ErrorCode::InvalidBasicAuth,
         ErrorCode::KeyRevoked,
+        ErrorCode::QuotaExceeded,
     ];
 
     /// The name on the wire (the `code` of an `error` message).
@@ -91,6 +96,7 @@ impl ErrorCode {
             ErrorCode::InvalidCidr => "invalid_cidr",
             ErrorCode::InvalidBasicAuth => "invalid_basic_auth",
             ErrorCode::KeyRevoked => "key_revoked",
+            ErrorCode::QuotaExceeded => "quota_exceeded",
         }
     }
 
@@ -111,7 +117,8 @@ impl ErrorCode {
             | ErrorCode::TooManyAttempts
             | ErrorCode::SubdomainReserved
             | ErrorCode::InvalidCidr
-            | ErrorCode::InvalidBasicAuth => Closes::IfFirst(close_code::POLICY),
+            | ErrorCode::InvalidBasicAuth
+            | ErrorCode::QuotaExceeded => Closes::IfFirst(close_code::POLICY),
         }
     }
 
@@ -126,7 +133,7 @@ impl ErrorCode {
 
     /// Whether an `error` with this code carries `retry_after_ms`.
     pub const fn carries_retry_after(self) -> bool {
-        matches!(self, ErrorCode::TooManyAttempts)
+        matches!(self, ErrorCode::TooManyAttempts | ErrorCode::QuotaExceeded)
     }
 }
 
@@ -181,12 +188,6 @@ pub const RESERVED_ERROR_CODES: &[ReservedCode] = &[
     // A name held for a reconnecting owner, apart from `subdomain_taken`.
     ReservedCode {
         name: "subdomain_held",
-        closes: Closes::IfFirst(close_code::POLICY),
-        retry_after: true,
-    },
-    // Over a per-identity or per-address quota (tunnels, sessions, holds).
-    ReservedCode {
-        name: "quota_exceeded",
         closes: Closes::IfFirst(close_code::POLICY),
         retry_after: true,
     },

@@ -46,6 +46,12 @@ pub struct Config {
     /// Most tunnel requests in flight from one visitor address (IPv6: its
     /// /64) at once; 429 beyond.
     pub max_requests_per_ip: usize,
+    /// Most client sessions (connections to `/ws`) at once for one API key,
+    /// or one address (IPv6: its /64) without a key.
+    pub max_sessions_per_ip: usize,
+    /// Most live tunnels at once for one API key, or one address (IPv6:
+    /// its /64) without a key.
+    pub max_tunnels_per_ip: usize,
     /// How long in-flight requests may run on after shutdown is asked for.
     pub shutdown_grace: Duration,
     /// How long a new HTTPS connection may take to finish its TLS handshake
@@ -160,6 +166,12 @@ impl Default for Config {
             // Far more than a browser has in flight to one site; a few
             // addresses cannot hold a tunnel's 1,024 streams with it.
             max_requests_per_ip: 256,
+            // A client holds one session (a few while reconnecting) with up
+            // to 16 tunnels: room for many behind one address (an office's
+            // NAT, a CI host), none for the 40,000 tunnels one address
+            // opened in 20 s of an anonymous server.
+            max_sessions_per_ip: 64,
+            max_tunnels_per_ip: 256,
             shutdown_grace: Duration::from_secs(10),
             tls_handshake_timeout: Duration::from_secs(10),
             redirect_http: false,
@@ -307,6 +319,8 @@ impl Config {
         if self.max_connections == 0
             || self.max_connections_per_ip == 0
             || self.max_requests_per_ip == 0
+            || self.max_sessions_per_ip == 0
+            || self.max_tunnels_per_ip == 0
         {
             return Err(ConfigError(
                 "the connection limits must allow at least one connection".into(),

@@ -284,6 +284,7 @@ async fn a_busy_node_lists_at_most_500_tunnels_and_counts_them_all() {
     let limit = 500;
     let mut config = TestServer::test_config();
     config.limits.max_tunnels_per_session = limit + 2;
+    config.max_tunnels_per_ip = limit + 2;
     let server = TestServer::start_with(config).await;
     let (mut ws, _) = RawWs::tunnel(&server, serde_json::json!({})).await;
     for _ in 0..limit {

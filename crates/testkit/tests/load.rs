@@ -21,11 +21,13 @@ use hyper_util::rt::TokioExecutor;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_thousand_visitors_over_a_hundred_tunnels_each_get_their_answer() {
-    // A thousand visitors, all from 127.0.0.1 here: the per-address limits
-    // are raised so that the address stands for a thousand of them.
+    // A thousand visitors and a hundred clients, all from 127.0.0.1 here:
+    // the per-address limits are raised so that the address stands for
+    // all of them.
     let server = TestServer::start_with(Config {
         max_connections_per_ip: 2_000,
         max_requests_per_ip: 2_000,
+        max_sessions_per_ip: 200,
         ..TestServer::test_config()
     })
     .await;

@@ -20,7 +20,7 @@ use super::auth::{self, Auth, Identity, Refusal};
 use crate::config::Config;
 use crate::edge::Peer;
 use crate::metrics::Metrics;
-use crate::policy::{Access, TunnelLimiter};
+use crate::policy::{Access, Place, Quota, TunnelLimiter, Who};
 use crate::registry::{Claim, HeldBy, Owner, Registration, Registry, Taken, Tunnel};
 
 /// What admitting a tunnel needs: the settings, the registry it is entered
@@ -32,6 +32,8 @@ pub(crate) struct Admit {
     pub(crate) metrics: Metrics,
     /// The port public URLs name when the configuration does not.
     pub(crate) listen_port: u16,
+    /// Live tunnels per identity (key, or address without one).
+    pub(crate) tunnels: Arc<Quota<Who>>,
 }
 
 /// What a tunnel is opened with, checked, before its name is settled.
@@ -41,6 +43,9 @@ struct Terms {
     owner: Owner,
     /// The reconnect secret issued with the tunnel (anonymous ones only).
     secret: Option<Secret>,
+    /// Its place among its identity's live tunnels: shared with each try
+    /// (a generated name may collide), kept by the one registered.
+    place: Arc<Place<Who>>,
 }
 
 impl Admit {
@@ -82,6 +87,7 @@ impl Admit {
                 request_timeout: self.request_timeout(create),
                 mux: mux.clone(),
                 uploads: Arc::clone(uploads),
+                place: Some(Arc::clone(&terms.place)),
                 owner: terms.owner.clone(),
                 access: access(create)?,
                 rate_limiter: self.config.rate_limits.per_tunnel.map(TunnelLimiter::new),
@@ -130,6 +136,10 @@ impl Admit {
         // Checked once here; rebuilt for each try, because a name collision
         // drops the tunnel it was moved into.
         access(create)?;
+        let Some(place) = self.tunnels.take(identity.who(peer)) else {
+            self.metrics.refused("max_tunnels_per_ip");
+            return Err(Refusal::quota("live tunnels", self.tunnels.max()));
+        };
         let key = identity.key_id();
         if let Some(name) = &asked {
             self.check_reservation(name, key).await?;
@@ -151,6 +161,7 @@ impl Admit {
             max_body_size: self.max_body_size(create),
             owner,
             secret,
+            place: Arc::new(place),
         })
     }
 
@@ -283,6 +294,7 @@ mod tests {
             auth: Auth::new(config.auth, store.clone(), backoff),
             metrics: Metrics::register(&mut prometheus_client::registry::Registry::default()),
             listen_port: 4000,
+            tunnels: Quota::new(config.max_tunnels_per_ip),
             config,
         };
         (admit, store)

@@ -15,7 +15,7 @@ use cryptun_proto::message::{CreateTunnel, ErrorCode, ErrorMessage, ServerMessag
 use tracing::{info, warn};
 
 use crate::config::AuthMode;
-use crate::policy::Backoff;
+use crate::policy::{Backoff, Who};
 use crate::store::Store;
 
 /// Who a connection is, once its first `create_tunnel` is accepted.
@@ -32,7 +32,20 @@ pub(crate) enum Identity {
     },
 }
 
+/// When a client over a quota is told to try again: a guess, since a
+/// place frees when one of its sessions or tunnels ends.
+const QUOTA_RETRY: Duration = Duration::from_secs(10);
+
 impl Identity {
+    /// Whose share a connection from `peer` counts in: its key's, or its
+    /// address's.
+    pub(crate) fn who(&self, peer: SocketAddr) -> Who {
+        match self {
+            Identity::Key { id, .. } => Who::Key(id.clone()),
+            Identity::Anonymous => Who::address(peer.ip()),
+        }
+    }
+
     /// The key's id, if it has one.
     pub(crate) fn key_id(&self) -> Option<&str> {
         match self {
@@ -69,6 +82,17 @@ impl Refusal {
                 wait.as_secs_f64().ceil()
             ),
             retry_after: Some(wait),
+        }
+    }
+
+    /// The refusal for an identity over its quota of `what` (`max` each).
+    pub(crate) fn quota(what: &str, max: usize) -> Self {
+        Refusal {
+            code: ErrorCode::QuotaExceeded,
+            message: format!(
+                "at most {max} {what} at once for one API key, or one address without a key; try again when one ends"
+            ),
+            retry_after: Some(QUOTA_RETRY),
         }
     }
 

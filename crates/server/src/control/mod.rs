@@ -38,11 +38,11 @@ use crate::edge::Peer;
 use crate::edge::VisitorBody;
 use crate::error::GatewayError;
 use crate::metrics::{HandshakeFailure as Failure, Metrics};
-use crate::policy::Backoff;
+use crate::policy::{Backoff, Place, Quota, Who};
 use crate::registry::Registry;
 use crate::store::Store;
 use admit::Admit;
-use auth::{Auth, Identity};
+use auth::{Auth, Identity, Refusal};
 use revocation::{KeySessions, Watcher};
 
 /// Everything the control endpoint and its sessions use.
@@ -52,6 +52,8 @@ pub(crate) struct Control {
     admit: Admit,
     /// Live sessions by API key, cut when their key is revoked.
     key_sessions: Arc<KeySessions>,
+    /// Sessions per identity (key, or address without one).
+    sessions: Arc<Quota<Who>>,
     /// Session tasks, awaited on shutdown.
     tasks: TaskTracker,
     /// Fires when sessions must close (after in-flight requests drained).
@@ -94,7 +96,9 @@ impl Control {
                 auth,
                 metrics: metrics.clone(),
                 listen_port,
+                tunnels: Quota::new(config.max_tunnels_per_ip),
             },
+            sessions: Quota::new(config.max_sessions_per_ip),
             config,
             metrics,
             key_sessions: Arc::default(),
@@ -227,15 +231,15 @@ impl Control {
             Some(config),
         )
         .await;
-        let (create, identity) = self.admit(&mut ws, peer).await?;
-        let opened = session::open(self, ws, peer, create, &identity).await?;
+        let (create, identity, place) = self.admit(&mut ws, peer).await?;
+        let opened = session::open(self, ws, peer, create, &identity, place).await?;
         Some((opened, identity))
     }
 
     /// Waits for the client's first `create_tunnel` and checks its address and
     /// key. A refused or silent client is told why and the connection closed;
     /// `None` then.
-    async fn admit(&self, ws: &mut Ws, peer: Peer) -> Option<(CreateTunnel, Identity)> {
+    async fn admit(&self, ws: &mut Ws, peer: Peer) -> Option<(CreateTunnel, Identity, Place<Who>)> {
         // The first create_tunnel and its key are checked before anything is
         // set up for the session: a refused client costs a message and a close.
         let admitted = tokio::time::timeout(self.config.handshake_timeout, async {
@@ -243,8 +247,19 @@ impl Control {
                 self.metrics.handshake(&failure);
                 frame
             })?;
-            match self.admit.auth.authenticate(peer, &create).await {
-                Ok(identity) => Ok((create, identity)),
+            let admitted = self.admit.auth.authenticate(peer, &create).await;
+            let placed = admitted.and_then(|identity| {
+                let who = identity.who(peer);
+                match self.sessions.take(who) {
+                    Some(place) => Ok((identity, place)),
+                    None => {
+                        self.metrics.refused("max_sessions");
+                        Err(Refusal::quota("sessions", self.sessions.max()))
+                    }
+                }
+            });
+            match placed {
+                Ok((identity, place)) => Ok((create, identity, place)),
                 Err(refusal) => {
                     self.metrics.handshake(&Failure::Code(refusal.code));
                     let _ = ws.send(Message::text(refusal.to_text())).await;

@@ -28,6 +28,7 @@ use super::auth::Identity;
 use super::{Ws, close_for, close_frame};
 use crate::edge::Peer;
 use crate::metrics::{GaugeGuard, HandshakeFailure as Failure};
+use crate::policy::{Place, Who};
 use crate::registry::Registration;
 
 /// Why a session ended: the `reason` of `cryptun_sessions_ended_total`.
@@ -81,6 +82,8 @@ pub(super) struct Opened {
     tunnels: Vec<Registration>,
     /// Counts the session in `cryptun_sessions` until dropped.
     connected: GaugeGuard,
+    /// Its place among its identity's sessions.
+    _place: Place<Who>,
 }
 
 /// Creates the session's first tunnel (`create` and `identity` are what
@@ -92,6 +95,7 @@ pub(super) async fn open(
     peer: Peer,
     create: CreateTunnel,
     identity: &Identity,
+    place: Place<Who>,
 ) -> Option<Opened> {
     // The session speaks what the client offered and this server supports
     // (`tunnel_created` says which); a client that states nothing gets the
@@ -123,6 +127,7 @@ pub(super) async fn open(
                 close_streams,
                 tunnels,
                 connected: control.metrics.session_started(),
+                _place: place,
             })
         }
         Err(refusal) => {
@@ -147,6 +152,7 @@ pub(super) async fn serve(control: &Control, opened: Opened, peer: Peer, identit
         close_streams: _close_streams,
         mut tunnels,
         connected: _connected,
+        _place,
     } = opened;
     mux.heard();
     let key_session = match &identity {

@@ -18,6 +18,7 @@
 //! there added about 4 µs to every response's latency on one connection
 //! (docs/BENCHMARKS.md, "Third round").
 
+use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -81,12 +82,12 @@ pub(crate) struct Exchange {
     complete: bool,
     /// Its place among its address's requests in flight, given back at
     /// the end.
-    place: Option<Place>,
+    place: Option<Place<IpAddr>>,
 }
 
 impl Exchange {
     /// Holds `place` until the exchange ends.
-    pub(crate) fn hold(&mut self, place: Place) {
+    pub(crate) fn hold(&mut self, place: Place<IpAddr>) {
         self.place = Some(place);
     }
 

@@ -6,7 +6,8 @@
 //!   Basic credentials), chosen by its client.
 //! - [`ratelimit`]: request rates per visitor address and per tunnel.
 //! - [`body`]: a request body's size limit, idle timeout and minimum rate.
-//! - [`in_flight`]: requests in flight per visitor address.
+//! - [`quota`]: shares per visitor address or client identity: requests
+//!   in flight, sessions, live tunnels.
 //! - [`backoff`]: failed client handshakes by address, and the refusals
 //!   that follow.
 //!
@@ -16,11 +17,11 @@
 pub mod access;
 pub mod backoff;
 pub mod body;
-pub mod in_flight;
+pub mod quota;
 pub mod ratelimit;
 
 pub use access::Access;
 pub use backoff::{Backoff, BackoffConfig};
 pub use body::{BodyGuard, BodyLimit, MinRate, Tripwire};
-pub use in_flight::{InFlight, Place};
+pub use quota::{InFlight, Place, Quota, Who};
 pub use ratelimit::{IpLimiter, Rate, RateError, TunnelLimiter};

@@ -12,10 +12,12 @@
 //! table's hard cap, which governor's keyed limiter lacks: the table holds
 //! at most `max_tracked_ips` addresses, swept of expired ones every
 //! `sweep_interval` and, when full, at most once a second. Addresses that
-//! find it full share one overflow bucket with the same rate, so a flood
-//! from more addresses than the cap throttles the newcomers together
-//! instead of growing memory or letting them through. IPv6 addresses are
-//! counted by /64, the block one subscriber usually holds.
+//! find it full are counted by their network instead (IPv4 /24, IPv6 /48),
+//! in a second table a sixteenth the size, so a flood from more addresses
+//! than the cap throttles its own networks, not every newcomer: one bucket
+//! shared by all of them would have let the flood lock everyone else out.
+//! Only with that table full too do the rest share one last bucket. IPv6
+//! addresses are counted by /64, the block one subscriber usually holds.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -24,7 +26,7 @@ use std::str::FromStr;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use cryptun_proto::net::group;
+use cryptun_proto::net::{canonical, group, masked};
 
 /// How often a full table may be swept to make room: bounds the work a
 /// flood of new addresses can cause to one linear pass a second.
@@ -158,8 +160,10 @@ pub struct IpLimiter {
 #[derive(Debug, Default)]
 struct Table {
     tats: HashMap<IpAddr, u64>,
-    /// The bucket shared by addresses that found the table full.
-    overflow: u64,
+    /// By network, for addresses that found `tats` full.
+    networks: HashMap<IpAddr, u64>,
+    /// The bucket shared by addresses that found both full.
+    last: u64,
     last_sweep: u64,
 }
 
@@ -167,11 +171,22 @@ impl Table {
     /// Forgets every key whose TAT has passed, and gives memory back after
     /// a flood.
     fn sweep(&mut self, now: u64) {
-        self.tats.retain(|_, tat| *tat > now);
-        if self.tats.capacity() > 4 * self.tats.len().max(256) {
-            self.tats.shrink_to_fit();
+        for map in [&mut self.tats, &mut self.networks] {
+            map.retain(|_, tat| *tat > now);
+            if map.capacity() > 4 * map.len().max(256) {
+                map.shrink_to_fit();
+            }
         }
         self.last_sweep = now;
+    }
+}
+
+/// The network an address is counted by once the address table is full:
+/// its /24 (IPv4) or /48 (IPv6, a site's usual allocation).
+fn network(ip: IpAddr) -> IpAddr {
+    match canonical(ip) {
+        v4 @ IpAddr::V4(_) => masked(v4, 24),
+        v6 => masked(v6, 48),
     }
 }
 
@@ -213,7 +228,17 @@ impl IpLimiter {
             table.tats.insert(key, tat);
             return verdict;
         }
-        gcra(&self.rate, &mut table.overflow, now)
+        let net = network(ip);
+        if let Some(tat) = table.networks.get_mut(&net) {
+            return gcra(&self.rate, tat, now);
+        }
+        if table.networks.len() < (self.max_keys / 16).max(1) {
+            let mut tat = 0;
+            let verdict = gcra(&self.rate, &mut tat, now);
+            table.networks.insert(net, tat);
+            return verdict;
+        }
+        gcra(&self.rate, &mut table.last, now)
     }
 
     /// Addresses currently tracked.
@@ -290,18 +315,25 @@ mod tests {
     #[test]
     fn the_address_table_is_capped_and_swept() {
         let rate = Rate::new(1, Duration::from_secs(3600), 1).unwrap();
-        let limiter = IpLimiter::new(rate, 10, Duration::from_secs(3600));
-        for i in 0..10u8 {
+        let limiter = IpLimiter::new(rate, 32, Duration::from_secs(3600));
+        for i in 0..32u8 {
             assert!(limiter.check(IpAddr::from([10, 0, 0, i])).is_ok());
         }
         assert!(
             limiter.check(IpAddr::from([10, 0, 0, 1])).is_err(),
             "own bucket"
         );
-        // The table is full: newcomers share the overflow bucket.
-        assert!(limiter.check(IpAddr::from([10, 0, 1, 0])).is_ok());
-        assert!(limiter.check(IpAddr::from([10, 0, 1, 1])).is_err());
-        assert_eq!(limiter.tracked(), 10);
+        // The table is full: newcomers are counted by network, so the
+        // flood's own /24 is throttled and nobody else.
+        assert!(limiter.check(IpAddr::from([10, 0, 0, 200])).is_ok());
+        assert!(limiter.check(IpAddr::from([10, 0, 0, 201])).is_err());
+        assert!(limiter.check(IpAddr::from([192, 0, 2, 1])).is_ok());
+        assert!(limiter.check(IpAddr::from([192, 0, 2, 2])).is_err());
+        assert_eq!(limiter.tracked(), 32);
+        // With the network table full too (a sixteenth: two here), the
+        // rest share the last bucket.
+        assert!(limiter.check(IpAddr::from([198, 51, 100, 1])).is_ok());
+        assert!(limiter.check(IpAddr::from([203, 0, 113, 1])).is_err());
         // IPv6 addresses in one /64 are one key.
         let fresh = IpLimiter::new(rate, 10, Duration::from_secs(3600));
         assert!(fresh.check("2001:db8::1".parse().unwrap()).is_ok());

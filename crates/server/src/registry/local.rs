@@ -189,6 +189,7 @@ mod tests {
             request_timeout: Duration::from_secs(1),
             mux: Mux::new(Side::Opener, true, Limits::default()),
             uploads: Arc::new(tokio::sync::Semaphore::new(1)),
+            place: None,
             owner,
             access: Access::from_request(&CreateTunnel::default()).unwrap(),
             rate_limiter: None,

@@ -56,6 +56,8 @@ pub struct Tunnel {
     /// The share of the session's streams that requests still uploading
     /// may hold, shared by the session's tunnels.
     pub uploads: Arc<tokio::sync::Semaphore>,
+    /// Its place among its identity's live tunnels, given back as it goes.
+    pub place: Option<Arc<crate::policy::Place<crate::policy::Who>>>,
     /// Who may take the name back after a disconnect.
     pub owner: Owner,
     /// Who may reach it (IP lists, credentials).
