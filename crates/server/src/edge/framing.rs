@@ -8,6 +8,12 @@
 //! proxy in front of us might have read the same bytes the other way, which
 //! is how requests are smuggled, so we refuse them outright.
 //!
+//! Each head is tokenized by `httparse`, the parser hyper itself uses,
+//! with the same settings and header count: a second tokenizer could read
+//! other header lines out of the same bytes (a folded line, a bare CR, a
+//! space before a colon), and that disagreement is itself a way to smuggle.
+//! Only the rules on the framing headers are ours.
+//!
 //! [`Guarded`] wraps a connection and reads every request head as it goes
 //! past, then pushes one [`Verdict`] per head; the gateway takes one per
 //! request, in order. To find the next head it skips request bodies: exact
@@ -98,6 +104,8 @@ pub struct Guarded<T> {
     scan: Scan,
     verdicts: std::sync::Arc<Verdicts>,
     max_head: usize,
+    /// Between heads, a CR was skipped and its LF not yet seen.
+    lead_cr: bool,
 }
 
 impl<T> Guarded<T> {
@@ -109,6 +117,7 @@ impl<T> Guarded<T> {
             scan: Scan::Head(Vec::new()),
             verdicts,
             max_head,
+            lead_cr: false,
         }
     }
 
@@ -132,9 +141,25 @@ impl<T> Guarded<T> {
                 Scan::Head(buf) => {
                     if buf.is_empty() {
                         // Empty lines before a request line are ignored
-                        // (RFC 9112 2.2), by hyper as by us.
-                        let skip = data.iter().take_while(|b| matches!(b, b'\r' | b'\n'));
-                        data = &data[skip.count()..];
+                        // (RFC 9112 2.2), by hyper as by us; as httparse
+                        // has it, a CR there must come before a LF.
+                        let mut skip = 0;
+                        for b in data {
+                            match (self.lead_cr, b) {
+                                (true, b'\n') => self.lead_cr = false,
+                                (true, _) => {
+                                    self.verdicts
+                                        .push(Verdict::Refuse("malformed request head"));
+                                    self.scan = Scan::Off;
+                                    return;
+                                }
+                                (false, b'\r') => self.lead_cr = true,
+                                (false, b'\n') => {}
+                                (false, _) => break,
+                            }
+                            skip += 1;
+                        }
+                        data = &data[skip..];
                         if data.is_empty() {
                             return;
                         }
@@ -180,29 +205,42 @@ fn head_end(buf: &[u8], from: usize) -> Option<usize> {
 }
 
 /// The verdict on one complete head, and where the scan goes next.
+///
+/// The head is tokenized by `httparse`, hyper's own parser, with hyper's
+/// default settings and its header count, so that the two can never read
+/// different header lines out of the same bytes. A head it rejects, hyper
+/// rejects too (and answers 400 itself, closing): refused.
 fn judge(head: &[u8]) -> (Verdict, Scan) {
-    let mut lines = head
-        .split(|b| *b == b'\n')
-        .map(|l| l.strip_suffix(b"\r").unwrap_or(l));
-    let request_line = lines.next().unwrap_or_default();
-    let connect = request_line.starts_with(b"CONNECT ");
+    let refuse = |why| (Verdict::Refuse(why), Scan::Off);
+    let mut headers = [httparse::EMPTY_HEADER; super::MAX_REQUEST_HEADERS];
+    let mut request = httparse::Request::new(&mut headers);
+    match request.parse(head) {
+        // The end found by `head_end` is the one httparse finds: anything
+        // else means the two disagree about where the head stops.
+        Ok(httparse::Status::Complete(len)) if len == head.len() => {}
+        Err(httparse::Error::TooManyHeaders) => return refuse("too many header lines"),
+        Ok(_) | Err(_) => return refuse("malformed request head"),
+    }
+    let connect = request.method == Some("CONNECT");
+    let http_10 = request.version == Some(0);
     let mut lengths = Vec::new();
     let mut codings = Vec::new();
-    for line in lines.filter(|l| !l.is_empty()) {
-        // A line without a colon is malformed; hyper refuses the request.
-        let Some(colon) = line.iter().position(|b| *b == b':') else {
-            continue;
-        };
-        let (name, value) = (&line[..colon], line[colon + 1..].trim_ascii());
+    for header in request.headers.iter() {
+        // httparse has trimmed the value's surrounding spaces and tabs, as
+        // hyper sees it.
+        let (name, value) = (header.name.as_bytes(), header.value);
         if name.eq_ignore_ascii_case(b"content-length") {
             lengths.push(value);
         } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
             codings.push(value);
         }
     }
-    let refuse = |why| (Verdict::Refuse(why), Scan::Off);
     if !lengths.is_empty() && !codings.is_empty() {
         return refuse("both Content-Length and Transfer-Encoding");
+    }
+    if !codings.is_empty() && http_10 {
+        // hyper refuses it too: HTTP/1.0 has no transfer codings.
+        return refuse("Transfer-Encoding on HTTP/1.0");
     }
     if codings.len() > 1 {
         return refuse("repeated Transfer-Encoding");
@@ -378,5 +416,213 @@ mod tests {
         assert_eq!(all_steps(big.as_bytes()), [Verdict::TooLarge(1024)]);
         let deep = "GET / HTTP/1.1\r\n\r\n".repeat(MAX_PENDING + 5);
         assert_eq!(scan(deep.as_bytes(), deep.len()).len(), MAX_PENDING);
+    }
+
+    #[test]
+    fn bare_crs_before_a_head_are_refused_as_httparse_refuses_them() {
+        assert_eq!(all_steps(b"\r\n\nGET / HTTP/1.1\r\n\r\n"), [Verdict::Ok]);
+        let verdicts = all_steps(b"\r\rGET / HTTP/1.1\r\n\r\n");
+        assert!(matches!(verdicts[..], [Verdict::Refuse(_)]), "{verdicts:?}");
+    }
+
+    #[test]
+    fn transfer_encoding_on_http_10_is_refused() {
+        let head = b"POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n";
+        let verdicts = all_steps(head);
+        assert!(matches!(verdicts[..], [Verdict::Refuse(_)]), "{verdicts:?}");
+    }
+
+    /// The differential cases: a head and the body sent after it.
+    const CASES: &[(&[u8], &[u8])] = &[
+        // Obsolete line folding, of an ordinary header and of framing ones.
+        (b"GET / HTTP/1.1\r\nHost: x\r\nX-A: a\r\n b\r\n\r\n", b""),
+        (b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length:\r\n 3\r\n\r\n", b"abc"),
+        (b"POST / HTTP/1.1\r\nHost: x\r\nX: y\r\n Transfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n", b"abc"),
+        (b"POST / HTTP/1.1\r\nHost: x\r\nX: y\r\n\tContent-Length: 3\r\n\r\n", b"abc"),
+        // Bare CR: in a value, as a line's end, before the request line,
+        // in the empty line.
+        (b"POST / HTTP/1.1\r\nHost: x\r\nX: a\rContent-Length: 3\r\n\r\n", b"abc"),
+        (b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\r\n\r\n", b"abc"),
+        (b"GET / HTTP/1.1\rHost: x\r\n\r\n", b""),
+        (b"\r\rGET / HTTP/1.1\r\nHost: x\r\n\r\n", b""),
+        (b"\r\n\nGET / HTTP/1.1\r\nHost: x\r\n\r\n", b""),
+        (b"GET / HTTP/1.1\r\nHost: x\r\n\r\r\n", b""),
+        // Bare LF line ends, alone and mixed.
+        (b"POST / HTTP/1.1\nHost: x\nContent-Length: 3\n\n", b"abc"),
+        (b"POST / HTTP/1.1\r\nHost: x\nContent-Length: 3\r\n\n", b"abc"),
+        // Tabs and spaces around the value, and before the colon.
+        (b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length:\t3\t\r\n\r\n", b"abc"),
+        (b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length:   3   \r\n\r\n", b"abc"),
+        (b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length\t: 3\r\n\r\n", b"abc"),
+        (b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length : 3\r\n\r\n", b"abc"),
+        (b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding : chunked\r\nContent-Length: 3\r\n\r\n", b"abc"),
+        (b"GET / HTTP/1.1\r\n Host: x\r\n\r\n", b""),
+        (b"GET  / HTTP/1.1\r\nHost: x\r\n\r\n", b""),
+        // Content-Length repeated, comma-joined, odd numbers.
+        (b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\n", b"abc"),
+        (b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\n", b"abc"),
+        (b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3, 3\r\n\r\n", b"abc"),
+        (b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3,3\r\n\r\n", b"abc"),
+        (b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3,\r\n\r\n", b"abc"),
+        (b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 003\r\n\r\n", b"abc"),
+        (b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n", b""),
+        (b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: +3\r\n\r\n", b"abc"),
+        (b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: -3\r\n\r\n", b"abc"),
+        (b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 0x3\r\n\r\n", b"abc"),
+        (b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3 3\r\n\r\n", b"abc"),
+        (b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: \r\n\r\n", b""),
+        (b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 99999999999999999999999\r\n\r\n", b""),
+        (b"POST / HTTP/1.1\r\nHost: x\r\ncOnTeNt-LeNgTh: 3\r\n\r\n", b"abc"),
+        // Content-Length with Transfer-Encoding.
+        (b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n", b"0\r\n\r\n"),
+        (b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n", b"0\r\n\r\n"),
+        // Transfer-Encoding in odd case, lists, trailing commas, HTTP/1.0.
+        (b"POST / HTTP/1.1\r\nHost: x\r\ntransfer-ENCODING: ChUnKeD\r\n\r\n", b"3\r\nabc\r\n0\r\n\r\n"),
+        (b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding:\tchunked\t\r\n\r\n", b"0\r\n\r\n"),
+        (b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked,\r\n\r\n", b"0\r\n\r\n"),
+        (b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked ,\r\n\r\n", b"0\r\n\r\n"),
+        (b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: , chunked\r\n\r\n", b"0\r\n\r\n"),
+        (b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: identity, chunked\r\n\r\n", b"0\r\n\r\n"),
+        (b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked, identity\r\n\r\n", b"0\r\n\r\n"),
+        (b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n\r\n", b"0\r\n\r\n"),
+        (b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n", b"0\r\n\r\n"),
+        (b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: \"chunked\"\r\n\r\n", b"0\r\n\r\n"),
+        (b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunk\xc3\xa9d\r\n\r\n", b"0\r\n\r\n"),
+        (b"POST / HTTP/1.0\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n", b"0\r\n\r\n"),
+        // Chunk extensions and odd chunk lines (hyper alone parses them).
+        (b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n", b"3;ext=1\r\nabc\r\n0\r\n\r\n"),
+        (b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n", b"3;a=\"q;r\"\r\nabc\r\n0;z\r\n\r\n"),
+        (b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n", b"3;a\nabc\r\n0\r\n\r\n"),
+        (b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n", b"3 \r\nabc\r\n0\r\n\r\n"),
+        (b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n", b"3\nabc\n0\n\n"),
+        // Header names with odd bytes.
+        (b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length\x00: 3\r\n\r\n", b"abc"),
+        (b"POST / HTTP/1.1\r\nHost: x\r\nContent\x7fLength: 3\r\n\r\n", b"abc"),
+        (b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length\xff: 3\r\n\r\n", b"abc"),
+        (b"POST / HTTP/1.1\r\nHost: x\r\nContent_Length: 3\r\n\r\n", b""),
+        (b"POST / HTTP/1.1\r\nHost: x\r\nX@Y: 1\r\nContent-Length: 3\r\n\r\n", b"abc"),
+        (b"POST / HTTP/1.1\r\nHost: x\r\n: 1\r\nContent-Length: 3\r\n\r\n", b"abc"),
+        (b"POST / HTTP/1.1\r\nHost: x\r\n\xc3\xa9: 1\r\nContent-Length: 3\r\n\r\n", b"abc"),
+        // Odd bytes in values.
+        (b"GET / HTTP/1.1\r\nHost: x\r\nX: caf\xc3\xa9\r\n\r\n", b""),
+        (b"GET / HTTP/1.1\r\nHost: x\r\nX: a\x00b\r\n\r\n", b""),
+        (b"GET / HTTP/1.1\r\nHost: x\r\nX: a\x0cb\r\n\r\n", b""),
+        (b"GET / HTTP/1.1\r\nHost: x\r\nX: a\x7fb\r\n\r\n", b""),
+        // CONNECT.
+        (b"CONNECT x:443 HTTP/1.1\r\nHost: x:443\r\n\r\n", b""),
+    ];
+
+    /// A request pipelined after each case, to see where each parser
+    /// finds the next head.
+    const NEXT: &[u8] = b"GET /next HTTP/1.1\r\nHost: x\r\n\r\n";
+
+    /// What hyper, configured as the edge configures it, does with `bytes`:
+    /// each request it dispatched, as its path and its body's length (None
+    /// if reading the body failed).
+    async fn hyper_reads(bytes: &[u8]) -> Vec<(String, Option<usize>)> {
+        use http_body_util::BodyExt;
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+        let (mut visitor, server) = tokio::io::duplex(1 << 20);
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let record = Arc::clone(&seen);
+        let service =
+            hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                let record = Arc::clone(&record);
+                async move {
+                    let path = req.uri().path().to_owned();
+                    let body = req.into_body().collect().await;
+                    let len = body.ok().map(|body| body.to_bytes().len());
+                    record.lock().unwrap().push((path, len));
+                    let empty = http_body_util::Empty::<bytes::Bytes>::new();
+                    Ok::<_, std::convert::Infallible>(hyper::Response::new(empty))
+                }
+            });
+        let mut http = hyper::server::conn::http1::Builder::new();
+        http.max_buf_size(super::super::MAX_HEAD_BYTES)
+            .max_headers(super::super::MAX_REQUEST_HEADERS)
+            .half_close(true);
+        let io = hyper_util::rt::TokioIo::new(server);
+        let serving = tokio::spawn(http.serve_connection(io, service).with_upgrades());
+        let limit = std::time::Duration::from_secs(10);
+        visitor.write_all(bytes).await.unwrap();
+        visitor.shutdown().await.unwrap();
+        let mut answers = Vec::new();
+        let read = tokio::time::timeout(limit, visitor.read_to_end(&mut answers)).await;
+        assert!(
+            read.is_ok(),
+            "hyper hung on {:?}",
+            bytes.escape_ascii().to_string()
+        );
+        drop(visitor);
+        let _ = tokio::time::timeout(limit, serving).await;
+        seen.lock().unwrap().clone()
+    }
+
+    /// Our verdicts on `bytes`, at the edge's head limit, and the length of
+    /// the body skipped after the first head.
+    fn ours(head: &[u8], body: &[u8]) -> (Vec<Verdict>, u64) {
+        let verdicts = Arc::new(Verdicts::default());
+        let mut guarded = Guarded::new((), Arc::clone(&verdicts), super::super::MAX_HEAD_BYTES);
+        guarded.feed(head);
+        let skipped = match guarded.scan {
+            Scan::Body(n) => n,
+            _ => 0,
+        };
+        guarded.feed(body);
+        guarded.feed(NEXT);
+        let pending = verdicts.pending.lock().unwrap();
+        (pending.iter().copied().collect(), skipped)
+    }
+
+    #[tokio::test]
+    async fn every_head_we_accept_hyper_reads_the_same_way() {
+        let mut stricter = Vec::new();
+        for (head, body) in CASES {
+            let case = head.escape_ascii().to_string();
+            let (verdicts, skipped) = ours(head, body);
+            let stream = [head, body, NEXT].concat();
+            let read = hyper_reads(&stream).await;
+            let first = read.first().filter(|(path, _)| path != "/next");
+            match (verdicts.first(), first) {
+                (Some(Verdict::Ok), Some((_, len))) => {
+                    // The same body, and the same next head.
+                    assert_eq!(*len, usize::try_from(skipped).ok(), "{case}");
+                    assert_eq!(verdicts.get(1), Some(&Verdict::Ok), "{case}");
+                    assert_eq!(read.get(1).map(|r| r.0.as_str()), Some("/next"), "{case}");
+                }
+                (Some(Verdict::OkThenClose), Some(_)) => {}
+                (Some(Verdict::Ok | Verdict::OkThenClose), None) => {
+                    panic!("{case}: we accept, hyper refuses");
+                }
+                (_, Some(_)) => stricter.push(case),
+                (_, None) => {}
+            }
+        }
+        // Where we refuse what hyper would take (the ambiguities this
+        // module exists for): listed when the test is run with
+        // `--nocapture`.
+        for case in stricter {
+            println!("refused by us, accepted by hyper: {case}");
+        }
+    }
+
+    /// More header lines than hyper takes: refused by both.
+    #[tokio::test]
+    async fn too_many_header_lines_are_refused_by_both() {
+        let lines = "A: 1\r\n".repeat(super::super::MAX_REQUEST_HEADERS);
+        let head = format!("GET / HTTP/1.1\r\n{lines}\r\n");
+        let (verdicts, _) = ours(head.as_bytes(), b"");
+        assert_eq!(verdicts.first(), Some(&Verdict::Ok));
+        let read = hyper_reads(&[head.as_bytes(), NEXT].concat()).await;
+        assert_eq!(read.len(), 2);
+        let head = format!("GET / HTTP/1.1\r\nB: 2\r\n{lines}\r\n");
+        let (verdicts, _) = ours(head.as_bytes(), b"");
+        assert!(
+            matches!(verdicts.first(), Some(Verdict::Refuse(_))),
+            "{verdicts:?}"
+        );
+        let read = hyper_reads(&[head.as_bytes(), NEXT].concat()).await;
+        assert!(read.is_empty(), "{read:?}");
     }
 }
