@@ -4,8 +4,11 @@
 //! release (see "Chaos runs" in docs/SECURITY.md):
 //!
 //! ```text
-//! cargo test -p cryptun-testkit --test chaos -- --ignored --nocapture
+//! cargo test -p cryptun-testkit --test chaos -- --ignored --nocapture --test-threads=1
 //! ```
+//!
+//! One at a time (`--test-threads=1`): the fuzzer measures the whole
+//! process's memory, and the figures of each are its own.
 //!
 //! Random choices come from a small generator seeded from the clock; each
 //! test prints its seed (`CHAOS_SEED` replays one).
