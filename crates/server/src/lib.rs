@@ -11,8 +11,8 @@
 //!
 //! # Layout: the stages a request goes through
 //!
-//! - [`edge`]: the sockets. Listeners, the accept loop and its connection
-//!   limit, TLS (certificates in [`edge::tls`]), HTTP/1.1 serving with each
+//! - [`edge`]: the sockets. Listeners, the accept loop and who may hold a
+//!   connection (per address, slots kept for clients), TLS (certificates in [`edge::tls`]), HTTP/1.1 serving with each
 //!   head's framing checked below hyper (`edge::framing`), and idle
 //!   connections parked without hyper (`edge::park`). It hands every
 //!   request to a [`edge::Handler`]: the gateway.
@@ -21,8 +21,9 @@
 //!   trusted proxy, then the server's own routes (to `control` or `ops`)
 //!   or a tunnel: the proxy, protocol switches, and the access log.
 //! - [`policy`]: the rules a request or a client is held to: a tunnel's
-//!   visitor rules ([`policy::access`]), request rates, body limits, and
-//!   the backoff for failed handshakes.
+//!   visitor rules ([`policy::access`]), request rates, body limits, the
+//!   backoff for failed handshakes, and the shares one address or identity
+//!   may hold ([`policy::quota`]).
 //! - [`control`]: the clients. The `/ws` upgrade, the handshake and its
 //!   authentication, admission of each tunnel, the session that owns a
 //!   client's connection, and the cutting of revoked keys' sessions.
