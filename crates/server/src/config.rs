@@ -471,6 +471,23 @@ mod tests {
     }
 
     #[test]
+    fn every_share_must_allow_at_least_one() {
+        let zero: [fn(&mut Config); 5] = [
+            |c| c.max_connections = 0,
+            |c| c.max_connections_per_ip = 0,
+            |c| c.max_requests_per_ip = 0,
+            |c| c.max_sessions_per_ip = 0,
+            |c| c.max_tunnels_per_ip = 0,
+        ];
+        for set in zero {
+            let mut config = Config::default();
+            set(&mut config);
+            assert!(config.validated().is_err());
+        }
+        assert!(Config::default().validated().is_ok());
+    }
+
+    #[test]
     fn a_header_limit_above_what_the_wire_carries_is_refused() {
         let mut config = Config::default();
         config.limits.max_headers = cryptun_proto::limits::MAX_WIRE_HEADERS;

@@ -96,6 +96,13 @@ async fn a_tunnel_keeps_serving_while_1200_uploads_drip_from_300_addresses() {
     );
 
     let during = timed_gets(&visitor, &client.host, 500).await;
+    // A small body, arrived whole, needs no share of the uploads: served.
+    let posted = visitor.call("POST", &client.host, "/sha256", "small").await;
+    assert_eq!(posted.status, 200, "{}", posted.text());
+    assert_eq!(
+        posted.json()["sha256"],
+        cryptun_testkit::sha256_hex(b"small")
+    );
     let (before, after) = (p99(&baseline), p99(&during));
     assert!(
         after <= before * 3,

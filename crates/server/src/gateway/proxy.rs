@@ -6,7 +6,7 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use cryptun_proto::head::{headers_to_wire, keep_upgrade, strip_hop_by_hop, upgrade_protocol};
 use cryptun_proto::message::{ServerMessage, encode};
 use cryptun_proto::mux::{Mux, OpenError, RecvBody, SendHalf, Stream, pump};
@@ -44,9 +44,10 @@ pub(crate) struct Proxy<'a> {
 /// The largest request body read whole before the request goes to the
 /// client (nginx buffers request bodies before passing them on, too): a
 /// visitor dripping a small body holds neither a stream of the tunnel nor
-/// a connection of the local service meanwhile, and the head and body go
-/// as one message. Larger ones stream, at most [`UPLOAD_SHARE`] of the
-/// session's streams at once.
+/// a connection of the local service meanwhile. It then goes as frames
+/// like any other, so the wire protocol does not change. Larger ones
+/// stream as they come, at most [`upload_share`] of the session's streams
+/// at once.
 pub(crate) const SMALL_BODY: usize = 16 << 10;
 
 /// The share of a session's streams that requests still uploading may hold
@@ -135,29 +136,24 @@ impl Proxy<'_> {
                 head.body = InlineBody::inline(&whole);
                 None
             }
-            Upload::Stream(body) => {
-                let small = SMALL_BODY.min(mux.limits().max_inline_body);
-                match Box::pin(read_small(body, small, &tripwire)).await? {
-                    Ok(whole) => {
-                        head.body = InlineBody::inline(&whole);
-                        None
-                    }
-                    Err(begun) => Some(begun),
+            Upload::Stream(body) => match Box::pin(read_small(body, &tripwire)).await? {
+                (begun, Whole::Yes) if begun.read.is_empty() => {
+                    head.body = InlineBody::default();
+                    None
                 }
-            }
+                // Arrived whole: sent at once, it needs no share.
+                (begun, Whole::Yes) => Some((begun, None)),
+                // Still uploading: it holds one of the upload share, taken
+                // before the stream.
+                (begun, Whole::No) => {
+                    let Ok(slot) = Arc::clone(&tunnel.uploads).try_acquire_owned() else {
+                        self.metrics.refused("max_uploads");
+                        return Err(GatewayError::TooManyUploads);
+                    };
+                    Some((begun, Some(slot)))
+                }
+            },
             Upload::None => None,
-        };
-        // Taken before the stream and held by the upload: its share of the
-        // streams (a request that uploads nothing needs none).
-        let upload = match upload {
-            Some(begun) => {
-                let Ok(slot) = Arc::clone(&tunnel.uploads).try_acquire_owned() else {
-                    self.metrics.refused("max_uploads");
-                    return Err(GatewayError::TooManyUploads);
-                };
-                Some((begun, slot))
-            }
-            None => None,
         };
         let stream = mux.open(head.body.body_stream).map_err(|err| match err {
             OpenError::TooMany => {
@@ -312,8 +308,8 @@ fn answer(
 /// Sends the visitor's body beside the response: the local service may
 /// answer (or stream its answer) before it has read the whole request. It
 /// ends with the body, or when the stream completes or is reset, and gives
-/// its `slot` of the upload share back then.
-fn spawn_upload(begun: Begun, slot: OwnedSemaphorePermit, send: SendHalf<ResponseHead>) {
+/// its `slot` of the upload share, if it holds one, back then.
+fn spawn_upload(begun: Begun, slot: Option<OwnedSemaphorePermit>, send: SendHalf<ResponseHead>) {
     let id = send.id();
     tokio::spawn(
         async move {
@@ -326,22 +322,27 @@ fn spawn_upload(begun: Begun, slot: OwnedSemaphorePermit, send: SendHalf<Respons
     );
 }
 
-/// Reads `body` whole if it is at most `small` bytes; otherwise what has
-/// been read so far and the rest, to stream. A body declared longer is not
-/// read at all.
+/// Whether a body has been read to its end.
+enum Whole {
+    Yes,
+    No,
+}
+
+/// Reads `body` to its end if it is at most [`SMALL_BODY`] bytes;
+/// otherwise as much as that, the rest left to stream. A body declared
+/// longer is not read at all.
 async fn read_small(
     mut body: BodyGuard<RequestBody>,
-    small: usize,
     tripwire: &Tripwire,
-) -> Result<Result<Bytes, Begun>, GatewayError> {
+) -> Result<(Begun, Whole), GatewayError> {
     let mut read = VecDeque::new();
-    if body.size_hint().lower() > small as u64 {
-        return Ok(Err(Begun { read, rest: body }));
+    if body.size_hint().lower() > SMALL_BODY as u64 {
+        return Ok((Begun { read, rest: body }, Whole::No));
     }
     let mut total = 0;
-    while total <= small {
+    while total <= SMALL_BODY {
         match body.frame().await {
-            None => return Ok(Ok(concat(read, total))),
+            None => return Ok((Begun { read, rest: body }, Whole::Yes)),
             Some(Ok(frame)) => {
                 if let Ok(data) = frame.into_data() {
                     total += data.len();
@@ -355,19 +356,7 @@ async fn read_small(
             }
         }
     }
-    Ok(Err(Begun { read, rest: body }))
-}
-
-/// `chunks` (`total` bytes) as one: the only one, without a copy.
-fn concat(mut chunks: VecDeque<Bytes>, total: usize) -> Bytes {
-    if chunks.len() <= 1 {
-        return chunks.pop_front().unwrap_or_default();
-    }
-    let mut whole = BytesMut::with_capacity(total);
-    for chunk in chunks {
-        whole.extend_from_slice(&chunk);
-    }
-    whole.freeze()
+    Ok((Begun { read, rest: body }, Whole::No))
 }
 
 /// Reads a whole body for a JSON-only session, within its guard's limits

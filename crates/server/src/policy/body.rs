@@ -148,11 +148,6 @@ impl<B> BodyGuard<B> {
         }
     }
 
-    /// The bytes passed on so far.
-    pub fn seen(&self) -> u64 {
-        self.seen
-    }
-
     /// The size limit, if any.
     pub fn limit(&self) -> Option<u64> {
         self.limit
