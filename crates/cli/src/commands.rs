@@ -101,9 +101,45 @@ fn server_config(args: &ServerArgs) -> Result<cryptun_server::Config> {
         trusted_proxies: args.trusted_proxies.clone(),
         admin_token: args.admin_token.clone(),
         shutdown_delay: args.shutdown_delay,
+        cluster: cluster_config(args)?,
         ..defaults
     };
     Ok(config.validated()?)
+}
+
+/// The cluster this server joins, if `--cluster` names one.
+fn cluster_config(args: &ServerArgs) -> Result<Option<cryptun_server::cluster::ClusterConfig>> {
+    let Some(url) = &args.cluster else {
+        if args.cluster_listen.is_some() || args.cluster_secret.is_some() {
+            anyhow::bail!("cluster_listen and cluster_secret need cluster (--cluster URL) too");
+        }
+        return Ok(None);
+    };
+    let listen = args.cluster_listen.context(
+        "--cluster needs --cluster-listen: the address this node serves other nodes' requests on",
+    )?;
+    let secret = args.cluster_secret.as_deref().context(
+        "--cluster needs --cluster-secret (or CRYPTUN_CLUSTER_SECRET), the same on every node",
+    )?;
+    let secret = cryptun_server::cluster::ClusterSecret::new(secret).map_err(anyhow::Error::msg)?;
+    let node = match &args.node_name {
+        Some(name) => name.clone(),
+        None => host_name().context("no host name to name this node by: pass --node-name")?,
+    };
+    let mut cluster =
+        cryptun_server::cluster::ClusterConfig::new(url.clone(), node, listen, secret);
+    cluster.advertise = args.cluster_advertise;
+    cluster.lease = args.cluster_lease;
+    Ok(Some(cluster))
+}
+
+/// This machine's host name, as the kernel has it.
+fn host_name() -> Option<String> {
+    let name = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())?;
+    let name = name.trim();
+    (!name.is_empty()).then(|| name.to_owned())
 }
 
 /// The rules between the TLS settings that clap checks for flags, checked

@@ -222,6 +222,34 @@ struct ServerArgs {
     /// After Ctrl-C or SIGTERM, keep accepting this long with /readyz answering 503, so a load balancer stops sending traffic first.
     #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
     shutdown_delay: Duration,
+    /// Join a cluster of servers that share tunnels through Redis: redis://HOST:PORT[/DB] or
+    /// rediss://... (a password may be in the URL: prefer the environment variable). Needs
+    /// --cluster-listen and --cluster-secret. See docs/CLUSTER.md.
+    #[arg(
+        long,
+        env = "CRYPTUN_CLUSTER_URL",
+        hide_env_values = true,
+        value_name = "URL"
+    )]
+    cluster: Option<String>,
+    /// This node's name in the cluster, unique among live nodes [default: the host name].
+    #[arg(long, value_name = "NAME")]
+    node_name: Option<String>,
+    /// Where this node serves the requests other nodes forward to it: plain HTTP,
+    /// authenticated with the cluster secret; keep it on a private network.
+    #[arg(long, value_name = "ADDR")]
+    cluster_listen: Option<SocketAddr>,
+    /// The address other nodes dial to reach --cluster-listen, when not that one.
+    #[arg(long, value_name = "ADDR")]
+    cluster_advertise: Option<SocketAddr>,
+    /// How long a node's claims on names live without renewal: the names of a node gone
+    /// without a goodbye are held for their owners after this.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    cluster_lease: Duration,
+    /// The secret nodes prove to each other on the cluster listener (at least 16 characters, the
+    /// same on every node); never logged.
+    #[arg(long, env = "CRYPTUN_CLUSTER_SECRET", hide_env_values = true)]
+    cluster_secret: Option<String>,
 }
 
 #[derive(Debug, Args)]

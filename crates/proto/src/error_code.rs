@@ -55,11 +55,15 @@ pub enum ErrorCode {
     /// their address's): sessions or live tunnels. `retry_after_ms` says
     /// when to try again.
     QuotaExceeded,
+    /// The server cannot admit new tunnels now: it is a cluster member and
+    /// its cluster's shared store is unreachable. Not the client's fault;
+    /// `retry_after_ms` says when to try again (here or on another node).
+    Unavailable,
 }
 
 impl ErrorCode {
     /// Every code this version sends, in the table's order.
-    pub const ALL: [ErrorCode; 16] = [
+    pub const ALL: [ErrorCode; 17] = [
         ErrorCode::BadMessage,
         ErrorCode::UnknownType,
         ErrorCode::UnsupportedVersion,
@@ -76,6 +80,7 @@ impl ErrorCode {
         ErrorCode::InvalidBasicAuth,
         ErrorCode::KeyRevoked,
         ErrorCode::QuotaExceeded,
+        ErrorCode::Unavailable,
     ];
 
     /// The name on the wire (the `code` of an `error` message).
@@ -97,6 +102,7 @@ impl ErrorCode {
             ErrorCode::InvalidBasicAuth => "invalid_basic_auth",
             ErrorCode::KeyRevoked => "key_revoked",
             ErrorCode::QuotaExceeded => "quota_exceeded",
+            ErrorCode::Unavailable => "unavailable",
         }
     }
 
@@ -105,7 +111,7 @@ impl ErrorCode {
         match self {
             // Sent only on an open session: one message refused.
             ErrorCode::TooManyTunnels | ErrorCode::BadResponse => Closes::No,
-            ErrorCode::Internal => Closes::IfFirst(close_code::INTERNAL),
+            ErrorCode::Internal | ErrorCode::Unavailable => Closes::IfFirst(close_code::INTERNAL),
             ErrorCode::KeyRevoked => Closes::Always(close_code::POLICY),
             ErrorCode::BadMessage
             | ErrorCode::UnknownType
@@ -133,7 +139,10 @@ impl ErrorCode {
 
     /// Whether an `error` with this code carries `retry_after_ms`.
     pub const fn carries_retry_after(self) -> bool {
-        matches!(self, ErrorCode::TooManyAttempts | ErrorCode::QuotaExceeded)
+        matches!(
+            self,
+            ErrorCode::TooManyAttempts | ErrorCode::QuotaExceeded | ErrorCode::Unavailable
+        )
     }
 }
 

@@ -10,6 +10,7 @@ use std::net::SocketAddr;
 
 use cryptun_proto::net::Cidr;
 
+use crate::cluster::ClusterConfig;
 use crate::ops::admin::AdminToken;
 use crate::policy::{BackoffConfig, MinRate, Rate};
 
@@ -116,6 +117,9 @@ pub struct Config {
     /// asked for, with `/readyz` answering 503, so that a load balancer
     /// stops sending it traffic before it stops listening. Zero by default.
     pub shutdown_delay: Duration,
+    /// Membership of a cluster of servers sharing names through Redis
+    /// (see `crate::cluster`). `None`: a single server, nothing shared.
+    pub cluster: Option<ClusterConfig>,
 }
 
 /// Request rates, and the bounds of the per-address table.
@@ -209,6 +213,7 @@ impl Default for Config {
             trusted_proxies: Vec::new(),
             admin_token: None,
             shutdown_delay: Duration::ZERO,
+            cluster: None,
         }
     }
 }
@@ -325,6 +330,9 @@ impl Config {
             return Err(ConfigError(
                 "the connection limits must allow at least one connection".into(),
             ));
+        }
+        if let Some(cluster) = &self.cluster {
+            cluster.check().map_err(ConfigError)?;
         }
         if self.rate_limits.max_tracked_ips == 0 {
             return Err(ConfigError(

@@ -143,6 +143,21 @@ pub enum GatewayError {
     /// connection holds one of those: it may only ask for `/ws`.
     #[error("the server holds as many connections as it takes; try again shortly")]
     ConnectionsFull,
+    /// Cluster: the tunnel is not on this node and the cluster's shared
+    /// store, which says where it is, cannot be reached.
+    #[error("this server cannot reach its cluster's shared store now; try again shortly")]
+    ClusterUnavailable,
+    /// Cluster: the node serving the tunnel did not answer (it may have
+    /// gone; its client will reconnect to another node).
+    #[error("the node serving this tunnel is unreachable; try again shortly")]
+    NodeUnreachable,
+    /// Cluster: a request on the internal hop without the cluster's secret.
+    #[error("this listener is for the cluster's own nodes")]
+    HopForbidden,
+    /// Cluster: a forwarded request for a name this node does not serve
+    /// (the first node's route was stale; it asks again).
+    #[error("the tunnel is not served by this node")]
+    NotHere,
 }
 
 /// Whose request rate was exceeded.
@@ -207,9 +222,12 @@ impl GatewayError {
             GatewayError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
             GatewayError::Misdirected { .. } => StatusCode::MISDIRECTED_REQUEST,
             GatewayError::Reconnecting(_) => StatusCode::SERVICE_UNAVAILABLE,
-            GatewayError::ShuttingDown | GatewayError::ConnectionsFull => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            GatewayError::ShuttingDown
+            | GatewayError::ConnectionsFull
+            | GatewayError::ClusterUnavailable
+            | GatewayError::NodeUnreachable => StatusCode::SERVICE_UNAVAILABLE,
+            GatewayError::HopForbidden => StatusCode::FORBIDDEN,
+            GatewayError::NotHere => StatusCode::MISDIRECTED_REQUEST,
         }
     }
 
@@ -235,7 +253,8 @@ impl GatewayError {
             | GatewayError::BadPath
             | GatewayError::AdminUnauthorized
             | GatewayError::AdminForbidden
-            | GatewayError::AdminHost => Side::Visitor,
+            | GatewayError::AdminHost
+            | GatewayError::HopForbidden => Side::Visitor,
             GatewayError::ClientGone
             | GatewayError::ClientReset
             | GatewayError::BadResponse(_)
@@ -244,7 +263,10 @@ impl GatewayError {
             GatewayError::TooManyStreams
             | GatewayError::TooManyUploads
             | GatewayError::ShuttingDown
-            | GatewayError::ConnectionsFull => Side::Server,
+            | GatewayError::ConnectionsFull
+            | GatewayError::ClusterUnavailable
+            | GatewayError::NodeUnreachable
+            | GatewayError::NotHere => Side::Server,
         }
     }
 
@@ -280,6 +302,10 @@ impl GatewayError {
             GatewayError::AdminHost => "admin_host",
             GatewayError::ShuttingDown => "shutting_down",
             GatewayError::ConnectionsFull => "max_connections",
+            GatewayError::ClusterUnavailable => "cluster_unavailable",
+            GatewayError::NodeUnreachable => "node_unreachable",
+            GatewayError::HopForbidden => "hop_forbidden",
+            GatewayError::NotHere => "not_here",
         }
     }
 
@@ -324,7 +350,9 @@ impl GatewayError {
             | GatewayError::TooManyUploads
             | GatewayError::TooManyInFlight(_)
             | GatewayError::ShuttingDown
-            | GatewayError::ConnectionsFull => {
+            | GatewayError::ConnectionsFull
+            | GatewayError::ClusterUnavailable
+            | GatewayError::NodeUnreachable => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
             }
             GatewayError::Unauthorized(realm) => {

@@ -55,6 +55,7 @@
 #![forbid(unsafe_code)]
 
 mod body;
+pub mod cluster;
 pub mod config;
 pub mod control;
 pub mod edge;
@@ -117,7 +118,17 @@ pub async fn serve(
     let bound = edge::Bound::new(listeners)?;
     let config = Arc::new(bound.settle(config)?);
     let store = open_store(&config).await?;
-    let stages = Stages::build(&config, &bound, store.clone(), shutdown.clone());
+    let joined = match &config.cluster {
+        Some(cluster) => Some(cluster::join(&config, cluster).await?),
+        None => None,
+    };
+    let stages = Stages::build(
+        &config,
+        &bound,
+        store.clone(),
+        shutdown.clone(),
+        joined.as_ref(),
+    );
     bound.log_listening(&config.domain);
     let database = store.path().display();
     match config.auth {
@@ -136,17 +147,44 @@ pub async fn serve(
     // answers 503 and clients are told; the server keeps accepting for
     // `shutdown_delay` so a load balancer can notice, then stops.
     let delay = config.shutdown_delay;
+    let stop_accepting = CancellationToken::new();
     let stop = async {
         shutdown.cancelled().await;
         if !delay.is_zero() {
             info!(?delay, "shutting down: not ready, still accepting");
             tokio::time::sleep(delay).await;
         }
+        stop_accepting.cancel();
     };
-    stages
-        .edge
-        .accept_until(bound, Arc::clone(&stages.gateway), &drain, stop)
-        .await;
+    let public = stages.edge.accept_until(
+        bound,
+        Arc::clone(&stages.gateway),
+        &drain,
+        stop_accepting.cancelled(),
+    );
+    // A cluster node also serves the requests other nodes forward.
+    let hop = async {
+        let Some(joined) = joined else { return };
+        let Some(secret) = config.cluster.as_ref().map(|c| c.secret.clone()) else {
+            return;
+        };
+        let edge = Edge::for_peers(&config, stages.metrics.clone());
+        let server = Arc::new(cluster::hop::HopServer {
+            gateway: Arc::clone(&stages.gateway),
+            secret,
+        });
+        match edge::Bound::new(Listeners {
+            http: Some(joined.listener),
+            https: None,
+        }) {
+            Ok(bound) => {
+                edge.accept_until(bound, server, &drain, stop_accepting.cancelled())
+                    .await
+            }
+            Err(err) => warn!(%err, "the cluster listener could not be served"),
+        }
+    };
+    tokio::join!(stop, public, hop);
 
     info!("shutting down: draining in-flight requests");
     drain.stop.cancel();
@@ -162,6 +200,9 @@ pub async fn serve(
     stages.sessions_stop.cancel();
     stages.tasks.close();
     let _ = tokio::time::timeout(Duration::from_secs(2), stages.tasks.wait()).await;
+    // A cluster node gives its names back (held for their owners) in the
+    // shared store.
+    let _ = tokio::time::timeout(Duration::from_secs(2), stages.registry.close()).await;
     // Keep the names held for reconnection, those of sessions that just
     // ended and of any still ending, for the next start.
     save_holds(stages.registry.as_ref(), &store).await;
@@ -179,6 +220,7 @@ struct Stages {
     gateway: Arc<Gateway>,
     control: Arc<Control>,
     registry: Arc<dyn Registry>,
+    metrics: Metrics,
     /// Fires when sessions must close (after in-flight requests drained).
     sessions_stop: CancellationToken,
     /// Session tasks, the revocation watcher and access log lines, awaited
@@ -195,14 +237,18 @@ impl Stages {
         bound: &edge::Bound,
         store: Store,
         draining: CancellationToken,
+        joined: Option<&cluster::Joined>,
     ) -> Self {
         let mut metrics_registry = prometheus_client::registry::Registry::default();
         let metrics = Metrics::register(&mut metrics_registry);
-        let registry: Arc<dyn Registry> = Arc::new(registry::Local::new(
-            config.reconnect_grace,
-            config.max_held_names,
-            config.max_holds_per_identity,
-        ));
+        let registry: Arc<dyn Registry> = match joined {
+            Some(joined) => joined.registry.clone(),
+            None => Arc::new(registry::Local::new(
+                config.reconnect_grace,
+                config.max_held_names,
+                config.max_holds_per_identity,
+            )),
+        };
         let sessions_stop = CancellationToken::new();
         let tasks = TaskTracker::new();
         let ip_limiter = config.rate_limits.per_ip.map(|rate| {
@@ -242,12 +288,14 @@ impl Stages {
             log: gateway::AccessLog::new(metrics.clone(), totals, tasks.clone()),
             control: Arc::clone(&control),
             ops,
+            hop: joined.map(|joined| Arc::clone(&joined.forwarder)),
         }));
         Stages {
-            edge: Edge::new(config, metrics),
+            edge: Edge::new(config, metrics.clone()),
             gateway,
             control,
             registry,
+            metrics,
             sessions_stop,
             tasks,
         }

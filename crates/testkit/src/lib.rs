@@ -22,6 +22,8 @@
 //!   [`HttpsVisitor`], which speaks HTTPS with any SNI and Host.
 //! - [`process`]: [`Proc`], the real binary as a child process: output
 //!   lines, signals, bounded waits for its exit.
+//! - [`redis`]: [`TestRedis`], a real `redis-server` on a free port, to
+//!   pause, kill and restart under a cluster.
 
 #![forbid(unsafe_code)]
 #![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
@@ -32,6 +34,7 @@ pub mod inspector;
 pub mod origin;
 pub mod process;
 pub mod raw;
+pub mod redis;
 pub mod server;
 pub mod tls;
 pub mod visitor;
@@ -43,6 +46,7 @@ pub use inspector::TestInspector;
 pub use origin::Origin;
 pub use process::Proc;
 pub use raw::RawWs;
+pub use redis::TestRedis;
 pub use server::{TempDir, TestServer};
 pub use tls::HttpsVisitor;
 pub use visitor::{Reply, Visitor};

@@ -12,6 +12,10 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::tls::TestTls;
+use cryptun_server::cluster::{ClusterConfig, ClusterSecret};
+
+/// The secret the test clusters' nodes share.
+pub const CLUSTER_SECRET: &str = "test-cluster-secret-0123456789";
 
 /// A running server; stops when dropped.
 pub struct TestServer {
@@ -35,6 +39,25 @@ impl TestServer {
             },
             shutdown_grace: Duration::from_secs(2),
             ..Config::default()
+        }
+    }
+
+    /// Test settings for node `node` of a cluster on the Redis at `url`,
+    /// its hop on a free loopback port, with a short lease (2 s) so that
+    /// tests of lost nodes are quick.
+    pub fn cluster_config(url: &str, node: &str) -> Config {
+        let secret = ClusterSecret::new(CLUSTER_SECRET).unwrap();
+        let mut cluster = ClusterConfig::new(
+            url.to_owned(),
+            node.to_owned(),
+            "127.0.0.1:0".parse().unwrap(),
+            secret,
+        );
+        cluster.lease = Duration::from_secs(2);
+        Config {
+            cluster: Some(cluster),
+            reconnect_grace: Duration::from_secs(30),
+            ..Self::test_config()
         }
     }
 

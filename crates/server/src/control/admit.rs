@@ -36,6 +36,9 @@ pub(crate) struct Admit {
     pub(crate) tunnels: Arc<Quota<Who>>,
 }
 
+/// When a client refused for an unreachable cluster store may try again.
+const UNAVAILABLE_RETRY: Duration = Duration::from_secs(2);
+
 /// What a tunnel is opened with, checked, before its name is settled.
 struct Terms {
     asked: Option<Subdomain>,
@@ -93,13 +96,13 @@ impl Admit {
                 rate_limiter: self.config.rate_limits.per_tunnel.map(TunnelLimiter::new),
                 max_body_size: terms.max_body_size,
             };
-            match Arc::clone(&self.registry).register(tunnel, claim) {
+            match Arc::clone(&self.registry).register(tunnel, claim).await {
                 Ok(registration) => {
                     let created = self.tunnel_created(mux, &registration, terms.secret);
                     return Ok((registration, created));
                 }
                 // A generated name collided (50 random bits): draw again.
-                Err(_) if terms.asked.is_none() => continue,
+                Err(Taken::Live | Taken::Held(_)) if terms.asked.is_none() => continue,
                 Err(taken) => {
                     let name = terms.asked.as_ref().map_or("", Subdomain::as_str);
                     return Err(self.refuse_taken(peer, name, taken));
@@ -199,6 +202,13 @@ impl Admit {
     fn refuse_taken(&self, peer: Peer, name: &str, taken: Taken) -> Refusal {
         let secs = |left: Duration| left.as_secs_f64().ceil();
         match taken {
+            Taken::Unavailable => Refusal {
+                retry_after: Some(UNAVAILABLE_RETRY),
+                ..Refusal::new(
+                    ErrorCode::Unavailable,
+                    "this server cannot admit tunnels now: its cluster's shared store is unreachable; try again shortly",
+                )
+            },
             Taken::Live => Refusal::new(
                 ErrorCode::SubdomainTaken,
                 format!("the subdomain {name:?} is in use by another tunnel"),

@@ -134,6 +134,9 @@ impl Control {
         if control.draining.is_cancelled() {
             return Err(GatewayError::ShuttingDown);
         }
+        if !control.admit.registry.can_admit() {
+            return Err(GatewayError::ClusterUnavailable);
+        }
         let headers = req.headers();
         let has_token = |name: header::HeaderName, token: &str| {
             headers.get_all(name).iter().any(|v| {

@@ -180,6 +180,20 @@ impl Edge {
         }
     }
 
+    /// The edge of a cluster's internal listener: its peers are the other
+    /// nodes, few addresses with many connections, so no address is held
+    /// to less than the whole.
+    pub(crate) fn for_peers(config: &Config, metrics: Metrics) -> Self {
+        Edge {
+            slots: Slots::new(
+                config.max_connections,
+                config.max_connections,
+                config.trusted_proxies.clone(),
+            ),
+            ..Edge::new(config, metrics)
+        }
+    }
+
     /// Accepts connections on `bound` until `stop` resolves, each served in
     /// its own task tracked by `drain`, its requests handed to `handler`;
     /// each needs a slot (`slots`). The listeners close when it returns.

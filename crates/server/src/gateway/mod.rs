@@ -61,6 +61,7 @@ pub(crate) use access_log::AccessLog;
 pub(crate) use proxy::upload_share;
 
 use crate::body::Body;
+use crate::cluster::hop::Forwarder;
 use crate::config::Config;
 use crate::control::Control;
 use crate::edge::framing::Verdict;
@@ -69,9 +70,9 @@ use crate::error::{GatewayError, RateScope};
 use crate::metrics::{Metrics, Refused};
 use crate::ops::{Caller, Ops, route_label};
 use crate::policy::{InFlight, IpLimiter};
-use crate::registry::{Lookup, Registry, Tunnel};
+use crate::registry::{Lookup, Registry, Remote, Tunnel};
 use access_log::{Exchange, RequestBody};
-use forwarded::Visitor;
+pub(crate) use forwarded::Visitor;
 use host::Route;
 
 /// Everything a request may need on its way, shared by every connection.
@@ -90,6 +91,8 @@ pub(crate) struct Gateway {
     control: Arc<Control>,
     /// Where the server's other routes go.
     ops: Ops,
+    /// In a cluster: how requests reach tunnels on other nodes.
+    hop: Option<Arc<Forwarder>>,
 }
 
 /// What a [`Gateway`] is built from.
@@ -102,19 +105,33 @@ pub(crate) struct Parts {
     pub(crate) log: AccessLog,
     pub(crate) control: Arc<Control>,
     pub(crate) ops: Ops,
+    pub(crate) hop: Option<Arc<Forwarder>>,
 }
 
 impl Handler for Gateway {
     /// Answers one request on `conn`. (The path of a request is kept to
     /// few nested futures: each level's future is moved into its caller's.)
     async fn handle(self: Arc<Self>, conn: Arc<Conn>, req: Request<VisitorBody>) -> Response<Body> {
+        self.answer(conn, req, None).await
+    }
+}
+
+impl Gateway {
+    /// Answers one request on `conn`: a visitor's, or with `from_node` one
+    /// another node forwarded for that visitor (see [`crate::cluster::hop`]).
+    pub(crate) async fn answer(
+        self: Arc<Self>,
+        conn: Arc<Conn>,
+        req: Request<VisitorBody>,
+        from_node: Option<Visitor>,
+    ) -> Response<Body> {
         let peer = conn.peer;
         // Exactly one verdict per request, whatever happens next.
         let verdict = conn.framing.next();
         // Kept for the debug line on a failure, only when it would be written.
         let named = tracing::enabled!(tracing::Level::DEBUG)
             .then(|| (req.method().clone(), req.uri().path().to_owned()));
-        let mut resp = match self.dispatch(&conn, verdict, req).await {
+        let mut resp = match self.dispatch(&conn, verdict, req, from_node).await {
             Ok(resp) => resp,
             Err(err) => {
                 let (method, path) = named.unwrap_or_default();
@@ -130,9 +147,7 @@ impl Handler for Gateway {
         }
         resp
     }
-}
 
-impl Gateway {
     pub(crate) fn new(parts: Parts) -> Self {
         let Parts {
             config,
@@ -143,6 +158,7 @@ impl Gateway {
             log,
             control,
             ops,
+            hop,
         } = parts;
         Gateway {
             in_flight: InFlight::new(config.max_requests_per_ip),
@@ -154,6 +170,7 @@ impl Gateway {
             log: Arc::new(log),
             control,
             ops,
+            hop,
         }
     }
 
@@ -163,8 +180,16 @@ impl Gateway {
         conn: &Conn,
         verdict: Verdict,
         mut req: Request<VisitorBody>,
+        from_node: Option<Visitor>,
     ) -> Result<Response<Body>, GatewayError> {
         let (name, route) = self.check(conn, verdict, &req)?;
+        if let Some(visitor) = from_node {
+            // Checked and counted by the node the visitor reached.
+            return match route {
+                Route::Tunnel(label) => Ok(self.for_tunnel(conn, visitor, label, req, true).await),
+                Route::Server => Err(GatewayError::NotHere),
+            };
+        }
         if conn.clients_only && !(route == Route::Server && is_ws(&req)) {
             self.metrics.refused_request(Refused::ConnectionsFull);
             return Err(GatewayError::ConnectionsFull);
@@ -184,7 +209,7 @@ impl Gateway {
         let visitor = forwarded::visitor(&self.config.trusted_proxies, conn.peer, req.headers());
         match route {
             Route::Server => self.own_route(visitor, &name, req),
-            Route::Tunnel(label) => Ok(self.for_tunnel(conn, visitor, label, req).await),
+            Route::Tunnel(label) => Ok(self.for_tunnel(conn, visitor, label, req, false).await),
         }
     }
 
@@ -251,34 +276,51 @@ impl Gateway {
 
     /// A visitor's request for tunnel `label`: counted, timed and logged
     /// ([`access_log`]) whether or not the tunnel exists; in the tunnel's
-    /// own counters too when it is live, refused or not.
+    /// own counters too when it is live, refused or not. A tunnel on
+    /// another node is reached over the hop; `from_node`, the request came
+    /// over it, its visitor's address already held to its limits there.
     async fn for_tunnel(
         &self,
         conn: &Conn,
         visitor: Visitor,
         label: String,
         req: Request<VisitorBody>,
+        from_node: bool,
     ) -> Response<Body> {
         let peer = visitor.addr;
-        let lookup = self.registry.lookup(&label);
+        let lookup = match self.registry.lookup(&label) {
+            Lookup::Ask => self.registry.resolve(&label).await,
+            found => found,
+        };
         let stats = match &lookup {
             Lookup::Live(tunnel) => Some(Arc::clone(&tunnel.stats)),
             _ => None,
         };
         let (mut exchange, mut req) =
             Exchange::begin(&self.log, peer, Some(label.clone()), stats, req);
-        let admitted = match self.in_flight.admit(peer.ip()) {
-            Some(place) => {
-                exchange.hold(place);
-                self.admit(visitor, &label, lookup).and_then(|tunnel| {
-                    Self::tunnel_rules(&tunnel, peer.ip(), &mut req).map(|()| tunnel)
-                })
+        let admitted = if from_node {
+            match lookup {
+                Lookup::Live(tunnel) => Ok(Target::Here(tunnel)),
+                _ => Err(GatewayError::NotHere),
             }
-            None => Err(GatewayError::TooManyInFlight(self.in_flight.max())),
+        } else {
+            match self.in_flight.admit(peer.ip()) {
+                Some(place) => {
+                    exchange.hold(place);
+                    self.admit(visitor, &label, lookup)
+                }
+                None => Err(GatewayError::TooManyInFlight(self.in_flight.max())),
+            }
         };
+        let admitted = admitted.and_then(|target| match target {
+            Target::Here(tunnel) => {
+                Self::tunnel_rules(&tunnel, peer.ip(), &mut req).map(|()| Target::Here(tunnel))
+            }
+            there => Ok(there),
+        });
+        let scheme = visitor.scheme.unwrap_or(conn.transport.scheme());
         let result = match admitted {
-            Ok(tunnel) => {
-                let scheme = visitor.scheme.unwrap_or(conn.transport.scheme());
+            Ok(Target::Here(tunnel)) => {
                 let proxy = proxy::Proxy {
                     metrics: &self.metrics,
                     body_read_timeout: self.config.body_read_timeout,
@@ -286,6 +328,10 @@ impl Gateway {
                 };
                 proxy.forward(&tunnel, peer, scheme, req).await
             }
+            Ok(Target::There(remote)) => match &self.hop {
+                Some(hop) => hop.forward(&remote, &label, peer, scheme, req).await,
+                None => Err(GatewayError::NodeUnreachable),
+            },
             Err(err) => Err(err),
         };
         match result {
@@ -298,14 +344,9 @@ impl Gateway {
         }
     }
 
-    /// The live tunnel `label` names (`lookup` found), if `visitor` is
-    /// within its address's rate.
-    fn admit(
-        &self,
-        visitor: Visitor,
-        label: &str,
-        lookup: Lookup,
-    ) -> Result<Arc<Tunnel>, GatewayError> {
+    /// Where `label` is served (`lookup` found), if `visitor` is within its
+    /// address's rate.
+    fn admit(&self, visitor: Visitor, label: &str, lookup: Lookup) -> Result<Target, GatewayError> {
         if let Some(limiter) = &self.ip_limiter {
             limiter
                 .check(visitor.addr.ip())
@@ -315,8 +356,10 @@ impl Gateway {
                 })?;
         }
         match lookup {
-            Lookup::Live(tunnel) => Ok(tunnel),
+            Lookup::Live(tunnel) => Ok(Target::Here(tunnel)),
+            Lookup::Remote(remote) => Ok(Target::There(remote)),
             Lookup::Reconnecting(left) => Err(GatewayError::Reconnecting(left)),
+            Lookup::Unavailable | Lookup::Ask => Err(GatewayError::ClusterUnavailable),
             Lookup::Free => Err(GatewayError::UnknownTunnel(format!(
                 "{label}.{}",
                 self.config.domain
@@ -348,6 +391,14 @@ impl Gateway {
         }
         Ok(())
     }
+}
+
+/// Where a tunnel's request goes.
+enum Target {
+    /// A tunnel of this node.
+    Here(Arc<Tunnel>),
+    /// A tunnel of another node.
+    There(Remote),
 }
 
 /// Whether `req` asks for the control endpoint (`GET /ws`).

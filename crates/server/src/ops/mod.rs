@@ -3,7 +3,7 @@
 //! - `GET /healthz`: `{"status":"ok"}` for anyone, so load balancers can
 //!   probe it; the tunnel count only for admins.
 //! - `GET /readyz`: 200 while the server accepts tunnels, 503 once it
-//!   drains.
+//!   drains (or, in a cluster, while its shared store is unreachable).
 //! - `GET /dashboard` (and its script and style): the live dashboard page
 //!   for anyone, since it holds no data; what it shows comes from
 //!   `GET /api/dashboard` (see [`dashboard`]).
@@ -161,6 +161,8 @@ impl Ops {
     fn readiness(&self) -> Response<Body> {
         let (status, text) = if self.is_draining() {
             (StatusCode::SERVICE_UNAVAILABLE, "draining")
+        } else if !self.registry.can_admit() {
+            (StatusCode::SERVICE_UNAVAILABLE, "cluster store unreachable")
         } else {
             (StatusCode::OK, "ready")
         };

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use tracing::debug;
 
 use super::held::{self, Claim, Holder};
-use super::{Lookup, Registration, Registry, Taken, Tunnel};
+use super::{BoxFuture, Lookup, Registration, Registry, Taken, Tunnel};
 use crate::store::{Owner, SavedHold};
 
 /// The map from subdomain to live tunnel, and the names held for
@@ -55,6 +55,38 @@ impl Local {
     }
 }
 
+impl Local {
+    /// Registers `tunnel` unless its subdomain is live, or held for
+    /// another identity than `claim`'s. The entry lives as long as the
+    /// returned registration.
+    pub fn register_now(
+        self: Arc<Self>,
+        tunnel: Tunnel,
+        claim: Claim<'_>,
+    ) -> Result<Registration, Taken> {
+        let tunnel = self.insert(tunnel, claim)?;
+        Ok(Registration::new(self, tunnel))
+    }
+
+    /// Puts `tunnel` in the map unless its subdomain is live, or held for
+    /// another identity than `claim`'s; whoever calls it removes it.
+    pub(crate) fn insert(&self, tunnel: Tunnel, claim: Claim<'_>) -> Result<Arc<Tunnel>, Taken> {
+        let mut inner = self.write();
+        if inner.tunnels.contains_key(&tunnel.subdomain) {
+            return Err(Taken::Live);
+        }
+        inner
+            .holds
+            .claim(&tunnel.subdomain, claim, Instant::now())
+            .map_err(Taken::Held)?;
+        let tunnel = Arc::new(tunnel);
+        inner
+            .tunnels
+            .insert(tunnel.subdomain.clone(), Arc::clone(&tunnel));
+        Ok(tunnel)
+    }
+}
+
 impl Registry for Local {
     /// Where `subdomain` points: a live tunnel, a name held for
     /// reconnection, or nothing.
@@ -69,28 +101,12 @@ impl Registry for Local {
         }
     }
 
-    /// Registers `tunnel` unless its subdomain is live, or held for
-    /// another identity than `claim`'s. The entry lives as long as the
-    /// returned registration.
-    fn register(self: Arc<Self>, tunnel: Tunnel, claim: Claim<'_>) -> Result<Registration, Taken> {
-        let mut inner = self.write();
-        if inner.tunnels.contains_key(&tunnel.subdomain) {
-            return Err(Taken::Live);
-        }
-        inner
-            .holds
-            .claim(&tunnel.subdomain, claim, Instant::now())
-            .map_err(Taken::Held)?;
-        let tunnel = Arc::new(tunnel);
-        inner
-            .tunnels
-            .insert(tunnel.subdomain.clone(), Arc::clone(&tunnel));
-        drop(inner);
-        Ok(Registration {
-            registry: self,
-            tunnel,
-            hold: true,
-        })
+    fn register<'a>(
+        self: Arc<Self>,
+        tunnel: Tunnel,
+        claim: Claim<'a>,
+    ) -> BoxFuture<'a, Result<Registration, Taken>> {
+        Box::pin(std::future::ready(self.register_now(tunnel, claim)))
     }
 
     /// Ends every reconnection hold of key `id` (its key was revoked, so
@@ -202,11 +218,11 @@ mod tests {
         let grace = Duration::from_secs(30);
         let registry = Arc::new(Local::new(grace, 10, 10));
         let left = Arc::clone(&registry)
-            .register(tunnel("left", Owner::Key("a".into())), Claim::default())
+            .register_now(tunnel("left", Owner::Key("a".into())), Claim::default())
             .unwrap();
         drop(left);
         let _live = Arc::clone(&registry)
-            .register(tunnel("live", Owner::Secret([1; 32])), Claim::default())
+            .register_now(tunnel("live", Owner::Secret([1; 32])), Claim::default())
             .unwrap();
         let mut saved = registry.saved_holds();
         saved.sort_by(|a, b| a.name.cmp(&b.name));

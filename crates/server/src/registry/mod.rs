@@ -7,12 +7,18 @@
 //! so a tunnel leaves the map however its session ends (close, error, panic).
 //! Its name is then held for the reconnect grace, for its [`Owner`] only.
 //! Each live tunnel carries its request counters ([`stats`]).
+//!
+//! Looking a name up never waits: a registry that must ask elsewhere (a
+//! cluster's, `crate::cluster::Clustered`) answers [`Lookup::Ask`], and only
+//! then does the gateway wait on [`Registry::resolve`]. Registering may wait
+//! (a cluster claims the name in its shared store first).
 
 pub mod held;
 mod local;
 pub mod stats;
 
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime};
@@ -136,13 +142,40 @@ impl Tunnel {
 /// other nodes. Everything else sees only this.
 pub trait Registry: Send + Sync + 'static {
     /// Where `name` points: a live tunnel, a name held for reconnection, or
-    /// nothing. On the path of every visitor request: no waiting.
+    /// nothing; [`Lookup::Ask`] when only [`Registry::resolve`] can say.
+    /// On the path of every visitor request: no waiting.
     fn lookup(&self, name: &str) -> Lookup;
+
+    /// Where `name` points, asking whoever knows (a cluster's shared
+    /// store) when [`Registry::lookup`] could not say. Never answers
+    /// [`Lookup::Ask`].
+    fn resolve<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Lookup> {
+        Box::pin(std::future::ready(match self.lookup(name) {
+            Lookup::Ask => Lookup::Free,
+            found => found,
+        }))
+    }
 
     /// Registers `tunnel` unless its name is live, or held for another
     /// identity than `claim`'s. The entry lives as long as the returned
     /// registration.
-    fn register(self: Arc<Self>, tunnel: Tunnel, claim: Claim<'_>) -> Result<Registration, Taken>;
+    fn register<'a>(
+        self: Arc<Self>,
+        tunnel: Tunnel,
+        claim: Claim<'a>,
+    ) -> BoxFuture<'a, Result<Registration, Taken>>;
+
+    /// Whether new tunnels can be admitted now (a cluster node cannot
+    /// while its shared store is unreachable).
+    fn can_admit(&self) -> bool {
+        true
+    }
+
+    /// Finishes what the registry still owes others (a cluster node's
+    /// releases of names), before the server stops.
+    fn close(&self) -> BoxFuture<'static, ()> {
+        Box::pin(std::future::ready(()))
+    }
 
     /// Takes `tunnel` out (if it is still the one registered under its
     /// name), holding its name for its owner's reconnection if `hold`.
@@ -187,6 +220,23 @@ pub enum Taken {
     /// It is held for the reconnection of another client.
     #[error("the subdomain is held for its previous client to reconnect")]
     Held(HeldBy),
+    /// Names cannot be claimed now: the cluster's shared store is
+    /// unreachable.
+    #[error("the cluster's shared store is unreachable")]
+    Unavailable,
+}
+
+/// A future a registry returns, boxed so that the trait stays usable as
+/// `dyn Registry`.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// A tunnel served by another node of the cluster.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Remote {
+    /// The node's name.
+    pub node: String,
+    /// Its internal hop address.
+    pub hop: SocketAddr,
 }
 
 /// Where a subdomain points now.
@@ -198,6 +248,12 @@ pub enum Lookup {
     Reconnecting(Duration),
     /// Nothing.
     Free,
+    /// Live on another node.
+    Remote(Remote),
+    /// Not known without asking: call [`Registry::resolve`].
+    Ask,
+    /// Not known, and whoever knows cannot be asked now.
+    Unavailable,
 }
 
 /// A tunnel's place in the registry; dropping it removes the tunnel.
@@ -209,6 +265,16 @@ pub struct Registration {
 }
 
 impl Registration {
+    /// `tunnel`'s entry in `registry`, removed (and its name held) when
+    /// dropped.
+    pub(crate) fn new(registry: Arc<dyn Registry>, tunnel: Arc<Tunnel>) -> Self {
+        Registration {
+            registry,
+            tunnel,
+            hold: true,
+        }
+    }
+
     /// The registered tunnel.
     pub fn tunnel(&self) -> &Arc<Tunnel> {
         &self.tunnel

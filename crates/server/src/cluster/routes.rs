@@ -1,0 +1,551 @@
+//! A cluster node's registry: this node's live tunnels (an in-memory
+//! [`Local`], without holds of its own) plus their claims in Redis, the
+//! routes to other nodes' tunnels as Redis gave them, and the keeper task
+//! that renews this node's leases and releases the names of tunnels that
+//! end.
+//!
+//! A name's entry here is trusted while its lease, as last renewed, runs;
+//! after that (the node was paused, or Redis was away) the first visitor
+//! asks Redis ([`Registry::resolve`]) whether the name is still this
+//! node's before it is served: taken over, it is dropped and the visitor
+//! goes to the new owner; Redis unreachable, the live session is served
+//! (its owner is connected here: it is the owner's proof).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, error, info, warn};
+
+use super::shared::{Claimed, Entry, Found, Renewed, Shared};
+use crate::registry::{
+    BoxFuture, Claim, HeldBy, Local, Lookup, Registration, Registry, Remote, Taken, Tunnel,
+};
+use crate::store::{Owner, SavedHold};
+
+/// Most routes (and, apart, unknown names) remembered; past it the table
+/// starts again empty.
+const MAX_CACHED: usize = 65_536;
+
+/// Most releases waiting for Redis. Past it (Redis slow while many tunnels
+/// end) a name is not released but left to its lease, after which it is
+/// held for its owner all the same, as if its node had gone.
+const MAX_PENDING_RELEASES: usize = 65_536;
+
+/// This node's identity in the cluster.
+#[derive(Debug, Clone)]
+pub struct Node {
+    /// Its name.
+    pub name: String,
+    /// Where peers reach its hop.
+    pub hop: std::net::SocketAddr,
+    /// This process's token for its name.
+    pub token: String,
+}
+
+/// A cluster node's registry.
+pub struct Clustered {
+    local: Local,
+    shared: Shared,
+    node: Node,
+    lease: Duration,
+    grace: Duration,
+    route_ttl: Duration,
+    negative_ttl: Duration,
+    /// This node's claims, by name.
+    mine: RwLock<HashMap<String, Mine>>,
+    /// Other nodes' names, and names found nowhere, as Redis last said.
+    cache: Mutex<Cache>,
+    releases: mpsc::Sender<Release>,
+    /// The keeper, until [`Registry::close`] stops it.
+    keeper: Mutex<Option<Keeper>>,
+}
+
+struct Keeper {
+    stop: CancellationToken,
+    done: tokio::task::JoinHandle<()>,
+}
+
+/// One of this node's claims.
+struct Mine {
+    entry: Entry,
+    tunnel_id: String,
+    /// Served without asking Redis until then.
+    until: Instant,
+}
+
+#[derive(Default)]
+struct Cache {
+    routes: HashMap<String, (Remote, Instant)>,
+    held: HashMap<String, Instant>,
+    unknown: HashMap<String, Instant>,
+}
+
+/// A name to take this node off, and how long to hold it for its owner.
+struct Release {
+    name: String,
+    token: String,
+    hold: Duration,
+}
+
+impl Clustered {
+    /// The registry of `node`, claiming names in `shared` for `lease` at a
+    /// time and holding them `grace` for reconnection; starts its keeper.
+    pub fn start(
+        shared: Shared,
+        node: Node,
+        config: &super::ClusterConfig,
+        grace: Duration,
+        max_tunnels: usize,
+    ) -> Arc<Self> {
+        let (releases, pending) = mpsc::channel(MAX_PENDING_RELEASES);
+        let registry = Arc::new(Clustered {
+            local: Local::new(Duration::ZERO, 1, max_tunnels.max(1)),
+            shared,
+            node,
+            lease: config.lease,
+            grace,
+            route_ttl: config.route_ttl,
+            negative_ttl: config.negative_ttl,
+            mine: RwLock::default(),
+            cache: Mutex::default(),
+            releases,
+            keeper: Mutex::new(None),
+        });
+        let stop = CancellationToken::new();
+        let done = tokio::spawn(keep(Arc::downgrade(&registry), pending, stop.clone()));
+        *lock(&registry.keeper) = Some(Keeper { stop, done });
+        registry
+    }
+
+    /// The shared store.
+    pub fn shared(&self) -> &Shared {
+        &self.shared
+    }
+
+    /// Whether this node's claim on `name` was renewed recently enough to
+    /// serve it without asking.
+    fn trusted(&self, name: &str) -> bool {
+        read(&self.mine)
+            .get(name)
+            .is_some_and(|mine| Instant::now() < mine.until)
+    }
+
+    /// Forgets what was cached about `name` (its node said it is not
+    /// there, or could not be reached).
+    pub fn forget(&self, name: &str) {
+        let mut cache = lock(&self.cache);
+        cache.routes.remove(name);
+        cache.held.remove(name);
+        cache.unknown.remove(name);
+    }
+
+    /// What the cache says of `name`, if it is fresh.
+    fn cached(&self, name: &str) -> Option<Lookup> {
+        let now = Instant::now();
+        let cache = lock(&self.cache);
+        if let Some((remote, until)) = cache.routes.get(name) {
+            if now < *until {
+                return Some(Lookup::Remote(remote.clone()));
+            }
+        }
+        if let Some(until) = cache.held.get(name) {
+            if now < *until {
+                return Some(Lookup::Reconnecting(*until - now));
+            }
+        }
+        if cache.unknown.get(name).is_some_and(|until| now < *until) {
+            return Some(Lookup::Free);
+        }
+        None
+    }
+
+    fn remember(&self, name: &str, found: &Lookup) {
+        let now = Instant::now();
+        let mut cache = lock(&self.cache);
+        let bounded = |map_len: usize| map_len >= MAX_CACHED;
+        match found {
+            Lookup::Remote(remote) => {
+                if bounded(cache.routes.len()) {
+                    cache.routes.clear();
+                }
+                cache
+                    .routes
+                    .insert(name.to_owned(), (remote.clone(), now + self.route_ttl));
+            }
+            Lookup::Reconnecting(left) => {
+                if bounded(cache.held.len()) {
+                    cache.held.clear();
+                }
+                let ttl = (*left).min(self.negative_ttl);
+                cache.held.insert(name.to_owned(), now + ttl);
+            }
+            Lookup::Free => {
+                if bounded(cache.unknown.len()) {
+                    cache.unknown.clear();
+                }
+                cache
+                    .unknown
+                    .insert(name.to_owned(), now + self.negative_ttl);
+            }
+            _ => {}
+        }
+    }
+
+    /// Drops this node's tunnel for `name` (its claim went to another):
+    /// visitors are no longer served from it. Its session ends when its
+    /// client, gone elsewhere, stops answering.
+    fn lost(&self, name: &str, token: &str) {
+        let mine = {
+            let mut all = write(&self.mine);
+            match all.get(name) {
+                Some(mine) if mine.entry.token == token => all.remove(name),
+                _ => None,
+            }
+        };
+        let Some(mine) = mine else { return };
+        if let Lookup::Live(tunnel) = self.local.lookup(name) {
+            if tunnel.id == mine.tunnel_id {
+                self.local.remove(&tunnel, false);
+            }
+        }
+        self.forget(name);
+        info!(subdomain = %name, "another node claimed this name: its tunnel here no longer serves it");
+    }
+
+    /// Asks Redis whether `name`, live here but past its lease, is still
+    /// this node's: renewed, it is served; taken, it is dropped; Redis
+    /// unreachable, the live session is served.
+    async fn confirm(&self, name: &str, tunnel: Arc<Tunnel>) -> Option<Arc<Tunnel>> {
+        let entry = read(&self.mine).get(name).map(|mine| mine.entry.clone())?;
+        let asked = Instant::now();
+        match self
+            .shared
+            .renew(std::slice::from_ref(&entry), self.lease, self.grace)
+            .await
+            .map(|r| r.first().copied())
+        {
+            Ok(Some(Renewed::Yes | Renewed::Reasserted)) | Err(_) => {
+                if let Some(mine) = write(&self.mine).get_mut(name) {
+                    if mine.entry.token == entry.token {
+                        mine.until = asked + self.lease;
+                    }
+                }
+                Some(tunnel)
+            }
+            Ok(_) => {
+                self.lost(name, &entry.token);
+                None
+            }
+        }
+    }
+
+    async fn find(&self, name: &str) -> Lookup {
+        if let Lookup::Live(tunnel) = self.local.lookup(name) {
+            if self.trusted(name) {
+                return Lookup::Live(tunnel);
+            }
+            if let Some(tunnel) = self.confirm(name, tunnel).await {
+                return Lookup::Live(tunnel);
+            }
+        }
+        if let Some(found) = self.cached(name) {
+            return found;
+        }
+        let found = match self.shared.resolve(name).await {
+            Ok(Found::Members(members)) => {
+                // One member today; a pool would pick among them.
+                match members.into_iter().find(|m| m.node != self.node.name) {
+                    Some(member) => Lookup::Remote(Remote {
+                        node: member.node,
+                        hop: member.hop,
+                    }),
+                    // Ours by name but not by token: a claim this process
+                    // does not have (a previous run's, lapsing).
+                    None => Lookup::Reconnecting(self.lease),
+                }
+            }
+            Ok(Found::Held(left)) => Lookup::Reconnecting(left),
+            Ok(Found::Free) => Lookup::Free,
+            Err(err) => {
+                debug!(%err, subdomain = %name, "could not resolve a name");
+                // Redis away: a route known before still serves (its node
+                // says so if it is stale).
+                let stale = lock(&self.cache).routes.get(name).map(|(r, _)| r.clone());
+                return stale.map_or(Lookup::Unavailable, Lookup::Remote);
+            }
+        };
+        self.remember(name, &found);
+        found
+    }
+
+    async fn claim(&self, tunnel: &Tunnel, claim: Claim<'_>) -> Result<Entry, Taken> {
+        let epoch = self.shared.next_epoch().await.map_err(|err| {
+            debug!(%err, "could not claim a name");
+            Taken::Unavailable
+        })?;
+        let entry = Entry {
+            name: tunnel.subdomain.clone(),
+            owner: owner_code(&tunnel.owner),
+            token: cryptun_proto::random_id(16),
+            epoch,
+            member: format!("{} {} {}", self.node.name, self.node.hop, tunnel.id),
+        };
+        let key = claim.key.map(|id| owner_code(&Owner::Key(id.to_owned())));
+        let secret = claim.secret.map(|s| owner_code(&Owner::secret(s)));
+        let proofs = [
+            key.as_deref().unwrap_or(""),
+            secret.as_deref().unwrap_or(""),
+        ];
+        match self
+            .shared
+            .claim(&entry, proofs, self.lease, self.grace)
+            .await
+        {
+            Ok(Claimed::Yes) => Ok(entry),
+            Ok(Claimed::Live(_)) => Err(Taken::Live),
+            Ok(Claimed::Held(left)) => Err(Taken::Held(HeldBy::Other(left))),
+            Ok(Claimed::WrongSecret(left)) => Err(Taken::Held(HeldBy::WrongSecret(left))),
+            Err(err) => {
+                debug!(%err, "could not claim a name");
+                Err(Taken::Unavailable)
+            }
+        }
+    }
+
+    /// One renewal of every claim of this node, and of its name.
+    async fn renew_all(&self) {
+        let entries: Vec<Entry> = read(&self.mine)
+            .values()
+            .map(|mine| mine.entry.clone())
+            .collect();
+        let asked = Instant::now();
+        match self
+            .shared
+            .hold_node(&self.node.name, &self.node.token, self.node.hop, self.lease)
+            .await
+        {
+            Ok(true) | Err(_) => {}
+            Ok(false) => {
+                error!(node = %self.node.name, "another process holds this node's name in the cluster")
+            }
+        }
+        if let Ok(false) = self.shared.mark().await {
+            warn!(
+                "the cluster store was emptied (restarted without its data?): this node's live tunnels are written back; names held for reconnection there are gone; run Redis with AOF and a replica"
+            );
+        }
+        if entries.is_empty() {
+            return;
+        }
+        let Ok(renewed) = self.shared.renew(&entries, self.lease, self.grace).await else {
+            return;
+        };
+        let mut reasserted = 0;
+        for (entry, renewed) in entries.iter().zip(renewed) {
+            match renewed {
+                Renewed::Yes | Renewed::Reasserted => {
+                    reasserted += usize::from(renewed == Renewed::Reasserted);
+                    if let Some(mine) = write(&self.mine).get_mut(&entry.name) {
+                        if mine.entry.token == entry.token {
+                            mine.until = asked + self.lease;
+                        }
+                    }
+                }
+                Renewed::Lost => self.lost(&entry.name, &entry.token),
+            }
+        }
+        if reasserted > 0 {
+            warn!(
+                names = reasserted,
+                "claims missing from the cluster store were written back"
+            );
+        }
+    }
+
+    async fn release(&self, release: Release) {
+        if let Err(err) = self
+            .shared
+            .release(&release.name, &release.token, release.hold)
+            .await
+        {
+            // Its lease lapses by itself; the name is then held as if the
+            // node had gone.
+            debug!(%err, subdomain = %release.name, "could not release a name");
+        }
+    }
+}
+
+/// The keeper: renews every third of the lease, releases names as their
+/// tunnels end; on stop, releases what is pending and returns.
+async fn keep(
+    registry: std::sync::Weak<Clustered>,
+    mut pending: mpsc::Receiver<Release>,
+    stop: CancellationToken,
+) {
+    let every = registry
+        .upgrade()
+        .map_or(Duration::from_secs(1), |r| r.lease / 3);
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            biased;
+            () = stop.cancelled() => break,
+            Some(release) = pending.recv() => {
+                let Some(registry) = registry.upgrade() else { return };
+                registry.release(release).await;
+            }
+            _ = tick.tick() => {
+                let Some(registry) = registry.upgrade() else { return };
+                registry.renew_all().await;
+            }
+        }
+    }
+    let Some(registry) = registry.upgrade() else {
+        return;
+    };
+    while let Ok(release) = pending.try_recv() {
+        registry.release(release).await;
+    }
+}
+
+impl Registry for Clustered {
+    fn lookup(&self, name: &str) -> Lookup {
+        if let Lookup::Live(tunnel) = self.local.lookup(name) {
+            if self.trusted(name) {
+                return Lookup::Live(tunnel);
+            }
+            return Lookup::Ask;
+        }
+        self.cached(name).unwrap_or(Lookup::Ask)
+    }
+
+    fn resolve<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Lookup> {
+        Box::pin(self.find(name))
+    }
+
+    fn register<'a>(
+        self: Arc<Self>,
+        tunnel: Tunnel,
+        claim: Claim<'a>,
+    ) -> BoxFuture<'a, Result<Registration, Taken>> {
+        Box::pin(async move {
+            if matches!(self.local.lookup(&tunnel.subdomain), Lookup::Live(_)) {
+                return Err(Taken::Live);
+            }
+            let asked = Instant::now();
+            let entry = self.claim(&tunnel, claim).await?;
+            let name = entry.name.clone();
+            let token = entry.token.clone();
+            let tunnel_id = tunnel.id.clone();
+            let tunnel = match self.local.insert(tunnel, Claim::default()) {
+                Ok(tunnel) => tunnel,
+                Err(taken) => {
+                    // Raced by another session of this node: give it back.
+                    let _ = self.releases.try_send(Release {
+                        name,
+                        token,
+                        hold: Duration::ZERO,
+                    });
+                    return Err(taken);
+                }
+            };
+            write(&self.mine).insert(
+                name.clone(),
+                Mine {
+                    entry,
+                    tunnel_id,
+                    until: asked + self.lease,
+                },
+            );
+            self.forget(&name);
+            let registry: Arc<dyn Registry> = self;
+            Ok(Registration::new(registry, tunnel))
+        })
+    }
+
+    fn can_admit(&self) -> bool {
+        self.shared.is_up()
+    }
+
+    fn close(&self) -> BoxFuture<'static, ()> {
+        let keeper = lock(&self.keeper).take();
+        Box::pin(async move {
+            if let Some(keeper) = keeper {
+                keeper.stop.cancel();
+                let _ = keeper.done.await;
+            }
+        })
+    }
+
+    fn remove(&self, tunnel: &Arc<Tunnel>, hold: bool) {
+        self.local.remove(tunnel, false);
+        let mine = {
+            let mut all = write(&self.mine);
+            match all.get(&tunnel.subdomain) {
+                Some(mine) if mine.tunnel_id == tunnel.id => all.remove(&tunnel.subdomain),
+                _ => None,
+            }
+        };
+        if let Some(mine) = mine {
+            let _ = self.releases.try_send(Release {
+                name: mine.entry.name,
+                token: mine.entry.token,
+                hold: if hold { self.grace } else { Duration::ZERO },
+            });
+        }
+    }
+
+    /// Holds live in Redis, where a revoked key's cannot be proven any
+    /// more: they lapse by themselves.
+    fn release_key(&self, _id: &str) -> usize {
+        0
+    }
+
+    /// Holds live in Redis, not here.
+    fn held(&self) -> usize {
+        0
+    }
+
+    /// Nothing: holds outlive this node in Redis.
+    fn saved_holds(&self) -> Vec<SavedHold> {
+        Vec::new()
+    }
+
+    /// Nothing: holds outlive this node in Redis.
+    fn restore_holds(&self, _saved: Vec<SavedHold>) {}
+
+    fn list(&self) -> Vec<Arc<Tunnel>> {
+        self.local.list()
+    }
+
+    fn len(&self) -> usize {
+        self.local.len()
+    }
+}
+
+/// How an owner is written in a route record.
+fn owner_code(owner: &Owner) -> String {
+    match owner {
+        Owner::Key(id) => format!("k:{id}"),
+        Owner::Secret(hash) => {
+            let hex: String = hash.iter().map(|b| format!("{b:02x}")).collect();
+            format!("s:{hex}")
+        }
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    lock.read().unwrap_or_else(|e| e.into_inner())
+}
+
+fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    lock.write().unwrap_or_else(|e| e.into_inner())
+}

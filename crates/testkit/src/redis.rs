@@ -1,0 +1,181 @@
+//! A real Redis (Debian's `redis-server`) on a free loopback port, for the
+//! cluster's tests: started, paused, killed and restarted as a test needs,
+//! its data in a temporary directory, killed when dropped. A test that
+//! needs it fails, not skips, when `redis-server` is not installed (CI
+//! installs it).
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::server::TempDir;
+
+/// A running `redis-server`.
+pub struct TestRedis {
+    pub addr: SocketAddr,
+    child: Option<Child>,
+    dir: TempDir,
+    /// Whether it keeps an append-only file (survives a restart).
+    aof: bool,
+}
+
+impl TestRedis {
+    /// A Redis without persistence.
+    pub fn start() -> Self {
+        Self::start_with(false)
+    }
+
+    /// A Redis with an append-only file, fsynced on every write.
+    pub fn start_aof() -> Self {
+        Self::start_with(true)
+    }
+
+    fn start_with(aof: bool) -> Self {
+        let port = free_port();
+        let dir = TempDir::new();
+        std::fs::create_dir_all(&dir.path).unwrap();
+        let mut redis = TestRedis {
+            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+            child: None,
+            dir,
+            aof,
+        };
+        redis.spawn();
+        redis
+    }
+
+    fn spawn(&mut self) {
+        let aof = if self.aof { "yes" } else { "no" };
+        let child = Command::new("redis-server")
+            .args(["--port", &self.addr.port().to_string()])
+            .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", aof])
+            .args(["--appendfsync", "always", "--protected-mode", "no"])
+            .arg("--dir")
+            .arg(&self.dir.path)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server runs (apt-get install redis-server)");
+        self.child = Some(child);
+        wait_ready(self.addr);
+    }
+
+    /// `redis://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("redis://{}", self.addr)
+    }
+
+    /// Stops it answering (SIGSTOP): connections stay open, nothing comes
+    /// back.
+    pub fn pause(&self) {
+        self.signal("STOP");
+    }
+
+    /// Lets a paused Redis go on (SIGCONT).
+    pub fn resume(&self) {
+        self.signal("CONT");
+    }
+
+    /// Kills it (SIGKILL) and waits for it to be gone.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts it again on the same port, with what its append-only file
+    /// kept, if it has one.
+    pub fn restart(&mut self) {
+        self.kill();
+        self.spawn();
+    }
+
+    /// Starts it again on the same port, empty (its files removed): a
+    /// flushed or fresh instance.
+    pub fn restart_empty(&mut self) {
+        self.kill();
+        for entry in std::fs::read_dir(&self.dir.path).unwrap().flatten() {
+            let path = entry.path();
+            let _ = if path.is_dir() {
+                std::fs::remove_dir_all(&path)
+            } else {
+                std::fs::remove_file(&path)
+            };
+        }
+        self.spawn();
+    }
+
+    /// Runs one command (its words) and returns the raw reply.
+    pub fn command(&self, words: &[&str]) -> String {
+        command(self.addr, words)
+    }
+
+    /// Where it keeps its files.
+    pub fn dir(&self) -> &Path {
+        &self.dir.path
+    }
+
+    fn signal(&self, signal: &str) {
+        if let Some(child) = &self.child {
+            let ok = Command::new("kill")
+                .args([&format!("-{signal}"), &child.id().to_string()])
+                .status()
+                .is_ok_and(|s| s.success());
+            assert!(ok, "kill -{signal} redis-server");
+        }
+    }
+}
+
+impl Drop for TestRedis {
+    fn drop(&mut self) {
+        if let Some(child) = &self.child {
+            // A paused Redis must be woken to die cleanly.
+            let _ = Command::new("kill")
+                .args(["-CONT", &child.id().to_string()])
+                .status();
+        }
+        self.kill();
+    }
+}
+
+/// A port nothing listens on now.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Waits, within ten seconds, for Redis at `addr` to answer PING.
+fn wait_ready(addr: SocketAddr) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if try_command(addr, &["PING"]).is_some_and(|r| r.contains("PONG")) {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    panic!("redis-server did not answer on {addr} within 10 s");
+}
+
+/// One command over a fresh connection (RESP), its raw reply.
+pub fn command(addr: SocketAddr, words: &[&str]) -> String {
+    try_command(addr, words).unwrap_or_else(|| panic!("redis at {addr} answers {words:?}"))
+}
+
+fn try_command(addr: SocketAddr, words: &[&str]) -> Option<String> {
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(1)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    let mut req = format!("*{}\r\n", words.len());
+    for word in words {
+        req.push_str(&format!("${}\r\n{word}\r\n", word.len()));
+    }
+    stream.write_all(req.as_bytes()).ok()?;
+    let mut buf = [0u8; 64 << 10];
+    let n = stream.read(&mut buf).ok()?;
+    (n > 0).then(|| String::from_utf8_lossy(&buf[..n]).into_owned())
+}

@@ -1,0 +1,378 @@
+//! A cluster of three servers on a real Redis, in one process: any node
+//! serves any tunnel (bodies both ways, WebSocket, event streams, the
+//! visitor's address), one owner per name under racing claims, fencing of
+//! a node whose claim was taken over, strangers refused on the internal
+//! hop, and Redis trouble survived.
+//!
+//! Each test starts its own `redis-server` (`TestRedis`); it fails, not
+//! skips, when Redis is not installed.
+
+#![allow(clippy::unwrap_used)]
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use http_body_util::{BodyExt, Full};
+use serde_json::json;
+use tokio_tungstenite::tungstenite::Message;
+
+use cryptun_testkit::visitor::{raw_exchange, raw_exchange_from, status_of};
+use cryptun_testkit::wsecho::{self, WsEcho};
+use cryptun_testkit::{
+    Origin, RawWs, TestClient, TestRedis, TestServer, Visitor, pattern, sha256_hex, within,
+};
+
+/// Three nodes of one cluster on `redis`.
+async fn nodes(redis: &TestRedis) -> Vec<TestServer> {
+    let mut nodes = Vec::new();
+    for name in ["a", "b", "c"] {
+        nodes.push(TestServer::start_with(TestServer::cluster_config(&redis.url(), name)).await);
+    }
+    nodes
+}
+
+/// Where node `name` serves the hop, as it told Redis.
+fn hop_of(redis: &TestRedis, name: &str) -> SocketAddr {
+    let reply = redis.command(&["GET", &format!("cryptun:1:node:{{{name}}}")]);
+    let value = reply.lines().nth(1).expect("the node is registered");
+    value
+        .split_whitespace()
+        .nth(1)
+        .expect("token and address")
+        .parse()
+        .unwrap()
+}
+
+/// GETs `path` of `host` through `node` until it answers `status`, within
+/// `limit`; returns how long that took.
+async fn until_status(
+    node: &TestServer,
+    host: &str,
+    path: &str,
+    status: u16,
+    limit: Duration,
+) -> Duration {
+    let started = Instant::now();
+    let visitor = Visitor::new(node.addr);
+    loop {
+        let reply = visitor.get(host, path).await;
+        if reply.status == status {
+            return started.elapsed();
+        }
+        assert!(
+            started.elapsed() < limit,
+            "{host}{path} via {} still {} ({}) after {limit:?}",
+            node.addr,
+            reply.status,
+            reply.text()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// `/readyz` of `node`.
+async fn readyz(node: &TestServer) -> u16 {
+    Visitor::new(node.addr)
+        .get(&node.own_host(), "/readyz")
+        .await
+        .status
+        .as_u16()
+}
+
+/// Waits, within ten seconds, for `node` to be ready.
+async fn ready(node: &TestServer) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while readyz(node).await != 200 {
+        assert!(
+            Instant::now() < deadline,
+            "/readyz of {} not 200",
+            node.addr
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_tunnel_on_one_node_is_served_through_every_node() {
+    let redis = TestRedis::start();
+    let nodes = nodes(&redis).await;
+    let (a, b, c) = (&nodes[0], &nodes[1], &nodes[2]);
+    let origin = Origin::start().await;
+    let client = TestClient::start(b, &origin.target()).await;
+    let host = b.host_of(&client.tunnel.subdomain);
+
+    for node in [a, b, c] {
+        let reply = Visitor::new(node.addr).get(&host, "/echo/hello").await;
+        assert_eq!(reply.status, 200, "via {}: {}", node.addr, reply.text());
+        assert_eq!(reply.json()["path"], "/echo/hello");
+    }
+
+    // The visitor's address and scheme are what the first node saw.
+    let request = format!("GET /echo HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+    let source: IpAddr = "127.0.0.9".parse().unwrap();
+    let raw = raw_exchange_from(source, a.addr, request.as_bytes(), Duration::from_secs(10)).await;
+    assert_eq!(status_of(&raw), 200, "{raw}");
+    let lower = raw.to_ascii_lowercase();
+    assert!(
+        lower.contains("127.0.0.9"),
+        "X-Forwarded-For names the visitor: {raw}"
+    );
+    assert!(
+        !lower.contains("x-cryptun-hop"),
+        "the hop's headers stay between nodes: {raw}"
+    );
+
+    // 8 MiB up through A, 8 MiB down through C, hashes checked.
+    let body = pattern(8 << 20);
+    let visitor = Visitor::new(a.addr);
+    let req = visitor
+        .builder("POST", &host, "/sha256")
+        .body(Full::new(Bytes::from(body.clone())))
+        .unwrap();
+    let reply = within("8 MiB up", visitor.fetch(req)).await;
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.json()["sha256"], sha256_hex(&body));
+    let reply = within(
+        "8 MiB down",
+        Visitor::new(c.addr).get(&host, &format!("/bytes?n={}", 8 << 20)),
+    )
+    .await;
+    assert_eq!(reply.status, 200);
+    assert_eq!(sha256_hex(&reply.body), sha256_hex(&body));
+
+    // An event stream arrives event by event through C.
+    let visitor = Visitor::new(c.addr);
+    let req = visitor
+        .builder("GET", &host, "/stream?chunks=3&interval_ms=400")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let mut resp = visitor.send(req).await;
+    assert_eq!(resp.status(), 200);
+    let started = Instant::now();
+    let first = within("the first event", resp.body_mut().frame()).await;
+    assert!(first.is_some());
+    assert!(
+        started.elapsed() < Duration::from_millis(300),
+        "the first event came when the stream was produced, not at its end"
+    );
+    while within("the rest", resp.body_mut().frame()).await.is_some() {}
+    assert!(started.elapsed() >= Duration::from_millis(700));
+
+    // A WebSocket through A to a tunnel on B.
+    let echo = WsEcho::start().await;
+    let ws_client = TestClient::start(b, &echo.target()).await;
+    let ws_host = b.host_of(&ws_client.tunnel.subdomain);
+    let mut ws = within("ws through a", wsecho::connect(a.addr, &ws_host, "/"))
+        .await
+        .expect("the upgrade goes through the hop");
+    ws.send(Message::text("over the hop")).await.unwrap();
+    let back = within("the echo", ws.next()).await.unwrap().unwrap();
+    assert_eq!(back.into_text().unwrap().as_str(), "over the hop");
+
+    // Unknown names are unknown everywhere.
+    let reply = Visitor::new(a.addr)
+        .get(&b.host_of("nobody-here"), "/")
+        .await;
+    assert_eq!(reply.status, 404);
+}
+
+#[tokio::test]
+async fn strangers_are_refused_on_the_internal_hop() {
+    let redis = TestRedis::start();
+    let nodes = nodes(&redis).await;
+    let origin = Origin::start().await;
+    let client = TestClient::start(&nodes[1], &origin.target()).await;
+    let host = nodes[1].host_of(&client.tunnel.subdomain);
+    let hop = hop_of(&redis, "b");
+    for proof in [
+        "",
+        "x-cryptun-hop-proof: guess\r\n",
+        "x-cryptun-hop-proof: test-cluster-secret-0123456789\r\n",
+    ] {
+        let request = format!(
+            "GET /echo HTTP/1.1\r\nHost: {host}\r\n{proof}x-cryptun-hop-visitor: 10.0.0.1:1\r\nConnection: close\r\n\r\n"
+        );
+        let raw = raw_exchange(hop, request.as_bytes(), Duration::from_secs(5)).await;
+        assert_eq!(status_of(&raw), 403, "{raw}");
+        assert!(raw.contains("hop_forbidden"), "{raw}");
+    }
+    assert_eq!(origin.requests(), 0, "nothing reached the tunnel");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_clients_racing_for_one_name_on_two_nodes_one_wins() {
+    let redis = TestRedis::start();
+    let nodes = nodes(&redis).await;
+    for round in 0..50 {
+        let name = format!("race-{round}");
+        let ((_wa, on_a), (_wc, on_c)) = tokio::join!(
+            RawWs::create(&nodes[0], json!({ "subdomain": name })),
+            RawWs::create(&nodes[2], json!({ "subdomain": name })),
+        );
+        let won = [&on_a, &on_c]
+            .iter()
+            .filter(|r| r["type"] == "tunnel_created")
+            .count();
+        assert_eq!(won, 1, "round {round}: {on_a} / {on_c}");
+        let lost = if on_a["type"] == "error" {
+            &on_a
+        } else {
+            &on_c
+        };
+        assert_eq!(lost["code"], "subdomain_taken", "round {round}: {lost}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_node_whose_name_moved_never_answers_for_it_again() {
+    let redis = TestRedis::start();
+    let nodes = nodes(&redis).await;
+    let (a, b, c) = (&nodes[0], &nodes[1], &nodes[2]);
+    let first = Origin::start().await;
+    let second = Origin::start().await;
+    let old = TestClient::start(b, &first.target()).await;
+    let name = old.tunnel.subdomain.clone();
+    let secret = old.tunnel.reconnect_secret.clone().unwrap();
+    let host = b.host_of(&name);
+    for node in [a, b, c] {
+        assert_eq!(
+            Visitor::new(node.addr).get(&host, "/echo").await.status,
+            200
+        );
+    }
+    assert_eq!(first.requests(), 3);
+
+    // The same owner (its secret) claims the name on C while B's session
+    // still lives: C's claim wins, and B drops its tunnel at its next
+    // renewal; every node then sends visitors to C.
+    let moved = TestClient::start_with(c, &second.target(), |config| {
+        config.tunnel.subdomain = Some(name.clone());
+        config.tunnel.reconnect_secret = Some(secret.clone());
+    })
+    .await
+    .expect("the owner takes its name over on another node");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let before = first.requests();
+    for round in 0..10 {
+        for node in [a, b, c] {
+            let reply = Visitor::new(node.addr).get(&host, "/echo").await;
+            assert_eq!(
+                reply.status,
+                200,
+                "round {round} via {}: {}",
+                node.addr,
+                reply.text()
+            );
+        }
+    }
+    assert_eq!(first.requests(), before, "the stale session answered");
+    assert_eq!(second.requests(), 30);
+    drop((old, moved));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn redis_paused_then_killed_live_tunnels_keep_serving_and_all_comes_back() {
+    let mut redis = TestRedis::start();
+    let nodes = nodes(&redis).await;
+    let origin = Origin::start().await;
+    let client = TestClient::start(&nodes[1], &origin.target()).await;
+    let host = nodes[1].host_of(&client.tunnel.subdomain);
+    for node in &nodes {
+        assert_eq!(
+            Visitor::new(node.addr).get(&host, "/echo").await.status,
+            200
+        );
+    }
+
+    redis.pause();
+    // Within a renewal and a timeout the nodes know; the live tunnel is
+    // served through every node all along.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while readyz(&nodes[0]).await != 503 {
+        assert!(
+            Instant::now() < deadline,
+            "/readyz still 200 with Redis paused"
+        );
+        for node in &nodes {
+            assert_eq!(
+                Visitor::new(node.addr).get(&host, "/echo").await.status,
+                200
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for node in &nodes {
+        let reply = Visitor::new(node.addr).get(&host, "/echo").await;
+        assert_eq!(
+            reply.status,
+            200,
+            "via {} with Redis paused: {}",
+            node.addr,
+            reply.text()
+        );
+    }
+    // New clients are refused clearly: /ws answers 503 with Retry-After.
+    let upgrade = format!(
+        "GET /ws HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+        nodes[2].own_host()
+    );
+    let raw = raw_exchange(nodes[2].addr, upgrade.as_bytes(), Duration::from_secs(5)).await;
+    assert_eq!(status_of(&raw), 503, "{raw}");
+    assert!(
+        raw.contains("cluster_unavailable") && raw.to_ascii_lowercase().contains("retry-after"),
+        "{raw}"
+    );
+
+    // Killed and started again (empty: no persistence here): the nodes
+    // write their live routes back, and all is as before, no restarts.
+    redis.resume();
+    redis.restart_empty();
+    for node in &nodes {
+        until_status(node, &host, "/echo", 200, Duration::from_secs(10)).await;
+        ready(node).await;
+    }
+    let (_ws, created) = RawWs::create(&nodes[0], json!({})).await;
+    assert_eq!(created["type"], "tunnel_created", "{created}");
+    // The route was written back: a node that never saw it finds it.
+    let route = redis.command(&[
+        "EXISTS",
+        &format!("cryptun:1:{{{}}}:route", client.tunnel.subdomain),
+    ]);
+    assert!(route.starts_with(":1"), "{route}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn with_aof_a_redis_restart_keeps_held_names_for_their_owners() {
+    let mut redis = TestRedis::start_aof();
+    let nodes = nodes(&redis).await;
+    let origin = Origin::start().await;
+    let first = TestClient::start(&nodes[0], &origin.target()).await;
+    let name = first.tunnel.subdomain.clone();
+    let secret = first.tunnel.reconnect_secret.clone().unwrap();
+    let host = nodes[0].host_of(&name);
+    first.kill().await;
+    // Held for its owner, cluster-wide: 503 through every node.
+    for node in &nodes {
+        until_status(node, &host, "/", 503, Duration::from_secs(10)).await;
+    }
+
+    redis.restart();
+    // A stranger is still refused on another node (once that node is
+    // ready again: until then /ws answers 503 and claims `unavailable`);
+    // the owner, with its secret, gets it back there.
+    ready(&nodes[2]).await;
+    let (_ws, refused) = RawWs::create(&nodes[2], json!({ "subdomain": name })).await;
+    assert_eq!(refused["code"], "subdomain_taken", "{refused}");
+    let back = TestClient::start_with(&nodes[2], &origin.target(), |config| {
+        config.tunnel.subdomain = Some(name.clone());
+        config.tunnel.reconnect_secret = Some(secret.clone());
+    })
+    .await
+    .expect("the owner takes its held name back on another node");
+    assert_eq!(back.tunnel.subdomain, name);
+    for node in &nodes {
+        until_status(node, &host, "/echo", 200, Duration::from_secs(10)).await;
+    }
+}
