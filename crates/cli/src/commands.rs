@@ -99,6 +99,7 @@ fn server_config(args: &ServerArgs) -> Result<cryptun_server::Config> {
             ..defaults.rate_limits
         },
         trusted_proxies: args.trusted_proxies.clone(),
+        proxy_protocol: args.proxy_protocol,
         admin_token: args.admin_token.clone(),
         shutdown_delay: args.shutdown_delay,
         cluster: cluster_config(args)?,

@@ -211,11 +211,17 @@ struct ServerArgs {
     #[arg(long, default_value_t = 100_000)]
     rate_limit_max_ips: usize,
     /// An HTTP reverse proxy in front of the server (nginx, Caddy, an application load balancer;
-    /// never a TCP passthrough one), by address or CIDR block (repeatable): a request from it
-    /// counts as coming from the address it appended to X-Forwarded-For (IP lists, rate limits,
-    /// handshake backoff, logs), with the scheme in its X-Forwarded-Proto.
+    /// a TCP passthrough one only with --proxy-protocol), by address or CIDR block (repeatable): a
+    /// request from it counts as coming from the address it appended to X-Forwarded-For (IP
+    /// lists, rate limits, handshake backoff, logs), with the scheme in its X-Forwarded-Proto.
     #[arg(long = "trusted-proxy", value_name = "CIDR", value_parser = parse::trusted_proxy)]
     trusted_proxies: Vec<cryptun_proto::net::Cidr>,
+    /// Behind a TCP (L4) balancer (HAProxy, nginx stream, a cloud NLB) sending the PROXY protocol
+    /// (v1 or v2): every connection from a --trusted-proxy must begin with its header, on both
+    /// listeners, and the address it carries is the visitor's; a connection from anyone else that
+    /// begins with one is refused.
+    #[arg(long)]
+    proxy_protocol: bool,
     /// Bearer token for the admin API (/api/...), at least 16 characters. Without one, the admin API answers loopback addresses only.
     #[arg(long, env = "CRYPTUN_ADMIN_TOKEN", hide_env_values = true, value_parser = parse::admin_token)]
     admin_token: Option<AdminToken>,

@@ -57,6 +57,9 @@ pub struct Config {
     pub shutdown_grace: Duration,
     /// How long a new HTTPS connection may take to finish its TLS handshake
     /// before it is closed, so a silent client cannot hold a connection.
+    /// With `proxy_protocol`, also how long any connection has for its
+    /// PROXY protocol header (on HTTPS, the header and the handshake
+    /// together).
     pub tls_handshake_timeout: Duration,
     /// With a TLS listener, answer every request on the plain listener with
     /// a 308 redirect to the same host and path over HTTPS.
@@ -120,6 +123,11 @@ pub struct Config {
     /// Membership of a cluster of servers sharing names through Redis
     /// (see `crate::cluster`). `None`: a single server, nothing shared.
     pub cluster: Option<ClusterConfig>,
+    /// Every connection from a trusted proxy begins with a PROXY protocol
+    /// header (v1 or v2), whose address is then the visitor's; one from
+    /// anyone else that begins with one is refused (see
+    /// `edge/proxy_protocol.rs`). Needs `trusted_proxies`.
+    pub proxy_protocol: bool,
 }
 
 /// Request rates, and the bounds of the per-address table.
@@ -214,6 +222,7 @@ impl Default for Config {
             admin_token: None,
             shutdown_delay: Duration::ZERO,
             cluster: None,
+            proxy_protocol: false,
         }
     }
 }
@@ -337,6 +346,12 @@ impl Config {
         if self.rate_limits.max_tracked_ips == 0 {
             return Err(ConfigError(
                 "the rate limiter must track at least one address".into(),
+            ));
+        }
+        if self.proxy_protocol && self.trusted_proxies.is_empty() {
+            return Err(ConfigError(
+                "--proxy-protocol needs --trusted-proxy: the balancers whose headers are believed"
+                    .into(),
             ));
         }
         Ok(self)
@@ -493,6 +508,18 @@ mod tests {
             assert!(config.validated().is_err());
         }
         assert!(Config::default().validated().is_ok());
+    }
+
+    #[test]
+    fn the_proxy_protocol_needs_trusted_proxies() {
+        let mut config = Config {
+            proxy_protocol: true,
+            ..Config::default()
+        };
+        let err = config.clone().validated().unwrap_err();
+        assert!(err.to_string().contains("--trusted-proxy"), "{err}");
+        config.trusted_proxies = vec!["10.0.0.0/8".parse().unwrap()];
+        assert!(config.validated().is_ok());
     }
 
     #[test]

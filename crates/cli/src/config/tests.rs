@@ -193,3 +193,17 @@ fn a_trusted_proxy_of_every_address_is_refused() {
         );
     }
 }
+
+#[test]
+fn the_proxy_protocol_is_a_switch_of_the_file_and_the_command_line() {
+    let server_args = |argv_: &[&str]| match parse_from(&argv(argv_)).unwrap().0.command {
+        Command::Server(args) => args,
+        _ => panic!("not server"),
+    };
+    assert!(!server_args(&["server"]).proxy_protocol);
+    assert!(
+        server_args(&["server", "--proxy-protocol", "--trusted-proxy", "10.0.0.1"]).proxy_protocol
+    );
+    let (_dir, path) = temp_file("proxy_protocol = true\ntrusted_proxies = [\"10.0.0.1\"]\n");
+    assert!(server_args(&["server", "--config", path.to_str().unwrap()]).proxy_protocol);
+}

@@ -1,5 +1,7 @@
-//! One connection, from accept to close: its TLS handshake (bounded by
-//! `tls_handshake_timeout`) if it came in on the HTTPS listener, then
+//! One connection, from accept to close: with `--proxy-protocol` its PROXY
+//! protocol header ([`super::proxy_protocol`]), its TLS handshake (the two
+//! together bounded by `tls_handshake_timeout`) if it came in on the HTTPS
+//! listener, then
 //! HTTP/1.1 in stints of hyper serving it, each request head scanned for
 //! ambiguous framing below hyper, and the connection parked without hyper
 //! ([`super::park`]) whenever it is idle between requests. A head hyper
@@ -27,6 +29,7 @@ use tracing::debug;
 use super::Peer;
 use super::framing::{Guarded, Verdicts};
 use super::park::{Activity, Parkable, Tracked, VisitorBody};
+use super::proxy_protocol::{Arrival, ProxyProtocol};
 use super::slots::{KEPT_FOR, Slot};
 use crate::body::Body;
 use crate::metrics::{Metrics, Refused};
@@ -48,8 +51,12 @@ pub(crate) trait Handler: Send + Sync + 'static {
 /// Who is on the other end of a connection, and how they came in.
 #[derive(Debug, Clone)]
 pub(crate) struct Conn {
-    /// The visitor's or client's address.
+    /// The visitor's or client's address: with `--proxy-protocol`, the one
+    /// a trusted proxy's header carried.
     pub(crate) peer: Peer,
+    /// `peer` is a PROXY protocol header's: a proxy's claim, which (like
+    /// `X-Forwarded-For`) never makes the request this machine's own.
+    pub(crate) relayed: bool,
     /// Plain or TLS (with its SNI).
     pub(crate) transport: Transport,
     /// The framing verdicts on its request heads, one per request.
@@ -87,6 +94,8 @@ pub(super) struct Serving<H> {
     pub(super) handler: Arc<H>,
     pub(super) metrics: Metrics,
     pub(super) tls_handshake_timeout: Duration,
+    /// With `--proxy-protocol`: the header each connection begins with.
+    pub(super) proxy: Option<Arc<ProxyProtocol>>,
     /// How long a connection may stay idle between requests.
     pub(super) idle_limit: Duration,
     pub(super) max_head_bytes: usize,
@@ -103,8 +112,9 @@ pub(super) async fn connection<H: Handler>(
     let clients_only = slot.clients_only;
     let at = Accepted {
         peer,
+        relayed: false,
         clients_only,
-        _slot: slot,
+        slot,
     };
     let served = serve(&serving, stop, (stream, at, tls));
     if clients_only {
@@ -122,19 +132,38 @@ pub(super) async fn connection<H: Handler>(
     }
 }
 
-/// Serves `stream` after its TLS handshake if `tls` (an HTTPS listener's
-/// connection).
+/// Serves `stream` after its PROXY protocol header if it is to have one,
+/// and after its TLS handshake if `tls` (an HTTPS listener's connection).
 async fn serve<H: Handler>(
     serving: &Serving<H>,
     stop: CancellationToken,
-    (stream, at, tls): (TcpStream, Accepted, Option<TlsAcceptor>),
+    (stream, mut at, tls): (TcpStream, Accepted, Option<TlsAcceptor>),
 ) {
+    let limit = serving.tls_handshake_timeout;
+    let deadline = tokio::time::Instant::now() + limit;
+    let stream = match &serving.proxy {
+        Some(proxy) => {
+            let plain = tls.is_none();
+            // Boxed: without the option, a connection's task has no room
+            // for it.
+            let arrived = Box::pin(proxy.arrive(stream, at.peer, &mut at.slot, plain, deadline));
+            match arrived.await {
+                Some((stream, Arrival::Direct)) => stream,
+                Some((stream, Arrival::Relayed(visitor))) => {
+                    at.peer = visitor;
+                    at.relayed = true;
+                    stream
+                }
+                None => return,
+            }
+        }
+        None => stream,
+    };
     let Some(acceptor) = tls else {
         return serve_http(serving, stop, stream, at, Transport::Plain).await;
     };
-    let limit = serving.tls_handshake_timeout;
     // Boxed: a parked plain connection's task need not have room for it.
-    let handshake = Box::pin(tokio::time::timeout(limit, acceptor.accept(stream)));
+    let handshake = Box::pin(tokio::time::timeout_at(deadline, acceptor.accept(stream)));
     let stream = match handshake.await {
         Ok(Ok(stream)) => stream,
         Ok(Err(err)) => {
@@ -163,8 +192,10 @@ async fn serve<H: Handler>(
 /// it closes.
 struct Accepted {
     peer: Peer,
+    /// `peer` is the one a trusted proxy's PROXY protocol header carried.
+    relayed: bool,
     clients_only: bool,
-    _slot: Slot,
+    slot: Slot,
 }
 
 /// A visitor's socket, and the TCP socket under it whose readability
@@ -242,6 +273,7 @@ async fn serve_http<H: Handler, I: Socket>(
     let io = Guarded::new(io, Arc::clone(&framing), serving.max_head_bytes);
     let conn = Arc::new(Conn {
         peer: accepted.peer,
+        relayed: accepted.relayed,
         transport,
         framing,
         clients_only: accepted.clients_only,

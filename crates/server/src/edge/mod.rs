@@ -12,11 +12,14 @@
 //! - `park`: idle keep-alive connections held without hyper's buffers.
 //! - `slots`: who may hold a connection (per address, slots kept for
 //!   clients), and what a refused connection is told.
+//! - `proxy_protocol`: with `--proxy-protocol`, the PROXY protocol header
+//!   a trusted L4 balancer sends first, naming the visitor.
 //! - [`tls`]: the certificates and the TLS acceptor.
 
 mod conn;
 pub mod framing;
 mod park;
+mod proxy_protocol;
 mod slots;
 pub mod tls;
 
@@ -36,6 +39,7 @@ use tracing::{Instrument, info, info_span, warn};
 
 pub(crate) use conn::{Conn, Handler, Transport};
 pub(crate) use park::VisitorBody;
+use proxy_protocol::ProxyProtocol;
 use slots::{Refusals, Slots};
 
 use crate::config::Config;
@@ -157,7 +161,9 @@ pub(crate) struct Drain {
 /// The accept loop and what each connection is served with.
 pub(crate) struct Edge {
     slots: Arc<Slots>,
-    refusals: Refusals,
+    refusals: Arc<Refusals>,
+    /// With `--proxy-protocol`: the headers connections begin with.
+    proxy: Option<Arc<ProxyProtocol>>,
     tls_handshake_timeout: Duration,
     /// Also how long a connection may stay idle between requests.
     header_read_timeout: Duration,
@@ -167,13 +173,23 @@ pub(crate) struct Edge {
 impl Edge {
     /// The edge of a server configured by `config`.
     pub(crate) fn new(config: &Config, metrics: Metrics) -> Self {
-        Edge {
-            slots: Slots::new(
-                config.max_connections,
-                config.max_connections_per_ip,
+        let slots = Slots::new(
+            config.max_connections,
+            config.max_connections_per_ip,
+            config.trusted_proxies.clone(),
+        );
+        let refusals = Arc::new(Refusals::new(metrics.clone()));
+        let proxy = config.proxy_protocol.then(|| {
+            Arc::new(ProxyProtocol::new(
                 config.trusted_proxies.clone(),
-            ),
-            refusals: Refusals::new(metrics.clone()),
+                Arc::clone(&slots),
+                Arc::clone(&refusals),
+            ))
+        });
+        Edge {
+            slots,
+            refusals,
+            proxy,
             tls_handshake_timeout: config.tls_handshake_timeout,
             header_read_timeout: config.header_read_timeout,
             metrics,
@@ -215,6 +231,7 @@ impl Edge {
             handler,
             metrics: self.metrics.clone(),
             tls_handshake_timeout: self.tls_handshake_timeout,
+            proxy: self.proxy.clone(),
             idle_limit: self.header_read_timeout,
             max_head_bytes: MAX_HEAD_BYTES,
         });

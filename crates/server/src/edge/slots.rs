@@ -54,13 +54,18 @@ const MAX_READ: usize = 8 << 10;
 /// At most one log line per this long about refused connections.
 pub(super) const LOG_EVERY: Duration = Duration::from_secs(10);
 
-/// Why a connection gets no slot.
+/// Why a connection gets no slot, or (with `--proxy-protocol`) loses it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Refusal {
     /// Its address holds as many connections as one may.
     PerAddress,
     /// Every slot is taken, those kept for clients too.
     Full,
+    /// A trusted proxy's connection without a valid PROXY protocol header
+    /// in time (`proxy_protocol`).
+    ProxyHeader,
+    /// A PROXY protocol header from an address that is not a trusted proxy.
+    ProxyUntrusted,
 }
 
 impl Refusal {
@@ -69,6 +74,8 @@ impl Refusal {
         match self {
             Refusal::PerAddress => "max_connections_per_ip",
             Refusal::Full => "max_connections",
+            Refusal::ProxyHeader => "proxy_protocol_header",
+            Refusal::ProxyUntrusted => "proxy_protocol_untrusted",
         }
     }
 }
@@ -135,14 +142,18 @@ pub(crate) struct Slot {
 impl Drop for Slot {
     fn drop(&mut self) {
         if let Some((slots, ip)) = self.address.take() {
-            let mut counts = slots.counts();
-            if let Some(held) = counts.get_mut(&ip) {
-                held.all -= 1;
-                held.kept -= usize::from(self.clients_only);
-                if held.all == 0 {
-                    counts.remove(&ip);
-                }
-            }
+            release(&mut slots.counts(), ip, self.clients_only);
+        }
+    }
+}
+
+/// Gives back what a slot counted against `ip`.
+fn release(counts: &mut HashMap<IpAddr, Held>, ip: IpAddr, clients_only: bool) {
+    if let Some(held) = counts.get_mut(&ip) {
+        held.all -= 1;
+        held.kept -= usize::from(clients_only);
+        if held.all == 0 {
+            counts.remove(&ip);
         }
     }
 }
@@ -198,6 +209,36 @@ impl Slots {
             address,
             clients_only,
         })
+    }
+
+    /// Counts `slot` against `visitor` instead (the address a trusted
+    /// proxy's PROXY protocol header carried; the proxy itself is exempt),
+    /// or refuses it as [`admit`](Self::admit) would a connection from
+    /// `visitor` that found the slot's kind free.
+    pub(crate) fn assign(
+        self: &Arc<Self>,
+        slot: &mut Slot,
+        visitor: SocketAddr,
+    ) -> Result<(), Refusal> {
+        let ip = group(visitor.ip());
+        let exempt = self.exempt.iter().any(|cidr| cidr.contains(visitor.ip()));
+        let mut counts = self.counts();
+        if let Some((_, before)) = slot.address.take() {
+            release(&mut counts, before, slot.clients_only);
+        }
+        let held = counts.get(&ip).copied().unwrap_or_default();
+        let kept = slot.clients_only;
+        if let Decision::Refused(refusal) = decide(held, self.max_per_address, exempt, !kept, kept)
+        {
+            return Err(refusal);
+        }
+        if !exempt {
+            let held = counts.entry(ip).or_default();
+            held.all += 1;
+            held.kept += usize::from(kept);
+            slot.address = Some((Arc::clone(self), ip));
+        }
+        Ok(())
     }
 
     fn counts(&self) -> MutexGuard<'_, HashMap<IpAddr, Held>> {
@@ -304,74 +345,5 @@ async fn answer_503(mut stream: TcpStream, refusal: Refusal) {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn one_address_gets_its_share_and_clients_the_kept_slots() {
-        let held = |all, kept| Held { all, kept };
-        // Over its share: refused, free slots or not; a trusted proxy never.
-        let over = decide(held(8, 0), 8, false, true, true);
-        assert_eq!(over, Decision::Refused(Refusal::PerAddress));
-        assert_eq!(decide(held(8, 0), 8, true, true, true), Decision::Open);
-        assert_eq!(decide(held(7, 0), 8, false, true, true), Decision::Open);
-        // Open slots gone: only a kept one, for clients, a few per address.
-        let kept = decide(held(0, 0), 8, false, false, true);
-        assert_eq!(kept, Decision::ClientsOnly);
-        let many = decide(held(20, KEPT_PER_ADDRESS), 100, false, false, true);
-        assert_eq!(many, Decision::Refused(Refusal::Full));
-        let full = decide(held(0, 0), 8, false, false, false);
-        assert_eq!(full, Decision::Refused(Refusal::Full));
-    }
-
-    #[tokio::test]
-    async fn slots_are_counted_by_address_group_and_given_back() {
-        let slots = Slots::new(20, 2, vec!["10.0.0.0/8".parse().unwrap()]);
-        let at = |s: &str| s.parse::<SocketAddr>().unwrap();
-        let a = slots.admit(at("[2001:db8::1]:1")).unwrap();
-        let b = slots.admit(at("[2001:db8::2]:2")).unwrap();
-        // The same /64.
-        assert_eq!(
-            slots.admit(at("[2001:db8::3]:3")).err(),
-            Some(Refusal::PerAddress)
-        );
-        let other = slots.admit(at("[2001:db8:0:1::1]:1")).unwrap();
-        drop(a);
-        let again = slots.admit(at("[2001:db8::3]:3")).unwrap();
-        // A trusted proxy is not counted.
-        let proxied: Vec<_> = (0..10)
-            .map(|i| slots.admit(at(&format!("10.0.0.1:{i}"))).unwrap())
-            .collect();
-        assert!(proxied.iter().all(|s| !s.clients_only));
-        drop((b, other, again, proxied));
-        assert!(slots.counts().is_empty());
-    }
-
-    #[tokio::test]
-    async fn when_the_open_slots_are_taken_the_kept_ones_are_for_clients() {
-        let slots = Slots::new(10, 100, vec![]);
-        let at = |i: usize| SocketAddr::from(([127, 0, 0, 1], u16::try_from(i).unwrap()));
-        let open: Vec<_> = (0..9).map(|i| slots.admit(at(i)).unwrap()).collect();
-        assert!(open.iter().all(|s| !s.clients_only));
-        let kept = slots.admit(at(9)).unwrap();
-        assert!(kept.clients_only);
-        assert_eq!(slots.admit(at(10)).err(), Some(Refusal::Full));
-        drop(open);
-        assert!(!slots.admit(at(11)).unwrap().clients_only);
-    }
-
-    #[test]
-    fn refusals_are_logged_once_per_interval_with_their_count() {
-        let mut registry = prometheus_client::registry::Registry::default();
-        let refusals = Refusals::new(Metrics::register(&mut registry));
-        let peer = SocketAddr::from(([127, 0, 0, 1], 1));
-        let t = Instant::now();
-        refusals.note(peer, Refusal::Full, t);
-        for i in 1..=500 {
-            refusals.note(peer, Refusal::Full, t + Duration::from_millis(i));
-        }
-        assert_eq!(refusals.log.lock().unwrap().1, 500, "counted, not logged");
-        refusals.note(peer, Refusal::Full, t + LOG_EVERY);
-        assert_eq!(*refusals.log.lock().unwrap(), (Some(t + LOG_EVERY), 0));
-    }
-}
+#[path = "slots_tests.rs"]
+mod tests;

@@ -25,6 +25,11 @@
 //! `X-Forwarded-For` carries no port: the address has port 0 unless the
 //! entry gave one (`203.0.113.9:41000`).
 //!
+//! Behind a TCP balancer with `--proxy-protocol`, the peer is already the
+//! address its PROXY protocol header carried (`edge/proxy_protocol.rs`):
+//! the walk starts there, and the gateway marks such a request forwarded,
+//! so that it is never loopback either.
+//!
 //! A trusted proxy's `X-Forwarded-Proto` (`http` or `https`, its last
 //! entry) is also taken as the scheme the visitor used, so that a service
 //! behind a proxy terminating TLS hears `https`; the proxy must set it,
@@ -47,7 +52,8 @@ pub(crate) struct Visitor {
     /// The address rules, limits and logs go by.
     pub(crate) addr: Peer,
     /// Whether a trusted proxy forwarded the request for someone (it sent
-    /// `X-Forwarded-For`, whether or not an address in it could be used).
+    /// `X-Forwarded-For`, whether or not an address in it could be used, or
+    /// a PROXY protocol header).
     pub(crate) forwarded: bool,
     /// The scheme a trusted proxy said the visitor used.
     pub(crate) scheme: Option<&'static str>,

@@ -206,7 +206,10 @@ impl Gateway {
             return Ok(https::redirect(&name, port, req.uri()));
         }
         // The TCP peer, or behind a trusted proxy the address it forwarded.
-        let visitor = forwarded::visitor(&self.config.trusted_proxies, conn.peer, req.headers());
+        let mut visitor =
+            forwarded::visitor(&self.config.trusted_proxies, conn.peer, req.headers());
+        // A PROXY protocol header's address is a proxy's claim too.
+        visitor.forwarded |= conn.relayed;
         match route {
             Route::Server => self.own_route(visitor, &name, req),
             Route::Tunnel(label) => Ok(self.for_tunnel(conn, visitor, label, req, false).await),
