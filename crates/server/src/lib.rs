@@ -31,6 +31,9 @@
 //!   reconnection, and each tunnel's request counters.
 //! - [`store`]: the durable records (API keys, reserved names, held names
 //!   across a restart) in SQLite.
+//! - [`cluster`]: several nodes behind one domain, on Redis: a second
+//!   registry whose names are claimed cluster-wide, and the internal hop
+//!   that carries a request to the node serving its tunnel.
 //! - [`ops`]: what operators use: the server's own routes (`/healthz`,
 //!   `/readyz`, `/metrics`, `/api/...`, the dashboard) and the admin token.
 //! - shared by the stages: [`config`] (every setting, validated once),

@@ -179,3 +179,66 @@ fn try_command(addr: SocketAddr, words: &[&str]) -> Option<String> {
     let n = stream.read(&mut buf).ok()?;
     (n > 0).then(|| String::from_utf8_lossy(&buf[..n]).into_owned())
 }
+
+/// A Redis Cluster of three primaries (no replicas) on free loopback
+/// ports, its slots spread over them.
+pub struct TestRedisCluster {
+    pub shards: Vec<TestRedis>,
+}
+
+impl TestRedisCluster {
+    /// Starts three `redis-server --cluster-enabled yes` and joins them
+    /// with `redis-cli --cluster create`; waits until the cluster is ok.
+    pub fn start() -> Self {
+        let shards: Vec<TestRedis> = (0..3)
+            .map(|_| {
+                let port = free_port();
+                let dir = TempDir::new();
+                std::fs::create_dir_all(&dir.path).unwrap();
+                let mut shard = TestRedis {
+                    addr: SocketAddr::from(([127, 0, 0, 1], port)),
+                    child: None,
+                    dir,
+                    aof: false,
+                };
+                let child = Command::new("redis-server")
+                    .args(["--port", &port.to_string()])
+                    .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+                    .args(["--protected-mode", "no", "--cluster-enabled", "yes"])
+                    .args(["--cluster-config-file", "nodes.conf"])
+                    .arg("--dir")
+                    .arg(&shard.dir.path)
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .expect("redis-server runs (apt-get install redis-server)");
+                shard.child = Some(child);
+                wait_ready(shard.addr);
+                shard
+            })
+            .collect();
+        let addrs: Vec<String> = shards.iter().map(|s| s.addr.to_string()).collect();
+        let created = Command::new("redis-cli")
+            .args(["--cluster", "create"])
+            .args(&addrs)
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .expect("redis-cli runs");
+        assert!(created.success(), "redis-cli --cluster create");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        for shard in &shards {
+            while !command(shard.addr, &["CLUSTER", "INFO"]).contains("cluster_state:ok") {
+                assert!(Instant::now() < deadline, "the Redis Cluster is not ok");
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+        TestRedisCluster { shards }
+    }
+
+    /// `redis://` of its first shard (the client finds the others).
+    pub fn url(&self) -> String {
+        self.shards[0].url()
+    }
+}

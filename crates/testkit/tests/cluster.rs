@@ -21,7 +21,8 @@ use tokio_tungstenite::tungstenite::Message;
 use cryptun_testkit::visitor::{raw_exchange, raw_exchange_from, status_of};
 use cryptun_testkit::wsecho::{self, WsEcho};
 use cryptun_testkit::{
-    Origin, RawWs, TestClient, TestRedis, TestServer, Visitor, pattern, sha256_hex, within,
+    Origin, RawWs, TestClient, TestRedis, TestServer, Visitor, pattern, redis::TestRedisCluster,
+    sha256_hex, within,
 };
 
 /// Three nodes of one cluster on `redis`.
@@ -374,5 +375,49 @@ async fn with_aof_a_redis_restart_keeps_held_names_for_their_owners() {
     assert_eq!(back.tunnel.subdomain, name);
     for node in &nodes {
         until_status(node, &host, "/echo", 200, Duration::from_secs(10)).await;
+    }
+}
+
+/// The core cases against a sharded Redis Cluster: each name's record
+/// lives in one slot (its hash tag), wherever that slot is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn against_a_three_shard_redis_cluster() {
+    let redis = TestRedisCluster::start();
+    let mut nodes = Vec::new();
+    for name in ["a", "b", "c"] {
+        nodes.push(TestServer::start_with(TestServer::cluster_config(&redis.url(), name)).await);
+    }
+    let origin = Origin::start().await;
+    let mut clients = Vec::new();
+    for (i, node) in nodes.iter().enumerate() {
+        let client = TestClient::start(node, &origin.target()).await;
+        clients.push((i, client));
+    }
+    // Every tunnel through every node: names spread over the shards.
+    for (_, client) in &clients {
+        let host = nodes[0].host_of(&client.tunnel.subdomain);
+        for node in &nodes {
+            let reply = Visitor::new(node.addr).get(&host, "/echo").await;
+            assert_eq!(reply.status, 200, "via {}: {}", node.addr, reply.text());
+        }
+    }
+    for round in 0..10 {
+        let name = format!("shard-race-{round}");
+        let ((_wa, on_a), (_wc, on_c)) = tokio::join!(
+            RawWs::create(&nodes[0], json!({ "subdomain": name })),
+            RawWs::create(&nodes[2], json!({ "subdomain": name })),
+        );
+        let won = [&on_a, &on_c]
+            .iter()
+            .filter(|r| r["type"] == "tunnel_created")
+            .count();
+        assert_eq!(won, 1, "round {round}: {on_a} / {on_c}");
+    }
+    // A client gone: held for it on every node, whichever shard has it.
+    let (_, gone) = clients.remove(0);
+    let host = nodes[0].host_of(&gone.tunnel.subdomain);
+    gone.kill().await;
+    for node in &nodes {
+        until_status(node, &host, "/", 503, Duration::from_secs(10)).await;
     }
 }

@@ -198,14 +198,12 @@ impl Edge {
 
     /// The edge of a cluster's internal listener: its peers are the other
     /// nodes, few addresses with many connections, so no address is held
-    /// to less than the whole.
+    /// to less than the whole; they dial it directly, without a balancer's
+    /// PROXY protocol header, and name the visitor themselves.
     pub(crate) fn for_peers(config: &Config, metrics: Metrics) -> Self {
         Edge {
-            slots: Slots::new(
-                config.max_connections,
-                config.max_connections,
-                config.trusted_proxies.clone(),
-            ),
+            slots: Slots::new(config.max_connections, config.max_connections, Vec::new()),
+            proxy: None,
             ..Edge::new(config, metrics)
         }
     }
