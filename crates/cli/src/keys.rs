@@ -1,5 +1,5 @@
 //! `cryptun keys` (the server's API keys and reserved names, straight in
-//! its database) and `cryptun login` (the client's saved key). Printing
+//! its database, or in a cluster's Redis with `--cluster`) and `cryptun login` (the client's saved key). Printing
 //! only: the store and the saved config live in the library crates.
 
 use std::io::BufRead as _;
@@ -9,23 +9,80 @@ use anyhow::{Context, Result, bail};
 use cryptun_client::Secret;
 use cryptun_client::saved::{self, SavedConfig};
 use cryptun_server::Store;
-use cryptun_server::store::KeyInfo;
+use cryptun_server::cluster::keys::SharedKeys;
+use cryptun_server::store::{KeyInfo, NewKey, Reservation, StoreError};
 
 use crate::{KeysArgs, KeysCommand, LoginArgs};
 
 /// `cryptun keys ...`.
 pub async fn keys(args: KeysArgs) -> Result<()> {
-    let dir = crate::paths::data_dir(args.data_dir)?;
-    // The store blocks (SQLite); this command does nothing else meanwhile.
-    tokio::task::spawn_blocking(move || run(&dir, args.command)).await?
+    let keys = match &args.cluster {
+        Some(url) => Backend::Shared(
+            SharedKeys::connect(url)
+                .await
+                .context("could not reach the cluster's store")?,
+        ),
+        None => {
+            let dir = crate::paths::data_dir(args.data_dir)?;
+            let store = tokio::task::spawn_blocking(move || {
+                Store::open(&dir).with_context(|| {
+                    format!("could not open the key database in {}", dir.display())
+                })
+            })
+            .await??;
+            Backend::Local(store)
+        }
+    };
+    run(&keys, args.command).await
 }
 
-fn run(dir: &std::path::Path, command: KeysCommand) -> Result<()> {
-    let store = Store::open(dir)
-        .with_context(|| format!("could not open the key database in {}", dir.display()))?;
+/// Where the keys are: a server's database, or a cluster's Redis.
+enum Backend {
+    Local(Store),
+    Shared(SharedKeys),
+}
+
+impl Backend {
+    async fn create_key(&self, name: String) -> Result<NewKey, StoreError> {
+        match self {
+            Backend::Local(store) => store.call(move |s| s.create_key(&name)).await,
+            Backend::Shared(keys) => keys.create_key(&name).await,
+        }
+    }
+
+    async fn list_keys(&self) -> Result<Vec<KeyInfo>, StoreError> {
+        match self {
+            Backend::Local(store) => store.call(Store::list_keys).await,
+            Backend::Shared(keys) => keys.list_keys().await,
+        }
+    }
+
+    async fn revoke_key(&self, id: String) -> Result<(), StoreError> {
+        match self {
+            Backend::Local(store) => store.call(move |s| s.revoke_key(&id)).await,
+            Backend::Shared(keys) => keys.revoke_key(&id).await,
+        }
+    }
+
+    async fn reserve(&self, key_id: String, name: String) -> Result<Reservation, StoreError> {
+        match self {
+            Backend::Local(store) => store.call(move |s| s.reserve(&key_id, &name)).await,
+            Backend::Shared(keys) => keys.reserve(&key_id, &name).await,
+        }
+    }
+
+    async fn unreserve(&self, name: String) -> Result<bool, StoreError> {
+        match self {
+            Backend::Local(store) => store.call(move |s| s.unreserve(&name)).await,
+            Backend::Shared(keys) => keys.unreserve(&name).await,
+        }
+    }
+}
+
+async fn run(store: &Backend, command: KeysCommand) -> Result<()> {
     match command {
         KeysCommand::Create { name, json } => {
-            let key = store.create_key(&name)?;
+            let key = store.create_key(name).await?;
             if json {
                 let line = serde_json::json!({
                     "id": key.info.id,
@@ -42,19 +99,19 @@ fn run(dir: &std::path::Path, command: KeysCommand) -> Result<()> {
                 println!("On the client: cryptun login <token>  (or CRYPTUN_TOKEN=<token>)");
             }
         }
-        KeysCommand::List { json } => list(&store.list_keys()?, json),
+        KeysCommand::List { json } => list(&store.list_keys().await?, json),
         KeysCommand::Revoke { id } => {
-            store.revoke_key(&id)?;
+            store.revoke_key(id.clone()).await?;
             println!(
                 "Revoked key {id}: it opens no new tunnel, and a running server closes its live ones within seconds."
             );
         }
         KeysCommand::Reserve { key_id, name } => {
-            let reserved = store.reserve(&key_id, &name)?;
+            let reserved = store.reserve(key_id, name).await?;
             println!("Reserved {} for key {}.", reserved.name, reserved.key_id);
         }
         KeysCommand::Unreserve { name } => {
-            if !store.unreserve(&name)? {
+            if !store.unreserve(name.clone()).await? {
                 bail!("{name:?} is not reserved");
             }
             println!("Released {name}.");

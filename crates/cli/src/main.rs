@@ -312,6 +312,15 @@ struct KeysArgs {
     /// The server's data directory [default: $XDG_DATA_HOME/cryptun or ~/.local/share/cryptun].
     #[arg(long, env = "CRYPTUN_DATA_DIR", global = true)]
     data_dir: Option<PathBuf>,
+    /// Manage the keys of a cluster, in its Redis (redis://HOST:PORT[/DB]), instead of a data directory's.
+    #[arg(
+        long,
+        env = "CRYPTUN_CLUSTER_URL",
+        hide_env_values = true,
+        global = true,
+        value_name = "URL"
+    )]
+    cluster: Option<String>,
     #[command(subcommand)]
     command: KeysCommand,
 }

@@ -279,3 +279,34 @@ async fn keys_revoke_closes_the_live_tunnels_of_a_running_server() {
         "{server_logs:#?}"
     );
 }
+
+#[test]
+fn keys_in_a_clusters_store() {
+    let redis = cryptun_testkit::TestRedis::start();
+    let url = redis.url();
+    let keys = |args: &[&str]| {
+        let mut all = vec!["keys", "--cluster", url.as_str()];
+        all.extend_from_slice(args);
+        stdout(&run(cryptun(&all, &[]), ""))
+    };
+    let created: serde_json::Value =
+        serde_json::from_str(keys(&["create", "--name", "ci", "--json"]).trim()).unwrap();
+    let id = created["id"].as_str().unwrap();
+    assert!(created["token"].as_str().unwrap().starts_with("ck_"));
+    keys(&["reserve", id, "myapp"]);
+    let listed: serde_json::Value = serde_json::from_str(keys(&["list", "--json"]).trim()).unwrap();
+    assert_eq!(listed[0]["id"], id);
+    assert_eq!(listed[0]["reserved"][0], "myapp");
+    // In Redis, not in any data directory.
+    let stored = redis.command(&["SISMEMBER", "cryptun:1:keys", id]);
+    assert!(stored.starts_with(":1"), "{stored}");
+    keys(&["revoke", id]);
+    let listed: serde_json::Value = serde_json::from_str(keys(&["list", "--json"]).trim()).unwrap();
+    assert!(listed[0]["revoked_at"].is_string(), "{listed}");
+    // Unreachable: a clear error, not a hang.
+    drop(redis);
+    let out = run(cryptun(&["keys", "--cluster", &url, "list"], &[]), "");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("cluster"), "{err}");
+}

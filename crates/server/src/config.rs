@@ -311,9 +311,9 @@ impl Config {
                 "the maximum request timeout must be at least the default one".into(),
             ));
         }
-        if self.auth != AuthMode::Off && self.data_dir.is_none() {
+        if self.auth != AuthMode::Off && self.data_dir.is_none() && self.cluster.is_none() {
             return Err(ConfigError(format!(
-                "--auth {} needs a data directory for its keys (--data-dir)",
+                "--auth {} needs a data directory for its keys (--data-dir), or a cluster (--cluster)",
                 self.auth
             )));
         }

@@ -125,22 +125,30 @@ pub async fn serve(
         Some(cluster) => Some(cluster::join(&config, cluster).await?),
         None => None,
     };
+    // Keys and reserved names: the cluster's, shared, or this server's own.
+    let keys: Arc<dyn store::Keys> = match &joined {
+        Some(joined) => joined.keys.clone(),
+        None => Arc::new(store.clone()),
+    };
     let stages = Stages::build(
         &config,
         &bound,
-        store.clone(),
+        Arc::clone(&keys),
         shutdown.clone(),
         joined.as_ref(),
     );
     bound.log_listening(&config.domain);
-    let database = store.path().display();
+    let database = match &config.cluster {
+        Some(cluster) => cluster.redacted_url(),
+        None => store.path().display().to_string(),
+    };
     match config.auth {
         AuthMode::Off => {
             info!(auth = %config.auth, %database, "no API keys: any client may open tunnels, reserved names are not enforced")
         }
         AuthMode::Optional | AuthMode::Required => {
             info!(auth = %config.auth, %database, "clients are checked against the key database");
-            stages.control.spawn_revocation_watcher(store.clone());
+            stages.control.spawn_revocation_watcher(Arc::clone(&keys));
         }
     }
     restore_holds(stages.registry.as_ref(), &store).await;
@@ -238,7 +246,7 @@ impl Stages {
     fn build(
         config: &Arc<Config>,
         bound: &edge::Bound,
-        store: Store,
+        keys: Arc<dyn store::Keys>,
         draining: CancellationToken,
         joined: Option<&cluster::Joined>,
     ) -> Self {
@@ -266,7 +274,7 @@ impl Stages {
         let control = Arc::new(Control::new(control::Parts {
             config: Arc::clone(config),
             registry: Arc::clone(&registry),
-            store,
+            store: keys,
             metrics: metrics.clone(),
             listen_port: bound.public_port(),
             tasks: tasks.clone(),

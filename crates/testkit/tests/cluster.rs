@@ -18,6 +18,7 @@ use http_body_util::{BodyExt, Full};
 use serde_json::json;
 use tokio_tungstenite::tungstenite::Message;
 
+use cryptun_server::cluster::keys::SharedKeys;
 use cryptun_testkit::visitor::{raw_exchange, raw_exchange_from, status_of};
 use cryptun_testkit::wsecho::{self, WsEcho};
 use cryptun_testkit::{
@@ -419,5 +420,66 @@ async fn against_a_three_shard_redis_cluster() {
     gone.kill().await;
     for node in &nodes {
         until_status(node, &host, "/", 503, Duration::from_secs(10)).await;
+    }
+}
+
+/// Nodes that check API keys, kept in the cluster's Redis, polling for
+/// revocations every 200 ms.
+async fn keyed_nodes(redis: &TestRedis) -> Vec<TestServer> {
+    let mut nodes = Vec::new();
+    for name in ["a", "b", "c"] {
+        let config = cryptun_server::Config {
+            auth: cryptun_server::AuthMode::Required,
+            revocation_poll: Duration::from_millis(200),
+            ..TestServer::cluster_config(&redis.url(), name)
+        };
+        nodes.push(TestServer::start_with(config).await);
+    }
+    nodes
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn keys_and_reservations_hold_on_every_node() {
+    let redis = TestRedis::start();
+    let nodes = keyed_nodes(&redis).await;
+    let keys = SharedKeys::connect(&redis.url()).await.unwrap();
+    let owner = keys.create_key("owner").await.unwrap();
+    let other = keys.create_key("other").await.unwrap();
+    keys.reserve(&owner.info.id, "mine").await.unwrap();
+    assert_eq!(keys.list_keys().await.unwrap()[0].reserved, ["mine"]);
+    let origin = Origin::start().await;
+
+    // Reserved through the cluster's store: refused to another key on C,
+    // given to its own there.
+    let refused = TestClient::start_with(&nodes[2], &origin.target(), |c| {
+        c.token = Some(other.token.clone());
+        c.tunnel.subdomain = Some("mine".into());
+    })
+    .await;
+    assert!(refused.is_err(), "a reserved name went to another key");
+    let (_ws, unknown) = RawWs::create(&nodes[2], json!({ "token": "ck_aaaaaaaa_nope" })).await;
+    assert_eq!(unknown["code"], "unauthorized", "{unknown}");
+    let mine = TestClient::start_reconnecting(&nodes[2], &origin.target(), |c| {
+        c.token = Some(owner.token.clone());
+        c.tunnel.subdomain = Some("mine".into());
+    })
+    .await
+    .unwrap();
+    let host = nodes[2].host_of("mine");
+    assert_eq!(
+        Visitor::new(nodes[0].addr).get(&host, "/echo").await.status,
+        200
+    );
+
+    // Revoked from anywhere (here, as `cryptun keys revoke --cluster`
+    // does): the session on C is cut within the poll, and the key is
+    // refused on every node.
+    keys.revoke_key(&owner.info.id).await.unwrap();
+    let finished = within("the revoked key's session ends", mine.finished()).await;
+    assert!(finished.is_err(), "the client was told its key is revoked");
+    for node in &nodes {
+        until_status(node, &host, "/", 404, Duration::from_secs(10)).await;
+        let (_ws, reply) = RawWs::create(node, json!({ "token": owner.token.expose() })).await;
+        assert_eq!(reply["code"], "unauthorized", "{reply}");
     }
 }

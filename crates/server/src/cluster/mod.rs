@@ -29,10 +29,14 @@
 //! corrected on its first failure: the peer answers that the name is not
 //! there, and the first node asks Redis again.
 //!
+//! API keys and reserved names are kept in Redis too ([`keys`]), so a key
+//! works, and its revocation holds, on every node.
+//!
 //! Keys are versioned (`cryptun:1:`) and each name's keys share a hash tag,
 //! so every atomic step touches one slot of a Redis Cluster.
 
 pub mod hop;
+pub mod keys;
 mod routes;
 pub mod shared;
 
@@ -63,6 +67,8 @@ pub(crate) struct Joined {
     pub(crate) listener: TcpListener,
     /// How its requests reach other nodes.
     pub(crate) forwarder: Arc<Forwarder>,
+    /// The cluster's keys and reserved names.
+    pub(crate) keys: Arc<keys::SharedKeys>,
 }
 
 /// Joins the cluster `config` names: reaches Redis, binds the hop, takes
@@ -121,6 +127,7 @@ pub(crate) async fn join(config: &Config, cluster: &ClusterConfig) -> io::Result
         redis_cluster = shared.is_cluster(),
         "joined the cluster"
     );
+    let keys = Arc::new(keys::SharedKeys::new(shared.clone()));
     let registry = Clustered::start(
         shared,
         node,
@@ -137,6 +144,7 @@ pub(crate) async fn join(config: &Config, cluster: &ClusterConfig) -> io::Result
         registry,
         listener,
         forwarder,
+        keys,
     })
 }
 

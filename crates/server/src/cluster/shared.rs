@@ -254,6 +254,12 @@ impl Shared {
         result
     }
 
+    /// Runs one command.
+    pub async fn query<T: redis::FromRedisValue>(&self, cmd: &Cmd) -> Result<T, SharedError> {
+        self.run(|mut conn| async move { Ok(cmd.query_async(&mut conn).await?) })
+            .await
+    }
+
     /// The next claim epoch, cluster-wide.
     pub async fn next_epoch(&self) -> Result<u64, SharedError> {
         self.run(|mut conn| async move {

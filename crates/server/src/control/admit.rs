@@ -174,12 +174,7 @@ impl Admit {
         let Some(store) = self.auth.keys() else {
             return Ok(());
         };
-        let lookup = {
-            let name = name.clone();
-            store
-                .call(move |store| store.reserved_for(name.as_str()))
-                .await
-        };
+        let lookup = store.reserved_for(name.as_str().to_owned()).await;
         match lookup {
             Ok(Some(owner)) if key != Some(owner.as_str()) => Err(Refusal::new(
                 ErrorCode::SubdomainReserved,
@@ -301,7 +296,7 @@ mod tests {
         let backoff = Arc::new(Backoff::new(config.auth_backoff));
         let admit = Admit {
             registry: Arc::new(Local::new(config.reconnect_grace, 100, 100)),
-            auth: Auth::new(config.auth, store.clone(), backoff),
+            auth: Auth::new(config.auth, Arc::new(store.clone()), backoff),
             metrics: Metrics::register(&mut prometheus_client::registry::Registry::default()),
             listen_port: 4000,
             tunnels: Quota::new(config.max_tunnels_per_ip),

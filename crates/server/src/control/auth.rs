@@ -16,7 +16,7 @@ use tracing::{info, warn};
 
 use crate::config::AuthMode;
 use crate::policy::{Backoff, Who};
-use crate::store::Store;
+use crate::store::Keys;
 
 /// Who a connection is, once its first `create_tunnel` is accepted.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -121,12 +121,12 @@ impl Refusal {
 pub(crate) struct Auth {
     mode: AuthMode,
     /// Keys and reserved names (neither is looked at when auth is off).
-    store: Store,
+    store: Arc<dyn Keys>,
     backoff: Arc<Backoff>,
 }
 
 impl Auth {
-    pub(crate) fn new(mode: AuthMode, store: Store, backoff: Arc<Backoff>) -> Self {
+    pub(crate) fn new(mode: AuthMode, store: Arc<dyn Keys>, backoff: Arc<Backoff>) -> Self {
         Auth {
             mode,
             store,
@@ -135,8 +135,8 @@ impl Auth {
     }
 
     /// The key store, where reservations are enforced: with auth on.
-    pub(crate) fn keys(&self) -> Option<&Store> {
-        (self.mode != AuthMode::Off).then_some(&self.store)
+    pub(crate) fn keys(&self) -> Option<&dyn Keys> {
+        (self.mode != AuthMode::Off).then_some(self.store.as_ref())
     }
 
     /// How long `ip` is still refused for its failed attempts, if it is.
@@ -174,8 +174,7 @@ impl Auth {
                 AuthMode::Off | AuthMode::Optional => Ok(Identity::Anonymous),
             };
         };
-        let token = token.clone();
-        match store.call(move |store| store.identify(&token)).await {
+        match store.identify(token.clone()).await {
             Ok(Some((id, name))) => {
                 info!(key = %id, "authenticated");
                 Ok(Identity::Key { id, name })
@@ -204,6 +203,7 @@ pub(crate) fn new_reconnect_secret() -> Secret {
 mod tests {
     use super::*;
     use crate::policy::BackoffConfig;
+    use crate::store::Store;
 
     fn auth(mode: AuthMode) -> (Auth, Store) {
         let store = Store::in_memory().unwrap();
@@ -211,7 +211,7 @@ mod tests {
             free_failures: 1,
             ..BackoffConfig::default()
         }));
-        (Auth::new(mode, store.clone(), backoff), store)
+        (Auth::new(mode, Arc::new(store.clone()), backoff), store)
     }
 
     fn create(token: Option<&Secret>) -> CreateTunnel {

@@ -40,7 +40,7 @@ use crate::error::GatewayError;
 use crate::metrics::{HandshakeFailure as Failure, Metrics};
 use crate::policy::{Backoff, Place, Quota, Who};
 use crate::registry::Registry;
-use crate::store::Store;
+use crate::store::Keys;
 use admit::Admit;
 use auth::{Auth, Identity, Refusal};
 use revocation::{KeySessions, Watcher};
@@ -67,7 +67,7 @@ pub(crate) struct Control {
 pub(crate) struct Parts {
     pub(crate) config: Arc<Config>,
     pub(crate) registry: Arc<dyn Registry>,
-    pub(crate) store: Store,
+    pub(crate) store: Arc<dyn Keys>,
     pub(crate) metrics: Metrics,
     pub(crate) listen_port: u16,
     pub(crate) tasks: TaskTracker,
@@ -110,7 +110,7 @@ impl Control {
 
     /// Starts the task that cuts the sessions of keys revoked in `store`,
     /// until sessions close.
-    pub(crate) fn spawn_revocation_watcher(&self, store: Store) {
+    pub(crate) fn spawn_revocation_watcher(&self, store: Arc<dyn Keys>) {
         let watcher = Watcher {
             store,
             every: self.config.revocation_poll,

@@ -23,7 +23,7 @@ use tracing::{Instrument, info, info_span, warn};
 use tokio_util::task::TaskTracker;
 
 use crate::registry::Registry;
-use crate::store::{Store, StoreError};
+use crate::store::{Keys, StoreError};
 
 /// The live sessions that authenticated with a key, and the keys known to
 /// be revoked.
@@ -104,7 +104,7 @@ impl KeySessions {
 /// What the watcher of revocations works on: the database it polls, how
 /// often, and what it cuts.
 pub(crate) struct Watcher {
-    pub(crate) store: Store,
+    pub(crate) store: Arc<dyn Keys>,
     pub(crate) every: Duration,
     pub(crate) sessions: Arc<KeySessions>,
     pub(crate) registry: Arc<dyn Registry>,
@@ -145,16 +145,11 @@ impl Watcher {
         // The revision is read before the ids: a revocation committed
         // between the two moves it again, so the next poll reads the ids
         // again.
-        let revision = self.store.call(Store::revision).await?;
+        let revision = self.store.revision().await?;
         if seen == Some(revision) {
             return Ok(revision);
         }
-        let revoked: HashSet<String> = self
-            .store
-            .call(Store::revoked_ids)
-            .await?
-            .into_iter()
-            .collect();
+        let revoked: HashSet<String> = self.store.revoked_ids().await?.into_iter().collect();
         for id in self.sessions.revoke(revoked) {
             // Names held for a revoked key's reconnection: nobody can take
             // them back, so they are free again (reserved ones stay

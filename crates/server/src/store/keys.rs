@@ -29,11 +29,11 @@ use super::{Store, StoreError, now_unix};
 pub const TOKEN_PREFIX: &str = "ck_";
 /// Characters in a key id: 40 bits, enough to stay unique among the keys
 /// one server issues (a collision is retried).
-const ID_LEN: usize = 8;
+pub(crate) const ID_LEN: usize = 8;
 /// Characters in a token's secret part: 200 bits.
-const SECRET_LEN: usize = 40;
+pub(crate) const SECRET_LEN: usize = 40;
 /// Longest human name for a key.
-const MAX_NAME: usize = 64;
+pub(crate) const MAX_NAME: usize = 64;
 
 /// A key as listed (never its token).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -65,7 +65,7 @@ pub fn token_hash(token: &Secret) -> [u8; 32] {
 }
 
 /// The key id inside a well-formed token.
-fn token_id(token: &Secret) -> Option<&str> {
+pub(crate) fn token_id(token: &Secret) -> Option<&str> {
     let rest = token.expose().strip_prefix(TOKEN_PREFIX)?;
     let (id, secret) = rest.split_once('_')?;
     (id.len() == ID_LEN && !secret.is_empty()).then_some(id)

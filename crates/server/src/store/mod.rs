@@ -40,6 +40,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use cryptun_proto::Secret;
 use rusqlite::Connection;
 
 pub use holds::{Owner, SavedHold};
@@ -131,6 +132,53 @@ pub enum StoreError {
         /// Its owner.
         key_id: String,
     },
+    /// The cluster's shared store failed or could not be reached.
+    #[error("the cluster store: {0}")]
+    Shared(String),
+}
+
+/// What the control stage asks of the keys and reserved names, wherever
+/// they are kept: in this server's SQLite ([`Store`]) or, in a cluster,
+/// shared through Redis (`crate::cluster::keys`).
+pub trait Keys: Send + Sync + 'static {
+    /// The id and name of the live key `token` is, if it is one.
+    fn identify(
+        &self,
+        token: Secret,
+    ) -> BoxFuture<'_, Result<Option<(String, String)>, StoreError>>;
+
+    /// The id of the key `name` is reserved for, if it is.
+    fn reserved_for(&self, name: String) -> BoxFuture<'_, Result<Option<String>, StoreError>>;
+
+    /// A value that changes whenever keys may have been revoked.
+    fn revision(&self) -> BoxFuture<'_, Result<(i64, u64), StoreError>>;
+
+    /// Every revoked key's id.
+    fn revoked_ids(&self) -> BoxFuture<'_, Result<Vec<String>, StoreError>>;
+}
+
+/// A future a [`Keys`] returns.
+pub type BoxFuture<'a, T> = std::pin::Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+impl Keys for Store {
+    fn identify(
+        &self,
+        token: Secret,
+    ) -> BoxFuture<'_, Result<Option<(String, String)>, StoreError>> {
+        Box::pin(self.call(move |store| store.identify(&token)))
+    }
+
+    fn reserved_for(&self, name: String) -> BoxFuture<'_, Result<Option<String>, StoreError>> {
+        Box::pin(self.call(move |store| store.reserved_for(&name)))
+    }
+
+    fn revision(&self) -> BoxFuture<'_, Result<(i64, u64), StoreError>> {
+        Box::pin(self.call(Store::revision))
+    }
+
+    fn revoked_ids(&self) -> BoxFuture<'_, Result<Vec<String>, StoreError>> {
+        Box::pin(self.call(Store::revoked_ids))
+    }
 }
 
 /// A handle on the database; cheap to clone, shared by every session.

@@ -1,0 +1,370 @@
+//! API keys and reserved names shared by a cluster's nodes, in Redis: the
+//! same records and rules as a single server's SQLite (`crate::store`), so
+//! that a key made or revoked on one node holds on every node, and a name
+//! reserved for a key is refused to others wherever they connect.
+//!
+//! - `cryptun:1:key:{ID}`: a hash of `name`, `hash` (the token's SHA-256,
+//!   hex), `created_at` and, once revoked, `revoked_at`;
+//! - `cryptun:1:keys` and `cryptun:1:revoked`: the sets of key ids, all and
+//!   revoked;
+//! - `cryptun:1:{NAME}:reserved`: the id of the key a name is reserved
+//!   for, in the name's slot (beside its route); `cryptun:1:reserved`, the
+//!   set of reserved names;
+//! - `cryptun:1:keys-rev`: a counter moved by every change, which nodes
+//!   poll to cut revoked keys' sessions within `--revocation-poll`.
+//!
+//! Every step touches one key, so it works on a Redis Cluster as on one
+//! Redis; a reservation is taken atomically (`SET NX`).
+
+use cryptun_proto::name::GENERATED_PREFIX;
+use cryptun_proto::{Secret, Subdomain};
+use redis::Cmd;
+use subtle::ConstantTimeEq;
+
+use super::shared::{PREFIX, Shared, SharedError};
+use crate::store::keys::{ID_LEN, MAX_NAME, SECRET_LEN, TOKEN_PREFIX, token_hash, token_id};
+use crate::store::{BoxFuture, KeyInfo, Keys, NewKey, Reservation, StoreError};
+
+/// Keys and reserved names in the cluster's Redis.
+#[derive(Clone)]
+pub struct SharedKeys {
+    shared: Shared,
+}
+
+impl From<SharedError> for StoreError {
+    fn from(err: SharedError) -> Self {
+        StoreError::Shared(err.to_string())
+    }
+}
+
+fn key_key(id: &str) -> String {
+    format!("{PREFIX}:key:{{{id}}}")
+}
+
+fn reserved_key(name: &str) -> String {
+    format!("{PREFIX}:{{{name}}}:reserved")
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+impl SharedKeys {
+    /// Keys kept in `shared`.
+    pub fn new(shared: Shared) -> Self {
+        SharedKeys { shared }
+    }
+
+    /// Connects to the cluster store at `url` (for `cryptun keys --cluster`).
+    pub async fn connect(url: &str) -> Result<Self, StoreError> {
+        let shared = Shared::connect(url, std::time::Duration::from_secs(5)).await?;
+        Ok(SharedKeys { shared })
+    }
+
+    async fn changed(&self) -> Result<(), StoreError> {
+        let _: i64 = self
+            .shared
+            .query(Cmd::new().arg("INCR").arg(format!("{PREFIX}:keys-rev")))
+            .await?;
+        Ok(())
+    }
+
+    /// Makes a key named `name`; its token is shown once.
+    pub async fn create_key(&self, name: &str) -> Result<NewKey, StoreError> {
+        let name = name.trim();
+        if name.is_empty() || name.chars().count() > MAX_NAME || name.chars().any(char::is_control)
+        {
+            return Err(StoreError::InvalidName(format!(
+                "a key name is 1 to {MAX_NAME} printable characters"
+            )));
+        }
+        let created_at = crate::store::now_unix();
+        loop {
+            let id = cryptun_proto::random_id(ID_LEN);
+            let token = Secret::generate(&format!("{TOKEN_PREFIX}{id}_"), SECRET_LEN);
+            let made: bool = self
+                .shared
+                .query(
+                    Cmd::new()
+                        .arg("HSETNX")
+                        .arg(key_key(&id))
+                        .arg("hash")
+                        .arg(hex(&token_hash(&token))),
+                )
+                .await?;
+            if !made {
+                continue;
+            }
+            let _: i64 = self
+                .shared
+                .query(
+                    Cmd::new()
+                        .arg("HSET")
+                        .arg(key_key(&id))
+                        .arg("name")
+                        .arg(name)
+                        .arg("created_at")
+                        .arg(created_at),
+                )
+                .await?;
+            let _: i64 = self
+                .shared
+                .query(
+                    Cmd::new()
+                        .arg("SADD")
+                        .arg(format!("{PREFIX}:keys"))
+                        .arg(&id),
+                )
+                .await?;
+            self.changed().await?;
+            let info = KeyInfo {
+                id,
+                name: name.to_owned(),
+                created_at,
+                revoked_at: None,
+                reserved: Vec::new(),
+            };
+            return Ok(NewKey { info, token });
+        }
+    }
+
+    async fn key(&self, id: &str) -> Result<Option<KeyInfo>, StoreError> {
+        let (name, created_at, revoked_at): (Option<String>, Option<i64>, Option<i64>) = self
+            .shared
+            .query(
+                Cmd::new()
+                    .arg("HMGET")
+                    .arg(key_key(id))
+                    .arg("name")
+                    .arg("created_at")
+                    .arg("revoked_at"),
+            )
+            .await?;
+        Ok(name.map(|name| KeyInfo {
+            id: id.to_owned(),
+            name,
+            created_at: created_at.unwrap_or_default(),
+            revoked_at,
+            reserved: Vec::new(),
+        }))
+    }
+
+    /// Every key, oldest first, with its reserved names.
+    pub async fn list_keys(&self) -> Result<Vec<KeyInfo>, StoreError> {
+        let ids: Vec<String> = self
+            .shared
+            .query(Cmd::new().arg("SMEMBERS").arg(format!("{PREFIX}:keys")))
+            .await?;
+        let reservations = self.reservations().await?;
+        let mut keys = Vec::new();
+        for id in ids {
+            if let Some(mut key) = self.key(&id).await? {
+                key.reserved = reservations
+                    .iter()
+                    .filter(|r| r.key_id == key.id)
+                    .map(|r| r.name.clone())
+                    .collect();
+                keys.push(key);
+            }
+        }
+        keys.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
+        Ok(keys)
+    }
+
+    /// Revokes key `id`: every node refuses it from now on and cuts its
+    /// sessions within its revocation poll.
+    pub async fn revoke_key(&self, id: &str) -> Result<(), StoreError> {
+        match self.key(id).await? {
+            None => return Err(StoreError::NoSuchKey(id.to_owned())),
+            Some(key) if key.revoked_at.is_some() => {
+                return Err(StoreError::Revoked(id.to_owned()));
+            }
+            Some(_) => {}
+        }
+        let _: i64 = self
+            .shared
+            .query(
+                Cmd::new()
+                    .arg("HSET")
+                    .arg(key_key(id))
+                    .arg("revoked_at")
+                    .arg(crate::store::now_unix()),
+            )
+            .await?;
+        let _: i64 = self
+            .shared
+            .query(
+                Cmd::new()
+                    .arg("SADD")
+                    .arg(format!("{PREFIX}:revoked"))
+                    .arg(id),
+            )
+            .await?;
+        self.changed().await
+    }
+
+    /// Reserves `name` for key `key_id`.
+    pub async fn reserve(&self, key_id: &str, name: &str) -> Result<Reservation, StoreError> {
+        let name =
+            Subdomain::parse(name).map_err(|err| StoreError::InvalidName(err.to_string()))?;
+        if name.is_generated() {
+            return Err(StoreError::InvalidName(format!(
+                "names starting with {GENERATED_PREFIX:?} are generated ones and cannot be reserved"
+            )));
+        }
+        match self.key(key_id).await? {
+            None => return Err(StoreError::NoSuchKey(key_id.to_owned())),
+            Some(key) if key.revoked_at.is_some() => {
+                return Err(StoreError::Revoked(key_id.to_owned()));
+            }
+            Some(_) => {}
+        }
+        let name: String = name.into();
+        let set: Option<String> = self
+            .shared
+            .query(
+                Cmd::new()
+                    .arg("SET")
+                    .arg(reserved_key(&name))
+                    .arg(key_id)
+                    .arg("NX"),
+            )
+            .await?;
+        if set.is_none() {
+            let owner: Option<String> = self
+                .shared
+                .query(Cmd::new().arg("GET").arg(reserved_key(&name)))
+                .await?;
+            if let Some(owner) = owner.filter(|owner| owner != key_id) {
+                return Err(StoreError::NameTaken {
+                    name,
+                    key_id: owner,
+                });
+            }
+        }
+        let _: i64 = self
+            .shared
+            .query(
+                Cmd::new()
+                    .arg("SADD")
+                    .arg(format!("{PREFIX}:reserved"))
+                    .arg(&name),
+            )
+            .await?;
+        self.changed().await?;
+        Ok(Reservation {
+            name,
+            key_id: key_id.to_owned(),
+            created_at: crate::store::now_unix(),
+        })
+    }
+
+    /// Ends the reservation of `name`; whether there was one.
+    pub async fn unreserve(&self, name: &str) -> Result<bool, StoreError> {
+        let name = name.to_ascii_lowercase();
+        let removed: i64 = self
+            .shared
+            .query(Cmd::new().arg("DEL").arg(reserved_key(&name)))
+            .await?;
+        let _: i64 = self
+            .shared
+            .query(
+                Cmd::new()
+                    .arg("SREM")
+                    .arg(format!("{PREFIX}:reserved"))
+                    .arg(&name),
+            )
+            .await?;
+        self.changed().await?;
+        Ok(removed == 1)
+    }
+
+    /// Every reservation, by name.
+    pub async fn reservations(&self) -> Result<Vec<Reservation>, StoreError> {
+        let mut names: Vec<String> = self
+            .shared
+            .query(Cmd::new().arg("SMEMBERS").arg(format!("{PREFIX}:reserved")))
+            .await?;
+        names.sort();
+        let mut all = Vec::new();
+        for name in names {
+            let owner: Option<String> = self
+                .shared
+                .query(Cmd::new().arg("GET").arg(reserved_key(&name)))
+                .await?;
+            if let Some(key_id) = owner {
+                all.push(Reservation {
+                    name,
+                    key_id,
+                    created_at: 0,
+                });
+            }
+        }
+        Ok(all)
+    }
+
+    async fn identify_token(&self, token: &Secret) -> Result<Option<(String, String)>, StoreError> {
+        let Some(id) = token_id(token) else {
+            return Ok(None);
+        };
+        let (hash, revoked_at, name): (Option<String>, Option<i64>, Option<String>) = self
+            .shared
+            .query(
+                Cmd::new()
+                    .arg("HMGET")
+                    .arg(key_key(id))
+                    .arg("hash")
+                    .arg("revoked_at")
+                    .arg("name"),
+            )
+            .await?;
+        let (Some(hash), Some(name)) = (hash, name) else {
+            return Ok(None);
+        };
+        let matches: bool = hash
+            .as_bytes()
+            .ct_eq(hex(&token_hash(token)).as_bytes())
+            .into();
+        Ok((matches && revoked_at.is_none()).then(|| (id.to_owned(), name)))
+    }
+}
+
+impl Keys for SharedKeys {
+    fn identify(
+        &self,
+        token: Secret,
+    ) -> BoxFuture<'_, Result<Option<(String, String)>, StoreError>> {
+        Box::pin(async move { self.identify_token(&token).await })
+    }
+
+    fn reserved_for(&self, name: String) -> BoxFuture<'_, Result<Option<String>, StoreError>> {
+        Box::pin(async move {
+            match Subdomain::parse(&name) {
+                Ok(name) if !name.is_generated() => Ok(self
+                    .shared
+                    .query(Cmd::new().arg("GET").arg(reserved_key(name.as_str())))
+                    .await?),
+                _ => Ok(None),
+            }
+        })
+    }
+
+    fn revision(&self) -> BoxFuture<'_, Result<(i64, u64), StoreError>> {
+        Box::pin(async move {
+            let rev: Option<i64> = self
+                .shared
+                .query(Cmd::new().arg("GET").arg(format!("{PREFIX}:keys-rev")))
+                .await?;
+            Ok((rev.unwrap_or_default(), 0))
+        })
+    }
+
+    fn revoked_ids(&self) -> BoxFuture<'_, Result<Vec<String>, StoreError>> {
+        Box::pin(async move {
+            Ok(self
+                .shared
+                .query(Cmd::new().arg("SMEMBERS").arg(format!("{PREFIX}:revoked")))
+                .await?)
+        })
+    }
+}
