@@ -180,9 +180,13 @@ pub async fn serve(
             return;
         };
         let edge = Edge::for_peers(&config, stages.metrics.clone());
+        let Some(listing) = stages.listing.clone() else {
+            return;
+        };
         let server = Arc::new(cluster::hop::HopServer {
             gateway: Arc::clone(&stages.gateway),
             secret,
+            listing,
         });
         match edge::Bound::new(Listeners {
             http: Some(joined.listener),
@@ -232,6 +236,8 @@ struct Stages {
     control: Arc<Control>,
     registry: Arc<dyn Registry>,
     metrics: Metrics,
+    /// In a cluster: the cluster-wide list of tunnels.
+    listing: Option<Arc<cluster::listing::Listing>>,
     /// Fires when sessions must close (after in-flight requests drained).
     sessions_stop: CancellationToken,
     /// Session tasks, the revocation watcher and access log lines, awaited
@@ -260,6 +266,16 @@ impl Stages {
                 config.max_holds_per_identity,
             )),
         };
+        let listing = joined
+            .zip(config.cluster.as_ref())
+            .map(|(joined, cluster)| {
+                Arc::new(cluster::listing::Listing::new(
+                    joined.registry.shared().clone(),
+                    joined.node.clone(),
+                    Arc::clone(&registry),
+                    cluster.secret.clone(),
+                ))
+            });
         let sessions_stop = CancellationToken::new();
         let tasks = TaskTracker::new();
         let ip_limiter = config.rate_limits.per_ip.map(|rate| {
@@ -289,6 +305,7 @@ impl Stages {
             ip_limiter: ip_limiter.clone(),
             totals: Arc::clone(&totals),
             draining,
+            listing: listing.clone(),
         });
         let gateway = Arc::new(Gateway::new(gateway::Parts {
             config: Arc::clone(config),
@@ -307,6 +324,7 @@ impl Stages {
             control,
             registry,
             metrics,
+            listing,
             sessions_stop,
             tasks,
         }

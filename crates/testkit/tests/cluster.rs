@@ -483,3 +483,54 @@ async fn keys_and_reservations_hold_on_every_node() {
         assert_eq!(reply["code"], "unauthorized", "{reply}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn every_nodes_tunnels_are_listed_a_page_at_a_time() {
+    let redis = TestRedis::start();
+    let nodes = nodes(&redis).await;
+    let origin = Origin::start().await;
+    let mut clients = Vec::new();
+    for node in &nodes {
+        for _ in 0..2 {
+            clients.push(TestClient::start(node, &origin.target()).await);
+        }
+    }
+    let visitor = Visitor::new(nodes[1].addr);
+    let mut path = "/api/tunnels?limit=4".to_owned();
+    let mut seen = Vec::new();
+    for _ in 0..10 {
+        let reply = visitor.admin_get(&path).await;
+        assert_eq!(reply.status, 200, "{}", reply.text());
+        let page = reply.json();
+        assert!(page.as_array().unwrap().len() <= 4, "{page}");
+        for tunnel in page.as_array().unwrap() {
+            seen.push((
+                tunnel["node"].as_str().unwrap().to_owned(),
+                tunnel["subdomain"].as_str().unwrap().to_owned(),
+            ));
+        }
+        let Some(link) = reply.headers.get("link") else {
+            break;
+        };
+        let link = link.to_str().unwrap();
+        path = link
+            .trim_start_matches('<')
+            .split_once('>')
+            .unwrap()
+            .0
+            .to_owned();
+    }
+    seen.sort();
+    let mut expected: Vec<(String, String)> = clients
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            (
+                ["a", "b", "c"][i / 2].to_owned(),
+                c.tunnel.subdomain.clone(),
+            )
+        })
+        .collect();
+    expected.sort();
+    assert_eq!(seen, expected, "every tunnel once, with its node");
+}

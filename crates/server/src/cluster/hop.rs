@@ -38,6 +38,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use tracing::{debug, warn};
 
 use super::ClusterSecret;
+use super::listing::{self, Listing};
 use super::routes::Clustered;
 use crate::body::Body;
 use crate::edge::{Conn, Handler, VisitorBody};
@@ -52,7 +53,7 @@ type HopBody = http_body_util::combinators::UnsyncBoxBody<bytes::Bytes, crate::b
 
 /// The hop's version, sent with every forwarded request.
 const VERSION: &str = "1";
-const PROOF: &str = "x-cryptun-hop-proof";
+pub(crate) const PROOF: &str = "x-cryptun-hop-proof";
 const VISITOR: &str = "x-cryptun-hop-visitor";
 const SCHEME: &str = "x-cryptun-hop-scheme";
 const HOP: &str = "x-cryptun-hop";
@@ -231,10 +232,12 @@ impl Forwarder {
     }
 }
 
-/// Serves requests other nodes forward, on `--cluster-listen`.
+/// Serves requests other nodes forward, on `--cluster-listen`, and their
+/// listings of this node's tunnels.
 pub(crate) struct HopServer {
     pub(crate) gateway: Arc<Gateway>,
     pub(crate) secret: ClusterSecret,
+    pub(crate) listing: Arc<Listing>,
 }
 
 impl Handler for HopServer {
@@ -254,6 +257,18 @@ impl Handler for HopServer {
         };
         headers.remove(PROOF);
         headers.remove(HOP);
+        if proven && req.uri().path() == listing::PATH {
+            let _ = conn.framing.next();
+            let (offset, limit) = listing::slice_of(req.uri().query());
+            let (tunnels, more) = self.listing.local(offset, limit);
+            let body = serde_json::json!({ "tunnels": tunnels, "more": more });
+            let mut resp = Response::new(crate::body::full(body.to_string()));
+            resp.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+            return resp;
+        }
         let Some(visitor) = visitor.filter(|_| proven) else {
             // Exactly one framing verdict per request, refused or not.
             let _ = conn.framing.next();

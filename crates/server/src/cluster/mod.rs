@@ -37,6 +37,7 @@
 
 pub mod hop;
 pub mod keys;
+pub(crate) mod listing;
 mod routes;
 pub mod shared;
 
@@ -69,6 +70,8 @@ pub(crate) struct Joined {
     pub(crate) forwarder: Arc<Forwarder>,
     /// The cluster's keys and reserved names.
     pub(crate) keys: Arc<keys::SharedKeys>,
+    /// Its name.
+    pub(crate) node: String,
 }
 
 /// Joins the cluster `config` names: reaches Redis, binds the hop, takes
@@ -120,6 +123,7 @@ pub(crate) async fn join(config: &Config, cluster: &ClusterConfig) -> io::Result
         )));
     }
     shared.mark().await.map_err(unreachable)?;
+    shared.list_node(&node.name).await.map_err(unreachable)?;
     info!(
         node = %node.name,
         %hop,
@@ -128,6 +132,7 @@ pub(crate) async fn join(config: &Config, cluster: &ClusterConfig) -> io::Result
         "joined the cluster"
     );
     let keys = Arc::new(keys::SharedKeys::new(shared.clone()));
+    let name = node.name.clone();
     let registry = Clustered::start(
         shared,
         node,
@@ -145,6 +150,7 @@ pub(crate) async fn join(config: &Config, cluster: &ClusterConfig) -> io::Result
         listener,
         forwarder,
         keys,
+        node: name,
     })
 }
 

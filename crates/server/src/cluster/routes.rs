@@ -332,6 +332,7 @@ impl Clustered {
                 error!(node = %self.node.name, "another process holds this node's name in the cluster")
             }
         }
+        let _ = self.shared.list_node(&self.node.name).await;
         if let Ok(false) = self.shared.mark().await {
             warn!(
                 "the cluster store was emptied (restarted without its data?): this node's live tunnels are written back; names held for reconnection there are gone; run Redis with AOF and a replica"

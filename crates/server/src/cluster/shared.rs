@@ -394,6 +394,54 @@ impl Shared {
         Ok(held == 1)
     }
 
+    /// Lists `node` among the cluster's nodes.
+    pub async fn list_node(&self, node: &str) -> Result<(), SharedError> {
+        let _: i64 = self
+            .query(
+                Cmd::new()
+                    .arg("SADD")
+                    .arg(format!("{PREFIX}:nodes"))
+                    .arg(node),
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// The live nodes and their hop addresses; nodes whose lease lapsed
+    /// are taken off the list.
+    pub async fn nodes(&self) -> Result<Vec<(String, SocketAddr)>, SharedError> {
+        let names: Vec<String> = self
+            .query(Cmd::new().arg("SMEMBERS").arg(format!("{PREFIX}:nodes")))
+            .await?;
+        let mut live = Vec::new();
+        for name in names {
+            let value: Option<String> = self
+                .query(
+                    Cmd::new()
+                        .arg("GET")
+                        .arg(format!("{PREFIX}:node:{{{name}}}")),
+                )
+                .await?;
+            match value
+                .as_deref()
+                .and_then(|v| v.split_whitespace().nth(1)?.parse().ok())
+            {
+                Some(hop) => live.push((name, hop)),
+                None => {
+                    let _: i64 = self
+                        .query(
+                            Cmd::new()
+                                .arg("SREM")
+                                .arg(format!("{PREFIX}:nodes"))
+                                .arg(&name),
+                        )
+                        .await?;
+                }
+            }
+        }
+        Ok(live)
+    }
+
     /// Sets the marker that says this store has been joined, returning
     /// whether it was already there (false on a fresh or emptied Redis).
     pub async fn mark(&self) -> Result<bool, SharedError> {

@@ -211,7 +211,7 @@ impl Gateway {
         // A PROXY protocol header's address is a proxy's claim too.
         visitor.forwarded |= conn.relayed;
         match route {
-            Route::Server => self.own_route(visitor, &name, req),
+            Route::Server => self.own_route(visitor, &name, req).await,
             Route::Tunnel(label) => Ok(self.for_tunnel(conn, visitor, label, req, false).await),
         }
     }
@@ -251,24 +251,24 @@ impl Gateway {
     /// A request for the server's own host, asked for as `host`: `/ws` to
     /// control, the rest to ops; counted in
     /// `cryptun_own_route_requests_total` by route and status class.
-    fn own_route(
+    async fn own_route(
         &self,
         visitor: Visitor,
         host: &str,
         req: Request<VisitorBody>,
     ) -> Result<Response<Body>, GatewayError> {
         let route = route_label(req.uri().path());
-        let answer = hardening::check_own_path(req.uri().path()).and_then(|()| {
-            if is_ws(&req) {
-                Control::upgrade(&self.control, visitor.addr, req)
-            } else {
+        let answer = match hardening::check_own_path(req.uri().path()) {
+            Err(err) => Err(err),
+            Ok(()) if is_ws(&req) => Control::upgrade(&self.control, visitor.addr, req),
+            Ok(()) => {
                 let caller = Caller {
                     loopback: visitor.is_loopback(),
                     host,
                 };
-                self.ops.serve(&caller, &req)
+                self.ops.serve(&caller, &req).await
             }
-        });
+        };
         let status = match &answer {
             Ok(resp) => resp.status(),
             Err(err) => err.status(),

@@ -7,7 +7,8 @@
 //! - `GET /dashboard` (and its script and style): the live dashboard page
 //!   for anyone, since it holds no data; what it shows comes from
 //!   `GET /api/dashboard` (see [`dashboard`]).
-//! - `GET /metrics`, `GET /api/tunnels`, `GET /api/limits`,
+//! - `GET /metrics`, `GET /api/tunnels` (in a cluster, every node's, a page
+//!   at a time: `?limit=N`, the next page in a `Link` header), `GET /api/limits`,
 //!   `GET /api/dashboard` and anything else under `/api/`: admins only
 //!   ([`admin`]), `/metrics` encoding the families of [`crate::metrics`].
 //!
@@ -23,6 +24,8 @@
 
 pub mod admin;
 pub mod dashboard;
+
+use crate::cluster::listing::{self, Listing};
 
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
@@ -57,6 +60,7 @@ pub(crate) struct Ops {
     started: (Instant, SystemTime),
     /// Fires when shutdown begins.
     draining: CancellationToken,
+    listing: Option<Arc<Listing>>,
 }
 
 /// What [`Ops`] is built from.
@@ -68,6 +72,8 @@ pub(crate) struct Parts {
     pub(crate) ip_limiter: Option<Arc<IpLimiter>>,
     pub(crate) totals: Arc<Stats>,
     pub(crate) draining: CancellationToken,
+    /// In a cluster: every node's tunnels, a page at a time.
+    pub(crate) listing: Option<Arc<Listing>>,
 }
 
 /// The metrics label of an own route: one of a fixed set, whatever the
@@ -99,6 +105,7 @@ impl Ops {
             ip_limiter,
             totals,
             draining,
+            listing,
         } = parts;
         Ops {
             config,
@@ -109,6 +116,7 @@ impl Ops {
             totals,
             started: (Instant::now(), SystemTime::now()),
             draining,
+            listing,
         }
     }
 
@@ -119,7 +127,7 @@ impl Ops {
 
     /// Answers `caller`'s request for the server's own host (other than
     /// `/ws`).
-    pub(crate) fn serve<B>(
+    pub(crate) async fn serve<B>(
         &self,
         caller: &Caller<'_>,
         req: &Request<B>,
@@ -149,12 +157,34 @@ impl Ops {
             (&Method::GET, path @ ("/dashboard" | "/dashboard/app.js" | "/dashboard/app.css")) => {
                 dashboard::asset(path).ok_or(GatewayError::NotFound)
             }
+            (&Method::GET, "/api/tunnels") if self.listing.is_some() => {
+                admin()?;
+                self.cluster_tunnels(req.uri().query()).await
+            }
             (_, path) if path == "/api" || path.starts_with("/api/") => {
                 admin()?;
                 self.api(req.method(), path)
             }
             _ => Err(GatewayError::NotFound),
         }
+    }
+
+    /// `/api/tunnels` of a cluster: a page of every node's tunnels (each
+    /// with its `node`), the next page in a `Link` header.
+    async fn cluster_tunnels(&self, query: Option<&str>) -> Result<Response<Body>, GatewayError> {
+        let Some(listing) = &self.listing else {
+            return Err(GatewayError::NotFound);
+        };
+        let (cursor, limit) = listing::page_of(query);
+        let page = listing.page(cursor.as_deref(), limit).await?;
+        let mut resp = json(&page.tunnels);
+        if let Some(next) = page.next {
+            let link = format!("</api/tunnels?cursor={next}&limit={limit}>; rel=\"next\"");
+            if let Ok(value) = HeaderValue::from_str(&link) {
+                resp.headers_mut().insert(header::LINK, value);
+            }
+        }
+        Ok(resp)
     }
 
     /// `/readyz`: 200 while the server accepts tunnels, 503 once it drains.

@@ -1,0 +1,203 @@
+//! The cluster's live tunnels for `/api/tunnels`, a page at a time: every
+//! live node (from Redis) in order of name, each asked over the hop for a
+//! slice of its own tunnels (`GET /_cryptun/tunnels?offset=N&limit=M`),
+//! each entry with its `node`. The cursor names a node and an offset in
+//! its list, so a page costs one or a few hop requests however many
+//! tunnels the cluster has.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{Request, Uri};
+use http_body_util::{BodyExt, Empty};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use serde_json::Value;
+
+use super::ClusterSecret;
+use super::shared::Shared;
+use crate::error::GatewayError;
+use crate::registry::Registry;
+
+/// The hop route a node answers with a slice of its tunnels.
+pub(crate) const PATH: &str = "/_cryptun/tunnels";
+
+/// Most tunnels in one page.
+pub const MAX_PAGE: usize = 1000;
+
+/// Lists the cluster's tunnels.
+pub(crate) struct Listing {
+    pub(crate) shared: Shared,
+    /// This node's name.
+    pub(crate) node: String,
+    pub(crate) registry: Arc<dyn Registry>,
+    pub(crate) secret: ClusterSecret,
+    client: Client<HttpConnector, Empty<bytes::Bytes>>,
+}
+
+/// One page, and where the next begins (none: this was the last).
+pub(crate) struct Page {
+    pub(crate) tunnels: Vec<Value>,
+    pub(crate) next: Option<String>,
+}
+
+impl Listing {
+    pub(crate) fn new(
+        shared: Shared,
+        node: String,
+        registry: Arc<dyn Registry>,
+        secret: ClusterSecret,
+    ) -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(Duration::from_secs(2)));
+        Listing {
+            shared,
+            node,
+            registry,
+            secret,
+            client: Client::builder(TokioExecutor::new()).build(connector),
+        }
+    }
+
+    /// This node's tunnels from `offset`, at most `limit`, each with its
+    /// node; and whether more follow.
+    pub(crate) fn local(&self, offset: usize, limit: usize) -> (Vec<Value>, bool) {
+        let all = self.registry.list();
+        let slice = all.iter().skip(offset).take(limit);
+        let tunnels = slice
+            .map(|t| {
+                let mut info = serde_json::to_value(t.info()).unwrap_or_default();
+                info["node"] = Value::from(self.node.as_str());
+                info
+            })
+            .collect();
+        (tunnels, all.len() > offset.saturating_add(limit))
+    }
+
+    /// The page that starts at `cursor` (the first: none), at most
+    /// `limit` tunnels.
+    pub(crate) async fn page(
+        &self,
+        cursor: Option<&str>,
+        limit: usize,
+    ) -> Result<Page, GatewayError> {
+        let limit = limit.clamp(1, MAX_PAGE);
+        let mut nodes = self
+            .shared
+            .nodes()
+            .await
+            .map_err(|_| GatewayError::ClusterUnavailable)?;
+        nodes.sort();
+        let (from, mut offset) = match cursor.and_then(parse_cursor) {
+            Some((node, offset)) => (node, offset),
+            None => (String::new(), 0),
+        };
+        nodes.retain(|(name, _)| *name >= from);
+        let mut tunnels = Vec::new();
+        for (i, (name, hop)) in nodes.iter().enumerate() {
+            if *name != from {
+                offset = 0;
+            }
+            let want = limit - tunnels.len();
+            let (got, more) = if *name == self.node {
+                self.local(offset, want)
+            } else {
+                // A node that does not answer is left out of the page.
+                self.remote(*hop, offset, want).await.unwrap_or_default()
+            };
+            let taken = got.len();
+            tunnels.extend(got);
+            if tunnels.len() >= limit {
+                let next = if more {
+                    Some(format!("{name}:{}", offset + taken))
+                } else {
+                    nodes.get(i + 1).map(|(next, _)| format!("{next}:0"))
+                };
+                return Ok(Page { tunnels, next });
+            }
+        }
+        Ok(Page {
+            tunnels,
+            next: None,
+        })
+    }
+
+    /// A slice of node `hop`'s tunnels.
+    async fn remote(
+        &self,
+        hop: SocketAddr,
+        offset: usize,
+        limit: usize,
+    ) -> Option<(Vec<Value>, bool)> {
+        let uri: Uri = format!("http://{hop}{PATH}?offset={offset}&limit={limit}")
+            .parse()
+            .ok()?;
+        let req = Request::get(uri)
+            .header(super::hop::PROOF, self.secret.proof())
+            .body(Empty::new())
+            .ok()?;
+        let resp = tokio::time::timeout(Duration::from_secs(5), self.client.request(req))
+            .await
+            .ok()?
+            .ok()?;
+        let body = tokio::time::timeout(Duration::from_secs(5), resp.into_body().collect())
+            .await
+            .ok()?
+            .ok()?
+            .to_bytes();
+        let value: Value = serde_json::from_slice(&body).ok()?;
+        let tunnels = value["tunnels"].as_array()?.clone();
+        Some((tunnels, value["more"].as_bool().unwrap_or(false)))
+    }
+}
+
+/// `NODE:OFFSET`.
+fn parse_cursor(cursor: &str) -> Option<(String, usize)> {
+    let (node, offset) = cursor.rsplit_once(':')?;
+    Some((node.to_owned(), offset.parse().ok()?))
+}
+
+/// `offset` and `limit` of a query string, with defaults.
+pub(crate) fn slice_of(query: Option<&str>) -> (usize, usize) {
+    let mut offset = 0;
+    let mut limit = MAX_PAGE;
+    for pair in query.unwrap_or("").split('&') {
+        match pair.split_once('=') {
+            Some(("offset", v)) => offset = v.parse().unwrap_or(0),
+            Some(("limit", v)) => limit = v.parse().unwrap_or(MAX_PAGE).clamp(1, MAX_PAGE),
+            _ => {}
+        }
+    }
+    (offset, limit)
+}
+
+/// `cursor` and `limit` of `/api/tunnels`'s query string.
+pub(crate) fn page_of(query: Option<&str>) -> (Option<String>, usize) {
+    let mut cursor = None;
+    let mut limit = MAX_PAGE;
+    for pair in query.unwrap_or("").split('&') {
+        match pair.split_once('=') {
+            Some(("cursor", v)) => cursor = Some(v.to_owned()),
+            Some(("limit", v)) => limit = v.parse().unwrap_or(MAX_PAGE).clamp(1, MAX_PAGE),
+            _ => {}
+        }
+    }
+    (cursor, limit)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cursors_and_queries_are_read() {
+        assert_eq!(parse_cursor("node-a:40"), Some(("node-a".into(), 40)));
+        assert_eq!(parse_cursor("nope"), None);
+        assert_eq!(slice_of(Some("offset=5&limit=2")), (5, 2));
+        assert_eq!(slice_of(Some("limit=999999")), (0, MAX_PAGE));
+        assert_eq!(page_of(Some("cursor=a:1&limit=3")), (Some("a:1".into()), 3));
+        assert_eq!(page_of(None), (None, MAX_PAGE));
+    }
+}
