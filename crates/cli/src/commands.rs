@@ -198,7 +198,9 @@ pub async fn http(args: HttpArgs, json_logs: bool) -> Result<()> {
         Some(target) => Target::parse(target)?,
         None => start_hello(&shutdown).await?,
     };
-    let mut config = ClientConfig::new(&args.server, target.clone())?;
+    let first = args.servers.first().context("no server given")?;
+    let mut config = ClientConfig::new(first, target.clone())?;
+    config.set_servers(&args.servers)?;
     config.tunnel.subdomain = args.subdomain;
     config.tunnel.request_timeout = args.request_timeout;
     config.tunnel.basic_auth = args.basic_auth;
@@ -217,7 +219,8 @@ pub async fn http(args: HttpArgs, json_logs: bool) -> Result<()> {
     };
     let url = inspector.as_ref().map(|(_, url)| url.as_str());
     let tunnels = [(None, session.tunnel(), shown.as_str())];
-    let (view, events) = output::show(&args.server, &tunnels, url, args.json, json_logs);
+    let server = session.server();
+    let (view, events) = output::show(server, &tunnels, url, args.json, json_logs);
     let served = cryptun_client::serve(&config, session, shutdown, events).await;
     output::finish(view, served.as_ref().err());
     served?;

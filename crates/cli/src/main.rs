@@ -56,12 +56,12 @@ enum Command {
     Server(Box<ServerArgs>),
     /// Expose a local HTTP service through a server.
     #[command(
-        after_help = "Examples:\n  cryptun http 3000\n  cryptun http 192.168.1.5:8080 --subdomain myapp\n  cryptun http --hello --json\n  cryptun http 3000 --server https://tunnels.example.com\n  cryptun http 3000 --server https://localhost:4443 --ca ca.pem\n  CRYPTUN_BASIC_AUTH=ann:secret cryptun http 3000 --allow-ip 203.0.113.0/24"
+        after_help = "Examples:\n  cryptun http 3000\n  cryptun http 192.168.1.5:8080 --subdomain myapp\n  cryptun http --hello --json\n  cryptun http 3000 --server https://tunnels.example.com\n  cryptun http 3000 --server https://localhost:4443 --ca ca.pem\n  cryptun http 3000 --server https://a.example.com --server https://b.example.com\n  CRYPTUN_BASIC_AUTH=ann:secret cryptun http 3000 --allow-ip 203.0.113.0/24"
     )]
     Http(HttpArgs),
     /// Open tunnels declared in the client config file, over one connection.
     #[command(
-        after_help = "The config file (default ~/.config/cryptun/client.toml):\n  server = \"https://tunnels.example.com\"\n  [tunnels.web]\n  target = \"3000\"\n  subdomain = \"myapp\"\n  [tunnels.api]\n  target = \"localhost:8080\"\n\nExamples:\n  cryptun start --all\n  cryptun start web\n  cryptun start web api --json\n  cryptun start --all --config ./cryptun.toml\n  cryptun start --all --inspect 127.0.0.1:4041"
+        after_help = "The config file (default ~/.config/cryptun/client.toml):\n  servers = [\"https://a.tunnels.example.com\", \"https://b.tunnels.example.com\"]\n  [tunnels.web]\n  target = \"3000\"\n  subdomain = \"myapp\"\n  [tunnels.api]\n  target = \"localhost:8080\"\n\nExamples:\n  cryptun start --all\n  cryptun start web\n  cryptun start web api --json\n  cryptun start --all --config ./cryptun.toml\n  cryptun start --all --inspect 127.0.0.1:4041"
     )]
     Start(start::StartArgs),
     /// Server, hello service and client in one process: the whole product at once.
@@ -266,13 +266,22 @@ struct HttpArgs {
     /// Serve the built-in hello page instead of a local service.
     #[arg(long)]
     hello: bool,
-    /// Client config file, for its top-level keys (server, token, ca) [default:
+    /// Client config file, for its top-level keys (servers, token, ca) [default:
     /// $XDG_CONFIG_HOME/cryptun/client.toml or ~/.config/cryptun/client.toml].
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
-    /// The cryptun server to connect to.
-    #[arg(long, env = "CRYPTUN_SERVER", default_value = "http://127.0.0.1:4000")]
-    server: String,
+    /// The cryptun server to connect to. Repeatable (or comma-separated): the client connects
+    /// to one of them, in random order, and to the next when it loses it; a name with several
+    /// addresses counts as one server per address.
+    #[arg(
+        long = "server",
+        value_name = "URL",
+        env = "CRYPTUN_SERVER",
+        value_delimiter = ',',
+        default_value = "http://127.0.0.1:4000",
+        value_parser = parse::server
+    )]
+    servers: Vec<String>,
     /// Ask for this subdomain instead of a random one.
     #[arg(long)]
     subdomain: Option<String>,

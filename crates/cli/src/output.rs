@@ -3,9 +3,10 @@
 //! on stdout, and what the connection is doing (lost, reconnecting, back)
 //! on stderr, and also on stdout as JSON lines with `--json`.
 
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use cryptun_client::{Event, Events, TunnelCreated};
+use cryptun_client::{Endpoint, Event, Events, TunnelCreated};
 
 use crate::lines;
 use crate::status::{self, Header, Live, Tunnel};
@@ -14,19 +15,19 @@ use crate::status::{self, Header, Live, Tunnel};
 /// server's answer, and the target shown for it.
 pub type Shown<'a> = (Option<&'a str>, &'a TunnelCreated, &'a str);
 
-/// Shows `tunnels` and the inspector: in the live status view when stdout
-/// is a terminal and the output is for people, else as lines (each request
-/// line starting with its tunnel's name when the tunnels have names).
-/// Returns the view, to [`finish`] at the end, and where the client's
-/// events go.
+/// Shows `tunnels`, the `server` they are served on and the inspector: in
+/// the live status view when stdout is a terminal and the output is for
+/// people, else as lines (each request line starting with its tunnel's
+/// name when the tunnels have names). Returns the view, to [`finish`] at
+/// the end, and where the client's events go.
 pub fn show(
-    server: &str,
+    server: &Endpoint,
     tunnels: &[Shown<'_>],
     inspector: Option<&str>,
     json: bool,
     json_logs: bool,
 ) -> (Option<Live>, Events) {
-    let header = Header::new(server, inspector);
+    let header = Header::new(&server.to_string(), inspector);
     let shown = tunnels
         .iter()
         .map(|(name, created, target)| Tunnel::new(name.map(str::to_owned), created, target))
@@ -35,16 +36,29 @@ pub fn show(
         return (Some(view), events);
     }
     for (name, created, target) in tunnels {
+        let mut line = tunnel_json("tunnel_created", created, server);
         match name {
-            Some(name) => named_tunnel_created(name, created, target, json),
-            None => tunnel_created(created, target, json),
+            Some(name) if json => {
+                line["name"] = (*name).into();
+                line["target"] = (*target).into();
+                lines::print(&line.to_string());
+            }
+            None if json => lines::print(&line.to_string()),
+            Some(name) => {
+                let url = &created.public_url;
+                lines::print(&format!("Forwarding  {name:<12} {url} -> {target}"));
+            }
+            None => lines::print(&format!("Forwarding  {} -> {target}", created.public_url)),
         }
     }
     if let Some(url) = inspector {
         self::inspector(url, json);
     }
+    if !json {
+        lines::print(&format!("Server      {server}"));
+    }
     let named = tunnels.iter().any(|(name, ..)| name.is_some());
-    (None, events(json, json_logs, named))
+    (None, events(json, json_logs, named, server))
 }
 
 /// What `cryptun demo` shows: the status view with lines to try, or the
@@ -87,7 +101,11 @@ pub fn demo(
         lines::print(&format!("  Inspector   {url}"));
     }
     lines::print("\nRequests appear below. Press Ctrl-C to stop.");
-    (None, events(false, json_logs, false))
+    let server = Endpoint {
+        url: format!("ws://{addr}/ws"),
+        addr: Some(addr),
+    };
+    (None, events(false, json_logs, false, &server))
 }
 
 /// The live status view and the events that feed it, if stdout is a
@@ -115,29 +133,6 @@ pub fn finish(view: Option<Live>, error: Option<&impl std::fmt::Display>) {
     }
 }
 
-/// Prints the tunnel's announcement.
-fn tunnel_created(tunnel: &TunnelCreated, target: &str, json: bool) {
-    if json {
-        lines::print(&tunnel_line("tunnel_created", tunnel));
-    } else {
-        lines::print(&format!("Forwarding  {} -> {target}", tunnel.public_url));
-    }
-}
-
-/// Prints the announcement of tunnel `name` of a session of several: the
-/// plain line names it, the JSON line gains a `name` field.
-fn named_tunnel_created(name: &str, tunnel: &TunnelCreated, target: &str, json: bool) {
-    if json {
-        let mut line = tunnel_json("tunnel_created", tunnel);
-        line["name"] = name.into();
-        line["target"] = target.into();
-        lines::print(&line.to_string());
-    } else {
-        let url = &tunnel.public_url;
-        lines::print(&format!("Forwarding  {name:<12} {url} -> {target}"));
-    }
-}
-
 /// Prints where the request inspector is.
 fn inspector(url: &str, json: bool) {
     if json {
@@ -151,8 +146,10 @@ fn inspector(url: &str, json: bool) {
 /// An event sink printing one line per request to stdout (each plain line
 /// starting with its tunnel's name when `named`: a session of several
 /// tunnels), and the connection's ups and downs to stderr: plain lines, or
-/// log records when the logs are JSON (`json_logs`).
-fn events(json: bool, json_logs: bool, named: bool) -> Events {
+/// log records when the logs are JSON (`json_logs`). `server` is the one
+/// connected to, until a reconnect says another.
+fn events(json: bool, json_logs: bool, named: bool, server: &Endpoint) -> Events {
+    let server = Arc::new(Mutex::new(server.clone()));
     Events::to(move |event| match event {
         // One line per request, when it ends.
         Event::RequestStarted => {}
@@ -183,7 +180,14 @@ fn events(json: bool, json_logs: bool, named: bool) -> Events {
             retry_in,
             attempt,
         } => disconnected(&error, retry_in, attempt, json, json_logs),
-        Event::Reconnected { tunnel } => reconnected(&tunnel, json, json_logs),
+        Event::Connected { server: now } => {
+            connected(&now, json_logs);
+            *server.lock().unwrap_or_else(|e| e.into_inner()) = now;
+        }
+        Event::Reconnected { tunnel } => {
+            let server = server.lock().unwrap_or_else(|e| e.into_inner()).clone();
+            reconnected(&tunnel, &server, json, json_logs);
+        }
     })
 }
 
@@ -249,31 +253,41 @@ fn disconnected(error: &str, retry_in: Duration, attempt: u32, json: bool, json_
     }
 }
 
-/// A tunnel is served again after a reconnect: a line on stderr (a log
-/// record with `json_logs`), and a JSON line on stdout with `json`.
-fn reconnected(tunnel: &TunnelCreated, json: bool, json_logs: bool) {
+/// A reconnect reached `server`: a line on stderr (a log record with
+/// `json_logs`); the JSON lines of its tunnels name it.
+fn connected(server: &Endpoint, json_logs: bool) {
+    if json_logs {
+        tracing::warn!(%server, "connected");
+    } else {
+        lines::eprint(&format!("connected to {server}"));
+    }
+}
+
+/// A tunnel is served again after a reconnect, on `server`: a line on
+/// stderr (a log record with `json_logs`), and a JSON line on stdout with
+/// `json`.
+fn reconnected(tunnel: &TunnelCreated, server: &Endpoint, json: bool, json_logs: bool) {
     if json_logs {
         tracing::warn!(public_url = %tunnel.public_url, "reconnected");
     } else {
         lines::eprint(&format!("reconnected: {}", tunnel.public_url));
     }
     if json {
-        lines::print(&tunnel_line("reconnected", tunnel));
+        lines::print(&tunnel_json("reconnected", tunnel, server).to_string());
     }
 }
 
-/// A tunnel as one JSON line of type `kind` (the seed's `tunnel_created`
-/// shape).
-fn tunnel_line(kind: &str, tunnel: &TunnelCreated) -> String {
-    tunnel_json(kind, tunnel).to_string()
-}
-
-fn tunnel_json(kind: &str, tunnel: &TunnelCreated) -> serde_json::Value {
+/// A tunnel as a JSON object of type `kind`: the seed's `tunnel_created`
+/// shape, with the server it is served on (`server`, as a `--server` URL,
+/// and `server_addr`, the address connected to).
+fn tunnel_json(kind: &str, tunnel: &TunnelCreated, server: &Endpoint) -> serde_json::Value {
     serde_json::json!({
         "type": kind,
         "tunnel_id": tunnel.tunnel_id,
         "subdomain": tunnel.subdomain,
         "public_url": tunnel.public_url,
+        "server": server.server(),
+        "server_addr": server.addr.map(|a| a.to_string()),
     })
 }
 

@@ -11,6 +11,13 @@ pub fn cidr(s: &str) -> Result<String, String> {
         .map_err(|e| e.to_string())
 }
 
+/// A `--server` address, checked here and passed on as written.
+pub fn server(s: &str) -> Result<String, String> {
+    cryptun_client::target::control_url(s)
+        .map(|_| s.to_owned())
+        .map_err(|e| e.to_string())
+}
+
 /// A `--trusted-proxy` address or CIDR block; not one holding every
 /// address, which would let any visitor name its own.
 pub fn trusted_proxy(s: &str) -> Result<cryptun_proto::net::Cidr, String> {

@@ -25,9 +25,17 @@ pub struct StartArgs {
     /// or ~/.config/cryptun/client.toml].
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
-    /// The cryptun server to connect to.
-    #[arg(long, env = "CRYPTUN_SERVER", default_value = "http://127.0.0.1:4000")]
-    server: String,
+    /// The cryptun server to connect to. Repeatable (or comma-separated): the client connects
+    /// to one of them, in random order, and to the next when it loses it.
+    #[arg(
+        long = "server",
+        value_name = "URL",
+        env = "CRYPTUN_SERVER",
+        value_delimiter = ',',
+        default_value = "http://127.0.0.1:4000",
+        value_parser = crate::parse::server
+    )]
+    servers: Vec<String>,
     /// Print one JSON object per line (a tunnel_created per tunnel, then one per request).
     #[arg(long)]
     json: bool,
@@ -58,8 +66,9 @@ pub async fn start(args: StartArgs, file: Option<ConfigFile>, json_logs: bool) -
         .map(|d| (d.name.clone(), d.config.target.to_string()))
         .collect();
     let specs = chosen.into_iter().map(|d| d.config).collect();
-    let mut config =
-        ClientConfig::with_tunnels(&args.server, specs)?.context("no tunnels to open")?;
+    let first = args.servers.first().context("no server given")?;
+    let mut config = ClientConfig::with_tunnels(first, specs)?.context("no tunnels to open")?;
+    config.set_servers(&args.servers)?;
     config.ca = args.ca;
     config.token = keys::client_token(args.token)?;
     let shutdown = commands::shutdown_on_signal();
@@ -73,7 +82,8 @@ pub async fn start(args: StartArgs, file: Option<ConfigFile>, json_logs: bool) -
         .map(|(tunnel, (name, target))| (Some(name.as_str()), tunnel, target.as_str()))
         .collect();
     let url = inspector.as_ref().map(|(_, url)| url.as_str());
-    let (view, events) = output::show(&args.server, &tunnels, url, args.json, json_logs);
+    let server = session.server();
+    let (view, events) = output::show(server, &tunnels, url, args.json, json_logs);
     let served = cryptun_client::serve(&config, session, shutdown, events).await;
     output::finish(view, served.as_ref().err());
     served?;

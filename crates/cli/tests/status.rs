@@ -259,6 +259,8 @@ async fn without_a_terminal_the_output_stays_plain_lines() {
         .strip_prefix("Forwarding  ")
         .and_then(|rest| rest.strip_suffix(" -> built-in hello page"))
         .unwrap_or_else(|| panic!("{first:?}"));
+    let on = block_in_place(|| client.line());
+    assert_eq!(on, format!("Server      {}", server.url()));
     let reply = Visitor::new(server.addr).get(host_of(url), "/plain").await;
     assert_eq!(reply.status, 200);
     let line = block_in_place(|| client.line());

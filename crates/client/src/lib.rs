@@ -18,11 +18,17 @@
 //! # Layout
 //!
 //! - [`target`]: parsing the local target and the server address.
-//! - `session`: the connection: handshake (one `create_tunnel` per
-//!   tunnel), reader, writer, heartbeats.
+//! - [`servers`]: the candidate servers (every `--server`, every address
+//!   of each name), resolved and shuffled each round.
+//! - `handshake`: opening a session on one server (one `create_tunnel`
+//!   per tunnel), and the first connection, over the candidates.
+//! - `session`: the connection: reader, writer, heartbeats.
 //! - `transport`: TCP, or TLS over it for `wss://`, and certificate trust.
 //! - [`reconnect`]: keeping the tunnel up across lost connections and
-//!   server restarts: backoff, jitter, asking for the same tunnel again.
+//!   server restarts: the next server at once, then backoff and jitter,
+//!   asking for the same tunnels again.
+//! - `names`: the tunnels' names and reconnect secrets, kept by the domain
+//!   that issued them, for the next connection.
 //! - `forward`: one request, from its `request` message to the local
 //!   service and back.
 //! - `error`: why an exchange failed, by side, and the answer each
@@ -37,19 +43,24 @@
 //!   (and the user their tunnels).
 //! - [`inspector`]: the request inspector, a web page of recent exchanges
 //!   with replay and HAR export (`--inspect`).
-//! - [`Event`]: what the client reports per request, for the CLI to print.
+//! - `events`: [`Event`], what the client reports (each request, each
+//!   loss and reconnect), for the CLI to print.
 
 #![forbid(unsafe_code)]
 
 mod error;
+mod events;
 mod forward;
+mod handshake;
 pub mod hello;
 pub mod inspector;
 mod local;
+mod names;
 mod observe;
 pub mod reconnect;
 mod routes;
 pub mod saved;
+pub mod servers;
 mod session;
 pub mod target;
 mod transport;
@@ -60,19 +71,26 @@ use std::time::Duration;
 
 pub use cryptun_proto::Secret;
 pub use cryptun_proto::message::{BasicAuth, TunnelCreated};
+pub use events::{Event, Events};
+pub use handshake::connect;
 pub use inspector::{Inspector, InspectorLimits};
 pub use reconnect::{Reconnect, serve};
-pub use session::{Session, connect};
+pub use servers::Endpoint;
+pub use session::Session;
 pub use target::{AddressError, Target};
 
-/// How the client connects and forwards: the server, the connection's
+/// How the client connects and forwards: the servers, the connection's
 /// settings, and the tunnels it carries — [`tunnel`](ClientConfig::tunnel)
 /// (the only one of `cryptun http`) and any [`more_tunnels`](ClientConfig::more_tunnels)
 /// (`cryptun start`).
 #[derive(Debug, Clone)]
 pub struct ClientConfig {
-    /// WebSocket URL of the server's control endpoint.
+    /// WebSocket URL of the server's control endpoint (the first server).
     pub control_url: String,
+    /// Control URLs of further servers: the client connects to one of them
+    /// all, in random order, and to another when it loses one (see
+    /// [`servers`] and [`reconnect`]).
+    pub more_servers: Vec<String>,
     /// The session's first (often only) tunnel.
     pub tunnel: TunnelConfig,
     /// Further tunnels opened on the same connection (the server allows
@@ -142,6 +160,7 @@ impl ClientConfig {
     pub fn new(server: &str, target: Target) -> Result<Self, AddressError> {
         Ok(ClientConfig {
             control_url: target::control_url(server)?,
+            more_servers: Vec::new(),
             tunnel: TunnelConfig::new(target),
             more_tunnels: Vec::new(),
             connect_timeout: Duration::from_secs(10),
@@ -167,6 +186,39 @@ impl ClientConfig {
         config.tunnel = first;
         config.more_tunnels = tunnels.collect();
         Ok(Some(config))
+    }
+
+    /// Sets the servers to connect to (each as for [`new`](Self::new)),
+    /// the first one first; a server given twice counts once. At least
+    /// one, at most [`servers::MAX_SERVERS`].
+    pub fn set_servers(&mut self, servers: &[impl AsRef<str>]) -> Result<(), AddressError> {
+        let mut urls: Vec<String> = Vec::with_capacity(servers.len());
+        for server in servers {
+            let url = target::control_url(server.as_ref())?;
+            if !urls.contains(&url) {
+                urls.push(url);
+            }
+        }
+        if urls.len() > servers::MAX_SERVERS {
+            let max = servers::MAX_SERVERS;
+            return Err(AddressError(format!(
+                "at most {max} servers, not {}",
+                urls.len()
+            )));
+        }
+        let mut urls = urls.into_iter();
+        let first = urls
+            .next()
+            .ok_or_else(|| AddressError("no server given".into()))?;
+        self.control_url = first;
+        self.more_servers = urls.collect();
+        Ok(())
+    }
+
+    /// The control URL of every server, the first one first.
+    pub fn servers(&self) -> impl Iterator<Item = &str> {
+        std::iter::once(self.control_url.as_str())
+            .chain(self.more_servers.iter().map(String::as_str))
     }
 
     /// Every tunnel of the session, the first one first.
@@ -285,68 +337,6 @@ impl ClientError {
             ClientError::Timeout(_)
             | ClientError::Disconnected(_)
             | ClientError::GoingAway { .. } => false,
-        }
-    }
-}
-
-/// Something that happened, for the CLI (or a test) to show.
-#[derive(Debug, Clone)]
-pub enum Event {
-    /// A request arrived and is being forwarded; a [`Event::Request`]
-    /// follows when it ends (so started minus ended is the number open).
-    RequestStarted,
-    /// A request was answered (or failed) — one line per request.
-    Request {
-        /// The tunnel that served it: its [name](TunnelConfig::name), else
-        /// its subdomain.
-        tunnel: String,
-        /// Request method.
-        method: String,
-        /// Path and query.
-        path: String,
-        /// Status sent to the visitor (0 if the visitor went away first).
-        status: u16,
-        /// Time from the request's arrival to the end of the response head.
-        duration: Duration,
-        /// What went wrong, if anything.
-        error: Option<String>,
-    },
-    /// The connection was lost (or a reconnect failed); the next attempt
-    /// comes after `retry_in`.
-    Disconnected {
-        /// Why.
-        error: String,
-        /// The wait before the next attempt.
-        retry_in: Duration,
-        /// 1 for the first attempt after a loss, then 2, 3, ...
-        attempt: u32,
-    },
-    /// A reconnect succeeded: the tunnel is served again (one event per
-    /// tunnel of the session).
-    Reconnected {
-        /// The tunnel, as the server created it again.
-        tunnel: TunnelCreated,
-    },
-}
-
-/// Where events go: a callback, or nowhere.
-#[derive(Clone, Default)]
-pub struct Events(Option<Arc<dyn Fn(Event) + Send + Sync>>);
-
-impl Events {
-    /// Events are dropped.
-    pub fn none() -> Self {
-        Events(None)
-    }
-
-    /// Events are passed to `f`, from the task that produced them.
-    pub fn to(f: impl Fn(Event) + Send + Sync + 'static) -> Self {
-        Events(Some(Arc::new(f)))
-    }
-
-    pub(crate) fn emit(&self, event: Event) {
-        if let Some(f) = &self.0 {
-            f(event);
         }
     }
 }

@@ -1,23 +1,32 @@
 //! Keeping tunnels up: when the connection drops or the server restarts,
-//! reconnect with exponential backoff and jitter, and ask for the same
-//! tunnels again (each with its subdomain and reconnect secret).
+//! reconnect — to another server at once if there are several (a
+//! cluster's nodes), else and then with exponential backoff and jitter —
+//! and ask for the same tunnels again (each with its subdomain and the
+//! reconnect secret the server's domain issued, see `names`).
 //!
 //! Connection losses are retried for as long as it takes; refusals are
-//! final (an invalid name, a refused key, a protocol the server does not
-//! speak: asking again would get the same answer). One refusal is retried
-//! for a while: `subdomain_taken` on a reconnect, because the name is most
-//! likely held by our own previous connection, which the server has not yet
-//! seen die (it notices within its heartbeat timeout).
+//! final (an invalid name, a refused key: any server would give the same
+//! answer). One refusal is retried for a while: `subdomain_taken` on a
+//! reconnect, because the name is most likely held by our own previous
+//! connection, which the server has not yet seen die (it notices within
+//! its heartbeat timeout). A failure that only one server can be blamed
+//! for (a certificate, a redirect, a protocol it does not speak) moves on
+//! to the next server, and is final only when every server of a round
+//! failed so.
 //!
 //! What a reconnect sends differs from the first connect in one place,
-//! [`reconnect_config`]: that is where a reconnect secret will go.
+//! [`reconnect_config`]: the subdomains, and the reconnect secrets as the
+//! server's domain issued them.
 
 use std::time::{Duration, Instant};
 
 use cryptun_proto::ErrorCode;
 use tokio_util::sync::CancellationToken;
 
-use crate::session::{Session, connect};
+use crate::handshake::{connect_to, is_answer};
+use crate::names::Names;
+use crate::servers::{self, Endpoint};
+use crate::session::Session;
 use crate::{ClientConfig, ClientError, Event, Events, TunnelCreated};
 
 /// How the client reconnects.
@@ -114,54 +123,161 @@ pub async fn serve(
     shutdown: CancellationToken,
     events: Events,
 ) -> Result<(), ClientError> {
-    let policy = config.reconnect;
-    let mut backoff = Backoff::new(policy);
+    let mut recovery = Recovery {
+        config,
+        backoff: Backoff::new(config.reconnect),
+        names: Names::new(session.server(), session.tunnels()),
+        shutdown: &shutdown,
+        events: &events,
+    };
     loop {
-        let last = session.tunnels().to_vec();
+        let server = session.server().clone();
         let started = Instant::now();
-        let mut lost = match session.run(shutdown.clone(), events.clone()).await {
+        let lost = match session.run(shutdown.clone(), events.clone()).await {
             Ok(()) => return Ok(()),
             Err(err) if err.is_final() => return Err(err),
             Err(err) => err,
         };
-        if started.elapsed() >= policy.stable {
-            backoff.reset();
+        if started.elapsed() >= config.reconnect.stable {
+            recovery.backoff.reset();
         }
-        let lost_at = Instant::now();
-        let mut attempt = 0;
-        session = loop {
-            attempt += 1;
-            let wait = match &lost {
-                // The server left on purpose and said when to come back.
-                ClientError::GoingAway { reconnect_after } => {
-                    backoff.reset();
-                    backoff.jittered(*reconnect_after, spread())
-                }
-                _ => backoff.next(spread()),
-            };
-            events.emit(Event::Disconnected {
-                error: lost.to_string(),
-                retry_in: wait,
-                attempt,
-            });
-            let again = reconnect_config(config, &last);
-            let result = tokio::select! {
-                () = shutdown.cancelled() => return Ok(()),
-                result = async {
-                    tokio::time::sleep(wait).await;
-                    connect(&again).await
-                } => result,
-            };
-            match result {
-                Ok(session) => break session,
-                Err(err) if worth_retrying(&err, lost_at.elapsed(), policy) => lost = err,
-                Err(err) => return Err(err),
-            }
+        session = match recovery.reconnect(lost, &server).await? {
+            Some(session) => session,
+            None => return Ok(()),
         };
+        recovery.names.learn(session.server(), session.tunnels());
+        events.emit(Event::Connected {
+            server: session.server().clone(),
+        });
         for tunnel in session.tunnels() {
             events.emit(Event::Reconnected {
                 tunnel: tunnel.clone(),
             });
+        }
+    }
+}
+
+/// What reconnecting works with, and remembers from one loss to the next.
+struct Recovery<'a> {
+    config: &'a ClientConfig,
+    backoff: Backoff,
+    names: Names,
+    shutdown: &'a CancellationToken,
+    events: &'a Events,
+}
+
+/// How a round of attempts ended, when no session came of it.
+enum Failed {
+    /// Worth another round, after the last attempt's error (`None`: there
+    /// was no candidate to try).
+    Retry(Option<ClientError>),
+    /// No candidate can help: give up with this error.
+    GiveUp(ClientError),
+    /// `shutdown` fired.
+    Shutdown,
+}
+
+impl Recovery<'_> {
+    /// A new session after losing the one on `from` for `lost`; `None` if
+    /// `shutdown` fired first.
+    ///
+    /// First every other candidate, at once (spread over up to half the
+    /// initial wait): a cluster's other nodes are up. Then rounds of every
+    /// candidate, each after the wait of the backoff (or the one a server
+    /// going away asked for): the server lost may come back.
+    async fn reconnect(
+        &mut self,
+        mut lost: ClientError,
+        from: &Endpoint,
+    ) -> Result<Option<Session>, ClientError> {
+        let policy = self.config.reconnect;
+        let lost_at = Instant::now();
+        let mut attempt = 0;
+        let Some(mut round) = self.candidates().await else {
+            return Ok(None);
+        };
+        round.retain(|e| e != from);
+        let mut wait = policy.initial.mul_f64(spread() / 2.0);
+        loop {
+            match self.round(&round, wait, &lost, lost_at, &mut attempt).await {
+                Ok(session) => return Ok(Some(session)),
+                Err(Failed::Shutdown) => return Ok(None),
+                Err(Failed::GiveUp(err)) => return Err(err),
+                Err(Failed::Retry(Some(err))) => lost = err,
+                Err(Failed::Retry(None)) => {}
+            }
+            wait = match &lost {
+                // The server left on purpose and said when to come back.
+                ClientError::GoingAway { reconnect_after } => {
+                    self.backoff.reset();
+                    self.backoff.jittered(*reconnect_after, spread())
+                }
+                _ => self.backoff.next(spread()),
+            };
+            round = match self.candidates().await {
+                Some(round) => round,
+                None => return Ok(None),
+            };
+        }
+    }
+
+    /// A new round of candidates ([`servers::round`]); `None` if
+    /// `shutdown` fired first (resolving a name may take a while).
+    async fn candidates(&self) -> Option<Vec<Endpoint>> {
+        tokio::select! {
+            () = self.shutdown.cancelled() => None,
+            round = servers::round(self.config) => Some(round),
+        }
+    }
+
+    /// Tries each of `candidates` in turn, the first after `wait`, the
+    /// others at once, reporting each attempt; `lost` is why the last
+    /// connection or attempt failed.
+    async fn round(
+        &self,
+        candidates: &[Endpoint],
+        wait: Duration,
+        lost: &ClientError,
+        lost_at: Instant,
+        attempt: &mut u32,
+    ) -> Result<Session, Failed> {
+        let mut why = lost.to_string();
+        let mut last = None;
+        let mut first_final = None;
+        let mut wait = wait;
+        for endpoint in candidates {
+            *attempt += 1;
+            self.events.emit(Event::Disconnected {
+                error: why.clone(),
+                retry_in: wait,
+                attempt: *attempt,
+            });
+            let again = reconnect_config(self.config, self.names.for_server(endpoint));
+            let result = tokio::select! {
+                () = self.shutdown.cancelled() => return Err(Failed::Shutdown),
+                result = async {
+                    tokio::time::sleep(wait).await;
+                    connect_to(&again, endpoint).await
+                } => result,
+            };
+            wait = Duration::ZERO;
+            let err = match result {
+                Ok(session) => return Ok(session),
+                Err(err) => err,
+            };
+            why = err.to_string();
+            if worth_retrying(&err, lost_at.elapsed(), self.config.reconnect) {
+                last = Some(err);
+            } else if is_answer(&err) {
+                return Err(Failed::GiveUp(err));
+            } else if first_final.is_none() {
+                // This server cannot be used; another may.
+                first_final = Some(err);
+            }
+        }
+        match (last, first_final) {
+            (None, Some(err)) => Err(Failed::GiveUp(err)),
+            (last, _) => Err(Failed::Retry(last)),
         }
     }
 }
@@ -256,5 +372,26 @@ mod tests {
         let lost = ClientError::Disconnected("reset".into());
         assert!(worth_retrying(&lost, late, p));
         assert!(worth_retrying(&ClientError::Timeout(early), late, p));
+    }
+
+    #[test]
+    fn a_refusal_ends_the_search_and_a_servers_own_fault_moves_on() {
+        // What any server would answer: no other is tried.
+        let refused = ClientError::Refused {
+            code: ErrorCode::Unauthorized,
+            message: String::new(),
+        };
+        assert!(is_answer(&refused));
+        assert!(is_answer(&ClientError::KeyRevoked {
+            message: String::new()
+        }));
+        // Final for this server, but another may do.
+        let untrusted = ClientError::Untrusted {
+            url: "wss://a/ws".into(),
+            reason: "expired".into(),
+        };
+        assert!(untrusted.is_final() && !is_answer(&untrusted));
+        assert!(!is_answer(&ClientError::Protocol("x".into())));
+        assert!(!is_answer(&ClientError::Disconnected("reset".into())));
     }
 }

@@ -1,6 +1,6 @@
-//! One connection to the server: the handshake that creates the tunnels,
-//! then a reader that dispatches requests and frames while the writer sends
-//! responses and credit, until the connection ends.
+//! One connection to the server, once its tunnels are created (see
+//! `handshake`): a reader that dispatches requests and frames while the
+//! writer sends responses and credit, until the connection ends.
 
 use std::ops::ControlFlow::{self, Break, Continue};
 use std::sync::Arc;
@@ -8,37 +8,27 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
-use cryptun_proto::message::{
-    ClientMessage, CreateTunnel, ErrorCode, ServerMessage, TunnelCreated, encode,
-};
+use cryptun_proto::message::{ClientMessage, ErrorCode, ServerMessage, TunnelCreated, encode};
 use cryptun_proto::mux::{Heartbeat, Mux, OpenError, Side, run_writer};
 use cryptun_proto::tungstenite::protocol::CloseFrame;
 use cryptun_proto::tungstenite::protocol::frame::coding::CloseCode;
 use cryptun_proto::tungstenite::{Error as WsError, Message};
-use cryptun_proto::{Frame, Limits, PROTOCOL_VERSION, ReadAhead, RequestHead, close_code};
-use futures_util::{SinkExt, StreamExt};
+use cryptun_proto::{Frame, Limits, ReadAhead, RequestHead, close_code};
+use futures_util::StreamExt;
 use tokio_tungstenite::WebSocketStream;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
 use crate::error::ExchangeError;
 use crate::forward::{Forwarder, forward};
-use crate::{ClientConfig, ClientError, Events, TunnelConfig, transport};
+use crate::servers::Endpoint;
+use crate::{ClientConfig, ClientError, Events, transport};
 
-type Ws = WebSocketStream<ReadAhead<transport::Stream>>;
+pub(crate) type Ws = WebSocketStream<ReadAhead<transport::Stream>>;
 
-/// The largest message the client accepts from a server. The server is the
-/// party the client chose to trust; this only bounds a broken one.
-const MAX_SERVER_MESSAGE: usize = 16 << 20;
 /// The wait before reconnecting to a server that closed with 1001 without
 /// saying how long to wait.
 const GOING_AWAY_WAIT: Duration = Duration::from_secs(1);
-
-/// Messages the server may send before the client has seen every
-/// `tunnel_created` (requests on a tunnel already created, on a reconnect
-/// while visitors are waiting); they are kept for [`Session::run`]. A
-/// handshake is a round trip, so this only bounds a broken server.
-const MAX_EARLY_MESSAGES: usize = 4096;
 
 /// A connected client with its live tunnels, ready to [`run`](Session::run).
 pub struct Session {
@@ -48,123 +38,33 @@ pub struct Session {
     config: ClientConfig,
     /// What arrived during the handshake after the first tunnel was up.
     early: Vec<Message>,
-}
-
-/// Connects to the server and creates the tunnels: all of them or none
-/// (a refusal of any fails the connection).
-pub async fn connect(config: &ClientConfig) -> Result<Session, ClientError> {
-    tokio::time::timeout(config.connect_timeout, connect_inner(config))
-        .await
-        .map_err(|_| ClientError::Timeout(config.connect_timeout))?
-}
-
-fn create_message(config: &ClientConfig, tunnel: &TunnelConfig) -> Message {
-    let create = ClientMessage::CreateTunnel(CreateTunnel {
-        version: Some(PROTOCOL_VERSION),
-        subdomain: tunnel.subdomain.clone(),
-        binary_streams: true,
-        capabilities: cryptun_proto::Capabilities::SUPPORTED,
-        request_timeout_ms: tunnel
-            .request_timeout
-            .map(|d| d.as_millis().try_into().unwrap_or(u64::MAX)),
-        token: config.token.clone(),
-        reconnect_secret: tunnel.reconnect_secret.clone(),
-        basic_auth: tunnel.basic_auth.clone(),
-        allow_ips: tunnel.allow_ips.clone(),
-        deny_ips: tunnel.deny_ips.clone(),
-        max_body_size: tunnel.max_body_size,
-    });
-    Message::text(encode(&create))
-}
-
-async fn connect_inner(config: &ClientConfig) -> Result<Session, ClientError> {
-    let ws_config = Limits::default()
-        .websocket_config()
-        .max_message_size(Some(MAX_SERVER_MESSAGE))
-        .max_frame_size(Some(MAX_SERVER_MESSAGE));
-    let url = &config.control_url;
-    let stream = transport::connect(url, config.ca.as_deref()).await?;
-    let (mut ws, _) =
-        tokio_tungstenite::client_async_with_config(url, ReadAhead::new(stream), Some(ws_config))
-            .await
-            .map_err(|source| handshake_error(url, source))?;
-    let specs: Vec<&TunnelConfig> = config.tunnels().collect();
-    // All at once: the server answers each in order, so a session of many
-    // tunnels costs one round trip.
-    for spec in &specs {
-        ws.feed(create_message(config, spec))
-            .await
-            .map_err(|e| ClientError::Disconnected(e.to_string()))?;
-    }
-    ws.flush()
-        .await
-        .map_err(|e| ClientError::Disconnected(e.to_string()))?;
-    let (tunnels, early) = created(&mut ws, &specs).await?;
-    Ok(Session {
-        ws,
-        tunnels,
-        config: config.clone(),
-        early,
-    })
-}
-
-/// Reads the server's answers to the `create_tunnel`s of `specs`, in
-/// order: every tunnel created, with what arrived after the first (see
-/// [`MAX_EARLY_MESSAGES`]), or the refusal.
-async fn created(
-    ws: &mut Ws,
-    specs: &[&TunnelConfig],
-) -> Result<(Vec<TunnelCreated>, Vec<Message>), ClientError> {
-    let mut tunnels = Vec::with_capacity(specs.len());
-    let mut early = Vec::new();
-    while tunnels.len() < specs.len() {
-        let msg = ws
-            .next()
-            .await
-            .ok_or_else(|| ClientError::Disconnected("closed during the handshake".into()))?
-            .map_err(|e| ClientError::Disconnected(e.to_string()))?;
-        match msg {
-            Message::Text(text) => match ServerMessage::decode(&text) {
-                Ok(ServerMessage::TunnelCreated(tunnel)) => {
-                    if !tunnel.binary_streams {
-                        return Err(ClientError::Protocol(
-                            "the server refused binary streams".into(),
-                        ));
-                    }
-                    tunnels.push(tunnel);
-                }
-                Ok(ServerMessage::Error(err)) => {
-                    let message = match (specs.len(), &specs[tunnels.len()].name) {
-                        (2.., Some(name)) => format!("tunnel {name}: {}", err.message),
-                        _ => err.message,
-                    };
-                    return Err(ClientError::Refused {
-                        code: err.code,
-                        message,
-                    });
-                }
-                Ok(other) if tunnels.is_empty() => {
-                    debug!(?other, "ignored before tunnel_created")
-                }
-                Ok(_) => early.push(Message::Text(text)),
-                Err(err) => return Err(ClientError::Protocol(err.to_string())),
-            },
-            Message::Close(frame) => {
-                return Err(ClientError::Disconnected(describe_close(frame.as_ref())));
-            }
-            msg @ Message::Binary(_) if !tunnels.is_empty() => early.push(msg),
-            _ => {}
-        }
-        if early.len() > MAX_EARLY_MESSAGES {
-            return Err(ClientError::Protocol(
-                "too many messages before the tunnels were created".into(),
-            ));
-        }
-    }
-    Ok((tunnels, early))
+    /// The server connected to.
+    server: Endpoint,
 }
 
 impl Session {
+    /// A session opened on `ws` (see [`crate::handshake`]).
+    pub(crate) fn new(
+        ws: Ws,
+        tunnels: Vec<TunnelCreated>,
+        config: ClientConfig,
+        early: Vec<Message>,
+        server: Endpoint,
+    ) -> Self {
+        Session {
+            ws,
+            tunnels,
+            config,
+            early,
+            server,
+        }
+    }
+
+    /// The server this session is connected to, with the address dialled.
+    pub fn server(&self) -> &Endpoint {
+        &self.server
+    }
+
     /// The (first) tunnel the server created.
     pub fn tunnel(&self) -> &TunnelCreated {
         // `connect` returns a session only with every tunnel created, and
@@ -380,34 +280,6 @@ fn lost(going_away: Option<Duration>, why: String) -> ClientError {
     }
 }
 
-/// Why the WebSocket handshake failed; a redirect (the server wants TLS)
-/// gets a message of its own.
-fn handshake_error(url: &str, source: cryptun_proto::tungstenite::Error) -> ClientError {
-    use cryptun_proto::tungstenite::Error;
-    if let Error::Http(resp) = &source {
-        let location = resp
-            .headers()
-            .get(http::header::LOCATION)
-            .and_then(|v| v.to_str().ok());
-        if let (true, Some(location)) = (resp.status().is_redirection(), location) {
-            let suggest = location
-                .parse::<http::Uri>()
-                .ok()
-                .and_then(|uri| Some(format!("{}://{}", uri.scheme()?, uri.authority()?)))
-                .unwrap_or_else(|| location.to_owned());
-            return ClientError::Redirected {
-                url: url.to_owned(),
-                location: location.to_owned(),
-                suggest,
-            };
-        }
-    }
-    ClientError::Connect {
-        url: url.to_owned(),
-        source: Box::new(source),
-    }
-}
-
 /// The answer to a request beyond our own stream limit.
 fn busy_response(request_id: u32) -> Option<String> {
     let response = ExchangeError::Busy.answer()?;
@@ -417,7 +289,7 @@ fn busy_response(request_id: u32) -> Option<String> {
     }))
 }
 
-fn describe_close(frame: Option<&CloseFrame>) -> String {
+pub(crate) fn describe_close(frame: Option<&CloseFrame>) -> String {
     match frame {
         Some(f) if !f.reason.is_empty() => format!(
             "server closed the connection ({}): {}",

@@ -1,5 +1,5 @@
 //! The byte stream under the WebSocket: TCP for `ws://`, and TLS over TCP
-//! for `wss://`.
+//! for `wss://`, to one endpoint (a server's address, or its name).
 //!
 //! The server's certificate is checked against Mozilla's root programme (the
 //! `webpki-roots` list, the same everywhere, independent of the machine's
@@ -9,10 +9,10 @@
 //! with [`ClientError::Untrusted`], which says how to fix it.
 
 use std::io;
+use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 
-use http::Uri;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
 use rustls::{CertificateError, RootCertStore};
@@ -22,46 +22,49 @@ use tokio_rustls::client::TlsStream;
 use tokio_util::either::Either;
 
 use crate::ClientError;
+use crate::servers::{Endpoint, host_port};
 
 /// A connection to the server, plain or TLS.
 pub(crate) type Stream = Either<TcpStream, TlsStream<TcpStream>>;
 
-/// Opens a TCP connection to the host of `url` (a `ws://` or `wss://`
-/// control URL) and, for `wss://`, completes a TLS handshake that trusts the
-/// public roots and whatever `ca` holds.
-pub(crate) async fn connect(url: &str, ca: Option<&Path>) -> Result<Stream, ClientError> {
+/// Opens a TCP connection to `endpoint` (its address, or its host by
+/// name) and, for `wss://`, completes a TLS handshake for the URL's host
+/// name that trusts the public roots and whatever `ca` holds. Returns the
+/// stream and the address it reached.
+pub(crate) async fn connect(
+    endpoint: &Endpoint,
+    ca: Option<&Path>,
+) -> Result<(Stream, SocketAddr), ClientError> {
     let failed = |err: io::Error| ClientError::Connect {
-        url: url.to_owned(),
+        url: endpoint.url_at(),
         source: Box::new(err.into()),
     };
-    let uri: Uri = url
-        .parse()
-        .map_err(|e| failed(io::Error::new(io::ErrorKind::InvalidInput, e)))?;
-    let tls = uri.scheme_str() == Some("wss");
-    let host = uri.host().unwrap_or_default();
-    let port = uri.port_u16().unwrap_or(if tls { 443 } else { 80 });
-    // An IPv6 literal comes bracketed out of a URI, and bare into connect.
-    let bare = host.trim_start_matches('[').trim_end_matches(']');
-    // Names under `localhost` are loopback (RFC 6761), as browsers and curl
-    // resolve them, though the system resolver may not.
-    let dial = if bare.ends_with(".localhost") {
-        "localhost"
-    } else {
-        bare
+    let invalid = || {
+        failed(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "not a server URL",
+        ))
     };
+    let tls = endpoint.url.starts_with("wss://");
+    let (host, _) = host_port(&endpoint.url).ok_or_else(invalid)?;
+    let (dial, port) = endpoint.dial().ok_or_else(invalid)?;
     // The connector is ready before the TCP connection: a bad `--ca` is an
     // error of its own, whether or not the server is up.
     let connector = tls.then(|| connector(ca)).transpose()?;
-    let tcp = TcpStream::connect((dial, port)).await.map_err(failed)?;
+    let tcp = TcpStream::connect((dial.as_str(), port))
+        .await
+        .map_err(failed)?;
     let _ = tcp.set_nodelay(true);
+    let peer = tcp.peer_addr().map_err(failed)?;
     let Some(connector) = connector else {
-        return Ok(Either::Left(tcp));
+        return Ok((Either::Left(tcp), peer));
     };
-    let name = ServerName::try_from(bare.to_owned())
+    // The name, not the address dialled: the certificate is for the name.
+    let name = ServerName::try_from(host.clone())
         .map_err(|e| failed(io::Error::new(io::ErrorKind::InvalidInput, e)))?;
     match connector.connect(name, tcp).await {
-        Ok(stream) => Ok(Either::Right(stream)),
-        Err(err) => Err(handshake_error(url, host, err)),
+        Ok(stream) => Ok((Either::Right(stream), peer)),
+        Err(err) => Err(handshake_error(endpoint, &host, err)),
     }
 }
 
@@ -103,7 +106,8 @@ fn connector(ca: Option<&Path>) -> Result<TlsConnector, ClientError> {
 
 /// Turns a failed handshake into [`ClientError::Untrusted`] when the
 /// server's certificate was the trouble.
-fn handshake_error(url: &str, host: &str, err: io::Error) -> ClientError {
+fn handshake_error(endpoint: &Endpoint, host: &str, err: io::Error) -> ClientError {
+    let url = endpoint.url_at();
     let certificate = err
         .get_ref()
         .and_then(|inner| inner.downcast_ref::<rustls::Error>())
@@ -113,11 +117,11 @@ fn handshake_error(url: &str, host: &str, err: io::Error) -> ClientError {
         });
     match certificate {
         Some(reason) => ClientError::Untrusted {
-            url: url.to_owned(),
+            url,
             reason: describe(reason, host),
         },
         None => ClientError::Connect {
-            url: url.to_owned(),
+            url,
             source: Box::new(err.into()),
         },
     }

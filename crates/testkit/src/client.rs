@@ -2,7 +2,9 @@
 
 use std::sync::{Arc, Mutex};
 
-use cryptun_client::{ClientConfig, ClientError, Event, Events, Reconnect, Target, TunnelCreated};
+use cryptun_client::{
+    ClientConfig, ClientError, Endpoint, Event, Events, Reconnect, Target, TunnelCreated,
+};
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -18,6 +20,8 @@ pub struct TestClient {
     event_added: Arc<Notify>,
     /// The Host header that reaches this tunnel.
     pub host: String,
+    /// The server it first connected to.
+    pub server: Endpoint,
     shutdown: CancellationToken,
     task: Option<JoinHandle<Result<(), ClientError>>>,
 }
@@ -48,14 +52,31 @@ impl TestClient {
         adjust: impl FnOnce(&mut ClientConfig),
     ) -> Result<Self, ClientError> {
         let quick = |config: &mut ClientConfig| {
-            config.reconnect = Reconnect {
-                initial: std::time::Duration::from_millis(100),
-                max: std::time::Duration::from_millis(500),
-                ..Reconnect::default()
-            };
+            config.reconnect = Self::quick();
             adjust(config);
         };
         Self::start_inner(server, target, quick, true).await
+    }
+
+    /// Connects with `config` as it is (its servers, whichever test server
+    /// they are) and reconnects as `cryptun http` does, with short backoff
+    /// steps. The Host of the tunnel is its public URL's.
+    pub async fn start_config(mut config: ClientConfig) -> Result<Self, ClientError> {
+        config.reconnect = Self::quick();
+        let session = cryptun_client::connect(&config).await?;
+        let url = &session.tunnel().public_url;
+        let host = url.split_once("://").map_or(url.as_str(), |(_, rest)| rest);
+        let host = host.trim_end_matches('/').to_owned();
+        Ok(Self::serve(config, session, host, true))
+    }
+
+    /// Backoff steps short enough for tests.
+    fn quick() -> Reconnect {
+        Reconnect {
+            initial: std::time::Duration::from_millis(100),
+            max: std::time::Duration::from_millis(500),
+            ..Reconnect::default()
+        }
     }
 
     async fn start_inner(
@@ -68,7 +89,19 @@ impl TestClient {
         config.ca = server.tls.as_ref().map(|tls| tls.ca.clone());
         adjust(&mut config);
         let session = cryptun_client::connect(&config).await?;
+        let host = server.host_of(&session.tunnel().subdomain);
+        Ok(Self::serve(config, session, host, reconnect))
+    }
+
+    /// Runs `session` (and, with `reconnect`, every one after it).
+    fn serve(
+        config: ClientConfig,
+        session: cryptun_client::Session,
+        host: String,
+        reconnect: bool,
+    ) -> Self {
         let tunnel = session.tunnel().clone();
+        let server = session.server().clone();
         let events = Arc::new(Mutex::new(Vec::new()));
         let event_added = Arc::new(Notify::new());
         let (sink, added) = (Arc::clone(&events), Arc::clone(&event_added));
@@ -83,14 +116,15 @@ impl TestClient {
         } else {
             tokio::spawn(session.run(shutdown.clone(), sink))
         };
-        Ok(TestClient {
-            host: server.host_of(&tunnel.subdomain),
+        TestClient {
+            host,
+            server,
             tunnel,
             events,
             event_added,
             shutdown,
             task: Some(task),
-        })
+        }
     }
 
     /// Waits, within [`LIMIT`](crate::LIMIT), for an event that `matches`,

@@ -128,11 +128,18 @@ pub fn entries<'a, 'i>(table: &'a DeTable<'i>) -> Vec<Entry<'a, 'i>> {
     entries
 }
 
-/// The argument of `cmd` a file key names: its id, with `-` or `_`.
-/// Positional arguments, `--config`, `--help`, `--version` and `start
-/// --all` are no keys.
+/// File keys that are another name of a flag's key: `server = "URL"`,
+/// the one server of files written before `servers = [...]`.
+pub const KEY_ALIASES: [(&str, &str); 1] = [("server", "servers")];
+
+/// The argument of `cmd` a file key names: its id, with `-` or `_` (or an
+/// alias of it, [`KEY_ALIASES`]). Positional arguments, `--config`,
+/// `--help`, `--version` and `start --all` are no keys.
 pub fn file_arg<'c>(cmd: &'c Command, key: &str) -> Option<&'c Arg> {
-    let id = key.replace('-', "_");
+    let mut id = key.replace('-', "_");
+    if let Some((_, to)) = KEY_ALIASES.iter().find(|(alias, _)| *alias == id) {
+        id = (*to).to_owned();
+    }
     cmd.get_arguments().find(|arg| {
         arg.get_id() == id.as_str()
             && !arg.is_positional()
@@ -258,6 +265,9 @@ pub fn with_defaults(
     skip: &[&str],
     mut target: Command,
 ) -> Result<Command> {
+    // Flags already set, by the key that set them: an alias and its key
+    // (`server`, `servers`) may not both be given.
+    let mut set: Vec<(clap::Id, String)> = Vec::new();
     for entry in entries(table) {
         let key = entry.key.get_ref();
         if skip.contains(&key.as_ref()) {
@@ -273,6 +283,10 @@ pub fn with_defaults(
         check(file, &entry, arg)?;
         let words = words(file, &entry, arg)?;
         let id = arg.get_id().clone();
+        if let Some((_, first)) = set.iter().find(|(set, _)| set == &id) {
+            return Err(file.key_error(&entry, format!("says again what `{first}` said; keep one")));
+        }
+        set.push((id.clone(), key.to_string()));
         if target.get_arguments().any(|a| a.get_id() == &id) {
             target = target.mut_arg(id, |arg| arg.default_values(words));
         }

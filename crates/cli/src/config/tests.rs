@@ -207,3 +207,71 @@ fn the_proxy_protocol_is_a_switch_of_the_file_and_the_command_line() {
     let (_dir, path) = temp_file("proxy_protocol = true\ntrusted_proxies = [\"10.0.0.1\"]\n");
     assert!(server_args(&["server", "--config", path.to_str().unwrap()]).proxy_protocol);
 }
+
+/// The servers `cryptun http` takes from `argv` (a file among them).
+fn http_servers(argv_: &[&str]) -> Result<Vec<String>, String> {
+    match parse_from(&argv(argv_))
+        .map_err(|e| format!("{e:#}"))?
+        .0
+        .command
+    {
+        Command::Http(args) => Ok(args.servers),
+        _ => panic!("not http"),
+    }
+}
+
+#[test]
+fn servers_come_from_a_list_or_the_one_server_of_older_files() {
+    let (a, b) = ("http://127.0.0.1:4001", "http://127.0.0.1:4002");
+    let (_dir, list) = temp_file(&format!("servers = [\"{a}\", \"{b}\"]\n"));
+    let list = list.to_str().unwrap();
+    assert_eq!(
+        http_servers(&["http", "3000", "--config", list]).unwrap(),
+        [a, b]
+    );
+    // `start` reads the same key.
+    let (_dir, start) = temp_file(&format!(
+        "servers = [\"{a}\", \"{b}\"]\n[tunnels.web]\ntarget = \"3000\"\n"
+    ));
+    let args = argv(&["start", "--all", "--config", start.to_str().unwrap()]);
+    assert!(matches!(
+        parse_from(&args).unwrap().0.command,
+        Command::Start(_)
+    ));
+    // `server = "URL"`, as files said it before, is a list of one.
+    let (_dir, one) = temp_file(&format!("server = \"{a}\"\n"));
+    let one = one.to_str().unwrap();
+    assert_eq!(
+        http_servers(&["http", "3000", "--config", one]).unwrap(),
+        [a]
+    );
+    // Flags, repeated, win over the file.
+    let flags = [
+        "http", "3000", "--config", list, "--server", b, "--server", a,
+    ];
+    assert_eq!(http_servers(&flags).unwrap(), [b, a]);
+    // The default, without a file.
+    assert_eq!(
+        http_servers(&["http", "3000"]).unwrap(),
+        ["http://127.0.0.1:4000"]
+    );
+    // Both keys: refused, at the second.
+    let (_dir, both) = temp_file(&format!("servers = [\"{a}\"]\nserver = \"{b}\"\n"));
+    let err = http_servers(&["http", "3000", "--config", both.to_str().unwrap()]).unwrap_err();
+    assert!(
+        err.contains("config.toml:2") && err.contains("`server`") && err.contains("`servers`"),
+        "{err}"
+    );
+    // Something else than addresses is refused with the line.
+    for bad in [
+        "servers = [{ url = \"x\" }]",
+        "servers = [\"ftp://x\"]",
+        "servers = [[\"a\"]]",
+    ] {
+        let (_dir, path) = temp_file(&format!("json = true\n{bad}\n"));
+        let err = http_servers(&["http", "3000", "--config", path.to_str().unwrap()]).unwrap_err();
+        assert!(err.contains("config.toml:2"), "{err}");
+    }
+    let err = http_servers(&["http", "3000", "--server", "ftp://x"]).unwrap_err();
+    assert!(err.contains("invalid server address"), "{err}");
+}

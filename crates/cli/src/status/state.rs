@@ -19,12 +19,14 @@ pub const DURATION_WINDOW: usize = 1000;
 /// The longest rate window (rt5): five minutes, one counter per second.
 const RATE_SECONDS: usize = 300;
 
-/// The view's fixed facts, known when it starts.
+/// The facts at the top of the view, known when it starts (the server may
+/// change on a reconnect).
 #[derive(Debug, Clone)]
 pub struct Header {
     /// The client's version.
     pub version: String,
-    /// The server, as the user named it.
+    /// The server connected to, as the user named it (and the address
+    /// dialled, for a name); a reconnect may change it.
     pub server: String,
     /// The request inspector's URL, when it is on.
     pub inspector: Option<String>,
@@ -112,7 +114,7 @@ pub struct Request {
 /// Everything the view shows.
 #[derive(Debug, Clone)]
 pub struct State {
-    /// Fixed facts.
+    /// The facts at the top.
     pub header: Header,
     /// One entry per tunnel, in the order given.
     pub tunnels: Vec<Tunnel>,
@@ -175,6 +177,7 @@ impl State {
                     error,
                 };
             }
+            Event::Connected { server } => self.header.server = server.to_string(),
             Event::Reconnected { tunnel, .. } => {
                 self.connection = Connection::Online;
                 self.reconnected(&tunnel);

@@ -1,0 +1,216 @@
+//! Opening a session: the WebSocket upgrade to one server endpoint, one
+//! `create_tunnel` per tunnel and their answers ([`connect_to`]); and the
+//! first connection of a client, which tries each candidate server once
+//! ([`connect`]).
+
+use cryptun_proto::message::{ClientMessage, CreateTunnel, ServerMessage, TunnelCreated, encode};
+use cryptun_proto::tungstenite::Message;
+use cryptun_proto::{Limits, PROTOCOL_VERSION, ReadAhead};
+use futures_util::{SinkExt, StreamExt};
+use tracing::{debug, info};
+
+use crate::servers::{self, Endpoint};
+use crate::session::{Session, Ws, describe_close};
+use crate::{ClientConfig, ClientError, TunnelConfig, transport};
+
+/// The largest message the client accepts from a server. The server is the
+/// party the client chose to trust; this only bounds a broken one.
+const MAX_SERVER_MESSAGE: usize = 16 << 20;
+
+/// Messages the server may send before the client has seen every
+/// `tunnel_created` (requests on a tunnel already created, on a reconnect
+/// while visitors are waiting); they are kept for [`Session::run`]. A
+/// handshake is a round trip, so this only bounds a broken server.
+const MAX_EARLY_MESSAGES: usize = 4096;
+
+/// Connects to one of the servers of `config` and creates the tunnels: all
+/// of them or none (a refusal of any fails the connection).
+///
+/// Each candidate (every server, every address of its name, in random
+/// order) is tried once. A refusal of the tunnels is the answer any server
+/// would give, and ends the search at once; other failures move on to the
+/// next candidate. When none could be used, the error is the first one
+/// that retrying cannot help, else the last.
+pub async fn connect(config: &ClientConfig) -> Result<Session, ClientError> {
+    let mut first_final: Option<ClientError> = None;
+    let mut last = None;
+    let candidates = servers::round(config).await;
+    let count = candidates.len();
+    for endpoint in candidates {
+        match connect_to(config, &endpoint).await {
+            Ok(session) => return Ok(session),
+            Err(err) if is_answer(&err) => return Err(err),
+            Err(err) => {
+                // Not a warning: the next may well do (a name's IPv6
+                // address where the server listens on IPv4 only), and if
+                // none does, the error says why.
+                if count > 1 {
+                    info!(server = %endpoint, %err, "could not connect; trying the next server");
+                }
+                if err.is_final() && first_final.is_none() {
+                    first_final = Some(err);
+                } else {
+                    last = Some(err);
+                }
+            }
+        }
+    }
+    Err(first_final
+        .or(last)
+        .unwrap_or_else(|| ClientError::Disconnected("no server to connect to".into())))
+}
+
+/// Whether `err` is the servers' answer to what the client asks for (its
+/// tunnels, its key) or a fault of the client's own settings: the same
+/// whichever server is asked, so trying another cannot help.
+pub(crate) fn is_answer(err: &ClientError) -> bool {
+    matches!(
+        err,
+        ClientError::Refused { .. } | ClientError::KeyRevoked { .. } | ClientError::Ca { .. }
+    )
+}
+
+/// Connects to `endpoint` and creates the tunnels of `config`, within its
+/// connect timeout.
+pub(crate) async fn connect_to(
+    config: &ClientConfig,
+    endpoint: &Endpoint,
+) -> Result<Session, ClientError> {
+    tokio::time::timeout(config.connect_timeout, connect_inner(config, endpoint))
+        .await
+        .map_err(|_| ClientError::Timeout(config.connect_timeout))?
+}
+
+fn create_message(config: &ClientConfig, tunnel: &TunnelConfig) -> Message {
+    let create = ClientMessage::CreateTunnel(CreateTunnel {
+        version: Some(PROTOCOL_VERSION),
+        subdomain: tunnel.subdomain.clone(),
+        binary_streams: true,
+        capabilities: cryptun_proto::Capabilities::SUPPORTED,
+        request_timeout_ms: tunnel
+            .request_timeout
+            .map(|d| d.as_millis().try_into().unwrap_or(u64::MAX)),
+        token: config.token.clone(),
+        reconnect_secret: tunnel.reconnect_secret.clone(),
+        basic_auth: tunnel.basic_auth.clone(),
+        allow_ips: tunnel.allow_ips.clone(),
+        deny_ips: tunnel.deny_ips.clone(),
+        max_body_size: tunnel.max_body_size,
+    });
+    Message::text(encode(&create))
+}
+
+async fn connect_inner(config: &ClientConfig, endpoint: &Endpoint) -> Result<Session, ClientError> {
+    let ws_config = Limits::default()
+        .websocket_config()
+        .max_message_size(Some(MAX_SERVER_MESSAGE))
+        .max_frame_size(Some(MAX_SERVER_MESSAGE));
+    let (stream, peer) = transport::connect(endpoint, config.ca.as_deref()).await?;
+    let url = endpoint.url.as_str();
+    let (mut ws, _) =
+        tokio_tungstenite::client_async_with_config(url, ReadAhead::new(stream), Some(ws_config))
+            .await
+            .map_err(|source| handshake_error(endpoint, source))?;
+    let specs: Vec<&TunnelConfig> = config.tunnels().collect();
+    // All at once: the server answers each in order, so a session of many
+    // tunnels costs one round trip.
+    for spec in &specs {
+        ws.feed(create_message(config, spec))
+            .await
+            .map_err(|e| ClientError::Disconnected(e.to_string()))?;
+    }
+    ws.flush()
+        .await
+        .map_err(|e| ClientError::Disconnected(e.to_string()))?;
+    let (tunnels, early) = created(&mut ws, &specs).await?;
+    let server = Endpoint {
+        url: endpoint.url.clone(),
+        addr: Some(peer),
+    };
+    Ok(Session::new(ws, tunnels, config.clone(), early, server))
+}
+
+/// Reads the server's answers to the `create_tunnel`s of `specs`, in
+/// order: every tunnel created, with what arrived after the first (see
+/// [`MAX_EARLY_MESSAGES`]), or the refusal.
+async fn created(
+    ws: &mut Ws,
+    specs: &[&TunnelConfig],
+) -> Result<(Vec<TunnelCreated>, Vec<Message>), ClientError> {
+    let mut tunnels = Vec::with_capacity(specs.len());
+    let mut early = Vec::new();
+    while tunnels.len() < specs.len() {
+        let msg = ws
+            .next()
+            .await
+            .ok_or_else(|| ClientError::Disconnected("closed during the handshake".into()))?
+            .map_err(|e| ClientError::Disconnected(e.to_string()))?;
+        match msg {
+            Message::Text(text) => match ServerMessage::decode(&text) {
+                Ok(ServerMessage::TunnelCreated(tunnel)) => {
+                    if !tunnel.binary_streams {
+                        return Err(ClientError::Protocol(
+                            "the server refused binary streams".into(),
+                        ));
+                    }
+                    tunnels.push(tunnel);
+                }
+                Ok(ServerMessage::Error(err)) => {
+                    let message = match (specs.len(), &specs[tunnels.len()].name) {
+                        (2.., Some(name)) => format!("tunnel {name}: {}", err.message),
+                        _ => err.message,
+                    };
+                    return Err(ClientError::Refused {
+                        code: err.code,
+                        message,
+                    });
+                }
+                Ok(other) if tunnels.is_empty() => {
+                    debug!(?other, "ignored before tunnel_created")
+                }
+                Ok(_) => early.push(Message::Text(text)),
+                Err(err) => return Err(ClientError::Protocol(err.to_string())),
+            },
+            Message::Close(frame) => {
+                return Err(ClientError::Disconnected(describe_close(frame.as_ref())));
+            }
+            msg @ Message::Binary(_) if !tunnels.is_empty() => early.push(msg),
+            _ => {}
+        }
+        if early.len() > MAX_EARLY_MESSAGES {
+            return Err(ClientError::Protocol(
+                "too many messages before the tunnels were created".into(),
+            ));
+        }
+    }
+    Ok((tunnels, early))
+}
+
+/// Why the WebSocket handshake failed; a redirect (the server wants TLS)
+/// gets a message of its own.
+fn handshake_error(endpoint: &Endpoint, source: cryptun_proto::tungstenite::Error) -> ClientError {
+    use cryptun_proto::tungstenite::Error;
+    let url = endpoint.url_at();
+    if let Error::Http(resp) = &source {
+        let location = resp
+            .headers()
+            .get(http::header::LOCATION)
+            .and_then(|v| v.to_str().ok());
+        if let (true, Some(location)) = (resp.status().is_redirection(), location) {
+            let suggest = location
+                .parse::<http::Uri>()
+                .ok()
+                .and_then(|uri| Some(format!("{}://{}", uri.scheme()?, uri.authority()?)))
+                .unwrap_or_else(|| location.to_owned());
+            return ClientError::Redirected {
+                url,
+                location: location.to_owned(),
+                suggest,
+            };
+        }
+    }
+    ClientError::Connect {
+        url,
+        source: Box::new(source),
+    }
+}
