@@ -7,6 +7,8 @@
 #                               # TCP tunnel), same origin, same run
 #   scripts/bench.sh --nginx    # nginx as the origin (issue 3's yardstick was
 #                               # measured with it) instead of our own
+#   scripts/bench.sh --cluster  # also measure two cluster nodes on a Redis
+#                               # (the hop's cost, Redis's work per tunnel)
 #
 # Any other arguments go to `cryptun-bench run` (see `--help` there), e.g.
 #   scripts/bench.sh --duration 20 --tunnels 1000,5000 --markdown /tmp/bench.md
@@ -27,10 +29,12 @@ cd "$(dirname "$0")/.."
 args=()
 compare=false
 nginx=false
+cluster=false
 for arg in "$@"; do
     case "$arg" in
         --compare) compare=true ;;
         --nginx) nginx=true ;;
+        --cluster) cluster=true; args+=("$arg") ;;
         *) args+=("$arg") ;;
     esac
 done
@@ -56,6 +60,11 @@ if $nginx; then
     path_nginx() { PATH="$PATH:/usr/sbin" command -v nginx; }
     if ! path_nginx >/dev/null; then apt_install nginx; fi
     args+=(--nginx "$(path_nginx)")
+fi
+
+if $cluster; then
+    # redis-server lives in /usr/bin; the scenario starts its own on loopback.
+    if ! command -v redis-server >/dev/null 2>&1; then apt_install redis-server; fi
 fi
 
 cargo build --release -p cryptun -p cryptun-bench

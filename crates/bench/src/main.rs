@@ -9,17 +9,20 @@
 //!   origin directly and through the tunnel, samples `/proc`, runs the swarm
 //!   against a fresh server, and prints the results; with `--bore PATH` it
 //!   also drives the same load through bore, an established TCP tunnel;
-//!   with `--nginx PATH` nginx is the origin.
+//!   with `--nginx PATH` nginx is the origin; with `--cluster` it also
+//!   measures two cluster nodes on a Redis ([`cluster`]).
 //!
 //! `scripts/bench.sh` builds everything in release mode and runs `run`.
 
 #![forbid(unsafe_code)]
 
 mod bore;
+mod cluster;
 mod http;
 mod nginx;
 mod origin;
 mod procs;
+mod redis;
 mod report;
 mod run;
 mod sample;

@@ -2,8 +2,10 @@
 //! tables in markdown for docs/BENCHMARKS.md. Which tables there are and
 //! what their rows say is in `report/tables.rs`; this file lays them out.
 
+mod cluster;
 mod tables;
 
+use crate::cluster::ClusterReport;
 use crate::run::LoadReport;
 use crate::tunnels::TunnelResult;
 
@@ -19,6 +21,8 @@ pub struct Report {
     pub load: Option<LoadReport>,
     /// The idle-tunnel phase, per count.
     pub tunnels: Vec<TunnelResult>,
+    /// The cluster scenario, with `--cluster`.
+    pub cluster: Option<ClusterReport>,
 }
 
 /// A description of the machine.
@@ -86,7 +90,9 @@ impl Report {
         let origin = self
             .load
             .as_ref()
-            .map(|load| format!("origin: {}; ", load.origin))
+            .map(|load| load.origin)
+            .or_else(|| self.cluster.as_ref().map(|c| c.hop.origin))
+            .map(|origin| format!("origin: {origin}; "))
             .unwrap_or_default();
         format!(
             "{commit}{} CPUs ({}), Linux {}, {}; {origin}{} s per wrk run; origin, server, client and wrk share the CPUs.",
@@ -107,6 +113,9 @@ impl Report {
         }
         if !self.tunnels.is_empty() {
             tables.push(tunnel_table(&self.tunnels));
+        }
+        if let Some(report) = &self.cluster {
+            tables.extend(cluster::tables(report));
         }
         tables
     }

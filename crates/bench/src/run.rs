@@ -13,7 +13,9 @@
 //!    the same scenarios run through bore ([`crate::bore`]) against the same
 //!    origin, for a yardstick measured in the same run.
 //! 3. Runs the swarm ([`crate::tunnels`]) against a fresh server per count.
-//! 4. Prints a readable report and the same tables in markdown.
+//! 4. With `--cluster`, measures a cluster of two nodes on a Redis
+//!    ([`crate::cluster`]).
+//! 5. Prints a readable report and the same tables in markdown.
 //!
 //! Every load is bounded: wrk runs for `--duration` seconds (and is killed
 //! 30 s past that), the swarm's handshakes time out, and every wait for a
@@ -81,6 +83,27 @@ pub struct RunArgs {
     /// yardstick figures were measured with.
     #[arg(long, conflicts_with = "skip_load")]
     pub nginx: Option<PathBuf>,
+    /// Also measure a cluster: a Redis and two nodes, visitors through the
+    /// node that serves the tunnel and through the other one, and what
+    /// Redis does per tunnel ([`crate::cluster`]). Runs after the other
+    /// phases, whatever --skip-load and --skip-swarm say of those.
+    #[arg(long)]
+    pub cluster: bool,
+    /// The `redis-server` for --cluster [default: the one on the PATH].
+    #[arg(long, requires = "cluster")]
+    pub redis_server: Option<PathBuf>,
+    /// Idle tunnels held on one node while Redis's steady load is measured
+    /// [default: 10000; with --quick: 1000].
+    #[arg(long, requires = "cluster")]
+    pub cluster_tunnels: Option<usize>,
+    /// Tunnels connected, then disconnected, while Redis's commands are
+    /// counted.
+    #[arg(long, default_value_t = 1_000, requires = "cluster")]
+    pub cluster_connects: usize,
+    /// Seconds over which Redis's steady load is measured [default: 30;
+    /// with --quick: 10].
+    #[arg(long, requires = "cluster")]
+    pub cluster_window: Option<u64>,
 }
 
 /// The executables and the folder for their logs.
@@ -149,6 +172,9 @@ pub fn run(mut args: RunArgs) -> Result<()> {
         logs,
     };
 
+    if args.cluster {
+        crate::cluster::check(&args)?;
+    }
     let load = if args.skip_load {
         None
     } else {
@@ -163,11 +189,17 @@ pub fn run(mut args: RunArgs) -> Result<()> {
     } else {
         crate::tunnels::swarm_phase(&env, &counts, args.swarm_concurrency)?
     };
+    let cluster = if args.cluster {
+        Some(crate::cluster::phase(&env, &args)?)
+    } else {
+        None
+    };
     let report = Report {
         machine: report::Machine::detect(),
         duration_s: args.duration,
         load,
         tunnels,
+        cluster,
     };
     println!("{}", report.text());
     let markdown = report.markdown();
@@ -201,22 +233,7 @@ pub fn start_server(env: &Env, extra: &[&str], log: &str) -> Result<(Proc, Socke
 
 fn load_phase(env: &Env, args: &RunArgs) -> Result<LoadReport> {
     let runner = Runner::new(args, wrk::install_script(&env.logs)?);
-    let (mut origin, origin_addr, origin_name) = match &args.nginx {
-        Some(nginx) => {
-            let (proc, addr) = crate::nginx::start(nginx, &env.logs)?;
-            (proc, addr, "nginx, one worker per CPU")
-        }
-        None => {
-            let mut proc = Proc::spawn(
-                "origin",
-                &env.bench,
-                &["origin".into(), "--listen".into(), "127.0.0.1:0".into()],
-                &env.logs.join("origin.log"),
-            )?;
-            let addr = proc.next_line(Duration::from_secs(10))?.trim().parse()?;
-            (proc, addr, "cryptun-bench origin")
-        }
-    };
+    let (mut origin, origin_addr, origin_name) = start_origin(env, args)?;
     let (mut server, server_addr) = start_server(env, &[], "server.log")?;
     let (mut client, host, public_url) = start_client(env, origin_addr, server_addr, "client.log")?;
     eprintln!("origin {origin_addr}, server {server_addr}, tunnel {public_url}");
@@ -274,9 +291,30 @@ fn load_phase(env: &Env, args: &RunArgs) -> Result<LoadReport> {
     })
 }
 
+/// Starts the origin `args` ask for (nginx with `--nginx`, else our own);
+/// returns it with its address and a description for the report.
+pub fn start_origin(env: &Env, args: &RunArgs) -> Result<(Proc, SocketAddr, &'static str)> {
+    Ok(match &args.nginx {
+        Some(nginx) => {
+            let (proc, addr) = crate::nginx::start(nginx, &env.logs)?;
+            (proc, addr, "nginx, one worker per CPU")
+        }
+        None => {
+            let mut proc = Proc::spawn(
+                "origin",
+                &env.bench,
+                &["origin".into(), "--listen".into(), "127.0.0.1:0".into()],
+                &env.logs.join("origin.log"),
+            )?;
+            let addr = proc.next_line(Duration::from_secs(10))?.trim().parse()?;
+            (proc, addr, "cryptun-bench origin")
+        }
+    })
+}
+
 /// Starts `cryptun http ORIGIN` against the server at `server_addr`; returns
 /// it with its tunnel's Host and public URL.
-fn start_client(
+pub fn start_client(
     env: &Env,
     origin_addr: SocketAddr,
     server_addr: SocketAddr,

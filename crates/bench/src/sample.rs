@@ -1,13 +1,17 @@
 //! What the processes spend during one wrk run: CPU time (the delta of
 //! `utime + stime` over the run) and resident memory (sampled every 100 ms,
 //! the largest value kept).
+//!
+//! [`measure_all`] does it for any list of processes (the cluster scenario
+//! has two servers and Redis); [`measure`] is the same for the three roles
+//! of one tunnel.
 
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use anyhow::Result;
+use anyhow::{Context as _, Result};
 
 use crate::procs;
 use crate::wrk::{self, Load, WrkResult};
@@ -43,48 +47,83 @@ pub fn rss_of(pids: Roles<u32>) -> Result<Roles<u64>> {
     })
 }
 
-/// CPU ticks each process has used so far.
-fn cpu_of(pids: Roles<u32>) -> Result<Roles<u64>> {
-    Ok(Roles {
-        server: procs::cpu_ticks(pids.server)?,
-        client: procs::cpu_ticks(pids.client)?,
-        origin: procs::cpu_ticks(pids.origin)?,
+/// One wrk run with what each of a list of processes spent meanwhile,
+/// in the order of the list.
+#[derive(Debug, Clone, Default)]
+pub struct Sampled {
+    /// wrk's summary.
+    pub wrk: WrkResult,
+    /// CPU ticks spent during the run.
+    pub cpu_ticks: Vec<u64>,
+    /// Largest RSS seen during the run, KiB.
+    pub peak_rss_kib: Vec<u64>,
+}
+
+impl<T: Copy> Roles<T> {
+    fn to_array(self) -> [T; 3] {
+        [self.server, self.client, self.origin]
+    }
+
+    fn from_slice(values: &[T]) -> Option<Self> {
+        match *values {
+            [server, client, origin] => Some(Roles {
+                server,
+                client,
+                origin,
+            }),
+            _ => None,
+        }
+    }
+}
+
+/// Runs wrk once, with CPU deltas and RSS sampled every 100 ms, for the
+/// three roles of one tunnel.
+pub fn measure(load: &Load, script: &Path, pids: Roles<u32>) -> Result<Measured> {
+    let sampled = measure_all(load, script, &pids.to_array())?;
+    let roles = |values: &[u64]| Roles::from_slice(values).context("one value per role");
+    Ok(Measured {
+        wrk: sampled.wrk,
+        cpu_ticks: roles(&sampled.cpu_ticks)?,
+        peak_rss_kib: roles(&sampled.peak_rss_kib)?,
     })
 }
 
-/// Runs wrk once, with CPU deltas and RSS sampled every 100 ms.
-pub fn measure(load: &Load, script: &Path, pids: Roles<u32>) -> Result<Measured> {
+/// Runs wrk once, with the CPU deltas of every process of `pids` and their
+/// RSS sampled every 100 ms.
+pub fn measure_all(load: &Load, script: &Path, pids: &[u32]) -> Result<Sampled> {
     let stop = Arc::new(AtomicBool::new(false));
     let sampler = {
         let stop = Arc::clone(&stop);
+        let pids = pids.to_vec();
         std::thread::spawn(move || {
-            let mut peak = Roles::<u64>::default();
+            let mut peak = vec![0u64; pids.len()];
             while !stop.load(Ordering::Relaxed) {
-                if let Ok(now) = rss_of(pids) {
-                    peak.server = peak.server.max(now.server);
-                    peak.client = peak.client.max(now.client);
-                    peak.origin = peak.origin.max(now.origin);
+                for (peak, &pid) in peak.iter_mut().zip(&pids) {
+                    if let Ok(now) = procs::rss_kib(pid) {
+                        *peak = (*peak).max(now);
+                    }
                 }
                 std::thread::sleep(Duration::from_millis(100));
             }
             peak
         })
     };
-    let before = cpu_of(pids)?;
+    let cpu = || -> Result<Vec<u64>> { pids.iter().map(|&pid| procs::cpu_ticks(pid)).collect() };
+    let before = cpu()?;
     let result = wrk::run(load, script);
-    let after = cpu_of(pids)?;
+    let after = cpu()?;
     stop.store(true, Ordering::Relaxed);
     let peak_rss_kib = sampler
         .join()
         .map_err(|_| anyhow::anyhow!("sampler panicked"))?;
-    Ok(Measured {
+    Ok(Sampled {
         wrk: result?,
-        cpu_ticks: Roles {
-            // Saturating: a process tree whose child exited reads less.
-            server: after.server.saturating_sub(before.server),
-            client: after.client.saturating_sub(before.client),
-            origin: after.origin.saturating_sub(before.origin),
-        },
+        // Saturating: a process tree whose child exited reads less.
+        cpu_ticks: after
+            .iter()
+            .zip(&before)
+            .map(|(a, b)| a.saturating_sub(*b))
+            .collect(),
         peak_rss_kib,
     })
 }

@@ -16,8 +16,8 @@ use anyhow::Result;
 
 use crate::procs::Proc;
 use crate::run::RunArgs;
-use crate::sample::{Measured, Roles, measure, rss_of};
-use crate::wrk::{self, Load};
+use crate::sample::{Measured, Roles, Sampled, measure, measure_all, rss_of};
+use crate::wrk::{self, Load, WrkResult};
 
 /// One load scenario.
 #[derive(Debug, Clone)]
@@ -158,7 +158,8 @@ impl Runner {
         Ok((load, paired_runs))
     }
 
-    fn warm_up(&self, target: &Target) -> Result<()> {
+    /// Sends `/small` to `target` for the warm-up time.
+    pub fn warm_up(&self, target: &Target) -> Result<()> {
         let url = target.url("/small");
         eprintln!("warm-up {url}");
         let load = Load {
@@ -180,6 +181,32 @@ impl Runner {
         procs: &mut [&mut Proc],
     ) -> Result<Measured> {
         let url = target.url(scenario.path);
+        self.announce(scenario, target, &url);
+        let load = self.load(scenario, target, url);
+        let measured = measure(&load, &self.script, pids)?;
+        check(procs, &measured.wrk)?;
+        Ok(measured)
+    }
+
+    /// Runs `scenario` against `target` once, with what each process of
+    /// `pids` spent meanwhile (the same sampling as [`Runner::tunnel`]'s);
+    /// `procs` are checked to be alive after the run.
+    pub fn sample(
+        &self,
+        scenario: &Scenario,
+        target: &Target,
+        pids: &[u32],
+        procs: &mut [&mut Proc],
+    ) -> Result<Sampled> {
+        let url = target.url(scenario.path);
+        self.announce(scenario, target, &url);
+        let load = self.load(scenario, target, url);
+        let sampled = measure_all(&load, &self.script, pids)?;
+        check(procs, &sampled.wrk)?;
+        Ok(sampled)
+    }
+
+    fn announce(&self, scenario: &Scenario, target: &Target, url: &str) {
         eprintln!(
             "{} {}: wrk -t{} -c{} -d{}s {url}",
             scenario.label,
@@ -188,29 +215,34 @@ impl Runner {
             scenario.connections,
             self.duration.as_secs()
         );
-        let load = Load {
+    }
+
+    fn load(&self, scenario: &Scenario, target: &Target, url: String) -> Load {
+        Load {
             url,
             host: target.host.clone(),
             connections: scenario.connections,
             threads: scenario.threads,
             duration: self.duration,
-        };
-        let measured = measure(&load, &self.script, pids)?;
-        for proc in procs.iter_mut() {
-            proc.check_alive()?;
         }
-        let w = measured.wrk;
-        eprintln!(
-            "  {:.0} req/s, {:.1} MiB/s, latency mean {:.0} p50 {} p90 {} p99 {} max {} µs, {} errors",
-            w.rps(),
-            w.mib_per_sec(),
-            w.mean_us,
-            w.p50_us,
-            w.p90_us,
-            w.p99_us,
-            w.max_us,
-            w.errors()
-        );
-        Ok(measured)
     }
+}
+
+/// Fails if one of `procs` has exited; prints the run's summary.
+fn check(procs: &mut [&mut Proc], w: &WrkResult) -> Result<()> {
+    for proc in procs.iter_mut() {
+        proc.check_alive()?;
+    }
+    eprintln!(
+        "  {:.0} req/s, {:.1} MiB/s, latency mean {:.0} p50 {} p90 {} p99 {} max {} µs, {} errors",
+        w.rps(),
+        w.mib_per_sec(),
+        w.mean_us,
+        w.p50_us,
+        w.p90_us,
+        w.p99_us,
+        w.max_us,
+        w.errors()
+    );
+    Ok(())
 }

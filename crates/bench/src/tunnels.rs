@@ -3,8 +3,8 @@
 //! For each count N: a fresh `cryptun server` (its `--max-connections`
 //! raised above N), its RSS once healthy, then `cryptun-bench swarm --count
 //! N`; when the swarm reports every handshake done, the server's RSS again
-//! (before asking `/api/tunnels`, whose answer would itself allocate), the
-//! live tunnel count from `/api/tunnels`, and the server's RSS once the swarm
+//! (before asking `/healthz`, whose answer would itself allocate), the
+//! live tunnel count from `/healthz`, and the server's RSS once the swarm
 //! has gone. Per tunnel = (RSS with tunnels − RSS before) / N.
 
 use std::time::Duration;
@@ -30,7 +30,7 @@ pub struct TunnelResult {
     pub first_error: Option<String>,
     /// From the first connect to the last `tunnel_created`.
     pub elapsed_ms: f64,
-    /// Live tunnels according to `/api/tunnels`.
+    /// Live tunnels according to `/healthz`.
     pub listed: usize,
     /// Server RSS before the swarm, KiB.
     pub rss_before_kib: u64,
@@ -52,12 +52,53 @@ impl TunnelResult {
     }
 }
 
+/// What the swarm reports once every handshake has finished.
 #[derive(Debug, Deserialize)]
-struct Ready {
-    connected: usize,
-    failed: usize,
-    elapsed_ms: f64,
-    first_error: Option<String>,
+pub struct Ready {
+    /// Tunnels whose handshake succeeded.
+    pub connected: usize,
+    /// Handshakes that failed.
+    pub failed: usize,
+    /// From the first connect to the last `tunnel_created`.
+    pub elapsed_ms: f64,
+    /// The first failure, if any.
+    pub first_error: Option<String>,
+}
+
+/// Starts `cryptun-bench swarm` with `count` tunnels against the server at
+/// `addr` (its log `swarm-{label}.log`) and waits for it to report; the
+/// swarm holds its tunnels until it is dropped or its stdin closed.
+pub fn start_swarm(
+    env: &Env,
+    addr: std::net::SocketAddr,
+    count: usize,
+    concurrency: usize,
+    label: &str,
+) -> Result<(Proc, Ready)> {
+    let mut swarm = Proc::spawn(
+        "swarm",
+        &env.bench,
+        &[
+            "swarm".into(),
+            "--server".into(),
+            format!("http://{addr}"),
+            "--count".into(),
+            count.to_string(),
+            "--concurrency".into(),
+            concurrency.to_string(),
+        ],
+        &env.logs.join(format!("swarm-{label}.log")),
+    )?;
+    // Bounded: every handshake has its own timeout, and the whole swarm a
+    // generous one here.
+    let line = swarm.next_line(Duration::from_secs(300))?;
+    let ready: Ready =
+        serde_json::from_str(&line).with_context(|| format!("swarm said: {line}"))?;
+    eprintln!(
+        "  {} connected, {} failed in {:.0} ms",
+        ready.connected, ready.failed, ready.elapsed_ms
+    );
+    Ok((swarm, ready))
 }
 
 /// Runs the swarm for each count.
@@ -94,29 +135,7 @@ fn one(env: &Env, count: usize, concurrency: usize) -> Result<TunnelResult> {
     let rss_before_kib = procs::rss_kib(server.pid())?;
 
     let drops_before = procs::listen_drops();
-    let mut swarm = Proc::spawn(
-        "swarm",
-        &env.bench,
-        &[
-            "swarm".into(),
-            "--server".into(),
-            format!("http://{addr}"),
-            "--count".into(),
-            count.to_string(),
-            "--concurrency".into(),
-            concurrency.to_string(),
-        ],
-        &env.logs.join(format!("swarm-{count}.log")),
-    )?;
-    // Bounded: every handshake has its own timeout, and the whole swarm a
-    // generous one here.
-    let line = swarm.next_line(Duration::from_secs(300))?;
-    let ready: Ready =
-        serde_json::from_str(&line).with_context(|| format!("swarm said: {line}"))?;
-    eprintln!(
-        "  {} connected, {} failed in {:.0} ms",
-        ready.connected, ready.failed, ready.elapsed_ms
-    );
+    let (mut swarm, ready) = start_swarm(env, addr, count, concurrency, &format!("{count}"))?;
     let listen_drops = procs::listen_drops()
         .zip(drops_before)
         .map(|(after, before)| after.saturating_sub(before));

@@ -204,7 +204,7 @@ pub(super) fn tunnel_table(results: &[TunnelResult]) -> Table {
     }
 }
 
-fn ratio(tunnel: f64, direct: f64) -> String {
+pub(super) fn ratio(tunnel: f64, direct: f64) -> String {
     if direct > 0.0 {
         format!("{:.2}×", tunnel / direct)
     } else {
@@ -212,7 +212,7 @@ fn ratio(tunnel: f64, direct: f64) -> String {
     }
 }
 
-fn ms(us: f64) -> String {
+pub(super) fn ms(us: f64) -> String {
     let v = us / 1000.0;
     if v.abs() < 10.0 {
         format!("{v:.3} ms")
@@ -221,7 +221,7 @@ fn ms(us: f64) -> String {
     }
 }
 
-fn signed_ms(us: f64) -> String {
+pub(super) fn signed_ms(us: f64) -> String {
     if us < 0.0 {
         format!("-{}", ms(-us))
     } else {
@@ -229,15 +229,15 @@ fn signed_ms(us: f64) -> String {
     }
 }
 
-fn mib(kib: u64) -> String {
+pub(super) fn mib(kib: u64) -> String {
     format!("{:.1} MiB", kib as f64 / 1024.0)
 }
 
-fn cpu(us: f64) -> String {
+pub(super) fn cpu(us: f64) -> String {
     format!("{us:.1} µs")
 }
 
-fn thousands(v: f64) -> String {
+pub(super) fn thousands(v: f64) -> String {
     let digits = format!("{:.0}", v.max(0.0));
     let mut out = String::new();
     for (i, c) in digits.chars().enumerate() {
