@@ -258,6 +258,9 @@ impl Stages {
     ) -> Self {
         let mut metrics_registry = prometheus_client::registry::Registry::default();
         let metrics = Metrics::register(&mut metrics_registry);
+        if let Some(joined) = joined {
+            joined.metrics.register(&mut metrics_registry);
+        }
         let registry: Arc<dyn Registry> = match joined {
             Some(joined) => joined.registry.clone(),
             None => Arc::new(registry::Local::new(
@@ -306,6 +309,7 @@ impl Stages {
             totals: Arc::clone(&totals),
             draining,
             listing: listing.clone(),
+            cluster: joined.map(|joined| Arc::clone(&joined.registry)),
         });
         let gateway = Arc::new(Gateway::new(gateway::Parts {
             config: Arc::clone(config),

@@ -343,6 +343,24 @@ async fn redis_paused_then_killed_live_tunnels_keep_serving_and_all_comes_back()
         &format!("cryptun:1:{{{}}}:route", client.tunnel.subdomain),
     ]);
     assert!(route.starts_with(":1"), "{route}");
+    // And the loss is reported: /readyz says when and what, the metric
+    // counts it.
+    for node in &nodes {
+        let visitor = Visitor::new(node.addr);
+        let ready = visitor.get(&node.own_host(), "/readyz").await.json();
+        let cluster = &ready["cluster"];
+        assert_eq!(cluster["store"], "up", "{ready}");
+        assert!(cluster["store_emptied_at"].is_string(), "{ready}");
+        assert!(
+            cluster["detail"].as_str().unwrap().contains("API keys"),
+            "{ready}"
+        );
+        let metrics = visitor.admin_get("/metrics").await.text();
+        assert!(
+            metrics.contains("cryptun_cluster_store_emptied_total 1"),
+            "{metrics}"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -533,4 +551,100 @@ async fn every_nodes_tunnels_are_listed_a_page_at_a_time() {
         .collect();
     expected.sort();
     assert_eq!(seen, expected, "every tunnel once, with its node");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_dashboard_and_metrics_show_the_cluster() {
+    let redis = TestRedis::start();
+    let nodes = nodes(&redis).await;
+    let origin = Origin::start().await;
+    let on_b = TestClient::start(&nodes[1], &origin.target()).await;
+    let on_c = TestClient::start(&nodes[2], &origin.target()).await;
+    // A request through A for B's tunnel: one answered hop request, which
+    // B's own counters see.
+    let host = nodes[1].host_of(&on_b.tunnel.subdomain);
+    let a = Visitor::new(nodes[0].addr);
+    assert_eq!(a.get(&host, "/echo").await.status, 200);
+
+    let snapshot = a.admin_get("/api/dashboard").await.json();
+    assert_eq!(snapshot["server"]["node"], "a", "{snapshot}");
+    let names: Vec<&str> = snapshot["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| {
+            assert_eq!(n["reachable"], true, "{n}");
+            n["name"].as_str().unwrap()
+        })
+        .collect();
+    assert_eq!(names, ["a", "b", "c"], "{snapshot}");
+    assert_eq!(snapshot["totals"]["tunnels"], 2, "{snapshot}");
+    assert_eq!(snapshot["totals"]["clients"], 2, "{snapshot}");
+    let mut listed: Vec<(String, String)> = snapshot["tunnels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| {
+            (
+                t["node"].as_str().unwrap().to_owned(),
+                t["subdomain"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    listed.sort();
+    assert_eq!(
+        listed,
+        [
+            ("b".to_owned(), on_b.tunnel.subdomain.clone()),
+            ("c".to_owned(), on_c.tunnel.subdomain.clone()),
+        ],
+        "{snapshot}"
+    );
+    let b_tunnel = snapshot["tunnels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["node"] == "b")
+        .unwrap();
+    assert_eq!(b_tunnel["stats"]["requests"], 1, "{snapshot}");
+    for client in snapshot["clients"].as_array().unwrap() {
+        assert!(client["node"].is_string(), "{snapshot}");
+    }
+
+    // /metrics stays the node's own, with what it sees of the cluster.
+    let metrics = a.admin_get("/metrics").await.text();
+    for line in [
+        "cryptun_cluster_store_up 1",
+        "cryptun_cluster_nodes 3",
+        "cryptun_cluster_names_owned 0",
+        "cryptun_cluster_routes_cached 1",
+        "cryptun_cluster_hop_requests_total{outcome=\"answered\"} 1",
+    ] {
+        assert!(metrics.contains(line), "{line} not in {metrics}");
+    }
+    let b_metrics = Visitor::new(nodes[1].addr)
+        .admin_get("/metrics")
+        .await
+        .text();
+    assert!(
+        b_metrics.contains("cryptun_cluster_names_owned 1"),
+        "{b_metrics}"
+    );
+
+    // A node gone (its lease left to run) is shown unreachable, not
+    // holding the page up.
+    let mut nodes = nodes;
+    let c = nodes.pop().unwrap();
+    c.stop().await;
+    let snapshot = a.admin_get("/api/dashboard").await.json();
+    let c_info = snapshot["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["name"] == "c")
+        .cloned();
+    if let Some(c_info) = c_info {
+        assert_eq!(c_info["reachable"], false, "{snapshot}");
+    }
+    assert_eq!(snapshot["totals"]["tunnels"], 1, "{snapshot}");
 }

@@ -115,8 +115,10 @@ impl Forwarder {
             )
         });
         let req = req.map(|body| body.map_err(Into::into).boxed_unsync());
+        let metrics = self.registry.metrics();
         let resp = match self.send(req, remote.hop, visitor, scheme).await {
             Err(GatewayError::NotHere) => {
+                metrics.hop("stale");
                 self.registry.forget(name);
                 let (Some((method, uri, headers)), Some(remote)) =
                     (again, self.re_resolve(name).await?)
@@ -129,16 +131,27 @@ impl Forwarder {
                 *retry.uri_mut() = uri;
                 *retry.headers_mut() = headers;
                 match self.send(retry, remote.hop, visitor, scheme).await {
-                    Err(GatewayError::NotHere) => return Err(GatewayError::NodeUnreachable),
-                    other => other?,
+                    Err(GatewayError::NotHere) => {
+                        metrics.hop("stale");
+                        return Err(GatewayError::NodeUnreachable);
+                    }
+                    Err(err) => {
+                        metrics.hop("unreachable");
+                        return Err(err);
+                    }
+                    Ok(resp) => resp,
                 }
             }
-            Err(GatewayError::NodeUnreachable) => {
-                self.registry.forget(name);
-                return Err(GatewayError::NodeUnreachable);
+            Err(err) => {
+                metrics.hop("unreachable");
+                if matches!(err, GatewayError::NodeUnreachable) {
+                    self.registry.forget(name);
+                }
+                return Err(err);
             }
-            other => other?,
+            Ok(resp) => resp,
         };
+        metrics.hop("answered");
         Ok(self.answer(resp, upgrade))
     }
 
@@ -257,17 +270,11 @@ impl Handler for HopServer {
         };
         headers.remove(PROOF);
         headers.remove(HOP);
-        if proven && req.uri().path() == listing::PATH {
-            let _ = conn.framing.next();
-            let (offset, limit) = listing::slice_of(req.uri().query());
-            let (tunnels, more) = self.listing.local(offset, limit);
-            let body = serde_json::json!({ "tunnels": tunnels, "more": more });
-            let mut resp = Response::new(crate::body::full(body.to_string()));
-            resp.headers_mut().insert(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("application/json"),
-            );
-            return resp;
+        if proven {
+            if let Some(resp) = self.peer_route(req.uri()) {
+                let _ = conn.framing.next();
+                return resp;
+            }
         }
         let Some(visitor) = visitor.filter(|_| proven) else {
             // Exactly one framing verdict per request, refused or not.
@@ -283,6 +290,30 @@ impl Handler for HopServer {
         Arc::clone(&self.gateway)
             .answer(conn, req, Some(visitor))
             .await
+    }
+}
+
+impl HopServer {
+    /// The answer to a peer's own request (a listing of this node's
+    /// tunnels, its dashboard snapshot), if `uri` is one.
+    fn peer_route(&self, uri: &Uri) -> Option<Response<Body>> {
+        let body = match uri.path() {
+            listing::PATH => {
+                let (offset, limit) = listing::slice_of(uri.query());
+                let (tunnels, more) = self.listing.local(offset, limit);
+                serde_json::json!({ "tunnels": tunnels, "more": more })
+                    .to_string()
+                    .into_bytes()
+            }
+            listing::DASHBOARD => self.gateway.ops().own_snapshot(),
+            _ => return None,
+        };
+        let mut resp = Response::new(crate::body::full(body));
+        resp.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        Some(resp)
     }
 }
 

@@ -4,11 +4,16 @@
 //! each entry with its `node`. The cursor names a node and an offset in
 //! its list, so a page costs one or a few hop requests however many
 //! tunnels the cluster has.
+//!
+//! The dashboard's snapshot is gathered the same way
+//! ([`Listing::ask_every_node`], hop route `/_cryptun/dashboard`): every
+//! live node asked at once, each answering with its own.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use http::{Request, Uri};
 use http_body_util::{BodyExt, Empty};
 use hyper_util::client::legacy::Client;
@@ -24,6 +29,12 @@ use crate::registry::Registry;
 /// The hop route a node answers with a slice of its tunnels.
 pub(crate) const PATH: &str = "/_cryptun/tunnels";
 
+/// The hop route a node answers with its own dashboard snapshot.
+pub(crate) const DASHBOARD: &str = "/_cryptun/dashboard";
+
+/// How long a peer may take to answer a listing or a snapshot.
+const PEER_TIMEOUT: Duration = Duration::from_secs(3);
+
 /// Most tunnels in one page.
 pub const MAX_PAGE: usize = 1000;
 
@@ -34,7 +45,7 @@ pub(crate) struct Listing {
     pub(crate) node: String,
     pub(crate) registry: Arc<dyn Registry>,
     pub(crate) secret: ClusterSecret,
-    client: Client<HttpConnector, Empty<bytes::Bytes>>,
+    client: Client<HttpConnector, Empty<Bytes>>,
 }
 
 /// One page, and where the next begins (none: this was the last).
@@ -68,9 +79,9 @@ impl Listing {
         let slice = all.iter().skip(offset).take(limit);
         let tunnels = slice
             .map(|t| {
-                let mut info = serde_json::to_value(t.info()).unwrap_or_default();
-                info["node"] = Value::from(self.node.as_str());
-                info
+                let mut info = t.info();
+                info.node = Some(self.node.clone());
+                serde_json::to_value(info).unwrap_or_default()
             })
             .collect();
         (tunnels, all.len() > offset.saturating_add(limit))
@@ -131,25 +142,60 @@ impl Listing {
         offset: usize,
         limit: usize,
     ) -> Option<(Vec<Value>, bool)> {
-        let uri: Uri = format!("http://{hop}{PATH}?offset={offset}&limit={limit}")
-            .parse()
-            .ok()?;
+        let body = self
+            .ask(hop, &format!("{PATH}?offset={offset}&limit={limit}"))
+            .await?;
+        let value: Value = serde_json::from_slice(&body).ok()?;
+        let tunnels = value["tunnels"].as_array()?.clone();
+        Some((tunnels, value["more"].as_bool().unwrap_or(false)))
+    }
+
+    /// Every live node in order of name with its answer to hop route
+    /// `path`, asked at once (this node's is `here`); none from a node
+    /// that did not answer in time.
+    pub(crate) async fn ask_every_node(
+        &self,
+        path: &str,
+        here: Bytes,
+    ) -> Result<Vec<(String, Option<Bytes>)>, GatewayError> {
+        let mut nodes = self
+            .shared
+            .nodes()
+            .await
+            .map_err(|_| GatewayError::ClusterUnavailable)?;
+        nodes.sort();
+        let asked = nodes.into_iter().map(|(name, hop)| {
+            let here = (name == self.node).then(|| here.clone());
+            async move {
+                let answer = match here {
+                    Some(here) => Some(here),
+                    None => self.ask(hop, path).await,
+                };
+                (name, answer)
+            }
+        });
+        Ok(futures_util::future::join_all(asked).await)
+    }
+
+    /// Node `hop`'s answer to `path_and_query`, if it sends one in time.
+    async fn ask(&self, hop: SocketAddr, path_and_query: &str) -> Option<Bytes> {
+        let uri: Uri = format!("http://{hop}{path_and_query}").parse().ok()?;
         let req = Request::get(uri)
             .header(super::hop::PROOF, self.secret.proof())
             .body(Empty::new())
             .ok()?;
-        let resp = tokio::time::timeout(Duration::from_secs(5), self.client.request(req))
+        let resp = tokio::time::timeout(PEER_TIMEOUT, self.client.request(req))
             .await
             .ok()?
             .ok()?;
-        let body = tokio::time::timeout(Duration::from_secs(5), resp.into_body().collect())
+        if !resp.status().is_success() {
+            return None;
+        }
+        let body = tokio::time::timeout(PEER_TIMEOUT, resp.into_body().collect())
             .await
             .ok()?
-            .ok()?
-            .to_bytes();
-        let value: Value = serde_json::from_slice(&body).ok()?;
-        let tunnels = value["tunnels"].as_array()?.clone();
-        Some((tunnels, value["more"].as_bool().unwrap_or(false)))
+            .ok()?;
+        Some(body.to_bytes())
     }
 }
 

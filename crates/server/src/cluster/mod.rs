@@ -35,6 +35,7 @@
 //! Keys are versioned (`cryptun:1:`) and each name's keys share a hash tag,
 //! so every atomic step touches one slot of a Redis Cluster.
 
+pub mod health;
 pub mod hop;
 pub mod keys;
 pub(crate) mod listing;
@@ -72,6 +73,8 @@ pub(crate) struct Joined {
     pub(crate) keys: Arc<keys::SharedKeys>,
     /// Its name.
     pub(crate) node: String,
+    /// What it sees of the cluster, for `/metrics` and `/readyz`.
+    pub(crate) metrics: health::ClusterMetrics,
 }
 
 /// Joins the cluster `config` names: reaches Redis, binds the hop, takes
@@ -133,12 +136,14 @@ pub(crate) async fn join(config: &Config, cluster: &ClusterConfig) -> io::Result
     );
     let keys = Arc::new(keys::SharedKeys::new(shared.clone()));
     let name = node.name.clone();
+    let metrics = health::ClusterMetrics::default();
     let registry = Clustered::start(
         shared,
         node,
         cluster,
         config.reconnect_grace,
         config.max_held_names,
+        metrics.clone(),
     );
     let forwarder = Arc::new(Forwarder::new(
         cluster.secret.clone(),
@@ -151,6 +156,7 @@ pub(crate) async fn join(config: &Config, cluster: &ClusterConfig) -> io::Result
         forwarder,
         keys,
         node: name,
+        metrics,
     })
 }
 

@@ -19,6 +19,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
+use super::health::{ClusterMetrics, View};
 use super::shared::{Claimed, Entry, Found, Renewed, Shared};
 use crate::registry::{
     BoxFuture, Claim, HeldBy, Local, Lookup, Registration, Registry, Remote, Taken, Tunnel,
@@ -61,6 +62,9 @@ pub struct Clustered {
     releases: mpsc::Sender<Release>,
     /// The keeper, until [`Registry::close`] stops it.
     keeper: Mutex<Option<Keeper>>,
+    metrics: ClusterMetrics,
+    /// The store's marker as this node last saw it ([`Shared::mark`]).
+    marker: Mutex<Option<String>>,
 }
 
 struct Keeper {
@@ -99,6 +103,7 @@ impl Clustered {
         config: &super::ClusterConfig,
         grace: Duration,
         max_tunnels: usize,
+        metrics: ClusterMetrics,
     ) -> Arc<Self> {
         let (releases, pending) = mpsc::channel(MAX_PENDING_RELEASES);
         let registry = Arc::new(Clustered {
@@ -113,6 +118,8 @@ impl Clustered {
             cache: Mutex::default(),
             releases,
             keeper: Mutex::new(None),
+            metrics,
+            marker: Mutex::new(None),
         });
         let stop = CancellationToken::new();
         let done = tokio::spawn(keep(Arc::downgrade(&registry), pending, stop.clone()));
@@ -123,6 +130,22 @@ impl Clustered {
     /// The shared store.
     pub fn shared(&self) -> &Shared {
         &self.shared
+    }
+
+    /// Its metrics.
+    pub fn metrics(&self) -> &ClusterMetrics {
+        &self.metrics
+    }
+
+    /// What this node holds and caches of the cluster, now.
+    pub fn view(&self) -> View {
+        let cache = lock(&self.cache);
+        View {
+            store_up: self.shared.is_up(),
+            owned: read(&self.mine).len(),
+            routes: cache.routes.len(),
+            unknown: cache.unknown.len(),
+        }
     }
 
     /// Whether this node's claim on `name` was renewed recently enough to
@@ -212,6 +235,7 @@ impl Clustered {
             }
         }
         self.forget(name);
+        self.metrics.names_lost.inc();
         info!(subdomain = %name, "another node claimed this name: its tunnel here no longer serves it");
     }
 
@@ -333,7 +357,8 @@ impl Clustered {
             }
         }
         let _ = self.shared.list_node(&self.node.name).await;
-        if let Ok(false) = self.shared.mark().await {
+        if self.store_emptied().await {
+            self.metrics.emptied();
             warn!(
                 "the cluster store was emptied (restarted without its data?): this node's live tunnels are written back; names held for reconnection there are gone; run Redis with AOF and a replica"
             );
@@ -364,6 +389,16 @@ impl Clustered {
                 "claims missing from the cluster store were written back"
             );
         }
+    }
+
+    /// Whether the store's marker changed since this node last saw it
+    /// (the first look only learns it).
+    async fn store_emptied(&self) -> bool {
+        let Ok(now) = self.shared.mark().await else {
+            return false;
+        };
+        let before = lock(&self.marker).replace(now.clone());
+        before.is_some_and(|before| before != now)
     }
 
     async fn release(&self, release: Release) {

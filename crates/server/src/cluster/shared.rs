@@ -442,21 +442,22 @@ impl Shared {
         Ok(live)
     }
 
-    /// Sets the marker that says this store has been joined, returning
-    /// whether it was already there (false on a fresh or emptied Redis).
-    pub async fn mark(&self) -> Result<bool, SharedError> {
-        let set: bool = self
-            .run(|mut conn| async move {
-                Ok(redis::cmd("SET")
-                    .arg(format!("{PREFIX}:joined"))
-                    .arg(1)
-                    .arg("NX")
-                    .query_async::<Option<String>>(&mut conn)
-                    .await?
-                    .is_some())
-            })
-            .await?;
-        Ok(!set)
+    /// The store's marker: a random value written by the first node to
+    /// find none, kept as long as the store keeps its data. A node that
+    /// sees it change knows the store was emptied since it last looked.
+    pub async fn mark(&self) -> Result<String, SharedError> {
+        self.run(|mut conn| async move {
+            let key = format!("{PREFIX}:joined");
+            let _: Option<String> = redis::cmd("SET")
+                .arg(&key)
+                .arg(cryptun_proto::random_id(16))
+                .arg("NX")
+                .query_async(&mut conn)
+                .await?;
+            let value: Option<String> = redis::cmd("GET").arg(&key).query_async(&mut conn).await?;
+            Ok(value.unwrap_or_default())
+        })
+        .await
     }
 }
 

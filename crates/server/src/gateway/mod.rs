@@ -108,6 +108,13 @@ pub(crate) struct Parts {
     pub(crate) hop: Option<Arc<Forwarder>>,
 }
 
+impl Gateway {
+    /// The server's own routes.
+    pub(crate) fn ops(&self) -> &Ops {
+        &self.ops
+    }
+}
+
 impl Handler for Gateway {
     /// Answers one request on `conn`. (The path of a request is kept to
     /// few nested futures: each level's future is moved into its caller's.)

@@ -3,14 +3,18 @@
 //! - `GET /healthz`: `{"status":"ok"}` for anyone, so load balancers can
 //!   probe it; the tunnel count only for admins.
 //! - `GET /readyz`: 200 while the server accepts tunnels, 503 once it
-//!   drains (or, in a cluster, while its shared store is unreachable).
+//!   drains (or, in a cluster, while its shared store is unreachable); a
+//!   cluster node adds `cluster` (its name, the store's state, and when
+//!   the store was found emptied).
 //! - `GET /dashboard` (and its script and style): the live dashboard page
 //!   for anyone, since it holds no data; what it shows comes from
 //!   `GET /api/dashboard` (see [`dashboard`]).
 //! - `GET /metrics`, `GET /api/tunnels` (in a cluster, every node's, a page
 //!   at a time: `?limit=N`, the next page in a `Link` header), `GET /api/limits`,
 //!   `GET /api/dashboard` and anything else under `/api/`: admins only
-//!   ([`admin`]), `/metrics` encoding the families of [`crate::metrics`].
+//!   ([`admin`]), `/metrics` encoding the families of [`crate::metrics`]
+//!   (and, on a cluster node, of [`crate::cluster::health`]);
+//!   `/api/dashboard` is the cluster's on a cluster node.
 //!
 //! (`GET /ws` is on the same host but is the control stage's; the gateway
 //! sends it there, checks every own route's path first and counts each
@@ -25,6 +29,7 @@
 pub mod admin;
 pub mod dashboard;
 
+use crate::cluster::Clustered;
 use crate::cluster::listing::{self, Listing};
 
 use std::sync::Arc;
@@ -45,6 +50,9 @@ use crate::policy::IpLimiter;
 use crate::registry::{Registry, Stats};
 use admin::authorize;
 
+/// How long a scrape waits for Redis's list of live nodes.
+const NODES_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// What the server's own routes read.
 pub(crate) struct Ops {
     config: Arc<Config>,
@@ -61,6 +69,7 @@ pub(crate) struct Ops {
     /// Fires when shutdown begins.
     draining: CancellationToken,
     listing: Option<Arc<Listing>>,
+    cluster: Option<Arc<Clustered>>,
 }
 
 /// What [`Ops`] is built from.
@@ -74,6 +83,8 @@ pub(crate) struct Parts {
     pub(crate) draining: CancellationToken,
     /// In a cluster: every node's tunnels, a page at a time.
     pub(crate) listing: Option<Arc<Listing>>,
+    /// In a cluster: the registry, for what this node sees of it.
+    pub(crate) cluster: Option<Arc<Clustered>>,
 }
 
 /// The metrics label of an own route: one of a fixed set, whatever the
@@ -106,6 +117,7 @@ impl Ops {
             totals,
             draining,
             listing,
+            cluster,
         } = parts;
         Ops {
             config,
@@ -117,6 +129,7 @@ impl Ops {
             started: (Instant::now(), SystemTime::now()),
             draining,
             listing,
+            cluster,
         }
     }
 
@@ -145,7 +158,7 @@ impl Ops {
             (&Method::GET, "/readyz") => Ok(self.readiness()),
             (&Method::GET, "/metrics") => {
                 admin()?;
-                Ok(self.metrics())
+                Ok(self.metrics().await)
             }
             (&Method::GET, "/healthz") => {
                 let mut health = serde_json::json!({ "status": "ok" });
@@ -161,12 +174,29 @@ impl Ops {
                 admin()?;
                 self.cluster_tunnels(req.uri().query()).await
             }
+            (&Method::GET, "/api/dashboard") => {
+                admin()?;
+                let own = dashboard::snapshot(self);
+                let snapshot = match &self.listing {
+                    Some(listing) => dashboard::gather(listing, own).await,
+                    None => own,
+                };
+                Ok(json_bytes(
+                    serde_json::to_vec(&snapshot).unwrap_or_default(),
+                ))
+            }
             (_, path) if path == "/api" || path.starts_with("/api/") => {
                 admin()?;
                 self.api(req.method(), path)
             }
             _ => Err(GatewayError::NotFound),
         }
+    }
+
+    /// This node's own dashboard snapshot, as JSON (what it answers a peer
+    /// gathering the cluster's).
+    pub(crate) fn own_snapshot(&self) -> Vec<u8> {
+        serde_json::to_vec(&dashboard::snapshot(self)).unwrap_or_default()
     }
 
     /// `/api/tunnels` of a cluster: a page of every node's tunnels (each
@@ -187,7 +217,9 @@ impl Ops {
         Ok(resp)
     }
 
-    /// `/readyz`: 200 while the server accepts tunnels, 503 once it drains.
+    /// `/readyz`: 200 while the server accepts tunnels, 503 once it drains
+    /// (or, in a cluster, while Redis is unreachable); a cluster node adds
+    /// what it sees of the cluster.
     fn readiness(&self) -> Response<Body> {
         let (status, text) = if self.is_draining() {
             (StatusCode::SERVICE_UNAVAILABLE, "draining")
@@ -196,17 +228,35 @@ impl Ops {
         } else {
             (StatusCode::OK, "ready")
         };
-        let mut resp = json(&serde_json::json!({ "status": text }));
+        let mut body = serde_json::json!({ "status": text });
+        if let (Some(cluster), Some(listing)) = (&self.cluster, &self.listing) {
+            let readiness = cluster
+                .metrics()
+                .readiness(&listing.node, cluster.view().store_up);
+            body["cluster"] = serde_json::to_value(readiness).unwrap_or_default();
+        }
+        let mut resp = json(&body);
         *resp.status_mut() = status;
         resp
     }
 
     /// `/metrics`, in the OpenMetrics text format (behind the admin check, like
     /// the rest of the admin API).
-    fn metrics(&self) -> Response<Body> {
+    async fn metrics(&self) -> Response<Body> {
         self.metrics
             .tunnels
             .set(i64::try_from(self.registry.len()).unwrap_or(i64::MAX));
+        if let Some(cluster) = &self.cluster {
+            let metrics = cluster.metrics();
+            metrics.observe(cluster.view());
+            // Left as last seen when Redis does not answer in time.
+            let nodes = tokio::time::timeout(NODES_TIMEOUT, cluster.shared().nodes()).await;
+            if let Ok(Ok(nodes)) = nodes {
+                metrics
+                    .nodes
+                    .set(i64::try_from(nodes.len()).unwrap_or(i64::MAX));
+            }
+        }
         let mut resp = Response::new(full(metrics::encode(&self.metrics_registry)));
         resp.headers_mut().insert(
             header::CONTENT_TYPE,
@@ -221,10 +271,6 @@ impl Ops {
             (&Method::GET, "/api/tunnels") => {
                 let list: Vec<_> = self.registry.list().iter().map(|t| t.info()).collect();
                 Ok(json(&list))
-            }
-            (&Method::GET, "/api/dashboard") => {
-                let snapshot = serde_json::to_vec(&dashboard::snapshot(self)).unwrap_or_default();
-                Ok(json_bytes(snapshot))
             }
             (&Method::GET, "/api/limits") => {
                 let limits = &self.config.rate_limits;

@@ -29,7 +29,7 @@ pub use local::Local;
 
 use cryptun_proto::ResponseHead;
 use cryptun_proto::mux::Mux;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 pub use stats::{Stats, StatsView};
 
@@ -75,7 +75,7 @@ pub struct Tunnel {
 }
 
 /// What `/api/tunnels` shows of a tunnel.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, Deserialize)]
 pub struct TunnelInfo {
     /// Random id.
     pub tunnel_id: String,
@@ -109,6 +109,9 @@ pub struct TunnelInfo {
     /// Every visitor request for it while it was live, refused ones
     /// included.
     pub stats: StatsView,
+    /// In a cluster: the node its client is connected to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
 }
 
 impl Tunnel {
@@ -133,6 +136,7 @@ impl Tunnel {
             },
             key_name: self.key_name.clone(),
             stats: self.stats.view(Instant::now()),
+            node: None,
         }
     }
 }

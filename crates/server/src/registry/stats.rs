@@ -14,7 +14,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// Seconds the reported request rate is averaged over: long enough to
 /// smooth a burst, short enough to follow a change while one watches.
@@ -127,7 +127,7 @@ impl Stats {
 }
 
 /// A snapshot of [`Stats`], as the admin API shows it.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct StatsView {
     /// Requests that arrived (finished or not).
     pub requests: u64,
@@ -144,7 +144,7 @@ pub struct StatsView {
 }
 
 /// Finished requests by status.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StatusCounts {
     /// No answer: the visitor left first.
     pub none: u64,
@@ -169,6 +169,26 @@ pub struct StatusCounts {
     /// 504: no answer in time.
     #[serde(rename = "504")]
     pub gateway_timeout: u64,
+}
+
+impl StatsView {
+    /// Adds `other`'s counts to these (another node's, in a cluster).
+    pub fn add(&mut self, other: &StatsView) {
+        self.requests += other.requests;
+        self.in_flight += other.in_flight;
+        self.rate += other.rate;
+        self.bytes_in += other.bytes_in;
+        self.bytes_out += other.bytes_out;
+        let (a, b) = (&mut self.status, &other.status);
+        a.none += b.none;
+        a.informational += b.informational;
+        a.success += b.success;
+        a.redirect += b.redirect;
+        a.client_error += b.client_error;
+        a.server_error += b.server_error;
+        a.bad_gateway += b.bad_gateway;
+        a.gateway_timeout += b.gateway_timeout;
+    }
 }
 
 /// Events per second for the last `BUCKETS` seconds. Each bucket packs

@@ -7,7 +7,7 @@
 const TOKEN_KEY = "cryptun-admin-token";
 const POLL_MS = 1000;
 const $ = (id) => document.getElementById(id);
-const state = { timer: null, polling: false, tunnels: new Map(), clients: new Map() };
+const state = { timer: null, polling: false, tunnels: new Map(), clients: new Map(), nodes: new Map() };
 
 function el(tag, className, text) {
   const node = document.createElement(tag);
@@ -165,7 +165,8 @@ function setConn(kind, text) {
 
 function render(s, now) {
   const server = s.server;
-  $("server").textContent = "v" + server.version + " · " + server.domain + " · auth " + server.auth;
+  $("server").textContent = "v" + server.version + " · " + server.domain + " · auth " + server.auth
+    + (server.node ? " · node " + server.node : "");
   $("uptime").textContent = "up " + fmtDuration(server.uptime_secs);
   if (server.draining) setConn("draining", "draining");
   else setConn("on", "live");
@@ -183,6 +184,10 @@ function render(s, now) {
   $("t-5xx-sub").textContent = "502: " + t.status["502"] + " · 504: " + t.status["504"];
   $("t-bytes").textContent = fmtBytes(t.bytes_in) + " / " + fmtBytes(t.bytes_out);
 
+  // A cluster node's snapshot is the cluster's: a node column, and its nodes.
+  const nodes = s.nodes || [];
+  document.body.classList.toggle("cluster", nodes.length > 0);
+  renderNodes(nodes);
   renderTunnels(s.tunnels, now);
   renderClients(s.clients, now);
   $("tunnel-count").textContent = t.tunnels;
@@ -226,7 +231,7 @@ function cells(tr, names) {
 }
 
 const TUNNEL_COLUMNS = ["subdomain", "client", "key", "since", "requests", "rate",
-  "inflight", "e4xx", "e5xx", "gateway", "bytes"];
+  "inflight", "e4xx", "e5xx", "gateway", "bytes", "node"];
 
 function buildTunnel(t) {
   const tr = el("tr");
@@ -245,8 +250,9 @@ function buildTunnel(t) {
 
 function fillTunnel(tr, t, now) {
   const s = t.stats;
-  const [, client, key, since_, requests, rate, inflight, e4xx, e5xx, gateway, bytes] = tr.children;
+  const [, client, key, since_, requests, rate, inflight, e4xx, e5xx, gateway, bytes, node] = tr.children;
   client.textContent = t.client_addr;
+  node.textContent = t.node || "";
   key.textContent = fmtKey(t.key_name, t.key_id);
   key.title = t.key_id ? (t.key_name || "") + " (key " + t.key_id + ")" : "no API key";
   since_.textContent = since(t.created_at, now);
@@ -275,20 +281,23 @@ function applyFilter() {
   const needle = $("filter").value.trim().toLowerCase();
   for (const tr of state.tunnels.values()) {
     const [subdomain, client, key] = tr.children;
-    const text = (subdomain.textContent + " " + client.textContent + " " + key.textContent).toLowerCase();
+    const node = tr.lastElementChild;
+    const text = (subdomain.textContent + " " + client.textContent + " " + key.textContent
+      + " " + node.textContent).toLowerCase();
     tr.hidden = Boolean(needle) && !text.includes(needle);
   }
 }
 
 function buildClient() {
   const tr = el("tr");
-  cells(tr, ["address", "key", "since", "names"]);
+  cells(tr, ["address", "key", "since", "names", "node"]);
   return tr;
 }
 
 function fillClient(tr, c, now) {
-  const [address, key, since_, names] = tr.children;
+  const [address, key, since_, names, node] = tr.children;
   address.textContent = c.client_addr;
+  node.textContent = c.node || "";
   key.textContent = fmtKey(c.key_name, c.key_id);
   key.title = c.key_id ? (c.key_name || "") + " (key " + c.key_id + ")" : "no API key";
   since_.textContent = since(c.connected_since, now);
@@ -298,8 +307,38 @@ function fillClient(tr, c, now) {
 
 function renderClients(list, now) {
   const tbody = $("clients").tBodies[0];
-  reconcile(tbody, state.clients, list, (c) => c.client_addr, buildClient, (tr, c) => fillClient(tr, c, now));
+  // One address may be a client of two nodes.
+  reconcile(tbody, state.clients, list, (c) => (c.node || "") + " " + c.client_addr, buildClient,
+    (tr, c) => fillClient(tr, c, now));
   $("no-clients").hidden = list.length > 0;
+}
+
+const NODE_COLUMNS = ["name", "state", "version", "up", "tunnels", "clients", "rate"];
+
+function buildNode(n) {
+  const tr = el("tr");
+  tr.dataset.node = n.name;
+  const c = cells(tr, NODE_COLUMNS);
+  for (const name of ["tunnels", "clients", "rate"]) c[name].classList.add("num");
+  return tr;
+}
+
+function fillNode(tr, n) {
+  const [name, state_, version, up, tunnels, clients, rate] = tr.children;
+  name.textContent = n.name;
+  state_.textContent = !n.reachable ? "unreachable" : n.draining ? "draining" : "live";
+  state_.classList.toggle("bad", !n.reachable);
+  version.textContent = n.version ? "v" + n.version : "–";
+  up.textContent = n.uptime_secs === null || n.uptime_secs === undefined ? "–" : fmtDuration(n.uptime_secs);
+  tunnels.textContent = n.reachable ? n.tunnels : "–";
+  clients.textContent = n.reachable ? n.clients : "–";
+  rate.textContent = n.reachable ? fmtRate(n.rate) : "–";
+}
+
+function renderNodes(list) {
+  $("nodes-panel").hidden = list.length === 0;
+  $("node-count").textContent = list.length;
+  reconcile($("nodes").tBodies[0], state.nodes, list, (n) => n.name, buildNode, fillNode);
 }
 
 // ---- start ----------------------------------------------------------------

@@ -27,12 +27,20 @@
 //! Security Policy allows no inline script or style at all, and the page
 //! builds every element with `textContent`: a subdomain, key name or
 //! address is shown as text, never parsed as markup.
+//!
+//! On a cluster node the snapshot is the cluster's ([`cluster`]): every
+//! live node's own, gathered over the hop at once and merged, each tunnel
+//! and client with its `node`, and a `nodes` list saying which answered.
+
+mod cluster;
+
+pub(crate) use cluster::gather;
 
 use std::collections::HashMap;
 use std::time::{Instant, SystemTime};
 
 use http::{HeaderValue, Response, header};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::Ops;
 use crate::body::{Body, full};
@@ -82,7 +90,7 @@ pub(crate) fn asset(path: &str) -> Option<Response<Body>> {
 }
 
 /// What `/api/dashboard` answers: everything the page shows.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, Deserialize)]
 pub struct Snapshot {
     /// The server itself.
     pub server: ServerInfo,
@@ -95,13 +103,19 @@ pub struct Snapshot {
     pub tunnels: Vec<TunnelInfo>,
     /// Live tunnels left out of `tunnels` (and their clients of `clients`).
     pub omitted: usize,
+    /// In a cluster: every live node, and what it said of itself.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub nodes: Vec<cluster::NodeInfo>,
 }
 
 /// The server's identity and state.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, Deserialize)]
 pub struct ServerInfo {
     /// The server's version.
-    pub version: &'static str,
+    pub version: String,
+    /// In a cluster: the node that answered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
     /// The domain tunnels live under.
     pub domain: String,
     /// RFC 3339 start time.
@@ -119,7 +133,7 @@ pub struct ServerInfo {
 }
 
 /// Counts over the whole server.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, Deserialize)]
 pub struct Totals {
     /// Live tunnels.
     pub tunnels: usize,
@@ -134,7 +148,7 @@ pub struct Totals {
 }
 
 /// One connected client: a control connection and the tunnels it holds.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, Deserialize)]
 pub struct ClientInfo {
     /// Its address as the server saw it (one per connection).
     pub client_addr: String,
@@ -146,6 +160,9 @@ pub struct ClientInfo {
     pub key_name: Option<String>,
     /// The subdomains of its tunnels.
     pub tunnels: Vec<String>,
+    /// In a cluster: the node it is connected to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
 }
 
 /// The dashboard's data, now.
@@ -165,6 +182,7 @@ pub(crate) fn snapshot(state: &Ops) -> Snapshot {
                 key_id: tunnel.key_id.clone(),
                 key_name: tunnel.key_name.clone(),
                 tunnels: Vec::new(),
+                node: None,
             });
             clients.len() - 1
         });
@@ -173,7 +191,8 @@ pub(crate) fn snapshot(state: &Ops) -> Snapshot {
     let (started, started_at) = state.started;
     Snapshot {
         server: ServerInfo {
-            version: env!("CARGO_PKG_VERSION"),
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            node: None,
             domain: state.config.domain.clone(),
             started_at: rfc3339(started_at),
             now: rfc3339(SystemTime::now()),
@@ -190,6 +209,7 @@ pub(crate) fn snapshot(state: &Ops) -> Snapshot {
         clients,
         tunnels,
         omitted: live.len().saturating_sub(MAX_LISTED),
+        nodes: Vec::new(),
     }
 }
 
