@@ -131,6 +131,7 @@ fn cluster_config(args: &ServerArgs) -> Result<Option<cryptun_server::cluster::C
         cryptun_server::cluster::ClusterConfig::new(url.clone(), node, listen, secret);
     cluster.advertise = args.cluster_advertise;
     cluster.lease = args.cluster_lease;
+    cluster.lookup_rate = args.cluster_lookup_rate;
     Ok(Some(cluster))
 }
 

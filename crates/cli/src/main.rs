@@ -252,6 +252,11 @@ struct ServerArgs {
     /// without a goodbye are held for their owners after this.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     cluster_lease: Duration,
+    /// Most names this node looks up in Redis a second for visitors whose tunnel's route it has
+    /// not cached (as many again in a burst): a flood of random names costs Redis no more. Past
+    /// it, a route known before still serves and other names are answered 503 cluster_busy.
+    #[arg(long, default_value_t = 2000, value_parser = clap::value_parser!(u32).range(1..), value_name = "N")]
+    cluster_lookup_rate: u32,
     /// The secret nodes prove to each other on the cluster listener (at least 16 characters, the
     /// same on every node); never logged.
     #[arg(long, env = "CRYPTUN_CLUSTER_SECRET", hide_env_values = true)]

@@ -147,6 +147,11 @@ pub enum GatewayError {
     /// store, which says where it is, cannot be reached.
     #[error("this server cannot reach its cluster's shared store now; try again shortly")]
     ClusterUnavailable,
+    /// Cluster: the tunnel is not on this node, none of its routes is
+    /// cached, and this node is asking its shared store as often as it
+    /// may (`--cluster-lookup-rate`; a flood of unknown names).
+    #[error("this server is looking up too many names now; try again shortly")]
+    ClusterBusy,
     /// Cluster: the node serving the tunnel did not answer (it may have
     /// gone; its client will reconnect to another node).
     #[error("the node serving this tunnel is unreachable; try again shortly")]
@@ -225,6 +230,7 @@ impl GatewayError {
             GatewayError::ShuttingDown
             | GatewayError::ConnectionsFull
             | GatewayError::ClusterUnavailable
+            | GatewayError::ClusterBusy
             | GatewayError::NodeUnreachable => StatusCode::SERVICE_UNAVAILABLE,
             GatewayError::HopForbidden => StatusCode::FORBIDDEN,
             GatewayError::NotHere => StatusCode::MISDIRECTED_REQUEST,
@@ -265,6 +271,7 @@ impl GatewayError {
             | GatewayError::ShuttingDown
             | GatewayError::ConnectionsFull
             | GatewayError::ClusterUnavailable
+            | GatewayError::ClusterBusy
             | GatewayError::NodeUnreachable
             | GatewayError::NotHere => Side::Server,
         }
@@ -303,6 +310,7 @@ impl GatewayError {
             GatewayError::ShuttingDown => "shutting_down",
             GatewayError::ConnectionsFull => "max_connections",
             GatewayError::ClusterUnavailable => "cluster_unavailable",
+            GatewayError::ClusterBusy => "cluster_busy",
             GatewayError::NodeUnreachable => "node_unreachable",
             GatewayError::HopForbidden => "hop_forbidden",
             GatewayError::NotHere => "not_here",
@@ -352,6 +360,7 @@ impl GatewayError {
             | GatewayError::ShuttingDown
             | GatewayError::ConnectionsFull
             | GatewayError::ClusterUnavailable
+            | GatewayError::ClusterBusy
             | GatewayError::NodeUnreachable => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
             }

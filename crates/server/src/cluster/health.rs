@@ -37,6 +37,10 @@ pub struct ClusterMetrics {
     pub names_lost: Counter,
     /// Requests sent to other nodes over the hop, by outcome.
     pub hop_requests: Family<HopOutcome, Counter>,
+    /// Visitors' questions to Redis of where a name is.
+    pub store_lookups: Counter,
+    /// Names not looked up because the lookup budget was spent.
+    pub lookups_refused: Counter,
     /// When the store was last found emptied.
     emptied_at: std::sync::Arc<Mutex<Option<SystemTime>>>,
 }
@@ -116,6 +120,16 @@ impl ClusterMetrics {
             "names_lost",
             "Names this node's tunnels lost to a newer claim on another node",
             self.names_lost.clone(),
+        );
+        r.register(
+            "store_lookups",
+            "Names this node asked Redis about for visitors (routes not cached)",
+            self.store_lookups.clone(),
+        );
+        r.register(
+            "lookups_refused",
+            "Names not looked up because the node's lookup budget (--cluster-lookup-rate) was spent",
+            self.lookups_refused.clone(),
         );
         for outcome in ["answered", "unreachable", "stale"] {
             let _ = self.hop_requests.get_or_create(&HopOutcome { outcome });

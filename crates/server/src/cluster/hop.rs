@@ -162,6 +162,7 @@ impl Forwarder {
             Lookup::Remote(remote) => Ok(Some(remote)),
             Lookup::Reconnecting(left) => Err(GatewayError::Reconnecting(left)),
             Lookup::Unavailable => Err(GatewayError::ClusterUnavailable),
+            Lookup::Busy => Err(GatewayError::ClusterBusy),
             _ => Ok(None),
         }
     }

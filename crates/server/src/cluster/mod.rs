@@ -23,11 +23,12 @@
 //! - a tunnel that ends leaves its name held in Redis for its owner's
 //!   reconnection, on whichever node it comes back.
 //!
-//! Routes found in Redis are cached for a few seconds and unknown names for
-//! one, so a flood of random names costs one round trip per name per second
-//! at most, and a cached route never waits on Redis. A stale route is
-//! corrected on its first failure: the peer answers that the name is not
-//! there, and the first node asks Redis again.
+//! Routes found in Redis are cached for 30 s and unknown names for one, and
+//! a cached route never waits on Redis. A stale route is corrected on its
+//! first failure: the peer answers that the name is not there, and the
+//! first node asks Redis again. Lookups are shared by visitors asking at
+//! once and bounded per node ([`lookups`]), so a flood of random names
+//! costs Redis a fixed rate, not a round trip each.
 //!
 //! API keys and reserved names are kept in Redis too ([`keys`]), so a key
 //! works, and its revocation holds, on every node.
@@ -39,6 +40,7 @@ pub mod health;
 pub mod hop;
 pub mod keys;
 pub(crate) mod listing;
+mod lookups;
 mod routes;
 pub mod shared;
 
@@ -181,6 +183,9 @@ pub struct ClusterConfig {
     pub route_ttl: Duration,
     /// How long a name found nowhere is taken to be unknown.
     pub negative_ttl: Duration,
+    /// Most names looked up in Redis a second for visitors (as many again
+    /// in a burst); past it, uncached names are answered 503.
+    pub lookup_rate: u32,
 }
 
 impl fmt::Debug for ClusterConfig {
@@ -206,8 +211,9 @@ impl ClusterConfig {
             advertise: None,
             lease: Duration::from_secs(10),
             secret,
-            route_ttl: Duration::from_secs(5),
+            route_ttl: Duration::from_secs(30),
             negative_ttl: Duration::from_secs(1),
+            lookup_rate: 2000,
         }
     }
 

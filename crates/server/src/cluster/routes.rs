@@ -20,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
 use super::health::{ClusterMetrics, View};
+use super::lookups::Lookups;
 use super::shared::{Claimed, Entry, Found, Renewed, Shared};
 use crate::registry::{
     BoxFuture, Claim, HeldBy, Local, Lookup, Registration, Registry, Remote, Taken, Tunnel,
@@ -65,6 +66,8 @@ pub struct Clustered {
     metrics: ClusterMetrics,
     /// The store's marker as this node last saw it ([`Shared::mark`]).
     marker: Mutex<Option<String>>,
+    /// Visitors' questions to Redis, shared and bounded.
+    lookups: Lookups,
 }
 
 struct Keeper {
@@ -120,6 +123,7 @@ impl Clustered {
             keeper: Mutex::new(None),
             metrics,
             marker: Mutex::new(None),
+            lookups: Lookups::new(config.lookup_rate),
         });
         let stop = CancellationToken::new();
         let done = tokio::spawn(keep(Arc::downgrade(&registry), pending, stop.clone()));
@@ -278,6 +282,25 @@ impl Clustered {
         if let Some(found) = self.cached(name) {
             return found;
         }
+        match self.lookups.once(name, || self.ask(name)).await {
+            Some(found) => found,
+            None => {
+                // Over the lookup budget: a route known before still
+                // serves (its node says if it is stale).
+                self.metrics.lookups_refused.inc();
+                self.stale(name).map_or(Lookup::Busy, Lookup::Remote)
+            }
+        }
+    }
+
+    /// A route to `name` cached before, however old.
+    fn stale(&self, name: &str) -> Option<Remote> {
+        lock(&self.cache).routes.get(name).map(|(r, _)| r.clone())
+    }
+
+    /// Asks Redis where `name` is, and remembers the answer.
+    async fn ask(&self, name: &str) -> Lookup {
+        self.metrics.store_lookups.inc();
         let found = match self.shared.resolve(name).await {
             Ok(Found::Members(members)) => {
                 // One member today; a pool would pick among them.
@@ -297,8 +320,7 @@ impl Clustered {
                 debug!(%err, subdomain = %name, "could not resolve a name");
                 // Redis away: a route known before still serves (its node
                 // says so if it is stale).
-                let stale = lock(&self.cache).routes.get(name).map(|(r, _)| r.clone());
-                return stale.map_or(Lookup::Unavailable, Lookup::Remote);
+                return self.stale(name).map_or(Lookup::Unavailable, Lookup::Remote);
             }
         };
         self.remember(name, &found);

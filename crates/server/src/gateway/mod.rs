@@ -370,6 +370,7 @@ impl Gateway {
             Lookup::Remote(remote) => Ok(Target::There(remote)),
             Lookup::Reconnecting(left) => Err(GatewayError::Reconnecting(left)),
             Lookup::Unavailable | Lookup::Ask => Err(GatewayError::ClusterUnavailable),
+            Lookup::Busy => Err(GatewayError::ClusterBusy),
             Lookup::Free => Err(GatewayError::UnknownTunnel(format!(
                 "{label}.{}",
                 self.config.domain

@@ -258,6 +258,8 @@ pub enum Lookup {
     Ask,
     /// Not known, and whoever knows cannot be asked now.
     Unavailable,
+    /// Not known, and this node asks as often as it may now.
+    Busy,
 }
 
 /// A tunnel's place in the registry; dropping it removes the tunnel.
