@@ -132,6 +132,24 @@ fn cluster_config(args: &ServerArgs) -> Result<Option<cryptun_server::cluster::C
     cluster.advertise = args.cluster_advertise;
     cluster.lease = args.cluster_lease;
     cluster.lookup_rate = args.cluster_lookup_rate;
+    cluster.tls = match (
+        &args.cluster_tls_cert,
+        &args.cluster_tls_key,
+        &args.cluster_tls_ca,
+    ) {
+        (Some(cert), Some(key), Some(ca)) => {
+            Some(cryptun_server::cluster::peer_tls::PeerTlsFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+                ca: ca.clone(),
+                name: args.cluster_tls_name.clone(),
+            })
+        }
+        (None, None, None) => None,
+        _ => anyhow::bail!(
+            "cluster_tls_cert, cluster_tls_key and cluster_tls_ca go together: give all three or none"
+        ),
+    };
     Ok(Some(cluster))
 }
 

@@ -257,6 +257,21 @@ struct ServerArgs {
     /// it, a route known before still serves and other names are answered 503 cluster_busy.
     #[arg(long, default_value_t = 2000, value_parser = clap::value_parser!(u32).range(1..), value_name = "N")]
     cluster_lookup_rate: u32,
+    /// TLS between nodes: this node's certificate chain (PEM), presented to peers as a server and
+    /// as a client; with --cluster-tls-key and --cluster-tls-ca. Without, the hop is plain HTTP.
+    #[arg(long, value_name = "FILE", requires_all = ["cluster_tls_key", "cluster_tls_ca"])]
+    cluster_tls_cert: Option<PathBuf>,
+    /// The private key of --cluster-tls-cert (PEM).
+    #[arg(long, value_name = "FILE", requires = "cluster_tls_cert")]
+    cluster_tls_key: Option<PathBuf>,
+    /// The CA that signs every node's --cluster-tls-cert (PEM): a peer without a certificate
+    /// from it is refused, both ways.
+    #[arg(long, value_name = "FILE", requires = "cluster_tls_cert")]
+    cluster_tls_ca: Option<PathBuf>,
+    /// The DNS name every node's certificate carries, checked on each peer instead of the IP
+    /// address it is dialled at.
+    #[arg(long, value_name = "NAME", requires = "cluster_tls_cert")]
+    cluster_tls_name: Option<String>,
     /// The secret nodes prove to each other on the cluster listener (at least 16 characters, the
     /// same on every node); never logged.
     #[arg(long, env = "CRYPTUN_CLUSTER_SECRET", hide_env_values = true)]

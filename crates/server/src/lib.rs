@@ -188,10 +188,7 @@ pub async fn serve(
             secret,
             listing,
         });
-        match edge::Bound::new(Listeners {
-            http: Some(joined.listener),
-            https: None,
-        }) {
+        match edge::Bound::for_peers(joined.listener, joined.tls.map(|tls| tls.acceptor)) {
             Ok(bound) => {
                 edge.accept_until(bound, server, &drain, stop_accepting.cancelled())
                     .await
@@ -277,6 +274,7 @@ impl Stages {
                     joined.node.clone(),
                     Arc::clone(&registry),
                     cluster.secret.clone(),
+                    joined.peers.clone(),
                 ))
             });
         let sessions_stop = CancellationToken::new();

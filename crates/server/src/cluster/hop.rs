@@ -33,12 +33,12 @@ use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, Uri, header};
 use http_body::Body as _;
 use http_body_util::{BodyExt, Empty};
 use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tracing::{debug, warn};
 
 use super::ClusterSecret;
 use super::listing::{self, Listing};
+use super::peer_tls::PeerConnector;
 use super::routes::Clustered;
 use crate::body::Body;
 use crate::edge::{Conn, Handler, VisitorBody};
@@ -60,7 +60,7 @@ const HOP: &str = "x-cryptun-hop";
 
 /// Sends requests for other nodes' tunnels to them.
 pub(crate) struct Forwarder {
-    client: Client<HttpConnector, HopBody>,
+    client: Client<PeerConnector, HopBody>,
     secret: ClusterSecret,
     registry: Arc<Clustered>,
     /// How long the serving node may take to answer with a head: more
@@ -75,14 +75,12 @@ impl Forwarder {
         secret: ClusterSecret,
         registry: Arc<Clustered>,
         head_timeout: Duration,
+        peers: PeerConnector,
     ) -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(Duration::from_secs(2)));
-        connector.set_nodelay(true);
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(30))
             .pool_max_idle_per_host(64)
-            .build(connector);
+            .build(peers);
         Forwarder {
             client,
             secret,

@@ -17,11 +17,11 @@ use bytes::Bytes;
 use http::{Request, Uri};
 use http_body_util::{BodyExt, Empty};
 use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use serde_json::Value;
 
 use super::ClusterSecret;
+use super::peer_tls::PeerConnector;
 use super::shared::Shared;
 use crate::error::GatewayError;
 use crate::registry::Registry;
@@ -45,7 +45,7 @@ pub(crate) struct Listing {
     pub(crate) node: String,
     pub(crate) registry: Arc<dyn Registry>,
     pub(crate) secret: ClusterSecret,
-    client: Client<HttpConnector, Empty<Bytes>>,
+    client: Client<PeerConnector, Empty<Bytes>>,
 }
 
 /// One page, and where the next begins (none: this was the last).
@@ -60,15 +60,14 @@ impl Listing {
         node: String,
         registry: Arc<dyn Registry>,
         secret: ClusterSecret,
+        peers: PeerConnector,
     ) -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(Duration::from_secs(2)));
         Listing {
             shared,
             node,
             registry,
             secret,
-            client: Client::builder(TokioExecutor::new()).build(connector),
+            client: Client::builder(TokioExecutor::new()).build(peers),
         }
     }
 

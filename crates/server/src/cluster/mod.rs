@@ -41,6 +41,7 @@ pub mod hop;
 pub mod keys;
 pub(crate) mod listing;
 mod lookups;
+pub mod peer_tls;
 mod routes;
 pub mod shared;
 
@@ -59,6 +60,10 @@ pub use shared::Shared;
 
 use crate::config::Config;
 use hop::Forwarder;
+use peer_tls::{PeerConnector, PeerTls};
+
+/// How long a node waits for a peer's connection to open.
+const PEER_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// How long one step on Redis may take before it counts as unreachable.
 const STEP_TIMEOUT: Duration = Duration::from_secs(2);
@@ -77,6 +82,10 @@ pub(crate) struct Joined {
     pub(crate) node: String,
     /// What it sees of the cluster, for `/metrics` and `/readyz`.
     pub(crate) metrics: health::ClusterMetrics,
+    /// How it dials its peers (and, with TLS, accepts them).
+    pub(crate) peers: PeerConnector,
+    /// The hop's TLS, if it has it.
+    pub(crate) tls: Option<peer_tls::PeerTls>,
 }
 
 /// Joins the cluster `config` names: reaches Redis, binds the hop, takes
@@ -88,6 +97,16 @@ pub(crate) async fn join(config: &Config, cluster: &ClusterConfig) -> io::Result
             cluster.redacted_url()
         ))
     };
+    let tls = match &cluster.tls {
+        Some(files) => Some(PeerTls::load(files).map_err(|err| {
+            io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("the cluster's TLS: {err}"),
+            )
+        })?),
+        None => None,
+    };
+    let peers = PeerConnector::new(tls.clone(), PEER_CONNECT_TIMEOUT);
     let shared = Shared::connect(&cluster.url, STEP_TIMEOUT)
         .await
         .map_err(unreachable)?;
@@ -132,6 +151,7 @@ pub(crate) async fn join(config: &Config, cluster: &ClusterConfig) -> io::Result
     info!(
         node = %node.name,
         %hop,
+        hop_tls = tls.is_some(),
         store = %cluster.redacted_url(),
         redis_cluster = shared.is_cluster(),
         "joined the cluster"
@@ -151,6 +171,7 @@ pub(crate) async fn join(config: &Config, cluster: &ClusterConfig) -> io::Result
         cluster.secret.clone(),
         Arc::clone(&registry),
         config.max_request_timeout + Duration::from_secs(5),
+        peers.clone(),
     ));
     Ok(Joined {
         registry,
@@ -159,6 +180,8 @@ pub(crate) async fn join(config: &Config, cluster: &ClusterConfig) -> io::Result
         keys,
         node: name,
         metrics,
+        peers,
+        tls,
     })
 }
 
@@ -186,6 +209,8 @@ pub struct ClusterConfig {
     /// Most names looked up in Redis a second for visitors (as many again
     /// in a burst); past it, uncached names are answered 503.
     pub lookup_rate: u32,
+    /// TLS between nodes, both ends authenticated; none: plain HTTP.
+    pub tls: Option<peer_tls::PeerTlsFiles>,
 }
 
 impl fmt::Debug for ClusterConfig {
@@ -214,6 +239,7 @@ impl ClusterConfig {
             route_ttl: Duration::from_secs(30),
             negative_ttl: Duration::from_secs(1),
             lookup_rate: 2000,
+            tls: None,
         }
     }
 

@@ -76,13 +76,17 @@ pub(crate) enum Transport {
         /// The SNI, if the client sent one (clients send none for an IP).
         sni: Option<Arc<str>>,
     },
+    /// Another node of the cluster, on the internal hop (plain or TLS):
+    /// its requests are visitors' as the first node received them, already
+    /// redirected or checked against their SNI there.
+    Hop,
 }
 
 impl Transport {
     /// `http` or `https`, for `X-Forwarded-Proto`.
     pub(crate) fn scheme(&self) -> &'static str {
         match self {
-            Transport::Plain => "http",
+            Transport::Plain | Transport::Hop => "http",
             Transport::Tls { .. } => "https",
         }
     }
@@ -98,6 +102,8 @@ pub(super) struct Serving<H> {
     pub(super) proxy: Option<Arc<ProxyProtocol>>,
     /// How long a connection may stay idle between requests.
     pub(super) idle_limit: Duration,
+    /// The internal hop's listener: its connections are [`Transport::Hop`].
+    pub(super) peers: bool,
     pub(super) max_head_bytes: usize,
 }
 
@@ -160,7 +166,12 @@ async fn serve<H: Handler>(
         None => stream,
     };
     let Some(acceptor) = tls else {
-        return serve_http(serving, stop, stream, at, Transport::Plain).await;
+        let transport = if serving.peers {
+            Transport::Hop
+        } else {
+            Transport::Plain
+        };
+        return serve_http(serving, stop, stream, at, transport).await;
     };
     // Boxed: a parked plain connection's task need not have room for it.
     let handshake = Box::pin(tokio::time::timeout_at(deadline, acceptor.accept(stream)));
@@ -175,17 +186,15 @@ async fn serve<H: Handler>(
             return debug!(?limit, "TLS handshake timed out");
         }
     };
-    let sni = stream.get_ref().1.server_name().map(Arc::from);
+    let transport = if serving.peers {
+        Transport::Hop
+    } else {
+        let sni = stream.get_ref().1.server_name().map(Arc::from);
+        Transport::Tls { sni }
+    };
     // Boxed, like the handshake: the TLS session is several KiB that a
     // plain connection's task need not have room for.
-    Box::pin(serve_http(
-        serving,
-        stop,
-        stream,
-        at,
-        Transport::Tls { sni },
-    ))
-    .await;
+    Box::pin(serve_http(serving, stop, stream, at, transport)).await;
 }
 
 /// An accepted connection: who it came from, and the slot it holds until

@@ -105,6 +105,24 @@ impl Bound {
         })
     }
 
+    /// The internal hop's listener: plain, or TLS with `acceptor`.
+    pub(crate) fn for_peers(
+        listener: TcpListener,
+        acceptor: Option<TlsAcceptor>,
+    ) -> io::Result<Self> {
+        let port = listener.local_addr()?.port();
+        let (plain, https) = match acceptor {
+            Some(_) => (None, Some(listener)),
+            None => (Some(listener), None),
+        };
+        Ok(Bound {
+            plain,
+            https,
+            acceptor,
+            port,
+        })
+    }
+
     /// What the listeners settle in `config`: with HTTPS, public URLs are
     /// `https://`; `redirect_http` needs an HTTPS listener to send to.
     pub(crate) fn settle(&self, mut config: Config) -> io::Result<Config> {
@@ -168,6 +186,8 @@ pub(crate) struct Edge {
     /// Also how long a connection may stay idle between requests.
     header_read_timeout: Duration,
     metrics: Metrics,
+    /// The internal hop's edge ([`Edge::for_peers`]).
+    peers: bool,
 }
 
 impl Edge {
@@ -193,6 +213,7 @@ impl Edge {
             tls_handshake_timeout: config.tls_handshake_timeout,
             header_read_timeout: config.header_read_timeout,
             metrics,
+            peers: false,
         }
     }
 
@@ -204,6 +225,7 @@ impl Edge {
         Edge {
             slots: Slots::new(config.max_connections, config.max_connections, Vec::new()),
             proxy: None,
+            peers: true,
             ..Edge::new(config, metrics)
         }
     }
@@ -232,6 +254,7 @@ impl Edge {
             proxy: self.proxy.clone(),
             idle_limit: self.header_read_timeout,
             max_head_bytes: MAX_HEAD_BYTES,
+            peers: self.peers,
         });
         let Bound {
             plain,

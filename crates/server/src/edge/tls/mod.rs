@@ -220,8 +220,26 @@ fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
     })
 }
 
+/// The certificates of the PEM file at `path`, as trust anchors (at
+/// least one).
+pub(crate) fn read_roots(path: &Path) -> Result<rustls::RootCertStore, TlsError> {
+    let pem_error = |reason: String| TlsError::Pem {
+        path: path.to_owned(),
+        reason,
+    };
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(&read(path)?) {
+        let cert = cert.map_err(|e| pem_error(e.to_string()))?;
+        roots.add(cert).map_err(|e| pem_error(e.to_string()))?;
+    }
+    if roots.is_empty() {
+        return Err(pem_error("no CERTIFICATE block".into()));
+    }
+    Ok(roots)
+}
+
 /// Reads and checks a certificate chain and its key.
-fn read_pair(cert_path: &Path, key_path: &Path) -> Result<CertifiedKey, TlsError> {
+pub(crate) fn read_pair(cert_path: &Path, key_path: &Path) -> Result<CertifiedKey, TlsError> {
     let pem_error = |path: &Path, reason: String| TlsError::Pem {
         path: path.to_owned(),
         reason,
