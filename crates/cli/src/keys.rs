@@ -1,6 +1,12 @@
 //! `cryptun keys` (the server's API keys and reserved names, straight in
-//! its database, or in a cluster's Redis with `--cluster`) and `cryptun login` (the client's saved key). Printing
-//! only: the store and the saved config live in the library crates.
+//! its database, or in a cluster's Redis with `--cluster`) and `cryptun
+//! login` (the client's saved key). Printing only: the store and the saved
+//! config live in the library crates.
+//!
+//! [`transfer`]: `keys export` and `keys import`, moving a store's keys,
+//! reservations and held names to the other kind of store.
+
+mod transfer;
 
 use std::io::BufRead as _;
 use std::time::{Duration, UNIX_EPOCH};
@@ -10,7 +16,10 @@ use cryptun_client::Secret;
 use cryptun_client::saved::{self, SavedConfig};
 use cryptun_server::Store;
 use cryptun_server::cluster::keys::SharedKeys;
+use cryptun_server::store::transfer::{Document, Summary, TransferError};
 use cryptun_server::store::{KeyInfo, NewKey, Reservation, StoreError};
+
+pub use transfer::{ExportArgs, ImportArgs};
 
 use crate::{KeysArgs, KeysCommand, LoginArgs};
 
@@ -77,6 +86,41 @@ impl Backend {
             Backend::Shared(keys) => keys.unreserve(&name).await,
         }
     }
+
+    async fn export(&self) -> Result<Document, StoreError> {
+        match self {
+            Backend::Local(store) => store.call(Store::export).await,
+            Backend::Shared(keys) => keys.export().await,
+        }
+    }
+
+    async fn import(&self, document: Document, replace: bool) -> Result<Summary, TransferError> {
+        match self {
+            Backend::Local(store) => {
+                let store = store.clone();
+                tokio::task::spawn_blocking(move || store.import(&document, replace))
+                    .await
+                    .unwrap_or_else(|join| Err(StoreError::Task(join.to_string()).into()))
+            }
+            Backend::Shared(keys) => keys.import(&document, replace).await,
+        }
+    }
+
+    fn is_local(&self) -> bool {
+        matches!(self, Backend::Local(_))
+    }
+
+    /// The store, for messages (never the cluster's URL: it may hold a
+    /// password).
+    fn describe(&self) -> String {
+        match self {
+            Backend::Local(store) => match store.path().parent() {
+                Some(dir) => format!("the data directory {}", dir.display()),
+                None => "the key database".into(),
+            },
+            Backend::Shared(_) => "the cluster's store".into(),
+        }
+    }
 }
 
 async fn run(store: &Backend, command: KeysCommand) -> Result<()> {
@@ -116,6 +160,8 @@ async fn run(store: &Backend, command: KeysCommand) -> Result<()> {
             }
             println!("Released {name}.");
         }
+        KeysCommand::Export(args) => transfer::export(store, args).await?,
+        KeysCommand::Import(args) => transfer::import(store, args).await?,
     }
     Ok(())
 }

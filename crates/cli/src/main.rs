@@ -69,7 +69,7 @@ enum Command {
     Demo(DemoArgs),
     /// Manage the server's API keys and reserved names (run where the server's data directory is).
     #[command(
-        after_help = "Examples:\n  cryptun keys create --name laptop\n  cryptun keys list\n  cryptun keys reserve k7x2abcd myapp\n  cryptun keys revoke k7x2abcd"
+        after_help = "Examples:\n  cryptun keys create --name laptop\n  cryptun keys list\n  cryptun keys reserve k7x2abcd myapp\n  cryptun keys revoke k7x2abcd\n  cryptun keys --data-dir /var/lib/cryptun export --output keys.json\n  cryptun keys --cluster redis://10.0.0.5:6379 import --input keys.json"
     )]
     Keys(KeysArgs),
     /// Save an API key for `cryptun http` (in ~/.config/cryptun/client.toml, mode 0600).
@@ -388,6 +388,13 @@ enum KeysCommand {
         /// The subdomain label.
         name: String,
     },
+    /// Write every key (its token's hash, never a token), reserved name and held name as one JSON
+    /// document, for `keys import` into another store (a data directory's or a cluster's).
+    Export(keys::ExportArgs),
+    /// Read a document from `keys export` into this store; entries already there are left, and one
+    /// that differs (a key id with another hash, a name reserved for another key) refuses the whole
+    /// import unless --replace.
+    Import(keys::ImportArgs),
 }
 
 #[derive(Debug, Args)]

@@ -3,7 +3,8 @@
 //! domain requires a key by default; `cryptun http` finds it in
 //! `CRYPTUN_TOKEN` or in what `cryptun login` saved (mode 0600), says what
 //! to do when it has none; and the key shows up in no log line, even at
-//! debug level.
+//! debug level. `transfer`: moving them to a cluster's store and back
+//! (`keys export|import`).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -13,6 +14,8 @@ use std::path::Path;
 use std::process::{Command, Output, Stdio};
 
 mod common;
+#[path = "keys/transfer.rs"]
+mod transfer;
 
 use common::Proc;
 use cryptun_testkit::{TempDir, Visitor};
@@ -23,6 +26,7 @@ fn cryptun(args: &[&str], env: &[(&str, &Path)]) -> Command {
         .env_remove("CRYPTUN_TOKEN")
         .env_remove("CRYPTUN_DATA_DIR")
         .env_remove("CRYPTUN_AUTH")
+        .env_remove("CRYPTUN_CLUSTER_URL")
         .env("RUST_LOG", "debug");
     for (name, value) in env {
         cmd.env(name, value);

@@ -68,11 +68,17 @@ async fn a_cluster_runs_as_the_documented_acl_user() {
     drop(client);
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while visitor.get(&host, "/").await.status != 503 {
-        assert!(std::time::Instant::now() < deadline, "the name was not held");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the name was not held"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     keys.revoke_key(&key.info.id).await.unwrap();
 
     let log = redis.command(&["ACL", "LOG"]);
-    assert!(log.starts_with("*0"), "Redis refused the cryptun user: {log}");
+    assert!(
+        log.starts_with("*0"),
+        "Redis refused the cryptun user: {log}"
+    );
 }

@@ -4,7 +4,10 @@
 //! reserved for a key is refused to others wherever they connect.
 //!
 //! - `cryptun:1:key:{ID}`: a hash of `name`, `hash` (the token's SHA-256,
-//!   hex), `created_at` and, once revoked, `revoked_at`;
+//!   hex), `created_at`, `seq` (from the counter `cryptun:1:keys-seq`: the
+//!   order keys were made in, which a second of `created_at` does not
+//!   tell; keys list in it, as a server's database lists them) and, once
+//!   revoked, `revoked_at`;
 //! - `cryptun:1:keys` and `cryptun:1:revoked`: the sets of key ids, all and
 //!   revoked;
 //! - `cryptun:1:{NAME}:reserved`: the id of the key a name is reserved
@@ -15,15 +18,28 @@
 //!
 //! Every step touches one key, so it works on a Redis Cluster as on one
 //! Redis; a reservation is taken atomically (`SET NX`).
+//!
+//! `transfer`: export and import, for `cryptun keys export|import`.
 
-use cryptun_proto::name::GENERATED_PREFIX;
+mod transfer;
+
 use cryptun_proto::{Secret, Subdomain};
 use redis::Cmd;
 use subtle::ConstantTimeEq;
 
 use super::shared::{PREFIX, Shared, SharedError};
-use crate::store::keys::{ID_LEN, MAX_NAME, SECRET_LEN, TOKEN_PREFIX, token_hash, token_id};
+use crate::store::keys::{ID_LEN, SECRET_LEN, TOKEN_PREFIX, key_name, token_hash, token_id};
+use crate::store::names::reservable;
 use crate::store::{BoxFuture, KeyInfo, Keys, NewKey, Reservation, StoreError};
+
+/// A key's record as Redis has it.
+struct Stored {
+    info: KeyInfo,
+    /// The token's SHA-256, hex.
+    hash: Option<String>,
+    /// Its place in the order keys were made (0 before that was kept).
+    seq: i64,
+}
 
 /// Keys and reserved names in the cluster's Redis.
 #[derive(Clone)]
@@ -71,13 +87,7 @@ impl SharedKeys {
 
     /// Makes a key named `name`; its token is shown once.
     pub async fn create_key(&self, name: &str) -> Result<NewKey, StoreError> {
-        let name = name.trim();
-        if name.is_empty() || name.chars().count() > MAX_NAME || name.chars().any(char::is_control)
-        {
-            return Err(StoreError::InvalidName(format!(
-                "a key name is 1 to {MAX_NAME} printable characters"
-            )));
-        }
+        let name = key_name(name)?;
         let created_at = crate::store::now_unix();
         loop {
             let id = cryptun_proto::random_id(ID_LEN);
@@ -104,18 +114,12 @@ impl SharedKeys {
                         .arg("name")
                         .arg(name)
                         .arg("created_at")
-                        .arg(created_at),
+                        .arg(created_at)
+                        .arg("seq")
+                        .arg(self.next_seq().await?),
                 )
                 .await?;
-            let _: i64 = self
-                .shared
-                .query(
-                    Cmd::new()
-                        .arg("SADD")
-                        .arg(format!("{PREFIX}:keys"))
-                        .arg(&id),
-                )
-                .await?;
+            self.add_to("keys", &id).await?;
             self.changed().await?;
             let info = KeyInfo {
                 id,
@@ -128,8 +132,31 @@ impl SharedKeys {
         }
     }
 
-    async fn key(&self, id: &str) -> Result<Option<KeyInfo>, StoreError> {
-        let (name, created_at, revoked_at): (Option<String>, Option<i64>, Option<i64>) = self
+    /// Adds `member` to the set `cryptun:1:{set}`.
+    async fn add_to(&self, set: &str, member: &str) -> Result<(), StoreError> {
+        let mut add = Cmd::new();
+        add.arg("SADD").arg(format!("{PREFIX}:{set}")).arg(member);
+        let _: i64 = self.shared.query(&add).await?;
+        Ok(())
+    }
+
+    /// The next place in the order keys are made in.
+    async fn next_seq(&self) -> Result<i64, StoreError> {
+        Ok(self
+            .shared
+            .query(Cmd::new().arg("INCR").arg(format!("{PREFIX}:keys-seq")))
+            .await?)
+    }
+
+    async fn stored(&self, id: &str) -> Result<Option<Stored>, StoreError> {
+        type Fields = (
+            Option<String>,
+            Option<i64>,
+            Option<i64>,
+            Option<String>,
+            Option<i64>,
+        );
+        let (name, created_at, revoked_at, hash, seq): Fields = self
             .shared
             .query(
                 Cmd::new()
@@ -137,37 +164,57 @@ impl SharedKeys {
                     .arg(key_key(id))
                     .arg("name")
                     .arg("created_at")
-                    .arg("revoked_at"),
+                    .arg("revoked_at")
+                    .arg("hash")
+                    .arg("seq"),
             )
             .await?;
-        Ok(name.map(|name| KeyInfo {
-            id: id.to_owned(),
-            name,
-            created_at: created_at.unwrap_or_default(),
-            revoked_at,
-            reserved: Vec::new(),
+        Ok(name.map(|name| Stored {
+            info: KeyInfo {
+                id: id.to_owned(),
+                name,
+                created_at: created_at.unwrap_or_default(),
+                revoked_at,
+                reserved: Vec::new(),
+            },
+            hash,
+            seq: seq.unwrap_or_default(),
         }))
     }
 
-    /// Every key, oldest first, with its reserved names.
-    pub async fn list_keys(&self) -> Result<Vec<KeyInfo>, StoreError> {
+    async fn key(&self, id: &str) -> Result<Option<KeyInfo>, StoreError> {
+        Ok(self.stored(id).await?.map(|stored| stored.info))
+    }
+
+    /// Every key's record, oldest first, in the order they were made.
+    async fn stored_all(&self) -> Result<Vec<Stored>, StoreError> {
         let ids: Vec<String> = self
             .shared
             .query(Cmd::new().arg("SMEMBERS").arg(format!("{PREFIX}:keys")))
             .await?;
+        let mut all = Vec::new();
+        for id in ids {
+            all.extend(self.stored(&id).await?);
+        }
+        all.sort_by(|a, b| {
+            let order = |k: &Stored| (k.info.created_at, k.seq, k.info.id.clone());
+            order(a).cmp(&order(b))
+        });
+        Ok(all)
+    }
+
+    /// Every key, oldest first, with its reserved names.
+    pub async fn list_keys(&self) -> Result<Vec<KeyInfo>, StoreError> {
         let reservations = self.reservations().await?;
         let mut keys = Vec::new();
-        for id in ids {
-            if let Some(mut key) = self.key(&id).await? {
-                key.reserved = reservations
-                    .iter()
-                    .filter(|r| r.key_id == key.id)
-                    .map(|r| r.name.clone())
-                    .collect();
-                keys.push(key);
-            }
+        for Stored { mut info, .. } in self.stored_all().await? {
+            info.reserved = reservations
+                .iter()
+                .filter(|r| r.key_id == info.id)
+                .map(|r| r.name.clone())
+                .collect();
+            keys.push(info);
         }
-        keys.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
         Ok(keys)
     }
 
@@ -191,27 +238,13 @@ impl SharedKeys {
                     .arg(crate::store::now_unix()),
             )
             .await?;
-        let _: i64 = self
-            .shared
-            .query(
-                Cmd::new()
-                    .arg("SADD")
-                    .arg(format!("{PREFIX}:revoked"))
-                    .arg(id),
-            )
-            .await?;
+        self.add_to("revoked", id).await?;
         self.changed().await
     }
 
     /// Reserves `name` for key `key_id`.
     pub async fn reserve(&self, key_id: &str, name: &str) -> Result<Reservation, StoreError> {
-        let name =
-            Subdomain::parse(name).map_err(|err| StoreError::InvalidName(err.to_string()))?;
-        if name.is_generated() {
-            return Err(StoreError::InvalidName(format!(
-                "names starting with {GENERATED_PREFIX:?} are generated ones and cannot be reserved"
-            )));
-        }
+        let name = reservable(name)?;
         match self.key(key_id).await? {
             None => return Err(StoreError::NoSuchKey(key_id.to_owned())),
             Some(key) if key.revoked_at.is_some() => {
@@ -219,7 +252,6 @@ impl SharedKeys {
             }
             Some(_) => {}
         }
-        let name: String = name.into();
         let set: Option<String> = self
             .shared
             .query(
@@ -242,15 +274,7 @@ impl SharedKeys {
                 });
             }
         }
-        let _: i64 = self
-            .shared
-            .query(
-                Cmd::new()
-                    .arg("SADD")
-                    .arg(format!("{PREFIX}:reserved"))
-                    .arg(&name),
-            )
-            .await?;
+        self.add_to("reserved", &name).await?;
         self.changed().await?;
         Ok(Reservation {
             name,

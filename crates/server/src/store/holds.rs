@@ -39,6 +39,26 @@ impl Owner {
     }
 }
 
+impl Owner {
+    /// The owner as a cluster's route record has it (`cluster::shared`):
+    /// `k:KEY_ID`, or `s:` and the secret's SHA-256 in lowercase hex.
+    pub fn code(&self) -> String {
+        match self {
+            Owner::Key(id) => format!("k:{id}"),
+            Owner::Secret(hash) => format!("s:{}", super::transfer::Sha256::from(*hash)),
+        }
+    }
+
+    /// Reads [`Owner::code`]'s form back; `None` for anything else.
+    pub fn from_code(code: &str) -> Option<Owner> {
+        if let Some(id) = code.strip_prefix("k:") {
+            return (!id.is_empty()).then(|| Owner::Key(id.to_owned()));
+        }
+        let hash: super::transfer::Sha256 = code.strip_prefix("s:")?.parse().ok()?;
+        Some(Owner::Secret(hash.0))
+    }
+}
+
 impl std::fmt::Debug for Owner {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
@@ -126,7 +146,7 @@ impl Store {
 }
 
 /// Milliseconds since the Unix epoch.
-fn now_ms() -> i64 {
+pub(crate) fn now_ms() -> i64 {
     super::since_epoch()
         .as_millis()
         .try_into()

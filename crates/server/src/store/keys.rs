@@ -64,6 +64,25 @@ pub fn token_hash(token: &Secret) -> [u8; 32] {
     Sha256::digest(token.expose().as_bytes()).into()
 }
 
+/// `name` trimmed, if it is a valid name for a key: 1 to [`MAX_NAME`]
+/// printable characters.
+pub(crate) fn key_name(name: &str) -> Result<&str, StoreError> {
+    let name = name.trim();
+    if name.is_empty() || name.chars().count() > MAX_NAME || name.chars().any(char::is_control) {
+        return Err(StoreError::InvalidName(format!(
+            "a key name is 1 to {MAX_NAME} printable characters"
+        )));
+    }
+    Ok(name)
+}
+
+/// Whether `id` has the shape of the ids [`Store::create_key`] draws
+/// ([`ID_LEN`] characters of `[a-z2-7]`): one of another shape could never
+/// be presented in a token (see [`token_id`]).
+pub(crate) fn is_key_id(id: &str) -> bool {
+    id.len() == ID_LEN && id.bytes().all(|b| matches!(b, b'a'..=b'z' | b'2'..=b'7'))
+}
+
 /// The key id inside a well-formed token.
 pub(crate) fn token_id(token: &Secret) -> Option<&str> {
     let rest = token.expose().strip_prefix(TOKEN_PREFIX)?;
@@ -74,13 +93,7 @@ pub(crate) fn token_id(token: &Secret) -> Option<&str> {
 impl Store {
     /// Creates a key called `name` and returns it with its token.
     pub fn create_key(&self, name: &str) -> Result<NewKey, StoreError> {
-        let name = name.trim();
-        if name.is_empty() || name.chars().count() > MAX_NAME || name.chars().any(char::is_control)
-        {
-            return Err(StoreError::InvalidName(format!(
-                "a key name is 1 to {MAX_NAME} printable characters"
-            )));
-        }
+        let name = key_name(name)?;
         let conn = self.conn();
         let created_at = now_unix();
         loop {

@@ -28,14 +28,7 @@ impl Store {
     /// Reserves `name` for key `key_id` (which must exist and be live).
     /// Reserving a name the key already holds is a no-op.
     pub fn reserve(&self, key_id: &str, name: &str) -> Result<Reservation, StoreError> {
-        let name =
-            Subdomain::parse(name).map_err(|err| StoreError::InvalidName(err.to_string()))?;
-        if name.is_generated() {
-            return Err(StoreError::InvalidName(format!(
-                "names starting with {GENERATED_PREFIX:?} are generated ones and cannot be reserved"
-            )));
-        }
-        let name: String = name.into();
+        let name = reservable(name)?;
         let mut conn = self.conn();
         let tx = conn.transaction()?;
         let revoked: Option<Option<i64>> = tx
@@ -102,6 +95,18 @@ impl Store {
             _ => Ok(None),
         }
     }
+}
+
+/// `name` as it is stored (a lowercase label), if it may be reserved: a
+/// valid subdomain, not of the generated shape.
+pub(crate) fn reservable(name: &str) -> Result<String, StoreError> {
+    let name = Subdomain::parse(name).map_err(|err| StoreError::InvalidName(err.to_string()))?;
+    if name.is_generated() {
+        return Err(StoreError::InvalidName(format!(
+            "names starting with {GENERATED_PREFIX:?} are generated ones and cannot be reserved"
+        )));
+    }
+    Ok(name.into())
 }
 
 fn reserved_by(conn: &rusqlite::Connection, name: &str) -> Result<Option<String>, rusqlite::Error> {
