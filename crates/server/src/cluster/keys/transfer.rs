@@ -25,17 +25,12 @@ use std::collections::HashSet;
 use redis::Cmd;
 
 use super::{SharedKeys, key_key, reserved_key};
-use crate::cluster::shared::PREFIX;
+use crate::cluster::shared::{PREFIX, route_key};
 use crate::store::StoreError;
 use crate::store::holds::{Owner, now_ms};
 use crate::store::transfer::{
     Action, Document, HoldRecord, KeyRecord, Plan, ReservationRecord, Summary, TransferError, plan,
 };
-
-/// A name's route record, as `cluster::shared` names it.
-fn route_key(name: &str) -> String {
-    format!("{PREFIX}:{{{name}}}:route")
-}
 
 /// The name in a route record's key.
 fn route_name(key: &str) -> Option<&str> {

@@ -17,6 +17,15 @@
 //! member's lease has lapsed, what is left is the reconnect hold, for the
 //! owner only, until the key goes. Times are Redis's (`TIME`), so nodes'
 //! clocks never have to agree.
+//!
+//! # Layout
+//!
+//! - this file: the connection and the steps on names;
+//! - [`scripts`]: the Lua scripts and the reading of their answers;
+//! - [`nodes`]: nodes' own leases, their list, the store's marker.
+
+mod nodes;
+mod scripts;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -25,7 +34,9 @@ use std::time::Duration;
 
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster_async::ClusterConnection;
-use redis::{Cmd, Pipeline, RedisFuture, Script, Value};
+use redis::{Cmd, Pipeline, RedisFuture, Value};
+
+use scripts::{Scripts, parse_found};
 use tracing::{info, warn};
 
 /// The version in every key: a node of a later layout uses another prefix
@@ -155,14 +166,6 @@ pub struct Shared {
     scripts: Arc<Scripts>,
 }
 
-struct Scripts {
-    claim: Script,
-    renew: Script,
-    release: Script,
-    resolve: Script,
-    node: Script,
-}
-
 impl Shared {
     /// Connects to `url` (a Redis Cluster if the server says it is one),
     /// each later step bounded by `timeout`.
@@ -204,13 +207,7 @@ impl Shared {
             conn,
             timeout,
             up: Arc::new(AtomicBool::new(true)),
-            scripts: Arc::new(Scripts {
-                claim: Script::new(CLAIM),
-                renew: Script::new(RENEW),
-                release: Script::new(RELEASE),
-                resolve: Script::new(RESOLVE),
-                node: Script::new(NODE),
-            }),
+            scripts: Arc::new(Scripts::new()),
         })
     }
 
@@ -374,95 +371,10 @@ impl Shared {
             .await?;
         parse_found(&reply)
     }
-
-    /// Takes (or keeps) `node` as this process's name for `lease`: false if
-    /// another live process has it.
-    pub async fn hold_node(
-        &self,
-        node: &str,
-        token: &str,
-        hop: SocketAddr,
-        lease: Duration,
-    ) -> Result<bool, SharedError> {
-        let held: i64 = self
-            .run(|mut conn| {
-                let mut call = self.scripts.node.key(format!("{PREFIX}:node:{{{node}}}"));
-                call.arg(token).arg(hop.to_string()).arg(millis(lease));
-                async move { Ok(call.invoke_async(&mut conn).await?) }
-            })
-            .await?;
-        Ok(held == 1)
-    }
-
-    /// Lists `node` among the cluster's nodes.
-    pub async fn list_node(&self, node: &str) -> Result<(), SharedError> {
-        let _: i64 = self
-            .query(
-                Cmd::new()
-                    .arg("SADD")
-                    .arg(format!("{PREFIX}:nodes"))
-                    .arg(node),
-            )
-            .await?;
-        Ok(())
-    }
-
-    /// The live nodes and their hop addresses; nodes whose lease lapsed
-    /// are taken off the list.
-    pub async fn nodes(&self) -> Result<Vec<(String, SocketAddr)>, SharedError> {
-        let names: Vec<String> = self
-            .query(Cmd::new().arg("SMEMBERS").arg(format!("{PREFIX}:nodes")))
-            .await?;
-        let mut live = Vec::new();
-        for name in names {
-            let value: Option<String> = self
-                .query(
-                    Cmd::new()
-                        .arg("GET")
-                        .arg(format!("{PREFIX}:node:{{{name}}}")),
-                )
-                .await?;
-            match value
-                .as_deref()
-                .and_then(|v| v.split_whitespace().nth(1)?.parse().ok())
-            {
-                Some(hop) => live.push((name, hop)),
-                None => {
-                    let _: i64 = self
-                        .query(
-                            Cmd::new()
-                                .arg("SREM")
-                                .arg(format!("{PREFIX}:nodes"))
-                                .arg(&name),
-                        )
-                        .await?;
-                }
-            }
-        }
-        Ok(live)
-    }
-
-    /// The store's marker: a random value written by the first node to
-    /// find none, kept as long as the store keeps its data. A node that
-    /// sees it change knows the store was emptied since it last looked.
-    pub async fn mark(&self) -> Result<String, SharedError> {
-        self.run(|mut conn| async move {
-            let key = format!("{PREFIX}:joined");
-            let _: Option<String> = redis::cmd("SET")
-                .arg(&key)
-                .arg(cryptun_proto::random_id(16))
-                .arg("NX")
-                .query_async(&mut conn)
-                .await?;
-            let value: Option<String> = redis::cmd("GET").arg(&key).query_async(&mut conn).await?;
-            Ok(value.unwrap_or_default())
-        })
-        .await
-    }
 }
 
 /// A name's record.
-fn route_key(name: &str) -> String {
+pub(crate) fn route_key(name: &str) -> String {
     format!("{PREFIX}:{{{name}}}:route")
 }
 
@@ -477,152 +389,4 @@ async fn bounded<T>(
     tokio::time::timeout(timeout, step)
         .await
         .map_err(|_| SharedError::Timeout(timeout))?
-}
-
-/// Reads [`RESOLVE`]'s answer.
-fn parse_found(reply: &[String]) -> Result<Found, SharedError> {
-    let bad = || SharedError::Unexpected(format!("{reply:?}"));
-    match reply.first().map(String::as_str) {
-        Some("free") => Ok(Found::Free),
-        Some("held") => {
-            let left = reply.get(1).and_then(|s| s.parse().ok()).ok_or_else(bad)?;
-            Ok(Found::Held(Duration::from_millis(left)))
-        }
-        Some("members") => reply[1..]
-            .chunks(4)
-            .map(|m| match m {
-                [token, left, node, hop] => Ok(Member {
-                    node: node.clone(),
-                    hop: hop.parse().map_err(|_| bad())?,
-                    token: token.clone(),
-                    lease_left: Duration::from_millis(left.parse().map_err(|_| bad())?),
-                }),
-                _ => Err(bad()),
-            })
-            .collect::<Result<_, _>>()
-            .map(Found::Members),
-        _ => Err(bad()),
-    }
-}
-
-// KEYS[1] route; ARGV: proof_key, proof_secret, owner, token, member,
-// epoch, lease_ms, grace_ms. Same owner (either proof) takes the name over,
-// live member or not; anyone else only when no lease is live and no hold.
-const CLAIM: &str = r"
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local function lease_of(v) return tonumber(string.match(v, '^(%d+)')) end
-local owner = redis.call('HGET', KEYS[1], 'owner')
-if owner then
-  local same = (ARGV[1] ~= '' and owner == ARGV[1]) or (ARGV[2] ~= '' and owner == ARGV[2])
-  if not same then
-    local all = redis.call('HGETALL', KEYS[1])
-    for i = 1, #all, 2 do
-      if string.sub(all[i], 1, 2) == 'm:' then
-        local lease = lease_of(all[i + 1])
-        if lease and lease > now then return {'live', lease - now} end
-      end
-    end
-    local left = redis.call('PTTL', KEYS[1])
-    if left < 0 then left = 0 end
-    if string.sub(owner, 1, 2) == 's:' and ARGV[2] ~= '' then return {'wrong_secret', left} end
-    return {'held', left}
-  end
-end
-local lease = tonumber(ARGV[7])
-redis.call('DEL', KEYS[1])
-redis.call('HSET', KEYS[1], 'owner', ARGV[3], 'epoch', ARGV[6], 'm:' .. ARGV[4], (now + lease) .. ' ' .. ARGV[5])
-redis.call('PEXPIRE', KEYS[1], lease + tonumber(ARGV[8]))
-return {'ok', 0}
-";
-
-// KEYS[1] route; ARGV: token, lease_ms, grace_ms, owner, epoch, member.
-const RENEW: &str = r"
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local lease = tonumber(ARGV[2])
-local field = 'm:' .. ARGV[1]
-if redis.call('HEXISTS', KEYS[1], field) == 1 then
-  redis.call('HSET', KEYS[1], field, (now + lease) .. ' ' .. ARGV[6])
-  redis.call('PEXPIRE', KEYS[1], lease + tonumber(ARGV[3]))
-  return 'ok'
-end
-if redis.call('EXISTS', KEYS[1]) == 1 then return 'lost' end
-redis.call('HSET', KEYS[1], 'owner', ARGV[4], 'epoch', ARGV[5], field, (now + lease) .. ' ' .. ARGV[6])
-redis.call('PEXPIRE', KEYS[1], lease + tonumber(ARGV[3]))
-return 'reasserted'
-";
-
-// KEYS[1] route; ARGV: token, hold_ms. The member goes; with no member
-// left the record stays as the owner's hold for hold_ms, or goes.
-const RELEASE: &str = r"
-if redis.call('HDEL', KEYS[1], 'm:' .. ARGV[1]) == 0 then return 0 end
-local all = redis.call('HKEYS', KEYS[1])
-for _, f in ipairs(all) do
-  if string.sub(f, 1, 2) == 'm:' then return 1 end
-end
-local hold = tonumber(ARGV[2])
-if hold > 0 then redis.call('PEXPIRE', KEYS[1], hold) else redis.call('DEL', KEYS[1]) end
-return 1
-";
-
-// KEYS[1] route. {'members', token, left, node, hop, ...} | {'held', left} | {'free'}
-const RESOLVE: &str = r"
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local all = redis.call('HGETALL', KEYS[1])
-if #all == 0 then return {'free'} end
-local out = {'members'}
-for i = 1, #all, 2 do
-  if string.sub(all[i], 1, 2) == 'm:' then
-    local lease, node, hop = string.match(all[i + 1], '^(%d+) (%S+) (%S+)')
-    lease = tonumber(lease)
-    if lease and lease > now then
-      table.insert(out, string.sub(all[i], 3))
-      table.insert(out, tostring(lease - now))
-      table.insert(out, node)
-      table.insert(out, hop)
-    end
-  end
-end
-if #out > 1 then return out end
-local left = redis.call('PTTL', KEYS[1])
-if left < 0 then left = 0 end
-return {'held', tostring(left)}
-";
-
-// KEYS[1] node; ARGV: token, hop, lease_ms. 1 if the name is (now) this
-// process's, 0 if another live process has it.
-const NODE: &str = r"
-local v = redis.call('GET', KEYS[1])
-if v and string.match(v, '^(%S+)') ~= ARGV[1] then return 0 end
-redis.call('SET', KEYS[1], ARGV[1] .. ' ' .. ARGV[2], 'PX', tonumber(ARGV[3]))
-return 1
-";
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn resolve_answers_are_read() {
-        let s = |v: &[&str]| v.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
-        assert_eq!(parse_found(&s(&["free"])).unwrap(), Found::Free);
-        assert_eq!(
-            parse_found(&s(&["held", "1500"])).unwrap(),
-            Found::Held(Duration::from_millis(1500))
-        );
-        let found = parse_found(&s(&["members", "tok", "900", "a", "127.0.0.1:9"])).unwrap();
-        assert_eq!(
-            found,
-            Found::Members(vec![Member {
-                node: "a".into(),
-                hop: "127.0.0.1:9".parse().unwrap(),
-                token: "tok".into(),
-                lease_left: Duration::from_millis(900),
-            }])
-        );
-        assert!(parse_found(&s(&["members", "tok"])).is_err());
-        assert!(parse_found(&s(&["what"])).is_err());
-    }
 }

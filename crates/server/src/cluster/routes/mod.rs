@@ -10,6 +10,15 @@
 //! node's before it is served: taken over, it is dropped and the visitor
 //! goes to the new owner; Redis unreachable, the live session is served
 //! (its owner is connected here: it is the owner's proof).
+//!
+//! # Layout
+//!
+//! - this file: the registry, its claims and its own tunnels;
+//! - [`cache`]: what it knows of other nodes' names, and asking Redis;
+//! - [`keeper`]: the task that renews and releases.
+
+mod cache;
+mod keeper;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
@@ -17,11 +26,11 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, error, info, warn};
+use tracing::{debug, info};
 
 use super::health::{ClusterMetrics, View};
 use super::lookups::Lookups;
-use super::shared::{Claimed, Entry, Found, Renewed, Shared};
+use super::shared::{Claimed, Entry, Renewed, Shared};
 use crate::registry::{
     BoxFuture, Claim, HeldBy, Local, Lookup, Registration, Registry, Remote, Taken, Tunnel,
 };
@@ -126,7 +135,11 @@ impl Clustered {
             lookups: Lookups::new(config.lookup_rate),
         });
         let stop = CancellationToken::new();
-        let done = tokio::spawn(keep(Arc::downgrade(&registry), pending, stop.clone()));
+        let done = tokio::spawn(keeper::keep(
+            Arc::downgrade(&registry),
+            pending,
+            stop.clone(),
+        ));
         *lock(&registry.keeper) = Some(Keeper { stop, done });
         registry
     }
@@ -158,67 +171,6 @@ impl Clustered {
         read(&self.mine)
             .get(name)
             .is_some_and(|mine| Instant::now() < mine.until)
-    }
-
-    /// Forgets what was cached about `name` (its node said it is not
-    /// there, or could not be reached).
-    pub fn forget(&self, name: &str) {
-        let mut cache = lock(&self.cache);
-        cache.routes.remove(name);
-        cache.held.remove(name);
-        cache.unknown.remove(name);
-    }
-
-    /// What the cache says of `name`, if it is fresh.
-    fn cached(&self, name: &str) -> Option<Lookup> {
-        let now = Instant::now();
-        let cache = lock(&self.cache);
-        if let Some((remote, until)) = cache.routes.get(name) {
-            if now < *until {
-                return Some(Lookup::Remote(remote.clone()));
-            }
-        }
-        if let Some(until) = cache.held.get(name) {
-            if now < *until {
-                return Some(Lookup::Reconnecting(*until - now));
-            }
-        }
-        if cache.unknown.get(name).is_some_and(|until| now < *until) {
-            return Some(Lookup::Free);
-        }
-        None
-    }
-
-    fn remember(&self, name: &str, found: &Lookup) {
-        let now = Instant::now();
-        let mut cache = lock(&self.cache);
-        let bounded = |map_len: usize| map_len >= MAX_CACHED;
-        match found {
-            Lookup::Remote(remote) => {
-                if bounded(cache.routes.len()) {
-                    cache.routes.clear();
-                }
-                cache
-                    .routes
-                    .insert(name.to_owned(), (remote.clone(), now + self.route_ttl));
-            }
-            Lookup::Reconnecting(left) => {
-                if bounded(cache.held.len()) {
-                    cache.held.clear();
-                }
-                let ttl = (*left).min(self.negative_ttl);
-                cache.held.insert(name.to_owned(), now + ttl);
-            }
-            Lookup::Free => {
-                if bounded(cache.unknown.len()) {
-                    cache.unknown.clear();
-                }
-                cache
-                    .unknown
-                    .insert(name.to_owned(), now + self.negative_ttl);
-            }
-            _ => {}
-        }
     }
 
     /// Drops this node's tunnel for `name` (its claim went to another):
@@ -270,63 +222,6 @@ impl Clustered {
         }
     }
 
-    async fn find(&self, name: &str) -> Lookup {
-        if let Lookup::Live(tunnel) = self.local.lookup(name) {
-            if self.trusted(name) {
-                return Lookup::Live(tunnel);
-            }
-            if let Some(tunnel) = self.confirm(name, tunnel).await {
-                return Lookup::Live(tunnel);
-            }
-        }
-        if let Some(found) = self.cached(name) {
-            return found;
-        }
-        match self.lookups.once(name, || self.ask(name)).await {
-            Some(found) => found,
-            None => {
-                // Over the lookup budget: a route known before still
-                // serves (its node says if it is stale).
-                self.metrics.lookups_refused.inc();
-                self.stale(name).map_or(Lookup::Busy, Lookup::Remote)
-            }
-        }
-    }
-
-    /// A route to `name` cached before, however old.
-    fn stale(&self, name: &str) -> Option<Remote> {
-        lock(&self.cache).routes.get(name).map(|(r, _)| r.clone())
-    }
-
-    /// Asks Redis where `name` is, and remembers the answer.
-    async fn ask(&self, name: &str) -> Lookup {
-        self.metrics.store_lookups.inc();
-        let found = match self.shared.resolve(name).await {
-            Ok(Found::Members(members)) => {
-                // One member today; a pool would pick among them.
-                match members.into_iter().find(|m| m.node != self.node.name) {
-                    Some(member) => Lookup::Remote(Remote {
-                        node: member.node,
-                        hop: member.hop,
-                    }),
-                    // Ours by name but not by token: a claim this process
-                    // does not have (a previous run's, lapsing).
-                    None => Lookup::Reconnecting(self.lease),
-                }
-            }
-            Ok(Found::Held(left)) => Lookup::Reconnecting(left),
-            Ok(Found::Free) => Lookup::Free,
-            Err(err) => {
-                debug!(%err, subdomain = %name, "could not resolve a name");
-                // Redis away: a route known before still serves (its node
-                // says so if it is stale).
-                return self.stale(name).map_or(Lookup::Unavailable, Lookup::Remote);
-            }
-        };
-        self.remember(name, &found);
-        found
-    }
-
     async fn claim(&self, tunnel: &Tunnel, claim: Claim<'_>) -> Result<Entry, Taken> {
         let epoch = self.shared.next_epoch().await.map_err(|err| {
             debug!(%err, "could not claim a name");
@@ -334,13 +229,13 @@ impl Clustered {
         })?;
         let entry = Entry {
             name: tunnel.subdomain.clone(),
-            owner: owner_code(&tunnel.owner),
+            owner: tunnel.owner.code(),
             token: cryptun_proto::random_id(16),
             epoch,
             member: format!("{} {} {}", self.node.name, self.node.hop, tunnel.id),
         };
-        let key = claim.key.map(|id| owner_code(&Owner::Key(id.to_owned())));
-        let secret = claim.secret.map(|s| owner_code(&Owner::secret(s)));
+        let key = claim.key.map(|id| Owner::Key(id.to_owned()).code());
+        let secret = claim.secret.map(|s| Owner::secret(s).code());
         let proofs = [
             key.as_deref().unwrap_or(""),
             secret.as_deref().unwrap_or(""),
@@ -359,114 +254,6 @@ impl Clustered {
                 Err(Taken::Unavailable)
             }
         }
-    }
-
-    /// One renewal of every claim of this node, and of its name.
-    async fn renew_all(&self) {
-        let entries: Vec<Entry> = read(&self.mine)
-            .values()
-            .map(|mine| mine.entry.clone())
-            .collect();
-        let asked = Instant::now();
-        match self
-            .shared
-            .hold_node(&self.node.name, &self.node.token, self.node.hop, self.lease)
-            .await
-        {
-            Ok(true) | Err(_) => {}
-            Ok(false) => {
-                error!(node = %self.node.name, "another process holds this node's name in the cluster")
-            }
-        }
-        let _ = self.shared.list_node(&self.node.name).await;
-        if self.store_emptied().await {
-            self.metrics.emptied();
-            warn!(
-                "the cluster store was emptied (restarted without its data?): this node's live tunnels are written back; names held for reconnection there are gone; run Redis with AOF and a replica"
-            );
-        }
-        if entries.is_empty() {
-            return;
-        }
-        let Ok(renewed) = self.shared.renew(&entries, self.lease, self.grace).await else {
-            return;
-        };
-        let mut reasserted = 0;
-        for (entry, renewed) in entries.iter().zip(renewed) {
-            match renewed {
-                Renewed::Yes | Renewed::Reasserted => {
-                    reasserted += usize::from(renewed == Renewed::Reasserted);
-                    if let Some(mine) = write(&self.mine).get_mut(&entry.name) {
-                        if mine.entry.token == entry.token {
-                            mine.until = asked + self.lease;
-                        }
-                    }
-                }
-                Renewed::Lost => self.lost(&entry.name, &entry.token),
-            }
-        }
-        if reasserted > 0 {
-            warn!(
-                names = reasserted,
-                "claims missing from the cluster store were written back"
-            );
-        }
-    }
-
-    /// Whether the store's marker changed since this node last saw it
-    /// (the first look only learns it).
-    async fn store_emptied(&self) -> bool {
-        let Ok(now) = self.shared.mark().await else {
-            return false;
-        };
-        let before = lock(&self.marker).replace(now.clone());
-        before.is_some_and(|before| before != now)
-    }
-
-    async fn release(&self, release: Release) {
-        if let Err(err) = self
-            .shared
-            .release(&release.name, &release.token, release.hold)
-            .await
-        {
-            // Its lease lapses by itself; the name is then held as if the
-            // node had gone.
-            debug!(%err, subdomain = %release.name, "could not release a name");
-        }
-    }
-}
-
-/// The keeper: renews every third of the lease, releases names as their
-/// tunnels end; on stop, releases what is pending and returns.
-async fn keep(
-    registry: std::sync::Weak<Clustered>,
-    mut pending: mpsc::Receiver<Release>,
-    stop: CancellationToken,
-) {
-    let every = registry
-        .upgrade()
-        .map_or(Duration::from_secs(1), |r| r.lease / 3);
-    let mut tick = tokio::time::interval(every);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            biased;
-            () = stop.cancelled() => break,
-            Some(release) = pending.recv() => {
-                let Some(registry) = registry.upgrade() else { return };
-                registry.release(release).await;
-            }
-            _ = tick.tick() => {
-                let Some(registry) = registry.upgrade() else { return };
-                registry.renew_all().await;
-            }
-        }
-    }
-    let Some(registry) = registry.upgrade() else {
-        return;
-    };
-    while let Ok(release) = pending.try_recv() {
-        registry.release(release).await;
     }
 }
 
@@ -582,17 +369,6 @@ impl Registry for Clustered {
 
     fn len(&self) -> usize {
         self.local.len()
-    }
-}
-
-/// How an owner is written in a route record.
-fn owner_code(owner: &Owner) -> String {
-    match owner {
-        Owner::Key(id) => format!("k:{id}"),
-        Owner::Secret(hash) => {
-            let hex: String = hash.iter().map(|b| format!("{b:02x}")).collect();
-            format!("s:{hex}")
-        }
     }
 }
 
