@@ -12,7 +12,7 @@ use std::process::Command;
 
 mod common;
 
-use common::{Proc, cryptun};
+use common::{Proc, cryptun, listening_addr};
 use cryptun_testkit::tls::TlsFiles;
 use cryptun_testkit::{HttpsVisitor, Visitor, within};
 
@@ -33,13 +33,7 @@ fn listening(proc: &Proc, scheme: &str) -> SocketAddr {
 /// Starts `cryptun server` on an ephemeral port and returns it with its address.
 fn server() -> (Proc, SocketAddr) {
     let proc = cryptun(&["server", "--listen", "127.0.0.1:0"]);
-    let line = proc.log_with("listening");
-    let addr = line
-        .split_whitespace()
-        .find_map(|w| w.strip_prefix("addr="))
-        .expect("the listening line names the address")
-        .parse()
-        .unwrap();
+    let addr = listening_addr(&proc);
     (proc, addr)
 }
 

@@ -27,7 +27,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{Proc, cryptun};
+use common::{Proc, cryptun, listening_addr};
 use cryptun_testkit::{Origin, TestRedis};
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -72,13 +72,7 @@ impl Node {
             "--heartbeat-interval",
             heartbeat,
         ]);
-        let line = proc.log_with("listening");
-        let addr = line
-            .split_whitespace()
-            .find_map(|w| w.strip_prefix("addr="))
-            .expect("the listening line names the address")
-            .parse()
-            .unwrap();
+        let addr = listening_addr(&proc);
         Node { name, proc, addr }
     }
 

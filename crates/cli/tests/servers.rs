@@ -10,20 +10,14 @@ use std::net::SocketAddr;
 
 mod common;
 
-use common::{Proc, cryptun};
+use common::{Proc, cryptun, listening_addr};
 use cryptun_testkit::Visitor;
 use serde_json::Value;
 
 /// `cryptun server` on an ephemeral port, and its address.
 fn server() -> (Proc, SocketAddr) {
     let proc = cryptun(&["server", "--listen", "127.0.0.1:0"]);
-    let line = proc.log_with("listening");
-    let addr = line
-        .split_whitespace()
-        .find_map(|w| w.strip_prefix("addr="))
-        .expect("the listening line names the address")
-        .parse()
-        .unwrap();
+    let addr = listening_addr(&proc);
     (proc, addr)
 }
 

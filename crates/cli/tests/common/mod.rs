@@ -23,6 +23,18 @@ pub fn cryptun(args: &[&str]) -> Proc {
     Proc::start(cmd)
 }
 
+/// Where a `cryptun server` process listens, as its `listening` log line
+/// says (`addr=...`).
+pub fn listening_addr(server: &Proc) -> std::net::SocketAddr {
+    server
+        .log_with("listening")
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("addr="))
+        .expect("the listening line names the address")
+        .parse()
+        .unwrap()
+}
+
 /// A fresh `XDG_DATA_HOME` for one process, under cargo's temporary folder
 /// for integration tests: no two servers share a database.
 pub fn data_home() -> String {

@@ -94,12 +94,7 @@ impl Listing {
         limit: usize,
     ) -> Result<Page, GatewayError> {
         let limit = limit.clamp(1, MAX_PAGE);
-        let mut nodes = self
-            .shared
-            .nodes()
-            .await
-            .map_err(|_| GatewayError::ClusterUnavailable)?;
-        nodes.sort();
+        let mut nodes = self.live_nodes().await?;
         let (from, mut offset) = match cursor.and_then(parse_cursor) {
             Some((node, offset)) => (node, offset),
             None => (String::new(), 0),
@@ -134,6 +129,17 @@ impl Listing {
         })
     }
 
+    /// The live nodes and their hops, in order of name.
+    async fn live_nodes(&self) -> Result<Vec<(String, SocketAddr)>, GatewayError> {
+        let mut nodes = self
+            .shared
+            .nodes()
+            .await
+            .map_err(|_| GatewayError::ClusterUnavailable)?;
+        nodes.sort();
+        Ok(nodes)
+    }
+
     /// A slice of node `hop`'s tunnels.
     async fn remote(
         &self,
@@ -157,12 +163,7 @@ impl Listing {
         path: &str,
         here: Bytes,
     ) -> Result<Vec<(String, Option<Bytes>)>, GatewayError> {
-        let mut nodes = self
-            .shared
-            .nodes()
-            .await
-            .map_err(|_| GatewayError::ClusterUnavailable)?;
-        nodes.sort();
+        let nodes = self.live_nodes().await?;
         let asked = nodes.into_iter().map(|(name, hop)| {
             let here = (name == self.node).then(|| here.clone());
             async move {
