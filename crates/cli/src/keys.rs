@@ -25,6 +25,14 @@ use crate::{KeysArgs, KeysCommand, LoginArgs};
 
 /// `cryptun keys ...`.
 pub async fn keys(args: KeysArgs) -> Result<()> {
+    // Either store, never a silent choice between the two: an import into
+    // the wrong one is not undone.
+    if args.cluster.is_some() && args.data_dir.is_some() {
+        anyhow::bail!(
+            "both a data directory (--data-dir or CRYPTUN_DATA_DIR) and a cluster (--cluster or \
+             CRYPTUN_CLUSTER_URL) are given: name one store"
+        );
+    }
     let keys = match &args.cluster {
         Some(url) => Backend::Shared(
             SharedKeys::connect(url)

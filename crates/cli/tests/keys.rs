@@ -307,6 +307,19 @@ fn keys_in_a_clusters_store() {
     keys(&["revoke", id]);
     let listed: serde_json::Value = serde_json::from_str(keys(&["list", "--json"]).trim()).unwrap();
     assert!(listed[0]["revoked_at"].is_string(), "{listed}");
+    // Both stores named (a flag and the other's variable): refused, not
+    // a silent choice.
+    let dir = tempfile::tempdir().unwrap();
+    let both = run(
+        cryptun(
+            &["keys", "--cluster", &url, "list"],
+            &[("CRYPTUN_DATA_DIR", dir.path())],
+        ),
+        "",
+    );
+    assert!(!both.status.success());
+    let err = String::from_utf8_lossy(&both.stderr);
+    assert!(err.contains("name one store"), "{err}");
     // Unreachable: a clear error, not a hang.
     drop(redis);
     let out = run(cryptun(&["keys", "--cluster", &url, "list"], &[]), "");
