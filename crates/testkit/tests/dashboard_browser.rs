@@ -219,3 +219,73 @@ async fn the_dashboard_follows_tunnels_and_their_requests_live() {
         )
         .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_cluster_nodes_dashboard_shows_every_node() {
+    let redis = cryptun_testkit::TestRedis::start();
+    let a = TestServer::start_with(TestServer::cluster_config(&redis.url(), "a")).await;
+    let b = TestServer::start_with(TestServer::cluster_config(&redis.url(), "b")).await;
+    let origin = Origin::start().await;
+    let on_b = TestClient::start(&b, &origin.target()).await;
+    let sub = on_b.tunnel.subdomain.clone();
+
+    // Node A's page shows B's tunnel, in a node column, and both nodes.
+    let mut browser = Browser::launch().await;
+    browser
+        .navigate(&format!("http://{}/dashboard", a.own_host()))
+        .await;
+    browser
+        .wait_until(
+            "B's tunnel, on b",
+            &format!("{} === 'b'", cell(&sub, "node")),
+        )
+        .await;
+    browser
+        .wait_until(
+            "both nodes, live",
+            "[...document.querySelectorAll('#nodes tbody tr')].map(r => r.dataset.node + ':' + r.children[1].textContent).join(',') === 'a:live,b:live'",
+        )
+        .await;
+    let shown = browser
+        .eval(&format!(
+            "getComputedStyle(document.querySelector('#tunnels tr[data-subdomain=\"{sub}\"] td.node')).display"
+        ))
+        .await;
+    assert_ne!(shown, "none", "the node column is shown in a cluster");
+    assert_eq!(
+        browser
+            .eval("document.querySelector('#server').textContent.includes('node a')")
+            .await,
+        true
+    );
+}
+
+#[tokio::test]
+async fn a_single_servers_dashboard_has_no_node_column() {
+    let server = TestServer::start().await;
+    let origin = Origin::start().await;
+    let client = TestClient::start(&server, &origin.target()).await;
+    let sub = client.tunnel.subdomain.clone();
+    let mut browser = Browser::launch().await;
+    browser
+        .navigate(&format!("http://{}/dashboard", server.own_host()))
+        .await;
+    browser
+        .wait_until(
+            "the tunnel",
+            &format!("{} !== undefined", cell(&sub, "node")),
+        )
+        .await;
+    let shown = browser
+        .eval(&format!(
+            "getComputedStyle(document.querySelector('#tunnels tr[data-subdomain=\"{sub}\"] td.node')).display"
+        ))
+        .await;
+    assert_eq!(shown, "none");
+    assert_eq!(
+        browser
+            .eval("document.querySelector('#nodes-panel').hidden")
+            .await,
+        true
+    );
+}
