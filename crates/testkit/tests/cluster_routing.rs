@@ -1,8 +1,11 @@
-//! A cluster node's lookups in Redis, attacked: a flood of distinct random
-//! names (which no cache absorbs) costs Redis the node's lookup budget and
-//! no more, while a tunnel it knew keeps serving, even past its route's
-//! expiry; visitors arriving together for an uncached name share one
-//! lookup. Against a real `redis-server`, two nodes in one process.
+//! Reaching tunnels on other nodes, attacked and failing: a flood of
+//! distinct random names (which no cache absorbs) costs Redis the node's
+//! lookup budget and no more, while a tunnel it knew keeps serving, even
+//! past its route's expiry; visitors arriving together for an uncached
+//! name share one lookup; and a tunnel's failures (its local service down,
+//! no answer in time, the app's own status, an unknown name, a held one)
+//! read the same, status and error code, through any node. Against a real
+//! `redis-server`, two nodes in one process.
 
 #![allow(clippy::unwrap_used)]
 
@@ -147,4 +150,66 @@ async fn visitors_arriving_together_share_one_lookup() {
     }
     let lookups = counter(&a, "cryptun_cluster_store_lookups_total").await - before;
     assert_eq!(lookups, 1, "fifty visitors at once, {lookups} lookups");
+}
+
+/// What a visitor gets through node `via` for `host`'s `path`: status and
+/// `x-cryptun-error`.
+async fn answer(via: &TestServer, host: &str, path: &str) -> (u16, String) {
+    let reply = Visitor::new(via.addr).get(host, path).await;
+    let code = reply
+        .headers
+        .get("x-cryptun-error")
+        .map(|v| v.to_str().unwrap().to_owned())
+        .unwrap_or_default();
+    (reply.status.as_u16(), code)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn failures_read_the_same_through_any_node() {
+    let redis = TestRedis::start();
+    let node = |name: &str| {
+        let mut config = TestServer::cluster_config(&redis.url(), name);
+        config.request_timeout = Duration::from_millis(500);
+        config
+    };
+    let a = TestServer::start_with(node("a")).await;
+    let b = TestServer::start_with(node("b")).await;
+    let origin = Origin::start().await;
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let down = TestClient::start(&b, &format!("127.0.0.1:{closed}")).await;
+    let slow = TestClient::start(&b, &origin.target()).await;
+    let cases = [
+        (b.host_of(&down.tunnel.subdomain), "/", 502),
+        (b.host_of(&slow.tunnel.subdomain), "/hang", 504),
+        (b.host_of(&slow.tunnel.subdomain), "/status?code=418", 418),
+        (b.host_of("nobody-anywhere"), "/", 404),
+    ];
+    for (host, path, status) in &cases {
+        let here = answer(&b, host, path).await;
+        let there = answer(&a, host, path).await;
+        assert_eq!(here.0, *status, "{host}{path} on its node: {here:?}");
+        assert_eq!(there, here, "{host}{path} through the other node");
+    }
+    // A tunnel whose client is gone, its name held: 503 on both.
+    let held = slow.tunnel.subdomain.clone();
+    drop(slow);
+    let host = b.host_of(&held);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (here, there) = (answer(&b, &host, "/").await, answer(&a, &host, "/").await);
+        if here.0 == 503 && there.0 == 503 {
+            assert_eq!(here.1, "tunnel_reconnecting", "{here:?}");
+            assert_eq!(there, here);
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not held: {here:?} {there:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
