@@ -54,6 +54,7 @@ fn install_if_missing() {
             .output()
             .is_ok_and(|out| out.stdout.starts_with(b"0\n"));
         if !found && root {
+            eprintln!("installing Chromium with apt-get (for the browser tests)");
             let _ = Command::new("sh")
                 .args(["-c", "apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium"])
                 .stdout(Stdio::null())

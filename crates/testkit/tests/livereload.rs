@@ -1,5 +1,6 @@
 //! A real dev server's live-reload socket through a tunnel: Python's
-//! `livereload` (installed with pip if missing) serves a folder and pushes
+//! `livereload` (installed with pip into a virtual environment under the
+//! target folder the first time) serves a folder and pushes
 //! `reload` over a WebSocket when a file changes. Through the tunnel, the
 //! page loads, the socket handshakes, and the reload arrives.
 
@@ -14,9 +15,13 @@ use cryptun_testkit::{TestClient, TestServer, Visitor};
 use futures_util::{SinkExt, StreamExt};
 use tokio_tungstenite::tungstenite::Message;
 
-/// The `livereload` command, installing it with pip when it is missing.
-fn livereload_command() -> String {
-    let works = |cmd: &str| {
+/// The `livereload` command, from a virtual environment under the target
+/// folder, made and filled with pip (from PyPI) the first time: nothing is
+/// installed into the system's Python.
+fn livereload_command() -> PathBuf {
+    let venv = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("python-venv");
+    let command = venv.join("bin").join("livereload");
+    let works = |cmd: &PathBuf| {
         Command::new(cmd)
             .arg("--help")
             .stdout(Stdio::null())
@@ -24,21 +29,37 @@ fn livereload_command() -> String {
             .status()
             .is_ok_and(|s| s.success())
     };
-    if !works("livereload") {
-        let installed = Command::new("python3")
-            .args(["-m", "pip", "install", "--quiet", "livereload"])
+    if !works(&command) {
+        eprintln!(
+            "installing Python's livereload into {} (for the live-reload test)",
+            venv.display()
+        );
+        let made = Command::new("python3")
+            .args(["-m", "venv"])
+            .arg(&venv)
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(
+            made,
+            "this test needs python3 with venv (apt-get install python3-venv)"
+        );
+        let installed = Command::new(venv.join("bin").join("pip"))
+            .args([
+                "install",
+                "--quiet",
+                "--disable-pip-version-check",
+                "livereload",
+            ])
             .status()
             .is_ok_and(|s| s.success());
         assert!(
             installed,
-            "this test needs Python's livereload: pip install livereload"
+            "pip could not install livereload into {}",
+            venv.display()
         );
     }
-    assert!(
-        works("livereload"),
-        "livereload is not on PATH after pip install"
-    );
-    "livereload".into()
+    assert!(works(&command), "{} does not run", command.display());
+    command
 }
 
 /// The dev server and its folder, both gone when dropped.
