@@ -191,7 +191,9 @@ fn events(json: bool, json_logs: bool, named: bool, server: &Endpoint) -> Events
     })
 }
 
-/// A finished request as a JSON line (`duration_ms` to the microsecond).
+/// A finished request as a JSON line (`duration_ms` to the microsecond),
+/// stamped with the time it ended: RFC 3339 UTC to the millisecond, as a
+/// log shipper parses the server's JSON logs.
 fn request_json(
     tunnel: &str,
     method: &str,
@@ -200,8 +202,10 @@ fn request_json(
     ms: f64,
     error: Option<&str>,
 ) -> String {
+    let timestamp = humantime::format_rfc3339_millis(std::time::SystemTime::now());
     serde_json::json!({
         "type": "request",
+        "timestamp": timestamp.to_string(),
         "tunnel": tunnel,
         "method": method,
         "path": path,

@@ -77,6 +77,13 @@ async fn http_hello_json_prints_tunnel_created_then_request_lines() {
     assert_eq!(logged["path"], "/some/path?q=1");
     assert_eq!(logged["status"], 200);
     assert!(logged["duration_ms"].as_f64().unwrap() >= 0.0);
+    // When it ended, RFC 3339 UTC to the millisecond: 2026-01-02T03:04:05.678Z.
+    let stamp = logged["timestamp"].as_str().expect("a timestamp");
+    let at = humantime::parse_rfc3339(stamp).expect("RFC 3339");
+    assert!(stamp.len() == 24 && stamp.ends_with('Z'), "{stamp}");
+    assert_eq!(&stamp[19..20], ".", "milliseconds: {stamp}");
+    let age = std::time::SystemTime::now().duration_since(at).unwrap();
+    assert!(age < std::time::Duration::from_secs(60), "{stamp}");
 }
 
 /// A stdout nobody reads (a paused pager, a stuck pipe) does not hold up

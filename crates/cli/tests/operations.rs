@@ -2,7 +2,8 @@
 //! (and writes its access line) and exits 0 while its client says it is
 //! reconnecting, and cuts one that outlives `--shutdown-grace`, logged too; `--log-format
 //! json` writes one JSON object per line, with an access line per request
-//! that leaves the query string out.
+//! that leaves the query string out, and says `complete` of a large
+//! response delivered whole.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -161,5 +162,25 @@ async fn json_logs_have_an_access_line_per_request_without_the_query() {
         let parsed: Result<serde_json::Value, _> = serde_json::from_str(line);
         assert!(parsed.is_ok(), "not JSON: {line}");
         assert!(!line.contains("s3cret"), "a secret was logged: {line}");
+    }
+}
+
+/// A response delivered whole is logged `complete`, however large: hyper
+/// stops reading a body of known length at its last byte, before the body
+/// itself says it ended (64 KiB and 1 MiB, streamed over the tunnel).
+#[tokio::test(flavor = "multi_thread")]
+async fn large_responses_delivered_whole_are_logged_complete() {
+    let (server, addr) = server(&["--log-format", "json"]);
+    let origin = Origin::start().await;
+    let (_client, host) = client(addr, &[&origin.target()]);
+    for n in [64usize << 10, 1 << 20] {
+        let path = format!("/bytes?n={n}");
+        let reply = Visitor::new(addr).get(&host, &path).await;
+        assert_eq!(reply.status, 200);
+        assert_eq!(reply.body.len(), n);
+        let line = tokio::task::block_in_place(|| server.log_with("cryptun::access"));
+        let access: serde_json::Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(access["bytes_out"], n as u64, "{access}");
+        assert_eq!(access["complete"], true, "{access}");
     }
 }

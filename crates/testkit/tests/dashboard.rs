@@ -3,7 +3,8 @@
 //! without one a loopback caller under a loopback name, and lists
 //! live tunnels with their counters (requests, statuses with 502 and 504
 //! apart, bytes, rate, in flight), their clients and key names, and the
-//! server's totals and state.
+//! server's totals and state; a WebSocket's messages count in its tunnel's
+//! bytes while the connection is open.
 
 #![allow(clippy::unwrap_used)]
 
@@ -11,8 +12,11 @@ use std::time::Duration;
 
 use cryptun_server::{AdminToken, AuthMode, Store};
 use cryptun_testkit::raw::{WAIT, eventually};
+use cryptun_testkit::wsecho::{self, WsEcho};
 use cryptun_testkit::{Origin, RawWs, TempDir, TestClient, TestServer, Visitor, within};
+use futures_util::{SinkExt, StreamExt};
 use serde_json::Value;
+use tokio_tungstenite::tungstenite::Message;
 
 const TOKEN: &str = "dashboard-admin-token-0123456789";
 
@@ -300,4 +304,50 @@ async fn a_busy_node_lists_at_most_500_tunnels_and_counts_them_all() {
     let clients = data["clients"].as_array().unwrap();
     assert_eq!(clients.len(), 1);
     assert_eq!(clients[0]["tunnels"].as_array().unwrap().len(), limit);
+}
+
+/// The bytes of an upgraded connection count in its tunnel's `bytes_in`
+/// (visitor to app) and `bytes_out` (app to visitor), and the server's, as
+/// they pass: while the WebSocket is still open, not only once it closes.
+#[tokio::test]
+async fn websocket_messages_count_in_the_tunnels_bytes_as_they_pass() {
+    let server = TestServer::start_with(guarded(TestServer::test_config())).await;
+    let admin = Visitor::new(server.addr).with_admin_token(TOKEN);
+    let app = WsEcho::start().await;
+    let client = TestClient::start(&server, &app.target()).await;
+    let sub = client.tunnel.subdomain.clone();
+    let mut ws = within(
+        "the WebSocket handshake",
+        wsecho::connect(server.addr, &client.host, "/"),
+    )
+    .await
+    .unwrap();
+    let message = Message::binary(vec![42u8; 100_000]);
+    for _ in 0..3 {
+        ws.send(message.clone()).await.unwrap();
+        let echoed = within("the echo", ws.next()).await.unwrap().unwrap();
+        assert_eq!(echoed, message);
+    }
+    // Three 100,000-byte messages each way, in frames (a few bytes of
+    // header each; the visitor's masked): at least 300,000 bytes each way.
+    let data = snapshot_when(&admin, "the messages counted", |d| {
+        tunnel(d, &sub).is_some_and(|t| {
+            t["stats"]["bytes_in"].as_u64().unwrap() >= 300_000
+                && t["stats"]["bytes_out"].as_u64().unwrap() >= 300_000
+        })
+    })
+    .await;
+    let stats = &tunnel(&data, &sub).unwrap()["stats"];
+    assert!(stats["bytes_in"].as_u64().unwrap() < 301_000, "{stats:#}");
+    assert!(stats["bytes_out"].as_u64().unwrap() < 301_000, "{stats:#}");
+    let totals = &data["totals"];
+    assert!(
+        totals["bytes_in"].as_u64().unwrap() >= 300_000,
+        "{totals:#}"
+    );
+    assert!(
+        totals["bytes_out"].as_u64().unwrap() >= 300_000,
+        "{totals:#}"
+    );
+    ws.close(None).await.unwrap();
 }

@@ -62,6 +62,35 @@ impl AccessLog {
     }
 }
 
+impl AccessLog {
+    /// The dashboard counters that the bytes of a protocol switch to
+    /// `tunnel` (a WebSocket) move as they pass: the tunnel's and the
+    /// server's. (The exchange itself ends with the 101.)
+    pub(crate) fn switched(&self, tunnel: Arc<Stats>) -> Switched {
+        Switched(Tallies {
+            server: Arc::clone(&self.totals),
+            tunnel: Some(tunnel),
+        })
+    }
+}
+
+/// Counts an upgraded connection's bytes in the dashboard's `bytes_in`
+/// (from the visitor) and `bytes_out` (to the visitor).
+#[derive(Clone)]
+pub(crate) struct Switched(Tallies);
+
+impl Switched {
+    /// `n` bytes came from the visitor.
+    pub(crate) fn add_in(&self, n: u64) {
+        self.0.each(|s| s.add_in(n));
+    }
+
+    /// `n` bytes went to the visitor.
+    pub(crate) fn add_out(&self, n: u64) {
+        self.0.each(|s| s.add_out(n));
+    }
+}
+
 /// One visitor request to a tunnel, from arrival to the end of its response.
 pub(crate) struct Exchange {
     /// For the metrics at the end: one reference, where a copy of
@@ -148,11 +177,13 @@ impl Exchange {
         // An empty body may never be polled.
         self.complete = resp.body().is_end_stream();
         let total = self.log.metrics.bytes_out.clone();
+        let length = declared_length(&resp);
         resp.map(|inner| {
             BoxBody::new(ResponseBody {
                 inner,
                 exchange: self,
                 total,
+                length,
             })
         })
     }
@@ -271,12 +302,30 @@ impl HttpBody for RequestBody {
     }
 }
 
+/// The length a response declares (its body's exact size, else its
+/// `Content-Length`): hyper writes that many bytes and then stops reading
+/// the body, so a body streamed over the tunnel, whose end is a frame of
+/// its own, is dropped before it can say it ended. Reaching this length is
+/// the response delivered whole.
+fn declared_length(resp: &Response<Body>) -> Option<u64> {
+    resp.body().size_hint().exact().or_else(|| {
+        resp.headers()
+            .get(http::header::CONTENT_LENGTH)?
+            .to_str()
+            .ok()?
+            .parse()
+            .ok()
+    })
+}
+
 /// A response body on its way to the visitor, counted as it is written;
 /// dropping it ends the exchange.
 struct ResponseBody {
     inner: Body,
     exchange: Exchange,
     total: Counter,
+    /// The length it declared ([`declared_length`]), if any.
+    length: Option<u64>,
 }
 
 impl HttpBody for ResponseBody {
@@ -296,7 +345,10 @@ impl HttpBody for ResponseBody {
                     self.total.inc_by(n);
                     self.exchange.tallies.each(|s| s.add_out(n));
                 }
-                if self.inner.is_end_stream() {
+                let all = self
+                    .length
+                    .is_some_and(|len| self.exchange.bytes_out >= len);
+                if all || self.inner.is_end_stream() {
                     self.exchange.complete = true;
                 }
             }

@@ -333,6 +333,7 @@ impl Gateway {
             Ok(Target::Here(tunnel)) => {
                 let proxy = proxy::Proxy {
                     metrics: &self.metrics,
+                    log: &self.log,
                     body_read_timeout: self.config.body_read_timeout,
                     min_body_rate: self.config.min_body_rate,
                 };

@@ -5,6 +5,15 @@
 //! The visitor's bytes are read from the upgraded connection only after the
 //! 101 has been sent, so nothing it sends early reaches the app ahead of the
 //! app's acceptance.
+//!
+//! The bytes of both directions count in the dashboard's `bytes_in` and
+//! `bytes_out` of the tunnel (and the server) as they pass, read by read and
+//! write by write: a WebSocket that stays open for hours shows its traffic
+//! while it flows, not when it closes.
+
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use cryptun_proto::head::{headers_from_wire, keep_upgrade};
@@ -13,8 +22,10 @@ use cryptun_proto::{HeadError, ResponseHead};
 use http::{Response, StatusCode, header};
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tracing::{Instrument, debug, debug_span};
 
+use super::access_log::Switched;
 use super::response::refuse_response;
 use crate::body::{Body, full};
 use crate::error::GatewayError;
@@ -26,6 +37,7 @@ pub(crate) fn switch(
     on_upgrade: OnUpgrade,
     send: SendHalf<ResponseHead>,
     recv: RecvBody<ResponseHead>,
+    counted: Switched,
 ) -> Result<Response<Body>, GatewayError> {
     let id = send.id();
     let limits = mux.limits();
@@ -47,7 +59,11 @@ pub(crate) fn switch(
                 // Dropping both halves resets the stream at the client.
                 Err(err) => return debug!(%err, "the visitor's upgrade failed"),
             };
-            let (reader, writer) = tokio::io::split(TokioIo::new(upgraded));
+            let upgraded = Counted {
+                inner: TokioIo::new(upgraded),
+                counted,
+            };
+            let (reader, writer) = tokio::io::split(upgraded);
             let (up, down) = tokio::join!(
                 copy_into_stream(reader, send),
                 copy_from_stream(recv, writer)
@@ -60,4 +76,65 @@ pub(crate) fn switch(
     *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
     *resp.headers_mut() = headers;
     Ok(resp)
+}
+
+/// The visitor's upgraded connection, its bytes counted as they pass:
+/// those read came from the visitor, those written went to them.
+struct Counted<T> {
+    inner: T,
+    counted: Switched,
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Counted<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
+        let n = buf.filled().len().saturating_sub(before);
+        if n > 0 {
+            self.counted.add_in(n as u64);
+        }
+        polled
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Counted<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let polled = Pin::new(&mut self.inner).poll_write(cx, buf);
+        if let Poll::Ready(Ok(n)) = &polled {
+            self.counted.add_out(*n as u64);
+        }
+        polled
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let polled = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        if let Poll::Ready(Ok(n)) = &polled {
+            self.counted.add_out(*n as u64);
+        }
+        polled
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
 }

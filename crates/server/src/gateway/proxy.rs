@@ -20,7 +20,7 @@ use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::{Instant, timeout_at};
 use tracing::{Instrument, debug, debug_span};
 
-use super::access_log::RequestBody;
+use super::access_log::{AccessLog, RequestBody, Switched};
 use super::response::{build_response, refuse_response};
 use super::{hardening, passthrough};
 use crate::body::BoxError;
@@ -35,6 +35,8 @@ use crate::registry::Tunnel;
 /// counters for it.
 pub(crate) struct Proxy<'a> {
     pub(crate) metrics: &'a Metrics,
+    /// Where a protocol switch's bytes are counted.
+    pub(crate) log: &'a AccessLog,
     /// How long a visitor's body may leave the server waiting (408).
     pub(crate) body_read_timeout: Duration,
     /// The slowest a visitor's body may arrive (408).
@@ -202,7 +204,11 @@ impl Proxy<'_> {
                     .map_or(GatewayError::ClientReset, Into::into));
             }
         };
-        answer(mux, id, response, on_upgrade.zip(send), recv)
+        let switch = on_upgrade.zip(send).map(|(on_upgrade, send)| {
+            let counted = self.log.switched(Arc::clone(&tunnel.stats));
+            (on_upgrade, send, counted)
+        });
+        answer(mux, id, response, switch, recv)
     }
 
     /// The request's head for the client, its body guarded by the tunnel's
@@ -278,12 +284,12 @@ fn answer(
     mux: &Mux<ResponseHead>,
     id: u32,
     response: ResponseHead,
-    switch: Option<(OnUpgrade, SendHalf<ResponseHead>)>,
+    switch: Option<(OnUpgrade, SendHalf<ResponseHead>, Switched)>,
     recv: RecvBody<ResponseHead>,
 ) -> Result<Response<Body>, GatewayError> {
-    if let Some((on_upgrade, send)) = switch {
+    if let Some((on_upgrade, send, counted)) = switch {
         if response.status == 101 {
-            return passthrough::switch(response, mux, on_upgrade, send, recv);
+            return passthrough::switch(response, mux, on_upgrade, send, recv, counted);
         }
         // The app declined the switch: the connection stays plain HTTP, and
         // the request direction ends without bytes.
