@@ -164,7 +164,8 @@ fn events(json: bool, json_logs: bool, named: bool, server: &Endpoint) -> Events
             let ms = duration.as_secs_f64() * 1000.0;
             let error = error.as_deref();
             let line = if json {
-                request_json(&tunnel, &method, &path, status, ms, error)
+                let now = std::time::SystemTime::now();
+                request_json(now, &tunnel, &method, &path, status, ms, error)
             } else {
                 let line = request_text(&method, &path, status, ms, error);
                 if named {
@@ -192,9 +193,10 @@ fn events(json: bool, json_logs: bool, named: bool, server: &Endpoint) -> Events
 }
 
 /// A finished request as a JSON line (`duration_ms` to the microsecond),
-/// stamped with the time it ended: RFC 3339 UTC to the millisecond, as a
-/// log shipper parses the server's JSON logs.
+/// stamped with the time it ended, `at`: RFC 3339 UTC to the millisecond,
+/// as a log shipper parses the server's JSON logs.
 fn request_json(
+    at: std::time::SystemTime,
     tunnel: &str,
     method: &str,
     path: &str,
@@ -202,7 +204,7 @@ fn request_json(
     ms: f64,
     error: Option<&str>,
 ) -> String {
-    let timestamp = humantime::format_rfc3339_millis(std::time::SystemTime::now());
+    let timestamp = humantime::format_rfc3339_millis(at);
     serde_json::json!({
         "type": "request",
         "timestamp": timestamp.to_string(),
@@ -313,12 +315,14 @@ mod tests {
 
     #[test]
     fn a_request_json_line_rounds_the_duration_to_the_microsecond() {
-        let line = request_json("web", "GET", "/", 502, 1.234_567_8, Some("refused"));
+        let at = std::time::UNIX_EPOCH + std::time::Duration::from_micros(1_700_000_000_123_456);
+        let line = request_json(at, "web", "GET", "/", 502, 1.234_567_8, Some("refused"));
         let line: serde_json::Value = serde_json::from_str(&line).unwrap();
         assert_eq!(
             line,
             serde_json::json!({
                 "type": "request",
+                "timestamp": "2023-11-14T22:13:20.123Z",
                 "tunnel": "web",
                 "method": "GET",
                 "path": "/",
