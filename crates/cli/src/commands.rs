@@ -8,7 +8,7 @@ use cryptun_server::AuthMode;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::{DemoArgs, HttpArgs, Inspect, ServerArgs, keys, lines, output, paths};
+use crate::{DemoArgs, HttpArgs, Inspect, ServerArgs, keys, lines, local, output, paths};
 
 /// `cryptun server`.
 pub async fn server(args: ServerArgs) -> Result<()> {
@@ -214,7 +214,13 @@ fn certs(args: &ServerArgs, domain: &str) -> Result<Option<cryptun_server::Certs
 pub async fn http(args: HttpArgs, json_logs: bool) -> Result<()> {
     let shutdown = shutdown_on_signal();
     let target = match &args.target {
-        Some(target) => Target::parse(target)?,
+        Some(target) => {
+            let tls = cryptun_client::LocalTls {
+                ca: args.local_ca.clone(),
+                insecure: args.local_insecure,
+            };
+            local::target(target, args.host_header.clone(), tls)?
+        }
         None => start_hello(&shutdown).await?,
     };
     let first = args.servers.first().context("no server given")?;

@@ -7,6 +7,7 @@ mod commands;
 mod config;
 mod keys;
 mod lines;
+mod local;
 mod output;
 mod parse;
 mod paths;
@@ -18,7 +19,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{ArgGroup, Args, Parser, Subcommand};
-use cryptun_client::{BasicAuth, Secret};
+use cryptun_client::{BasicAuth, HostHeader, Secret};
 use cryptun_server::AdminToken;
 use cryptun_server::policy::Rate;
 
@@ -56,7 +57,7 @@ enum Command {
     Server(Box<ServerArgs>),
     /// Expose a local HTTP service through a server.
     #[command(
-        after_help = "Examples:\n  cryptun http 3000\n  cryptun http 192.168.1.5:8080 --subdomain myapp\n  cryptun http --hello --json\n  cryptun http 3000 --server https://tunnels.example.com\n  cryptun http 3000 --server https://localhost:4443 --ca ca.pem\n  cryptun http 3000 --server https://a.example.com --server https://b.example.com\n  CRYPTUN_BASIC_AUTH=ann:secret cryptun http 3000 --allow-ip 203.0.113.0/24"
+        after_help = "Examples:\n  cryptun http 3000\n  cryptun http 192.168.1.5:8080 --subdomain myapp\n  cryptun http --hello --json\n  cryptun http 3000 --server https://tunnels.example.com\n  cryptun http 3000 --server https://localhost:4443 --ca ca.pem\n  cryptun http 3000 --server https://a.example.com --server https://b.example.com\n  CRYPTUN_BASIC_AUTH=ann:secret cryptun http 3000 --allow-ip 203.0.113.0/24\n  cryptun http 5173 --host-header rewrite\n  cryptun http https://localhost:8443 --local-ca ~/.local/share/mkcert/rootCA.pem"
     )]
     Http(HttpArgs),
     /// Open tunnels declared in the client config file, over one connection.
@@ -280,9 +281,20 @@ struct ServerArgs {
 
 #[derive(Debug, Args)]
 struct HttpArgs {
-    /// The local service: a port (3000), host:port, or http://host:port.
+    /// The local service: a port (3000), host:port, http://host:port or https://host:port.
     #[arg(required_unless_present = "hello", conflicts_with = "hello")]
     target: Option<String>,
+    /// The Host requests carry to the local service: `preserve` (the visitor's), `rewrite` (the
+    /// target's host:port, for dev servers that check it: Vite, webpack, Django, Rails) or a value.
+    #[arg(long, value_name = "rewrite|preserve|VALUE", value_parser = parse::host_header)]
+    host_header: Option<HostHeader>,
+    /// Also trust the certificate authorities in this PEM file for an https:// target
+    /// (besides the system's).
+    #[arg(long, value_name = "FILE")]
+    local_ca: Option<PathBuf>,
+    /// Do not check an https:// target's certificate (self-signed development certificates).
+    #[arg(long, conflicts_with = "local_ca")]
+    local_insecure: bool,
     /// Serve the built-in hello page instead of a local service.
     #[arg(long)]
     hello: bool,

@@ -1,6 +1,6 @@
 //! Parsers for flag values that are not plain numbers or durations.
 
-use cryptun_client::BasicAuth;
+use cryptun_client::{BasicAuth, HostHeader};
 use cryptun_server::AdminToken;
 
 /// An address or CIDR block, checked here (the server would refuse a bad
@@ -16,6 +16,12 @@ pub fn server(s: &str) -> Result<String, String> {
     cryptun_client::target::control_url(s)
         .map(|_| s.to_owned())
         .map_err(|e| e.to_string())
+}
+
+/// A `--host-header`: `rewrite`, `preserve` or a host with an optional port.
+pub fn host_header(s: &str) -> Result<HostHeader, String> {
+    s.parse()
+        .map_err(|e: cryptun_client::AddressError| e.to_string())
 }
 
 /// A `--trusted-proxy` address or CIDR block; not one holding every

@@ -6,10 +6,10 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
 use clap::{ArgGroup, Args};
-use cryptun_client::{ClientConfig, Secret};
+use cryptun_client::{ClientConfig, HostHeader, Secret};
 
 use crate::config::{ConfigFile, tunnels};
-use crate::{Inspect, commands, keys, output};
+use crate::{Inspect, commands, keys, local, output};
 
 /// The arguments of `cryptun start`.
 #[derive(Debug, Args)]
@@ -39,6 +39,10 @@ pub struct StartArgs {
     /// Print one JSON object per line (a tunnel_created per tunnel, then one per request).
     #[arg(long)]
     json: bool,
+    /// The Host requests carry to the local services, for tunnels that do not set their own
+    /// host_header: `preserve` (the visitor's), `rewrite` (the target's host:port) or a value.
+    #[arg(long, value_name = "rewrite|preserve|VALUE", value_parser = crate::parse::host_header)]
+    host_header: Option<HostHeader>,
     /// Also trust the certificate authorities in this PEM file for an https:// server.
     #[arg(long, env = "CRYPTUN_CA")]
     ca: Option<PathBuf>,
@@ -60,7 +64,15 @@ pub async fn start(args: StartArgs, file: Option<ConfigFile>, json_logs: bool) -
             path.display()
         );
     };
-    let chosen = tunnels::select(&file, tunnels::declared(&file)?, &args.names, args.all)?;
+    let mut chosen = tunnels::select(&file, tunnels::declared(&file)?, &args.names, args.all)?;
+    for tunnel in &mut chosen {
+        if let Some(host_header) = &args.host_header
+            && !tunnel.sets_host_header
+        {
+            tunnel.config.target.set_host_header(host_header.clone());
+        }
+        local::check(&tunnel.config.target)?;
+    }
     let shown: Vec<(String, String)> = chosen
         .iter()
         .map(|d| (d.name.clone(), d.config.target.to_string()))

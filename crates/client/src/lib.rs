@@ -35,6 +35,10 @@
 //!   failure becomes.
 //! - `local`: connections to the local service, pooled, each driven by
 //!   the task forwarding the request on it.
+//! - `local_tls`: TLS to an `https://` local service ([`LocalTls`]: the
+//!   system's authorities, `--local-ca`, or `--local-insecure`).
+//! - `host_header`: the `Host` requests carry to the local service
+//!   ([`HostHeader`]: `preserve`, `rewrite` or a value).
 //! - `observe`: what `forward` reports of each exchange, to whoever watches
 //!   (the inspector).
 //! - `routes`: which tunnel's local service a request goes to.
@@ -53,8 +57,10 @@ mod events;
 mod forward;
 mod handshake;
 pub mod hello;
+mod host_header;
 pub mod inspector;
 mod local;
+mod local_tls;
 mod names;
 mod observe;
 pub mod reconnect;
@@ -73,7 +79,9 @@ pub use cryptun_proto::Secret;
 pub use cryptun_proto::message::{BasicAuth, TunnelCreated};
 pub use events::{Event, Events};
 pub use handshake::connect;
+pub use host_header::HostHeader;
 pub use inspector::{Inspector, InspectorLimits};
+pub use local_tls::{LocalTls, LocalTlsError};
 pub use reconnect::{Reconnect, serve};
 pub use servers::Endpoint;
 pub use session::Session;

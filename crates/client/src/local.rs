@@ -16,6 +16,9 @@
 //! local service before it is used; a request that a stale connection
 //! never sent is sent again on a new one. A request abandoned midway drops
 //! its connection, which closes it. A sweeper closes what idled too long.
+//!
+//! An `https://` target's connections are TLS (`local_tls`), pooled apart
+//! from plain ones: the pool is keyed by the whole [`Target`].
 
 use std::collections::HashMap;
 use std::future::{Future, poll_fn};
@@ -25,20 +28,21 @@ use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::uri::Authority;
-use http::{HeaderValue, Request, Response};
+use http::{Request, Response};
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::combinators::BoxBody;
 use hyper::body::Incoming;
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
+use tokio_util::either::Either;
 // Tokio's clock, which tests can pause: the idle deadlines follow it.
 use tokio::time::Instant;
 
 use cryptun_proto::HeadError;
 
 use crate::Target;
+use crate::local_tls::{Connectors, LocalTlsError};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -61,6 +65,15 @@ pub(crate) enum LocalError {
     Connect(std::io::Error),
     #[error("connect: no answer within {0:?}")]
     ConnectTimeout(Duration),
+    /// The TLS settings could not be used.
+    #[error("{0}")]
+    TlsSetup(LocalTlsError),
+    /// The local service's certificate was refused, and why.
+    #[error("its TLS certificate was refused: {0}")]
+    Certificate(String),
+    /// The TLS handshake failed otherwise (not a TLS port, ...).
+    #[error("TLS handshake: {0}")]
+    Tls(std::io::Error),
     #[error(transparent)]
     Http(#[from] hyper::Error),
 }
@@ -70,9 +83,11 @@ pub(crate) enum LocalError {
 pub(crate) struct LocalPool {
     idle: Arc<Mutex<Idle>>,
     connect_timeout: Duration,
+    /// TLS for `https://` targets.
+    tls: Arc<Connectors>,
 }
 
-type Idle = HashMap<Authority, Vec<(Conn, Instant)>>;
+type Idle = HashMap<Target, Vec<(Conn, Instant)>>;
 
 /// One HTTP/1.1 connection: the handle requests are sent on and the
 /// connection itself, which nobody polls but the task using it.
@@ -132,6 +147,7 @@ impl LocalPool {
         LocalPool {
             idle,
             connect_timeout,
+            tls: Arc::default(),
         }
     }
 
@@ -160,9 +176,7 @@ impl LocalPool {
         mut request: Request<LocalBody>,
     ) -> Result<Response<DrivenBody>, LocalError> {
         loop {
-            let next = checked_out
-                .take()
-                .or_else(|| self.checkout(target.authority()));
+            let next = checked_out.take().or_else(|| self.checkout(target));
             let (mut conn, pooled) = match next {
                 Some(conn) => (conn, true),
                 None => (self.connect(target).await?, false),
@@ -197,12 +211,12 @@ impl LocalPool {
                         .await;
                     }
                     let pool = Arc::downgrade(&self.idle);
-                    let authority = target.authority().clone();
+                    let home = target.clone();
                     return Ok(response.map(|body| DrivenBody {
                         body,
                         ended: false,
                         conn: Some(conn),
-                        home: Some((pool, authority)),
+                        home: Some((pool, home)),
                     }));
                 }
                 Err(mut err) => match err.take_message() {
@@ -216,11 +230,11 @@ impl LocalPool {
         }
     }
 
-    /// The most recently used idle connection to `authority` that is still
+    /// The most recently used idle connection to `target` that is still
     /// open.
-    fn checkout(&self, authority: &Authority) -> Option<Conn> {
+    fn checkout(&self, target: &Target) -> Option<Conn> {
         let mut idle = lock(&self.idle);
-        let list = idle.get_mut(authority)?;
+        let list = idle.get_mut(target)?;
         while let Some((mut conn, since)) = list.pop() {
             if since.elapsed() < POOL_IDLE && conn.reusable() {
                 return Some(conn);
@@ -237,7 +251,18 @@ impl LocalPool {
             .map_err(LocalError::Connect)?;
         // Heads and small bodies go out at once, not after a delayed ACK.
         tcp.set_nodelay(true).map_err(LocalError::Connect)?;
-        let (sender, io) = http1::handshake(TokioIo::new(tcp)).await?;
+        let io = match target.local_tls() {
+            None => Either::Left(tcp),
+            Some(tls) => {
+                let host = target.authority().host();
+                let handshake = self.tls.handshake(tls, host, tcp);
+                let tls = tokio::time::timeout(self.connect_timeout, handshake)
+                    .await
+                    .map_err(|_| LocalError::ConnectTimeout(self.connect_timeout))??;
+                Either::Right(tls)
+            }
+        };
+        let (sender, io) = http1::handshake(TokioIo::new(io)).await?;
         Ok(Conn {
             sender,
             io: Some(Box::pin(io.with_upgrades())),
@@ -245,14 +270,14 @@ impl LocalPool {
     }
 }
 
-/// Keeps a connection for the next request to `authority`, if it can take
+/// Keeps a connection for the next request to `target`, if it can take
 /// one and there is room.
-fn check_in(idle: &Mutex<Idle>, authority: Authority, mut conn: Conn) {
+fn check_in(idle: &Mutex<Idle>, target: Target, mut conn: Conn) {
     if !conn.reusable() {
         return;
     }
     let mut idle = lock(idle);
-    let list = idle.entry(authority).or_default();
+    let list = idle.entry(target).or_default();
     if list.len() < MAX_IDLE {
         list.push((conn, Instant::now()));
     }
@@ -287,7 +312,7 @@ pub(crate) struct DrivenBody {
     /// The body said it ended (a chunked one never reports it beforehand).
     ended: bool,
     conn: Option<Conn>,
-    home: Option<(Weak<Mutex<Idle>>, Authority)>,
+    home: Option<(Weak<Mutex<Idle>>, Target)>,
 }
 
 impl Body for DrivenBody {
@@ -323,9 +348,9 @@ impl Drop for DrivenBody {
         if !self.ended && !self.body.is_end_stream() {
             return;
         }
-        if let (Some(conn), Some((idle, authority))) = (self.conn.take(), self.home.take()) {
+        if let (Some(conn), Some((idle, target))) = (self.conn.take(), self.home.take()) {
             if let Some(idle) = idle.upgrade() {
-                check_in(&idle, authority, conn);
+                check_in(&idle, target, conn);
             }
         }
     }
@@ -340,12 +365,20 @@ pub(crate) fn origin_form(path: &str) -> Result<http::Uri, HeadError> {
         .ok_or_else(|| HeadError::Path(path.to_owned()))
 }
 
-/// Gives `request` (its URI from [`origin_form`]) a `Host` naming `target`
-/// when it had none, as a direct connection needs.
+/// Gives `request` (its URI from [`origin_form`]) the `Host` the target's
+/// [`HostHeader`](crate::HostHeader) says, and one naming `target` when it
+/// has none, as a direct connection needs.
 pub(crate) fn address(request: &mut Request<LocalBody>, target: &Target) {
-    if !request.headers().contains_key(http::header::HOST) {
-        if let Ok(host) = HeaderValue::from_str(target.authority().as_str()) {
-            request.headers_mut().insert(http::header::HOST, host);
+    let headers = request.headers_mut();
+    let chosen = target
+        .host_header()
+        .host(target.authority(), target.is_https());
+    if let Some(host) = chosen {
+        headers.insert(http::header::HOST, host);
+    } else if !headers.contains_key(http::header::HOST) {
+        let rewrite = crate::HostHeader::Rewrite;
+        if let Some(host) = rewrite.host(target.authority(), target.is_https()) {
+            headers.insert(http::header::HOST, host);
         }
     }
 }

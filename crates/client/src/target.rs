@@ -5,10 +5,17 @@ use std::fmt;
 
 use http::uri::Authority;
 
-/// The local service requests are forwarded to.
-#[derive(Debug, Clone, PartialEq, Eq)]
+use crate::host_header::HostHeader;
+use crate::local_tls::LocalTls;
+
+/// The local service requests are forwarded to, and how: over TLS or not,
+/// and with which `Host`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Target {
     authority: Authority,
+    /// `Some` for an `https://` target: how its certificate is trusted.
+    tls: Option<LocalTls>,
+    host_header: HostHeader,
 }
 
 /// Input that names no usable address.
@@ -17,18 +24,21 @@ pub struct Target {
 pub struct AddressError(pub String);
 
 impl Target {
-    /// Parses `3000`, `host:3000` or `http://host:3000`.
+    /// Parses `3000`, `host:3000`, `http://host:3000` or
+    /// `https://host:8443` (port 443 if none), the `Host` preserved and an
+    /// `https://` certificate checked against the system's authorities.
     pub fn parse(input: &str) -> Result<Self, AddressError> {
         let bad = |why: &str| AddressError(format!("invalid target {input:?}: {why}"));
-        let rest = if let Some(rest) = input.strip_prefix("http://") {
-            rest.trim_end_matches('/')
-        } else if input.starts_with("https://") {
-            return Err(bad("https targets are not supported yet; use http://"));
+        let (rest, tls) = if let Some(rest) = input.strip_prefix("http://") {
+            (rest.trim_end_matches('/'), None)
+        } else if let Some(rest) = input.strip_prefix("https://") {
+            (rest.trim_end_matches('/'), Some(LocalTls::default()))
         } else if input.contains("://") {
-            return Err(bad("only http:// targets are supported"));
+            return Err(bad("only http:// and https:// targets are supported"));
         } else {
-            input
+            (input, None)
         };
+        let default_port = if tls.is_some() { 443 } else { 80 };
         let authority = if !rest.is_empty() && rest.bytes().all(|b| b.is_ascii_digit()) {
             let port: u16 = rest.parse().map_err(|_| bad("port out of range"))?;
             if port == 0 {
@@ -38,7 +48,7 @@ impl Target {
         } else if rest.contains(':') || rest.starts_with('[') {
             rest.to_owned()
         } else if !rest.is_empty() && !rest.contains('/') {
-            format!("{rest}:80")
+            format!("{rest}:{default_port}")
         } else {
             return Err(bad("expected a port, host:port or http://host:port"));
         };
@@ -51,18 +61,58 @@ impl Target {
         if authority.port_u16().is_none() {
             return Err(bad("missing port"));
         }
-        Ok(Target { authority })
+        Ok(Target {
+            authority,
+            tls,
+            host_header: HostHeader::default(),
+        })
     }
 
     /// The target's `host:port`.
     pub(crate) fn authority(&self) -> &Authority {
         &self.authority
     }
+
+    /// Whether it is an `https://` target.
+    pub fn is_https(&self) -> bool {
+        self.tls.is_some()
+    }
+
+    /// How an `https://` target's certificate is trusted.
+    pub fn local_tls(&self) -> Option<&LocalTls> {
+        self.tls.as_ref()
+    }
+
+    /// Sets how the certificate is trusted (`--local-ca`,
+    /// `--local-insecure`): for an `https://` target only.
+    pub fn set_local_tls(&mut self, tls: LocalTls) -> Result<(), AddressError> {
+        match &mut self.tls {
+            Some(ours) => *ours = tls,
+            None if tls == LocalTls::default() => {}
+            None => {
+                return Err(AddressError(format!(
+                    "--local-ca and --local-insecure are for https:// targets; {self} is plain HTTP"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Which `Host` requests carry to it.
+    pub fn host_header(&self) -> &HostHeader {
+        &self.host_header
+    }
+
+    /// Sets which `Host` requests carry to it (`--host-header`).
+    pub fn set_host_header(&mut self, host_header: HostHeader) {
+        self.host_header = host_header;
+    }
 }
 
 impl fmt::Display for Target {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "http://{}", self.authority)
+        let scheme = if self.is_https() { "https" } else { "http" };
+        write!(f, "{scheme}://{}", self.authority)
     }
 }
 
@@ -119,17 +169,43 @@ mod tests {
             Target::parse("intranet").unwrap().to_string(),
             "http://intranet:80"
         );
+        let https = Target::parse("https://localhost:8443/").unwrap();
+        assert_eq!(https.to_string(), "https://localhost:8443");
+        assert!(https.is_https());
+        assert_eq!(
+            Target::parse("https://dev.test").unwrap().to_string(),
+            "https://dev.test:443"
+        );
         for bad in [
             "",
             "0",
             "70000",
-            "https://x:1",
             "ftp://x",
+            "https://",
             "a/b",
             "http://u@x:1",
         ] {
             assert!(Target::parse(bad).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn local_tls_settings_are_for_https_targets_only() {
+        let insecure = LocalTls {
+            ca: None,
+            insecure: true,
+        };
+        let mut https = Target::parse("https://localhost:8443").unwrap();
+        https.set_local_tls(insecure.clone()).unwrap();
+        assert_eq!(https.local_tls(), Some(&insecure));
+        let mut plain = Target::parse("3000").unwrap();
+        let err = plain.set_local_tls(insecure).unwrap_err();
+        assert!(
+            err.0.contains("http://127.0.0.1:3000 is plain HTTP"),
+            "{err}"
+        );
+        plain.set_local_tls(LocalTls::default()).unwrap();
+        assert_eq!(plain.local_tls(), None);
     }
 
     #[test]

@@ -13,8 +13,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, ServerName};
+use rustls::pki_types::ServerName;
 use rustls::{CertificateError, RootCertStore};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
@@ -22,6 +21,7 @@ use tokio_rustls::client::TlsStream;
 use tokio_util::either::Either;
 
 use crate::ClientError;
+use crate::local_tls::add_pem_roots;
 use crate::servers::{Endpoint, host_port};
 
 /// A connection to the server, plain or TLS.
@@ -74,22 +74,10 @@ fn connector(ca: Option<&Path>) -> Result<TlsConnector, ClientError> {
         roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
     };
     if let Some(path) = ca {
-        let bad = |reason: String| ClientError::Ca {
+        add_pem_roots(&mut roots, path).map_err(|reason| ClientError::Ca {
             path: path.to_owned(),
             reason,
-        };
-        let pem = std::fs::read(path).map_err(|e| bad(e.to_string()))?;
-        let certs = CertificateDer::pem_slice_iter(&pem)
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| bad(e.to_string()))?;
-        if certs.is_empty() {
-            return Err(bad("no CERTIFICATE block in the file".into()));
-        }
-        for cert in certs {
-            roots
-                .add(cert)
-                .map_err(|e| bad(format!("not a usable CA certificate: {e}")))?;
-        }
+        })?;
     }
     let config = rustls::ClientConfig::builder_with_provider(Arc::new(
         rustls::crypto::ring::default_provider(),

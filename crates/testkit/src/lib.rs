@@ -12,6 +12,8 @@
 //!   large bodies, hashing uploads, delays, hangs and streamed responses.
 //! - [`visitor`]: HTTP requests to the server with any Host, and a raw
 //!   socket for byte-level tests.
+//! - [`devserver`]: local services as development servers are: one that
+//!   refuses unknown Hosts, one over HTTPS with a test authority.
 //! - [`inspector`]: [`TestInspector`], the client's request inspector on
 //!   `127.0.0.1:0`, with its JSON API.
 //! - [`browser`]: [`Browser`], headless Chromium driven over the DevTools
@@ -30,6 +32,7 @@
 
 pub mod browser;
 pub mod client;
+pub mod devserver;
 pub mod inspector;
 pub mod origin;
 pub mod process;

@@ -120,8 +120,20 @@ fn the_client_example_loads_and_shows_every_key() {
         let file: ConfigFile = file.unwrap();
         let declared = tunnels::declared(&file).unwrap();
         let names: Vec<&str> = declared.iter().map(|d| d.name.as_str()).collect();
-        assert_eq!(names, ["web", "api"]);
+        assert_eq!(names, ["web", "api", "dev"]);
         let web = &declared[0].config;
+        assert_eq!(
+            web.target.host_header(),
+            &cryptun_client::HostHeader::Rewrite
+        );
+        assert!(declared[0].sets_host_header && !declared[1].sets_host_header);
+        let dev = &declared[2].config.target;
+        assert_eq!(dev.to_string(), "https://localhost:8443");
+        let ca = dev.local_tls().and_then(|tls| tls.ca.as_deref());
+        assert_eq!(
+            ca,
+            Some(Path::new("/home/me/.local/share/mkcert/rootCA.pem"))
+        );
         assert_eq!(web.subdomain.as_deref(), Some("myapp"));
         assert_eq!(web.allow_ips, ["203.0.113.0/24"]);
         assert_eq!(web.max_body_size, Some(10 << 20));
@@ -274,4 +286,38 @@ fn servers_come_from_a_list_or_the_one_server_of_older_files() {
     }
     let err = http_servers(&["http", "3000", "--server", "ftp://x"]).unwrap_err();
     assert!(err.contains("invalid server address"), "{err}");
+}
+
+/// `[tunnels.NAME]` tables that set TLS keys for a plain target, or both
+/// of them, or a bad host header, are refused at their line.
+#[test]
+fn bad_local_service_settings_in_a_tunnel_are_refused_with_their_line() {
+    let refused = |table: &str| {
+        let (_dir, path) = temp_file(&format!("[tunnels.web]\n{table}"));
+        let args = argv(&["start", "--all", "--config", path.to_str().unwrap()]);
+        format!("{:#}", parse_from(&args).unwrap_err())
+    };
+    let plain = refused("target = \"3000\"\nlocal_insecure = true\n");
+    assert!(plain.contains(":3: key `local_insecure`"), "{plain}");
+    assert!(
+        plain.contains("http://127.0.0.1:3000 is plain HTTP"),
+        "{plain}"
+    );
+    let both = refused(
+        "target = \"https://localhost:8443\"\nlocal_ca = \"ca.pem\"\nlocal_insecure = true\n",
+    );
+    assert!(
+        both.contains("sets both local_ca and local_insecure"),
+        "{both}"
+    );
+    let host = refused("target = \"3000\"\nhost_header = \"a b\"\n");
+    assert!(host.contains("key `host_header`"), "{host}");
+    assert!(host.contains("expected rewrite, preserve"), "{host}");
+    // At the top level, for `cryptun http` as for `cryptun start`.
+    let (_dir, path) = temp_file("host_header = \"rewrite\"\n");
+    let args = argv(&["http", "3000", "--config", path.to_str().unwrap()]);
+    let Command::Http(http) = parse_from(&args).unwrap().0.command else {
+        panic!("not http");
+    };
+    assert_eq!(http.host_header, Some(cryptun_client::HostHeader::Rewrite));
 }

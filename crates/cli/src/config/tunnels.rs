@@ -1,27 +1,32 @@
 //! The `[tunnels.NAME]` tables of `client.toml`: each key is a flag of
-//! `cryptun http` (`target`, `subdomain`, `basic_auth`, `allow_ips`, ...),
+//! `cryptun http` (`target`, `subdomain`, `basic_auth`, `allow_ips`,
+//! `host_header`, `local_ca`, ...),
 //! checked by that flag's own parser, so a tunnel in a file means what the
 //! same flags would on the command line. Environment variables do not
 //! reach into tunnels: each says all it wants.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Result, anyhow, bail};
 use clap::{ArgMatches, Command, CommandFactory};
-use cryptun_client::{BasicAuth, Target, TunnelConfig};
+use cryptun_client::{BasicAuth, HostHeader, LocalTls, Target, TunnelConfig};
 use toml::de::{DeTable, DeValue};
 
 use super::{ConfigFile, Entry, check, entries, file_arg};
 use crate::Cli;
 
 /// The flags of `cryptun http` a tunnel table may set, besides `target`.
-pub const TUNNEL_KEYS: [&str; 6] = [
+pub const TUNNEL_KEYS: [&str; 9] = [
     "subdomain",
     "request_timeout",
     "basic_auth",
     "allow_ips",
     "deny_ips",
     "max_body_size",
+    "host_header",
+    "local_ca",
+    "local_insecure",
 ];
 
 /// A tunnel declared in the file.
@@ -31,6 +36,9 @@ pub struct Declared {
     pub name: String,
     /// What to open.
     pub config: TunnelConfig,
+    /// Whether its table says its `host_header` (else `start --host-header`
+    /// or the file's top-level one applies).
+    pub sets_host_header: bool,
 }
 
 /// Every tunnel of `file`, in file order.
@@ -55,7 +63,14 @@ pub fn declared(file: &ConfigFile) -> Result<Vec<Declared>> {
             };
             let name = entry.key.get_ref().to_string();
             let config = tunnel(file, &entry, table, http)?;
-            Ok(Declared { name, config })
+            let sets_host_header = entries(table)
+                .iter()
+                .any(|e| e.key.get_ref().replace('-', "_") == "host_header");
+            Ok(Declared {
+                name,
+                config,
+                sets_host_header,
+            })
         })
         .collect()
 }
@@ -110,6 +125,7 @@ fn tunnel(
 ) -> Result<TunnelConfig> {
     let name = at.key.get_ref();
     let mut target = None;
+    let mut tls_at = None;
     let mut matches: Vec<(String, ArgMatches)> = Vec::new();
     for entry in entries(table) {
         let key = entry.key.get_ref();
@@ -130,7 +146,12 @@ fn tunnel(
             return Err(file.key_error(&entry, what));
         };
         let checked = check(file, &entry, arg)?;
-        matches.push((arg.get_id().to_string(), checked));
+        let id = arg.get_id().to_string();
+        if id == "local_ca" || id == "local_insecure" {
+            let at = file.at(entry.key.span().start);
+            tls_at = Some(format!("{at}: key `{}`", entry.key.get_ref()));
+        }
+        matches.push((id, checked));
     }
     let target = target.ok_or_else(|| {
         anyhow!(
@@ -140,6 +161,7 @@ fn tunnel(
     })?;
     let mut config = TunnelConfig::new(target);
     config.name = Some(name.to_string());
+    let mut tls = LocalTls::default();
     for (id, m) in matches {
         match id.as_str() {
             "subdomain" => config.subdomain = m.get_one::<String>(&id).cloned(),
@@ -148,8 +170,24 @@ fn tunnel(
             "max_body_size" => config.max_body_size = m.get_one::<u64>(&id).copied(),
             "allow_ips" => config.allow_ips = strings(&m, &id),
             "deny_ips" => config.deny_ips = strings(&m, &id),
+            "host_header" => {
+                if let Some(host_header) = m.get_one::<HostHeader>(&id) {
+                    config.target.set_host_header(host_header.clone());
+                }
+            }
+            "local_ca" => tls.ca = m.get_one::<PathBuf>(&id).cloned(),
+            "local_insecure" => tls.insecure = m.get_flag(&id),
             _ => {}
         }
+    }
+    if tls.ca.is_some() && tls.insecure {
+        bail!(
+            "{}: [tunnels.{name}] sets both local_ca and local_insecure; choose one",
+            file.at(at.key.span().start)
+        );
+    }
+    if let Err(err) = config.target.set_local_tls(tls) {
+        return Err(tls_at.map_or_else(|| anyhow!("{err}"), |at| anyhow!("{at}: {err}")));
     }
     Ok(config)
 }
