@@ -5,6 +5,7 @@
 
 mod commands;
 mod config;
+mod held;
 mod keys;
 mod lines;
 mod local;

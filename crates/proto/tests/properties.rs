@@ -247,6 +247,7 @@ fn tunnel_created() -> impl Strategy<Value = TunnelCreated> {
                 subdomain,
                 public_url,
                 binary_streams,
+                capabilities: Default::default(),
                 request_timeout_ms,
                 limits,
                 reconnect_secret,
