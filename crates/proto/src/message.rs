@@ -19,7 +19,10 @@ use crate::secret::Secret;
 
 #[path = "created.rs"]
 mod created;
+#[path = "decode_error.rs"]
+mod decode_error;
 pub use created::{SessionLimits, TunnelCreated};
+pub use decode_error::DecodeError;
 
 /// The protocol version this build speaks. A client that names no version is
 /// taken to speak version 1.
@@ -216,27 +219,6 @@ pub fn encode<T: Serialize>(message: &T) -> String {
     serde_json::to_string(message).unwrap_or_else(|_| String::from("{}"))
 }
 
-/// Why a text frame could not be decoded.
-#[derive(Debug, thiserror::Error)]
-pub enum DecodeError {
-    /// Valid JSON object, but a `type` this version does not know.
-    #[error("unknown message type {0:?}")]
-    UnknownType(String),
-    /// Not JSON, not an object, no `type`, or fields of the wrong shape.
-    #[error("malformed message: {0}")]
-    Malformed(String),
-}
-
-impl DecodeError {
-    /// The code to report this error under.
-    pub fn code(&self) -> ErrorCode {
-        match self {
-            DecodeError::UnknownType(_) => ErrorCode::UnknownType,
-            DecodeError::Malformed(_) => ErrorCode::BadMessage,
-        }
-    }
-}
-
 /// Parses one text frame, telling an unknown `type` apart from malformed
 /// input, through serde's support for tagged enums, which first buffers the
 /// whole message into a generic tree (many times its size for a message of
@@ -267,7 +249,7 @@ impl ClientMessage {
         let tag = tag_unless_first(text, "response")?;
         Ok(match tag.as_ref() {
             "response" => {
-                let r: Response = fields(text)?;
+                let r: Response = fields(text).map_err(|err| bad_response(text, err))?;
                 ClientMessage::Response {
                     request_id: r.request_id,
                     response: r.response,
@@ -370,6 +352,26 @@ fn tag_unless_first<'a>(text: &'a str, first: &'static str) -> Result<Cow<'a, st
         Ok(Cow::Borrowed(first))
     } else {
         tag(text)
+    }
+}
+
+/// `err`, the reason a `response` could not be read, as a refusal of its
+/// request when its `request_id` can be read alone (the rest skipped, not
+/// built), so that request fails at once instead of waiting for its timeout.
+fn bad_response(text: &str, err: DecodeError) -> DecodeError {
+    #[derive(Deserialize)]
+    struct Id {
+        /// Declared so that a second `type` stays malformed.
+        #[serde(rename = "type")]
+        _tag: IgnoredAny,
+        request_id: u32,
+    }
+    match (serde_json::from_str::<Id>(text), err) {
+        (Ok(id), DecodeError::Malformed(reason)) => DecodeError::BadResponse {
+            request_id: id.request_id,
+            reason,
+        },
+        (_, err) => err,
     }
 }
 

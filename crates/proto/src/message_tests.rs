@@ -333,6 +333,30 @@ fn every_message_decodes_as_serde_s_tagged_enum_would_read_it() {
 }
 
 #[test]
+fn a_response_with_a_bad_head_names_its_request() {
+    for head in [
+        r#"{"status":200,"headers":{"x":[1,2]}}"#,
+        r#"{"status":200,"headers":{"x":{"y":1}}}"#,
+        r#"{"status":"ok"}"#,
+    ] {
+        let text = format!(r#"{{"type":"response","request_id":9,"response":{head}}}"#);
+        let err = ClientMessage::decode(&text).unwrap_err();
+        assert!(
+            matches!(&err, DecodeError::BadResponse { request_id: 9, .. }),
+            "{err:?}"
+        );
+        assert_eq!(err.code(), ErrorCode::BadResponse);
+        assert_eq!(err.request_id(), Some(9));
+    }
+    // No readable id: malformed, as before.
+    let no_id = r#"{"type":"response","request_id":"nine","response":{"status":200}}"#;
+    assert!(matches!(
+        ClientMessage::decode(no_id),
+        Err(DecodeError::Malformed(_))
+    ));
+}
+
+#[test]
 fn a_message_is_an_object() {
     for text in [r#"["ping"]"#, r#"["cancel",5]"#, "5", r#""ping""#] {
         assert!(

@@ -339,11 +339,17 @@ async fn on_text(
         }
         Err(err) => {
             debug!(%err, "bad message from client");
+            let id = err.request_id();
             mux.queue_text(encode(&ServerMessage::error(
                 err.code(),
                 err.to_string(),
-                None,
+                id,
             )));
+            // A response that could not be read fails its request now: the
+            // visitor gets 502 rather than waiting for the timeout.
+            if let Some(id) = id {
+                mux.reset(id);
+            }
         }
     }
     None
