@@ -56,7 +56,7 @@ port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); pr
 server=$!
 pids+=($server)
 for _ in $(seq 50); do curl -sf "http://127.0.0.1:$port/healthz" >/dev/null && break; sleep 0.1; done
-"$bin/cryptun" http "$origin" --server "http://127.0.0.1:$port" --json --inspect off \
+"$bin/cryptun" http "$origin" --server "http://127.0.0.1:$port" --json --inspect=off \
     >"$work/client.out" 2>/dev/null &
 client=$!
 pids+=($client)

@@ -331,8 +331,7 @@ pub fn start_client(
             "--json".into(),
             // The tunnel itself is measured; the request inspector (a
             // debugging aid that copies the start of every body) is not.
-            "--inspect".into(),
-            "off".into(),
+            "--inspect=off".into(),
         ],
         &env.logs.join(log),
     )?;

@@ -2,13 +2,13 @@
 //! runs until Ctrl-C (or SIGTERM).
 
 use anyhow::{Context, Result};
-use cryptun_client::{ClientConfig, ClientError, Inspector, Target, inspector};
+use cryptun_client::{ClientConfig, ClientError, Target};
 use cryptun_proto::ErrorCode;
 use cryptun_server::AuthMode;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::{DemoArgs, HttpArgs, Inspect, ServerArgs, keys, lines, local, output, paths};
+use crate::{DemoArgs, HttpArgs, ServerArgs, inspect, keys, local, output, paths};
 
 /// `cryptun server`.
 pub async fn server(args: ServerArgs) -> Result<()> {
@@ -234,12 +234,9 @@ pub async fn http(args: HttpArgs, json_logs: bool) -> Result<()> {
     config.tunnel.max_body_size = args.max_body_size;
     config.ca = args.ca;
     config.token = keys::client_token(args.token)?;
-    config.state_dir = paths::state_dir();
-    let inspector = start_inspector(args.inspect, &shutdown).await;
+    let inspector = inspect::start(&args.inspect, &shutdown).await;
     config.inspector = inspector.as_ref().map(|(inspector, _)| inspector.clone());
-    let Some(session) = connect(&config, &shutdown).await? else {
-        return Ok(());
-    };
+    let session = connect(&config).await?;
     let shown = if args.hello {
         "built-in hello page".to_owned()
     } else {
@@ -255,13 +252,9 @@ pub async fn http(args: HttpArgs, json_logs: bool) -> Result<()> {
     Ok(())
 }
 
-/// Connects and creates the tunnels, waiting out names held for another
-/// client (`None` if `shutdown` fired meanwhile); a refused key gets a hint.
-pub async fn connect(
-    config: &ClientConfig,
-    shutdown: &CancellationToken,
-) -> Result<Option<cryptun_client::Session>> {
-    match crate::held::connect(config, shutdown).await {
+/// Connects and creates the tunnels; a refused key gets a hint.
+pub async fn connect(config: &ClientConfig) -> Result<cryptun_client::Session> {
+    match cryptun_client::connect(config).await {
         Ok(session) => Ok(session),
         Err(
             err @ ClientError::Refused {
@@ -292,7 +285,7 @@ pub async fn demo(args: DemoArgs, json_logs: bool) -> Result<()> {
     ));
     let target = start_hello(&shutdown).await?;
     let mut config = ClientConfig::new(&format!("http://{addr}"), target)?;
-    let inspector = start_inspector(args.inspect, &shutdown).await;
+    let inspector = inspect::start(&args.inspect, &shutdown).await;
     config.inspector = inspector.as_ref().map(|(inspector, _)| inspector.clone());
     let session = cryptun_client::connect(&config).await?;
     let inspector = inspector.as_ref().map(|(_, url)| url.as_str());
@@ -331,41 +324,6 @@ async fn bind(addr: std::net::SocketAddr) -> Result<TcpListener> {
             "could not listen on {addr} (is another server running? choose another with --listen)"
         )
     })
-}
-
-/// Starts the request inspector if asked, returning it and its URL. A
-/// taken address is not fatal: the tunnel matters more, so it runs
-/// without one and says so on stderr.
-pub(crate) async fn start_inspector(
-    inspect: Inspect,
-    shutdown: &CancellationToken,
-) -> Option<(Inspector, String)> {
-    let addr = inspect.0?;
-    let bound = inspector::bind(addr)
-        .await
-        .map_err(anyhow::Error::from)
-        .and_then(|listener| Ok((listener.local_addr()?, listener)));
-    let (local, listener) = match bound {
-        Ok(bound) => bound,
-        Err(err) => {
-            lines::eprint(&format!(
-                "warning: running without the request inspector: {err:#} (choose another address with --inspect, or --inspect off)"
-            ));
-            return None;
-        }
-    };
-    if !local.ip().is_loopback() {
-        lines::eprint(&format!(
-            "warning: the request inspector on {local} shows the tunnels' traffic, and replays it, for anyone who can reach it"
-        ));
-    }
-    let inspector = Inspector::default();
-    tokio::spawn(inspector::serve(
-        listener,
-        inspector.clone(),
-        shutdown.clone(),
-    ));
-    Some((inspector, format!("http://{local}")))
 }
 
 /// Starts the hello service on an ephemeral loopback port.

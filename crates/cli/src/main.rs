@@ -5,7 +5,7 @@
 
 mod commands;
 mod config;
-mod held;
+mod inspect;
 mod keys;
 mod lines;
 mod local;
@@ -23,6 +23,7 @@ use clap::{ArgGroup, Args, Parser, Subcommand};
 use cryptun_client::{BasicAuth, HostHeader, Secret};
 use cryptun_server::AdminToken;
 use cryptun_server::policy::Rate;
+use inspect::InspectArgs;
 
 /// See `Cargo.toml` for why jemalloc.
 #[cfg(not(target_env = "msvc"))]
@@ -63,7 +64,7 @@ enum Command {
     Http(HttpArgs),
     /// Open tunnels declared in the client config file, over one connection.
     #[command(
-        after_help = "The config file (default ~/.config/cryptun/client.toml):\n  servers = [\"https://a.tunnels.example.com\", \"https://b.tunnels.example.com\"]\n  [tunnels.web]\n  target = \"3000\"\n  subdomain = \"myapp\"\n  [tunnels.api]\n  target = \"localhost:8080\"\n\nExamples:\n  cryptun start --all\n  cryptun start web\n  cryptun start web api --json\n  cryptun start --all --config ./cryptun.toml\n  cryptun start --all --inspect 127.0.0.1:4041"
+        after_help = "The config file (default ~/.config/cryptun/client.toml):\n  servers = [\"https://a.tunnels.example.com\", \"https://b.tunnels.example.com\"]\n  [tunnels.web]\n  target = \"3000\"\n  subdomain = \"myapp\"\n  [tunnels.api]\n  target = \"localhost:8080\"\n\nExamples:\n  cryptun start --all\n  cryptun start web\n  cryptun start web api --json\n  cryptun start --all --config ./cryptun.toml\n  cryptun start --all --inspect=127.0.0.1:4041"
     )]
     Start(start::StartArgs),
     /// Server, hello service and client in one process: the whole product at once.
@@ -343,10 +344,8 @@ struct HttpArgs {
     /// Largest request body visitors may send (bytes, or 512K, 10M, 1G); the server may allow less.
     #[arg(long, value_parser = parse::size)]
     max_body_size: Option<u64>,
-    /// Where the request inspector serves its page (recent requests, replay, HAR); `off` disables it.
-    /// If the port is taken the next nine are tried.
-    #[arg(long, env = "CRYPTUN_INSPECT", default_value = "127.0.0.1:4040", value_parser = parse_inspect)]
-    inspect: Inspect,
+    #[command(flatten)]
+    inspect: InspectArgs,
 }
 
 #[derive(Debug, Args)]
@@ -422,23 +421,8 @@ struct DemoArgs {
     /// Address for the demo's server.
     #[arg(long, default_value = "127.0.0.1:4000")]
     listen: SocketAddr,
-    /// Where the request inspector serves its page; `off` disables it.
-    #[arg(long, env = "CRYPTUN_INSPECT", default_value = "127.0.0.1:4040", value_parser = parse_inspect)]
-    inspect: Inspect,
-}
-
-/// `--inspect`: an address, or `off`.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Inspect(pub(crate) Option<SocketAddr>);
-
-/// Parses `--inspect` (`cryptun http`, `start` and `demo` share it).
-pub(crate) fn parse_inspect(value: &str) -> Result<Inspect, String> {
-    match value.to_ascii_lowercase().as_str() {
-        "off" | "false" | "no" | "none" => Ok(Inspect(None)),
-        _ => value.parse().map(|addr| Inspect(Some(addr))).map_err(|_| {
-            format!("expected an address such as 127.0.0.1:4040, or off; got {value:?}")
-        }),
-    }
+    #[command(flatten)]
+    inspect: InspectArgs,
 }
 
 /// Parses a key given on the command line or in the environment, so that

@@ -176,6 +176,35 @@ fn events(json: bool, json_logs: bool, named: bool, server: &Endpoint) -> Events
             };
             lines::print(&line);
         }
+        // A replay from the inspector: the request's line, marked.
+        Event::Replayed {
+            of,
+            tunnel,
+            method,
+            path,
+            status,
+            duration,
+            error,
+        } => {
+            let ms = duration.as_secs_f64() * 1000.0;
+            let error = error.as_deref();
+            let line = if json {
+                let now = std::time::SystemTime::now();
+                let line = request_json(now, &tunnel, &method, &path, status, ms, error);
+                replay_json(&line, of)
+            } else {
+                let line = format!(
+                    "{}  (replay of #{of})",
+                    request_text(&method, &path, status, ms, error)
+                );
+                if named {
+                    format!("{tunnel:<12} {line}")
+                } else {
+                    line
+                }
+            };
+            lines::print(&line);
+        }
         Event::Disconnected {
             error,
             retry_in,
@@ -216,6 +245,19 @@ fn request_json(
         "error": error,
     })
     .to_string()
+}
+
+/// A request's JSON line as a replay's: `"type": "replay"` and the
+/// inspector's id of the exchange replayed in `replay_of`.
+fn replay_json(request: &str, of: u64) -> String {
+    match serde_json::from_str::<serde_json::Value>(request) {
+        Ok(mut line) => {
+            line["type"] = "replay".into();
+            line["replay_of"] = of.into();
+            line.to_string()
+        }
+        Err(_) => request.to_owned(),
+    }
 }
 
 /// A finished request as a plain line: `---` for the status of a request

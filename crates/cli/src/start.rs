@@ -9,7 +9,8 @@ use clap::{ArgGroup, Args};
 use cryptun_client::{ClientConfig, HostHeader, Secret};
 
 use crate::config::{ConfigFile, tunnels};
-use crate::{Inspect, commands, keys, local, output};
+use crate::inspect::{self, InspectArgs};
+use crate::{commands, keys, local, output};
 
 /// The arguments of `cryptun start`.
 #[derive(Debug, Args)]
@@ -49,10 +50,9 @@ pub struct StartArgs {
     /// API key for the server [default: the one saved by `cryptun login`].
     #[arg(long, env = "CRYPTUN_TOKEN", hide_env_values = true, value_parser = crate::secret)]
     token: Option<Secret>,
-    /// Where the request inspector serves its page, for every tunnel opened (recent requests,
-    /// replay, HAR); `off` disables it. If the port is taken the next nine are tried.
-    #[arg(long, env = "CRYPTUN_INSPECT", default_value = "127.0.0.1:4040", value_parser = crate::parse_inspect)]
-    inspect: Inspect,
+    /// The request inspector, one for every tunnel opened.
+    #[command(flatten)]
+    inspect: InspectArgs,
 }
 
 /// `cryptun start`.
@@ -83,13 +83,10 @@ pub async fn start(args: StartArgs, file: Option<ConfigFile>, json_logs: bool) -
     config.set_servers(&args.servers)?;
     config.ca = args.ca;
     config.token = keys::client_token(args.token)?;
-    config.state_dir = crate::paths::state_dir();
     let shutdown = commands::shutdown_on_signal();
-    let inspector = commands::start_inspector(args.inspect, &shutdown).await;
+    let inspector = inspect::start(&args.inspect, &shutdown).await;
     config.inspector = inspector.as_ref().map(|(inspector, _)| inspector.clone());
-    let Some(session) = commands::connect(&config, &shutdown).await? else {
-        return Ok(());
-    };
+    let session = commands::connect(&config).await?;
     let tunnels: Vec<output::Shown<'_>> = session
         .tunnels()
         .iter()

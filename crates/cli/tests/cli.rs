@@ -347,8 +347,7 @@ async fn http_json_announces_the_inspector_which_lists_requests() {
         "http",
         "--hello",
         "--json",
-        "--inspect",
-        "127.0.0.1:0",
+        "--inspect=127.0.0.1:0",
         "--server",
         &format!("http://{addr}"),
     ]);
@@ -418,8 +417,7 @@ async fn a_taken_inspector_port_moves_up_and_a_full_range_only_warns() {
     let args = [
         "http",
         "--hello",
-        "--inspect",
-        &wanted,
+        &format!("--inspect={wanted}"),
         "--server",
         &server_url,
     ];

@@ -347,7 +347,7 @@ async fn start_inspect_shows_every_tunnel_and_replays_to_each_origin() {
         two.target()
     );
     write(home, "client.toml", &text);
-    let args = ["start", "--all", "--json", "--inspect", "127.0.0.1:0"];
+    let args = ["start", "--all", "--json", "--inspect=127.0.0.1:0"];
     let client = cryptun(&args, home, &[]);
     let tunnels = created(&client, 2);
     let line: serde_json::Value = serde_json::from_str(&client.line()).unwrap();
@@ -399,11 +399,7 @@ async fn start_inspect_shows_every_tunnel_and_replays_to_each_origin() {
     assert_eq!(one.requests(), 1);
 
     // --inspect takes what `cryptun http --inspect` takes, and nothing else.
-    let error = refused(cryptun(
-        &["start", "--all", "--inspect", "nowhere"],
-        home,
-        &[],
-    ));
+    let error = refused(cryptun(&["start", "--all", "--inspect=nowhere"], home, &[]));
     assert!(
         error.contains("expected an address such as 127.0.0.1:4040, or off"),
         "{error}"

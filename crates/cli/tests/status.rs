@@ -69,8 +69,7 @@ async fn on_a_terminal_the_view_shows_the_url_and_each_request_and_ctrl_c_restor
         "--hello",
         "--server",
         &server_url,
-        "--inspect",
-        "127.0.0.1:0",
+        "--inspect=127.0.0.1:0",
     ];
     let mut tty = Tty::cryptun(&args, 100, 30);
     let url = block_in_place(|| public_url(&mut tty));

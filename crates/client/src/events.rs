@@ -29,6 +29,25 @@ pub enum Event {
         /// What went wrong, if anything.
         error: Option<String>,
     },
+    /// The request inspector sent a captured request (perhaps edited) to
+    /// its local service again, straight from the client: not through the
+    /// tunnel, so it is not one of the tunnel's requests.
+    Replayed {
+        /// The inspector's id of the exchange replayed.
+        of: u64,
+        /// The tunnel that served the original (its name, else subdomain).
+        tunnel: String,
+        /// Request method, as sent.
+        method: String,
+        /// Path and query, as sent.
+        path: String,
+        /// The local service's status (0 if none came).
+        status: u16,
+        /// Time from sending to the response head.
+        duration: Duration,
+        /// What went wrong, if anything.
+        error: Option<String>,
+    },
     /// The connection was lost (or a reconnect failed); the next attempt
     /// comes after `retry_in`.
     Disconnected {

@@ -53,7 +53,7 @@ impl Forwarder {
         let observer = config.observer();
         if let Some(observer) = &observer {
             // Each (re)connection brings the tunnels' current public URLs.
-            observer.connected(routes.tunnels());
+            observer.connected(routes.tunnels(), events.clone());
         }
         Forwarder {
             local,

@@ -8,10 +8,17 @@
 //! method then a no-op that hands its input back unchanged. [`Tee`] is the
 //! body wrapper that reports a body's chunks as they pass; it adds no
 //! buffering and no waiting.
+//!
+//! A request body the local service drops before its end (an app that
+//! answers 501 or 413 without reading) is read on from the visitor by a
+//! task of its own ([`ReadOn`]), as long as the watcher still wants bytes
+//! and for [`READ_ON_TIMEOUT`] at most, so the watcher sees what was sent;
+//! the exchange itself does not wait for it.
 
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::Bytes;
 use cryptun_proto::RequestHead;
@@ -19,14 +26,20 @@ use http::HeaderMap;
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt as _;
 use http_body_util::combinators::BoxBody;
+use tracing::Instrument as _;
 
-use crate::Target;
+use crate::{Events, Target};
+
+/// The longest a request body the local service dropped is read on from
+/// the visitor for its watcher: a form or a webhook has long arrived by
+/// then, and a visitor sending slowly does not keep a task for long.
+pub(crate) const READ_ON_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Watches a session's exchanges.
 pub(crate) trait Observer: Send + Sync {
     /// The session's tunnels, first one first, as a connection (or a
-    /// reconnection) made them.
-    fn connected(&self, tunnels: Vec<TunnelInfo>);
+    /// reconnection) made them, and where the session reports events.
+    fn connected(&self, tunnels: Vec<TunnelInfo>, events: Events);
 
     /// A request has just arrived on tunnel `tunnel`, on its way to
     /// `target`: the watcher of this exchange.
@@ -60,6 +73,16 @@ pub(crate) trait BodyObserver: Send + Sync {
 
     /// The body ended, whole or because its source failed.
     fn end(&mut self, end: BodyEnd);
+
+    /// Whether more of the body would be kept, or would tell its end: a
+    /// request body dropped before its end is read on while this holds.
+    fn wants_more(&self) -> bool {
+        false
+    }
+
+    /// The body's reader stopped before its end; what follows is read on
+    /// for the watcher alone.
+    fn reading_on(&mut self) {}
 }
 
 /// Which body of an exchange.
@@ -111,14 +134,15 @@ impl Watch {
     }
 
     /// Wraps the request body on its way to the local service (and leaves
-    /// it as it is when nobody watches it).
+    /// it as it is when nobody watches it); dropped before its end, it is
+    /// read on for the watcher ([`ReadOn`]).
     pub(crate) fn request_body<E>(&self, body: BoxBody<Bytes, E>) -> BoxBody<Bytes, E>
     where
         E: std::fmt::Display + 'static,
     {
         match self.body(Which::Request, &body) {
             None => body,
-            sink => Tee { inner: body, sink }.started().boxed(),
+            sink => ReadOn(Some(Tee { inner: body, sink }.started())).boxed(),
         }
     }
 
@@ -163,11 +187,21 @@ impl<B: Body> Tee<B> {
         // hyper never polls a body that is already at its end (an empty
         // request body): it is complete now.
         if self.inner.is_end_stream() {
-            if let Some(sink) = &mut self.sink {
-                sink.end(BodyEnd::Complete);
-            }
+            self.end(BodyEnd::Complete);
         }
         self
+    }
+
+    /// Tells the watcher the body ended, once; it wants nothing after.
+    fn end(&mut self, end: BodyEnd) {
+        if let Some(mut sink) = self.sink.take() {
+            sink.end(end);
+        }
+    }
+
+    /// Whether the watcher would keep more of the body.
+    fn wants_more(&self) -> bool {
+        self.sink.as_ref().is_some_and(|sink| sink.wants_more())
     }
 }
 
@@ -185,20 +219,20 @@ where
     ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
         let this = &mut *self;
         let poll = Pin::new(&mut this.inner).poll_frame(cx);
-        if let Some(sink) = &mut this.sink {
+        if this.sink.is_some() {
             match &poll {
                 Poll::Ready(Some(Ok(frame))) => {
-                    if let Some(data) = frame.data_ref() {
+                    if let (Some(data), Some(sink)) = (frame.data_ref(), &mut this.sink) {
                         sink.data(data);
                     }
                     // Readers that trust `is_end_stream` stop here without
                     // polling for the end.
                     if this.inner.is_end_stream() {
-                        sink.end(BodyEnd::Complete);
+                        this.end(BodyEnd::Complete);
                     }
                 }
-                Poll::Ready(Some(Err(err))) => sink.end(BodyEnd::Failed(err.to_string())),
-                Poll::Ready(None) => sink.end(BodyEnd::Complete),
+                Poll::Ready(Some(Err(err))) => this.end(BodyEnd::Failed(err.to_string())),
+                Poll::Ready(None) => this.end(BodyEnd::Complete),
                 Poll::Pending => {}
             }
         }
@@ -211,5 +245,65 @@ where
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+/// A watched request body that, dropped before its end while its watcher
+/// still wants bytes, hands itself to a task that reads on (for at most
+/// [`READ_ON_TIMEOUT`]) so the watcher sees what the visitor sent.
+struct ReadOn<E: std::fmt::Display + 'static>(Option<Tee<BoxBody<Bytes, E>>>);
+
+impl<E: std::fmt::Display + 'static> Body for ReadOn<E> {
+    type Data = Bytes;
+    type Error = E;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, E>>> {
+        match &mut self.0 {
+            Some(tee) => Pin::new(tee).poll_frame(cx),
+            None => Poll::Ready(None),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.0.as_ref().is_none_or(Tee::is_end_stream)
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.0.as_ref().map(Tee::size_hint).unwrap_or_default()
+    }
+}
+
+impl<E: std::fmt::Display + 'static> Drop for ReadOn<E> {
+    fn drop(&mut self) {
+        let Some(mut tee) = self.0.take() else {
+            return;
+        };
+        if !tee.wants_more() {
+            return;
+        }
+        // Outside a runtime (never, in the client) the body is just dropped.
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        if let Some(sink) = &mut tee.sink {
+            sink.reading_on();
+        }
+        let read_on = async move {
+            let read = async {
+                while tee.wants_more() {
+                    match std::future::poll_fn(|cx| Pin::new(&mut tee).poll_frame(cx)).await {
+                        Some(Ok(_)) => {}
+                        Some(Err(_)) | None => break,
+                    }
+                }
+            };
+            // Cut off, the watcher is dropped with the body: it says how
+            // much it saw.
+            let _ = tokio::time::timeout(READ_ON_TIMEOUT, read).await;
+        };
+        runtime.spawn(read_on.instrument(tracing::debug_span!("inspector_read_on")));
     }
 }

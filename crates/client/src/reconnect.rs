@@ -6,11 +6,10 @@
 //!
 //! Connection losses are retried for as long as it takes; refusals are
 //! final (an invalid name, a refused key: any server would give the same
-//! answer). Two refusals are retried for a while: `subdomain_taken` on a
+//! answer). One refusal is retried for a while: `subdomain_taken` on a
 //! reconnect, because the name is most likely held by our own previous
 //! connection, which the server has not yet seen die (it notices within
-//! its heartbeat timeout); and `subdomain_held`, a name held for a
-//! reconnection that is not ours to prove (it ends with its hold). A failure that only one server can be blamed
+//! its heartbeat timeout). A failure that only one server can be blamed
 //! for (a certificate, a redirect, a protocol it does not speak) moves on
 //! to the next server, and is final only when every server of a round
 //! failed so.
@@ -51,12 +50,7 @@ impl Default for Reconnect {
         Reconnect {
             initial: Duration::from_secs(1),
             max: Duration::from_secs(30),
-            // A few seconds up is a successful reconnect: a server
-            // restarted (or crashed) again later costs the first wait, not
-            // a wait doubled by every earlier restart. A server that
-            // accepts and drops at once still meets a growing, jittered
-            // wait.
-            stable: Duration::from_secs(5),
+            stable: Duration::from_secs(60),
             // The server's default heartbeat takes up to 40 s to notice a
             // vanished client; twice that, plus margin.
             reclaim: Duration::from_secs(120),
@@ -98,14 +92,6 @@ impl Backoff {
     /// Starts again from the initial wait.
     pub fn reset(&mut self) {
         self.step = self.policy.initial;
-    }
-
-    /// After a session that was up for `up`: a stable one starts the
-    /// waits again from the first step.
-    pub fn after_session(&mut self, up: Duration) {
-        if up >= self.policy.stable {
-            self.reset();
-        }
     }
 }
 
@@ -152,7 +138,9 @@ pub async fn serve(
             Err(err) if err.is_final() => return Err(err),
             Err(err) => err,
         };
-        recovery.backoff.after_session(started.elapsed());
+        if started.elapsed() >= config.reconnect.stable {
+            recovery.backoff.reset();
+        }
         session = match recovery.reconnect(lost, &server).await? {
             Some(session) => session,
             None => return Ok(()),
@@ -301,8 +289,7 @@ fn worth_retrying(err: &ClientError, since: Duration, policy: Reconnect) -> bool
         ClientError::Refused {
             code: ErrorCode::SubdomainTaken,
             ..
-        }
-        | ClientError::Held { .. } => since < policy.reclaim,
+        } => since < policy.reclaim,
         err => !err.is_final(),
     }
 }
@@ -327,23 +314,6 @@ mod tests {
         assert_eq!(waits, [1, 2, 4, 8, 10, 10]);
         b.reset();
         assert_eq!(b.next(0.5), Duration::from_secs(1));
-    }
-
-    #[test]
-    fn a_session_up_a_few_seconds_starts_the_waits_again_and_a_dropped_one_does_not() {
-        let mut b = Backoff::new(Reconnect::default());
-        let at_once: Vec<u64> = (0..3)
-            .map(|_| {
-                b.after_session(Duration::from_millis(100));
-                b.next(0.5).as_secs()
-            })
-            .collect();
-        assert_eq!(at_once, [1, 2, 4], "accepted and dropped: growing waits");
-        // Up for a few seconds: the first step again, jitter kept.
-        b.after_session(Duration::from_secs(5));
-        assert_eq!(b.next(0.5), Duration::from_secs(1));
-        b.after_session(Duration::from_secs(5));
-        assert_eq!(b.next(0.0), Duration::from_millis(500));
     }
 
     #[test]

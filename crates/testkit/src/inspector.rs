@@ -120,6 +120,19 @@ impl TestInspector {
             .unwrap_or_default()
     }
 
+    /// `POST /api/requests/{id}/replay`, with `edits` as its JSON body.
+    pub async fn replay(&self, id: u64, edits: Option<&Value>) -> Reply {
+        let path = format!("/api/requests/{id}/replay");
+        let body = edits.map(Value::to_string).unwrap_or_default();
+        let request = self
+            .visitor
+            .builder("POST", &self.host(), &path)
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from(body)))
+            .unwrap();
+        within(&path, self.visitor.fetch(request)).await
+    }
+
     /// One exchange in full.
     pub async fn detail(&self, id: u64) -> Value {
         self.json(&format!("/api/requests/{id}")).await

@@ -37,6 +37,7 @@ fn small(max_body: usize) -> InspectorLimits {
     InspectorLimits {
         capacity: 50,
         max_body,
+        ..InspectorLimits::default()
     }
 }
 
@@ -276,6 +277,7 @@ async fn the_ring_buffer_keeps_only_the_newest_exchanges() {
     let limits = InspectorLimits {
         capacity: 5,
         max_body: 1024,
+        ..InspectorLimits::default()
     };
     let (_server, _origin, inspector, client, visitor) = setup(limits).await;
     for i in 0..12 {

@@ -165,6 +165,30 @@ impl State {
                     error,
                 });
             }
+            // A replay went to the local service, not through the tunnel:
+            // listed, marked, and not counted in the tunnel's stats.
+            Event::Replayed {
+                of,
+                tunnel,
+                method,
+                path,
+                status,
+                duration,
+                error,
+            } => {
+                if self.recent.len() == RECENT {
+                    self.recent.pop_back();
+                }
+                self.recent.push_front(Request {
+                    at: wall,
+                    tunnel,
+                    method,
+                    path: format!("{path} (replay of #{of})"),
+                    status,
+                    duration,
+                    error,
+                });
+            }
             Event::Disconnected {
                 error,
                 retry_in,

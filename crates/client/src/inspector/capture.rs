@@ -5,7 +5,11 @@
 //! Copying adds no buffering and no waiting: each chunk is handed on as it
 //! came (by the core's `Tee`), after copying at most what is left of the
 //! body's allowance under a briefly held lock. Once the allowance is spent,
-//! it only counts.
+//! it only counts. What is kept is charged to the list's byte budget.
+//!
+//! A request body wants more while it has not passed its allowance, so
+//! one the local service dropped unread is read on up to it (the core's
+//! `ReadOn`) and marked `drained`.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,15 +19,16 @@ use cryptun_proto::RequestHead;
 use cryptun_proto::head::headers_to_wire;
 use http::HeaderMap;
 
+use super::record::headers_cost;
 use super::{
     BodyState, Captured, Change, Entry, Finished, Inspector, ResponseHead, TunnelInfo, Via,
 };
-use crate::Target;
 use crate::observe::{BodyEnd, BodyObserver, ExchangeObserver, Observer, Which};
+use crate::{Events, Target};
 
 impl Observer for Inspector {
-    fn connected(&self, tunnels: Vec<TunnelInfo>) {
-        self.set_tunnels(tunnels);
+    fn connected(&self, tunnels: Vec<TunnelInfo>, events: Events) {
+        self.set_tunnels(tunnels, events);
     }
 
     fn exchange(
@@ -78,10 +83,12 @@ impl ExchangeObserver for Recording {
     }
 
     fn response_head(&self, status: u16, headers: &HeaderMap) {
+        let headers = headers_to_wire(headers);
+        let cost = headers_cost(&headers);
         self.update(|record, after| {
             record.response = Some(ResponseHead {
                 status,
-                headers: headers_to_wire(headers),
+                headers,
                 after,
             });
             if status == 101 {
@@ -91,6 +98,7 @@ impl ExchangeObserver for Recording {
                 record.response_body.state = BodyState::Complete;
             }
         });
+        self.inspector.charge(&self.entry, cost);
     }
 
     fn finish(&self, status: u16, error: Option<String>) {
@@ -146,12 +154,27 @@ impl Sink {
 
 impl BodyObserver for Sink {
     fn data(&mut self, data: &Bytes) {
-        self.with_body(|captured, max| {
+        let kept = self.with_body(|captured, max| {
             captured.size += data.len() as u64;
             let room = max.saturating_sub(captured.bytes.len());
             let take = room.min(data.len());
             captured.bytes.extend_from_slice(&data[..take]);
+            take
         });
+        let Recording { inspector, entry } = &self.recording;
+        inspector.charge(entry, kept);
+    }
+
+    fn wants_more(&self) -> bool {
+        // At the allowance exactly, one more read tells whether the body
+        // ended there (whole) or went on (truncated). Every declared byte
+        // seen, it is whole already.
+        let (size, max) = self.with_body(|captured, max| (captured.size, max as u64));
+        !self.done && self.expected != Some(size) && size <= max
+    }
+
+    fn reading_on(&mut self) {
+        self.with_body(|captured, _| captured.drained = true);
     }
 
     fn end(&mut self, end: BodyEnd) {
@@ -191,6 +214,7 @@ mod tests {
         let inspector = Inspector::new(InspectorLimits {
             capacity: 4,
             max_body,
+            ..InspectorLimits::default()
         });
         let head = RequestHead {
             method: "POST".into(),

@@ -2,13 +2,13 @@
 //!
 //! | route | answer |
 //! |---|---|
-//! | `GET /` | the page (`page.html`, self-contained) |
+//! | `GET /` | the page (`page.html`); its style and scripts at `/page.css`, `/page.js`, `/tools.js` |
 //! | `GET /api/status` | the session's tunnels (public URL, target, name) and the limits |
 //! | `GET /api/requests` | summaries, newest first |
 //! | `DELETE /api/requests` | clears the list |
 //! | `GET /api/requests.har` | the list as HAR 1.2 |
 //! | `GET /api/requests/{id}` | one exchange with heads and bodies |
-//! | `POST /api/requests/{id}/replay` | replays it; `202` with the replay's id |
+//! | `POST /api/requests/{id}/replay` | replays it, edited by a JSON body if any (`method`, `path`, `headers`, `body` or `body_base64`); `202` with the replay's id |
 //! | `GET /api/events` | Server-Sent Events: `update`, `evict`, `clear`, `resync`, `tunnels` |
 //!
 //! It shows the tunnels' traffic to whoever can reach it, without a login,
@@ -37,8 +37,12 @@ use super::{Inspector, feed, har, replay, view};
 
 pub(crate) type Body = BoxBody<Bytes, Infallible>;
 
-/// The page, with its CSS and JavaScript inline.
+/// The page, and its style and scripts: files of their own, so the
+/// Content-Security-Policy allows no inline script or style at all.
 const PAGE: &str = include_str!("page.html");
+const STYLE: &str = include_str!("page.css");
+const SCRIPT: &str = include_str!("page.js");
+const TOOLS: &str = include_str!("tools.js");
 
 /// Connections served at once. The page holds one or two; this only
 /// bounds a runaway script.
@@ -114,7 +118,7 @@ pub async fn serve(listener: TcpListener, inspector: Inspector, shutdown: Cancel
                     let refused = guard(&req, loopback_only);
                     Ok::<_, Infallible>(match refused {
                         Some(refused) => refused,
-                        None => route(req, &inspector, &shutdown),
+                        None => route(req, &inspector, &shutdown).await,
                     })
                 }
             });
@@ -166,16 +170,19 @@ fn is_loopback_name(host: &str) -> bool {
             .is_ok_and(|ip| ip.is_loopback())
 }
 
-fn route(
+async fn route(
     req: Request<Incoming>,
     inspector: &Inspector,
     shutdown: &CancellationToken,
 ) -> Response<Body> {
-    let path = req.uri().path();
+    let path = req.uri().path().to_owned();
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
     let method = req.method().clone();
     match (&method, segments.as_slice()) {
         (&Method::GET, [""]) => page(),
+        (&Method::GET, ["page.css"]) => asset(STYLE, "text/css; charset=utf-8"),
+        (&Method::GET, ["page.js"]) => asset(SCRIPT, "text/javascript; charset=utf-8"),
+        (&Method::GET, ["tools.js"]) => asset(TOOLS, "text/javascript; charset=utf-8"),
         (&Method::GET, ["api", "status"]) => json_ok(status(inspector)),
         (&Method::GET, ["api", "requests"]) => {
             let mut list: Vec<Value> = inspector
@@ -215,7 +222,11 @@ fn route(
                     &format!("no exchange {id:?} in the list"),
                 );
             };
-            match replay::start(inspector, id, shutdown.clone()) {
+            let edits = match edits(req.into_body()).await {
+                Ok(edits) => edits,
+                Err(refused) => return refused,
+            };
+            match replay::start(inspector, id, edits, shutdown.clone()) {
                 Ok(new) => {
                     let mut resp =
                         json_response(StatusCode::ACCEPTED, json!({ "id": new, "replay_of": id }));
@@ -233,6 +244,7 @@ fn route(
         (
             _,
             [""]
+            | ["page.css" | "page.js" | "tools.js"]
             | ["api", "status" | "requests" | "requests.har" | "events"]
             | ["api", "requests", _]
             | ["api", "requests", _, "replay"],
@@ -268,7 +280,34 @@ fn status(inspector: &Inspector) -> Value {
         "tunnels": list,
         "capacity": limits.capacity,
         "max_body": limits.max_body,
+        "max_bytes": limits.max_bytes,
         "count": inspector.len(),
+        "bytes": inspector.bytes(),
+    })
+}
+
+/// A replay's edits from its request body: none when empty, else JSON of
+/// at most [`replay::MAX_EDITS`] bytes.
+async fn edits(body: Incoming) -> Result<replay::Edits, Response<Body>> {
+    let limited = http_body_util::Limited::new(body, replay::MAX_EDITS);
+    let bytes = match limited.collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(_) => {
+            let text = format!(
+                "the replay's edits are larger than {} bytes, or did not arrive whole",
+                replay::MAX_EDITS
+            );
+            return Err(error(StatusCode::PAYLOAD_TOO_LARGE, &text));
+        }
+    };
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Ok(replay::Edits::default());
+    }
+    serde_json::from_slice(&bytes).map_err(|err| {
+        let text = format!(
+            "the replay's edits are not valid: {err} (expected JSON with method, path, headers as [name, value] pairs, body or body_base64)"
+        );
+        error(StatusCode::BAD_REQUEST, &text)
     })
 }
 
@@ -284,9 +323,28 @@ fn page() -> Response<Body> {
     headers.insert(
         header::CONTENT_SECURITY_POLICY,
         header::HeaderValue::from_static(
-            "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; \
+            "default-src 'none'; script-src 'self'; style-src 'self'; \
              connect-src 'self'; img-src data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
         ),
+    );
+    resp
+}
+
+/// The page's style or a script, as files of their own.
+fn asset(text: &'static str, content_type: &'static str) -> Response<Body> {
+    let mut resp = Response::new(full(text));
+    let headers = resp.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static(content_type),
+    );
+    headers.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        header::HeaderValue::from_static("nosniff"),
+    );
+    headers.insert(
+        header::CACHE_CONTROL,
+        header::HeaderValue::from_static("no-cache"),
     );
     resp
 }

@@ -1,7 +1,7 @@
 //! The request inspector, like ngrok's on `127.0.0.1:4040`: a web page and a
 //! JSON API showing the session's recent exchanges live, each with its
 //! request and response heads and the start of both bodies, with replay to
-//! the local service and export as HAR.
+//! the local service (as captured, or edited) and export as HAR.
 //!
 //! One inspector serves every tunnel of a session (`cryptun start` opens
 //! several over one connection): each exchange records the tunnel that
@@ -9,40 +9,51 @@
 //!
 //! Capture never holds up a stream: bodies are teed as their chunks pass
 //! (`capture`, the inspector's side of the client's `observe` traits),
-//! keeping at most [`InspectorLimits::max_body`] bytes of each, and only the last [`InspectorLimits::capacity`] exchanges are kept.
-//! The worst case is therefore `capacity × 2 × max_body` bytes (25 MiB with
-//! the defaults), whatever the traffic.
+//! keeping at most [`InspectorLimits::max_body`] bytes of each. A request
+//! body the local service did not read to its end is read on from the
+//! visitor, up to that allowance, so the inspector shows what was sent.
+//!
+//! The list is bounded twice: at most [`InspectorLimits::capacity`]
+//! exchanges, and at most [`InspectorLimits::max_bytes`] bytes held for
+//! them (heads, body bytes kept, and [`ENTRY_OVERHEAD`](record::ENTRY_OVERHEAD)
+//! each); the oldest go first when either is crossed, the newest is always
+//! kept. Exchanges still in flight after they left the list hold at most
+//! their own heads and `2 × max_body`, until they end.
 //!
 //! # Layout
 //!
-//! - this file: [`Inspector`], the ring buffer of exchanges and the change
-//!   feed the page follows.
+//! - this file: [`Inspector`], the list of exchanges with its bounds, and
+//!   the change feed the page follows.
+//! - `record`: one exchange's entry and record, and what it costs.
 //! - `capture`: the inspector as the forwarding core's observer: an
 //!   exchange's entry filled in as it goes, and the first bytes of bodies.
 //! - `view`: exchanges as JSON, bodies as text or hex dump.
 //! - `har`: the list as an HTTP Archive 1.2.
-//! - `replay`: sending a captured request to the local service again.
-//! - `http`: the page (`page.html`) and the API, served with hyper.
+//! - `replay`: sending a captured request, or an edited copy of it, to the
+//!   local service again.
+//! - `http`: the page (`page.html`, `page.css`, `page.js`, `tools.js`) and
+//!   the API, served with hyper.
 //! - `feed`: the Server-Sent Events that keep the page live.
 
 mod capture;
 mod feed;
 mod har;
 mod http;
+mod record;
 mod replay;
 mod view;
 
-use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant, SystemTime};
 
 use tokio::sync::{Semaphore, broadcast};
 
-use crate::Target;
+use crate::Events;
 
 pub(crate) use crate::observe::TunnelInfo;
 pub use http::{BIND_ATTEMPTS, InspectorError, bind, serve};
+use record::Ring;
+pub(crate) use record::{BodyState, Captured, Entry, Finished, Record, ResponseHead, Via};
 
 /// How much the inspector keeps.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -52,15 +63,20 @@ pub struct InspectorLimits {
     /// Bytes kept of each body; the rest passes uncaptured, and the view
     /// says the body was truncated.
     pub max_body: usize,
+    /// Bytes held for all the exchanges listed (heads, kept body bytes and
+    /// a fixed overhead each); the oldest are dropped past it.
+    pub max_bytes: usize,
 }
 
 impl Default for InspectorLimits {
-    /// The last 200 exchanges and 64 KiB of each body: enough to debug a
-    /// webhook or an API call, small enough (25 MiB at worst) to leave on.
+    /// The last 1,000 exchanges within 32 MiB, and 64 KiB of each body:
+    /// a dev server's page loads (tens of modules each) many times over,
+    /// or a webhook's and an API's calls, small enough to leave on.
     fn default() -> Self {
         InspectorLimits {
-            capacity: 200,
+            capacity: 1000,
             max_body: 64 << 10,
+            max_bytes: 32 << 20,
         }
     }
 }
@@ -82,22 +98,15 @@ pub struct Inspector {
 struct Inner {
     limits: InspectorLimits,
     next_id: AtomicU64,
-    ring: Mutex<VecDeque<Arc<Entry>>>,
+    ring: Mutex<Ring>,
     changes: broadcast::Sender<Change>,
     tunnels: Mutex<Vec<TunnelInfo>>,
+    /// Where the session reports what happens: replays are told there too,
+    /// so the terminal shows them beside the tunnels' requests.
+    events: Mutex<Events>,
     replays: Arc<Semaphore>,
     /// Connections to the local services for replays (made at the first).
     replay_pool: std::sync::OnceLock<crate::local::LocalPool>,
-}
-
-/// The tunnel an exchange came through and where it went; a replay goes
-/// to the same place.
-#[derive(Debug, Clone)]
-pub(crate) struct Via {
-    /// The tunnel's name (see [`TunnelInfo::name`]).
-    pub(crate) tunnel: Arc<str>,
-    /// The local service that served it.
-    pub(crate) target: Target,
 }
 
 /// A change to the list, for the live page.
@@ -105,98 +114,12 @@ pub(crate) struct Via {
 pub(crate) enum Change {
     /// An exchange was added or moved on.
     Updated(u64),
-    /// An exchange left the ring buffer.
+    /// An exchange left the list.
     Evicted(u64),
     /// The list was cleared.
     Cleared,
     /// The session's tunnels changed (a new connection).
     Tunnels,
-}
-
-/// One exchange: a request and its response, as far as they have got.
-pub(crate) struct Entry {
-    pub(crate) id: u64,
-    /// The exchange this one replays, if it is a replay.
-    pub(crate) replay_of: Option<u64>,
-    /// The tunnel that served it (a replay: the original's).
-    pub(crate) via: Via,
-    pub(crate) started: SystemTime,
-    pub(crate) started_at: Instant,
-    record: Mutex<Record>,
-}
-
-/// What is known of an exchange so far.
-#[derive(Debug)]
-pub(crate) struct Record {
-    pub(crate) method: String,
-    /// Path and query, as the visitor sent them.
-    pub(crate) path: String,
-    /// Request headers as they travel on the wire (Latin-1 as text).
-    pub(crate) request_headers: Vec<(String, String)>,
-    pub(crate) request_body: Captured,
-    pub(crate) response: Option<ResponseHead>,
-    pub(crate) response_body: Captured,
-    /// The exchange switched protocols (WebSocket): no bodies to show.
-    pub(crate) upgraded: bool,
-    pub(crate) finished: Option<Finished>,
-}
-
-/// A response head and when it came.
-#[derive(Debug, Clone)]
-pub(crate) struct ResponseHead {
-    pub(crate) status: u16,
-    pub(crate) headers: Vec<(String, String)>,
-    /// From the request's arrival.
-    pub(crate) after: Duration,
-}
-
-/// How an exchange ended.
-#[derive(Debug, Clone)]
-pub(crate) struct Finished {
-    /// The status the visitor got (0 if they went away first).
-    pub(crate) status: u16,
-    /// From the request's arrival to the end of the response body.
-    pub(crate) total: Duration,
-    pub(crate) error: Option<String>,
-}
-
-/// The start of a body, and how much of it passed.
-#[derive(Debug, Default)]
-pub(crate) struct Captured {
-    /// The first bytes, at most `max_body` of them.
-    pub(crate) bytes: Vec<u8>,
-    /// Every byte that passed, kept or not.
-    pub(crate) size: u64,
-    pub(crate) state: BodyState,
-}
-
-impl Captured {
-    /// Bytes passed that were not kept.
-    pub(crate) fn truncated(&self) -> bool {
-        self.size > self.bytes.len() as u64
-    }
-}
-
-/// Where a body is.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub(crate) enum BodyState {
-    /// Still passing (or not started).
-    #[default]
-    Streaming,
-    /// Ended normally.
-    Complete,
-    /// Its source failed.
-    Failed(String),
-    /// Dropped before its end: the reader stopped reading.
-    Abandoned,
-}
-
-impl Entry {
-    /// The record, even if a panicking holder poisoned the lock (it holds
-    /// plain data, valid at every step).
-    pub(crate) fn lock(&self) -> MutexGuard<'_, Record> {
-        self.record.lock().unwrap_or_else(|e| e.into_inner())
-    }
 }
 
 impl Default for Inspector {
@@ -225,9 +148,10 @@ impl Inspector {
             inner: Arc::new(Inner {
                 limits,
                 next_id: AtomicU64::new(1),
-                ring: Mutex::new(VecDeque::with_capacity(limits.capacity)),
+                ring: Mutex::new(Ring::default()),
                 changes: broadcast::channel(CHANGE_QUEUE).0,
                 tunnels: Mutex::new(Vec::new()),
+                events: Mutex::new(Events::none()),
                 replays: Arc::new(Semaphore::new(MAX_REPLAYS)),
                 replay_pool: std::sync::OnceLock::new(),
             }),
@@ -241,7 +165,7 @@ impl Inspector {
 
     /// Exchanges held now.
     pub fn len(&self) -> usize {
-        self.ring().len()
+        self.ring().entries.len()
     }
 
     /// Whether no exchange is held.
@@ -249,16 +173,24 @@ impl Inspector {
         self.len() == 0
     }
 
+    /// Bytes held now for the exchanges listed (see
+    /// [`InspectorLimits::max_bytes`]).
+    pub fn bytes(&self) -> usize {
+        self.ring().bytes
+    }
+
     /// Forgets every exchange (those in flight go on, unlisted).
     pub fn clear(&self) {
-        self.ring().clear();
+        *self.ring() = Ring::default();
         self.notify(Change::Cleared);
     }
 
     /// Records the session's tunnels, first one first, as a connection
-    /// (or reconnection) made them: the page shows their public URLs.
-    pub(crate) fn set_tunnels(&self, tunnels: Vec<TunnelInfo>) {
+    /// (or reconnection) made them, and where it reports what happens: the
+    /// page shows their public URLs, replays are reported there.
+    pub(crate) fn set_tunnels(&self, tunnels: Vec<TunnelInfo>, events: Events) {
         *self.tunnels() = tunnels;
+        *self.inner.events.lock().unwrap_or_else(|e| e.into_inner()) = events;
         self.notify(Change::Tunnels);
     }
 
@@ -267,7 +199,17 @@ impl Inspector {
         self.tunnels().clone()
     }
 
-    /// Adds an exchange that has just arrived, evicting the oldest if full.
+    /// Where the session reports what happens.
+    pub(crate) fn events(&self) -> Events {
+        self.inner
+            .events
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Adds an exchange that has just arrived, evicting the oldest past
+    /// either bound.
     pub(crate) fn record(
         &self,
         via: Via,
@@ -276,51 +218,52 @@ impl Inspector {
         request_headers: Vec<(String, String)>,
         replay_of: Option<u64>,
     ) -> Arc<Entry> {
-        let entry = Arc::new(Entry {
-            id: self.inner.next_id.fetch_add(1, Ordering::Relaxed),
-            replay_of,
-            via,
-            started: SystemTime::now(),
-            started_at: Instant::now(),
-            record: Mutex::new(Record {
-                method,
-                path,
-                request_headers,
-                request_body: Captured::default(),
-                response: None,
-                response_body: Captured::default(),
-                upgraded: false,
-                finished: None,
-            }),
-        });
+        let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
+        let entry = Entry::new(id, via, method, path, request_headers, replay_of);
         let evicted = {
             let mut ring = self.ring();
-            let evicted = if ring.len() >= self.inner.limits.capacity {
-                ring.pop_front().map(|old| old.id)
-            } else {
-                None
-            };
-            ring.push_back(Arc::clone(&entry));
-            evicted
+            ring.bytes += entry.cost();
+            ring.entries.push_back(Arc::clone(&entry));
+            ring.trim(&self.inner.limits)
         };
-        if let Some(old) = evicted {
+        for old in evicted {
             self.notify(Change::Evicted(old));
         }
         self.notify(Change::Updated(entry.id));
         entry
     }
 
+    /// Counts `bytes` more held by `entry` (body bytes kept, a response
+    /// head), in the list's total if it is still listed, and drops the
+    /// oldest exchanges if that crossed the budget.
+    pub(crate) fn charge(&self, entry: &Entry, bytes: usize) {
+        if bytes == 0 {
+            return;
+        }
+        let evicted = {
+            let mut ring = self.ring();
+            entry.add_cost(bytes);
+            if ring.position(entry.id).is_none() {
+                return;
+            }
+            ring.bytes += bytes;
+            ring.trim(&self.inner.limits)
+        };
+        for old in evicted {
+            self.notify(Change::Evicted(old));
+        }
+    }
+
     /// The exchange `id`, if still held.
     pub(crate) fn get(&self, id: u64) -> Option<Arc<Entry>> {
         let ring = self.ring();
-        // Ids only grow, so the ring is sorted by id.
-        let at = ring.binary_search_by_key(&id, |e| e.id).ok()?;
-        ring.get(at).cloned()
+        let at = ring.position(id)?;
+        ring.entries.get(at).cloned()
     }
 
     /// Every exchange held, oldest first.
     pub(crate) fn entries(&self) -> Vec<Arc<Entry>> {
-        self.ring().iter().cloned().collect()
+        self.ring().entries.iter().cloned().collect()
     }
 
     pub(crate) fn subscribe(&self) -> broadcast::Receiver<Change> {
@@ -349,7 +292,7 @@ impl Inspector {
             .clone()
     }
 
-    fn ring(&self) -> MutexGuard<'_, VecDeque<Arc<Entry>>> {
+    fn ring(&self) -> MutexGuard<'_, Ring> {
         self.inner.ring.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -361,6 +304,7 @@ impl Inspector {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::Target;
 
     fn add(inspector: &Inspector, path: &str) -> u64 {
         let via = Via {
@@ -372,11 +316,16 @@ mod tests {
             .id
     }
 
+    fn drain(changes: &mut broadcast::Receiver<Change>) -> Vec<Change> {
+        std::iter::from_fn(|| changes.try_recv().ok()).collect()
+    }
+
     #[test]
     fn the_ring_keeps_the_newest_and_reports_evictions() {
         let inspector = Inspector::new(InspectorLimits {
             capacity: 3,
             max_body: 16,
+            ..InspectorLimits::default()
         });
         let mut changes = inspector.subscribe();
         let ids: Vec<u64> = (0..5).map(|i| add(&inspector, &format!("/{i}"))).collect();
@@ -385,15 +334,51 @@ mod tests {
         assert_eq!(kept, ids[2..]);
         assert!(inspector.get(ids[1]).is_none());
         assert_eq!(inspector.get(ids[3]).map(|e| e.id), Some(ids[3]));
-        let mut seen = Vec::new();
-        while let Ok(change) = changes.try_recv() {
-            seen.push(change);
-        }
+        let seen = drain(&mut changes);
         assert!(seen.contains(&Change::Evicted(ids[0])));
         assert!(seen.contains(&Change::Evicted(ids[1])));
         assert_eq!(seen.last(), Some(&Change::Updated(ids[4])));
         inspector.clear();
         assert!(inspector.is_empty());
+        assert_eq!(inspector.bytes(), 0);
         assert_eq!(changes.try_recv(), Ok(Change::Cleared));
     }
+
+    #[test]
+    fn the_byte_budget_drops_the_oldest_and_keeps_the_newest() {
+        let one = ENTRY_COST_OF_GET_X;
+        let inspector = Inspector::new(InspectorLimits {
+            capacity: 100,
+            max_body: 1024,
+            max_bytes: 3 * one,
+        });
+        let mut changes = inspector.subscribe();
+        let ids: Vec<u64> = (0..3).map(|_| add(&inspector, "/x")).collect();
+        assert_eq!((inspector.len(), inspector.bytes()), (3, 3 * one));
+        // Body bytes kept by the newest push the oldest out.
+        let newest = inspector.get(ids[2]).expect("listed");
+        inspector.charge(&newest, 10);
+        assert_eq!(inspector.len(), 2);
+        assert_eq!(inspector.bytes(), 2 * one + 10);
+        assert!(drain(&mut changes).contains(&Change::Evicted(ids[0])));
+        // One exchange over the whole budget is still kept, alone.
+        inspector.charge(&newest, 10 * one);
+        let kept: Vec<u64> = inspector.entries().iter().map(|e| e.id).collect();
+        assert_eq!(kept, [ids[2]]);
+        // Bytes of an exchange no longer listed are not counted.
+        let gone = Entry::new(
+            ids[0],
+            newest.via.clone(),
+            "GET".into(),
+            "/x".into(),
+            Vec::new(),
+            None,
+        );
+        let before = inspector.bytes();
+        inspector.charge(&gone, 100);
+        assert_eq!(inspector.bytes(), before);
+    }
+
+    /// What `add(_, "/x")` costs.
+    const ENTRY_COST_OF_GET_X: usize = record::ENTRY_OVERHEAD + 3 + 2;
 }

@@ -117,6 +117,8 @@ fn body(captured: &Captured, headers: &[(String, String)], max_body: usize) -> V
             BodyState::Abandoned => "abandoned",
         },
         "content_type": header(headers, "content-type"),
+        // The reader stopped early; the rest was read on from the visitor.
+        "drained": captured.drained,
     });
     if let BodyState::Failed(err) = &captured.state {
         value["error"] = json!(err);
