@@ -234,9 +234,12 @@ pub async fn http(args: HttpArgs, json_logs: bool) -> Result<()> {
     config.tunnel.max_body_size = args.max_body_size;
     config.ca = args.ca;
     config.token = keys::client_token(args.token)?;
+    config.state_dir = paths::state_dir();
     let inspector = inspect::start(&args.inspect, &shutdown).await;
     config.inspector = inspector.as_ref().map(|(inspector, _)| inspector.clone());
-    let session = connect(&config).await?;
+    let Some(session) = connect(&config, &shutdown).await? else {
+        return Ok(());
+    };
     let shown = if args.hello {
         "built-in hello page".to_owned()
     } else {
@@ -252,9 +255,13 @@ pub async fn http(args: HttpArgs, json_logs: bool) -> Result<()> {
     Ok(())
 }
 
-/// Connects and creates the tunnels; a refused key gets a hint.
-pub async fn connect(config: &ClientConfig) -> Result<cryptun_client::Session> {
-    match cryptun_client::connect(config).await {
+/// Connects and creates the tunnels, waiting out names held for another
+/// client (`None` if `shutdown` fired meanwhile); a refused key gets a hint.
+pub async fn connect(
+    config: &ClientConfig,
+    shutdown: &CancellationToken,
+) -> Result<Option<cryptun_client::Session>> {
+    match crate::held::connect(config, shutdown).await {
         Ok(session) => Ok(session),
         Err(
             err @ ClientError::Refused {

@@ -5,6 +5,7 @@
 
 mod commands;
 mod config;
+mod held;
 mod inspect;
 mod keys;
 mod lines;

@@ -1,7 +1,8 @@
 //! Where the server's files live when no `--data-dir` is given: one rule
 //! for the key database (`cryptun server`, `cryptun keys`) and the
 //! development certificate authority (`--tls-self-signed`), so that the
-//! two always land in the same folder.
+//! two always land in the same folder. And where the client keeps what
+//! outlives a run (reconnect secrets): its state directory.
 
 use std::ffi::OsStr;
 use std::path::PathBuf;
@@ -20,6 +21,24 @@ pub fn data_dir(given: Option<PathBuf>) -> Result<PathBuf> {
         "no data directory: pass --data-dir or set CRYPTUN_DATA_DIR \
          (neither XDG_DATA_HOME nor HOME is set to an absolute path)",
     )
+}
+
+/// The client's state directory: `$XDG_STATE_HOME/cryptun`, else
+/// `$HOME/.local/state/cryptun` (absolute paths only, as for
+/// [`default_data_dir`]); `None` without either, and the client then keeps
+/// its reconnect secrets in memory only.
+pub fn state_dir() -> Option<PathBuf> {
+    let xdg_state_home = std::env::var_os("XDG_STATE_HOME");
+    let home = std::env::var_os("HOME");
+    default_state_dir(xdg_state_home.as_deref(), home.as_deref())
+}
+
+/// [`state_dir`] for these variables.
+pub fn default_state_dir(xdg_state_home: Option<&OsStr>, home: Option<&OsStr>) -> Option<PathBuf> {
+    let absolute = |var: Option<&OsStr>| var.map(PathBuf::from).filter(|p| p.is_absolute());
+    let base = absolute(xdg_state_home)
+        .or_else(|| absolute(home).map(|home| home.join(".local").join("state")))?;
+    Some(base.join("cryptun"))
 }
 
 /// The default data directory, following the XDG base-directory spec:
@@ -44,7 +63,26 @@ mod tests {
     use std::ffi::OsStr;
     use std::path::{Path, PathBuf};
 
-    use super::default_data_dir;
+    use super::{default_data_dir, default_state_dir};
+
+    #[test]
+    fn the_state_directory_follows_xdg_state_home_then_home() {
+        let (state, home) = (abs("srv/state"), abs("home/ann"));
+        assert_eq!(
+            default_state_dir(Some(OsStr::new(&state)), Some(OsStr::new(&home))),
+            Some(Path::new(&state).join("cryptun"))
+        );
+        assert_eq!(
+            default_state_dir(Some(OsStr::new("rel")), Some(OsStr::new(&home))),
+            Some(
+                Path::new(&home)
+                    .join(".local")
+                    .join("state")
+                    .join("cryptun")
+            )
+        );
+        assert_eq!(default_state_dir(None, Some(OsStr::new("rel"))), None);
+    }
 
     /// An absolute path on this system (`/...`, or `C:\...` on Windows).
     fn abs(path: &str) -> String {

@@ -83,10 +83,13 @@ pub async fn start(args: StartArgs, file: Option<ConfigFile>, json_logs: bool) -
     config.set_servers(&args.servers)?;
     config.ca = args.ca;
     config.token = keys::client_token(args.token)?;
+    config.state_dir = crate::paths::state_dir();
     let shutdown = commands::shutdown_on_signal();
     let inspector = inspect::start(&args.inspect, &shutdown).await;
     config.inspector = inspector.as_ref().map(|(inspector, _)| inspector.clone());
-    let session = commands::connect(&config).await?;
+    let Some(session) = commands::connect(&config, &shutdown).await? else {
+        return Ok(());
+    };
     let tunnels: Vec<output::Shown<'_>> = session
         .tunnels()
         .iter()

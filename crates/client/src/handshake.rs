@@ -1,9 +1,14 @@
 //! Opening a session: the WebSocket upgrade to one server endpoint, one
 //! `create_tunnel` per tunnel and their answers ([`connect_to`]); and the
 //! first connection of a client, which tries each candidate server once
-//! ([`connect`]).
+//! ([`connect`]), offering each the reconnect secrets a previous run saved
+//! for its domain (`state`).
 
-use cryptun_proto::message::{ClientMessage, CreateTunnel, ServerMessage, TunnelCreated, encode};
+use std::time::Duration;
+
+use cryptun_proto::message::{
+    ClientMessage, CreateTunnel, ErrorCode, ServerMessage, TunnelCreated, encode,
+};
 use cryptun_proto::tungstenite::Message;
 use cryptun_proto::{Limits, PROTOCOL_VERSION, ReadAhead};
 use futures_util::{SinkExt, StreamExt};
@@ -37,7 +42,7 @@ pub async fn connect(config: &ClientConfig) -> Result<Session, ClientError> {
     let candidates = servers::round(config).await;
     let count = candidates.len();
     for endpoint in candidates {
-        match connect_to(config, &endpoint).await {
+        match connect_saved(config, &endpoint).await {
             Ok(session) => return Ok(session),
             Err(err) if is_answer(&err) => return Err(err),
             Err(err) => {
@@ -60,13 +65,53 @@ pub async fn connect(config: &ClientConfig) -> Result<Session, ClientError> {
         .unwrap_or_else(|| ClientError::Disconnected("no server to connect to".into())))
 }
 
+/// Connects to `endpoint` as [`connect_to`] does, asking for each named
+/// tunnel with the secret a previous run saved for it, if any: a client
+/// killed outright takes its names back. A secret the server does not take
+/// (the name was since held for someone else) is forgotten, and the
+/// connection tried again without.
+async fn connect_saved(config: &ClientConfig, endpoint: &Endpoint) -> Result<Session, ClientError> {
+    let Some(saved) = config.saved() else {
+        return connect_to(config, endpoint).await;
+    };
+    let mut with = config.clone();
+    let mut offered = Vec::new();
+    for tunnel in with.tunnels_mut() {
+        if let (Some(name), None) = (&tunnel.subdomain, &tunnel.reconnect_secret) {
+            tunnel.reconnect_secret = saved.load(&endpoint.url, name);
+            if tunnel.reconnect_secret.is_some() {
+                offered.push(name.clone());
+            }
+        }
+    }
+    if offered.is_empty() {
+        return connect_to(config, endpoint).await;
+    }
+    info!(names = ?offered, "offering the reconnect secrets saved by the last run");
+    match connect_to(&with, endpoint).await {
+        Err(ClientError::Refused {
+            code: ErrorCode::Unauthorized,
+            ..
+        }) => {
+            for name in &offered {
+                saved.forget_name(name);
+            }
+            connect_to(config, endpoint).await
+        }
+        result => result,
+    }
+}
+
 /// Whether `err` is the servers' answer to what the client asks for (its
 /// tunnels, its key) or a fault of the client's own settings: the same
 /// whichever server is asked, so trying another cannot help.
 pub(crate) fn is_answer(err: &ClientError) -> bool {
     matches!(
         err,
-        ClientError::Refused { .. } | ClientError::KeyRevoked { .. } | ClientError::Ca { .. }
+        ClientError::Refused { .. }
+            | ClientError::Held { .. }
+            | ClientError::KeyRevoked { .. }
+            | ClientError::Ca { .. }
     )
 }
 
@@ -123,6 +168,11 @@ async fn connect_inner(config: &ClientConfig, endpoint: &Endpoint) -> Result<Ses
         .await
         .map_err(|e| ClientError::Disconnected(e.to_string()))?;
     let (tunnels, early) = created(&mut ws, &specs).await?;
+    if let Some(saved) = config.saved() {
+        for tunnel in &tunnels {
+            saved.save(&endpoint.url, tunnel);
+        }
+    }
     let server = Endpoint {
         url: endpoint.url.clone(),
         addr: Some(peer),
@@ -160,9 +210,12 @@ async fn created(
                         (2.., Some(name)) => format!("tunnel {name}: {}", err.message),
                         _ => err.message,
                     };
-                    return Err(ClientError::Refused {
-                        code: err.code,
-                        message,
+                    return Err(match (err.code, err.retry_after_ms) {
+                        (ErrorCode::SubdomainHeld, Some(ms)) => ClientError::Held {
+                            message,
+                            retry_after: Duration::from_millis(ms),
+                        },
+                        (code, _) => ClientError::Refused { code, message },
                     });
                 }
                 Ok(other) if tunnels.is_empty() => {

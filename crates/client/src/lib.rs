@@ -29,6 +29,8 @@
 //!   asking for the same tunnels again.
 //! - `names`: the tunnels' names and reconnect secrets, kept by the domain
 //!   that issued them, for the next connection.
+//! - `state`: the same secrets on disk, per domain and name, for the next
+//!   run of a client that was killed.
 //! - `forward`: one request, from its `request` message to the local
 //!   service and back.
 //! - `error`: why an exchange failed, by side, and the answer each
@@ -68,6 +70,7 @@ mod routes;
 pub mod saved;
 pub mod servers;
 mod session;
+mod state;
 pub mod target;
 mod transport;
 
@@ -119,6 +122,9 @@ pub struct ClientConfig {
     pub inspector: Option<Inspector>,
     /// How [`serve`] reconnects after a lost connection.
     pub reconnect: Reconnect,
+    /// Where the reconnect secrets of named tunnels are kept between runs
+    /// (the CLI's is `$XDG_STATE_HOME/cryptun`); `None`: in memory only.
+    pub state_dir: Option<PathBuf>,
 }
 
 /// One tunnel of a session: what to ask the server for, and where its
@@ -177,6 +183,7 @@ impl ClientConfig {
             token: None,
             inspector: None,
             reconnect: Reconnect::default(),
+            state_dir: None,
         })
     }
 
@@ -239,6 +246,11 @@ impl ClientConfig {
         std::iter::once(&mut self.tunnel).chain(&mut self.more_tunnels)
     }
 
+    /// The reconnect secrets saved between runs, if kept.
+    pub(crate) fn saved(&self) -> Option<state::Saved> {
+        self.state_dir.as_deref().map(state::Saved::new)
+    }
+
     /// Who watches the exchanges: the inspector, if any.
     pub(crate) fn observer(&self) -> Option<Arc<dyn observe::Observer>> {
         let inspector = self.inspector.clone()?;
@@ -264,6 +276,16 @@ pub enum ClientError {
         code: cryptun_proto::ErrorCode,
         /// The server's explanation.
         message: String,
+    },
+    /// The subdomain asked for is held for its previous client to
+    /// reconnect (`subdomain_held`): it is free after `retry_after`, unless
+    /// that client comes back first.
+    #[error("the server refused the tunnel: {message}")]
+    Held {
+        /// The server's explanation.
+        message: String,
+        /// How long the hold lasts.
+        retry_after: Duration,
     },
     /// The server did not answer in time.
     #[error("the server did not answer within {0:?}")]
@@ -327,6 +349,7 @@ impl ClientError {
         use cryptun_proto::tungstenite::Error;
         match self {
             ClientError::Refused { .. }
+            | ClientError::Held { .. }
             | ClientError::KeyRevoked { .. }
             | ClientError::Protocol(_)
             | ClientError::Untrusted { .. }

@@ -90,6 +90,7 @@ mod tests {
             subdomain: subdomain.into(),
             public_url: format!("http://{subdomain}.{domain}:4000"),
             binary_streams: true,
+            capabilities: Default::default(),
             request_timeout_ms: 60_000,
             limits: cryptun_proto::Limits::default().announce(std::time::Duration::from_secs(10)),
             reconnect_secret: Some(Secret::new(secret)),

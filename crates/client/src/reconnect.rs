@@ -6,10 +6,11 @@
 //!
 //! Connection losses are retried for as long as it takes; refusals are
 //! final (an invalid name, a refused key: any server would give the same
-//! answer). One refusal is retried for a while: `subdomain_taken` on a
+//! answer). Two refusals are retried for a while: `subdomain_taken` on a
 //! reconnect, because the name is most likely held by our own previous
 //! connection, which the server has not yet seen die (it notices within
-//! its heartbeat timeout). A failure that only one server can be blamed
+//! its heartbeat timeout); and `subdomain_held`, a name held for a
+//! reconnection that is not ours to prove (it ends with its hold). A failure that only one server can be blamed
 //! for (a certificate, a redirect, a protocol it does not speak) moves on
 //! to the next server, and is final only when every server of a round
 //! failed so.
@@ -50,7 +51,12 @@ impl Default for Reconnect {
         Reconnect {
             initial: Duration::from_secs(1),
             max: Duration::from_secs(30),
-            stable: Duration::from_secs(60),
+            // A few seconds up is a successful reconnect: a server
+            // restarted (or crashed) again later costs the first wait, not
+            // a wait doubled by every earlier restart. A server that
+            // accepts and drops at once still meets a growing, jittered
+            // wait.
+            stable: Duration::from_secs(5),
             // The server's default heartbeat takes up to 40 s to notice a
             // vanished client; twice that, plus margin.
             reclaim: Duration::from_secs(120),
@@ -92,6 +98,14 @@ impl Backoff {
     /// Starts again from the initial wait.
     pub fn reset(&mut self) {
         self.step = self.policy.initial;
+    }
+
+    /// After a session that was up for `up`: a stable one starts the
+    /// waits again from the first step.
+    pub fn after_session(&mut self, up: Duration) {
+        if up >= self.policy.stable {
+            self.reset();
+        }
     }
 }
 
@@ -138,9 +152,7 @@ pub async fn serve(
             Err(err) if err.is_final() => return Err(err),
             Err(err) => err,
         };
-        if started.elapsed() >= config.reconnect.stable {
-            recovery.backoff.reset();
-        }
+        recovery.backoff.after_session(started.elapsed());
         session = match recovery.reconnect(lost, &server).await? {
             Some(session) => session,
             None => return Ok(()),
@@ -289,7 +301,8 @@ fn worth_retrying(err: &ClientError, since: Duration, policy: Reconnect) -> bool
         ClientError::Refused {
             code: ErrorCode::SubdomainTaken,
             ..
-        } => since < policy.reclaim,
+        }
+        | ClientError::Held { .. } => since < policy.reclaim,
         err => !err.is_final(),
     }
 }
@@ -314,6 +327,23 @@ mod tests {
         assert_eq!(waits, [1, 2, 4, 8, 10, 10]);
         b.reset();
         assert_eq!(b.next(0.5), Duration::from_secs(1));
+    }
+
+    #[test]
+    fn a_session_up_a_few_seconds_starts_the_waits_again_and_a_dropped_one_does_not() {
+        let mut b = Backoff::new(Reconnect::default());
+        let at_once: Vec<u64> = (0..3)
+            .map(|_| {
+                b.after_session(Duration::from_millis(100));
+                b.next(0.5).as_secs()
+            })
+            .collect();
+        assert_eq!(at_once, [1, 2, 4], "accepted and dropped: growing waits");
+        // Up for a few seconds: the first step again, jitter kept.
+        b.after_session(Duration::from_secs(5));
+        assert_eq!(b.next(0.5), Duration::from_secs(1));
+        b.after_session(Duration::from_secs(5));
+        assert_eq!(b.next(0.0), Duration::from_millis(500));
     }
 
     #[test]

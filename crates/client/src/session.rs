@@ -1,7 +1,13 @@
 //! One connection to the server, once its tunnels are created (see
 //! `handshake`): a reader that dispatches requests and frames while the
 //! writer sends responses and credit, until the connection ends.
+//!
+//! A client that stops on purpose (shutdown fires) first closes its
+//! tunnels, on a server that speaks `close_tunnel`, so that their names are
+//! free at once rather than held for a reconnection that will not come;
+//! it waits for the answers at most [`CLOSE_WAIT`], then closes.
 
+use std::collections::HashSet;
 use std::ops::ControlFlow::{self, Break, Continue};
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,7 +19,7 @@ use cryptun_proto::mux::{Heartbeat, Mux, OpenError, Side, run_writer};
 use cryptun_proto::tungstenite::protocol::CloseFrame;
 use cryptun_proto::tungstenite::protocol::frame::coding::CloseCode;
 use cryptun_proto::tungstenite::{Error as WsError, Message};
-use cryptun_proto::{Frame, Limits, ReadAhead, RequestHead, close_code};
+use cryptun_proto::{Capability, Frame, Limits, ReadAhead, RequestHead, close_code};
 use futures_util::StreamExt;
 use tokio_tungstenite::WebSocketStream;
 use tokio_util::sync::CancellationToken;
@@ -29,6 +35,12 @@ pub(crate) type Ws = WebSocketStream<ReadAhead<transport::Stream>>;
 /// The wait before reconnecting to a server that closed with 1001 without
 /// saying how long to wait.
 const GOING_AWAY_WAIT: Duration = Duration::from_secs(1);
+
+/// How long a stopping client waits for the server to confirm that its
+/// tunnels are closed: a round trip, with room for a loaded server. Past
+/// it the client closes all the same, and its names stay held for the
+/// server's grace.
+const CLOSE_WAIT: Duration = Duration::from_secs(2);
 
 /// A connected client with its live tunnels, ready to [`run`](Session::run).
 pub struct Session {
@@ -117,21 +129,41 @@ impl Session {
         let mut stream = early.chain(stream);
         let writer = run_writer(sink, mux.clone(), heartbeat);
         tokio::pin!(writer);
+        // What to close before leaving, if the server can be told.
+        let release = if self.tunnels[0]
+            .capabilities()
+            .contains(Capability::CloseTunnel)
+        {
+            self.tunnels.iter().map(|t| t.tunnel_id.clone()).collect()
+        } else {
+            Vec::new()
+        };
         // Each arm says how the session ended and whether the writer still
         // has a close frame to send.
         let (result, closing) = tokio::select! {
-            end = read_loop(&mux, &mut stream, &forwarder) => {
-                let closing = matches!(end, ClientError::Protocol(_));
-                (Err(end), closing)
-            }
+            end = read_loop(&mux, &mut stream, &forwarder, (&shutdown, release)) => match end {
+                // Stopping: tunnels closed (or not confirmed in time). The
+                // names of those closed are free: their secrets are void.
+                Ok(closed) => {
+                    if let Some(saved) = self.config.saved() {
+                        for tunnel in self.tunnels.iter().filter(|t| closed.contains(&t.tunnel_id)) {
+                            saved.forget(tunnel);
+                        }
+                    }
+                    mux.queue_close(CloseFrame { code: CloseCode::Normal, reason: "client shutting down".into() });
+                    (Ok(()), true)
+                }
+                // Lost while stopping: nothing left to do.
+                Err(_) if shutdown.is_cancelled() => (Ok(()), false),
+                Err(end) => {
+                    let closing = matches!(end, ClientError::Protocol(_));
+                    (Err(end), closing)
+                }
+            },
             end = &mut writer => (Err(match end {
                 Ok(_) => ClientError::Disconnected("closed".into()),
                 Err(err) => ClientError::Disconnected(err.to_string()),
             }), false),
-            () = shutdown.cancelled() => {
-                mux.queue_close(CloseFrame { code: CloseCode::Normal, reason: "client shutting down".into() });
-                (Ok(()), true)
-            }
         };
         mux.close();
         if closing {
@@ -142,18 +174,46 @@ impl Session {
 }
 
 /// Reads the server's messages, dispatching requests and frames, until the
-/// connection ends; returns why.
+/// connection ends (returns why) or, once `shutdown` fires, the tunnels of
+/// `release` are closed (returns those the server confirmed closed; at
+/// once if there are none, after [`CLOSE_WAIT`] at most).
 async fn read_loop(
     mux: &Mux<()>,
     stream: &mut (impl futures_util::Stream<Item = Result<Message, WsError>> + Unpin),
     forwarder: &Arc<Forwarder>,
-) -> ClientError {
+    (shutdown, release): (&CancellationToken, Vec<String>),
+) -> Result<Vec<String>, ClientError> {
     let mut reader = Reader {
         mux,
         forwarder,
         going_away: None,
+        closing: None,
+        closed: Vec::new(),
     };
-    while let Some(msg) = stream.next().await {
+    let deadline = tokio::time::sleep(Duration::MAX);
+    tokio::pin!(deadline);
+    loop {
+        let msg = tokio::select! {
+            biased;
+            () = shutdown.cancelled(), if reader.closing.is_none() => {
+                if release.is_empty() {
+                    return Ok(Vec::new());
+                }
+                for tunnel_id in &release {
+                    let close = ClientMessage::CloseTunnel { tunnel_id: tunnel_id.clone() };
+                    mux.queue_text(encode(&close));
+                }
+                reader.closing = Some(release.iter().cloned().collect());
+                deadline.as_mut().reset(tokio::time::Instant::now() + CLOSE_WAIT);
+                continue;
+            }
+            () = &mut deadline => {
+                warn!("the server did not confirm that the tunnels were closed; their names stay held for a while");
+                return Ok(reader.closed);
+            }
+            msg = stream.next() => msg,
+        };
+        let Some(msg) = msg else { break };
         mux.heard();
         let read = match msg {
             Ok(Message::Text(text)) => reader.text(&text),
@@ -163,10 +223,13 @@ async fn read_loop(
             Err(err) => Break(reader.lost(err.to_string())),
         };
         if let Break(end) = read {
-            return end;
+            return Err(end);
+        }
+        if reader.closing.as_ref().is_some_and(HashSet::is_empty) {
+            return Ok(reader.closed);
         }
     }
-    reader.lost("connection lost".into())
+    Err(reader.lost("connection lost".into()))
 }
 
 /// What [`read_loop`] works with, and what it remembers between messages.
@@ -176,6 +239,10 @@ struct Reader<'a> {
     /// Set by `going_away`: however the connection then ends, the server
     /// left on purpose and said when to come back.
     going_away: Option<Duration>,
+    /// Once stopping: the tunnels asked to close and not yet confirmed.
+    closing: Option<HashSet<String>>,
+    /// The tunnels the server confirmed closed.
+    closed: Vec<String>,
 }
 
 impl Reader<'_> {
@@ -200,6 +267,14 @@ impl Reader<'_> {
             Ok(ServerMessage::GoingAway { reconnect_after_ms }) => {
                 debug!(reconnect_after_ms, "the server is going away");
                 self.going_away = Some(Duration::from_millis(reconnect_after_ms));
+            }
+            Ok(ServerMessage::TunnelClosed { tunnel_id }) => {
+                debug!(%tunnel_id, "tunnel closed");
+                if let Some(pending) = &mut self.closing {
+                    if pending.remove(&tunnel_id) {
+                        self.closed.push(tunnel_id);
+                    }
+                }
             }
             Ok(ServerMessage::Pong | ServerMessage::TunnelCreated(_)) => {}
             Err(err) => warn!(%err, "ignoring a message from the server"),

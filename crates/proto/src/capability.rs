@@ -32,8 +32,8 @@ pub enum Capability {
     /// Reserved: raw byte streams, one per visitor connection, for TCP and
     /// TLS-passthrough tunnels (OPEN frames; END is a half-close).
     RawStreams,
-    /// Reserved: `close_tunnel`, answered by `tunnel_closed`, releases a
-    /// tunnel's name without holding it.
+    /// `close_tunnel`, answered by `tunnel_closed`, releases a tunnel's
+    /// name without holding it (a client stopping on purpose).
     CloseTunnel,
     /// Reserved: `cancel` and RESET say why (`timeout`, `visitor_gone`,
     /// `shutdown`).
@@ -86,11 +86,10 @@ impl Capability {
     /// Spoken today, or reserved.
     pub const fn status(self) -> Status {
         match self {
-            Capability::BinaryStreams => Status::Current { since: 1 },
+            Capability::BinaryStreams | Capability::CloseTunnel => Status::Current { since: 1 },
             Capability::BinaryHeads
             | Capability::Trailers
             | Capability::RawStreams
-            | Capability::CloseTunnel
             | Capability::CancelReason => Status::Reserved,
         }
     }
@@ -121,7 +120,8 @@ impl Capabilities {
 
     /// What this build speaks: every current capability. The server passes
     /// it to [`negotiate`]; the client offers it.
-    pub const SUPPORTED: Capabilities = Capabilities::of(&[Capability::BinaryStreams]);
+    pub const SUPPORTED: Capabilities =
+        Capabilities::of(&[Capability::BinaryStreams, Capability::CloseTunnel]);
 
     /// The set of `list`.
     pub const fn of(list: &[Capability]) -> Self {
@@ -138,6 +138,12 @@ impl Capabilities {
     #[must_use]
     pub const fn with(self, capability: Capability) -> Self {
         Capabilities(self.0 | capability.bit())
+    }
+
+    /// This set without `capability`.
+    #[must_use]
+    pub const fn without(self, capability: Capability) -> Self {
+        Capabilities(self.0 & !capability.bit())
     }
 
     /// Whether `capability` is in the set.

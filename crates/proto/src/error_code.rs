@@ -59,11 +59,15 @@ pub enum ErrorCode {
     /// its cluster's shared store is unreachable. Not the client's fault;
     /// `retry_after_ms` says when to try again (here or on another node).
     Unavailable,
+    /// The requested subdomain is held for its previous client to
+    /// reconnect (apart from [`ErrorCode::SubdomainTaken`], a live
+    /// tunnel's): `retry_after_ms` says when the hold ends.
+    SubdomainHeld,
 }
 
 impl ErrorCode {
     /// Every code this version sends, in the table's order.
-    pub const ALL: [ErrorCode; 17] = [
+    pub const ALL: [ErrorCode; 18] = [
         ErrorCode::BadMessage,
         ErrorCode::UnknownType,
         ErrorCode::UnsupportedVersion,
@@ -81,6 +85,7 @@ impl ErrorCode {
         ErrorCode::KeyRevoked,
         ErrorCode::QuotaExceeded,
         ErrorCode::Unavailable,
+        ErrorCode::SubdomainHeld,
     ];
 
     /// The name on the wire (the `code` of an `error` message).
@@ -103,6 +108,7 @@ impl ErrorCode {
             ErrorCode::KeyRevoked => "key_revoked",
             ErrorCode::QuotaExceeded => "quota_exceeded",
             ErrorCode::Unavailable => "unavailable",
+            ErrorCode::SubdomainHeld => "subdomain_held",
         }
     }
 
@@ -118,6 +124,7 @@ impl ErrorCode {
             | ErrorCode::UnsupportedVersion
             | ErrorCode::InvalidSubdomain
             | ErrorCode::SubdomainTaken
+            | ErrorCode::SubdomainHeld
             | ErrorCode::NoTunnel
             | ErrorCode::Unauthorized
             | ErrorCode::TooManyAttempts
@@ -141,7 +148,10 @@ impl ErrorCode {
     pub const fn carries_retry_after(self) -> bool {
         matches!(
             self,
-            ErrorCode::TooManyAttempts | ErrorCode::QuotaExceeded | ErrorCode::Unavailable
+            ErrorCode::TooManyAttempts
+                | ErrorCode::QuotaExceeded
+                | ErrorCode::Unavailable
+                | ErrorCode::SubdomainHeld
         )
     }
 }
@@ -194,12 +204,6 @@ pub struct ReservedCode {
 /// `create_tunnel`: the connection's first one closes it (1008), a later
 /// one does not.
 pub const RESERVED_ERROR_CODES: &[ReservedCode] = &[
-    // A name held for a reconnecting owner, apart from `subdomain_taken`.
-    ReservedCode {
-        name: "subdomain_held",
-        closes: Closes::IfFirst(close_code::POLICY),
-        retry_after: true,
-    },
     // A TCP tunnel asked of a server that opens no TCP ports.
     ReservedCode {
         name: "tcp_disabled",
@@ -261,5 +265,7 @@ mod tests {
         assert_eq!(ErrorCode::Internal.closes().to_string(), "first: 1011");
         assert!(ErrorCode::TooManyAttempts.carries_retry_after());
         assert!(!ErrorCode::SubdomainTaken.carries_retry_after());
+        assert!(ErrorCode::SubdomainHeld.carries_retry_after());
+        assert_eq!(ErrorCode::SubdomainHeld.closes(), Closes::IfFirst(1008));
     }
 }

@@ -2,20 +2,27 @@
 //!
 //! Every text frame is one JSON object whose `"type"` names the message. The
 //! names follow the original design (`create_tunnel`, `tunnel_created`,
-//! `request`, `response`, `ping`, `pong`) plus `error` and `cancel`. A client
+//! `request`, `response`, `ping`, `pong`) plus `error`, `cancel`,
+//! `going_away` and `close_tunnel`/`tunnel_closed`. A client
 //! that never sends binary frames can serve a tunnel with these alone: bodies
 //! then travel inline, base64-encoded, in `request.body` and `response.body`.
 
 use std::borrow::Cow;
 
 use serde::de::IgnoredAny;
-use serde::ser::SerializeStruct;
-use serde::{Deserialize, Serialize, Serializer};
+use serde::{Deserialize, Serialize};
 
 use crate::capability::{Capabilities, Capability};
 pub use crate::error_code::ErrorCode;
 use crate::head::{RequestHead, ResponseHead};
 use crate::secret::Secret;
+
+#[path = "created.rs"]
+mod created;
+#[path = "decode_error.rs"]
+mod decode_error;
+pub use created::{SessionLimits, TunnelCreated};
+pub use decode_error::DecodeError;
 
 /// The protocol version this build speaks. A client that names no version is
 /// taken to speak version 1.
@@ -44,6 +51,14 @@ pub enum ClientMessage {
     Ping,
     /// Answer to a server `ping`.
     Pong,
+    /// The client is done with a tunnel (it is stopping): the server takes
+    /// it out and frees its name at once, without holding it for a
+    /// reconnection, and answers `tunnel_closed`. Sent only on sessions
+    /// that accepted the `close_tunnel` capability.
+    CloseTunnel {
+        /// The tunnel, as its `tunnel_created` named it.
+        tunnel_id: String,
+    },
 }
 
 /// The body of `create_tunnel`.
@@ -162,103 +177,11 @@ pub enum ServerMessage {
         /// Suggested wait after the close before reconnecting.
         reconnect_after_ms: u64,
     },
-}
-
-/// The body of `tunnel_created`.
-///
-/// On the wire it also carries `capabilities`, the ones the server will use
-/// on the session ([`TunnelCreated::capabilities`]). While `binary_streams`
-/// is the only capability spoken, that list is its boolean field written
-/// again, so the struct holds the boolean alone; the field comes with the
-/// second capability (a field added here changes every place that builds
-/// one).
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-pub struct TunnelCreated {
-    /// Protocol version the server will speak on this session.
-    pub version: u32,
-    /// Random id of the tunnel (also the suffix of a generated subdomain).
-    pub tunnel_id: String,
-    /// The DNS label under the server's domain that routes to this tunnel.
-    pub subdomain: String,
-    /// Where visitors reach the tunnel.
-    pub public_url: String,
-    /// Whether bodies on this session travel as binary frames (the
-    /// `binary_streams` capability, accepted).
-    pub binary_streams: bool,
-    /// How long a visitor waits for this tunnel's response head before 504.
-    pub request_timeout_ms: u64,
-    /// The limits the server enforces on this session.
-    pub limits: SessionLimits,
-    /// For a tunnel opened without an API key: the secret that takes its
-    /// name back after a disconnect (send it as `reconnect_secret` with the
-    /// same `subdomain`). A new one is issued each time.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub reconnect_secret: Option<Secret>,
-    /// The largest request body this tunnel's visitors may send, in bytes
-    /// (the smaller of the server's limit and the one asked for). Absent
-    /// means no limit beyond `max_inline_body` on JSON-only sessions.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub max_body_size: Option<u64>,
-}
-
-impl TunnelCreated {
-    /// The capabilities the server accepted for the session.
-    pub fn capabilities(&self) -> Capabilities {
-        if self.binary_streams {
-            Capabilities::of(&[Capability::BinaryStreams])
-        } else {
-            Capabilities::NONE
-        }
-    }
-}
-
-impl Serialize for TunnelCreated {
-    /// serde's derive, with `capabilities` after `binary_streams` (absent
-    /// when empty, so a client that asked for nothing reads the seed's
-    /// message).
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let mut s = serializer.serialize_struct("TunnelCreated", 10)?;
-        s.serialize_field("version", &self.version)?;
-        s.serialize_field("tunnel_id", &self.tunnel_id)?;
-        s.serialize_field("subdomain", &self.subdomain)?;
-        s.serialize_field("public_url", &self.public_url)?;
-        s.serialize_field("binary_streams", &self.binary_streams)?;
-        let capabilities = self.capabilities();
-        if capabilities.is_empty() {
-            s.skip_field("capabilities")?;
-        } else {
-            s.serialize_field("capabilities", &capabilities)?;
-        }
-        s.serialize_field("request_timeout_ms", &self.request_timeout_ms)?;
-        s.serialize_field("limits", &self.limits)?;
-        match &self.reconnect_secret {
-            Some(secret) => s.serialize_field("reconnect_secret", secret)?,
-            None => s.skip_field("reconnect_secret")?,
-        }
-        match &self.max_body_size {
-            Some(max) => s.serialize_field("max_body_size", max)?,
-            None => s.skip_field("max_body_size")?,
-        }
-        s.end()
-    }
-}
-
-/// Limits announced in `tunnel_created` so a client can stay within them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SessionLimits {
-    /// Largest text message accepted, in bytes.
-    pub max_message_bytes: usize,
-    /// Largest payload of one binary data frame, in bytes.
-    pub max_frame_payload: usize,
-    /// Initial credit of each stream in each direction, in bytes.
-    pub stream_window: u32,
-    /// Largest inline body (base64-decoded) on a session without binary streams.
-    pub max_inline_body: usize,
-    /// Most requests in flight on one tunnel at once.
-    pub max_streams: usize,
-    /// How often the server pings, in milliseconds. A client that hears
-    /// nothing for three intervals may take the connection as dead.
-    pub heartbeat_interval_ms: u64,
+    /// The answer to `close_tunnel`: the tunnel is gone and its name free.
+    TunnelClosed {
+        /// The tunnel closed.
+        tunnel_id: String,
+    },
 }
 
 /// The body of `error`.
@@ -271,7 +194,8 @@ pub struct ErrorMessage {
     /// The request concerned, when there is one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub request_id: Option<u32>,
-    /// For `too_many_attempts`: how long until the server listens again.
+    /// For the codes that carry it (`too_many_attempts`, `subdomain_held`,
+    /// ...): how long until trying again may succeed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry_after_ms: Option<u64>,
 }
@@ -293,27 +217,6 @@ pub fn encode<T: Serialize>(message: &T) -> String {
     // Our message types hold only strings, numbers and maps with string keys,
     // which serde_json always serialises.
     serde_json::to_string(message).unwrap_or_else(|_| String::from("{}"))
-}
-
-/// Why a text frame could not be decoded.
-#[derive(Debug, thiserror::Error)]
-pub enum DecodeError {
-    /// Valid JSON object, but a `type` this version does not know.
-    #[error("unknown message type {0:?}")]
-    UnknownType(String),
-    /// Not JSON, not an object, no `type`, or fields of the wrong shape.
-    #[error("malformed message: {0}")]
-    Malformed(String),
-}
-
-impl DecodeError {
-    /// The code to report this error under.
-    pub fn code(&self) -> ErrorCode {
-        match self {
-            DecodeError::UnknownType(_) => ErrorCode::UnknownType,
-            DecodeError::Malformed(_) => ErrorCode::BadMessage,
-        }
-    }
 }
 
 /// Parses one text frame, telling an unknown `type` apart from malformed
@@ -346,7 +249,7 @@ impl ClientMessage {
         let tag = tag_unless_first(text, "response")?;
         Ok(match tag.as_ref() {
             "response" => {
-                let r: Response = fields(text)?;
+                let r: Response = fields(text).map_err(|err| bad_response(text, err))?;
                 ClientMessage::Response {
                     request_id: r.request_id,
                     response: r.response,
@@ -358,6 +261,9 @@ impl ClientMessage {
             },
             "ping" => ClientMessage::Ping,
             "pong" => ClientMessage::Pong,
+            "close_tunnel" => ClientMessage::CloseTunnel {
+                tunnel_id: fields::<TunnelId>(text)?.tunnel_id,
+            },
             _ => return Err(DecodeError::UnknownType(tag.into_owned())),
         })
     }
@@ -399,6 +305,9 @@ impl ServerMessage {
             "going_away" => ServerMessage::GoingAway {
                 reconnect_after_ms: fields::<GoingAway>(text)?.reconnect_after_ms,
             },
+            "tunnel_closed" => ServerMessage::TunnelClosed {
+                tunnel_id: fields::<TunnelId>(text)?.tunnel_id,
+            },
             _ => return Err(DecodeError::UnknownType(tag.into_owned())),
         })
     }
@@ -408,6 +317,12 @@ impl ServerMessage {
 #[derive(Deserialize)]
 struct RequestId {
     request_id: u32,
+}
+
+/// The fields of `close_tunnel` and `tunnel_closed`.
+#[derive(Deserialize)]
+struct TunnelId {
+    tunnel_id: String,
 }
 
 /// The `type` of a message, which must be a JSON object. Nothing else is
@@ -440,13 +355,40 @@ fn tag_unless_first<'a>(text: &'a str, first: &'static str) -> Result<Cow<'a, st
     }
 }
 
+/// `err`, the reason a `response` could not be read, as a refusal of its
+/// request when its `request_id` can be read alone (the rest skipped, not
+/// built), so that request fails at once instead of waiting for its timeout.
+fn bad_response(text: &str, err: DecodeError) -> DecodeError {
+    #[derive(Deserialize)]
+    struct Id {
+        /// Declared so that a second `type` stays malformed.
+        #[serde(rename = "type")]
+        _tag: IgnoredAny,
+        request_id: u32,
+    }
+    match (serde_json::from_str::<Id>(text), err) {
+        (Ok(id), DecodeError::Malformed(reason)) => DecodeError::BadResponse {
+            request_id: id.request_id,
+            reason,
+        },
+        (_, err) => err,
+    }
+}
+
 /// `text` read as one message's fields (its `type` is not one of them).
 fn fields<'a, F: Deserialize<'a>>(text: &'a str) -> Result<F, DecodeError> {
     serde_json::from_str(text).map_err(|err| DecodeError::Malformed(err.to_string()))
 }
 
 /// The `type` values a server understands from clients.
-pub const CLIENT_TYPES: &[&str] = &["create_tunnel", "response", "cancel", "ping", "pong"];
+pub const CLIENT_TYPES: &[&str] = &[
+    "create_tunnel",
+    "response",
+    "cancel",
+    "ping",
+    "pong",
+    "close_tunnel",
+];
 /// The `type` values a client understands from servers.
 pub const SERVER_TYPES: &[&str] = &[
     "tunnel_created",
@@ -455,6 +397,7 @@ pub const SERVER_TYPES: &[&str] = &[
     "pong",
     "error",
     "going_away",
+    "tunnel_closed",
 ];
 
 #[cfg(test)]

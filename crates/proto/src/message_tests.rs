@@ -223,6 +223,9 @@ fn every_message_decodes_as_serde_s_tagged_enum_would_read_it() {
         ClientMessage::Cancel { request_id: 4 },
         ClientMessage::Ping,
         ClientMessage::Pong,
+        ClientMessage::CloseTunnel {
+            tunnel_id: "abc".into(),
+        },
     ];
     let servers = [
         ServerMessage::TunnelCreated(TunnelCreated {
@@ -231,6 +234,7 @@ fn every_message_decodes_as_serde_s_tagged_enum_would_read_it() {
             subdomain: "app".into(),
             public_url: "http://app.localhost".into(),
             binary_streams: true,
+            capabilities: Default::default(),
             request_timeout_ms: 60_000,
             limits: crate::Limits::default().announce(std::time::Duration::from_secs(10)),
             reconnect_secret: Some(crate::Secret::new("r3c")),
@@ -242,10 +246,32 @@ fn every_message_decodes_as_serde_s_tagged_enum_would_read_it() {
             subdomain: "app".into(),
             public_url: "http://app.localhost".into(),
             binary_streams: false,
+            capabilities: Default::default(),
             request_timeout_ms: 60_000,
             limits: crate::Limits::default().announce(std::time::Duration::from_secs(10)),
             reconnect_secret: None,
             max_body_size: None,
+        }),
+        ServerMessage::TunnelClosed {
+            tunnel_id: "abc".into(),
+        },
+        ServerMessage::TunnelCreated(TunnelCreated {
+            version: 1,
+            tunnel_id: "abc".into(),
+            subdomain: "app".into(),
+            public_url: "http://app.localhost".into(),
+            binary_streams: true,
+            capabilities: crate::Capabilities::of(&[crate::Capability::CloseTunnel]),
+            request_timeout_ms: 60_000,
+            limits: crate::Limits::default().announce(std::time::Duration::from_secs(10)),
+            reconnect_secret: None,
+            max_body_size: None,
+        }),
+        ServerMessage::Error(ErrorMessage {
+            code: ErrorCode::SubdomainHeld,
+            message: "held".into(),
+            request_id: None,
+            retry_after_ms: Some(12_000),
         }),
         ServerMessage::Error(ErrorMessage {
             code: ErrorCode::TooManyAttempts,
@@ -304,6 +330,30 @@ fn every_message_decodes_as_serde_s_tagged_enum_would_read_it() {
         let decoded = ServerMessage::decode(&format!(r#"{{"type":"{ty}"}}"#));
         assert!(!matches!(decoded, Err(DecodeError::UnknownType(_))), "{ty}");
     }
+}
+
+#[test]
+fn a_response_with_a_bad_head_names_its_request() {
+    for head in [
+        r#"{"status":200,"headers":{"x":[1,2]}}"#,
+        r#"{"status":200,"headers":{"x":{"y":1}}}"#,
+        r#"{"status":"ok"}"#,
+    ] {
+        let text = format!(r#"{{"type":"response","request_id":9,"response":{head}}}"#);
+        let err = ClientMessage::decode(&text).unwrap_err();
+        assert!(
+            matches!(&err, DecodeError::BadResponse { request_id: 9, .. }),
+            "{err:?}"
+        );
+        assert_eq!(err.code(), ErrorCode::BadResponse);
+        assert_eq!(err.request_id(), Some(9));
+    }
+    // No readable id: malformed, as before.
+    let no_id = r#"{"type":"response","request_id":"nine","response":{"status":200}}"#;
+    assert!(matches!(
+        ClientMessage::decode(no_id),
+        Err(DecodeError::Malformed(_))
+    ));
 }
 
 #[test]
@@ -370,6 +420,7 @@ fn tunnel_created_states_the_accepted_capabilities_only_when_there_are_some() {
         subdomain: "tunnel-abc".into(),
         public_url: "http://tunnel-abc.localhost".into(),
         binary_streams,
+        capabilities: Default::default(),
         request_timeout_ms: 60_000,
         limits: crate::Limits::default().announce(std::time::Duration::from_secs(10)),
         reconnect_secret: None,
@@ -415,5 +466,40 @@ fn tunnel_created_states_the_accepted_capabilities_only_when_there_are_some() {
     assert!(
         text.ends_with(r#""reconnect_secret":"r3c","max_body_size":5}"#),
         "{text}"
+    );
+}
+
+#[test]
+fn close_tunnel_and_its_answer_read_as_written_and_the_list_names_binary_streams_too() {
+    assert_eq!(
+        ClientMessage::decode(r#"{"tunnel_id":"k6fg","type":"close_tunnel"}"#).unwrap(),
+        ClientMessage::CloseTunnel {
+            tunnel_id: "k6fg".into()
+        }
+    );
+    assert!(matches!(
+        ClientMessage::decode(r#"{"type":"close_tunnel"}"#),
+        Err(DecodeError::Malformed(_))
+    ));
+    let text = encode(&ServerMessage::TunnelClosed {
+        tunnel_id: "k6fg".into(),
+    });
+    assert_eq!(text, r#"{"type":"tunnel_closed","tunnel_id":"k6fg"}"#);
+    // A server that states binary_streams only in the list: the boolean is
+    // read from it, and the list keeps the others.
+    let created = r#"{"type":"tunnel_created","version":1,"tunnel_id":"a","subdomain":"s",
+        "public_url":"http://s.localhost","capabilities":["binary_streams","close_tunnel"],
+        "request_timeout_ms":1,"limits":{"max_message_bytes":1,"max_frame_payload":1,
+        "stream_window":1,"max_inline_body":1,"max_streams":1,"heartbeat_interval_ms":1}}"#;
+    let Ok(ServerMessage::TunnelCreated(created)) = ServerMessage::decode(created) else {
+        panic!("a tunnel_created");
+    };
+    assert!(created.binary_streams);
+    assert_eq!(
+        created.capabilities(),
+        crate::Capabilities::of(&[
+            crate::Capability::BinaryStreams,
+            crate::Capability::CloseTunnel
+        ])
     );
 }

@@ -49,6 +49,13 @@ fn check_refusal(text: &str, err: &DecodeError, known: &[&str]) -> Result<(), Te
             }
         }
         DecodeError::Malformed(_) => prop_assert_eq!(err.code(), ErrorCode::BadMessage),
+        // Only a `response` whose id reads: its request fails, not the session.
+        DecodeError::BadResponse { request_id, .. } => {
+            prop_assert_eq!(err.code(), ErrorCode::BadResponse);
+            let tag = tag_of(text);
+            prop_assert_eq!(tag.as_deref(), Some("response"));
+            prop_assert_eq!(err.request_id(), Some(*request_id));
+        }
     }
     Ok(())
 }
@@ -247,6 +254,7 @@ fn tunnel_created() -> impl Strategy<Value = TunnelCreated> {
                 subdomain,
                 public_url,
                 binary_streams,
+                capabilities: Default::default(),
                 request_timeout_ms,
                 limits,
                 reconnect_secret,

@@ -384,7 +384,7 @@ async fn with_aof_a_redis_restart_keeps_held_names_for_their_owners() {
     // the owner, with its secret, gets it back there.
     ready(&nodes[2]).await;
     let (_ws, refused) = RawWs::create(&nodes[2], json!({ "subdomain": name })).await;
-    assert_eq!(refused["code"], "subdomain_taken", "{refused}");
+    assert_eq!(refused["code"], "subdomain_held", "{refused}");
     let back = TestClient::start_with(&nodes[2], &origin.target(), |config| {
         config.tunnel.subdomain = Some(name.clone());
         config.tunnel.reconnect_secret = Some(secret.clone());

@@ -132,7 +132,7 @@ async fn an_anonymous_tunnel_gets_its_name_back_with_its_secret() {
     // Nobody else takes it: not without the secret, not with a wrong one.
     assert_eq!(
         code_for(&server, json!({ "subdomain": name })).await,
-        "subdomain_taken"
+        "subdomain_held"
     );
     let guess = json!({ "subdomain": name, "reconnect_secret": "a".repeat(32) });
     assert_eq!(code_for(&server, guess).await, "unauthorized");
@@ -209,7 +209,7 @@ async fn a_keyed_tunnel_gets_its_name_back_with_its_key_only() {
     first.kill().await;
     wait_held(&server, "keyed").await;
     let stranger = json!({ "subdomain": "keyed", "token": other.token.expose() });
-    assert_eq!(code_for(&server, stranger).await, "subdomain_taken");
+    assert_eq!(code_for(&server, stranger).await, "subdomain_held");
     let _back = client(&server, &origin, "keyed", Some(&owner.token), None)
         .await
         .unwrap();
@@ -243,12 +243,12 @@ async fn names_live_when_the_server_stops_are_held_for_their_clients_after_it_re
     // Strangers are turned away, as before the restart.
     assert_eq!(
         code_for(&server, json!({ "subdomain": name })).await,
-        "subdomain_taken"
+        "subdomain_held"
     );
     let guess = json!({ "subdomain": name, "reconnect_secret": "a".repeat(32) });
     assert_eq!(code_for(&server, guess).await, "unauthorized");
     let stranger = json!({ "subdomain": "keyed", "token": other.token.expose() });
-    assert_eq!(code_for(&server, stranger).await, "subdomain_taken");
+    assert_eq!(code_for(&server, stranger).await, "subdomain_held");
     // Their clients take them back.
     let _anonymous = client(&server, &origin, &name, None, Some(&secret))
         .await
@@ -293,7 +293,7 @@ async fn after_the_grace_the_name_is_free_again() {
     wait_held(&server, &name).await;
     assert_eq!(
         code_for(&server, json!({ "subdomain": name })).await,
-        "subdomain_taken"
+        "subdomain_held"
     );
     eventually(WAIT, "the name is free after the grace", || async {
         let (_ws, reply) = RawWs::create(&server, json!({ "subdomain": name })).await;
@@ -372,7 +372,7 @@ async fn a_stranger_opening_and_dropping_names_cannot_end_someone_elses_hold() {
     // The name is still its owner's: a stranger is refused, visitors wait.
     let stranger = RawWs::connect_from(&server, at("127.0.0.9"), None).await;
     let (_stranger, refused) = stranger.ask(json!({ "subdomain": "victim" })).await;
-    assert_eq!(refused["code"], "subdomain_taken", "{refused}");
+    assert_eq!(refused["code"], "subdomain_held", "{refused}");
     wait_held(&server, "victim").await;
     // And it goes back to the owner with its secret.
     let back = json!({ "subdomain": "victim", "reconnect_secret": secret });

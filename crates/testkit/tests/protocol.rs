@@ -386,6 +386,44 @@ async fn invalid_response_head_gives_502_and_bad_response() {
 }
 
 #[tokio::test]
+async fn a_response_that_cannot_be_read_fails_its_request_at_once() {
+    // The request timeout is long: a visitor left waiting for it would
+    // fail the time check below.
+    let server = TestServer::start().await;
+    let (mut ws, created) = RawWs::tunnel(&server, json!({})).await;
+    for head in [
+        r#"{"status":200,"headers":{"x":[1,2]}}"#,
+        r#"{"status":200,"headers":{"x":{"deep":{"er":1}}}}"#,
+        r#"{"status":"ok"}"#,
+    ] {
+        let pending = spawn_call(&server, &host(&server, &created), "GET", "/", &[], vec![]);
+        let req = ws.recv_type("request").await;
+        let started = std::time::Instant::now();
+        ws.send_text(&format!(
+            r#"{{"type":"response","request_id":{},"response":{head}}}"#,
+            req["request_id"]
+        ))
+        .await;
+        let got = reply(pending).await;
+        assert_eq!(
+            got.status,
+            StatusCode::BAD_GATEWAY,
+            "for {head}: {}",
+            got.text()
+        );
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(2),
+            "for {head}: 502 after {:?}",
+            started.elapsed()
+        );
+        let error = ws.recv_type("error").await;
+        assert_eq!(error["code"], "bad_response", "for {head}: {error}");
+        assert_eq!(error["request_id"], req["request_id"], "for {head}");
+    }
+    assert_session_serves(&server, &mut ws, &created).await;
+}
+
+#[tokio::test]
 async fn inline_body_over_the_limit_gets_413() {
     let mut config = TestServer::test_config();
     config.limits.max_inline_body = 1024;

@@ -19,7 +19,22 @@ pub fn cryptun(args: &[&str]) -> Proc {
         .env("RUST_LOG", "info")
         .env("CRYPTUN_INSPECT", "off")
         .env("XDG_CONFIG_HOME", "/nonexistent/cryptun-tests")
-        .env("XDG_DATA_HOME", data_home());
+        .env("XDG_DATA_HOME", data_home())
+        .env("XDG_STATE_HOME", data_home());
+    Proc::start(cmd)
+}
+
+/// `cryptun ARGS` as [`cryptun`] starts it, with `state` as its
+/// `XDG_STATE_HOME` (where a client keeps its reconnect secrets): two
+/// runs of one client share it.
+pub fn cryptun_with_state(args: &[&str], state: &str) -> Proc {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_cryptun"));
+    cmd.args(args)
+        .env("RUST_LOG", "info")
+        .env("CRYPTUN_INSPECT", "off")
+        .env("XDG_CONFIG_HOME", "/nonexistent/cryptun-tests")
+        .env("XDG_DATA_HOME", data_home())
+        .env("XDG_STATE_HOME", state);
     Proc::start(cmd)
 }
 

@@ -4,15 +4,16 @@
 //! In order: the connection's tunnel count; the name's shape; its
 //! reservation (a reserved name goes only to its key); then the registry,
 //! where a live tunnel keeps its name (first come, first served) and a name
-//! held after a disconnect goes back only to the same identity. A wrong
-//! reconnect secret counts as a failed attempt against the address.
+//! held after a disconnect goes back only to the same identity (others get
+//! `subdomain_held`, with when the hold ends). A wrong reconnect secret
+//! counts as a failed attempt against the address.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use cryptun_proto::message::{CreateTunnel, ErrorCode, ServerMessage, TunnelCreated, encode};
 use cryptun_proto::mux::Mux;
-use cryptun_proto::{PROTOCOL_VERSION, ResponseHead, Secret, Subdomain};
+use cryptun_proto::{Capabilities, Capability, PROTOCOL_VERSION, ResponseHead, Secret, Subdomain};
 use tokio::sync::Semaphore;
 use tracing::warn;
 
@@ -52,12 +53,12 @@ struct Terms {
 }
 
 impl Admit {
-    /// Registers a tunnel for `create` on a connection that is `identity` and
-    /// already holds `existing` tunnels; returns the registration and the
-    /// `tunnel_created` text.
+    /// Registers a tunnel for `create` on a connection that is `identity`,
+    /// speaks the capabilities `accepted` and already holds `existing`
+    /// tunnels; returns the registration and the `tunnel_created` text.
     pub(crate) async fn create_tunnel(
         &self,
-        (mux, uploads): (&Mux<ResponseHead>, &Arc<Semaphore>),
+        (mux, uploads, accepted): (&Mux<ResponseHead>, &Arc<Semaphore>, Capabilities),
         create: &CreateTunnel,
         identity: &Identity,
         peer: Peer,
@@ -98,7 +99,7 @@ impl Admit {
             };
             match Arc::clone(&self.registry).register(tunnel, claim).await {
                 Ok(registration) => {
-                    let created = self.tunnel_created(mux, &registration, terms.secret);
+                    let created = self.tunnel_created(accepted, &registration, terms.secret);
                     return Ok((registration, created));
                 }
                 // A generated name collided (50 random bits): draw again.
@@ -208,13 +209,16 @@ impl Admit {
                 ErrorCode::SubdomainTaken,
                 format!("the subdomain {name:?} is in use by another tunnel"),
             ),
-            Taken::Held(HeldBy::Other(left)) => Refusal::new(
-                ErrorCode::SubdomainTaken,
-                format!(
-                    "the subdomain {name:?} is held for its previous client to reconnect (another {}s)",
-                    secs(left)
-                ),
-            ),
+            Taken::Held(HeldBy::Other(left)) => Refusal {
+                retry_after: Some(left),
+                ..Refusal::new(
+                    ErrorCode::SubdomainHeld,
+                    format!(
+                        "the subdomain {name:?} is held for its previous client to reconnect (another {}s)",
+                        secs(left)
+                    ),
+                )
+            },
             Taken::Held(HeldBy::WrongSecret(left)) => self.auth.failure(
                 peer.ip(),
                 Refusal::new(
@@ -250,7 +254,7 @@ impl Admit {
 
     fn tunnel_created(
         &self,
-        mux: &Mux<ResponseHead>,
+        accepted: Capabilities,
         registration: &Registration,
         reconnect_secret: Option<Secret>,
     ) -> String {
@@ -260,7 +264,8 @@ impl Admit {
             tunnel_id: t.id.clone(),
             subdomain: t.subdomain.clone(),
             public_url: t.public_url.clone(),
-            binary_streams: mux.binary(),
+            binary_streams: accepted.contains(Capability::BinaryStreams),
+            capabilities: accepted.without(Capability::BinaryStreams),
             request_timeout_ms: t.request_timeout.as_millis().try_into().unwrap_or(u64::MAX),
             limits: self.config.limits.announce(self.config.heartbeat.interval),
             reconnect_secret,
@@ -319,7 +324,7 @@ mod tests {
         store.reserve(&key.info.id, "mine").unwrap();
         let mux = Mux::new(Side::Opener, true, Limits::default());
         let uploads = Arc::new(Semaphore::new(1));
-        let mux = (&mux, &uploads);
+        let mux = (&mux, &uploads, Capabilities::SUPPORTED);
         let peer: Peer = "192.0.2.1:1".parse().unwrap();
         let anonymous = Identity::Anonymous;
         let owner = Identity::Key {
@@ -349,6 +354,20 @@ mod tests {
             .create_tunnel(mux, &named("mine"), &anonymous, peer, 0)
             .await;
         assert!(stranger.is_err());
+        // A name held for another: `subdomain_held`, saying when it ends.
+        let (open, _) = admit
+            .create_tunnel(mux, &named("open"), &owner, peer, 0)
+            .await
+            .unwrap();
+        drop(open);
+        let held = admit
+            .create_tunnel(mux, &named("open"), &anonymous, peer, 0)
+            .await
+            .err()
+            .expect("refused");
+        assert_eq!(held.code, ErrorCode::SubdomainHeld);
+        let left = held.retry_after.expect("retry_after");
+        assert!(left > Duration::from_secs(25) && left <= Duration::from_secs(30));
         assert!(
             admit
                 .create_tunnel(mux, &named("mine"), &owner, peer, 0)

@@ -6,6 +6,10 @@
 //! tunnels leave the registry and every request still pending on them fails
 //! at once (the visitors get 502).
 //!
+//! A tunnel the client closes (`close_tunnel`, a client stopping on
+//! purpose) leaves the registry with its name freed, not held, and the
+//! client is told (`tunnel_closed`); the session goes on.
+//!
 //! A session opened with an API key also ends when that key is revoked
 //! (`auth::revocation` notices): `error` `key_revoked`, close 1008, and its
 //! names are freed at once instead of held for a reconnection.
@@ -76,6 +80,8 @@ pub(super) struct Opened {
     mux: Mux<ResponseHead>,
     /// The share of its streams that requests still uploading may hold.
     uploads: Arc<Semaphore>,
+    /// The capabilities negotiated by its first `create_tunnel`.
+    accepted: Capabilities,
     /// However the session's task ends (returns, panics, is aborted),
     /// pending visitors get their 502 at once.
     close_streams: CloseOnDrop<ResponseHead>,
@@ -108,7 +114,7 @@ pub(super) async fn open(
     let uploads = Arc::new(Semaphore::new(share));
     match control
         .admit
-        .create_tunnel((&mux, &uploads), &create, identity, peer, 0)
+        .create_tunnel((&mux, &uploads, accepted), &create, identity, peer, 0)
         .await
     {
         Ok((registration, created)) => {
@@ -124,6 +130,7 @@ pub(super) async fn open(
                 stream,
                 mux,
                 uploads,
+                accepted,
                 close_streams,
                 tunnels,
                 connected: control.metrics.session_started(),
@@ -149,6 +156,7 @@ pub(super) async fn serve(control: &Control, opened: Opened, peer: Peer, identit
         mut stream,
         mux,
         uploads,
+        accepted,
         close_streams: _close_streams,
         mut tunnels,
         connected: _connected,
@@ -181,7 +189,7 @@ pub(super) async fn serve(control: &Control, opened: Opened, peer: Peer, identit
     // must be queued before the close.
     let (kind, ended, closing) = tokio::select! {
         biased;
-        end = read_loop(control, (&mux, &uploads), &mut stream, &mut tunnels, identity, peer) => end,
+        end = read_loop(control, (&mux, &uploads, accepted), &mut stream, &mut tunnels, identity, peer) => end,
         end = &mut going_away => end,
         result = &mut writer => match result {
             Ok(_) => (Ended::Lost, "writer finished".to_owned(), false),
@@ -247,18 +255,17 @@ async fn announce_going_away(control: &Control, mux: &Mux<ResponseHead>) -> (End
 /// frame was queued.
 async fn read_loop(
     control: &Control,
-    (mux, uploads): (&Mux<ResponseHead>, &Arc<Semaphore>),
+    conn: (&Mux<ResponseHead>, &Arc<Semaphore>, Capabilities),
     stream: &mut SplitStream<Ws>,
     tunnels: &mut Vec<Registration>,
     identity: &Identity,
     peer: Peer,
 ) -> (Ended, String, bool) {
+    let mux = conn.0;
     while let Some(msg) = stream.next().await {
         mux.heard();
         let refusal = match msg {
-            Ok(Message::Text(text)) => {
-                on_text(control, (mux, uploads), &text, tunnels, identity, peer).await
-            }
+            Ok(Message::Text(text)) => on_text(control, conn, &text, tunnels, identity, peer).await,
             Ok(Message::Binary(data)) => on_binary(mux, data),
             Ok(Message::Close(_)) => {
                 return (
@@ -286,7 +293,7 @@ async fn read_loop(
 /// Handles one text message; returns a close frame if the session must end.
 async fn on_text(
     control: &Control,
-    (mux, uploads): (&Mux<ResponseHead>, &Arc<Semaphore>),
+    (mux, uploads, accepted): (&Mux<ResponseHead>, &Arc<Semaphore>, Capabilities),
     text: &str,
     tunnels: &mut Vec<Registration>,
     identity: &Identity,
@@ -307,13 +314,14 @@ async fn on_text(
         }
         Ok(ClientMessage::Cancel { request_id }) => mux.cancel_from_peer(request_id),
         Ok(ClientMessage::Ping) => mux.queue_pong(),
+        Ok(ClientMessage::CloseTunnel { tunnel_id }) => close_tunnel(mux, tunnels, tunnel_id),
         Ok(ClientMessage::Pong) => {}
         Ok(ClientMessage::CreateTunnel(create)) => {
             // The connection's identity was settled by its first
             // create_tunnel; a token here is not looked at. Boxed: rare, and
             // inline it would grow every idle session's task.
             match Box::pin(control.admit.create_tunnel(
-                (mux, uploads),
+                (mux, uploads, accepted),
                 &create,
                 identity,
                 peer,
@@ -331,14 +339,39 @@ async fn on_text(
         }
         Err(err) => {
             debug!(%err, "bad message from client");
+            let id = err.request_id();
             mux.queue_text(encode(&ServerMessage::error(
                 err.code(),
                 err.to_string(),
-                None,
+                id,
             )));
+            // A response that could not be read fails its request now: the
+            // visitor gets 502 rather than waiting for the timeout.
+            if let Some(id) = id {
+                mux.reset(id);
+            }
         }
     }
     None
+}
+
+/// Closes the tunnel `id` of this session at its client's request: out of
+/// the registry with its name freed, not held (the client is stopping, not
+/// reconnecting), and `tunnel_closed` in answer; `no_tunnel` if the
+/// session has no such tunnel.
+fn close_tunnel(mux: &Mux<ResponseHead>, tunnels: &mut Vec<Registration>, id: String) {
+    let Some(at) = tunnels.iter().position(|r| r.tunnel().id == id) else {
+        mux.queue_text(encode(&ServerMessage::error(
+            ErrorCode::NoTunnel,
+            format!("this connection has no tunnel {id:?}"),
+            None,
+        )));
+        return;
+    };
+    let registration = tunnels.remove(at);
+    info!(subdomain = %registration.tunnel().subdomain, "tunnel closed by its client; name released");
+    registration.remove_without_hold();
+    mux.queue_text(encode(&ServerMessage::TunnelClosed { tunnel_id: id }));
 }
 
 /// Handles one binary message; returns a close frame if the session must end.

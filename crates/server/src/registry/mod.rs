@@ -287,8 +287,9 @@ impl Registration {
     }
 
     /// Removes the tunnel and frees its name at once, without holding it
-    /// for reconnection (its key was revoked: there is no one to hold it
-    /// for). Visitors get 404 from now on.
+    /// for reconnection: its key was revoked (there is no one to hold it
+    /// for), or its client closed it on purpose. Visitors get 404 from now
+    /// on.
     pub fn remove_without_hold(mut self) {
         self.hold = false;
     }

@@ -1,0 +1,122 @@
+//! Keeping a URL across the user's own restarts, with the real `cryptun`
+//! binary: a client stopped with Ctrl-C or SIGTERM releases its name, so
+//! the same command started again at once gets it; a client killed outright
+//! takes its name back on its next start with the reconnect secret it
+//! saved (owner-only, in its state directory), while a stranger is told the
+//! name is held, waits on one line, and gets it when the hold ends.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+mod common;
+
+use common::{Proc, cryptun, cryptun_with_state, data_home, listening_addr};
+use serde_json::Value;
+
+/// `cryptun server` on an ephemeral port holding names `grace` after a
+/// disconnect, and its address.
+fn server(grace: &str) -> (Proc, SocketAddr) {
+    let proc = cryptun(&[
+        "server",
+        "--listen",
+        "127.0.0.1:0",
+        "--reconnect-grace",
+        grace,
+    ]);
+    let addr = listening_addr(&proc);
+    (proc, addr)
+}
+
+/// `cryptun http --hello --json --subdomain NAME` against `addr`, keeping
+/// its state in `state`.
+fn client(addr: SocketAddr, name: &str, state: &str) -> Proc {
+    let url = format!("http://{addr}");
+    let args = [
+        "http",
+        "--hello",
+        "--json",
+        "--server",
+        &url,
+        "--subdomain",
+        name,
+    ];
+    cryptun_with_state(&args, state)
+}
+
+/// The first stdout line of `client`, which must be its `tunnel_created`.
+fn created(client: &Proc) -> Value {
+    let line = client.line();
+    let created: Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line}"));
+    assert_eq!(created["type"], "tunnel_created", "{created}");
+    created
+}
+
+#[test]
+fn a_client_stopped_with_ctrl_c_or_sigterm_leaves_its_name_free() {
+    // A grace far longer than the test: a hold would show as a wait.
+    let (_server, addr) = server("5m");
+    for signal in ["INT", "TERM"] {
+        let name = format!("myapp-{}", signal.to_ascii_lowercase());
+        let state = data_home();
+        let mut first = client(addr, &name, &state);
+        assert_eq!(created(&first)["subdomain"], name.as_str());
+        first.signal(signal);
+        assert!(first.wait_exit(Duration::from_secs(10)).success());
+        // Started again at once, even without the secret (another state
+        // directory): the name is free.
+        let started = Instant::now();
+        let again = client(addr, &name, &data_home());
+        assert_eq!(created(&again)["subdomain"], name.as_str(), "{signal}");
+        assert!(started.elapsed() < Duration::from_secs(5), "{signal}");
+        // The released name's secret was removed with it.
+        let saved = format!("{state}/cryptun/reconnect/localhost/{name}.json");
+        assert!(!std::path::Path::new(&saved).exists(), "{saved}");
+    }
+}
+
+#[test]
+fn a_killed_client_takes_its_name_back_and_a_stranger_waits_for_the_hold() {
+    let (_server, addr) = server("4s");
+    let state = data_home();
+    let mut first = client(addr, "myapp", &state);
+    created(&first);
+    // The secret is saved per domain and name, for the user only.
+    let saved = format!("{state}/cryptun/reconnect/localhost/myapp.json");
+    let mode =
+        std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&saved).unwrap().permissions());
+    assert_eq!(mode & 0o777, 0o600, "{saved}");
+    first.child.kill().unwrap();
+    let _ = first.child.wait();
+
+    // A stranger (no secret) is told the name is held, on one line, and
+    // waits instead of exiting.
+    let stranger = client(addr, "myapp", &data_home());
+    let told = stranger.log_with("held for its previous client");
+    assert!(told.contains("asking again in"), "{told}");
+    // The killed client, started again, takes its name back at once.
+    let started = Instant::now();
+    let back = client(addr, "myapp", &state);
+    assert_eq!(created(&back)["subdomain"], "myapp");
+    assert!(started.elapsed() < Duration::from_secs(3));
+    // The stranger, asking again when the hold would have ended, finds the
+    // name live and gives up with the server's refusal.
+    let mut stranger = stranger;
+    let status = stranger.wait_exit(Duration::from_secs(15));
+    assert!(!status.success());
+    let said = stranger.finish().join("\n");
+    assert!(said.contains("in use by another tunnel"), "{said}");
+}
+
+#[test]
+fn a_stranger_gets_a_held_name_when_its_hold_ends() {
+    let (_server, addr) = server("3s");
+    let mut first = client(addr, "mine", &data_home());
+    created(&first);
+    first.child.kill().unwrap();
+    let _ = first.child.wait();
+    let stranger = client(addr, "mine", &data_home());
+    stranger.log_with("held for its previous client");
+    assert_eq!(created(&stranger)["subdomain"], "mine");
+}

@@ -1,0 +1,144 @@
+//! `tunnel_created`, the server's answer to a `create_tunnel`, and the
+//! limits it announces.
+
+use serde::ser::SerializeStruct;
+use serde::{Deserialize, Serialize, Serializer};
+
+use crate::capability::{Capabilities, Capability};
+use crate::secret::Secret;
+
+/// The body of `tunnel_created`.
+///
+/// On the wire `capabilities` lists the ones the server will use on the
+/// session ([`TunnelCreated::capabilities`]); `binary_streams`, the
+/// boolean that predates the list, is written into it too.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(from = "Wire")]
+pub struct TunnelCreated {
+    /// Protocol version the server will speak on this session.
+    pub version: u32,
+    /// Random id of the tunnel (also the suffix of a generated subdomain).
+    pub tunnel_id: String,
+    /// The DNS label under the server's domain that routes to this tunnel.
+    pub subdomain: String,
+    /// Where visitors reach the tunnel.
+    pub public_url: String,
+    /// Whether bodies on this session travel as binary frames (the
+    /// `binary_streams` capability, accepted).
+    pub binary_streams: bool,
+    /// The other capabilities accepted for the session: `binary_streams`
+    /// is the boolean above (read from either place on the wire).
+    pub capabilities: Capabilities,
+    /// How long a visitor waits for this tunnel's response head before 504.
+    pub request_timeout_ms: u64,
+    /// The limits the server enforces on this session.
+    pub limits: SessionLimits,
+    /// For a tunnel opened without an API key: the secret that takes its
+    /// name back after a disconnect (send it as `reconnect_secret` with the
+    /// same `subdomain`). A new one is issued each time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reconnect_secret: Option<Secret>,
+    /// The largest request body this tunnel's visitors may send, in bytes
+    /// (the smaller of the server's limit and the one asked for). Absent
+    /// means no limit beyond `max_inline_body` on JSON-only sessions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_body_size: Option<u64>,
+}
+
+impl TunnelCreated {
+    /// The capabilities the server accepted for the session.
+    pub fn capabilities(&self) -> Capabilities {
+        if self.binary_streams {
+            self.capabilities.with(Capability::BinaryStreams)
+        } else {
+            self.capabilities
+        }
+    }
+}
+
+impl Serialize for TunnelCreated {
+    /// serde's derive, with `capabilities` after `binary_streams` (absent
+    /// when empty, so a client that asked for nothing reads the seed's
+    /// message).
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut s = serializer.serialize_struct("TunnelCreated", 10)?;
+        s.serialize_field("version", &self.version)?;
+        s.serialize_field("tunnel_id", &self.tunnel_id)?;
+        s.serialize_field("subdomain", &self.subdomain)?;
+        s.serialize_field("public_url", &self.public_url)?;
+        s.serialize_field("binary_streams", &self.binary_streams)?;
+        let capabilities = self.capabilities();
+        if capabilities.is_empty() {
+            s.skip_field("capabilities")?;
+        } else {
+            s.serialize_field("capabilities", &capabilities)?;
+        }
+        s.serialize_field("request_timeout_ms", &self.request_timeout_ms)?;
+        s.serialize_field("limits", &self.limits)?;
+        match &self.reconnect_secret {
+            Some(secret) => s.serialize_field("reconnect_secret", secret)?,
+            None => s.skip_field("reconnect_secret")?,
+        }
+        match &self.max_body_size {
+            Some(max) => s.serialize_field("max_body_size", max)?,
+            None => s.skip_field("max_body_size")?,
+        }
+        s.end()
+    }
+}
+
+/// Limits announced in `tunnel_created` so a client can stay within them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionLimits {
+    /// Largest text message accepted, in bytes.
+    pub max_message_bytes: usize,
+    /// Largest payload of one binary data frame, in bytes.
+    pub max_frame_payload: usize,
+    /// Initial credit of each stream in each direction, in bytes.
+    pub stream_window: u32,
+    /// Largest inline body (base64-decoded) on a session without binary streams.
+    pub max_inline_body: usize,
+    /// Most requests in flight on one tunnel at once.
+    pub max_streams: usize,
+    /// How often the server pings, in milliseconds. A client that hears
+    /// nothing for three intervals may take the connection as dead.
+    pub heartbeat_interval_ms: u64,
+}
+
+/// `tunnel_created` as it is read: `binary_streams` may come as the
+/// boolean, in `capabilities`, or both.
+#[derive(Deserialize)]
+struct Wire {
+    version: u32,
+    tunnel_id: String,
+    subdomain: String,
+    public_url: String,
+    #[serde(default)]
+    binary_streams: bool,
+    #[serde(default)]
+    capabilities: Capabilities,
+    request_timeout_ms: u64,
+    limits: SessionLimits,
+    #[serde(default)]
+    reconnect_secret: Option<Secret>,
+    #[serde(default)]
+    max_body_size: Option<u64>,
+}
+
+impl From<Wire> for TunnelCreated {
+    fn from(wire: Wire) -> Self {
+        let binary = Capability::BinaryStreams;
+        TunnelCreated {
+            version: wire.version,
+            tunnel_id: wire.tunnel_id,
+            subdomain: wire.subdomain,
+            public_url: wire.public_url,
+            binary_streams: wire.binary_streams || wire.capabilities.contains(binary),
+            capabilities: wire.capabilities.without(binary),
+            request_timeout_ms: wire.request_timeout_ms,
+            limits: wire.limits,
+            reconnect_secret: wire.reconnect_secret,
+            max_body_size: wire.max_body_size,
+        }
+    }
+}
