@@ -120,3 +120,63 @@ fn a_stranger_gets_a_held_name_when_its_hold_ends() {
     stranger.log_with("held for its previous client");
     assert_eq!(created(&stranger)["subdomain"], "mine");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_killed_outright_keeps_the_names_it_served() {
+    // The server's database keeps its live names as holds as they come; a
+    // crash (SIGKILL, no goodbye) loses none.
+    let data = data_home();
+    let args = |listen: &str| {
+        vec![
+            "server".to_owned(),
+            "--listen".to_owned(),
+            listen.to_owned(),
+            "--data-dir".to_owned(),
+            data.clone(),
+            "--reconnect-grace".to_owned(),
+            "1m".to_owned(),
+        ]
+    };
+    let first_args = args("127.0.0.1:0");
+    let mut first = cryptun(&first_args.iter().map(String::as_str).collect::<Vec<_>>());
+    let addr = listening_addr(&first);
+    let state = data_home();
+    let owner = client(addr, "crashy", &state);
+    created(&owner);
+    // Within the keeper's second, the name is in the database.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // The owner is held still (it cannot reconnect), the server killed and
+    // started again on the same address and data.
+    owner.signal("STOP");
+    first.signal("KILL");
+    first.wait_exit(Duration::from_secs(10));
+    let again_args = args(&addr.to_string());
+    let again = cryptun(&again_args.iter().map(String::as_str).collect::<Vec<_>>());
+    listening_addr(&again);
+    let host = format!("crashy.localhost:{}", addr.port());
+    let visitor = cryptun_testkit::Visitor::new(addr);
+    let reply = visitor.get(&host, "/").await;
+    assert_eq!(reply.status, 503, "held after the crash: {}", reply.text());
+    assert_eq!(reply.headers["x-cryptun-error"], "tunnel_reconnecting");
+    // A stranger is told it is held.
+    let mut stranger = client(addr, "crashy", &data_home());
+    stranger.log_with("held for its previous client");
+    stranger.child.kill().unwrap();
+    let _ = stranger.child.wait();
+    // The owner, let go, takes its name back with its secret.
+    owner.signal("CONT");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let reply = visitor.get(&host, "/").await;
+        if reply.status == 200 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the owner did not take its name back: {} {}",
+            reply.status,
+            reply.text()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}

@@ -152,6 +152,17 @@ pub async fn serve(
         }
     }
     restore_holds(stages.registry.as_ref(), &store).await;
+    // A server with a database keeps its holds there as they are made, so a
+    // crash loses none; a cluster's live in Redis.
+    let keeping = CancellationToken::new();
+    let kept = (!store.is_in_memory() && joined.is_none()).then(|| {
+        tokio::spawn(keep_holds(
+            Arc::clone(&stages.registry),
+            store.clone(),
+            config.reconnect_grace,
+            keeping.clone(),
+        ))
+    });
     let drain = Drain::default();
 
     // Shutdown begins with `draining` (the shutdown token itself): /readyz
@@ -216,7 +227,12 @@ pub async fn serve(
     // shared store.
     let _ = tokio::time::timeout(Duration::from_secs(2), stages.registry.close()).await;
     // Keep the names held for reconnection, those of sessions that just
-    // ended and of any still ending, for the next start.
+    // ended and of any still ending, for the next start (the keeper first
+    // stopped, so that its last save cannot come after this one).
+    keeping.cancel();
+    if let Some(kept) = kept {
+        let _ = kept.await;
+    }
     save_holds(stages.registry.as_ref(), &store).await;
     // Requests the deadline cut have failed with their sessions (502): let
     // their connections answer and log them before the runtime goes.
@@ -359,6 +375,44 @@ async fn restore_holds(registry: &dyn Registry, store: &Store) {
             registry.restore_holds(saved);
         }
         Err(err) => warn!(%err, "could not read the names held when the server last stopped"),
+    }
+}
+
+/// How often the keeper looks for changes to the holds.
+const HOLDS_SAVE_EVERY: Duration = Duration::from_secs(1);
+
+/// Saves the registry's holds (and live names, as holds for the whole
+/// grace) to `store` within a second of any change, and again every third
+/// of the grace while names are live, so that the saved time left stays
+/// ahead of a crash; until `stop`.
+async fn keep_holds(
+    registry: Arc<dyn Registry>,
+    store: Store,
+    grace: Duration,
+    stop: CancellationToken,
+) {
+    if grace.is_zero() {
+        return;
+    }
+    let refresh = (grace / 3).max(HOLDS_SAVE_EVERY);
+    let mut saved = (u64::MAX, tokio::time::Instant::now());
+    let mut tick = tokio::time::interval(HOLDS_SAVE_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let changes = registry.changes();
+        let stale = !registry.is_empty() && saved.1.elapsed() >= refresh;
+        if changes == saved.0 && !stale {
+            continue;
+        }
+        let holds = registry.saved_holds();
+        match store.call(move |store| store.save_holds(&holds)).await {
+            Ok(()) => saved = (changes, tokio::time::Instant::now()),
+            Err(err) => warn!(%err, "could not save the names held for reconnection"),
+        }
     }
 }
 

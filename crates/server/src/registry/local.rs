@@ -3,6 +3,7 @@
 //! of a single server.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
@@ -18,6 +19,8 @@ pub struct Local {
     inner: RwLock<Inner>,
     /// How long a name is held after its tunnel's session ends.
     grace: Duration,
+    /// Moves with every change worth saving ([`Registry::changes`]).
+    changes: AtomicU64,
 }
 
 struct Inner {
@@ -43,6 +46,7 @@ impl Local {
                 holds: held::Holds::new(max_held, per_holder),
             }),
             grace,
+            changes: AtomicU64::new(0),
         }
     }
 
@@ -52,6 +56,10 @@ impl Local {
 
     fn write(&self) -> std::sync::RwLockWriteGuard<'_, Inner> {
         self.inner.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn changed(&self) {
+        self.changes.fetch_add(1, Ordering::Relaxed);
     }
 }
 
@@ -83,6 +91,7 @@ impl Local {
         inner
             .tunnels
             .insert(tunnel.subdomain.clone(), Arc::clone(&tunnel));
+        self.changed();
         Ok(tunnel)
     }
 }
@@ -112,7 +121,11 @@ impl Registry for Local {
     /// Ends every reconnection hold of key `id` (its key was revoked, so
     /// nobody can take the names back); returns how many.
     fn release_key(&self, id: &str) -> usize {
-        self.write().holds.release_owner(&Owner::Key(id.to_owned()))
+        let released = self.write().holds.release_owner(&Owner::Key(id.to_owned()));
+        if released > 0 {
+            self.changed();
+        }
+        released
     }
 
     /// Names held for reconnection now.
@@ -143,6 +156,11 @@ impl Registry for Local {
         self.write()
             .holds
             .restore(saved, self.grace, Instant::now());
+        self.changed();
+    }
+
+    fn changes(&self) -> u64 {
+        self.changes.load(Ordering::Relaxed)
     }
 
     /// Live tunnels, oldest first.
@@ -168,6 +186,7 @@ impl Registry for Local {
             return;
         }
         inner.tunnels.remove(name);
+        self.changed();
         if hold && !self.grace.is_zero() {
             let now = Instant::now();
             let owner = tunnel.owner.clone();

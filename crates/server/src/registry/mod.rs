@@ -203,6 +203,15 @@ pub trait Registry: Send + Sync + 'static {
     /// their grace (at most this registry's grace).
     fn restore_holds(&self, saved: Vec<SavedHold>);
 
+    /// A count that moves whenever what [`saved_holds`](Self::saved_holds)
+    /// would give changes other than by time (a tunnel in or out, a hold
+    /// made, restored or released), so the server saves them as they are
+    /// made rather than only when it stops; always 0 for a registry that
+    /// keeps its holds elsewhere.
+    fn changes(&self) -> u64 {
+        0
+    }
+
     /// Live tunnels, oldest first.
     fn list(&self) -> Vec<Arc<Tunnel>>;
 

@@ -241,6 +241,12 @@ impl Store {
         })
     }
 
+    /// Whether this is a database in memory ([`Store::in_memory`]), gone
+    /// with the process.
+    pub fn is_in_memory(&self) -> bool {
+        self.path() == Path::new(IN_MEMORY)
+    }
+
     /// The database file (`:memory:` for [`Store::in_memory`]).
     pub fn path(&self) -> &Path {
         &self.path

@@ -124,3 +124,30 @@ fn a_database_from_a_newer_version_is_refused() {
     let err = Store::open(&dir.0).unwrap_err();
     assert!(matches!(err, StoreError::TooNew { .. }), "{err}");
 }
+
+/// What the server's keeper of holds costs: one save (the whole table
+/// replaced in one transaction) of N names, as it runs within a second of
+/// a change. A measurement, not a check; run it with
+/// `cargo test --release -p cryptun-server --lib -- --ignored holds_save_cost --nocapture`.
+#[test]
+#[ignore = "a measurement: prints how long saves of 1,000 and 10,000 holds take"]
+fn holds_save_cost() {
+    let dir = TempDir::new();
+    let store = Store::open(&dir.0).unwrap();
+    for n in [1_000, 10_000] {
+        let holds: Vec<SavedHold> = (0..n)
+            .map(|i| SavedHold {
+                name: format!("tunnel-{i:010}"),
+                owner: Owner::Secret([7; 32]),
+                left: std::time::Duration::from_secs(30),
+            })
+            .collect();
+        let rounds = 10;
+        let started = std::time::Instant::now();
+        for _ in 0..rounds {
+            store.save_holds(&holds).unwrap();
+        }
+        let each = started.elapsed() / rounds;
+        println!("save of {n} holds: {each:?} ({:?} per name)", each / n);
+    }
+}
