@@ -3,17 +3,19 @@
 
 use anyhow::{Context, Result};
 use cryptun_client::{ClientConfig, ClientError, Target};
-use cryptun_proto::ErrorCode;
 use cryptun_server::AuthMode;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::{DemoArgs, HttpArgs, ServerArgs, inspect, keys, local, output, paths};
+use crate::{DemoArgs, HttpArgs, ServerArgs, guide, inspect, keys, local, output, paths};
 
 /// `cryptun server`.
 pub async fn server(args: ServerArgs) -> Result<()> {
     tls_rules(&args)?;
     let config = server_config(&args)?;
+    if let Some(warning) = guide::public_localhost_warning(args.listen, &args.domain) {
+        tracing::warn!("{warning}");
+    }
     let shutdown = shutdown_on_signal();
     let https = match certs(&args, &config.domain)? {
         Some(certs) => {
@@ -256,28 +258,28 @@ pub async fn http(args: HttpArgs, json_logs: bool) -> Result<()> {
 }
 
 /// Connects and creates the tunnels, waiting out names held for another
-/// client (`None` if `shutdown` fired meanwhile); a refused key gets a hint.
+/// client (`None` if `shutdown` fired meanwhile); an error that calls for
+/// something to be done (a refused key, no server there) says what. Then
+/// warns about each local service that nothing listens on yet.
 pub async fn connect(
     config: &ClientConfig,
     shutdown: &CancellationToken,
 ) -> Result<Option<cryptun_client::Session>> {
-    match crate::held::connect(config, shutdown).await {
-        Ok(session) => Ok(session),
-        Err(
-            err @ ClientError::Refused {
-                code: ErrorCode::Unauthorized,
-                ..
-            },
-        ) => {
-            let hint = if config.token.is_some() {
-                "check the key, or ask the server's operator for a new one"
-            } else {
-                "give it an API key: --token, CRYPTUN_TOKEN, or `cryptun login`"
-            };
-            Err(anyhow::anyhow!("{err} ({hint})"))
+    let session = match crate::held::connect(config, shutdown).await {
+        Ok(session) => session,
+        Err(err) => match guide::connect_hint(&err, config.token.is_some()) {
+            Some(hint) => return Err(anyhow::anyhow!("{err} ({hint})")),
+            None => return Err(err.into()),
+        },
+    };
+    if session.is_some() {
+        for tunnel in config.tunnels() {
+            if let Some(warning) = guide::local_service_warning(&tunnel.target).await {
+                crate::lines::eprint(&warning);
+            }
         }
-        Err(err) => Err(err.into()),
     }
+    Ok(session)
 }
 
 /// `cryptun demo`.

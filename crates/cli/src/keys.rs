@@ -14,6 +14,7 @@ use std::time::{Duration, UNIX_EPOCH};
 use anyhow::{Context, Result, bail};
 use cryptun_client::Secret;
 use cryptun_client::saved::{self, SavedConfig};
+use cryptun_client::whoami::{KeyCheck, WhoamiError, whoami};
 use cryptun_server::Store;
 use cryptun_server::cluster::keys::SharedKeys;
 use cryptun_server::store::transfer::{Document, Summary, TransferError};
@@ -222,18 +223,52 @@ fn list(keys: &[KeyInfo], json: bool) {
 }
 
 /// `cryptun login [TOKEN]`.
-pub fn login(args: LoginArgs) -> Result<()> {
+pub async fn login(args: LoginArgs) -> Result<()> {
     let token = match args.token {
         Some(token) => token,
         None => read_token()?,
     };
+    let server = match &args.server {
+        Some(server) => server.clone(),
+        None => std::env::var("CRYPTUN_SERVER")
+            .ok()
+            .and_then(|list| list.split(',').next().map(|s| s.trim().to_owned()))
+            .filter(|s| !s.is_empty())
+            .unwrap_or_else(|| DEFAULT_SERVER.to_owned()),
+    };
+    let checked = whoami(&server, args.ca.as_deref(), &token)
+        .await
+        .map_err(|err| match err {
+            WhoamiError::Refused { .. } => {
+                anyhow::anyhow!("{err}; nothing was saved, the key saved before (if any) is kept")
+            }
+            err => anyhow::anyhow!(
+                "could not check the key with {server}: {err}; nothing was saved (name the server with --server URL)"
+            ),
+        })?;
     let path = saved::default_path()?;
     let mut config = SavedConfig::load(&path)?;
     config.token = Some(token);
+    config.server = args.server.clone();
     config.save(&path)?;
-    println!("Saved the API key to {}.", path.display());
+    match checked {
+        KeyCheck::Known { id, name } => println!(
+            "The key {id} ({name}) works with {server}; saved it to {}.",
+            path.display()
+        ),
+        KeyCheck::NotChecked => println!(
+            "{server} checks no keys (its auth is off); saved the key to {} for servers that do.",
+            path.display()
+        ),
+    }
+    if args.server.is_some() {
+        println!("Saved {server} as the server for `cryptun http` and `cryptun start`.");
+    }
     Ok(())
 }
+
+/// The server `cryptun http` connects to when none is named.
+const DEFAULT_SERVER: &str = "http://127.0.0.1:4000";
 
 fn read_token() -> Result<Secret> {
     let mut line = String::new();

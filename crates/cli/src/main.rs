@@ -5,6 +5,7 @@
 
 mod commands;
 mod config;
+mod guide;
 mod held;
 mod inspect;
 mod keys;
@@ -76,11 +77,18 @@ enum Command {
         after_help = "Examples:\n  cryptun keys create --name laptop\n  cryptun keys list\n  cryptun keys reserve k7x2abcd myapp\n  cryptun keys revoke k7x2abcd\n  cryptun keys --data-dir /var/lib/cryptun export --output keys.json\n  cryptun keys --cluster redis://10.0.0.5:6379 import --input keys.json"
     )]
     Keys(KeysArgs),
-    /// Save an API key for `cryptun http` (in ~/.config/cryptun/client.toml, mode 0600).
+    /// Check an API key with the server and save it for `cryptun http` (in
+    /// ~/.config/cryptun/client.toml, mode 0600).
     #[command(
-        after_help = "Examples:\n  cryptun login ck_...\n  cryptun login < token.txt   (keeps the key out of shell history)"
+        after_help = "Examples:\n  cryptun login ck_...\n  cryptun login --server https://tunnels.example.com ck_...   (saves the server too)\n  cryptun login < token.txt   (keeps the key out of shell history)"
     )]
     Login(LoginArgs),
+    /// TCP tunnels: not supported yet (says so).
+    #[command(hide = true)]
+    Tcp(NotYet),
+    /// TLS passthrough tunnels: not supported yet (says so).
+    #[command(hide = true)]
+    Tls(NotYet),
     /// Print a shell completion script to standard output.
     #[command(
         after_help = "Examples:\n  cryptun completions bash > /etc/bash_completion.d/cryptun\n  cryptun completions zsh > \"${fpath[1]}/_cryptun\"\n  cryptun completions fish > ~/.config/fish/completions/cryptun.fish"
@@ -415,6 +423,20 @@ struct LoginArgs {
     /// The API key (from `cryptun keys create` on the server). Read from standard input when absent.
     #[arg(value_parser = secret)]
     token: Option<Secret>,
+    /// The server to check the key with, saved with it (`servers` in client.toml) when given
+    /// [default: CRYPTUN_SERVER, else http://127.0.0.1:4000].
+    #[arg(long, value_name = "URL", value_parser = parse::server)]
+    server: Option<String>,
+    /// Also trust the certificate authorities in this PEM file for an https:// server.
+    #[arg(long, env = "CRYPTUN_CA")]
+    ca: Option<PathBuf>,
+}
+
+/// The arguments of a subcommand that is not there yet, whatever they are.
+#[derive(Debug, Args)]
+struct NotYet {
+    #[arg(num_args = 0.., trailing_var_arg = true, allow_hyphen_values = true)]
+    _args: Vec<String>,
 }
 
 #[derive(Debug, Args)]
@@ -453,6 +475,15 @@ fn main() -> std::process::ExitCode {
         clap_complete::generate(shell, &mut command, "cryptun", &mut std::io::stdout());
         return std::process::ExitCode::SUCCESS;
     }
+    if let Command::Tcp(_) | Command::Tls(_) = cli.command {
+        let kind = if matches!(cli.command, Command::Tcp(_)) {
+            "tcp"
+        } else {
+            "tls"
+        };
+        eprintln!("{}", guide::not_yet(kind));
+        return std::process::ExitCode::from(guide::NOT_YET_EXIT);
+    }
     init_logging(cli.log_format, default_level(&cli.command));
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
@@ -486,6 +517,8 @@ fn default_level(command: &Command) -> &'static str {
         | Command::Demo(_)
         | Command::Keys(_)
         | Command::Login(_)
+        | Command::Tcp(_)
+        | Command::Tls(_)
         | Command::Completions { .. } => "warn",
     }
 }
@@ -525,9 +558,9 @@ fn run(
             Command::Start(args) => start::start(args, file, json_logs).await,
             Command::Demo(args) => commands::demo(args, json_logs).await,
             Command::Keys(args) => keys::keys(args).await,
-            Command::Login(args) => keys::login(args),
+            Command::Login(args) => keys::login(args).await,
             // Answered before the runtime started.
-            Command::Completions { .. } => Ok(()),
+            Command::Completions { .. } | Command::Tcp(_) | Command::Tls(_) => Ok(()),
         }
     };
     // The command runs as a task on the worker threads, not on this one:

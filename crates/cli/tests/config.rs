@@ -412,7 +412,11 @@ fn login_changes_only_the_token_of_client_toml() {
     let home = home.path.as_path();
     let before = "# my tunnels\nserver = \"http://127.0.0.1:4000\"  # the server\ntoken = \"ck_old\"\n\n[tunnels.web]\ntarget = \"3000\"  # dev server\n";
     let path = write(home, "client.toml", before);
-    let mut login = cryptun(&["login", "ck_new_key"], home, &[]);
+    // Login checks the key with the server first (this one checks none).
+    let server = cryptun(&["server", "--listen", "127.0.0.1:0"], home, &[]);
+    let url = format!("http://{}", common::listening_addr(&server));
+    let env = [("CRYPTUN_SERVER", url.as_str())];
+    let mut login = cryptun(&["login", "ck_new_key"], home, &env);
     assert!(login.wait_exit(Duration::from_secs(10)).success());
     let after = std::fs::read_to_string(&path).unwrap();
     assert_eq!(after, before.replace("ck_old", "ck_new_key"));
@@ -420,7 +424,7 @@ fn login_changes_only_the_token_of_client_toml() {
     // A file without a token gets one, the rest as it was.
     let before = "# only tunnels\n[tunnels.web]\ntarget = \"3000\"\n";
     std::fs::write(&path, before).unwrap();
-    let mut login = cryptun(&["login", "ck_other"], home, &[]);
+    let mut login = cryptun(&["login", "ck_other"], home, &env);
     assert!(login.wait_exit(Duration::from_secs(10)).success());
     let after = std::fs::read_to_string(&path).unwrap();
     assert!(after.contains("token = \"ck_other\""), "{after}");

@@ -156,7 +156,9 @@ async fn a_server_on_a_real_domain_requires_a_key_that_login_saves() {
     );
 
     // `cryptun login` reads the key from stdin and saves it privately.
-    let saved = stdout(&run(cryptun(&["login"], &env), &format!("{token}\n")));
+    // It checks the key with the server first.
+    let login = ["login", "--server", server_url.as_str()];
+    let saved = stdout(&run(cryptun(&login, &env), &format!("{token}\n")));
     let path = config.path.join("cryptun").join("client.toml");
     assert!(saved.contains(&path.display().to_string()), "{saved}");
     assert!(!saved.contains(&secret_part));

@@ -7,7 +7,7 @@
 //! the CLI prints them per request, and the inspector shows them.
 
 use cryptun_proto::mux::{PumpError, StreamError};
-use cryptun_proto::{HeadError, InlineBody, ResponseHead};
+use cryptun_proto::{CancelReason, HeadError, InlineBody, ResponseHead};
 
 use crate::Target;
 use crate::local::LocalError;
@@ -38,6 +38,13 @@ pub(crate) enum ExchangeError {
     /// The visitor went away (the server cancelled the stream).
     #[error("cancelled: the visitor went away")]
     VisitorGone,
+    /// The server gave up waiting for the response head: the local service
+    /// did not answer within the tunnel's request timeout.
+    #[error("the local service did not answer in time (the visitor got 504)")]
+    TimedOut,
+    /// The server cancelled the request because it is shutting down.
+    #[error("cancelled: the server is shutting down")]
+    ServerShutdown,
     /// The tunnel (stream or session) closed before the response head
     /// went out.
     #[error("the tunnel closed before the response was sent")]
@@ -75,11 +82,42 @@ pub(crate) enum ExchangeError {
 }
 
 impl ExchangeError {
+    /// The server cancelled the exchange, for `reason` if it said (older
+    /// servers do not: the visitor went away, or the request timed out).
+    pub(crate) fn cancelled(reason: Option<CancelReason>) -> Self {
+        match reason {
+            Some(CancelReason::Timeout) => ExchangeError::TimedOut,
+            Some(CancelReason::Shutdown) => ExchangeError::ServerShutdown,
+            Some(CancelReason::VisitorGone) | None => ExchangeError::VisitorGone,
+        }
+    }
+
+    /// The text for the terminal's request line: [`Display`](std::fmt::Display)'s,
+    /// except that a local service refusing the connection is short enough
+    /// (`:3000 refused`) for the line to fit 80 columns; the warning at
+    /// start and the visitor's page say the rest.
+    pub(crate) fn brief(&self) -> String {
+        match self {
+            ExchangeError::Unreachable {
+                target,
+                source: LocalError::Connect(io),
+            } if io.kind() == std::io::ErrorKind::ConnectionRefused => {
+                let shown = target.to_string();
+                let port = shown.rsplit_once(':').map_or("", |(_, port)| port);
+                format!(":{port} refused")
+            }
+            other => other.to_string(),
+        }
+    }
+
     /// Who is at fault.
     pub(crate) fn side(&self) -> Side {
         match self {
             ExchangeError::BadRequest(_) | ExchangeError::VisitorGone => Side::Visitor,
-            ExchangeError::UnknownTunnel(_) | ExchangeError::TunnelClosed => Side::Server,
+            ExchangeError::UnknownTunnel(_)
+            | ExchangeError::TunnelClosed
+            | ExchangeError::ServerShutdown => Side::Server,
+            ExchangeError::TimedOut => Side::Local,
             // The request body is the visitor's: its break is theirs.
             ExchangeError::Unreachable { source, .. } if from_stream(source) => Side::Visitor,
             ExchangeError::UpgradedIn(err) if err.get_ref().is_some_and(|e| from_stream(e)) => {
@@ -114,6 +152,8 @@ impl ExchangeError {
             // may hold ours a moment longer: soon there is room again.
             ExchangeError::Busy => (503, ("retry-after", "1")),
             ExchangeError::VisitorGone
+            | ExchangeError::TimedOut
+            | ExchangeError::ServerShutdown
             | ExchangeError::TunnelClosed
             | ExchangeError::ResponseBody(_)
             | ExchangeError::Upgrade(_)
@@ -248,5 +288,35 @@ mod tests {
         assert_eq!(ExchangeError::Busy.side(), Side::Client);
         assert_eq!(ExchangeError::VisitorGone.side(), Side::Visitor);
         assert_eq!(ExchangeError::TunnelClosed.side(), Side::Server);
+    }
+
+    #[test]
+    fn a_refused_local_service_is_brief_on_the_terminal() {
+        let target = Target::parse("127.0.0.1:65535").expect("a target");
+        let refused = ExchangeError::Unreachable {
+            target,
+            source: refused(),
+        };
+        assert_eq!(refused.brief(), ":65535 refused");
+        assert_eq!(ExchangeError::Busy.brief(), ExchangeError::Busy.to_string());
+    }
+
+    #[test]
+    fn a_cancel_says_why_and_a_timeout_blames_the_local_service() {
+        let timeout = ExchangeError::cancelled(Some(CancelReason::Timeout));
+        assert_eq!(timeout.side(), Side::Local);
+        assert_eq!(
+            timeout.to_string(),
+            "the local service did not answer in time (the visitor got 504)"
+        );
+        assert_eq!(timeout.answer(), None);
+        let shutdown = ExchangeError::cancelled(Some(CancelReason::Shutdown));
+        assert_eq!(shutdown.side(), Side::Server);
+        for gone in [None, Some(CancelReason::VisitorGone)] {
+            assert!(matches!(
+                ExchangeError::cancelled(gone),
+                ExchangeError::VisitorGone
+            ));
+        }
     }
 }

@@ -20,11 +20,11 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
 use tracing::debug;
 
-use crate::error::ExchangeError;
+use crate::error::{self, ExchangeError};
 use crate::local::{self, DrivenBody, LocalBody, LocalPool};
 use crate::observe::{Observer, Tee, Watch};
-use crate::routes::Routes;
-use crate::{ClientConfig, Event, Events, Target, TunnelCreated};
+use crate::routes::{Route, Routes};
+use crate::{ClientConfig, Event, Events, Target, TunnelCreated, page};
 
 /// Bounds on a request head from the server. The server already limits what
 /// visitors send; these only guard against a broken server.
@@ -86,8 +86,8 @@ pub(crate) async fn forward(
     } = stream;
     let outcome = tokio::select! {
         biased;
-        outcome = exchange(&fwd, &route.target, &watch, head, recv, send, started) => outcome,
-        _ = gone => Outcome::failed(0, started.elapsed(), ExchangeError::VisitorGone),
+        outcome = exchange(&fwd, &route, &watch, head, recv, send, started) => outcome,
+        why = gone => Outcome::failed(0, started.elapsed(), ExchangeError::cancelled(why.ok())),
     };
     let error = outcome.error.as_ref().map(ToString::to_string);
     watch.finish(outcome.status, error);
@@ -106,7 +106,7 @@ fn report(fwd: &Forwarder, tunnel: String, method: String, path: String, outcome
         path,
         status: outcome.status,
         duration: outcome.duration,
-        error: outcome.error.map(|err| err.to_string()),
+        error: outcome.error.map(|err| err.brief()),
     });
 }
 
@@ -146,13 +146,15 @@ impl Outcome {
 /// response back, relayed plain or as a protocol switch.
 async fn exchange(
     fwd: &Forwarder,
-    target: &Target,
+    route: &Route,
     watch: &Watch,
     head: RequestHead,
     recv: RecvBody<()>,
     send: SendHalf<()>,
     started: Instant,
 ) -> Outcome {
+    let target = &route.target;
+    let html = page::wants_html(&head.headers);
     let (request, upgrade) = match local_request(target, head, recv) {
         Ok(parts) => parts,
         Err(err) => return answer(send, ExchangeError::BadRequest(err), started).await,
@@ -161,9 +163,11 @@ async fn exchange(
     let mut response = match fwd.local.send(target, request).await {
         Ok(response) => response,
         Err(source) => {
+            let why = error::error_chain(&source);
+            let browser = html.then(|| page::unreachable(&route.name, target, &why));
             let target = target.clone();
             let err = ExchangeError::Unreachable { target, source };
-            return answer(send, err, started).await;
+            return answer_with(send, err, browser, started).await;
         }
     };
     let status = response.status().as_u16();
@@ -355,8 +359,18 @@ async fn send_head(send: &SendHalf<()>, head: ResponseHead) -> Result<(), Stream
 }
 
 /// Answers the visitor with the client's own page for `err`.
-async fn answer(mut send: SendHalf<()>, err: ExchangeError, started: Instant) -> Outcome {
-    let Some(head) = err.answer() else {
+async fn answer(send: SendHalf<()>, err: ExchangeError, started: Instant) -> Outcome {
+    answer_with(send, err, None, started).await
+}
+
+/// [`answer`], with `page` instead of the plain-text one when given.
+async fn answer_with(
+    mut send: SendHalf<()>,
+    err: ExchangeError,
+    page: Option<ResponseHead>,
+    started: Instant,
+) -> Outcome {
+    let Some(head) = page.or_else(|| err.answer()) else {
         // Nothing to say (not an error the client answers for): dropping
         // `send` resets the stream.
         return Outcome::failed(0, started.elapsed(), err);

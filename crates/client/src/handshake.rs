@@ -16,7 +16,7 @@ use tracing::{debug, info};
 
 use crate::servers::{self, Endpoint};
 use crate::session::{Session, Ws, describe_close};
-use crate::{ClientConfig, ClientError, TunnelConfig, transport};
+use crate::{ClientConfig, ClientError, TunnelConfig, probe, transport};
 
 /// The largest message the client accepts from a server. The server is the
 /// party the client chose to trust; this only bounds a broken one.
@@ -150,12 +150,22 @@ async fn connect_inner(config: &ClientConfig, endpoint: &Endpoint) -> Result<Ses
         .websocket_config()
         .max_message_size(Some(MAX_SERVER_MESSAGE))
         .max_frame_size(Some(MAX_SERVER_MESSAGE));
-    let (stream, peer) = transport::connect(endpoint, config.ca.as_deref()).await?;
+    let ca = config.ca.as_deref();
+    let (stream, peer) = match transport::connect(endpoint, ca).await {
+        Ok(connected) => connected,
+        Err(err) => return Err(probe::after_tls_failure(endpoint, err).await),
+    };
     let url = endpoint.url.as_str();
-    let (mut ws, _) =
+    let upgraded =
         tokio_tungstenite::client_async_with_config(url, ReadAhead::new(stream), Some(ws_config))
-            .await
-            .map_err(|source| handshake_error(endpoint, source))?;
+            .await;
+    let mut ws = match upgraded {
+        Ok((ws, _)) => ws,
+        Err(source) => {
+            let err = handshake_error(endpoint, source);
+            return Err(probe::after_plain_failure(endpoint, ca, err).await);
+        }
+    };
     let specs: Vec<&TunnelConfig> = config.tunnels().collect();
     // All at once: the server answers each in order, so a session of many
     // tunnels costs one round trip.
@@ -200,7 +210,9 @@ async fn created(
                 Ok(ServerMessage::TunnelCreated(tunnel)) => {
                     if !tunnel.binary_streams {
                         return Err(ClientError::Protocol(
-                            "the server refused binary streams".into(),
+                            "the server does not stream bodies, which this client needs: \
+                             it is older than the client; update it"
+                                .into(),
                         ));
                     }
                     tunnels.push(tunnel);

@@ -24,6 +24,8 @@
 //!   per tunnel), and the first connection, over the candidates.
 //! - `session`: the connection: reader, writer, heartbeats.
 //! - `transport`: TCP, or TLS over it for `wss://`, and certificate trust.
+//! - `probe`: which scheme a port speaks, when a handshake failed as if
+//!   `--server` named the wrong one.
 //! - [`reconnect`]: keeping the tunnel up across lost connections and
 //!   server restarts: the next server at once, then backoff and jitter,
 //!   asking for the same tunnels again.
@@ -35,6 +37,8 @@
 //!   service and back.
 //! - `error`: why an exchange failed, by side, and the answer each
 //!   failure becomes.
+//! - `page`: the HTML page a browser gets when the local service cannot
+//!   be reached.
 //! - `local`: connections to the local service, pooled, each driven by
 //!   the task forwarding the request on it.
 //! - `local_tls`: TLS to an `https://` local service ([`LocalTls`]: the
@@ -49,6 +53,8 @@
 //!   (and the user their tunnels).
 //! - [`inspector`]: the request inspector, a web page of recent exchanges
 //!   with replay and HAR export (`--inspect`).
+//! - [`whoami`]: which API key a token is, asked of a server before
+//!   `cryptun login` saves it.
 //! - `events`: [`Event`], what the client reports (each request, each
 //!   loss and reconnect), for the CLI to print.
 
@@ -65,6 +71,8 @@ mod local;
 mod local_tls;
 mod names;
 mod observe;
+mod page;
+mod probe;
 pub mod reconnect;
 mod routes;
 pub mod saved;
@@ -73,6 +81,7 @@ mod session;
 mod state;
 pub mod target;
 mod transport;
+pub mod whoami;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -312,6 +321,20 @@ pub enum ClientError {
         /// Why.
         reason: String,
     },
+    /// The server's port speaks the other scheme: `--server http://`
+    /// against an HTTPS port, or `https://` against a plain one.
+    #[error("{server} speaks {speaks}, not {tried}: connect with --server {suggest}")]
+    WrongScheme {
+        /// The server as given (`http://HOST:PORT`, with the address
+        /// dialled when the host is a name).
+        server: String,
+        /// What the port speaks: `HTTPS (TLS)` or `plain HTTP`.
+        speaks: &'static str,
+        /// What the address said to speak.
+        tried: &'static str,
+        /// The `--server` value that would work.
+        suggest: String,
+    },
     /// The server answered the control connection with a redirect: it
     /// serves clients over TLS only.
     #[error("{url} redirects to {location}; connect with --server {suggest}")]
@@ -354,6 +377,7 @@ impl ClientError {
             | ClientError::Protocol(_)
             | ClientError::Untrusted { .. }
             | ClientError::Ca { .. }
+            | ClientError::WrongScheme { .. }
             | ClientError::Redirected { .. } => true,
             ClientError::Connect { source, .. } => match source.as_ref() {
                 Error::Http(resp) => {

@@ -8,8 +8,9 @@
 //! `~/.config/cryptun/client.toml`. It holds a secret, so it is written
 //! readable by its owner only (mode 0600, in a 0700 directory), through a
 //! temporary file renamed into place so a crash never leaves half a key.
-//! Saving changes the `token` key only: the rest of the file, comments
-//! and layout included, stays as the user wrote it (`toml_edit`).
+//! Saving changes the `token` key (and, when `cryptun login --server` gives
+//! one, `servers`) only: the rest of the file, comments and layout
+//! included, stays as the user wrote it (`toml_edit`).
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
@@ -24,6 +25,10 @@ pub const FILE_NAME: &str = "client.toml";
 pub struct SavedConfig {
     /// The API key to present to the server.
     pub token: Option<Secret>,
+    /// A server to save with the key, as `servers = [...]` (replacing any
+    /// `server` or `servers`). Written only: [`load`](Self::load) leaves
+    /// it `None`, the CLI's config loader reads the servers.
+    pub server: Option<String>,
 }
 
 /// Why the saved config could not be read or written.
@@ -105,7 +110,10 @@ impl SavedConfig {
                 return Err(parse(format!("token must be a string, not a {kind}")));
             }
         };
-        Ok(SavedConfig { token })
+        Ok(SavedConfig {
+            token,
+            server: None,
+        })
     }
 
     /// Writes the token into the file at `path` (created if missing),
@@ -128,6 +136,12 @@ impl SavedConfig {
             None => {
                 doc.remove("token");
             }
+        }
+        if let Some(server) = &self.server {
+            doc.remove("server");
+            let mut servers = toml_edit::Array::new();
+            servers.push(server.as_str());
+            doc["servers"] = toml_edit::value(servers);
         }
         let text = doc.to_string();
         if let Some(dir) = path.parent() {
@@ -182,6 +196,7 @@ mod tests {
         assert_eq!(SavedConfig::load(&path).unwrap(), SavedConfig::default());
         let saved = SavedConfig {
             token: Some(Secret::new("ck_abcdefgh_xyz")),
+            server: None,
         };
         saved.save(&path).unwrap();
         assert_eq!(SavedConfig::load(&path).unwrap(), saved);
@@ -205,11 +220,24 @@ mod tests {
         std::fs::write(&path, before).unwrap();
         let saved = SavedConfig {
             token: Some(Secret::new("ck_new")),
+            server: None,
         };
         saved.save(&path).unwrap();
         let after = std::fs::read_to_string(&path).unwrap();
         assert_eq!(after, before.replace("\"old\"", "\"ck_new\""));
         assert_eq!(SavedConfig::load(&path).unwrap(), saved);
+        let with_server = SavedConfig {
+            server: Some("https://u.example.com".into()),
+            ..saved.clone()
+        };
+        with_server.save(&path).unwrap();
+        let after = std::fs::read_to_string(&path).unwrap();
+        assert!(!after.contains("t.example.com"), "{after}");
+        assert!(
+            after.contains(r#"servers = ["https://u.example.com"]"#),
+            "{after}"
+        );
+        assert!(after.contains("[tunnels.web]"), "{after}");
         let _ = std::fs::remove_dir_all(path.parent().unwrap().parent().unwrap());
     }
 

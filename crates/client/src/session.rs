@@ -150,6 +150,9 @@ impl Session {
                             saved.forget(tunnel);
                         }
                     }
+                    // Requests still in flight end with the session: the
+                    // server is told why, before the close.
+                    mux.reset_all(cryptun_proto::CancelReason::Shutdown);
                     mux.queue_close(CloseFrame { code: CloseCode::Normal, reason: "client shutting down".into() });
                     (Ok(()), true)
                 }
@@ -254,7 +257,9 @@ impl Reader<'_> {
                 tunnel_id,
                 request,
             }) => return self.request(request_id, tunnel_id, request),
-            Ok(ServerMessage::Cancel { request_id }) => self.mux.cancel_from_peer(request_id),
+            Ok(ServerMessage::Cancel { request_id, reason }) => {
+                self.mux.cancel_from_peer(request_id, reason)
+            }
             Ok(ServerMessage::Error(err)) if err.code == ErrorCode::KeyRevoked => {
                 // The server closes the session next (1008).
                 return Break(ClientError::KeyRevoked {

@@ -12,6 +12,8 @@
 //! - [`message`]: the JSON control vocabulary and its decoding.
 //! - [`capability`]: what a session speaks beyond the seed's protocol, and
 //!   how client and server agree on it.
+//! - [`cancel`]: why a stream was abandoned (`cancel`'s `reason`, a
+//!   RESET's payload).
 //! - [`error_code`]: why the server refuses something, and what each
 //!   refusal does to the connection.
 //! - [`head`]: request and response heads, header encoding, hop-by-hop rules.
@@ -28,6 +30,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod cancel;
 pub mod capability;
 pub mod error_code;
 pub mod frame;
@@ -40,6 +43,7 @@ pub mod net;
 pub mod read_ahead;
 pub mod secret;
 
+pub use cancel::CancelReason;
 pub use capability::{Capabilities, Capability, negotiate};
 pub use error_code::ErrorCode;
 pub use frame::{Frame, FrameError, FrameKind};

@@ -12,6 +12,7 @@ use std::borrow::Cow;
 use serde::de::IgnoredAny;
 use serde::{Deserialize, Serialize};
 
+use crate::cancel::CancelReason;
 use crate::capability::{Capabilities, Capability};
 pub use crate::error_code::ErrorCode;
 use crate::head::{RequestHead, ResponseHead};
@@ -46,6 +47,9 @@ pub enum ClientMessage {
     Cancel {
         /// The request abandoned.
         request_id: u32,
+        /// Why, if the client says (optional: older clients do not).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reason: Option<CancelReason>,
     },
     /// Liveness probe; the server answers `pong`.
     Ping,
@@ -164,6 +168,10 @@ pub enum ServerMessage {
     Cancel {
         /// The request abandoned.
         request_id: u32,
+        /// Why: `timeout`, `visitor_gone` or `shutdown` (absent from older
+        /// servers).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reason: Option<CancelReason>,
     },
     /// Answer to the client's `ping`.
     Pong,
@@ -256,9 +264,13 @@ impl ClientMessage {
                 }
             }
             "create_tunnel" => ClientMessage::CreateTunnel(fields(text)?),
-            "cancel" => ClientMessage::Cancel {
-                request_id: fields::<RequestId>(text)?.request_id,
-            },
+            "cancel" => {
+                let cancel = fields::<RequestId>(text)?;
+                ClientMessage::Cancel {
+                    request_id: cancel.request_id,
+                    reason: cancel.reason(),
+                }
+            }
             "ping" => ClientMessage::Ping,
             "pong" => ClientMessage::Pong,
             "close_tunnel" => ClientMessage::CloseTunnel {
@@ -297,9 +309,13 @@ impl ServerMessage {
                 }
             }
             "tunnel_created" => ServerMessage::TunnelCreated(fields(text)?),
-            "cancel" => ServerMessage::Cancel {
-                request_id: fields::<RequestId>(text)?.request_id,
-            },
+            "cancel" => {
+                let cancel = fields::<RequestId>(text)?;
+                ServerMessage::Cancel {
+                    request_id: cancel.request_id,
+                    reason: cancel.reason(),
+                }
+            }
             "pong" => ServerMessage::Pong,
             "error" => ServerMessage::Error(fields(text)?),
             "going_away" => ServerMessage::GoingAway {
@@ -313,10 +329,19 @@ impl ServerMessage {
     }
 }
 
-/// The fields of `cancel`.
+/// The fields of `cancel`. A `reason` this build does not know is read as
+/// none, so a newer peer's reason never fails the message.
 #[derive(Deserialize)]
 struct RequestId {
     request_id: u32,
+    #[serde(default)]
+    reason: Option<String>,
+}
+
+impl RequestId {
+    fn reason(&self) -> Option<CancelReason> {
+        self.reason.as_deref().and_then(CancelReason::parse)
+    }
 }
 
 /// The fields of `close_tunnel` and `tunnel_closed`.

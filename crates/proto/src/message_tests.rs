@@ -220,7 +220,14 @@ fn every_message_decodes_as_serde_s_tagged_enum_would_read_it() {
             request_id: 9,
             response: head,
         },
-        ClientMessage::Cancel { request_id: 4 },
+        ClientMessage::Cancel {
+            request_id: 4,
+            reason: None,
+        },
+        ClientMessage::Cancel {
+            request_id: 5,
+            reason: Some(crate::CancelReason::Shutdown),
+        },
         ClientMessage::Ping,
         ClientMessage::Pong,
         ClientMessage::CloseTunnel {
@@ -289,7 +296,14 @@ fn every_message_decodes_as_serde_s_tagged_enum_would_read_it() {
                 body: crate::InlineBody::default(),
             },
         },
-        ServerMessage::Cancel { request_id: 2 },
+        ServerMessage::Cancel {
+            request_id: 2,
+            reason: None,
+        },
+        ServerMessage::Cancel {
+            request_id: 3,
+            reason: Some(crate::CancelReason::Timeout),
+        },
         ServerMessage::Pong,
         ServerMessage::error(ErrorCode::NoTunnel, "no", Some(3)),
         ServerMessage::GoingAway {
@@ -501,5 +515,41 @@ fn close_tunnel_and_its_answer_read_as_written_and_the_list_names_binary_streams
             crate::Capability::BinaryStreams,
             crate::Capability::CloseTunnel
         ])
+    );
+}
+
+#[test]
+fn a_cancel_reason_is_optional_and_an_unknown_one_is_none() {
+    let old = ServerMessage::decode(r#"{"type":"cancel","request_id":7}"#).unwrap();
+    assert_eq!(
+        old,
+        ServerMessage::Cancel {
+            request_id: 7,
+            reason: None
+        }
+    );
+    let timeout = r#"{"type":"cancel","request_id":7,"reason":"timeout"}"#;
+    assert_eq!(
+        ServerMessage::decode(timeout).unwrap(),
+        ServerMessage::Cancel {
+            request_id: 7,
+            reason: Some(crate::CancelReason::Timeout)
+        }
+    );
+    let newer = r#"{"type":"cancel","request_id":7,"reason":"moon_phase"}"#;
+    assert_eq!(
+        ClientMessage::decode(newer).unwrap(),
+        ClientMessage::Cancel {
+            request_id: 7,
+            reason: None
+        }
+    );
+    let gone = ClientMessage::Cancel {
+        request_id: 1,
+        reason: Some(crate::CancelReason::VisitorGone),
+    };
+    assert_eq!(
+        encode(&gone),
+        r#"{"type":"cancel","request_id":1,"reason":"visitor_gone"}"#
     );
 }

@@ -207,10 +207,17 @@ fn client_message() -> impl Strategy<Value = ClientMessage> {
                 },
             }
         ),
-        any::<u32>().prop_map(|request_id| ClientMessage::Cancel { request_id }),
+        (any::<u32>(), cancel_reason())
+            .prop_map(|(request_id, reason)| ClientMessage::Cancel { request_id, reason }),
         Just(ClientMessage::Ping),
         Just(ClientMessage::Pong),
     ]
+}
+
+fn cancel_reason() -> impl Strategy<Value = Option<cryptun_proto::CancelReason>> {
+    prop::option::of(prop::sample::select(
+        cryptun_proto::CancelReason::ALL.to_vec(),
+    ))
 }
 
 fn session_limits() -> impl Strategy<Value = SessionLimits> {
@@ -286,7 +293,8 @@ fn server_message() -> impl Strategy<Value = ServerMessage> {
                     },
                 }
             }),
-        any::<u32>().prop_map(|request_id| ServerMessage::Cancel { request_id }),
+        (any::<u32>(), cancel_reason())
+            .prop_map(|(request_id, reason)| ServerMessage::Cancel { request_id, reason }),
         Just(ServerMessage::Pong),
         (
             prop::sample::select(ErrorCode::ALL.to_vec()),

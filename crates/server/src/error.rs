@@ -73,8 +73,9 @@ pub enum GatewayError {
     /// The client's response head was not valid HTTP.
     #[error("the tunnel's client sent an invalid response: {0}")]
     BadResponse(#[from] HeadError),
-    /// The client did not answer within the request timeout.
-    #[error("the tunnel's client did not answer within {0:?}")]
+    /// No response head within the request timeout: the local service (or
+    /// the client in front of it) did not answer in time.
+    #[error("the local service behind this tunnel did not answer within {0:?}")]
     Timeout(Duration),
     /// A WebSocket upgrade request was not valid.
     #[error("bad WebSocket upgrade: {0}")]

@@ -10,6 +10,7 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 
 use super::Mux;
+use crate::cancel::CancelReason;
 use crate::frame::{Frame, FrameKind};
 
 /// Most queued control texts (errors); more are dropped, as the peer is
@@ -19,7 +20,8 @@ const MAX_QUEUED_TEXTS: usize = 64;
 #[derive(Default)]
 pub(super) struct Control {
     pub(super) credits: HashMap<u32, u32>,
-    pub(super) resets: Vec<u32>,
+    /// Streams we reset, each with the reason we give the peer.
+    pub(super) resets: Vec<(u32, Option<CancelReason>)>,
     pub(super) texts: VecDeque<String>,
     pub(super) pong: bool,
     pub(super) close: Option<CloseFrame>,
@@ -60,11 +62,14 @@ impl<H: Send + 'static> Mux<H> {
         for (id, credit) in control.credits.drain() {
             out.push(Message::Binary(Frame::window(id, credit)));
         }
-        for id in control.resets.drain(..) {
-            out.push(if self.inner.binary {
-                Message::Binary(Frame::encode(FrameKind::Reset, id, b""))
-            } else {
-                Message::text(format!(r#"{{"type":"cancel","request_id":{id}}}"#))
+        for (id, reason) in control.resets.drain(..) {
+            let word = reason.map_or("", CancelReason::as_str);
+            out.push(match (self.inner.binary, reason) {
+                (true, _) => Message::Binary(Frame::encode(FrameKind::Reset, id, word.as_bytes())),
+                (false, None) => Message::text(format!(r#"{{"type":"cancel","request_id":{id}}}"#)),
+                (false, Some(_)) => Message::text(format!(
+                    r#"{{"type":"cancel","request_id":{id},"reason":"{word}"}}"#
+                )),
             });
         }
         out.extend(control.texts.drain(..).map(Message::text));

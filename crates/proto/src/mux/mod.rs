@@ -115,8 +115,10 @@ pub struct Stream<H: Send + 'static> {
     pub recv: RecvBody<H>,
     /// Our body to the peer.
     pub send: SendHalf<H>,
-    /// Resolves (with an error) when the stream leaves the table for any reason.
-    pub gone: oneshot::Receiver<()>,
+    /// Resolves when the stream leaves the table: with the peer's reason
+    /// when it reset the stream giving one (`cancel`'s `reason`, a RESET's
+    /// payload), with an error for any other end.
+    pub gone: oneshot::Receiver<crate::CancelReason>,
 }
 
 impl<H: Send + 'static> Mux<H> {

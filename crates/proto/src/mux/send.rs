@@ -116,7 +116,7 @@ impl<H: Send + 'static> SendHalf<H> {
 impl<H: Send + 'static> Drop for SendHalf<H> {
     fn drop(&mut self) {
         if !self.done {
-            self.mux.reset(self.id);
+            self.mux.reset_for(self.id, self.mux.abandoned_because());
         }
     }
 }

@@ -13,6 +13,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::sync::{Semaphore, oneshot};
 
 use super::{Mux, RecvBody, SendHalf, Side, Stream, recv};
+use crate::cancel::CancelReason;
 use crate::frame::{Frame, FrameKind};
 
 /// Why a stream could not be opened or accepted.
@@ -63,8 +64,9 @@ struct Slot<H> {
     credit: Arc<Semaphore>,
     local_done: bool,
     remote_done: bool,
-    /// Dropped with the slot: wakes whoever waits for the stream to end.
-    _gone: oneshot::Sender<()>,
+    /// Sent the peer's reason when it resets the stream with one, else
+    /// dropped with the slot: wakes whoever waits for the stream to end.
+    gone: oneshot::Sender<CancelReason>,
 }
 
 impl<H> Table<H> {
@@ -129,7 +131,7 @@ impl<H: Send + 'static> Mux<H> {
                 credit: Arc::clone(&credit),
                 local_done,
                 remote_done,
-                _gone: gone_tx,
+                gone: gone_tx,
             },
         );
         Ok(Stream {
@@ -209,24 +211,51 @@ impl<H: Send + 'static> Mux<H> {
                 slot.credit.add_permits(credit);
             }
             FrameKind::Reset => {
-                let reason = String::from_utf8_lossy(&frame.payload).into_owned();
-                Self::remove(&mut table, id, format!("reset by peer {reason}"));
+                let text = String::from_utf8_lossy(&frame.payload).into_owned();
+                let reason = CancelReason::from_payload(&frame.payload);
+                Self::remove_for(&mut table, id, format!("reset by peer {text}"), reason);
             }
         }
         Ok(())
     }
 
-    /// The peer abandoned stream `id` (a JSON `cancel`).
-    pub fn cancel_from_peer(&self, id: u32) {
-        Self::remove(&mut self.table(), id, "cancelled by peer".into());
+    /// The peer abandoned stream `id` (a JSON `cancel`), for `reason` if
+    /// it said.
+    pub fn cancel_from_peer(&self, id: u32, reason: Option<CancelReason>) {
+        let text = match reason {
+            Some(reason) => format!("cancelled by peer: {reason}"),
+            None => "cancelled by peer".into(),
+        };
+        Self::remove_for(&mut self.table(), id, text, reason);
     }
 
     /// Abandons stream `id` from our side: tells the peer, fails both halves.
     pub fn reset(&self, id: u32) {
+        self.reset_for(id, None);
+    }
+
+    /// [`reset`](Self::reset), telling the peer why (`cancel`'s `reason`,
+    /// the RESET frame's payload).
+    pub fn reset_for(&self, id: u32, reason: Option<CancelReason>) {
         if Self::remove(&mut self.table(), id, "reset".into()) {
-            self.control().resets.push(id);
+            self.control().resets.push((id, reason));
             self.inner.control_ready.notify_one();
         }
+    }
+
+    /// Resets every stream in flight for `reason` (the session is about to
+    /// close: the peer learns why each request ends before the close).
+    pub fn reset_all(&self, reason: CancelReason) {
+        let mut table = self.table();
+        let ids: Vec<u32> = table.slots.keys().copied().collect();
+        let mut control = self.control();
+        for id in ids {
+            if Self::remove(&mut table, id, format!("reset: {reason}")) {
+                control.resets.push((id, Some(reason)));
+            }
+        }
+        drop((control, table));
+        self.inner.control_ready.notify_one();
     }
 
     /// Closes the session's streams: every pending head, body and upload
@@ -291,7 +320,7 @@ impl<H: Send + 'static> Mux<H> {
     /// body frames are dropped and the response goes on.
     pub(super) fn abandon_inbound(&self, id: u32) {
         match self.inner.side {
-            Side::Opener => self.reset(id),
+            Side::Opener => self.reset_for(id, self.abandoned_because()),
             Side::Acceptor => {
                 let mut table = self.table();
                 if table.slots.get(&id).is_some_and(|s| !s.remote_done) {
@@ -299,6 +328,13 @@ impl<H: Send + 'static> Mux<H> {
                 }
             }
         }
+    }
+
+    /// Why a stream our side drops unfinished is abandoned: on the opener
+    /// (the server) its handles belong to the visitor's request, so the
+    /// visitor went away; the acceptor gives no reason.
+    pub(super) fn abandoned_because(&self) -> Option<CancelReason> {
+        (self.inner.side == Side::Opener).then_some(CancelReason::VisitorGone)
     }
 
     /// The receiver consumed `n` bytes of stream `id`: grant them back.
@@ -318,9 +354,23 @@ impl<H: Send + 'static> Mux<H> {
     }
 
     fn remove(table: &mut Table<H>, id: u32, reason: String) -> bool {
+        Self::remove_for(table, id, reason, None)
+    }
+
+    /// [`remove`](Self::remove), handing whoever waits on the stream's
+    /// `gone` the peer's `cause`, if it gave one.
+    fn remove_for(
+        table: &mut Table<H>,
+        id: u32,
+        reason: String,
+        cause: Option<CancelReason>,
+    ) -> bool {
         let Some(slot) = table.slots.remove(&id) else {
             return false;
         };
+        if let Some(cause) = cause {
+            let _ = slot.gone.send(cause);
+        }
         slot.credit.close();
         slot.inbox
             .lock()

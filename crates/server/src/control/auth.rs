@@ -166,10 +166,7 @@ impl Auth {
             return match self.mode {
                 AuthMode::Required => Err(self.failure(
                     peer.ip(),
-                    Refusal::new(
-                        ErrorCode::Unauthorized,
-                        "this server requires an API key (the `token` field of create_tunnel)",
-                    ),
+                    Refusal::new(ErrorCode::Unauthorized, "this server requires an API key"),
                 )),
                 AuthMode::Off | AuthMode::Optional => Ok(Identity::Anonymous),
             };

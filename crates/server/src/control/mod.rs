@@ -11,11 +11,14 @@
 //! - `admit`: which tunnel a `create_tunnel` gets, and its registration.
 //! - `session`: a running client connection and its tunnels.
 //! - `revocation`: cutting the sessions of revoked keys.
+//! - [`whoami`]: `GET /api/whoami`, which key a bearer token is (for
+//!   `cryptun login`), under the same backoff as the handshake.
 
 mod admit;
 pub(crate) mod auth;
 mod revocation;
 mod session;
+pub(crate) mod whoami;
 
 use std::sync::Arc;
 

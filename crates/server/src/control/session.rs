@@ -203,6 +203,8 @@ pub(super) async fn serve(control: &Control, opened: Opened, peer: Peer, identit
             }
         },
         () = control.sessions_stop.cancelled() => {
+            // Each request still in flight is told why it ends, before the close.
+            mux.reset_all(cryptun_proto::CancelReason::Shutdown);
             mux.queue_close(close_frame(close_code::GOING_AWAY, "server shutting down"));
             (Ended::Shutdown, "server shutting down".to_owned(), true)
         }
@@ -312,7 +314,9 @@ async fn on_text(
                 );
             }
         }
-        Ok(ClientMessage::Cancel { request_id }) => mux.cancel_from_peer(request_id),
+        Ok(ClientMessage::Cancel { request_id, reason }) => {
+            mux.cancel_from_peer(request_id, reason)
+        }
         Ok(ClientMessage::Ping) => mux.queue_pong(),
         Ok(ClientMessage::CloseTunnel { tunnel_id }) => close_tunnel(mux, tunnels, tunnel_id),
         Ok(ClientMessage::Pong) => {}

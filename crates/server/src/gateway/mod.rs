@@ -268,6 +268,12 @@ impl Gateway {
         let answer = match hardening::check_own_path(req.uri().path()) {
             Err(err) => Err(err),
             Ok(()) if is_ws(&req) => Control::upgrade(&self.control, visitor.addr, req),
+            Ok(())
+                if req.method() == Method::GET
+                    && req.uri().path() == crate::control::whoami::PATH =>
+            {
+                Ok(self.control.whoami(visitor.addr, req.headers()).await)
+            }
             Ok(()) => {
                 let caller = Caller {
                     loopback: visitor.is_loopback(),

@@ -179,7 +179,12 @@ impl Proxy<'_> {
         // The deadline covers queueing the head too: a client that stopped
         // reading must not hold a visitor longer than one that is slow to
         // answer.
-        let timed_out = |_| GatewayError::Timeout(tunnel.request_timeout);
+        // The client is told why, so it says the local service was too slow
+        // rather than that the visitor left.
+        let timed_out = |_| {
+            mux.reset_for(id, Some(cryptun_proto::CancelReason::Timeout));
+            GatewayError::Timeout(tunnel.request_timeout)
+        };
         timeout_at(deadline, send.send_text(message))
             .await
             .map_err(timed_out)?

@@ -1,5 +1,8 @@
 //! Operations: the server's own routes, and what operators watch.
 //!
+//! - `GET /`: a landing page for people (the server, its version, the
+//!   command that connects a client, a link to the dashboard; see
+//!   [`landing`]).
 //! - `GET /healthz`: `{"status":"ok"}` for anyone, so load balancers can
 //!   probe it; the tunnel count only for admins.
 //! - `GET /readyz`: 200 while the server accepts tunnels, 503 once it
@@ -25,9 +28,11 @@
 //! - this file: the [`Ops`] handle and its routes.
 //! - [`admin`]: the admin token and who is an admin.
 //! - [`dashboard`]: the page and the snapshot behind it.
+//! - [`landing`]: the page at `/`.
 
 pub mod admin;
 pub mod dashboard;
+pub mod landing;
 
 use crate::cluster::Clustered;
 use crate::cluster::listing::{self, Listing};
@@ -155,6 +160,7 @@ impl Ops {
             )
         };
         match (req.method(), req.uri().path()) {
+            (&Method::GET, "/") => Ok(landing::page(config, req)),
             (&Method::GET, "/readyz") => Ok(self.readiness()),
             (&Method::GET, "/metrics") => {
                 admin()?;

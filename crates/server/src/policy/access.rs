@@ -66,7 +66,7 @@ impl Access {
             return Err((
                 ErrorCode::InvalidCidr,
                 format!(
-                    "at most {MAX_RULES} entries in allow_ips and deny_ips together, not {rules}"
+                    "at most {MAX_RULES} allowed and denied address rules together, not {rules}"
                 ),
             ));
         }
@@ -133,7 +133,12 @@ impl Access {
 
 impl Credentials {
     fn new(auth: &BasicAuth) -> Result<Self, Refusal> {
-        let bad = |why: &str| Err((ErrorCode::InvalidBasicAuth, format!("basic_auth: {why}")));
+        let bad = |why: &str| {
+            Err((
+                ErrorCode::InvalidBasicAuth,
+                format!("visitor credentials (Basic): {why}"),
+            ))
+        };
         let controls = |s: &str| s.chars().any(char::is_control);
         if auth.username.is_empty() || auth.password.is_empty() {
             return bad("the user name and the password must not be empty");
