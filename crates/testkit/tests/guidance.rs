@@ -2,7 +2,8 @@
 //! server's own host, `/api/whoami` (which key a token is, under the
 //! handshake's backoff), a timeout told to the client as a timeout (the
 //! `cancel`'s `reason`, the RESET's payload, and the client's own report),
-//! and the page a browser gets when the local service is down.
+//! a visitor who leaves and a shutdown told as such, and the page a
+//! browser gets when the local service is down.
 
 #![allow(clippy::unwrap_used)]
 
@@ -206,4 +207,39 @@ async fn a_browser_gets_an_html_page_naming_the_tunnel_and_the_port_that_refused
             .starts_with("text/plain")
     );
     assert!(curl.text().contains("could not reach the local service"));
+}
+
+#[tokio::test]
+async fn a_visitor_who_leaves_reaches_a_json_client_as_visitor_gone() {
+    let server = TestServer::start().await;
+    let (mut ws, created) = RawWs::tunnel(&server, json!({})).await;
+    let host = server.host_of(created["subdomain"].as_str().unwrap());
+    let visitor = Visitor::new(server.addr);
+    let request = tokio::spawn(async move { visitor.get(&host, "/left").await });
+    let asked = ws.recv_type("request").await;
+    // The visitor hangs up before any answer.
+    request.abort();
+    let cancel = ws.recv_type("cancel").await;
+    assert_eq!(cancel["request_id"], asked["request_id"]);
+    assert_eq!(cancel["reason"], "visitor_gone", "{cancel}");
+}
+
+#[tokio::test]
+async fn a_request_still_in_flight_at_shutdown_is_cancelled_with_reason_shutdown() {
+    let server = TestServer::start_with(cryptun_server::Config {
+        shutdown_grace: Duration::from_millis(200),
+        ..TestServer::test_config()
+    })
+    .await;
+    let (mut ws, created) = RawWs::tunnel(&server, json!({})).await;
+    let host = server.host_of(created["subdomain"].as_str().unwrap());
+    let visitor = Visitor::new(server.addr);
+    let _request = tokio::spawn(async move { visitor.get(&host, "/never").await });
+    let asked = ws.recv_type("request").await;
+    server.begin_stop();
+    // The drain waits for the request up to the grace, then the session
+    // closes, telling the client why the request ends.
+    let cancel = ws.recv_type("cancel").await;
+    assert_eq!(cancel["request_id"], asked["request_id"]);
+    assert_eq!(cancel["reason"], "shutdown", "{cancel}");
 }
