@@ -108,6 +108,45 @@ fn refused(server: &str, token: &str, name: &str, why: &str) {
     }
 }
 
+/// `cryptun http` asking with `token` for `name`, held for another owner:
+/// the client says so on one line and waits for the hold to end (it is
+/// stopped here, the name still held).
+fn held_for_another(server: &str, token: &str, name: &str) {
+    let args = ["http", "--hello", "--json", "--server", server];
+    let mut cmd = cryptun(&args, &[]);
+    cmd.args(["--subdomain", name])
+        .env("CRYPTUN_TOKEN", token)
+        .env("XDG_CONFIG_HOME", "/nonexistent/cryptun-tests")
+        .env("CRYPTUN_INSPECT", "off")
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (lines, said) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if lines.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    let mut seen = Vec::new();
+    let told = loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match said.recv_timeout(left) {
+            Ok(line) if line.contains("held for its previous client") => break true,
+            Ok(line) => seen.push(line),
+            Err(_) => break false,
+        }
+    };
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(told, "{name}: not told it is held: {seen:?}");
+}
+
 /// The keys a store lists, as `keys list` prints them.
 fn listed(store: &[&str]) -> String {
     stdout(&keys(store, &["list"]))
@@ -209,7 +248,7 @@ fn keys_move_from_a_server_into_a_cluster_and_back() {
     let _myapp = open(&url, &ci_token, "myapp").expect("the key and its reserved name");
     refused(&url, &laptop_token, "myapp", "reserved for another API key");
     refused(&url, &leaked_token, "other", "unknown or revoked");
-    refused(&url, &ci_token, "notes", "held");
+    held_for_another(&url, &ci_token, "notes");
     refused(&url, &ci_token, "oldname", "reserved for another API key");
     let _notes = open(&url, &laptop_token, "notes").expect("the held name, to its owner");
 
@@ -239,7 +278,7 @@ fn keys_move_from_a_server_into_a_cluster_and_back() {
     let _myapp = open(&url, &ci_token, "myapp").expect("the key and its reserved name");
     refused(&url, &laptop_token, "myapp", "reserved for another API key");
     refused(&url, &leaked_token, "other", "unknown or revoked");
-    refused(&url, &ci_token, "notes", "held");
+    held_for_another(&url, &ci_token, "notes");
 }
 
 #[test]
