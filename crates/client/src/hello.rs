@@ -17,6 +17,9 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
+// Visitors control every header shown: all of it is escaped.
+use crate::page::escape;
+
 /// Serves the hello page on `listener` until `shutdown` fires.
 pub async fn serve(listener: TcpListener, shutdown: CancellationToken) {
     loop {
@@ -69,31 +72,4 @@ pub fn page(req: &Request<Incoming>) -> Response<Full<Bytes>> {
         HeaderValue::from_static("text/html; charset=utf-8"),
     );
     resp
-}
-
-/// Escapes text for HTML: visitors control every header shown.
-fn escape(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for c in text.chars() {
-        match c {
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '&' => out.push_str("&amp;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            c => out.push(c),
-        }
-    }
-    out
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn escapes_markup() {
-        assert_eq!(
-            super::escape("<script>\"x\"&'"),
-            "&lt;script&gt;&quot;x&quot;&amp;&#39;"
-        );
-    }
 }

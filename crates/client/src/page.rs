@@ -77,6 +77,14 @@ pub(crate) fn escape(text: &str) -> String {
 mod tests {
     use super::*;
 
+    #[test]
+    fn escapes_markup() {
+        assert_eq!(
+            escape("<script>\"x\"&'"),
+            "&lt;script&gt;&quot;x&quot;&amp;&#39;"
+        );
+    }
+
     fn header(value: &str) -> Vec<(String, String)> {
         vec![("Accept".into(), value.into())]
     }
