@@ -196,14 +196,15 @@ async fn failures_read_the_same_through_any_node() {
     }
     // A tunnel whose client is gone, its name held: 503 on both.
     let held = slow.tunnel.subdomain.clone();
-    drop(slow);
+    slow.kill().await;
     let host = b.host_of(&held);
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     loop {
+        // Until the node has written the hold (milliseconds), the other
+        // node may find the name's member gone there: 503 node_unreachable.
         let (here, there) = (answer(&b, &host, "/").await, answer(&a, &host, "/").await);
-        if here.0 == 503 && there.0 == 503 {
-            assert_eq!(here.1, "tunnel_reconnecting", "{here:?}");
-            assert_eq!(there, here);
+        let held = (503, "tunnel_reconnecting".to_owned());
+        if here == held && there == held {
             break;
         }
         assert!(
