@@ -161,20 +161,15 @@ fn events(json: bool, json_logs: bool, named: bool, server: &Endpoint) -> Events
             duration,
             error,
         } => {
-            let ms = duration.as_secs_f64() * 1000.0;
-            let error = error.as_deref();
-            let line = if json {
-                let now = std::time::SystemTime::now();
-                request_json(now, &tunnel, &method, &path, status, ms, error)
-            } else {
-                let line = request_text(&method, &path, status, ms, error);
-                if named {
-                    format!("{tunnel:<12} {line}")
-                } else {
-                    line
-                }
+            let done = Done {
+                tunnel: &tunnel,
+                method: &method,
+                path: &path,
+                status,
+                duration,
+                error: error.as_deref(),
             };
-            lines::print(&line);
+            lines::print(&request_line(&done, None, json, named));
         }
         // A replay from the inspector: the request's line, marked.
         Event::Replayed {
@@ -186,24 +181,15 @@ fn events(json: bool, json_logs: bool, named: bool, server: &Endpoint) -> Events
             duration,
             error,
         } => {
-            let ms = duration.as_secs_f64() * 1000.0;
-            let error = error.as_deref();
-            let line = if json {
-                let now = std::time::SystemTime::now();
-                let line = request_json(now, &tunnel, &method, &path, status, ms, error);
-                replay_json(&line, of)
-            } else {
-                let line = format!(
-                    "{}  (replay of #{of})",
-                    request_text(&method, &path, status, ms, error)
-                );
-                if named {
-                    format!("{tunnel:<12} {line}")
-                } else {
-                    line
-                }
+            let done = Done {
+                tunnel: &tunnel,
+                method: &method,
+                path: &path,
+                status,
+                duration,
+                error: error.as_deref(),
             };
-            lines::print(&line);
+            lines::print(&request_line(&done, Some(of), json, named));
         }
         Event::Disconnected {
             error,
@@ -219,6 +205,40 @@ fn events(json: bool, json_logs: bool, named: bool, server: &Endpoint) -> Events
             reconnected(&tunnel, &server, json, json_logs);
         }
     })
+}
+
+/// A finished request, as its line shows it.
+struct Done<'a> {
+    tunnel: &'a str,
+    method: &'a str,
+    path: &'a str,
+    status: u16,
+    duration: Duration,
+    error: Option<&'a str>,
+}
+
+/// The line for `done` (JSON, or text with the tunnel's name first when
+/// several are named), marked as a replay of request `of` if it is one.
+fn request_line(done: &Done<'_>, replay_of: Option<u64>, json: bool, named: bool) -> String {
+    let ms = done.duration.as_secs_f64() * 1000.0;
+    let (method, path, status, error) = (done.method, done.path, done.status, done.error);
+    if json {
+        let now = std::time::SystemTime::now();
+        let line = request_json(now, done.tunnel, method, path, status, ms, error);
+        return match replay_of {
+            Some(of) => replay_json(&line, of),
+            None => line,
+        };
+    }
+    let mut line = request_text(method, path, status, ms, error);
+    if let Some(of) = replay_of {
+        line = format!("{line}  (replay of #{of})");
+    }
+    if named {
+        format!("{:<12} {line}", done.tunnel)
+    } else {
+        line
+    }
 }
 
 /// A finished request as a JSON line (`duration_ms` to the microsecond),
