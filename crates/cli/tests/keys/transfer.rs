@@ -73,10 +73,9 @@ impl Drop for Client {
     }
 }
 
-/// `cryptun http` asking for `name` with `token`: the client once its
-/// tunnel is created, or what it said when refused (a refusal is final:
-/// the client exits).
-fn open(server: &str, token: &str, name: &str) -> Result<Client, String> {
+/// `cryptun http --hello --json` asking for `name` with `token`, its
+/// stdin closed.
+fn http(server: &str, token: &str, name: &str) -> std::process::Command {
     let args = ["http", "--hello", "--json", "--server", server];
     let mut cmd = cryptun(&args, &[]);
     cmd.args(["--subdomain", name])
@@ -84,9 +83,16 @@ fn open(server: &str, token: &str, name: &str) -> Result<Client, String> {
         .env("XDG_CONFIG_HOME", "/nonexistent/cryptun-tests")
         .env("CRYPTUN_INSPECT", "off")
         .env("RUST_LOG", "warn")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+        .stdin(Stdio::null());
+    cmd
+}
+
+/// `cryptun http` asking for `name` with `token`: the client once its
+/// tunnel is created, or what it said when refused (a refusal is final:
+/// the client exits).
+fn open(server: &str, token: &str, name: &str) -> Result<Client, String> {
+    let mut cmd = http(server, token, name);
+    cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
     let mut child = cmd.spawn().unwrap();
     let mut out = BufReader::new(child.stdout.take().unwrap());
     let mut first = String::new();
@@ -112,16 +118,8 @@ fn refused(server: &str, token: &str, name: &str, why: &str) {
 /// the client says so on one line and waits for the hold to end (it is
 /// stopped here, the name still held).
 fn held_for_another(server: &str, token: &str, name: &str) {
-    let args = ["http", "--hello", "--json", "--server", server];
-    let mut cmd = cryptun(&args, &[]);
-    cmd.args(["--subdomain", name])
-        .env("CRYPTUN_TOKEN", token)
-        .env("XDG_CONFIG_HOME", "/nonexistent/cryptun-tests")
-        .env("CRYPTUN_INSPECT", "off")
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
+    let mut cmd = http(server, token, name);
+    cmd.stdout(Stdio::null()).stderr(Stdio::piped());
     let mut child = cmd.spawn().unwrap();
     let stderr = child.stderr.take().unwrap();
     let (lines, said) = std::sync::mpsc::channel();
