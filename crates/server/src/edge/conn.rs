@@ -16,7 +16,7 @@ use std::task::Poll;
 use std::time::Duration;
 
 use http::{Request, Response};
-use hyper::server::conn::http1;
+use hyper::server::conn::http1::{self, Parts};
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -332,11 +332,22 @@ async fn serve_http<H: Handler, I: Socket>(
             }
             return;
         }
-        let Some(parts) = hyper_conn.into_parts() else {
+        // Out of its box in a block of its own, so that the box is freed
+        // now rather than at the end of this turn of the loop, after the
+        // park (1.9 KB per parked connection); and taken apart at once, so
+        // that no second copy of the socket waits in `Parts` meanwhile.
+        let hyper_conn = {
+            let boxed = hyper_conn;
+            *boxed
+        };
+        let Some(Parts {
+            io: back, read_buf, ..
+        }) = hyper_conn.into_parts()
+        else {
             return;
         };
-        io = parts.io.into_inner();
-        io.replay(parts.read_buf);
+        io = back.into_inner();
+        io.replay(read_buf);
         if io.has_replay() {
             // The next request has begun arriving: serve it at once.
             continue;
