@@ -162,7 +162,17 @@ fn parse_v1(bytes: &[u8]) -> Parsed {
             Parsed::Invalid(HeaderError::MalformedV1(long.into()))
         };
     };
-    match v1::Header::try_from(&bytes[..=end]) {
+    let line = &bytes[..=end];
+    // `UNKNOWN`: "the receiver must ignore anything presented before the
+    // CRLF". `ppp` splits the line into at most seven words and refuses one
+    // with more than four after `UNKNOWN` (found by the property tests).
+    if let Some(rest) = line.strip_prefix(b"PROXY UNKNOWN")
+        && matches!(rest.first(), Some(b' ' | b'\r'))
+        && rest.ends_with(b"\r\n")
+    {
+        return Parsed::Header(line.len(), Carried::Proxy);
+    }
+    match v1::Header::try_from(line) {
         Ok(h) => {
             let carried = match h.addresses {
                 v1::Addresses::Tcp4(a) => {
@@ -350,3 +360,7 @@ impl ProxyProtocol {
 #[cfg(test)]
 #[path = "proxy_protocol_tests.rs"]
 mod tests;
+
+#[cfg(test)]
+#[path = "proxy_protocol_properties.rs"]
+mod properties;

@@ -47,6 +47,13 @@ fn v1_headers_give_the_source_and_their_length() {
     let visitor: SocketAddr = "[2001:db8::9]:5".parse().unwrap();
     assert_eq!(carried(six), (six.len(), Carried::Visitor(visitor)));
     assert_eq!(carried(b"PROXY UNKNOWN\r\n"), (15, Carried::Proxy));
+    // Whatever follows UNKNOWN on its line is ignored, however many words
+    // (`ppp` alone refused more than four; found by the property tests).
+    let unknown = b"PROXY UNKNOWN ! ! ! a !\r\n";
+    assert_eq!(carried(unknown), (unknown.len(), Carried::Proxy));
+    let unknown = b"PROXY UNKNOWN ffff::1 ffff::2 1 2 \xff\r\n";
+    assert_eq!(carried(unknown), (unknown.len(), Carried::Proxy));
+    assert!(matches!(parse(b"PROXY UNKNOWNX\r\n"), Parsed::Invalid(_)));
     // Every prefix of a header is incomplete, never wrong.
     for cut in 0..header.len() {
         assert!(matches!(parse(&header[..cut]), Parsed::Incomplete), "{cut}");
