@@ -101,10 +101,7 @@ impl Issuer {
     /// it; otherwise (no SNI, an address, another domain) the domain's own,
     /// which also covers loopback addresses for a `localhost` domain.
     pub(crate) fn certificate(&self, sni: Option<&str>) -> Result<Arc<CertifiedKey>, TlsError> {
-        let name = sni
-            .map(|n| n.trim_end_matches('.').to_ascii_lowercase())
-            .filter(|n| *n == self.domain || n.ends_with(&format!(".{}", self.domain)))
-            .unwrap_or_else(|| self.domain.clone());
+        let name = subject(&self.domain, sni);
         let mut cache = self.cache.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(found) = cache.get(&name) {
             return Ok(Arc::clone(found));
@@ -142,6 +139,15 @@ impl Issuer {
         let der = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
         CertifiedKey::from_der(chain, der, &provider()).map_err(TlsError::Issued)
     }
+}
+
+/// The name the certificate for `sni` is signed for, by an authority for
+/// `domain` (lowercase, no trailing dot): `sni` lowercased and without its
+/// trailing dot if that is `domain` or a name under it, else `domain`.
+pub(super) fn subject(domain: &str, sni: Option<&str>) -> String {
+    sni.map(|n| n.strip_suffix('.').unwrap_or(n).to_ascii_lowercase())
+        .filter(|n| n == domain || n.strip_suffix(domain).is_some_and(|n| n.ends_with('.')))
+        .unwrap_or_else(|| domain.to_owned())
 }
 
 /// The authority's parameters: fixed for a domain, so that a key read back

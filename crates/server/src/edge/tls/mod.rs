@@ -265,3 +265,6 @@ pub(crate) fn read_pair(cert_path: &Path, key_path: &Path) -> Result<CertifiedKe
         reason: e.to_string(),
     })
 }
+
+#[cfg(test)]
+mod sni_properties;
