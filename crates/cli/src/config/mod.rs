@@ -16,10 +16,14 @@
 //! - this module: finding and reading the file, checking keys and values
 //!   against a [`clap::Command`], and parsing the command line with the
 //!   file's values as defaults ([`parse_from`]).
+//! - `properties`: property tests of the loader (arbitrary text, settings
+//!   read back, errors naming their key).
 //! - `tests`: the example files of `examples/` load, every key of them.
 //! - [`tunnels`]: the `[tunnels.NAME]` tables of `client.toml`, turned into
 //!   the client library's tunnel settings for `cryptun start`.
 
+#[cfg(test)]
+mod properties;
 #[cfg(test)]
 mod tests;
 pub mod tunnels;
