@@ -406,7 +406,7 @@ fn bad_server_entry() -> impl Strategy<Value = (&'static str, String)> {
         prop_oneof![
             Just("\"\"".to_owned()),
             words.prop_map(|s| s),
-            "[0-9]{1,4}".prop_map(|s| s)
+            "[1-9][0-9]{0,3}".prop_map(|s| s)
         ]
         .prop_map(|v| ("listen", v)),
         prop_oneof![
