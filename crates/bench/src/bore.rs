@@ -93,6 +93,7 @@ pub fn measure(
         name: "bore",
         addr,
         host: None,
+        tls: false,
     };
     let pids = Roles {
         server: server.pid(),

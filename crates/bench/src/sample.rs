@@ -4,7 +4,8 @@
 //!
 //! [`measure_all`] does it for any list of processes (the cluster scenario
 //! has two servers and Redis); [`measure`] is the same for the three roles
-//! of one tunnel.
+//! of one tunnel. A path without a client process (nginx as a one-hop
+//! proxy) passes [`NO_PROCESS`] for it, which reads zero.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -15,6 +16,10 @@ use anyhow::{Context as _, Result};
 
 use crate::procs;
 use crate::wrk::{self, Load, WrkResult};
+
+/// The pid of a role no process plays: it spends nothing and holds
+/// nothing. (Pid 0 is the kernel's idle task, never a child of ours.)
+pub const NO_PROCESS: u32 = 0;
 
 /// A value per process.
 #[derive(Debug, Clone, Copy, Default)]
@@ -41,10 +46,24 @@ pub struct Measured {
 /// Resident memory of each process, KiB.
 pub fn rss_of(pids: Roles<u32>) -> Result<Roles<u64>> {
     Ok(Roles {
-        server: procs::rss_kib(pids.server)?,
-        client: procs::rss_kib(pids.client)?,
-        origin: procs::rss_kib(pids.origin)?,
+        server: rss_kib(pids.server)?,
+        client: rss_kib(pids.client)?,
+        origin: rss_kib(pids.origin)?,
     })
+}
+
+fn rss_kib(pid: u32) -> Result<u64> {
+    match pid {
+        NO_PROCESS => Ok(0),
+        pid => procs::rss_kib(pid),
+    }
+}
+
+fn cpu_ticks(pid: u32) -> Result<u64> {
+    match pid {
+        NO_PROCESS => Ok(0),
+        pid => procs::cpu_ticks(pid),
+    }
 }
 
 /// One wrk run with what each of a list of processes spent meanwhile,
@@ -99,7 +118,7 @@ pub fn measure_all(load: &Load, script: &Path, pids: &[u32]) -> Result<Sampled> 
             let mut peak = vec![0u64; pids.len()];
             while !stop.load(Ordering::Relaxed) {
                 for (peak, &pid) in peak.iter_mut().zip(&pids) {
-                    if let Ok(now) = procs::rss_kib(pid) {
+                    if let Ok(now) = rss_kib(pid) {
                         *peak = (*peak).max(now);
                     }
                 }
@@ -108,7 +127,7 @@ pub fn measure_all(load: &Load, script: &Path, pids: &[u32]) -> Result<Sampled> 
             peak
         })
     };
-    let cpu = || -> Result<Vec<u64>> { pids.iter().map(|&pid| procs::cpu_ticks(pid)).collect() };
+    let cpu = || -> Result<Vec<u64>> { pids.iter().map(|&pid| cpu_ticks(pid)).collect() };
     let before = cpu()?;
     let result = wrk::run(load, script);
     let after = cpu()?;

@@ -16,7 +16,7 @@ use anyhow::Result;
 
 use crate::procs::Proc;
 use crate::run::RunArgs;
-use crate::sample::{Measured, Roles, Sampled, measure, measure_all, rss_of};
+use crate::sample::{Measured, NO_PROCESS, Roles, Sampled, measure, measure_all, rss_of};
 use crate::wrk::{self, Load, WrkResult};
 
 /// One load scenario.
@@ -43,11 +43,30 @@ pub struct Target {
     pub addr: SocketAddr,
     /// Host header to send, if not the address.
     pub host: Option<String>,
+    /// Whether visitors speak TLS: the URL is then `https://` + `host`
+    /// (also the TLS server name), connected at `addr`.
+    pub tls: bool,
 }
 
 impl Target {
     fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.addr)
+        match (&self.host, self.tls) {
+            (Some(host), true) => format!("https://{host}{path}"),
+            (None, true) => format!("https://{}{path}", self.addr),
+            (_, false) => format!("http://{}{path}", self.addr),
+        }
+    }
+
+    /// wrk's load for `url`: connected at `addr` whatever the URL's host.
+    fn load(&self, url: String, connections: u32, threads: u32, duration: Duration) -> Load {
+        Load {
+            url,
+            resolve: self.tls.then(|| self.addr.ip()),
+            host: self.host.clone(),
+            connections,
+            threads,
+            duration,
+        }
     }
 }
 
@@ -62,9 +81,12 @@ pub struct TunnelLoad {
     pub idle_rss_kib: Roles<u64>,
     /// RSS two seconds after the last run, KiB.
     pub after_rss_kib: Roles<u64>,
+    /// Whether it has a client process (nginx as a proxy has none).
+    pub has_client: bool,
 }
 
 /// What every wrk run of the load phase shares.
+#[derive(Debug, Clone)]
 pub struct Runner {
     /// The scenarios, in the order they run.
     pub scenarios: Vec<Scenario>,
@@ -122,6 +144,14 @@ impl Runner {
         }
     }
 
+    /// The same runner with only the scenarios of many connections
+    /// (100 B and 1 MiB), for the HTTPS phase.
+    pub fn concurrent_only(&self) -> Runner {
+        let mut runner = self.clone();
+        runner.scenarios.retain(|s| s.connections > 1);
+        runner
+    }
+
     /// Measures the tunnel reached at `tunnel`, whose processes are `pids`:
     /// RSS once idle, every scenario, RSS 2 s after the last run. Each of
     /// `paired` (direct, say) runs each scenario just before the tunnel
@@ -154,6 +184,7 @@ impl Runner {
             runs,
             idle_rss_kib,
             after_rss_kib: rss_of(pids)?,
+            has_client: pids.client != NO_PROCESS,
         };
         Ok((load, paired_runs))
     }
@@ -162,13 +193,7 @@ impl Runner {
     pub fn warm_up(&self, target: &Target) -> Result<()> {
         let url = target.url("/small");
         eprintln!("warm-up {url}");
-        let load = Load {
-            url,
-            host: target.host.clone(),
-            connections: self.warm_connections,
-            threads: 2,
-            duration: self.warm,
-        };
+        let load = target.load(url, self.warm_connections, 2, self.warm);
         wrk::run(&load, &self.script)?;
         Ok(())
     }
@@ -218,13 +243,7 @@ impl Runner {
     }
 
     fn load(&self, scenario: &Scenario, target: &Target, url: String) -> Load {
-        Load {
-            url,
-            host: target.host.clone(),
-            connections: scenario.connections,
-            threads: scenario.threads,
-            duration: self.duration,
-        }
+        target.load(url, scenario.connections, scenario.threads, self.duration)
     }
 }
 

@@ -3,6 +3,11 @@
 //! wrk is started with a small Lua script whose `done` hook prints one line,
 //! `CRYPTUN_BENCH {json}`, with the exact counts and latency percentiles (in
 //! microseconds), so nothing depends on wrk's human-readable output.
+//!
+//! For HTTPS the URL names the tunnel (wrk sends its host as the TLS server
+//! name, and Cryptun refuses a request whose Host is not the SNI), but
+//! `*.localhost` does not resolve everywhere: the script's `wrk.resolve`
+//! then connects to the address in `CRYPTUN_BENCH_RESOLVE` instead.
 
 use std::io::Read as _;
 use std::path::{Path, PathBuf};
@@ -14,7 +19,17 @@ use serde::Deserialize;
 
 const MARKER: &str = "CRYPTUN_BENCH ";
 
+/// The environment variable the script reads for [`Load::resolve`].
+const RESOLVE_VAR: &str = "CRYPTUN_BENCH_RESOLVE";
+
 const SCRIPT: &str = r#"
+local resolve_to = os.getenv("CRYPTUN_BENCH_RESOLVE")
+if resolve_to then
+  wrk.resolve = function(host, service)
+    wrk.addrs = wrk.lookup(resolve_to, service)
+  end
+end
+
 done = function(summary, latency, requests)
   local e = summary.errors
   io.write(string.format(
@@ -83,8 +98,10 @@ impl WrkResult {
 /// What one wrk run does.
 #[derive(Debug, Clone)]
 pub struct Load {
-    /// Full URL (always http://127.0.0.1:PORT/...).
+    /// Full URL (http://127.0.0.1:PORT/..., or https://HOST:PORT/...).
     pub url: String,
+    /// The IP address to connect to instead of resolving the URL's host.
+    pub resolve: Option<std::net::IpAddr>,
     /// Host header to send, if not the URL's.
     pub host: Option<String>,
     /// Keep-alive connections.
@@ -114,6 +131,9 @@ pub fn run(load: &Load, script: &Path) -> Result<WrkResult> {
         .arg(script);
     if let Some(host) = &load.host {
         cmd.arg("-H").arg(format!("Host: {host}"));
+    }
+    if let Some(ip) = load.resolve {
+        cmd.env(RESOLVE_VAR, ip.to_string());
     }
     cmd.arg(&load.url)
         .stdin(Stdio::null())

@@ -62,16 +62,19 @@ pub fn measure(env: &Env, args: &RunArgs, redis: &mut Redis, secret: &Secret) ->
             name: "direct",
             addr: origin_addr,
             host: None,
+            tls: false,
         },
         Target {
             name: "right node",
             addr: b_addr,
             host: Some(host.clone()),
+            tls: false,
         },
         Target {
             name: "wrong node",
             addr: a_addr,
             host: Some(host),
+            tls: false,
         },
     ];
     let pids = [
