@@ -16,12 +16,15 @@
 
 #![forbid(unsafe_code)]
 
+mod args;
 mod bore;
 mod cluster;
 mod http;
+mod https;
 mod nginx;
 mod origin;
 mod procs;
+mod rathole;
 mod redis;
 mod report;
 mod run;
@@ -49,7 +52,7 @@ enum Command {
     /// Open N tunnels over N raw WebSocket connections and hold them.
     Swarm(swarm::SwarmArgs),
     /// Run the whole benchmark and print the tables.
-    Run(run::RunArgs),
+    Run(Box<run::RunArgs>),
 }
 
 fn main() -> std::process::ExitCode {
@@ -57,7 +60,7 @@ fn main() -> std::process::ExitCode {
     let result = match cli.command {
         Command::Origin(args) => runtime().and_then(|rt| rt.block_on(origin::serve(args))),
         Command::Swarm(args) => runtime().and_then(|rt| rt.block_on(swarm::run(args))),
-        Command::Run(args) => run::run(args),
+        Command::Run(args) => run::run(*args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

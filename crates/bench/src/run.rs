@@ -11,7 +11,10 @@
 //!    With `--nginx PATH` the origin is nginx ([`crate::nginx`]) instead.
 //!    With `--bore PATH`, after Cryptun's runs and before the idle visitors,
 //!    the same scenarios run through bore ([`crate::bore`]) against the same
-//!    origin, for a yardstick measured in the same run.
+//!    origin, for a yardstick measured in the same run; so do rathole
+//!    ([`crate::rathole`]) with `--rathole PATH` and nginx as a one-hop
+//!    reverse proxy ([`crate::nginx::proxy`]) with `--nginx-proxy PATH`.
+//!    With `--https`, visitors over TLS ([`crate::https`]) follow.
 //! 3. Runs the swarm ([`crate::tunnels`]) against a fresh server per count.
 //! 4. With `--cluster`, measures a cluster of two nodes on a Redis
 //!    ([`crate::cluster`]).
@@ -26,85 +29,14 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
-use clap::Args;
 
+pub use crate::args::RunArgs;
 use crate::http::check_paths;
 use crate::procs::{self, Proc};
 use crate::report::{self, Report};
 use crate::sample::{Measured, Roles};
 use crate::scenarios::{Runner, Scenario, Target, TunnelLoad};
 use crate::wrk;
-
-/// Arguments of `cryptun-bench run`.
-#[derive(Debug, Args)]
-pub struct RunArgs {
-    /// Where `cryptun` is (default: beside this binary, e.g. target/release).
-    #[arg(long)]
-    pub bin_dir: Option<PathBuf>,
-    /// Seconds per wrk run.
-    #[arg(long, default_value_t = 10)]
-    pub duration: u64,
-    /// Keep-alive connections for the ~100-byte scenario.
-    #[arg(long, default_value_t = 50)]
-    pub connections: u32,
-    /// Keep-alive connections for the 1 MiB scenario.
-    #[arg(long, default_value_t = 10)]
-    pub large_connections: u32,
-    /// Idle-tunnel counts to measure, each against a fresh server
-    /// [default: 1000,10000; with --quick: 1000].
-    #[arg(long, value_delimiter = ',')]
-    pub tunnels: Option<Vec<usize>>,
-    /// Most tunnel handshakes in flight at once in the swarm.
-    #[arg(long, default_value_t = 100)]
-    pub swarm_concurrency: usize,
-    /// A quick run: 3 s per wrk run (overrides --duration), 1,000 tunnels.
-    #[arg(long)]
-    pub quick: bool,
-    /// Skip the load scenarios (only the idle-tunnel swarm).
-    #[arg(long)]
-    pub skip_load: bool,
-    /// Idle keep-alive visitor connections to hold open through the tunnel
-    /// (after the load runs, against a fresh server and client) to measure
-    /// what each costs; 0 skips it.
-    #[arg(long, default_value_t = crate::visitors::DEFAULT_COUNT)]
-    pub idle_visitors: usize,
-    /// Skip the idle-tunnel swarm.
-    #[arg(long)]
-    pub skip_swarm: bool,
-    /// Also write the markdown report to this file.
-    #[arg(long)]
-    pub markdown: Option<PathBuf>,
-    /// Also run the load scenarios through bore, an established TCP tunnel,
-    /// with this `bore` binary (scripts/bench.sh --compare installs one).
-    #[arg(long, conflicts_with = "skip_load")]
-    pub bore: Option<PathBuf>,
-    /// Use nginx, with this `nginx` binary, as the origin instead of our own
-    /// (scripts/bench.sh --nginx installs one): the origin issue 3's
-    /// yardstick figures were measured with.
-    #[arg(long, conflicts_with = "skip_load")]
-    pub nginx: Option<PathBuf>,
-    /// Also measure a cluster: a Redis and two nodes, visitors through the
-    /// node that serves the tunnel and through the other one, and what
-    /// Redis does per tunnel ([`crate::cluster`]). Runs after the other
-    /// phases, whatever --skip-load and --skip-swarm say of those.
-    #[arg(long)]
-    pub cluster: bool,
-    /// The `redis-server` for --cluster [default: the one on the PATH].
-    #[arg(long, requires = "cluster")]
-    pub redis_server: Option<PathBuf>,
-    /// Idle tunnels held on one node while Redis's steady load is measured
-    /// [default: 10000; with --quick: 1000].
-    #[arg(long, requires = "cluster")]
-    pub cluster_tunnels: Option<usize>,
-    /// Tunnels connected, then disconnected, while Redis's commands are
-    /// counted.
-    #[arg(long, default_value_t = 1_000, requires = "cluster")]
-    pub cluster_connects: usize,
-    /// Seconds over which Redis's steady load is measured [default: 30;
-    /// with --quick: 10].
-    #[arg(long, requires = "cluster")]
-    pub cluster_window: Option<u64>,
-}
 
 /// The executables and the folder for their logs.
 pub struct Env {
@@ -123,8 +55,10 @@ pub struct LoadReport {
     pub scenarios: Vec<Scenario>,
     /// Straight at the origin, one run per scenario.
     pub direct: Vec<Measured>,
-    /// Cryptun's tunnel, then bore's if `--bore` asked for it.
+    /// Cryptun's tunnel, then bore, rathole and the nginx proxy if asked for.
     pub tunnels: Vec<TunnelLoad>,
+    /// Visitors over TLS, with `--https`.
+    pub https: Option<crate::https::HttpsReport>,
     /// Held-open idle visitor connections and what they cost.
     pub idle_visitors: Option<crate::visitors::IdleVisitors>,
     /// Clock ticks per second, to turn ticks into time.
@@ -162,6 +96,18 @@ pub fn run(mut args: RunArgs) -> Result<()> {
     if let Some(bore) = &args.bore {
         ensure!(bore.is_file(), "{} not found (--bore)", bore.display());
         crate::bore::ensure_control_port_free()?;
+    }
+    for (program, flag) in [
+        (&args.rathole, "--rathole"),
+        (&args.nginx_proxy, "--nginx-proxy"),
+    ] {
+        if let Some(program) = program {
+            ensure!(
+                program.is_file(),
+                "{} not found ({flag})",
+                program.display()
+            );
+        }
     }
     let logs = std::env::temp_dir().join(format!("cryptun-bench-{}", std::process::id()));
     std::fs::create_dir_all(&logs)?;
@@ -244,16 +190,18 @@ fn load_phase(env: &Env, args: &RunArgs) -> Result<LoadReport> {
         name: "direct",
         addr: origin_addr,
         host: None,
+        tls: false,
     };
     let tunnel = Target {
         // Alone it is "the tunnel", as in the tables recorded before bore.
-        name: if args.bore.is_some() {
+        name: if args.bore.is_some() || args.rathole.is_some() || args.nginx_proxy.is_some() {
             "cryptun"
         } else {
             "tunnel"
         },
         addr: server_addr,
         host: Some(host),
+        tls: false,
     };
     let pids = Roles {
         server: server.pid(),
@@ -269,14 +217,48 @@ fn load_phase(env: &Env, args: &RunArgs) -> Result<LoadReport> {
     drop((server, client));
     let mut tunnels = vec![cryptun];
     if let Some(bore) = &args.bore {
+        let logs = &env.logs;
         tunnels.push(crate::bore::measure(
             bore,
             &runner,
-            &env.logs,
+            logs,
             &mut origin,
             origin_addr,
         )?);
     }
+    if let Some(rathole) = &args.rathole {
+        let logs = &env.logs;
+        tunnels.push(crate::rathole::measure(
+            rathole,
+            &runner,
+            logs,
+            &mut origin,
+            origin_addr,
+        )?);
+    }
+    if let Some(nginx) = &args.nginx_proxy {
+        let logs = &env.logs;
+        tunnels.push(crate::nginx::proxy::measure(
+            nginx,
+            &runner,
+            logs,
+            &mut origin,
+            origin_addr,
+        )?);
+    }
+    let https = match args.https {
+        true => {
+            let nginx = args.nginx_proxy.as_deref();
+            Some(crate::https::phase(
+                env,
+                &runner,
+                &mut origin,
+                origin_addr,
+                nginx,
+            )?)
+        }
+        false => None,
+    };
     let idle_visitors = match args.idle_visitors {
         0 => None,
         count => Some(idle_visitors(env, origin_addr, origin.pid(), count)?),
@@ -286,6 +268,7 @@ fn load_phase(env: &Env, args: &RunArgs) -> Result<LoadReport> {
         direct: direct_runs,
         tunnels,
         idle_visitors,
+        https,
         ticks_per_sec: procs::clock_ticks_per_sec(),
         origin: origin_name,
     })
@@ -345,6 +328,7 @@ pub fn start_client(
         .to_owned();
     let host = public_url
         .strip_prefix("http://")
+        .or_else(|| public_url.strip_prefix("https://"))
         .unwrap_or(&public_url)
         .trim_end_matches('/')
         .to_owned();

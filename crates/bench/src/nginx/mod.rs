@@ -14,6 +14,11 @@
 //! and keep-alive connections that never hit a request limit. Its workers
 //! are children of the master we start; [`crate::procs`] counts a process's
 //! children with it, so the origin's CPU and RSS columns are nginx's whole.
+//!
+//! [`proxy`] runs nginx the other way round: as a one-hop reverse proxy in
+//! front of the origin, a yardstick for what an HTTP-aware relay costs.
+
+pub mod proxy;
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -34,11 +39,22 @@ pub fn start(program: &Path, logs: &Path) -> Result<(Proc, SocketAddr)> {
     std::fs::write(root.join("small"), SMALL_BODY)?;
     std::fs::write(root.join("1m"), large_body())?;
     let addr = free_port()?;
-    let config = dir.join("nginx.conf");
-    std::fs::write(&config, config_text(&dir, &root, addr))?;
+    let mut nginx = spawn(program, &dir, &config_text(&dir, &root, addr), "nginx.log")?;
+    nginx.wait_listening(addr, Duration::from_secs(10))?;
+    Ok((nginx, addr))
+}
+
+/// Starts nginx with `config` (written to `dir/nginx.conf`), every path it
+/// writes under `dir`, its stderr in `log` beside `dir`; stopped with SIGTERM
+/// when dropped, so that its workers go with it.
+fn spawn(program: &Path, dir: &Path, config: &str, log: &str) -> Result<Proc> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let logs = dir.parent().context("nginx's folder has no parent")?;
+    let path = dir.join("nginx.conf");
+    std::fs::write(&path, config)?;
     let args = [
         "-c".to_owned(),
-        config.display().to_string(),
+        path.display().to_string(),
         "-p".to_owned(),
         dir.display().to_string(),
         // Before it reads its config nginx logs to its built-in path, which
@@ -46,39 +62,58 @@ pub fn start(program: &Path, logs: &Path) -> Result<(Proc, SocketAddr)> {
         "-e".to_owned(),
         dir.join("error.log").display().to_string(),
     ];
-    let mut nginx = Proc::spawn("nginx", program, &args, &logs.join("nginx.log"))?;
+    let mut nginx = Proc::spawn("nginx", program, &args, &logs.join(log))?;
     nginx.release_stdout();
     nginx.terminate_on_drop();
-    nginx.wait_listening(addr, Duration::from_secs(10))?;
-    Ok((nginx, addr))
+    Ok(nginx)
 }
 
-fn config_text(dir: &Path, root: &Path, addr: SocketAddr) -> String {
+/// The lines every config of ours starts with: foreground, `workers`
+/// worker processes, pid file and error log under `dir`.
+fn main_context(dir: &Path, workers: &str) -> String {
     let dir = dir.display();
     format!(
         "daemon off;
-worker_processes auto;
+worker_processes {workers};
 pid {dir}/nginx.pid;
 error_log {dir}/error.log;
 events {{ worker_connections 4096; }}
-http {{
-    access_log off;
-    sendfile on;
-    tcp_nopush on;
+"
+    )
+}
+
+/// The `http` block's settings every config of ours shares: no access log,
+/// `TCP_NODELAY`, keep-alive without a request limit, temporary folders
+/// under `dir`.
+fn http_common(dir: &Path) -> String {
+    let dir = dir.display();
+    format!(
+        "    access_log off;
     tcp_nodelay on;
     keepalive_requests 100000000;
-    default_type text/plain;
     client_body_temp_path {dir}/body;
     proxy_temp_path {dir}/proxy;
     fastcgi_temp_path {dir}/fastcgi;
     uwsgi_temp_path {dir}/uwsgi;
     scgi_temp_path {dir}/scgi;
+"
+    )
+}
+
+fn config_text(dir: &Path, root: &Path, addr: SocketAddr) -> String {
+    format!(
+        "{main}http {{
+{common}    sendfile on;
+    tcp_nopush on;
+    default_type text/plain;
     server {{
         listen {addr};
         root {root};
     }}
 }}
 ",
+        main = main_context(dir, "auto"),
+        common = http_common(dir),
         root = root.display()
     )
 }
