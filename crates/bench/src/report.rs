@@ -3,13 +3,15 @@
 //! what their rows say is in `report/tables.rs`; this file lays them out.
 
 mod cluster;
+mod cpu;
 mod tables;
+mod targets;
 
 use crate::cluster::ClusterReport;
 use crate::run::LoadReport;
 use crate::tunnels::TunnelResult;
 
-use tables::{load_table, resource_table, tunnel_table, visitor_table};
+use tables::{load_table, paths_table, resource_table, tunnel_table, visitor_table};
 
 /// Everything one run measured.
 pub struct Report {
@@ -104,6 +106,23 @@ impl Report {
         let mut tables = Vec::new();
         if let Some(load) = &self.load {
             tables.push(load_table(load));
+            if let Some(https) = &load.https {
+                let title = format!(
+                    "HTTPS: plain direct vs visitors over TLS ({})",
+                    https
+                        .negotiated
+                        .first()
+                        .map_or("?", |(_, negotiated)| negotiated.as_str())
+                );
+                tables.push(paths_table(
+                    &title,
+                    &https.scenarios,
+                    &https.direct,
+                    &https.paths,
+                ));
+            }
+            tables.push(cpu::cpu_table(load));
+            tables.extend(targets::targets_table(load));
             for tunnel in &load.tunnels {
                 tables.push(resource_table(load, tunnel));
             }

@@ -5,17 +5,33 @@
 use super::Table;
 use crate::run::LoadReport;
 use crate::sample::{Measured, Roles};
-use crate::scenarios::TunnelLoad;
+use crate::scenarios::{Scenario, TunnelLoad};
 use crate::tunnels::TunnelResult;
 use crate::visitors::IdleVisitors;
 use crate::wrk::WrkResult;
 
+/// The throughput and latency table of the plain load phase.
 pub(super) fn load_table(load: &LoadReport) -> Table {
+    paths_table(
+        "Throughput and latency: direct to the origin vs through the tunnel",
+        &load.scenarios,
+        &load.direct,
+        &load.tunnels,
+    )
+}
+
+/// Throughput and latency of `tunnels`, each beside `direct`, scenario by
+/// scenario.
+pub(super) fn paths_table(
+    title: &str,
+    scenarios: &[Scenario],
+    direct: &[Measured],
+    tunnels: &[TunnelLoad],
+) -> Table {
     let mut rows = Vec::new();
-    for (i, (scenario, direct)) in load.scenarios.iter().zip(&load.direct).enumerate() {
+    for (i, (scenario, direct)) in scenarios.iter().zip(direct).enumerate() {
         let d = direct.wrk;
-        let through: Vec<WrkResult> = load
-            .tunnels
+        let through: Vec<WrkResult> = tunnels
             .iter()
             .map(|t| t.runs.get(i).map(|m| m.wrk).unwrap_or_default())
             .collect();
@@ -48,18 +64,18 @@ pub(super) fn load_table(load: &LoadReport) -> Table {
     let errors = |runs: &[Measured]| runs.iter().map(|m| m.wrk.errors()).sum::<u64>();
     let mut errors_row = vec![
         "errors and non-2xx (all runs)".into(),
-        errors(&load.direct).to_string(),
+        errors(direct).to_string(),
     ];
-    for t in &load.tunnels {
+    for t in tunnels {
         errors_row.extend([errors(&t.runs).to_string(), String::new()]);
     }
     rows.push(errors_row);
     let mut header = vec![String::new(), "direct".into()];
-    for t in &load.tunnels {
+    for t in tunnels {
         header.extend([t.name.to_owned(), format!("{} vs direct", t.name)]);
     }
     Table {
-        title: "Throughput and latency: direct to the origin vs through the tunnel".into(),
+        title: title.into(),
         header,
         rows,
     }
@@ -67,6 +83,13 @@ pub(super) fn load_table(load: &LoadReport) -> Table {
 
 /// The resources of `tunnel`'s processes (and the origin's) during its runs.
 pub(super) fn resource_table(load: &LoadReport, tunnel: &TunnelLoad) -> Table {
+    let mem_row = |label: &str, kib: Roles<u64>| {
+        let client = match tunnel.has_client {
+            true => mib(kib.client),
+            false => "-".into(),
+        };
+        vec![label.to_owned(), mib(kib.server), client, mib(kib.origin)]
+    };
     let mut rows = vec![mem_row(
         "RSS idle (tunnel up, before load)",
         tunnel.idle_rss_kib,
@@ -82,10 +105,14 @@ pub(super) fn resource_table(load: &LoadReport, tunnel: &TunnelLoad) -> Table {
     let per = |ticks: u64, m: &Measured| ticks as f64 * tick_us / m.wrk.requests.max(1) as f64;
     let runs = load.scenarios.iter().zip(&tunnel.runs).zip(&load.direct);
     for ((scenario, t), direct) in runs {
+        let client = match tunnel.has_client {
+            true => cpu(per(t.cpu_ticks.client, t)),
+            false => "-".into(),
+        };
         rows.push(vec![
             format!("CPU per request, {}", scenario.label),
             cpu(per(t.cpu_ticks.server, t)),
-            cpu(per(t.cpu_ticks.client, t)),
+            client,
             format!(
                 "{} (direct {})",
                 cpu(per(t.cpu_ticks.origin, t)),
@@ -132,15 +159,6 @@ pub(super) fn visitor_table(idle: &IdleVisitors) -> Table {
             kib(both),
         ]],
     }
-}
-
-fn mem_row(label: &str, kib: Roles<u64>) -> Vec<String> {
-    vec![
-        label.to_owned(),
-        mib(kib.server),
-        mib(kib.client),
-        mib(kib.origin),
-    ]
 }
 
 pub(super) fn tunnel_table(results: &[TunnelResult]) -> Table {
@@ -290,6 +308,7 @@ mod tests {
         let tunnel = |name, requests, p50_us| TunnelLoad {
             name,
             runs: vec![run(requests, p50_us)],
+            has_client: true,
             ..TunnelLoad::default()
         };
         let load = LoadReport {
