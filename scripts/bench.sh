@@ -3,8 +3,11 @@
 #
 #   scripts/bench.sh            # full run (10 s per wrk run; 1,000 and 10,000 idle tunnels)
 #   scripts/bench.sh --quick    # 3 s per wrk run; 1,000 idle tunnels
-#   scripts/bench.sh --compare  # also run the load through bore (an established
-#                               # TCP tunnel), same origin, same run
+#   scripts/bench.sh --compare  # also run the load through the yardsticks of
+#                               # issue 16, same origin, same run: bore and
+#                               # rathole (established TCP tunnels), nginx as
+#                               # a one-hop reverse proxy, and visitors over
+#                               # HTTPS (Cryptun's listener vs nginx's)
 #   scripts/bench.sh --nginx    # nginx as the origin (issue 3's yardstick was
 #                               # measured with it) instead of our own
 #   scripts/bench.sh --cluster  # also measure two cluster nodes on a Redis
@@ -18,9 +21,12 @@
 # and one in the swarm), and runs the orchestrator. Everything stays on
 # 127.0.0.1; docs/BENCHMARKS.md explains what is measured.
 #
-# --compare installs bore if it is missing (`cargo install bore-cli --locked
-# --root target/bench-tools`; only then: a plain run does not need it) and
-# passes `--bore target/bench-tools/bin/bore`. bore's server takes port 7835,
+# --compare installs what it needs if it is missing (only then: a plain run
+# needs none of it): bore (`cargo install bore-cli --locked`) and rathole
+# (`cargo install rathole`, without --locked: its lock file no longer builds
+# on current Rust) into TARGET/bench-tools, where TARGET is $CARGO_TARGET_DIR
+# or target; nginx and openssl with apt-get. It passes `--bore PATH
+# --rathole PATH --nginx-proxy PATH --https`. bore's server takes port 7835,
 # which must be free. --nginx installs nginx with apt-get if it is missing and
 # passes `--nginx PATH`; the two combine.
 set -euo pipefail
@@ -45,19 +51,27 @@ apt_install() {
     $sudo apt-get update
     $sudo apt-get install -y "$1"
 }
+target="${CARGO_TARGET_DIR:-target}"
+tools="$target/bench-tools"
+# nginx lives in /usr/sbin, which a user's PATH may not hold.
+path_nginx() { PATH="$PATH:/usr/sbin" command -v nginx; }
 if $compare; then
-    bore=target/bench-tools/bin/bore
-    if [ ! -x "$bore" ]; then
-        echo "bench: installing bore into target/bench-tools" >&2
-        cargo install bore-cli --locked --root target/bench-tools
+    if [ ! -x "$tools/bin/bore" ]; then
+        echo "bench: installing bore into $tools" >&2
+        cargo install bore-cli --locked --root "$tools"
     fi
-    args+=(--bore "$bore")
+    if [ ! -x "$tools/bin/rathole" ]; then
+        echo "bench: installing rathole into $tools" >&2
+        cargo install rathole --root "$tools"
+    fi
+    if ! path_nginx >/dev/null; then apt_install nginx; fi
+    if ! command -v openssl >/dev/null 2>&1; then apt_install openssl; fi
+    args+=(--bore "$tools/bin/bore" --rathole "$tools/bin/rathole")
+    args+=(--nginx-proxy "$(path_nginx)" --https)
 fi
 
 if ! command -v wrk >/dev/null 2>&1; then apt_install wrk; fi
 if $nginx; then
-    # nginx lives in /usr/sbin, which a user's PATH may not hold.
-    path_nginx() { PATH="$PATH:/usr/sbin" command -v nginx; }
     if ! path_nginx >/dev/null; then apt_install nginx; fi
     args+=(--nginx "$(path_nginx)")
 fi
@@ -79,4 +93,4 @@ if ! ulimit -n "$want" 2>/dev/null; then
     fi
 fi
 
-exec target/release/cryptun-bench run "${args[@]}"
+exec "$target/release/cryptun-bench" run "${args[@]}"
