@@ -8,9 +8,12 @@
 //!   `cryptun http` from the same build directory, drives `wrk` against the
 //!   origin directly and through the tunnel, samples `/proc`, runs the swarm
 //!   against a fresh server, and prints the results; with `--bore PATH` it
-//!   also drives the same load through bore, an established TCP tunnel;
-//!   with `--nginx PATH` nginx is the origin; with `--cluster` it also
-//!   measures two cluster nodes on a Redis ([`cluster`]).
+//!   also drives the same load through bore, an established TCP tunnel,
+//!   with `--rathole PATH` through rathole ([`rathole`]), with
+//!   `--nginx-proxy PATH` through nginx as a one-hop reverse proxy
+//!   ([`nginx::proxy`]), and with `--https` visitors come over TLS too
+//!   ([`https`]); with `--nginx PATH` nginx is the origin; with
+//!   `--cluster` it also measures two cluster nodes on a Redis ([`cluster`]).
 //!
 //! `scripts/bench.sh` builds everything in release mode and runs `run`.
 
