@@ -10,9 +10,9 @@
 //! (as root, with iproute2; loopback only).
 
 use std::net::SocketAddr;
-use std::process::Command;
 use std::time::Duration;
 
+use crate::netns::{self, Namespace};
 use cryptun_client::{ClientConfig, Event, Target};
 use cryptun_server::{AuthMode, Certs, Config, Listeners, TlsListener};
 use cryptun_testkit::{HttpsVisitor, Origin, TempDir, TestClient, TestServer, Visitor};
@@ -150,8 +150,6 @@ async fn each_server_is_given_the_secret_its_own_domain_issued() {
     assert_eq!(back.status, 200, "{}", back.text());
 }
 
-/// Set in the copy of the test that runs inside the namespace.
-const INSIDE: &str = "CRYPTUN_TEST_INSIDE_NETNS";
 /// The name, and its two addresses in the namespace's hosts file.
 const NAME: &str = "cluster.test";
 const NODES: [&str; 2] = ["127.0.0.2", "127.0.0.3"];
@@ -161,58 +159,13 @@ const CLIENTS: usize = 20;
 #[test]
 fn one_name_with_two_addresses_is_two_servers() {
     const TEST: &str = "one_name_with_two_addresses_is_two_servers";
-    if std::env::var_os(INSIDE).is_some() {
+    if netns::inside() {
         return inside();
     }
-    let ns = Namespace::new(&format!("cryptun-failover-{}", std::process::id()));
-    let me = std::env::current_exe().unwrap();
-    let status = Command::new("ip")
-        .args(["netns", "exec", &ns.0])
-        .arg(me)
-        .args([
-            "--exact",
-            &crate::libtest_name(module_path!(), TEST),
-            "--nocapture",
-        ])
-        .env(INSIDE, "1")
-        .status()
-        .unwrap();
-    assert!(status.success(), "the test inside the namespace failed");
-}
-
-/// A network namespace with loopback up and its own hosts file, both
-/// removed when dropped.
-struct Namespace(String);
-
-impl Namespace {
-    fn new(name: &str) -> Self {
-        let made = Command::new("ip").args(["netns", "add", name]).status();
-        assert!(
-            made.is_ok_and(|s| s.success()),
-            "`ip netns add` failed: this test needs root and iproute2"
-        );
-        let ns = Namespace(name.to_owned());
-        let dir = ns.etc();
-        std::fs::create_dir_all(&dir).unwrap();
-        let hosts: String = NODES.iter().map(|ip| format!("{ip} {NAME}\n")).collect();
-        std::fs::write(dir.join("hosts"), format!("127.0.0.1 localhost\n{hosts}")).unwrap();
-        let up = Command::new("ip")
-            .args(["netns", "exec", name, "ip", "link", "set", "lo", "up"])
-            .status();
-        assert!(up.is_ok_and(|s| s.success()), "loopback up");
-        ns
-    }
-
-    fn etc(&self) -> std::path::PathBuf {
-        std::path::Path::new("/etc/netns").join(&self.0)
-    }
-}
-
-impl Drop for Namespace {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
-        let _ = std::fs::remove_dir_all(self.etc());
-    }
+    let ns = Namespace::new("cryptun-failover");
+    let hosts: String = NODES.iter().map(|ip| format!("{ip} {NAME}\n")).collect();
+    ns.hosts(&hosts);
+    ns.rerun(module_path!(), TEST);
 }
 
 /// A server node serving HTTPS only, on `listener`.

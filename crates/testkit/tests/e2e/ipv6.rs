@@ -5,72 +5,28 @@
 //! runs itself again inside it (`ip netns exec`, as root; loopback only).
 
 use std::net::{IpAddr, SocketAddr};
-use std::process::Command;
 
+use crate::netns::{self, Namespace};
 use cryptun_server::Config;
 use cryptun_testkit::{TestServer, within};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 
-/// Set in the copy of this test that runs inside the namespace.
-const INSIDE: &str = "CRYPTUN_TEST_INSIDE_NETNS";
 /// Three addresses of one /64, one of another.
 const SAME: [&str; 3] = ["2001:db8:0:1::a", "2001:db8:0:1::b", "2001:db8:0:1::c"];
 const OTHER: &str = "2001:db8:0:2::a";
 
 #[test]
 fn ipv6_addresses_count_by_their_slash_64() {
-    if std::env::var_os(INSIDE).is_some() {
+    if netns::inside() {
         return inside();
     }
-    let ns = Namespace::new(&format!("cryptun-test-{}", std::process::id()));
-    ns.run(&["ip", "link", "set", "lo", "up"]);
+    let ns = Namespace::new("cryptun-test");
     for addr in SAME.iter().chain([&OTHER]) {
         let cidr = format!("{addr}/64");
         ns.run(&["ip", "-6", "addr", "add", &cidr, "dev", "lo", "nodad"]);
     }
-    let me = std::env::current_exe().unwrap();
-    let status = Command::new("ip")
-        .args(["netns", "exec", &ns.0])
-        .arg(me)
-        .args([
-            "--exact",
-            &crate::libtest_name(module_path!(), "ipv6_addresses_count_by_their_slash_64"),
-            "--nocapture",
-        ])
-        .env(INSIDE, "1")
-        .status()
-        .unwrap();
-    assert!(status.success(), "the test inside the namespace failed");
-}
-
-/// A network namespace, deleted when dropped.
-struct Namespace(String);
-
-impl Namespace {
-    fn new(name: &str) -> Self {
-        let made = Command::new("ip").args(["netns", "add", name]).status();
-        assert!(
-            made.is_ok_and(|s| s.success()),
-            "`ip netns add` failed: this test needs root and iproute2"
-        );
-        Namespace(name.to_owned())
-    }
-
-    fn run(&self, command: &[&str]) {
-        let status = Command::new("ip")
-            .args(["netns", "exec", &self.0])
-            .args(command)
-            .status()
-            .unwrap();
-        assert!(status.success(), "{command:?}");
-    }
-}
-
-impl Drop for Namespace {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
-    }
+    ns.rerun(module_path!(), "ipv6_addresses_count_by_their_slash_64");
 }
 
 async fn connect_from(source: &str, to: SocketAddr) -> TcpStream {

@@ -42,6 +42,7 @@ mod livereload;
 mod load;
 mod longpoll;
 mod names;
+mod netns;
 mod observability;
 mod passthrough;
 mod protocol;
@@ -57,11 +58,3 @@ mod smoke;
 mod streaming;
 mod tls;
 mod tunnels;
-
-/// The name libtest knows a test by in this binary (`MODULE::TEST`), given
-/// its module's `module_path!()`: for a test that runs itself again, alone,
-/// inside a network namespace.
-fn libtest_name(module_path: &str, test: &str) -> String {
-    let module = module_path.split_once("::").map_or(module_path, |(_, m)| m);
-    format!("{module}::{test}")
-}
