@@ -19,10 +19,9 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 
-use crate::http::{check_paths, free_port};
+use crate::http::free_port;
 use crate::procs::Proc;
-use crate::sample::Roles;
-use crate::scenarios::{Runner, Target, TunnelLoad};
+use crate::scenarios::{Runner, TunnelLoad};
 
 /// bore's control address; bore 0.6 has no option to change its port.
 const CONTROL: SocketAddr =
@@ -87,19 +86,5 @@ pub fn measure(
     let mut client = spawn("bore client", &client_args, "bore-client.log")?;
     client.wait_listening(addr, START_WAIT)?;
     eprintln!("bore: server {CONTROL}, tunnel {addr}");
-    check_paths(addr, &addr.to_string())?;
-
-    let target = Target {
-        name: "bore",
-        addr,
-        host: None,
-        tls: false,
-    };
-    let pids = Roles {
-        server: server.pid(),
-        client: client.pid(),
-        origin: origin.pid(),
-    };
-    let (load, []) = runner.tunnel(&target, [], pids, &mut [&mut server, &mut client, origin])?;
-    Ok(load)
+    runner.relay("bore", addr, &mut server, &mut client, origin)
 }

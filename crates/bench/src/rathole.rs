@@ -18,10 +18,9 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 
-use crate::http::{check_paths, free_port};
+use crate::http::free_port;
 use crate::procs::Proc;
-use crate::sample::Roles;
-use crate::scenarios::{Runner, Target, TunnelLoad};
+use crate::scenarios::{Runner, TunnelLoad};
 
 /// How long each rathole process may take to start listening.
 const START_WAIT: Duration = Duration::from_secs(10);
@@ -70,21 +69,7 @@ pub fn measure(
     // The server opens the service's port once the client has registered.
     client.wait_listening(service, START_WAIT)?;
     eprintln!("rathole: server {control}, tunnel {service}");
-    check_paths(service, &service.to_string())?;
-
-    let target = Target {
-        name: "rathole",
-        addr: service,
-        host: None,
-        tls: false,
-    };
-    let pids = Roles {
-        server: server.pid(),
-        client: client.pid(),
-        origin: origin.pid(),
-    };
-    let (load, []) = runner.tunnel(&target, [], pids, &mut [&mut server, &mut client, origin])?;
-    Ok(load)
+    runner.relay("rathole", service, &mut server, &mut client, origin)
 }
 
 fn server_config(control: SocketAddr, service: SocketAddr) -> String {

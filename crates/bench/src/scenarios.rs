@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use anyhow::Result;
 
+use crate::http::check_paths;
 use crate::procs::Proc;
 use crate::run::RunArgs;
 use crate::sample::{Measured, NO_PROCESS, Roles, Sampled, measure, measure_all, rss_of};
@@ -150,6 +151,33 @@ impl Runner {
         let mut runner = self.clone();
         runner.scenarios.retain(|s| s.connections > 1);
         runner
+    }
+
+    /// Measures a plain TCP relay (bore, rathole) whose public side is
+    /// `addr`: its paths checked, then every scenario through it, with
+    /// its `server` and `client` processes and the `origin` sampled.
+    pub fn relay(
+        &self,
+        name: &'static str,
+        addr: SocketAddr,
+        server: &mut Proc,
+        client: &mut Proc,
+        origin: &mut Proc,
+    ) -> Result<TunnelLoad> {
+        check_paths(addr, &addr.to_string())?;
+        let target = Target {
+            name,
+            addr,
+            host: None,
+            tls: false,
+        };
+        let pids = Roles {
+            server: server.pid(),
+            client: client.pid(),
+            origin: origin.pid(),
+        };
+        let (load, []) = self.tunnel(&target, [], pids, &mut [server, client, origin])?;
+        Ok(load)
     }
 
     /// Measures the tunnel reached at `tunnel`, whose processes are `pids`:
