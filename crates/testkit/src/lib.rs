@@ -26,11 +26,14 @@
 //!   lines, signals, bounded waits for its exit.
 //! - [`redis`]: [`TestRedis`], a real `redis-server` on a free port, to
 //!   pause, kill and restart under a cluster.
+//! - [`chaos`]: what the opt-in chaos runs share: a seeded generator,
+//!   tagged requests, figures.
 
 #![forbid(unsafe_code)]
 #![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
 
 pub mod browser;
+pub mod chaos;
 pub mod client;
 pub mod devserver;
 pub mod inspector;
