@@ -180,3 +180,58 @@ async fn a_server_killed_outright_keeps_the_names_it_served() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+/// `cryptun server` on `listen` with its database in `data`, holding
+/// names a minute.
+fn server_on(listen: &str, data: &std::path::Path) -> Proc {
+    let data = data.to_str().unwrap();
+    let args = [
+        "server",
+        "--listen",
+        listen,
+        "--data-dir",
+        data,
+        "--reconnect-grace",
+        "1m",
+    ];
+    cryptun(&args)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_name_taken_back_survives_a_crash_right_after() {
+    // Found by the server kill storm (tests/chaos.rs): a server killed
+    // within a second of a client taking its name back (before its keeper
+    // saved the change) came back holding the name for the secret the
+    // client had used, while the client had been issued a new one; the
+    // client was refused its own name ("unauthorized") and gave up.
+    let data = tempfile::tempdir().unwrap();
+    let mut first = server_on("127.0.0.1:0", data.path());
+    let addr = listening_addr(&first);
+    let origin = cryptun_testkit::Origin::start().await;
+    let target = cryptun_client::Target::parse(&origin.target()).unwrap();
+    let config = cryptun_client::ClientConfig::new(&format!("http://{addr}"), target).unwrap();
+    let session = cryptun_client::connect(&config).await.unwrap();
+    let name = session.tunnel().subdomain.clone();
+    // Saved within the keeper's second; then a crash.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    first.signal("KILL");
+    first.wait_exit(Duration::from_secs(10));
+
+    // The client takes its name back from the next start, which is killed
+    // at once, before its keeper's next save.
+    let mut second = server_on(&addr.to_string(), data.path());
+    listening_addr(&second);
+    let back = cryptun_client::connect(&session.reconnect_config())
+        .await
+        .unwrap();
+    assert_eq!(back.tunnel().subdomain, name);
+    second.signal("KILL");
+    second.wait_exit(Duration::from_secs(10));
+
+    // The start after that still gives the client its name.
+    let third = server_on(&addr.to_string(), data.path());
+    listening_addr(&third);
+    let again = cryptun_client::connect(&back.reconnect_config()).await;
+    let again = again.unwrap_or_else(|e| panic!("refused its own name: {e}"));
+    assert_eq!(again.tunnel().subdomain, name);
+}

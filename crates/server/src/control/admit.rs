@@ -156,7 +156,18 @@ impl Admit {
         let (owner, secret) = match key {
             Some(id) => (Owner::Key(id.to_owned()), None),
             None => {
-                let secret = auth::new_reconnect_secret();
+                // A name asked for with a secret keeps it: the client
+                // already has it, and the server's database may still hold
+                // the name for it alone. A new secret here was lost if the
+                // server crashed before its keeper saved it (within a
+                // second), and the client, holding only the new one, was
+                // then refused its own name by the next start.
+                let secret = match &create.reconnect_secret {
+                    Some(kept) if asked.is_some() && auth::is_reconnect_secret(kept) => {
+                        kept.clone()
+                    }
+                    _ => auth::new_reconnect_secret(),
+                };
                 (Owner::secret(&secret), Some(secret))
             }
         };

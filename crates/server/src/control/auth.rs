@@ -191,9 +191,22 @@ impl Auth {
     }
 }
 
+/// Characters in a reconnect secret: 32 of `[a-z2-7]`, 160 bits.
+const RECONNECT_SECRET_LEN: usize = 32;
+
 /// A fresh reconnect secret: 32 characters, 160 bits.
 pub(crate) fn new_reconnect_secret() -> Secret {
-    Secret::generate("", 32)
+    Secret::generate("", RECONNECT_SECRET_LEN)
+}
+
+/// Whether `secret` has the form of one [`new_reconnect_secret`] issues,
+/// so as strong (a client cannot keep a weak one of its own making).
+pub(crate) fn is_reconnect_secret(secret: &Secret) -> bool {
+    let text = secret.expose();
+    text.len() == RECONNECT_SECRET_LEN
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || (b'2'..=b'7').contains(&b))
 }
 
 #[cfg(test)]
@@ -215,6 +228,17 @@ mod tests {
         CreateTunnel {
             token: token.cloned(),
             ..CreateTunnel::default()
+        }
+    }
+
+    #[test]
+    fn only_secrets_of_the_issued_form_are_kept() {
+        assert!(is_reconnect_secret(&new_reconnect_secret()));
+        let short = Secret::new("c2hjm5xq7ypd3wlz4u6bna2vkr7tfe5");
+        let upper = Secret::new("C2HJM5XQ7YPD3WLZ4U6BNA2VKR7TFE5O");
+        let ones = Secret::new("11111111111111111111111111111111");
+        for weak in [short, upper, ones] {
+            assert!(!is_reconnect_secret(&weak));
         }
     }
 

@@ -140,14 +140,17 @@ async fn an_anonymous_tunnel_gets_its_name_back_with_its_secret() {
         .unwrap();
     assert_eq!(back.tunnel.public_url, url);
     let renewed = back.tunnel.reconnect_secret.clone().unwrap();
-    assert_ne!(renewed, secret, "a new secret is issued each time");
+    assert_eq!(
+        renewed, secret,
+        "the secret that took the name back is kept"
+    );
     serves(&server, &name, "after").await;
 
     // The client API hands out the settings for that reconnection.
     back.kill().await;
     wait_held(&server, &name).await;
     let again = client(&server, &origin, &name, None, Some(&renewed)).await;
-    assert!(again.is_ok(), "the renewed secret takes the name back");
+    assert!(again.is_ok(), "the kept secret takes the name back again");
     let stale = json!({ "subdomain": name, "reconnect_secret": secret.expose() });
     assert_eq!(
         code_for(&server, stale).await,
