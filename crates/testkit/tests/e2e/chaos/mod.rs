@@ -17,4 +17,5 @@
 
 mod client_storm;
 mod fuzzer;
+mod slow_bodies;
 mod slowloris;
