@@ -16,6 +16,7 @@
 //! test prints its seed (`CHAOS_SEED` replays one).
 
 mod client_storm;
+mod floods;
 mod fuzzer;
 mod slow_bodies;
 mod slowloris;
