@@ -98,7 +98,7 @@ async fn slow_bodies_with_a_visitor_measured_meanwhile() {
                 while Instant::now() < until {
                     // One in five fast (16-64 KiB every 50-200 ms, at most
                     // 200 kB: done in seconds), the rest a few bytes a
-                    // tick, under the minimum rate.
+                    // tick, under half the minimum rate (400 B/s at most).
                     let (length, chunk, every) = if rng.below(5) == 0 {
                         (
                             rng.between(100, 200_000),
@@ -120,7 +120,9 @@ async fn slow_bodies_with_a_visitor_measured_meanwhile() {
                     let status = tokio::time::timeout(UPLOAD_LIMIT, upload)
                         .await
                         .unwrap_or(1);
-                    longest = longest.max(started.elapsed());
+                    if slow {
+                        longest = longest.max(started.elapsed());
+                    }
                     *ended.entry((slow, status)).or_insert(0) += 1;
                 }
                 (ended, longest)
@@ -150,7 +152,7 @@ async fn slow_bodies_with_a_visitor_measured_meanwhile() {
 
     eprintln!("{TEST}: uploads (slower than the minimum, status: 0 closed unanswered) | count");
     print_table(TEST, &ended);
-    eprintln!("{TEST}: the longest upload lasted {longest:?}");
+    eprintln!("{TEST}: the longest slow upload lasted {longest:?}");
     print_table(TEST, &visits);
     eprintln!(
         "{TEST}: {} visits, p50 {:?}, p99 {:?}, max {:?}; RSS {rss_before} KiB before, {rss_after} KiB after",
@@ -173,8 +175,9 @@ async fn slow_bodies_with_a_visitor_measured_meanwhile() {
         };
         assert!(allowed, "{n} uploads (slow: {slow}) ended {status}");
     }
-    // A body under the rate is cut after the grace and a second or so.
-    assert!(longest < GRACE + MARGIN * 2, "{longest:?}");
+    // A body at under half the rate is cut within twice the grace (it is
+    // then a grace's worth behind), and a margin.
+    assert!(longest < GRACE * 2 + MARGIN * 2, "{longest:?}");
     assert!(
         rss_after.saturating_sub(rss_before) < 100 << 10,
         "{rss_before} -> {rss_after} KiB"
