@@ -4,13 +4,9 @@
 //! warning that goes with it), and the settings it refuses before
 //! connecting.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
 use std::net::SocketAddr;
 
-mod common;
-
-use common::{Proc, cryptun, listening_addr};
+use crate::common::{Proc, cryptun, listening_addr};
 use cryptun_testkit::Visitor;
 use cryptun_testkit::devserver::{HostCheck, HttpsOrigin};
 

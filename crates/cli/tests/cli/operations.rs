@@ -5,14 +5,10 @@
 //! that leaves the query string out, and says `complete` of a large
 //! response delivered whole.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
 use std::net::SocketAddr;
 use std::time::Duration;
 
-mod common;
-
-use common::{Proc, cryptun};
+use crate::common::{Proc, cryptun};
 use cryptun_testkit::raw::{WAIT, eventually};
 use cryptun_testkit::{Origin, Visitor, within};
 

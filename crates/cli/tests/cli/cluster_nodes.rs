@@ -17,17 +17,13 @@
 //! Each test starts its own `redis-server` (`TestRedis`); it fails, not
 //! skips, when Redis is not installed.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod common;
-
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{Proc, cryptun, listening_addr};
+use crate::common::{Proc, cryptun, listening_addr};
 use cryptun_testkit::{Origin, TestRedis};
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};

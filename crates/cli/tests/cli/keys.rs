@@ -6,18 +6,14 @@
 //! debug level. `transfer`: moving them to a cluster's store and back
 //! (`keys export|import`).
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 
-mod common;
-#[path = "keys/transfer.rs"]
 mod transfer;
 
-use common::Proc;
+use crate::common::Proc;
 use cryptun_testkit::{TempDir, Visitor};
 
 fn cryptun(args: &[&str], env: &[(&str, &Path)]) -> Command {

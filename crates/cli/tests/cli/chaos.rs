@@ -8,7 +8,7 @@
 //! docs/SECURITY.md, "Chaos runs":
 //!
 //! ```text
-//! cargo test -p cryptun --test chaos -- --ignored --nocapture
+//! cargo test -p cryptun --test cli chaos:: -- --ignored --nocapture
 //! ```
 //!
 //! The client is the library's (testkit's `TestClient`, in this process)
@@ -21,17 +21,13 @@
 //!
 //! `CHAOS_SEED=<seed>` replays a run's random choices (printed first).
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-mod common;
-
-use common::{Proc, cryptun, listening_addr};
+use crate::common::{Proc, cryptun, listening_addr};
 use cryptun_client::{ClientConfig, Event, Target};
 use cryptun_testkit::chaos::{
     MARGIN, Outcome, Rng, http, print_table, rss_kib, tagged, tagged_load,

@@ -5,14 +5,10 @@
 //! inspector is off unless a test asks for it (on port 0), so no test
 //! takes the default port 4040.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
 use std::net::SocketAddr;
 use std::process::Command;
 
-mod common;
-
-use common::{Proc, cryptun, listening_addr};
+use crate::common::{Proc, cryptun, listening_addr};
 use cryptun_testkit::tls::TlsFiles;
 use cryptun_testkit::{HttpsVisitor, Visitor, within};
 
@@ -167,7 +163,7 @@ async fn a_server_log_nobody_reads_does_not_stall_the_server() {
     let mut server = Command::new(env!("CARGO_BIN_EXE_cryptun"))
         .args(["server", "--listen", "127.0.0.1:0"])
         .env("XDG_CONFIG_HOME", "/nonexistent/cryptun-tests")
-        .env("XDG_DATA_HOME", common::data_home())
+        .env("XDG_DATA_HOME", crate::common::data_home())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
         .spawn()

@@ -4,15 +4,11 @@
 //! checking the key before saving it, and a tunnel to a port nothing
 //! listens on (a warning at start, a short request line).
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Command, Output};
 
-mod common;
-
-use common::{Proc, cryptun, data_home, listening_addr};
+use crate::common::{Proc, cryptun, data_home, listening_addr};
 use cryptun_testkit::{TempDir, Visitor};
 
 /// A loopback port nothing listens on.

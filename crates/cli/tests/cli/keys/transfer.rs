@@ -12,7 +12,7 @@ use std::process::{Child, ChildStdout, Output, Stdio};
 use cryptun_testkit::{TempDir, TestRedis};
 use serde_json::Value;
 
-use super::common::Proc;
+use crate::common::Proc;
 use super::{cryptun, listening_addr, run, stdout};
 
 const DOMAIN: &str = "tunnels.example.test";

@@ -4,13 +4,9 @@
 //! moves to the other with the same name, which then serves its visitors;
 //! `servers = [...]` in `client.toml` is tried past a server that is down.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
 use std::net::SocketAddr;
 
-mod common;
-
-use common::{Proc, cryptun, listening_addr};
+use crate::common::{Proc, cryptun, listening_addr};
 use cryptun_testkit::Visitor;
 use serde_json::Value;
 

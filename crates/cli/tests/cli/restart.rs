@@ -5,14 +5,10 @@
 //! saved (owner-only, in its state directory), while a stranger is told the
 //! name is held, waits on one line, and gets it when the hold ends.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-mod common;
-
-use common::{Proc, cryptun, cryptun_with_state, data_home, listening_addr};
+use crate::common::{Proc, cryptun, cryptun_with_state, data_home, listening_addr};
 use serde_json::Value;
 
 /// `cryptun server` on an ephemeral port holding names `grace` after a
@@ -199,7 +195,7 @@ fn server_on(listen: &str, data: &std::path::Path) -> Proc {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_name_taken_back_survives_a_crash_right_after() {
-    // Found by the server kill storm (tests/chaos.rs): a server killed
+    // Found by the server kill storm (chaos.rs): a server killed
     // within a second of a client taking its name back (before its keeper
     // saved the change) came back holding the name for the secret the
     // client had used, while the client had been issued a new one; the

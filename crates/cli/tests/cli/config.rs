@@ -6,16 +6,12 @@
 //! one request inspector for all of them (`--inspect`); and `cryptun
 //! login` changes the token of that file and nothing else.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-mod common;
-
-use common::Proc;
+use crate::common::Proc;
 use cryptun_testkit::{Origin, TempDir, Visitor};
 
 /// `cryptun ARGS` with `home` as its config directory and no `CRYPTUN_*`
@@ -414,7 +410,7 @@ fn login_changes_only_the_token_of_client_toml() {
     let path = write(home, "client.toml", before);
     // Login checks the key with the server first (this one checks none).
     let server = cryptun(&["server", "--listen", "127.0.0.1:0"], home, &[]);
-    let url = format!("http://{}", common::listening_addr(&server));
+    let url = format!("http://{}", crate::common::listening_addr(&server));
     let env = [("CRYPTUN_SERVER", url.as_str())];
     let mut login = cryptun(&["login", "ck_new_key"], home, &env);
     assert!(login.wait_exit(Duration::from_secs(10)).success());

@@ -8,12 +8,8 @@
 //! multi-threaded runtime and wait inside `block_in_place`, leaving the
 //! in-process server its own threads.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod common;
-
-use common::cryptun;
-use common::tty::{Screen, Tty};
+use crate::common::cryptun;
+use crate::common::tty::{Screen, Tty};
 use cryptun_server::AuthMode;
 use cryptun_testkit::{Origin, TempDir, TestServer, Visitor};
 use std::time::Duration;
