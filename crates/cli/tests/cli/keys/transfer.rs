@@ -12,8 +12,8 @@ use std::process::{Child, ChildStdout, Output, Stdio};
 use cryptun_testkit::{TempDir, TestRedis};
 use serde_json::Value;
 
-use crate::common::Proc;
 use super::{cryptun, listening_addr, run, stdout};
+use crate::common::Proc;
 
 const DOMAIN: &str = "tunnels.example.test";
 const SECRET: &str = "keys-transfer-test-secret-0123456789";
