@@ -365,7 +365,7 @@ async fn open_store(config: &Config) -> io::Result<Store> {
 /// Holds again the names the last run saved when it stopped. A failure
 /// costs only those holds: the server starts all the same.
 async fn restore_holds(registry: &dyn Registry, store: &Store) {
-    match store.call(Store::take_holds).await {
+    match store.call(Store::saved_holds).await {
         Ok(saved) if saved.is_empty() => {}
         Ok(saved) => {
             info!(

@@ -105,14 +105,15 @@ impl Store {
         Ok(())
     }
 
-    /// Takes the saved holds out of the database: those still in force and
-    /// not owned by a revoked key, soonest to end first. Leaves none saved.
-    pub fn take_holds(&self) -> Result<Vec<SavedHold>, StoreError> {
+    /// The saved holds still in force and not owned by a revoked key,
+    /// soonest to end first. They stay saved until the next
+    /// [`save_holds`](Self::save_holds) replaces them, so that a server
+    /// killed between reading them and its first save finds them again.
+    pub fn saved_holds(&self) -> Result<Vec<SavedHold>, StoreError> {
         let now = now_ms();
-        let mut conn = self.conn();
-        let tx = conn.transaction()?;
+        let conn = self.conn();
         let holds = {
-            let mut select = tx.prepare(
+            let mut select = conn.prepare(
                 "SELECT h.name, h.key_id, h.secret_hash, h.until_ms
                  FROM held_names h LEFT JOIN keys k ON k.id = h.key_id
                  WHERE h.until_ms > ?1 AND k.revoked_at IS NULL
@@ -139,8 +140,6 @@ impl Store {
             }
             holds
         };
-        tx.execute("DELETE FROM held_names", [])?;
-        tx.commit()?;
         Ok(holds)
     }
 }
@@ -167,7 +166,7 @@ mod tests {
     }
 
     #[test]
-    fn saved_holds_come_back_once_soonest_first_with_what_is_left() {
+    fn saved_holds_come_back_soonest_first_with_what_is_left() {
         let dir = TempDir::new();
         let store = Store::open(&dir.0).unwrap();
         let key = store.create_key("k").unwrap().info.id;
@@ -180,7 +179,7 @@ mod tests {
         // Another handle on the same file: what a restarted server opens.
         drop(store);
         let store = Store::open(&dir.0).unwrap();
-        let taken = store.take_holds().unwrap();
+        let taken = store.saved_holds().unwrap();
         let names: Vec<_> = taken.iter().map(|h| h.name.as_str()).collect();
         assert_eq!(names, ["sooner", "later"]);
         assert_eq!(taken[0].owner, Owner::Key(key));
@@ -190,7 +189,22 @@ mod tests {
             "{:?}",
             taken[0].left
         );
-        assert!(store.take_holds().unwrap().is_empty(), "taken only once");
+        // Read, they stay saved: a server killed before its first save
+        // (the holds had been deleted as they were read) finds them again.
+        drop(store);
+        let store = Store::open(&dir.0).unwrap();
+        let again: Vec<_> = store
+            .saved_holds()
+            .unwrap()
+            .into_iter()
+            .map(|h| h.name)
+            .collect();
+        assert_eq!(again, ["sooner", "later"], "still saved after being read");
+        store.save_holds(&[]).unwrap();
+        assert!(
+            store.saved_holds().unwrap().is_empty(),
+            "until the next save"
+        );
     }
 
     #[test]
@@ -207,7 +221,7 @@ mod tests {
             ])
             .unwrap();
         store.revoke_key(&revoked).unwrap();
-        let taken = store.take_holds().unwrap();
+        let taken = store.saved_holds().unwrap();
         let names: Vec<_> = taken.iter().map(|h| h.name.as_str()).collect();
         assert_eq!(names, ["kept"]);
     }
@@ -220,7 +234,7 @@ mod tests {
         store.save_holds(&[hold("a", owner.clone(), 30)]).unwrap();
         store.save_holds(&[hold("b", owner, 30)]).unwrap();
         let names: Vec<_> = store
-            .take_holds()
+            .saved_holds()
             .unwrap()
             .into_iter()
             .map(|h| h.name)

@@ -55,7 +55,7 @@ fn a_database_of_an_older_version_is_brought_up_to_date_keeping_its_data() {
     assert_eq!(schema_version(&store.conn()).unwrap(), SCHEMA_VERSION);
     assert_eq!(store.list_keys().unwrap()[0].id, "k1");
     store.save_holds(&[]).unwrap();
-    assert!(store.take_holds().unwrap().is_empty());
+    assert!(store.saved_holds().unwrap().is_empty());
 }
 
 #[cfg(unix)]
@@ -70,7 +70,7 @@ fn a_database_in_memory_has_the_whole_schema() {
     let key = store.create_key("ci").unwrap();
     store.reserve(&key.info.id, "app").unwrap();
     assert_eq!(store.reserved_for("app").unwrap(), Some(key.info.id));
-    assert!(store.take_holds().unwrap().is_empty());
+    assert!(store.saved_holds().unwrap().is_empty());
 }
 
 #[test]

@@ -346,7 +346,7 @@ fn a_database_moves_whole_into_another_and_twice_changes_nothing() {
     assert!(!again.changed(), "{again:?}");
     assert_eq!(again.keys.unchanged, 2);
     let taken: Vec<_> = to
-        .take_holds()
+        .saved_holds()
         .unwrap()
         .into_iter()
         .map(|h| h.name)
