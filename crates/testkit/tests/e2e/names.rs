@@ -151,9 +151,10 @@ async fn an_anonymous_tunnel_gets_its_name_back_with_its_secret() {
     wait_held(&server, &name).await;
     let again = client(&server, &origin, &name, None, Some(&renewed)).await;
     assert!(again.is_ok(), "the kept secret takes the name back again");
-    let stale = json!({ "subdomain": name, "reconnect_secret": secret.expose() });
+    // While the name is live again, even its own secret cannot take it.
+    let while_live = json!({ "subdomain": name, "reconnect_secret": secret.expose() });
     assert_eq!(
-        code_for(&server, stale).await,
+        code_for(&server, while_live).await,
         "subdomain_taken",
         "live again"
     );
