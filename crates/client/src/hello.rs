@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
 // Visitors control every header shown: all of it is escaped.
-use crate::page::escape;
+use cryptun_proto::html::escape;
 
 /// Serves the hello page on `listener` until `shutdown` fires.
 pub async fn serve(listener: TcpListener, shutdown: CancellationToken) {

@@ -7,6 +7,7 @@
 //! Everything put into the page is escaped: the tunnel's name and the
 //! target come from the user, the reason from the operating system.
 
+use cryptun_proto::html::escape;
 use cryptun_proto::{InlineBody, ResponseHead};
 
 use crate::Target;
@@ -57,33 +58,9 @@ pub(crate) fn unreachable(tunnel: &str, target: &Target, why: &str) -> ResponseH
     }
 }
 
-/// `text` with the characters HTML gives meaning to written as entities.
-pub(crate) fn escape(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for c in text.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            c => out.push(c),
-        }
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn escapes_markup() {
-        assert_eq!(
-            escape("<script>\"x\"&'"),
-            "&lt;script&gt;&quot;x&quot;&amp;&#39;"
-        );
-    }
 
     fn header(value: &str) -> Vec<(String, String)> {
         vec![("Accept".into(), value.into())]

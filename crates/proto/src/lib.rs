@@ -17,6 +17,7 @@
 //! - [`error_code`]: why the server refuses something, and what each
 //!   refusal does to the connection.
 //! - [`head`]: request and response heads, header encoding, hop-by-hop rules.
+//! - [`html`]: escaping what goes into the pages either end writes.
 //! - [`frame`]: the binary frame format.
 //! - [`limits`]: every bound a session enforces, and why.
 //! - [`mux`]: streams over one WebSocket: the pending-stream table, credit
@@ -35,6 +36,7 @@ pub mod capability;
 pub mod error_code;
 pub mod frame;
 pub mod head;
+pub mod html;
 pub mod limits;
 pub mod message;
 pub mod mux;

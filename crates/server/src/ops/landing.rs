@@ -8,6 +8,7 @@
 //! comes from the server's settings and the Host the browser asked under,
 //! which the gateway has already checked, and is escaped all the same.
 
+use cryptun_proto::html::escape;
 use http::{HeaderValue, Request, Response, header};
 
 use crate::body::{Body, full};
@@ -78,22 +79,6 @@ fn server_url<B>(config: &Config, req: &Request<B>) -> String {
     format!("{}://{}", config.public_scheme, host.to_ascii_lowercase())
 }
 
-/// `text` with the characters HTML gives meaning to written as entities.
-fn escape(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for c in text.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            c => out.push(c),
-        }
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -123,9 +108,5 @@ mod tests {
         );
         // Nothing a header could smuggle into the page.
         assert_eq!(server_url(&config, &get("a<b>")), "http://localhost");
-        assert_eq!(
-            escape("<a href='x'>&</a>"),
-            "&lt;a href=&#39;x&#39;&gt;&amp;&lt;/a&gt;"
-        );
     }
 }
