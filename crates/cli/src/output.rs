@@ -6,7 +6,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use cryptun_client::{Endpoint, Event, Events, TunnelCreated};
+use cryptun_client::{Endpoint, Event, Events, RequestDone, TunnelCreated};
 
 use crate::lines;
 use crate::status::{self, Header, Live, Tunnel};
@@ -153,44 +153,9 @@ fn events(json: bool, json_logs: bool, named: bool, server: &Endpoint) -> Events
     Events::to(move |event| match event {
         // One line per request, when it ends.
         Event::RequestStarted => {}
-        Event::Request {
-            tunnel,
-            method,
-            path,
-            status,
-            duration,
-            error,
-        } => {
-            let done = Done {
-                tunnel: &tunnel,
-                method: &method,
-                path: &path,
-                status,
-                duration,
-                error: error.as_deref(),
-            };
-            lines::print(&request_line(&done, None, json, named));
-        }
+        Event::Request(done) => lines::print(&request_line(&done, None, json, named)),
         // A replay from the inspector: the request's line, marked.
-        Event::Replayed {
-            of,
-            tunnel,
-            method,
-            path,
-            status,
-            duration,
-            error,
-        } => {
-            let done = Done {
-                tunnel: &tunnel,
-                method: &method,
-                path: &path,
-                status,
-                duration,
-                error: error.as_deref(),
-            };
-            lines::print(&request_line(&done, Some(of), json, named));
-        }
+        Event::Replayed { of, done } => lines::print(&request_line(&done, Some(of), json, named)),
         Event::Disconnected {
             error,
             retry_in,
@@ -207,24 +172,15 @@ fn events(json: bool, json_logs: bool, named: bool, server: &Endpoint) -> Events
     })
 }
 
-/// A finished request, as its line shows it.
-struct Done<'a> {
-    tunnel: &'a str,
-    method: &'a str,
-    path: &'a str,
-    status: u16,
-    duration: Duration,
-    error: Option<&'a str>,
-}
-
 /// The line for `done` (JSON, or text with the tunnel's name first when
 /// several are named), marked as a replay of request `of` if it is one.
-fn request_line(done: &Done<'_>, replay_of: Option<u64>, json: bool, named: bool) -> String {
+fn request_line(done: &RequestDone, replay_of: Option<u64>, json: bool, named: bool) -> String {
     let ms = done.duration.as_secs_f64() * 1000.0;
-    let (method, path, status, error) = (done.method, done.path, done.status, done.error);
+    let (method, path, status) = (&done.method[..], &done.path[..], done.status);
+    let error = done.error.as_deref();
     if json {
         let now = std::time::SystemTime::now();
-        let line = request_json(now, done.tunnel, method, path, status, ms, error);
+        let line = request_json(now, &done.tunnel, method, path, status, ms, error);
         return match replay_of {
             Some(of) => replay_json(&line, of),
             None => line,

@@ -14,39 +14,17 @@ pub enum Event {
     /// follows when it ends (so started minus ended is the number open).
     RequestStarted,
     /// A request was answered (or failed) — one line per request.
-    Request {
-        /// The tunnel that served it: its [name](TunnelConfig::name), else
-        /// its subdomain.
-        tunnel: String,
-        /// Request method.
-        method: String,
-        /// Path and query.
-        path: String,
-        /// Status sent to the visitor (0 if the visitor went away first).
-        status: u16,
-        /// Time from the request's arrival to the end of the response head.
-        duration: Duration,
-        /// What went wrong, if anything.
-        error: Option<String>,
-    },
+    Request(RequestDone),
     /// The request inspector sent a captured request (perhaps edited) to
     /// its local service again, straight from the client: not through the
-    /// tunnel, so it is not one of the tunnel's requests.
+    /// tunnel, so it is not one of the tunnel's requests. `done.status` is
+    /// the local service's (0 if none came), its duration from sending to
+    /// the response head.
     Replayed {
         /// The inspector's id of the exchange replayed.
         of: u64,
-        /// The tunnel that served the original (its name, else subdomain).
-        tunnel: String,
-        /// Request method, as sent.
-        method: String,
-        /// Path and query, as sent.
-        path: String,
-        /// The local service's status (0 if none came).
-        status: u16,
-        /// Time from sending to the response head.
-        duration: Duration,
-        /// What went wrong, if anything.
-        error: Option<String>,
+        /// The replay, as sent and answered.
+        done: RequestDone,
     },
     /// The connection was lost (or a reconnect failed); the next attempt
     /// comes after `retry_in`.
@@ -70,6 +48,24 @@ pub enum Event {
         /// The tunnel, as the server created it again.
         tunnel: TunnelCreated,
     },
+}
+
+/// A request that ended: what the CLI prints a line of.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestDone {
+    /// The tunnel that served it: its [name](crate::TunnelConfig::name),
+    /// else its subdomain.
+    pub tunnel: String,
+    /// Request method.
+    pub method: String,
+    /// Path and query.
+    pub path: String,
+    /// Status sent to the visitor (0 if the visitor went away first).
+    pub status: u16,
+    /// Time from the request's arrival to the end of the response head.
+    pub duration: Duration,
+    /// What went wrong, if anything.
+    pub error: Option<String>,
 }
 
 /// Where events go: a callback, or nowhere.

@@ -24,7 +24,7 @@ use crate::error::{self, ExchangeError};
 use crate::local::{self, DrivenBody, LocalBody, LocalPool};
 use crate::observe::{Observer, Tee, Watch};
 use crate::routes::{Route, Routes};
-use crate::{ClientConfig, Event, Events, Target, TunnelCreated, page};
+use crate::{ClientConfig, Event, Events, RequestDone, Target, TunnelCreated, page};
 
 /// Bounds on a request head from the server. The server already limits what
 /// visitors send; these only guard against a broken server.
@@ -100,14 +100,14 @@ fn report(fwd: &Forwarder, tunnel: String, method: String, path: String, outcome
     if let Some(err) = &outcome.error {
         debug!(side = ?err.side(), error = %err, status = outcome.status, "exchange failed");
     }
-    fwd.events.emit(Event::Request {
+    fwd.events.emit(Event::Request(RequestDone {
         tunnel,
         method,
         path,
         status: outcome.status,
         duration: outcome.duration,
         error: outcome.error.map(|err| err.brief()),
-    });
+    }));
 }
 
 /// How an exchange ended.

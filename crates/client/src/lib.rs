@@ -89,7 +89,7 @@ use std::time::Duration;
 
 pub use cryptun_proto::Secret;
 pub use cryptun_proto::message::{BasicAuth, TunnelCreated};
-pub use events::{Event, Events};
+pub use events::{Event, Events, RequestDone};
 pub use handshake::connect;
 pub use host_header::HostHeader;
 pub use inspector::{Inspector, InspectorLimits};

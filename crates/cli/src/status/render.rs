@@ -164,11 +164,12 @@ fn requests<'a>(
     let tunnel = tunnel_width.map_or(0, |w| w + 2);
     // time(8) + 2 + [tunnel + 2] + method(7) + 1 + path + 2 + status(3) + 2 + duration(8)
     let fixed = 8 + 2 + tunnel + 7 + 1 + 2 + 3 + 2 + 8;
-    let longest = shown.iter().map(|r| r.path.chars().count()).max();
+    let longest = shown.iter().map(|r| r.done.path.chars().count()).max();
     let path_width = longest.unwrap_or(0).min(width.saturating_sub(fixed)).max(4);
     shown
         .iter()
         .map(|r| {
+            let (at, r) = (r.at, &r.done);
             let status = match r.status {
                 0 => "---".to_owned(),
                 status => status.to_string(),
@@ -176,7 +177,7 @@ fn requests<'a>(
             let name = tunnel_width.map_or(String::new(), |w| pad(&r.tunnel, w) + "  ");
             let mut line = format!(
                 "{}  {name}{:<7} {}  {status:>3}  {:>8}",
-                clock(r.at),
+                clock(at),
                 fit(&r.method, 7),
                 pad(&r.path, path_width),
                 duration(r.duration),

@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use cryptun_client::Event;
+use cryptun_client::{Event, RequestDone};
 
 use super::render::{duration, fit, render};
 use super::state_tests::{request, state};
@@ -185,13 +185,15 @@ fn several_tunnels_each_get_a_line_with_aligned_names() {
         ]
     );
     // Each request line names the tunnel that served it.
-    let served_by = |tunnel: &str| Event::Request {
-        tunnel: tunnel.into(),
-        method: "GET".into(),
-        path: "/x".into(),
-        status: 200,
-        duration: Duration::from_millis(2),
-        error: None,
+    let served_by = |tunnel: &str| {
+        Event::Request(RequestDone {
+            tunnel: tunnel.into(),
+            method: "GET".into(),
+            path: "/x".into(),
+            status: 200,
+            duration: Duration::from_millis(2),
+            error: None,
+        })
     };
     s.apply(served_by("backend"), t0, noon());
     s.apply(served_by("tunnel-c"), t0, noon());
@@ -207,14 +209,14 @@ fn long_paths_are_cut_and_errors_follow_the_duration() {
     let mut s = state(t0, &[(None, "tunnel-a")]);
     let long = format!("/{}", "a".repeat(200));
     s.apply(request(&long, 200, 3), t0, noon());
-    let gone = Event::Request {
+    let gone = Event::Request(RequestDone {
         tunnel: "tunnel-a".into(),
         method: "POST".into(),
         path: "/upload".into(),
         status: 0,
         duration: Duration::from_millis(1500),
         error: Some("cancelled: the visitor went away".into()),
-    };
+    });
     s.apply(gone, t0, noon());
     let lines = render(&s, t0, 60, 40);
     let n = lines.len();

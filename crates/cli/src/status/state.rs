@@ -6,7 +6,7 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant, SystemTime};
 
-use cryptun_client::{Event, TunnelCreated};
+use cryptun_client::{Event, RequestDone, TunnelCreated};
 
 /// Requests kept for the list at the bottom of the view; more than any
 /// terminal is tall.
@@ -97,18 +97,8 @@ pub enum Connection {
 pub struct Request {
     /// When it ended (wall clock, for display).
     pub at: SystemTime,
-    /// The tunnel that served it (its name, else its subdomain).
-    pub tunnel: String,
-    /// Method.
-    pub method: String,
-    /// Path and query.
-    pub path: String,
-    /// Status sent to the visitor (0: the visitor went away first).
-    pub status: u16,
-    /// Time to the response head.
-    pub duration: Duration,
-    /// What went wrong, if anything.
-    pub error: Option<String>,
+    /// The request, as the client reported it.
+    pub done: RequestDone,
 }
 
 /// Everything the view shows.
@@ -138,56 +128,27 @@ impl State {
         }
     }
 
+    /// Lists `done`, ended at `wall`, first among the recent requests.
+    fn remember(&mut self, wall: SystemTime, done: RequestDone) {
+        if self.recent.len() == RECENT {
+            self.recent.pop_back();
+        }
+        self.recent.push_front(Request { at: wall, done });
+    }
+
     /// Takes in what the client reported, at `now` (`wall` on the clock).
     pub fn apply(&mut self, event: Event, now: Instant, wall: SystemTime) {
         match event {
             Event::RequestStarted => self.stats.started(),
-            Event::Request {
-                tunnel,
-                method,
-                path,
-                status,
-                duration,
-                error,
-                ..
-            } => {
-                self.stats.ended(duration, now);
-                if self.recent.len() == RECENT {
-                    self.recent.pop_back();
-                }
-                self.recent.push_front(Request {
-                    at: wall,
-                    tunnel,
-                    method,
-                    path,
-                    status,
-                    duration,
-                    error,
-                });
+            Event::Request(done) => {
+                self.stats.ended(done.duration, now);
+                self.remember(wall, done);
             }
             // A replay went to the local service, not through the tunnel:
             // listed, marked, and not counted in the tunnel's stats.
-            Event::Replayed {
-                of,
-                tunnel,
-                method,
-                path,
-                status,
-                duration,
-                error,
-            } => {
-                if self.recent.len() == RECENT {
-                    self.recent.pop_back();
-                }
-                self.recent.push_front(Request {
-                    at: wall,
-                    tunnel,
-                    method,
-                    path: format!("{path} (replay of #{of})"),
-                    status,
-                    duration,
-                    error,
-                });
+            Event::Replayed { of, mut done } => {
+                done.path = format!("{} (replay of #{of})", done.path);
+                self.remember(wall, done);
             }
             Event::Disconnected {
                 error,

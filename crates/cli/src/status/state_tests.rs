@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant, SystemTime};
 
-use cryptun_client::{Event, TunnelCreated};
+use cryptun_client::{Event, RequestDone, TunnelCreated};
 
 use super::state::{Connection, DURATION_WINDOW, Header, RECENT, State, Tunnel};
 
@@ -39,14 +39,14 @@ pub(super) fn state(t0: Instant, tunnels: &[(Option<&str>, &str)]) -> State {
 }
 
 pub(super) fn request(path: &str, status: u16, ms: u64) -> Event {
-    Event::Request {
+    Event::Request(RequestDone {
         tunnel: "tunnel-a".into(),
         method: "GET".into(),
         path: path.into(),
         status,
         duration: Duration::from_millis(ms),
         error: None,
-    }
+    })
 }
 
 fn started() -> Event {
@@ -143,8 +143,8 @@ fn recent_keeps_the_newest_first_and_is_bounded() {
         s.apply(request(&format!("/{i}"), 200, 1), t0, wall);
     }
     assert_eq!(s.recent.len(), RECENT);
-    assert_eq!(s.recent[0].path, format!("/{}", RECENT + 49));
-    assert_eq!(s.recent[RECENT - 1].path, "/50");
+    assert_eq!(s.recent[0].done.path, format!("/{}", RECENT + 49));
+    assert_eq!(s.recent[RECENT - 1].done.path, "/50");
     assert_eq!(s.stats.total(), (RECENT + 50) as u64);
 }
 

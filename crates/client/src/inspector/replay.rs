@@ -27,7 +27,7 @@ use super::view::replay_refusal;
 use crate::error::error_chain;
 use crate::local::{self, LocalBody, LocalPool};
 use crate::observe::Watch;
-use crate::{Event, Target};
+use crate::{Event, RequestDone, Target};
 
 /// The longest a replay may run, its response body included; a replayed
 /// long poll or event stream is cut there.
@@ -184,12 +184,14 @@ pub(crate) fn start(
         tap.finish(status, error.clone());
         events.emit(Event::Replayed {
             of: report.of,
-            tunnel: report.tunnel,
-            method: report.method,
-            path: report.path,
-            status,
-            duration: head_after,
-            error,
+            done: RequestDone {
+                tunnel: report.tunnel,
+                method: report.method,
+                path: report.path,
+                status,
+                duration: head_after,
+                error,
+            },
         });
     };
     tokio::spawn(task.instrument(debug_span!("replay", of = id, id = replay_id)));

@@ -158,14 +158,12 @@ async fn a_timeout_is_reported_by_the_client_as_the_local_service_being_slow() {
     let reply = Visitor::new(server.addr).get(&client.host, "/slow").await;
     assert_eq!(reply.status, StatusCode::GATEWAY_TIMEOUT);
     let event = client
-        .wait_event("the request's report", |e| {
-            matches!(e, Event::Request { .. })
-        })
+        .wait_event("the request's report", |e| matches!(e, Event::Request(_)))
         .await;
-    let Event::Request { error, .. } = event else {
+    let Event::Request(done) = event else {
         unreachable!()
     };
-    let error = error.unwrap_or_default();
+    let error = done.error.unwrap_or_default();
     assert!(error.contains("did not answer in time"), "{error}");
     assert!(!error.contains("visitor went away"), "{error}");
 }

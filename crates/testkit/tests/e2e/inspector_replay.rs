@@ -138,18 +138,11 @@ async fn a_replay_can_change_method_path_headers_and_body() {
             matches!(e, Event::Replayed { .. })
         })
         .await;
-    let Event::Replayed {
-        of,
-        method,
-        path,
-        status,
-        ..
-    } = event
-    else {
+    let Event::Replayed { of, done } = event else {
         unreachable!()
     };
     assert_eq!(
-        (of, &method[..], &path[..], status),
+        (of, &done.method[..], &done.path[..], done.status),
         (id, "PUT", "/echo/edited?x=1", 200)
     );
 

@@ -137,7 +137,7 @@ async fn a_slow_visitor_stalls_only_its_own_stream() {
     let finished = |events: &[Event]| {
         events
             .iter()
-            .any(|e| matches!(e, Event::Request { path: p, .. } if *p == path))
+            .any(|e| matches!(e, Event::Request(done) if done.path == path))
     };
     assert!(
         !finished(&client.events.lock().unwrap()),

@@ -10,9 +10,7 @@ use cryptun_testkit::{Origin, TestClient, TestServer, Visitor};
 
 fn served_by(client: &TestClient, path: &str) -> Option<String> {
     client.events.lock().unwrap().iter().find_map(|e| match e {
-        Event::Request {
-            tunnel, path: p, ..
-        } if p == path => Some(tunnel.clone()),
+        Event::Request(done) if done.path == path => Some(done.tunnel.clone()),
         _ => None,
     })
 }
