@@ -12,6 +12,36 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{Origin, Reply, TestClient, TestServer, Visitor, within};
 
+/// A server, an origin and a client whose exchanges an inspector records,
+/// and a visitor of the server.
+pub struct InspectedTunnel {
+    pub server: TestServer,
+    pub origin: Origin,
+    pub inspector: TestInspector,
+    pub client: TestClient,
+    pub visitor: Visitor,
+}
+
+impl InspectedTunnel {
+    /// Started, the inspector keeping to `limits`.
+    pub async fn start(limits: InspectorLimits) -> Self {
+        let server = TestServer::start().await;
+        let origin = Origin::start().await;
+        let inspector = TestInspector::start(limits).await;
+        let client = TestClient::start_with(&server, &origin.target(), inspector.attach())
+            .await
+            .unwrap();
+        let visitor = Visitor::new(server.addr);
+        InspectedTunnel {
+            server,
+            origin,
+            inspector,
+            client,
+            visitor,
+        }
+    }
+}
+
 /// A server, two origins and one client holding two tunnels over one
 /// connection — `web` (the first, on `client.host`) and `api` (on
 /// `server.host_of("api")`) — whose exchanges an inspector records.

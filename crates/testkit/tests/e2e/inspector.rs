@@ -8,28 +8,14 @@
 
 use base64::Engine as _;
 use cryptun_client::InspectorLimits;
+use cryptun_testkit::inspector::InspectedTunnel;
 use cryptun_testkit::wsecho::{self, WsEcho};
 use cryptun_testkit::{
-    Origin, TestClient, TestInspector, TestServer, Visitor, pattern, sha256_hex, within,
+    TestClient, TestInspector, TestServer, Visitor, pattern, sha256_hex, within,
 };
 use futures_util::{SinkExt, StreamExt};
 use serde_json::Value;
 use tokio_tungstenite::tungstenite::Message;
-
-/// A server, an origin, an inspector with `limits`, a client recording
-/// into it, and a visitor.
-async fn setup(
-    limits: InspectorLimits,
-) -> (TestServer, Origin, TestInspector, TestClient, Visitor) {
-    let server = TestServer::start().await;
-    let origin = Origin::start().await;
-    let inspector = TestInspector::start(limits).await;
-    let client = TestClient::start_with(&server, &origin.target(), inspector.attach())
-        .await
-        .unwrap();
-    let visitor = Visitor::new(server.addr);
-    (server, origin, inspector, client, visitor)
-}
 
 fn small(max_body: usize) -> InspectorLimits {
     InspectorLimits {
@@ -50,7 +36,13 @@ fn header<'a>(headers: &'a Value, name: &str) -> Option<&'a str> {
 
 #[tokio::test]
 async fn exchanges_appear_with_their_heads_and_bodies() {
-    let (_server, _origin, inspector, client, visitor) = setup(small(64 << 10)).await;
+    let InspectedTunnel {
+        server: _server,
+        origin: _origin,
+        inspector,
+        client,
+        visitor,
+    } = InspectedTunnel::start(small(64 << 10)).await;
     let request = visitor
         .builder("POST", &client.host, "/echo/hook?x=1")
         .header("x-test", "inspected")
@@ -89,7 +81,13 @@ async fn exchanges_appear_with_their_heads_and_bodies() {
 
 #[tokio::test]
 async fn large_bodies_pass_whole_and_are_kept_truncated_with_a_note() {
-    let (_server, origin, inspector, client, visitor) = setup(small(1024)).await;
+    let InspectedTunnel {
+        server: _server,
+        origin,
+        inspector,
+        client,
+        visitor,
+    } = InspectedTunnel::start(small(1024)).await;
     let upload = pattern(300_000);
     let reply = within(
         "the upload",
@@ -147,7 +145,13 @@ async fn large_bodies_pass_whole_and_are_kept_truncated_with_a_note() {
 
 #[tokio::test]
 async fn binary_bodies_are_shown_as_a_hex_dump() {
-    let (_server, _origin, inspector, client, visitor) = setup(small(64 << 10)).await;
+    let InspectedTunnel {
+        server: _server,
+        origin: _origin,
+        inspector,
+        client,
+        visitor,
+    } = InspectedTunnel::start(small(64 << 10)).await;
     let reply = within("binary", visitor.get(&client.host, "/bytes?n=40")).await;
     assert_eq!(reply.body.len(), 40);
     let summary = inspector.wait_finished("/bytes?n=40").await;
@@ -171,7 +175,13 @@ async fn binary_bodies_are_shown_as_a_hex_dump() {
 
 #[tokio::test]
 async fn har_export_has_the_structure_of_har_1_2() {
-    let (_server, _origin, inspector, client, visitor) = setup(small(64 << 10)).await;
+    let InspectedTunnel {
+        server: _server,
+        origin: _origin,
+        inspector,
+        client,
+        visitor,
+    } = InspectedTunnel::start(small(64 << 10)).await;
     within("get", visitor.get(&client.host, "/echo?a=1&b=two")).await;
     within(
         "post",
@@ -229,7 +239,13 @@ async fn har_export_has_the_structure_of_har_1_2() {
 
 #[tokio::test]
 async fn replay_sends_the_request_to_the_origin_again() {
-    let (_server, origin, inspector, client, visitor) = setup(small(64 << 10)).await;
+    let InspectedTunnel {
+        server: _server,
+        origin,
+        inspector,
+        client,
+        visitor,
+    } = InspectedTunnel::start(small(64 << 10)).await;
     let request = visitor
         .builder("PATCH", &client.host, "/echo/again?k=v")
         .header("x-replayed", "yes")
@@ -277,7 +293,13 @@ async fn the_ring_buffer_keeps_only_the_newest_exchanges() {
         max_body: 1024,
         ..InspectorLimits::default()
     };
-    let (_server, _origin, inspector, client, visitor) = setup(limits).await;
+    let InspectedTunnel {
+        server: _server,
+        origin: _origin,
+        inspector,
+        client,
+        visitor,
+    } = InspectedTunnel::start(limits).await;
     for i in 0..12 {
         within(
             "a request",

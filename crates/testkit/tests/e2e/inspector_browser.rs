@@ -11,8 +11,9 @@
 //! of the page at the end (that is how `docs/inspector.png` is made).
 
 use cryptun_client::InspectorLimits;
+use cryptun_testkit::inspector::InspectedTunnel;
 use cryptun_testkit::inspector::TwoTunnels;
-use cryptun_testkit::{Browser, Origin, TestClient, TestInspector, TestServer, Visitor, within};
+use cryptun_testkit::{Browser, TestInspector, within};
 
 /// A header value that would run script if the page used innerHTML.
 const HOSTILE: &str = "<img src=x onerror=\"document.body.dataset.pwned='yes'\">";
@@ -29,13 +30,13 @@ async fn open(inspector: &TestInspector) -> Browser {
 
 #[tokio::test]
 async fn the_page_lists_requests_live_shows_them_and_replays() {
-    let server = TestServer::start().await;
-    let origin = Origin::start().await;
-    let inspector = TestInspector::start(InspectorLimits::default()).await;
-    let client = TestClient::start_with(&server, &origin.target(), inspector.attach())
-        .await
-        .unwrap();
-    let visitor = Visitor::new(server.addr);
+    let InspectedTunnel {
+        server: _server,
+        origin,
+        inspector,
+        client,
+        visitor,
+    } = InspectedTunnel::start(InspectorLimits::default()).await;
 
     let mut browser = open(&inspector).await;
     let tunnel = browser

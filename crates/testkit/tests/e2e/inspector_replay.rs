@@ -7,21 +7,9 @@
 //! byte budget; and edits that are not JSON or too large are refused.
 
 use cryptun_client::{Event, InspectorLimits};
-use cryptun_testkit::{Origin, TestClient, TestInspector, TestServer, Visitor, within};
+use cryptun_testkit::inspector::InspectedTunnel;
+use cryptun_testkit::within;
 use serde_json::{Value, json};
-
-async fn setup(
-    limits: InspectorLimits,
-) -> (TestServer, Origin, TestInspector, TestClient, Visitor) {
-    let server = TestServer::start().await;
-    let origin = Origin::start().await;
-    let inspector = TestInspector::start(limits).await;
-    let client = TestClient::start_with(&server, &origin.target(), inspector.attach())
-        .await
-        .unwrap();
-    let visitor = Visitor::new(server.addr);
-    (server, origin, inspector, client, visitor)
-}
 
 fn limits(max_body: usize) -> InspectorLimits {
     InspectorLimits {
@@ -43,7 +31,13 @@ const FORM: &str = "name=Ada+Lovelace&topic=engines&message=hello";
 
 #[tokio::test]
 async fn a_body_the_local_service_never_read_is_shown_as_sent_and_replays() {
-    let (_server, _origin, inspector, client, visitor) = setup(limits(64 << 10)).await;
+    let InspectedTunnel {
+        server: _server,
+        origin: _origin,
+        inspector,
+        client,
+        visitor,
+    } = InspectedTunnel::start(limits(64 << 10)).await;
     // The origin's /status answers at once, without reading the body.
     let request = visitor
         .builder("POST", &client.host, "/status?code=501")
@@ -93,7 +87,13 @@ async fn a_body_the_local_service_never_read_is_shown_as_sent_and_replays() {
 
 #[tokio::test]
 async fn a_replay_can_change_method_path_headers_and_body() {
-    let (_server, origin, inspector, client, visitor) = setup(limits(1024)).await;
+    let InspectedTunnel {
+        server: _server,
+        origin,
+        inspector,
+        client,
+        visitor,
+    } = InspectedTunnel::start(limits(1024)).await;
     let reply = within(
         "the POST",
         visitor.call("POST", &client.host, "/echo/original", "original body"),
@@ -172,7 +172,13 @@ async fn a_replay_can_change_method_path_headers_and_body() {
 
 #[tokio::test]
 async fn edits_that_are_not_valid_are_refused_and_nothing_is_sent() {
-    let (_server, origin, inspector, client, visitor) = setup(limits(1024)).await;
+    let InspectedTunnel {
+        server: _server,
+        origin,
+        inspector,
+        client,
+        visitor,
+    } = InspectedTunnel::start(limits(1024)).await;
     within("a GET", visitor.get(&client.host, "/echo/one")).await;
     let id = inspector.wait_finished("/echo/one").await["id"]
         .as_u64()
@@ -194,7 +200,13 @@ async fn edits_that_are_not_valid_are_refused_and_nothing_is_sent() {
 #[tokio::test]
 async fn the_list_keeps_within_its_byte_budget_and_keeps_the_newest() {
     let budget = 64 << 10;
-    let (_server, _origin, inspector, client, visitor) = setup(InspectorLimits {
+    let InspectedTunnel {
+        server: _server,
+        origin: _origin,
+        inspector,
+        client,
+        visitor,
+    } = InspectedTunnel::start(InspectorLimits {
         capacity: 1000,
         max_body: 8 << 10,
         max_bytes: budget,

@@ -9,7 +9,8 @@
 //! Chromium must be installed (`apt-get install -y chromium`), and curl.
 
 use cryptun_client::InspectorLimits;
-use cryptun_testkit::{Browser, Origin, TestClient, TestInspector, TestServer, Visitor, within};
+use cryptun_testkit::inspector::InspectedTunnel;
+use cryptun_testkit::{Browser, TestInspector, within};
 use serde_json::Value;
 
 /// Chromium on the inspector's page, its live feed connected.
@@ -35,13 +36,13 @@ fn filter(text: &str) -> String {
 
 #[tokio::test]
 async fn the_filter_shows_matching_rows_and_can_hide_assets() {
-    let server = TestServer::start().await;
-    let origin = Origin::start().await;
-    let inspector = TestInspector::start(InspectorLimits::default()).await;
-    let client = TestClient::start_with(&server, &origin.target(), inspector.attach())
-        .await
-        .unwrap();
-    let visitor = Visitor::new(server.addr);
+    let InspectedTunnel {
+        server: _server,
+        origin: _origin,
+        inspector,
+        client,
+        visitor,
+    } = InspectedTunnel::start(InspectorLimits::default()).await;
     let mut browser = open(&inspector).await;
 
     within("page", visitor.get(&client.host, "/echo/index")).await;
@@ -102,13 +103,13 @@ async fn the_filter_shows_matching_rows_and_can_hide_assets() {
 
 #[tokio::test]
 async fn edit_and_replay_and_copy_as_curl() {
-    let server = TestServer::start().await;
-    let origin = Origin::start().await;
-    let inspector = TestInspector::start(InspectorLimits::default()).await;
-    let client = TestClient::start_with(&server, &origin.target(), inspector.attach())
-        .await
-        .unwrap();
-    let visitor = Visitor::new(server.addr);
+    let InspectedTunnel {
+        server,
+        origin,
+        inspector,
+        client,
+        visitor,
+    } = InspectedTunnel::start(InspectorLimits::default()).await;
     let mut browser = open(&inspector).await;
 
     let request = visitor
