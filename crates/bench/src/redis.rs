@@ -325,7 +325,8 @@ impl Seen {
 /// A `MONITOR` connection counting what Redis runs until stopped.
 pub struct Monitor {
     stream: TcpStream,
-    reader: JoinHandle<Result<Seen>>,
+    /// Taken by `stop`.
+    reader: Option<JoinHandle<Result<Seen>>>,
 }
 
 impl Monitor {
@@ -352,16 +353,28 @@ impl Monitor {
             }
             Ok(seen)
         });
-        Ok(Monitor { stream, reader })
+        Ok(Monitor {
+            stream,
+            reader: Some(reader),
+        })
     }
 
     /// Waits `settle` for the last lines, stops, and returns the counts.
-    pub fn stop(self, settle: Duration) -> Result<Seen> {
+    pub fn stop(mut self, settle: Duration) -> Result<Seen> {
         std::thread::sleep(settle);
         let _ = self.stream.shutdown(Shutdown::Both);
-        self.reader
+        let reader = self.reader.take().context("stopped twice")?;
+        reader
             .join()
             .map_err(|_| anyhow::anyhow!("the MONITOR reader panicked"))?
+    }
+}
+
+/// A monitor dropped unstopped (its run failed) ends its reader too, which
+/// would otherwise wait on the socket for as long as Redis lives.
+impl Drop for Monitor {
+    fn drop(&mut self) {
+        let _ = self.stream.shutdown(Shutdown::Both);
     }
 }
 

@@ -109,6 +109,18 @@ pub fn run(mut args: RunArgs) -> Result<()> {
             );
         }
     }
+    if args.https {
+        // Needed only once the loads are done (to check both sides agree on
+        // the TLS suite): found missing then, the whole run would be lost.
+        let found = std::process::Command::new("openssl")
+            .arg("version")
+            .output()
+            .is_ok_and(|out| out.status.success());
+        ensure!(
+            found,
+            "openssl not found: --https needs it (apt-get install openssl)"
+        );
+    }
     let logs = std::env::temp_dir().join(format!("cryptun-bench-{}", std::process::id()));
     std::fs::create_dir_all(&logs)?;
     eprintln!("logs of the children: {}", logs.display());

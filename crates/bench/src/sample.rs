@@ -128,13 +128,17 @@ pub fn measure_all(load: &Load, script: &Path, pids: &[u32]) -> Result<Sampled> 
         })
     };
     let cpu = || -> Result<Vec<u64>> { pids.iter().map(|&pid| cpu_ticks(pid)).collect() };
-    let before = cpu()?;
-    let result = wrk::run(load, script);
-    let after = cpu()?;
+    // The sampler stops whatever happens to the load (a process gone
+    // reads as an error here): no early return before it is told to.
+    let measured = cpu().and_then(|before| {
+        let result = wrk::run(load, script);
+        Ok((before, cpu()?, result))
+    });
     stop.store(true, Ordering::Relaxed);
     let peak_rss_kib = sampler
         .join()
         .map_err(|_| anyhow::anyhow!("sampler panicked"))?;
+    let (before, after, result) = measured?;
     Ok(Sampled {
         wrk: result?,
         // Saturating: a process tree whose child exited reads less.

@@ -1,5 +1,5 @@
 //! What the chaos runs share (the opt-in suites in `tests/e2e/chaos` and
-//! the `cryptun` binary's `tests/chaos.rs`; docs/SECURITY.md, "Chaos
+//! the `cryptun` binary's `tests/cli/chaos.rs`; docs/SECURITY.md, "Chaos
 //! runs"): a small seeded generator, tagged requests whose answer must be
 //! their own token, and figures (outcome tables, percentiles, resident
 //! memory).
@@ -17,9 +17,15 @@ use hyper_util::rt::TokioExecutor;
 pub const MARGIN: Duration = Duration::from_secs(3);
 
 /// xorshift64*: enough randomness for chaos, reproducible from its seed.
-pub struct Rng(pub u64);
+pub struct Rng(u64);
 
 impl Rng {
+    /// From `seed` (made odd: xorshift from 0 stays 0 for ever, which is
+    /// what `CHAOS_SEED=0` gave).
+    pub fn new(seed: u64) -> Self {
+        Rng(seed | 1)
+    }
+
     /// Seeded from `CHAOS_SEED` if set, else from the clock; prints the
     /// seed, so that a run can be replayed.
     pub fn seeded(test: &str) -> Self {
@@ -28,10 +34,10 @@ impl Rng {
             .and_then(|s| s.parse().ok())
             .unwrap_or_else(|| {
                 let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
-                now.map_or(1, |d| d.as_nanos() as u64) | 1
+                now.map_or(1, |d| d.as_nanos() as u64)
             });
         eprintln!("{test}: CHAOS_SEED={seed}");
-        Rng(seed)
+        Rng::new(seed)
     }
 
     pub fn next_u64(&mut self) -> u64 {
@@ -56,7 +62,7 @@ impl Rng {
         Duration::from_millis(self.between(low, high))
     }
 
-    pub fn bytes(&mut self, len: usize) -> Vec<u8> {
+    fn bytes(&mut self, len: usize) -> Vec<u8> {
         (0..len).map(|_| self.next_u64() as u8).collect()
     }
 

@@ -109,7 +109,7 @@ fn header_of(req: &Request<Incoming>, name: &str) -> String {
 }
 
 /// An HTTPS service on `127.0.0.1:PORT` whose certificate, for
-/// `localhost`, a fresh test authority signed ([`ca`](Self::ca)): `GET`
+/// `localhost`, a fresh test authority signed (`files.ca`): `GET`
 /// answers the Hosts seen, a WebSocket upgrade echoes messages.
 pub struct HttpsOrigin {
     pub addr: SocketAddr,

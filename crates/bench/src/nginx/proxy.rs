@@ -85,21 +85,27 @@ pub fn measure(
 }
 
 /// Starts nginx proxying to `origin`, with a TLS listener too if `cert` is
-/// given; its files under `logs/nginx-proxy`.
+/// given; its files under `logs/nginx-proxy` (`logs/nginx-proxy-tls` with
+/// TLS, so that the HTTPS run keeps the plain run's log and config).
 pub fn start(
     program: &Path,
     logs: &Path,
     origin: SocketAddr,
     cert: Option<CertFiles<'_>>,
 ) -> Result<Proxy> {
-    let dir = logs.join("nginx-proxy");
+    let name = if cert.is_some() {
+        "nginx-proxy-tls"
+    } else {
+        "nginx-proxy"
+    };
+    let dir = logs.join(name);
     let plain = free_port()?;
     let tls = match cert {
         Some(cert) => Some((free_port()?, cert)),
         None => None,
     };
     let config = config_text(&dir, origin, plain, tls.as_ref());
-    let mut proc = spawn(program, &dir, &config, "nginx-proxy.log")?;
+    let mut proc = spawn(program, &dir, &config, &format!("{name}.log"))?;
     proc.wait_listening(plain, Duration::from_secs(10))?;
     let tls = tls.map(|(addr, _)| addr);
     if let Some(addr) = tls {

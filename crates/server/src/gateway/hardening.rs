@@ -3,7 +3,7 @@
 //! paths on the server's own routes, and protocol switches we never honour.
 //!
 //! What hyper itself refuses, and how (each has a test in
-//! `crates/testkit/tests/hardening.rs`):
+//! `crates/testkit/tests/e2e/hardening.rs`):
 //!
 //! - a head over 64 KiB or 100 headers: 431;
 //! - CR, LF or NUL inside a header name or value, obs-folded lines, spaces

@@ -109,7 +109,7 @@ async fn connection_floods_with_a_visitor_and_a_client_meanwhile() {
     let flooders: Vec<_> = (0..FLOODERS)
         .map(|f| {
             let source: IpAddr = format!("127.0.40.{}", 1 + f).parse().unwrap();
-            tokio::spawn(flood(server.addr, source, Rng(rng.next_u64() | 1), until))
+            tokio::spawn(flood(server.addr, source, Rng::new(rng.next_u64()), until))
         })
         .collect();
     // A client reconnecting every second, from an address of its own,

@@ -4,7 +4,7 @@
 use std::time::{Duration, Instant};
 
 use cryptun_testkit::chaos::{MARGIN, Outcome, Rng, http, rss_kib, tagged};
-use cryptun_testkit::raw::{frame, invalid_utf8_text};
+use cryptun_testkit::raw::{eventually, frame, invalid_utf8_text};
 use cryptun_testkit::{Origin, TestClient, TestServer, Visitor};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Map, Value, json};
@@ -105,7 +105,7 @@ struct Fuzzed {
 }
 
 async fn fuzz_session(url: String, seed: u64, oversized: usize) -> Fuzzed {
-    let mut rng = Rng(seed | 1);
+    let mut rng = Rng::new(seed);
     let mut seen = Fuzzed::default();
     let wait = Duration::from_secs(5);
     let Ok(Ok((ws, _))) = tokio::time::timeout(wait, tokio_tungstenite::connect_async(url)).await
@@ -234,13 +234,12 @@ async fn protocol_fuzzer_over_ws() {
         "RSS grew {first} -> {last} KiB"
     );
     // Every fuzzing session is gone; the normal one remains and serves.
-    let settled = Instant::now();
-    while visitor.metric("cryptun_sessions").await != 1.0
-        && settled.elapsed() < Duration::from_secs(10)
-    {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert_eq!(visitor.metric("cryptun_sessions").await, 1.0);
+    eventually(
+        Duration::from_secs(10),
+        "the fuzzing sessions gone",
+        || async { visitor.metric("cryptun_sessions").await == 1.0 },
+    )
+    .await;
     let reply = visitor.get(&client.host, "/token?t=last").await;
     assert_eq!(
         (reply.status.as_u16(), reply.text().as_str()),

@@ -91,7 +91,7 @@ async fn slow_bodies_with_a_visitor_measured_meanwhile() {
         .map(|u| {
             let (addr, host, seed) = (server.addr, client.host.clone(), rng.next_u64());
             tokio::spawn(async move {
-                let mut rng = Rng(seed | 1);
+                let mut rng = Rng::new(seed);
                 let source: IpAddr = format!("127.0.30.{}", 1 + u % ADDRESSES).parse().unwrap();
                 let mut ended: BTreeMap<Ended, usize> = BTreeMap::new();
                 let mut longest = Duration::ZERO;
