@@ -22,7 +22,7 @@ use crate::config::Config;
 use crate::edge::Peer;
 use crate::metrics::Metrics;
 use crate::policy::{Access, Place, Quota, TunnelLimiter, Who};
-use crate::registry::{Claim, HeldBy, Owner, Registration, Registry, Taken, Tunnel};
+use crate::registry::{Claim, HeldBy, Lookup, Owner, Registration, Registry, Taken, Tunnel};
 
 /// What admitting a tunnel needs: the settings, the registry it is entered
 /// in, and who may have which name.
@@ -162,10 +162,16 @@ impl Admit {
                 // server crashed before its keeper saved it (within a
                 // second), and the client, holding only the new one, was
                 // then refused its own name by the next start.
+                // Only for a name held here now: registering then succeeds
+                // only if the secret is the hold's. A free name gets a new
+                // secret whatever the client sends. (A cluster's holds are
+                // in Redis, written before the answer: a new secret there
+                // is never lost, so it always gets one.)
+                let held_here = asked.as_ref().is_some_and(|name| {
+                    matches!(self.registry.lookup(name.as_str()), Lookup::Reconnecting(_))
+                });
                 let secret = match &create.reconnect_secret {
-                    Some(kept) if asked.is_some() && auth::is_reconnect_secret(kept) => {
-                        kept.clone()
-                    }
+                    Some(kept) if held_here && auth::is_reconnect_secret(kept) => kept.clone(),
                     _ => auth::new_reconnect_secret(),
                 };
                 (Owner::secret(&secret), Some(secret))
@@ -395,5 +401,44 @@ mod tests {
             .create_tunnel(mux, &named("x"), &anonymous, peer, max)
             .await;
         assert_eq!(over.err().map(|r| r.code), Some(ErrorCode::TooManyTunnels));
+    }
+
+    /// `tunnel_created`'s reconnect secret.
+    fn secret_of(created: &str) -> String {
+        let created: serde_json::Value = serde_json::from_str(created).unwrap();
+        created["reconnect_secret"].as_str().unwrap().to_owned()
+    }
+
+    #[tokio::test]
+    async fn a_secret_is_kept_only_when_it_takes_back_a_name_held_here() {
+        let (admit, _store) = admit(AuthMode::Off);
+        let mux = Mux::new(Side::Opener, true, Limits::default());
+        let uploads = Arc::new(Semaphore::new(1));
+        let mux = (&mux, &uploads, Capabilities::SUPPORTED);
+        let peer: Peer = "192.0.2.1:1".parse().unwrap();
+        // A free name asked for with a secret of the client's own making
+        // (well formed, and weak): a new one is issued.
+        let chosen = "a".repeat(32);
+        let create = CreateTunnel {
+            reconnect_secret: Some(Secret::new(chosen.clone())),
+            ..named("free")
+        };
+        let (first, created) = admit
+            .create_tunnel(mux, &create, &Identity::Anonymous, peer, 0)
+            .await
+            .unwrap();
+        let issued = secret_of(&created);
+        assert_ne!(issued, chosen, "a free name ignores the client's secret");
+        // Held, and taken back with the issued secret: that one is kept.
+        drop(first);
+        let back = CreateTunnel {
+            reconnect_secret: Some(Secret::new(issued.clone())),
+            ..named("free")
+        };
+        let (_again, created) = admit
+            .create_tunnel(mux, &back, &Identity::Anonymous, peer, 0)
+            .await
+            .unwrap();
+        assert_eq!(secret_of(&created), issued);
     }
 }

@@ -199,8 +199,9 @@ pub(crate) fn new_reconnect_secret() -> Secret {
     Secret::generate("", RECONNECT_SECRET_LEN)
 }
 
-/// Whether `secret` has the form of one [`new_reconnect_secret`] issues,
-/// so as strong (a client cannot keep a weak one of its own making).
+/// Whether `secret` has the form of one [`new_reconnect_secret`] issues
+/// (its form, not its strength: admission keeps a secret only when it
+/// takes back a name held for it, so it is one this server issued).
 pub(crate) fn is_reconnect_secret(secret: &Secret) -> bool {
     let text = secret.expose();
     text.len() == RECONNECT_SECRET_LEN
