@@ -164,9 +164,9 @@ impl Admit {
                 // then refused its own name by the next start.
                 // Only for a name held here now: registering then succeeds
                 // only if the secret is the hold's. A free name gets a new
-                // secret whatever the client sends. (A cluster's holds are
-                // in Redis, written before the answer: a new secret there
-                // is never lost, so it always gets one.)
+                // secret whatever the client sends. (A cluster node that
+                // has not cached the hold issues a new one: its holds are
+                // in Redis, written before the answer, so it is never lost.)
                 let held_here = asked.as_ref().is_some_and(|name| {
                     matches!(self.registry.lookup(name.as_str()), Lookup::Reconnecting(_))
                 });
