@@ -79,7 +79,13 @@ fn read(conn: &Connection, now_ms: i64) -> Result<Document, StoreError> {
         })?
         .collect::<Result<Vec<_>, _>>()?;
     let holds = conn
-        .prepare("SELECT name, key_id, secret_hash, until_ms FROM held_names WHERE until_ms > ?1")?
+        // As `Store::saved_holds` reads them: in force, and not a revoked
+        // key's (revoking a key ends its holds).
+        .prepare(
+            "SELECT h.name, h.key_id, h.secret_hash, h.until_ms
+             FROM held_names h LEFT JOIN keys k ON k.id = h.key_id
+             WHERE h.until_ms > ?1 AND k.revoked_at IS NULL",
+        )?
         .query_map([now_ms], |row| {
             let hash: Option<Vec<u8>> = row.get(2)?;
             Ok(HoldRecord {
