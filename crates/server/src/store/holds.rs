@@ -1,18 +1,20 @@
 //! Names held for reconnection, carried across a restart.
 //!
-//! The reconnect grace lives in memory (`registry::held`). A server that
-//! stops gracefully writes what it holds here, the names of tunnels still
-//! live as it stops included, and the next start on the same data
-//! directory takes it back, minus the time it was down. Without
-//! this, a restart (a deploy, a config change) freed every name at once,
-//! and whoever asked first after it came back took a name whose owner was
+//! The reconnect grace lives in memory (`registry::held`). A running
+//! server with a data directory writes what it holds here within a second
+//! of any change, the names of live tunnels included as holds for the
+//! whole grace (the keeper in `lib.rs`), and again as it stops; the next
+//! start on the same data directory takes it back, minus the time it was
+//! down. Without this, a restart or a crash freed every name at once, and
+//! whoever asked first after it came back took a name whose owner was
 //! just reconnecting.
 //!
 //! What is kept: the name, when the hold ends (Unix milliseconds), and its
 //! owner — a key id, or the SHA-256 of an anonymous tunnel's reconnect
-//! secret (never the secret). Rows are written in one transaction at
-//! shutdown and removed when read; a hold whose time is up, or whose key
-//! was revoked meanwhile, is not taken back.
+//! secret (never the secret). Each save replaces every row in one
+//! transaction; reading leaves them, so a server killed before its first
+//! save finds them again. A hold whose time is up, or whose key was
+//! revoked meanwhile, is not taken back.
 
 use std::time::Duration;
 

@@ -28,8 +28,8 @@
 //! - this file: opening, pragmas, migrations, errors.
 //! - [`keys`]: creating, listing, revoking and checking API keys.
 //! - [`names`]: reserving names for keys.
-//! - [`holds`]: names held for reconnection, saved at shutdown and taken
-//!   back at start.
+//! - [`holds`]: names held for reconnection, saved as they change and
+//!   taken back at start.
 //! - [`transfer`]: all of it as one JSON document, to move it to a
 //!   cluster's store and back (`cryptun keys export|import`).
 

@@ -5,10 +5,10 @@
 //! leaves the database as it was, and a server reading it meanwhile sees
 //! all of it or none.
 //!
-//! Held names are the rows a stopped server saved at its shutdown and
-//! takes back at its next start (`super::super::holds`): import them while
-//! the server is stopped. A running server keeps its holds in memory, and
-//! writes them over the table when it stops.
+//! Held names are the rows a server saved and takes back at its next start
+//! (`super::super::holds`): import them while the server is stopped. A
+//! running server writes its own holds over the table within a second of
+//! any change, imported ones included.
 
 use std::collections::HashSet;
 
