@@ -32,7 +32,8 @@ pub(crate) const PATH: &str = "/_cryptun/tunnels";
 /// The hop route a node answers with its own dashboard snapshot.
 pub(crate) const DASHBOARD: &str = "/_cryptun/dashboard";
 
-/// How long a peer may take to answer a listing or a snapshot.
+/// How long a peer may take to answer a listing or a snapshot, head and
+/// body together.
 const PEER_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// Most tunnels in one page.
@@ -184,18 +185,15 @@ impl Listing {
             .header(super::hop::PROOF, self.secret.proof())
             .body(Empty::new())
             .ok()?;
-        let resp = tokio::time::timeout(PEER_TIMEOUT, self.client.request(req))
-            .await
-            .ok()?
-            .ok()?;
-        if !resp.status().is_success() {
-            return None;
-        }
-        let body = tokio::time::timeout(PEER_TIMEOUT, resp.into_body().collect())
-            .await
-            .ok()?
-            .ok()?;
-        Some(body.to_bytes())
+        // One deadline for the head and the body together.
+        let answer = async {
+            let resp = self.client.request(req).await.ok()?;
+            if !resp.status().is_success() {
+                return None;
+            }
+            Some(resp.into_body().collect().await.ok()?.to_bytes())
+        };
+        tokio::time::timeout(PEER_TIMEOUT, answer).await.ok()?
     }
 }
 

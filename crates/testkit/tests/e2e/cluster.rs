@@ -645,4 +645,41 @@ async fn the_dashboard_and_metrics_show_the_cluster() {
         assert_eq!(c_info["reachable"], false, "{snapshot}");
     }
     assert_eq!(snapshot["totals"]["tunnels"], 1, "{snapshot}");
+
+    // A node slow to answer its head (2 s) and then never sending its body
+    // holds the page up for the peer timeout (3 s, head and body together:
+    // it was 3 s each, 5 s here), no longer, and is shown unreachable.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let silent_addr = silent.local_addr().unwrap();
+    let stalling = tokio::spawn(async move {
+        let mut held = Vec::new();
+        loop {
+            let (mut conn, _) = silent.accept().await.unwrap();
+            let mut head = [0u8; 1024];
+            let _ = tokio::io::AsyncReadExt::read(&mut conn, &mut head).await;
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            let stall = b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\n{";
+            let _ = tokio::io::AsyncWriteExt::write_all(&mut conn, stall).await;
+            held.push(conn);
+        }
+    });
+    let value = format!("token {silent_addr}");
+    redis.command(&["SET", "cryptun:1:node:{silent}", &value, "PX", "60000"]);
+    redis.command(&["SADD", "cryptun:1:nodes", "silent"]);
+    let asked = Instant::now();
+    let snapshot = a.admin_get("/api/dashboard").await.json();
+    let took = asked.elapsed();
+    let silent_info = snapshot["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["name"] == "silent")
+        .cloned()
+        .expect("the silent node listed");
+    assert_eq!(silent_info["reachable"], false, "{snapshot}");
+    assert!(
+        took >= Duration::from_millis(2_900) && took < Duration::from_millis(4_500),
+        "the page took {took:?}"
+    );
+    stalling.abort();
 }
