@@ -101,7 +101,9 @@ pub(crate) fn route_label(path: &str) -> &'static str {
             .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
     };
     match path {
+        "/" => "landing",
         "/ws" => "ws",
+        "/api/whoami" => "whoami",
         "/healthz" => "healthz",
         "/readyz" => "readyz",
         "/metrics" => "metrics",
@@ -326,9 +328,12 @@ mod tests {
             ("/healthz", "healthz"),
             ("/api", "api"),
             ("/api/tunnels", "api"),
+            ("/api/whoami", "whoami"),
+            ("/api/whoami/x", "api"),
             ("/apiary", "other"),
             ("/dashboard/app.js", "dashboard"),
-            ("/", "other"),
+            ("/", "landing"),
+            ("/index.html", "other"),
         ] {
             assert_eq!(route_label(path), label, "{path}");
         }
