@@ -21,11 +21,10 @@ use tokio::sync::OnceCell;
 
 use crate::registry::Lookup;
 
-/// Most names being looked up at once; past it (a flood of names whose
-/// visitors all left before their answer) the table starts again.
-const MAX_RESOLVING: usize = 65_536;
-
-/// Lookups in flight, and the budget for new ones.
+/// Lookups in flight, and the budget for new ones. An entry lives as long
+/// as someone waits on it (the last to leave, answered or not, takes it
+/// out), so the table holds at most the lookups the budget let begin and
+/// Redis has not answered yet.
 pub(crate) struct Lookups {
     resolving: Mutex<HashMap<String, Arc<OnceCell<Lookup>>>>,
     budget: Mutex<Budget>,
@@ -80,9 +79,6 @@ impl Lookups {
                     if !lock(&self.budget).spend(Instant::now()) {
                         return None;
                     }
-                    if resolving.len() >= MAX_RESOLVING {
-                        resolving.clear();
-                    }
                     let cell = Arc::new(OnceCell::new());
                     resolving.insert(name.to_owned(), Arc::clone(&cell));
                     cell
@@ -90,16 +86,37 @@ impl Lookups {
             }
         };
         // Should the first asker leave (its visitor gone), the next one
-        // waiting runs `ask` in its place.
-        let found = cell.get_or_init(ask).await.clone();
-        let mut resolving = lock(&self.resolving);
-        if resolving
-            .get(name)
-            .is_some_and(|current| Arc::ptr_eq(current, &cell))
-        {
-            resolving.remove(name);
+        // waiting runs `ask` in its place; should they all leave, the last
+        // takes the entry out.
+        let waiting = Waiting {
+            lookups: self,
+            name,
+            cell,
+        };
+        Some(waiting.cell.get_or_init(ask).await.clone())
+    }
+}
+
+/// One asker waiting on a lookup; when it goes (answered, or its visitor
+/// gone), the lookup's entry goes with it if it is answered or nobody
+/// else waits on it.
+struct Waiting<'a> {
+    lookups: &'a Lookups,
+    name: &'a str,
+    cell: Arc<OnceCell<Lookup>>,
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        let mut resolving = lock(&self.lookups.resolving);
+        let ours = resolving
+            .get(self.name)
+            .is_some_and(|current| Arc::ptr_eq(current, &self.cell));
+        // Other askers take their reference under the same lock: the map's
+        // and this one are all there are when nobody else waits.
+        if ours && (self.cell.initialized() || Arc::strong_count(&self.cell) <= 2) {
+            resolving.remove(self.name);
         }
-        Some(found)
     }
 }
 
@@ -135,6 +152,32 @@ mod tests {
         }
         assert_eq!(asked.load(Ordering::SeqCst), 1);
         assert!(lock(&lookups.resolving).is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_lookup_everyone_left_leaves_nothing_behind() {
+        let lookups = Arc::new(Lookups::new(1000));
+        let mut askers = Vec::new();
+        for _ in 0..3 {
+            let lookups = Arc::clone(&lookups);
+            askers.push(tokio::spawn(async move {
+                lookups.once("slow", std::future::pending::<Lookup>).await
+            }));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(lock(&lookups.resolving).len(), 1);
+        // Two leave: the third still waits on the entry.
+        askers[0].abort();
+        askers[1].abort();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(lock(&lookups.resolving).len(), 1);
+        // The last leaves: nothing is left, and the name may be asked for
+        // again at once.
+        askers[2].abort();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(lock(&lookups.resolving).is_empty());
+        let again = lookups.once("slow", || async { Lookup::Free }).await;
+        assert!(matches!(again, Some(Lookup::Free)));
     }
 
     #[tokio::test]
