@@ -185,7 +185,7 @@ impl std::fmt::Display for RateScope {
 }
 
 /// Whole seconds to wait, rounded up, at least 1 (for `Retry-After`).
-fn retry_secs(wait: Duration) -> u64 {
+pub(crate) fn retry_secs(wait: Duration) -> u64 {
     let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
     secs.max(1)
 }

@@ -15,8 +15,6 @@
 //!   address is in that backoff;
 //! - 503 when the store cannot be asked.
 
-use std::time::Duration;
-
 use cryptun_proto::Secret;
 use cryptun_proto::message::ErrorCode;
 use http::{HeaderMap, HeaderValue, Response, StatusCode, header};
@@ -25,8 +23,9 @@ use serde_json::json;
 use super::Control;
 use super::auth::Refusal;
 use crate::body::{Body, full};
-use crate::config::AuthMode;
 use crate::edge::Peer;
+use crate::error::retry_secs;
+use crate::ops::admin;
 
 /// The path of the route.
 pub(crate) const PATH: &str = "/api/whoami";
@@ -54,7 +53,7 @@ impl Control {
         match store.identify(token).await {
             Ok(Some((id, name))) => answer(
                 StatusCode::OK,
-                json!({ "id": id, "name": name, "auth": mode_word(self.config.auth) }),
+                json!({ "id": id, "name": name, "auth": self.config.auth.to_string() }),
             ),
             Ok(None) => unauthorized("the API key is unknown or revoked"),
             Err(err) => {
@@ -69,20 +68,12 @@ impl Control {
     }
 }
 
-/// The token of `Authorization: Bearer TOKEN`, if that is the header.
+/// The token of `Authorization: Bearer TOKEN`, if that is the header (the
+/// admin token's rule).
 fn bearer(headers: &HeaderMap) -> Option<Secret> {
-    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
-    let (scheme, token) = value.trim().split_once(' ')?;
-    let token = token.trim();
-    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then(|| Secret::new(token))
-}
-
-fn mode_word(mode: AuthMode) -> &'static str {
-    match mode {
-        AuthMode::Off => "off",
-        AuthMode::Optional => "optional",
-        AuthMode::Required => "required",
-    }
+    let token = admin::bearer(headers.get(header::AUTHORIZATION)?)?;
+    let token = std::str::from_utf8(token).ok()?;
+    (!token.is_empty()).then(|| Secret::new(token))
 }
 
 fn refusal_json(status: StatusCode, refusal: &Refusal) -> Response<Body> {
@@ -95,9 +86,8 @@ fn refusal_json(status: StatusCode, refusal: &Refusal) -> Response<Body> {
     }
     let mut resp = answer(status, body);
     if let Some(wait) = refusal.retry_after {
-        let secs = wait.max(Duration::from_secs(1)).as_secs_f64().ceil() as u64;
         resp.headers_mut()
-            .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+            .insert(header::RETRY_AFTER, HeaderValue::from(retry_secs(wait)));
     }
     resp
 }

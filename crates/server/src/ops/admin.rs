@@ -119,7 +119,7 @@ fn is_loopback_name(host: &str) -> bool {
 }
 
 /// The token of an `Authorization: Bearer <token>` value.
-fn bearer(value: &HeaderValue) -> Option<&[u8]> {
+pub(crate) fn bearer(value: &HeaderValue) -> Option<&[u8]> {
     let value = value.as_bytes().trim_ascii();
     let space = value.iter().position(|b| *b == b' ')?;
     let (scheme, token) = value.split_at(space);
