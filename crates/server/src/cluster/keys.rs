@@ -30,6 +30,7 @@ use subtle::ConstantTimeEq;
 use super::shared::{PREFIX, Shared, SharedError};
 use crate::store::keys::{ID_LEN, SECRET_LEN, TOKEN_PREFIX, key_name, token_hash, token_id};
 use crate::store::names::reservable;
+use crate::store::transfer::Sha256;
 use crate::store::{BoxFuture, KeyInfo, Keys, NewKey, Reservation, StoreError};
 
 /// A key's record as Redis has it.
@@ -59,10 +60,6 @@ fn key_key(id: &str) -> String {
 
 fn reserved_key(name: &str) -> String {
     format!("{PREFIX}:{{{name}}}:reserved")
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 impl SharedKeys {
@@ -99,7 +96,7 @@ impl SharedKeys {
                         .arg("HSETNX")
                         .arg(key_key(&id))
                         .arg("hash")
-                        .arg(hex(&token_hash(&token))),
+                        .arg(Sha256(token_hash(&token)).to_string()),
                 )
                 .await?;
             if !made {
@@ -345,10 +342,10 @@ impl SharedKeys {
         let (Some(hash), Some(name)) = (hash, name) else {
             return Ok(None);
         };
-        let matches: bool = hash
-            .as_bytes()
-            .ct_eq(hex(&token_hash(token)).as_bytes())
-            .into();
+        // A stored hash that is not one (not written by us) matches nothing.
+        let matches = hash
+            .parse::<Sha256>()
+            .is_ok_and(|stored| stored.0.ct_eq(&token_hash(token)).into());
         Ok((matches && revoked_at.is_none()).then(|| (id.to_owned(), name)))
     }
 }
