@@ -6,8 +6,9 @@
 //! tunnels the cluster has.
 //!
 //! The dashboard's snapshot is gathered the same way
-//! ([`Listing::ask_every_node`], hop route `/_cryptun/dashboard`): every
-//! live node asked at once, each answering with its own.
+//! ([`Listing::ask_other_nodes`], hop route `/_cryptun/dashboard`): every
+//! other live node asked at once, each answering with its own, and this
+//! node's taken as it is.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -156,25 +157,17 @@ impl Listing {
         Some((tunnels, value["more"].as_bool().unwrap_or(false)))
     }
 
-    /// Every live node in order of name with its answer to hop route
-    /// `path`, asked at once (this node's is `here`); none from a node
-    /// that did not answer in time.
-    pub(crate) async fn ask_every_node(
+    /// Every other live node with its answer to hop route `path`, asked
+    /// at once; none from a node that did not answer in time.
+    pub(crate) async fn ask_other_nodes(
         &self,
         path: &str,
-        here: Bytes,
     ) -> Result<Vec<(String, Option<Bytes>)>, GatewayError> {
         let nodes = self.live_nodes().await?;
-        let asked = nodes.into_iter().map(|(name, hop)| {
-            let here = (name == self.node).then(|| here.clone());
-            async move {
-                let answer = match here {
-                    Some(here) => Some(here),
-                    None => self.ask(hop, path).await,
-                };
-                (name, answer)
-            }
-        });
+        let asked = nodes
+            .into_iter()
+            .filter(|(name, _)| *name != self.node)
+            .map(|(name, hop)| async move { (name, self.ask(hop, path).await) });
         Ok(futures_util::future::join_all(asked).await)
     }
 

@@ -6,7 +6,6 @@
 //! the page up. With Redis unreachable the node's own snapshot is
 //! answered, its `nodes` naming only itself.
 
-use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 use super::{MAX_LISTED, Snapshot, Totals};
@@ -68,16 +67,26 @@ impl NodeInfo {
     }
 }
 
-/// The cluster's snapshot, from this node's `own`.
+/// The cluster's snapshot, from this node's `own`: the other nodes' asked
+/// over the hop, this node's taken as it is (listed in Redis or not).
 pub(crate) async fn gather(listing: &Listing, mut own: Snapshot) -> Snapshot {
     let node = listing.node.clone();
     own.server.node = Some(node.clone());
-    let here = Bytes::from(serde_json::to_vec(&own).unwrap_or_default());
-    let Ok(answers) = listing.ask_every_node(DASHBOARD, here).await else {
+    let Ok(answers) = listing.ask_other_nodes(DASHBOARD).await else {
         return alone(own, node);
     };
+    let server = own.server.clone();
+    let mut snapshots: Vec<(String, Option<Snapshot>)> = answers
+        .into_iter()
+        .map(|(name, answer)| {
+            let snapshot = answer.and_then(|body| serde_json::from_slice(&body).ok());
+            (name, snapshot)
+        })
+        .collect();
+    snapshots.push((node, Some(own)));
+    snapshots.sort_by(|a, b| a.0.cmp(&b.0));
     let mut merged = Snapshot {
-        server: own.server,
+        server,
         totals: Totals {
             tunnels: 0,
             clients: 0,
@@ -89,9 +98,8 @@ pub(crate) async fn gather(listing: &Listing, mut own: Snapshot) -> Snapshot {
         omitted: 0,
         nodes: Vec::new(),
     };
-    for (name, answer) in answers {
-        let Some(snapshot) = answer.and_then(|body| serde_json::from_slice::<Snapshot>(&body).ok())
-        else {
+    for (name, snapshot) in snapshots {
+        let Some(snapshot) = snapshot else {
             merged.nodes.push(NodeInfo::unreachable(name));
             continue;
         };

@@ -116,7 +116,7 @@ pub struct Snapshot {
 }
 
 /// The server's identity and state.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ServerInfo {
     /// The server's version.
     pub version: String,
