@@ -48,16 +48,17 @@ impl Shared {
         let names: Vec<String> = self
             .query(Cmd::new().arg("SMEMBERS").arg(format!("{PREFIX}:nodes")))
             .await?;
+        // Each node's lease at once (its own key: on a Redis Cluster they
+        // are in different slots, so not one MGET).
+        let leases = futures_util::future::join_all(names.into_iter().map(|name| async move {
+            let key = format!("{PREFIX}:node:{{{name}}}");
+            let value: Result<Option<String>, _> = self.query(Cmd::new().arg("GET").arg(key)).await;
+            (name, value)
+        }))
+        .await;
         let mut live = Vec::new();
-        for name in names {
-            let value: Option<String> = self
-                .query(
-                    Cmd::new()
-                        .arg("GET")
-                        .arg(format!("{PREFIX}:node:{{{name}}}")),
-                )
-                .await?;
-            match value
+        for (name, value) in leases {
+            match value?
                 .as_deref()
                 .and_then(|v| v.split_whitespace().nth(1)?.parse().ok())
             {
