@@ -10,7 +10,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use futures_util::{SinkExt, StreamExt};
 use http::{Request, Response, StatusCode, header};
 use http_body_util::Full;
 use hyper::body::Incoming;
@@ -26,6 +25,7 @@ use tokio_tungstenite::tungstenite::protocol::Role;
 use tokio_util::sync::CancellationToken;
 
 use crate::tls::TlsFiles;
+use crate::wsecho;
 
 /// A plain HTTP service that answers 403 to any `Host` but
 /// `127.0.0.1:PORT` and `localhost:PORT`.
@@ -44,23 +44,17 @@ impl HostCheck {
         ];
         let own = Arc::new(own);
         let shutdown = CancellationToken::new();
-        let stop = shutdown.clone();
-        tokio::spawn(async move {
-            loop {
-                let stream = tokio::select! {
-                    () = stop.cancelled() => return,
-                    accepted = listener.accept() => match accepted { Ok((s, _)) => s, Err(_) => continue },
-                };
-                let own = Arc::clone(&own);
-                let service = service_fn(move |req: Request<Incoming>| {
-                    let host = header_of(&req, header::HOST.as_str());
-                    let allowed = own.contains(&host);
-                    async move { Ok::<_, Infallible>(host_check(allowed, &host, &req)) }
-                });
-                tokio::spawn(
-                    hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), service),
-                );
+        crate::accept_until(listener, shutdown.clone(), move |stream| {
+            let own = Arc::clone(&own);
+            let service = service_fn(move |req: Request<Incoming>| {
+                let host = header_of(&req, header::HOST.as_str());
+                let allowed = own.contains(&host);
+                async move { Ok::<_, Infallible>(host_check(allowed, &host, &req)) }
+            });
+            async move {
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
             }
         });
         HostCheck { addr, shutdown }
@@ -136,26 +130,19 @@ impl HttpsOrigin {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let shutdown = CancellationToken::new();
-        let stop = shutdown.clone();
-        tokio::spawn(async move {
-            loop {
-                let stream = tokio::select! {
-                    () = stop.cancelled() => return,
-                    accepted = listener.accept() => match accepted { Ok((s, _)) => s, Err(_) => continue },
+        crate::accept_until(listener, shutdown.clone(), move |stream| {
+            let acceptor = acceptor.clone();
+            async move {
+                // A client that refuses the certificate ends here.
+                let Ok(tls) = acceptor.accept(stream).await else {
+                    return;
                 };
-                let acceptor = acceptor.clone();
-                tokio::spawn(async move {
-                    // A client that refuses the certificate ends here.
-                    let Ok(tls) = acceptor.accept(stream).await else {
-                        return;
-                    };
-                    let service =
-                        service_fn(|req| async move { Ok::<_, Infallible>(https_answer(req)) });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(tls), service)
-                        .with_upgrades()
-                        .await;
-                });
+                let service =
+                    service_fn(|req| async move { Ok::<_, Infallible>(https_answer(req)) });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(tls), service)
+                    .with_upgrades()
+                    .await;
             }
         });
         HttpsOrigin {
@@ -188,12 +175,8 @@ fn https_answer(mut req: Request<Incoming>) -> Response<Full<Bytes>> {
             return;
         };
         let io = TokioIo::new(upgraded);
-        let mut ws = WebSocketStream::from_raw_socket(io, Role::Server, None).await;
-        while let Some(Ok(msg)) = ws.next().await {
-            if (msg.is_text() || msg.is_binary()) && ws.send(msg).await.is_err() {
-                break;
-            }
-        }
+        let ws = WebSocketStream::from_raw_socket(io, Role::Server, Some(wsecho::config())).await;
+        wsecho::echo(ws).await;
     });
     let mut resp = Response::new(Full::new(Bytes::new()));
     *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;

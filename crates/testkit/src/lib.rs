@@ -68,6 +68,32 @@ pub async fn within<T>(what: &str, fut: impl std::future::Future<Output = T>) ->
         .unwrap_or_else(|_| panic!("{what}: nothing within {LIMIT:?}"))
 }
 
+/// Accepts connections on `listener` until `stop`, each served by `serve`
+/// on a task of its own. A failed accept (out of descriptors, say) is tried
+/// again after a pause, not at once in a loop that would take a core.
+pub(crate) fn accept_until<F, Fut>(
+    listener: tokio::net::TcpListener,
+    stop: tokio_util::sync::CancellationToken,
+    serve: F,
+) where
+    F: Fn(tokio::net::TcpStream) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => return,
+                accepted = listener.accept() => match accepted {
+                    Ok((stream, _)) => {
+                        tokio::spawn(serve(stream));
+                    }
+                    Err(_) => tokio::time::sleep(std::time::Duration::from_millis(20)).await,
+                },
+            }
+        }
+    });
+}
+
 /// Hex SHA-256 of `data`.
 pub fn sha256_hex(data: &[u8]) -> String {
     use sha2::Digest;

@@ -55,7 +55,7 @@ impl Origin {
         let addr = listener.local_addr().unwrap();
         let stats = Arc::new(Stats::default());
         let shutdown = CancellationToken::new();
-        tokio::spawn(serve(listener, Arc::clone(&stats), shutdown.clone()));
+        serve(listener, Arc::clone(&stats), shutdown.clone());
         Origin {
             addr,
             stats,
@@ -124,15 +124,12 @@ impl Drop for Origin {
     }
 }
 
-async fn serve(listener: TcpListener, stats: Arc<Stats>, shutdown: CancellationToken) {
-    loop {
-        let stream = tokio::select! {
-            () = shutdown.cancelled() => return,
-            accepted = listener.accept() => match accepted { Ok((s, _)) => s, Err(_) => continue },
-        };
-        let _ = stream.set_nodelay(true);
+/// Serves `listener` until `shutdown`.
+fn serve(listener: TcpListener, stats: Arc<Stats>, shutdown: CancellationToken) {
+    crate::accept_until(listener, shutdown, move |stream| {
         let stats = Arc::clone(&stats);
-        tokio::spawn(async move {
+        async move {
+            let _ = stream.set_nodelay(true);
             let service = service_fn(move |req| {
                 let stats = Arc::clone(&stats);
                 async move {
@@ -143,8 +140,8 @@ async fn serve(listener: TcpListener, stats: Arc<Stats>, shutdown: CancellationT
             let _ = auto::Builder::new(TokioExecutor::new())
                 .serve_connection(TokioIo::new(stream), service)
                 .await;
-        });
-    }
+        }
+    });
 }
 
 fn query(req: &Request<Incoming>, key: &str) -> Option<String> {

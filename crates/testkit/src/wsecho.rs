@@ -17,8 +17,25 @@ pub struct WsEcho {
     shutdown: CancellationToken,
 }
 
+/// Sends every text and binary message on `ws` back, until it closes.
+pub(crate) async fn echo<S>(mut ws: WebSocketStream<S>)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    while let Some(Ok(msg)) = ws.next().await {
+        let reply = match msg {
+            Message::Text(_) | Message::Binary(_) => msg,
+            Message::Close(_) => break,
+            _ => continue,
+        };
+        if ws.send(reply).await.is_err() {
+            break;
+        }
+    }
+}
+
 /// Up to 4 MiB messages each way: tests send up to 1 MiB.
-fn config() -> tokio_tungstenite::tungstenite::protocol::WebSocketConfig {
+pub(crate) fn config() -> tokio_tungstenite::tungstenite::protocol::WebSocketConfig {
     tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
         .max_message_size(Some(4 << 20))
         .max_frame_size(Some(4 << 20))
@@ -29,28 +46,9 @@ impl WsEcho {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let shutdown = CancellationToken::new();
-        let stop = shutdown.clone();
-        tokio::spawn(async move {
-            loop {
-                let stream = tokio::select! {
-                    () = stop.cancelled() => return,
-                    accepted = listener.accept() => match accepted { Ok((s, _)) => s, Err(_) => continue },
-                };
-                tokio::spawn(async move {
-                    let Ok(mut ws) = accept_async_with_config(stream, Some(config())).await else {
-                        return;
-                    };
-                    while let Some(Ok(msg)) = ws.next().await {
-                        let reply = match msg {
-                            Message::Text(_) | Message::Binary(_) => msg,
-                            Message::Close(_) => break,
-                            _ => continue,
-                        };
-                        if ws.send(reply).await.is_err() {
-                            break;
-                        }
-                    }
-                });
+        crate::accept_until(listener, shutdown.clone(), |stream| async move {
+            if let Ok(ws) = accept_async_with_config(stream, Some(config())).await {
+                echo(ws).await;
             }
         });
         WsEcho { addr, shutdown }
