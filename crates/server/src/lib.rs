@@ -77,7 +77,7 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{info, warn};
+use tracing::{Instrument, info, warn};
 
 pub use config::{AuthMode, Config, RateLimits};
 pub use edge::tls::{self, Certs};
@@ -91,6 +91,7 @@ use control::Control;
 use edge::{Drain, Edge};
 use gateway::Gateway;
 use ops::Ops;
+use registry::keeper;
 
 pub use body::{Body, BoxError};
 
@@ -151,17 +152,20 @@ pub async fn serve(
             stages.control.spawn_revocation_watcher(Arc::clone(&keys));
         }
     }
-    restore_holds(stages.registry.as_ref(), &store).await;
+    keeper::restore(stages.registry.as_ref(), &store).await;
     // A server with a database keeps its holds there as they are made, so a
     // crash loses none; a cluster's live in Redis.
     let keeping = CancellationToken::new();
     let kept = (!store.is_in_memory() && joined.is_none()).then(|| {
-        tokio::spawn(keep_holds(
-            Arc::clone(&stages.registry),
-            store.clone(),
-            config.reconnect_grace,
-            keeping.clone(),
-        ))
+        tokio::spawn(
+            keeper::keep(
+                Arc::clone(&stages.registry),
+                store.clone(),
+                config.reconnect_grace,
+                keeping.clone(),
+            )
+            .instrument(tracing::info_span!("holds_keeper")),
+        )
     });
     let drain = Drain::default();
 
@@ -233,7 +237,7 @@ pub async fn serve(
     if let Some(kept) = kept {
         let _ = kept.await;
     }
-    save_holds(stages.registry.as_ref(), &store).await;
+    keeper::save(stages.registry.as_ref(), &store).await;
     // Requests the deadline cut have failed with their sessions (502): let
     // their connections answer and log them before the runtime goes.
     let _ = tokio::time::timeout(Duration::from_secs(1), drain.tasks.wait()).await;
@@ -360,72 +364,4 @@ async fn open_store(config: &Config) -> io::Result<Store> {
     .await
     .map_err(io::Error::other)?;
     opened.map_err(|err| io::Error::other(format!("could not open the database: {err}")))
-}
-
-/// Holds again the names the last run saved when it stopped. A failure
-/// costs only those holds: the server starts all the same.
-async fn restore_holds(registry: &dyn Registry, store: &Store) {
-    match store.call(Store::saved_holds).await {
-        Ok(saved) if saved.is_empty() => {}
-        Ok(saved) => {
-            info!(
-                names = saved.len(),
-                "names held for reconnection when the server last stopped are held again"
-            );
-            registry.restore_holds(saved);
-        }
-        Err(err) => warn!(%err, "could not read the names held when the server last stopped"),
-    }
-}
-
-/// How often the keeper looks for changes to the holds.
-const HOLDS_SAVE_EVERY: Duration = Duration::from_secs(1);
-
-/// Saves the registry's holds (and live names, as holds for the whole
-/// grace) to `store` within a second of any change, and again every third
-/// of the grace while names are live, so that the saved time left stays
-/// ahead of a crash; until `stop`.
-async fn keep_holds(
-    registry: Arc<dyn Registry>,
-    store: Store,
-    grace: Duration,
-    stop: CancellationToken,
-) {
-    if grace.is_zero() {
-        return;
-    }
-    let refresh = (grace / 3).max(HOLDS_SAVE_EVERY);
-    let mut saved = (u64::MAX, tokio::time::Instant::now());
-    let mut tick = tokio::time::interval(HOLDS_SAVE_EVERY);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            () = stop.cancelled() => return,
-            _ = tick.tick() => {}
-        }
-        let changes = registry.changes();
-        let stale = !registry.is_empty() && saved.1.elapsed() >= refresh;
-        if changes == saved.0 && !stale {
-            continue;
-        }
-        let holds = registry.saved_holds();
-        match store.call(move |store| store.save_holds(&holds)).await {
-            Ok(()) => saved = (changes, tokio::time::Instant::now()),
-            Err(err) => warn!(%err, "could not save the names held for reconnection"),
-        }
-    }
-}
-
-/// Saves the names held for reconnection, for the next start.
-async fn save_holds(registry: &dyn Registry, store: &Store) {
-    let saved = registry.saved_holds();
-    let names = saved.len();
-    match store.call(move |store| store.save_holds(&saved)).await {
-        Ok(()) if names > 0 => info!(
-            names,
-            "names held for reconnection saved for the next start"
-        ),
-        Ok(()) => {}
-        Err(err) => warn!(%err, "could not save the names held for reconnection"),
-    }
 }

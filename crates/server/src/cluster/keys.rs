@@ -194,8 +194,7 @@ impl SharedKeys {
             all.extend(self.stored(&id).await?);
         }
         all.sort_by(|a, b| {
-            let order = |k: &Stored| (k.info.created_at, k.seq, k.info.id.clone());
-            order(a).cmp(&order(b))
+            (a.info.created_at, a.seq, &a.info.id).cmp(&(b.info.created_at, b.seq, &b.info.id))
         });
         Ok(all)
     }

@@ -76,7 +76,6 @@ impl AccessLog {
 
 /// Counts an upgraded connection's bytes in the dashboard's `bytes_in`
 /// (from the visitor) and `bytes_out` (to the visitor).
-#[derive(Clone)]
 pub(crate) struct Switched(Tallies);
 
 impl Switched {

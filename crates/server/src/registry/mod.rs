@@ -1,5 +1,6 @@
 //! The registry: live tunnels by name, the map the gateway routes through,
-//! and the names held for reconnection ([`held`]), behind one interface
+//! and the names held for reconnection ([`held`], kept in the store by
+//! [`keeper`]), behind one interface
 //! ([`Registry`]) so that a cluster's implementation can sit beside the
 //! in-memory one ([`Local`]).
 //!
@@ -14,6 +15,7 @@
 //! (a cluster claims the name in its shared store first).
 
 pub mod held;
+pub(crate) mod keeper;
 mod local;
 pub mod stats;
 

@@ -3,7 +3,7 @@
 //! The reconnect grace lives in memory (`registry::held`). A running
 //! server with a data directory writes what it holds here within a second
 //! of any change, the names of live tunnels included as holds for the
-//! whole grace (the keeper in `lib.rs`), and again as it stops; the next
+//! whole grace (`registry::keeper`), and again as it stops; the next
 //! start on the same data directory takes it back, minus the time it was
 //! down. Without this, a restart or a crash freed every name at once, and
 //! whoever asked first after it came back took a name whose owner was
