@@ -76,10 +76,12 @@ pub mod close_code {
     pub const INTERNAL: u16 = 1011;
 }
 
+/// The characters of a [`random_id`]: `[a-z2-7]`.
+const ALPHABET: &[u8; 32] = b"abcdefghijklmnopqrstuvwxyz234567";
+
 /// Returns a random identifier of `len` characters from `[a-z2-7]` (5 bits of
 /// operating-system randomness each).
 pub fn random_id(len: usize) -> String {
-    const ALPHABET: &[u8; 32] = b"abcdefghijklmnopqrstuvwxyz234567";
     let mut bytes = vec![0u8; len];
     // The OS generator only fails on platforms without one, where nothing
     // secure can be done: refusing to run is the right answer.
@@ -89,4 +91,25 @@ pub fn random_id(len: usize) -> String {
         .iter()
         .map(|b| ALPHABET[usize::from(b & 31)] as char)
         .collect()
+}
+
+/// Whether `text` has the shape of a [`random_id`] of `len` characters.
+pub fn is_random_id(text: &str, len: usize) -> bool {
+    text.len() == len && text.bytes().all(|b| ALPHABET.contains(&b))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn random_ids_have_the_shape_they_are_checked_for() {
+        for len in [1, 10, 32] {
+            assert!(is_random_id(&random_id(len), len));
+        }
+        assert!(!is_random_id(&random_id(10), 11));
+        for other in ["ABCDEFGHIJ", "abcdefgh1j", "abcdefgh8j", "abcdéfghi"] {
+            assert!(!is_random_id(other, other.len()), "{other}");
+        }
+    }
 }

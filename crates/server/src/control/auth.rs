@@ -203,11 +203,7 @@ pub(crate) fn new_reconnect_secret() -> Secret {
 /// (its form, not its strength: admission keeps a secret only when it
 /// takes back a name held for it, so it is one this server issued).
 pub(crate) fn is_reconnect_secret(secret: &Secret) -> bool {
-    let text = secret.expose();
-    text.len() == RECONNECT_SECRET_LEN
-        && text
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || (b'2'..=b'7').contains(&b))
+    cryptun_proto::is_random_id(secret.expose(), RECONNECT_SECRET_LEN)
 }
 
 #[cfg(test)]

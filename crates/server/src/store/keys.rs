@@ -80,7 +80,7 @@ pub(crate) fn key_name(name: &str) -> Result<&str, StoreError> {
 /// ([`ID_LEN`] characters of `[a-z2-7]`): one of another shape could never
 /// be presented in a token (see [`token_id`]).
 pub(crate) fn is_key_id(id: &str) -> bool {
-    id.len() == ID_LEN && id.bytes().all(|b| matches!(b, b'a'..=b'z' | b'2'..=b'7'))
+    cryptun_proto::is_random_id(id, ID_LEN)
 }
 
 /// The key id inside a well-formed token.
