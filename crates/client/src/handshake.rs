@@ -67,9 +67,14 @@ pub async fn connect(config: &ClientConfig) -> Result<Session, ClientError> {
 
 /// Connects to `endpoint` as [`connect_to`] does, asking for each named
 /// tunnel with the secret a previous run saved for it, if any: a client
-/// killed outright takes its names back. A secret the server does not take
-/// (the name was since held for someone else) is forgotten, and the
-/// connection tried again without.
+/// killed outright takes its names back.
+///
+/// A refusal as `unauthorized` may be the secret's (the name was since held
+/// for someone else) or the key's (missing, unknown, revoked: the server
+/// uses the same code), so the connection is tried again without the
+/// secrets. Only if that gets past the key are the files offered forgotten;
+/// if it is refused the same way, the key is at fault and the secrets are
+/// kept for a run with the right one.
 async fn connect_saved(config: &ClientConfig, endpoint: &Endpoint) -> Result<Session, ClientError> {
     let Some(saved) = config.saved() else {
         return connect_to(config, endpoint).await;
@@ -78,28 +83,55 @@ async fn connect_saved(config: &ClientConfig, endpoint: &Endpoint) -> Result<Ses
     let mut offered = Vec::new();
     for tunnel in with.tunnels_mut() {
         if let (Some(name), None) = (&tunnel.subdomain, &tunnel.reconnect_secret) {
-            tunnel.reconnect_secret = saved.load(&endpoint.url, name);
-            if tunnel.reconnect_secret.is_some() {
-                offered.push(name.clone());
+            if let Some((secret, file)) = saved.load(&endpoint.url, name) {
+                tunnel.reconnect_secret = Some(secret);
+                offered.push((name.clone(), file));
             }
         }
     }
     if offered.is_empty() {
         return connect_to(config, endpoint).await;
     }
-    info!(names = ?offered, "offering the reconnect secrets saved by the last run");
-    match connect_to(&with, endpoint).await {
+    let names: Vec<&str> = offered.iter().map(|(name, _)| name.as_str()).collect();
+    info!(
+        ?names,
+        "offering the reconnect secrets saved by the last run"
+    );
+    let first = connect_to(&with, endpoint).await;
+    if !matches!(
+        first,
         Err(ClientError::Refused {
             code: ErrorCode::Unauthorized,
             ..
-        }) => {
-            for name in &offered {
-                saved.forget_name(name);
-            }
-            connect_to(config, endpoint).await
-        }
-        result => result,
+        })
+    ) {
+        return first;
     }
+    let without = connect_to(config, endpoint).await;
+    if passed_the_key(&without) {
+        for (_, file) in &offered {
+            saved.forget_file(file);
+        }
+    }
+    without
+}
+
+/// Whether the server got past the key in answering: the tunnels were
+/// created, or a name refused (held for another client, taken, reserved),
+/// which the server decides only after the key. Anything else (a backoff,
+/// the server's own failure, a connection lost) tells nothing about the
+/// secrets, and keeping one too many costs a round trip where losing one
+/// costs the name.
+fn passed_the_key(result: &Result<Session, ClientError>) -> bool {
+    matches!(
+        result,
+        Ok(_)
+            | Err(ClientError::Held { .. })
+            | Err(ClientError::Refused {
+                code: ErrorCode::SubdomainTaken | ErrorCode::SubdomainReserved,
+                ..
+            })
+    )
 }
 
 /// Whether `err` is the servers' answer to what the client asks for (its

@@ -56,8 +56,9 @@ impl Saved {
 
     /// The saved secret for `subdomain` to offer `server` (a control URL),
     /// if one of its domain was saved after that server, or a server of
-    /// that very host, served it.
-    pub(crate) fn load(&self, server: &str, subdomain: &str) -> Option<Secret> {
+    /// that very host, served it; with the file it was read from, for
+    /// [`forget_file`](Self::forget_file) should the server not take it.
+    pub(crate) fn load(&self, server: &str, subdomain: &str) -> Option<(Secret, PathBuf)> {
         let host = host_of(server);
         let domains = std::fs::read_dir(&self.dir).ok()?;
         for domain in domains.flatten() {
@@ -66,7 +67,7 @@ impl Saved {
             let ours = record.servers.iter().any(|s| s == server)
                 || host.as_deref() == domain.file_name().to_str();
             if ours {
-                return Some(record.secret);
+                return Some((record.secret, path));
             }
         }
         None
@@ -99,23 +100,17 @@ impl Saved {
 
     /// Removes what was saved for `tunnel`.
     pub(crate) fn forget(&self, tunnel: &TunnelCreated) {
-        let path = self.path(tunnel);
-        match std::fs::remove_file(&path) {
+        self.forget_file(&self.path(tunnel));
+    }
+
+    /// Removes one saved file, as [`load`](Self::load) named it.
+    pub(crate) fn forget_file(&self, path: &Path) {
+        match std::fs::remove_file(path) {
             Ok(()) => debug!(path = %path.display(), "reconnect secret removed"),
             Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
             Err(err) => {
                 warn!(path = %path.display(), %err, "could not remove a saved reconnect secret")
             }
-        }
-    }
-
-    /// Removes what was saved for `subdomain` under any domain.
-    pub(crate) fn forget_name(&self, subdomain: &str) {
-        let Ok(domains) = std::fs::read_dir(&self.dir) else {
-            return;
-        };
-        for domain in domains.flatten() {
-            let _ = std::fs::remove_file(domain.path().join(file_name(subdomain)));
         }
     }
 
@@ -212,15 +207,16 @@ mod tests {
     fn a_secret_goes_back_only_to_servers_of_its_domain() {
         let dir = temp_dir("domains");
         let saved = Saved::new(&dir);
+        let secret = |server: &str, name: &str| saved.load(server, name).map(|(s, _)| s);
         let local = "ws://127.0.0.1:4000/ws";
         saved.save(
             local,
             &created("myapp", "http://myapp.localhost:4000", Some("s1")),
         );
-        assert_eq!(saved.load(local, "myapp"), Some(Secret::new("s1")));
-        assert_eq!(saved.load(local, "MyApp"), Some(Secret::new("s1")));
+        assert_eq!(secret(local, "myapp"), Some(Secret::new("s1")));
+        assert_eq!(secret(local, "MyApp"), Some(Secret::new("s1")));
         // Another server, of no known domain: nothing.
-        assert_eq!(saved.load("ws://127.0.0.1:5000/ws", "myapp"), None);
+        assert_eq!(secret("ws://127.0.0.1:5000/ws", "myapp"), None);
         // A server named by the domain itself gets its domain's secret.
         let named = "wss://example.com/ws";
         saved.save(
@@ -228,10 +224,10 @@ mod tests {
             &created("web", "https://web.example.com", Some("s2")),
         );
         assert_eq!(
-            saved.load("wss://EXAMPLE.com:443/ws", "web"),
+            secret("wss://EXAMPLE.com:443/ws", "web"),
             Some(Secret::new("s2"))
         );
-        assert_eq!(saved.load(local, "web"), None);
+        assert_eq!(secret(local, "web"), None);
         // Owner-only file.
         let file = dir.join(FOLDER).join("localhost").join("myapp.json");
         #[cfg(unix)]
@@ -243,7 +239,32 @@ mod tests {
         // Forgotten: gone.
         saved.forget(&created("myapp", "http://myapp.localhost:4000", Some("s1")));
         assert!(!file.exists());
-        assert_eq!(saved.load(local, "myapp"), None);
+        assert_eq!(secret(local, "myapp"), None);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_file_forgotten_is_the_one_loaded_and_no_other() {
+        let dir = temp_dir("forget-file");
+        let saved = Saved::new(&dir);
+        let local = "ws://127.0.0.1:4000/ws";
+        let named = "wss://example.com/ws";
+        saved.save(
+            local,
+            &created("app", "http://app.localhost:4000", Some("s1")),
+        );
+        saved.save(
+            named,
+            &created("app", "https://app.example.com", Some("s2")),
+        );
+        let (secret, path) = saved.load(local, "app").unwrap();
+        assert_eq!(secret, Secret::new("s1"));
+        assert_eq!(path, dir.join(FOLDER).join("localhost").join("app.json"));
+        saved.forget_file(&path);
+        assert!(saved.load(local, "app").is_none());
+        // The same name under another domain is another server's: kept.
+        let (other, _) = saved.load(named, "app").unwrap();
+        assert_eq!(other, Secret::new("s2"));
         let _ = std::fs::remove_dir_all(&dir);
     }
 
@@ -251,12 +272,13 @@ mod tests {
     fn generated_names_are_not_kept_and_hostile_names_stay_inside() {
         let dir = temp_dir("hostile");
         let saved = Saved::new(&dir);
+        let secret = |server: &str, name: &str| saved.load(server, name).map(|(s, _)| s);
         let url = "ws://127.0.0.1:4000/ws";
         saved.save(
             url,
             &created("tunnel-ab12", "http://tunnel-ab12.localhost", Some("s")),
         );
-        assert_eq!(saved.load(url, "tunnel-ab12"), None);
+        assert_eq!(secret(url, "tunnel-ab12"), None);
         // A server answering with a strange domain cannot move the file out.
         saved.save(url, &created("x", "http://x.../../etc", Some("s")));
         assert!(dir.join(FOLDER).read_dir().unwrap().flatten().all(|e| {

@@ -3,7 +3,8 @@
 //! the same command started again at once gets it; a client killed outright
 //! takes its name back on its next start with the reconnect secret it
 //! saved (owner-only, in its state directory), while a stranger is told the
-//! name is held, waits on one line, and gets it when the hold ends.
+//! name is held, waits on one line, and gets it when the hold ends. A run
+//! refused for its key keeps the saved secrets for a run with the right one.
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -230,4 +231,55 @@ async fn a_name_taken_back_survives_a_crash_right_after() {
     let again = cryptun_client::connect(&back.reconnect_config()).await;
     let again = again.unwrap_or_else(|e| panic!("refused its own name: {e}"));
     assert_eq!(again.tunnel().subdomain, name);
+}
+
+#[test]
+fn a_client_started_with_a_bad_key_keeps_its_saved_secrets() {
+    // The server answers a bad key as it answers a stale secret
+    // (`unauthorized`): the client must not take one for the other and
+    // throw away the secrets a run with the right key will need.
+    let args = [
+        "server",
+        "--listen",
+        "127.0.0.1:0",
+        "--auth",
+        "optional",
+        "--reconnect-grace",
+        "5m",
+    ];
+    let server = cryptun(&args);
+    let addr = listening_addr(&server);
+    let state = data_home();
+    let mut first = client(addr, "kept", &state);
+    created(&first);
+    let saved = format!("{state}/cryptun/reconnect/localhost/kept.json");
+    let secret = std::fs::read_to_string(&saved).unwrap();
+    first.child.kill().unwrap();
+    let _ = first.child.wait();
+
+    let url = format!("http://{addr}");
+    let bad = [
+        "http",
+        "--hello",
+        "--json",
+        "--server",
+        &url,
+        "--subdomain",
+        "kept",
+        "--token",
+        "ck_aaaaaaaa_wrong",
+    ];
+    let mut bad = cryptun_with_state(&bad, &state);
+    assert!(!bad.wait_exit(Duration::from_secs(15)).success());
+    let said = bad.finish().join("\n");
+    assert!(said.contains("unknown or revoked"), "{said}");
+    assert_eq!(
+        std::fs::read_to_string(&saved).ok().as_deref(),
+        Some(secret.as_str()),
+        "the saved secret is kept"
+    );
+
+    // Without the bad key, the same state takes the name back.
+    let back = client(addr, "kept", &state);
+    assert_eq!(created(&back)["subdomain"], "kept");
 }
