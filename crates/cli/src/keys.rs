@@ -228,14 +228,13 @@ pub async fn login(args: LoginArgs) -> Result<()> {
         Some(token) => token,
         None => read_token()?,
     };
-    let server = match &args.server {
-        Some(server) => server.clone(),
-        None => std::env::var("CRYPTUN_SERVER")
-            .ok()
-            .and_then(|list| list.split(',').next().map(|s| s.trim().to_owned()))
-            .filter(|s| !s.is_empty())
-            .unwrap_or_else(|| DEFAULT_SERVER.to_owned()),
-    };
+    // Flag, else CRYPTUN_SERVER, else client.toml's (clap's defaults, set
+    // from the file by `config::parse_from`).
+    let server = args
+        .servers
+        .first()
+        .cloned()
+        .unwrap_or_else(|| DEFAULT_SERVER.to_owned());
     let checked = whoami(&server, args.ca.as_deref(), &token)
         .await
         .map_err(|err| match err {
@@ -249,7 +248,9 @@ pub async fn login(args: LoginArgs) -> Result<()> {
     let path = saved::default_path()?;
     let mut config = SavedConfig::load(&path)?;
     config.token = Some(token);
-    config.server = args.server.clone();
+    if args.servers_given {
+        config.servers = args.servers.clone();
+    }
     config.save(&path)?;
     match checked {
         KeyCheck::Known { id, name } => println!(
@@ -261,8 +262,9 @@ pub async fn login(args: LoginArgs) -> Result<()> {
             path.display()
         ),
     }
-    if args.server.is_some() {
-        println!("Saved {server} as the server for `cryptun http` and `cryptun start`.");
+    if args.servers_given {
+        let servers = args.servers.join(", ");
+        println!("Saved {servers} as the server for `cryptun http` and `cryptun start`.");
     }
     Ok(())
 }

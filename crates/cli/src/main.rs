@@ -423,10 +423,21 @@ struct LoginArgs {
     /// The API key (from `cryptun keys create` on the server). Read from standard input when absent.
     #[arg(value_parser = secret)]
     token: Option<Secret>,
-    /// The server to check the key with, saved with it (`servers` in client.toml) when given
-    /// [default: CRYPTUN_SERVER, else http://127.0.0.1:4000].
-    #[arg(long, value_name = "URL", value_parser = parse::server)]
-    server: Option<String>,
+    /// The server to check the key with (the first, if several), saved with it (as `servers` in
+    /// client.toml) when given on the command line [default: the servers of client.toml, else
+    /// http://127.0.0.1:4000].
+    #[arg(
+        long = "server",
+        value_name = "URL",
+        env = "CRYPTUN_SERVER",
+        value_delimiter = ',',
+        value_parser = parse::server
+    )]
+    servers: Vec<String>,
+    /// Whether `servers` came from the command line (not the environment or
+    /// the file): only those are saved. Set by [`config::parse_from`].
+    #[arg(skip)]
+    servers_given: bool,
     /// Also trust the certificate authorities in this PEM file for an https:// server.
     #[arg(long, env = "CRYPTUN_CA")]
     ca: Option<PathBuf>,

@@ -9,7 +9,7 @@
 //! readable by its owner only (mode 0600, in a 0700 directory), through a
 //! temporary file renamed into place so a crash never leaves half a key.
 //! Saving changes the `token` key (and, when `cryptun login --server` gives
-//! one, `servers`) only: the rest of the file, comments and layout
+//! any, `servers`) only: the rest of the file, comments and layout
 //! included, stays as the user wrote it (`toml_edit`).
 
 use std::io::Write as _;
@@ -25,10 +25,11 @@ pub const FILE_NAME: &str = "client.toml";
 pub struct SavedConfig {
     /// The API key to present to the server.
     pub token: Option<Secret>,
-    /// A server to save with the key, as `servers = [...]` (replacing any
-    /// `server` or `servers`). Written only: [`load`](Self::load) leaves
-    /// it `None`, the CLI's config loader reads the servers.
-    pub server: Option<String>,
+    /// Servers to save with the key, as `servers = [...]` (replacing any
+    /// `server` or `servers`); none leaves them as they are. Written only:
+    /// [`load`](Self::load) leaves it empty, the CLI's config loader reads
+    /// the servers.
+    pub servers: Vec<String>,
 }
 
 /// Why the saved config could not be read or written.
@@ -112,7 +113,7 @@ impl SavedConfig {
         };
         Ok(SavedConfig {
             token,
-            server: None,
+            servers: Vec::new(),
         })
     }
 
@@ -137,10 +138,9 @@ impl SavedConfig {
                 doc.remove("token");
             }
         }
-        if let Some(server) = &self.server {
+        if !self.servers.is_empty() {
             doc.remove("server");
-            let mut servers = toml_edit::Array::new();
-            servers.push(server.as_str());
+            let servers: toml_edit::Array = self.servers.iter().map(String::as_str).collect();
             doc["servers"] = toml_edit::value(servers);
         }
         let text = doc.to_string();
@@ -196,7 +196,7 @@ mod tests {
         assert_eq!(SavedConfig::load(&path).unwrap(), SavedConfig::default());
         let saved = SavedConfig {
             token: Some(Secret::new("ck_abcdefgh_xyz")),
-            server: None,
+            servers: Vec::new(),
         };
         saved.save(&path).unwrap();
         assert_eq!(SavedConfig::load(&path).unwrap(), saved);
@@ -220,14 +220,14 @@ mod tests {
         std::fs::write(&path, before).unwrap();
         let saved = SavedConfig {
             token: Some(Secret::new("ck_new")),
-            server: None,
+            servers: Vec::new(),
         };
         saved.save(&path).unwrap();
         let after = std::fs::read_to_string(&path).unwrap();
         assert_eq!(after, before.replace("\"old\"", "\"ck_new\""));
         assert_eq!(SavedConfig::load(&path).unwrap(), saved);
         let with_server = SavedConfig {
-            server: Some("https://u.example.com".into()),
+            servers: vec!["https://u.example.com".into()],
             ..saved.clone()
         };
         with_server.save(&path).unwrap();

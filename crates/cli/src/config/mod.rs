@@ -1,5 +1,6 @@
 //! Configuration files: `server.toml` for `cryptun server`, `client.toml`
-//! for `cryptun http` and `cryptun start`.
+//! for `cryptun http` and `cryptun start` (and `cryptun login`, for the
+//! server to check a key with).
 //!
 //! clap stays the one place where options, their defaults and their
 //! parsing live. A file key is the name of a flag (`request_timeout` or
@@ -299,14 +300,19 @@ pub fn with_defaults(
 }
 
 /// Which file a subcommand reads, and against which subcommand's flags its
-/// keys are checked.
+/// keys are checked. `login` reads the client's file for its servers and
+/// `ca` (it has no `--config`).
 fn file_for(name: &str, matches: &ArgMatches) -> Result<Option<(ConfigFile, &'static str)>> {
     let schema = match name {
         "server" => "server",
-        "http" | "start" => "start",
+        "http" | "start" | "login" => "start",
         _ => return Ok(None),
     };
-    let explicit = matches.get_one::<PathBuf>("config").cloned();
+    let explicit = matches
+        .try_get_one::<PathBuf>("config")
+        .ok()
+        .flatten()
+        .cloned();
     let path = match (&explicit, schema) {
         (Some(path), _) => path.clone(),
         (None, "server") => match cryptun_client::saved::config_dir() {
@@ -330,16 +336,21 @@ pub fn parse_from(argv: &[OsString]) -> Result<(Cli, Option<ConfigFile>)> {
     let plain = Cli::command();
     let matches = plain.clone().try_get_matches_from(argv)?;
     let Some((name, sub)) = matches.subcommand() else {
-        return Ok((Cli::from_arg_matches(&matches)?, None));
+        return Ok((cli(&matches)?, None));
     };
     let Some((file, schema)) = file_for(name, sub)? else {
-        return Ok((Cli::from_arg_matches(&matches)?, None));
+        return Ok((cli(&matches)?, None));
     };
     let schema_cmd = subcommand(&plain, schema)?;
     let target = subcommand(&plain, name)?.clone();
     let table = file.table()?;
-    // `tunnels` is a key of the client's file only.
-    let skip: &[&str] = if schema == "start" { &["tunnels"] } else { &[] };
+    // `tunnels` is a key of the client's file only; its `token` is what
+    // `login` replaces, never the default of the key it reads.
+    let skip: &[&str] = match (schema, name) {
+        ("start", "login") => &["tunnels", "token"],
+        ("start", _) => &["tunnels"],
+        _ => &[],
+    };
     let target = with_defaults(&file, &table, schema_cmd, skip, target)?;
     if let Some(entry) = entries(&table)
         .into_iter()
@@ -355,7 +366,21 @@ pub fn parse_from(argv: &[OsString]) -> Result<(Cli, Option<ConfigFile>)> {
     }
     let with_file = plain.mut_subcommand(name, |_| target);
     let matches = with_file.try_get_matches_from(argv)?;
-    Ok((Cli::from_arg_matches(&matches)?, Some(file)))
+    Ok((cli(&matches)?, Some(file)))
+}
+
+/// The command line parsed, with what only the matches tell: whether
+/// `login`'s servers were given on the command line (they are saved) or
+/// came from the environment or the file (they are not).
+fn cli(matches: &ArgMatches) -> Result<Cli> {
+    let mut cli = Cli::from_arg_matches(matches)?;
+    if let (crate::Command::Login(args), Some(("login", sub))) =
+        (&mut cli.command, matches.subcommand())
+    {
+        args.servers_given =
+            sub.value_source("servers") == Some(clap::parser::ValueSource::CommandLine);
+    }
+    Ok(cli)
 }
 
 fn subcommand<'c>(cmd: &'c Command, name: &str) -> Result<&'c Command> {

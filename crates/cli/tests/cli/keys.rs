@@ -23,6 +23,7 @@ fn cryptun(args: &[&str], env: &[(&str, &Path)]) -> Command {
         .env_remove("CRYPTUN_DATA_DIR")
         .env_remove("CRYPTUN_AUTH")
         .env_remove("CRYPTUN_CLUSTER_URL")
+        .env_remove("CRYPTUN_SERVER")
         .env("RUST_LOG", "debug");
     for (name, value) in env {
         cmd.env(name, value);
@@ -206,6 +207,43 @@ async fn a_server_on_a_real_domain_requires_a_key_that_login_saves() {
             "the key leaked into a log: {line}"
         );
     }
+}
+
+#[test]
+fn login_without_server_checks_the_key_with_the_server_of_client_toml() {
+    let (data, config) = (TempDir::new(), TempDir::new());
+    let env = [
+        ("CRYPTUN_DATA_DIR", data.path.as_path()),
+        ("XDG_CONFIG_HOME", config.path.as_path()),
+    ];
+    let created = stdout(&run(
+        cryptun(&["keys", "create", "--name", "desk", "--json"], &env),
+        "",
+    ));
+    let created: serde_json::Value = serde_json::from_str(&created).unwrap();
+    let token = created["token"].as_str().unwrap();
+    let args = ["server", "--listen", "127.0.0.1:0", "--auth", "required"];
+    let server = Proc::start(cryptun(&args, &env));
+    let addr = listening_addr(&server.log_until("key database"));
+    let url = format!("http://{addr}");
+    let path = config.path.join("cryptun").join("client.toml");
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    let before = format!("server = \"{url}\"  # mine\n");
+    std::fs::write(&path, &before).unwrap();
+
+    // No --server: the file's server checks the key (here the only one
+    // that knows it), and the file keeps its own server line.
+    let said = stdout(&run(cryptun(&["login", token], &env), ""));
+    assert!(said.contains(&format!("works with {url}")), "{said}");
+    assert!(!said.contains("Saved http"), "{said}");
+    let after = std::fs::read_to_string(&path).unwrap();
+    assert_eq!(after, format!("{before}token = \"{token}\"\n"));
+
+    // And a key that server refuses is refused by it, not by a default.
+    let refused = run(cryptun(&["login", "ck_abcdefgh_wrong"], &env), "");
+    assert!(!refused.status.success());
+    let error = String::from_utf8_lossy(&refused.stderr);
+    assert!(error.contains("does not accept this key"), "{error}");
 }
 
 #[test]
