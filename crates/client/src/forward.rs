@@ -20,7 +20,7 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
 use tracing::debug;
 
-use crate::error::{self, ExchangeError};
+use crate::error::ExchangeError;
 use crate::local::{self, DrivenBody, LocalBody, LocalPool};
 use crate::observe::{Observer, Tee, Watch};
 use crate::routes::{Route, Routes};
@@ -163,8 +163,7 @@ async fn exchange(
     let mut response = match fwd.local.send(target, request).await {
         Ok(response) => response,
         Err(source) => {
-            let why = error::error_chain(&source);
-            let browser = html.then(|| page::unreachable(&route.name, target, &why));
+            let browser = html.then(|| page::unreachable(&route.name, target, &source));
             let target = target.clone();
             let err = ExchangeError::Unreachable { target, source };
             return answer_with(send, err, browser, started).await;

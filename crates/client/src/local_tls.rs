@@ -152,6 +152,11 @@ impl Connectors {
     }
 }
 
+/// What to do about a local service's certificate this machine does not
+/// trust: said in the request line and on the browser's page alike.
+pub(crate) const CERTIFICATE_ADVICE: &str = "trust its authority with --local-ca FILE, or skip \
+    the check for a development certificate with --local-insecure";
+
 /// A failed handshake: [`LocalError::Certificate`] when the certificate was
 /// the trouble, saying what to do about it.
 fn handshake_error(err: io::Error, host: &str) -> LocalError {
@@ -165,11 +170,9 @@ fn handshake_error(err: io::Error, host: &str) -> LocalError {
     let Some(reason) = certificate else {
         return LocalError::Tls(err);
     };
-    const FIX: &str = "trust its authority with --local-ca FILE, or skip the check for a \
-        development certificate with --local-insecure";
     let why = match reason {
         CertificateError::UnknownIssuer => {
-            format!("it is not signed by an authority this machine trusts; {FIX}")
+            format!("it is not signed by an authority this machine trusts; {CERTIFICATE_ADVICE}")
         }
         CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. } => {
             format!("it is not valid for {host}; use a name it covers, or --local-insecure")
@@ -177,7 +180,7 @@ fn handshake_error(err: io::Error, host: &str) -> LocalError {
         CertificateError::Expired | CertificateError::ExpiredContext { .. } => {
             "it has expired; renew it, or --local-insecure".to_owned()
         }
-        other => format!("{other:?}; {FIX}"),
+        other => format!("{other:?}; {CERTIFICATE_ADVICE}"),
     };
     LocalError::Certificate(why)
 }

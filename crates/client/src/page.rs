@@ -1,6 +1,8 @@
 //! The page a browser gets when the local service cannot be reached: a
 //! small HTML document naming the tunnel and the address that refused,
-//! and saying what its owner can do. Other visitors (curl, webhooks, API
+//! and saying what its owner can do: start the service, or, when it
+//! answered but its certificate or TLS handshake was refused, change what
+//! the client trusts. Other visitors (curl, webhooks, API
 //! clients: anything that does not ask for `text/html`) keep the plain-text
 //! answer of [`ExchangeError::answer`](crate::error::ExchangeError::answer).
 //!
@@ -10,7 +12,9 @@
 use cryptun_proto::html::escape;
 use cryptun_proto::{InlineBody, ResponseHead};
 
-use crate::Target;
+use crate::local::LocalError;
+use crate::local_tls::CERTIFICATE_ADVICE;
+use crate::{Target, error};
 
 /// Whether a request with these headers comes from a browser: its `Accept`
 /// names `text/html` (browsers send it for every page they navigate to).
@@ -22,30 +26,70 @@ pub(crate) fn wants_html(headers: &[(String, String)]) -> bool {
 }
 
 /// The 502 page for a browser: tunnel `tunnel` could not reach `target`,
-/// because of `why`.
-pub(crate) fn unreachable(tunnel: &str, target: &Target, why: &str) -> ResponseHead {
+/// because of `err`. A certificate or TLS handshake refused is said to be
+/// one, with the options that change what the client trusts: starting the
+/// service, the advice for anything else, would not help.
+pub(crate) fn unreachable(tunnel: &str, target: &Target, err: &LocalError) -> ResponseHead {
     let shown = target.to_string();
     let address = shown.split_once("://").map_or(shown.as_str(), |(_, a)| a);
-    let port = address.rsplit_once(':').map_or("", |(_, port)| port);
+    let port = escape(address.rsplit_once(':').map_or("", |(_, port)| port));
+    let (title, heading, said, advice) = match err {
+        LocalError::Certificate(_) | LocalError::TlsSetup(_) => (
+            "local service's certificate refused",
+            "The local service's certificate is not trusted",
+            format!("which answered, but {}", escape(&error::error_chain(err))),
+            "restart <code>cryptun http</code> as the reason says: <code>--local-ca \
+             FILE</code> trusts the authority that signed it, <code>--local-insecure</code> \
+             skips the check for a development certificate"
+                .to_owned(),
+        ),
+        LocalError::Tls(io) => (
+            "local service's TLS handshake failed",
+            "The TLS handshake with the local service failed",
+            format!(
+                "which answered, but the TLS handshake failed: {}",
+                escape(&error::error_chain(io))
+            ),
+            format!(
+                "check that port <code>{port}</code> serves HTTPS (a plain HTTP service \
+                 is <code>http://</code> or the port alone); for a certificate this \
+                 machine does not trust, {}",
+                escape(CERTIFICATE_ADVICE)
+            ),
+        ),
+        _ => (
+            "local service unreachable",
+            "The local service is not answering",
+            format!(
+                "and nothing answered there: {}",
+                escape(&error::error_chain(err))
+            ),
+            format!(
+                "start the service on port <code>{port}</code>, or restart \
+                 <code>cryptun http</code> with the port it listens on"
+            ),
+        ),
+    };
     let body = format!(
         concat!(
             "<!doctype html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n",
             "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n",
-            "<title>502 &middot; {tunnel} &middot; local service unreachable</title>\n",
+            "<title>502 &middot; {tunnel} &middot; {title}</title>\n",
             "<style>body{{font:16px/1.5 system-ui,sans-serif;max-width:40em;margin:3em auto;",
             "padding:0 1em;color:#222}}code{{background:#f2f2f2;padding:0 .2em}}",
             "small{{color:#777}}</style>\n</head>\n<body>\n",
-            "<h1>The local service is not answering</h1>\n",
+            "<h1>{heading}</h1>\n",
             "<p>The tunnel <strong>{tunnel}</strong> forwards to <code>{address}</code>, ",
-            "and nothing answered there: {why}.</p>\n",
-            "<p>If this is your tunnel: start the service on port <code>{port}</code>, ",
-            "or restart <code>cryptun http</code> with the port it listens on.</p>\n",
+            "{said}.</p>\n",
+            "<p>If this is your tunnel: {advice}.</p>\n",
             "<p><small>502 Bad Gateway &middot; cryptun</small></p>\n</body>\n</html>\n"
         ),
         tunnel = escape(tunnel),
         address = escape(address),
-        port = escape(port),
-        why = escape(why),
+        title = title,
+        heading = heading,
+        said = said,
+        advice = advice,
     );
     ResponseHead {
         status: 502,
@@ -78,7 +122,11 @@ mod tests {
     #[test]
     fn the_page_names_the_tunnel_and_port_and_escapes_them() {
         let target = Target::parse("127.0.0.1:3999").unwrap();
-        let head = unreachable("my<app>", &target, "connection \"refused\"");
+        let refused = std::io::Error::new(
+            std::io::ErrorKind::ConnectionRefused,
+            "connection \"refused\"",
+        );
+        let head = unreachable("my<app>", &target, &LocalError::Connect(refused));
         assert_eq!(head.status, 502);
         let body = String::from_utf8(head.body.decode().unwrap().to_vec()).unwrap();
         assert!(body.contains("<strong>my&lt;app&gt;</strong>"), "{body}");
@@ -86,5 +134,35 @@ mod tests {
         assert!(body.contains("port <code>3999</code>"), "{body}");
         assert!(body.contains("connection &quot;refused&quot;"), "{body}");
         assert!(!body.contains("my<app>"));
+    }
+
+    fn body(head: &ResponseHead) -> String {
+        String::from_utf8(head.body.decode().unwrap().to_vec()).unwrap()
+    }
+
+    #[test]
+    fn a_refused_certificate_or_handshake_is_said_with_what_to_trust() {
+        let target = Target::parse("https://localhost:8443").unwrap();
+        let why =
+            format!("it is not signed by an authority this machine trusts; {CERTIFICATE_ADVICE}");
+        let page = body(&unreachable("web", &target, &LocalError::Certificate(why)));
+        assert!(page.contains("certificate is not trusted"), "{page}");
+        assert!(page.contains("not signed by an authority"), "{page}");
+        assert!(page.contains("--local-ca FILE"), "{page}");
+        assert!(!page.contains("nothing answered"), "{page}");
+        assert!(!page.contains("start the service"), "{page}");
+
+        let corrupt = std::io::Error::other("received corrupt message");
+        let page = body(&unreachable("web", &target, &LocalError::Tls(corrupt)));
+        assert!(
+            page.contains("TLS handshake failed: received corrupt message"),
+            "{page}"
+        );
+        assert!(
+            page.contains("port <code>8443</code> serves HTTPS"),
+            "{page}"
+        );
+        assert!(page.contains("--local-insecure"), "{page}");
+        assert!(!page.contains("nothing answered"), "{page}");
     }
 }

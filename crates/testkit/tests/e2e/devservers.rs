@@ -3,7 +3,7 @@
 //! value) says its name, and one over HTTPS whose certificate a test
 //! authority signed: refused (502, saying why and what to do) unless that
 //! authority is trusted (`--local-ca`) or the check is off
-//! (`--local-insecure`); its WebSocket upgrades pass too.
+//! (`--local-insecure`), a browser's page saying so; its WebSocket upgrades pass too.
 
 use cryptun_client::{Event, HostHeader, LocalTls};
 use cryptun_testkit::devserver::{HostCheck, HttpsOrigin};
@@ -74,6 +74,20 @@ async fn an_https_target_is_served_when_its_authority_is_trusted() {
     let printed = done.error.unwrap_or_default();
     assert_eq!(done.status, 502);
     assert!(printed.contains("--local-insecure"), "{printed}");
+    // A browser's page says so too, not that nothing answered.
+    let html = visitor
+        .builder("GET", &untrusted.host, "/")
+        .header("accept", "text/html,application/xhtml+xml,*/*;q=0.8")
+        .body(Default::default())
+        .unwrap();
+    let page = visitor.fetch(html).await;
+    assert_eq!(page.status, 502);
+    assert_eq!(page.headers["content-type"], "text/html; charset=utf-8");
+    let page = page.text();
+    assert!(page.contains("certificate is not trusted"), "{page}");
+    assert!(page.contains("not signed by an authority"), "{page}");
+    assert!(page.contains("--local-ca FILE"), "{page}");
+    assert!(!page.contains("nothing answered"), "{page}");
 
     // With --local-ca: served, Host rewritten to the target's name.
     let trusted = TestClient::start_with(&server, &origin.target(), |c| {
