@@ -18,11 +18,18 @@ use crate::{Target, error};
 
 /// Whether a request with these headers comes from a browser: its `Accept`
 /// names `text/html` (browsers send it for every page they navigate to).
+/// Asked of every request, so it allocates nothing.
 pub(crate) fn wants_html(headers: &[(String, String)]) -> bool {
+    const HTML: &[u8] = b"text/html";
     headers
         .iter()
         .filter(|(name, _)| name.eq_ignore_ascii_case("accept"))
-        .any(|(_, value)| value.to_ascii_lowercase().contains("text/html"))
+        .any(|(_, value)| {
+            value
+                .as_bytes()
+                .windows(HTML.len())
+                .any(|w| w.eq_ignore_ascii_case(HTML))
+        })
 }
 
 /// The 502 page for a browser: tunnel `tunnel` could not reach `target`,
@@ -117,6 +124,8 @@ mod tests {
         assert!(!wants_html(&header("*/*")));
         assert!(!wants_html(&header("application/json")));
         assert!(!wants_html(&[]));
+        assert!(wants_html(&header("Text/HTML")));
+        assert!(!wants_html(&header("text/htm")));
     }
 
     #[test]
