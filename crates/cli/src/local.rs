@@ -27,7 +27,9 @@ pub fn check(target: &Target) -> Result<()> {
     let Some(tls) = target.local_tls() else {
         return Ok(());
     };
-    tls.check()
+    // Built now and kept: every connection to the target uses it.
+    target
+        .check_tls()
         .with_context(|| format!("cannot connect to {target} over TLS"))?;
     if tls.insecure {
         lines::eprint(&format!(

@@ -42,7 +42,7 @@ use tokio::time::Instant;
 use cryptun_proto::HeadError;
 
 use crate::Target;
-use crate::local_tls::{Connectors, LocalTlsError};
+use crate::local_tls::LocalTlsError;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -83,8 +83,6 @@ pub(crate) enum LocalError {
 pub(crate) struct LocalPool {
     idle: Arc<Mutex<Idle>>,
     connect_timeout: Duration,
-    /// TLS for `https://` targets.
-    tls: Arc<Connectors>,
 }
 
 type Idle = HashMap<Target, Vec<(Conn, Instant)>>;
@@ -147,7 +145,6 @@ impl LocalPool {
         LocalPool {
             idle,
             connect_timeout,
-            tls: Arc::default(),
         }
     }
 
@@ -251,11 +248,11 @@ impl LocalPool {
             .map_err(LocalError::Connect)?;
         // Heads and small bodies go out at once, not after a delayed ACK.
         tcp.set_nodelay(true).map_err(LocalError::Connect)?;
-        let io = match target.local_tls() {
+        let io = match target.tls() {
             None => Either::Left(tcp),
-            Some(tls) => {
+            Some((tls, connector)) => {
                 let host = target.authority().host();
-                let handshake = self.tls.handshake(tls, host, tcp);
+                let handshake = connector.handshake(tls, host, tcp);
                 let tls = tokio::time::timeout(self.connect_timeout, handshake)
                     .await
                     .map_err(|_| LocalError::ConnectTimeout(self.connect_timeout))??;

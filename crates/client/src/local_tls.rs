@@ -13,10 +13,9 @@
 //! do ([`LocalError::Certificate`]): the visitor's 502 page and the
 //! client's request line both show it.
 
-use std::collections::HashMap;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::{CryptoProvider, verify_tls12_signature, verify_tls13_signature};
@@ -24,6 +23,7 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{CertificateError, DigitallySignedStruct, RootCertStore, SignatureScheme};
 use tokio::net::TcpStream;
+use tokio::sync::OnceCell;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 
@@ -56,8 +56,10 @@ pub enum LocalTlsError {
 }
 
 impl LocalTls {
-    /// Builds the settings once, so that a bad `--local-ca` is an error at
-    /// start rather than at the first request.
+    /// Builds the settings to see that they can be used (a bad
+    /// `--local-ca` is an error at start rather than at the first request),
+    /// and drops them: [`Target::check_tls`](crate::Target::check_tls)
+    /// checks and keeps them for the target's connections.
     pub fn check(&self) -> Result<(), LocalTlsError> {
         self.connector().map(drop)
     }
@@ -117,11 +119,28 @@ pub(crate) fn add_pem_roots(roots: &mut RootCertStore, path: &Path) -> Result<()
     Ok(())
 }
 
-/// The connectors of one pool, built on first use, by trust settings.
-#[derive(Default)]
-pub(crate) struct Connectors(Mutex<HashMap<LocalTls, TlsConnector>>);
+/// The connector of one target's trust settings, built once and shared by
+/// every clone of the target (each session's pool, the inspector's
+/// replays): reading the system's trust store is slow and blocking. Built
+/// when the target is checked ([`Target::check_tls`](crate::Target::check_tls)),
+/// else at its first connection, on a blocking thread.
+///
+/// A cache of what the settings say, so it takes no part in a target's
+/// equality or hash: two targets are the same whether or not theirs is
+/// built yet.
+#[derive(Clone, Default)]
+pub(crate) struct Connector(Arc<OnceCell<TlsConnector>>);
 
-impl Connectors {
+impl Connector {
+    /// Builds the connector for `tls` now, unless it already is.
+    pub(crate) fn build(&self, tls: &LocalTls) -> Result<(), LocalTlsError> {
+        if self.0.get().is_none() {
+            // Lost to a concurrent build: theirs is as good.
+            let _ = self.0.set(tls.connector()?);
+        }
+        Ok(())
+    }
+
     /// Completes a TLS handshake on `tcp` for `host` (the name checked and
     /// sent as SNI) as `tls` says.
     pub(crate) async fn handshake(
@@ -130,7 +149,18 @@ impl Connectors {
         host: &str,
         tcp: TcpStream,
     ) -> Result<TlsStream<TcpStream>, LocalError> {
-        let connector = self.get(tls)?;
+        let connector = self
+            .0
+            .get_or_try_init(|| {
+                let tls = tls.clone();
+                async move {
+                    tokio::task::spawn_blocking(move || tls.connector())
+                        .await
+                        .map_err(|e| LocalError::Tls(io::Error::other(e)))?
+                        .map_err(LocalError::TlsSetup)
+                }
+            })
+            .await?;
         // `[::1]` in a URL, `::1` as a name.
         let bare = host.trim_start_matches('[').trim_end_matches(']');
         let name = ServerName::try_from(bare.to_owned())
@@ -140,15 +170,28 @@ impl Connectors {
             .await
             .map_err(|err| handshake_error(err, host))
     }
+}
 
-    fn get(&self, tls: &LocalTls) -> Result<TlsConnector, LocalError> {
-        let mut built = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(connector) = built.get(tls) {
-            return Ok(connector.clone());
-        }
-        let connector = tls.connector().map_err(LocalError::TlsSetup)?;
-        built.insert(tls.clone(), connector.clone());
-        Ok(connector)
+impl PartialEq for Connector {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl Eq for Connector {}
+
+impl std::hash::Hash for Connector {
+    fn hash<H: std::hash::Hasher>(&self, _: &mut H) {}
+}
+
+impl std::fmt::Debug for Connector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let state = if self.0.initialized() {
+            "built"
+        } else {
+            "not built"
+        };
+        f.write_str(state)
     }
 }
 
@@ -269,5 +312,25 @@ mod tests {
             insecure: true,
         };
         assert!(insecure.check().is_ok());
+    }
+
+    #[test]
+    fn a_checked_target_keeps_its_connector_for_every_clone() {
+        let mut target = crate::Target::parse("https://localhost:8443").unwrap();
+        let built = |t: &crate::Target| t.tls().unwrap().1.0.initialized();
+        let before = target.clone();
+        assert!(!built(&target));
+        target.check_tls().unwrap();
+        // Clones made before and after share it: no pool builds its own.
+        assert!(built(&before) && built(&target.clone()));
+        assert_eq!(before, target, "not part of the target's identity");
+        // New settings, a new connector.
+        let insecure = LocalTls {
+            ca: None,
+            insecure: true,
+        };
+        target.set_local_tls(insecure).unwrap();
+        assert!(!built(&target));
+        assert!(crate::Target::parse("3000").unwrap().check_tls().is_ok());
     }
 }

@@ -6,7 +6,7 @@ use std::fmt;
 use http::uri::Authority;
 
 use crate::host_header::HostHeader;
-use crate::local_tls::LocalTls;
+use crate::local_tls::{Connector, LocalTls, LocalTlsError};
 
 /// The local service requests are forwarded to, and how: over TLS or not,
 /// and with which `Host`.
@@ -15,6 +15,8 @@ pub struct Target {
     authority: Authority,
     /// `Some` for an `https://` target: how its certificate is trusted.
     tls: Option<LocalTls>,
+    /// What `tls` says, built once for every clone of the target.
+    connector: Connector,
     host_header: HostHeader,
 }
 
@@ -64,6 +66,7 @@ impl Target {
         Ok(Target {
             authority,
             tls,
+            connector: Connector::default(),
             host_header: HostHeader::default(),
         })
     }
@@ -83,11 +86,30 @@ impl Target {
         self.tls.as_ref()
     }
 
+    /// Builds what an `https://` target's connections use to trust its
+    /// certificate, now (it reads the system's trust store, and the
+    /// `--local-ca` file: a bad one is an error at start rather than at the
+    /// first request), and keeps it for them and every clone's.
+    pub fn check_tls(&self) -> Result<(), LocalTlsError> {
+        match &self.tls {
+            Some(tls) => self.connector.build(tls),
+            None => Ok(()),
+        }
+    }
+
+    /// The connector of an `https://` target, with its settings.
+    pub(crate) fn tls(&self) -> Option<(&LocalTls, &Connector)> {
+        Some((self.tls.as_ref()?, &self.connector))
+    }
+
     /// Sets how the certificate is trusted (`--local-ca`,
     /// `--local-insecure`): for an `https://` target only.
     pub fn set_local_tls(&mut self, tls: LocalTls) -> Result<(), AddressError> {
         match &mut self.tls {
-            Some(ours) => *ours = tls,
+            Some(ours) => {
+                *ours = tls;
+                self.connector = Connector::default();
+            }
             None if tls == LocalTls::default() => {}
             None => {
                 return Err(AddressError(format!(
