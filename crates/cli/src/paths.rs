@@ -4,20 +4,24 @@
 //! two always land in the same folder. And where the client keeps what
 //! outlives a run (reconnect secrets): its state directory.
 
-use std::ffi::OsStr;
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
+use cryptun_client::saved::xdg_dir;
 
 /// The data directory: `given` (`--data-dir` or `CRYPTUN_DATA_DIR`), else
-/// [`default_data_dir`] of this process's environment.
+/// `$XDG_DATA_HOME/cryptun`, else `$HOME/.local/share/cryptun`.
+///
+/// Without an absolute path in either, there is no default, rather than a
+/// folder under the working directory: `cryptun keys` run from another
+/// folder would then open another database than the server's, and a
+/// service started in `/` would write there. The caller asks for
+/// `--data-dir` instead.
 pub fn data_dir(given: Option<PathBuf>) -> Result<PathBuf> {
     if let Some(dir) = given {
         return Ok(dir);
     }
-    let xdg_data_home = std::env::var_os("XDG_DATA_HOME");
-    let home = std::env::var_os("HOME");
-    default_data_dir(xdg_data_home.as_deref(), home.as_deref()).context(
+    xdg_dir(DATA.0, DATA.1).context(
         "no data directory: pass --data-dir or set CRYPTUN_DATA_DIR \
          (neither XDG_DATA_HOME nor HOME is set to an absolute path)",
     )
@@ -25,45 +29,36 @@ pub fn data_dir(given: Option<PathBuf>) -> Result<PathBuf> {
 
 /// The client's state directory: `$XDG_STATE_HOME/cryptun`, else
 /// `$HOME/.local/state/cryptun` (absolute paths only, as for
-/// [`default_data_dir`]); `None` without either, and the client then keeps
-/// its reconnect secrets in memory only.
+/// [`data_dir`]); `None` without either, and the client then keeps its
+/// reconnect secrets in memory only.
 pub fn state_dir() -> Option<PathBuf> {
-    let xdg_state_home = std::env::var_os("XDG_STATE_HOME");
-    let home = std::env::var_os("HOME");
-    default_state_dir(xdg_state_home.as_deref(), home.as_deref())
+    xdg_dir(STATE.0, STATE.1)
 }
 
-/// [`state_dir`] for these variables.
-pub fn default_state_dir(xdg_state_home: Option<&OsStr>, home: Option<&OsStr>) -> Option<PathBuf> {
-    let absolute = |var: Option<&OsStr>| var.map(PathBuf::from).filter(|p| p.is_absolute());
-    let base = absolute(xdg_state_home)
-        .or_else(|| absolute(home).map(|home| home.join(".local").join("state")))?;
-    Some(base.join("cryptun"))
-}
+/// The data directory's variable and fallback under `HOME`.
+const DATA: (&str, &str) = ("XDG_DATA_HOME", ".local/share");
 
-/// The default data directory, following the XDG base-directory spec:
-/// `$XDG_DATA_HOME/cryptun`, else `$HOME/.local/share/cryptun`.
-///
-/// A variable that is unset, empty or relative counts as absent (the spec
-/// says a relative path there is invalid and must be ignored; a relative
-/// `HOME` would put the data wherever the command happens to run). With
-/// neither, there is no default (`None`), rather than a folder under the
-/// working directory: `cryptun keys` run from another folder would then
-/// open another database than the server's, and a service started in `/`
-/// would write there. The caller asks for `--data-dir` instead.
-pub fn default_data_dir(xdg_data_home: Option<&OsStr>, home: Option<&OsStr>) -> Option<PathBuf> {
-    let absolute = |var: Option<&OsStr>| var.map(PathBuf::from).filter(|p| p.is_absolute());
-    let base = absolute(xdg_data_home)
-        .or_else(|| absolute(home).map(|home| home.join(".local").join("share")))?;
-    Some(base.join("cryptun"))
-}
+/// The state directory's variable and fallback under `HOME`.
+const STATE: (&str, &str) = ("XDG_STATE_HOME", ".local/state");
 
 #[cfg(test)]
 mod tests {
     use std::ffi::OsStr;
     use std::path::{Path, PathBuf};
 
-    use super::{default_data_dir, default_state_dir};
+    use cryptun_client::saved::xdg_dir_of;
+
+    use super::{DATA, STATE};
+
+    fn default_state_dir(xdg: Option<&OsStr>, home: Option<&OsStr>) -> Option<PathBuf> {
+        assert_eq!(STATE.0, "XDG_STATE_HOME");
+        xdg_dir_of(xdg, home, STATE.1)
+    }
+
+    fn default_data_dir(xdg: Option<&OsStr>, home: Option<&OsStr>) -> Option<PathBuf> {
+        assert_eq!(DATA.0, "XDG_DATA_HOME");
+        xdg_dir_of(xdg, home, DATA.1)
+    }
 
     #[test]
     fn the_state_directory_follows_xdg_state_home_then_home() {

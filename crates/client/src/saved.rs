@@ -12,6 +12,7 @@
 //! any, `servers`) only: the rest of the file, comments and layout
 //! included, stays as the user wrote it (`toml_edit`).
 
+use std::ffi::OsStr;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
@@ -59,15 +60,31 @@ pub enum SavedError {
 /// `$XDG_CONFIG_HOME/cryptun`, else `$HOME/.config/cryptun` (also where
 /// the server's `server.toml` is looked for).
 pub fn config_dir() -> Result<PathBuf, SavedError> {
-    let absolute = |var| {
-        std::env::var_os(var)
-            .map(PathBuf::from)
-            .filter(|p| p.is_absolute())
-    };
-    let base = absolute("XDG_CONFIG_HOME")
-        .or_else(|| absolute("HOME").map(|home| home.join(".config")))
-        .ok_or(SavedError::NoConfigDir)?;
-    Ok(base.join("cryptun"))
+    xdg_dir("XDG_CONFIG_HOME", ".config").ok_or(SavedError::NoConfigDir)
+}
+
+/// Cryptun's folder of one XDG base directory, from this process's
+/// environment: `$VAR/cryptun`, else `$HOME/FALLBACK/cryptun` (the client's
+/// config: `XDG_CONFIG_HOME`, `.config`; its state: `XDG_STATE_HOME`,
+/// `.local/state`; the server's data: `XDG_DATA_HOME`, `.local/share`).
+/// See [`xdg_dir_of`].
+pub fn xdg_dir(var: &str, fallback: &str) -> Option<PathBuf> {
+    let value = std::env::var_os(var);
+    let home = std::env::var_os("HOME");
+    xdg_dir_of(value.as_deref(), home.as_deref(), fallback)
+}
+
+/// [`xdg_dir`] for these values of the variable and of `HOME`.
+///
+/// A variable that is unset, empty or relative counts as absent (the spec
+/// says a relative path there is invalid and must be ignored; a relative
+/// `HOME` would put the files wherever the command happens to run). With
+/// neither, there is no folder (`None`), rather than one under the working
+/// directory: the caller asks for one, or does without.
+pub fn xdg_dir_of(value: Option<&OsStr>, home: Option<&OsStr>, fallback: &str) -> Option<PathBuf> {
+    let absolute = |var: Option<&OsStr>| var.map(PathBuf::from).filter(|p| p.is_absolute());
+    let base = absolute(value).or_else(|| absolute(home).map(|home| home.join(fallback)))?;
+    Some(base.join("cryptun"))
 }
 
 /// `$XDG_CONFIG_HOME/cryptun/client.toml`, else
@@ -144,28 +161,45 @@ impl SavedConfig {
             doc["servers"] = toml_edit::value(servers);
         }
         let text = doc.to_string();
-        if let Some(dir) = path.parent() {
-            let mut builder = std::fs::DirBuilder::new();
-            builder.recursive(true);
-            #[cfg(unix)]
-            std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
-            builder.create(dir).map_err(io)?;
-        }
-        let temp = path.with_extension(format!("tmp{}", std::process::id()));
-        let mut options = std::fs::OpenOptions::new();
-        options.write(true).create(true).truncate(true);
-        #[cfg(unix)]
-        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-        let written = options.open(&temp).and_then(|mut file| {
-            file.write_all(text.as_bytes())?;
-            file.sync_all()
-        });
-        if let Err(err) = written.and_then(|()| std::fs::rename(&temp, path)) {
-            let _ = std::fs::remove_file(&temp);
-            return Err(io(err));
-        }
-        Ok(())
+        write_private(path, text.as_bytes()).map_err(io)
     }
+}
+
+/// Writes `bytes` to `path`, readable by its owner only: through a new
+/// file of mode 0600 beside it (a random name, created only if it does
+/// not exist, so two writers never share one), renamed over `path` once
+/// complete, so that a reader never sees half a file and a crash never
+/// leaves one. The temporary file goes on any failure. Missing folders
+/// are created 0700.
+pub fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
+    if let Some(dir) = dir {
+        let mut builder = std::fs::DirBuilder::new();
+        builder.recursive(true);
+        #[cfg(unix)]
+        std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+        builder.create(dir)?;
+    }
+    let file_name = path
+        .file_name()
+        .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a file name"))?;
+    let mut temp_name = std::ffi::OsString::from(".");
+    temp_name.push(file_name);
+    temp_name.push(format!(".{}.tmp", cryptun_proto::random_id(8)));
+    let temp = dir.map_or_else(|| PathBuf::from(&temp_name), |d| d.join(&temp_name));
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let written = options.open(&temp).and_then(|mut file| {
+        file.write_all(bytes)?;
+        file.sync_all()?;
+        std::fs::rename(&temp, path)
+    });
+    if written.is_err() {
+        let _ = std::fs::remove_file(&temp);
+    }
+    written
 }
 
 #[cfg(unix)]
@@ -253,5 +287,31 @@ mod tests {
             );
         }
         let _ = std::fs::remove_dir_all(path.parent().unwrap().parent().unwrap());
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_private_file_is_replaced_whole_and_a_failure_leaves_nothing() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = temp_path().parent().unwrap().parent().unwrap().to_owned();
+        let path = dir.join("new").join("keys.json");
+        write_private(&path, b"first").unwrap();
+        let folder = std::fs::metadata(path.parent().unwrap()).unwrap();
+        assert_eq!(folder.permissions().mode() & 0o777, 0o700);
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        write_private(&path, b"new").unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "new");
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "{mode:o}");
+        // A rename that fails (over a folder) leaves no temporary file.
+        let taken = dir.join("new").join("taken");
+        std::fs::create_dir_all(taken.join("inside")).unwrap();
+        assert!(write_private(&taken, b"x").is_err());
+        let left: Vec<_> = std::fs::read_dir(dir.join("new"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(left.len(), 2, "{left:?}");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

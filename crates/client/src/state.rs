@@ -15,7 +15,6 @@
 //! The files are small and touched only when a session is opened or
 //! closed, so they are written in place, without a blocking task.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use cryptun_proto::Secret;
@@ -25,6 +24,7 @@ use tracing::{debug, warn};
 
 use crate::TunnelCreated;
 use crate::names::domain_of;
+use crate::saved::write_private;
 
 /// Servers remembered per name: a cluster's nodes, several addresses.
 const MAX_SERVERS: usize = 16;
@@ -158,26 +158,10 @@ fn read(path: &Path) -> Option<Record> {
         .ok()
 }
 
-/// Writes `record` to `path` through a temporary file, owner-only.
+/// Writes `record` to `path`, owner-only ([`write_private`]).
 fn write(path: &Path, record: &Record) -> std::io::Result<()> {
-    let Some(folder) = path.parent() else {
-        return Err(std::io::Error::other("no folder"));
-    };
-    let mut builder = std::fs::DirBuilder::new();
-    builder.recursive(true);
-    #[cfg(unix)]
-    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
-    builder.create(folder)?;
-    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    let mut file = options.open(&tmp)?;
     let text = serde_json::to_string(record).map_err(std::io::Error::other)?;
-    file.write_all(text.as_bytes())?;
-    file.sync_all()?;
-    std::fs::rename(&tmp, path)
+    write_private(path, text.as_bytes())
 }
 
 #[cfg(test)]

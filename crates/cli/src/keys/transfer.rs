@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use clap::Args;
+use cryptun_client::saved::write_private;
 use cryptun_server::store::transfer::{Counts, Document, Summary};
 
 use super::Backend;
@@ -119,32 +120,6 @@ fn read(path: &Path) -> Result<String> {
     Ok(text)
 }
 
-/// Writes `bytes` to `path` through a new file of mode 0600 beside it,
-/// renamed over `path` once complete.
-fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
-    let file_name = path
-        .file_name()
-        .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a file name"))?;
-    let mut temp_name = std::ffi::OsString::from(".");
-    temp_name.push(file_name);
-    temp_name.push(format!(".{}.tmp", cryptun_proto::random_id(8)));
-    let temp = dir.map_or_else(|| PathBuf::from(&temp_name), |d| d.join(&temp_name));
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    let written = options.open(&temp).and_then(|mut file| {
-        file.write_all(bytes)?;
-        file.sync_all()?;
-        std::fs::rename(&temp, path)
-    });
-    if written.is_err() {
-        let _ = std::fs::remove_file(&temp);
-    }
-    written
-}
-
 /// What an import did, a line per kind of entry.
 fn report(summary: &Summary, target: &str) -> String {
     let head = if summary.changed() {
@@ -203,27 +178,5 @@ mod tests {
             text.contains("1 added, 0 replaced, 0 already there, 1 ended"),
             "{text}"
         );
-    }
-
-    #[cfg(unix)]
-    #[test]
-    fn the_file_is_private_and_replaced_whole() {
-        use std::os::unix::fs::PermissionsExt;
-        let dir =
-            std::env::temp_dir().join(format!("cryptun-export-{}", cryptun_proto::random_id(8)));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("keys.json");
-        std::fs::write(&path, "old, and readable by all").unwrap();
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
-        write_private(&path, b"new").unwrap();
-        assert_eq!(std::fs::read_to_string(&path).unwrap(), "new");
-        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
-        assert_eq!(mode & 0o777, 0o600, "{mode:o}");
-        assert_eq!(
-            std::fs::read_dir(&dir).unwrap().count(),
-            1,
-            "no temporary file left"
-        );
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 }
