@@ -10,8 +10,9 @@
 //! reconnect, because the name is most likely held by our own previous
 //! connection, which the server has not yet seen die (it notices within
 //! its heartbeat timeout); and `subdomain_held`, a name held for a
-//! reconnection that is not ours to prove (it ends with its hold). A failure that only one server can be blamed
-//! for (a certificate, a redirect, a protocol it does not speak) moves on
+//! reconnection that is not ours to prove (it ends with its hold). A
+//! failure that only one server can be blamed for (a certificate, a
+//! redirect, a protocol it does not speak) moves on
 //! to the next server, and is final only when every server of a round
 //! failed so.
 //!
@@ -41,8 +42,9 @@ pub struct Reconnect {
     /// again from `initial`.
     pub stable: Duration,
     /// How long a reconnect keeps asking for a subdomain the server says is
-    /// taken (by our own previous connection, until the server notices it
-    /// is gone) before giving up.
+    /// taken (`subdomain_taken`: by our own previous connection, until the
+    /// server notices it is gone) or held (`subdomain_held`: for a
+    /// reconnection that is not ours, until its hold ends) before giving up.
     pub reclaim: Duration,
 }
 
