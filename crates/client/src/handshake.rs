@@ -287,7 +287,7 @@ async fn created(
 /// gets a message of its own.
 fn handshake_error(endpoint: &Endpoint, source: cryptun_proto::tungstenite::Error) -> ClientError {
     use cryptun_proto::tungstenite::Error;
-    let url = endpoint.url_at();
+    let url = endpoint.to_string();
     if let Error::Http(resp) = &source {
         let location = resp
             .headers()

@@ -56,13 +56,6 @@ impl Endpoint {
         server_url(&self.url)
     }
 
-    /// The server for messages, as its user wrote it (not the control
-    /// URL), with the address dialled when it is not the host itself:
-    /// `http://cluster.test:4000 (127.0.0.2:4000)`; the same as `Display`.
-    pub fn url_at(&self) -> String {
-        self.to_string()
-    }
-
     /// The address, unless the URL's host already says it.
     fn shown_addr(&self) -> Option<SocketAddr> {
         let addr = self.addr?;
@@ -204,14 +197,14 @@ mod tests {
             named.to_string(),
             "https://cluster.test:4443 (127.0.0.2:4443)"
         );
-        assert_eq!(named.url_at(), "https://cluster.test:4443 (127.0.0.2:4443)");
+        assert_eq!(named.to_string(), "https://cluster.test:4443 (127.0.0.2:4443)");
         assert_eq!(named.dial(), Some(("127.0.0.2".into(), 4443)));
         let literal = Endpoint {
             url: "ws://127.0.0.1:4000/ws".into(),
             addr: Some("127.0.0.1:4000".parse().unwrap()),
         };
         assert_eq!(literal.to_string(), "http://127.0.0.1:4000");
-        assert_eq!(literal.url_at(), "http://127.0.0.1:4000");
+        assert_eq!(literal.to_string(), "http://127.0.0.1:4000");
         let v6 = Endpoint::named("ws://[::1]:4000/ws");
         assert_eq!(v6.to_string(), "http://[::1]:4000");
         assert_eq!(v6.dial(), Some(("::1".into(), 4000)));

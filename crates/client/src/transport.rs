@@ -36,7 +36,7 @@ pub(crate) async fn connect(
     ca: Option<&Path>,
 ) -> Result<(Stream, SocketAddr), ClientError> {
     let failed = |err: io::Error| ClientError::Connect {
-        url: endpoint.url_at(),
+        url: endpoint.to_string(),
         source: Box::new(err.into()),
     };
     let invalid = || {
@@ -95,7 +95,7 @@ fn connector(ca: Option<&Path>) -> Result<TlsConnector, ClientError> {
 /// Turns a failed handshake into [`ClientError::Untrusted`] when the
 /// server's certificate was the trouble.
 fn handshake_error(endpoint: &Endpoint, host: &str, err: io::Error) -> ClientError {
-    let url = endpoint.url_at();
+    let url = endpoint.to_string();
     let certificate = err
         .get_ref()
         .and_then(|inner| inner.downcast_ref::<rustls::Error>())
