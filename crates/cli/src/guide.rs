@@ -87,22 +87,16 @@ pub fn public_localhost_warning(listen: SocketAddr, domain: &str) -> Option<Stri
 /// The warning for a tunnel to `target` when nothing accepts a connection
 /// there now, one line under 80 columns; `None` when something does.
 pub async fn local_service_warning(target: &Target) -> Option<String> {
-    let shown = target.to_string();
-    let authority = shown
-        .split_once("://")
-        .map_or(shown.as_str(), |(_, rest)| rest)
-        .trim_end_matches('/');
-    let (host, port) = authority.rsplit_once(':')?;
-    let port: u16 = port.parse().ok()?;
-    let host = host.trim_start_matches('[').trim_end_matches(']');
-    let connect = tokio::net::TcpStream::connect((host, port));
+    let (host, port) = (target.host(), target.port());
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    let connect = tokio::net::TcpStream::connect((bare, port));
     match tokio::time::timeout(LOCAL_CHECK_TIMEOUT, connect).await {
         Ok(Ok(_)) => None,
         // Slow to accept is not down; only a refusal (or an unreachable
         // host) is worth a warning.
         Err(_) => None,
         Ok(Err(_)) => Some(format!(
-            "warning: nothing listens on {authority} yet; visitors get 502 until it does"
+            "warning: nothing listens on {host}:{port} yet; visitors get 502 until it does"
         )),
     }
 }

@@ -102,9 +102,7 @@ impl ExchangeError {
                 target,
                 source: LocalError::Connect(io),
             } if io.kind() == std::io::ErrorKind::ConnectionRefused => {
-                let shown = target.to_string();
-                let port = shown.rsplit_once(':').map_or("", |(_, port)| port);
-                format!(":{port} refused")
+                format!(":{} refused", target.port())
             }
             other => other.to_string(),
         }

@@ -37,9 +37,8 @@ pub(crate) fn wants_html(headers: &[(String, String)]) -> bool {
 /// one, with the options that change what the client trusts: starting the
 /// service, the advice for anything else, would not help.
 pub(crate) fn unreachable(tunnel: &str, target: &Target, err: &LocalError) -> ResponseHead {
-    let shown = target.to_string();
-    let address = shown.split_once("://").map_or(shown.as_str(), |(_, a)| a);
-    let port = escape(address.rsplit_once(':').map_or("", |(_, port)| port));
+    let address = target.authority().as_str();
+    let port = target.port();
     let (title, heading, said, advice) = match err {
         LocalError::Certificate(_) | LocalError::TlsSetup(_) => (
             "local service's certificate refused",

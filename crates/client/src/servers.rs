@@ -197,7 +197,10 @@ mod tests {
             named.to_string(),
             "https://cluster.test:4443 (127.0.0.2:4443)"
         );
-        assert_eq!(named.to_string(), "https://cluster.test:4443 (127.0.0.2:4443)");
+        assert_eq!(
+            named.to_string(),
+            "https://cluster.test:4443 (127.0.0.2:4443)"
+        );
         assert_eq!(named.dial(), Some(("127.0.0.2".into(), 4443)));
         let literal = Endpoint {
             url: "ws://127.0.0.1:4000/ws".into(),

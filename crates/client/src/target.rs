@@ -76,6 +76,18 @@ impl Target {
         &self.authority
     }
 
+    /// The target's host as written: `localhost`, `127.0.0.1`, `[::1]`.
+    pub fn host(&self) -> &str {
+        self.authority.host()
+    }
+
+    /// The target's port; every target has one ([`parse`](Self::parse)
+    /// gives 443 or 80 where none was written).
+    pub fn port(&self) -> u16 {
+        let default = if self.is_https() { 443 } else { 80 };
+        self.authority.port_u16().unwrap_or(default)
+    }
+
     /// Whether it is an `https://` target.
     pub fn is_https(&self) -> bool {
         self.tls.is_some()
@@ -208,6 +220,20 @@ mod tests {
             "http://u@x:1",
         ] {
             assert!(Target::parse(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn a_target_has_a_host_and_a_port() {
+        let cases = [
+            ("3000", "127.0.0.1", 3000),
+            ("http://[::1]:8080", "[::1]", 8080),
+            ("https://localhost", "localhost", 443),
+            ("example.test", "example.test", 80),
+        ];
+        for (input, host, port) in cases {
+            let target = Target::parse(input).unwrap();
+            assert_eq!((target.host(), target.port()), (host, port), "{input}");
         }
     }
 
