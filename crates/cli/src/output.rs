@@ -175,18 +175,12 @@ fn events(json: bool, json_logs: bool, named: bool, server: &Endpoint) -> Events
 /// The line for `done` (JSON, or text with the tunnel's name first when
 /// several are named), marked as a replay of request `of` if it is one.
 fn request_line(done: &RequestDone, replay_of: Option<u64>, json: bool, named: bool) -> String {
-    let ms = done.duration.as_secs_f64() * 1000.0;
-    let (method, path, status) = (&done.method[..], &done.path[..], done.status);
-    let error = done.error.as_deref();
     if json {
-        let now = std::time::SystemTime::now();
-        let line = request_json(now, &done.tunnel, method, path, status, ms, error);
-        return match replay_of {
-            Some(of) => replay_json(&line, of),
-            None => line,
-        };
+        return request_json(std::time::SystemTime::now(), done, replay_of);
     }
-    let mut line = request_text(method, path, status, ms, error);
+    let ms = done.duration.as_secs_f64() * 1000.0;
+    let error = done.error.as_deref();
+    let mut line = request_text(&done.method, &done.path, done.status, ms, error);
     if let Some(of) = replay_of {
         line = format!("{line}  (replay of #{of})");
     }
@@ -199,41 +193,26 @@ fn request_line(done: &RequestDone, replay_of: Option<u64>, json: bool, named: b
 
 /// A finished request as a JSON line (`duration_ms` to the microsecond),
 /// stamped with the time it ended, `at`: RFC 3339 UTC to the millisecond,
-/// as a log shipper parses the server's JSON logs.
-fn request_json(
-    at: std::time::SystemTime,
-    tunnel: &str,
-    method: &str,
-    path: &str,
-    status: u16,
-    ms: f64,
-    error: Option<&str>,
-) -> String {
-    let timestamp = humantime::format_rfc3339_millis(at);
-    serde_json::json!({
+/// as a log shipper parses the server's JSON logs. A replay's says
+/// `"type": "replay"` and the inspector's id of the exchange replayed in
+/// `replay_of`.
+fn request_json(at: std::time::SystemTime, done: &RequestDone, replay_of: Option<u64>) -> String {
+    let ms = done.duration.as_secs_f64() * 1000.0;
+    let mut line = serde_json::json!({
         "type": "request",
-        "timestamp": timestamp.to_string(),
-        "tunnel": tunnel,
-        "method": method,
-        "path": path,
-        "status": status,
+        "timestamp": humantime::format_rfc3339_millis(at).to_string(),
+        "tunnel": done.tunnel,
+        "method": done.method,
+        "path": done.path,
+        "status": done.status,
         "duration_ms": (ms * 1000.0).round() / 1000.0,
-        "error": error,
-    })
-    .to_string()
-}
-
-/// A request's JSON line as a replay's: `"type": "replay"` and the
-/// inspector's id of the exchange replayed in `replay_of`.
-fn replay_json(request: &str, of: u64) -> String {
-    match serde_json::from_str::<serde_json::Value>(request) {
-        Ok(mut line) => {
-            line["type"] = "replay".into();
-            line["replay_of"] = of.into();
-            line.to_string()
-        }
-        Err(_) => request.to_owned(),
+        "error": done.error,
+    });
+    if let Some(of) = replay_of {
+        line["type"] = "replay".into();
+        line["replay_of"] = of.into();
     }
+    line.to_string()
 }
 
 /// A finished request as a plain line: `---` for the status of a request
@@ -317,7 +296,7 @@ fn tunnel_json(kind: &str, tunnel: &TunnelCreated, server: &Endpoint) -> serde_j
 
 #[cfg(test)]
 mod tests {
-    use super::{request_json, request_text};
+    use super::{RequestDone, request_json, request_text};
 
     #[test]
     fn a_request_line_shows_its_status_or_dashes_and_its_error() {
@@ -334,7 +313,15 @@ mod tests {
     #[test]
     fn a_request_json_line_rounds_the_duration_to_the_microsecond() {
         let at = std::time::UNIX_EPOCH + std::time::Duration::from_micros(1_700_000_000_123_456);
-        let line = request_json(at, "web", "GET", "/", 502, 1.234_567_8, Some("refused"));
+        let done = RequestDone {
+            tunnel: "web".into(),
+            method: "GET".into(),
+            path: "/".into(),
+            status: 502,
+            duration: std::time::Duration::from_nanos(1_234_567),
+            error: Some("refused".into()),
+        };
+        let line = request_json(at, &done, None);
         let line: serde_json::Value = serde_json::from_str(&line).unwrap();
         assert_eq!(
             line,
@@ -349,5 +336,11 @@ mod tests {
                 "error": "refused",
             })
         );
+        // A replay's line: the same, marked.
+        let replay: serde_json::Value =
+            serde_json::from_str(&request_json(at, &done, Some(7))).unwrap();
+        assert_eq!(replay["type"], "replay");
+        assert_eq!(replay["replay_of"], 7);
+        assert_eq!(replay["path"], "/");
     }
 }

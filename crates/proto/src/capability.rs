@@ -35,8 +35,10 @@ pub enum Capability {
     /// `close_tunnel`, answered by `tunnel_closed`, releases a tunnel's
     /// name without holding it (a client stopping on purpose).
     CloseTunnel,
-    /// Reserved: `cancel` and RESET say why (`timeout`, `visitor_gone`,
-    /// `shutdown`).
+    /// Reserved for a later change to the reasons old peers could not
+    /// ignore: today `cancel` and RESET say why (`timeout`, `visitor_gone`,
+    /// `shutdown`) without it, the reason being optional and ignored by
+    /// peers that predate it.
     CancelReason,
 }
 
