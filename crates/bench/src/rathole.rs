@@ -69,7 +69,7 @@ pub fn measure(
     // The server opens the service's port once the client has registered.
     client.wait_listening(service, START_WAIT)?;
     eprintln!("rathole: server {control}, tunnel {service}");
-    runner.relay("rathole", service, &mut server, &mut client, origin)
+    runner.relay("rathole", service, &mut server, Some(&mut client), origin)
 }
 
 fn server_config(control: SocketAddr, service: SocketAddr) -> String {

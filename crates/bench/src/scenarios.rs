@@ -153,15 +153,16 @@ impl Runner {
         runner
     }
 
-    /// Measures a plain TCP relay (bore, rathole) whose public side is
-    /// `addr`: its paths checked, then every scenario through it, with
-    /// its `server` and `client` processes and the `origin` sampled.
+    /// Measures a relay whose public side is `addr` (bore or rathole, a
+    /// `server` and a `client` process; nginx as a proxy, a server alone):
+    /// its paths checked, then every scenario through it, its processes and
+    /// the `origin` sampled.
     pub fn relay(
         &self,
         name: &'static str,
         addr: SocketAddr,
         server: &mut Proc,
-        client: &mut Proc,
+        client: Option<&mut Proc>,
         origin: &mut Proc,
     ) -> Result<TunnelLoad> {
         check_paths(addr, &addr.to_string())?;
@@ -173,10 +174,13 @@ impl Runner {
         };
         let pids = Roles {
             server: server.pid(),
-            client: client.pid(),
+            client: client.as_ref().map_or(NO_PROCESS, |c| c.pid()),
             origin: origin.pid(),
         };
-        let (load, []) = self.tunnel(&target, [], pids, &mut [server, client, origin])?;
+        let (load, []) = match client {
+            Some(client) => self.tunnel(&target, [], pids, &mut [server, client, origin])?,
+            None => self.tunnel(&target, [], pids, &mut [server, origin])?,
+        };
         Ok(load)
     }
 

@@ -31,10 +31,9 @@ use std::time::Duration;
 use anyhow::Result;
 
 use super::{http_common, main_context, spawn};
-use crate::http::{check_paths, free_port};
+use crate::http::free_port;
 use crate::procs::Proc;
-use crate::sample::{NO_PROCESS, Roles};
-use crate::scenarios::{Runner, Target, TunnelLoad};
+use crate::scenarios::{Runner, TunnelLoad};
 
 /// The one TLS 1.3 cipher suite both HTTPS listeners use.
 pub const CIPHER: &str = "TLS_AES_256_GCM_SHA384";
@@ -68,20 +67,7 @@ pub fn measure(
 ) -> Result<TunnelLoad> {
     let mut proxy = start(program, logs, origin_addr, None)?;
     eprintln!("nginx proxy {}", proxy.plain);
-    check_paths(proxy.plain, &proxy.plain.to_string())?;
-    let target = Target {
-        name: "nginx proxy",
-        addr: proxy.plain,
-        host: None,
-        tls: false,
-    };
-    let pids = Roles {
-        server: proxy.proc.pid(),
-        client: NO_PROCESS,
-        origin: origin.pid(),
-    };
-    let (load, []) = runner.tunnel(&target, [], pids, &mut [&mut proxy.proc, origin])?;
-    Ok(load)
+    runner.relay("nginx proxy", proxy.plain, &mut proxy.proc, None, origin)
 }
 
 /// Starts nginx proxying to `origin`, with a TLS listener too if `cert` is
