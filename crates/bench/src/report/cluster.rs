@@ -6,7 +6,7 @@
 use std::collections::BTreeSet;
 
 use super::Table;
-use super::tables::{cpu, mib, ms, ratio, signed_ms, thousands};
+use super::tables::{cpu, mib, ms, ratio, signed_ms, thousands, us_per};
 use crate::cluster::ClusterReport;
 use crate::cluster::hop::{HopRun, PROCESSES, TARGETS};
 use crate::cluster::store::{Connects, Steady};
@@ -85,13 +85,12 @@ fn hop_table(report: &ClusterReport) -> Table {
 }
 
 fn cpu_table(report: &ClusterReport) -> Table {
-    let tick_us = 1e6 / report.ticks_per_sec.max(1) as f64;
     let per_request = |run: &HopRun| -> Vec<f64> {
-        let requests = run.sampled.wrk.requests.max(1) as f64;
+        let requests = run.sampled.wrk.requests;
         run.sampled
             .cpu_ticks
             .iter()
-            .map(|&t| t as f64 * tick_us / requests)
+            .map(|&t| us_per(t, report.ticks_per_sec, requests))
             .collect()
     };
     let row = |label: String, values: &[f64], redis: String| {
@@ -202,7 +201,7 @@ fn steady_table(report: &ClusterReport) -> Table {
         .filter_map(|c| s.commands.0.get(*c))
         .map(|st| st.usec)
         .sum();
-    let per_script_us = |ticks: u64| ticks as f64 * tick_s * 1e6 / scripts.max(1) as f64;
+    let per_script_us = |ticks: u64| us_per(ticks, report.ticks_per_sec, scripts);
     let core = |ticks: u64| format!("{:.1}% of a core", ticks as f64 * tick_s / secs * 100.0);
     let renewals = n / (s.lease.as_secs_f64() / 3.0);
     let mut rows = vec![

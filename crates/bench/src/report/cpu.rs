@@ -8,7 +8,7 @@
 //! scenarios a request is a MiB, so the figures read as CPU per MiB.
 
 use super::Table;
-use super::tables::{cpu, ratio};
+use super::tables::{cpu, ratio, us_per};
 use crate::run::LoadReport;
 use crate::sample::Measured;
 use crate::scenarios::{Scenario, TunnelLoad};
@@ -27,8 +27,7 @@ pub(super) struct PerRequest {
 impl PerRequest {
     /// What `run`'s processes spent per request it completed.
     pub fn of(run: &Measured, has_client: bool, ticks_per_sec: u64) -> Self {
-        let tick_us = 1e6 / ticks_per_sec.max(1) as f64;
-        let per = |ticks: u64| ticks as f64 * tick_us / run.wrk.requests.max(1) as f64;
+        let per = |ticks: u64| us_per(ticks, ticks_per_sec, run.wrk.requests);
         PerRequest {
             server: per(run.cpu_ticks.server),
             client: has_client.then(|| per(run.cpu_ticks.client)),

@@ -3,6 +3,7 @@
 //! separators, ratios, milliseconds, MiB). `report.rs` lays them out.
 
 use super::Table;
+use super::cpu::PerRequest;
 use crate::run::LoadReport;
 use crate::sample::{Measured, Roles};
 use crate::scenarios::{Scenario, TunnelLoad};
@@ -101,23 +102,15 @@ pub(super) fn resource_table(load: &LoadReport, tunnel: &TunnelLoad) -> Table {
         ));
     }
     rows.push(mem_row("RSS idle after load (+2 s)", tunnel.after_rss_kib));
-    let tick_us = 1e6 / load.ticks_per_sec.max(1) as f64;
-    let per = |ticks: u64, m: &Measured| ticks as f64 * tick_us / m.wrk.requests.max(1) as f64;
     let runs = load.scenarios.iter().zip(&tunnel.runs).zip(&load.direct);
     for ((scenario, t), direct) in runs {
-        let client = match tunnel.has_client {
-            true => cpu(per(t.cpu_ticks.client, t)),
-            false => "-".into(),
-        };
+        let per = PerRequest::of(t, tunnel.has_client, load.ticks_per_sec);
+        let direct = PerRequest::of(direct, false, load.ticks_per_sec);
         rows.push(vec![
             format!("CPU per request, {}", scenario.label),
-            cpu(per(t.cpu_ticks.server, t)),
-            client,
-            format!(
-                "{} (direct {})",
-                cpu(per(t.cpu_ticks.origin, t)),
-                cpu(per(direct.cpu_ticks.origin, direct))
-            ),
+            cpu(per.server),
+            per.client.map_or_else(|| "-".into(), cpu),
+            format!("{} (direct {})", cpu(per.origin), cpu(direct.origin)),
         ]);
     }
     Table {
@@ -249,6 +242,12 @@ pub(super) fn signed_ms(us: f64) -> String {
 
 pub(super) fn mib(kib: u64) -> String {
     format!("{:.1} MiB", kib as f64 / 1024.0)
+}
+
+/// Microseconds of CPU per unit: `ticks` of CPU time (at `ticks_per_sec`)
+/// over `n` units (requests, script calls).
+pub(super) fn us_per(ticks: u64, ticks_per_sec: u64, n: u64) -> f64 {
+    ticks as f64 * 1e6 / ticks_per_sec.max(1) as f64 / n.max(1) as f64
 }
 
 pub(super) fn cpu(us: f64) -> String {
