@@ -229,18 +229,19 @@ impl Ops {
     /// (or, in a cluster, while Redis is unreachable); a cluster node adds
     /// what it sees of the cluster.
     fn readiness(&self) -> Response<Body> {
+        let store_up = self.registry.can_admit();
         let (status, text) = if self.is_draining() {
             (StatusCode::SERVICE_UNAVAILABLE, "draining")
-        } else if !self.registry.can_admit() {
+        } else if !store_up {
             (StatusCode::SERVICE_UNAVAILABLE, "cluster store unreachable")
         } else {
             (StatusCode::OK, "ready")
         };
         let mut body = serde_json::json!({ "status": text });
         if let (Some(cluster), Some(listing)) = (&self.cluster, &self.listing) {
-            let readiness = cluster
-                .metrics()
-                .readiness(&listing.node, cluster.view().store_up);
+            // The store's state as admission sees it: not a whole view of
+            // the cluster (which counts every name) per probe.
+            let readiness = cluster.metrics().readiness(&listing.node, store_up);
             body["cluster"] = serde_json::to_value(readiness).unwrap_or_default();
         }
         let mut resp = json(&body);
