@@ -1,8 +1,7 @@
 //! `tunnel_created`, the server's answer to a `create_tunnel`, and the
 //! limits it announces.
 
-use serde::ser::SerializeStruct;
-use serde::{Deserialize, Serialize, Serializer};
+use serde::{Deserialize, Serialize};
 
 use crate::capability::{Capabilities, Capability};
 use crate::secret::Secret;
@@ -12,8 +11,8 @@ use crate::secret::Secret;
 /// On the wire `capabilities` lists the ones the server will use on the
 /// session ([`TunnelCreated::capabilities`]); `binary_streams`, the
 /// boolean that predates the list, is written into it too.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(from = "Wire")]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(from = "Wire", into = "Wire")]
 pub struct TunnelCreated {
     /// Protocol version the server will speak on this session.
     pub version: u32,
@@ -35,13 +34,11 @@ pub struct TunnelCreated {
     pub limits: SessionLimits,
     /// For a tunnel opened without an API key: the secret that takes its
     /// name back after a disconnect (send it as `reconnect_secret` with the
-    /// same `subdomain`). A new one is issued each time.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// same `subdomain`); keep the one in the latest `tunnel_created`.
     pub reconnect_secret: Option<Secret>,
     /// The largest request body this tunnel's visitors may send, in bytes
     /// (the smaller of the server's limit and the one asked for). Absent
     /// means no limit beyond `max_inline_body` on JSON-only sessions.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_body_size: Option<u64>,
 }
 
@@ -53,37 +50,6 @@ impl TunnelCreated {
         } else {
             self.capabilities
         }
-    }
-}
-
-impl Serialize for TunnelCreated {
-    /// serde's derive, with `capabilities` after `binary_streams` (absent
-    /// when empty, so a client that asked for nothing reads the seed's
-    /// message).
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let mut s = serializer.serialize_struct("TunnelCreated", 10)?;
-        s.serialize_field("version", &self.version)?;
-        s.serialize_field("tunnel_id", &self.tunnel_id)?;
-        s.serialize_field("subdomain", &self.subdomain)?;
-        s.serialize_field("public_url", &self.public_url)?;
-        s.serialize_field("binary_streams", &self.binary_streams)?;
-        let capabilities = self.capabilities();
-        if capabilities.is_empty() {
-            s.skip_field("capabilities")?;
-        } else {
-            s.serialize_field("capabilities", &capabilities)?;
-        }
-        s.serialize_field("request_timeout_ms", &self.request_timeout_ms)?;
-        s.serialize_field("limits", &self.limits)?;
-        match &self.reconnect_secret {
-            Some(secret) => s.serialize_field("reconnect_secret", secret)?,
-            None => s.skip_field("reconnect_secret")?,
-        }
-        match &self.max_body_size {
-            Some(max) => s.serialize_field("max_body_size", max)?,
-            None => s.skip_field("max_body_size")?,
-        }
-        s.end()
     }
 }
 
@@ -105,9 +71,11 @@ pub struct SessionLimits {
     pub heartbeat_interval_ms: u64,
 }
 
-/// `tunnel_created` as it is read: `binary_streams` may come as the
-/// boolean, in `capabilities`, or both.
-#[derive(Deserialize)]
+/// `tunnel_created` on the wire. Read: `binary_streams` may come as the
+/// boolean, in `capabilities`, or both. Written: both, `capabilities`
+/// absent when empty (a client that asked for nothing reads the seed's
+/// message), and the optional fields absent when unset.
+#[derive(Serialize, Deserialize)]
 struct Wire {
     version: u32,
     tunnel_id: String,
@@ -115,14 +83,31 @@ struct Wire {
     public_url: String,
     #[serde(default)]
     binary_streams: bool,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Capabilities::is_empty")]
     capabilities: Capabilities,
     request_timeout_ms: u64,
     limits: SessionLimits,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     reconnect_secret: Option<Secret>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     max_body_size: Option<u64>,
+}
+
+impl From<TunnelCreated> for Wire {
+    fn from(created: TunnelCreated) -> Self {
+        Wire {
+            capabilities: created.capabilities(),
+            version: created.version,
+            tunnel_id: created.tunnel_id,
+            subdomain: created.subdomain,
+            public_url: created.public_url,
+            binary_streams: created.binary_streams,
+            request_timeout_ms: created.request_timeout_ms,
+            limits: created.limits,
+            reconnect_secret: created.reconnect_secret,
+            max_body_size: created.max_body_size,
+        }
+    }
 }
 
 impl From<Wire> for TunnelCreated {
