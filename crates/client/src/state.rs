@@ -228,6 +228,24 @@ mod tests {
     }
 
     #[test]
+    fn a_name_remembers_its_latest_servers_only() {
+        let dir = temp_dir("max-servers");
+        let saved = Saved::new(&dir);
+        let tunnel = created("myapp", "https://myapp.example.net", Some("s1"));
+        let server = |i: usize| format!("ws://10.0.0.{i}:4000/ws");
+        for i in 0..=MAX_SERVERS {
+            saved.save(&server(i), &tunnel);
+        }
+        // One more than kept: the first server is dropped, the rest and the
+        // latest still get the secret back.
+        assert!(saved.load(&server(0), "myapp").is_none());
+        for i in 1..=MAX_SERVERS {
+            assert!(saved.load(&server(i), "myapp").is_some(), "server {i}");
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
     fn a_file_forgotten_is_the_one_loaded_and_no_other() {
         let dir = temp_dir("forget-file");
         let saved = Saved::new(&dir);

@@ -154,3 +154,72 @@ async fn ask(
         }),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    /// A server on loopback that reads a request and answers `answer`
+    /// (or nothing, when `None`), once.
+    async fn server(answer: Option<Vec<u8>>) -> String {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (mut conn, _) = listener.accept().await.unwrap();
+            let mut head = [0u8; 4096];
+            let _ = conn.read(&mut head).await;
+            match answer {
+                Some(answer) => {
+                    let _ = conn.write_all(&answer).await;
+                }
+                None => std::future::pending::<()>().await,
+            }
+            // Kept open until the client is done.
+            let _ = conn.read(&mut head).await;
+        });
+        format!("http://{addr}")
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_server_that_never_answers_is_given_up_on() {
+        let url = server(None).await;
+        let checked = whoami(&url, None, &Secret::new("ck_x")).await;
+        assert!(
+            matches!(checked, Err(WhoamiError::Timeout(_))),
+            "{checked:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_answer_too_large_is_not_read_as_a_key() {
+        let pad = "x".repeat(MAX_ANSWER);
+        let body = format!(r#"{{"id":"k1","name":"ci","pad":"{pad}"}}"#);
+        let answer = format!(
+            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        let url = server(Some(answer.into_bytes())).await;
+        let checked = whoami(&url, None, &Secret::new("ck_x")).await;
+        assert!(
+            matches!(checked, Err(WhoamiError::Unexpected { status, .. }) if status == StatusCode::OK),
+            "{checked:?}"
+        );
+        // The same answer within the bound is the key.
+        let small = r#"{"id":"k1","name":"ci"}"#;
+        let answer = format!(
+            "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{small}",
+            small.len()
+        );
+        let url = server(Some(answer.into_bytes())).await;
+        let checked = whoami(&url, None, &Secret::new("ck_x")).await.unwrap();
+        assert_eq!(
+            checked,
+            KeyCheck::Known {
+                id: "k1".into(),
+                name: "ci".into()
+            }
+        );
+    }
+}
