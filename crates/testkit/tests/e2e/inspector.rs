@@ -36,13 +36,8 @@ fn header<'a>(headers: &'a Value, name: &str) -> Option<&'a str> {
 
 #[tokio::test]
 async fn exchanges_appear_with_their_heads_and_bodies() {
-    let InspectedTunnel {
-        server: _server,
-        origin: _origin,
-        inspector,
-        client,
-        visitor,
-    } = InspectedTunnel::start(small(64 << 10)).await;
+    let tunnel = InspectedTunnel::start(small(64 << 10)).await;
+    let (inspector, client, visitor) = (&tunnel.inspector, &tunnel.client, &tunnel.visitor);
     let request = visitor
         .builder("POST", &client.host, "/echo/hook?x=1")
         .header("x-test", "inspected")
@@ -81,13 +76,13 @@ async fn exchanges_appear_with_their_heads_and_bodies() {
 
 #[tokio::test]
 async fn large_bodies_pass_whole_and_are_kept_truncated_with_a_note() {
-    let InspectedTunnel {
-        server: _server,
-        origin,
-        inspector,
-        client,
-        visitor,
-    } = InspectedTunnel::start(small(1024)).await;
+    let tunnel = InspectedTunnel::start(small(1024)).await;
+    let (origin, inspector, client, visitor) = (
+        &tunnel.origin,
+        &tunnel.inspector,
+        &tunnel.client,
+        &tunnel.visitor,
+    );
     let upload = pattern(300_000);
     let reply = within(
         "the upload",
@@ -145,13 +140,8 @@ async fn large_bodies_pass_whole_and_are_kept_truncated_with_a_note() {
 
 #[tokio::test]
 async fn binary_bodies_are_shown_as_a_hex_dump() {
-    let InspectedTunnel {
-        server: _server,
-        origin: _origin,
-        inspector,
-        client,
-        visitor,
-    } = InspectedTunnel::start(small(64 << 10)).await;
+    let tunnel = InspectedTunnel::start(small(64 << 10)).await;
+    let (inspector, client, visitor) = (&tunnel.inspector, &tunnel.client, &tunnel.visitor);
     let reply = within("binary", visitor.get(&client.host, "/bytes?n=40")).await;
     assert_eq!(reply.body.len(), 40);
     let summary = inspector.wait_finished("/bytes?n=40").await;
@@ -175,13 +165,8 @@ async fn binary_bodies_are_shown_as_a_hex_dump() {
 
 #[tokio::test]
 async fn har_export_has_the_structure_of_har_1_2() {
-    let InspectedTunnel {
-        server: _server,
-        origin: _origin,
-        inspector,
-        client,
-        visitor,
-    } = InspectedTunnel::start(small(64 << 10)).await;
+    let tunnel = InspectedTunnel::start(small(64 << 10)).await;
+    let (inspector, client, visitor) = (&tunnel.inspector, &tunnel.client, &tunnel.visitor);
     within("get", visitor.get(&client.host, "/echo?a=1&b=two")).await;
     within(
         "post",
@@ -239,13 +224,13 @@ async fn har_export_has_the_structure_of_har_1_2() {
 
 #[tokio::test]
 async fn replay_sends_the_request_to_the_origin_again() {
-    let InspectedTunnel {
-        server: _server,
-        origin,
-        inspector,
-        client,
-        visitor,
-    } = InspectedTunnel::start(small(64 << 10)).await;
+    let tunnel = InspectedTunnel::start(small(64 << 10)).await;
+    let (origin, inspector, client, visitor) = (
+        &tunnel.origin,
+        &tunnel.inspector,
+        &tunnel.client,
+        &tunnel.visitor,
+    );
     let request = visitor
         .builder("PATCH", &client.host, "/echo/again?k=v")
         .header("x-replayed", "yes")
@@ -293,13 +278,8 @@ async fn the_ring_buffer_keeps_only_the_newest_exchanges() {
         max_body: 1024,
         ..InspectorLimits::default()
     };
-    let InspectedTunnel {
-        server: _server,
-        origin: _origin,
-        inspector,
-        client,
-        visitor,
-    } = InspectedTunnel::start(limits).await;
+    let tunnel = InspectedTunnel::start(limits).await;
+    let (inspector, client, visitor) = (&tunnel.inspector, &tunnel.client, &tunnel.visitor);
     for i in 0..12 {
         within(
             "a request",

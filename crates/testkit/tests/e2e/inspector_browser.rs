@@ -30,15 +30,15 @@ async fn open(inspector: &TestInspector) -> Browser {
 
 #[tokio::test]
 async fn the_page_lists_requests_live_shows_them_and_replays() {
-    let InspectedTunnel {
-        server: _server,
-        origin,
-        inspector,
-        client,
-        visitor,
-    } = InspectedTunnel::start(InspectorLimits::default()).await;
+    let tunnel = InspectedTunnel::start(InspectorLimits::default()).await;
+    let (origin, inspector, client, visitor) = (
+        &tunnel.origin,
+        &tunnel.inspector,
+        &tunnel.client,
+        &tunnel.visitor,
+    );
 
-    let mut browser = open(&inspector).await;
+    let mut browser = open(inspector).await;
     let tunnel = browser
         .eval("document.querySelector('#tunnel').textContent")
         .await;

@@ -31,13 +31,8 @@ const FORM: &str = "name=Ada+Lovelace&topic=engines&message=hello";
 
 #[tokio::test]
 async fn a_body_the_local_service_never_read_is_shown_as_sent_and_replays() {
-    let InspectedTunnel {
-        server: _server,
-        origin: _origin,
-        inspector,
-        client,
-        visitor,
-    } = InspectedTunnel::start(limits(64 << 10)).await;
+    let tunnel = InspectedTunnel::start(limits(64 << 10)).await;
+    let (inspector, client, visitor) = (&tunnel.inspector, &tunnel.client, &tunnel.visitor);
     // The origin's /status answers at once, without reading the body.
     let request = visitor
         .builder("POST", &client.host, "/status?code=501")
@@ -87,13 +82,13 @@ async fn a_body_the_local_service_never_read_is_shown_as_sent_and_replays() {
 
 #[tokio::test]
 async fn a_replay_can_change_method_path_headers_and_body() {
-    let InspectedTunnel {
-        server: _server,
-        origin,
-        inspector,
-        client,
-        visitor,
-    } = InspectedTunnel::start(limits(1024)).await;
+    let tunnel = InspectedTunnel::start(limits(1024)).await;
+    let (origin, inspector, client, visitor) = (
+        &tunnel.origin,
+        &tunnel.inspector,
+        &tunnel.client,
+        &tunnel.visitor,
+    );
     let reply = within(
         "the POST",
         visitor.call("POST", &client.host, "/echo/original", "original body"),
@@ -172,13 +167,13 @@ async fn a_replay_can_change_method_path_headers_and_body() {
 
 #[tokio::test]
 async fn edits_that_are_not_valid_are_refused_and_nothing_is_sent() {
-    let InspectedTunnel {
-        server: _server,
-        origin,
-        inspector,
-        client,
-        visitor,
-    } = InspectedTunnel::start(limits(1024)).await;
+    let tunnel = InspectedTunnel::start(limits(1024)).await;
+    let (origin, inspector, client, visitor) = (
+        &tunnel.origin,
+        &tunnel.inspector,
+        &tunnel.client,
+        &tunnel.visitor,
+    );
     within("a GET", visitor.get(&client.host, "/echo/one")).await;
     let id = inspector.wait_finished("/echo/one").await["id"]
         .as_u64()
@@ -200,18 +195,13 @@ async fn edits_that_are_not_valid_are_refused_and_nothing_is_sent() {
 #[tokio::test]
 async fn the_list_keeps_within_its_byte_budget_and_keeps_the_newest() {
     let budget = 64 << 10;
-    let InspectedTunnel {
-        server: _server,
-        origin: _origin,
-        inspector,
-        client,
-        visitor,
-    } = InspectedTunnel::start(InspectorLimits {
+    let tunnel = InspectedTunnel::start(InspectorLimits {
         capacity: 1000,
         max_body: 8 << 10,
         max_bytes: budget,
     })
     .await;
+    let (inspector, client, visitor) = (&tunnel.inspector, &tunnel.client, &tunnel.visitor);
     let body = "b".repeat(6 << 10);
     for i in 0..20 {
         let path = format!("/echo/{i}");

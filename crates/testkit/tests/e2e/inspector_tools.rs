@@ -36,14 +36,9 @@ fn filter(text: &str) -> String {
 
 #[tokio::test]
 async fn the_filter_shows_matching_rows_and_can_hide_assets() {
-    let InspectedTunnel {
-        server: _server,
-        origin: _origin,
-        inspector,
-        client,
-        visitor,
-    } = InspectedTunnel::start(InspectorLimits::default()).await;
-    let mut browser = open(&inspector).await;
+    let tunnel = InspectedTunnel::start(InspectorLimits::default()).await;
+    let (inspector, client, visitor) = (&tunnel.inspector, &tunnel.client, &tunnel.visitor);
+    let mut browser = open(inspector).await;
 
     within("page", visitor.get(&client.host, "/echo/index")).await;
     within("script", visitor.get(&client.host, "/echo/src/main.tsx")).await;
@@ -103,14 +98,15 @@ async fn the_filter_shows_matching_rows_and_can_hide_assets() {
 
 #[tokio::test]
 async fn edit_and_replay_and_copy_as_curl() {
-    let InspectedTunnel {
-        server,
-        origin,
-        inspector,
-        client,
-        visitor,
-    } = InspectedTunnel::start(InspectorLimits::default()).await;
-    let mut browser = open(&inspector).await;
+    let tunnel = InspectedTunnel::start(InspectorLimits::default()).await;
+    let (server, origin, inspector, client, visitor) = (
+        &tunnel.server,
+        &tunnel.origin,
+        &tunnel.inspector,
+        &tunnel.client,
+        &tunnel.visitor,
+    );
+    let mut browser = open(inspector).await;
 
     let request = visitor
         .builder("POST", &client.host, "/echo/hook?id=7")
