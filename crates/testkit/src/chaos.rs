@@ -8,10 +8,9 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::{Client, connect::HttpConnector};
-use hyper_util::rt::TokioExecutor;
+
+use crate::Visitor;
 
 /// Past a deadline under test, what a slow, shared loopback may add.
 pub const MARGIN: Duration = Duration::from_secs(3);
@@ -92,27 +91,15 @@ pub enum Outcome {
     Broken,
 }
 
-/// A pooling HTTP/1 client, as a browser keeps connections.
-pub type Http = Client<HttpConnector, Full<Bytes>>;
-
-pub fn http() -> Http {
-    Client::builder(TokioExecutor::new()).build(HttpConnector::new())
-}
-
-/// `GET /token?t=TOKEN` for `host` at `server`, within `limit`.
-pub async fn tagged(
-    http: &Http,
-    server: SocketAddr,
-    host: &str,
-    token: &str,
-    limit: Duration,
-) -> Outcome {
-    let req = http::Request::get(format!("http://{server}/token?t={token}"))
-        .header("host", host)
+/// `GET /token?t=TOKEN` for `host` by `visitor` (a pooling client, as a
+/// browser keeps connections), within `limit`.
+pub async fn tagged(visitor: &Visitor, host: &str, token: &str, limit: Duration) -> Outcome {
+    let req = visitor
+        .builder("GET", host, &format!("/token?t={token}"))
         .body(Full::default())
         .unwrap();
     let exchange = async {
-        let resp = match http.request(req).await {
+        let resp = match visitor.try_send(req).await {
             Ok(resp) => resp,
             Err(err) if err.is_connect() => return Err(Outcome::Refused),
             Err(_) => return Err(Outcome::Broken),
@@ -183,13 +170,13 @@ pub async fn tagged_load(
         .map(|v| {
             let host = host.to_owned();
             tokio::spawn(async move {
-                let http = http();
+                let http = Visitor::new(server);
                 let mut counts = BTreeMap::new();
                 let mut n = 0u64;
                 while tokio::time::Instant::now() < until {
                     let token = format!("{run:x}-{v}-{n}");
                     n += 1;
-                    let outcome = tagged(&http, server, &host, &token, limit).await;
+                    let outcome = tagged(&http, &host, &token, limit).await;
                     *counts.entry(outcome).or_insert(0usize) += 1;
                     // A refusal is instant: pace it, so that a server that
                     // is down costs a few hundred tries, not a million.

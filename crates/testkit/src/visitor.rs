@@ -68,7 +68,16 @@ impl Visitor {
 
     /// Sends `req` and returns the response with its body still streaming.
     pub async fn send(&self, req: Request<Full<Bytes>>) -> http::Response<Incoming> {
-        self.http.request(req).await.expect("request failed")
+        self.try_send(req).await.expect("request failed")
+    }
+
+    /// [`send`](Self::send), a failure returned rather than failing the
+    /// test (a chaos run counts them).
+    pub async fn try_send(
+        &self,
+        req: Request<Full<Bytes>>,
+    ) -> Result<http::Response<Incoming>, hyper_util::client::legacy::Error> {
+        self.http.request(req).await
     }
 
     /// Sends `req` and reads the whole response.

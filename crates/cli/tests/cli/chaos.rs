@@ -29,10 +29,8 @@ use std::time::{Duration, Instant};
 
 use crate::common::{Proc, cryptun, listening_addr};
 use cryptun_client::{ClientConfig, Event, Target};
-use cryptun_testkit::chaos::{
-    MARGIN, Outcome, Rng, http, print_table, rss_kib, tagged, tagged_load,
-};
-use cryptun_testkit::{Origin, TestClient};
+use cryptun_testkit::chaos::{MARGIN, Outcome, Rng, print_table, rss_kib, tagged, tagged_load};
+use cryptun_testkit::{Origin, TestClient, Visitor};
 
 const STORM: Duration = Duration::from_secs(20);
 const VISITORS: usize = 8;
@@ -173,8 +171,8 @@ async fn kill_storm_of_the_server_under_tagged_load() {
     let client = TestClient::start_config(config).await.unwrap();
     let name = client.tunnel.subdomain.clone();
     let limit = REQUEST_TIMEOUT + MARGIN;
-    let http = http();
-    let first_answer = tagged(&http, addr, &client.host, "first", limit).await;
+    let http = Visitor::new(addr);
+    let first_answer = tagged(&http, &client.host, "first", limit).await;
     assert_eq!(first_answer, Outcome::Status(200));
     // The server's keeper saves live names as holds within a second.
     tokio::time::sleep(Duration::from_millis(1500)).await;
@@ -195,7 +193,7 @@ async fn kill_storm_of_the_server_under_tagged_load() {
 
     // The tunnel serves again after the last restart.
     let healed = loop {
-        let outcome = tagged(&http, addr, &client.host, "after", limit).await;
+        let outcome = tagged(&http, &client.host, "after", limit).await;
         let since = stormed.last_start.elapsed();
         if outcome == Outcome::Status(200) || since > Duration::from_secs(15) {
             break (outcome, since);

@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 
 use cryptun_client::Event;
 use cryptun_server::Config;
-use cryptun_testkit::chaos::{MARGIN, Outcome, Rng, http, print_table, tagged, tagged_load};
-use cryptun_testkit::{Origin, TestClient, TestServer};
+use cryptun_testkit::chaos::{MARGIN, Outcome, Rng, print_table, tagged, tagged_load};
+use cryptun_testkit::{Origin, TestClient, TestServer, Visitor};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::AbortHandle;
 
@@ -109,10 +109,10 @@ async fn kill_storm_of_the_client_connection_under_tagged_load() {
     print_table(TEST, &counts);
 
     // The tunnel serves again once the storm stops.
-    let http = http();
+    let http = Visitor::new(server.addr);
     let healed = Instant::now();
     let last = loop {
-        let outcome = tagged(&http, server.addr, &client.host, "after", limit).await;
+        let outcome = tagged(&http, &client.host, "after", limit).await;
         if outcome == Outcome::Status(200) || healed.elapsed() > Duration::from_secs(10) {
             break outcome;
         }

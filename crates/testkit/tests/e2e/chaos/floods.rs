@@ -9,11 +9,9 @@ use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use cryptun_server::Config;
-use cryptun_testkit::chaos::{
-    MARGIN, Outcome, Rng, http, merge, print_table, quantile, rss_kib, tagged,
-};
+use cryptun_testkit::chaos::{MARGIN, Outcome, Rng, merge, print_table, quantile, rss_kib, tagged};
 use cryptun_testkit::visitor::{connect_from, status_of};
-use cryptun_testkit::{Origin, TestClient, TestServer};
+use cryptun_testkit::{Origin, TestClient, TestServer, Visitor};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::json;
 use tokio::io::AsyncWriteExt;
@@ -132,13 +130,13 @@ async fn connection_floods_with_a_visitor_and_a_client_meanwhile() {
         (tries, took)
     };
     let visits = async {
-        let http = http();
+        let http = Visitor::new(server.addr);
         let limit = server.config.request_timeout + MARGIN;
         let (mut latencies, mut visits) = (Vec::new(), BTreeMap::new());
         while Instant::now() < until {
             let token = format!("visit-{}", latencies.len());
             let sent = Instant::now();
-            let outcome = tagged(&http, server.addr, &client.host, &token, limit).await;
+            let outcome = tagged(&http, &client.host, &token, limit).await;
             if outcome == Outcome::Status(200) {
                 latencies.push(sent.elapsed());
             }
@@ -154,15 +152,8 @@ async fn connection_floods_with_a_visitor_and_a_client_meanwhile() {
         merge(&mut stood_counts, task.await.unwrap());
     }
     // With the flood gone, the visitor is served again.
-    let http = http();
-    let after = tagged(
-        &http,
-        server.addr,
-        &client.host,
-        "after",
-        Duration::from_secs(5),
-    )
-    .await;
+    let http = Visitor::new(server.addr);
+    let after = tagged(&http, &client.host, "after", Duration::from_secs(5)).await;
     let rss_after = rss_kib(None);
     latencies.sort();
     let visitor = cryptun_testkit::Visitor::new(server.addr);

@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use cryptun_testkit::chaos::{MARGIN, Outcome, Rng, http, rss_kib, tagged};
+use cryptun_testkit::chaos::{MARGIN, Outcome, Rng, rss_kib, tagged};
 use cryptun_testkit::raw::{eventually, frame, invalid_utf8_text};
 use cryptun_testkit::{Origin, TestClient, TestServer, Visitor};
 use futures_util::{SinkExt, StreamExt};
@@ -173,7 +173,7 @@ async fn protocol_fuzzer_over_ws() {
         let limit = server.config.request_timeout + MARGIN;
         let own = own.clone();
         tokio::spawn(async move {
-            let http = http();
+            let http = Visitor::new(visitor.server);
             let (mut failures, mut probes, mut rss) = (Vec::new(), 0, Vec::new());
             while !done.is_cancelled() {
                 let health = visitor.get(&own, "/healthz").await.status;
@@ -181,7 +181,7 @@ async fn protocol_fuzzer_over_ws() {
                     failures.push(format!("/healthz {health}"));
                 }
                 let token = format!("probe-{probes}");
-                let outcome = tagged(&http, visitor.server, &host, &token, limit).await;
+                let outcome = tagged(&http, &host, &token, limit).await;
                 if outcome != Outcome::Status(200) {
                     failures.push(format!("{token}: {outcome:?}"));
                 }

@@ -9,11 +9,9 @@ use std::time::{Duration, Instant};
 
 use cryptun_server::Config;
 use cryptun_server::policy::MinRate;
-use cryptun_testkit::chaos::{
-    MARGIN, Outcome, Rng, http, merge, print_table, quantile, rss_kib, tagged,
-};
+use cryptun_testkit::chaos::{MARGIN, Outcome, Rng, merge, print_table, quantile, rss_kib, tagged};
 use cryptun_testkit::visitor::{connect_from, status_of};
-use cryptun_testkit::{Origin, TestClient, TestServer};
+use cryptun_testkit::{Origin, TestClient, TestServer, Visitor};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const RUN_FOR: Duration = Duration::from_secs(15);
@@ -130,13 +128,13 @@ async fn slow_bodies_with_a_visitor_measured_meanwhile() {
         })
         .collect();
 
-    let http = http();
+    let http = Visitor::new(server.addr);
     let limit = server.config.request_timeout + MARGIN;
     let (mut latencies, mut visits) = (Vec::new(), BTreeMap::new());
     while Instant::now() < until {
         let token = format!("visit-{}", latencies.len());
         let sent = Instant::now();
-        let outcome = tagged(&http, server.addr, &client.host, &token, limit).await;
+        let outcome = tagged(&http, &client.host, &token, limit).await;
         latencies.push(sent.elapsed());
         *visits.entry(outcome).or_insert(0usize) += 1;
         tokio::time::sleep(Duration::from_millis(20)).await;

@@ -5,8 +5,8 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use cryptun_server::Config;
-use cryptun_testkit::chaos::{MARGIN, Outcome, http, tagged};
-use cryptun_testkit::{Origin, TestClient, TestServer};
+use cryptun_testkit::chaos::{MARGIN, Outcome, tagged};
+use cryptun_testkit::{Origin, TestClient, TestServer, Visitor};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -58,14 +58,14 @@ async fn slowloris_with_a_visitor_measured_meanwhile() {
     let slow: Vec<_> = (0..SLOW_CONNECTIONS)
         .map(|_| tokio::spawn(slow_loris(server.addr)))
         .collect();
-    let http = http();
+    let http = Visitor::new(server.addr);
     let started = Instant::now();
     let mut latencies = Vec::new();
     let mut failures = Vec::new();
     while started.elapsed() < Duration::from_secs(10) {
         let token = format!("visit-{}", latencies.len());
         let sent = Instant::now();
-        let outcome = tagged(&http, server.addr, &client.host, &token, deadline).await;
+        let outcome = tagged(&http, &client.host, &token, deadline).await;
         latencies.push(sent.elapsed());
         if outcome != Outcome::Status(200) {
             failures.push(format!("{token}: {outcome:?}"));
