@@ -35,7 +35,7 @@ pub async fn connect(
                 message,
                 retry_after,
             }) => {
-                let wait = (retry_after + MARGIN).min(MAX_WAIT);
+                let wait = wait_for(retry_after);
                 lines::eprint(&notice(&message, wait));
                 tokio::select! {
                     () = shutdown.cancelled() => return Ok(None),
@@ -45,6 +45,11 @@ pub async fn connect(
             other => return other.map(Some),
         }
     }
+}
+
+/// How long to wait for a name the server says is held `retry_after` more.
+fn wait_for(retry_after: Duration) -> Duration {
+    (retry_after + MARGIN).min(MAX_WAIT)
 }
 
 /// The line said while waiting `wait` after the server's `message`.
@@ -58,6 +63,15 @@ fn notice(message: &str, wait: Duration) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_wait_is_the_servers_word_within_a_bound() {
+        let short = Duration::from_secs(2);
+        assert_eq!(wait_for(short), short + MARGIN);
+        // A hold of ten minutes (a restored one, a cluster's) is asked again
+        // after MAX_WAIT: the name may be freed sooner.
+        assert_eq!(wait_for(Duration::from_secs(600)), MAX_WAIT);
+    }
 
     #[test]
     fn the_notice_says_what_and_when_on_one_line() {

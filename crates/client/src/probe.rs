@@ -141,7 +141,24 @@ fn swap_scheme(url: &str) -> Option<String> {
 
 #[cfg(test)]
 mod tests {
-    use super::swap_scheme;
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_port_that_never_answers_is_given_up_on() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let silent = tokio::spawn(async move {
+            let _held = listener.accept().await;
+            std::future::pending::<()>().await
+        });
+        let endpoint = Endpoint::named(&format!("wss://127.0.0.1:{port}/ws"));
+        // Nothing comes back: not plain HTTP, and the look ends at its
+        // timeout rather than waiting with the user.
+        let started = tokio::time::Instant::now();
+        assert!(plain_instead(&endpoint).await.is_none());
+        assert!(started.elapsed() >= PROBE_TIMEOUT);
+        silent.abort();
+    }
 
     #[test]
     fn the_scheme_swaps_and_the_port_stays() {
