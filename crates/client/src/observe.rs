@@ -307,3 +307,83 @@ impl<E: std::fmt::Display + 'static> Drop for ReadOn<E> {
         runtime.spawn(read_on.instrument(tracing::debug_span!("inspector_read_on")));
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+    /// A visitor's body that sends one chunk, then nothing, never ending.
+    struct Dripping(bool);
+
+    impl Body for Dripping {
+        type Data = Bytes;
+        type Error = std::io::Error;
+
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+            if std::mem::replace(&mut self.0, true) {
+                Poll::Pending
+            } else {
+                Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(b"hello")))))
+            }
+        }
+    }
+
+    /// A watcher that always wants more, and says when it is dropped.
+    struct Wanting {
+        seen: Arc<AtomicUsize>,
+        gone: Arc<AtomicBool>,
+    }
+
+    impl BodyObserver for Wanting {
+        fn data(&mut self, data: &Bytes) {
+            self.seen.fetch_add(data.len(), Ordering::SeqCst);
+        }
+        fn end(&mut self, _: BodyEnd) {}
+        fn wants_more(&self) -> bool {
+            true
+        }
+    }
+
+    impl Drop for Wanting {
+        fn drop(&mut self) {
+            self.gone.store(true, Ordering::SeqCst);
+        }
+    }
+
+    struct Exchange(Mutex<Option<Wanting>>);
+
+    impl ExchangeObserver for Exchange {
+        fn body(&self, which: Which, _: Option<u64>) -> Option<Box<dyn BodyObserver>> {
+            let wanting = self.0.lock().unwrap().take()?;
+            (which == Which::Request).then(|| Box::new(wanting) as Box<dyn BodyObserver>)
+        }
+        fn response_head(&self, _: u16, _: &HeaderMap) {}
+        fn finish(&self, _: u16, _: Option<String>) {}
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_body_read_on_for_its_watcher_is_cut_off_at_the_timeout() {
+        let (seen, gone) = (
+            Arc::new(AtomicUsize::new(0)),
+            Arc::new(AtomicBool::new(false)),
+        );
+        let wanting = Wanting {
+            seen: Arc::clone(&seen),
+            gone: Arc::clone(&gone),
+        };
+        let watch = Watch::with(Box::new(Exchange(Mutex::new(Some(wanting)))));
+        // The local service drops the body unread: it is read on.
+        drop(watch.request_body(Dripping(false).boxed()));
+        tokio::time::sleep(READ_ON_TIMEOUT - Duration::from_millis(100)).await;
+        assert_eq!(seen.load(Ordering::SeqCst), 5, "the chunk sent is seen");
+        assert!(!gone.load(Ordering::SeqCst), "still reading on");
+        // A visitor that never finishes does not keep the task past it.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(gone.load(Ordering::SeqCst), "read on past READ_ON_TIMEOUT");
+    }
+}
