@@ -203,9 +203,15 @@ impl Forwarder {
         scheme: &str,
     ) -> Result<Response<hyper::body::Incoming>, GatewayError> {
         self.mark(&mut req, hop, visitor, scheme)?;
+        // Past the head timeout the serving node itself has failed (it
+        // answers every tunnel's own timeout sooner, with its 504): the
+        // node's failure, not the local service's.
         let resp = tokio::time::timeout(self.head_timeout, self.client.request(req))
             .await
-            .map_err(|_| GatewayError::Timeout(self.head_timeout))?
+            .map_err(|_| {
+                debug!(%hop, timeout = ?self.head_timeout, "the node serving the tunnel did not answer the hop in time");
+                GatewayError::NodeUnreachable
+            })?
             .map_err(|err| {
                 debug!(%err, "the hop to another node failed");
                 GatewayError::NodeUnreachable

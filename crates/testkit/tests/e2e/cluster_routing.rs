@@ -212,3 +212,48 @@ async fn failures_read_the_same_through_any_node() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// A node that takes the hop's connection and never answers is the node's
+/// failure, not the local service's: 503 `node_unreachable` once the hop's
+/// head timeout (the longest request timeout + 5 s) has passed, and the
+/// route is forgotten.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_node_that_never_answers_the_hop_is_unreachable() {
+    let redis = TestRedis::start();
+    let mut config = TestServer::cluster_config(&redis.url(), "a");
+    config.request_timeout = Duration::from_millis(500);
+    config.max_request_timeout = Duration::from_millis(500);
+    let a = TestServer::start_with(config).await;
+    // A node "silent" serving "ghost", whose hop takes connections and
+    // says nothing; its route written as nodes write theirs.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let hop = silent.local_addr().unwrap();
+    let held = tokio::spawn(async move {
+        let mut kept = Vec::new();
+        loop {
+            let (conn, _) = silent.accept().await.unwrap();
+            kept.push(conn);
+        }
+    });
+    let time = redis.command(&["TIME"]);
+    let secs: u64 = time
+        .lines()
+        .find_map(|l| l.trim().trim_start_matches(':').parse().ok())
+        .unwrap_or_else(|| panic!("TIME answered {time}"));
+    let member = format!("{} silent {hop} t1", secs * 1000 + 60_000);
+    let key = "cryptun:1:{ghost}:route";
+    redis.command(&[
+        "HSET", key, "owner", "k:nobody", "epoch", "1", "m:tok", &member,
+    ]);
+    redis.command(&["PEXPIRE", key, "120000"]);
+
+    let asked = Instant::now();
+    let (status, code) = answer(&a, &a.host_of("ghost"), "/").await;
+    let took = asked.elapsed();
+    assert_eq!((status, code.as_str()), (503, "node_unreachable"));
+    assert!(
+        took >= Duration::from_secs(5) && took < Duration::from_secs(9),
+        "answered after {took:?}"
+    );
+    held.abort();
+}
