@@ -194,7 +194,12 @@ pub(crate) struct ServerArgs {
     pub(crate) cluster_tls_ca: Option<PathBuf>,
     /// The DNS name every node's certificate carries, checked on each peer instead of the IP
     /// address it is dialled at.
-    #[arg(long, value_name = "NAME", requires = "cluster_tls_cert")]
+    #[arg(
+        long,
+        value_name = "NAME",
+        requires = "cluster_tls_cert",
+        value_parser = cryptun_server::cluster::peer_tls::check_name
+    )]
     pub(crate) cluster_tls_name: Option<String>,
     /// The secret nodes prove to each other on the cluster listener (at least 16 characters, the
     /// same on every node); never logged.

@@ -207,6 +207,27 @@ fn a_trusted_proxy_of_every_address_is_refused() {
 }
 
 #[test]
+fn a_cluster_tls_name_no_certificate_can_carry_is_refused_by_its_flag() {
+    let files = [
+        "server",
+        "--cluster-tls-cert",
+        "c.pem",
+        "--cluster-tls-key",
+        "k.pem",
+        "--cluster-tls-ca",
+        "ca.pem",
+        "--cluster-tls-name",
+    ];
+    let bad = [&files[..], &["bad name!"]].concat();
+    let err = parse_from(&argv(&bad)).unwrap_err();
+    let err = format!("{err:#}");
+    assert!(err.contains("--cluster-tls-name"), "{err}");
+    assert!(!err.contains("ca.pem"), "{err}");
+    let good = [&files[..], &["nodes.internal"]].concat();
+    assert!(parse_from(&argv(&good)).is_ok());
+}
+
+#[test]
 fn the_proxy_protocol_is_a_switch_of_the_file_and_the_command_line() {
     let server_args = |argv_: &[&str]| match parse_from(&argv(argv_)).unwrap().0.command {
         Command::Server(args) => args,

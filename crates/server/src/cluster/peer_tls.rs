@@ -47,8 +47,16 @@ pub struct PeerTlsFiles {
     /// The CA that signs every node's certificate (PEM).
     pub ca: PathBuf,
     /// The DNS name every node's certificate carries, checked instead of
-    /// the peer's IP address.
+    /// the peer's IP address ([`check_name`] first).
     pub name: Option<String>,
+}
+
+/// `name` if a certificate can name it (a DNS name or an IP address), for
+/// the command line to refuse `--cluster-tls-name` itself.
+pub fn check_name(name: &str) -> Result<String, String> {
+    ServerName::try_from(name)
+        .map(|_| name.to_owned())
+        .map_err(|e| format!("not a DNS name or IP address: {e}"))
 }
 
 /// The hop's TLS, both ways.
@@ -86,6 +94,7 @@ impl PeerTls {
         let name = match &files.name {
             Some(name) => Some(
                 ServerName::try_from(name.clone())
+                    // check_name refused it on the command line already.
                     .map_err(|e| ca_error(format!("--cluster-tls-name {name:?}: {e}")))?,
             ),
             None => None,
