@@ -18,7 +18,9 @@
 //! its connection, which closes it. A sweeper closes what idled too long.
 //!
 //! An `https://` target's connections are TLS (`local_tls`), pooled apart
-//! from plain ones: the pool is keyed by the whole [`Target`].
+//! from plain ones: the pool is keyed by what a connection is made with,
+//! the address and the TLS settings ([`PoolKey`]), not by rules that only
+//! shape each request (its `Host`).
 
 use std::collections::HashMap;
 use std::future::{Future, poll_fn};
@@ -28,6 +30,7 @@ use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use bytes::Bytes;
+use http::uri::Authority;
 use http::{Request, Response};
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::combinators::BoxBody;
@@ -42,7 +45,7 @@ use tokio::time::Instant;
 use cryptun_proto::HeadError;
 
 use crate::Target;
-use crate::local_tls::LocalTlsError;
+use crate::local_tls::{LocalTls, LocalTlsError};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -85,7 +88,24 @@ pub(crate) struct LocalPool {
     connect_timeout: Duration,
 }
 
-type Idle = HashMap<Target, Vec<(Conn, Instant)>>;
+type Idle = HashMap<PoolKey, Vec<(Conn, Instant)>>;
+
+/// What a pooled connection was made with: connections made alike serve
+/// alike. (Hashed twice a request: no more than it needs.)
+#[derive(Clone, PartialEq, Eq, Hash)]
+struct PoolKey {
+    authority: Authority,
+    tls: Option<LocalTls>,
+}
+
+impl PoolKey {
+    fn of(target: &Target) -> Self {
+        PoolKey {
+            authority: target.authority().clone(),
+            tls: target.tls().map(|(tls, _)| tls.clone()),
+        }
+    }
+}
 
 /// One HTTP/1.1 connection: the handle requests are sent on and the
 /// connection itself, which nobody polls but the task using it.
@@ -172,8 +192,9 @@ impl LocalPool {
         target: &Target,
         mut request: Request<LocalBody>,
     ) -> Result<Response<DrivenBody>, LocalError> {
+        let key = PoolKey::of(target);
         loop {
-            let next = checked_out.take().or_else(|| self.checkout(target));
+            let next = checked_out.take().or_else(|| self.checkout(&key));
             let (mut conn, pooled) = match next {
                 Some(conn) => (conn, true),
                 None => (self.connect(target).await?, false),
@@ -208,7 +229,7 @@ impl LocalPool {
                         .await;
                     }
                     let pool = Arc::downgrade(&self.idle);
-                    let home = target.clone();
+                    let home = key;
                     return Ok(response.map(|body| DrivenBody {
                         body,
                         ended: false,
@@ -229,9 +250,9 @@ impl LocalPool {
 
     /// The most recently used idle connection to `target` that is still
     /// open.
-    fn checkout(&self, target: &Target) -> Option<Conn> {
+    fn checkout(&self, key: &PoolKey) -> Option<Conn> {
         let mut idle = lock(&self.idle);
-        let list = idle.get_mut(target)?;
+        let list = idle.get_mut(key)?;
         while let Some((mut conn, since)) = list.pop() {
             if since.elapsed() < POOL_IDLE && conn.reusable() {
                 return Some(conn);
@@ -269,12 +290,12 @@ impl LocalPool {
 
 /// Keeps a connection for the next request to `target`, if it can take
 /// one and there is room.
-fn check_in(idle: &Mutex<Idle>, target: Target, mut conn: Conn) {
+fn check_in(idle: &Mutex<Idle>, key: PoolKey, mut conn: Conn) {
     if !conn.reusable() {
         return;
     }
     let mut idle = lock(idle);
-    let list = idle.entry(target).or_default();
+    let list = idle.entry(key).or_default();
     if list.len() < MAX_IDLE {
         list.push((conn, Instant::now()));
     }
@@ -309,7 +330,7 @@ pub(crate) struct DrivenBody {
     /// The body said it ended (a chunked one never reports it beforehand).
     ended: bool,
     conn: Option<Conn>,
-    home: Option<(Weak<Mutex<Idle>>, Target)>,
+    home: Option<(Weak<Mutex<Idle>>, PoolKey)>,
 }
 
 impl Body for DrivenBody {

@@ -113,7 +113,9 @@ async fn retried_after(close: impl FnOnce(TcpStream)) {
     let pool = LocalPool::new(Duration::from_secs(5));
     let (body, first) = tokio::join!(fetch(&pool, &target, "/"), accept_and_answer(&listener));
     assert_eq!(body, "hello");
-    let stale = pool.checkout(&target).expect("a pooled connection");
+    let stale = pool
+        .checkout(&PoolKey::of(&target))
+        .expect("a pooled connection");
     close(first);
     tokio::task::yield_now().await;
     let sent = async {
@@ -155,7 +157,7 @@ async fn a_connection_idle_for_pool_idle_is_closed_by_the_sweeper() {
     let pool = LocalPool::new(Duration::from_secs(5));
     let (body, mut origin) = tokio::join!(fetch(&pool, &target, "/"), accept_and_answer(&listener));
     assert_eq!(body, "hello");
-    let since = lock(&pool.idle)[&target][0].1;
+    let since = lock(&pool.idle)[&PoolKey::of(&target)][0].1;
     // From here on the clock moves only while every task waits, and
     // then straight to the next timer: the sweeps, 15 s apart.
     tokio::time::pause();
