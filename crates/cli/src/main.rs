@@ -12,6 +12,7 @@ mod inspect;
 mod keys;
 mod lines;
 mod local;
+mod logtext;
 mod output;
 mod parse;
 mod paths;
@@ -104,8 +105,12 @@ fn init_logging(format: LogFormat, default_level: &str) {
         .with_env_filter(filter)
         .with_writer(lines::Logs);
     match format {
+        LogFormat::Text if std::io::IsTerminal::is_terminal(&std::io::stderr()) => {
+            logs.with_ansi(true).init()
+        }
         LogFormat::Text => logs
-            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .with_ansi(false)
+            .event_format(logtext::PlainText)
             .init(),
         LogFormat::Json => logs
             .json()
