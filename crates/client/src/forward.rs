@@ -13,7 +13,7 @@ use cryptun_proto::message::{ClientMessage, encode};
 use cryptun_proto::mux::{
     RecvBody, SendHalf, Stream, StreamClosed, copy_from_stream, copy_into_stream, pump,
 };
-use cryptun_proto::{HeadError, InlineBody, RequestHead, ResponseHead};
+use cryptun_proto::{HeadError, InlineBody, RequestHead, ResponseHead, binary_head};
 use http::{HeaderValue, Method, Request};
 use http_body::Body as _;
 use http_body_util::{BodyExt, Full};
@@ -225,7 +225,8 @@ async fn respond_inline(
     let head = ResponseHead {
         status,
         headers,
-        body: InlineBody::inline(&bytes),
+        // As bytes: a HEAD frame carries them so, a JSON head as base64.
+        body: InlineBody::raw(bytes),
     };
     if send_head(&send, head).await.is_err() {
         return Outcome::closed(status, started);
@@ -348,8 +349,15 @@ async fn switch(
     }
 }
 
+/// The response head, as a HEAD frame where the session has binary heads,
+/// else as a `response` message.
 async fn send_head(send: &SendHalf<()>, head: ResponseHead) -> Result<(), StreamClosed> {
     let id = send.id();
+    if send.binary_heads() {
+        return send
+            .send_frame(binary_head::encode_response(id, &head))
+            .await;
+    }
     send.send_text(encode(&ClientMessage::Response {
         request_id: id,
         response: head,

@@ -19,7 +19,9 @@ use cryptun_proto::mux::{Heartbeat, Mux, OpenError, Side, run_writer};
 use cryptun_proto::tungstenite::protocol::CloseFrame;
 use cryptun_proto::tungstenite::protocol::frame::coding::CloseCode;
 use cryptun_proto::tungstenite::{Error as WsError, Message};
-use cryptun_proto::{Capability, Frame, Limits, ReadAhead, RequestHead, close_code};
+use cryptun_proto::{
+    Capability, Frame, FrameKind, Limits, ReadAhead, RequestHead, binary_head, close_code,
+};
 use futures_util::StreamExt;
 use tokio_tungstenite::WebSocketStream;
 use tokio_util::sync::CancellationToken;
@@ -116,7 +118,10 @@ impl Session {
             interval,
             timeout: interval * 3,
         };
-        let mux: Mux<()> = Mux::new(Side::Acceptor, true, limits);
+        // Bodies as frames whatever the server said (it sends none without
+        // them); heads as HEAD frames once it accepted that.
+        let accepted = self.tunnel().capabilities().with(Capability::BinaryStreams);
+        let mux: Mux<()> = Mux::new(Side::Acceptor, accepted, limits);
         // However this ends, even if the future is dropped mid-way (its task
         // aborted), every stream fails, so the request tasks let go of their
         // local requests instead of holding them open forever.
@@ -315,9 +320,17 @@ impl Reader<'_> {
         Continue(())
     }
 
-    /// A binary frame, for a stream.
+    /// A binary frame: a request head (HEAD), or for a stream.
     fn binary(&self, data: Bytes) -> ControlFlow<ClientError> {
         let violation = match Frame::decode(data, self.mux.limits().max_frame_payload) {
+            Ok(frame) if frame.kind == FrameKind::Head && self.mux.binary_heads() => {
+                match binary_head::decode_request(frame.payload) {
+                    Ok((tunnel_id, request)) => {
+                        return self.request(frame.stream, tunnel_id, request);
+                    }
+                    Err(err) => Some(err.to_string()),
+                }
+            }
             Ok(frame) => self.mux.on_frame(frame).err().map(|v| v.to_string()),
             Err(err) => Some(err.to_string()),
         };

@@ -24,8 +24,9 @@ use crate::limits::{MAX_CAPABILITIES, MAX_CAPABILITY_NAME};
 pub enum Capability {
     /// Bodies travel as binary frames with per-stream credit (`frame`).
     BinaryStreams,
-    /// Reserved: request and response heads as binary frames (HEAD), not
-    /// JSON, on binary-stream sessions.
+    /// Request and response heads as binary frames (HEAD, see
+    /// [`crate::binary_head`]), not JSON messages; only with
+    /// `binary_streams`.
     BinaryHeads,
     /// Reserved: HTTP trailers after a body (TRAILERS frames).
     Trailers,
@@ -88,11 +89,12 @@ impl Capability {
     /// Spoken today, or reserved.
     pub const fn status(self) -> Status {
         match self {
-            Capability::BinaryStreams | Capability::CloseTunnel => Status::Current { since: 1 },
-            Capability::BinaryHeads
-            | Capability::Trailers
-            | Capability::RawStreams
-            | Capability::CancelReason => Status::Reserved,
+            Capability::BinaryStreams | Capability::CloseTunnel | Capability::BinaryHeads => {
+                Status::Current { since: 1 }
+            }
+            Capability::Trailers | Capability::RawStreams | Capability::CancelReason => {
+                Status::Reserved
+            }
         }
     }
 
@@ -122,8 +124,11 @@ impl Capabilities {
 
     /// What this build speaks: every current capability. The server passes
     /// it to [`negotiate`]; the client offers it.
-    pub const SUPPORTED: Capabilities =
-        Capabilities::of(&[Capability::BinaryStreams, Capability::CloseTunnel]);
+    pub const SUPPORTED: Capabilities = Capabilities::of(&[
+        Capability::BinaryStreams,
+        Capability::BinaryHeads,
+        Capability::CloseTunnel,
+    ]);
 
     /// The set of `list`.
     pub const fn of(list: &[Capability]) -> Self {
@@ -179,10 +184,16 @@ impl Capabilities {
 }
 
 /// What the server will use on a session: what the client `offered` that
-/// the server `supports`. Pure, so that the rule is tested here and the
-/// server only calls it.
+/// the server `supports`, but `binary_heads` only with `binary_streams`
+/// (a HEAD frame is a binary frame). Pure, so that the rule is tested here
+/// and the server only calls it.
 pub fn negotiate(offered: Capabilities, supports: Capabilities) -> Capabilities {
-    offered.intersection(supports)
+    let both = offered.intersection(supports);
+    if both.contains(Capability::BinaryStreams) {
+        both
+    } else {
+        both.without(Capability::BinaryHeads)
+    }
 }
 
 impl FromIterator<Capability> for Capabilities {

@@ -13,6 +13,7 @@
 //! | 1    | END    | final body bytes, possibly none; the body is done  |
 //! | 2    | WINDOW | u32 (BE): bytes of credit granted to the sender     |
 //! | 3    | RESET  | optional UTF-8 reason; the stream is abandoned      |
+//! | 4    | HEAD   | a request or response head (`binary_head`)          |
 //!
 //! Further kinds, and the flags of a binary head, are reserved for
 //! capabilities still to come ([`RESERVED_KINDS`], [`RESERVED_HEAD_FLAGS`]);
@@ -37,15 +38,21 @@ pub enum FrameKind {
     Window = 2,
     /// The stream is abandoned by its sender.
     Reset = 3,
+    /// A request or response head, binary-encoded (`binary_heads`; see
+    /// [`crate::binary_head`]). Its size is bounded by the session's
+    /// message size, not by `max_frame_payload`: a head may carry more
+    /// header bytes than a body frame carries body.
+    Head = 4,
 }
 
 impl FrameKind {
     /// Every kind this version sends and reads, by value.
-    pub const ALL: [FrameKind; 4] = [
+    pub const ALL: [FrameKind; 5] = [
         FrameKind::Data,
         FrameKind::End,
         FrameKind::Window,
         FrameKind::Reset,
+        FrameKind::Head,
     ];
 
     /// Its name in the protocol's table.
@@ -55,6 +62,7 @@ impl FrameKind {
             FrameKind::End => "END",
             FrameKind::Window => "WINDOW",
             FrameKind::Reset => "RESET",
+            FrameKind::Head => "HEAD",
         }
     }
 
@@ -65,6 +73,7 @@ impl FrameKind {
             1 => Some(FrameKind::End),
             2 => Some(FrameKind::Window),
             3 => Some(FrameKind::Reset),
+            4 => Some(FrameKind::Head),
             _ => None,
         }
     }
@@ -86,13 +95,6 @@ pub struct Reserved {
 
 /// Frame kinds reserved for coming capabilities, by value.
 pub const RESERVED_KINDS: &[Reserved] = &[
-    // A request or response head, binary-encoded; its first payload byte
-    // holds the head flags below.
-    Reserved {
-        value: 4,
-        name: "HEAD",
-        capability: Capability::BinaryHeads,
-    },
     // Trailer fields ending a body (the body is then complete, as by END).
     Reserved {
         value: 5,
@@ -108,16 +110,10 @@ pub const RESERVED_KINDS: &[Reserved] = &[
     },
 ];
 
-/// Bits of a HEAD frame's flags byte, reserved with it. Bits not listed are
-/// zero; a set bit a receiver does not know will close with 1002.
+/// Bits of a HEAD frame's flags byte reserved for coming capabilities
+/// (END_STREAM, 0x01, is spoken: [`crate::binary_head::END_STREAM`]). Bits
+/// not listed are zero; a set bit a receiver does not know closes with 1002.
 pub const RESERVED_HEAD_FLAGS: &[Reserved] = &[
-    // The head is the whole message: no body follows (today's JSON heads
-    // say so by the absence of `body_stream`).
-    Reserved {
-        value: 0x01,
-        name: "END_STREAM",
-        capability: Capability::BinaryHeads,
-    },
     // TRAILERS will end the body.
     Reserved {
         value: 0x02,
@@ -174,7 +170,8 @@ impl Frame {
         Self::encode(FrameKind::Window, stream, &credit.to_be_bytes())
     }
 
-    /// Decodes a binary message, refusing payloads over `max_payload`.
+    /// Decodes a binary message, refusing payloads over `max_payload` (but
+    /// a HEAD's, which the session's message size bounds).
     pub fn decode(mut buf: Bytes, max_payload: usize) -> Result<Frame, FrameError> {
         if buf.len() < HEADER_LEN {
             return Err(FrameError::Short(buf.len()));
@@ -184,7 +181,7 @@ impl Frame {
             return Err(FrameError::UnknownKind(value));
         };
         let stream = buf.get_u32();
-        if buf.len() > max_payload {
+        if buf.len() > max_payload && kind != FrameKind::Head {
             return Err(FrameError::TooLarge {
                 len: buf.len(),
                 max: max_payload,

@@ -87,6 +87,7 @@ impl From<RequestWire> for RequestHead {
                 body: wire.body,
                 body_encoding: wire.body_encoding,
                 body_stream: wire.body_stream,
+                raw: None,
             },
         }
     }
@@ -101,24 +102,57 @@ impl From<ResponseWire> for ResponseHead {
                 body: wire.body,
                 body_encoding: wire.body_encoding,
                 body_stream: wire.body_stream,
+                raw: None,
             },
         }
     }
 }
 
-/// How a body travels with its head.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// How a body travels with its head: as bytes, inline in the JSON head
+/// (`body`, `body_encoding`), or after the head (`body_stream`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
 pub struct InlineBody {
     /// The body itself, encoded as `body_encoding` says. Absent means empty
     /// (or, with `body_stream`, carried by binary frames).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub body: Option<String>,
     /// `"base64"`, or `"text"` (the default) for a UTF-8 body written as is.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub body_encoding: Option<String>,
     /// The body follows as binary data frames on this request's stream.
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    #[serde(default)]
     pub body_stream: bool,
+    /// The body as bytes, as a HEAD frame carries it ([`InlineBody::raw`]);
+    /// written to JSON as base64, only if a head built so is sent as JSON.
+    #[serde(skip)]
+    pub raw: Option<Bytes>,
+}
+
+/// Written as its JSON fields; a [raw](InlineBody::raw) body as base64.
+impl Serialize for InlineBody {
+    fn serialize<S: serde::Serializer>(&self, to: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap as _;
+        let mut map = to.serialize_map(None)?;
+        match &self.raw {
+            Some(raw) if !raw.is_empty() => {
+                map.serialize_entry("body", &BASE64.encode(raw))?;
+                map.serialize_entry("body_encoding", "base64")?;
+            }
+            Some(_) => {}
+            None => {
+                if let Some(body) = &self.body {
+                    map.serialize_entry("body", body)?;
+                }
+                if let Some(encoding) = &self.body_encoding {
+                    map.serialize_entry("body_encoding", encoding)?;
+                }
+            }
+        }
+        if self.body_stream {
+            map.serialize_entry("body_stream", &true)?;
+        }
+        map.end()
+    }
 }
 
 impl InlineBody {
@@ -131,6 +165,17 @@ impl InlineBody {
             body: Some(BASE64.encode(bytes)),
             body_encoding: Some("base64".into()),
             body_stream: false,
+            raw: None,
+        }
+    }
+
+    /// A body that ends with its head, kept as the bytes it is: a HEAD
+    /// frame carries it so, and a JSON head as base64, encoded as it is
+    /// written rather than now.
+    pub fn raw(bytes: Bytes) -> Self {
+        InlineBody {
+            raw: Some(bytes),
+            ..Self::default()
         }
     }
 
@@ -144,6 +189,9 @@ impl InlineBody {
 
     /// Decodes the inline body (empty when absent).
     pub fn decode(&self) -> Result<Bytes, HeadError> {
+        if let Some(raw) = &self.raw {
+            return Ok(raw.clone());
+        }
         let Some(body) = &self.body else {
             return Ok(Bytes::new());
         };

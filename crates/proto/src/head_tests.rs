@@ -132,3 +132,27 @@ fn header_values_in_an_object_are_scalars() {
         assert!(err.to_string().contains("a header value"), "{err}");
     }
 }
+
+#[test]
+fn a_raw_body_goes_into_json_as_base64_and_reads_back() {
+    let head = ResponseHead {
+        status: 200,
+        headers: vec![],
+        body: InlineBody::raw(Bytes::from_static(&[0, 0xff, b'a'])),
+    };
+    let json = serde_json::to_value(&head).unwrap();
+    assert_eq!(json["body"], "AP9h");
+    assert_eq!(json["body_encoding"], "base64");
+    assert!(json.get("body_stream").is_none(), "{json}");
+    let read: ResponseHead = serde_json::from_value(json).unwrap();
+    assert_eq!(read.body.decode().unwrap(), &[0, 0xff, b'a'][..]);
+    // An empty one writes no body at all, as an empty inline one does.
+    let empty = ResponseHead {
+        body: InlineBody::raw(Bytes::new()),
+        ..head
+    };
+    assert_eq!(
+        serde_json::to_value(&empty).unwrap(),
+        serde_json::json!({"status": 200, "headers": []})
+    );
+}

@@ -31,6 +31,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod binary_head;
 pub mod cancel;
 pub mod capability;
 pub mod error_code;

@@ -145,6 +145,7 @@ fn inline_body() -> impl Strategy<Value = InlineBody> {
                 body,
                 body_encoding,
                 body_stream,
+                raw: None,
             }),
     ]
 }
@@ -377,9 +378,9 @@ proptest! {
         let decoded = Frame::decode(Bytes::from(bytes.clone()), max);
         let expected = if bytes.len() < HEADER_LEN {
             Err(FrameError::Short(bytes.len()))
-        } else if bytes[0] > 3 {
+        } else if bytes[0] > 4 {
             Err(FrameError::UnknownKind(bytes[0]))
-        } else if bytes.len() - HEADER_LEN > max {
+        } else if bytes.len() - HEADER_LEN > max && bytes[0] != 4 {
             Err(FrameError::TooLarge { len: bytes.len() - HEADER_LEN, max })
         } else if bytes[0] == 2 && bytes.len() != HEADER_LEN + 4 {
             Err(FrameError::BadWindow(bytes.len() - HEADER_LEN))

@@ -101,16 +101,18 @@ fn the_frame_tables_list_every_kind_and_flag_the_code_knows() {
         .collect();
     assert_eq!(got, want);
 
-    let want: Vec<[String; 3]> = RESERVED_HEAD_FLAGS
-        .iter()
-        .map(|r| {
-            [
-                format!("{:#04x}", r.value),
-                r.name.into(),
-                format!("reserved: {}", quoted(r.capability.wire_name())),
-            ]
-        })
-        .collect();
+    let mut want: Vec<[String; 3]> = vec![[
+        format!("{:#04x}", cryptun_proto::binary_head::END_STREAM),
+        "END_STREAM".into(),
+        "current".into(),
+    ]];
+    want.extend(RESERVED_HEAD_FLAGS.iter().map(|r| {
+        [
+            format!("{:#04x}", r.value),
+            r.name.into(),
+            format!("reserved: {}", quoted(r.capability.wire_name())),
+        ]
+    }));
     let got: Vec<[String; 3]> = table("| flag | name |")
         .iter()
         .map(|r| [r[0].into(), r[1].into(), r[3].into()])

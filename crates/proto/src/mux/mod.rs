@@ -48,6 +48,7 @@ pub use send::{PumpError, SendHalf, StreamClosed, pump};
 pub use table::{OpenError, Violation};
 pub use writer::{Heartbeat, WriterError, run_writer};
 
+use crate::capability::{Capabilities, Capability};
 use crate::limits::Limits;
 
 /// Which end of the session this is.
@@ -77,6 +78,7 @@ impl<H: Send + 'static> Clone for Mux<H> {
 struct Inner<H> {
     side: Side,
     binary: bool,
+    heads: bool,
     limits: Limits,
     table: Mutex<Table<H>>,
     control: Mutex<Control>,
@@ -122,14 +124,18 @@ pub struct Stream<H: Send + 'static> {
 }
 
 impl<H: Send + 'static> Mux<H> {
-    /// A mux for one session. `binary` says whether bodies travel as frames.
+    /// A mux for one session that speaks `accepted`: bodies travel as
+    /// frames with `binary_streams`, heads too with `binary_heads`.
     /// Nothing is written until [`run_writer`] hands it the WebSocket's sink.
-    pub fn new(side: Side, binary: bool, limits: Limits) -> Self {
+    pub fn new(side: Side, accepted: Capabilities, limits: Limits) -> Self {
+        let binary = accepted.contains(Capability::BinaryStreams);
+        let heads = binary && accepted.contains(Capability::BinaryHeads);
         let (out, queue) = mpsc::channel(wire::OUTBOUND_QUEUE);
         Mux {
             inner: Arc::new(Inner {
                 side,
                 binary,
+                heads,
                 limits,
                 table: Mutex::new(Table::new()),
                 control: Mutex::new(Control::default()),
@@ -147,6 +153,11 @@ impl<H: Send + 'static> Mux<H> {
     /// Whether bodies travel as binary frames on this session.
     pub fn binary(&self) -> bool {
         self.inner.binary
+    }
+
+    /// Whether request and response heads travel as HEAD frames.
+    pub fn binary_heads(&self) -> bool {
+        self.inner.heads
     }
 
     /// The session's limits.

@@ -65,6 +65,21 @@ impl<H: Send + 'static> SendHalf<H> {
             .map_err(|_| StreamClosed)
     }
 
+    /// Whether heads go as HEAD frames ([`SendHalf::send_frame`]) rather
+    /// than text messages on this session.
+    pub fn binary_heads(&self) -> bool {
+        self.mux.binary_heads()
+    }
+
+    /// Sends a whole binary frame (a HEAD) in order with this stream's
+    /// frames.
+    pub async fn send_frame(&self, frame: Bytes) -> Result<(), StreamClosed> {
+        self.mux
+            .send_message(Message::Binary(frame))
+            .await
+            .map_err(|_| StreamClosed)
+    }
+
     /// Sends body bytes, waiting for credit; `end` finishes the body.
     pub async fn send(&mut self, mut data: Bytes, end: bool) -> Result<(), StreamClosed> {
         if self.done {

@@ -46,6 +46,10 @@ pub enum Violation {
     /// More credit than could ever be used (over 2^31 bytes outstanding).
     #[error("stream {0}: credit overflow")]
     CreditOverflow(u32),
+    /// A HEAD frame on a session without `binary_heads` (a session with it
+    /// reads heads before frames reach the streams).
+    #[error("stream {0}: HEAD frame without binary_heads")]
+    Head(u32),
 }
 
 /// Credit beyond this is a peer bug (and would overflow the semaphore).
@@ -168,6 +172,9 @@ impl<H: Send + 'static> Mux<H> {
     /// streams are counted and dropped (they race with resets).
     pub fn on_frame(&self, frame: Frame) -> Result<(), Violation> {
         let id = frame.stream;
+        if frame.kind == FrameKind::Head {
+            return Err(Violation::Head(id));
+        }
         let mut table = self.table();
         let Some(slot) = table.slots.get_mut(&id) else {
             drop(table);
@@ -215,6 +222,7 @@ impl<H: Send + 'static> Mux<H> {
                 let reason = CancelReason::from_payload(&frame.payload);
                 Self::remove_for(&mut table, id, format!("reset by peer {text}"), reason);
             }
+            FrameKind::Head => unreachable!("refused above"),
         }
         Ok(())
     }

@@ -228,7 +228,11 @@ mod tests {
     #[tokio::test]
     async fn a_backlog_of_queued_messages_goes_out_in_order_in_one_flush() {
         let (ws, peer) = pair().await;
-        let mux: Mux<()> = Mux::new(Side::Acceptor, true, Limits::default());
+        let mux: Mux<()> = Mux::new(
+            Side::Acceptor,
+            crate::Capabilities::SUPPORTED,
+            Limits::default(),
+        );
         // No writer yet: every message waits in the queue (which holds a
         // batch; a timeout rather than a hang should that change).
         for text in numbers(BATCH) {
@@ -256,7 +260,11 @@ mod tests {
     #[tokio::test]
     async fn more_messages_than_a_batch_and_the_queue_hold_arrive_in_order() {
         let (ws, peer) = pair().await;
-        let mux: Mux<()> = Mux::new(Side::Acceptor, true, Limits::default());
+        let mux: Mux<()> = Mux::new(
+            Side::Acceptor,
+            crate::Capabilities::SUPPORTED,
+            Limits::default(),
+        );
         // The sender fills the queue and waits for room; once the writer
         // has emptied it, the sender's messages race the writer's next
         // batch for the socket (write-through) and must not overtake it.
@@ -282,7 +290,11 @@ mod tests {
     async fn a_peer_that_stops_reading_stalls_the_writer_out() {
         let (ws, _peer_never_reads) = pair().await;
         let (sink, _stream) = futures_util::StreamExt::split(ws);
-        let mux: Mux<()> = Mux::new(Side::Acceptor, true, Limits::default());
+        let mux: Mux<()> = Mux::new(
+            Side::Acceptor,
+            crate::Capabilities::SUPPORTED,
+            Limits::default(),
+        );
         let limit = Duration::from_millis(300);
         let heartbeat = Heartbeat {
             interval: Duration::from_millis(50),

@@ -339,7 +339,11 @@ mod tests {
         let (admit, store) = admit(AuthMode::Optional);
         let key = store.create_key("owner").unwrap();
         store.reserve(&key.info.id, "mine").unwrap();
-        let mux = Mux::new(Side::Opener, true, Limits::default());
+        let mux = Mux::new(
+            Side::Opener,
+            cryptun_proto::Capabilities::SUPPORTED,
+            Limits::default(),
+        );
         let uploads = Arc::new(Semaphore::new(1));
         let mux = (&mux, &uploads, Capabilities::SUPPORTED);
         let peer: Peer = "192.0.2.1:1".parse().unwrap();
@@ -412,7 +416,11 @@ mod tests {
     #[tokio::test]
     async fn a_secret_is_kept_only_when_it_takes_back_a_name_held_here() {
         let (admit, _store) = admit(AuthMode::Off);
-        let mux = Mux::new(Side::Opener, true, Limits::default());
+        let mux = Mux::new(
+            Side::Opener,
+            cryptun_proto::Capabilities::SUPPORTED,
+            Limits::default(),
+        );
         let uploads = Arc::new(Semaphore::new(1));
         let mux = (&mux, &uploads, Capabilities::SUPPORTED);
         let peer: Peer = "192.0.2.1:1".parse().unwrap();

@@ -19,7 +19,7 @@ use cryptun_proto::mux::{CloseOnDrop, Mux, Side, WriterError, run_writer};
 use cryptun_proto::tungstenite::Message;
 use cryptun_proto::tungstenite::protocol::CloseFrame;
 use cryptun_proto::{
-    Capabilities, Capability, Frame, FrameError, ResponseHead, close_code, negotiate,
+    Capabilities, Frame, FrameError, FrameKind, ResponseHead, binary_head, close_code, negotiate,
 };
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
@@ -107,8 +107,7 @@ pub(super) async fn open(
     // (`tunnel_created` says which); a client that states nothing gets the
     // seed's JSON-only protocol.
     let accepted = negotiate(create.offered(), Capabilities::SUPPORTED);
-    let binary = accepted.contains(Capability::BinaryStreams);
-    let mux: Mux<ResponseHead> = Mux::new(Side::Opener, binary, control.config.limits);
+    let mux: Mux<ResponseHead> = Mux::new(Side::Opener, accepted, control.config.limits);
     let close_streams = mux.close_on_drop();
     let share = crate::gateway::upload_share(control.config.limits.max_streams);
     let uploads = Arc::new(Semaphore::new(share));
@@ -305,15 +304,7 @@ async fn on_text(
         Ok(ClientMessage::Response {
             request_id,
             response,
-        }) => {
-            let body_follows = response.body.body_stream;
-            if !mux.deliver_head(request_id, response, body_follows) {
-                debug!(
-                    request_id,
-                    "response for an unknown or finished request dropped"
-                );
-            }
-        }
+        }) => deliver(mux, request_id, response),
         Ok(ClientMessage::Cancel { request_id, reason }) => {
             mux.cancel_from_peer(request_id, reason)
         }
@@ -393,7 +384,32 @@ fn on_binary(mux: &Mux<ResponseHead>, data: bytes::Bytes) -> Option<CloseFrame> 
         }
         Err(err) => return Some(close_frame(close_code::PROTOCOL_ERROR, err.to_string())),
     };
+    if frame.kind == FrameKind::Head && mux.binary_heads() {
+        return on_head(mux, frame.stream, frame.payload);
+    }
     mux.on_frame(frame)
         .err()
         .map(|violation| close_frame(close_code::PROTOCOL_ERROR, violation.to_string()))
+}
+
+/// A response head in a HEAD frame: to its stream, as a `response` is.
+fn on_head(mux: &Mux<ResponseHead>, request_id: u32, payload: bytes::Bytes) -> Option<CloseFrame> {
+    match binary_head::decode_response(payload) {
+        Ok(response) => {
+            deliver(mux, request_id, response);
+            None
+        }
+        Err(err) => Some(close_frame(close_code::PROTOCOL_ERROR, err.to_string())),
+    }
+}
+
+/// Hands the client's response head to the stream waiting for it.
+fn deliver(mux: &Mux<ResponseHead>, request_id: u32, response: ResponseHead) {
+    let body_follows = response.body.body_stream;
+    if !mux.deliver_head(request_id, response, body_follows) {
+        debug!(
+            request_id,
+            "response for an unknown or finished request dropped"
+        );
+    }
 }

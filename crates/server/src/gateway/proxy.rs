@@ -10,7 +10,7 @@ use bytes::Bytes;
 use cryptun_proto::head::{headers_to_wire, keep_upgrade, strip_hop_by_hop, upgrade_protocol};
 use cryptun_proto::message::{ServerMessage, encode};
 use cryptun_proto::mux::{Mux, OpenError, RecvBody, SendHalf, Stream, pump};
-use cryptun_proto::{InlineBody, RequestHead, ResponseHead};
+use cryptun_proto::{InlineBody, RequestHead, ResponseHead, binary_head};
 use http::{HeaderMap, HeaderValue, Request, Response, header};
 use http_body::Body as _;
 use http_body::Frame;
@@ -171,11 +171,7 @@ impl Proxy<'_> {
             send,
             ..
         } = stream;
-        let message = encode(&ServerMessage::Request {
-            request_id: id,
-            tunnel_id: tunnel.id.clone(),
-            request: head,
-        });
+
         // The deadline covers queueing the head too: a client that stopped
         // reading must not hold a visitor longer than one that is slow to
         // answer.
@@ -185,7 +181,20 @@ impl Proxy<'_> {
             mux.reset_for(id, Some(cryptun_proto::CancelReason::Timeout));
             GatewayError::Timeout(tunnel.request_timeout)
         };
-        timeout_at(deadline, send.send_text(message))
+        let sent = async {
+            if send.binary_heads() {
+                send.send_frame(binary_head::encode_request(id, &tunnel.id, &head))
+                    .await
+            } else {
+                send.send_text(encode(&ServerMessage::Request {
+                    request_id: id,
+                    tunnel_id: tunnel.id.clone(),
+                    request: head,
+                }))
+                .await
+            }
+        };
+        timeout_at(deadline, sent)
             .await
             .map_err(timed_out)?
             .map_err(|_| GatewayError::ClientGone)?;

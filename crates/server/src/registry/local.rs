@@ -222,7 +222,11 @@ mod tests {
             stats: Arc::default(),
             key_name: None,
             request_timeout: Duration::from_secs(1),
-            mux: Mux::new(Side::Opener, true, Limits::default()),
+            mux: Mux::new(
+                Side::Opener,
+                cryptun_proto::Capabilities::SUPPORTED,
+                Limits::default(),
+            ),
             uploads: Arc::new(tokio::sync::Semaphore::new(1)),
             place: None,
             owner,

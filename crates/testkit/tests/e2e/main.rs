@@ -15,6 +15,7 @@
 mod access;
 mod admin;
 mod auth;
+mod binary_heads;
 mod chaos;
 mod close;
 mod cluster;
