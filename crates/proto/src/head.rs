@@ -296,8 +296,39 @@ pub fn keep_upgrade(headers: &mut HeaderMap, protocol: HeaderValue) {
 pub fn headers_to_wire(headers: &HeaderMap) -> Vec<(String, String)> {
     headers
         .iter()
-        .map(|(name, value)| (name.as_str().to_owned(), latin1_to_string(value.as_bytes())))
+        .map(|(name, value)| (name.as_str().to_owned(), value_to_wire(value)))
         .collect()
+}
+
+/// The wire list of `headers` as a proxy forwards them, in one pass over
+/// the map and without changing it: what [`strip_hop_by_hop`] removes is
+/// left out, and so is every header named in `drop` (lowercase). What
+/// stripping and then converting keeps, in the order received (a removal
+/// from a `HeaderMap` moves its last header into the gap), without a hash
+/// lookup and a removal per name.
+pub fn forwardable_to_wire(headers: &HeaderMap, drop: &[&str]) -> Vec<(String, String)> {
+    let named: Vec<&str> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .collect();
+    let mut wire = Vec::with_capacity(headers.len() + 4);
+    for (name, value) in headers {
+        let text = name.as_str();
+        let hop = HOP_BY_HOP.contains(name) || name == header::UPGRADE;
+        if hop || drop.contains(&text) || named.iter().any(|n| n.eq_ignore_ascii_case(text)) {
+            continue;
+        }
+        wire.push((text.to_owned(), value_to_wire(value)));
+    }
+    wire
+}
+
+/// A header value as it travels: each byte the character of that number.
+pub fn value_to_wire(value: &HeaderValue) -> String {
+    latin1_to_string(value.as_bytes())
 }
 
 /// Converts the wire list to a header map, refusing invalid names or values

@@ -156,3 +156,43 @@ fn a_raw_body_goes_into_json_as_base64_and_reads_back() {
         serde_json::json!({"status": 200, "headers": []})
     );
 }
+
+/// `forwardable_to_wire` keeps what stripping keeps, in one pass, and in
+/// the order received (stripping a `HeaderMap` moves its last header into
+/// each removed one's place): checked on maps built from hop-by-hop names,
+/// names that `Connection` lists (in any case, with spaces), dropped names,
+/// repeats and ordinary headers, in many orders.
+#[test]
+fn one_pass_forwarding_lists_what_stripping_then_converting_does() {
+    let lines: [(&str, &str); 10] = [
+        ("connection", "close, X-Secret , upgrade"),
+        ("x-secret", "1"),
+        ("keep-alive", "timeout=5"),
+        ("upgrade", "websocket"),
+        ("x-kept", "a"),
+        ("x-forwarded-for", "6.6.6.6"),
+        ("x-kept", "b\u{e9}"),
+        ("te", "trailers"),
+        ("host", "demo.localhost"),
+        ("connection", "x-other"),
+    ];
+    for start in 0..lines.len() {
+        for len in 0..=lines.len() - start {
+            let mut map = HeaderMap::new();
+            for (name, value) in lines[start..start + len].iter().rev().chain(&lines) {
+                let value = HeaderValue::from_bytes(&string_to_latin1(value)).unwrap();
+                map.append(HeaderName::from_static(name), value);
+            }
+            let drop = ["x-forwarded-for"];
+            let mut stripped = map.clone();
+            strip_hop_by_hop(&mut stripped);
+            stripped.remove("x-forwarded-for");
+            let kept: Vec<(String, String)> = headers_to_wire(&map)
+                .into_iter()
+                .filter(|(name, _)| stripped.contains_key(name.as_str()))
+                .collect();
+            assert_eq!(forwardable_to_wire(&map, &drop), kept, "{map:?}");
+            assert_eq!(kept.len(), stripped.len(), "{map:?}");
+        }
+    }
+}

@@ -7,11 +7,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use cryptun_proto::head::{headers_to_wire, keep_upgrade, strip_hop_by_hop, upgrade_protocol};
+use cryptun_proto::head::{forwardable_to_wire, upgrade_protocol, value_to_wire};
 use cryptun_proto::message::{ServerMessage, encode};
 use cryptun_proto::mux::{Mux, OpenError, RecvBody, SendHalf, Stream, pump};
 use cryptun_proto::{InlineBody, RequestHead, ResponseHead, binary_head};
-use http::{HeaderMap, HeaderValue, Request, Response, header};
+use http::{HeaderMap, HeaderValue, Request, Response};
 use http_body::Body as _;
 use http_body::Frame;
 use http_body_util::BodyExt;
@@ -143,6 +143,13 @@ impl Proxy<'_> {
                     head.body = InlineBody::default();
                     None
                 }
+                // Arrived whole, on a session with binary heads: it rides
+                // in the HEAD frame, one message instead of a head and an
+                // END frame (as the client's small responses do).
+                (begun, Whole::Yes) if mux.binary_heads() => {
+                    head.body = InlineBody::raw(joined(begun.read));
+                    None
+                }
                 // Arrived whole: sent at once, it needs no share.
                 (begun, Whole::Yes) => Some((begun, None)),
                 // Still uploading: it holds one of the upload share, taken
@@ -251,17 +258,13 @@ impl Proxy<'_> {
         }
         let tripwire = Arc::new(Tripwire::default());
         let idle = (self.body_read_timeout, self.min_body_rate);
-        let mut headers = forwarded_headers(parts.headers, visitor, scheme);
-        if let Some(protocol) = &upgrade {
-            keep_upgrade(&mut headers, protocol.clone());
-        }
         let mut head = RequestHead {
             method: parts.method.as_str().to_owned(),
             path: parts
                 .uri
                 .path_and_query()
                 .map_or_else(|| "/".to_owned(), |p| p.as_str().to_owned()),
-            headers: headers_to_wire(&headers),
+            headers: forwarded_headers(&parts.headers, visitor, scheme, upgrade.as_ref()),
             body: InlineBody::default(),
         };
         let upload = if !mux.binary() {
@@ -348,6 +351,19 @@ enum Whole {
     No,
 }
 
+/// The pieces of a body read whole, as one buffer (the piece itself when
+/// there is one, as most small bodies arrive).
+fn joined(mut pieces: VecDeque<Bytes>) -> Bytes {
+    if pieces.len() <= 1 {
+        return pieces.pop_front().unwrap_or_default();
+    }
+    let mut all = bytes::BytesMut::with_capacity(pieces.iter().map(Bytes::len).sum());
+    for piece in pieces {
+        all.extend_from_slice(&piece);
+    }
+    all.freeze()
+}
+
 /// Reads `body` to its end if it is at most [`SMALL_BODY`] bytes;
 /// otherwise as much as that, the rest left to stream. A body declared
 /// longer is not read at all.
@@ -396,29 +412,40 @@ async fn read_inline(
     }
 }
 
-/// The visitor's headers as the local service should see them: hop-by-hop
-/// headers removed, and the `X-Forwarded-*` set from what this server saw,
-/// replacing anything the visitor claimed.
-fn forwarded_headers(mut headers: HeaderMap, visitor: Peer, scheme: &str) -> HeaderMap {
-    strip_hop_by_hop(&mut headers);
-    let host = headers.get(header::HOST).cloned();
-    for name in [
-        "x-forwarded-for",
-        "x-forwarded-proto",
-        "x-forwarded-host",
-        "forwarded",
-        "x-real-ip",
-    ] {
-        headers.remove(name);
-    }
-    if let Ok(ip) = HeaderValue::from_str(&visitor.ip().to_string()) {
-        headers.insert("x-forwarded-for", ip);
-    }
-    if let Ok(proto) = HeaderValue::from_str(scheme) {
-        headers.insert("x-forwarded-proto", proto);
-    }
+/// Headers the visitor may send that only this server sets: dropped, then
+/// set from what it saw.
+const FORWARDING: [&str; 5] = [
+    "x-forwarded-for",
+    "x-forwarded-proto",
+    "x-forwarded-host",
+    "forwarded",
+    "x-real-ip",
+];
+
+/// The visitor's headers as the local service should see them, on the
+/// wire: hop-by-hop headers removed, the `X-Forwarded-*` set from what this
+/// server saw (replacing anything the visitor claimed), and for a protocol
+/// switch `Connection: upgrade` with its `Upgrade`, last.
+fn forwarded_headers(
+    headers: &HeaderMap,
+    visitor: Peer,
+    scheme: &str,
+    upgrade: Option<&HeaderValue>,
+) -> Vec<(String, String)> {
+    let mut wire = forwardable_to_wire(headers, &FORWARDING);
+    // The Host that is forwarded (none if `Connection` named it).
+    let host = wire
+        .iter()
+        .find(|(name, _)| name == "host")
+        .map(|(_, v)| v.clone());
+    wire.push(("x-forwarded-for".into(), visitor.ip().to_string()));
+    wire.push(("x-forwarded-proto".into(), scheme.into()));
     if let Some(host) = host {
-        headers.insert("x-forwarded-host", host);
+        wire.push(("x-forwarded-host".into(), host));
     }
-    headers
+    if let Some(protocol) = upgrade {
+        wire.push(("connection".into(), "upgrade".into()));
+        wire.push(("upgrade".into(), value_to_wire(protocol)));
+    }
+    wire
 }

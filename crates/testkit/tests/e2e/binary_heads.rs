@@ -171,11 +171,20 @@ async fn heads_cross_as_frames_with_their_bodies_as_bytes() {
     assert_eq!(got.headers["x-answer"], "yes");
     assert_eq!(&got.body[..], &bytes[..]);
 
-    // A POST: the head without END_STREAM, its body in frames; the answer
-    // streamed the same way.
-    let pending = call(&server, &host, "POST", "/upload", b"the request body");
+    // A small POST, its body arrived whole: it rides in the head.
+    let pending = call(&server, &host, "POST", "/hook", b"{\"event\":\"push\"}");
     let req = read_request(ws.recv().await);
-    assert!(!req.end_stream, "{req:?}");
+    assert!(req.end_stream, "{req:?}");
+    assert_eq!(&req.body[..], b"{\"event\":\"push\"}");
+    ws.send(response(req.stream, 202, &[], Some(b""))).await;
+    assert_eq!(reply(pending).await.status, StatusCode::ACCEPTED);
+
+    // A larger POST (over the 16 KiB read whole): the head without
+    // END_STREAM, its body in frames; the answer streamed the same way.
+    let upload: Vec<u8> = (0..40_000u32).map(|i| (i % 251) as u8).collect();
+    let pending = call(&server, &host, "POST", "/upload", &upload);
+    let req = read_request(ws.recv().await);
+    assert!(!req.end_stream && req.body.is_empty(), "{req:?}");
     let mut body = Vec::new();
     loop {
         let Message::Binary(mut buf) = ws.recv().await else {
@@ -189,7 +198,7 @@ async fn heads_cross_as_frames_with_their_bodies_as_bytes() {
         }
         assert_eq!(kind, DATA);
     }
-    assert_eq!(body, b"the request body");
+    assert_eq!(body, upload);
     ws.send(response(req.stream, 200, &[], None)).await;
     ws.send(frame(DATA, req.stream, b"streamed ")).await;
     ws.send(frame(END, req.stream, b"answer")).await;
