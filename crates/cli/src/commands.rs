@@ -105,6 +105,7 @@ fn server_config(args: &ServerArgs) -> Result<cryptun_server::Config> {
         admin_token: args.admin_token.clone(),
         shutdown_delay: args.shutdown_delay,
         cluster: cluster_config(args)?,
+        access_sink: crate::logtext::access_sink(),
         ..defaults
     };
     Ok(config.validated()?)

@@ -14,8 +14,16 @@
 //! (`method=GET`), numbers and booleans as they are, and control characters
 //! in the message escaped so that a message cannot move a terminal's cursor.
 //! A terminal keeps `tracing-subscriber`'s format, in colour.
+//!
+//! The server's access log line, one per request, skips `tracing`'s field
+//! machinery altogether ([`access_sink`]): the same text line (without the
+//! connection's span, whose `peer` is the line's `visitor`) or JSON line,
+//! formatted here from the line's fields and queued for stderr.
 
 use std::fmt::{self, Write as _};
+use std::sync::{Arc, OnceLock};
+
+use cryptun_server::gateway::access_log::{AccessLine, AccessSink};
 
 use tracing::field::{Field, Visit};
 use tracing::{Event, Level, Subscriber};
@@ -176,6 +184,145 @@ fn is_control(c: char) -> bool {
     )
 }
 
+/// How the access log is written, once logging is set up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AccessFormat {
+    /// As [`PlainText`] writes the event.
+    Text,
+    /// As `tracing-subscriber`'s JSON format writes the event.
+    Json,
+}
+
+static ACCESS_FORMAT: OnceLock<AccessFormat> = OnceLock::new();
+
+/// Says how stderr's log lines are written (`None`: by `tracing` itself,
+/// on a terminal in colour).
+pub fn set_access_format(format: Option<AccessFormat>) {
+    if let Some(format) = format {
+        let _ = ACCESS_FORMAT.set(format);
+    }
+}
+
+/// The sink for the server's access log lines, in the format logging was
+/// set up with; `None` leaves them to `tracing`.
+pub fn access_sink() -> Option<AccessSink> {
+    let format = *ACCESS_FORMAT.get()?;
+    Some(AccessSink(Arc::new(move |line: &AccessLine<'_>| {
+        let now = std::time::SystemTime::now();
+        let text = match format {
+            AccessFormat::Text => access_text(now, line),
+            AccessFormat::Json => access_json(now, line),
+        };
+        crate::lines::eprint(&text);
+    })))
+}
+
+/// The text line of `line`, as [`PlainText`] writes the `cryptun::access`
+/// event (no newline). Written piece by piece: one `write!` of the whole
+/// line spent most of its 6,000 instructions escaping strings that need no
+/// escape and formatting a float that is a whole number of microseconds.
+fn access_text(at: std::time::SystemTime, line: &AccessLine<'_>) -> String {
+    let mut out = String::with_capacity(160 + line.path.len());
+    let _ = write!(out, "{} ", humantime::format_rfc3339_micros(at));
+    out.push_str(level(&Level::INFO));
+    out.push_str(" cryptun::access: request tunnel=");
+    quoted(&mut out, line.tunnel);
+    out.push_str(" method=");
+    out.push_str(line.method);
+    out.push_str(" path=");
+    out.push_str(line.path);
+    let _ = write!(out, " status={} outcome=", line.status);
+    quoted(&mut out, line.outcome);
+    out.push_str(" duration_ms=");
+    milliseconds(&mut out, line.duration_ms);
+    let _ = write!(
+        out,
+        " bytes_in={} bytes_out={} complete={} visitor={}",
+        line.bytes_in, line.bytes_out, line.complete, line.visitor
+    );
+    out
+}
+
+/// `text` as `{:?}` writes it: quoted, escaped (by `{:?}` itself only when
+/// something needs it).
+fn quoted(out: &mut String, text: &str) {
+    let plain = text
+        .bytes()
+        .all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\' || b == b' ');
+    if plain {
+        out.push('"');
+        out.push_str(text);
+        out.push('"');
+    } else {
+        let _ = write!(out, "{text:?}");
+    }
+}
+
+/// A duration in milliseconds as `{:?}` writes it: a whole number of
+/// microseconds (as the server rounds them) is the decimal itself, its
+/// trailing zeros dropped but one (`2.0`, `0.925`); anything else goes to
+/// `{:?}`.
+fn milliseconds(out: &mut String, ms: f64) {
+    let micros = (ms * 1000.0).round();
+    if !(0.0..1e12).contains(&micros) || micros / 1000.0 != ms {
+        let _ = write!(out, "{ms:?}");
+        return;
+    }
+    let micros = micros as u64;
+    let _ = write!(out, "{}.", micros / 1000);
+    let frac = micros % 1000;
+    let digits = [frac / 100, frac / 10 % 10, frac % 10].map(|d| char::from(b'0' + d as u8));
+    let keep = digits
+        .iter()
+        .rposition(|d| *d != '0')
+        .map_or(1, |last| last + 1);
+    out.extend(&digits[..keep]);
+}
+
+/// The JSON line of `line`, with the keys and values of
+/// `tracing-subscriber`'s JSON format for the event.
+fn access_json(at: std::time::SystemTime, line: &AccessLine<'_>) -> String {
+    #[derive(serde::Serialize)]
+    struct Json<'a> {
+        #[serde(serialize_with = "as_text")]
+        timestamp: humantime::Rfc3339Timestamp,
+        level: &'static str,
+        message: &'static str,
+        tunnel: &'a str,
+        method: &'a str,
+        path: &'a str,
+        status: u16,
+        outcome: &'a str,
+        duration_ms: f64,
+        bytes_in: u64,
+        bytes_out: u64,
+        complete: bool,
+        #[serde(serialize_with = "as_text")]
+        visitor: std::net::SocketAddr,
+        target: &'static str,
+    }
+    fn as_text<S: serde::Serializer, T: fmt::Display>(value: &T, to: S) -> Result<S::Ok, S::Error> {
+        to.collect_str(value)
+    }
+    serde_json::to_string(&Json {
+        timestamp: humantime::format_rfc3339_micros(at),
+        level: "INFO",
+        message: "request",
+        tunnel: line.tunnel,
+        method: line.method,
+        path: line.path,
+        status: line.status,
+        outcome: line.outcome,
+        duration_ms: line.duration_ms,
+        bytes_in: line.bytes_in,
+        bytes_out: line.bytes_out,
+        complete: line.complete,
+        visitor: line.visitor,
+        target: "cryptun::access",
+    })
+    .unwrap_or_default()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -286,5 +433,122 @@ mod tests {
         assert_eq!(rest, " INFO cryptun::logtext::tests: x\n");
         assert!(humantime::parse_rfc3339(stamp).is_ok(), "{stamp}");
         assert_eq!(stamp.len(), "2026-12-07T16:09:00.123456Z".len(), "{stamp}");
+    }
+
+    /// An access line with awkward values.
+    fn sample() -> AccessLine<'static> {
+        AccessLine {
+            tunnel: "demo\"x",
+            method: "PROPFIND",
+            path: "/a/b%20c",
+            status: 502,
+            outcome: "client_gone",
+            duration_ms: 2.0,
+            bytes_in: 7,
+            bytes_out: 1234,
+            complete: false,
+            visitor: "[2001:db8::1]:41000".parse().unwrap(),
+        }
+    }
+
+    /// `line` logged as the server's `tracing` event would be.
+    fn as_event(line: &AccessLine<'_>) {
+        info!(
+            target: "cryptun::access",
+            tunnel = line.tunnel,
+            method = %line.method,
+            path = %line.path,
+            status = line.status,
+            outcome = line.outcome,
+            duration_ms = line.duration_ms,
+            bytes_in = line.bytes_in,
+            bytes_out = line.bytes_out,
+            complete = line.complete,
+            visitor = %line.visitor,
+            "request"
+        );
+    }
+
+    #[test]
+    fn the_access_text_line_is_the_events_line() {
+        let lines = [
+            sample(),
+            AccessLine {
+                duration_ms: 0.925,
+                ..sample()
+            },
+        ];
+        let traced = Captured::default();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(traced.clone())
+            .event_format(PlainText)
+            .finish();
+        tracing::subscriber::with_default(subscriber, || lines.iter().for_each(as_event));
+        let traced = traced.text();
+        assert_eq!(traced.lines().count(), lines.len());
+        let at = std::time::SystemTime::now();
+        let cut = |l: &str| l.split_once(' ').unwrap().1.to_owned();
+        for (traced, line) in traced.lines().zip(&lines) {
+            assert_eq!(cut(&access_text(at, line)), cut(traced));
+        }
+    }
+
+    #[test]
+    fn the_access_json_line_is_the_events_json() {
+        let traced = Captured::default();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(traced.clone())
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .finish();
+        tracing::subscriber::with_default(subscriber, || as_event(&sample()));
+        let mut traced: serde_json::Value = serde_json::from_str(&traced.text()).unwrap();
+        let mut ours: serde_json::Value =
+            serde_json::from_str(&access_json(std::time::SystemTime::now(), &sample())).unwrap();
+        for value in [&mut traced, &mut ours] {
+            let stamp = value["timestamp"].take();
+            assert!(humantime::parse_rfc3339(stamp.as_str().unwrap()).is_ok());
+        }
+        assert_eq!(ours, traced);
+    }
+
+    #[test]
+    fn milliseconds_read_as_debug_writes_them() {
+        let cases = (0..20_000u64)
+            .chain([999_999, 1_000_000, 123_456_789, 86_400_000_000])
+            .map(|micros| (micros as f64 * 1e3).round() / 1e6 * 1e3)
+            .chain([0.1 + 0.2, 1e-9, 1e15, 2.5e12, f64::NAN]);
+        for ms in cases {
+            let mut ours = String::new();
+            milliseconds(&mut ours, ms);
+            assert_eq!(ours, format!("{ms:?}"), "{ms}");
+        }
+        // As the server computes them, from a duration.
+        for nanos in [0, 1, 499, 500, 925_000, 1_234_567, 2_000_000_000] {
+            let d = std::time::Duration::from_nanos(nanos);
+            let ms = (d.as_secs_f64() * 1e6).round() / 1e3;
+            let mut ours = String::new();
+            milliseconds(&mut ours, ms);
+            assert_eq!(ours, format!("{ms:?}"), "{nanos} ns");
+        }
+    }
+
+    #[test]
+    fn quoted_strings_read_as_debug_writes_them() {
+        for text in [
+            "demo",
+            "a b",
+            "-",
+            "tab\there",
+            "quote\"",
+            "back\\slash",
+            "ünï",
+            "\u{1b}[",
+        ] {
+            let mut ours = String::new();
+            quoted(&mut ours, text);
+            assert_eq!(ours, format!("{text:?}"));
+        }
     }
 }

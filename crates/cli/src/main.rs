@@ -104,10 +104,14 @@ fn init_logging(format: LogFormat, default_level: &str) {
     let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(lines::Logs);
+    let terminal = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    logtext::set_access_format(match format {
+        LogFormat::Text if terminal => None,
+        LogFormat::Text => Some(logtext::AccessFormat::Text),
+        LogFormat::Json => Some(logtext::AccessFormat::Json),
+    });
     match format {
-        LogFormat::Text if std::io::IsTerminal::is_terminal(&std::io::stderr()) => {
-            logs.with_ansi(true).init()
-        }
+        LogFormat::Text if terminal => logs.with_ansi(true).init(),
         LogFormat::Text => logs
             .with_ansi(false)
             .event_format(logtext::PlainText)

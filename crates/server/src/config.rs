@@ -128,6 +128,9 @@ pub struct Config {
     /// anyone else that begins with one is refused (see
     /// `edge/proxy_protocol.rs`). Needs `trusted_proxies`.
     pub proxy_protocol: bool,
+    /// Where access log lines go instead of `tracing` events (target
+    /// `cryptun::access`), if set; see [`crate::gateway::access_log`].
+    pub access_sink: Option<crate::gateway::access_log::AccessSink>,
 }
 
 /// Request rates, and the bounds of the per-address table.
@@ -223,6 +226,7 @@ impl Default for Config {
             shutdown_delay: Duration::ZERO,
             cluster: None,
             proxy_protocol: false,
+            access_sink: None,
         }
     }
 }

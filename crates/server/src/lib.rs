@@ -335,7 +335,12 @@ impl Stages {
             metrics: metrics.clone(),
             ip_limiter,
             redirect_to: bound.redirect_to(config),
-            log: gateway::AccessLog::new(metrics.clone(), totals, tasks.clone()),
+            log: gateway::AccessLog::new(
+                metrics.clone(),
+                totals,
+                tasks.clone(),
+                config.access_sink.clone(),
+            ),
             control: Arc::clone(&control),
             ops,
             hop: joined.map(|joined| Arc::clone(&joined.forwarder)),

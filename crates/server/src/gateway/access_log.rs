@@ -12,7 +12,11 @@
 //! server's, and the tunnel's when the Host named a live one.
 //!
 //! The log line holds the path without its query string: query strings
-//! often carry tokens and other secrets. It is written by a task of its own,
+//! often carry tokens and other secrets. It is a `tracing` event, unless
+//! the server was given an [`AccessSink`]: then the sink gets the line's
+//! fields and writes it as it likes (`cryptun server` formats its own text
+//! or JSON line there: through `tracing`, the line cost about 9,600
+//! instructions per request, docs/BENCHMARKS.md). It is written by a task of its own,
 //! spawned when the exchange ends: the end comes as hyper takes the last
 //! body bytes, before it writes them to the visitor, and formatting the line
 //! there added about 4 µs to every response's latency on one connection
@@ -45,20 +49,66 @@ use crate::registry::Stats;
 const UPSTREAM: &str = "upstream";
 
 /// What every exchange reports to: the metrics, the server's dashboard
-/// counters, and the tasks that write log lines (awaited on shutdown).
+/// counters, the tasks that write log lines (awaited on shutdown), and
+/// where the lines go.
 pub(crate) struct AccessLog {
     metrics: Metrics,
     totals: Arc<Stats>,
     tasks: TaskTracker,
+    sink: Option<AccessSink>,
 }
 
 impl AccessLog {
-    pub(crate) fn new(metrics: Metrics, totals: Arc<Stats>, tasks: TaskTracker) -> Self {
+    pub(crate) fn new(
+        metrics: Metrics,
+        totals: Arc<Stats>,
+        tasks: TaskTracker,
+        sink: Option<AccessSink>,
+    ) -> Self {
         AccessLog {
             metrics,
             totals,
             tasks,
+            sink,
         }
+    }
+}
+
+/// One request's access log line, for an [`AccessSink`]: the fields of the
+/// `cryptun::access` event (docs/OPERATIONS.md lists them).
+#[derive(Debug, Clone, Copy)]
+pub struct AccessLine<'a> {
+    /// The subdomain asked for, `-` when the Host was unusable.
+    pub tunnel: &'a str,
+    /// The request's method.
+    pub method: &'a str,
+    /// The request's path, without its query string.
+    pub path: &'a str,
+    /// The status sent (0: the visitor left before any answer).
+    pub status: u16,
+    /// `upstream`, or the gateway's error code.
+    pub outcome: &'a str,
+    /// From arrival to the end of the response body, to the microsecond.
+    pub duration_ms: f64,
+    /// Request body bytes.
+    pub bytes_in: u64,
+    /// Response body bytes.
+    pub bytes_out: u64,
+    /// Whether the response body was sent to its end.
+    pub complete: bool,
+    /// The visitor's address as the server saw it.
+    pub visitor: std::net::SocketAddr,
+}
+
+/// Where access log lines go instead of `tracing`, if set: called once per
+/// request, off the response's path, while `cryptun::access` is enabled
+/// at `INFO`.
+#[derive(Clone)]
+pub struct AccessSink(pub Arc<dyn Fn(&AccessLine<'_>) + Send + Sync>);
+
+impl std::fmt::Debug for AccessSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AccessSink")
     }
 }
 
@@ -206,6 +256,7 @@ impl Drop for Exchange {
             return;
         }
         let line = Line {
+            sink: self.log.sink.clone(),
             tunnel: self.tunnel.take(),
             method: std::mem::take(&mut self.method),
             path: std::mem::take(&mut self.path),
@@ -233,6 +284,7 @@ impl Drop for Exchange {
 
 /// The access log line of one exchange.
 struct Line {
+    sink: Option<AccessSink>,
     tunnel: Option<String>,
     method: Method,
     path: String,
@@ -247,6 +299,20 @@ struct Line {
 
 impl Line {
     fn write(self) {
+        if let Some(sink) = &self.sink {
+            return (sink.0)(&AccessLine {
+                tunnel: self.tunnel.as_deref().unwrap_or("-"),
+                method: self.method.as_str(),
+                path: &self.path,
+                status: self.status,
+                outcome: self.outcome,
+                duration_ms: self.duration_ms,
+                bytes_in: self.bytes_in,
+                bytes_out: self.bytes_out,
+                complete: self.complete,
+                visitor: self.visitor,
+            });
+        }
         info!(
             target: "cryptun::access",
             tunnel = self.tunnel.as_deref().unwrap_or("-"),
