@@ -7,7 +7,8 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use cryptun_proto::head::{
-    headers_from_wire, headers_to_wire, keep_upgrade, strip_hop_by_hop, upgrade_protocol,
+    forwardable_to_wire, headers_from_wire, headers_to_wire, keep_upgrade, strip_hop_by_hop,
+    upgrade_protocol,
 };
 use cryptun_proto::message::{ClientMessage, encode};
 use cryptun_proto::mux::{
@@ -194,9 +195,7 @@ async fn respond(
     let status = response.status().as_u16();
     let (parts, body) = response.into_parts();
     let body = watch.response_body(body);
-    let mut headers = parts.headers;
-    strip_hop_by_hop(&mut headers);
-    let headers = headers_to_wire(&headers);
+    let headers = forwardable_to_wire(&parts.headers, &[]);
     let small = body
         .size_hint()
         .exact()
