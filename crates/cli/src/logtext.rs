@@ -451,24 +451,6 @@ mod tests {
         }
     }
 
-    /// `line` logged as the server's `tracing` event would be.
-    fn as_event(line: &AccessLine<'_>) {
-        info!(
-            target: "cryptun::access",
-            tunnel = line.tunnel,
-            method = %line.method,
-            path = %line.path,
-            status = line.status,
-            outcome = line.outcome,
-            duration_ms = line.duration_ms,
-            bytes_in = line.bytes_in,
-            bytes_out = line.bytes_out,
-            complete = line.complete,
-            visitor = %line.visitor,
-            "request"
-        );
-    }
-
     #[test]
     fn the_access_text_line_is_the_events_line() {
         let lines = [
@@ -483,7 +465,7 @@ mod tests {
             .with_writer(traced.clone())
             .event_format(PlainText)
             .finish();
-        tracing::subscriber::with_default(subscriber, || lines.iter().for_each(as_event));
+        tracing::subscriber::with_default(subscriber, || lines.iter().for_each(AccessLine::trace));
         let traced = traced.text();
         assert_eq!(traced.lines().count(), lines.len());
         let at = std::time::SystemTime::now();
@@ -502,7 +484,7 @@ mod tests {
             .flatten_event(true)
             .with_current_span(false)
             .finish();
-        tracing::subscriber::with_default(subscriber, || as_event(&sample()));
+        tracing::subscriber::with_default(subscriber, || sample().trace());
         let mut traced: serde_json::Value = serde_json::from_str(&traced.text()).unwrap();
         let mut ours: serde_json::Value =
             serde_json::from_str(&access_json(std::time::SystemTime::now(), &sample())).unwrap();

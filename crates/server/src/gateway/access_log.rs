@@ -299,23 +299,32 @@ struct Line {
 
 impl Line {
     fn write(self) {
-        if let Some(sink) = &self.sink {
-            return (sink.0)(&AccessLine {
-                tunnel: self.tunnel.as_deref().unwrap_or("-"),
-                method: self.method.as_str(),
-                path: &self.path,
-                status: self.status,
-                outcome: self.outcome,
-                duration_ms: self.duration_ms,
-                bytes_in: self.bytes_in,
-                bytes_out: self.bytes_out,
-                complete: self.complete,
-                visitor: self.visitor,
-            });
+        let line = AccessLine {
+            tunnel: self.tunnel.as_deref().unwrap_or("-"),
+            method: self.method.as_str(),
+            path: &self.path,
+            status: self.status,
+            outcome: self.outcome,
+            duration_ms: self.duration_ms,
+            bytes_in: self.bytes_in,
+            bytes_out: self.bytes_out,
+            complete: self.complete,
+            visitor: self.visitor,
+        };
+        match &self.sink {
+            Some(sink) => (sink.0)(&line),
+            None => line.trace(),
         }
+    }
+}
+
+impl AccessLine<'_> {
+    /// The line as the `tracing` event a server without an [`AccessSink`]
+    /// logs (target `cryptun::access`, message `request`).
+    pub fn trace(&self) {
         info!(
             target: "cryptun::access",
-            tunnel = self.tunnel.as_deref().unwrap_or("-"),
+            tunnel = self.tunnel,
             method = %self.method,
             path = %self.path,
             status = self.status,
