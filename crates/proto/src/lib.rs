@@ -45,6 +45,7 @@ pub mod name;
 pub mod net;
 pub mod read_ahead;
 pub mod secret;
+pub mod ws_server;
 
 pub use cancel::CancelReason;
 pub use capability::{Capabilities, Capability, negotiate};

@@ -23,14 +23,14 @@ pub(crate) mod whoami;
 use std::sync::Arc;
 
 use cryptun_proto::message::{ClientMessage, CreateTunnel, ErrorCode, ServerMessage, encode};
-use cryptun_proto::tungstenite::protocol::{CloseFrame, Role, frame::coding::CloseCode};
+use cryptun_proto::tungstenite::protocol::{CloseFrame, frame::coding::CloseCode};
 use cryptun_proto::tungstenite::{self, Message, handshake::derive_accept_key};
-use cryptun_proto::{PROTOCOL_VERSION, ReadAhead, close_code};
+use cryptun_proto::ws_server::ServerSocket;
+use cryptun_proto::{PROTOCOL_VERSION, close_code};
 use futures_util::{SinkExt, StreamExt};
 use http::{HeaderValue, Request, Response, StatusCode, header};
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
-use tokio_tungstenite::WebSocketStream;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, debug, info_span};
@@ -124,7 +124,7 @@ impl Control {
     }
 }
 
-type Ws = WebSocketStream<ReadAhead<TokioIo<Upgraded>>>;
+type Ws = ServerSocket<TokioIo<Upgraded>>;
 
 impl Control {
     /// Answers a WebSocket upgrade on `/ws` and starts the session behind it;
@@ -230,13 +230,11 @@ impl Control {
     /// Speaks WebSocket on the upgraded connection, admits the client and opens
     /// its session with its first tunnel; `None` if it went no further.
     async fn open(&self, upgraded: Upgraded, peer: Peer) -> Option<(session::Opened, Identity)> {
-        let config = self.config.limits.websocket_config();
-        let mut ws = WebSocketStream::from_raw_socket(
-            ReadAhead::new(TokioIo::new(upgraded)),
-            Role::Server,
-            Some(config),
-        )
-        .await;
+        let limits = &self.config.limits;
+        let max = limits
+            .max_message_bytes
+            .max(limits.max_frame_payload + cryptun_proto::frame::HEADER_LEN);
+        let mut ws = ServerSocket::new(TokioIo::new(upgraded), max, max);
         let (create, identity, place) = self.admit(&mut ws, peer).await?;
         let opened = session::open(self, ws, peer, create, &identity, place).await?;
         Some((opened, identity))
