@@ -35,8 +35,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tokio::sync::{Notify, mpsc, oneshot};
-use tokio_tungstenite::tungstenite::Message;
+use tokio::sync::{Notify, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use control::Control;
@@ -85,7 +84,7 @@ struct Inner<H> {
     /// Wakes the writer: control messages, queued messages, or a flush
     /// left unfinished by a write-through.
     control_ready: Notify,
-    out: mpsc::Sender<Message>,
+    out: wire::Outbound,
     /// Cancelled when nothing will take from `out` any more (the writer
     /// ended, or the session closed): senders waiting on a full queue fail
     /// instead of waiting for good (the queue's receiver lives in `wire`,
@@ -130,7 +129,6 @@ impl<H: Send + 'static> Mux<H> {
     pub fn new(side: Side, accepted: Capabilities, limits: Limits) -> Self {
         let binary = accepted.contains(Capability::BinaryStreams);
         let heads = binary && accepted.contains(Capability::BinaryHeads);
-        let (out, queue) = mpsc::channel(wire::OUTBOUND_QUEUE);
         Mux {
             inner: Arc::new(Inner {
                 side,
@@ -140,9 +138,9 @@ impl<H: Send + 'static> Mux<H> {
                 table: Mutex::new(Table::new()),
                 control: Mutex::new(Control::default()),
                 control_ready: Notify::new(),
-                out,
+                out: wire::Outbound::new(),
                 out_closed: CancellationToken::new(),
-                wire: tokio::sync::Mutex::new(wire::Wire { sink: None, queue }),
+                wire: tokio::sync::Mutex::new(wire::Wire { sink: None }),
                 started: Instant::now(),
                 last_heard_ms: AtomicU64::new(0),
                 unmatched: AtomicU64::new(0),

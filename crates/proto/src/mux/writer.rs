@@ -77,7 +77,8 @@ where
             }
         }
         let mut wire = mux.inner.wire.lock().await;
-        let Wire { sink, queue } = &mut *wire;
+        let Wire { sink } = &mut *wire;
+        let queue = &mux.inner.out;
         let Some(sink) = sink.as_mut() else {
             return Ok(None);
         };
@@ -95,9 +96,9 @@ where
             write(sink, heartbeat.timeout, Message::Ping(Default::default())).await?;
         }
         for _ in 0..BATCH {
-            match queue.try_recv() {
-                Ok(msg) => write(sink, heartbeat.timeout, msg).await?,
-                Err(_) => break,
+            match queue.pop() {
+                Some(msg) => write(sink, heartbeat.timeout, msg).await?,
+                None => break,
             }
         }
         // Also finishes whatever a write-through left buffered.
