@@ -178,7 +178,6 @@ impl Proxy<'_> {
             send,
             ..
         } = stream;
-
         // The deadline covers queueing the head too: a client that stopped
         // reading must not hold a visitor longer than one that is slow to
         // answer.
