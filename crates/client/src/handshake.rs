@@ -17,6 +17,7 @@ use tracing::{debug, info};
 use crate::servers::{self, Endpoint};
 use crate::session::{Session, Ws, describe_close};
 use crate::{ClientConfig, ClientError, TunnelConfig, probe, transport};
+use cryptun_proto::websocket::{End, Socket};
 
 /// The largest message the client accepts from a server. The server is the
 /// party the client chose to trust; this only bounds a broken one.
@@ -191,8 +192,15 @@ async fn connect_inner(config: &ClientConfig, endpoint: &Endpoint) -> Result<Ses
     let upgraded =
         tokio_tungstenite::client_async_with_config(url, ReadAhead::new(stream), Some(ws_config))
             .await;
+    // The handshake is tungstenite's; the frames after it are ours
+    // (`cryptun_proto::websocket`). Nothing can be lost in between: the
+    // server says nothing until the first `create_tunnel`, and what the
+    // read-ahead holds goes on to be read first.
     let mut ws = match upgraded {
-        Ok((ws, _)) => ws,
+        Ok((ws, _)) => {
+            let (stream, read) = ws.into_inner().into_parts();
+            Socket::new(stream, End::Client, MAX_SERVER_MESSAGE, MAX_SERVER_MESSAGE).with_read(read)
+        }
         Err(source) => {
             let err = handshake_error(endpoint, source);
             return Err(probe::after_plain_failure(endpoint, ca, err).await);

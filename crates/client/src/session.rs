@@ -19,11 +19,9 @@ use cryptun_proto::mux::{Heartbeat, Mux, OpenError, Side, run_writer};
 use cryptun_proto::tungstenite::protocol::CloseFrame;
 use cryptun_proto::tungstenite::protocol::frame::coding::CloseCode;
 use cryptun_proto::tungstenite::{Error as WsError, Message};
-use cryptun_proto::{
-    Capability, Frame, FrameKind, Limits, ReadAhead, RequestHead, binary_head, close_code,
-};
+use cryptun_proto::websocket::Socket;
+use cryptun_proto::{Capability, Frame, FrameKind, Limits, RequestHead, binary_head, close_code};
 use futures_util::StreamExt;
-use tokio_tungstenite::WebSocketStream;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
@@ -32,7 +30,7 @@ use crate::forward::{Forwarder, forward};
 use crate::servers::Endpoint;
 use crate::{ClientConfig, ClientError, Events, transport};
 
-pub(crate) type Ws = WebSocketStream<ReadAhead<transport::Stream>>;
+pub(crate) type Ws = Socket<transport::Stream>;
 
 /// The wait before reconnecting to a server that closed with 1001 without
 /// saying how long to wait.

@@ -45,7 +45,7 @@ pub mod name;
 pub mod net;
 pub mod read_ahead;
 pub mod secret;
-pub mod ws_server;
+pub mod websocket;
 
 pub use cancel::CancelReason;
 pub use capability::{Capabilities, Capability, negotiate};

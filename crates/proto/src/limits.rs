@@ -4,9 +4,11 @@ use std::time::Duration;
 
 use crate::message::SessionLimits;
 
-/// Bytes tungstenite reads from the socket at a time. Its buffer is resident
-/// per connection, so it stays small; [`crate::ReadAhead`] under it makes the
-/// socket reads large while a body streams in.
+/// Bytes tungstenite reads from the socket at a time, where it still frames
+/// a connection (a client's handshake, and peers built on it such as the
+/// test kit's; sessions themselves are framed by [`crate::websocket`]). Its
+/// buffer is resident per connection, so it stays small; [`crate::ReadAhead`]
+/// under it makes the socket reads large while a body streams in.
 const READ_BUFFER: usize = 4 << 10;
 
 /// Most headers one head may carry on the wire, whatever a session's

@@ -49,6 +49,12 @@ impl<S> ReadAhead<S> {
         &self.inner
     }
 
+    /// The wrapped stream, and what was read from it and not yet handed
+    /// out.
+    pub fn into_parts(self) -> (S, BytesMut) {
+        (self.inner, self.ahead)
+    }
+
     /// Copies what it can from the read-ahead buffer into `out`, freeing the
     /// buffer once it is drained and the stream is no longer busy.
     fn hand_out(&mut self, out: &mut ReadBuf<'_>) {

@@ -25,7 +25,7 @@ use std::sync::Arc;
 use cryptun_proto::message::{ClientMessage, CreateTunnel, ErrorCode, ServerMessage, encode};
 use cryptun_proto::tungstenite::protocol::{CloseFrame, frame::coding::CloseCode};
 use cryptun_proto::tungstenite::{self, Message, handshake::derive_accept_key};
-use cryptun_proto::ws_server::ServerSocket;
+use cryptun_proto::websocket::{End, Socket};
 use cryptun_proto::{PROTOCOL_VERSION, close_code};
 use futures_util::{SinkExt, StreamExt};
 use http::{HeaderValue, Request, Response, StatusCode, header};
@@ -124,7 +124,7 @@ impl Control {
     }
 }
 
-type Ws = ServerSocket<TokioIo<Upgraded>>;
+type Ws = Socket<TokioIo<Upgraded>>;
 
 impl Control {
     /// Answers a WebSocket upgrade on `/ws` and starts the session behind it;
@@ -234,7 +234,7 @@ impl Control {
         let max = limits
             .max_message_bytes
             .max(limits.max_frame_payload + cryptun_proto::frame::HEADER_LEN);
-        let mut ws = ServerSocket::new(TokioIo::new(upgraded), max, max);
+        let mut ws = Socket::new(TokioIo::new(upgraded), End::Server, max, max);
         let (create, identity, place) = self.admit(&mut ws, peer).await?;
         let opened = session::open(self, ws, peer, create, &identity, place).await?;
         Some((opened, identity))

@@ -1,6 +1,6 @@
-//! The server's end of a client's WebSocket once the upgrade is done: RFC
-//! 6455 framing of our own, in place of tungstenite, on the path every
-//! request and body takes.
+//! Our end of a session's WebSocket once the upgrade is done, server's or
+//! client's: RFC 6455 framing of our own, in place of tungstenite, on the
+//! path every request and body takes.
 //!
 //! tungstenite zero-fills up to 4 KiB of its buffer before every socket
 //! read and reads at most that much a call (so `ReadAhead` sat under it to
@@ -9,21 +9,23 @@
 //! resident in every idle tunnel (docs/BENCHMARKS.md, "Issue 16: the data
 //! path"). Here a read goes straight from the socket into spare capacity
 //! that is never zero-filled, sized to the frame being read once its header
-//! is known; a payload is handed on as a slice of that buffer (unmasked in
-//! place), not copied; and the buffer is let go whenever the socket runs
-//! dry with nothing left in it, so an idle tunnel holds none. Frames go out
-//! as a header and the payload itself, gathered into one vectored write.
+//! is known; a payload is handed on as a slice of that buffer (a client's
+//! unmasked in place), not copied; and the buffer is let go whenever the
+//! socket runs dry with nothing left in it, so an idle tunnel holds none.
+//! Frames go out as a header and the payload itself, gathered into one
+//! vectored write; a client masks each payload with a fresh random key as
+//! it copies it out, the one copy the protocol forces.
 //!
 //! It is a `Stream` and a `Sink` of tungstenite's `Message`, with
 //! tungstenite's errors, so the session, the mux and the tests see what
-//! they saw before; the handshake stays hyper's and tungstenite's. What it
-//! enforces, as tungstenite did for the server role: every client frame
-//! masked, no reserved bits or opcodes, control frames whole and at most
-//! 125 bytes, fragments in order, text valid UTF-8 (`Error::Utf8`: the
-//! session closes with 1007), frames and messages within the session's
-//! sizes (`Error::Capacity`: 1009). A ping is answered with a pong, a close
-//! with the same close (1002 for a code no endpoint may send), and the end
-//! of the connection without a close is `ResetWithoutClosingHandshake`.
+//! they saw before; the handshakes stay hyper's and tungstenite's. What it
+//! enforces, as tungstenite did: a client's frames masked and a server's
+//! not, no reserved bits or opcodes, control frames whole and at most 125
+//! bytes, fragments in order, text valid UTF-8 (`Error::Utf8`: a session
+//! closes with 1007), frames and messages within the session's sizes
+//! (`Error::Capacity`: 1009). A ping is answered with a pong, a close with
+//! the same close (1002 for a code no endpoint may send), and the end of
+//! the connection without a close is `ResetWithoutClosingHandshake`.
 
 use std::collections::VecDeque;
 use std::io::IoSlice;
@@ -69,10 +71,19 @@ struct Fragments {
     data: BytesMut,
 }
 
-/// The server's side of one WebSocket connection (see the module's
-/// documentation).
-pub struct ServerSocket<S> {
+/// Which end of the connection this is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum End {
+    /// The server: reads masked frames, writes them unmasked.
+    Server,
+    /// The client: reads unmasked frames, writes them masked.
+    Client,
+}
+
+/// Our end of one WebSocket connection (see the module's documentation).
+pub struct Socket<S> {
     io: S,
+    end: End,
     /// Bytes read and not yet parsed; empty and unallocated while idle.
     read: BytesMut,
     fragments: Option<Fragments>,
@@ -88,12 +99,13 @@ pub struct ServerSocket<S> {
     ended: bool,
 }
 
-impl<S> ServerSocket<S> {
-    /// Frames the connection `io`, refusing frames over `max_frame` bytes
-    /// and messages over `max_message`.
-    pub fn new(io: S, max_message: usize, max_frame: usize) -> Self {
-        ServerSocket {
+impl<S> Socket<S> {
+    /// Frames the connection `io` as its `end`, refusing frames over
+    /// `max_frame` bytes and messages over `max_message`.
+    pub fn new(io: S, end: End, max_message: usize, max_frame: usize) -> Self {
+        Socket {
             io,
+            end,
             read: BytesMut::new(),
             fragments: None,
             max_message,
@@ -106,21 +118,42 @@ impl<S> ServerSocket<S> {
         }
     }
 
-    /// Queues one frame: FIN set, unmasked (a server never masks).
+    /// Bytes read from the connection before it was handed over, to be read
+    /// first.
+    #[must_use]
+    pub fn with_read(mut self, read: BytesMut) -> Self {
+        self.read = read;
+        self
+    }
+
+    /// Queues one frame, FIN set: a server's as it is, a client's masked.
     fn queue(&mut self, opcode: u8, payload: Bytes) {
         let len = payload.len();
-        self.gather.reserve(10 + len.min(GATHER_SMALL));
+        let mask = if self.end == End::Client { 0x80 } else { 0 };
+        self.gather.reserve(14 + len.min(GATHER_SMALL));
         self.gather.put_u8(0x80 | opcode);
         match len {
-            0..=125 => self.gather.put_u8(len as u8),
+            0..=125 => self.gather.put_u8(mask | len as u8),
             126..=0xffff => {
-                self.gather.put_u8(126);
+                self.gather.put_u8(mask | 126);
                 self.gather.put_u16(len as u16);
             }
             _ => {
-                self.gather.put_u8(127);
+                self.gather.put_u8(mask | 127);
                 self.gather.put_u64(len as u64);
             }
+        }
+        if self.end == End::Client {
+            // A fresh key per frame, from a generator seeded by the
+            // operating system (RFC 6455 §5.3), and the payload copied out
+            // masked.
+            let key: [u8; 4] = rand::random();
+            self.gather.put_slice(&key);
+            let at = self.gather.len();
+            self.gather.put_slice(&payload);
+            unmask(&mut self.gather[at..], key);
+            self.out_len += len + 14;
+            return;
         }
         if len <= GATHER_SMALL {
             self.gather.put_slice(&payload);
@@ -156,8 +189,10 @@ impl<S> ServerSocket<S> {
         if rsv != 0 {
             return Err(ProtocolError::NonZeroReservedBits.into());
         }
-        if !masked {
-            return Err(ProtocolError::UnmaskedFrameFromClient.into());
+        match (self.end, masked) {
+            (End::Server, false) => return Err(ProtocolError::UnmaskedFrameFromClient.into()),
+            (End::Client, true) => return Err(ProtocolError::MaskedFrameFromServer.into()),
+            _ => {}
         }
         match opcode {
             0..=2 => {}
@@ -172,7 +207,7 @@ impl<S> ServerSocket<S> {
             127 => 8,
             _ => 0,
         };
-        let header = 2 + extra + 4;
+        let header = 2 + extra + if masked { 4 } else { 0 };
         if have < header {
             self.read.reserve(READ_SIZE);
             return Ok(None);
@@ -192,10 +227,14 @@ impl<S> ServerSocket<S> {
             return Ok(None);
         }
         let mut key = [0u8; 4];
-        key.copy_from_slice(&self.read[header - 4..header]);
+        if masked {
+            key.copy_from_slice(&self.read[header - 4..header]);
+        }
         self.read.advance(header);
         let mut payload = self.read.split_to(len);
-        unmask(&mut payload, key);
+        if masked {
+            unmask(&mut payload, key);
+        }
         Ok(Some((fin, opcode, payload)))
     }
 
@@ -292,7 +331,7 @@ impl<S> ServerSocket<S> {
     }
 }
 
-impl<S: AsyncRead + AsyncWrite + Unpin> ServerSocket<S> {
+impl<S: AsyncRead + AsyncWrite + Unpin> Socket<S> {
     /// Sends a close frame (`frame`'s code and reason, or none) and
     /// flushes it, as tokio-tungstenite's `close` does.
     pub async fn close(&mut self, frame: Option<CloseFrame>) -> Result<(), Error> {
@@ -337,7 +376,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> ServerSocket<S> {
     }
 }
 
-impl<S: AsyncRead + AsyncWrite + Unpin> Stream for ServerSocket<S> {
+impl<S: AsyncRead + AsyncWrite + Unpin> Stream for Socket<S> {
     type Item = Result<Message, Error>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
@@ -393,7 +432,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Stream for ServerSocket<S> {
     }
 }
 
-impl<S: AsyncRead + AsyncWrite + Unpin> Sink<Message> for ServerSocket<S> {
+impl<S: AsyncRead + AsyncWrite + Unpin> Sink<Message> for Socket<S> {
     type Error = Error;
 
     fn poll_ready(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
@@ -456,7 +495,7 @@ fn too_long(size: u64, max_size: usize) -> Error {
     })
 }
 
-/// XORs `data` with the client's masking key, eight bytes at a time.
+/// XORs `data` with a masking key, eight bytes at a time.
 fn unmask(data: &mut [u8], key: [u8; 4]) {
     let wide = u64::from_ne_bytes([
         key[0], key[1], key[2], key[3], key[0], key[1], key[2], key[3],
@@ -472,11 +511,11 @@ fn unmask(data: &mut [u8], key: [u8; 4]) {
 }
 
 #[cfg(test)]
-#[path = "ws_server_tests.rs"]
+#[path = "websocket_tests.rs"]
 mod tests;
 
 #[cfg(test)]
-impl<S> ServerSocket<S> {
+impl<S> Socket<S> {
     /// Bytes of read buffer held (for the idle test).
     fn read_capacity(&self) -> usize {
         self.read.capacity()

@@ -14,16 +14,22 @@ const MAX_MESSAGE: usize = 2 << 20;
 const MAX_FRAME: usize = 128 << 10;
 
 /// Ours, and a tungstenite client talking to it.
-async fn pair() -> (ServerSocket<DuplexStream>, WebSocketStream<DuplexStream>) {
+async fn pair() -> (Socket<DuplexStream>, WebSocketStream<DuplexStream>) {
     let (server, client) = tokio::io::duplex(1 << 16);
     let client = WebSocketStream::from_raw_socket(client, Role::Client, None).await;
-    (ServerSocket::new(server, MAX_MESSAGE, MAX_FRAME), client)
+    (
+        Socket::new(server, End::Server, MAX_MESSAGE, MAX_FRAME),
+        client,
+    )
 }
 
 /// Ours, and the raw pipe to write hand-made frames into.
-fn raw() -> (ServerSocket<DuplexStream>, DuplexStream) {
+fn raw() -> (Socket<DuplexStream>, DuplexStream) {
     let (server, client) = tokio::io::duplex(1 << 16);
-    (ServerSocket::new(server, MAX_MESSAGE, MAX_FRAME), client)
+    (
+        Socket::new(server, End::Server, MAX_MESSAGE, MAX_FRAME),
+        client,
+    )
 }
 
 /// A masked client frame.
@@ -46,7 +52,7 @@ fn frame(first: u8, payload: &[u8]) -> Vec<u8> {
     out
 }
 
-async fn next(ws: &mut ServerSocket<DuplexStream>) -> Result<Message, Error> {
+async fn next(ws: &mut Socket<DuplexStream>) -> Result<Message, Error> {
     tokio::time::timeout(std::time::Duration::from_secs(5), ws.next())
         .await
         .expect("a message in time")
@@ -229,7 +235,7 @@ async fn frames_that_break_the_rules_are_refused_as_tungstenite_refused_them() {
 #[tokio::test]
 async fn a_message_over_the_limit_in_fragments_is_refused() {
     let (server, mut pipe) = tokio::io::duplex(1 << 16);
-    let mut ours = ServerSocket::new(server, 1000, 1000);
+    let mut ours = Socket::new(server, End::Server, 1000, 1000);
     tokio::spawn(async move {
         let _ = pipe.write_all(&frame(0x02, &[0; 600])).await;
         let _ = pipe.write_all(&frame(0x80, &[0; 600])).await;
@@ -277,7 +283,7 @@ proptest! {
         runtime.block_on(async {
             let (server, client) = tokio::io::duplex(pipe);
             let mut client = WebSocketStream::from_raw_socket(client, Role::Client, None).await;
-            let mut ours = ServerSocket::new(server, MAX_MESSAGE, MAX_FRAME);
+            let mut ours = Socket::new(server, End::Server, MAX_MESSAGE, MAX_FRAME);
             let sent: Vec<Message> = sizes
                 .iter()
                 .enumerate()
@@ -330,4 +336,67 @@ fn unmasking_matches_the_definition_at_every_length_and_offset() {
             .collect();
         assert_eq!(ours, expected, "{len}");
     }
+}
+
+/// Our client's end, and a tungstenite server talking to it.
+async fn client_pair() -> (Socket<DuplexStream>, WebSocketStream<DuplexStream>) {
+    let (client, server) = tokio::io::duplex(1 << 16);
+    let server = WebSocketStream::from_raw_socket(server, Role::Server, None).await;
+    (
+        Socket::new(client, End::Client, MAX_MESSAGE, MAX_FRAME),
+        server,
+    )
+}
+
+#[tokio::test]
+async fn as_a_client_it_masks_what_it_sends_and_reads_what_a_server_sends() {
+    let (mut ours, mut server) = client_pair().await;
+    let big: Vec<u8> = (0..70_000u32).map(|i| (i % 253) as u8).collect();
+    let sent = [
+        Message::text("{\"type\":\"create_tunnel\"}"),
+        Message::binary(big),
+        Message::binary(vec![9u8; 200]),
+    ];
+    let to_send = sent.clone();
+    let writing = tokio::spawn(async move {
+        for msg in to_send {
+            ours.send(msg).await.unwrap();
+        }
+        ours
+    });
+    // tungstenite, as a server, refuses any frame that is not masked.
+    for msg in &sent {
+        assert_eq!(&server.next().await.unwrap().unwrap(), msg);
+    }
+    let mut ours = writing.await.unwrap();
+    let to_send = sent.clone();
+    let writing = tokio::spawn(async move {
+        for msg in to_send {
+            server.send(msg).await.unwrap();
+        }
+        server
+    });
+    for msg in &sent {
+        assert_eq!(&next(&mut ours).await.unwrap(), msg);
+    }
+    writing.await.unwrap();
+}
+
+#[tokio::test]
+async fn as_a_client_it_refuses_a_masked_frame_and_reads_what_came_before_it() {
+    let (client, mut pipe) = tokio::io::duplex(1 << 16);
+    // Bytes the handshake read past the 101 come first.
+    let mut early = BytesMut::new();
+    early.put_slice(&[0x81, 2, b'h', b'i']);
+    let mut ours = Socket::new(client, End::Client, MAX_MESSAGE, MAX_FRAME).with_read(early);
+    tokio::spawn(async move {
+        let _ = pipe.write_all(&frame(0x82, b"x")).await;
+        tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+    });
+    assert_eq!(next(&mut ours).await.unwrap(), Message::text("hi"));
+    let err = next(&mut ours).await.unwrap_err();
+    assert!(
+        matches!(err, Error::Protocol(ProtocolError::MaskedFrameFromServer)),
+        "{err:?}"
+    );
 }
