@@ -59,9 +59,36 @@ async fn next(ws: &mut Socket<DuplexStream>) -> Result<Message, Error> {
         .expect("the stream goes on")
 }
 
+/// Sends `sent` from `from` (in a task of its own: the pipe holds less
+/// than the messages do) while `to` reads them, checks that each arrives
+/// as sent, and gives `from` back.
+async fn cross<A, B>(from: A, to: &mut B, sent: &[Message]) -> A
+where
+    A: Sink<Message, Error = Error> + Unpin + Send + 'static,
+    B: Stream<Item = Result<Message, Error>> + Unpin,
+{
+    let to_send = sent.to_vec();
+    let writing = tokio::spawn(async move {
+        let mut from = from;
+        for msg in to_send {
+            from.send(msg).await.unwrap();
+        }
+        from
+    });
+    for msg in sent {
+        let got = tokio::time::timeout(std::time::Duration::from_secs(5), to.next())
+            .await
+            .expect("a message in time")
+            .expect("the stream goes on")
+            .unwrap();
+        assert_eq!(&got, msg);
+    }
+    writing.await.unwrap()
+}
+
 #[tokio::test]
 async fn messages_cross_both_ways_as_they_were_sent() {
-    let (mut ours, mut client) = pair().await;
+    let (mut ours, client) = pair().await;
     let big: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
     let sent = [
         Message::text("{\"type\":\"response\"}"),
@@ -70,30 +97,8 @@ async fn messages_cross_both_ways_as_they_were_sent() {
         Message::text("ünïcode"),
         Message::binary(vec![7u8; 300]),
     ];
-    // Each side writes while the other reads: the pipe holds 64 KiB.
-    let to_send = sent.clone();
-    let writing = tokio::spawn(async move {
-        for msg in to_send {
-            client.send(msg).await.unwrap();
-        }
-        client
-    });
-    for msg in &sent {
-        assert_eq!(&next(&mut ours).await.unwrap(), msg);
-    }
-    let mut client = writing.await.unwrap();
-    let to_send = sent.clone();
-    let writing = tokio::spawn(async move {
-        for msg in to_send {
-            ours.feed(msg).await.unwrap();
-        }
-        ours.flush().await.unwrap();
-        ours
-    });
-    for msg in &sent {
-        assert_eq!(&client.next().await.unwrap().unwrap(), msg);
-    }
-    writing.await.unwrap();
+    let mut client = cross(client, &mut ours, &sent).await;
+    cross(ours, &mut client, &sent).await;
 }
 
 #[tokio::test]
@@ -282,7 +287,7 @@ proptest! {
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         runtime.block_on(async {
             let (server, client) = tokio::io::duplex(pipe);
-            let mut client = WebSocketStream::from_raw_socket(client, Role::Client, None).await;
+            let client = WebSocketStream::from_raw_socket(client, Role::Client, None).await;
             let mut ours = Socket::new(server, End::Server, MAX_MESSAGE, MAX_FRAME);
             let sent: Vec<Message> = sizes
                 .iter()
@@ -295,30 +300,9 @@ proptest! {
                     }
                 })
                 .collect();
-            let to_send = sent.clone();
-            let writer = tokio::spawn(async move {
-                for msg in to_send {
-                    client.send(msg).await.unwrap();
-                }
-                client
-            });
-            for msg in &sent {
-                prop_assert_eq!(&next(&mut ours).await.unwrap(), msg);
-            }
-            let mut client = writer.await.unwrap();
-            let to_send = sent.clone();
-            let writer = tokio::spawn(async move {
-                for msg in to_send {
-                    ours.send(msg).await.unwrap();
-                }
-                ours
-            });
-            for msg in &sent {
-                prop_assert_eq!(&client.next().await.unwrap().unwrap(), msg);
-            }
-            drop(writer.await.unwrap());
-            Ok(())
-        })?;
+            let mut client = cross(client, &mut ours, &sent).await;
+            cross(ours, &mut client, &sent).await;
+        });
     }
 }
 
@@ -350,36 +334,16 @@ async fn client_pair() -> (Socket<DuplexStream>, WebSocketStream<DuplexStream>) 
 
 #[tokio::test]
 async fn as_a_client_it_masks_what_it_sends_and_reads_what_a_server_sends() {
-    let (mut ours, mut server) = client_pair().await;
+    let (ours, mut server) = client_pair().await;
     let big: Vec<u8> = (0..70_000u32).map(|i| (i % 253) as u8).collect();
     let sent = [
         Message::text("{\"type\":\"create_tunnel\"}"),
         Message::binary(big),
         Message::binary(vec![9u8; 200]),
     ];
-    let to_send = sent.clone();
-    let writing = tokio::spawn(async move {
-        for msg in to_send {
-            ours.send(msg).await.unwrap();
-        }
-        ours
-    });
     // tungstenite, as a server, refuses any frame that is not masked.
-    for msg in &sent {
-        assert_eq!(&server.next().await.unwrap().unwrap(), msg);
-    }
-    let mut ours = writing.await.unwrap();
-    let to_send = sent.clone();
-    let writing = tokio::spawn(async move {
-        for msg in to_send {
-            server.send(msg).await.unwrap();
-        }
-        server
-    });
-    for msg in &sent {
-        assert_eq!(&next(&mut ours).await.unwrap(), msg);
-    }
-    writing.await.unwrap();
+    let mut ours = cross(ours, &mut server, &sent).await;
+    cross(server, &mut ours, &sent).await;
 }
 
 #[tokio::test]
