@@ -345,14 +345,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Socket<S> {
             self.out.push_back(tail);
         }
         while !self.out.is_empty() {
-            let slices: Vec<IoSlice<'_>> = self
-                .out
-                .iter()
-                .take(MAX_SLICES)
-                .map(|b| IoSlice::new(b))
-                .collect();
-            let written = ready!(Pin::new(&mut self.io).poll_write_vectored(cx, &slices))?;
-            drop(slices);
+            // On the stack: no allocation per write.
+            let mut slices = [IoSlice::new(&[]); MAX_SLICES];
+            let mut count = 0;
+            for (slot, bytes) in slices.iter_mut().zip(&self.out) {
+                *slot = IoSlice::new(bytes);
+                count += 1;
+            }
+            let written = ready!(Pin::new(&mut self.io).poll_write_vectored(cx, &slices[..count]))?;
             if written == 0 {
                 return Poll::Ready(Err(Error::Io(std::io::ErrorKind::WriteZero.into())));
             }

@@ -52,11 +52,14 @@ pub(super) struct Wire {
     pub(super) sink: Option<BoxSink>,
 }
 
+/// Places an emptied queue keeps (some 40 bytes each).
+const KEEP_SLOTS: usize = 8;
+
 /// Messages the writer still has to send, in order, at most
 /// [`OUTBOUND_QUEUE`]. Messages leave it only while the wire is held. It
-/// holds no memory while empty: tokio's channel, used before, allocated a
-/// block of 32 slots when made, 1.8 KiB in every idle session
-/// (docs/BENCHMARKS.md).
+/// holds no memory until the first message, and at most [`KEEP_SLOTS`]
+/// places once emptied: tokio's channel, used before, allocated a block of
+/// 32 slots when made, 2.5 KiB in every idle session (docs/BENCHMARKS.md).
 pub(super) struct Outbound {
     queue: Mutex<VecDeque<Message>>,
     /// Free places in the queue.
@@ -83,8 +86,10 @@ impl Outbound {
     pub(super) fn pop(&self) -> Option<Message> {
         let mut queue = self.queue();
         let msg = queue.pop_front()?;
-        if queue.is_empty() {
-            // Let the memory go with the burst.
+        if queue.is_empty() && queue.capacity() > KEEP_SLOTS {
+            // Let a burst's memory go with it; a few places stay, so that
+            // a queue going from one message to none under steady load
+            // does not allocate for every message.
             *queue = VecDeque::new();
         }
         drop(queue);
@@ -195,8 +200,9 @@ impl<H: Send + 'static> Mux<H> {
 mod tests {
     use super::*;
 
-    /// An idle session's queue holds no memory: none when made, none once
-    /// a burst has been written, and its places all come back.
+    /// An idle session's queue holds no memory when made and none once a
+    /// burst has been written, at most a few places after single messages,
+    /// and its places all come back.
     #[test]
     fn an_empty_queue_holds_no_memory_and_gives_back_its_places() {
         let out = Outbound::new();
@@ -211,7 +217,17 @@ mod tests {
             assert_eq!(out.pop(), Some(Message::text(i.to_string())));
         }
         assert_eq!(out.pop(), None);
-        assert_eq!(out.queue().capacity(), 0);
+        assert_eq!(out.queue().capacity(), 0, "a burst's memory goes with it");
+        // One message at a time, as under steady load: a few places are
+        // kept rather than allocated for each message.
+        for i in 0..3 {
+            out.room.try_acquire().unwrap().forget();
+            out.push(Message::text(i.to_string()));
+            let kept = out.queue().capacity();
+            assert_eq!(out.pop(), Some(Message::text(i.to_string())));
+            assert_eq!(out.queue().capacity(), kept);
+            assert!(kept <= KEEP_SLOTS);
+        }
         assert_eq!(out.room.available_permits(), OUTBOUND_QUEUE);
     }
 }

@@ -292,8 +292,17 @@ async fn broken_heads_close_their_session_with_1002_and_nothing_else() {
         assert_eq!(code, 1002, "{what}");
     }
     // A well-formed HEAD on a session that did not negotiate them.
-    let code = close_code_for(&server, &["binary_streams"], Message::binary(whole)).await;
+    let code = close_code_for(&server, &["binary_streams"], Message::binary(whole.clone())).await;
     assert_eq!(code, 1002, "a HEAD without binary_heads");
+    // A head is held to the session's message size: one a byte over it
+    // (with END_STREAM, its body the rest) gets 1009.
+    let limits = server.config.limits;
+    let max = limits.max_message_bytes.max(limits.max_frame_payload + 5);
+    let mut over = whole;
+    over[5] |= 0x01;
+    over.resize(max + 1, b'x');
+    let code = close_code_for(&server, BOTH, Message::binary(over)).await;
+    assert_eq!(code, 1009, "a HEAD over the message size");
 
     let origin = Origin::start().await;
     let client = TestClient::start(&server, &origin.target()).await;
