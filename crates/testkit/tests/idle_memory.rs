@@ -41,8 +41,8 @@ const FIRST: usize = 100;
 const MORE: usize = 400;
 
 /// The most heap a parked connection may hold, bytes.
-const PLAIN_MAX: u64 = 3_584;
-const HTTPS_MAX: u64 = 13_312;
+const PLAIN_MAX: u64 = 2_304;
+const HTTPS_MAX: u64 = 11_264;
 
 #[test]
 fn an_idle_connection_holds_little_heap() {
