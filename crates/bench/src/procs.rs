@@ -152,7 +152,16 @@ pub fn rss_kib(pid: u32) -> Result<u64> {
 /// User plus system CPU time of `pid` and its descendants (all threads), in
 /// clock ticks.
 pub fn cpu_ticks(pid: u32) -> Result<u64> {
-    sum_tree(pid, own_cpu_ticks)
+    sum_tree(pid, |pid| {
+        own_cpu_ticks(pid).map(|(user, system)| user + system)
+    })
+}
+
+/// The system part of [`cpu_ticks`]: CPU time spent in the kernel for
+/// `pid` and its descendants (syscalls, and the loopback TCP stack they
+/// run), in clock ticks.
+pub fn kernel_ticks(pid: u32) -> Result<u64> {
+    sum_tree(pid, |pid| own_cpu_ticks(pid).map(|(_, system)| system))
 }
 
 /// `value` summed over `pid` and its live descendants. A descendant that
@@ -213,7 +222,8 @@ fn own_rss_kib(pid: u32) -> Result<u64> {
         .context("no VmRSS")
 }
 
-fn own_cpu_ticks(pid: u32) -> Result<u64> {
+/// `pid`'s user and system CPU time, in clock ticks.
+fn own_cpu_ticks(pid: u32) -> Result<(u64, u64)> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .with_context(|| format!("reading /proc/{pid}/stat"))?;
     // The command name may hold spaces and parentheses: fields are counted
@@ -227,7 +237,7 @@ fn own_cpu_ticks(pid: u32) -> Result<u64> {
             .and_then(|v| v.parse().ok())
             .with_context(|| format!("bad stat field {n}"))
     };
-    Ok(field(14)? + field(15)?)
+    Ok((field(14)?, field(15)?))
 }
 
 /// Clock ticks per second (`getconf CLK_TCK`, 100 if that fails).

@@ -1,5 +1,6 @@
 //! What the processes spend during one wrk run: CPU time (the delta of
-//! `utime + stime` over the run) and resident memory (sampled every 100 ms,
+//! `utime + stime` over the run, and of `stime`, the kernel's part) and
+//! resident memory (sampled every 100 ms,
 //! the largest value kept).
 //!
 //! [`measure_all`] does it for any list of processes (the cluster scenario
@@ -39,6 +40,8 @@ pub struct Measured {
     pub wrk: WrkResult,
     /// CPU ticks spent during the run.
     pub cpu_ticks: Roles<u64>,
+    /// The part of `cpu_ticks` spent in the kernel.
+    pub kernel_ticks: Roles<u64>,
     /// Largest RSS seen during the run, KiB.
     pub peak_rss_kib: Roles<u64>,
 }
@@ -59,10 +62,11 @@ fn rss_kib(pid: u32) -> Result<u64> {
     }
 }
 
-fn cpu_ticks(pid: u32) -> Result<u64> {
+/// CPU ticks of `pid` so far: in all, and in the kernel.
+fn cpu_ticks(pid: u32) -> Result<[u64; 2]> {
     match pid {
-        NO_PROCESS => Ok(0),
-        pid => procs::cpu_ticks(pid),
+        NO_PROCESS => Ok([0, 0]),
+        pid => Ok([procs::cpu_ticks(pid)?, procs::kernel_ticks(pid)?]),
     }
 }
 
@@ -74,6 +78,8 @@ pub struct Sampled {
     pub wrk: WrkResult,
     /// CPU ticks spent during the run.
     pub cpu_ticks: Vec<u64>,
+    /// The part of `cpu_ticks` spent in the kernel.
+    pub kernel_ticks: Vec<u64>,
     /// Largest RSS seen during the run, KiB.
     pub peak_rss_kib: Vec<u64>,
 }
@@ -103,6 +109,7 @@ pub fn measure(load: &Load, script: &Path, pids: Roles<u32>) -> Result<Measured>
     Ok(Measured {
         wrk: sampled.wrk,
         cpu_ticks: roles(&sampled.cpu_ticks)?,
+        kernel_ticks: roles(&sampled.kernel_ticks)?,
         peak_rss_kib: roles(&sampled.peak_rss_kib)?,
     })
 }
@@ -127,7 +134,7 @@ pub fn measure_all(load: &Load, script: &Path, pids: &[u32]) -> Result<Sampled> 
             peak
         })
     };
-    let cpu = || -> Result<Vec<u64>> { pids.iter().map(|&pid| cpu_ticks(pid)).collect() };
+    let cpu = || -> Result<Vec<[u64; 2]>> { pids.iter().map(|&pid| cpu_ticks(pid)).collect() };
     // The sampler stops whatever happens to the load (a process gone
     // reads as an error here): no early return before it is told to.
     let measured = cpu().and_then(|before| {
@@ -139,14 +146,18 @@ pub fn measure_all(load: &Load, script: &Path, pids: &[u32]) -> Result<Sampled> 
         .join()
         .map_err(|_| anyhow::anyhow!("sampler panicked"))?;
     let (before, after, result) = measured?;
-    Ok(Sampled {
-        wrk: result?,
-        // Saturating: a process tree whose child exited reads less.
-        cpu_ticks: after
+    // Saturating: a process tree whose child exited reads less.
+    let spent = |part: usize| -> Vec<u64> {
+        after
             .iter()
             .zip(&before)
-            .map(|(a, b)| a.saturating_sub(*b))
-            .collect(),
+            .map(|(a, b)| a[part].saturating_sub(b[part]))
+            .collect()
+    };
+    Ok(Sampled {
+        wrk: result?,
+        cpu_ticks: spent(0),
+        kernel_ticks: spent(1),
         peak_rss_kib,
     })
 }

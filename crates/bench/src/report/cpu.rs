@@ -5,7 +5,8 @@
 //! On a 2-core machine shared by wrk, the origin and two relay processes,
 //! requests/s moves with whatever else runs; the CPU a request costs each
 //! process moves far less, and it is what an operator pays for. For 1 MiB
-//! scenarios a request is a MiB, so the figures read as CPU per MiB.
+//! scenarios a request is a MiB, so the figures read as CPU per MiB. Each
+//! tunnel process's figure carries the part of it spent in the kernel.
 
 use super::Table;
 use super::tables::{cpu, ratio, us_per};
@@ -22,6 +23,10 @@ pub(super) struct PerRequest {
     pub client: Option<f64>,
     /// The origin.
     pub origin: f64,
+    /// The part of `server` spent in the kernel.
+    pub server_kernel: f64,
+    /// The part of `client` spent in the kernel.
+    pub client_kernel: Option<f64>,
 }
 
 impl PerRequest {
@@ -32,12 +37,21 @@ impl PerRequest {
             server: per(run.cpu_ticks.server),
             client: has_client.then(|| per(run.cpu_ticks.client)),
             origin: per(run.cpu_ticks.origin),
+            server_kernel: per(run.kernel_ticks.server),
+            client_kernel: has_client.then(|| per(run.kernel_ticks.client)),
         }
     }
 
     fn total(&self) -> f64 {
         self.server + self.client.unwrap_or(0.0) + self.origin
     }
+}
+
+/// `all` µs of CPU with the kernel's part of it: a relay's CPU is mostly
+/// the kernel's (loopback TCP, wake-ups), so the user-space part is what
+/// a relay's own code adds.
+fn with_kernel(all: f64, kernel: f64) -> String {
+    format!("{} ({kernel:.1} kernel)", cpu(all))
 }
 
 /// Every path of the run, scenario by scenario.
@@ -62,10 +76,11 @@ pub(super) fn cpu_table(load: &LoadReport) -> Table {
                         continue;
                     };
                     let p = PerRequest::of(run, path.has_client, ticks);
+                    let client = p.client.zip(p.client_kernel);
                     rows.push(vec![
                         format!("{label}: {}", path.name),
-                        cpu(p.server),
-                        p.client.map_or_else(|| "-".into(), cpu),
+                        with_kernel(p.server, p.server_kernel),
+                        client.map_or_else(|| "-".into(), |(all, k)| with_kernel(all, k)),
                         cpu(p.origin),
                         cpu(p.total()),
                         ratio(run.wrk.rps(), direct.wrk.rps()),
@@ -79,7 +94,7 @@ pub(super) fn cpu_table(load: &LoadReport) -> Table {
     }
     Table {
         title:
-            "CPU per request on every path (µs of CPU per completed request; for 1 MiB, per MiB)"
+            "CPU per request on every path (µs of CPU per completed request, the kernel's part in brackets; for 1 MiB, per MiB)"
                 .into(),
         header: [
             "",
@@ -113,6 +128,11 @@ mod tests {
                 client: 2,
                 origin: 1,
             },
+            kernel_ticks: Roles {
+                server: 2,
+                client: 1,
+                origin: 0,
+            },
             ..Measured::default()
         };
         // 100 ticks a second: a tick is 10 ms, 3 ticks over 1,000 requests 30 µs.
@@ -120,6 +140,11 @@ mod tests {
         assert_eq!(p.server, 30.0);
         assert_eq!(p.client, Some(20.0));
         assert_eq!(p.total(), 60.0);
+        assert_eq!((p.server_kernel, p.client_kernel), (20.0, Some(10.0)));
+        assert_eq!(
+            with_kernel(p.server, p.server_kernel),
+            "30.0 µs (20.0 kernel)"
+        );
         assert_eq!(PerRequest::of(&run, false, 100).client, None);
     }
 }
