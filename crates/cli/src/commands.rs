@@ -7,7 +7,7 @@ use cryptun_server::AuthMode;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::{DemoArgs, HttpArgs, ServerArgs, guide, inspect, keys, local, output, paths};
+use crate::{DemoArgs, HttpArgs, ServerArgs, TcpArgs, guide, inspect, keys, local, output, paths};
 
 /// `cryptun server`.
 pub async fn server(args: ServerArgs) -> Result<()> {
@@ -106,6 +106,12 @@ fn server_config(args: &ServerArgs) -> Result<cryptun_server::Config> {
         shutdown_delay: args.shutdown_delay,
         cluster: cluster_config(args)?,
         access_sink: crate::logtext::access_sink(),
+        tcp_ports: match args.tcp_ports.as_slice() {
+            [] => cryptun_server::TcpPorts::default_for(args.listen, &args.domain),
+            ranges => cryptun_server::TcpPorts::Ranges(ranges.to_vec()),
+        },
+        tcp_idle_timeout: args.tcp_idle_timeout,
+        tcp_max_connections: args.tcp_max_connections,
         ..defaults
     };
     Ok(config.validated()?)
@@ -252,6 +258,40 @@ pub async fn http(args: HttpArgs, json_logs: bool) -> Result<()> {
     let tunnels = [(None, session.tunnel(), shown.as_str())];
     let server = session.server();
     let (view, events) = output::show(server, &tunnels, url, args.json, json_logs);
+    let served = cryptun_client::serve(&config, session, shutdown, events).await;
+    output::finish(view, served.as_ref().err());
+    served?;
+    Ok(())
+}
+
+/// `cryptun tcp`: a TCP tunnel to `args.target`, one line per connection.
+pub async fn tcp(args: TcpArgs, json_logs: bool) -> Result<()> {
+    let shutdown = shutdown_on_signal();
+    if args.target.contains("://") {
+        anyhow::bail!(
+            "invalid target {:?}: a TCP tunnel's target is a port (22) or host:port",
+            args.target
+        );
+    }
+    let target = cryptun_client::Target::parse(&args.target)?;
+    let first = args.servers.first().context("no server given")?;
+    let mut config = ClientConfig::new(first, target.clone())?;
+    config.set_servers(&args.servers)?;
+    config.tunnel.protocol = cryptun_client::TunnelProtocol::Tcp;
+    config.tunnel.remote_port = args.remote_port;
+    config.tunnel.subdomain = args.subdomain;
+    config.tunnel.allow_ips = args.allow_ips;
+    config.tunnel.deny_ips = args.deny_ips;
+    config.ca = args.ca;
+    config.token = keys::client_token(args.token)?;
+    config.state_dir = paths::state_dir();
+    let Some(session) = connect(&config, &shutdown).await? else {
+        return Ok(());
+    };
+    let shown = config.tunnel.shown_target();
+    let tunnels = [(None, session.tunnel(), shown.as_str())];
+    let server = session.server();
+    let (view, events) = output::show(server, &tunnels, None, args.json, json_logs);
     let served = cryptun_client::serve(&config, session, shutdown, events).await;
     output::finish(view, served.as_ref().err());
     served?;

@@ -17,17 +17,17 @@ use cryptun_proto::ErrorCode;
 /// connection: a service on this machine answers in well under this.
 const LOCAL_CHECK_TIMEOUT: Duration = Duration::from_millis(500);
 
-/// The exit status of a subcommand that is not there yet (`cryptun tcp`):
+/// The exit status of a subcommand that is not there yet (`cryptun tls`):
 /// the command line asked for something this build cannot do, as with any
 /// other usage error.
 pub const NOT_YET_EXIT: u8 = 2;
 
-/// What `cryptun tcp ...` (or `tls`) says instead of "a similar subcommand
+/// What `cryptun tls ...` says instead of "a similar subcommand
 /// exists".
 pub fn not_yet(kind: &str) -> String {
     format!(
-        "error: {} tunnels are not supported yet; this version tunnels HTTP only \
-         (cryptun http PORT), WebSockets included",
+        "error: {} tunnels are not supported yet; this version tunnels HTTP \
+         (cryptun http PORT, WebSockets included) and TCP (cryptun tcp PORT)",
         kind.to_ascii_uppercase()
     )
 }

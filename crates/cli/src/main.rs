@@ -23,7 +23,7 @@ use std::time::Duration;
 
 pub(crate) use args::{
     Cli, Command, DemoArgs, HttpArgs, KeysArgs, KeysCommand, LogFormat, LoginArgs, ServerArgs,
-    secret,
+    TcpArgs, secret,
 };
 
 /// See `Cargo.toml` for why jemalloc.
@@ -48,13 +48,8 @@ fn main() -> std::process::ExitCode {
         clap_complete::generate(shell, &mut command, "cryptun", &mut std::io::stdout());
         return std::process::ExitCode::SUCCESS;
     }
-    if let Command::Tcp(_) | Command::Tls(_) = cli.command {
-        let kind = if matches!(cli.command, Command::Tcp(_)) {
-            "tcp"
-        } else {
-            "tls"
-        };
-        eprintln!("{}", guide::not_yet(kind));
+    if let Command::Tls(_) = cli.command {
+        eprintln!("{}", guide::not_yet("tls"));
         return std::process::ExitCode::from(guide::NOT_YET_EXIT);
     }
     init_logging(cli.log_format, default_level(&cli.command));
@@ -136,12 +131,13 @@ fn run(
         match cli.command {
             Command::Server(args) => commands::server(*args).await,
             Command::Http(args) => commands::http(args, json_logs).await,
+            Command::Tcp(args) => commands::tcp(args, json_logs).await,
             Command::Start(args) => start::start(args, file, json_logs).await,
             Command::Demo(args) => commands::demo(args, json_logs).await,
             Command::Keys(args) => keys::keys(args).await,
             Command::Login(args) => keys::login(args).await,
             // Answered before the runtime started.
-            Command::Completions { .. } | Command::Tcp(_) | Command::Tls(_) => Ok(()),
+            Command::Completions { .. } | Command::Tls(_) => Ok(()),
         }
     };
     // The command runs as a task on the worker threads, not on this one:

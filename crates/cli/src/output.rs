@@ -6,7 +6,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use cryptun_client::{Endpoint, Event, Events, RequestDone, TunnelCreated};
+use cryptun_client::{ConnectionDone, Endpoint, Event, Events, RequestDone, TunnelCreated};
 
 use crate::lines;
 use crate::status::{self, Header, Live, Tunnel};
@@ -154,6 +154,7 @@ fn events(json: bool, json_logs: bool, named: bool, server: &Endpoint) -> Events
         // One line per request, when it ends.
         Event::RequestStarted => {}
         Event::Request(done) => lines::print(&request_line(&done, None, json, named)),
+        Event::Connection(done) => lines::print(&connection_line(&done, json, named)),
         // A replay from the inspector: the request's line, marked.
         Event::Replayed { of, done } => lines::print(&request_line(&done, Some(of), json, named)),
         Event::Disconnected {
@@ -240,6 +241,49 @@ fn request_json(at: std::time::SystemTime, done: &RequestDone, replay_of: Option
     serde_json::to_string(&line).unwrap_or_default()
 }
 
+/// A TCP tunnel's finished connection: a JSON line (the README's keys, in
+/// its order), or text with the tunnel's name first when several are named.
+fn connection_line(done: &ConnectionDone, json: bool, named: bool) -> String {
+    let ms = done.duration.as_secs_f64() * 1000.0;
+    if json {
+        #[derive(serde::Serialize)]
+        struct Line<'a> {
+            #[serde(rename = "type")]
+            kind: &'static str,
+            timestamp: String,
+            tunnel: &'a str,
+            remote_addr: String,
+            bytes_in: u64,
+            bytes_out: u64,
+            duration_ms: f64,
+            error: Option<&'a str>,
+        }
+        let line = Line {
+            kind: "connection",
+            timestamp: humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
+            tunnel: &done.tunnel,
+            remote_addr: done.remote_addr.to_string(),
+            bytes_in: done.bytes_in,
+            bytes_out: done.bytes_out,
+            duration_ms: (ms * 1000.0).round() / 1000.0,
+            error: done.error.as_deref(),
+        };
+        return serde_json::to_string(&line).unwrap_or_default();
+    }
+    let mut line = format!(
+        "TCP     {:<40} in {} B, out {} B {ms:>8.1}ms",
+        done.remote_addr, done.bytes_in, done.bytes_out
+    );
+    if let Some(error) = &done.error {
+        line = format!("{line}  {error}");
+    }
+    if named {
+        format!("{:<12} {line}", done.tunnel)
+    } else {
+        line
+    }
+}
+
 /// A finished request as a plain line: `---` for the status of a request
 /// whose visitor went away first.
 fn request_text(method: &str, path: &str, status: u16, ms: f64, error: Option<&str>) -> String {
@@ -309,14 +353,20 @@ fn reconnected(tunnel: &TunnelCreated, server: &Endpoint, json: bool, json_logs:
 /// shape, with the server it is served on (`server`, as a `--server` URL,
 /// and `server_addr`, the address connected to).
 fn tunnel_json(kind: &str, tunnel: &TunnelCreated, server: &Endpoint) -> serde_json::Value {
-    serde_json::json!({
+    let mut line = serde_json::json!({
         "type": kind,
         "tunnel_id": tunnel.tunnel_id,
         "subdomain": tunnel.subdomain,
         "public_url": tunnel.public_url,
         "server": server.server(),
         "server_addr": server.addr.map(|a| a.to_string()),
-    })
+    });
+    // A TCP tunnel says so, and which port it has.
+    if let Some(port) = tunnel.remote_port {
+        line["protocol"] = tunnel.protocol.wire_name().into();
+        line["remote_port"] = port.into();
+    }
+    line
 }
 
 #[cfg(test)]

@@ -75,7 +75,7 @@ pub async fn start(args: StartArgs, file: Option<ConfigFile>, json_logs: bool) -
     }
     let shown: Vec<(String, String)> = chosen
         .iter()
-        .map(|d| (d.name.clone(), d.config.target.to_string()))
+        .map(|d| (d.name.clone(), d.config.shown_target()))
         .collect();
     let specs = chosen.into_iter().map(|d| d.config).collect();
     let first = args.servers.first().context("no server given")?;

@@ -15,6 +15,8 @@ pub enum Event {
     RequestStarted,
     /// A request was answered (or failed) — one line per request.
     Request(RequestDone),
+    /// A visitor's connection to a TCP tunnel ended — one line each.
+    Connection(ConnectionDone),
     /// The request inspector sent a captured request (perhaps edited) to
     /// its local service again, straight from the client: not through the
     /// tunnel, so it is not one of the tunnel's requests. `done.status` is
@@ -65,6 +67,24 @@ pub struct RequestDone {
     /// Time from the request's arrival to the end of the response head.
     pub duration: Duration,
     /// What went wrong, if anything.
+    pub error: Option<String>,
+}
+
+/// A visitor's connection to a TCP tunnel, carried to its end.
+#[derive(Debug, Clone)]
+pub struct ConnectionDone {
+    /// The tunnel that served it: its [name](crate::TunnelConfig::name),
+    /// else its subdomain.
+    pub tunnel: String,
+    /// The visitor's address, as the server saw it.
+    pub remote_addr: std::net::SocketAddr,
+    /// Bytes from the visitor to the local service.
+    pub bytes_in: u64,
+    /// Bytes from the local service to the visitor.
+    pub bytes_out: u64,
+    /// From the server's announcing it to its end.
+    pub duration: Duration,
+    /// What went wrong, if anything (the local service refused it, ...).
     pub error: Option<String>,
 }
 

@@ -63,6 +63,21 @@ impl Forwarder {
             observer,
         }
     }
+
+    /// Where tunnel `tunnel_id`'s traffic goes, if the session has it.
+    pub(crate) fn route(&self, tunnel_id: &str) -> Option<&Route> {
+        self.routes.get(tunnel_id)
+    }
+
+    /// How long a connection to a local service may take.
+    pub(crate) fn connect_timeout(&self) -> Duration {
+        self.local.connect_timeout()
+    }
+
+    /// Reports `event`.
+    pub(crate) fn emit(&self, event: Event) {
+        self.events.emit(event);
+    }
 }
 
 /// Forwards one request arriving on `tunnel_id` and reports it.

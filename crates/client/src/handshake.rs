@@ -174,6 +174,8 @@ fn create_message(config: &ClientConfig, tunnel: &TunnelConfig) -> Message {
         allow_ips: tunnel.allow_ips.clone(),
         deny_ips: tunnel.deny_ips.clone(),
         max_body_size: tunnel.max_body_size,
+        protocol: tunnel.protocol,
+        remote_port: tunnel.remote_port,
     });
     Message::text(encode(&create))
 }

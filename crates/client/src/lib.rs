@@ -73,6 +73,7 @@ mod names;
 mod observe;
 mod page;
 mod probe;
+mod raw;
 pub mod reconnect;
 mod routes;
 pub mod saved;
@@ -87,9 +88,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-pub use cryptun_proto::Secret;
 pub use cryptun_proto::message::{BasicAuth, TunnelCreated};
-pub use events::{Event, Events, RequestDone};
+pub use cryptun_proto::{Secret, TunnelProtocol};
+pub use events::{ConnectionDone, Event, Events, RequestDone};
 pub use handshake::connect;
 pub use host_header::HostHeader;
 pub use inspector::{Inspector, InspectorLimits};
@@ -158,9 +159,22 @@ pub struct TunnelConfig {
     pub deny_ips: Vec<String>,
     /// The largest request body visitors may send (the server caps it).
     pub max_body_size: Option<u64>,
+    /// HTTP requests, or TCP connections (to the target's host and port).
+    pub protocol: TunnelProtocol,
+    /// For a TCP tunnel: the public port to ask for.
+    pub remote_port: Option<u16>,
 }
 
 impl TunnelConfig {
+    /// The local service as the user would write it: `host:port` for a
+    /// TCP tunnel, the URL for an HTTP one.
+    pub fn shown_target(&self) -> String {
+        match self.protocol {
+            TunnelProtocol::Tcp => self.target.address().to_owned(),
+            TunnelProtocol::Http => self.target.to_string(),
+        }
+    }
+
     /// A tunnel to `target` with every other setting left to the server.
     pub fn new(target: Target) -> Self {
         TunnelConfig {
@@ -173,6 +187,8 @@ impl TunnelConfig {
             allow_ips: Vec::new(),
             deny_ips: Vec::new(),
             max_body_size: None,
+            protocol: TunnelProtocol::Http,
+            remote_port: None,
         }
     }
 }

@@ -168,6 +168,11 @@ impl LocalPool {
         }
     }
 
+    /// How long a new connection may take.
+    pub(crate) fn connect_timeout(&self) -> Duration {
+        self.connect_timeout
+    }
+
     /// Sends `request` (origin-form URI, `Host` set) to `target` and
     /// returns its response. Its body drives the connection; read to its
     /// end, it gives the connection back to the pool. (A request with a

@@ -95,6 +95,8 @@ mod tests {
             limits: cryptun_proto::Limits::default().announce(std::time::Duration::from_secs(10)),
             reconnect_secret: Some(Secret::new(secret)),
             max_body_size: None,
+            protocol: cryptun_proto::TunnelProtocol::Http,
+            remote_port: None,
         }
     }
 

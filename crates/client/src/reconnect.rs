@@ -126,6 +126,10 @@ pub fn reconnect_config(config: &ClientConfig, previous: &[TunnelCreated]) -> Cl
         // An anonymous tunnel's name is held for it during the server's
         // grace period; the secret from its tunnel_created takes it back.
         tunnel.reconnect_secret = created.reconnect_secret.clone();
+        // A TCP tunnel's port is held with its name: asked for again.
+        if created.remote_port.is_some() {
+            tunnel.remote_port = created.remote_port;
+        }
     }
     again
 }

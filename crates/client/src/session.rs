@@ -16,6 +16,7 @@ use bytes::Bytes;
 
 use cryptun_proto::message::{ClientMessage, ErrorCode, ServerMessage, TunnelCreated, encode};
 use cryptun_proto::mux::{Heartbeat, Mux, OpenError, Side, run_writer};
+use cryptun_proto::raw::OpenStream;
 use cryptun_proto::tungstenite::protocol::CloseFrame;
 use cryptun_proto::tungstenite::protocol::frame::coding::CloseCode;
 use cryptun_proto::tungstenite::{Error as WsError, Message};
@@ -120,6 +121,7 @@ impl Session {
         // them); heads as HEAD frames once it accepted that.
         let accepted = self.tunnel().capabilities().with(Capability::BinaryStreams);
         let mux: Mux<()> = Mux::new(Side::Acceptor, accepted, limits);
+        let raw = accepted.contains(Capability::RawStreams);
         // However this ends, even if the future is dropped mid-way (its task
         // aborted), every stream fails, so the request tasks let go of their
         // local requests instead of holding them open forever.
@@ -144,7 +146,7 @@ impl Session {
         // Each arm says how the session ended and whether the writer still
         // has a close frame to send.
         let (result, closing) = tokio::select! {
-            end = read_loop(&mux, &mut stream, &forwarder, (&shutdown, release)) => match end {
+            end = read_loop(&mux, &mut stream, (&forwarder, raw), (&shutdown, release)) => match end {
                 // Stopping: tunnels closed (or not confirmed in time). The
                 // names of those closed are free: their secrets are void.
                 Ok(closed) => {
@@ -186,12 +188,13 @@ impl Session {
 async fn read_loop(
     mux: &Mux<()>,
     stream: &mut (impl futures_util::Stream<Item = Result<Message, WsError>> + Unpin),
-    forwarder: &Arc<Forwarder>,
+    (forwarder, raw): (&Arc<Forwarder>, bool),
     (shutdown, release): (&CancellationToken, Vec<String>),
 ) -> Result<Vec<String>, ClientError> {
     let mut reader = Reader {
         mux,
         forwarder,
+        raw,
         going_away: None,
         closing: None,
         closed: Vec::new(),
@@ -242,6 +245,8 @@ async fn read_loop(
 struct Reader<'a> {
     mux: &'a Mux<()>,
     forwarder: &'a Arc<Forwarder>,
+    /// The server accepted `raw_streams`: OPEN frames may come.
+    raw: bool,
     /// Set by `going_away`: however the connection then ends, the server
     /// left on purpose and said when to come back.
     going_away: Option<Duration>,
@@ -322,9 +327,34 @@ impl Reader<'_> {
         Continue(())
     }
 
-    /// A binary frame: a request head (HEAD), or for a stream.
+    /// A visitor's connection to a TCP tunnel: its stream, and a task
+    /// carrying it to the local service.
+    fn open(&self, id: u32, open: OpenStream) -> ControlFlow<ClientError> {
+        match self.mux.accept(id, true) {
+            Ok(stream) => {
+                let forwarder = Arc::clone(self.forwarder);
+                tokio::spawn(crate::raw::carry(forwarder, self.mux.clone(), open, stream));
+            }
+            // Over our stream limit: the visitor's connection is refused.
+            Err(OpenError::TooMany) => self.mux.reset(id),
+            Err(OpenError::Closed) => {}
+            Err(err @ OpenError::Duplicate(_)) => {
+                return Break(self.violated(format!("OPEN {id}: {err}")));
+            }
+        }
+        Continue(())
+    }
+
+    /// A binary frame: a request head (HEAD), a TCP connection (OPEN), or
+    /// for a stream.
     fn binary(&self, data: Bytes) -> ControlFlow<ClientError> {
         let violation = match Frame::decode(data, self.mux.limits().max_frame_payload) {
+            Ok(frame) if frame.kind == FrameKind::Open && self.raw => {
+                match OpenStream::decode(frame.payload) {
+                    Ok(open) => return self.open(frame.stream, open),
+                    Err(err) => Some(err.to_string()),
+                }
+            }
             Ok(frame) if frame.kind == FrameKind::Head && self.mux.binary_heads() => {
                 match binary_head::decode_request(frame.payload) {
                     Ok((tunnel_id, request)) => {

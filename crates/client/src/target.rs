@@ -76,6 +76,12 @@ impl Target {
         &self.authority
     }
 
+    /// The target's `host:port` as text: what a TCP tunnel connects to,
+    /// and shows.
+    pub fn address(&self) -> &str {
+        self.authority.as_str()
+    }
+
     /// The target's host as written: `localhost`, `127.0.0.1`, `[::1]`.
     pub fn host(&self) -> &str {
         self.authority.host()

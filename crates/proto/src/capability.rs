@@ -30,8 +30,8 @@ pub enum Capability {
     BinaryHeads,
     /// Reserved: HTTP trailers after a body (TRAILERS frames).
     Trailers,
-    /// Reserved: raw byte streams, one per visitor connection, for TCP and
-    /// TLS-passthrough tunnels (OPEN frames; END is a half-close).
+    /// Raw byte streams, one per visitor connection, for TCP tunnels (OPEN
+    /// frames; END is a half-close); only with `binary_streams`.
     RawStreams,
     /// `close_tunnel`, answered by `tunnel_closed`, releases a tunnel's
     /// name without holding it (a client stopping on purpose).
@@ -89,12 +89,11 @@ impl Capability {
     /// Spoken today, or reserved.
     pub const fn status(self) -> Status {
         match self {
-            Capability::BinaryStreams | Capability::CloseTunnel | Capability::BinaryHeads => {
-                Status::Current { since: 1 }
-            }
-            Capability::Trailers | Capability::RawStreams | Capability::CancelReason => {
-                Status::Reserved
-            }
+            Capability::BinaryStreams
+            | Capability::CloseTunnel
+            | Capability::BinaryHeads
+            | Capability::RawStreams => Status::Current { since: 1 },
+            Capability::Trailers | Capability::CancelReason => Status::Reserved,
         }
     }
 
@@ -128,6 +127,7 @@ impl Capabilities {
         Capability::BinaryStreams,
         Capability::BinaryHeads,
         Capability::CloseTunnel,
+        Capability::RawStreams,
     ]);
 
     /// The set of `list`.
@@ -193,6 +193,7 @@ pub fn negotiate(offered: Capabilities, supports: Capabilities) -> Capabilities 
         both
     } else {
         both.without(Capability::BinaryHeads)
+            .without(Capability::RawStreams)
     }
 }
 

@@ -37,12 +37,19 @@ fn the_server_accepts_what_both_speak() {
     assert_eq!(negotiate(heads, Capabilities::NONE), Capabilities::NONE);
     // Reserved capabilities offered today are not accepted by this build.
     let all: Capabilities = Capability::ALL.into_iter().collect();
-    let current = heads.with(Capability::CloseTunnel);
+    let current = heads
+        .with(Capability::CloseTunnel)
+        .with(Capability::RawStreams);
     assert_eq!(negotiate(all, Capabilities::SUPPORTED), current);
-    // Binary heads are binary frames: never without binary streams.
-    let only_heads = Capabilities::of(&[Capability::BinaryHeads, Capability::CloseTunnel]);
+    // Binary heads and raw streams are binary frames: never without
+    // binary streams.
+    let without_streams = Capabilities::of(&[
+        Capability::BinaryHeads,
+        Capability::RawStreams,
+        Capability::CloseTunnel,
+    ]);
     assert_eq!(
-        negotiate(only_heads, Capabilities::SUPPORTED),
+        negotiate(without_streams, Capabilities::SUPPORTED),
         Capabilities::of(&[Capability::CloseTunnel])
     );
 }

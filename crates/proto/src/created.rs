@@ -4,6 +4,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::capability::{Capabilities, Capability};
+use crate::message::TunnelProtocol;
 use crate::secret::Secret;
 
 /// The body of `tunnel_created`.
@@ -18,10 +19,15 @@ pub struct TunnelCreated {
     pub version: u32,
     /// Random id of the tunnel (also the suffix of a generated subdomain).
     pub tunnel_id: String,
-    /// The DNS label under the server's domain that routes to this tunnel.
+    /// The DNS label under the server's domain that routes to this tunnel
+    /// (a TCP tunnel has one too: its name, held and reserved as any).
     pub subdomain: String,
-    /// Where visitors reach the tunnel.
+    /// Where visitors reach the tunnel: `tcp://DOMAIN:PORT` for a TCP one.
     pub public_url: String,
+    /// What the tunnel carries, as asked.
+    pub protocol: TunnelProtocol,
+    /// A TCP tunnel's public port.
+    pub remote_port: Option<u16>,
     /// Whether bodies on this session travel as binary frames (the
     /// `binary_streams` capability, accepted).
     pub binary_streams: bool,
@@ -81,6 +87,10 @@ struct Wire {
     tunnel_id: String,
     subdomain: String,
     public_url: String,
+    #[serde(default, skip_serializing_if = "TunnelProtocol::is_http")]
+    protocol: TunnelProtocol,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    remote_port: Option<u16>,
     #[serde(default)]
     binary_streams: bool,
     #[serde(default, skip_serializing_if = "Capabilities::is_empty")]
@@ -101,6 +111,8 @@ impl From<TunnelCreated> for Wire {
             tunnel_id: created.tunnel_id,
             subdomain: created.subdomain,
             public_url: created.public_url,
+            protocol: created.protocol,
+            remote_port: created.remote_port,
             binary_streams: created.binary_streams,
             request_timeout_ms: created.request_timeout_ms,
             limits: created.limits,
@@ -118,6 +130,8 @@ impl From<Wire> for TunnelCreated {
             tunnel_id: wire.tunnel_id,
             subdomain: wire.subdomain,
             public_url: wire.public_url,
+            protocol: wire.protocol,
+            remote_port: wire.remote_port,
             binary_streams: wire.binary_streams || wire.capabilities.contains(binary),
             capabilities: wire.capabilities.without(binary),
             request_timeout_ms: wire.request_timeout_ms,

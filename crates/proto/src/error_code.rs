@@ -63,11 +63,20 @@ pub enum ErrorCode {
     /// reconnect (apart from [`ErrorCode::SubdomainTaken`], a live
     /// tunnel's): `retry_after_ms` says when the hold ends.
     SubdomainHeld,
+    /// A TCP tunnel was asked of a server that opens no TCP ports (none
+    /// configured with `--tcp-ports`), or of a session without
+    /// `raw_streams`.
+    TcpDisabled,
+    /// The `remote_port` asked for is in use, outside the server's ranges,
+    /// or cannot be opened.
+    PortUnavailable,
+    /// Every port of the server's ranges is in use.
+    PortsExhausted,
 }
 
 impl ErrorCode {
     /// Every code this version sends, in the table's order.
-    pub const ALL: [ErrorCode; 18] = [
+    pub const ALL: [ErrorCode; 21] = [
         ErrorCode::BadMessage,
         ErrorCode::UnknownType,
         ErrorCode::UnsupportedVersion,
@@ -86,6 +95,9 @@ impl ErrorCode {
         ErrorCode::QuotaExceeded,
         ErrorCode::Unavailable,
         ErrorCode::SubdomainHeld,
+        ErrorCode::TcpDisabled,
+        ErrorCode::PortUnavailable,
+        ErrorCode::PortsExhausted,
     ];
 
     /// The name on the wire (the `code` of an `error` message).
@@ -109,6 +121,9 @@ impl ErrorCode {
             ErrorCode::QuotaExceeded => "quota_exceeded",
             ErrorCode::Unavailable => "unavailable",
             ErrorCode::SubdomainHeld => "subdomain_held",
+            ErrorCode::TcpDisabled => "tcp_disabled",
+            ErrorCode::PortUnavailable => "port_unavailable",
+            ErrorCode::PortsExhausted => "ports_exhausted",
         }
     }
 
@@ -131,7 +146,10 @@ impl ErrorCode {
             | ErrorCode::SubdomainReserved
             | ErrorCode::InvalidCidr
             | ErrorCode::InvalidBasicAuth
-            | ErrorCode::QuotaExceeded => Closes::IfFirst(close_code::POLICY),
+            | ErrorCode::QuotaExceeded
+            | ErrorCode::TcpDisabled
+            | ErrorCode::PortUnavailable
+            | ErrorCode::PortsExhausted => Closes::IfFirst(close_code::POLICY),
         }
     }
 
@@ -204,24 +222,6 @@ pub struct ReservedCode {
 /// `create_tunnel`: the connection's first one closes it (1008), a later
 /// one does not.
 pub const RESERVED_ERROR_CODES: &[ReservedCode] = &[
-    // A TCP tunnel asked of a server that opens no TCP ports.
-    ReservedCode {
-        name: "tcp_disabled",
-        closes: Closes::IfFirst(close_code::POLICY),
-        retry_after: false,
-    },
-    // The `remote_port` asked for is taken, held or outside the range.
-    ReservedCode {
-        name: "port_unavailable",
-        closes: Closes::IfFirst(close_code::POLICY),
-        retry_after: false,
-    },
-    // Every port of the server's range is in use.
-    ReservedCode {
-        name: "ports_exhausted",
-        closes: Closes::IfFirst(close_code::POLICY),
-        retry_after: false,
-    },
     // A pool and a non-pooled tunnel (or pools of different owners) asked
     // for one name.
     ReservedCode {

@@ -14,6 +14,7 @@
 //! | 2    | WINDOW | u32 (BE): bytes of credit granted to the sender     |
 //! | 3    | RESET  | optional UTF-8 reason; the stream is abandoned      |
 //! | 4    | HEAD   | a request or response head (`binary_head`)          |
+//! | 6    | OPEN   | a new raw byte stream (`raw_streams`, [`crate::raw`]) |
 //!
 //! Further kinds, and the flags of a binary head, are reserved for
 //! capabilities still to come ([`RESERVED_KINDS`], [`RESERVED_HEAD_FLAGS`]);
@@ -43,16 +44,22 @@ pub enum FrameKind {
     /// message size, not by `max_frame_payload`: a head may carry more
     /// header bytes than a body frame carries body.
     Head = 4,
+    /// A new raw byte stream: a visitor's connection to a TCP tunnel
+    /// (`raw_streams`; its payload is [`crate::raw::OpenStream`]). DATA
+    /// and END then carry each direction's bytes, END half-closes, RESET
+    /// aborts. Sent by the server only; bounded like HEAD.
+    Open = 6,
 }
 
 impl FrameKind {
     /// Every kind this version sends and reads, by value.
-    pub const ALL: [FrameKind; 5] = [
+    pub const ALL: [FrameKind; 6] = [
         FrameKind::Data,
         FrameKind::End,
         FrameKind::Window,
         FrameKind::Reset,
         FrameKind::Head,
+        FrameKind::Open,
     ];
 
     /// Its name in the protocol's table.
@@ -63,6 +70,7 @@ impl FrameKind {
             FrameKind::Window => "WINDOW",
             FrameKind::Reset => "RESET",
             FrameKind::Head => "HEAD",
+            FrameKind::Open => "OPEN",
         }
     }
 
@@ -74,6 +82,7 @@ impl FrameKind {
             2 => Some(FrameKind::Window),
             3 => Some(FrameKind::Reset),
             4 => Some(FrameKind::Head),
+            6 => Some(FrameKind::Open),
             _ => None,
         }
     }
@@ -100,13 +109,6 @@ pub const RESERVED_KINDS: &[Reserved] = &[
         value: 5,
         name: "TRAILERS",
         capability: Capability::Trailers,
-    },
-    // A new raw byte stream (a visitor's TCP or TLS connection) on a TCP or
-    // TLS tunnel; END then half-closes, RESET aborts.
-    Reserved {
-        value: 6,
-        name: "OPEN",
-        capability: Capability::RawStreams,
     },
 ];
 
@@ -181,7 +183,7 @@ impl Frame {
             return Err(FrameError::UnknownKind(value));
         };
         let stream = buf.get_u32();
-        if buf.len() > max_payload && kind != FrameKind::Head {
+        if buf.len() > max_payload && !matches!(kind, FrameKind::Head | FrameKind::Open) {
             return Err(FrameError::TooLarge {
                 len: buf.len(),
                 max: max_payload,

@@ -74,6 +74,14 @@ pub struct CreateTunnel {
     /// A subdomain label to ask for instead of a generated one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub subdomain: Option<String>,
+    /// What the tunnel carries: HTTP (absent), or raw TCP connections
+    /// (`tcp`, which needs the `raw_streams` capability).
+    #[serde(default, skip_serializing_if = "TunnelProtocol::is_http")]
+    pub protocol: TunnelProtocol,
+    /// For a TCP tunnel: the public port to ask for instead of one the
+    /// server picks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub remote_port: Option<u16>,
     /// The client reads and writes bodies as binary frames with flow control.
     /// Without it, every body travels inline in the JSON messages. The same
     /// as `binary_streams` in `capabilities`, which it predates.
@@ -114,6 +122,38 @@ pub struct CreateTunnel {
     /// capped by the server's own limit. Absent means the server's limit.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_body_size: Option<u64>,
+}
+
+/// What a tunnel carries.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TunnelProtocol {
+    /// HTTP requests, routed by name (the seed's tunnels).
+    #[default]
+    Http,
+    /// Raw TCP connections to a public port, one stream each.
+    Tcp,
+}
+
+impl TunnelProtocol {
+    /// HTTP, which the wire leaves unsaid.
+    pub fn is_http(&self) -> bool {
+        *self == TunnelProtocol::Http
+    }
+
+    /// The name on the wire.
+    pub const fn wire_name(self) -> &'static str {
+        match self {
+            TunnelProtocol::Http => "http",
+            TunnelProtocol::Tcp => "tcp",
+        }
+    }
+}
+
+impl std::fmt::Display for TunnelProtocol {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.wire_name())
+    }
 }
 
 impl CreateTunnel {

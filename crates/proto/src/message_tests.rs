@@ -211,6 +211,8 @@ fn every_message_decodes_as_serde_s_tagged_enum_would_read_it() {
             allow_ips: vec!["10.0.0.0/8".into()],
             deny_ips: vec!["10.0.0.7".into()],
             max_body_size: Some(1000),
+            protocol: crate::TunnelProtocol::Tcp,
+            remote_port: Some(2222),
         }),
         ClientMessage::CreateTunnel(CreateTunnel {
             capabilities: crate::Capabilities::of(&[crate::Capability::BinaryStreams]),
@@ -246,6 +248,8 @@ fn every_message_decodes_as_serde_s_tagged_enum_would_read_it() {
             limits: crate::Limits::default().announce(std::time::Duration::from_secs(10)),
             reconnect_secret: Some(crate::Secret::new("r3c")),
             max_body_size: Some(1000),
+            protocol: crate::TunnelProtocol::Http,
+            remote_port: None,
         }),
         ServerMessage::TunnelCreated(TunnelCreated {
             version: 1,
@@ -258,6 +262,8 @@ fn every_message_decodes_as_serde_s_tagged_enum_would_read_it() {
             limits: crate::Limits::default().announce(std::time::Duration::from_secs(10)),
             reconnect_secret: None,
             max_body_size: None,
+            protocol: crate::TunnelProtocol::Tcp,
+            remote_port: Some(20022),
         }),
         ServerMessage::TunnelClosed {
             tunnel_id: "abc".into(),
@@ -273,6 +279,8 @@ fn every_message_decodes_as_serde_s_tagged_enum_would_read_it() {
             limits: crate::Limits::default().announce(std::time::Duration::from_secs(10)),
             reconnect_secret: None,
             max_body_size: None,
+            protocol: crate::TunnelProtocol::Http,
+            remote_port: None,
         }),
         ServerMessage::Error(ErrorMessage {
             code: ErrorCode::SubdomainHeld,
@@ -439,6 +447,8 @@ fn tunnel_created_states_the_accepted_capabilities_only_when_there_are_some() {
         limits: crate::Limits::default().announce(std::time::Duration::from_secs(10)),
         reconnect_secret: None,
         max_body_size: None,
+        protocol: crate::TunnelProtocol::Http,
+        remote_port: None,
     };
     // What the seed's client gets: exactly the fields it always had.
     let seed: serde_json::Value =

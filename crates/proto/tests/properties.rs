@@ -21,7 +21,7 @@ use cryptun_proto::message::{
 use cryptun_proto::net::Cidr;
 use cryptun_proto::{
     ClientMessage, ErrorCode, Frame, FrameError, FrameKind, InlineBody, RequestHead, ResponseHead,
-    Secret, ServerMessage, Subdomain,
+    Secret, ServerMessage, Subdomain, TunnelProtocol,
 };
 use proptest::prelude::*;
 use serde_json::{Value, json};
@@ -191,6 +191,8 @@ fn create_tunnel() -> impl Strategy<Value = CreateTunnel> {
                 allow_ips,
                 deny_ips,
                 max_body_size,
+                protocol: cryptun_proto::TunnelProtocol::Http,
+                remote_port: None,
             },
         )
 }
@@ -267,8 +269,21 @@ fn tunnel_created() -> impl Strategy<Value = TunnelCreated> {
                 limits,
                 reconnect_secret,
                 max_body_size,
+                protocol: TunnelProtocol::Http,
+                remote_port: None,
             },
         )
+        .prop_flat_map(|created| {
+            // Some are TCP tunnels, with their port.
+            prop_oneof![
+                Just(created.clone()),
+                (1u16..).prop_map(move |port| TunnelCreated {
+                    protocol: TunnelProtocol::Tcp,
+                    remote_port: Some(port),
+                    ..created.clone()
+                }),
+            ]
+        })
 }
 
 fn server_message() -> impl Strategy<Value = ServerMessage> {
@@ -378,9 +393,9 @@ proptest! {
         let decoded = Frame::decode(Bytes::from(bytes.clone()), max);
         let expected = if bytes.len() < HEADER_LEN {
             Err(FrameError::Short(bytes.len()))
-        } else if bytes[0] > 4 {
+        } else if bytes[0] > 6 || bytes[0] == 5 {
             Err(FrameError::UnknownKind(bytes[0]))
-        } else if bytes.len() - HEADER_LEN > max && bytes[0] != 4 {
+        } else if bytes.len() - HEADER_LEN > max && bytes[0] != 4 && bytes[0] != 6 {
             Err(FrameError::TooLarge { len: bytes.len() - HEADER_LEN, max })
         } else if bytes[0] == 2 && bytes.len() != HEADER_LEN + 4 {
             Err(FrameError::BadWindow(bytes.len() - HEADER_LEN))

@@ -95,6 +95,8 @@ fn the_frame_tables_list_every_kind_and_flag_the_code_knows() {
             format!("reserved: {}", quoted(r.capability.wire_name())),
         ]
     }));
+    // The table is in the order of the kinds' values.
+    want.sort_by_key(|row| row[0].parse::<u8>().unwrap_or(u8::MAX));
     let got: Vec<[String; 3]> = table("| kind | name |")
         .iter()
         .map(|r| [r[0].into(), r[1].into(), r[4].into()])

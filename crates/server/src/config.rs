@@ -131,6 +131,16 @@ pub struct Config {
     /// Where access log lines go instead of `tracing` events (target
     /// `cryptun::access`), if set; see [`crate::gateway::access_log`].
     pub access_sink: Option<crate::gateway::access_log::AccessSink>,
+    /// Which public ports TCP tunnels may be given (see `crate::ports`).
+    /// `Off` here; `cryptun server` picks its own default with
+    /// [`crate::TcpPorts::default_for`].
+    pub tcp_ports: crate::TcpPorts,
+    /// How long a TCP tunnel's connection may pass no byte before it is
+    /// closed.
+    pub tcp_idle_timeout: Duration,
+    /// Most connections open at once through one TCP tunnel; new visitors
+    /// past it are closed.
+    pub tcp_max_connections: usize,
 }
 
 /// Request rates, and the bounds of the per-address table.
@@ -227,6 +237,9 @@ impl Default for Config {
             cluster: None,
             proxy_protocol: false,
             access_sink: None,
+            tcp_ports: crate::TcpPorts::Off,
+            tcp_idle_timeout: crate::ports::relay::IDLE_TIMEOUT,
+            tcp_max_connections: crate::ports::relay::MAX_CONNECTIONS,
         }
     }
 }
@@ -304,6 +317,11 @@ impl Config {
                 "the public scheme is http or https, not {:?}",
                 self.public_scheme
             )));
+        }
+        if self.tcp_max_connections == 0 {
+            return Err(ConfigError(
+                "a TCP tunnel must take at least one connection (tcp_max_connections)".into(),
+            ));
         }
         if self.heartbeat.timeout <= self.heartbeat.interval {
             return Err(ConfigError(

@@ -45,6 +45,9 @@ pub enum GatewayError {
     /// No such route on the server's own host.
     #[error("not found")]
     NotFound,
+    /// The name is a TCP tunnel's, reached at this URL, not over HTTP.
+    #[error("this tunnel carries TCP, not HTTP: connect to {0}")]
+    NotHttp(String),
     /// The tunnel has as many requests in flight as it may.
     #[error("too many requests in flight on this tunnel")]
     TooManyStreams,
@@ -216,7 +219,9 @@ impl GatewayError {
             GatewayError::BodyTimeout(_) | GatewayError::BodyTooSlow(_) => {
                 StatusCode::REQUEST_TIMEOUT
             }
-            GatewayError::UnknownTunnel(_) | GatewayError::NotFound => StatusCode::NOT_FOUND,
+            GatewayError::UnknownTunnel(_) | GatewayError::NotFound | GatewayError::NotHttp(_) => {
+                StatusCode::NOT_FOUND
+            }
             GatewayError::TooManyStreams | GatewayError::TooManyUploads => {
                 StatusCode::TOO_MANY_REQUESTS
             }
@@ -244,6 +249,7 @@ impl GatewayError {
             GatewayError::BadHost(_)
             | GatewayError::UnknownTunnel(_)
             | GatewayError::NotFound
+            | GatewayError::NotHttp(_)
             | GatewayError::BodyTooLarge(_)
             | GatewayError::HeadTooLarge(_)
             | GatewayError::VisitorBody(_)
@@ -284,6 +290,7 @@ impl GatewayError {
             GatewayError::BadHost(_) => "bad_host",
             GatewayError::UnknownTunnel(_) => "tunnel_not_found",
             GatewayError::NotFound => "not_found",
+            GatewayError::NotHttp(_) => "not_http",
             GatewayError::TooManyStreams => "too_many_requests",
             GatewayError::TooManyUploads => "too_many_uploads",
             GatewayError::BodyTooLarge(_) => "body_too_large",

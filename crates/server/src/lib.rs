@@ -67,6 +67,7 @@ pub mod gateway;
 pub mod metrics;
 pub mod ops;
 pub mod policy;
+pub mod ports;
 pub mod registry;
 pub mod store;
 
@@ -84,6 +85,7 @@ pub use edge::tls::{self, Certs};
 pub use edge::{Listeners, TlsListener};
 pub use metrics::Metrics;
 pub use ops::AdminToken;
+pub use ports::TcpPorts;
 pub use registry::Registry;
 pub use store::Store;
 
@@ -314,6 +316,7 @@ impl Stages {
             store: keys,
             metrics: metrics.clone(),
             listen_port: bound.public_port(),
+            ports: ports::Ports::new(config.tcp_ports.clone(), bound.ip()),
             tasks: tasks.clone(),
             sessions_stop: sessions_stop.clone(),
             draining: draining.clone(),

@@ -38,6 +38,8 @@ impl TestServer {
                 timeout: Duration::from_secs(3),
             },
             shutdown_grace: Duration::from_secs(2),
+            // On loopback, as `cryptun server` there: any free port.
+            tcp_ports: cryptun_server::TcpPorts::Any,
             ..Config::default()
         }
     }

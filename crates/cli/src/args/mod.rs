@@ -68,9 +68,11 @@ pub(crate) enum Command {
         after_help = "Examples:\n  cryptun login ck_...\n  cryptun login --server https://tunnels.example.com ck_...   (saves the server too)\n  cryptun login < token.txt   (keeps the key out of shell history)"
     )]
     Login(LoginArgs),
-    /// TCP tunnels: not supported yet (says so).
-    #[command(hide = true)]
-    Tcp(NotYet),
+    /// Expose a local TCP service (SSH, a database, a game server) on a public port.
+    #[command(
+        after_help = "Examples:\n  cryptun tcp 22\n  cryptun tcp 6379 --remote-port 20079 --json\n  cryptun tcp 192.168.1.5:5432 --server https://tunnels.example.com\n  cryptun tcp 22 --allow-ip 203.0.113.0/24"
+    )]
+    Tcp(TcpArgs),
     /// TLS passthrough tunnels: not supported yet (says so).
     #[command(hide = true)]
     Tls(NotYet),
@@ -149,6 +151,47 @@ pub(crate) struct HttpArgs {
     pub(crate) max_body_size: Option<u64>,
     #[command(flatten)]
     pub(crate) inspect: InspectArgs,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct TcpArgs {
+    /// The local service: a port (22) or host:port.
+    pub(crate) target: String,
+    /// Ask for this public port (the server must have it free, and in its --tcp-ports).
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
+    pub(crate) remote_port: Option<u16>,
+    /// Client config file, for its top-level keys (servers, token, ca) [default:
+    /// $XDG_CONFIG_HOME/cryptun/client.toml or ~/.config/cryptun/client.toml].
+    #[arg(long, value_name = "FILE")]
+    pub(crate) config: Option<PathBuf>,
+    /// The cryptun server to connect to. Repeatable (or comma-separated), as for `cryptun http`.
+    #[arg(
+        long = "server",
+        value_name = "URL",
+        env = "CRYPTUN_SERVER",
+        value_delimiter = ',',
+        default_value = "http://127.0.0.1:4000",
+        value_parser = parse::server
+    )]
+    pub(crate) servers: Vec<String>,
+    /// Ask for this name (the tunnel's, held and reserved as HTTP tunnels' names are).
+    #[arg(long)]
+    pub(crate) subdomain: Option<String>,
+    /// Print one JSON object per line (tunnel_created first, then one per connection).
+    #[arg(long)]
+    pub(crate) json: bool,
+    /// Also trust the certificate authorities in this PEM file for an https:// server.
+    #[arg(long, env = "CRYPTUN_CA")]
+    pub(crate) ca: Option<PathBuf>,
+    /// API key for the server [default: the one saved by `cryptun login`].
+    #[arg(long, env = "CRYPTUN_TOKEN", hide_env_values = true, value_parser = secret)]
+    pub(crate) token: Option<Secret>,
+    /// Accept only visitors from this address or CIDR block (repeatable).
+    #[arg(long = "allow-ip", value_name = "CIDR", value_parser = parse::cidr)]
+    pub(crate) allow_ips: Vec<String>,
+    /// Refuse visitors from this address or CIDR block (repeatable; wins over --allow-ip).
+    #[arg(long = "deny-ip", value_name = "CIDR", value_parser = parse::cidr)]
+    pub(crate) deny_ips: Vec<String>,
 }
 
 #[derive(Debug, Args)]

@@ -146,6 +146,17 @@ pub(crate) struct ServerArgs {
     /// begins with one is refused.
     #[arg(long)]
     pub(crate) proxy_protocol: bool,
+    /// Public ports TCP tunnels (`cryptun tcp`) may be given, as `A-B` or one port (repeatable).
+    /// Without it, a server on loopback with domain localhost gives any free port, and any other
+    /// server opens none (TCP tunnels are refused with tcp_disabled).
+    #[arg(long = "tcp-ports", value_name = "A-B", value_parser = cryptun_server::TcpPorts::parse_range)]
+    pub(crate) tcp_ports: Vec<std::ops::RangeInclusive<u16>>,
+    /// How long a TCP tunnel's connection may pass no byte either way before it is closed.
+    #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+    pub(crate) tcp_idle_timeout: std::time::Duration,
+    /// Most connections open at once through one TCP tunnel; new visitors past it are closed.
+    #[arg(long, default_value_t = 256)]
+    pub(crate) tcp_max_connections: usize,
     /// Bearer token for the admin API (/api/...), at least 16 characters. Without one, the admin API answers loopback addresses only.
     #[arg(long, env = "CRYPTUN_ADMIN_TOKEN", hide_env_values = true, value_parser = parse::admin_token)]
     pub(crate) admin_token: Option<AdminToken>,

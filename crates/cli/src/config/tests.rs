@@ -120,7 +120,11 @@ fn the_client_example_loads_and_shows_every_key() {
         let file: ConfigFile = file.unwrap();
         let declared = tunnels::declared(&file).unwrap();
         let names: Vec<&str> = declared.iter().map(|d| d.name.as_str()).collect();
-        assert_eq!(names, ["web", "api", "dev"]);
+        assert_eq!(names, ["web", "api", "dev", "ssh"]);
+        let ssh = &declared[3].config;
+        assert_eq!(ssh.protocol, cryptun_client::TunnelProtocol::Tcp);
+        assert_eq!(ssh.remote_port, Some(20022));
+        assert_eq!(ssh.shown_target(), "127.0.0.1:22");
         let web = &declared[0].config;
         assert_eq!(
             web.target.host_header(),
@@ -307,6 +311,40 @@ fn servers_come_from_a_list_or_the_one_server_of_older_files() {
     }
     let err = http_servers(&["http", "3000", "--server", "ftp://x"]).unwrap_err();
     assert!(err.contains("invalid server address"), "{err}");
+}
+
+/// A TCP tunnel in a file: `proto = "tcp"`, a port or host:port, and no
+/// key only HTTP has; `remote_port` only with it. Each refusal at its line.
+#[test]
+fn tcp_tunnels_in_a_file_take_their_own_keys_only() {
+    let read = |table: &str| {
+        let (_dir, path) = temp_file(&format!("[tunnels.db]\n{table}"));
+        let args = argv(&["start", "--all", "--config", path.to_str().unwrap()]);
+        parse_from(&args).map(|_| ()).map_err(|e| format!("{e:#}"))
+    };
+    assert_eq!(
+        read("proto = \"tcp\"\ntarget = 5432\nallow_ips = [\"10.0.0.0/8\"]\n"),
+        Ok(())
+    );
+    let bad = read("proto = \"udp\"\ntarget = 53\n").unwrap_err();
+    assert!(
+        bad.contains(":2: bad value for key `proto`") && bad.contains("\"tcp\""),
+        "{bad}"
+    );
+    let url = read("proto = \"tcp\"\ntarget = \"http://localhost:5432\"\n").unwrap_err();
+    assert!(url.contains(":3") && url.contains("not a URL"), "{url}");
+    let http_only = read("proto = \"tcp\"\ntarget = 5432\nbasic_auth = \"a:b\"\n").unwrap_err();
+    assert!(
+        http_only.contains(":4: key `basic_auth`: not for a TCP tunnel"),
+        "{http_only}"
+    );
+    let port = read("target = 3000\nremote_port = 2000\n").unwrap_err();
+    assert!(
+        port.contains(":3: remote_port is for a TCP tunnel"),
+        "{port}"
+    );
+    let zero = read("proto = \"tcp\"\ntarget = 22\nremote_port = 0\n").unwrap_err();
+    assert!(zero.contains("expected a port, 1 to 65535"), "{zero}");
 }
 
 /// `[tunnels.NAME]` tables that set TLS keys for a plain target, or both

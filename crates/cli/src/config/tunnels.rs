@@ -2,15 +2,17 @@
 //! `cryptun http` (`target`, `subdomain`, `basic_auth`, `allow_ips`,
 //! `host_header`, `local_ca`, ...),
 //! checked by that flag's own parser, so a tunnel in a file means what the
-//! same flags would on the command line. Environment variables do not
-//! reach into tunnels: each says all it wants.
+//! same flags would on the command line; `proto = "tcp"` (with
+//! `remote_port`) makes it what `cryptun tcp` opens, and keys only HTTP
+//! has are then refused. Environment variables do not reach into tunnels:
+//! each says all it wants.
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Result, anyhow, bail};
 use clap::{ArgMatches, Command, CommandFactory};
-use cryptun_client::{BasicAuth, HostHeader, LocalTls, Target, TunnelConfig};
+use cryptun_client::{BasicAuth, HostHeader, LocalTls, Target, TunnelConfig, TunnelProtocol};
 use toml::de::{DeTable, DeValue};
 
 use super::{ConfigFile, Entry, check, entries, file_arg};
@@ -23,6 +25,19 @@ pub const TUNNEL_KEYS: [&str; 9] = [
     "basic_auth",
     "allow_ips",
     "deny_ips",
+    "max_body_size",
+    "host_header",
+    "local_ca",
+    "local_insecure",
+];
+
+/// Keys of a tunnel table besides the flags of [`TUNNEL_KEYS`].
+const OWN_KEYS: &str = "target, proto, remote_port";
+
+/// The keys of [`TUNNEL_KEYS`] that only an HTTP tunnel has.
+const HTTP_ONLY: [&str; 6] = [
+    "request_timeout",
+    "basic_auth",
     "max_body_size",
     "host_header",
     "local_ca",
@@ -125,7 +140,10 @@ fn tunnel(
 ) -> Result<TunnelConfig> {
     let name = at.key.get_ref();
     let mut target = None;
+    let mut protocol = (TunnelProtocol::Http, None);
+    let mut remote_port = None;
     let mut tls_at = None;
+    let mut http_only = None;
     let mut matches: Vec<(String, ArgMatches)> = Vec::new();
     for entry in entries(table) {
         let key = entry.key.get_ref();
@@ -136,13 +154,36 @@ fn tunnel(
                 _ => return Err(file.value_error(&entry, "expected a port, host:port or URL")),
             };
             let parsed = Target::parse(&word).map_err(|e| file.value_error(&entry, e))?;
-            target = Some(parsed);
+            target = Some((
+                parsed,
+                word.contains("://"),
+                file.at(entry.key.span().start),
+            ));
+            continue;
+        }
+        if key == "proto" {
+            let proto = match entry.value.get_ref() {
+                DeValue::String(s) if s.as_ref() == "http" => TunnelProtocol::Http,
+                DeValue::String(s) if s.as_ref() == "tcp" => TunnelProtocol::Tcp,
+                _ => return Err(file.value_error(&entry, r#"expected "http" or "tcp""#)),
+            };
+            protocol = (proto, Some(file.at(entry.key.span().start)));
+            continue;
+        }
+        if key == "remote_port" {
+            let port = match entry.value.get_ref() {
+                DeValue::Integer(i) => i.as_str().parse::<u16>().ok().filter(|&p| p != 0),
+                _ => None,
+            };
+            let port =
+                port.ok_or_else(|| file.value_error(&entry, "expected a port, 1 to 65535"))?;
+            remote_port = Some((port, file.at(entry.key.span().start)));
             continue;
         }
         let arg = file_arg(http, key).filter(|arg| TUNNEL_KEYS.contains(&arg.get_id().as_str()));
         let Some(arg) = arg else {
             let known = TUNNEL_KEYS.join(", ");
-            let what = format!("unknown key in [tunnels.{name}] (known: target, {known})");
+            let what = format!("unknown key in [tunnels.{name}] (known: {OWN_KEYS}, {known})");
             return Err(file.key_error(&entry, what));
         };
         let checked = check(file, &entry, arg)?;
@@ -151,16 +192,38 @@ fn tunnel(
             let at = file.at(entry.key.span().start);
             tls_at = Some(format!("{at}: key `{}`", entry.key.get_ref()));
         }
+        if HTTP_ONLY.contains(&id.as_str()) {
+            http_only = Some(format!("{}: key `{key}`", file.at(entry.key.span().start)));
+        }
         matches.push((id, checked));
     }
-    let target = target.ok_or_else(|| {
+    let (target, url, target_at) = target.ok_or_else(|| {
         anyhow!(
             "{}: [tunnels.{name}] needs a target (a port, host:port or URL)",
             file.at(at.key.span().start)
         )
     })?;
+    let (protocol, proto_at) = protocol;
+    match protocol {
+        TunnelProtocol::Tcp if url => {
+            bail!("{target_at}: a TCP tunnel's target is a port or host:port, not a URL")
+        }
+        TunnelProtocol::Tcp => {
+            if let Some(key_at) = http_only {
+                let proto_at = proto_at.unwrap_or_default();
+                bail!("{key_at}: not for a TCP tunnel (proto = \"tcp\" at {proto_at})");
+            }
+        }
+        TunnelProtocol::Http => {
+            if let Some((_, port_at)) = &remote_port {
+                bail!("{port_at}: remote_port is for a TCP tunnel: add proto = \"tcp\"");
+            }
+        }
+    }
     let mut config = TunnelConfig::new(target);
     config.name = Some(name.to_string());
+    config.protocol = protocol;
+    config.remote_port = remote_port.map(|(port, _)| port);
     let mut tls = LocalTls::default();
     for (id, m) in matches {
         match id.as_str() {

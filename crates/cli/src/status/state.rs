@@ -144,6 +144,24 @@ impl State {
                 self.stats.ended(done.duration, now);
                 self.remember(wall, done);
             }
+            // A TCP tunnel's connection: listed as a request would be,
+            // its visitor and bytes where a request has its path.
+            Event::Connection(done) => {
+                self.stats.ended(done.duration, now);
+                let path = format!(
+                    "{} in {} B out {} B",
+                    done.remote_addr, done.bytes_in, done.bytes_out
+                );
+                let done = RequestDone {
+                    tunnel: done.tunnel,
+                    method: "TCP".into(),
+                    path,
+                    status: 0,
+                    duration: done.duration,
+                    error: done.error,
+                };
+                self.remember(wall, done);
+            }
             // A replay went to the local service, not through the tunnel:
             // listed, marked, and not counted in the tunnel's stats.
             Event::Replayed { of, mut done } => {

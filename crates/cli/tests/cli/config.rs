@@ -258,6 +258,56 @@ fn created(client: &Proc, n: usize) -> Vec<(String, String)> {
         .collect()
 }
 
+/// An HTTP tunnel and a TCP tunnel (`proto = "tcp"`) over one connection:
+/// each carries its own traffic, and each says what it is.
+#[tokio::test(flavor = "multi_thread")]
+async fn start_opens_an_http_and_a_tcp_tunnel_side_by_side() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let home = TempDir::new();
+    let home = home.path.as_path();
+    let (_server, addr) = server(home);
+    let web = Origin::start().await;
+    let echo = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let echo_addr = echo.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = echo.accept().await {
+            tokio::spawn(async move {
+                let (mut r, mut w) = stream.split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+            });
+        }
+    });
+    let text = format!(
+        "server = \"http://{addr}\"\njson = true\n\n[tunnels.web]\ntarget = \"{}\"\n\n[tunnels.echo]\nproto = \"tcp\"\ntarget = \"{echo_addr}\"\n",
+        web.target()
+    );
+    write(home, "client.toml", &text);
+    let client = cryptun(&["start", "--all"], home, &[]);
+    let lines: Vec<serde_json::Value> = (0..2)
+        .map(|_| serde_json::from_str(&client.line()).unwrap())
+        .collect();
+    assert_eq!(lines[0]["name"], "web");
+    assert_eq!(lines[0].get("protocol"), None, "{}", lines[0]);
+    assert_eq!(lines[1]["name"], "echo");
+    assert_eq!(lines[1]["protocol"], "tcp");
+    let port = lines[1]["remote_port"].as_u64().unwrap() as u16;
+
+    let host = lines[0]["public_url"]
+        .as_str()
+        .unwrap()
+        .strip_prefix("http://")
+        .unwrap();
+    let reply = Visitor::new(addr).get(host, "/echo").await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    stream.write_all(b"side by side").await.unwrap();
+    let mut back = [0; 12];
+    stream.read_exact(&mut back).await.unwrap();
+    assert_eq!(&back, b"side by side");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn start_all_serves_two_tunnels_to_two_origins_over_one_connection() {
     let home = TempDir::new();

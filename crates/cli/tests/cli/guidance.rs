@@ -100,21 +100,19 @@ fn the_wrong_scheme_for_a_port_is_named_with_the_right_one() {
 }
 
 #[test]
-fn tcp_and_tls_tunnels_say_they_are_not_supported_yet() {
-    for kind in ["tcp", "tls"] {
-        let out = run(
-            &[kind, "22", "--remote-port", "2222"],
-            Path::new("/nonexistent"),
-        );
-        assert_eq!(out.status.code(), Some(2), "{kind}");
-        let error = stderr(&out);
-        let upper = kind.to_ascii_uppercase();
-        assert!(
-            error.contains(&format!("{upper} tunnels are not supported yet")),
-            "{error}"
-        );
-        assert!(!error.contains("similar subcommand"), "{error}");
-    }
+fn tls_tunnels_say_they_are_not_supported_yet() {
+    let out = run(
+        &["tls", "8443", "--subdomain", "secure"],
+        Path::new("/nonexistent"),
+    );
+    assert_eq!(out.status.code(), Some(2));
+    let error = stderr(&out);
+    assert!(
+        error.contains("TLS tunnels are not supported yet"),
+        "{error}"
+    );
+    assert!(error.contains("cryptun tcp PORT"), "{error}");
+    assert!(!error.contains("similar subcommand"), "{error}");
 }
 
 #[test]

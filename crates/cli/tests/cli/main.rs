@@ -20,3 +20,4 @@ mod operations;
 mod restart;
 mod servers;
 mod status;
+mod tcp;

@@ -41,7 +41,7 @@ use tokio_util::sync::CancellationToken;
 use control::Control;
 use table::Table;
 
-pub use pipe::{copy_from_stream, copy_into_stream};
+pub use pipe::{RelayError, copy_from_stream, copy_into_stream, relay};
 pub use recv::{RecvBody, StreamError};
 pub use send::{PumpError, SendHalf, StreamClosed, pump};
 pub use table::{OpenError, Violation};

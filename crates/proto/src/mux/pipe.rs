@@ -53,3 +53,51 @@ where
     writer.shutdown().await?;
     Ok(total)
 }
+
+/// Why [`relay`] ended early.
+#[derive(Debug, thiserror::Error)]
+pub enum RelayError {
+    /// Reading the connection, or sending into the stream, failed (the
+    /// stream was reset, or the session closed).
+    #[error("outbound: {0}")]
+    Out(PumpError),
+    /// The stream failed (reset, the session closed), or writing its bytes
+    /// to the connection did.
+    #[error("inbound: {0}")]
+    In(std::io::Error),
+}
+
+/// Joins a connection (`reader`, `writer`) and a raw stream (`send`,
+/// `recv`) until both directions have ended, each with its end of file
+/// (carried as END, and from END to a write shutdown: a half-close). The
+/// first failure either way ends both at once: the caller then drops the
+/// connection. Returns the bytes copied out and in.
+pub async fn relay<R, W, H>(
+    reader: R,
+    writer: W,
+    send: SendHalf<H>,
+    recv: RecvBody<H>,
+) -> Result<(u64, u64), RelayError>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+    H: Send + 'static,
+{
+    let out = copy_into_stream(reader, send);
+    let inbound = copy_from_stream(recv, writer);
+    tokio::pin!(out, inbound);
+    let (mut sent, mut received) = (None, None);
+    loop {
+        tokio::select! {
+            copied = &mut out, if sent.is_none() => {
+                sent = Some(copied.map_err(RelayError::Out)?);
+            }
+            copied = &mut inbound, if received.is_none() => {
+                received = Some(copied.map_err(RelayError::In)?);
+            }
+        }
+        if let (Some(sent), Some(received)) = (sent, received) {
+            return Ok((sent, received));
+        }
+    }
+}

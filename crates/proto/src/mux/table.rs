@@ -50,6 +50,11 @@ pub enum Violation {
     /// reads heads before frames reach the streams).
     #[error("stream {0}: HEAD frame without binary_heads")]
     Head(u32),
+    /// An OPEN frame where it may not come: from the client, or on a
+    /// session without `raw_streams` (a client's session with it reads
+    /// OPEN frames before frames reach the streams).
+    #[error("stream {0}: OPEN frame where none may come")]
+    Open(u32),
 }
 
 /// Credit beyond this is a peer bug (and would overflow the semaphore).
@@ -68,6 +73,10 @@ struct Slot<H> {
     credit: Arc<Semaphore>,
     local_done: bool,
     remote_done: bool,
+    /// A raw stream (`raw_streams`): complete only once both directions
+    /// are, on either side; an exchange completes on the opener with the
+    /// response alone.
+    raw: bool,
     /// Sent the peer's reason when it resets the stream with one, else
     /// dropped with the slot: wakes whoever waits for the stream to end.
     gone: oneshot::Sender<CancelReason>,
@@ -82,6 +91,16 @@ impl<H> Table<H> {
             closed: false,
         }
     }
+
+    /// The next id no live stream has (never 0).
+    fn fresh_id(&mut self) -> u32 {
+        let mut id = self.next_id;
+        while id == 0 || self.slots.contains_key(&id) {
+            id = id.wrapping_add(1);
+        }
+        self.next_id = id.wrapping_add(1);
+        id
+    }
 }
 
 impl<H: Send + 'static> Mux<H> {
@@ -89,12 +108,21 @@ impl<H: Send + 'static> Mux<H> {
     /// whether our half will carry body frames; if not it starts finished.
     pub fn open(&self, sends_body: bool) -> Result<Stream<H>, OpenError> {
         let mut table = self.table();
-        let mut id = table.next_id;
-        while id == 0 || table.slots.contains_key(&id) {
-            id = id.wrapping_add(1);
-        }
-        table.next_id = id.wrapping_add(1);
+        let id = table.fresh_id();
         self.insert(&mut table, id, true, !sends_body, false)
+    }
+
+    /// Opens a raw stream with a fresh id (the server's side, for a
+    /// visitor's connection to a TCP tunnel): no head is awaited, and the
+    /// stream lasts until both directions have ended (or a reset).
+    pub fn open_raw(&self) -> Result<Stream<H>, OpenError> {
+        let mut table = self.table();
+        let id = table.fresh_id();
+        let stream = self.insert(&mut table, id, false, false, false)?;
+        if let Some(slot) = table.slots.get_mut(&id) {
+            slot.raw = true;
+        }
+        Ok(stream)
     }
 
     /// Accepts a stream the peer opened (the client's side). `receives_body`
@@ -135,6 +163,7 @@ impl<H: Send + 'static> Mux<H> {
                 credit: Arc::clone(&credit),
                 local_done,
                 remote_done,
+                raw: false,
                 gone: gone_tx,
             },
         );
@@ -172,8 +201,10 @@ impl<H: Send + 'static> Mux<H> {
     /// streams are counted and dropped (they race with resets).
     pub fn on_frame(&self, frame: Frame) -> Result<(), Violation> {
         let id = frame.stream;
-        if frame.kind == FrameKind::Head {
-            return Err(Violation::Head(id));
+        match frame.kind {
+            FrameKind::Head => return Err(Violation::Head(id)),
+            FrameKind::Open => return Err(Violation::Open(id)),
+            _ => {}
         }
         let mut table = self.table();
         let Some(slot) = table.slots.get_mut(&id) else {
@@ -222,7 +253,7 @@ impl<H: Send + 'static> Mux<H> {
                 let reason = CancelReason::from_payload(&frame.payload);
                 Self::remove_for(&mut table, id, format!("reset by peer {text}"), reason);
             }
-            FrameKind::Head => unreachable!("refused above"),
+            FrameKind::Head | FrameKind::Open => unreachable!("refused above"),
         }
         Ok(())
     }
@@ -316,7 +347,8 @@ impl<H: Send + 'static> Mux<H> {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .push(bytes::Bytes::new(), true);
-        let complete = slot.head.is_none() && (slot.local_done || self.inner.side == Side::Opener);
+        let complete = slot.head.is_none()
+            && (slot.local_done || (self.inner.side == Side::Opener && !slot.raw));
         if complete {
             Self::remove(table, id, "the response is complete".into());
         }

@@ -13,7 +13,9 @@ use std::time::{Duration, SystemTime};
 
 use cryptun_proto::message::{CreateTunnel, ErrorCode, ServerMessage, TunnelCreated, encode};
 use cryptun_proto::mux::Mux;
-use cryptun_proto::{Capabilities, Capability, PROTOCOL_VERSION, ResponseHead, Secret, Subdomain};
+use cryptun_proto::{
+    Capabilities, Capability, PROTOCOL_VERSION, ResponseHead, Secret, Subdomain, TunnelProtocol,
+};
 use tokio::sync::Semaphore;
 use tracing::warn;
 
@@ -22,6 +24,8 @@ use crate::config::Config;
 use crate::edge::Peer;
 use crate::metrics::Metrics;
 use crate::policy::{Access, Place, Quota, TunnelLimiter, Who};
+use crate::ports::relay::{Bounds, Port};
+use crate::ports::{PortError, Ports};
 use crate::registry::{Claim, HeldBy, Lookup, Owner, Registration, Registry, Taken, Tunnel};
 
 /// What admitting a tunnel needs: the settings, the registry it is entered
@@ -33,6 +37,8 @@ pub(crate) struct Admit {
     pub(crate) metrics: Metrics,
     /// The port public URLs name when the configuration does not.
     pub(crate) listen_port: u16,
+    /// The public ports TCP tunnels are given.
+    pub(crate) ports: Arc<Ports>,
     /// Live tunnels per identity (key, or address without one).
     pub(crate) tunnels: Arc<Quota<Who>>,
 }
@@ -65,6 +71,11 @@ impl Admit {
         existing: usize,
     ) -> Result<(Registration, String), Refusal> {
         let terms = self.terms(create, identity, peer, existing).await?;
+        // A TCP tunnel's port, before its name: the URL names both.
+        let mut port = match create.protocol {
+            TunnelProtocol::Http => None,
+            TunnelProtocol::Tcp => Some(self.port_for(create, accepted)?),
+        };
         let key_name = match identity {
             Identity::Key { name, .. } => Some(name),
             Identity::Anonymous => None,
@@ -79,8 +90,13 @@ impl Admit {
                 .asked
                 .clone()
                 .unwrap_or_else(|| Subdomain::generated(&id));
+            let (relay, stop) = port.as_ref().map(Port::guard).unzip();
+            let public_url = match &port {
+                Some(port) => format!("tcp://{}:{}", self.config.domain, port.number()),
+                None => self.config.public_url(subdomain.as_str(), self.listen_port),
+            };
             let tunnel = Tunnel {
-                public_url: self.config.public_url(subdomain.as_str(), self.listen_port),
+                public_url,
                 id,
                 subdomain: subdomain.into(),
                 client_addr: peer,
@@ -96,9 +112,19 @@ impl Admit {
                 access: access(create)?,
                 rate_limiter: self.config.rate_limits.per_tunnel.map(TunnelLimiter::new),
                 max_body_size: terms.max_body_size,
+                protocol: create.protocol,
+                relay,
             };
             match Arc::clone(&self.registry).register(tunnel, claim).await {
                 Ok(registration) => {
+                    if let Some((port, stop)) = port.take().zip(stop) {
+                        let bounds = Bounds {
+                            idle: self.config.tcp_idle_timeout,
+                            connections: self.config.tcp_max_connections,
+                            grace: self.config.reconnect_grace,
+                        };
+                        port.spawn(registration.tunnel(), stop, bounds);
+                    }
                     let created = self.tunnel_created(accepted, &registration, terms.secret);
                     return Ok((registration, created));
                 }
@@ -108,6 +134,36 @@ impl Admit {
                     let name = terms.asked.as_ref().map_or("", Subdomain::as_str);
                     return Err(self.refuse_taken(peer, name, taken));
                 }
+            }
+        }
+    }
+
+    /// A port for the TCP tunnel `create` asks for, on a session that
+    /// speaks `accepted`.
+    fn port_for(&self, create: &CreateTunnel, accepted: Capabilities) -> Result<Port, Refusal> {
+        if !accepted.contains(Capability::RawStreams) {
+            self.metrics.refused("tcp_disabled");
+            return Err(Refusal::new(
+                ErrorCode::TcpDisabled,
+                "a TCP tunnel needs the raw_streams capability (with binary_streams)",
+            ));
+        }
+        match self
+            .ports
+            .open(create.remote_port, create.subdomain.as_deref())
+        {
+            Ok((listener, lease)) => Ok(Port::new(listener, lease)),
+            Err(err) => {
+                let (code, reason) = match err {
+                    PortError::Disabled => (ErrorCode::TcpDisabled, "tcp_disabled"),
+                    PortError::Exhausted(_) => (ErrorCode::PortsExhausted, "ports_exhausted"),
+                    PortError::OutOfRange(..)
+                    | PortError::InUse(_)
+                    | PortError::Held(_)
+                    | PortError::Bind(..) => (ErrorCode::PortUnavailable, "port_unavailable"),
+                };
+                self.metrics.refused(reason);
+                Err(Refusal::new(code, err.to_string()))
             }
         }
     }
@@ -287,6 +343,8 @@ impl Admit {
             limits: self.config.limits.announce(self.config.heartbeat.interval),
             reconnect_secret,
             max_body_size: t.max_body_size,
+            protocol: t.protocol,
+            remote_port: t.relay.as_ref().map(|r| r.port),
         }))
     }
 }
@@ -321,6 +379,7 @@ mod tests {
             auth: Auth::new(config.auth, Arc::new(store.clone()), backoff),
             metrics: Metrics::register(&mut prometheus_client::registry::Registry::default()),
             listen_port: 4000,
+            ports: Ports::new(config.tcp_ports.clone(), [127, 0, 0, 1].into()),
             tunnels: Quota::new(config.max_tunnels_per_ip),
             config,
         };

@@ -139,6 +139,16 @@ impl Bound {
         self.port
     }
 
+    /// The address the listeners are bound on (TCP tunnels' ports are
+    /// bound on it too).
+    pub(crate) fn ip(&self) -> std::net::IpAddr {
+        [&self.plain, &self.https]
+            .into_iter()
+            .flatten()
+            .find_map(|l| l.local_addr().ok())
+            .map_or(std::net::Ipv4Addr::LOCALHOST.into(), |a| a.ip())
+    }
+
     /// With `redirect_http`: the HTTPS port plain requests are sent to.
     pub(crate) fn redirect_to(&self, config: &Config) -> Option<u16> {
         (config.redirect_http && self.https.is_some())

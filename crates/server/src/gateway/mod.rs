@@ -392,6 +392,9 @@ impl Gateway {
         visitor: IpAddr,
         req: &mut Request<RequestBody>,
     ) -> Result<(), GatewayError> {
+        if !tunnel.protocol.is_http() {
+            return Err(GatewayError::NotHttp(tunnel.public_url.clone()));
+        }
         tunnel.access.check_ip(visitor)?;
         if tunnel.access.has_credentials() {
             tunnel

@@ -233,6 +233,8 @@ mod tests {
             access: Access::from_request(&CreateTunnel::default()).unwrap(),
             rate_limiter: None,
             max_body_size: None,
+            protocol: cryptun_proto::TunnelProtocol::Http,
+            relay: None,
         }
     }
 

@@ -29,8 +29,8 @@ pub use crate::store::Owner;
 pub use held::{Claim, HeldBy, Holder, NotHeld};
 pub use local::Local;
 
-use cryptun_proto::ResponseHead;
 use cryptun_proto::mux::Mux;
+use cryptun_proto::{ResponseHead, TunnelProtocol};
 use serde::{Deserialize, Serialize};
 
 pub use stats::{Stats, StatsView};
@@ -74,6 +74,10 @@ pub struct Tunnel {
     pub rate_limiter: Option<TunnelLimiter>,
     /// Largest request body its visitors may send, if limited.
     pub max_body_size: Option<u64>,
+    /// What it carries: HTTP, or TCP connections to its port.
+    pub protocol: TunnelProtocol,
+    /// A TCP tunnel's port and relay; stops the relay when dropped.
+    pub relay: Option<crate::ports::relay::Relay>,
 }
 
 /// What `/api/tunnels` shows of a tunnel.
@@ -85,6 +89,12 @@ pub struct TunnelInfo {
     pub subdomain: String,
     /// Public URL.
     pub public_url: String,
+    /// `http`, or `tcp`.
+    #[serde(default)]
+    pub protocol: TunnelProtocol,
+    /// A TCP tunnel's public port.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub remote_port: Option<u16>,
     /// The client's address as the server saw it.
     pub client_addr: String,
     /// RFC 3339 creation time.
@@ -123,6 +133,8 @@ impl Tunnel {
             tunnel_id: self.id.clone(),
             subdomain: self.subdomain.clone(),
             public_url: self.public_url.clone(),
+            protocol: self.protocol,
+            remote_port: self.relay.as_ref().map(|r| r.port),
             client_addr: self.client_addr.to_string(),
             created_at: humantime::format_rfc3339_seconds(self.created_at).to_string(),
             request_count: self.requests.load(Ordering::Relaxed),

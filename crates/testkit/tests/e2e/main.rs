@@ -57,5 +57,6 @@ mod session_limits;
 mod slow_bodies;
 mod smoke;
 mod streaming;
+mod tcp;
 mod tls;
 mod tunnels;

@@ -1,0 +1,293 @@
+//! One TCP tunnel's port: each visitor connection accepted there becomes a
+//! raw stream to the tunnel's client (an OPEN frame naming the tunnel and
+//! the visitor, then each direction's bytes with the stream's credit), until
+//! both directions end.
+//!
+//! A direction ends with its side's FIN, carried as END: a visitor that
+//! shuts down its writing half still gets the local service's answer, and
+//! the other way round. A reset of the stream (the client could not reach
+//! its local service, or the session closed) closes the visitor's
+//! connection. Visitors outside the tunnel's `allow_ips`/`deny_ips` are
+//! closed at once; so are those past the tunnel's connection cap, or
+//! beyond its session's streams.
+//!
+//! The relay holds the tunnel weakly: when the tunnel leaves the registry
+//! (its session ended) its [`Relay::stop`] guard fires, the port stops
+//! accepting and is given back; connections already open end with the
+//! session's streams.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use cryptun_proto::ResponseHead;
+use cryptun_proto::mux::{Mux, relay};
+use cryptun_proto::raw::OpenStream;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tokio_util::sync::{CancellationToken, DropGuard};
+use tracing::{Instrument, debug, debug_span, info};
+
+use super::Lease;
+use crate::registry::{Stats, Tunnel};
+
+/// Most connections open at once through one TCP tunnel, unless set.
+pub(crate) const MAX_CONNECTIONS: usize = 256;
+
+/// How long a TCP tunnel's connection may pass no byte either way before
+/// it is closed, unless set.
+pub(crate) const IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
+
+/// How a TCP tunnel's connections are bounded.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Bounds {
+    /// A connection passing no byte either way this long is closed.
+    pub(crate) idle: Duration,
+    /// Most connections open at once; new visitors past it are closed.
+    pub(crate) connections: usize,
+    /// How long the port stays held for the tunnel's name once it ends.
+    pub(crate) grace: Duration,
+}
+
+/// What a TCP tunnel carries its connections with; kept in its [`Tunnel`].
+#[derive(Debug)]
+pub struct Relay {
+    /// The public port.
+    pub port: u16,
+    /// Stops the port's accept loop when the tunnel is dropped.
+    _stop: DropGuard,
+}
+
+/// A TCP tunnel's port, ready to serve once its tunnel is registered.
+pub(crate) struct Port {
+    listener: TcpListener,
+    lease: Lease,
+}
+
+impl Port {
+    /// `listener`, holding `lease`.
+    pub(crate) fn new(listener: TcpListener, lease: Lease) -> Self {
+        Port { listener, lease }
+    }
+
+    /// The public port.
+    pub(crate) fn number(&self) -> u16 {
+        self.lease.port()
+    }
+
+    /// The guard a tunnel keeps, and the token its relay watches: a new
+    /// pair for each try at registering it (a try that fails drops its
+    /// tunnel, and with it the guard).
+    pub(crate) fn guard(&self) -> (Relay, CancellationToken) {
+        let stop = CancellationToken::new();
+        let relay = Relay {
+            port: self.number(),
+            _stop: stop.clone().drop_guard(),
+        };
+        (relay, stop)
+    }
+
+    /// Accepts visitors for `tunnel` until `stop` fires, or the tunnel is
+    /// gone, within `bounds`; then the port is held for the tunnel's name.
+    pub(crate) fn spawn(mut self, tunnel: &Arc<Tunnel>, stop: CancellationToken, bounds: Bounds) {
+        self.lease.hold_after(&tunnel.subdomain, bounds.grace);
+        let span = debug_span!("tcp", port = self.number(), subdomain = %tunnel.subdomain);
+        let tunnel = Arc::downgrade(tunnel);
+        tokio::spawn(self.serve(tunnel, stop, bounds).instrument(span));
+    }
+
+    async fn serve(self, tunnel: Weak<Tunnel>, stop: CancellationToken, bounds: Bounds) {
+        let idle = bounds.idle;
+        let connections = Arc::new(Semaphore::new(bounds.connections));
+        loop {
+            let accepted = tokio::select! {
+                () = stop.cancelled() => break,
+                accepted = self.listener.accept() => accepted,
+            };
+            let (stream, visitor) = match accepted {
+                Ok(accepted) => accepted,
+                Err(err) => {
+                    debug!(%err, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let Some(tunnel) = tunnel.upgrade() else {
+                break;
+            };
+            if let Err(err) = tunnel.access.check_ip(visitor.ip()) {
+                debug!(%visitor, %err, "visitor refused");
+                continue;
+            }
+            let Ok(permit) = Arc::clone(&connections).try_acquire_owned() else {
+                debug!(%visitor, "connection cap reached: visitor refused");
+                continue;
+            };
+            let _ = stream.set_nodelay(true);
+            let mux = tunnel.mux.clone();
+            let open = OpenStream {
+                tunnel_id: tunnel.id.clone(),
+                visitor,
+            };
+            let stats = Arc::clone(&tunnel.stats);
+            tokio::spawn(
+                async move {
+                    carry(stream, &mux, open, stats, idle).await;
+                    drop(permit);
+                }
+                .instrument(debug_span!("visitor", %visitor)),
+            );
+        }
+        debug!("TCP tunnel's port closed");
+    }
+}
+
+/// Carries one visitor connection over a new raw stream of `mux`.
+async fn carry(
+    stream: TcpStream,
+    mux: &Mux<ResponseHead>,
+    open: OpenStream,
+    stats: Arc<Stats>,
+    idle: Duration,
+) {
+    let visitor: SocketAddr = open.visitor;
+    let raw = match mux.open_raw() {
+        Ok(raw) => raw,
+        Err(err) => return debug!(%err, "no stream for the visitor: closed"),
+    };
+    let id = raw.id;
+    if raw.send.send_frame(open.encode(id)).await.is_err() {
+        return;
+    }
+    let started = std::time::Instant::now();
+    let (reader, writer) = stream.into_split();
+    let activity = Arc::new(Activity::default());
+    let reader = Counted::new(reader, Arc::clone(&activity));
+    let writer = Counted::new(writer, Arc::clone(&activity));
+    tokio::select! {
+        relayed = relay(reader, writer, raw.send, raw.recv) => match relayed {
+            Ok(_) => debug!("connection ended"),
+            // The stream is gone (reset, session closed) or a socket
+            // failed: the visitor's connection closes with it.
+            Err(err) => {
+                debug!(%err, "connection cut");
+                mux.reset(id);
+            }
+        },
+        () = activity.idle_for(idle) => {
+            debug!(?idle, "idle connection closed");
+            mux.reset(id);
+        }
+    }
+    let (bytes_in, bytes_out) = activity.totals();
+    stats.add_in(bytes_in);
+    stats.add_out(bytes_out);
+    info!(
+        target: "cryptun::tcp",
+        %visitor, bytes_in, bytes_out,
+        duration_ms = started.elapsed().as_millis() as u64,
+        "tcp connection"
+    );
+}
+
+/// Bytes each way, and when the last one passed.
+#[derive(Debug, Default)]
+struct Activity {
+    bytes_in: std::sync::atomic::AtomicU64,
+    bytes_out: std::sync::atomic::AtomicU64,
+    /// Milliseconds since `EPOCH` at the last byte.
+    last: std::sync::atomic::AtomicU64,
+}
+
+/// The clock [`Activity::last`] counts from.
+static EPOCH: std::sync::LazyLock<tokio::time::Instant> =
+    std::sync::LazyLock::new(tokio::time::Instant::now);
+
+impl Activity {
+    fn touch(&self) {
+        let now = EPOCH.elapsed().as_millis() as u64;
+        self.last.store(now, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Resolves once no byte has passed for `idle`.
+    async fn idle_for(&self, idle: Duration) {
+        self.touch();
+        loop {
+            let last = Duration::from_millis(self.last.load(std::sync::atomic::Ordering::Relaxed));
+            let deadline = *EPOCH + last + idle;
+            if tokio::time::Instant::now() >= deadline {
+                return;
+            }
+            tokio::time::sleep_until(deadline).await;
+        }
+    }
+
+    fn totals(&self) -> (u64, u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        (self.bytes_in.load(Relaxed), self.bytes_out.load(Relaxed))
+    }
+}
+
+/// A half of the visitor's connection whose bytes are counted: those read
+/// came in from the visitor, those written went out to them.
+struct Counted<T> {
+    inner: T,
+    activity: Arc<Activity>,
+}
+
+impl<T> Counted<T> {
+    fn new(inner: T, activity: Arc<Activity>) -> Self {
+        Counted { inner, activity }
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Counted<T> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = std::pin::Pin::new(&mut self.inner).poll_read(cx, buf);
+        let n = buf.filled().len().saturating_sub(before) as u64;
+        if n > 0 {
+            self.activity
+                .bytes_in
+                .fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+            self.activity.touch();
+        }
+        polled
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Counted<T> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let polled = std::pin::Pin::new(&mut self.inner).poll_write(cx, buf);
+        if let std::task::Poll::Ready(Ok(n)) = &polled {
+            self.activity
+                .bytes_out
+                .fetch_add(*n as u64, std::sync::atomic::Ordering::Relaxed);
+            self.activity.touch();
+        }
+        polled
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
