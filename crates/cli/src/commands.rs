@@ -2,12 +2,14 @@
 //! runs until Ctrl-C (or SIGTERM).
 
 use anyhow::{Context, Result};
-use cryptun_client::{ClientConfig, ClientError, Target};
+use cryptun_client::{ClientConfig, ClientError, Target, TunnelConfig};
 use cryptun_server::AuthMode;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::{DemoArgs, HttpArgs, ServerArgs, TcpArgs, guide, inspect, keys, local, output, paths};
+use crate::{
+    DemoArgs, HttpArgs, Reach, ServerArgs, TcpArgs, guide, inspect, keys, local, output, paths,
+};
 
 /// `cryptun server`.
 pub async fn server(args: ServerArgs) -> Result<()> {
@@ -232,18 +234,13 @@ pub async fn http(args: HttpArgs, json_logs: bool) -> Result<()> {
         }
         None => start_hello(&shutdown).await?,
     };
-    let first = args.servers.first().context("no server given")?;
-    let mut config = ClientConfig::new(first, target.clone())?;
-    config.set_servers(&args.servers)?;
+    let mut config = client_config(args.reach, vec![TunnelConfig::new(target.clone())])?;
     config.tunnel.subdomain = args.subdomain;
     config.tunnel.request_timeout = args.request_timeout;
     config.tunnel.basic_auth = args.basic_auth;
     config.tunnel.allow_ips = args.allow_ips;
     config.tunnel.deny_ips = args.deny_ips;
     config.tunnel.max_body_size = args.max_body_size;
-    config.ca = args.ca;
-    config.token = keys::client_token(args.token)?;
-    config.state_dir = paths::state_dir();
     let inspector = inspect::start(&args.inspect, &shutdown).await;
     config.inspector = inspector.as_ref().map(|(inspector, _)| inspector.clone());
     let Some(session) = connect(&config, &shutdown).await? else {
@@ -274,17 +271,12 @@ pub async fn tcp(args: TcpArgs, json_logs: bool) -> Result<()> {
         );
     }
     let target = cryptun_client::Target::parse(&args.target)?;
-    let first = args.servers.first().context("no server given")?;
-    let mut config = ClientConfig::new(first, target.clone())?;
-    config.set_servers(&args.servers)?;
+    let mut config = client_config(args.reach, vec![TunnelConfig::new(target)])?;
     config.tunnel.protocol = cryptun_client::TunnelProtocol::Tcp;
     config.tunnel.remote_port = args.remote_port;
     config.tunnel.subdomain = args.subdomain;
     config.tunnel.allow_ips = args.allow_ips;
     config.tunnel.deny_ips = args.deny_ips;
-    config.ca = args.ca;
-    config.token = keys::client_token(args.token)?;
-    config.state_dir = paths::state_dir();
     let Some(session) = connect(&config, &shutdown).await? else {
         return Ok(());
     };
@@ -296,6 +288,19 @@ pub async fn tcp(args: TcpArgs, json_logs: bool) -> Result<()> {
     output::finish(view, served.as_ref().err());
     served?;
     Ok(())
+}
+
+/// Settings for `tunnels` (at least one) on the servers `reach` names,
+/// with its CA and token (or the saved one), and the client's state
+/// directory for reconnect secrets.
+pub fn client_config(reach: Reach, tunnels: Vec<TunnelConfig>) -> Result<ClientConfig> {
+    let first = reach.servers.first().context("no server given")?;
+    let mut config = ClientConfig::with_tunnels(first, tunnels)?.context("no tunnels to open")?;
+    config.set_servers(&reach.servers)?;
+    config.ca = reach.ca;
+    config.token = keys::client_token(reach.token)?;
+    config.state_dir = paths::state_dir();
+    Ok(config)
 }
 
 /// Connects and creates the tunnels, waiting out names held for another

@@ -22,8 +22,8 @@ mod status;
 use std::time::Duration;
 
 pub(crate) use args::{
-    Cli, Command, DemoArgs, HttpArgs, KeysArgs, KeysCommand, LogFormat, LoginArgs, ServerArgs,
-    TcpArgs, secret,
+    Cli, Command, DemoArgs, HttpArgs, KeysArgs, KeysCommand, LogFormat, LoginArgs, Reach,
+    ServerArgs, TcpArgs, secret,
 };
 
 /// See `Cargo.toml` for why jemalloc.

@@ -2,15 +2,13 @@
 //! one connection to the server, with one request inspector for all of
 //! them (`--inspect`, as for `cryptun http`).
 
-use std::path::PathBuf;
-
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 use clap::{ArgGroup, Args};
-use cryptun_client::{ClientConfig, HostHeader, Secret};
+use cryptun_client::HostHeader;
 
 use crate::config::{ConfigFile, tunnels};
 use crate::inspect::{self, InspectArgs};
-use crate::{commands, keys, local, output};
+use crate::{Reach, commands, local, output};
 
 /// The arguments of `cryptun start`.
 #[derive(Debug, Args)]
@@ -22,21 +20,8 @@ pub struct StartArgs {
     /// Open every tunnel the config file declares.
     #[arg(long, conflicts_with = "names")]
     all: bool,
-    /// The client config file [default: $XDG_CONFIG_HOME/cryptun/client.toml
-    /// or ~/.config/cryptun/client.toml].
-    #[arg(long, value_name = "FILE")]
-    config: Option<PathBuf>,
-    /// The cryptun server to connect to. Repeatable (or comma-separated): the client connects
-    /// to one of them, in random order, and to the next when it loses it.
-    #[arg(
-        long = "server",
-        value_name = "URL",
-        env = "CRYPTUN_SERVER",
-        value_delimiter = ',',
-        default_value = "http://127.0.0.1:4000",
-        value_parser = crate::parse::server
-    )]
-    servers: Vec<String>,
+    #[command(flatten)]
+    reach: Reach,
     /// Print one JSON object per line (a tunnel_created per tunnel, then one per request).
     #[arg(long)]
     json: bool,
@@ -44,12 +29,6 @@ pub struct StartArgs {
     /// host_header: `preserve` (the visitor's), `rewrite` (the target's host:port) or a value.
     #[arg(long, value_name = "rewrite|preserve|VALUE", value_parser = crate::parse::host_header)]
     host_header: Option<HostHeader>,
-    /// Also trust the certificate authorities in this PEM file for an https:// server.
-    #[arg(long, env = "CRYPTUN_CA")]
-    ca: Option<PathBuf>,
-    /// API key for the server [default: the one saved by `cryptun login`].
-    #[arg(long, env = "CRYPTUN_TOKEN", hide_env_values = true, value_parser = crate::secret)]
-    token: Option<Secret>,
     /// The request inspector, one for every tunnel opened.
     #[command(flatten)]
     inspect: InspectArgs,
@@ -78,12 +57,7 @@ pub async fn start(args: StartArgs, file: Option<ConfigFile>, json_logs: bool) -
         .map(|d| (d.name.clone(), d.config.shown_target()))
         .collect();
     let specs = chosen.into_iter().map(|d| d.config).collect();
-    let first = args.servers.first().context("no server given")?;
-    let mut config = ClientConfig::with_tunnels(first, specs)?.context("no tunnels to open")?;
-    config.set_servers(&args.servers)?;
-    config.ca = args.ca;
-    config.token = keys::client_token(args.token)?;
-    config.state_dir = crate::paths::state_dir();
+    let mut config = commands::client_config(args.reach, specs)?;
     let shutdown = commands::shutdown_on_signal();
     let inspector = inspect::start(&args.inspect, &shutdown).await;
     config.inspector = inspector.as_ref().map(|(inspector, _)| inspector.clone());

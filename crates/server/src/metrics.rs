@@ -117,8 +117,9 @@ impl Refused {
     }
 }
 
+/// `in` (from visitors) or `out` (to them).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
-struct Direction {
+pub struct Direction {
     direction: &'static str,
 }
 
@@ -158,6 +159,19 @@ pub struct Metrics {
     /// refused hello, a closed connection) or did not finish in time
     /// (`timeout`).
     pub tls_handshake_failures: Family<Reason, Counter>,
+    /// TCP tunnels' visitor connections, counted when they end, by how
+    /// (see [`Metrics::tcp_connection`]).
+    pub tcp_connections: Family<TcpOutcome, Counter>,
+    /// TCP tunnels' visitor connections open.
+    pub tcp_open: Gauge,
+    /// Bytes through TCP tunnels: from visitors (in) and to them (out).
+    pub tcp_bytes: Family<Direction, Counter>,
+}
+
+/// How a TCP tunnel's visitor connection ended.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct TcpOutcome {
+    outcome: &'static str,
 }
 
 impl Metrics {
@@ -188,6 +202,9 @@ impl Metrics {
             tls_handshake_failures: Family::default(),
             refused_requests,
             own_routes: Family::default(),
+            tcp_connections: Family::default(),
+            tcp_open: Gauge::default(),
+            tcp_bytes: Family::default(),
         };
         let r = registry.sub_registry_with_prefix("cryptun");
         r.register("tunnels", "Live tunnels", metrics.tunnels.clone());
@@ -256,7 +273,48 @@ impl Metrics {
             "HTTPS connections whose TLS handshake failed (error) or took too long (timeout)",
             metrics.tls_handshake_failures.clone(),
         );
+        r.register(
+            "tcp_connections",
+            "TCP tunnels' visitor connections, by how they ended",
+            metrics.tcp_connections.clone(),
+        );
+        r.register(
+            "tcp_connections_open",
+            "TCP tunnels' visitor connections open",
+            metrics.tcp_open.clone(),
+        );
+        r.register(
+            "tcp_bytes",
+            "Bytes through TCP tunnels, from visitors (in) and to them (out)",
+            metrics.tcp_bytes.clone(),
+        );
         metrics
+    }
+
+    /// Counts a TCP tunnel's visitor connection that ended: `outcome` is
+    /// `closed` (both directions ended), `cut` (reset, or a socket failed),
+    /// `idle` (past the idle timeout), `refused_ip` (the tunnel's address
+    /// rules), `refused_cap` (past its connection cap) or `no_stream` (the
+    /// session's streams were all taken, or it closed).
+    pub fn tcp_connection(&self, outcome: &'static str) {
+        self.tcp_connections
+            .get_or_create(&TcpOutcome { outcome })
+            .inc();
+    }
+
+    /// A TCP tunnel's visitor connection is open until the guard drops.
+    pub fn tcp_open(&self) -> GaugeGuard {
+        GaugeGuard::count(&self.tcp_open)
+    }
+
+    /// Bytes a TCP tunnel's visitor connection carried, each way.
+    pub fn tcp_carried(&self, bytes_in: u64, bytes_out: u64) {
+        self.tcp_bytes
+            .get_or_create(&Direction { direction: "in" })
+            .inc_by(bytes_in);
+        self.tcp_bytes
+            .get_or_create(&Direction { direction: "out" })
+            .inc_by(bytes_out);
     }
 
     /// Counts something refused by a limiter. `reason` names the limit

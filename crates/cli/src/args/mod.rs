@@ -105,22 +105,8 @@ pub(crate) struct HttpArgs {
     /// Serve the built-in hello page instead of a local service.
     #[arg(long)]
     pub(crate) hello: bool,
-    /// Client config file, for its top-level keys (servers, token, ca) [default:
-    /// $XDG_CONFIG_HOME/cryptun/client.toml or ~/.config/cryptun/client.toml].
-    #[arg(long, value_name = "FILE")]
-    pub(crate) config: Option<PathBuf>,
-    /// The cryptun server to connect to. Repeatable (or comma-separated): the client connects
-    /// to one of them, in random order, and to the next when it loses it; a name with several
-    /// addresses counts as one server per address.
-    #[arg(
-        long = "server",
-        value_name = "URL",
-        env = "CRYPTUN_SERVER",
-        value_delimiter = ',',
-        default_value = "http://127.0.0.1:4000",
-        value_parser = parse::server
-    )]
-    pub(crate) servers: Vec<String>,
+    #[command(flatten)]
+    pub(crate) reach: Reach,
     /// Ask for this subdomain instead of a random one.
     #[arg(long)]
     pub(crate) subdomain: Option<String>,
@@ -130,13 +116,6 @@ pub(crate) struct HttpArgs {
     /// How long visitors may wait for a response (e.g. 10m for long polling; the server caps it).
     #[arg(long, value_parser = humantime::parse_duration)]
     pub(crate) request_timeout: Option<Duration>,
-    /// Also trust the certificate authorities in this PEM file for an https:// server
-    /// (e.g. the ca.pem printed by `cryptun server --tls-self-signed`).
-    #[arg(long, env = "CRYPTUN_CA")]
-    pub(crate) ca: Option<PathBuf>,
-    /// API key for the server [default: the one saved by `cryptun login`].
-    #[arg(long, env = "CRYPTUN_TOKEN", hide_env_values = true, value_parser = secret)]
-    pub(crate) token: Option<Secret>,
     /// Visitors must log in with USER:PASSWORD (HTTP Basic). Prefer the environment variable: arguments show in `ps`.
     #[arg(long, env = "CRYPTUN_BASIC_AUTH", hide_env_values = true, value_name = "USER:PASSWORD", value_parser = parse::basic_auth)]
     pub(crate) basic_auth: Option<BasicAuth>,
@@ -153,18 +132,17 @@ pub(crate) struct HttpArgs {
     pub(crate) inspect: InspectArgs,
 }
 
+/// Which servers a client connects to, and how: shared by `cryptun http`,
+/// `cryptun tcp` and `cryptun start` (their config files' top-level keys).
 #[derive(Debug, Args)]
-pub(crate) struct TcpArgs {
-    /// The local service: a port (22) or host:port.
-    pub(crate) target: String,
-    /// Ask for this public port (the server must have it free, and in its --tcp-ports).
-    #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
-    pub(crate) remote_port: Option<u16>,
-    /// Client config file, for its top-level keys (servers, token, ca) [default:
-    /// $XDG_CONFIG_HOME/cryptun/client.toml or ~/.config/cryptun/client.toml].
+pub(crate) struct Reach {
+    /// Client config file: its top-level keys (servers, token, ca), and for `cryptun start` its
+    /// tunnels [default: $XDG_CONFIG_HOME/cryptun/client.toml or ~/.config/cryptun/client.toml].
     #[arg(long, value_name = "FILE")]
     pub(crate) config: Option<PathBuf>,
-    /// The cryptun server to connect to. Repeatable (or comma-separated), as for `cryptun http`.
+    /// The cryptun server to connect to. Repeatable (or comma-separated): the client connects
+    /// to one of them, in random order, and to the next when it loses it; a name with several
+    /// addresses counts as one server per address.
     #[arg(
         long = "server",
         value_name = "URL",
@@ -174,18 +152,30 @@ pub(crate) struct TcpArgs {
         value_parser = parse::server
     )]
     pub(crate) servers: Vec<String>,
+    /// Also trust the certificate authorities in this PEM file for an https:// server
+    /// (e.g. the ca.pem printed by `cryptun server --tls-self-signed`).
+    #[arg(long, env = "CRYPTUN_CA")]
+    pub(crate) ca: Option<PathBuf>,
+    /// API key for the server [default: the one saved by `cryptun login`].
+    #[arg(long, env = "CRYPTUN_TOKEN", hide_env_values = true, value_parser = secret)]
+    pub(crate) token: Option<Secret>,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct TcpArgs {
+    /// The local service: a port (22) or host:port.
+    pub(crate) target: String,
+    /// Ask for this public port (the server must have it free, and in its --tcp-ports).
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
+    pub(crate) remote_port: Option<u16>,
+    #[command(flatten)]
+    pub(crate) reach: Reach,
     /// Ask for this name (the tunnel's, held and reserved as HTTP tunnels' names are).
     #[arg(long)]
     pub(crate) subdomain: Option<String>,
     /// Print one JSON object per line (tunnel_created first, then one per connection).
     #[arg(long)]
     pub(crate) json: bool,
-    /// Also trust the certificate authorities in this PEM file for an https:// server.
-    #[arg(long, env = "CRYPTUN_CA")]
-    pub(crate) ca: Option<PathBuf>,
-    /// API key for the server [default: the one saved by `cryptun login`].
-    #[arg(long, env = "CRYPTUN_TOKEN", hide_env_values = true, value_parser = secret)]
-    pub(crate) token: Option<Secret>,
     /// Accept only visitors from this address or CIDR block (repeatable).
     #[arg(long = "allow-ip", value_name = "CIDR", value_parser = parse::cidr)]
     pub(crate) allow_ips: Vec<String>,

@@ -252,7 +252,7 @@ fn http_servers(argv_: &[&str]) -> Result<Vec<String>, String> {
         .0
         .command
     {
-        Command::Http(args) => Ok(args.servers),
+        Command::Http(args) => Ok(args.reach.servers),
         _ => panic!("not http"),
     }
 }

@@ -123,7 +123,8 @@ impl Admit {
                             connections: self.config.tcp_max_connections,
                             grace: self.config.reconnect_grace,
                         };
-                        port.spawn(registration.tunnel(), stop, bounds);
+                        let counting = (bounds, self.metrics.clone());
+                        port.spawn(registration.tunnel(), stop, counting);
                     }
                     let created = self.tunnel_created(accepted, &registration, terms.secret);
                     return Ok((registration, created));

@@ -30,6 +30,7 @@ use tokio_util::sync::{CancellationToken, DropGuard};
 use tracing::{Instrument, debug, debug_span, info};
 
 use super::Lease;
+use crate::metrics::Metrics;
 use crate::registry::{Stats, Tunnel};
 
 /// Most connections open at once through one TCP tunnel, unless set.
@@ -90,14 +91,24 @@ impl Port {
 
     /// Accepts visitors for `tunnel` until `stop` fires, or the tunnel is
     /// gone, within `bounds`; then the port is held for the tunnel's name.
-    pub(crate) fn spawn(mut self, tunnel: &Arc<Tunnel>, stop: CancellationToken, bounds: Bounds) {
+    pub(crate) fn spawn(
+        mut self,
+        tunnel: &Arc<Tunnel>,
+        stop: CancellationToken,
+        (bounds, metrics): (Bounds, Metrics),
+    ) {
         self.lease.hold_after(&tunnel.subdomain, bounds.grace);
         let span = debug_span!("tcp", port = self.number(), subdomain = %tunnel.subdomain);
         let tunnel = Arc::downgrade(tunnel);
-        tokio::spawn(self.serve(tunnel, stop, bounds).instrument(span));
+        tokio::spawn(self.serve(tunnel, stop, (bounds, metrics)).instrument(span));
     }
 
-    async fn serve(self, tunnel: Weak<Tunnel>, stop: CancellationToken, bounds: Bounds) {
+    async fn serve(
+        self,
+        tunnel: Weak<Tunnel>,
+        stop: CancellationToken,
+        (bounds, metrics): (Bounds, Metrics),
+    ) {
         let idle = bounds.idle;
         let connections = Arc::new(Semaphore::new(bounds.connections));
         loop {
@@ -118,10 +129,12 @@ impl Port {
             };
             if let Err(err) = tunnel.access.check_ip(visitor.ip()) {
                 debug!(%visitor, %err, "visitor refused");
+                metrics.tcp_connection("refused_ip");
                 continue;
             }
             let Ok(permit) = Arc::clone(&connections).try_acquire_owned() else {
                 debug!(%visitor, "connection cap reached: visitor refused");
+                metrics.tcp_connection("refused_cap");
                 continue;
             };
             let _ = stream.set_nodelay(true);
@@ -131,9 +144,12 @@ impl Port {
                 visitor,
             };
             let stats = Arc::clone(&tunnel.stats);
+            let metrics = metrics.clone();
             tokio::spawn(
                 async move {
-                    carry(stream, &mux, open, stats, idle).await;
+                    let _open = metrics.tcp_open();
+                    let outcome = carry(stream, &mux, open, (&stats, &metrics), idle).await;
+                    metrics.tcp_connection(outcome);
                     drop(permit);
                 }
                 .instrument(debug_span!("visitor", %visitor)),
@@ -143,52 +159,64 @@ impl Port {
     }
 }
 
-/// Carries one visitor connection over a new raw stream of `mux`.
+/// Carries one visitor connection over a new raw stream of `mux`; how it
+/// ended, as [`Metrics::tcp_connection`] counts it.
 async fn carry(
     stream: TcpStream,
     mux: &Mux<ResponseHead>,
     open: OpenStream,
-    stats: Arc<Stats>,
+    (stats, metrics): (&Stats, &Metrics),
     idle: Duration,
-) {
+) -> &'static str {
     let visitor: SocketAddr = open.visitor;
     let raw = match mux.open_raw() {
         Ok(raw) => raw,
-        Err(err) => return debug!(%err, "no stream for the visitor: closed"),
+        Err(err) => {
+            debug!(%err, "no stream for the visitor: closed");
+            return "no_stream";
+        }
     };
     let id = raw.id;
     if raw.send.send_frame(open.encode(id)).await.is_err() {
-        return;
+        return "no_stream";
     }
     let started = std::time::Instant::now();
     let (reader, writer) = stream.into_split();
     let activity = Arc::new(Activity::default());
     let reader = Counted::new(reader, Arc::clone(&activity));
     let writer = Counted::new(writer, Arc::clone(&activity));
-    tokio::select! {
+    let outcome = tokio::select! {
         relayed = relay(reader, writer, raw.send, raw.recv) => match relayed {
-            Ok(_) => debug!("connection ended"),
+            Ok(_) => {
+                debug!("connection ended");
+                "closed"
+            }
             // The stream is gone (reset, session closed) or a socket
             // failed: the visitor's connection closes with it.
             Err(err) => {
                 debug!(%err, "connection cut");
                 mux.reset(id);
+                "cut"
             }
         },
         () = activity.idle_for(idle) => {
             debug!(?idle, "idle connection closed");
             mux.reset(id);
+            "idle"
         }
-    }
+    };
     let (bytes_in, bytes_out) = activity.totals();
     stats.add_in(bytes_in);
     stats.add_out(bytes_out);
+    metrics.tcp_carried(bytes_in, bytes_out);
     info!(
         target: "cryptun::tcp",
         %visitor, bytes_in, bytes_out,
         duration_ms = started.elapsed().as_millis() as u64,
+        outcome,
         "tcp connection"
     );
+    outcome
 }
 
 /// Bytes each way, and when the last one passed.

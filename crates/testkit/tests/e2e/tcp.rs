@@ -11,7 +11,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use cryptun_client::{ClientConfig, ClientError, Event, TunnelProtocol};
+use cryptun_client::{ClientConfig, ClientError, ConnectionDone, Event, TunnelProtocol};
 use cryptun_proto::ErrorCode;
 use cryptun_server::TcpPorts;
 use cryptun_testkit::{TestClient, TestServer};
@@ -55,6 +55,19 @@ async fn tunnel(server: &TestServer, target: SocketAddr) -> (TestClient, SocketA
     assert_eq!(client.tunnel.protocol, TunnelProtocol::Tcp);
     assert_eq!(client.tunnel.public_url, format!("tcp://localhost:{port}"));
     (client, SocketAddr::from(([127, 0, 0, 1], port)))
+}
+
+/// The client's report of the first connection that ended.
+async fn connection_done(client: &TestClient) -> ConnectionDone {
+    let done = client
+        .wait_event("the connection's line", |e| {
+            matches!(e, Event::Connection(_))
+        })
+        .await;
+    let Event::Connection(done) = done else {
+        unreachable!()
+    };
+    done
 }
 
 /// A port no one listens on now.
@@ -117,15 +130,19 @@ async fn a_visitors_half_close_reaches_the_service_and_its_answer_comes_back() {
     let mut answer = String::new();
     visitor.read_to_string(&mut answer).await.unwrap();
     assert_eq!(answer, "got 300000 bytes");
-    let done = client
-        .wait_event("the connection's line", |e| {
-            matches!(e, Event::Connection(_))
-        })
-        .await;
-    let Event::Connection(done) = done else {
-        unreachable!()
-    };
+    let done = connection_done(&client).await;
     assert_eq!((done.bytes_in, done.bytes_out), (300_000, 16));
+    // The server counts it too, once its side has ended.
+    let scraper = cryptun_testkit::Visitor::new(server.addr);
+    cryptun_testkit::raw::eventually(cryptun_testkit::raw::WAIT, "counted", || async {
+        let metrics = scraper.metrics().await;
+        let sample = |series| cryptun_testkit::visitor::sample(&metrics, series);
+        sample(r#"cryptun_tcp_connections_total{outcome="closed"}"#) == 1.0
+            && sample(r#"cryptun_tcp_bytes_total{direction="in"}"#) == 300_000.0
+            && sample(r#"cryptun_tcp_bytes_total{direction="out"}"#) == 16.0
+            && sample("cryptun_tcp_connections_open") == 0.0
+    })
+    .await;
     assert_eq!(done.error, None);
     assert_eq!(done.remote_addr, visitor.local_addr().unwrap());
 }
@@ -148,14 +165,7 @@ async fn a_service_that_closes_first_still_hears_the_visitor_out() {
     assert_eq!(hello, b"hello");
     visitor.write_all(b"late words").await.unwrap();
     visitor.shutdown().await.unwrap();
-    let Event::Connection(done) = client
-        .wait_event("the connection's line", |e| {
-            matches!(e, Event::Connection(_))
-        })
-        .await
-    else {
-        unreachable!()
-    };
+    let done = connection_done(&client).await;
     assert_eq!((done.bytes_in, done.bytes_out, done.error), (10, 5, None));
 }
 
@@ -170,14 +180,7 @@ async fn a_service_that_refuses_closes_the_visitor_and_says_why() {
     // Closed (cleanly or reset), not left hanging.
     let _ = read.await.expect("the visitor is closed at once");
     assert!(got.is_empty());
-    let Event::Connection(done) = client
-        .wait_event("the connection's line", |e| {
-            matches!(e, Event::Connection(_))
-        })
-        .await
-    else {
-        unreachable!()
-    };
+    let done = connection_done(&client).await;
     let error = done.error.expect("an error");
     assert!(error.contains("cannot reach the local service"), "{error}");
 }
@@ -219,6 +222,9 @@ async fn visitors_outside_the_tunnels_address_rules_are_closed_at_once() {
     let read = tokio::time::timeout(Duration::from_secs(5), visitor.read_to_end(&mut got));
     let _ = read.await.expect("closed at once");
     assert!(got.is_empty(), "nothing reached the service and came back");
+    let refused = r#"cryptun_tcp_connections_total{outcome="refused_ip"}"#;
+    let scraper = cryptun_testkit::Visitor::new(server.addr);
+    assert_eq!(scraper.metric(refused).await, 1.0);
 }
 
 #[tokio::test]
@@ -391,7 +397,7 @@ async fn closed(stream: &mut TcpStream) -> bool {
 
 #[tokio::test]
 async fn past_the_connection_cap_a_visitor_is_closed_and_the_others_go_on() {
-    let (_server, _client, public) = bounded(|c| c.tcp_max_connections = 2).await;
+    let (server, _client, public) = bounded(|c| c.tcp_max_connections = 2).await;
     let mut open = Vec::new();
     for _ in 0..2 {
         let mut stream = TcpStream::connect(public).await.unwrap();
@@ -402,6 +408,10 @@ async fn past_the_connection_cap_a_visitor_is_closed_and_the_others_go_on() {
     }
     let mut third = TcpStream::connect(public).await.unwrap();
     assert!(closed(&mut third).await, "the third connection is closed");
+    let scraper = cryptun_testkit::Visitor::new(server.addr);
+    let refused = r#"cryptun_tcp_connections_total{outcome="refused_cap"}"#;
+    assert_eq!(scraper.metric(refused).await, 1.0);
+    assert_eq!(scraper.metric("cryptun_tcp_connections_open").await, 2.0);
     // The two go on; once one leaves, a new one is carried.
     open[0].write_all(b"still").await.unwrap();
     let mut five = [0; 5];
