@@ -274,6 +274,7 @@ pub async fn tcp(args: TcpArgs, json_logs: bool) -> Result<()> {
     let mut config = client_config(args.reach, vec![TunnelConfig::new(target)])?;
     config.tunnel.protocol = cryptun_client::TunnelProtocol::Tcp;
     config.tunnel.remote_port = args.remote_port;
+    config.tunnel.local_proxy_protocol = args.local_proxy_protocol;
     config.tunnel.subdomain = args.subdomain;
     config.tunnel.allow_ips = args.allow_ips;
     config.tunnel.deny_ips = args.deny_ips;

@@ -47,10 +47,14 @@ pub(crate) struct Forwarder {
 
 impl Forwarder {
     /// A forwarder for `created`, the tunnels of [`ClientConfig::tunnels`]
-    /// in the same order.
-    pub(crate) fn new(config: &ClientConfig, created: &[TunnelCreated], events: Events) -> Self {
+    /// in the same order, on the server at `server` (the address dialled).
+    pub(crate) fn new(
+        config: &ClientConfig,
+        (created, server): (&[TunnelCreated], Option<std::net::SocketAddr>),
+        events: Events,
+    ) -> Self {
         let local = LocalPool::new(config.local_connect_timeout);
-        let routes = Routes::new(config, created);
+        let routes = Routes::new(config, created, server);
         let observer = config.observer();
         if let Some(observer) = &observer {
             // Each (re)connection brings the tunnels' current public URLs.

@@ -95,6 +95,7 @@ pub use handshake::connect;
 pub use host_header::HostHeader;
 pub use inspector::{Inspector, InspectorLimits};
 pub use local_tls::{LocalTls, LocalTlsError};
+pub use raw::LocalProxyProtocol;
 pub use reconnect::{Reconnect, serve};
 pub use servers::Endpoint;
 pub use session::Session;
@@ -163,6 +164,9 @@ pub struct TunnelConfig {
     pub protocol: TunnelProtocol,
     /// For a TCP tunnel: the public port to ask for.
     pub remote_port: Option<u16>,
+    /// For a TCP tunnel: a PROXY protocol header, in this version, before
+    /// each connection's bytes to the local service, naming the visitor.
+    pub local_proxy_protocol: Option<LocalProxyProtocol>,
 }
 
 impl TunnelConfig {
@@ -189,6 +193,7 @@ impl TunnelConfig {
             max_body_size: None,
             protocol: TunnelProtocol::Http,
             remote_port: None,
+            local_proxy_protocol: None,
         }
     }
 }

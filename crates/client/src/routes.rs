@@ -3,10 +3,11 @@
 //! target and name.
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use crate::observe::TunnelInfo;
-use crate::{ClientConfig, Target, TunnelCreated};
+use crate::{ClientConfig, LocalProxyProtocol, Target, TunnelCreated};
 
 /// Where one tunnel's requests go.
 #[derive(Debug, Clone)]
@@ -15,6 +16,10 @@ pub(crate) struct Route {
     pub name: Arc<str>,
     /// Its local service.
     pub target: Target,
+    /// A TCP tunnel's PROXY protocol header towards its local service, if
+    /// asked for, and the public address visitors connect to (the
+    /// server's, with the tunnel's port) as the header's destination.
+    pub proxy_header: Option<(LocalProxyProtocol, Option<SocketAddr>)>,
 }
 
 /// The routes of a session, by tunnel id.
@@ -30,8 +35,12 @@ pub(crate) struct Routes {
 
 impl Routes {
     /// The routes of `created`, the tunnels of [`ClientConfig::tunnels`]
-    /// in the same order.
-    pub(crate) fn new(config: &ClientConfig, created: &[TunnelCreated]) -> Self {
+    /// in the same order, on the server at `server` (the address dialled).
+    pub(crate) fn new(
+        config: &ClientConfig,
+        created: &[TunnelCreated],
+        server: Option<SocketAddr>,
+    ) -> Self {
         let mut tunnels = Vec::with_capacity(created.len());
         let mut by_id = HashMap::with_capacity(created.len());
         for (spec, tunnel) in config.tunnels().zip(created) {
@@ -43,9 +52,13 @@ impl Routes {
                 public_url: tunnel.public_url.clone(),
                 target: spec.target.clone(),
             });
+            let public = server
+                .zip(tunnel.remote_port)
+                .map(|(s, port)| SocketAddr::new(s.ip(), port));
             let route = Route {
                 name,
                 target: spec.target.clone(),
+                proxy_header: spec.local_proxy_protocol.map(|version| (version, public)),
             };
             by_id.insert(tunnel.tunnel_id.clone(), route);
         }
@@ -55,6 +68,7 @@ impl Routes {
             .unwrap_or_else(|| Route {
                 name: "".into(),
                 target: config.tunnel.target.clone(),
+                proxy_header: None,
             });
         Routes {
             by_id,
@@ -105,7 +119,7 @@ mod tests {
         let mut api = TunnelConfig::new(target("4000"));
         api.name = Some("api".into());
         config.more_tunnels.push(api);
-        let routes = Routes::new(&config, &[created("aaa"), created("bbb")]);
+        let routes = Routes::new(&config, &[created("aaa"), created("bbb")], None);
         let first = routes.get("aaa").expect("aaa");
         assert_eq!(&*first.name, "tunnel-aaa");
         let api = routes.get("bbb").expect("bbb");
@@ -128,7 +142,7 @@ mod tests {
         );
         // One tunnel: whatever the id.
         let one = ClientConfig::new("http://127.0.0.1:4000", target("3000")).expect("a server");
-        let routes = Routes::new(&one, &[created("aaa")]);
+        let routes = Routes::new(&one, &[created("aaa")], None);
         assert_eq!(&*routes.get("").expect("the one tunnel").name, "tunnel-aaa");
     }
 }

@@ -127,7 +127,8 @@ impl Session {
         // local requests instead of holding them open forever.
         let _close_streams = mux.close_on_drop();
         mux.heard();
-        let forwarder = Arc::new(Forwarder::new(&self.config, &self.tunnels, events));
+        let created = (self.tunnels.as_slice(), self.server.addr);
+        let forwarder = Arc::new(Forwarder::new(&self.config, created, events));
         let (sink, stream) = self.ws.split();
         // What came during the handshake goes first, in order.
         let early = futures_util::stream::iter(self.early.into_iter().map(Ok));

@@ -168,6 +168,10 @@ pub(crate) struct TcpArgs {
     /// Ask for this public port (the server must have it free, and in its --tcp-ports).
     #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
     pub(crate) remote_port: Option<u16>,
+    /// Begin each connection to the local service with a PROXY protocol header (v1 text, v2
+    /// binary) naming the visitor: for services that read it (nginx, HAProxy, Postfix).
+    #[arg(long, value_name = "v1|v2")]
+    pub(crate) local_proxy_protocol: Option<cryptun_client::LocalProxyProtocol>,
     #[command(flatten)]
     pub(crate) reach: Reach,
     /// Ask for this name (the tunnel's, held and reserved as HTTP tunnels' names are).

@@ -124,6 +124,10 @@ fn the_client_example_loads_and_shows_every_key() {
         let ssh = &declared[3].config;
         assert_eq!(ssh.protocol, cryptun_client::TunnelProtocol::Tcp);
         assert_eq!(ssh.remote_port, Some(20022));
+        assert_eq!(
+            ssh.local_proxy_protocol,
+            Some(cryptun_client::LocalProxyProtocol::V2)
+        );
         assert_eq!(ssh.shown_target(), "127.0.0.1:22");
         let web = &declared[0].config;
         assert_eq!(
@@ -343,6 +347,13 @@ fn tcp_tunnels_in_a_file_take_their_own_keys_only() {
         port.contains(":3: remote_port is for a TCP tunnel"),
         "{port}"
     );
+    let header = read("target = 3000\nlocal_proxy_protocol = \"v1\"\n").unwrap_err();
+    assert!(
+        header.contains("local_proxy_protocol is for a TCP tunnel"),
+        "{header}"
+    );
+    let v3 = read("proto = \"tcp\"\ntarget = 22\nlocal_proxy_protocol = \"v3\"\n").unwrap_err();
+    assert!(v3.contains("expected \"v1\" or \"v2\""), "{v3}");
     let zero = read("proto = \"tcp\"\ntarget = 22\nremote_port = 0\n").unwrap_err();
     assert!(zero.contains("expected a port, 1 to 65535"), "{zero}");
 }

@@ -12,7 +12,9 @@ use std::time::Duration;
 
 use anyhow::{Result, anyhow, bail};
 use clap::{ArgMatches, Command, CommandFactory};
-use cryptun_client::{BasicAuth, HostHeader, LocalTls, Target, TunnelConfig, TunnelProtocol};
+use cryptun_client::{
+    BasicAuth, HostHeader, LocalProxyProtocol, LocalTls, Target, TunnelConfig, TunnelProtocol,
+};
 use toml::de::{DeTable, DeValue};
 
 use super::{ConfigFile, Entry, check, entries, file_arg};
@@ -32,7 +34,7 @@ pub const TUNNEL_KEYS: [&str; 9] = [
 ];
 
 /// Keys of a tunnel table besides the flags of [`TUNNEL_KEYS`].
-const OWN_KEYS: &str = "target, proto, remote_port";
+const OWN_KEYS: &str = "target, proto, remote_port, local_proxy_protocol";
 
 /// The keys of [`TUNNEL_KEYS`] that only an HTTP tunnel has.
 const HTTP_ONLY: [&str; 6] = [
@@ -142,6 +144,7 @@ fn tunnel(
     let mut target = None;
     let mut protocol = (TunnelProtocol::Http, None);
     let mut remote_port = None;
+    let mut proxy_header = None;
     let mut tls_at = None;
     let mut http_only = None;
     let mut matches: Vec<(String, ArgMatches)> = Vec::new();
@@ -168,6 +171,16 @@ fn tunnel(
                 _ => return Err(file.value_error(&entry, r#"expected "http" or "tcp""#)),
             };
             protocol = (proto, Some(file.at(entry.key.span().start)));
+            continue;
+        }
+        if key == "local_proxy_protocol" {
+            let version = match entry.value.get_ref() {
+                DeValue::String(s) => s.parse::<LocalProxyProtocol>().ok(),
+                _ => None,
+            };
+            let version =
+                version.ok_or_else(|| file.value_error(&entry, r#"expected "v1" or "v2""#))?;
+            proxy_header = Some((version, file.at(entry.key.span().start)));
             continue;
         }
         if key == "remote_port" {
@@ -218,12 +231,16 @@ fn tunnel(
             if let Some((_, port_at)) = &remote_port {
                 bail!("{port_at}: remote_port is for a TCP tunnel: add proto = \"tcp\"");
             }
+            if let Some((_, header_at)) = &proxy_header {
+                bail!("{header_at}: local_proxy_protocol is for a TCP tunnel: add proto = \"tcp\"");
+            }
         }
     }
     let mut config = TunnelConfig::new(target);
     config.name = Some(name.to_string());
     config.protocol = protocol;
     config.remote_port = remote_port.map(|(port, _)| port);
+    config.local_proxy_protocol = proxy_header.map(|(version, _)| version);
     let mut tls = LocalTls::default();
     for (id, m) in matches {
         match id.as_str() {

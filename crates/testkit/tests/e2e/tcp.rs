@@ -503,3 +503,55 @@ async fn sixty_four_mebibytes_each_way_arrive_intact() {
         256.0 / secs
     );
 }
+
+/// A local service that reads a PROXY protocol header (either version,
+/// parsed by `ppp`) and answers with the source and destination it names.
+async fn proxy_reader(mut stream: TcpStream) {
+    let mut buf = Vec::new();
+    let mut chunk = [0; 256];
+    let answer = loop {
+        let n = stream.read(&mut chunk).await.unwrap();
+        assert!(n > 0, "closed before a whole header");
+        buf.extend_from_slice(&chunk[..n]);
+        let parsed = ppp::HeaderResult::parse(&buf);
+        if ppp::PartialResult::is_incomplete(&parsed) {
+            continue;
+        }
+        match parsed {
+            ppp::HeaderResult::V1(Ok(header)) => break format!("{:?}", header.addresses),
+            ppp::HeaderResult::V2(Ok(header)) => break format!("{:?}", header.addresses),
+            other => panic!("no header: {other:?}"),
+        }
+    };
+    stream.write_all(answer.as_bytes()).await.unwrap();
+    stream.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn the_local_service_can_be_told_the_visitor_in_a_proxy_protocol_header() {
+    use cryptun_client::LocalProxyProtocol;
+    let server = TestServer::start().await;
+    let target = service(proxy_reader).await.to_string();
+    for version in [LocalProxyProtocol::V1, LocalProxyProtocol::V2] {
+        let client = TestClient::start_with(&server, &target, |config| {
+            tcp(config);
+            config.tunnel.local_proxy_protocol = Some(version);
+        })
+        .await
+        .unwrap();
+        let port = client.tunnel.remote_port.unwrap();
+        let mut visitor = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+        let me = visitor.local_addr().unwrap();
+        let mut answer = String::new();
+        visitor.read_to_string(&mut answer).await.unwrap();
+        // Source: the visitor; destination: the tunnel's public address.
+        for part in [
+            me.ip().to_string(),
+            me.port().to_string(),
+            server.addr.ip().to_string(),
+            port.to_string(),
+        ] {
+            assert!(answer.contains(&part), "{version:?}: {answer} lacks {part}");
+        }
+    }
+}
