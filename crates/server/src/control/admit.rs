@@ -149,6 +149,15 @@ impl Admit {
                 "a TCP tunnel needs the raw_streams capability (with binary_streams)",
             ));
         }
+        if self.config.cluster.is_some() {
+            // Each node would give its own ports, and a visitor reaching
+            // another node at the same port would meet another tunnel.
+            self.metrics.refused("tcp_disabled");
+            return Err(Refusal::new(
+                ErrorCode::TcpDisabled,
+                "TCP tunnels are not served by a cluster yet: connect to a single server",
+            ));
+        }
         match self
             .ports
             .open(create.remote_port, create.subdomain.as_deref())

@@ -555,3 +555,15 @@ async fn the_local_service_can_be_told_the_visitor_in_a_proxy_protocol_header() 
         }
     }
 }
+
+#[tokio::test]
+async fn a_cluster_node_refuses_tcp_tunnels_rather_than_give_ports_of_its_own() {
+    // Each node would give its own ports: a visitor reaching another node
+    // at the same port would meet another tunnel. Until ports are claimed
+    // cluster-wide, a cluster says so.
+    let redis = cryptun_testkit::TestRedis::start();
+    let server = TestServer::start_with(TestServer::cluster_config(&redis.url(), "a")).await;
+    let (code, message) = refused(&server, None).await;
+    assert_eq!(code, ErrorCode::TcpDisabled);
+    assert!(message.contains("cluster"), "{message}");
+}
