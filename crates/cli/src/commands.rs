@@ -2,7 +2,7 @@
 //! runs until Ctrl-C (or SIGTERM).
 
 use anyhow::{Context, Result};
-use cryptun_client::{ClientConfig, ClientError, Target, TunnelConfig};
+use cryptun_client::{ClientConfig, ClientError, Target, TunnelConfig, TunnelProtocol};
 use cryptun_server::AuthMode;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -261,18 +261,25 @@ pub async fn http(args: HttpArgs, json_logs: bool) -> Result<()> {
     Ok(())
 }
 
-/// `cryptun tcp`: a TCP tunnel to `args.target`, one line per connection.
-pub async fn tcp(args: TcpArgs, json_logs: bool) -> Result<()> {
+/// `cryptun tcp` (or `cryptun tls`, with `protocol`): a TCP (or TLS
+/// passthrough) tunnel to `args.target`, one line per connection.
+pub async fn tcp(args: TcpArgs, protocol: TunnelProtocol, json_logs: bool) -> Result<()> {
     let shutdown = shutdown_on_signal();
     if args.target.contains("://") {
         anyhow::bail!(
-            "invalid target {:?}: a TCP tunnel's target is a port (22) or host:port",
-            args.target
+            "invalid target {:?}: a {} tunnel's target is a port (22) or host:port",
+            args.target,
+            protocol.wire_name().to_ascii_uppercase()
+        );
+    }
+    if protocol == TunnelProtocol::Tls && args.remote_port.is_some() {
+        anyhow::bail!(
+            "--remote-port is for TCP tunnels: a TLS tunnel is reached on the server's HTTPS port, by its name"
         );
     }
     let target = cryptun_client::Target::parse(&args.target)?;
     let mut config = client_config(args.reach, vec![TunnelConfig::new(target)])?;
-    config.tunnel.protocol = cryptun_client::TunnelProtocol::Tcp;
+    config.tunnel.protocol = protocol;
     config.tunnel.remote_port = args.remote_port;
     config.tunnel.local_proxy_protocol = args.local_proxy_protocol;
     config.tunnel.subdomain = args.subdomain;

@@ -17,21 +17,6 @@ use cryptun_proto::ErrorCode;
 /// connection: a service on this machine answers in well under this.
 const LOCAL_CHECK_TIMEOUT: Duration = Duration::from_millis(500);
 
-/// The exit status of a subcommand that is not there yet (`cryptun tls`):
-/// the command line asked for something this build cannot do, as with any
-/// other usage error.
-pub const NOT_YET_EXIT: u8 = 2;
-
-/// What `cryptun tls ...` says instead of "a similar subcommand
-/// exists".
-pub fn not_yet(kind: &str) -> String {
-    format!(
-        "error: {} tunnels are not supported yet; this version tunnels HTTP \
-         (cryptun http PORT, WebSockets included) and TCP (cryptun tcp PORT)",
-        kind.to_ascii_uppercase()
-    )
-}
-
 /// What to do about a client that could not connect, if there is more to
 /// say than the error: a refused key, or no server at the address.
 pub fn connect_hint(err: &ClientError, has_token: bool) -> Option<&'static str> {

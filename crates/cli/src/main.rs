@@ -21,6 +21,8 @@ mod status;
 
 use std::time::Duration;
 
+use cryptun_client::TunnelProtocol;
+
 pub(crate) use args::{
     Cli, Command, DemoArgs, HttpArgs, KeysArgs, KeysCommand, LogFormat, LoginArgs, Reach,
     ServerArgs, TcpArgs, secret,
@@ -47,10 +49,6 @@ fn main() -> std::process::ExitCode {
         let mut command = <Cli as clap::CommandFactory>::command();
         clap_complete::generate(shell, &mut command, "cryptun", &mut std::io::stdout());
         return std::process::ExitCode::SUCCESS;
-    }
-    if let Command::Tls(_) = cli.command {
-        eprintln!("{}", guide::not_yet("tls"));
-        return std::process::ExitCode::from(guide::NOT_YET_EXIT);
     }
     init_logging(cli.log_format, default_level(&cli.command));
     let runtime = match tokio::runtime::Runtime::new() {
@@ -131,13 +129,14 @@ fn run(
         match cli.command {
             Command::Server(args) => commands::server(*args).await,
             Command::Http(args) => commands::http(args, json_logs).await,
-            Command::Tcp(args) => commands::tcp(args, json_logs).await,
+            Command::Tcp(args) => commands::tcp(args, TunnelProtocol::Tcp, json_logs).await,
+            Command::Tls(args) => commands::tcp(args, TunnelProtocol::Tls, json_logs).await,
             Command::Start(args) => start::start(args, file, json_logs).await,
             Command::Demo(args) => commands::demo(args, json_logs).await,
             Command::Keys(args) => keys::keys(args).await,
             Command::Login(args) => keys::login(args).await,
             // Answered before the runtime started.
-            Command::Completions { .. } | Command::Tls(_) => Ok(()),
+            Command::Completions { .. } => Ok(()),
         }
     };
     // The command runs as a task on the worker threads, not on this one:

@@ -361,9 +361,11 @@ fn tunnel_json(kind: &str, tunnel: &TunnelCreated, server: &Endpoint) -> serde_j
         "server": server.server(),
         "server_addr": server.addr.map(|a| a.to_string()),
     });
-    // A TCP tunnel says so, and which port it has.
-    if let Some(port) = tunnel.remote_port {
+    // A TCP or TLS tunnel says so, and a TCP one which port it has.
+    if !tunnel.protocol.is_http() {
         line["protocol"] = tunnel.protocol.wire_name().into();
+    }
+    if let Some(port) = tunnel.remote_port {
         line["remote_port"] = port.into();
     }
     line

@@ -174,7 +174,7 @@ impl TunnelConfig {
     /// TCP tunnel, the URL for an HTTP one.
     pub fn shown_target(&self) -> String {
         match self.protocol {
-            TunnelProtocol::Tcp => self.target.address().to_owned(),
+            TunnelProtocol::Tcp | TunnelProtocol::Tls => self.target.address().to_owned(),
             TunnelProtocol::Http => self.target.to_string(),
         }
     }

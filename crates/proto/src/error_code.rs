@@ -72,11 +72,15 @@ pub enum ErrorCode {
     PortUnavailable,
     /// Every port of the server's ranges is in use.
     PortsExhausted,
+    /// A TLS passthrough tunnel was asked of a server without an HTTPS
+    /// listener (or of a cluster node, for now), or of a session without
+    /// `raw_streams`.
+    TlsDisabled,
 }
 
 impl ErrorCode {
     /// Every code this version sends, in the table's order.
-    pub const ALL: [ErrorCode; 21] = [
+    pub const ALL: [ErrorCode; 22] = [
         ErrorCode::BadMessage,
         ErrorCode::UnknownType,
         ErrorCode::UnsupportedVersion,
@@ -98,6 +102,7 @@ impl ErrorCode {
         ErrorCode::TcpDisabled,
         ErrorCode::PortUnavailable,
         ErrorCode::PortsExhausted,
+        ErrorCode::TlsDisabled,
     ];
 
     /// The name on the wire (the `code` of an `error` message).
@@ -124,6 +129,7 @@ impl ErrorCode {
             ErrorCode::TcpDisabled => "tcp_disabled",
             ErrorCode::PortUnavailable => "port_unavailable",
             ErrorCode::PortsExhausted => "ports_exhausted",
+            ErrorCode::TlsDisabled => "tls_disabled",
         }
     }
 
@@ -149,7 +155,8 @@ impl ErrorCode {
             | ErrorCode::QuotaExceeded
             | ErrorCode::TcpDisabled
             | ErrorCode::PortUnavailable
-            | ErrorCode::PortsExhausted => Closes::IfFirst(close_code::POLICY),
+            | ErrorCode::PortsExhausted
+            | ErrorCode::TlsDisabled => Closes::IfFirst(close_code::POLICY),
         }
     }
 

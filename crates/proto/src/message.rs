@@ -74,8 +74,9 @@ pub struct CreateTunnel {
     /// A subdomain label to ask for instead of a generated one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub subdomain: Option<String>,
-    /// What the tunnel carries: HTTP (absent), or raw TCP connections
-    /// (`tcp`, which needs the `raw_streams` capability).
+    /// What the tunnel carries: HTTP (absent), raw TCP connections (`tcp`)
+    /// or TLS connections passed through by SNI (`tls`); the last two need
+    /// the `raw_streams` capability.
     #[serde(default, skip_serializing_if = "TunnelProtocol::is_http")]
     pub protocol: TunnelProtocol,
     /// For a TCP tunnel: the public port to ask for instead of one the
@@ -133,6 +134,10 @@ pub enum TunnelProtocol {
     Http,
     /// Raw TCP connections to a public port, one stream each.
     Tcp,
+    /// TLS connections to the server's HTTPS listener whose SNI is the
+    /// tunnel's name, passed through undecrypted, one stream each: the
+    /// local service terminates them with its own certificate.
+    Tls,
 }
 
 impl TunnelProtocol {
@@ -146,6 +151,7 @@ impl TunnelProtocol {
         match self {
             TunnelProtocol::Http => "http",
             TunnelProtocol::Tcp => "tcp",
+            TunnelProtocol::Tls => "tls",
         }
     }
 }

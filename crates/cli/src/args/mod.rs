@@ -73,9 +73,12 @@ pub(crate) enum Command {
         after_help = "Examples:\n  cryptun tcp 22\n  cryptun tcp 6379 --remote-port 20079 --json\n  cryptun tcp 192.168.1.5:5432 --server https://tunnels.example.com\n  cryptun tcp 22 --allow-ip 203.0.113.0/24"
     )]
     Tcp(TcpArgs),
-    /// TLS passthrough tunnels: not supported yet (says so).
-    #[command(hide = true)]
-    Tls(NotYet),
+    /// Pass TLS connections for a name through to a local TLS service, undecrypted: its
+    /// certificate is the one visitors see (the server reads only the SNI).
+    #[command(
+        after_help = "Examples:\n  cryptun tls 8443 --subdomain secure\n  cryptun tls 192.168.1.5:443 --subdomain intranet --server https://tunnels.example.com\n\nVisitors connect to https://secure.DOMAIN (the server's HTTPS port); the local service\nneeds a certificate for that name."
+    )]
+    Tls(TcpArgs),
     /// Print a shell completion script to standard output.
     #[command(
         after_help = "Examples:\n  cryptun completions bash > /etc/bash_completion.d/cryptun\n  cryptun completions zsh > \"${fpath[1]}/_cryptun\"\n  cryptun completions fish > ~/.config/fish/completions/cryptun.fish"
@@ -165,7 +168,7 @@ pub(crate) struct Reach {
 pub(crate) struct TcpArgs {
     /// The local service: a port (22) or host:port.
     pub(crate) target: String,
-    /// Ask for this public port (the server must have it free, and in its --tcp-ports).
+    /// Ask for this public port (the server must have it free, and in its --tcp-ports; TCP only).
     #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
     pub(crate) remote_port: Option<u16>,
     /// Begin each connection to the local service with a PROXY protocol header (v1 text, v2
@@ -272,13 +275,6 @@ pub(crate) struct LoginArgs {
     /// Also trust the certificate authorities in this PEM file for an https:// server.
     #[arg(long, env = "CRYPTUN_CA")]
     pub(crate) ca: Option<PathBuf>,
-}
-
-/// The arguments of a subcommand that is not there yet, whatever they are.
-#[derive(Debug, Args)]
-pub(crate) struct NotYet {
-    #[arg(num_args = 0.., trailing_var_arg = true, allow_hyphen_values = true)]
-    pub(crate) _args: Vec<String>,
 }
 
 #[derive(Debug, Args)]

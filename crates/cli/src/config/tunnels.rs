@@ -168,7 +168,8 @@ fn tunnel(
             let proto = match entry.value.get_ref() {
                 DeValue::String(s) if s.as_ref() == "http" => TunnelProtocol::Http,
                 DeValue::String(s) if s.as_ref() == "tcp" => TunnelProtocol::Tcp,
-                _ => return Err(file.value_error(&entry, r#"expected "http" or "tcp""#)),
+                DeValue::String(s) if s.as_ref() == "tls" => TunnelProtocol::Tls,
+                _ => return Err(file.value_error(&entry, r#"expected "http", "tcp" or "tls""#)),
             };
             protocol = (proto, Some(file.at(entry.key.span().start)));
             continue;
@@ -217,14 +218,20 @@ fn tunnel(
         )
     })?;
     let (protocol, proto_at) = protocol;
+    let kind = protocol.wire_name().to_ascii_uppercase();
+    let proto = protocol.wire_name();
     match protocol {
-        TunnelProtocol::Tcp if url => {
-            bail!("{target_at}: a TCP tunnel's target is a port or host:port, not a URL")
+        TunnelProtocol::Tcp | TunnelProtocol::Tls if url => {
+            bail!("{target_at}: a {kind} tunnel's target is a port or host:port, not a URL")
         }
-        TunnelProtocol::Tcp => {
+        TunnelProtocol::Tls if remote_port.is_some() => {
+            let port_at = remote_port.map(|(_, at)| at).unwrap_or_default();
+            bail!("{port_at}: remote_port is for a TCP tunnel, not a TLS one");
+        }
+        TunnelProtocol::Tcp | TunnelProtocol::Tls => {
             if let Some(key_at) = http_only {
                 let proto_at = proto_at.unwrap_or_default();
-                bail!("{key_at}: not for a TCP tunnel (proto = \"tcp\" at {proto_at})");
+                bail!("{key_at}: not for a {kind} tunnel (proto = \"{proto}\" at {proto_at})");
             }
         }
         TunnelProtocol::Http => {

@@ -100,22 +100,6 @@ fn the_wrong_scheme_for_a_port_is_named_with_the_right_one() {
 }
 
 #[test]
-fn tls_tunnels_say_they_are_not_supported_yet() {
-    let out = run(
-        &["tls", "8443", "--subdomain", "secure"],
-        Path::new("/nonexistent"),
-    );
-    assert_eq!(out.status.code(), Some(2));
-    let error = stderr(&out);
-    assert!(
-        error.contains("TLS tunnels are not supported yet"),
-        "{error}"
-    );
-    assert!(error.contains("cryptun tcp PORT"), "{error}");
-    assert!(!error.contains("similar subcommand"), "{error}");
-}
-
-#[test]
 fn a_public_address_with_domain_localhost_is_warned_about() {
     let server = cryptun(&["server", "--listen", "0.0.0.0:0"]);
     let warning = server.log_with("will not resolve");

@@ -24,7 +24,7 @@ use crate::config::Config;
 use crate::edge::Peer;
 use crate::metrics::Metrics;
 use crate::policy::{Access, Place, Quota, TunnelLimiter, Who};
-use crate::ports::relay::{Bounds, Port};
+use crate::ports::relay::{Bounds, Port, Relay};
 use crate::ports::{PortError, Ports};
 use crate::registry::{Claim, HeldBy, Lookup, Owner, Registration, Registry, Taken, Tunnel};
 
@@ -75,7 +75,12 @@ impl Admit {
         let mut port = match create.protocol {
             TunnelProtocol::Http => None,
             TunnelProtocol::Tcp => Some(self.port_for(create, accepted)?),
+            TunnelProtocol::Tls => {
+                self.check_passthrough(accepted)?;
+                None
+            }
         };
+        let cap = self.config.tcp_max_connections;
         let key_name = match identity {
             Identity::Key { name, .. } => Some(name),
             Identity::Anonymous => None,
@@ -90,10 +95,18 @@ impl Admit {
                 .asked
                 .clone()
                 .unwrap_or_else(|| Subdomain::generated(&id));
-            let (relay, stop) = port.as_ref().map(Port::guard).unzip();
-            let public_url = match &port {
-                Some(port) => format!("tcp://{}:{}", self.config.domain, port.number()),
-                None => self.config.public_url(subdomain.as_str(), self.listen_port),
+            let (mut relay, stop) = port.as_ref().map(|p| p.guard(cap)).unzip();
+            let public_url = match (&port, create.protocol) {
+                (Some(port), _) => format!("tcp://{}:{}", self.config.domain, port.number()),
+                (None, TunnelProtocol::Tls) => {
+                    relay = Some(Relay::passthrough(cap));
+                    let url = self.config.public_url(subdomain.as_str(), self.listen_port);
+                    format!(
+                        "tls://{}",
+                        url.split_once("://").map_or(&*url, |(_, rest)| rest)
+                    )
+                }
+                (None, _) => self.config.public_url(subdomain.as_str(), self.listen_port),
             };
             let tunnel = Tunnel {
                 public_url,
@@ -120,7 +133,6 @@ impl Admit {
                     if let Some((port, stop)) = port.take().zip(stop) {
                         let bounds = Bounds {
                             idle: self.config.tcp_idle_timeout,
-                            connections: self.config.tcp_max_connections,
                             grace: self.config.reconnect_grace,
                         };
                         let counting = (bounds, self.metrics.clone());
@@ -137,6 +149,23 @@ impl Admit {
                 }
             }
         }
+    }
+
+    /// Whether a TLS passthrough tunnel may be opened, on a session that
+    /// speaks `accepted`: only by a server with an HTTPS listener, not in
+    /// a cluster (yet).
+    fn check_passthrough(&self, accepted: Capabilities) -> Result<(), Refusal> {
+        let why = if !accepted.contains(Capability::RawStreams) {
+            "a TLS tunnel needs the raw_streams capability (with binary_streams)"
+        } else if self.config.public_scheme != "https" {
+            "this server has no HTTPS listener to pass TLS connections through (--tls-listen)"
+        } else if self.config.cluster.is_some() {
+            "TLS tunnels are not served by a cluster yet: connect to a single server"
+        } else {
+            return Ok(());
+        };
+        self.metrics.refused("tls_disabled");
+        Err(Refusal::new(ErrorCode::TlsDisabled, why))
     }
 
     /// A port for the TCP tunnel `create` asks for, on a session that
@@ -354,7 +383,7 @@ impl Admit {
             reconnect_secret,
             max_body_size: t.max_body_size,
             protocol: t.protocol,
-            remote_port: t.relay.as_ref().map(|r| r.port),
+            remote_port: t.relay.as_ref().and_then(|r| r.port),
         }))
     }
 }

@@ -1,7 +1,8 @@
 //! One connection, from accept to close: with `--proxy-protocol` its PROXY
-//! protocol header ([`super::proxy_protocol`]), its TLS handshake (the two
-//! together bounded by `tls_handshake_timeout`) if it came in on the HTTPS
-//! listener, then
+//! protocol header ([`super::proxy_protocol`]), its ClientHello (whose SNI
+//! may hand it to a TLS passthrough tunnel, [`super::hello`]) and TLS
+//! handshake (together bounded by `tls_handshake_timeout`) if it came in on
+//! the HTTPS listener, then
 //! HTTP/1.1 in stints of hyper serving it, each request head scanned for
 //! ambiguous framing below hyper, and the connection parked without hyper
 //! ([`super::park`]) whenever it is idle between requests. A head hyper
@@ -15,6 +16,7 @@ use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
 
+use bytes::Bytes;
 use http::{Request, Response};
 use hyper::server::conn::http1::{self, Parts};
 use hyper::service::service_fn;
@@ -29,6 +31,7 @@ use tracing::debug;
 
 use super::Peer;
 use super::framing::{Guarded, Verdicts};
+use super::hello::{self, Rewind};
 use super::park::{Activity, Parkable, Tracked, VisitorBody};
 use super::proxy_protocol::{Arrival, ProxyProtocol};
 use super::slots::{KEPT_FOR, Slot};
@@ -47,7 +50,24 @@ pub(crate) trait Handler: Send + Sync + 'static {
         conn: Arc<Conn>,
         req: Request<VisitorBody>,
     ) -> impl Future<Output = Response<Body>> + Send + 'static;
+
+    /// Whether a TLS connection from `visitor` whose ClientHello asks for
+    /// `sni` is carried elsewhere undecrypted (a TLS passthrough tunnel):
+    /// if so, what takes it, with the ClientHello's bytes and what the
+    /// edge holds for the connection (its slot) until it ends. `None`: it
+    /// is terminated here, as every one is by default.
+    fn pass_through(&self, _sni: &str, _visitor: SocketAddr) -> Option<PassThrough> {
+        None
+    }
 }
+
+/// What takes a passed-through TLS connection: the TCP stream, the bytes
+/// of its ClientHello already read, and what is to be held as long as it
+/// is carried.
+pub(crate) type PassThrough = Box<dyn FnOnce(TcpStream, Bytes, Held) + Send>;
+
+/// What the edge holds for a connection (its slot), handed on with it.
+pub(crate) type Held = Box<dyn std::any::Any + Send>;
 
 /// Who is on the other end of a connection, and how they came in.
 #[derive(Debug, Clone)]
@@ -194,6 +214,27 @@ async fn arrive_then_serve<H: Handler>(
         let transport = plain_transport(&serving);
         return serve_http(serving, stop, stream, at, transport).await;
     };
+    // The ClientHello first: its SNI may name a TLS passthrough tunnel.
+    let mut stream = stream;
+    let (sni, hello) = match tokio::time::timeout_at(deadline, hello::read(&mut stream)).await {
+        Ok(Ok(read)) => read,
+        Ok(Err(err)) => {
+            serving.metrics.tls_handshake_failed("error");
+            return debug!(%err, "TLS handshake failed");
+        }
+        Err(_) => {
+            serving.metrics.tls_handshake_failed("timeout");
+            let limit = serving.tls_handshake_timeout;
+            return debug!(?limit, "TLS handshake timed out");
+        }
+    };
+    let passed = sni
+        .as_deref()
+        .and_then(|sni| serving.handler.pass_through(sni, at.peer));
+    if let Some(take) = passed {
+        return take(stream, hello, Box::new(at));
+    }
+    let stream = Rewind::new(hello, stream);
     let Some(stream) = Box::pin(handshake(&serving, acceptor, stream, deadline)).await else {
         return;
     };
@@ -213,9 +254,9 @@ async fn arrive_then_serve<H: Handler>(
 async fn handshake<H>(
     serving: &Serving<H>,
     acceptor: TlsAcceptor,
-    stream: TcpStream,
+    stream: Rewind,
     deadline: tokio::time::Instant,
-) -> Option<Box<TlsStream<TcpStream>>> {
+) -> Option<Box<TlsStream<Rewind>>> {
     match tokio::time::timeout_at(deadline, acceptor.accept(stream)).await {
         Ok(Ok(stream)) => Some(Box::new(stream)),
         Ok(Err(err)) => {
@@ -268,9 +309,9 @@ impl Socket for TcpStream {
 /// socket until it has plaintext or the socket would block), and a record
 /// that arrives only in part waits in rustls for the rest, whose arrival
 /// makes the socket readable.
-impl Socket for Box<TlsStream<TcpStream>> {
+impl Socket for Box<TlsStream<Rewind>> {
     fn tcp(&self) -> &TcpStream {
-        self.get_ref().0
+        self.get_ref().0.tcp()
     }
 }
 

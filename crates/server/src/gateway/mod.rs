@@ -51,7 +51,7 @@ mod passthrough;
 mod proxy;
 mod response;
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use http::{HeaderValue, Method, Request, Response, StatusCode, header};
@@ -65,13 +65,15 @@ use crate::cluster::hop::Forwarder;
 use crate::config::Config;
 use crate::control::Control;
 use crate::edge::framing::Verdict;
-use crate::edge::{Conn, Handler, Transport, VisitorBody};
+use crate::edge::{Conn, Handler, PassThrough, Transport, VisitorBody};
 use crate::error::{GatewayError, RateScope};
 use crate::metrics::{Metrics, Refused};
 use crate::ops::{Caller, Ops, route_label};
 use crate::policy::{InFlight, IpLimiter};
+use crate::ports::relay;
 use crate::registry::{Lookup, Registry, Remote, Tunnel};
 use access_log::{Exchange, RequestBody};
+use cryptun_proto::TunnelProtocol;
 pub(crate) use forwarded::Visitor;
 use host::Route;
 
@@ -120,6 +122,26 @@ impl Handler for Gateway {
     /// few nested futures: each level's future is moved into its caller's.)
     async fn handle(self: Arc<Self>, conn: Arc<Conn>, req: Request<VisitorBody>) -> Response<Body> {
         self.answer(conn, req, None).await
+    }
+
+    /// Takes a TLS connection whose SNI names a live TLS passthrough
+    /// tunnel of this server; every other name is terminated here.
+    fn pass_through(&self, sni: &str, visitor: SocketAddr) -> Option<PassThrough> {
+        let name = sni.trim_end_matches('.').to_ascii_lowercase();
+        let Route::Tunnel(label) = host::route_name(&name, &self.config.domain) else {
+            return None;
+        };
+        let Lookup::Live(tunnel) = self.registry.lookup(&label) else {
+            return None;
+        };
+        if tunnel.protocol != TunnelProtocol::Tls {
+            return None;
+        }
+        let metrics = self.metrics.clone();
+        let idle = self.config.tcp_idle_timeout;
+        Some(Box::new(move |stream, hello, held| {
+            relay::admit(&tunnel, (stream, visitor), (hello, held), (&metrics, idle));
+        }))
     }
 }
 

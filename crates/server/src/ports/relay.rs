@@ -20,6 +20,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
+use bytes::Bytes;
 use cryptun_proto::ResponseHead;
 use cryptun_proto::mux::{Mux, relay};
 use cryptun_proto::raw::OpenStream;
@@ -45,19 +46,32 @@ pub(crate) const IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
 pub(crate) struct Bounds {
     /// A connection passing no byte either way this long is closed.
     pub(crate) idle: Duration,
-    /// Most connections open at once; new visitors past it are closed.
-    pub(crate) connections: usize,
     /// How long the port stays held for the tunnel's name once it ends.
     pub(crate) grace: Duration,
 }
 
-/// What a TCP tunnel carries its connections with; kept in its [`Tunnel`].
+/// What a TCP or TLS tunnel carries its connections with; kept in its
+/// [`Tunnel`].
 #[derive(Debug)]
 pub struct Relay {
-    /// The public port.
-    pub port: u16,
-    /// Stops the port's accept loop when the tunnel is dropped.
-    _stop: DropGuard,
+    /// A TCP tunnel's public port.
+    pub port: Option<u16>,
+    /// Its connections' places: one per open connection, at most the cap.
+    connections: Arc<Semaphore>,
+    /// Stops a TCP tunnel's accept loop when the tunnel is dropped.
+    _stop: Option<DropGuard>,
+}
+
+impl Relay {
+    /// A TLS passthrough tunnel's: connections come from the HTTPS
+    /// listener, at most `connections` at once.
+    pub(crate) fn passthrough(connections: usize) -> Self {
+        Relay {
+            port: None,
+            connections: Arc::new(Semaphore::new(connections)),
+            _stop: None,
+        }
+    }
 }
 
 /// A TCP tunnel's port, ready to serve once its tunnel is registered.
@@ -80,11 +94,12 @@ impl Port {
     /// The guard a tunnel keeps, and the token its relay watches: a new
     /// pair for each try at registering it (a try that fails drops its
     /// tunnel, and with it the guard).
-    pub(crate) fn guard(&self) -> (Relay, CancellationToken) {
+    pub(crate) fn guard(&self, connections: usize) -> (Relay, CancellationToken) {
         let stop = CancellationToken::new();
         let relay = Relay {
-            port: self.number(),
-            _stop: stop.clone().drop_guard(),
+            port: Some(self.number()),
+            connections: Arc::new(Semaphore::new(connections)),
+            _stop: Some(stop.clone().drop_guard()),
         };
         (relay, stop)
     }
@@ -109,8 +124,6 @@ impl Port {
         stop: CancellationToken,
         (bounds, metrics): (Bounds, Metrics),
     ) {
-        let idle = bounds.idle;
-        let connections = Arc::new(Semaphore::new(bounds.connections));
         loop {
             let accepted = tokio::select! {
                 () = stop.cancelled() => break,
@@ -127,42 +140,59 @@ impl Port {
             let Some(tunnel) = tunnel.upgrade() else {
                 break;
             };
-            if let Err(err) = tunnel.access.check_ip(visitor.ip()) {
-                debug!(%visitor, %err, "visitor refused");
-                metrics.tcp_connection("refused_ip");
-                continue;
-            }
-            let Ok(permit) = Arc::clone(&connections).try_acquire_owned() else {
-                debug!(%visitor, "connection cap reached: visitor refused");
-                metrics.tcp_connection("refused_cap");
-                continue;
-            };
             let _ = stream.set_nodelay(true);
-            let mux = tunnel.mux.clone();
-            let open = OpenStream {
-                tunnel_id: tunnel.id.clone(),
-                visitor,
-            };
-            let stats = Arc::clone(&tunnel.stats);
-            let metrics = metrics.clone();
-            tokio::spawn(
-                async move {
-                    let _open = metrics.tcp_open();
-                    let outcome = carry(stream, &mux, open, (&stats, &metrics), idle).await;
-                    metrics.tcp_connection(outcome);
-                    drop(permit);
-                }
-                .instrument(debug_span!("visitor", %visitor)),
-            );
+            let first = (Bytes::new(), Box::new(()) as Box<dyn std::any::Any + Send>);
+            admit(&tunnel, (stream, visitor), first, (&metrics, bounds.idle));
         }
         debug!("TCP tunnel's port closed");
     }
 }
 
-/// Carries one visitor connection over a new raw stream of `mux`; how it
-/// ended, as [`Metrics::tcp_connection`] counts it.
+/// A visitor's connection to `tunnel` (at a TCP tunnel's port, or with a
+/// TLS tunnel's name as its SNI): within the tunnel's address rules and
+/// connection cap, carried over a new raw stream with `first` (a TLS
+/// ClientHello already read) ahead of what is read from it, `held` (the
+/// edge's slot for it) kept until it ends; else closed.
+pub(crate) fn admit(
+    tunnel: &Tunnel,
+    (stream, visitor): (TcpStream, SocketAddr),
+    (first, held): (Bytes, Box<dyn std::any::Any + Send>),
+    (metrics, idle): (&Metrics, Duration),
+) {
+    if let Err(err) = tunnel.access.check_ip(visitor.ip()) {
+        debug!(%visitor, %err, "visitor refused");
+        return metrics.tcp_connection("refused_ip");
+    }
+    let Some(relay) = &tunnel.relay else {
+        return metrics.tcp_connection("no_stream");
+    };
+    let Ok(permit) = Arc::clone(&relay.connections).try_acquire_owned() else {
+        debug!(%visitor, "connection cap reached: visitor refused");
+        return metrics.tcp_connection("refused_cap");
+    };
+    let mux = tunnel.mux.clone();
+    let open = OpenStream {
+        tunnel_id: tunnel.id.clone(),
+        visitor,
+    };
+    let stats = Arc::clone(&tunnel.stats);
+    let metrics = metrics.clone();
+    tokio::spawn(
+        async move {
+            let _open = metrics.tcp_open();
+            let outcome = carry((stream, first), &mux, open, (&stats, &metrics), idle).await;
+            metrics.tcp_connection(outcome);
+            drop((permit, held));
+        }
+        .instrument(debug_span!("visitor", %visitor)),
+    );
+}
+
+/// Carries one visitor connection over a new raw stream of `mux`, `first`
+/// ahead of what is read from it; how it ended, as
+/// [`Metrics::tcp_connection`] counts it.
 async fn carry(
-    stream: TcpStream,
+    (stream, first): (TcpStream, Bytes),
     mux: &Mux<ResponseHead>,
     open: OpenStream,
     (stats, metrics): (&Stats, &Metrics),
@@ -177,8 +207,13 @@ async fn carry(
         }
     };
     let id = raw.id;
-    if raw.send.send_frame(open.encode(id)).await.is_err() {
+    let mut send = raw.send;
+    if send.send_frame(open.encode(id)).await.is_err() {
         return "no_stream";
+    }
+    let ahead = first.len() as u64;
+    if !first.is_empty() && send.send(first, false).await.is_err() {
+        return "cut";
     }
     let started = std::time::Instant::now();
     let (reader, writer) = stream.into_split();
@@ -186,7 +221,7 @@ async fn carry(
     let reader = Counted::new(reader, Arc::clone(&activity));
     let writer = Counted::new(writer, Arc::clone(&activity));
     let outcome = tokio::select! {
-        relayed = relay(reader, writer, raw.send, raw.recv) => match relayed {
+        relayed = relay(reader, writer, send, raw.recv) => match relayed {
             Ok(_) => {
                 debug!("connection ended");
                 "closed"
@@ -206,6 +241,7 @@ async fn carry(
         }
     };
     let (bytes_in, bytes_out) = activity.totals();
+    let bytes_in = bytes_in + ahead;
     stats.add_in(bytes_in);
     stats.add_out(bytes_out);
     metrics.tcp_carried(bytes_in, bytes_out);

@@ -134,7 +134,7 @@ impl Tunnel {
             subdomain: self.subdomain.clone(),
             public_url: self.public_url.clone(),
             protocol: self.protocol,
-            remote_port: self.relay.as_ref().map(|r| r.port),
+            remote_port: self.relay.as_ref().and_then(|r| r.port),
             client_addr: self.client_addr.to_string(),
             created_at: humantime::format_rfc3339_seconds(self.created_at).to_string(),
             request_count: self.requests.load(Ordering::Relaxed),

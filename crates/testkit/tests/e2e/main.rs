@@ -59,4 +59,5 @@ mod smoke;
 mod streaming;
 mod tcp;
 mod tls;
+mod tls_passthrough;
 mod tunnels;
