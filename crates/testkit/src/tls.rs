@@ -97,6 +97,11 @@ impl HttpsVisitor {
         }
     }
 
+    /// The connector its connections are made with (trusting its CA).
+    pub fn connector(&self) -> TlsConnector {
+        self.connector.clone()
+    }
+
     /// A TLS connection whose handshake names `sni`; `None` connects by IP
     /// address, which sends no SNI.
     pub async fn connect(&self, sni: Option<&str>) -> std::io::Result<TlsStream<TcpStream>> {

@@ -159,16 +159,7 @@ async fn a_client_hello_in_many_small_pieces_is_still_routed_by_its_name() {
     let https = server.tls.as_ref().unwrap();
     let files = TlsFiles::generate("slow.localhost");
     let _client = tunnel(&server, local_tls_echo(&files).await, "slow").await;
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in CertificateDer::pem_file_iter(&files.ca).unwrap() {
-        roots.add(cert.unwrap()).unwrap();
-    }
-    let config = rustls::ClientConfig::builder_with_provider(cryptun_server::tls::provider())
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let connector = HttpsVisitor::new(https.addr, &files.ca).connector();
     let tcp = TcpStream::connect(https.addr).await.unwrap();
     tcp.set_nodelay(true).unwrap();
     let trickle = Trickle {
