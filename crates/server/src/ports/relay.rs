@@ -1,7 +1,8 @@
-//! One TCP tunnel's port: each visitor connection accepted there becomes a
-//! raw stream to the tunnel's client (an OPEN frame naming the tunnel and
-//! the visitor, then each direction's bytes with the stream's credit), until
-//! both directions end.
+//! TCP and TLS tunnels' visitor connections: each one accepted at a TCP
+//! tunnel's port ([`Port`]), or handed over by the HTTPS listener for a
+//! TLS tunnel's name ([`admit`]), becomes a raw stream to the tunnel's
+//! client (an OPEN frame naming the tunnel and the visitor, then each
+//! direction's bytes with the stream's credit), until both directions end.
 //!
 //! A direction ends with its side's FIN, carried as END: a visitor that
 //! shuts down its writing half still gets the local service's answer, and
@@ -11,10 +12,10 @@
 //! closed at once; so are those past the tunnel's connection cap, or
 //! beyond its session's streams.
 //!
-//! The relay holds the tunnel weakly: when the tunnel leaves the registry
-//! (its session ended) its [`Relay::stop`] guard fires, the port stops
-//! accepting and is given back; connections already open end with the
-//! session's streams.
+//! A port's accept loop holds the tunnel weakly: when the tunnel leaves
+//! the registry (its session ended) the guard in its [`Relay`] fires, the
+//! port stops accepting and is held for the tunnel's name; connections
+//! already open end with the session's streams.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Weak};

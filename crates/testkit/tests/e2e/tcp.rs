@@ -567,3 +567,40 @@ async fn a_cluster_node_refuses_tcp_tunnels_rather_than_give_ports_of_its_own() 
     assert_eq!(code, ErrorCode::TcpDisabled);
     assert!(message.contains("cluster"), "{message}");
 }
+
+#[tokio::test]
+async fn a_tcp_or_tls_tunnel_without_raw_streams_is_refused_and_an_open_frame_from_a_client_closes_its_session()
+ {
+    use cryptun_testkit::RawWs;
+    use serde_json::json;
+    let server = TestServer::start_tls(TestServer::test_config()).await;
+    // Binary streams alone: no raw streams to carry the connections.
+    for (protocol, code) in [("tcp", "tcp_disabled"), ("tls", "tls_disabled")] {
+        let (_ws, answer) = RawWs::create(
+            &server,
+            json!({ "protocol": protocol, "capabilities": ["binary_streams"] }),
+        )
+        .await;
+        assert_eq!(answer["code"], code, "{answer}");
+        assert!(
+            answer["message"].as_str().unwrap().contains("raw_streams"),
+            "{answer}"
+        );
+    }
+    // Only the server opens raw streams.
+    let (mut ws, _) = RawWs::tunnel(
+        &server,
+        json!({ "capabilities": ["binary_streams", "raw_streams"] }),
+    )
+    .await;
+    let open = cryptun_proto::raw::OpenStream {
+        tunnel_id: "x".into(),
+        visitor: "127.0.0.1:1".parse().unwrap(),
+    };
+    let close = ws
+        .send_expecting_close(tokio_tungstenite::tungstenite::Message::Binary(
+            open.encode(9),
+        ))
+        .await;
+    assert_eq!(close, 1002);
+}

@@ -205,3 +205,62 @@ async fn plain_http_for_a_tls_tunnels_name_is_told_where_to_connect() {
         reply.text()
     );
 }
+
+#[tokio::test]
+async fn a_cluster_node_refuses_tls_tunnels() {
+    let redis = cryptun_testkit::TestRedis::start();
+    let dir = tempfile::tempdir().unwrap();
+    let config = TestServer::cluster_config(&redis.url(), "a");
+    let (certs, dev) = cryptun_server::Certs::dev(&config.domain, dir.path()).unwrap();
+    let server = TestServer::start_tls_with(config, certs, dev.ca, Some(dir)).await;
+    match TestClient::start_with(&server, "127.0.0.1:1", tls).await {
+        Err(ClientError::Refused { code, message }) => {
+            assert_eq!(code, ErrorCode::TlsDisabled);
+            assert!(message.contains("cluster"), "{message}");
+        }
+        Err(err) => panic!("refused otherwise: {err}"),
+        Ok(_) => panic!("a TLS tunnel on a cluster node"),
+    }
+}
+
+/// A ClientHello that never ends: records of a handshake message declared
+/// far larger than any hello, sent past the 64 KiB the server reads for
+/// one. The server closes the connection (counted as a failed handshake)
+/// rather than keep reading or buffering it.
+#[tokio::test]
+async fn a_client_hello_that_never_ends_is_cut_off() {
+    let server = TestServer::start_tls(TestServer::test_config()).await;
+    let https = server.tls.as_ref().unwrap();
+    let mut tcp = TcpStream::connect(https.addr).await.unwrap();
+    // ClientHello (1) of 16 MiB - 1, in 16 KiB handshake records.
+    let mut sent = 0;
+    let mut closed = false;
+    for i in 0..8 {
+        let mut record = vec![0x16, 0x03, 0x01, 0x40, 0x00];
+        let mut body = vec![0u8; 0x4000];
+        if i == 0 {
+            body[..6].copy_from_slice(&[0x01, 0xff, 0xff, 0xff, 0x03, 0x03]);
+        }
+        record.extend_from_slice(&body);
+        if tcp.write_all(&record).await.is_err() {
+            closed = true;
+            break;
+        }
+        sent += record.len();
+    }
+    if !closed {
+        let mut rest = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(5), tcp.read_to_end(&mut rest));
+        assert!(
+            read.await.is_ok(),
+            "the connection is closed, not kept open"
+        );
+    }
+    assert!(sent <= 8 * (0x4000 + 5));
+    let scraper = cryptun_testkit::Visitor::new(server.addr);
+    let failed = r#"cryptun_tls_handshake_failures_total{reason="error"}"#;
+    cryptun_testkit::raw::eventually(cryptun_testkit::raw::WAIT, "counted", || async {
+        scraper.metric(failed).await >= 1.0
+    })
+    .await;
+}
