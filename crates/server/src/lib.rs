@@ -31,6 +31,8 @@
 //!   reconnection, and each tunnel's request counters.
 //! - [`store`]: the durable records (API keys, reserved names, held names
 //!   across a restart) in SQLite.
+//! - [`ports`]: TCP tunnels' public ports (ranges, leases, holds) and the
+//!   relay carrying TCP and TLS tunnels' connections as raw streams.
 //! - [`cluster`]: several nodes behind one domain, on Redis: a second
 //!   registry whose names are claimed cluster-wide, and the internal hop
 //!   that carries a request to the node serving its tunnel.
@@ -38,8 +40,9 @@
 //!   `/readyz`, `/metrics`, `/api/...`, the dashboard) and the admin token.
 //! - shared by the stages: [`config`] (every setting, validated once),
 //!   [`error`] (every way a visitor's request fails, by side, and its
-//!   response), [`metrics`] (every metric family, created in one place) and
-//!   the response [`Body`].
+//!   response), [`metrics`] (every metric family, created in one place),
+//!   the response [`Body`], and `counted` (a byte stream tallied as it
+//!   passes, for the raw bytes of switched connections and TCP/TLS tunnels).
 //!
 //! Dependencies run down that list: the edge knows nothing of tunnels, the
 //! gateway nothing of sockets, and none of them takes the whole server.
@@ -61,6 +64,7 @@ mod body;
 pub mod cluster;
 pub mod config;
 pub mod control;
+mod counted;
 pub mod edge;
 pub mod error;
 pub mod gateway;

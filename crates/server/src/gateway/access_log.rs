@@ -128,14 +128,14 @@ impl AccessLog {
 /// (from the visitor) and `bytes_out` (to the visitor).
 pub(crate) struct Switched(Tallies);
 
-impl Switched {
+impl crate::counted::Tally for Switched {
     /// `n` bytes came from the visitor.
-    pub(crate) fn add_in(&self, n: u64) {
+    fn add_in(&self, n: u64) {
         self.0.each(|s| s.add_in(n));
     }
 
     /// `n` bytes went to the visitor.
-    pub(crate) fn add_out(&self, n: u64) {
+    fn add_out(&self, n: u64) {
         self.0.each(|s| s.add_out(n));
     }
 }

@@ -11,10 +11,6 @@
 //! write by write: a WebSocket that stays open for hours shows its traffic
 //! while it flows, not when it closes.
 
-use std::io;
-use std::pin::Pin;
-use std::task::{Context, Poll};
-
 use bytes::Bytes;
 use cryptun_proto::head::{headers_from_wire, keep_upgrade};
 use cryptun_proto::mux::{Mux, RecvBody, SendHalf, copy_from_stream, copy_into_stream};
@@ -22,12 +18,12 @@ use cryptun_proto::{HeadError, ResponseHead};
 use http::{Response, StatusCode, header};
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tracing::{Instrument, debug, debug_span};
 
 use super::access_log::Switched;
 use super::response::refuse_response;
 use crate::body::{Body, full};
+use crate::counted::Counted;
 use crate::error::GatewayError;
 
 /// Answers the visitor with the app's 101 and joins the two connections.
@@ -59,10 +55,7 @@ pub(crate) fn switch(
                 // Dropping both halves resets the stream at the client.
                 Err(err) => return debug!(%err, "the visitor's upgrade failed"),
             };
-            let upgraded = Counted {
-                inner: TokioIo::new(upgraded),
-                counted,
-            };
+            let upgraded = Counted::new(TokioIo::new(upgraded), counted);
             let (reader, writer) = tokio::io::split(upgraded);
             let (up, down) = tokio::join!(
                 copy_into_stream(reader, send),
@@ -76,65 +69,4 @@ pub(crate) fn switch(
     *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
     *resp.headers_mut() = headers;
     Ok(resp)
-}
-
-/// The visitor's upgraded connection, its bytes counted as they pass:
-/// those read came from the visitor, those written went to them.
-struct Counted<T> {
-    inner: T,
-    counted: Switched,
-}
-
-impl<T: AsyncRead + Unpin> AsyncRead for Counted<T> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let before = buf.filled().len();
-        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
-        let n = buf.filled().len().saturating_sub(before);
-        if n > 0 {
-            self.counted.add_in(n as u64);
-        }
-        polled
-    }
-}
-
-impl<T: AsyncWrite + Unpin> AsyncWrite for Counted<T> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        let polled = Pin::new(&mut self.inner).poll_write(cx, buf);
-        if let Poll::Ready(Ok(n)) = &polled {
-            self.counted.add_out(*n as u64);
-        }
-        polled
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        let polled = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
-        if let Poll::Ready(Ok(n)) = &polled {
-            self.counted.add_out(*n as u64);
-        }
-        polled
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
 }

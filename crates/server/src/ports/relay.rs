@@ -25,13 +25,13 @@ use bytes::Bytes;
 use cryptun_proto::ResponseHead;
 use cryptun_proto::mux::{Mux, relay};
 use cryptun_proto::raw::OpenStream;
-use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_util::sync::{CancellationToken, DropGuard};
 use tracing::{Instrument, debug, debug_span, info};
 
 use super::Lease;
+use crate::counted::{Counted, Tally};
 use crate::metrics::Metrics;
 use crate::registry::{Stats, Tunnel};
 
@@ -219,8 +219,8 @@ async fn carry(
     let started = std::time::Instant::now();
     let (reader, writer) = stream.into_split();
     let activity = Arc::new(Activity::default());
-    let reader = Counted::new(reader, Arc::clone(&activity));
-    let writer = Counted::new(writer, Arc::clone(&activity));
+    let reader = Counted::new(reader, Tallied(Arc::clone(&activity)));
+    let writer = Counted::new(writer, Tallied(Arc::clone(&activity)));
     let outcome = tokio::select! {
         relayed = relay(reader, writer, send, raw.recv) => match relayed {
             Ok(_) => {
@@ -294,65 +294,21 @@ impl Activity {
     }
 }
 
-/// A half of the visitor's connection whose bytes are counted: those read
-/// came in from the visitor, those written went out to them.
-struct Counted<T> {
-    inner: T,
-    activity: Arc<Activity>,
-}
+/// A connection's [`Activity`], as its halves tally their bytes.
+struct Tallied(Arc<Activity>);
 
-impl<T> Counted<T> {
-    fn new(inner: T, activity: Arc<Activity>) -> Self {
-        Counted { inner, activity }
-    }
-}
-
-impl<T: AsyncRead + Unpin> AsyncRead for Counted<T> {
-    fn poll_read(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &mut tokio::io::ReadBuf<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        let before = buf.filled().len();
-        let polled = std::pin::Pin::new(&mut self.inner).poll_read(cx, buf);
-        let n = buf.filled().len().saturating_sub(before) as u64;
-        if n > 0 {
-            self.activity
-                .bytes_in
-                .fetch_add(n, std::sync::atomic::Ordering::Relaxed);
-            self.activity.touch();
-        }
-        polled
-    }
-}
-
-impl<T: AsyncWrite + Unpin> AsyncWrite for Counted<T> {
-    fn poll_write(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &[u8],
-    ) -> std::task::Poll<std::io::Result<usize>> {
-        let polled = std::pin::Pin::new(&mut self.inner).poll_write(cx, buf);
-        if let std::task::Poll::Ready(Ok(n)) = &polled {
-            self.activity
-                .bytes_out
-                .fetch_add(*n as u64, std::sync::atomic::Ordering::Relaxed);
-            self.activity.touch();
-        }
-        polled
+impl Tally for Tallied {
+    fn add_in(&self, n: u64) {
+        self.0
+            .bytes_in
+            .fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+        self.0.touch();
     }
 
-    fn poll_flush(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    fn add_out(&self, n: u64) {
+        self.0
+            .bytes_out
+            .fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+        self.0.touch();
     }
 }
