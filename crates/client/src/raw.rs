@@ -23,6 +23,7 @@ use tokio::net::TcpStream;
 use tracing::debug;
 
 use crate::forward::Forwarder;
+use crate::routes::Route;
 use crate::{ConnectionDone, Event};
 
 /// Why a visitor's connection went no further than the client.
@@ -104,10 +105,13 @@ fn mapped(addr: SocketAddr) -> SocketAddr {
 pub(crate) async fn carry(fwd: Arc<Forwarder>, mux: Mux<()>, open: OpenStream, stream: Stream<()>) {
     let started = Instant::now();
     let id = stream.id;
-    let tunnel = fwd
-        .route(&open.tunnel_id)
-        .map_or_else(|| open.tunnel_id.clone(), |r| r.name.to_string());
-    let (bytes, error) = match connect_and_relay(&fwd, &open, stream).await {
+    let route = fwd.route(&open.tunnel_id);
+    let tunnel = route.map_or_else(|| open.tunnel_id.clone(), |r| r.name.to_string());
+    let carried = match route {
+        Some(route) => connect_and_relay(&fwd, route, &open, stream).await,
+        None => Err(CarryError::UnknownTunnel(open.tunnel_id.clone())),
+    };
+    let (bytes, error) = match carried {
         Ok((bytes_in, bytes_out)) => ((bytes_in, bytes_out), None),
         Err(err) => {
             debug!(%err, visitor = %open.visitor, "TCP connection cut");
@@ -125,16 +129,14 @@ pub(crate) async fn carry(fwd: Arc<Forwarder>, mux: Mux<()>, open: OpenStream, s
     }));
 }
 
-/// Connects to the local service and joins it to `stream`; the bytes in
+/// Connects to `route`'s local service and joins it to `stream`; the bytes in
 /// (visitor to service) and out.
 async fn connect_and_relay(
     fwd: &Forwarder,
+    route: &Route,
     open: &OpenStream,
     stream: Stream<()>,
 ) -> Result<(u64, u64), CarryError> {
-    let route = fwd
-        .route(&open.tunnel_id)
-        .ok_or_else(|| CarryError::UnknownTunnel(open.tunnel_id.clone()))?;
     let address = route.target.address().to_owned();
     let limit = fwd.connect_timeout();
     let local = match tokio::time::timeout(limit, TcpStream::connect(&address)).await {
