@@ -152,15 +152,12 @@ impl Admit {
     }
 
     /// Whether a TLS passthrough tunnel may be opened, on a session that
-    /// speaks `accepted`: only by a server with an HTTPS listener, not in
-    /// a cluster (yet).
+    /// speaks `accepted`: only by a server with an HTTPS listener.
     fn check_passthrough(&self, accepted: Capabilities) -> Result<(), Refusal> {
         let why = if !accepted.contains(Capability::RawStreams) {
             "a TLS tunnel needs the raw_streams capability (with binary_streams)"
         } else if self.config.public_scheme != "https" {
             "this server has no HTTPS listener to pass TLS connections through (--tls-listen)"
-        } else if self.config.cluster.is_some() {
-            "TLS tunnels are not served by a cluster yet: connect to a single server"
         } else {
             return Ok(());
         };

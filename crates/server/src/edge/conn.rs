@@ -54,11 +54,23 @@ pub(crate) trait Handler: Send + Sync + 'static {
     /// Whether a TLS connection from `visitor` whose ClientHello asks for
     /// `sni` is carried elsewhere undecrypted (a TLS passthrough tunnel):
     /// if so, what takes it, with the ClientHello's bytes and what the
-    /// edge holds for the connection (its slot) until it ends. `None`: it
-    /// is terminated here, as every one is by default.
-    fn pass_through(&self, _sni: &str, _visitor: SocketAddr) -> Option<PassThrough> {
-        None
+    /// edge holds for the connection (its slot) until it ends. By default
+    /// every one is terminated here.
+    fn pass_through(&self, _sni: &str, _visitor: SocketAddr) -> Passing {
+        Passing::Terminate
     }
+}
+
+/// Whether a TLS connection is passed through, as
+/// [`Handler::pass_through`] answers.
+pub(crate) enum Passing {
+    /// Terminated here.
+    Terminate,
+    /// Taken by this.
+    Take(PassThrough),
+    /// Not known without asking elsewhere (a cluster's store): the answer,
+    /// once there (`None`: terminated here).
+    Ask(Pin<Box<dyn Future<Output = Option<PassThrough>> + Send>>),
 }
 
 /// What takes a passed-through TLS connection: the TCP stream, the bytes
@@ -228,9 +240,18 @@ async fn arrive_then_serve<H: Handler>(
             return debug!(?limit, "TLS handshake timed out");
         }
     };
-    let passed = sni
-        .as_deref()
-        .and_then(|sni| serving.handler.pass_through(sni, at.peer));
+    let passing = sni.as_deref().map_or(Passing::Terminate, |sni| {
+        serving.handler.pass_through(sni, at.peer)
+    });
+    let passed = match passing {
+        Passing::Terminate => None,
+        Passing::Take(take) => Some(take),
+        // Within the handshake's time, like the rest of it.
+        Passing::Ask(asking) => tokio::time::timeout_at(deadline, asking)
+            .await
+            .ok()
+            .flatten(),
+    };
     if let Some(take) = passed {
         return take(stream, hello, Box::new(at));
     }

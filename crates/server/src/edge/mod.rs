@@ -38,7 +38,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, info, info_span, warn};
 
-pub(crate) use conn::{Conn, Handler, PassThrough, Transport};
+pub(crate) use conn::{Conn, Handler, Held, PassThrough, Passing, Transport};
 pub(crate) use park::VisitorBody;
 use proxy_protocol::ProxyProtocol;
 use slots::{Refusals, Slots};

@@ -65,15 +65,14 @@ use crate::cluster::hop::Forwarder;
 use crate::config::Config;
 use crate::control::Control;
 use crate::edge::framing::Verdict;
-use crate::edge::{Conn, Handler, PassThrough, Transport, VisitorBody};
+use crate::edge::{Conn, Handler, Passing, Transport, VisitorBody};
 use crate::error::{GatewayError, RateScope};
 use crate::metrics::{Metrics, Refused};
 use crate::ops::{Caller, Ops, route_label};
 use crate::policy::{InFlight, IpLimiter};
-use crate::ports::relay;
+use crate::ports::carrier::{Carrier, RawTarget};
 use crate::registry::{Lookup, Registry, Remote, Tunnel};
 use access_log::{Exchange, RequestBody};
-use cryptun_proto::TunnelProtocol;
 pub(crate) use forwarded::Visitor;
 use host::Route;
 
@@ -95,6 +94,8 @@ pub(crate) struct Gateway {
     ops: Ops,
     /// In a cluster: how requests reach tunnels on other nodes.
     hop: Option<Arc<Forwarder>>,
+    /// Where TLS passthrough connections go.
+    carrier: Carrier,
 }
 
 /// What a [`Gateway`] is built from.
@@ -115,6 +116,11 @@ impl Gateway {
     pub(crate) fn ops(&self) -> &Ops {
         &self.ops
     }
+
+    /// Where raw (TCP, TLS) connections go.
+    pub(crate) fn carrier(&self) -> &Carrier {
+        &self.carrier
+    }
 }
 
 impl Handler for Gateway {
@@ -125,23 +131,14 @@ impl Handler for Gateway {
     }
 
     /// Takes a TLS connection whose SNI names a live TLS passthrough
-    /// tunnel of this server; every other name is terminated here.
-    fn pass_through(&self, sni: &str, visitor: SocketAddr) -> Option<PassThrough> {
+    /// tunnel (of this node, or in a cluster of another); every other
+    /// name is terminated here.
+    fn pass_through(&self, sni: &str, visitor: SocketAddr) -> Passing {
         let name = sni.trim_end_matches('.').to_ascii_lowercase();
         let Route::Tunnel(label) = host::route_name(&name, &self.config.domain) else {
-            return None;
+            return Passing::Terminate;
         };
-        let Lookup::Live(tunnel) = self.registry.lookup(&label) else {
-            return None;
-        };
-        if tunnel.protocol != TunnelProtocol::Tls {
-            return None;
-        }
-        let metrics = self.metrics.clone();
-        let idle = self.config.tcp_idle_timeout;
-        Some(Box::new(move |stream, hello, held| {
-            relay::admit(&tunnel, (stream, visitor), (hello, held), (&metrics, idle));
-        }))
+        self.carrier.route(RawTarget::Tls(label), visitor)
     }
 }
 
@@ -189,7 +186,14 @@ impl Gateway {
             ops,
             hop,
         } = parts;
+        let carrier = Carrier {
+            registry: Arc::clone(&registry),
+            hop: hop.clone(),
+            metrics: metrics.clone(),
+            idle: config.tcp_idle_timeout,
+        };
         Gateway {
+            carrier,
             in_flight: InFlight::new(config.max_requests_per_ip),
             config,
             registry,

@@ -19,6 +19,7 @@
 //! (`remote_port`) and gets both back; anyone else asking for that port
 //! meanwhile is refused, and no port is given from the holds.
 
+pub(crate) mod carrier;
 pub mod relay;
 
 use std::collections::{HashMap, HashSet};

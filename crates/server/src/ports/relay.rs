@@ -25,7 +25,8 @@ use bytes::Bytes;
 use cryptun_proto::ResponseHead;
 use cryptun_proto::mux::{Mux, relay};
 use cryptun_proto::raw::OpenStream;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::{CancellationToken, DropGuard};
 use tracing::{Instrument, debug, debug_span, info};
@@ -143,23 +144,33 @@ impl Port {
             };
             let _ = stream.set_nodelay(true);
             let first = (Bytes::new(), Box::new(()) as Box<dyn std::any::Any + Send>);
-            admit(&tunnel, (stream, visitor), first, (&metrics, bounds.idle));
+            let (reader, writer) = stream.into_split();
+            admit(
+                &tunnel,
+                (reader, writer, visitor),
+                first,
+                (&metrics, bounds.idle),
+            );
         }
         debug!("TCP tunnel's port closed");
     }
 }
 
 /// A visitor's connection to `tunnel` (at a TCP tunnel's port, or with a
-/// TLS tunnel's name as its SNI): within the tunnel's address rules and
-/// connection cap, carried over a new raw stream with `first` (a TLS
-/// ClientHello already read) ahead of what is read from it, `held` (the
-/// edge's slot for it) kept until it ends; else closed.
-pub(crate) fn admit(
+/// TLS tunnel's name as its SNI; here, or at another node of a cluster
+/// that carried it over the hop), as its two halves: within the tunnel's
+/// address rules and connection cap, carried over a new raw stream with
+/// `first` (a TLS ClientHello already read) ahead of what is read from it,
+/// `held` (the edge's slot for it) kept until it ends; else closed.
+pub(crate) fn admit<R, W>(
     tunnel: &Tunnel,
-    (stream, visitor): (TcpStream, SocketAddr),
+    (reader, writer, visitor): (R, W, SocketAddr),
     (first, held): (Bytes, Box<dyn std::any::Any + Send>),
     (metrics, idle): (&Metrics, Duration),
-) {
+) where
+    R: AsyncRead + Send + Unpin + 'static,
+    W: AsyncWrite + Send + Unpin + 'static,
+{
     if let Err(err) = tunnel.access.check_ip(visitor.ip()) {
         debug!(%visitor, %err, "visitor refused");
         return metrics.tcp_connection("refused_ip");
@@ -181,7 +192,14 @@ pub(crate) fn admit(
     tokio::spawn(
         async move {
             let _open = metrics.tcp_open();
-            let outcome = carry((stream, first), &mux, open, (&stats, &metrics), idle).await;
+            let outcome = carry(
+                (reader, writer, first),
+                &mux,
+                open,
+                (&stats, &metrics),
+                idle,
+            )
+            .await;
             metrics.tcp_connection(outcome);
             drop((permit, held));
         }
@@ -192,13 +210,17 @@ pub(crate) fn admit(
 /// Carries one visitor connection over a new raw stream of `mux`, `first`
 /// ahead of what is read from it; how it ended, as
 /// [`Metrics::tcp_connection`] counts it.
-async fn carry(
-    (stream, first): (TcpStream, Bytes),
+async fn carry<R, W>(
+    (reader, writer, first): (R, W, Bytes),
     mux: &Mux<ResponseHead>,
     open: OpenStream,
     (stats, metrics): (&Stats, &Metrics),
     idle: Duration,
-) -> &'static str {
+) -> &'static str
+where
+    R: AsyncRead + Send + Unpin + 'static,
+    W: AsyncWrite + Send + Unpin + 'static,
+{
     let visitor: SocketAddr = open.visitor;
     let raw = match mux.open_raw() {
         Ok(raw) => raw,
@@ -217,7 +239,6 @@ async fn carry(
         return "cut";
     }
     let started = std::time::Instant::now();
-    let (reader, writer) = stream.into_split();
     let activity = Arc::new(Activity::default());
     let reader = Counted::new(reader, Tallied(Arc::clone(&activity)));
     let writer = Counted::new(writer, Tallied(Arc::clone(&activity)));

@@ -264,6 +264,9 @@ pub struct Remote {
     pub node: String,
     /// Its internal hop address.
     pub hop: SocketAddr,
+    /// What the tunnel carries: a TLS tunnel's connections are passed
+    /// through to its node undecrypted.
+    pub protocol: TunnelProtocol,
 }
 
 /// Where a subdomain points now.

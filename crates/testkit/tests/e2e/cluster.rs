@@ -34,7 +34,7 @@ async fn nodes(redis: &TestRedis) -> Vec<TestServer> {
 }
 
 /// Where node `name` serves the hop, as it told Redis.
-fn hop_of(redis: &TestRedis, name: &str) -> SocketAddr {
+pub(crate) fn hop_of(redis: &TestRedis, name: &str) -> SocketAddr {
     let reply = redis.command(&["GET", &format!("cryptun:1:node:{{{name}}}")]);
     let value = reply.lines().nth(1).expect("the node is registered");
     value

@@ -20,6 +20,7 @@ mod chaos;
 mod close;
 mod cluster;
 mod cluster_acl;
+mod cluster_raw;
 mod cluster_routing;
 mod cluster_tls;
 mod dashboard;

@@ -22,7 +22,7 @@ use tokio::net::{TcpListener, TcpStream};
 
 /// A local TLS echo service with `files`' certificate (for one name), signed
 /// by an authority of its own (`files.ca`), not the server's.
-async fn local_tls_echo(files: &TlsFiles) -> std::net::SocketAddr {
+pub(crate) async fn local_tls_echo(files: &TlsFiles) -> std::net::SocketAddr {
     let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&files.cert)
         .unwrap()
         .map(Result::unwrap)
@@ -62,7 +62,11 @@ fn tls(config: &mut ClientConfig) {
 }
 
 /// A TLS tunnel named `name` on `server` to `target`.
-async fn tunnel(server: &TestServer, target: std::net::SocketAddr, name: &str) -> TestClient {
+pub(crate) async fn tunnel(
+    server: &TestServer,
+    target: std::net::SocketAddr,
+    name: &str,
+) -> TestClient {
     TestClient::start_with(server, &target.to_string(), |config| {
         tls(config);
         config.tunnel.subdomain = Some(name.to_owned());
@@ -204,23 +208,6 @@ async fn plain_http_for_a_tls_tunnels_name_is_told_where_to_connect() {
         "{}",
         reply.text()
     );
-}
-
-#[tokio::test]
-async fn a_cluster_node_refuses_tls_tunnels() {
-    let redis = cryptun_testkit::TestRedis::start();
-    let dir = tempfile::tempdir().unwrap();
-    let config = TestServer::cluster_config(&redis.url(), "a");
-    let (certs, dev) = cryptun_server::Certs::dev(&config.domain, dir.path()).unwrap();
-    let server = TestServer::start_tls_with(config, certs, dev.ca, Some(dir)).await;
-    match TestClient::start_with(&server, "127.0.0.1:1", tls).await {
-        Err(ClientError::Refused { code, message }) => {
-            assert_eq!(code, ErrorCode::TlsDisabled);
-            assert!(message.contains("cluster"), "{message}");
-        }
-        Err(err) => panic!("refused otherwise: {err}"),
-        Ok(_) => panic!("a TLS tunnel on a cluster node"),
-    }
 }
 
 /// A ClientHello that never ends: records of a handshake message declared

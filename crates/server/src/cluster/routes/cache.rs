@@ -112,6 +112,7 @@ impl Clustered {
                     Some(member) => Lookup::Remote(Remote {
                         node: member.node,
                         hop: member.hop,
+                        protocol: member.protocol,
                     }),
                     // Ours by name but not by token: a claim this process
                     // does not have (a previous run's, lapsing).

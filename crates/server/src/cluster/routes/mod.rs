@@ -232,7 +232,10 @@ impl Clustered {
             owner: tunnel.owner.code(),
             token: cryptun_proto::random_id(16),
             epoch,
-            member: format!("{} {} {}", self.node.name, self.node.hop, tunnel.id),
+            member: format!(
+                "{} {} {} {}",
+                self.node.name, self.node.hop, tunnel.id, tunnel.protocol
+            ),
         };
         let key = claim.key.map(|id| Owner::Key(id.to_owned()).code());
         let secret = claim.secret.map(|s| Owner::secret(s).code());

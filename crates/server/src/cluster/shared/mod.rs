@@ -9,8 +9,10 @@
 //!   SHA-256 of the reconnect secret, hex);
 //! - `epoch`: the claim's number, from the cluster-wide counter
 //!   `cryptun:1:epoch` (later claims have larger ones);
-//! - one `m:TOKEN` field per member: `LEASE_UNTIL NODE HOP_ADDR TUNNEL_ID`,
-//!   the lease in Redis's own milliseconds. One member today; a pool of
+//! - one `m:TOKEN` field per member: `LEASE_UNTIL NODE HOP_ADDR TUNNEL_ID
+//!   PROTOCOL`, the lease in Redis's own milliseconds, the protocol `http`,
+//!   `tcp` or `tls` (a record without one, of an earlier version, is
+//!   `http`). One member today; a pool of
 //!   members behind one name adds fields, not a new layout.
 //!
 //! The key expires `lease + grace` after its last renewal: once every
@@ -93,6 +95,8 @@ pub struct Member {
     pub token: String,
     /// How much longer its lease runs without renewal.
     pub lease_left: Duration,
+    /// What its tunnel carries.
+    pub protocol: cryptun_proto::TunnelProtocol,
 }
 
 /// Where a name points, cluster-wide.
@@ -117,7 +121,7 @@ pub struct Entry {
     pub token: String,
     /// The claim's epoch.
     pub epoch: u64,
-    /// `NODE HOP_ADDR TUNNEL_ID`.
+    /// `NODE HOP_ADDR TUNNEL_ID PROTOCOL`.
     pub member: String,
 }
 

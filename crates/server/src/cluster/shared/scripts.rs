@@ -4,6 +4,7 @@
 
 use std::time::Duration;
 
+use cryptun_proto::TunnelProtocol;
 use redis::Script;
 
 use super::{Found, Member, SharedError};
@@ -39,13 +40,18 @@ pub(super) fn parse_found(reply: &[String]) -> Result<Found, SharedError> {
             Ok(Found::Held(Duration::from_millis(left)))
         }
         Some("members") => reply[1..]
-            .chunks(4)
+            .chunks(5)
             .map(|m| match m {
-                [token, left, node, hop] => Ok(Member {
+                [token, left, node, hop, protocol] => Ok(Member {
                     node: node.clone(),
                     hop: hop.parse().map_err(|_| bad())?,
                     token: token.clone(),
                     lease_left: Duration::from_millis(left.parse().map_err(|_| bad())?),
+                    protocol: match protocol.as_str() {
+                        "tcp" => TunnelProtocol::Tcp,
+                        "tls" => TunnelProtocol::Tls,
+                        _ => TunnelProtocol::Http,
+                    },
                 }),
                 _ => Err(bad()),
             })
@@ -116,7 +122,9 @@ if hold > 0 then redis.call('PEXPIRE', KEYS[1], hold) else redis.call('DEL', KEY
 return 1
 ";
 
-// KEYS[1] route. {'members', token, left, node, hop, ...} | {'held', left} | {'free'}
+// KEYS[1] route. {'members', token, left, node, hop, protocol, ...} |
+// {'held', left} | {'free'}; a member written without a protocol (an
+// earlier version's) is 'http'.
 const RESOLVE: &str = r"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -126,12 +134,14 @@ local out = {'members'}
 for i = 1, #all, 2 do
   if string.sub(all[i], 1, 2) == 'm:' then
     local lease, node, hop = string.match(all[i + 1], '^(%d+) (%S+) (%S+)')
+    local protocol = string.match(all[i + 1], '^%d+ %S+ %S+ %S+ (%S+)') or 'http'
     lease = tonumber(lease)
     if lease and lease > now then
       table.insert(out, string.sub(all[i], 3))
       table.insert(out, tostring(lease - now))
       table.insert(out, node)
       table.insert(out, hop)
+      table.insert(out, protocol)
     end
   end
 end
@@ -162,7 +172,7 @@ mod tests {
             parse_found(&s(&["held", "1500"])).unwrap(),
             Found::Held(Duration::from_millis(1500))
         );
-        let found = parse_found(&s(&["members", "tok", "900", "a", "127.0.0.1:9"])).unwrap();
+        let found = parse_found(&s(&["members", "tok", "900", "a", "127.0.0.1:9", "tls"])).unwrap();
         assert_eq!(
             found,
             Found::Members(vec![Member {
@@ -170,6 +180,7 @@ mod tests {
                 hop: "127.0.0.1:9".parse().unwrap(),
                 token: "tok".into(),
                 lease_left: Duration::from_millis(900),
+                protocol: TunnelProtocol::Tls,
             }])
         );
         assert!(parse_found(&s(&["members", "tok"])).is_err());

@@ -24,6 +24,11 @@
 //!
 //! `x-cryptun-hop: 1` names the hop's version, so a node of a later
 //! version can tell an older peer's requests.
+//!
+//! TCP and TLS tunnels' visitor connections cross the hop as upgraded
+//! connections ([`raw`]).
+
+mod raw;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -46,6 +51,7 @@ use crate::error::GatewayError;
 use crate::gateway::Gateway;
 use crate::gateway::Visitor;
 use crate::gateway::access_log::RequestBody;
+use crate::ports::carrier::RawTarget;
 use crate::registry::Remote;
 
 /// A request body on its way to another node.
@@ -287,6 +293,13 @@ impl Handler for HopServer {
             warn!(peer = %conn.peer, "a request on the cluster listener without the cluster secret was refused");
             return GatewayError::HopForbidden.into_response();
         };
+        if let Some(target) = take(req.headers_mut(), raw::RAW) {
+            let Some(target) = RawTarget::from_header(&target) else {
+                let _ = conn.framing.next();
+                return GatewayError::NotHere.into_response();
+            };
+            return self.raw(&conn, req, visitor, target).await;
+        }
         let visitor = Visitor {
             addr: visitor,
             forwarded: true,
