@@ -137,12 +137,23 @@ pub async fn serve(
         Some(joined) => joined.keys.clone(),
         None => Arc::new(store.clone()),
     };
+    // A cluster node listens on every port of the cluster's TCP ranges.
+    let (shared_ports, port_listeners) = match (&joined, &config.cluster, &config.tcp_ports) {
+        (Some(joined), Some(cluster), ports::TcpPorts::Ranges(ranges)) => {
+            let shared = joined.registry.shared().clone();
+            let at = (bound.ip(), ranges.as_slice());
+            let (ports, listeners) =
+                cluster::ports::SharedPorts::bind(at, shared, cluster, config.reconnect_grace)?;
+            (Some(ports), listeners)
+        }
+        _ => (None, Vec::new()),
+    };
     let stages = Stages::build(
         &config,
         &bound,
         Arc::clone(&keys),
         shutdown.clone(),
-        joined.as_ref(),
+        (joined.as_ref(), shared_ports.clone()),
     );
     bound.log_listening(&config.domain);
     let database = match &config.cluster {
@@ -188,6 +199,10 @@ pub async fn serve(
         }
         stop_accepting.cancel();
     };
+    if let Some(shared_ports) = &shared_ports {
+        let carrier = stages.gateway.carrier().clone();
+        shared_ports.serve(port_listeners, carrier, stop_accepting.clone());
+    }
     let public = stages.edge.accept_until(
         bound,
         Arc::clone(&stages.gateway),
@@ -277,7 +292,10 @@ impl Stages {
         bound: &edge::Bound,
         keys: Arc<dyn store::Keys>,
         draining: CancellationToken,
-        joined: Option<&cluster::Joined>,
+        (joined, shared_ports): (
+            Option<&cluster::Joined>,
+            Option<Arc<cluster::ports::SharedPorts>>,
+        ),
     ) -> Self {
         let mut metrics_registry = prometheus_client::registry::Registry::default();
         let metrics = Metrics::register(&mut metrics_registry);
@@ -321,6 +339,7 @@ impl Stages {
             metrics: metrics.clone(),
             listen_port: bound.public_port(),
             ports: ports::Ports::new(config.tcp_ports.clone(), bound.ip()),
+            shared_ports,
             tasks: tasks.clone(),
             sessions_stop: sessions_stop.clone(),
             draining: draining.clone(),

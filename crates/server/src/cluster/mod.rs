@@ -31,7 +31,9 @@
 //! costs Redis a fixed rate, not a round trip each.
 //!
 //! API keys and reserved names are kept in Redis too ([`keys`]), so a key
-//! works, and its revocation holds, on every node.
+//! works, and its revocation holds, on every node. TCP tunnels' ports are
+//! given cluster-wide there, and every node listens on them ([`ports`]);
+//! TCP and TLS tunnels' connections cross the hop as raw bytes.
 //!
 //! Keys are versioned (`cryptun:1:`) and each name's keys share a hash tag,
 //! so every atomic step touches one slot of a Redis Cluster.
@@ -42,6 +44,7 @@ pub mod keys;
 pub(crate) mod listing;
 mod lookups;
 pub mod peer_tls;
+pub(crate) mod ports;
 mod routes;
 pub mod shared;
 

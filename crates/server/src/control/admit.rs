@@ -20,6 +20,7 @@ use tokio::sync::Semaphore;
 use tracing::warn;
 
 use super::auth::{self, Auth, Identity, Refusal};
+use crate::cluster::ports::SharedPorts;
 use crate::config::Config;
 use crate::edge::Peer;
 use crate::metrics::Metrics;
@@ -39,6 +40,8 @@ pub(crate) struct Admit {
     pub(crate) listen_port: u16,
     /// The public ports TCP tunnels are given.
     pub(crate) ports: Arc<Ports>,
+    /// In a cluster with TCP port ranges: the ports, claimed cluster-wide.
+    pub(crate) shared_ports: Option<Arc<SharedPorts>>,
     /// Live tunnels per identity (key, or address without one).
     pub(crate) tunnels: Arc<Quota<Who>>,
 }
@@ -71,15 +74,11 @@ impl Admit {
         existing: usize,
     ) -> Result<(Registration, String), Refusal> {
         let terms = self.terms(create, identity, peer, existing).await?;
-        // A TCP tunnel's port, before its name: the URL names both.
-        let mut port = match create.protocol {
-            TunnelProtocol::Http => None,
-            TunnelProtocol::Tcp => Some(self.port_for(create, accepted)?),
-            TunnelProtocol::Tls => {
-                self.check_passthrough(accepted)?;
-                None
-            }
-        };
+        match create.protocol {
+            TunnelProtocol::Http => {}
+            TunnelProtocol::Tcp => self.check_tcp(accepted)?,
+            TunnelProtocol::Tls => self.check_passthrough(accepted)?,
+        }
         let cap = self.config.tcp_max_connections;
         let key_name = match identity {
             Identity::Key { name, .. } => Some(name),
@@ -95,18 +94,27 @@ impl Admit {
                 .asked
                 .clone()
                 .unwrap_or_else(|| Subdomain::generated(&id));
-            let (mut relay, stop) = port.as_ref().map(|p| p.guard(cap)).unzip();
-            let public_url = match (&port, create.protocol) {
-                (Some(port), _) => format!("tcp://{}:{}", self.config.domain, port.number()),
-                (None, TunnelProtocol::Tls) => {
-                    relay = Some(Relay::passthrough(cap));
+            // A TCP tunnel's port, for its name: the URL names both.
+            let (relay, accepting, public_url) = match create.protocol {
+                TunnelProtocol::Tcp => {
+                    let whose = (subdomain.as_str(), &terms.owner);
+                    let port = self.port_for(create, whose, claim).await?;
+                    let url = format!("tcp://{}:{}", self.config.domain, port.number());
+                    let (relay, accepting) = port.into_relay(cap);
+                    (Some(relay), accepting, url)
+                }
+                TunnelProtocol::Tls => {
                     let url = self.config.public_url(subdomain.as_str(), self.listen_port);
-                    format!(
+                    let url = format!(
                         "tls://{}",
                         url.split_once("://").map_or(&*url, |(_, rest)| rest)
-                    )
+                    );
+                    (Some(Relay::passthrough(cap)), None, url)
                 }
-                (None, _) => self.config.public_url(subdomain.as_str(), self.listen_port),
+                TunnelProtocol::Http => {
+                    let url = self.config.public_url(subdomain.as_str(), self.listen_port);
+                    (None, None, url)
+                }
             };
             let tunnel = Tunnel {
                 public_url,
@@ -130,13 +138,16 @@ impl Admit {
             };
             match Arc::clone(&self.registry).register(tunnel, claim).await {
                 Ok(registration) => {
-                    if let Some((port, stop)) = port.take().zip(stop) {
+                    let tunnel = registration.tunnel();
+                    if let Some(relay) = &tunnel.relay {
+                        relay.registered();
+                    }
+                    if let Some(accepting) = accepting {
                         let bounds = Bounds {
                             idle: self.config.tcp_idle_timeout,
                             grace: self.config.reconnect_grace,
                         };
-                        let counting = (bounds, self.metrics.clone());
-                        port.spawn(registration.tunnel(), stop, counting);
+                        accepting.spawn(tunnel, (bounds, self.metrics.clone()));
                     }
                     let created = self.tunnel_created(accepted, &registration, terms.secret);
                     return Ok((registration, created));
@@ -165,43 +176,62 @@ impl Admit {
         Err(Refusal::new(ErrorCode::TlsDisabled, why))
     }
 
-    /// A port for the TCP tunnel `create` asks for, on a session that
-    /// speaks `accepted`.
-    fn port_for(&self, create: &CreateTunnel, accepted: Capabilities) -> Result<Port, Refusal> {
-        if !accepted.contains(Capability::RawStreams) {
-            self.metrics.refused("tcp_disabled");
-            return Err(Refusal::new(
-                ErrorCode::TcpDisabled,
-                "a TCP tunnel needs the raw_streams capability (with binary_streams)",
-            ));
+    /// Whether a TCP tunnel may be opened on a session that speaks
+    /// `accepted`.
+    fn check_tcp(&self, accepted: Capabilities) -> Result<(), Refusal> {
+        if accepted.contains(Capability::RawStreams) {
+            return Ok(());
         }
-        if self.config.cluster.is_some() {
-            // Each node would give its own ports, and a visitor reaching
-            // another node at the same port would meet another tunnel.
-            self.metrics.refused("tcp_disabled");
-            return Err(Refusal::new(
-                ErrorCode::TcpDisabled,
-                "TCP tunnels are not served by a cluster yet: connect to a single server",
-            ));
-        }
-        match self
-            .ports
-            .open(create.remote_port, create.subdomain.as_deref())
-        {
-            Ok((listener, lease)) => Ok(Port::new(listener, lease)),
-            Err(err) => {
-                let (code, reason) = match err {
-                    PortError::Disabled => (ErrorCode::TcpDisabled, "tcp_disabled"),
-                    PortError::Exhausted(_) => (ErrorCode::PortsExhausted, "ports_exhausted"),
-                    PortError::OutOfRange(..)
-                    | PortError::InUse(_)
-                    | PortError::Held(_)
-                    | PortError::Bind(..) => (ErrorCode::PortUnavailable, "port_unavailable"),
-                };
-                self.metrics.refused(reason);
-                Err(Refusal::new(code, err.to_string()))
+        self.metrics.refused("tcp_disabled");
+        Err(Refusal::new(
+            ErrorCode::TcpDisabled,
+            "a TCP tunnel needs the raw_streams capability (with binary_streams)",
+        ))
+    }
+
+    /// A port for the TCP tunnel `create` asks for, named `name`, of
+    /// `owner`, who offers `claim` to take back one held for it: in a
+    /// cluster claimed cluster-wide, else one of this server's.
+    async fn port_for(
+        &self,
+        create: &CreateTunnel,
+        (name, owner): (&str, &Owner),
+        claim: Claim<'_>,
+    ) -> Result<Port, Refusal> {
+        let asked = create.remote_port;
+        let given = match (&self.shared_ports, self.config.cluster.is_some()) {
+            (Some(shared), _) => shared
+                .claim(asked, (name, owner), claim)
+                .await
+                .map(Port::Claimed),
+            (None, true) => Err(PortError::NotInCluster),
+            (None, false) => self
+                .ports
+                .open(asked, Some(name))
+                .map(|(listener, lease)| Port::Own(listener, lease)),
+        };
+        given.map_err(|err| {
+            let (code, reason) = match err {
+                PortError::Disabled | PortError::NotInCluster => {
+                    (ErrorCode::TcpDisabled, "tcp_disabled")
+                }
+                PortError::Exhausted(_) => (ErrorCode::PortsExhausted, "ports_exhausted"),
+                PortError::Unavailable => (ErrorCode::Unavailable, "unavailable"),
+                PortError::OutOfRange(..)
+                | PortError::InUse(_)
+                | PortError::Held(_)
+                | PortError::Bind(..) => (ErrorCode::PortUnavailable, "port_unavailable"),
+            };
+            self.metrics.refused(reason);
+            let refusal = Refusal::new(code, err.to_string());
+            match code {
+                ErrorCode::Unavailable => Refusal {
+                    retry_after: Some(UNAVAILABLE_RETRY),
+                    ..refusal
+                },
+                _ => refusal,
             }
-        }
+        })
     }
 
     /// Checks everything about `create` that does not depend on the
@@ -416,6 +446,7 @@ mod tests {
             metrics: Metrics::register(&mut prometheus_client::registry::Registry::default()),
             listen_port: 4000,
             ports: Ports::new(config.tcp_ports.clone(), [127, 0, 0, 1].into()),
+            shared_ports: None,
             tunnels: Quota::new(config.max_tunnels_per_ip),
             config,
         };

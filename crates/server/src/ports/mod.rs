@@ -1,6 +1,8 @@
 //! TCP tunnels' public side: the port each one is given, and each port's
 //! visitor connections carried to the tunnel's client as raw streams
-//! ([`relay`]).
+//! ([`relay`]); TLS passthrough connections are carried the same way, and
+//! [`carrier`] decides where a raw connection goes (this node's tunnel, or
+//! in a cluster another node's, over the hop).
 //!
 //! Which ports may be given is the operator's choice ([`TcpPorts`]): ranges
 //! (`--tcp-ports A-B`, repeatable), or, on a server only this machine can
@@ -18,6 +20,9 @@
 //! reconnecting client asks for its name and its port again
 //! (`remote_port`) and gets both back; anyone else asking for that port
 //! meanwhile is refused, and no port is given from the holds.
+//!
+//! All of this is a single server's. A cluster's ports are given
+//! cluster-wide and served by every node (`crate::cluster::ports`).
 
 pub(crate) mod carrier;
 pub mod relay;
@@ -92,6 +97,14 @@ pub(crate) enum PortError {
     Bind(u16, io::Error),
     #[error("every port of this server's TCP port ranges ({0}) is in use")]
     Exhausted(String),
+    #[error(
+        "this cluster opens no TCP ports: its operator can give every node the same range with --tcp-ports (for example --tcp-ports 20000-20999)"
+    )]
+    NotInCluster,
+    #[error(
+        "this server cannot give ports now: its cluster's shared store is unreachable; try again shortly"
+    )]
+    Unavailable,
 }
 
 /// The ports given to TCP tunnels, and the address they are bound on.
@@ -282,7 +295,7 @@ impl Ports {
 
 /// A listener on `addr`, with `SO_REUSEADDR` so that a port a tunnel just
 /// left (its connections in `TIME_WAIT`) can be given again.
-fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
+pub(crate) fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
     let socket = match addr {
         SocketAddr::V4(_) => TcpSocket::new_v4()?,
         SocketAddr::V6(_) => TcpSocket::new_v6()?,
@@ -293,7 +306,7 @@ fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
 }
 
 /// `20000-20099, 30000`.
-fn describe(ranges: &[RangeInclusive<u16>]) -> String {
+pub(crate) fn describe(ranges: &[RangeInclusive<u16>]) -> String {
     let each: Vec<String> = ranges
         .iter()
         .map(|r| match r.start() == r.end() {

@@ -32,6 +32,7 @@ use tokio_util::sync::{CancellationToken, DropGuard};
 use tracing::{Instrument, debug, debug_span, info};
 
 use super::Lease;
+use crate::cluster::ports::PortClaim;
 use crate::counted::{Counted, Tally};
 use crate::metrics::Metrics;
 use crate::registry::{Stats, Tunnel};
@@ -60,8 +61,19 @@ pub struct Relay {
     pub port: Option<u16>,
     /// Its connections' places: one per open connection, at most the cap.
     connections: Arc<Semaphore>,
-    /// Stops a TCP tunnel's accept loop when the tunnel is dropped.
-    _stop: Option<DropGuard>,
+    /// What lives as long as the tunnel.
+    _keep: Keep,
+}
+
+/// What a [`Relay`] keeps for its tunnel's port.
+#[derive(Debug)]
+enum Keep {
+    /// Nothing (a TLS tunnel).
+    Nothing,
+    /// A single server's port: stops its accept loop when dropped.
+    Stop(#[expect(dead_code, reason = "kept for what its drop does")] DropGuard),
+    /// A cluster's port: its claim, held for the name when dropped.
+    Claim(PortClaim),
 }
 
 impl Relay {
@@ -71,64 +83,92 @@ impl Relay {
         Relay {
             port: None,
             connections: Arc::new(Semaphore::new(connections)),
-            _stop: None,
+            _keep: Keep::Nothing,
+        }
+    }
+
+    /// The tunnel was registered: its cluster port is held for its name
+    /// once it ends.
+    pub(crate) fn registered(&self) {
+        if let Keep::Claim(claim) = &self._keep {
+            claim.hold_after();
         }
     }
 }
 
-/// A TCP tunnel's port, ready to serve once its tunnel is registered.
-pub(crate) struct Port {
+/// A TCP tunnel's port.
+pub(crate) enum Port {
+    /// A single server's, with its own listener.
+    Own(TcpListener, Lease),
+    /// A cluster's, claimed cluster-wide and served by every node's
+    /// listeners (`crate::cluster::ports`).
+    Claimed(PortClaim),
+}
+
+/// A single server's port, ready to accept once its tunnel is registered.
+pub(crate) struct Accepting {
     listener: TcpListener,
     lease: Lease,
+    stop: CancellationToken,
 }
 
 impl Port {
-    /// `listener`, holding `lease`.
-    pub(crate) fn new(listener: TcpListener, lease: Lease) -> Self {
-        Port { listener, lease }
-    }
-
     /// The public port.
     pub(crate) fn number(&self) -> u16 {
-        self.lease.port()
+        match self {
+            Port::Own(_, lease) => lease.port(),
+            Port::Claimed(claim) => claim.port(),
+        }
     }
 
-    /// The guard a tunnel keeps, and the token its relay watches: a new
-    /// pair for each try at registering it (a try that fails drops its
-    /// tunnel, and with it the guard).
-    pub(crate) fn guard(&self, connections: usize) -> (Relay, CancellationToken) {
-        let stop = CancellationToken::new();
-        let relay = Relay {
-            port: Some(self.number()),
-            connections: Arc::new(Semaphore::new(connections)),
-            _stop: Some(stop.clone().drop_guard()),
-        };
-        (relay, stop)
+    /// The relay its tunnel keeps, with at most `connections` at once,
+    /// and for a port of its own the loop that accepts there once the
+    /// tunnel is registered (a try that fails drops its tunnel, and with
+    /// it the relay, which stops the loop before it starts).
+    pub(crate) fn into_relay(self, connections: usize) -> (Relay, Option<Accepting>) {
+        let port = Some(self.number());
+        let connections = Arc::new(Semaphore::new(connections));
+        match self {
+            Port::Own(listener, lease) => {
+                let stop = CancellationToken::new();
+                let relay = Relay {
+                    port,
+                    connections,
+                    _keep: Keep::Stop(stop.clone().drop_guard()),
+                };
+                let accepting = Accepting {
+                    listener,
+                    lease,
+                    stop,
+                };
+                (relay, Some(accepting))
+            }
+            Port::Claimed(claim) => {
+                let relay = Relay {
+                    port,
+                    connections,
+                    _keep: Keep::Claim(claim),
+                };
+                (relay, None)
+            }
+        }
     }
+}
 
-    /// Accepts visitors for `tunnel` until `stop` fires, or the tunnel is
-    /// gone, within `bounds`; then the port is held for the tunnel's name.
-    pub(crate) fn spawn(
-        mut self,
-        tunnel: &Arc<Tunnel>,
-        stop: CancellationToken,
-        (bounds, metrics): (Bounds, Metrics),
-    ) {
+impl Accepting {
+    /// Accepts visitors for `tunnel` until it is gone, within `bounds`;
+    /// then the port is held for the tunnel's name.
+    pub(crate) fn spawn(mut self, tunnel: &Arc<Tunnel>, (bounds, metrics): (Bounds, Metrics)) {
         self.lease.hold_after(&tunnel.subdomain, bounds.grace);
-        let span = debug_span!("tcp", port = self.number(), subdomain = %tunnel.subdomain);
+        let span = debug_span!("tcp", port = self.lease.port(), subdomain = %tunnel.subdomain);
         let tunnel = Arc::downgrade(tunnel);
-        tokio::spawn(self.serve(tunnel, stop, (bounds, metrics)).instrument(span));
+        tokio::spawn(self.serve(tunnel, (bounds, metrics)).instrument(span));
     }
 
-    async fn serve(
-        self,
-        tunnel: Weak<Tunnel>,
-        stop: CancellationToken,
-        (bounds, metrics): (Bounds, Metrics),
-    ) {
+    async fn serve(self, tunnel: Weak<Tunnel>, (bounds, metrics): (Bounds, Metrics)) {
         loop {
             let accepted = tokio::select! {
-                () = stop.cancelled() => break,
+                () = self.stop.cancelled() => break,
                 accepted = self.listener.accept() => accepted,
             };
             let (stream, visitor) = match accepted {

@@ -36,6 +36,17 @@ pub struct Claim<'a> {
 }
 
 impl Claim<'_> {
+    /// Its proofs as a cluster's records write owners ([`Owner::code`]):
+    /// the key's and the secret's, `""` for none.
+    pub fn codes(&self) -> [String; 2] {
+        [
+            self.key
+                .map_or_else(String::new, |id| Owner::Key(id.to_owned()).code()),
+            self.secret
+                .map_or_else(String::new, |s| Owner::secret(s).code()),
+        ]
+    }
+
     fn proves(&self, owner: &Owner) -> bool {
         match owner {
             Owner::Key(id) => self.key == Some(id.as_str()),

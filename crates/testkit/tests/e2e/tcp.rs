@@ -20,7 +20,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 /// A local TCP service answering each connection with `serve`.
-async fn service<F, Fut>(serve: F) -> SocketAddr
+pub(crate) async fn service<F, Fut>(serve: F) -> SocketAddr
 where
     F: Fn(TcpStream) -> Fut + Send + 'static,
     Fut: std::future::Future<Output = ()> + Send + 'static,
@@ -36,13 +36,13 @@ where
 }
 
 /// Echoes every byte back, then closes its side when the visitor has.
-async fn echo(mut stream: TcpStream) {
+pub(crate) async fn echo(mut stream: TcpStream) {
     let (mut r, mut w) = stream.split();
     let _ = tokio::io::copy(&mut r, &mut w).await;
     let _ = w.shutdown().await;
 }
 
-fn tcp(config: &mut ClientConfig) {
+pub(crate) fn tcp(config: &mut ClientConfig) {
     config.tunnel.protocol = TunnelProtocol::Tcp;
 }
 
@@ -71,7 +71,7 @@ async fn connection_done(client: &TestClient) -> ConnectionDone {
 }
 
 /// A port no one listens on now.
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -246,7 +246,7 @@ async fn an_http_request_for_a_tcp_tunnels_name_is_told_where_to_connect() {
 }
 
 /// The refusal a TCP tunnel asking for `remote_port` gets from `server`.
-async fn refused(server: &TestServer, remote_port: Option<u16>) -> (ErrorCode, String) {
+pub(crate) async fn refused(server: &TestServer, remote_port: Option<u16>) -> (ErrorCode, String) {
     let target = SocketAddr::from(([127, 0, 0, 1], free_port())).to_string();
     let refused = TestClient::start_with(server, &target, |config| {
         tcp(config);
@@ -554,18 +554,6 @@ async fn the_local_service_can_be_told_the_visitor_in_a_proxy_protocol_header() 
             assert!(answer.contains(&part), "{version:?}: {answer} lacks {part}");
         }
     }
-}
-
-#[tokio::test]
-async fn a_cluster_node_refuses_tcp_tunnels_rather_than_give_ports_of_its_own() {
-    // Each node would give its own ports: a visitor reaching another node
-    // at the same port would meet another tunnel. Until ports are claimed
-    // cluster-wide, a cluster says so.
-    let redis = cryptun_testkit::TestRedis::start();
-    let server = TestServer::start_with(TestServer::cluster_config(&redis.url(), "a")).await;
-    let (code, message) = refused(&server, None).await;
-    assert_eq!(code, ErrorCode::TcpDisabled);
-    assert!(message.contains("cluster"), "{message}");
 }
 
 #[tokio::test]

@@ -34,7 +34,7 @@ use super::shared::{Claimed, Entry, Renewed, Shared};
 use crate::registry::{
     BoxFuture, Claim, HeldBy, Local, Lookup, Registration, Registry, Remote, Taken, Tunnel,
 };
-use crate::store::{Owner, SavedHold};
+use crate::store::SavedHold;
 
 /// Most routes (and, apart, unknown names) remembered; past it the table
 /// starts again empty.
@@ -237,12 +237,8 @@ impl Clustered {
                 self.node.name, self.node.hop, tunnel.id, tunnel.protocol
             ),
         };
-        let key = claim.key.map(|id| Owner::Key(id.to_owned()).code());
-        let secret = claim.secret.map(|s| Owner::secret(s).code());
-        let proofs = [
-            key.as_deref().unwrap_or(""),
-            secret.as_deref().unwrap_or(""),
-        ];
+        let [key, secret] = claim.codes();
+        let proofs = [key.as_str(), secret.as_str()];
         match self
             .shared
             .claim(&entry, proofs, self.lease, self.grace)

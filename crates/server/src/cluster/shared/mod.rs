@@ -24,9 +24,11 @@
 //!
 //! - this file: the connection and the steps on names;
 //! - [`scripts`]: the Lua scripts and the reading of their answers;
-//! - [`nodes`]: nodes' own leases, their list, the store's marker.
+//! - [`nodes`]: nodes' own leases, their list, the store's marker;
+//! - [`ports`]: TCP tunnels' ports, claimed cluster-wide.
 
 mod nodes;
+mod ports;
 mod scripts;
 
 use std::net::SocketAddr;
@@ -38,6 +40,8 @@ use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster_async::ClusterConnection;
 use redis::{Cmd, Pipeline, RedisFuture, Value};
 
+use ports::PortScripts;
+pub use ports::{PortClaimed, PortEntry};
 use scripts::{Scripts, parse_found};
 use tracing::{info, warn};
 
@@ -168,6 +172,7 @@ pub struct Shared {
     timeout: Duration,
     up: Arc<AtomicBool>,
     scripts: Arc<Scripts>,
+    port_scripts: Arc<PortScripts>,
 }
 
 impl Shared {
@@ -212,6 +217,7 @@ impl Shared {
             timeout,
             up: Arc::new(AtomicBool::new(true)),
             scripts: Arc::new(Scripts::new()),
+            port_scripts: Arc::new(PortScripts::new()),
         })
     }
 
