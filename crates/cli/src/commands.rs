@@ -241,6 +241,8 @@ pub async fn http(args: HttpArgs, json_logs: bool) -> Result<()> {
     config.tunnel.allow_ips = args.allow_ips;
     config.tunnel.deny_ips = args.deny_ips;
     config.tunnel.max_body_size = args.max_body_size;
+    config.tunnel.pool = args.pool;
+    config.tunnel.pool_secret = args.pool_secret;
     let inspector = inspect::start(&args.inspect, &shutdown).await;
     config.inspector = inspector.as_ref().map(|(inspector, _)| inspector.clone());
     let Some(session) = connect(&config, &shutdown).await? else {

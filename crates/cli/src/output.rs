@@ -368,6 +368,9 @@ fn tunnel_json(kind: &str, tunnel: &TunnelCreated, server: &Endpoint) -> serde_j
     if let Some(port) = tunnel.remote_port {
         line["remote_port"] = port.into();
     }
+    if tunnel.pool {
+        line["pool"] = true.into();
+    }
     line
 }
 

@@ -176,6 +176,8 @@ fn create_message(config: &ClientConfig, tunnel: &TunnelConfig) -> Message {
         max_body_size: tunnel.max_body_size,
         protocol: tunnel.protocol,
         remote_port: tunnel.remote_port,
+        pool: tunnel.pool,
+        pool_secret: tunnel.pool_secret.clone(),
     });
     Message::text(encode(&create))
 }
@@ -254,6 +256,13 @@ async fn created(
                         return Err(ClientError::Protocol(
                             "the server does not stream bodies, which this client needs: \
                              it is older than the client; update it"
+                                .into(),
+                        ));
+                    }
+                    if specs[tunnels.len()].pool && !tunnel.pool {
+                        return Err(ClientError::Protocol(
+                            "the server does not serve pools (it is older than the client): \
+                             it opened a tunnel of its own instead"
                                 .into(),
                         ));
                     }

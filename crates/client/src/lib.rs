@@ -167,6 +167,11 @@ pub struct TunnelConfig {
     /// For a TCP tunnel: a PROXY protocol header, in this version, before
     /// each connection's bytes to the local service, naming the visitor.
     pub local_proxy_protocol: Option<LocalProxyProtocol>,
+    /// Join the pool serving `subdomain`: several clients of one key (or
+    /// one `pool_secret`) serve one name together.
+    pub pool: bool,
+    /// Without an API key: the secret a pool's members share.
+    pub pool_secret: Option<Secret>,
 }
 
 impl TunnelConfig {
@@ -194,6 +199,8 @@ impl TunnelConfig {
             protocol: TunnelProtocol::Http,
             remote_port: None,
             local_proxy_protocol: None,
+            pool: false,
+            pool_secret: None,
         }
     }
 }

@@ -97,6 +97,7 @@ mod tests {
             max_body_size: None,
             protocol: cryptun_proto::TunnelProtocol::Http,
             remote_port: None,
+            pool: false,
         }
     }
 

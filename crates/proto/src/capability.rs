@@ -36,6 +36,8 @@ pub enum Capability {
     /// `close_tunnel`, answered by `tunnel_closed`, releases a tunnel's
     /// name without holding it (a client stopping on purpose).
     CloseTunnel,
+    /// Several clients serve one name together (`create_tunnel.pool`).
+    Pools,
     /// Reserved for a later change to the reasons old peers could not
     /// ignore: today `cancel` and RESET say why (`timeout`, `visitor_gone`,
     /// `shutdown`) without it, the reason being optional and ignored by
@@ -60,13 +62,14 @@ impl Capability {
     /// Every capability, in the order of the table and of [`Capabilities`]'
     /// bits (append only: the order is not on the wire, but keeping it
     /// keeps the table readable).
-    pub const ALL: [Capability; 6] = [
+    pub const ALL: [Capability; 7] = [
         Capability::BinaryStreams,
         Capability::BinaryHeads,
         Capability::Trailers,
         Capability::RawStreams,
         Capability::CloseTunnel,
         Capability::CancelReason,
+        Capability::Pools,
     ];
 
     /// The name on the wire.
@@ -78,6 +81,7 @@ impl Capability {
             Capability::RawStreams => "raw_streams",
             Capability::CloseTunnel => "close_tunnel",
             Capability::CancelReason => "cancel_reason",
+            Capability::Pools => "pools",
         }
     }
 
@@ -92,7 +96,8 @@ impl Capability {
             Capability::BinaryStreams
             | Capability::CloseTunnel
             | Capability::BinaryHeads
-            | Capability::RawStreams => Status::Current { since: 1 },
+            | Capability::RawStreams
+            | Capability::Pools => Status::Current { since: 1 },
             Capability::Trailers | Capability::CancelReason => Status::Reserved,
         }
     }
@@ -128,6 +133,7 @@ impl Capabilities {
         Capability::BinaryHeads,
         Capability::CloseTunnel,
         Capability::RawStreams,
+        Capability::Pools,
     ]);
 
     /// The set of `list`.

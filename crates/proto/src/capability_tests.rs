@@ -39,7 +39,8 @@ fn the_server_accepts_what_both_speak() {
     let all: Capabilities = Capability::ALL.into_iter().collect();
     let current = heads
         .with(Capability::CloseTunnel)
-        .with(Capability::RawStreams);
+        .with(Capability::RawStreams)
+        .with(Capability::Pools);
     assert_eq!(negotiate(all, Capabilities::SUPPORTED), current);
     // Binary heads and raw streams are binary frames: never without
     // binary streams.

@@ -28,6 +28,9 @@ pub struct TunnelCreated {
     pub protocol: TunnelProtocol,
     /// A TCP tunnel's public port.
     pub remote_port: Option<u16>,
+    /// Whether the tunnel is a member of a pool: one of several clients
+    /// serving its name together.
+    pub pool: bool,
     /// Whether bodies on this session travel as binary frames (the
     /// `binary_streams` capability, accepted).
     pub binary_streams: bool,
@@ -91,6 +94,8 @@ struct Wire {
     protocol: TunnelProtocol,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     remote_port: Option<u16>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pool: bool,
     #[serde(default)]
     binary_streams: bool,
     #[serde(default, skip_serializing_if = "Capabilities::is_empty")]
@@ -113,6 +118,7 @@ impl From<TunnelCreated> for Wire {
             public_url: created.public_url,
             protocol: created.protocol,
             remote_port: created.remote_port,
+            pool: created.pool,
             binary_streams: created.binary_streams,
             request_timeout_ms: created.request_timeout_ms,
             limits: created.limits,
@@ -132,6 +138,7 @@ impl From<Wire> for TunnelCreated {
             public_url: wire.public_url,
             protocol: wire.protocol,
             remote_port: wire.remote_port,
+            pool: wire.pool,
             binary_streams: wire.binary_streams || wire.capabilities.contains(binary),
             capabilities: wire.capabilities.without(binary),
             request_timeout_ms: wire.request_timeout_ms,

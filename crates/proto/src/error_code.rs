@@ -73,14 +73,17 @@ pub enum ErrorCode {
     /// Every port of the server's ranges is in use.
     PortsExhausted,
     /// A TLS passthrough tunnel was asked of a server without an HTTPS
-    /// listener (or of a cluster node, for now), or of a session without
-    /// `raw_streams`.
+    /// listener, or of a session without `raw_streams`.
     TlsDisabled,
+    /// A pool was asked for a name a single tunnel serves, or a single
+    /// tunnel for a pool's name; or a pool's member differs from the pool
+    /// in what it carries.
+    PoolConflict,
 }
 
 impl ErrorCode {
     /// Every code this version sends, in the table's order.
-    pub const ALL: [ErrorCode; 22] = [
+    pub const ALL: [ErrorCode; 23] = [
         ErrorCode::BadMessage,
         ErrorCode::UnknownType,
         ErrorCode::UnsupportedVersion,
@@ -103,6 +106,7 @@ impl ErrorCode {
         ErrorCode::PortUnavailable,
         ErrorCode::PortsExhausted,
         ErrorCode::TlsDisabled,
+        ErrorCode::PoolConflict,
     ];
 
     /// The name on the wire (the `code` of an `error` message).
@@ -130,6 +134,7 @@ impl ErrorCode {
             ErrorCode::PortUnavailable => "port_unavailable",
             ErrorCode::PortsExhausted => "ports_exhausted",
             ErrorCode::TlsDisabled => "tls_disabled",
+            ErrorCode::PoolConflict => "pool_conflict",
         }
     }
 
@@ -156,7 +161,8 @@ impl ErrorCode {
             | ErrorCode::TcpDisabled
             | ErrorCode::PortUnavailable
             | ErrorCode::PortsExhausted
-            | ErrorCode::TlsDisabled => Closes::IfFirst(close_code::POLICY),
+            | ErrorCode::TlsDisabled
+            | ErrorCode::PoolConflict => Closes::IfFirst(close_code::POLICY),
         }
     }
 
@@ -228,15 +234,7 @@ pub struct ReservedCode {
 /// The reserved error codes, in the table's order. Each will refuse a
 /// `create_tunnel`: the connection's first one closes it (1008), a later
 /// one does not.
-pub const RESERVED_ERROR_CODES: &[ReservedCode] = &[
-    // A pool and a non-pooled tunnel (or pools of different owners) asked
-    // for one name.
-    ReservedCode {
-        name: "pool_conflict",
-        closes: Closes::IfFirst(close_code::POLICY),
-        retry_after: false,
-    },
-];
+pub const RESERVED_ERROR_CODES: &[ReservedCode] = &[];
 
 #[cfg(test)]
 mod tests {

@@ -83,6 +83,17 @@ pub struct CreateTunnel {
     /// server picks.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub remote_port: Option<u16>,
+    /// Join the pool serving `subdomain` (or start it): several clients of
+    /// one identity serve one name together, visitors spread over them.
+    /// Needs the `pools` capability accepted and a `subdomain`; on a
+    /// session without an API key, `pool_secret` says who may join.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub pool: bool,
+    /// For a pool on a session without an API key: the secret its members
+    /// share (at least 16 characters); it also takes the name back after
+    /// the last member's disconnect.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pool_secret: Option<Secret>,
     /// The client reads and writes bodies as binary frames with flow control.
     /// Without it, every body travels inline in the JSON messages. The same
     /// as `binary_streams` in `capabilities`, which it predates.

@@ -213,6 +213,8 @@ fn every_message_decodes_as_serde_s_tagged_enum_would_read_it() {
             max_body_size: Some(1000),
             protocol: crate::TunnelProtocol::Tcp,
             remote_port: Some(2222),
+            pool: true,
+            pool_secret: Some(crate::Secret::new("pool-secret-0123456789")),
         }),
         ClientMessage::CreateTunnel(CreateTunnel {
             capabilities: crate::Capabilities::of(&[crate::Capability::BinaryStreams]),
@@ -250,6 +252,7 @@ fn every_message_decodes_as_serde_s_tagged_enum_would_read_it() {
             max_body_size: Some(1000),
             protocol: crate::TunnelProtocol::Http,
             remote_port: None,
+            pool: false,
         }),
         ServerMessage::TunnelCreated(TunnelCreated {
             version: 1,
@@ -264,6 +267,7 @@ fn every_message_decodes_as_serde_s_tagged_enum_would_read_it() {
             max_body_size: None,
             protocol: crate::TunnelProtocol::Tcp,
             remote_port: Some(20022),
+            pool: false,
         }),
         ServerMessage::TunnelClosed {
             tunnel_id: "abc".into(),
@@ -281,6 +285,7 @@ fn every_message_decodes_as_serde_s_tagged_enum_would_read_it() {
             max_body_size: None,
             protocol: crate::TunnelProtocol::Http,
             remote_port: None,
+            pool: false,
         }),
         ServerMessage::Error(ErrorMessage {
             code: ErrorCode::SubdomainHeld,
@@ -449,6 +454,7 @@ fn tunnel_created_states_the_accepted_capabilities_only_when_there_are_some() {
         max_body_size: None,
         protocol: crate::TunnelProtocol::Http,
         remote_port: None,
+        pool: false,
     };
     // What the seed's client gets: exactly the fields it always had.
     let seed: serde_json::Value =

@@ -174,11 +174,16 @@ fn create_tunnel() -> impl Strategy<Value = CreateTunnel> {
             prop::collection::vec(text(), 0..3),
             prop::option::of(any::<u64>()),
         ),
+        (
+            any::<bool>(),
+            prop::option::of(text().prop_map(Secret::new)),
+        ),
     )
         .prop_map(
             |(
                 (version, subdomain, binary_streams, capabilities, request_timeout_ms),
                 (token, reconnect_secret, basic_auth, allow_ips, deny_ips, max_body_size),
+                (pool, pool_secret),
             )| CreateTunnel {
                 version,
                 subdomain,
@@ -193,6 +198,8 @@ fn create_tunnel() -> impl Strategy<Value = CreateTunnel> {
                 max_body_size,
                 protocol: cryptun_proto::TunnelProtocol::Http,
                 remote_port: None,
+                pool,
+                pool_secret,
             },
         )
 }
@@ -252,12 +259,13 @@ fn tunnel_created() -> impl Strategy<Value = TunnelCreated> {
             session_limits(),
             prop::option::of(text().prop_map(Secret::new)),
             prop::option::of(any::<u64>()),
+            any::<bool>(),
         ),
     )
         .prop_map(
             |(
                 (version, tunnel_id, subdomain, public_url, binary_streams),
-                (request_timeout_ms, limits, reconnect_secret, max_body_size),
+                (request_timeout_ms, limits, reconnect_secret, max_body_size, pool),
             )| TunnelCreated {
                 version,
                 tunnel_id,
@@ -271,6 +279,7 @@ fn tunnel_created() -> impl Strategy<Value = TunnelCreated> {
                 max_body_size,
                 protocol: TunnelProtocol::Http,
                 remote_port: None,
+                pool,
             },
         )
         .prop_flat_map(|created| {

@@ -135,6 +135,7 @@ fn the_client_example_loads_and_shows_every_key() {
             &cryptun_client::HostHeader::Rewrite
         );
         assert!(declared[0].sets_host_header && !declared[1].sets_host_header);
+        assert!(declared[1].config.pool && !declared[0].config.pool);
         let dev = &declared[2].config.target;
         assert_eq!(dev.to_string(), "https://localhost:8443");
         let ca = dev.local_tls().and_then(|tls| tls.ca.as_deref());

@@ -13,7 +13,8 @@ use std::time::Duration;
 use anyhow::{Result, anyhow, bail};
 use clap::{ArgMatches, Command, CommandFactory};
 use cryptun_client::{
-    BasicAuth, HostHeader, LocalProxyProtocol, LocalTls, Target, TunnelConfig, TunnelProtocol,
+    BasicAuth, HostHeader, LocalProxyProtocol, LocalTls, Secret, Target, TunnelConfig,
+    TunnelProtocol,
 };
 use toml::de::{DeTable, DeValue};
 
@@ -21,8 +22,10 @@ use super::{ConfigFile, Entry, check, entries, file_arg};
 use crate::Cli;
 
 /// The flags of `cryptun http` a tunnel table may set, besides `target`.
-pub const TUNNEL_KEYS: [&str; 9] = [
+pub const TUNNEL_KEYS: [&str; 11] = [
     "subdomain",
+    "pool",
+    "pool_secret",
     "request_timeout",
     "basic_auth",
     "allow_ips",
@@ -37,7 +40,9 @@ pub const TUNNEL_KEYS: [&str; 9] = [
 const OWN_KEYS: &str = "target, proto, remote_port, local_proxy_protocol";
 
 /// The keys of [`TUNNEL_KEYS`] that only an HTTP tunnel has.
-const HTTP_ONLY: [&str; 6] = [
+const HTTP_ONLY: [&str; 8] = [
+    "pool",
+    "pool_secret",
     "request_timeout",
     "basic_auth",
     "max_body_size",
@@ -252,6 +257,8 @@ fn tunnel(
     for (id, m) in matches {
         match id.as_str() {
             "subdomain" => config.subdomain = m.get_one::<String>(&id).cloned(),
+            "pool" => config.pool = m.get_flag(&id),
+            "pool_secret" => config.pool_secret = m.get_one::<Secret>(&id).cloned(),
             "request_timeout" => config.request_timeout = m.get_one::<Duration>(&id).copied(),
             "basic_auth" => config.basic_auth = m.get_one::<BasicAuth>(&id).cloned(),
             "max_body_size" => config.max_body_size = m.get_one::<u64>(&id).copied(),

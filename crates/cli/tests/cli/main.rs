@@ -17,6 +17,7 @@ mod devservers;
 mod guidance;
 mod keys;
 mod operations;
+mod pools;
 mod restart;
 mod servers;
 mod status;

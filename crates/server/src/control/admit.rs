@@ -73,6 +73,7 @@ impl Admit {
         peer: Peer,
         existing: usize,
     ) -> Result<(Registration, String), Refusal> {
+        self.check_pool(create, accepted, identity)?;
         let terms = self.terms(create, identity, peer, existing).await?;
         match create.protocol {
             TunnelProtocol::Http => {}
@@ -84,9 +85,14 @@ impl Admit {
             Identity::Key { name, .. } => Some(name),
             Identity::Anonymous => None,
         };
+        // A pool's members prove their owner with the pool's secret.
+        let secret = match create.pool {
+            true => create.pool_secret.as_ref(),
+            false => create.reconnect_secret.as_ref(),
+        };
         let claim = Claim {
             key: identity.key_id(),
-            secret: create.reconnect_secret.as_ref(),
+            secret,
         };
         loop {
             let id = cryptun_proto::random_id(10);
@@ -135,6 +141,7 @@ impl Admit {
                 max_body_size: terms.max_body_size,
                 protocol: create.protocol,
                 relay,
+                pool: create.pool,
             };
             match Arc::clone(&self.registry).register(tunnel, claim).await {
                 Ok(registration) => {
@@ -174,6 +181,47 @@ impl Admit {
         };
         self.metrics.refused("tls_disabled");
         Err(Refusal::new(ErrorCode::TlsDisabled, why))
+    }
+
+    /// Whether `create`, if it asks to join a pool, may: on a session that
+    /// speaks `pools`, for a name, of HTTP (for now), and without an API
+    /// key with a pool secret.
+    fn check_pool(
+        &self,
+        create: &CreateTunnel,
+        accepted: Capabilities,
+        identity: &Identity,
+    ) -> Result<(), Refusal> {
+        let bad = |why: &str| Err(Refusal::new(ErrorCode::BadMessage, why));
+        if !create.pool {
+            if create.pool_secret.is_some() {
+                return bad("pool_secret is for a pool's members: send it with \"pool\": true");
+            }
+            return Ok(());
+        }
+        if !accepted.contains(Capability::Pools) {
+            return bad("a pool needs the pools capability");
+        }
+        if create.subdomain.is_none() {
+            return bad("a pool needs a name: its members ask for the same subdomain");
+        }
+        if !create.protocol.is_http() {
+            self.metrics.refused("pool_conflict");
+            return Err(Refusal::new(
+                ErrorCode::PoolConflict,
+                "a pool serves HTTP tunnels (TCP and TLS pools are not there yet)",
+            ));
+        }
+        if identity.key_id().is_some() {
+            return Ok(());
+        }
+        match &create.pool_secret {
+            Some(secret) if is_pool_secret(secret) => Ok(()),
+            Some(_) => bad("a pool secret is 16 to 256 visible ASCII characters"),
+            None => bad(
+                "a pool on a connection without an API key needs a pool_secret its members share (--pool-secret)",
+            ),
+        }
     }
 
     /// Whether a TCP tunnel may be opened on a session that speaks
@@ -275,9 +323,11 @@ impl Admit {
                 return Err(Refusal::backoff(wait));
             }
         }
-        let (owner, secret) = match key {
-            Some(id) => (Owner::Key(id.to_owned()), None),
-            None => {
+        let (owner, secret) = match (key, &create.pool_secret) {
+            (Some(id), _) => (Owner::Key(id.to_owned()), None),
+            // A pool without a key is its secret's (checked before).
+            (None, Some(pool)) if create.pool => (Owner::secret(pool), None),
+            (None, _) => {
                 // A name asked for with a secret keeps it: the client
                 // already has it, and the server's database may still hold
                 // the name for it alone. A new secret here was lost if the
@@ -348,6 +398,16 @@ impl Admit {
                 ErrorCode::SubdomainTaken,
                 format!("the subdomain {name:?} is in use by another tunnel"),
             ),
+            Taken::PoolConflict => {
+                self.metrics.refused("pool_conflict");
+                Refusal::new(
+                    ErrorCode::PoolConflict,
+                    format!(
+                        "the subdomain {name:?} is served the other way: a pool and a single tunnel never share a name, and a pool's members carry one protocol"
+                    ),
+                )
+            }
+            Taken::PoolFull(members) => Refusal::quota("members of one pool", members),
             Taken::Held(HeldBy::Other(left)) => Refusal {
                 retry_after: Some(left),
                 ..Refusal::new(
@@ -411,8 +471,15 @@ impl Admit {
             max_body_size: t.max_body_size,
             protocol: t.protocol,
             remote_port: t.relay.as_ref().and_then(|r| r.port),
+            pool: t.pool,
         }))
     }
+}
+
+/// Whether `secret` may be a pool's: 16 to 256 visible ASCII characters.
+fn is_pool_secret(secret: &Secret) -> bool {
+    let text = secret.expose();
+    (16..=256).contains(&text.len()) && text.bytes().all(|b| b.is_ascii_graphic())
 }
 
 /// The visitor rules `create` asks for.

@@ -24,9 +24,13 @@ pub struct Local {
 }
 
 struct Inner {
-    tunnels: HashMap<String, Arc<Tunnel>>,
+    /// Each live name's tunnel, or a pool's members (never empty).
+    tunnels: HashMap<String, Vec<Arc<Tunnel>>>,
     holds: held::Holds,
 }
+
+/// Most members of one pool.
+pub const MAX_POOL_MEMBERS: usize = 64;
 
 impl Default for Local {
     /// No reconnect grace.
@@ -78,10 +82,17 @@ impl Local {
 
     /// Puts `tunnel` in the map unless its subdomain is live, or held for
     /// another identity than `claim`'s; whoever calls it removes it.
+    ///
+    /// A pool's member joins the live members of its pool: one of the same
+    /// owner carrying the same protocol.
     pub(crate) fn insert(&self, tunnel: Tunnel, claim: Claim<'_>) -> Result<Arc<Tunnel>, Taken> {
         let mut inner = self.write();
-        if inner.tunnels.contains_key(&tunnel.subdomain) {
-            return Err(Taken::Live);
+        if let Some(members) = inner.tunnels.get_mut(&tunnel.subdomain) {
+            joins(members, &tunnel)?;
+            let tunnel = Arc::new(tunnel);
+            members.push(Arc::clone(&tunnel));
+            self.changed();
+            return Ok(tunnel);
         }
         inner
             .holds
@@ -90,19 +101,65 @@ impl Local {
         let tunnel = Arc::new(tunnel);
         inner
             .tunnels
-            .insert(tunnel.subdomain.clone(), Arc::clone(&tunnel));
+            .insert(tunnel.subdomain.clone(), vec![Arc::clone(&tunnel)]);
         self.changed();
         Ok(tunnel)
     }
 }
+
+impl Local {
+    /// The live tunnel `id` of `name` (one member of a pool).
+    pub(crate) fn member(&self, name: &str, id: &str) -> Option<Arc<Tunnel>> {
+        let inner = self.read();
+        inner
+            .tunnels
+            .get(name)?
+            .iter()
+            .find(|t| t.id == id)
+            .cloned()
+    }
+}
+
+/// Whether `tunnel` may join the live `members` of its name: only as a
+/// member of their pool (same owner, same protocol), while it has room.
+fn joins(members: &[Arc<Tunnel>], tunnel: &Tunnel) -> Result<(), Taken> {
+    let first = &members[0];
+    match (first.pool, tunnel.pool) {
+        (true, true) if first.owner != tunnel.owner => Err(Taken::Live),
+        (true, true) if first.protocol != tunnel.protocol => Err(Taken::PoolConflict),
+        (true, true) if members.len() >= MAX_POOL_MEMBERS => Err(Taken::PoolFull(members.len())),
+        (true, true) => Ok(()),
+        (false, false) => Err(Taken::Live),
+        _ => Err(Taken::PoolConflict),
+    }
+}
+
+/// The member of `members` a visitor goes to: of two drawn at random, the
+/// one with fewer requests in flight on its connection (the "power of two
+/// choices": nearly as even as asking every member, at the cost of two).
+pub(crate) fn pick(members: &[Arc<Tunnel>]) -> &Arc<Tunnel> {
+    if members.len() == 1 {
+        return &members[0];
+    }
+    let a = rand::random_range(0..members.len());
+    let b = (a + rand::random_range(1..members.len())) % members.len();
+    let (first, second) = (&members[a], &members[b]);
+    if second.mux.stream_count() < first.mux.stream_count() {
+        second
+    } else {
+        first
+    }
+}
+
+impl Local {}
 
 impl Registry for Local {
     /// Where `subdomain` points: a live tunnel, a name held for
     /// reconnection, or nothing.
     fn lookup(&self, subdomain: &str) -> Lookup {
         let inner = self.read();
-        if let Some(tunnel) = inner.tunnels.get(subdomain) {
-            return Lookup::Live(Arc::clone(tunnel));
+        if let Some(members) = inner.tunnels.get(subdomain) {
+            return Lookup::Live(Arc::clone(pick(members)));
         }
         match inner.holds.remaining(subdomain, Instant::now()) {
             Some(left) => Lookup::Reconnecting(left),
@@ -141,9 +198,9 @@ impl Registry for Local {
         let inner = self.read();
         let mut saved = inner.holds.saved(Instant::now());
         if !self.grace.is_zero() {
-            saved.extend(inner.tunnels.values().map(|tunnel| SavedHold {
-                name: tunnel.subdomain.clone(),
-                owner: tunnel.owner.clone(),
+            saved.extend(inner.tunnels.values().map(|members| SavedHold {
+                name: members[0].subdomain.clone(),
+                owner: members[0].owner.clone(),
                 left: self.grace,
             }));
         }
@@ -165,28 +222,33 @@ impl Registry for Local {
 
     /// Live tunnels, oldest first.
     fn list(&self) -> Vec<Arc<Tunnel>> {
-        let mut all: Vec<_> = self.read().tunnels.values().cloned().collect();
+        let mut all: Vec<_> = self.read().tunnels.values().flatten().cloned().collect();
         all.sort_by_key(|t| t.created_at);
         all
     }
 
     /// Number of live tunnels.
     fn len(&self) -> usize {
-        self.read().tunnels.len()
+        self.read().tunnels.values().map(Vec::len).sum()
     }
 
     fn remove(&self, tunnel: &Arc<Tunnel>, hold: bool) {
         let mut inner = self.write();
         let name = &tunnel.subdomain;
-        if !inner
-            .tunnels
-            .get(name)
-            .is_some_and(|t| Arc::ptr_eq(t, tunnel))
-        {
+        let Some(members) = inner.tunnels.get_mut(name) else {
+            return;
+        };
+        let before = members.len();
+        members.retain(|t| !Arc::ptr_eq(t, tunnel));
+        if members.len() == before {
+            return;
+        }
+        self.changed();
+        // A pool's name is held only once its last member is gone.
+        if !members.is_empty() {
             return;
         }
         inner.tunnels.remove(name);
-        self.changed();
         if hold && !self.grace.is_zero() {
             let now = Instant::now();
             let owner = tunnel.owner.clone();
@@ -235,6 +297,7 @@ mod tests {
             max_body_size: None,
             protocol: cryptun_proto::TunnelProtocol::Http,
             relay: None,
+            pool: false,
         }
     }
 

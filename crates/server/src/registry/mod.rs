@@ -78,6 +78,9 @@ pub struct Tunnel {
     pub protocol: TunnelProtocol,
     /// A TCP tunnel's port and relay; stops the relay when dropped.
     pub relay: Option<crate::ports::relay::Relay>,
+    /// Whether it is a member of a pool: one of several tunnels of one
+    /// owner serving its name together.
+    pub pool: bool,
 }
 
 /// What `/api/tunnels` shows of a tunnel.
@@ -95,6 +98,10 @@ pub struct TunnelInfo {
     /// A TCP tunnel's public port.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub remote_port: Option<u16>,
+    /// Whether it is one member of a pool serving its name (the pool's
+    /// other members are listed beside it, under the same name).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub pool: bool,
     /// The client's address as the server saw it.
     pub client_addr: String,
     /// RFC 3339 creation time.
@@ -135,6 +142,7 @@ impl Tunnel {
             public_url: self.public_url.clone(),
             protocol: self.protocol,
             remote_port: self.relay.as_ref().and_then(|r| r.port),
+            pool: self.pool,
             client_addr: self.client_addr.to_string(),
             created_at: humantime::format_rfc3339_seconds(self.created_at).to_string(),
             request_count: self.requests.load(Ordering::Relaxed),
@@ -251,6 +259,13 @@ pub enum Taken {
     /// unreachable.
     #[error("the cluster's shared store is unreachable")]
     Unavailable,
+    /// A pool was asked for a single tunnel's name, or the other way round,
+    /// or a pool's member differs from it in what it carries.
+    #[error("the subdomain is served the other way (pooled or not), or carries another protocol")]
+    PoolConflict,
+    /// The pool has as many members as it may.
+    #[error("the pool has {0} members, as many as it may")]
+    PoolFull(usize),
 }
 
 /// A future a registry returns, boxed so that the trait stays usable as

@@ -47,6 +47,7 @@ mod names;
 mod netns;
 mod observability;
 mod passthrough;
+mod pools;
 mod protocol;
 mod proxy_protocol;
 mod quotas;

@@ -8,8 +8,10 @@ use std::time::Instant;
 
 use tracing::debug;
 
+use std::sync::Arc;
+
 use super::{Clustered, MAX_CACHED, lock};
-use crate::cluster::shared::Found;
+use crate::cluster::shared::Found as Shared;
 use crate::registry::{Lookup, Registry, Remote};
 
 impl Clustered {
@@ -26,9 +28,9 @@ impl Clustered {
     pub(super) fn cached(&self, name: &str) -> Option<Lookup> {
         let now = Instant::now();
         let cache = lock(&self.cache);
-        if let Some((remote, until)) = cache.routes.get(name) {
+        if let Some((remotes, until)) = cache.routes.get(name) {
             if now < *until {
-                return Some(Lookup::Remote(remote.clone()));
+                return Some(Lookup::Remote(spread(remotes)));
             }
         }
         if let Some(until) = cache.held.get(name) {
@@ -42,27 +44,27 @@ impl Clustered {
         None
     }
 
-    pub(super) fn remember(&self, name: &str, found: &Lookup) {
+    pub(super) fn remember(&self, name: &str, found: &Found) {
         let now = Instant::now();
         let mut cache = lock(&self.cache);
         let bounded = |map_len: usize| map_len >= MAX_CACHED;
         match found {
-            Lookup::Remote(remote) => {
+            Found::Remote(remotes) => {
                 if bounded(cache.routes.len()) {
                     cache.routes.clear();
                 }
                 cache
                     .routes
-                    .insert(name.to_owned(), (remote.clone(), now + self.route_ttl));
+                    .insert(name.to_owned(), (Arc::clone(remotes), now + self.route_ttl));
             }
-            Lookup::Reconnecting(left) => {
+            Found::Other(Lookup::Reconnecting(left)) => {
                 if bounded(cache.held.len()) {
                     cache.held.clear();
                 }
                 let ttl = (*left).min(self.negative_ttl);
                 cache.held.insert(name.to_owned(), now + ttl);
             }
-            Lookup::Free => {
+            Found::Other(Lookup::Free) => {
                 if bounded(cache.unknown.len()) {
                     cache.unknown.clear();
                 }
@@ -76,7 +78,7 @@ impl Clustered {
 
     pub(super) async fn find(&self, name: &str) -> Lookup {
         if let Lookup::Live(tunnel) = self.local.lookup(name) {
-            if self.trusted(name) {
+            if self.trusted(name, &tunnel.id) {
                 return Lookup::Live(tunnel);
             }
             if let Some(tunnel) = self.confirm(name, tunnel).await {
@@ -99,28 +101,34 @@ impl Clustered {
 
     /// A route to `name` cached before, however old.
     pub(super) fn stale(&self, name: &str) -> Option<Remote> {
-        lock(&self.cache).routes.get(name).map(|(r, _)| r.clone())
+        lock(&self.cache).routes.get(name).map(|(r, _)| spread(r))
     }
 
     /// Asks Redis where `name` is, and remembers the answer.
     pub(super) async fn ask(&self, name: &str) -> Lookup {
         self.metrics.store_lookups.inc();
         let found = match self.shared.resolve(name).await {
-            Ok(Found::Members(members)) => {
-                // One member today; a pool would pick among them.
-                match members.into_iter().find(|m| m.node != self.node.name) {
-                    Some(member) => Lookup::Remote(Remote {
+            Ok(Shared::Members(members)) => {
+                // Members on other nodes (a pool's: each visitor goes to
+                // one of them).
+                let remotes: Vec<Remote> = members
+                    .into_iter()
+                    .filter(|m| m.node != self.node.name)
+                    .map(|member| Remote {
                         node: member.node,
                         hop: member.hop,
                         protocol: member.protocol,
-                    }),
+                    })
+                    .collect();
+                match remotes.is_empty() {
+                    false => Found::Remote(remotes.into()),
                     // Ours by name but not by token: a claim this process
                     // does not have (a previous run's, lapsing).
-                    None => Lookup::Reconnecting(self.lease),
+                    true => Found::Other(Lookup::Reconnecting(self.lease)),
                 }
             }
-            Ok(Found::Held(left)) => Lookup::Reconnecting(left),
-            Ok(Found::Free) => Lookup::Free,
+            Ok(Shared::Held(left)) => Found::Other(Lookup::Reconnecting(left)),
+            Ok(Shared::Free) => Found::Other(Lookup::Free),
             Err(err) => {
                 debug!(%err, subdomain = %name, "could not resolve a name");
                 // Redis away: a route known before still serves (its node
@@ -129,6 +137,22 @@ impl Clustered {
             }
         };
         self.remember(name, &found);
-        found
+        match found {
+            Found::Remote(remotes) => Lookup::Remote(spread(&remotes)),
+            Found::Other(lookup) => lookup,
+        }
     }
+}
+
+/// What Redis said of a name, as the cache keeps it.
+pub(super) enum Found {
+    /// Its members on other nodes.
+    Remote(Arc<[Remote]>),
+    /// Anything else.
+    Other(Lookup),
+}
+
+/// The member of `remotes` (never empty) a visitor goes to: one at random.
+fn spread(remotes: &[Remote]) -> Remote {
+    remotes[rand::random_range(0..remotes.len())].clone()
 }

@@ -8,7 +8,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, warn};
 
-use super::{Clustered, Release, lock, read, write};
+use super::{Clustered, Release, lock, read};
 use crate::cluster::shared::{Entry, Renewed};
 
 impl Clustered {
@@ -16,6 +16,7 @@ impl Clustered {
     pub(super) async fn renew_all(&self) {
         let entries: Vec<Entry> = read(&self.mine)
             .values()
+            .flatten()
             .map(|mine| mine.entry.clone())
             .collect();
         let asked = Instant::now();
@@ -47,11 +48,7 @@ impl Clustered {
             match renewed {
                 Renewed::Yes | Renewed::Reasserted => {
                     reasserted += usize::from(renewed == Renewed::Reasserted);
-                    if let Some(mine) = write(&self.mine).get_mut(&entry.name) {
-                        if mine.entry.token == entry.token {
-                            mine.until = asked + self.lease;
-                        }
-                    }
+                    self.renewed(&entry.name, &entry.token, asked);
                 }
                 Renewed::Lost => self.lost(&entry.name, &entry.token),
             }

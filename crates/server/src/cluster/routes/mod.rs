@@ -65,8 +65,8 @@ pub struct Clustered {
     grace: Duration,
     route_ttl: Duration,
     negative_ttl: Duration,
-    /// This node's claims, by name.
-    mine: RwLock<HashMap<String, Mine>>,
+    /// This node's claims, by name (a pool's members here, one each).
+    mine: RwLock<HashMap<String, Vec<Mine>>>,
     /// Other nodes' names, and names found nowhere, as Redis last said.
     cache: Mutex<Cache>,
     releases: mpsc::Sender<Release>,
@@ -94,7 +94,8 @@ struct Mine {
 
 #[derive(Default)]
 struct Cache {
-    routes: HashMap<String, (Remote, Instant)>,
+    /// A name's members on other nodes (several for a pool).
+    routes: HashMap<String, (Arc<[Remote]>, Instant)>,
     held: HashMap<String, Instant>,
     unknown: HashMap<String, Instant>,
 }
@@ -159,36 +160,50 @@ impl Clustered {
         let cache = lock(&self.cache);
         View {
             store_up: self.shared.is_up(),
-            owned: read(&self.mine).len(),
+            owned: read(&self.mine).values().map(Vec::len).sum(),
             routes: cache.routes.len(),
             unknown: cache.unknown.len(),
         }
     }
 
-    /// Whether this node's claim on `name` was renewed recently enough to
-    /// serve it without asking.
-    fn trusted(&self, name: &str) -> bool {
-        read(&self.mine)
-            .get(name)
-            .is_some_and(|mine| Instant::now() < mine.until)
+    /// Whether this node's claim for tunnel `id` on `name` was renewed
+    /// recently enough to serve it without asking.
+    fn trusted(&self, name: &str, id: &str) -> bool {
+        read(&self.mine).get(name).is_some_and(|all| {
+            all.iter()
+                .any(|mine| mine.tunnel_id == id && Instant::now() < mine.until)
+        })
+    }
+
+    /// Takes off this node's claim on `name` that `is` picks.
+    fn take_mine(&self, name: &str, is: impl Fn(&Mine) -> bool) -> Option<Mine> {
+        let mut all = write(&self.mine);
+        let members = all.get_mut(name)?;
+        let mine = members.remove(members.iter().position(is)?);
+        if members.is_empty() {
+            all.remove(name);
+        }
+        Some(mine)
+    }
+
+    /// Notes that claim `token` on `name` was renewed when `asked`.
+    fn renewed(&self, name: &str, token: &str, asked: Instant) {
+        if let Some(all) = write(&self.mine).get_mut(name) {
+            for mine in all.iter_mut().filter(|mine| mine.entry.token == token) {
+                mine.until = asked + self.lease;
+            }
+        }
     }
 
     /// Drops this node's tunnel for `name` (its claim went to another):
     /// visitors are no longer served from it. Its session ends when its
     /// client, gone elsewhere, stops answering.
     fn lost(&self, name: &str, token: &str) {
-        let mine = {
-            let mut all = write(&self.mine);
-            match all.get(name) {
-                Some(mine) if mine.entry.token == token => all.remove(name),
-                _ => None,
-            }
+        let Some(mine) = self.take_mine(name, |mine| mine.entry.token == token) else {
+            return;
         };
-        let Some(mine) = mine else { return };
-        if let Lookup::Live(tunnel) = self.local.lookup(name) {
-            if tunnel.id == mine.tunnel_id {
-                self.local.remove(&tunnel, false);
-            }
+        if let Some(tunnel) = self.local.member(name, &mine.tunnel_id) {
+            self.local.remove(&tunnel, false);
         }
         self.forget(name);
         self.metrics.names_lost.inc();
@@ -199,7 +214,11 @@ impl Clustered {
     /// this node's: renewed, it is served; taken, it is dropped; Redis
     /// unreachable, the live session is served.
     async fn confirm(&self, name: &str, tunnel: Arc<Tunnel>) -> Option<Arc<Tunnel>> {
-        let entry = read(&self.mine).get(name).map(|mine| mine.entry.clone())?;
+        let entry = read(&self.mine)
+            .get(name)?
+            .iter()
+            .find(|mine| mine.tunnel_id == tunnel.id)
+            .map(|mine| mine.entry.clone())?;
         let asked = Instant::now();
         match self
             .shared
@@ -208,11 +227,7 @@ impl Clustered {
             .map(|r| r.first().copied())
         {
             Ok(Some(Renewed::Yes | Renewed::Reasserted)) | Err(_) => {
-                if let Some(mine) = write(&self.mine).get_mut(name) {
-                    if mine.entry.token == entry.token {
-                        mine.until = asked + self.lease;
-                    }
-                }
+                self.renewed(name, &entry.token, asked);
                 Some(tunnel)
             }
             Ok(_) => {
@@ -236,6 +251,7 @@ impl Clustered {
                 "{} {} {} {}",
                 self.node.name, self.node.hop, tunnel.id, tunnel.protocol
             ),
+            pool: tunnel.pool,
         };
         let [key, secret] = claim.codes();
         let proofs = [key.as_str(), secret.as_str()];
@@ -248,6 +264,7 @@ impl Clustered {
             Ok(Claimed::Live(_)) => Err(Taken::Live),
             Ok(Claimed::Held(left)) => Err(Taken::Held(HeldBy::Other(left))),
             Ok(Claimed::WrongSecret(left)) => Err(Taken::Held(HeldBy::WrongSecret(left))),
+            Ok(Claimed::PoolConflict) => Err(Taken::PoolConflict),
             Err(err) => {
                 debug!(%err, "could not claim a name");
                 Err(Taken::Unavailable)
@@ -259,7 +276,7 @@ impl Clustered {
 impl Registry for Clustered {
     fn lookup(&self, name: &str) -> Lookup {
         if let Lookup::Live(tunnel) = self.local.lookup(name) {
-            if self.trusted(name) {
+            if self.trusted(name, &tunnel.id) {
                 return Lookup::Live(tunnel);
             }
             return Lookup::Ask;
@@ -277,7 +294,9 @@ impl Registry for Clustered {
         claim: Claim<'a>,
     ) -> BoxFuture<'a, Result<Registration, Taken>> {
         Box::pin(async move {
-            if matches!(self.local.lookup(&tunnel.subdomain), Lookup::Live(_)) {
+            // A pool's member may join members here; else a name live
+            // here is taken (Redis would say so too, after a round trip).
+            if !tunnel.pool && matches!(self.local.lookup(&tunnel.subdomain), Lookup::Live(_)) {
                 return Err(Taken::Live);
             }
             let asked = Instant::now();
@@ -297,14 +316,14 @@ impl Registry for Clustered {
                     return Err(taken);
                 }
             };
-            write(&self.mine).insert(
-                name.clone(),
-                Mine {
+            write(&self.mine)
+                .entry(name.clone())
+                .or_default()
+                .push(Mine {
                     entry,
                     tunnel_id,
                     until: asked + self.lease,
-                },
-            );
+                });
             self.forget(&name);
             let registry: Arc<dyn Registry> = self;
             Ok(Registration::new(registry, tunnel))
@@ -327,13 +346,7 @@ impl Registry for Clustered {
 
     fn remove(&self, tunnel: &Arc<Tunnel>, hold: bool) {
         self.local.remove(tunnel, false);
-        let mine = {
-            let mut all = write(&self.mine);
-            match all.get(&tunnel.subdomain) {
-                Some(mine) if mine.tunnel_id == tunnel.id => all.remove(&tunnel.subdomain),
-                _ => None,
-            }
-        };
+        let mine = self.take_mine(&tunnel.subdomain, |mine| mine.tunnel_id == tunnel.id);
         if let Some(mine) = mine {
             let _ = self.releases.try_send(Release {
                 name: mine.entry.name,

@@ -9,11 +9,11 @@
 //!   SHA-256 of the reconnect secret, hex);
 //! - `epoch`: the claim's number, from the cluster-wide counter
 //!   `cryptun:1:epoch` (later claims have larger ones);
+//! - `pool`: `1` if the name is served by a pool;
 //! - one `m:TOKEN` field per member: `LEASE_UNTIL NODE HOP_ADDR TUNNEL_ID
 //!   PROTOCOL`, the lease in Redis's own milliseconds, the protocol `http`,
 //!   `tcp` or `tls` (a record without one, of an earlier version, is
-//!   `http`). One member today; a pool of
-//!   members behind one name adds fields, not a new layout.
+//!   `http`). A pool has one per member.
 //!
 //! The key expires `lease + grace` after its last renewal: once every
 //! member's lease has lapsed, what is left is the reconnect hold, for the
@@ -74,6 +74,9 @@ pub enum Claimed {
     Held(Duration),
     /// Held for a reconnect secret other than the one offered.
     WrongSecret(Duration),
+    /// Live as a pool while a single tunnel is asked for, or the other way
+    /// round.
+    PoolConflict,
 }
 
 /// What renewing a member's lease found.
@@ -127,6 +130,8 @@ pub struct Entry {
     pub epoch: u64,
     /// `NODE HOP_ADDR TUNNEL_ID PROTOCOL`.
     pub member: String,
+    /// Whether it is a pool's member.
+    pub pool: bool,
 }
 
 /// The connection, to a single Redis or to a Redis Cluster.
@@ -298,7 +303,8 @@ impl Shared {
                     .arg(&entry.member)
                     .arg(entry.epoch)
                     .arg(millis(lease))
-                    .arg(millis(grace));
+                    .arg(millis(grace))
+                    .arg(if entry.pool { "1" } else { "0" });
                 async move { Ok(call.invoke_async(&mut conn).await?) }
             })
             .await?;
@@ -308,6 +314,7 @@ impl Shared {
             "live" => Claimed::Live(left),
             "held" => Claimed::Held(left),
             "wrong_secret" => Claimed::WrongSecret(left),
+            "pool_conflict" => Claimed::PoolConflict,
             other => return Err(SharedError::Unexpected(other.into())),
         })
     }
@@ -331,7 +338,8 @@ impl Shared {
                         .arg(millis(grace))
                         .arg(&entry.owner)
                         .arg(entry.epoch)
-                        .arg(&entry.member);
+                        .arg(&entry.member)
+                        .arg(if entry.pool { "1" } else { "0" });
                     async move {
                         let kind: String = call.invoke_async(&mut conn).await?;
                         Ok::<_, SharedError>(match kind.as_str() {

@@ -62,37 +62,53 @@ pub(super) fn parse_found(reply: &[String]) -> Result<Found, SharedError> {
 }
 
 // KEYS[1] route; ARGV: proof_key, proof_secret, owner, token, member,
-// epoch, lease_ms, grace_ms. Same owner (either proof) takes the name over,
-// live member or not; anyone else only when no lease is live and no hold.
+// epoch, lease_ms, grace_ms, pool ('1' or '0'). Same owner (either proof)
+// takes the name over, live member or not; anyone else only when no lease
+// is live and no hold. A pool's member (same owner) joins its live members
+// instead; a pool and a single tunnel never share a name while either is
+// live ('pool_conflict').
 const CLAIM: &str = r"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local function lease_of(v) return tonumber(string.match(v, '^(%d+)')) end
+local lease = tonumber(ARGV[7])
+local asking = ARGV[9] == '1'
 local owner = redis.call('HGET', KEYS[1], 'owner')
 if owner then
+  local live = nil
+  local all = redis.call('HGETALL', KEYS[1])
+  for i = 1, #all, 2 do
+    if string.sub(all[i], 1, 2) == 'm:' then
+      local until_ms = lease_of(all[i + 1])
+      if until_ms and until_ms > now then live = math.max(live or 0, until_ms - now) end
+    end
+  end
+  local pooled = redis.call('HGET', KEYS[1], 'pool') == '1'
+  if live and pooled ~= asking then return {'pool_conflict', live} end
   local same = (ARGV[1] ~= '' and owner == ARGV[1]) or (ARGV[2] ~= '' and owner == ARGV[2])
   if not same then
-    local all = redis.call('HGETALL', KEYS[1])
-    for i = 1, #all, 2 do
-      if string.sub(all[i], 1, 2) == 'm:' then
-        local lease = lease_of(all[i + 1])
-        if lease and lease > now then return {'live', lease - now} end
-      end
-    end
+    if live then return {'live', live} end
     local left = redis.call('PTTL', KEYS[1])
     if left < 0 then left = 0 end
     if string.sub(owner, 1, 2) == 's:' and ARGV[2] ~= '' then return {'wrong_secret', left} end
     return {'held', left}
   end
+  if live and asking then
+    redis.call('HSET', KEYS[1], 'm:' .. ARGV[4], (now + lease) .. ' ' .. ARGV[5])
+    redis.call('PEXPIRE', KEYS[1], lease + tonumber(ARGV[8]))
+    return {'ok', 0}
+  end
 end
-local lease = tonumber(ARGV[7])
 redis.call('DEL', KEYS[1])
 redis.call('HSET', KEYS[1], 'owner', ARGV[3], 'epoch', ARGV[6], 'm:' .. ARGV[4], (now + lease) .. ' ' .. ARGV[5])
+if asking then redis.call('HSET', KEYS[1], 'pool', '1') end
 redis.call('PEXPIRE', KEYS[1], lease + tonumber(ARGV[8]))
 return {'ok', 0}
 ";
 
-// KEYS[1] route; ARGV: token, lease_ms, grace_ms, owner, epoch, member.
+// KEYS[1] route; ARGV: token, lease_ms, grace_ms, owner, epoch, member,
+// pool ('1' or '0'). A pool's member missing from its pool's record (of
+// the same owner) is written back into it.
 const RENEW: &str = r"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -103,8 +119,14 @@ if redis.call('HEXISTS', KEYS[1], field) == 1 then
   redis.call('PEXPIRE', KEYS[1], lease + tonumber(ARGV[3]))
   return 'ok'
 end
-if redis.call('EXISTS', KEYS[1]) == 1 then return 'lost' end
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  local pooled = redis.call('HGET', KEYS[1], 'pool') == '1'
+  if not (pooled and ARGV[7] == '1' and redis.call('HGET', KEYS[1], 'owner') == ARGV[4]) then
+    return 'lost'
+  end
+end
 redis.call('HSET', KEYS[1], 'owner', ARGV[4], 'epoch', ARGV[5], field, (now + lease) .. ' ' .. ARGV[6])
+if ARGV[7] == '1' then redis.call('HSET', KEYS[1], 'pool', '1') end
 redis.call('PEXPIRE', KEYS[1], lease + tonumber(ARGV[3]))
 return 'reasserted'
 ";

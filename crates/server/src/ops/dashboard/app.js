@@ -244,6 +244,8 @@ function buildTunnel(t) {
   link.rel = "noopener noreferrer";
   link.title = t.public_url;
   c.subdomain.append(link);
+  // A pool's members each have a row, under the same name.
+  if (t.pool) c.subdomain.append(" ", el("span", "pool", "pool"));
   for (const n of ["requests", "rate", "inflight", "e4xx", "e5xx", "gateway", "bytes"]) c[n].classList.add("num");
   return tr;
 }

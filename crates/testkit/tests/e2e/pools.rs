@@ -1,0 +1,248 @@
+//! Pools (`cryptun http --pool`): several clients of one owner (one API
+//! key, or one `--pool-secret`) serve one name together. Visitors are
+//! spread over the members; a member that goes is taken out at once and
+//! only its requests in flight fail; the last one's going holds the name
+//! for the pool; a pool and a single tunnel never share a name; strangers
+//! cannot join. In a cluster, members on two nodes are reached through a
+//! third.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use cryptun_client::{ClientConfig, ClientError, Secret};
+use cryptun_proto::ErrorCode;
+use cryptun_testkit::{Origin, TestClient, TestRedis, TestServer, Visitor, within};
+
+const SECRET: &str = "pool-secret-0123456789";
+
+/// Makes `config` a member of the pool `name` with `secret`.
+fn member(name: &str, secret: &str) -> impl FnOnce(&mut ClientConfig) {
+    let (name, secret) = (name.to_owned(), secret.to_owned());
+    move |config| {
+        config.tunnel.subdomain = Some(name);
+        config.tunnel.pool = true;
+        config.tunnel.pool_secret = Some(Secret::new(secret));
+    }
+}
+
+/// A member of pool `name` on `server`, serving `origin`.
+async fn join(server: &TestServer, origin: &Origin, name: &str) -> TestClient {
+    TestClient::start_with(server, &origin.target(), member(name, SECRET))
+        .await
+        .unwrap()
+}
+
+/// The refusal `server` gives a client `adjust`ed so.
+async fn refused(
+    server: &TestServer,
+    adjust: impl FnOnce(&mut ClientConfig),
+) -> (ErrorCode, String) {
+    let origin = Origin::start().await;
+    match TestClient::start_with(server, &origin.target(), adjust).await {
+        Err(ClientError::Refused { code, message }) => (code, message),
+        Err(ClientError::Held { message, .. }) => (ErrorCode::SubdomainHeld, message),
+        Err(err) => panic!("refused otherwise: {err}"),
+        Ok(client) => panic!("admitted as {}", client.tunnel.public_url),
+    }
+}
+
+/// `count` GETs of `/echo` at `host` through `addr`, `workers` at a time;
+/// the statuses in order of completion.
+async fn load(addr: std::net::SocketAddr, host: &str, count: usize, workers: usize) -> Vec<u16> {
+    let next = Arc::new(AtomicUsize::new(0));
+    let each: Vec<_> = (0..workers)
+        .map(|_| {
+            let (next, host) = (Arc::clone(&next), host.to_owned());
+            tokio::spawn(async move {
+                let visitor = Visitor::new(addr);
+                let mut statuses = Vec::new();
+                while next.fetch_add(1, Ordering::Relaxed) < count {
+                    let reply = within("a request to the pool", visitor.get(&host, "/echo")).await;
+                    statuses.push(reply.status.as_u16());
+                }
+                statuses
+            })
+        })
+        .collect();
+    let mut statuses = Vec::new();
+    for worker in each {
+        statuses.extend(worker.await.unwrap());
+    }
+    statuses
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn visitors_are_spread_over_the_members_and_a_member_lost_costs_only_its_requests() {
+    let server = TestServer::start().await;
+    let (one, two) = (Origin::start().await, Origin::start().await);
+    let first = join(&server, &one, "shared").await;
+    let second = join(&server, &two, "shared").await;
+    assert!(first.tunnel.pool && second.tunnel.pool);
+    assert_eq!(first.tunnel.public_url, second.tunnel.public_url);
+    let host = server.host_of("shared");
+
+    // A thousand requests, each answered by one member's local service.
+    let statuses = load(server.addr, &host, 1000, 8).await;
+    assert!(statuses.iter().all(|&s| s == 200), "{statuses:?}");
+    let (a, b) = (one.requests(), two.requests());
+    assert_eq!(a + b, 1000);
+    for share in [a, b] {
+        assert!((350..=650).contains(&share), "shares {a} / {b}");
+    }
+
+    // One member killed mid-load: only requests it had in flight fail
+    // (502), none hangs, and the rest go to the other member.
+    let (addr, again) = (server.addr, host.clone());
+    let loading = tokio::spawn(async move { load(addr, &again, 600, 8).await });
+    while one.requests() + two.requests() < 1200 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    second.kill().await;
+    let statuses = loading.await.unwrap();
+    assert_eq!(statuses.len(), 600);
+    let failed: Vec<u16> = statuses.iter().copied().filter(|&s| s != 200).collect();
+    assert!(failed.len() <= 8, "{failed:?}");
+    assert!(failed.iter().all(|&s| s == 502), "{failed:?}");
+    let before = two.requests();
+    let statuses = load(server.addr, &host, 100, 4).await;
+    assert!(statuses.iter().all(|&s| s == 200), "{statuses:?}");
+    assert_eq!(two.requests(), before, "nothing goes to the member lost");
+    drop(first);
+}
+
+#[tokio::test]
+async fn a_pool_and_a_single_tunnel_never_share_a_name() {
+    let server = TestServer::start().await;
+    let origin = Origin::start().await;
+    let _single = TestClient::start_with(&server, &origin.target(), |c| {
+        c.tunnel.subdomain = Some("alone".into());
+    })
+    .await
+    .unwrap();
+    let (code, message) = refused(&server, member("alone", SECRET)).await;
+    assert_eq!(code, ErrorCode::PoolConflict, "{message}");
+    let _pool = join(&server, &origin, "together").await;
+    let (code, message) = refused(&server, |c| c.tunnel.subdomain = Some("together".into())).await;
+    assert_eq!(code, ErrorCode::PoolConflict, "{message}");
+}
+
+#[tokio::test]
+async fn only_the_pools_owner_joins_it() {
+    let server = TestServer::start().await;
+    let origin = Origin::start().await;
+    let _pool = join(&server, &origin, "ours").await;
+    // Another secret is another owner: the name is taken.
+    let (code, message) = refused(&server, member("ours", "another-secret-0123456789")).await;
+    assert_eq!(code, ErrorCode::SubdomainTaken, "{message}");
+    // Without a key a pool needs a secret, of some length, and a name.
+    let (code, message) = refused(&server, |c| {
+        c.tunnel.subdomain = Some("ours".into());
+        c.tunnel.pool = true;
+    })
+    .await;
+    assert_eq!(code, ErrorCode::BadMessage);
+    assert!(message.contains("pool_secret"), "{message}");
+    let (code, message) = refused(&server, member("ours", "short")).await;
+    assert_eq!(code, ErrorCode::BadMessage);
+    assert!(message.contains("16"), "{message}");
+    let (code, message) = refused(&server, |c| {
+        c.tunnel.pool = true;
+        c.tunnel.pool_secret = Some(Secret::new(SECRET));
+    })
+    .await;
+    assert_eq!(code, ErrorCode::BadMessage);
+    assert!(message.contains("name"), "{message}");
+}
+
+#[tokio::test]
+async fn the_last_member_gone_holds_the_name_for_the_pool() {
+    let server = TestServer::start().await;
+    let origin = Origin::start().await;
+    let first = join(&server, &origin, "kept").await;
+    let second = join(&server, &origin, "kept").await;
+    let host = server.host_of("kept");
+    let visitor = Visitor::new(server.addr);
+    // One gone: the name still serves.
+    first.kill().await;
+    cryptun_testkit::raw::eventually(
+        cryptun_testkit::raw::WAIT,
+        "served by the other",
+        || async { visitor.get(&host, "/echo").await.status == 200 },
+    )
+    .await;
+    for _ in 0..20 {
+        assert_eq!(visitor.get(&host, "/echo").await.status, 200);
+    }
+    // The last gone: held for the pool (503 while it reconnects), refused
+    // to others, given back to a member.
+    second.kill().await;
+    cryptun_testkit::raw::eventually(cryptun_testkit::raw::WAIT, "held", || async {
+        visitor.get(&host, "/echo").await.status == 503
+    })
+    .await;
+    let (code, message) = refused(&server, |c| c.tunnel.subdomain = Some("kept".into())).await;
+    assert_eq!(code, ErrorCode::SubdomainHeld, "{message}");
+    let (code, message) = refused(&server, member("kept", "another-secret-0123456789")).await;
+    assert_eq!(code, ErrorCode::Unauthorized, "{message}");
+    let _back = join(&server, &origin, "kept").await;
+    assert_eq!(visitor.get(&host, "/echo").await.status, 200);
+}
+
+#[tokio::test]
+async fn the_admin_api_lists_each_member() {
+    let server = TestServer::start().await;
+    let origin = Origin::start().await;
+    let first = join(&server, &origin, "listed").await;
+    let second = join(&server, &origin, "listed").await;
+    let reply = Visitor::new(server.addr).admin_get("/api/tunnels").await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    let listed: serde_json::Value = serde_json::from_slice(&reply.body).unwrap();
+    let members: Vec<&serde_json::Value> = listed
+        .as_array()
+        .expect("an array of tunnels")
+        .iter()
+        .filter(|t| t["subdomain"] == "listed")
+        .collect();
+    assert_eq!(members.len(), 2, "{listed}");
+    assert!(members.iter().all(|m| m["pool"] == true), "{listed}");
+    let mut ids: Vec<&str> = members
+        .iter()
+        .map(|m| m["tunnel_id"].as_str().unwrap())
+        .collect();
+    ids.sort_unstable();
+    let mut expected = [
+        first.tunnel.tunnel_id.as_str(),
+        second.tunnel.tunnel_id.as_str(),
+    ];
+    expected.sort_unstable();
+    assert_eq!(ids, expected);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_pool_with_members_on_two_nodes_is_served_through_a_third() {
+    let redis = TestRedis::start();
+    let mut nodes = Vec::new();
+    for name in ["a", "b", "c"] {
+        nodes.push(TestServer::start_with(TestServer::cluster_config(&redis.url(), name)).await);
+    }
+    let (one, two) = (Origin::start().await, Origin::start().await);
+    let _first = join(&nodes[0], &one, "spread").await;
+    let _second = join(&nodes[1], &two, "spread").await;
+    // A single tunnel cannot have the name on any node.
+    let (code, message) = refused(&nodes[2], |c| c.tunnel.subdomain = Some("spread".into())).await;
+    assert_eq!(code, ErrorCode::PoolConflict, "{message}");
+    let host = nodes[2].host_of("spread");
+    let statuses = load(nodes[2].addr, &host, 400, 8).await;
+    assert!(statuses.iter().all(|&s| s == 200), "{statuses:?}");
+    let (a, b) = (one.requests(), two.requests());
+    assert_eq!(a + b, 400);
+    for share in [a, b] {
+        assert!((120..=280).contains(&share), "shares {a} / {b}");
+    }
+    // Each member's node serves the pool from its own member.
+    let before = (one.requests(), two.requests());
+    load(nodes[0].addr, &nodes[0].host_of("spread"), 20, 2).await;
+    assert_eq!(one.requests(), before.0 + 20);
+    assert_eq!(two.requests(), before.1);
+}
