@@ -152,14 +152,61 @@ pub fn free_port() -> u16 {
 
 /// Waits, within ten seconds, for Redis at `addr` to answer PING.
 fn wait_ready(addr: SocketAddr) {
-    let deadline = Instant::now() + Duration::from_secs(10);
+    if !ready_within(addr, Duration::from_secs(10)) {
+        panic!("redis-server did not answer on {addr} within 10 s");
+    }
+}
+
+/// Whether Redis at `addr` answers PING within `limit`.
+fn ready_within(addr: SocketAddr, limit: Duration) -> bool {
+    let deadline = Instant::now() + limit;
     while Instant::now() < deadline {
         if try_command(addr, &["PING"]).is_some_and(|r| r.contains("PONG")) {
-            return;
+            return true;
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-    panic!("redis-server did not answer on {addr} within 10 s");
+    false
+}
+
+/// One `redis-server --cluster-enabled yes`, on a port whose cluster bus
+/// port (10000 above) is free too. Another process may take either port
+/// between the choice and the start (Redis then exits): tried again on
+/// other ports, a few times.
+fn cluster_shard() -> TestRedis {
+    for _ in 0..5 {
+        let port = loop {
+            let port = free_port();
+            let bus = port.checked_add(10_000).filter(|_| port < 55_000);
+            if bus.is_some_and(|bus| TcpListener::bind(("127.0.0.1", bus)).is_ok()) {
+                break port;
+            }
+        };
+        let dir = TempDir::new();
+        std::fs::create_dir_all(&dir.path).unwrap();
+        let mut shard = TestRedis {
+            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+            child: None,
+            dir,
+            aof: false,
+        };
+        let child = Command::new("redis-server")
+            .args(["--port", &port.to_string()])
+            .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .args(["--protected-mode", "no", "--cluster-enabled", "yes"])
+            .args(["--cluster-config-file", "nodes.conf"])
+            .arg("--dir")
+            .arg(&shard.dir.path)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server runs (apt-get install redis-server)");
+        shard.child = Some(child);
+        if ready_within(shard.addr, Duration::from_secs(10)) {
+            return shard;
+        }
+    }
+    panic!("no redis-server of the cluster answered, on five ports");
 }
 
 /// One command over a fresh connection (RESP), its raw reply.
@@ -190,33 +237,7 @@ impl TestRedisCluster {
     /// Starts three `redis-server --cluster-enabled yes` and joins them
     /// with `redis-cli --cluster create`; waits until the cluster is ok.
     pub fn start() -> Self {
-        let shards: Vec<TestRedis> = (0..3)
-            .map(|_| {
-                let port = free_port();
-                let dir = TempDir::new();
-                std::fs::create_dir_all(&dir.path).unwrap();
-                let mut shard = TestRedis {
-                    addr: SocketAddr::from(([127, 0, 0, 1], port)),
-                    child: None,
-                    dir,
-                    aof: false,
-                };
-                let child = Command::new("redis-server")
-                    .args(["--port", &port.to_string()])
-                    .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
-                    .args(["--protected-mode", "no", "--cluster-enabled", "yes"])
-                    .args(["--cluster-config-file", "nodes.conf"])
-                    .arg("--dir")
-                    .arg(&shard.dir.path)
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::null())
-                    .spawn()
-                    .expect("redis-server runs (apt-get install redis-server)");
-                shard.child = Some(child);
-                wait_ready(shard.addr);
-                shard
-            })
-            .collect();
+        let shards: Vec<TestRedis> = (0..3).map(|_| cluster_shard()).collect();
         let addrs: Vec<String> = shards.iter().map(|s| s.addr.to_string()).collect();
         let created = Command::new("redis-cli")
             .args(["--cluster", "create"])
