@@ -141,6 +141,12 @@ pub struct Config {
     /// Most connections open at once through one TCP tunnel; new visitors
     /// past it are closed.
     pub tcp_max_connections: usize,
+    /// HTTP/2's limits per visitor connection (TLS connections choose it
+    /// by ALPN; plain ones with `h2c`).
+    pub h2: crate::edge::h2::Limits,
+    /// Whether plain connections may speak HTTP/2 with prior knowledge
+    /// (behind a balancer that terminates TLS and speaks h2c).
+    pub h2c: bool,
 }
 
 /// Request rates, and the bounds of the per-address table.
@@ -240,6 +246,8 @@ impl Default for Config {
             tcp_ports: crate::TcpPorts::Off,
             tcp_idle_timeout: crate::ports::relay::IDLE_TIMEOUT,
             tcp_max_connections: crate::ports::relay::MAX_CONNECTIONS,
+            h2: crate::edge::h2::Limits::default(),
+            h2c: false,
         }
     }
 }

@@ -20,6 +20,10 @@ pub enum HostError {
     /// Not a valid host name, IPv4 or bracketed IPv6 address with an optional port.
     #[error("the Host header is not a valid host name")]
     Malformed,
+    /// An HTTP/2 request whose Host names another host than its
+    /// `:authority` (RFC 9113 §8.3.1: malformed).
+    #[error("the Host header and :authority name different hosts")]
+    Conflicting,
 }
 
 /// The party at fault, for logs (and, later, metrics).

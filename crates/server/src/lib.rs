@@ -85,6 +85,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{Instrument, info, warn};
 
 pub use config::{AuthMode, Config, RateLimits};
+pub use edge::h2::Limits as H2Limits;
 pub use edge::tls::{self, Certs};
 pub use edge::{Listeners, TlsListener};
 pub use metrics::Metrics;

@@ -36,6 +36,7 @@ pub mod browser;
 pub mod chaos;
 pub mod client;
 pub mod devserver;
+pub mod h2raw;
 pub mod inspector;
 pub mod origin;
 pub mod process;

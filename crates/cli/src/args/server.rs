@@ -157,6 +157,14 @@ pub(crate) struct ServerArgs {
     /// Most connections open at once through one TCP tunnel; new visitors past it are closed.
     #[arg(long, default_value_t = 256)]
     pub(crate) tcp_max_connections: usize,
+    /// Accept HTTP/2 with prior knowledge (h2c) on the plain listener, for a balancer in front
+    /// that terminates TLS and speaks HTTP/2 to us. (HTTPS offers HTTP/2 by ALPN always.)
+    #[arg(long)]
+    pub(crate) h2c: bool,
+    /// Most requests (streams) at once on one HTTP/2 connection; the visitor's further ones are
+    /// refused until one ends.
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..))]
+    pub(crate) h2_max_streams: u32,
     /// Bearer token for the admin API (/api/...), at least 16 characters. Without one, the admin API answers loopback addresses only.
     #[arg(long, env = "CRYPTUN_ADMIN_TOKEN", hide_env_values = true, value_parser = parse::admin_token)]
     pub(crate) admin_token: Option<AdminToken>,

@@ -39,8 +39,10 @@ fn uncommented(text: &str) -> String {
 }
 
 fn is_key_line(line: &str) -> bool {
-    line.split_once(" = ")
-        .is_some_and(|(key, _)| key.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'))
+    line.split_once(" = ").is_some_and(|(key, _)| {
+        key.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+    })
 }
 
 /// The keys of `text` (live or commented out), in the top-level table.

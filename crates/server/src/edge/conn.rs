@@ -128,6 +128,11 @@ impl Transport {
 /// What every connection of one accept loop is served with.
 pub(super) struct Serving<H> {
     pub(super) http: http1::Builder,
+    /// HTTP/2, for TLS connections whose ALPN chose it (and with `h2c`
+    /// plain ones opening with its preface).
+    pub(super) h2: hyper::server::conn::http2::Builder<hyper_util::rt::TokioExecutor>,
+    /// `--h2c`: plain connections may speak HTTP/2 with prior knowledge.
+    pub(super) h2c: bool,
     pub(super) handler: Arc<H>,
     pub(super) metrics: Metrics,
     pub(super) tls_handshake_timeout: Duration,
@@ -187,7 +192,7 @@ fn serve<H: Handler>(
     at: Accepted,
     tls: Option<TlsAcceptor>,
 ) -> impl Future<Output = ()> + Send + 'static {
-    if serving.proxy.is_none() && tls.is_none() {
+    if serving.proxy.is_none() && tls.is_none() && !serving.h2c {
         let transport = plain_transport(&serving);
         return Either::Left(serve_http(serving, stop, stream, at, transport));
     }
@@ -224,6 +229,20 @@ async fn arrive_then_serve<H: Handler>(
     };
     let Some(acceptor) = tls else {
         let transport = plain_transport(&serving);
+        if !serving.h2c {
+            return serve_http(serving, stop, stream, at, transport).await;
+        }
+        // With --h2c: HTTP/2 if it opens with the preface, else HTTP/1.1
+        // from its first byte (read again).
+        let mut stream = stream;
+        let Ok(Ok((start, h2))) = tokio::time::timeout_at(deadline, sniff(&mut stream)).await
+        else {
+            return debug!("no request began in time");
+        };
+        let stream = Rewind::new(start, stream);
+        if h2 {
+            return Box::pin(serve_h2(&serving, &stop, stream, at, transport)).await;
+        }
         return serve_http(serving, stop, stream, at, transport).await;
     };
     // The ClientHello first: its SNI may name a TLS passthrough tunnel.
@@ -265,7 +284,50 @@ async fn arrive_then_serve<H: Handler>(
         let sni = stream.get_ref().1.server_name().map(Arc::from);
         Transport::Tls { sni }
     };
+    if stream.get_ref().1.alpn_protocol() == Some(b"h2") {
+        return Box::pin(serve_h2(&serving, &stop, stream, at, transport)).await;
+    }
     serve_http(serving, stop, stream, at, transport).await;
+}
+
+/// Serves `io` as HTTP/2, holding the connection's slot until it closes.
+async fn serve_h2<H: Handler, I>(
+    serving: &Serving<H>,
+    stop: &CancellationToken,
+    io: I,
+    at: Accepted,
+    transport: Transport,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let _slot = at.slot;
+    super::h2::serve(
+        (&serving.h2, &serving.handler),
+        io,
+        (at.peer, at.relayed, transport),
+        (serving.idle_limit, stop),
+    )
+    .await;
+}
+
+/// Reads the first bytes of a plain connection until they are HTTP/2's
+/// whole preface or cannot be (at their first byte that differs); the
+/// bytes read, and whether it is the preface. A connection closed first
+/// is an error.
+async fn sniff(stream: &mut TcpStream) -> std::io::Result<(Bytes, bool)> {
+    use tokio::io::AsyncReadExt;
+    let mut start = Vec::with_capacity(super::h2::PREFACE.len());
+    while start.len() < super::h2::PREFACE.len() && super::h2::may_be_preface(&start) {
+        let mut byte = [0; 24];
+        let want = super::h2::PREFACE.len() - start.len();
+        let n = stream.read(&mut byte[..want]).await?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        start.extend_from_slice(&byte[..n]);
+    }
+    let h2 = start.len() == super::h2::PREFACE.len() && super::h2::may_be_preface(&start);
+    Ok((Bytes::from(start), h2))
 }
 
 /// The TLS session of `stream` once its handshake is done by `deadline`;
@@ -322,6 +384,12 @@ trait Socket: AsyncRead + AsyncWrite + Unpin + Send + 'static {
 impl Socket for TcpStream {
     fn tcp(&self) -> &TcpStream {
         self
+    }
+}
+
+impl Socket for Rewind {
+    fn tcp(&self) -> &TcpStream {
+        Rewind::tcp(self)
     }
 }
 

@@ -59,13 +59,27 @@ pub enum Verdict {
 pub struct Verdicts {
     pending: Mutex<VecDeque<Verdict>>,
     switched: AtomicBool,
+    /// HTTP/2's: frames carry lengths, there is nothing to scan, and every
+    /// request's framing is its own.
+    unscanned: bool,
 }
 
 impl Verdicts {
+    /// The verdicts of an HTTP/2 connection: every one [`Verdict::Ok`].
+    pub fn unscanned() -> Self {
+        Verdicts {
+            unscanned: true,
+            ..Verdicts::default()
+        }
+    }
+
     /// The verdict on the request being handled (the oldest not taken).
     /// None left means the scan gave up ahead of hyper, which only a client
     /// pipelining far ahead causes: refused.
     pub fn next(&self) -> Verdict {
+        if self.unscanned {
+            return Verdict::Ok;
+        }
         let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
         pending
             .pop_front()

@@ -18,6 +18,7 @@
 
 mod conn;
 pub mod framing;
+pub mod h2;
 mod hello;
 mod park;
 mod proxy_protocol;
@@ -199,6 +200,10 @@ pub(crate) struct Edge {
     metrics: Metrics,
     /// The internal hop's edge ([`Edge::for_peers`]).
     peers: bool,
+    /// HTTP/2's limits.
+    h2: h2::Limits,
+    /// `--h2c`: HTTP/2 with prior knowledge on the plain listener.
+    h2c: bool,
 }
 
 impl Edge {
@@ -225,6 +230,8 @@ impl Edge {
             header_read_timeout: config.header_read_timeout,
             metrics,
             peers: false,
+            h2: config.h2,
+            h2c: config.h2c,
         }
     }
 
@@ -237,6 +244,7 @@ impl Edge {
             slots: Slots::new(config.max_connections, config.max_connections, Vec::new()),
             proxy: None,
             peers: true,
+            h2c: false,
             ..Edge::new(config, metrics)
         }
     }
@@ -259,6 +267,8 @@ impl Edge {
             .keep_alive(true);
         let serving = Arc::new(conn::Serving {
             http,
+            h2: h2::builder(self.h2),
+            h2c: self.h2c,
             handler,
             metrics: self.metrics.clone(),
             tls_handshake_timeout: self.tls_handshake_timeout,

@@ -52,6 +52,11 @@ impl Activity {
         Busy(Arc::clone(self))
     }
 
+    /// Bodies not finished yet.
+    pub(crate) fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+
     /// Bodies finished so far.
     pub(crate) fn finished(&self) -> u64 {
         self.finished.load(Ordering::Relaxed)

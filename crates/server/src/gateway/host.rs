@@ -55,7 +55,15 @@ pub fn name<B>(req: &Request<B>) -> Result<String, HostError> {
         (None, _) => None,
     };
     match req.uri().authority() {
-        Some(authority) => normalize(authority.as_str()),
+        Some(authority) => {
+            let authority = normalize(authority.as_str())?;
+            // HTTP/1.1's absolute form wins over its Host (RFC 9112
+            // §3.2.2); on HTTP/2 the two must agree.
+            if req.version() == Version::HTTP_2 && host.as_ref().is_some_and(|h| *h != authority) {
+                return Err(HostError::Conflicting);
+            }
+            Ok(authority)
+        }
         None => host.ok_or(HostError::Missing),
     }
 }

@@ -32,6 +32,7 @@ mod floods;
 mod forwarding;
 mod guidance;
 mod hardening;
+mod http2;
 mod inspector;
 mod inspector_browser;
 mod inspector_replay;

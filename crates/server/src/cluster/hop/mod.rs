@@ -190,6 +190,9 @@ impl Forwarder {
             .path_and_query(path)
             .build()
             .map_err(|_| GatewayError::NodeUnreachable)?;
+        // The hop is HTTP/1.1 whatever the visitor spoke (an HTTP/2
+        // request carries its Host, made from :authority at the edge).
+        *req.version_mut() = http::Version::HTTP_11;
         let headers = req.headers_mut();
         let value = |s: &str| HeaderValue::from_str(s).map_err(|_| GatewayError::NodeUnreachable);
         headers.insert(PROOF, value(self.secret.proof())?);

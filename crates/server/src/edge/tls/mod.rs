@@ -158,13 +158,14 @@ impl Certs {
     }
 
     /// The acceptor for HTTPS connections: TLS 1.2 and 1.3 with rustls's
-    /// safe defaults, HTTP/1.1 by ALPN.
+    /// safe defaults, HTTP/2 or HTTP/1.1 by ALPN (the visitor's choice, in
+    /// that order of ours).
     pub(crate) fn acceptor(&self) -> Result<TlsAcceptor, rustls::Error> {
         let mut config = rustls::ServerConfig::builder_with_provider(provider())
             .with_safe_default_protocol_versions()?
             .with_no_client_auth()
             .with_cert_resolver(Arc::new(Resolver(self.clone())));
-        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
         Ok(TlsAcceptor::from(Arc::new(config)))
     }
 

@@ -1,0 +1,401 @@
+//! HTTP/2 on the public side: curl and Chromium reach a tunnel over h2 on
+//! the HTTPS listener (ALPN) and, with `--h2c`, over cleartext h2 with
+//! prior knowledge; a browser's WebSocket still works beside it (over
+//! HTTP/1.1: no extended CONNECT is offered). HTTP/2's limits are crossed
+//! (streams at once, the header list, a rapid-reset flood), and requests
+//! whose framing would be ambiguous once downgraded to HTTP/1.1 never
+//! reach the local service.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use cryptun_server::Config;
+use cryptun_testkit::h2raw::{self, RawH2};
+use cryptun_testkit::wsecho::WsEcho;
+use cryptun_testkit::{Browser, Origin, TestClient, TestServer, Visitor};
+
+/// `curl ARGS URL` for `host` at `addr` (resolved there, trusting `ca`):
+/// `(http_version, status, body)`.
+fn curl(
+    args: &[&str],
+    scheme: &str,
+    host: &str,
+    addr: std::net::SocketAddr,
+    ca: Option<&Path>,
+    path: &str,
+) -> (String, u16, String) {
+    let name = host.split(':').next().unwrap();
+    let url = format!("{scheme}://{name}:{}{path}", addr.port());
+    let mut cmd = Command::new("curl");
+    cmd.args([
+        "-sS",
+        "--max-time",
+        "20",
+        "-w",
+        "\n%{http_version} %{http_code}",
+    ])
+    .args([
+        "--resolve",
+        &format!("{name}:{}:{}", addr.port(), addr.ip()),
+    ])
+    .args(args);
+    if let Some(ca) = ca {
+        cmd.arg("--cacert").arg(ca);
+    }
+    let out = cmd
+        .arg(&url)
+        .output()
+        .expect("curl runs (apt-get install curl)");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, tail) = text.rsplit_once('\n').unwrap_or(("", &text));
+    let (version, status) = tail.split_once(' ').unwrap_or(("", "0"));
+    let status = status.trim().parse().unwrap_or(0);
+    (version.to_owned(), status, body.to_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn curl_reaches_a_tunnel_over_http2_on_the_https_listener() {
+    let server = TestServer::start_tls(TestServer::test_config()).await;
+    let https = server.tls.as_ref().unwrap();
+    let origin = Origin::start().await;
+    let client = TestClient::start(&server, &origin.target()).await;
+    let host = server.host_of(&client.tunnel.subdomain);
+    let (version, status, body) = curl(
+        &["--http2"],
+        "https",
+        &host,
+        https.addr,
+        Some(&https.ca),
+        "/echo",
+    );
+    assert_eq!((version.as_str(), status), ("2", 200), "{body}");
+    // The local service heard a Host made from :authority.
+    let echoed: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let headers = echoed["headers"].as_array().unwrap();
+    let header = |name: &str| {
+        headers
+            .iter()
+            .find(|h| h[0] == name)
+            .map(|h| h[1].as_str().unwrap().to_owned())
+    };
+    assert_eq!(header("host").as_deref(), Some(host.as_str()), "{body}");
+    assert_eq!(
+        header("x-forwarded-proto").as_deref(),
+        Some("https"),
+        "{body}"
+    );
+    // A body up, hashed by the local service.
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("up");
+    let sent: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+    std::fs::write(&file, &sent).unwrap();
+    let at = format!("@{}", file.display());
+    let (version, status, body) = curl(
+        &["--http2", "--data-binary", &at],
+        "https",
+        &host,
+        https.addr,
+        Some(&https.ca),
+        "/sha256",
+    );
+    assert_eq!((version.as_str(), status), ("2", 200), "{body}");
+    let hashed: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(hashed["len"], 300_000);
+    assert_eq!(hashed["sha256"], cryptun_testkit::sha256_hex(&sent));
+    // HTTP/1.1 still, for those who ask.
+    let (version, status, _) = curl(
+        &["--http1.1"],
+        "https",
+        &host,
+        https.addr,
+        Some(&https.ca),
+        "/echo",
+    );
+    assert_eq!((version.as_str(), status), ("1.1", 200));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn with_h2c_the_plain_listener_takes_http2_with_prior_knowledge() {
+    let server = TestServer::start_with(Config {
+        h2c: true,
+        ..TestServer::test_config()
+    })
+    .await;
+    let origin = Origin::start().await;
+    let client = TestClient::start(&server, &origin.target()).await;
+    let host = server.host_of(&client.tunnel.subdomain);
+    let (version, status, _) = curl(
+        &["--http2-prior-knowledge"],
+        "http",
+        &host,
+        server.addr,
+        None,
+        "/echo",
+    );
+    assert_eq!((version.as_str(), status), ("2", 200));
+    // HTTP/1.1 on the same listener, a request as short as a preface's start.
+    let (version, status, _) = curl(&[], "http", &host, server.addr, None, "/echo");
+    assert_eq!((version.as_str(), status), ("1.1", 200));
+
+    // Without --h2c, prior knowledge is not spoken.
+    let plain = TestServer::start().await;
+    let client = TestClient::start(&plain, &origin.target()).await;
+    let host = plain.host_of(&client.tunnel.subdomain);
+    let (version, status, _) = curl(
+        &["--http2-prior-knowledge"],
+        "http",
+        &host,
+        plain.addr,
+        None,
+        "/echo",
+    );
+    assert_ne!((version.as_str(), status), ("2", 200));
+}
+
+/// A server speaking h2c, a tunnel to an origin, and the tunnel's host.
+async fn h2c_tunnel() -> (TestServer, Origin, TestClient, String) {
+    let server = TestServer::start_with(Config {
+        h2c: true,
+        ..TestServer::test_config()
+    })
+    .await;
+    let origin = Origin::start().await;
+    let client = TestClient::start(&server, &origin.target()).await;
+    let host = server.host_of(&client.tunnel.subdomain);
+    (server, origin, client, host)
+}
+
+fn get(host: &str, path: &str) -> Vec<(&'static str, String)> {
+    vec![
+        (":method", "GET".into()),
+        (":scheme", "http".into()),
+        (":path", path.into()),
+        (":authority", host.into()),
+    ]
+}
+
+fn fields<'a>(list: &'a [(&'static str, String)]) -> Vec<(&'static str, &'a str)> {
+    list.iter().map(|(n, v)| (*n, v.as_str())).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn streams_past_the_limit_are_refused_and_the_others_served() {
+    let (server, origin, _client, host) = h2c_tunnel().await;
+    let mut raw = RawH2::connect(server.addr).await;
+    // 110 requests that hang, at once: the server allows 100.
+    let mut burst = Vec::new();
+    for i in 0..110u32 {
+        burst.extend(h2raw::headers(
+            1 + 2 * i,
+            &fields(&get(&host, "/hang")),
+            true,
+        ));
+    }
+    raw.send(&burst).await.unwrap();
+    let mut refused = 0;
+    let frames = raw.all(Duration::from_secs(3)).await;
+    for frame in &frames {
+        if frame.kind == h2raw::RST_STREAM && frame.error_code() == Some(h2raw::REFUSED_STREAM) {
+            refused += 1;
+        }
+    }
+    assert_eq!(refused, 10, "{frames:?}");
+    assert!(origin.requests() <= 100, "{}", origin.requests());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_header_list_past_the_limit_is_answered_431() {
+    let (server, origin, _client, host) = h2c_tunnel().await;
+    let tcp = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    let (mut send, connection) = h2::client::handshake(tcp).await.unwrap();
+    tokio::spawn(connection);
+    let big = "a".repeat(80 * 1024);
+    let req = http::Request::get(format!("http://{host}/echo"))
+        .header("x-big", big)
+        .body(())
+        .unwrap();
+    let (resp, _) = send.send_request(req, true).unwrap();
+    let resp = tokio::time::timeout(Duration::from_secs(10), resp)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(resp.status(), 431);
+    assert_eq!(origin.requests(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_rapid_reset_flood_is_answered_with_goaway() {
+    let (server, origin, _client, host) = h2c_tunnel().await;
+    let mut raw = RawH2::connect(server.addr).await;
+    // Streams opened and reset at once (CVE-2023-44487), in one burst.
+    let mut burst = Vec::new();
+    for i in 0..2000u32 {
+        let id = 1 + 2 * i;
+        burst.extend(h2raw::headers(id, &fields(&get(&host, "/hang")), true));
+        burst.extend(h2raw::rst(id, h2raw::CANCEL));
+    }
+    let _ = raw.send(&burst).await;
+    let away = raw
+        .until(Duration::from_secs(10), |f| f.kind == h2raw::GOAWAY)
+        .await
+        .expect("GOAWAY");
+    assert_eq!(
+        away.error_code(),
+        Some(h2raw::ENHANCE_YOUR_CALM),
+        "{away:?}"
+    );
+    assert!(origin.requests() < 2000, "{}", origin.requests());
+    // The server serves everyone else as before.
+    let reply = Visitor::new(server.addr).get(&host, "/echo").await;
+    assert_eq!(reply.status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn requests_ambiguous_on_http1_never_reach_the_local_service() {
+    let (server, origin, _client, host) = h2c_tunnel().await;
+    let smuggled = "0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n";
+    let post = |extra: &[(&'static str, String)]| {
+        let mut list = vec![
+            (":method", "POST".into()),
+            (":scheme", "http".into()),
+            (":path", "/echo".into()),
+            (":authority", host.clone()),
+        ];
+        list.extend_from_slice(extra);
+        list
+    };
+    let cases: Vec<(&str, Vec<(&'static str, String)>)> = vec![
+        (
+            "transfer-encoding",
+            post(&[("transfer-encoding", "chunked".into())]),
+        ),
+        ("connection", post(&[("connection", "keep-alive".into())])),
+        ("keep-alive", post(&[("keep-alive", "timeout=5".into())])),
+        ("upgrade", post(&[("upgrade", "websocket".into())])),
+        ("te", post(&[("te", "gzip".into())])),
+        (
+            "a CR LF in a value",
+            post(&[("x-a", "b\r\nTransfer-Encoding: chunked".into())]),
+        ),
+        (
+            "an upper-case name",
+            post(&[("Content-Length", "5".into())]),
+        ),
+    ];
+    for (what, list) in &cases {
+        let mut raw = RawH2::connect(server.addr).await;
+        let mut bytes = h2raw::headers(1, &fields(list), false);
+        bytes.extend(h2raw::data(1, smuggled.as_bytes(), true));
+        let _ = raw.send(&bytes).await;
+        let reset = raw
+            .until(Duration::from_secs(5), |f| {
+                f.stream == 1 && f.kind == h2raw::RST_STREAM || f.kind == h2raw::GOAWAY
+            })
+            .await;
+        assert!(reset.is_some(), "{what}: neither reset nor GOAWAY");
+    }
+    // A body longer than its content-length: reset, and what reached the
+    // local service (if its head did) is never more than the length.
+    let mut raw = RawH2::connect(server.addr).await;
+    let list = post(&[("content-length", "5".into())]);
+    let mut bytes = h2raw::headers(1, &fields(&list), false);
+    bytes.extend(h2raw::data(1, format!("hello{smuggled}").as_bytes(), true));
+    let _ = raw.send(&bytes).await;
+    let reset = raw
+        .until(Duration::from_secs(5), |f| {
+            f.stream == 1 && f.kind == h2raw::RST_STREAM
+        })
+        .await;
+    assert!(reset.is_some(), "content-length mismatch not reset");
+    // Host and :authority naming two hosts: 400 from the gateway.
+    let tcp = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    let (mut send, connection) = h2::client::handshake(tcp).await.unwrap();
+    tokio::spawn(connection);
+    let req = http::Request::get(format!("http://{host}/echo"))
+        .header("host", "another.localhost")
+        .body(())
+        .unwrap();
+    let (resp, _) = send.send_request(req, true).unwrap();
+    let resp = tokio::time::timeout(Duration::from_secs(10), resp)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(resp.status(), 400);
+    // None of it was served, and no smuggled request appeared.
+    assert_eq!(origin.requests(), 0, "the local service was reached");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn chromium_loads_a_tunnel_over_http2_and_its_websocket_still_works() {
+    let server = TestServer::start_tls(TestServer::test_config()).await;
+    let https = server.tls.as_ref().unwrap();
+    let origin = Origin::start().await;
+    let web = TestClient::start(&server, &origin.target()).await;
+    let echo = WsEcho::start().await;
+    let ws = TestClient::start(&server, &echo.target()).await;
+    let mut browser = Browser::launch().await;
+    browser
+        .command(
+            "Security.setIgnoreCertificateErrors",
+            serde_json::json!({ "ignore": true }),
+        )
+        .await;
+    let url = format!("https://{}/echo", server.host_of(&web.tunnel.subdomain));
+    browser.navigate(&url).await;
+    let protocol = browser
+        .eval("performance.getEntriesByType('navigation')[0].nextHopProtocol")
+        .await;
+    assert_eq!(protocol, "h2");
+    let wss = format!("wss://{}/", server.host_of(&ws.tunnel.subdomain));
+    let script = format!(
+        "new Promise((ok, fail) => {{ const ws = new WebSocket({wss:?}); \
+         ws.onopen = () => ws.send('over the tunnel'); \
+         ws.onmessage = (m) => ok(m.data); ws.onerror = () => fail('error'); }})"
+    );
+    let echoed = browser.eval(&script).await;
+    assert_eq!(echoed, "over the tunnel");
+    let _ = https;
+}
+
+#[tokio::test]
+async fn an_idle_http2_connection_is_closed_with_goaway() {
+    let server = TestServer::start_with(Config {
+        h2c: true,
+        header_read_timeout: Duration::from_secs(1),
+        ..TestServer::test_config()
+    })
+    .await;
+    let mut raw = RawH2::connect(server.addr).await;
+    let started = std::time::Instant::now();
+    let away = raw
+        .until(Duration::from_secs(10), |f| f.kind == h2raw::GOAWAY)
+        .await
+        .expect("GOAWAY for an idle connection");
+    assert_eq!(away.error_code(), Some(0), "{away:?}");
+    assert!(started.elapsed() < Duration::from_secs(5));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_http2_visitor_reaches_a_tunnel_on_another_node() {
+    let redis = cryptun_testkit::TestRedis::start();
+    let node = |name: &str| Config {
+        h2c: true,
+        ..TestServer::cluster_config(&redis.url(), name)
+    };
+    let a = TestServer::start_with(node("a")).await;
+    let b = TestServer::start_with(node("b")).await;
+    let origin = Origin::start().await;
+    let client = TestClient::start(&a, &origin.target()).await;
+    let host = b.host_of(&client.tunnel.subdomain);
+    let (version, status, body) = curl(
+        &["--http2-prior-knowledge"],
+        "http",
+        &host,
+        b.addr,
+        None,
+        "/echo",
+    );
+    assert_eq!((version.as_str(), status), ("2", 200), "{body}");
+    assert_eq!(origin.requests(), 1);
+}
