@@ -292,6 +292,8 @@ pub async fn tcp(args: TcpArgs, protocol: TunnelProtocol, json_logs: bool) -> Re
     config.tunnel.subdomain = args.subdomain;
     config.tunnel.allow_ips = args.allow_ips;
     config.tunnel.deny_ips = args.deny_ips;
+    config.tunnel.pool = args.pool;
+    config.tunnel.pool_secret = args.pool_secret;
     let Some(session) = connect(&config, &shutdown).await? else {
         return Ok(());
     };

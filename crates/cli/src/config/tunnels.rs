@@ -40,9 +40,7 @@ pub const TUNNEL_KEYS: [&str; 11] = [
 const OWN_KEYS: &str = "target, proto, remote_port, local_proxy_protocol";
 
 /// The keys of [`TUNNEL_KEYS`] that only an HTTP tunnel has.
-const HTTP_ONLY: [&str; 8] = [
-    "pool",
-    "pool_secret",
+const HTTP_ONLY: [&str; 6] = [
     "request_timeout",
     "basic_auth",
     "max_body_size",

@@ -25,7 +25,8 @@ use crate::config::Config;
 use crate::edge::Peer;
 use crate::metrics::Metrics;
 use crate::policy::{Access, Place, Quota, TunnelLimiter, Who};
-use crate::ports::relay::{Bounds, Port, Relay};
+use crate::ports::carrier::Carrier;
+use crate::ports::relay::{Port, Relay};
 use crate::ports::{PortError, Ports};
 use crate::registry::{Claim, HeldBy, Lookup, Owner, Registration, Registry, Taken, Tunnel};
 
@@ -150,11 +151,14 @@ impl Admit {
                         relay.registered();
                     }
                     if let Some(accepting) = accepting {
-                        let bounds = Bounds {
+                        let carrier = Carrier {
+                            registry: Arc::clone(&self.registry),
+                            hop: None,
+                            metrics: self.metrics.clone(),
                             idle: self.config.tcp_idle_timeout,
-                            grace: self.config.reconnect_grace,
                         };
-                        accepting.spawn(tunnel, (bounds, self.metrics.clone()));
+                        let grace = self.config.reconnect_grace;
+                        accepting.spawn(&tunnel.subdomain, carrier, grace);
                     }
                     let created = self.tunnel_created(accepted, &registration, terms.secret);
                     return Ok((registration, created));
@@ -205,11 +209,11 @@ impl Admit {
         if create.subdomain.is_none() {
             return bad("a pool needs a name: its members ask for the same subdomain");
         }
-        if !create.protocol.is_http() {
+        if create.protocol == TunnelProtocol::Tls {
             self.metrics.refused("pool_conflict");
             return Err(Refusal::new(
                 ErrorCode::PoolConflict,
-                "a pool serves HTTP tunnels (TCP and TLS pools are not there yet)",
+                "a pool serves HTTP or TCP tunnels (TLS pools are not there yet)",
             ));
         }
         if identity.key_id().is_some() {
@@ -247,6 +251,24 @@ impl Admit {
         claim: Claim<'_>,
     ) -> Result<Port, Refusal> {
         let asked = create.remote_port;
+        if create.pool {
+            // A TCP pool is one port: each member asks for it, and one
+            // joining members here serves it as they do.
+            let Some(port) = asked else {
+                return Err(Refusal::new(
+                    ErrorCode::BadMessage,
+                    "a TCP pool's members ask for its port: send remote_port (--remote-port)",
+                ));
+            };
+            if let Lookup::Live(member) = self.registry.lookup(name) {
+                let shared = member.relay.as_ref().and_then(|r| r.share());
+                if member.pool && member.owner == *owner {
+                    if let Some(joined) = shared.filter(|p| p.number() == port) {
+                        return Ok(joined);
+                    }
+                }
+            }
+        }
         let given = match (&self.shared_ports, self.config.cluster.is_some()) {
             (Some(shared), _) => shared
                 .claim(asked, (name, owner), claim)

@@ -12,13 +12,15 @@
 //! closed at once; so are those past the tunnel's connection cap, or
 //! beyond its session's streams.
 //!
-//! A port's accept loop holds the tunnel weakly: when the tunnel leaves
-//! the registry (its session ended) the guard in its [`Relay`] fires, the
-//! port stops accepting and is held for the tunnel's name; connections
-//! already open end with the session's streams.
+//! A single server's port is accepted on by a loop that finds its tunnel by
+//! name each time ([`Carrier`]), so that a pool's members share it: each
+//! member's [`Relay`] holds the loop's guard, and when the last of them
+//! leaves the registry (its session ended) the guard fires, the port stops
+//! accepting and is held for the name; connections already open end with
+//! their sessions' streams.
 
 use std::net::SocketAddr;
-use std::sync::{Arc, Weak};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -32,8 +34,10 @@ use tokio_util::sync::{CancellationToken, DropGuard};
 use tracing::{Instrument, debug, debug_span, info};
 
 use super::Lease;
+use super::carrier::{Carrier, RawTarget};
 use crate::cluster::ports::PortClaim;
 use crate::counted::{Counted, Tally};
+use crate::edge::Passing;
 use crate::metrics::Metrics;
 use crate::registry::{Stats, Tunnel};
 
@@ -43,15 +47,6 @@ pub(crate) const MAX_CONNECTIONS: usize = 256;
 /// How long a TCP tunnel's connection may pass no byte either way before
 /// it is closed, unless set.
 pub(crate) const IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
-
-/// How a TCP tunnel's connections are bounded.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Bounds {
-    /// A connection passing no byte either way this long is closed.
-    pub(crate) idle: Duration,
-    /// How long the port stays held for the tunnel's name once it ends.
-    pub(crate) grace: Duration,
-}
 
 /// What a TCP or TLS tunnel carries its connections with; kept in its
 /// [`Tunnel`].
@@ -66,14 +61,15 @@ pub struct Relay {
 }
 
 /// What a [`Relay`] keeps for its tunnel's port.
-#[derive(Debug)]
-enum Keep {
+#[derive(Debug, Clone)]
+pub(crate) enum Keep {
     /// Nothing (a TLS tunnel).
     Nothing,
-    /// A single server's port: stops its accept loop when dropped.
-    Stop(#[expect(dead_code, reason = "kept for what its drop does")] DropGuard),
+    /// A single server's port: stops its accept loop when the last of its
+    /// tunnels (a pool's members share it) is dropped.
+    Stop(#[expect(dead_code, reason = "kept for what its drop does")] Arc<DropGuard>),
     /// A cluster's port: its claim, held for the name when dropped.
-    Claim(PortClaim),
+    Claim(Arc<PortClaim>),
 }
 
 impl Relay {
@@ -94,6 +90,12 @@ impl Relay {
             claim.hold_after();
         }
     }
+
+    /// Its port, for another member of its tunnel's pool to share.
+    pub(crate) fn share(&self) -> Option<Port> {
+        let number = self.port?;
+        Some(Port::Joined(number, self._keep.clone()))
+    }
 }
 
 /// A TCP tunnel's port.
@@ -103,6 +105,8 @@ pub(crate) enum Port {
     /// A cluster's, claimed cluster-wide and served by every node's
     /// listeners (`crate::cluster::ports`).
     Claimed(PortClaim),
+    /// Another member's of the same pool: served as it is.
+    Joined(u16, Keep),
 }
 
 /// A single server's port, ready to accept once its tunnel is registered.
@@ -118,6 +122,7 @@ impl Port {
         match self {
             Port::Own(_, lease) => lease.port(),
             Port::Claimed(claim) => claim.port(),
+            Port::Joined(number, _) => *number,
         }
     }
 
@@ -128,44 +133,41 @@ impl Port {
     pub(crate) fn into_relay(self, connections: usize) -> (Relay, Option<Accepting>) {
         let port = Some(self.number());
         let connections = Arc::new(Semaphore::new(connections));
-        match self {
+        let (keep, accepting) = match self {
             Port::Own(listener, lease) => {
                 let stop = CancellationToken::new();
-                let relay = Relay {
-                    port,
-                    connections,
-                    _keep: Keep::Stop(stop.clone().drop_guard()),
-                };
+                let keep = Keep::Stop(Arc::new(stop.clone().drop_guard()));
                 let accepting = Accepting {
                     listener,
                     lease,
                     stop,
                 };
-                (relay, Some(accepting))
+                (keep, Some(accepting))
             }
-            Port::Claimed(claim) => {
-                let relay = Relay {
-                    port,
-                    connections,
-                    _keep: Keep::Claim(claim),
-                };
-                (relay, None)
-            }
-        }
+            Port::Claimed(claim) => (Keep::Claim(Arc::new(claim)), None),
+            Port::Joined(_, keep) => (keep, None),
+        };
+        let relay = Relay {
+            port,
+            connections,
+            _keep: keep,
+        };
+        (relay, accepting)
     }
 }
 
 impl Accepting {
-    /// Accepts visitors for `tunnel` until it is gone, within `bounds`;
-    /// then the port is held for the tunnel's name.
-    pub(crate) fn spawn(mut self, tunnel: &Arc<Tunnel>, (bounds, metrics): (Bounds, Metrics)) {
-        self.lease.hold_after(&tunnel.subdomain, bounds.grace);
-        let span = debug_span!("tcp", port = self.lease.port(), subdomain = %tunnel.subdomain);
-        let tunnel = Arc::downgrade(tunnel);
-        tokio::spawn(self.serve(tunnel, (bounds, metrics)).instrument(span));
+    /// Accepts visitors for the tunnel `name` (one tunnel, or a pool's
+    /// members) with `carrier` until every tunnel that shares the port is
+    /// gone; then the port is held for the name for `grace`.
+    pub(crate) fn spawn(mut self, name: &str, carrier: Carrier, grace: Duration) {
+        self.lease.hold_after(name, grace);
+        let span = debug_span!("tcp", port = self.lease.port(), subdomain = %name);
+        tokio::spawn(self.serve(name.to_owned(), carrier).instrument(span));
     }
 
-    async fn serve(self, tunnel: Weak<Tunnel>, (bounds, metrics): (Bounds, Metrics)) {
+    async fn serve(self, name: String, carrier: Carrier) {
+        let port = self.lease.port();
         loop {
             let accepted = tokio::select! {
                 () = self.stop.cancelled() => break,
@@ -179,18 +181,16 @@ impl Accepting {
                     continue;
                 }
             };
-            let Some(tunnel) = tunnel.upgrade() else {
-                break;
-            };
             let _ = stream.set_nodelay(true);
-            let first = (Bytes::new(), Box::new(()) as Box<dyn std::any::Any + Send>);
-            let (reader, writer) = stream.into_split();
-            admit(
-                &tunnel,
-                (reader, writer, visitor),
-                first,
-                (&metrics, bounds.idle),
-            );
+            let target = RawTarget::Tcp(name.clone(), port);
+            match carrier.route(target, visitor) {
+                Passing::Take(take) => take(stream, Bytes::new(), Box::new(())),
+                // A single server's registry always knows.
+                Passing::Ask(_) | Passing::Terminate => {
+                    debug!(%visitor, "no tunnel at this port now: visitor closed");
+                    carrier.metrics.tcp_connection("no_tunnel");
+                }
+            }
         }
         debug!("TCP tunnel's port closed");
     }

@@ -126,12 +126,19 @@ fn joins(members: &[Arc<Tunnel>], tunnel: &Tunnel) -> Result<(), Taken> {
     let first = &members[0];
     match (first.pool, tunnel.pool) {
         (true, true) if first.owner != tunnel.owner => Err(Taken::Live),
-        (true, true) if first.protocol != tunnel.protocol => Err(Taken::PoolConflict),
+        (true, true) if first.protocol != tunnel.protocol || port(first) != port(tunnel) => {
+            Err(Taken::PoolConflict)
+        }
         (true, true) if members.len() >= MAX_POOL_MEMBERS => Err(Taken::PoolFull(members.len())),
         (true, true) => Ok(()),
         (false, false) => Err(Taken::Live),
         _ => Err(Taken::PoolConflict),
     }
+}
+
+/// A TCP tunnel's port.
+fn port(tunnel: &Tunnel) -> Option<u16> {
+    tunnel.relay.as_ref().and_then(|relay| relay.port)
 }
 
 /// The member of `members` a visitor goes to: of two drawn at random, the

@@ -154,7 +154,7 @@ async fn the_hop_takes_raw_connections_only_from_nodes_and_for_its_own_tunnels()
 /// Nodes `names` of one cluster on `redis`, each on a loopback address of
 /// its own (127.0.0.2, .3, ...) so that each can listen on the same TCP
 /// ports, `ports` (single-port ranges).
-async fn tcp_nodes(redis: &TestRedis, names: &[&str], ports: &[u16]) -> Vec<TestServer> {
+pub(crate) async fn tcp_nodes(redis: &TestRedis, names: &[&str], ports: &[u16]) -> Vec<TestServer> {
     let mut nodes = Vec::new();
     for (i, name) in names.iter().enumerate() {
         let config = Config {
@@ -168,7 +168,7 @@ async fn tcp_nodes(redis: &TestRedis, names: &[&str], ports: &[u16]) -> Vec<Test
 }
 
 /// `node`'s address at `port`.
-fn at(node: &TestServer, port: u16) -> SocketAddr {
+pub(crate) fn at(node: &TestServer, port: u16) -> SocketAddr {
     SocketAddr::new(node.addr.ip(), port)
 }
 

@@ -246,3 +246,106 @@ async fn a_pool_with_members_on_two_nodes_is_served_through_a_third() {
     assert_eq!(one.requests(), before.0 + 20);
     assert_eq!(two.requests(), before.1);
 }
+
+/// A local TCP service that answers each connection with `tag` and closes.
+async fn tagged(tag: &'static [u8]) -> std::net::SocketAddr {
+    crate::tcp::service(move |mut stream: tokio::net::TcpStream| async move {
+        use tokio::io::AsyncWriteExt;
+        let _ = stream.write_all(tag).await;
+        let _ = stream.shutdown().await;
+    })
+    .await
+}
+
+/// A member of TCP pool `name` at `port` on `server`, to `target`.
+async fn tcp_member(
+    server: &TestServer,
+    target: std::net::SocketAddr,
+    name: &str,
+    port: u16,
+) -> Result<TestClient, ClientError> {
+    TestClient::start_with(server, &target.to_string(), |c| {
+        crate::tcp::tcp(c);
+        member(name, SECRET)(c);
+        c.tunnel.remote_port = Some(port);
+    })
+    .await
+}
+
+/// The tags `count` connections to `addr` were answered with: (A, B).
+async fn tags(addr: std::net::SocketAddr, count: usize) -> (usize, usize) {
+    use tokio::io::AsyncReadExt;
+    let (mut a, mut b) = (0, 0);
+    for _ in 0..count {
+        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let mut tag = Vec::new();
+        within("a tag", stream.read_to_end(&mut tag)).await.unwrap();
+        match tag.as_slice() {
+            b"A" => a += 1,
+            b"B" => b += 1,
+            other => panic!("answered {other:?}"),
+        }
+    }
+    (a, b)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_tcp_pool_shares_one_port_and_spreads_its_connections() {
+    let server = TestServer::start().await;
+    let port = crate::tcp::free_port();
+    let (one, two) = (tagged(b"A").await, tagged(b"B").await);
+    let first = tcp_member(&server, one, "db", port).await.unwrap();
+    let second = tcp_member(&server, two, "db", port).await.unwrap();
+    assert_eq!(second.tunnel.remote_port, Some(port));
+    assert!(first.tunnel.pool && second.tunnel.pool);
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let (a, b) = tags(addr, 200).await;
+    assert!((60..=140).contains(&a) && a + b == 200, "{a} / {b}");
+    // A member must ask for the pool's port, and for that one.
+    let refused = tcp_member(&server, two, "db", crate::tcp::free_port()).await;
+    assert!(
+        matches!(
+            refused,
+            Err(ClientError::Refused {
+                code: ErrorCode::PoolConflict,
+                ..
+            })
+        ),
+        "{:?}",
+        refused.map(|c| c.tunnel.remote_port)
+    );
+    let (code, message) = refused_tcp(&server, |c| member("db", SECRET)(c)).await;
+    assert_eq!(code, ErrorCode::BadMessage);
+    assert!(message.contains("remote_port"), "{message}");
+    // One gone: the port stays, served by the other.
+    first.kill().await;
+    cryptun_testkit::raw::eventually(cryptun_testkit::raw::WAIT, "only B", || async {
+        tags(addr, 10).await == (0, 10)
+    })
+    .await;
+    drop(second);
+}
+
+/// The refusal of a TCP tunnel `adjust`ed so.
+async fn refused_tcp(
+    server: &TestServer,
+    adjust: impl FnOnce(&mut ClientConfig),
+) -> (ErrorCode, String) {
+    refused(server, |c| {
+        crate::tcp::tcp(c);
+        adjust(c);
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_tcp_pool_with_members_on_two_nodes_is_reached_at_a_third() {
+    let redis = TestRedis::start();
+    let port = crate::tcp::free_port();
+    let nodes = crate::cluster_raw::tcp_nodes(&redis, &["a", "b", "c"], &[port]).await;
+    let (one, two) = (tagged(b"A").await, tagged(b"B").await);
+    let _first = tcp_member(&nodes[0], one, "db", port).await.unwrap();
+    let _second = tcp_member(&nodes[1], two, "db", port).await.unwrap();
+    let (a, b) = tags(crate::cluster_raw::at(&nodes[2], port), 100).await;
+    assert!(a >= 20 && b >= 20, "{a} / {b}");
+}

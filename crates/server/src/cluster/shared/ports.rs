@@ -212,7 +212,8 @@ return {'exhausted', 0, 0, ''}
 );
 
 // KEYS[1] ports; ARGV: ttl_ms, then port, name, token, owner for each
-// claim.
+// claim. A port another claim of the same name has (a pool's member on
+// another node) is renewed too: the pool's; one another name has is lost.
 // The ports whose claim another token has.
 const RENEW: &str = concat!(
     now!(),
@@ -221,8 +222,8 @@ local ttl = tonumber(ARGV[1])
 local lost = {}
 for i = 2, #ARGV, 4 do
   local port, name, token, owner = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
-  local until_ms, _, held = parts(redis.call('HGET', KEYS[1], port))
-  if held and held ~= token and until_ms > now then
+  local until_ms, held_for, held = parts(redis.call('HGET', KEYS[1], port))
+  if held and held ~= token and held_for ~= name and until_ms > now then
     table.insert(lost, tonumber(port))
   else
     redis.call('HSET', KEYS[1], port, (now + ttl) .. ' ' .. name .. ' ' .. token .. ' live ' .. owner)
