@@ -197,9 +197,10 @@ pub(crate) struct TcpArgs {
     /// Refuse visitors from this address or CIDR block (repeatable; wins over --allow-ip).
     #[arg(long = "deny-ip", value_name = "CIDR", value_parser = parse::cidr)]
     pub(crate) deny_ips: Vec<String>,
-    /// Serve --remote-port together with the other clients of this pool (same API key, or same
-    /// --pool-secret, same --subdomain): connections are spread over them (TCP only).
-    #[arg(long, requires_all = ["subdomain", "remote_port"])]
+    /// Serve --subdomain together with the other clients of this pool (same API key, or same
+    /// --pool-secret): connections are spread over them. A TCP pool's members all ask for its
+    /// port with --remote-port.
+    #[arg(long, requires = "subdomain")]
     pub(crate) pool: bool,
     /// Without an API key: the secret a pool's members share (16+ characters). Prefer the
     /// environment variable: arguments show in `ps`.

@@ -209,13 +209,6 @@ impl Admit {
         if create.subdomain.is_none() {
             return bad("a pool needs a name: its members ask for the same subdomain");
         }
-        if create.protocol == TunnelProtocol::Tls {
-            self.metrics.refused("pool_conflict");
-            return Err(Refusal::new(
-                ErrorCode::PoolConflict,
-                "a pool serves HTTP or TCP tunnels (TLS pools are not there yet)",
-            ));
-        }
         if identity.key_id().is_some() {
             return Ok(());
         }

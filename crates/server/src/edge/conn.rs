@@ -235,8 +235,8 @@ async fn arrive_then_serve<H: Handler>(
         // With --h2c: HTTP/2 if it opens with the preface, else HTTP/1.1
         // from its first byte (read again).
         let mut stream = stream;
-        let Ok(Ok((start, h2))) = tokio::time::timeout_at(deadline, sniff(&mut stream)).await
-        else {
+        let sniffed = Box::pin(tokio::time::timeout_at(deadline, sniff(&mut stream)));
+        let Ok(Ok((start, h2))) = sniffed.await else {
             return debug!("no request began in time");
         };
         let stream = Rewind::new(start, stream);
@@ -246,8 +246,12 @@ async fn arrive_then_serve<H: Handler>(
         return serve_http(serving, stop, stream, at, transport).await;
     };
     // The ClientHello first: its SNI may name a TLS passthrough tunnel.
+    // Boxed, like the handshake: rustls's Acceptor is 1.3 KB, which every
+    // HTTPS connection's task would otherwise keep room for as long as the
+    // connection lives.
     let mut stream = stream;
-    let (sni, hello) = match tokio::time::timeout_at(deadline, hello::read(&mut stream)).await {
+    let reading = Box::pin(tokio::time::timeout_at(deadline, hello::read(&mut stream)));
+    let (sni, hello) = match reading.await {
         Ok(Ok(read)) => read,
         Ok(Err(err)) => {
             serving.metrics.tls_handshake_failed("error");

@@ -349,3 +349,38 @@ async fn a_tcp_pool_with_members_on_two_nodes_is_reached_at_a_third() {
     let (a, b) = tags(crate::cluster_raw::at(&nodes[2], port), 100).await;
     assert!(a >= 20 && b >= 20, "{a} / {b}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_tls_pool_passes_each_connection_to_one_member() {
+    use tokio::io::AsyncReadExt;
+    let server = TestServer::start_tls(TestServer::test_config()).await;
+    let https = server.tls.as_ref().unwrap();
+    let files = cryptun_testkit::tls::TlsFiles::generate("secure.localhost");
+    let local = crate::tls_passthrough::local_tls;
+    let (one, two) = (
+        local(&files, Some(b"A")).await,
+        local(&files, Some(b"B")).await,
+    );
+    let mut members = Vec::new();
+    for target in [one, two] {
+        let target = target.to_string();
+        let joined = TestClient::start_with(&server, &target, |c| {
+            c.tunnel.protocol = cryptun_client::TunnelProtocol::Tls;
+            member("secure", SECRET)(c);
+        });
+        members.push(joined.await.unwrap());
+    }
+    let visitor = cryptun_testkit::tls::HttpsVisitor::new(https.addr, &files.ca);
+    let (mut a, mut b) = (0, 0);
+    for _ in 0..60 {
+        let mut stream = visitor.connect(Some("secure.localhost")).await.unwrap();
+        let mut tag = Vec::new();
+        let _ = within("a tag", stream.read_to_end(&mut tag)).await;
+        match tag.as_slice() {
+            b"A" => a += 1,
+            b"B" => b += 1,
+            other => panic!("answered {other:?}"),
+        }
+    }
+    assert!(a >= 10 && b >= 10, "{a} / {b}");
+}

@@ -23,6 +23,15 @@ use tokio::net::{TcpListener, TcpStream};
 /// A local TLS echo service with `files`' certificate (for one name), signed
 /// by an authority of its own (`files.ca`), not the server's.
 pub(crate) async fn local_tls_echo(files: &TlsFiles) -> std::net::SocketAddr {
+    local_tls(files, None).await
+}
+
+/// A local TLS service with `files`' certificate: echoes, or with `tag`
+/// answers each connection with it and closes.
+pub(crate) async fn local_tls(
+    files: &TlsFiles,
+    tag: Option<&'static [u8]>,
+) -> std::net::SocketAddr {
     let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&files.cert)
         .unwrap()
         .map(Result::unwrap)
@@ -44,6 +53,11 @@ pub(crate) async fn local_tls_echo(files: &TlsFiles) -> std::net::SocketAddr {
                 let Ok(mut tls) = acceptor.accept(tcp).await else {
                     return;
                 };
+                if let Some(tag) = tag {
+                    let _ = tls.write_all(tag).await;
+                    let _ = tls.shutdown().await;
+                    return;
+                }
                 let mut buf = [0; 4096];
                 while let Ok(n) = tls.read(&mut buf).await {
                     if n == 0 || tls.write_all(&buf[..n]).await.is_err() {
