@@ -23,15 +23,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, debug_span, info, warn};
 
 use super::ClusterConfig;
 use super::shared::{PortClaimed, PortEntry, Shared};
-use crate::edge::Passing;
-use crate::ports::carrier::{Carrier, RawTarget};
+use crate::ports::carrier::Carrier;
 use crate::ports::{PortError, bind, describe};
 use crate::registry::{Claim, Owner};
 
@@ -255,27 +253,14 @@ impl SharedPorts {
         carrier: Carrier,
         stop: CancellationToken,
     ) {
-        loop {
-            let accepted = tokio::select! {
-                () = stop.cancelled() => break,
-                accepted = listener.accept() => accepted,
-            };
-            let (stream, visitor) = match accepted {
-                Ok(accepted) => accepted,
-                Err(err) => {
-                    debug!(%err, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            };
-            let _ = stream.set_nodelay(true);
-            let ports = Arc::clone(&self);
-            let carrier = carrier.clone();
+        crate::ports::accept_until(&listener, &stop, |stream, visitor| {
+            let (ports, carrier) = (Arc::clone(&self), carrier.clone());
             tokio::spawn(
                 async move { ports.arrive(port, (stream, visitor), &carrier).await }
                     .instrument(debug_span!("visitor", %visitor)),
             );
-        }
+        })
+        .await;
     }
 
     /// Carries `visitor`, who reached `port`, to the port's tunnel, here or
@@ -286,23 +271,18 @@ impl SharedPorts {
         (stream, visitor): (TcpStream, SocketAddr),
         carrier: &Carrier,
     ) {
-        let taker = match self.name_of(port).await {
-            Some(name) => match carrier.route(RawTarget::Tcp(name, port), visitor) {
-                Passing::Take(take) => Some(take),
-                Passing::Ask(asking) => asking.await,
-                Passing::Terminate => None,
-            },
-            None => None,
-        };
-        match taker {
-            Some(take) => take(stream, Bytes::new(), Box::new(())),
+        let carried = match self.name_of(port).await {
+            Some(name) => carrier.carry_tcp((name, port), (stream, visitor)).await,
             None => {
-                // Given to none, or to a name whose tunnel has another
-                // port now: asked again next time.
-                self.forget(port);
                 carrier.metrics.tcp_connection("no_tunnel");
-                debug!(port, "no tunnel at this port: visitor closed");
+                debug!(port, "the port is given to no tunnel: visitor closed");
+                false
             }
+        };
+        if !carried {
+            // Given to none, or to a name whose tunnel has another port
+            // now: asked again next time.
+            self.forget(port);
         }
     }
 

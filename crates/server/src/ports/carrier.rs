@@ -104,6 +104,29 @@ impl Carrier {
         }
     }
 
+    /// Carries `visitor`'s connection at TCP `port` to the tunnel `name`
+    /// (one of a pool's members), here or on another node, asking the
+    /// registry if it must; closes it, counted `no_tunnel`, if no tunnel of
+    /// that name has that port now. Whether it was carried.
+    pub(crate) async fn carry_tcp(
+        &self,
+        (name, port): (String, u16),
+        (stream, visitor): (TcpStream, SocketAddr),
+    ) -> bool {
+        let taker = match self.route(RawTarget::Tcp(name, port), visitor) {
+            Passing::Take(take) => Some(take),
+            Passing::Ask(asking) => asking.await,
+            Passing::Terminate => None,
+        };
+        let Some(take) = taker else {
+            self.metrics.tcp_connection("no_tunnel");
+            tracing::debug!(%visitor, port, "no tunnel at this port now: visitor closed");
+            return false;
+        };
+        take(stream, bytes::Bytes::new(), Box::new(()));
+        true
+    }
+
     /// This node's live tunnel for `target`, as the registry confirms it
     /// (for a connection another node carried here).
     pub(crate) async fn here(&self, target: &RawTarget) -> Option<Arc<Tunnel>> {

@@ -293,6 +293,32 @@ impl Ports {
     }
 }
 
+/// Accepts on `listener` until `stop` fires, handing each connection (with
+/// `TCP_NODELAY` set) to `take`; a failed accept (out of descriptors, say)
+/// waits 50 ms rather than spin.
+pub(crate) async fn accept_until(
+    listener: &TcpListener,
+    stop: &tokio_util::sync::CancellationToken,
+    mut take: impl FnMut(tokio::net::TcpStream, SocketAddr),
+) {
+    loop {
+        let accepted = tokio::select! {
+            () = stop.cancelled() => return,
+            accepted = listener.accept() => accepted,
+        };
+        match accepted {
+            Ok((stream, visitor)) => {
+                let _ = stream.set_nodelay(true);
+                take(stream, visitor);
+            }
+            Err(err) => {
+                tracing::debug!(%err, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
 /// A listener on `addr`, with `SO_REUSEADDR` so that a port a tunnel just
 /// left (its connections in `TIME_WAIT`) can be given again.
 pub(crate) fn bind(addr: SocketAddr) -> io::Result<TcpListener> {

@@ -34,10 +34,9 @@ use tokio_util::sync::{CancellationToken, DropGuard};
 use tracing::{Instrument, debug, debug_span, info};
 
 use super::Lease;
-use super::carrier::{Carrier, RawTarget};
+use super::carrier::Carrier;
 use crate::cluster::ports::PortClaim;
 use crate::counted::{Counted, Tally};
-use crate::edge::Passing;
 use crate::metrics::Metrics;
 use crate::registry::{Stats, Tunnel};
 
@@ -168,30 +167,14 @@ impl Accepting {
 
     async fn serve(self, name: String, carrier: Carrier) {
         let port = self.lease.port();
-        loop {
-            let accepted = tokio::select! {
-                () = self.stop.cancelled() => break,
-                accepted = self.listener.accept() => accepted,
-            };
-            let (stream, visitor) = match accepted {
-                Ok(accepted) => accepted,
-                Err(err) => {
-                    debug!(%err, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            };
-            let _ = stream.set_nodelay(true);
-            let target = RawTarget::Tcp(name.clone(), port);
-            match carrier.route(target, visitor) {
-                Passing::Take(take) => take(stream, Bytes::new(), Box::new(())),
-                // A single server's registry always knows.
-                Passing::Ask(_) | Passing::Terminate => {
-                    debug!(%visitor, "no tunnel at this port now: visitor closed");
-                    carrier.metrics.tcp_connection("no_tunnel");
-                }
-            }
-        }
+        super::accept_until(&self.listener, &self.stop, |stream, visitor| {
+            let (name, carrier) = (name.clone(), carrier.clone());
+            tokio::spawn(
+                async move { carrier.carry_tcp((name, port), (stream, visitor)).await }
+                    .instrument(debug_span!("visitor", %visitor)),
+            );
+        })
+        .await;
         debug!("TCP tunnel's port closed");
     }
 }

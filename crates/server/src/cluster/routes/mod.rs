@@ -296,8 +296,12 @@ impl Registry for Clustered {
         Box::pin(async move {
             // A pool's member may join members here; else a name live
             // here is taken (Redis would say so too, after a round trip).
-            if !tunnel.pool && matches!(self.local.lookup(&tunnel.subdomain), Lookup::Live(_)) {
-                return Err(Taken::Live);
+            if let Lookup::Live(live) = self.local.lookup(&tunnel.subdomain) {
+                match (live.pool, tunnel.pool) {
+                    (true, true) => {}
+                    (false, false) => return Err(Taken::Live),
+                    _ => return Err(Taken::PoolConflict),
+                }
             }
             let asked = Instant::now();
             let entry = self.claim(&tunnel, claim).await?;
