@@ -305,10 +305,19 @@ async fn serve_h2<H: Handler, I>(
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let _slot = at.slot;
+    let conn = Conn {
+        peer: at.peer,
+        relayed: at.relayed,
+        transport,
+        framing: Arc::new(super::framing::Verdicts::unscanned()),
+        // On a slot kept for clients only `/ws` is served, and that is
+        // never HTTP/2's (no extended CONNECT): every request is refused.
+        clients_only: at.clients_only,
+    };
     super::h2::serve(
         (&serving.h2, &serving.handler),
         io,
-        (at.peer, at.relayed, transport),
+        conn,
         (serving.idle_limit, stop),
     )
     .await;

@@ -42,10 +42,9 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
-use super::conn::{Conn, Handler, Transport};
-use super::framing::Verdicts;
+use super::MAX_HEAD_BYTES;
+use super::conn::{Conn, Handler};
 use super::park::{Activity, Tracked};
-use super::{MAX_HEAD_BYTES, Peer};
 
 /// The preface every HTTP/2 connection opens with (RFC 9113 §3.4).
 pub(super) const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -103,24 +102,18 @@ pub(super) fn builder(limits: Limits) -> http2::Builder<TokioExecutor> {
     h2
 }
 
-/// Serves `io` as HTTP/2 for `peer`, its requests to `handler`, until the
-/// visitor closes it, it stays idle `idle_limit`, or `stop` fires (then
+/// Serves `io` as HTTP/2 for `conn`'s visitor, its requests to `handler`,
+/// until the visitor closes it, it stays idle `idle_limit`, or `stop` fires (then
 /// `GOAWAY`, and the streams open finish).
 pub(super) async fn serve<H: Handler, I>(
     (h2, handler): (&http2::Builder<TokioExecutor>, &Arc<H>),
     io: I,
-    (peer, relayed, transport): (Peer, bool, Transport),
+    conn: Conn,
     (idle_limit, stop): (Duration, &CancellationToken),
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let conn = Arc::new(Conn {
-        peer,
-        relayed,
-        transport,
-        framing: Arc::new(Verdicts::unscanned()),
-        clients_only: false,
-    });
+    let conn = Arc::new(conn);
     let activity = Arc::new(Activity::default());
     let requests = Arc::clone(&activity);
     let handler = Arc::clone(handler);

@@ -24,7 +24,7 @@ fn at(s: &str) -> IpAddr {
 }
 
 /// `n` TCP connections from `source`, opened and left idle.
-async fn idle_from(server: &TestServer, source: IpAddr, n: usize) -> Vec<TcpStream> {
+pub(crate) async fn idle_from(server: &TestServer, source: IpAddr, n: usize) -> Vec<TcpStream> {
     let mut conns = Vec::with_capacity(n);
     for _ in 0..n {
         conns.push(connect_from(source, server.addr).await);

@@ -399,3 +399,38 @@ async fn an_http2_visitor_reaches_a_tunnel_on_another_node() {
     assert_eq!((version.as_str(), status), ("2", 200), "{body}");
     assert_eq!(origin.requests(), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_http2_connection_on_a_slot_kept_for_clients_is_served_nothing() {
+    // 90 open slots and 10 kept for clients, as in `floods`; the open ones
+    // filled by idle connections from three addresses.
+    let server = TestServer::start_with(Config {
+        h2c: true,
+        max_connections: 100,
+        max_connections_per_ip: 30,
+        ..TestServer::test_config()
+    })
+    .await;
+    let origin = Origin::start().await;
+    let client = TestClient::start(&server, &origin.target()).await;
+    let mut flood = Vec::new();
+    for a in 1..=3 {
+        let source: std::net::IpAddr = format!("127.0.3.{a}").parse().unwrap();
+        flood.extend(crate::floods::idle_from(&server, source, 30).await);
+    }
+    // An HTTP/2 visitor on a kept slot: its request is refused (503), as an
+    // HTTP/1.1 one's is; the tunnel is not reached.
+    let tcp = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    let (mut send, connection) = h2::client::handshake(tcp).await.unwrap();
+    tokio::spawn(connection);
+    let req = http::Request::get(format!("http://{}/echo", client.host))
+        .body(())
+        .unwrap();
+    let (resp, _) = send.send_request(req, true).unwrap();
+    let resp = tokio::time::timeout(Duration::from_secs(10), resp)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(resp.status(), 503);
+    assert_eq!(origin.requests(), 0);
+}
