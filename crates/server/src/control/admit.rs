@@ -188,8 +188,8 @@ impl Admit {
     }
 
     /// Whether `create`, if it asks to join a pool, may: on a session that
-    /// speaks `pools`, for a name, of HTTP (for now), and without an API
-    /// key with a pool secret.
+    /// speaks `pools`, for a name, and without an API key with a pool
+    /// secret.
     fn check_pool(
         &self,
         create: &CreateTunnel,
