@@ -18,7 +18,7 @@ use cryptun_client::whoami::{KeyCheck, WhoamiError, whoami};
 use cryptun_server::Store;
 use cryptun_server::cluster::keys::SharedKeys;
 use cryptun_server::store::transfer::{Document, Summary, TransferError};
-use cryptun_server::store::{KeyInfo, NewKey, Reservation, StoreError};
+use cryptun_server::store::{KeyInfo, NewKey, PortReservation, Reservation, StoreError};
 
 pub use transfer::{ExportArgs, ImportArgs};
 
@@ -86,6 +86,20 @@ impl Backend {
         match self {
             Backend::Local(store) => store.call(move |s| s.reserve(&key_id, &name)).await,
             Backend::Shared(keys) => keys.reserve(&key_id, &name).await,
+        }
+    }
+
+    async fn reserve_port(&self, key_id: String, port: u16) -> Result<PortReservation, StoreError> {
+        match self {
+            Backend::Local(store) => store.call(move |s| s.reserve_port(&key_id, port)).await,
+            Backend::Shared(keys) => keys.reserve_port(&key_id, port).await,
+        }
+    }
+
+    async fn unreserve_port(&self, port: u16) -> Result<bool, StoreError> {
+        match self {
+            Backend::Local(store) => store.call(move |s| s.unreserve_port(port)).await,
+            Backend::Shared(keys) => keys.unreserve_port(port).await,
         }
     }
 
@@ -159,16 +173,43 @@ async fn run(store: &Backend, command: KeysCommand) -> Result<()> {
                 "Revoked key {id}: it opens no new tunnel, and a running server closes its live ones within seconds."
             );
         }
-        KeysCommand::Reserve { key_id, name } => {
+        KeysCommand::Reserve {
+            key_id,
+            name: Some(name),
+            ..
+        } => {
             let reserved = store.reserve(key_id, name).await?;
             println!("Reserved {} for key {}.", reserved.name, reserved.key_id);
         }
-        KeysCommand::Unreserve { name } => {
+        KeysCommand::Reserve {
+            key_id,
+            port: Some(port),
+            ..
+        } => {
+            let reserved = store.reserve_port(key_id, port).await?;
+            println!(
+                "Reserved TCP port {} for key {}.",
+                reserved.port, reserved.key_id
+            );
+        }
+        KeysCommand::Reserve { .. } => bail!("name a subdomain, or a TCP port with --port"),
+        KeysCommand::Unreserve {
+            name: Some(name), ..
+        } => {
             if !store.unreserve(name.clone()).await? {
                 bail!("{name:?} is not reserved");
             }
             println!("Released {name}.");
         }
+        KeysCommand::Unreserve {
+            port: Some(port), ..
+        } => {
+            if !store.unreserve_port(port).await? {
+                bail!("TCP port {port} is not reserved");
+            }
+            println!("Released TCP port {port}.");
+        }
+        KeysCommand::Unreserve { .. } => bail!("name a subdomain, or a TCP port with --port"),
         KeysCommand::Export(args) => transfer::export(store, args).await?,
         KeysCommand::Import(args) => transfer::import(store, args).await?,
     }
@@ -191,6 +232,7 @@ fn list(keys: &[KeyInfo], json: bool) {
                     "created_at": date(k.created_at),
                     "revoked_at": k.revoked_at.map(date),
                     "reserved": k.reserved,
+                    "reserved_ports": k.reserved_ports,
                 })
             })
             .collect();
@@ -217,9 +259,16 @@ fn list(keys: &[KeyInfo], json: bool) {
             k.name,
             date(k.created_at),
             status,
-            k.reserved.join(", ")
+            reserved(k)
         );
     }
+}
+
+/// A key's reserved names and TCP ports, for the table.
+fn reserved(key: &KeyInfo) -> String {
+    let ports = key.reserved_ports.iter().map(|port| format!("port {port}"));
+    let all: Vec<String> = key.reserved.iter().cloned().chain(ports).collect();
+    all.join(", ")
 }
 
 /// `cryptun login [TOKEN]`.

@@ -248,17 +248,27 @@ pub(crate) enum KeysCommand {
         /// The key's id (see `keys list`).
         id: String,
     },
-    /// Reserve a subdomain for a key: only that key can claim it, also after restarts.
+    /// Reserve a subdomain (or with --port a TCP tunnel's public port) for a key: only that key
+    /// can claim it, also after restarts.
     Reserve {
         /// The key's id.
         key_id: String,
         /// The subdomain label.
-        name: String,
+        #[arg(required_unless_present = "port", conflicts_with = "port")]
+        name: Option<String>,
+        /// A TCP port instead: given only to tunnels of this key that ask for it (--remote-port),
+        /// never to anyone else.
+        #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
+        port: Option<u16>,
     },
-    /// Release a reserved subdomain.
+    /// Release a reserved subdomain (or with --port a reserved TCP port).
     Unreserve {
         /// The subdomain label.
-        name: String,
+        #[arg(required_unless_present = "port", conflicts_with = "port")]
+        name: Option<String>,
+        /// A reserved TCP port instead.
+        #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
+        port: Option<u16>,
     },
     /// Write every key (its token's hash, never a token), reserved name and held name as one JSON
     /// document, for `keys import` into another store (a data directory's or a cluster's).

@@ -64,9 +64,10 @@ pub async fn export(store: &Backend, args: ExportArgs) -> Result<()> {
         format!(" to {}", args.output.display())
     };
     crate::lines::eprint(&format!(
-        "Exported {}, {} and {} from {}{to}.",
+        "Exported {}, {}, {} and {} from {}{to}.",
         plural(document.keys.len(), "key"),
         plural(document.reservations.len(), "reservation"),
+        plural(document.port_reservations.len(), "reserved port"),
         plural(document.holds.len(), "held name"),
         store.describe(),
     ));
@@ -141,6 +142,7 @@ fn report(summary: &Summary, target: &str) -> String {
         head,
         line("keys", &summary.keys, "revoked or replaced"),
         line("reservations", &summary.reservations, "replaced"),
+        line("reserved ports", &summary.port_reservations, "replaced"),
         line("held names", &summary.holds, "replaced"),
     ]
     .iter()

@@ -31,7 +31,7 @@ use super::shared::{PREFIX, Shared, SharedError};
 use crate::store::keys::{ID_LEN, SECRET_LEN, TOKEN_PREFIX, key_name, token_hash, token_id};
 use crate::store::names::reservable;
 use crate::store::transfer::Sha256;
-use crate::store::{BoxFuture, KeyInfo, Keys, NewKey, Reservation, StoreError};
+use crate::store::{BoxFuture, KeyInfo, Keys, NewKey, PortReservation, Reservation, StoreError};
 
 /// A key's record as Redis has it.
 struct Stored {
@@ -60,6 +60,12 @@ fn key_key(id: &str) -> String {
 
 fn reserved_key(name: &str) -> String {
     format!("{PREFIX}:{{{name}}}:reserved")
+}
+
+/// The TCP ports reserved for keys: port → `KEY_ID CREATED_AT`, beside the
+/// ports given (`shared::ports`), in their slot.
+pub(super) fn reserved_ports_key() -> String {
+    format!("{PREFIX}:{{ports}}:reserved")
 }
 
 impl SharedKeys {
@@ -124,6 +130,7 @@ impl SharedKeys {
                 created_at,
                 revoked_at: None,
                 reserved: Vec::new(),
+                reserved_ports: Vec::new(),
             };
             return Ok(NewKey { info, token });
         }
@@ -173,6 +180,7 @@ impl SharedKeys {
                 created_at: created_at.unwrap_or_default(),
                 revoked_at,
                 reserved: Vec::new(),
+                reserved_ports: Vec::new(),
             },
             hash,
             seq: seq.unwrap_or_default(),
@@ -202,12 +210,18 @@ impl SharedKeys {
     /// Every key, oldest first, with its reserved names.
     pub async fn list_keys(&self) -> Result<Vec<KeyInfo>, StoreError> {
         let reservations = self.reservations().await?;
+        let ports = self.port_reservations().await?;
         let mut keys = Vec::new();
         for Stored { mut info, .. } in self.stored_all().await? {
             info.reserved = reservations
                 .iter()
                 .filter(|r| r.key_id == info.id)
                 .map(|r| r.name.clone())
+                .collect();
+            info.reserved_ports = ports
+                .iter()
+                .filter(|r| r.key_id == info.id)
+                .map(|r| r.port)
                 .collect();
             keys.push(info);
         }
@@ -299,6 +313,86 @@ impl SharedKeys {
         Ok(removed == 1)
     }
 
+    /// Reserves TCP `port` for key `key_id`.
+    pub async fn reserve_port(
+        &self,
+        key_id: &str,
+        port: u16,
+    ) -> Result<PortReservation, StoreError> {
+        if port == 0 {
+            return Err(StoreError::InvalidPort);
+        }
+        match self.key(key_id).await? {
+            None => return Err(StoreError::NoSuchKey(key_id.to_owned())),
+            Some(key) if key.revoked_at.is_some() => {
+                return Err(StoreError::Revoked(key_id.to_owned()));
+            }
+            Some(_) => {}
+        }
+        let created_at = crate::store::now_unix();
+        let value = format!("{key_id} {created_at}");
+        let set: i64 = self
+            .shared
+            .query(
+                Cmd::new()
+                    .arg("HSETNX")
+                    .arg(reserved_ports_key())
+                    .arg(port)
+                    .arg(&value),
+            )
+            .await?;
+        if set == 0 {
+            let owner: Option<String> = self
+                .shared
+                .query(Cmd::new().arg("HGET").arg(reserved_ports_key()).arg(port))
+                .await?;
+            let owner = owner.as_deref().and_then(|v| v.split(' ').next());
+            if let Some(owner) = owner.filter(|owner| *owner != key_id) {
+                return Err(StoreError::PortTaken {
+                    port,
+                    key_id: owner.to_owned(),
+                });
+            }
+        }
+        self.changed().await?;
+        Ok(PortReservation {
+            port,
+            key_id: key_id.to_owned(),
+            created_at,
+        })
+    }
+
+    /// Ends the reservation of `port`; whether there was one.
+    pub async fn unreserve_port(&self, port: u16) -> Result<bool, StoreError> {
+        let removed: i64 = self
+            .shared
+            .query(Cmd::new().arg("HDEL").arg(reserved_ports_key()).arg(port))
+            .await?;
+        self.changed().await?;
+        Ok(removed == 1)
+    }
+
+    /// Every reserved port, in order.
+    pub async fn port_reservations(&self) -> Result<Vec<PortReservation>, StoreError> {
+        let all: Vec<(u16, String)> = self
+            .shared
+            .query(Cmd::new().arg("HGETALL").arg(reserved_ports_key()))
+            .await?;
+        let mut reservations: Vec<PortReservation> = all
+            .into_iter()
+            .filter_map(|(port, value)| {
+                let (key_id, created_at) = value.split_once(' ')?;
+                Some(PortReservation {
+                    port,
+                    key_id: key_id.to_owned(),
+                    created_at: created_at.parse().unwrap_or(0),
+                })
+            })
+            .collect();
+        reservations.sort_by_key(|r| r.port);
+        Ok(reservations)
+    }
+
     /// Every reservation, by name.
     pub async fn reservations(&self) -> Result<Vec<Reservation>, StoreError> {
         let mut names: Vec<String> = self
@@ -366,6 +460,13 @@ impl Keys for SharedKeys {
                     .await?),
                 _ => Ok(None),
             }
+        })
+    }
+
+    fn reserved_ports(&self) -> BoxFuture<'_, Result<Vec<(u16, String)>, StoreError>> {
+        Box::pin(async move {
+            let all = self.port_reservations().await?;
+            Ok(all.into_iter().map(|r| (r.port, r.key_id)).collect())
         })
     }
 

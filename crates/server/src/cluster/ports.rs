@@ -169,9 +169,11 @@ impl SharedPorts {
     /// A port for the tunnel `name` of `owner`: `asked`, if free, or
     /// `name`'s already and `claim` proves its owner; else a free one of
     /// this node's, from a random place.
+    ///
+    /// A port of `reserved` (reserved for a key) is never given unasked.
     pub(crate) async fn claim(
         self: &Arc<Self>,
-        asked: Option<u16>,
+        (asked, reserved): (Option<u16>, &[u16]),
         (name, owner): (&str, &Owner),
         claim: Claim<'_>,
     ) -> Result<PortClaim, PortError> {
@@ -187,6 +189,7 @@ impl SharedPorts {
         let start = rand::random_range(0..self.bound.len());
         let mut offered = self.bound[start..].to_vec();
         offered.extend_from_slice(&self.bound[..start]);
+        offered.retain(|port| !reserved.contains(port));
         let mut entry = PortEntry {
             port: 0,
             name: name.to_owned(),

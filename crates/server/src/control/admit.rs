@@ -244,6 +244,20 @@ impl Admit {
         claim: Claim<'_>,
     ) -> Result<Port, Refusal> {
         let asked = create.remote_port;
+        // Ports reserved for keys: one asked for only by its key; none
+        // given unasked.
+        let reserved = self.reserved_ports().await?;
+        if let Some(port) = asked {
+            let owner = reserved.iter().find(|(p, _)| *p == port);
+            if owner.is_some_and(|(_, key)| claim.key != Some(key.as_str())) {
+                self.metrics.refused("port_unavailable");
+                return Err(Refusal::new(
+                    ErrorCode::PortUnavailable,
+                    PortError::Reserved(port).to_string(),
+                ));
+            }
+        }
+        let reserved: Vec<u16> = reserved.into_iter().map(|(port, _)| port).collect();
         if create.pool {
             // A TCP pool is one port: each member asks for it, and one
             // joining members here serves it as they do.
@@ -264,13 +278,13 @@ impl Admit {
         }
         let given = match (&self.shared_ports, self.config.cluster.is_some()) {
             (Some(shared), _) => shared
-                .claim(asked, (name, owner), claim)
+                .claim((asked, &reserved), (name, owner), claim)
                 .await
                 .map(Port::Claimed),
             (None, true) => Err(PortError::NotInCluster),
             (None, false) => self
                 .ports
-                .open(asked, Some(name))
+                .open((asked, Some(name)), &reserved)
                 .map(|(listener, lease)| Port::Own(listener, lease)),
         };
         given.map_err(|err| {
@@ -283,6 +297,7 @@ impl Admit {
                 PortError::OutOfRange(..)
                 | PortError::InUse(_)
                 | PortError::Held(_)
+                | PortError::Reserved(_)
                 | PortError::Bind(..) => (ErrorCode::PortUnavailable, "port_unavailable"),
             };
             self.metrics.refused(reason);
@@ -294,6 +309,21 @@ impl Admit {
                 },
                 _ => refusal,
             }
+        })
+    }
+
+    /// The TCP ports reserved for keys, and for which, where reservations
+    /// are enforced (clients have keys).
+    async fn reserved_ports(&self) -> Result<Vec<(u16, String)>, Refusal> {
+        let Some(store) = self.auth.keys() else {
+            return Ok(Vec::new());
+        };
+        store.reserved_ports().await.map_err(|err| {
+            warn!(%err, "could not look up the reserved ports");
+            Refusal::new(
+                ErrorCode::Internal,
+                "the server could not check its reserved ports; try again",
+            )
         })
     }
 

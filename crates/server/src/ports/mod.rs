@@ -93,6 +93,8 @@ pub(crate) enum PortError {
     InUse(u16),
     #[error("port {0} is held for its tunnel's client to reconnect")]
     Held(u16),
+    #[error("port {0} is reserved for another API key")]
+    Reserved(u16),
     #[error("port {0} cannot be opened: {1}")]
     Bind(u16, io::Error),
     #[error("every port of this server's TCP port ranges ({0}) is in use")]
@@ -215,10 +217,13 @@ impl Ports {
     /// `name`: `asked`, or the first free one of the ranges from a random
     /// place (or one the system assigns). A port held for `name` is given
     /// back to it when asked for; no other port is given from the holds.
+    ///
+    /// A port of `reserved` (reserved for a key) is never given unasked;
+    /// whether the asker may have one it asks for is the caller's check.
     pub(crate) fn open(
         self: &Arc<Self>,
-        asked: Option<u16>,
-        name: Option<&str>,
+        (asked, name): (Option<u16>, Option<&str>),
+        reserved: &[u16],
     ) -> Result<(TcpListener, Lease), PortError> {
         let ranges = match &self.setting {
             TcpPorts::Off => return Err(PortError::Disabled),
@@ -238,12 +243,17 @@ impl Ports {
             for _ in 0..8 {
                 match self.take(0, None) {
                     Err(PortError::Held(_) | PortError::InUse(_)) => continue,
+                    Ok((_, lease)) if reserved.contains(&lease.port()) => continue,
                     taken => return taken,
                 }
             }
             return Err(PortError::Exhausted("any port the system assigns".into()));
         };
-        let all: Vec<u16> = ranges.iter().flat_map(|r| r.clone()).collect();
+        let all: Vec<u16> = ranges
+            .iter()
+            .flat_map(|r| r.clone())
+            .filter(|port| !reserved.contains(port))
+            .collect();
         let start = rand::random_range(0..all.len().max(1));
         for &port in all.iter().cycle().skip(start).take(all.len()) {
             if let Ok(taken) = self.take(port, None) {
@@ -367,25 +377,31 @@ mod tests {
             .collect();
         let ranges = free.iter().map(|&p| p..=p).collect();
         let ports = Ports::new(TcpPorts::Ranges(ranges), LOOPBACK);
-        let (_a, first) = ports.open(None, None).unwrap();
-        let (_b, second) = ports.open(None, None).unwrap();
+        let (_a, first) = ports.open((None, None), &[]).unwrap();
+        let (_b, second) = ports.open((None, None), &[]).unwrap();
         assert_ne!(first.port(), second.port());
         assert!(matches!(
-            ports.open(None, None),
+            ports.open((None, None), &[]),
             Err(PortError::Exhausted(_))
         ));
         assert!(matches!(
-            ports.open(Some(first.port()), None),
+            ports.open((Some(first.port()), None), &[]),
             Err(PortError::InUse(_))
         ));
         let outside = free.iter().max().unwrap().wrapping_add(1).max(1);
         assert!(matches!(
-            ports.open(Some(outside), None),
+            ports.open((Some(outside), None), &[]),
             Err(PortError::OutOfRange(..))
         ));
+        // A reserved port is never given unasked: with the other taken,
+        // the range has none to give.
         let port = first.port();
         drop((_a, first));
-        let (_again, lease) = ports.open(Some(port), None).unwrap();
+        assert!(matches!(
+            ports.open((None, None), &[port]),
+            Err(PortError::Exhausted(_))
+        ));
+        let (_again, lease) = ports.open((Some(port), None), &[]).unwrap();
         assert_eq!(lease.port(), port);
     }
 
@@ -397,38 +413,41 @@ mod tests {
             .unwrap()
             .port();
         let ports = Ports::new(TcpPorts::Ranges(vec![port..=port]), LOOPBACK);
-        let (listener, mut lease) = ports.open(None, Some("mine")).unwrap();
+        let (listener, mut lease) = ports.open((None, Some("mine")), &[]).unwrap();
         lease.hold_after("mine", Duration::from_secs(60));
         drop((listener, lease));
         // Nobody else gets it, asking or not.
         assert!(matches!(
-            ports.open(None, None),
+            ports.open((None, None), &[]),
             Err(PortError::Exhausted(_))
         ));
         assert!(matches!(
-            ports.open(Some(port), Some("yours")),
+            ports.open((Some(port), Some("yours")), &[]),
             Err(PortError::Held(_))
         ));
         // Its name does; and if that tunnel is not registered after all
         // (its lease ends as it was made), the hold is as it was.
-        let (listener, lease) = ports.open(Some(port), Some("mine")).unwrap();
+        let (listener, lease) = ports.open((Some(port), Some("mine")), &[]).unwrap();
         drop((listener, lease));
         assert!(matches!(
-            ports.open(Some(port), Some("yours")),
+            ports.open((Some(port), Some("yours")), &[]),
             Err(PortError::Held(_))
         ));
         // A hold past its end is gone.
-        let (listener, mut lease) = ports.open(Some(port), Some("mine")).unwrap();
+        let (listener, mut lease) = ports.open((Some(port), Some("mine")), &[]).unwrap();
         lease.hold_after("mine", Duration::ZERO);
         drop((listener, lease));
-        let (_listener, lease) = ports.open(Some(port), Some("yours")).unwrap();
+        let (_listener, lease) = ports.open((Some(port), Some("yours")), &[]).unwrap();
         assert_eq!(lease.port(), port);
     }
 
     #[test]
     fn off_gives_nothing_and_loopback_localhost_gives_any() {
         let ports = Ports::new(TcpPorts::Off, LOOPBACK);
-        assert!(matches!(ports.open(None, None), Err(PortError::Disabled)));
+        assert!(matches!(
+            ports.open((None, None), &[]),
+            Err(PortError::Disabled)
+        ));
         let local: SocketAddr = "127.0.0.1:4000".parse().unwrap();
         assert_eq!(TcpPorts::default_for(local, "localhost"), TcpPorts::Any);
         assert_eq!(

@@ -48,6 +48,8 @@ pub struct KeyInfo {
     pub revoked_at: Option<i64>,
     /// The names reserved for it, sorted.
     pub reserved: Vec<String>,
+    /// The TCP ports reserved for it, in order.
+    pub reserved_ports: Vec<u16>,
 }
 
 /// A key just created, with the only copy of its token.
@@ -110,6 +112,7 @@ impl Store {
                     created_at,
                     revoked_at: None,
                     reserved: Vec::new(),
+                    reserved_ports: Vec::new(),
                 };
                 return Ok(NewKey { info, token });
             }
@@ -117,7 +120,7 @@ impl Store {
         }
     }
 
-    /// Every key, oldest first, with its reserved names.
+    /// Every key, oldest first, with its reserved names and ports.
     pub fn list_keys(&self) -> Result<Vec<KeyInfo>, StoreError> {
         let conn = self.conn();
         let mut keys = conn
@@ -131,13 +134,19 @@ impl Store {
                     created_at: row.get(2)?,
                     revoked_at: row.get(3)?,
                     reserved: Vec::new(),
+                    reserved_ports: Vec::new(),
                 })
             })?
             .collect::<Result<Vec<_>, _>>()?;
         let mut names =
             conn.prepare("SELECT name FROM reserved_names WHERE key_id = ?1 ORDER BY name")?;
+        let mut ports =
+            conn.prepare("SELECT port FROM reserved_ports WHERE key_id = ?1 ORDER BY port")?;
         for key in &mut keys {
             key.reserved = names
+                .query_map([&key.id], |row| row.get(0))?
+                .collect::<Result<_, _>>()?;
+            key.reserved_ports = ports
                 .query_map([&key.id], |row| row.get(0))?
                 .collect::<Result<_, _>>()?;
         }

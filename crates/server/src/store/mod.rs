@@ -48,7 +48,7 @@ use rusqlite::Connection;
 
 pub use holds::{Owner, SavedHold};
 pub use keys::{KeyInfo, NewKey};
-pub use names::Reservation;
+pub use names::{PortReservation, Reservation};
 
 /// The database file inside the data directory.
 pub const DB_FILE: &str = "cryptun.db";
@@ -86,6 +86,13 @@ const MIGRATIONS: &[&str] = &[
         until_ms    INTEGER NOT NULL,
         CHECK ((key_id IS NULL) <> (secret_hash IS NULL))
     );",
+    // 3: TCP ports reserved for a key.
+    "CREATE TABLE reserved_ports (
+        port       INTEGER PRIMARY KEY CHECK (port BETWEEN 1 AND 65535),
+        key_id     TEXT NOT NULL REFERENCES keys(id),
+        created_at INTEGER NOT NULL
+    );
+    CREATE INDEX reserved_ports_by_key ON reserved_ports(key_id);",
 ];
 
 /// The schema version this build writes.
@@ -135,6 +142,17 @@ pub enum StoreError {
         /// Its owner.
         key_id: String,
     },
+    /// Port 0 is no port to reserve.
+    #[error("port 0 cannot be reserved (1-65535)")]
+    InvalidPort,
+    /// Another key already holds the port's reservation.
+    #[error("port {port} is already reserved for key {key_id:?}")]
+    PortTaken {
+        /// The port.
+        port: u16,
+        /// Its owner.
+        key_id: String,
+    },
     /// A row this build cannot read.
     #[error("the database holds {0}")]
     Corrupt(String),
@@ -156,6 +174,9 @@ pub trait Keys: Send + Sync + 'static {
     /// The id of the key `name` is reserved for, if it is.
     fn reserved_for(&self, name: String) -> BoxFuture<'_, Result<Option<String>, StoreError>>;
 
+    /// Every TCP port reserved for a key, with the key's id.
+    fn reserved_ports(&self) -> BoxFuture<'_, Result<Vec<(u16, String)>, StoreError>>;
+
     /// A value that changes whenever keys may have been revoked.
     fn revision(&self) -> BoxFuture<'_, Result<(i64, u64), StoreError>>;
 
@@ -176,6 +197,13 @@ impl Keys for Store {
 
     fn reserved_for(&self, name: String) -> BoxFuture<'_, Result<Option<String>, StoreError>> {
         Box::pin(self.call(move |store| store.reserved_for(&name)))
+    }
+
+    fn reserved_ports(&self) -> BoxFuture<'_, Result<Vec<(u16, String)>, StoreError>> {
+        Box::pin(self.call(|store| {
+            let all = store.port_reservations()?;
+            Ok(all.into_iter().map(|r| (r.port, r.key_id)).collect())
+        }))
     }
 
     fn revision(&self) -> BoxFuture<'_, Result<(i64, u64), StoreError>> {

@@ -1,5 +1,6 @@
 //! Reserved names: a subdomain that only one key may claim, kept across
-//! restarts.
+//! restarts; and reserved ports: a TCP tunnel's public port that only one
+//! key may be given.
 //!
 //! A reservation does not open a tunnel: while its owner is not connected,
 //! visitors get 404 as for any free name. It only decides who may take the
@@ -31,18 +32,7 @@ impl Store {
         let name = reservable(name)?;
         let mut conn = self.conn();
         let tx = conn.transaction()?;
-        let revoked: Option<Option<i64>> = tx
-            .query_row(
-                "SELECT revoked_at FROM keys WHERE id = ?1",
-                [key_id],
-                |row| row.get(0),
-            )
-            .optional()?;
-        match revoked {
-            None => return Err(StoreError::NoSuchKey(key_id.to_owned())),
-            Some(Some(_)) => return Err(StoreError::Revoked(key_id.to_owned())),
-            Some(None) => {}
-        }
+        live_key(&tx, key_id)?;
         if let Some(owner) = reserved_by(&tx, &name)? {
             if owner != key_id {
                 return Err(StoreError::NameTaken {
@@ -97,6 +87,93 @@ impl Store {
     }
 }
 
+/// A TCP port reserved for a key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PortReservation {
+    /// The public port.
+    pub port: u16,
+    /// The key that may be given it.
+    pub key_id: String,
+    /// Unix seconds.
+    pub created_at: i64,
+}
+
+impl Store {
+    /// Reserves TCP `port` for key `key_id` (which must exist and be
+    /// live). Reserving a port the key already holds is a no-op.
+    pub fn reserve_port(&self, key_id: &str, port: u16) -> Result<PortReservation, StoreError> {
+        if port == 0 {
+            return Err(StoreError::InvalidPort);
+        }
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        live_key(&tx, key_id)?;
+        let owner: Option<String> = tx
+            .query_row(
+                "SELECT key_id FROM reserved_ports WHERE port = ?1",
+                [port],
+                |row| row.get(0),
+            )
+            .optional()?;
+        if let Some(owner) = owner.filter(|owner| owner != key_id) {
+            return Err(StoreError::PortTaken {
+                port,
+                key_id: owner,
+            });
+        }
+        let created_at = now_unix();
+        tx.execute(
+            "INSERT OR IGNORE INTO reserved_ports (port, key_id, created_at) VALUES (?1, ?2, ?3)",
+            params![port, key_id, created_at],
+        )?;
+        tx.commit()?;
+        Ok(PortReservation {
+            port,
+            key_id: key_id.to_owned(),
+            created_at,
+        })
+    }
+
+    /// Removes the reservation of `port`; returns whether there was one.
+    pub fn unreserve_port(&self, port: u16) -> Result<bool, StoreError> {
+        let removed = self
+            .conn()
+            .execute("DELETE FROM reserved_ports WHERE port = ?1", [port])?;
+        Ok(removed == 1)
+    }
+
+    /// Every reserved port, in order.
+    pub fn port_reservations(&self) -> Result<Vec<PortReservation>, StoreError> {
+        let conn = self.conn();
+        let mut stmt =
+            conn.prepare("SELECT port, key_id, created_at FROM reserved_ports ORDER BY port")?;
+        let rows = stmt.query_map([], |row| {
+            Ok(PortReservation {
+                port: row.get(0)?,
+                key_id: row.get(1)?,
+                created_at: row.get(2)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+}
+
+/// Refuses `key_id` unless it is a live key.
+fn live_key(conn: &rusqlite::Connection, key_id: &str) -> Result<(), StoreError> {
+    let revoked: Option<Option<i64>> = conn
+        .query_row(
+            "SELECT revoked_at FROM keys WHERE id = ?1",
+            [key_id],
+            |row| row.get(0),
+        )
+        .optional()?;
+    match revoked {
+        None => Err(StoreError::NoSuchKey(key_id.to_owned())),
+        Some(Some(_)) => Err(StoreError::Revoked(key_id.to_owned())),
+        Some(None) => Ok(()),
+    }
+}
+
 /// `name` as it is stored (a lowercase label), if it may be reserved: a
 /// valid subdomain, not of the generated shape.
 pub(crate) fn reservable(name: &str) -> Result<String, StoreError> {
@@ -144,6 +221,38 @@ mod tests {
         assert!(!store.unreserve("myapp").unwrap());
         assert_eq!(store.reserved_for("myapp").unwrap(), None);
         store.reserve(&b, "myapp").unwrap();
+    }
+
+    #[test]
+    fn a_port_is_reserved_for_one_live_key() {
+        let dir = TempDir::new();
+        let store = Store::open(&dir.0).unwrap();
+        let a = store.create_key("a").unwrap().info.id;
+        let b = store.create_key("b").unwrap().info.id;
+        store.reserve_port(&a, 20022).unwrap();
+        store.reserve_port(&a, 20022).unwrap();
+        assert!(matches!(
+            store.reserve_port(&b, 20022),
+            Err(StoreError::PortTaken { port: 20022, key_id }) if key_id == a
+        ));
+        assert!(matches!(
+            store.reserve_port(&a, 0),
+            Err(StoreError::InvalidPort)
+        ));
+        assert!(matches!(
+            store.reserve_port("nosuchid", 1),
+            Err(StoreError::NoSuchKey(_))
+        ));
+        store.revoke_key(&b).unwrap();
+        assert!(matches!(
+            store.reserve_port(&b, 2),
+            Err(StoreError::Revoked(_))
+        ));
+        assert_eq!(store.list_keys().unwrap()[0].reserved_ports, [20022]);
+        assert_eq!(store.port_reservations().unwrap().len(), 1);
+        assert!(store.unreserve_port(20022).unwrap());
+        assert!(!store.unreserve_port(20022).unwrap());
+        assert!(store.port_reservations().unwrap().is_empty());
     }
 
     #[test]

@@ -592,3 +592,54 @@ async fn a_tcp_or_tls_tunnel_without_raw_streams_is_refused_and_an_open_frame_fr
         .await;
     assert_eq!(close, 1002);
 }
+
+#[tokio::test]
+async fn a_reserved_port_goes_only_to_its_key_and_never_unasked() {
+    let dir = cryptun_testkit::TempDir::new();
+    let (reserved, free) = (free_port(), free_port());
+    let config = cryptun_server::Config {
+        tcp_ports: TcpPorts::Ranges(vec![reserved..=reserved, free..=free]),
+        ..TestServer::auth_config(&dir.path, cryptun_server::AuthMode::Optional)
+    };
+    let store = cryptun_server::Store::open(&dir.path).unwrap();
+    let owner = store.create_key("owner").unwrap();
+    let other = store.create_key("other").unwrap();
+    store.reserve_port(&owner.info.id, reserved).unwrap();
+    assert_eq!(store.list_keys().unwrap()[0].reserved_ports, [reserved]);
+    drop(store);
+    let server = TestServer::start_with(config).await;
+    let target = service(echo).await.to_string();
+    let open = |token: Option<&cryptun_proto::Secret>, port: Option<u16>| {
+        let token = token.cloned();
+        TestClient::start_with(&server, &target, move |c| {
+            tcp(c);
+            c.token = token;
+            c.tunnel.remote_port = port;
+        })
+    };
+    // Another key, or none, asking for it: refused, saying why.
+    for token in [Some(&other.token), None] {
+        match open(token, Some(reserved)).await {
+            Err(ClientError::Refused { code, message }) => {
+                assert_eq!(code, ErrorCode::PortUnavailable);
+                assert!(
+                    message.contains("reserved for another API key"),
+                    "{message}"
+                );
+            }
+            Err(err) => panic!("refused otherwise: {err}"),
+            Ok(c) => panic!("given {:?}", c.tunnel.remote_port),
+        }
+    }
+    // Never given unasked: the range's other port, then none.
+    let first = open(None, None).await.unwrap();
+    assert_eq!(first.tunnel.remote_port, Some(free));
+    match open(Some(&other.token), None).await {
+        Err(ClientError::Refused { code, .. }) => assert_eq!(code, ErrorCode::PortsExhausted),
+        Err(err) => panic!("refused otherwise: {err}"),
+        Ok(c) => panic!("given {:?}", c.tunnel.remote_port),
+    }
+    // Its key gets it.
+    let mine = open(Some(&owner.token), Some(reserved)).await.unwrap();
+    assert_eq!(mine.tunnel.remote_port, Some(reserved));
+}

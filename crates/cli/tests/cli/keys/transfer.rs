@@ -165,6 +165,7 @@ fn keys_move_from_a_server_into_a_cluster_and_back() {
     let (leaked, leaked_token) = create(&a_store, "leaked");
     stdout(&keys(&a_store, &["reserve", &ci, "myapp"]));
     stdout(&keys(&a_store, &["reserve", &leaked, "oldname"]));
+    stdout(&keys(&a_store, &["reserve", &ci, "--port", "20022"]));
     stdout(&keys(&a_store, &["revoke", &leaked]));
 
     // The single server holds "notes" for the laptop's key across its
@@ -188,7 +189,8 @@ fn keys_move_from_a_server_into_a_cluster_and_back() {
     );
     let note = String::from_utf8_lossy(&said.stderr);
     assert!(
-        said.status.success() && note.contains("3 keys, 2 reservations and 1 held name"),
+        said.status.success()
+            && note.contains("3 keys, 2 reservations, 1 reserved port and 1 held name"),
         "{note}"
     );
     #[cfg(unix)]
@@ -208,6 +210,12 @@ fn keys_move_from_a_server_into_a_cluster_and_back() {
         (Some("cryptun-keys"), Some(1))
     );
     assert_eq!(doc["holds"][0]["name"], "notes", "{doc:#}");
+    assert_eq!(doc["port_reservations"][0]["port"], 20022, "{doc:#}");
+    assert_eq!(
+        doc["port_reservations"][0]["key_id"],
+        ci.as_str(),
+        "{doc:#}"
+    );
 
     // Into the cluster's Redis; twice is once.
     let redis = TestRedis::start();

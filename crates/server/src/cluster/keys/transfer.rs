@@ -29,7 +29,8 @@ use crate::cluster::shared::{PREFIX, route_key};
 use crate::store::StoreError;
 use crate::store::holds::{Owner, now_ms};
 use crate::store::transfer::{
-    Action, Document, HoldRecord, KeyRecord, Plan, ReservationRecord, Summary, TransferError, plan,
+    Action, Document, HoldRecord, KeyRecord, Plan, PortReservationRecord, ReservationRecord,
+    Summary, TransferError, plan,
 };
 
 /// The name in a route record's key.
@@ -57,6 +58,7 @@ impl SharedKeys {
             plan(&target, &live, document, replace, now_ms()).map_err(TransferError::Conflicts)?;
         self.write_keys(&plan).await?;
         self.write_reservations(&plan).await?;
+        self.write_ports(&plan).await?;
         self.write_holds(&plan).await?;
         let summary = plan.summary();
         if summary.changed() {
@@ -80,7 +82,18 @@ impl SharedKeys {
             })
             .collect();
         let (holds, live) = self.holds().await?;
-        Ok((Document::new(keys, reservations, holds), live))
+        let ports = self
+            .port_reservations()
+            .await?
+            .into_iter()
+            .map(|r| PortReservationRecord {
+                port: r.port,
+                key_id: r.key_id,
+                created_at: Some(r.created_at),
+            })
+            .collect();
+        let document = Document::new(keys, reservations, holds).with_ports(ports);
+        Ok((document, live))
     }
 
     async fn key_records(&self) -> Result<Vec<KeyRecord>, StoreError> {
@@ -241,6 +254,38 @@ impl SharedKeys {
                 )));
             }
             self.add_to("reserved", &reservation.name).await?;
+        }
+        Ok(())
+    }
+
+    async fn write_ports(&self, plan: &Plan) -> Result<(), TransferError> {
+        for (reserved, action) in &plan.port_reservations {
+            if !matches!(action, Action::Add | Action::Replace) {
+                continue;
+            }
+            let created_at = reserved.created_at.unwrap_or_else(crate::store::now_unix);
+            let value = format!("{} {created_at}", reserved.key_id);
+            let command = match action {
+                Action::Add => "HSETNX",
+                _ => "HSET",
+            };
+            let set: i64 = self
+                .shared
+                .query(
+                    Cmd::new()
+                        .arg(command)
+                        .arg(super::reserved_ports_key())
+                        .arg(reserved.port)
+                        .arg(value),
+                )
+                .await
+                .map_err(store)?;
+            if *action == Action::Add && set == 0 {
+                return Err(TransferError::Raced(format!(
+                    "the reservation of TCP port {}",
+                    reserved.port
+                )));
+            }
         }
         Ok(())
     }

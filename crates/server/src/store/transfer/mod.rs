@@ -8,6 +8,7 @@
 //!  "keys": [{"id": "k7x2abcd", "name": "laptop", "token_sha256": "9f86…",
 //!            "created_at": 1700000000, "revoked_at": null}],
 //!  "reservations": [{"name": "myapp", "key_id": "k7x2abcd", "created_at": 1700000100}],
+//!  "port_reservations": [{"port": 20022, "key_id": "k7x2abcd", "created_at": 1700000200}],
 //!  "holds": [{"name": "notes", "key_id": "k7x2abcd", "until_ms": 1700000130000}]}
 //! ```
 //!
@@ -66,6 +67,23 @@ pub struct Document {
     pub reservations: Vec<ReservationRecord>,
     /// Every name held for its owner's reconnection, by name.
     pub holds: Vec<HoldRecord>,
+    /// Every TCP port reserved for a key, by port (absent when none, as
+    /// documents written before them have it).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub port_reservations: Vec<PortReservationRecord>,
+}
+
+/// One TCP port reserved for a key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PortReservationRecord {
+    /// The port.
+    pub port: u16,
+    /// The key it is reserved for.
+    pub key_id: String,
+    /// Unix seconds.
+    #[serde(default)]
+    pub created_at: Option<i64>,
 }
 
 /// One API key, as both stores keep it.
@@ -249,7 +267,16 @@ impl Document {
             keys,
             reservations,
             holds,
+            port_reservations: Vec::new(),
         }
+    }
+
+    /// This document with `ports` reserved, in order by port.
+    #[must_use]
+    pub fn with_ports(mut self, mut ports: Vec<PortReservationRecord>) -> Self {
+        ports.sort_by_key(|p| p.port);
+        self.port_reservations = ports;
+        self
     }
 
     /// Reads and checks a document: its format and version first, so that
@@ -320,6 +347,22 @@ impl Document {
             }
             if !names.insert(name.as_str()) {
                 return invalid(format!("{name} is reserved twice"));
+            }
+        }
+        let mut ports = HashSet::new();
+        for reserved in &self.port_reservations {
+            let port = reserved.port;
+            if port == 0 {
+                return invalid("port 0 cannot be reserved".into());
+            }
+            if !ids.contains(reserved.key_id.as_str()) {
+                return invalid(format!(
+                    "port {port} is reserved for key {}, which is not in the document",
+                    reserved.key_id
+                ));
+            }
+            if !ports.insert(port) {
+                return invalid(format!("port {port} is reserved twice"));
             }
         }
         let mut held = HashSet::new();

@@ -21,7 +21,7 @@
 use std::collections::{HashMap, HashSet};
 use std::fmt;
 
-use super::{Document, HoldRecord, KeyRecord, ReservationRecord};
+use super::{Document, HoldRecord, KeyRecord, PortReservationRecord, ReservationRecord};
 
 /// What the import does with one entry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -60,6 +60,15 @@ pub enum Conflict {
         /// Its key in the document.
         document: String,
     },
+    /// A TCP port reserved for another key.
+    PortReserved {
+        /// The port.
+        port: u16,
+        /// Its key in the target.
+        here: String,
+        /// Its key in the document.
+        document: String,
+    },
     /// A name held for another owner.
     Held {
         /// The name.
@@ -92,6 +101,14 @@ impl fmt::Display for Conflict {
             } => write!(
                 f,
                 "{name} is reserved for key {here} here, for key {document} in the document"
+            ),
+            Conflict::PortReserved {
+                port,
+                here,
+                document,
+            } => write!(
+                f,
+                "TCP port {port} is reserved for key {here} here, for key {document} in the document"
             ),
             Conflict::Held { name } => {
                 write!(
@@ -140,6 +157,8 @@ pub struct Plan {
     pub reservations: Vec<(ReservationRecord, Action)>,
     /// Held names.
     pub holds: Vec<(HoldRecord, Action)>,
+    /// Reserved TCP ports.
+    pub port_reservations: Vec<(PortReservationRecord, Action)>,
 }
 
 /// How many entries of one kind were...
@@ -183,12 +202,17 @@ pub struct Summary {
     pub reservations: Counts,
     /// Held names.
     pub holds: Counts,
+    /// Reserved TCP ports.
+    pub port_reservations: Counts,
 }
 
 impl Summary {
     /// Whether the import wrote anything.
     pub fn changed(&self) -> bool {
-        self.keys.changed() || self.reservations.changed() || self.holds.changed()
+        self.keys.changed()
+            || self.reservations.changed()
+            || self.holds.changed()
+            || self.port_reservations.changed()
     }
 }
 
@@ -199,6 +223,7 @@ impl Plan {
             keys: Counts::of(&self.keys),
             reservations: Counts::of(&self.reservations),
             holds: Counts::of(&self.holds),
+            port_reservations: Counts::of(&self.port_reservations),
         }
     }
 }
@@ -263,6 +288,27 @@ pub fn plan(
             }
         };
         plan.reservations.push((reservation.clone(), action));
+    }
+    let ports: HashMap<_, _> = target
+        .port_reservations
+        .iter()
+        .map(|r| (r.port, r.key_id.as_str()))
+        .collect();
+    for reserved in &document.port_reservations {
+        let action = match ports.get(&reserved.port) {
+            None => Action::Add,
+            Some(&owner) if owner == reserved.key_id => Action::Unchanged,
+            Some(_) if replace => Action::Replace,
+            Some(&owner) => {
+                conflicts.push(Conflict::PortReserved {
+                    port: reserved.port,
+                    here: owner.to_owned(),
+                    document: reserved.key_id.clone(),
+                });
+                continue;
+            }
+        };
+        plan.port_reservations.push((reserved.clone(), action));
     }
     let held: HashMap<_, _> = target
         .holds

@@ -14,7 +14,10 @@ use std::collections::HashSet;
 
 use rusqlite::{Connection, params};
 
-use super::{Action, Document, HoldRecord, KeyRecord, ReservationRecord, Summary, TransferError};
+use super::{
+    Action, Document, HoldRecord, KeyRecord, PortReservationRecord, ReservationRecord, Summary,
+    TransferError,
+};
 use super::{Sha256, plan};
 use crate::store::holds::now_ms;
 use crate::store::{Store, StoreError, now_unix};
@@ -98,7 +101,17 @@ fn read(conn: &Connection, now_ms: i64) -> Result<Document, StoreError> {
         .collect::<Result<Vec<_>, _>>()?;
     // A row with no readable owner (not written by us) holds for nobody.
     let holds = holds.into_iter().filter(|h| h.owner().is_some()).collect();
-    Ok(Document::new(keys, reservations, holds))
+    let ports = conn
+        .prepare("SELECT port, key_id, created_at FROM reserved_ports")?
+        .query_map([], |row| {
+            Ok(PortReservationRecord {
+                port: row.get(0)?,
+                key_id: row.get(1)?,
+                created_at: row.get(2)?,
+            })
+        })?
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Document::new(keys, reservations, holds).with_ports(ports))
 }
 
 fn write(conn: &Connection, plan: &super::Plan) -> Result<(), rusqlite::Error> {
@@ -131,6 +144,19 @@ fn write(conn: &Connection, plan: &super::Plan) -> Result<(), rusqlite::Error> {
                     reservation.name,
                     reservation.key_id,
                     reservation.created_at.unwrap_or_else(now_unix)
+                ],
+            )?;
+        }
+    }
+    for (reserved, action) in &plan.port_reservations {
+        if matches!(action, Action::Add | Action::Replace) {
+            conn.execute(
+                "INSERT OR REPLACE INTO reserved_ports (port, key_id, created_at)
+                 VALUES (?1, ?2, ?3)",
+                params![
+                    reserved.port,
+                    reserved.key_id,
+                    reserved.created_at.unwrap_or_else(now_unix)
                 ],
             )?;
         }
