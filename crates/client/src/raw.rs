@@ -14,8 +14,10 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
+use cryptun_proto::counted::{Counted, Tally};
 use cryptun_proto::mux::{Mux, RelayError, Stream, relay};
 use cryptun_proto::raw::OpenStream;
 use tokio::io::AsyncWriteExt;
@@ -107,18 +109,20 @@ pub(crate) async fn carry(fwd: Arc<Forwarder>, mux: Mux<()>, open: OpenStream, s
     let id = stream.id;
     let route = fwd.route(&open.tunnel_id);
     let tunnel = route.map_or_else(|| open.tunnel_id.clone(), |r| r.name.to_string());
+    let passed = Arc::new(Carried::default());
     let carried = match route {
-        Some(route) => connect_and_relay(&fwd, route, &open, stream).await,
+        Some(route) => connect_and_relay(&fwd, route, &open, stream, &passed).await,
         None => Err(CarryError::UnknownTunnel(open.tunnel_id.clone())),
     };
-    let (bytes, error) = match carried {
-        Ok((bytes_in, bytes_out)) => ((bytes_in, bytes_out), None),
+    let error = match carried {
+        Ok(()) => None,
         Err(err) => {
             debug!(%err, visitor = %open.visitor, "TCP connection cut");
             mux.reset(id);
-            ((0, 0), Some(err.to_string()))
+            Some(err.to_string())
         }
     };
+    let bytes = passed.totals();
     fwd.emit(Event::Connection(ConnectionDone {
         tunnel,
         remote_addr: open.visitor,
@@ -129,14 +133,15 @@ pub(crate) async fn carry(fwd: Arc<Forwarder>, mux: Mux<()>, open: OpenStream, s
     }));
 }
 
-/// Connects to `route`'s local service and joins it to `stream`; the bytes in
-/// (visitor to service) and out.
+/// Connects to `route`'s local service and joins it to `stream`, the bytes
+/// each way tallied in `passed` as they pass.
 async fn connect_and_relay(
     fwd: &Forwarder,
     route: &Route,
     open: &OpenStream,
     stream: Stream<()>,
-) -> Result<(u64, u64), CarryError> {
+    passed: &Arc<Carried>,
+) -> Result<(), CarryError> {
     let address = route.target.address().to_owned();
     let limit = fwd.connect_timeout();
     let local = match tokio::time::timeout(limit, TcpStream::connect(&address)).await {
@@ -160,9 +165,43 @@ async fn connect_and_relay(
             .map_err(CarryError::ProxyHeader)?;
     }
     let (reader, writer) = local.into_split();
-    // Out of the local service is in to the stream: bytes out, bytes in.
-    let (to_visitor, from_visitor) = relay(reader, writer, stream.send, stream.recv).await?;
-    Ok((from_visitor, to_visitor))
+    // Counted as they pass, so that a connection cut midway still says
+    // what it carried: read from the local service is out to the visitor,
+    // written to it came in from the visitor.
+    let reader = Counted::new(reader, Passed(Arc::clone(passed)));
+    let writer = Counted::new(writer, Passed(Arc::clone(passed)));
+    relay(reader, writer, stream.send, stream.recv).await?;
+    Ok(())
+}
+
+/// Bytes a connection carried each way, so far.
+#[derive(Debug, Default)]
+pub(crate) struct Carried {
+    from_visitor: AtomicU64,
+    to_visitor: AtomicU64,
+}
+
+impl Carried {
+    /// (in, out): from the visitor, to the visitor.
+    fn totals(&self) -> (u64, u64) {
+        (
+            self.from_visitor.load(Ordering::Relaxed),
+            self.to_visitor.load(Ordering::Relaxed),
+        )
+    }
+}
+
+/// The local side's reads and writes, tallied into [`Carried`].
+struct Passed(Arc<Carried>);
+
+impl Tally for Passed {
+    fn add_in(&self, n: u64) {
+        self.0.to_visitor.fetch_add(n, Ordering::Relaxed);
+    }
+
+    fn add_out(&self, n: u64) {
+        self.0.from_visitor.fetch_add(n, Ordering::Relaxed);
+    }
 }
 
 #[cfg(test)]

@@ -34,6 +34,7 @@
 pub mod binary_head;
 pub mod cancel;
 pub mod capability;
+pub mod counted;
 pub mod error_code;
 pub mod frame;
 pub mod head;

@@ -64,7 +64,6 @@ mod body;
 pub mod cluster;
 pub mod config;
 pub mod control;
-mod counted;
 pub mod edge;
 pub mod error;
 pub mod gateway;

@@ -128,7 +128,7 @@ impl AccessLog {
 /// (from the visitor) and `bytes_out` (to the visitor).
 pub(crate) struct Switched(Tallies);
 
-impl crate::counted::Tally for Switched {
+impl cryptun_proto::counted::Tally for Switched {
     /// `n` bytes came from the visitor.
     fn add_in(&self, n: u64) {
         self.0.each(|s| s.add_in(n));

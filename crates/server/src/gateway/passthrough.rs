@@ -23,8 +23,8 @@ use tracing::{Instrument, debug, debug_span};
 use super::access_log::Switched;
 use super::response::refuse_response;
 use crate::body::{Body, full};
-use crate::counted::Counted;
 use crate::error::GatewayError;
+use cryptun_proto::counted::Counted;
 
 /// Answers the visitor with the app's 101 and joins the two connections.
 pub(crate) fn switch(

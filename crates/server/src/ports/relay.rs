@@ -36,9 +36,9 @@ use tracing::{Instrument, debug, debug_span, info};
 use super::Lease;
 use super::carrier::Carrier;
 use crate::cluster::ports::PortClaim;
-use crate::counted::{Counted, Tally};
 use crate::metrics::Metrics;
 use crate::registry::{Stats, Tunnel};
+use cryptun_proto::counted::{Counted, Tally};
 
 /// Most connections open at once through one TCP tunnel, unless set.
 pub(crate) const MAX_CONNECTIONS: usize = 256;

@@ -643,3 +643,25 @@ async fn a_reserved_port_goes_only_to_its_key_and_never_unasked() {
     let mine = open(Some(&owner.token), Some(reserved)).await.unwrap();
     assert_eq!(mine.tunnel.remote_port, Some(reserved));
 }
+
+#[tokio::test]
+async fn a_connection_cut_midway_still_says_what_it_carried() {
+    let server = TestServer::start().await;
+    // A service that reads five bytes, answers three, then resets.
+    let target = service(|mut stream: TcpStream| async move {
+        let mut five = [0; 5];
+        stream.read_exact(&mut five).await.unwrap();
+        stream.write_all(b"abc").await.unwrap();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let _ = stream.set_zero_linger();
+    })
+    .await;
+    let (client, public) = tunnel(&server, target).await;
+    let mut visitor = TcpStream::connect(public).await.unwrap();
+    visitor.write_all(b"hello").await.unwrap();
+    let mut three = [0; 3];
+    visitor.read_exact(&mut three).await.unwrap();
+    let done = connection_done(&client).await;
+    assert!(done.error.is_some(), "{done:?}");
+    assert_eq!((done.bytes_in, done.bytes_out), (5, 3), "{done:?}");
+}

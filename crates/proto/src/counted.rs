@@ -1,8 +1,9 @@
-//! A byte stream whose bytes are tallied as they pass: those read came
-//! from the visitor (`in`), those written went to them (`out`). Shared by
-//! the two places that carry a visitor's raw bytes: a protocol switch's
-//! upgraded connection (`gateway::passthrough`) and a TCP or TLS tunnel's
-//! connection (`ports::relay`).
+//! A byte stream whose bytes are tallied as they pass, read by read and
+//! write by write: those read (`in`) and those written (`out`). The server
+//! counts a visitor's raw bytes with it (a protocol switch's upgraded
+//! connection, a TCP or TLS tunnel's connection), the client a TCP tunnel's
+//! connection to its local service, so that a connection cut midway still
+//! says what it carried.
 
 use std::io;
 use std::pin::Pin;
@@ -11,21 +12,22 @@ use std::task::{Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 /// Where a [`Counted`] stream's bytes are tallied.
-pub(crate) trait Tally: Unpin {
-    /// `n` bytes came from the visitor.
+pub trait Tally: Unpin {
+    /// `n` bytes were read.
     fn add_in(&self, n: u64);
-    /// `n` bytes went to the visitor.
+    /// `n` bytes were written.
     fn add_out(&self, n: u64);
 }
 
 /// `inner`, its bytes tallied in `tally` read by read and write by write.
-pub(crate) struct Counted<T, C> {
+pub struct Counted<T, C> {
     inner: T,
     tally: C,
 }
 
 impl<T, C> Counted<T, C> {
-    pub(crate) fn new(inner: T, tally: C) -> Self {
+    /// `inner`, its bytes tallied in `tally`.
+    pub fn new(inner: T, tally: C) -> Self {
         Counted { inner, tally }
     }
 }
