@@ -90,6 +90,12 @@ impl PortClaim {
     pub(crate) fn hold_after(&self) {
         self.hold.store(true, Ordering::Relaxed);
     }
+
+    /// Once the claim ends, the port is free (its tunnel closed on
+    /// purpose).
+    pub(crate) fn free_after(&self) {
+        self.hold.store(false, Ordering::Relaxed);
+    }
 }
 
 impl Drop for PortClaim {

@@ -21,6 +21,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -65,8 +66,13 @@ pub(crate) enum Keep {
     /// Nothing (a TLS tunnel).
     Nothing,
     /// A single server's port: stops its accept loop when the last of its
-    /// tunnels (a pool's members share it) is dropped.
-    Stop(#[expect(dead_code, reason = "kept for what its drop does")] Arc<DropGuard>),
+    /// tunnels (a pool's members share it) is dropped; the flag says
+    /// whether the port is then held for the name (the last to leave
+    /// decides: a tunnel closed on purpose leaves it free).
+    Stop(
+        #[expect(dead_code, reason = "kept for what its drop does")] Arc<DropGuard>,
+        Arc<AtomicBool>,
+    ),
     /// A cluster's port: its claim, held for the name when dropped.
     Claim(Arc<PortClaim>),
 }
@@ -87,6 +93,17 @@ impl Relay {
     pub(crate) fn registered(&self) {
         if let Keep::Claim(claim) = &self._keep {
             claim.hold_after();
+        }
+    }
+
+    /// The tunnel leaves the registry: its port is to be held for its name
+    /// (`hold`: its client may come back) or freed (closed on purpose),
+    /// once no other tunnel shares it.
+    pub(crate) fn left(&self, hold: bool) {
+        match &self._keep {
+            Keep::Stop(_, held) => held.store(hold, Ordering::Relaxed),
+            Keep::Claim(claim) if !hold => claim.free_after(),
+            Keep::Claim(_) | Keep::Nothing => {}
         }
     }
 
@@ -113,6 +130,8 @@ pub(crate) struct Accepting {
     listener: TcpListener,
     lease: Lease,
     stop: CancellationToken,
+    /// Whether the port is held for the name once it stops.
+    hold: Arc<AtomicBool>,
 }
 
 impl Port {
@@ -135,11 +154,13 @@ impl Port {
         let (keep, accepting) = match self {
             Port::Own(listener, lease) => {
                 let stop = CancellationToken::new();
-                let keep = Keep::Stop(Arc::new(stop.clone().drop_guard()));
+                let hold = Arc::new(AtomicBool::new(true));
+                let keep = Keep::Stop(Arc::new(stop.clone().drop_guard()), Arc::clone(&hold));
                 let accepting = Accepting {
                     listener,
                     lease,
                     stop,
+                    hold,
                 };
                 (keep, Some(accepting))
             }
@@ -165,7 +186,7 @@ impl Accepting {
         tokio::spawn(self.serve(name.to_owned(), carrier).instrument(span));
     }
 
-    async fn serve(self, name: String, carrier: Carrier) {
+    async fn serve(mut self, name: String, carrier: Carrier) {
         let port = self.lease.port();
         super::accept_until(&self.listener, &self.stop, |stream, visitor| {
             let (name, carrier) = (name.clone(), carrier.clone());
@@ -175,6 +196,9 @@ impl Accepting {
             );
         })
         .await;
+        if !self.hold.load(Ordering::Relaxed) {
+            self.lease.hold_after(&name, Duration::ZERO);
+        }
         debug!("TCP tunnel's port closed");
     }
 }

@@ -338,6 +338,9 @@ impl Registration {
 
 impl Drop for Registration {
     fn drop(&mut self) {
+        if let Some(relay) = &self.tunnel.relay {
+            relay.left(self.hold);
+        }
         self.registry.remove(&self.tunnel, self.hold);
     }
 }

@@ -665,3 +665,52 @@ async fn a_connection_cut_midway_still_says_what_it_carried() {
     assert!(done.error.is_some(), "{done:?}");
     assert_eq!((done.bytes_in, done.bytes_out), (5, 3), "{done:?}");
 }
+
+#[tokio::test]
+async fn a_local_service_that_never_accepts_is_given_up_on_in_time() {
+    // A listener with a backlog of one that never accepts: once its queue
+    // is full, the kernel drops further connection attempts.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let listener = socket.listen(1).unwrap();
+    let target = listener.local_addr().unwrap();
+    let mut queued = Vec::new();
+    for _ in 0..2 {
+        queued.push(TcpStream::connect(target).await.unwrap());
+    }
+    let server = TestServer::start().await;
+    let client = TestClient::start_with(&server, &target.to_string(), |c| {
+        tcp(c);
+        c.local_connect_timeout = Duration::from_millis(300);
+    })
+    .await
+    .unwrap();
+    let public = SocketAddr::from(([127, 0, 0, 1], client.tunnel.remote_port.unwrap()));
+    let started = std::time::Instant::now();
+    let mut visitor = TcpStream::connect(public).await.unwrap();
+    assert!(closed(&mut visitor).await, "the visitor is closed");
+    let done = connection_done(&client).await;
+    let error = done.error.unwrap_or_default();
+    assert!(error.contains("300ms"), "{error}");
+    assert!(started.elapsed() < Duration::from_secs(5));
+    drop((listener, queued));
+}
+
+#[tokio::test]
+async fn a_tunnel_closed_on_purpose_leaves_its_port_free_at_once() {
+    let server = TestServer::start().await;
+    let target = service(echo).await;
+    let (client, public) = tunnel(&server, target).await;
+    // Stopped by its user (close_tunnel): name and port are released, not
+    // held for a client that is not coming back.
+    client.stop().await.unwrap();
+    cryptun_testkit::raw::eventually(cryptun_testkit::raw::WAIT, "the port free", || async {
+        let other = TestClient::start_with(&server, &target.to_string(), |c| {
+            tcp(c);
+            c.tunnel.remote_port = Some(public.port());
+        })
+        .await;
+        other.is_ok_and(|c| c.tunnel.remote_port == Some(public.port()))
+    })
+    .await;
+}
