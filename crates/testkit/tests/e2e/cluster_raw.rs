@@ -326,3 +326,61 @@ async fn a_cluster_without_tcp_port_ranges_refuses_tcp_tunnels() {
     assert_eq!(code, ErrorCode::TcpDisabled);
     assert!(message.contains("--tcp-ports"), "{message}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_port_reserved_in_the_cluster_goes_only_to_its_key_on_every_node() {
+    let redis = TestRedis::start();
+    let (reserved, free) = (free_port(), free_port());
+    let mut nodes = Vec::new();
+    for (i, name) in ["a", "b"].iter().enumerate() {
+        let config = Config {
+            auth: cryptun_server::AuthMode::Required,
+            tcp_ports: TcpPorts::Ranges(vec![reserved..=reserved, free..=free]),
+            ..TestServer::cluster_config(&redis.url(), name)
+        };
+        let ip = IpAddr::from([127, 0, 0, 2 + i as u8]);
+        nodes.push(TestServer::start_on(SocketAddr::new(ip, 0), config).await);
+    }
+    let keys = cryptun_server::cluster::keys::SharedKeys::connect(&redis.url())
+        .await
+        .unwrap();
+    let owner = keys.create_key("owner").await.unwrap();
+    let other = keys.create_key("other").await.unwrap();
+    keys.reserve_port(&owner.info.id, reserved).await.unwrap();
+    let target = service(echo).await;
+    let open = |node: usize, token: &cryptun_proto::Secret, port: Option<u16>| {
+        let token = token.clone();
+        tcp_tunnel(&nodes[node], target, move |c| {
+            c.token = Some(token);
+            c.tunnel.remote_port = port;
+        })
+    };
+    // Another key, on either node: refused the reserved port, given the
+    // other when asking for none, then none.
+    for node in [0, 1] {
+        let refused = TestClient::start_with(&nodes[node], &target.to_string(), |c| {
+            tcp(c);
+            c.token = Some(other.token.clone());
+            c.tunnel.remote_port = Some(reserved);
+        })
+        .await;
+        match refused {
+            Err(ClientError::Refused { code, message }) => {
+                assert_eq!(code, ErrorCode::PortUnavailable);
+                assert!(message.contains("reserved"), "{message}");
+            }
+            Err(err) => panic!("refused otherwise: {err}"),
+            Ok(c) => panic!("given {:?}", c.tunnel.remote_port),
+        }
+    }
+    let given = open(1, &other.token, None).await;
+    assert_eq!(given.tunnel.remote_port, Some(free));
+    // Its key gets it, and it is reached at both nodes.
+    let mine = open(0, &owner.token, Some(reserved)).await;
+    assert_eq!(mine.tunnel.remote_port, Some(reserved));
+    let expected: [u8; 32] = Sha256::digest(b"reserved").into();
+    assert_eq!(
+        echoed(at(&nodes[1], reserved), b"reserved".to_vec()).await,
+        expected
+    );
+}
