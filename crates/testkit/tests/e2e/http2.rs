@@ -15,43 +15,44 @@ use cryptun_testkit::h2raw::{self, RawH2};
 use cryptun_testkit::wsecho::WsEcho;
 use cryptun_testkit::{Browser, Origin, TestClient, TestServer, Visitor};
 
-/// `curl ARGS URL` for `host` at `addr` (resolved there, trusting `ca`):
-/// `(http_version, status, body)`.
-fn curl(
-    args: &[&str],
-    scheme: &str,
-    host: &str,
+/// curl, for one tunnel's host at one listener (resolved there, trusting
+/// `ca`).
+struct Curl<'a> {
+    scheme: &'static str,
+    host: &'a str,
     addr: std::net::SocketAddr,
-    ca: Option<&Path>,
-    path: &str,
-) -> (String, u16, String) {
-    let name = host.split(':').next().unwrap();
-    let url = format!("{scheme}://{name}:{}{path}", addr.port());
-    let mut cmd = Command::new("curl");
-    cmd.args([
-        "-sS",
-        "--max-time",
-        "20",
-        "-w",
-        "\n%{http_version} %{http_code}",
-    ])
-    .args([
-        "--resolve",
-        &format!("{name}:{}:{}", addr.port(), addr.ip()),
-    ])
-    .args(args);
-    if let Some(ca) = ca {
-        cmd.arg("--cacert").arg(ca);
+    ca: Option<&'a Path>,
+}
+
+impl Curl<'_> {
+    /// `curl ARGS` for `path`: `(http_version, status, body)`.
+    fn run(&self, args: &[&str], path: &str) -> (String, u16, String) {
+        let (name, port) = (self.host.split(':').next().unwrap(), self.addr.port());
+        let url = format!("{}://{name}:{port}{path}", self.scheme);
+        let resolve = format!("{name}:{port}:{}", self.addr.ip());
+        let mut cmd = Command::new("curl");
+        cmd.args([
+            "-sS",
+            "--max-time",
+            "20",
+            "-w",
+            "\n%{http_version} %{http_code}",
+        ])
+        .args(["--resolve", &resolve])
+        .args(args);
+        if let Some(ca) = self.ca {
+            cmd.arg("--cacert").arg(ca);
+        }
+        let out = cmd
+            .arg(&url)
+            .output()
+            .expect("curl runs (apt-get install curl)");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let (body, tail) = text.rsplit_once('\n').unwrap_or(("", &text));
+        let (version, status) = tail.split_once(' ').unwrap_or(("", "0"));
+        let status = status.trim().parse().unwrap_or(0);
+        (version.to_owned(), status, body.to_owned())
     }
-    let out = cmd
-        .arg(&url)
-        .output()
-        .expect("curl runs (apt-get install curl)");
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let (body, tail) = text.rsplit_once('\n').unwrap_or(("", &text));
-    let (version, status) = tail.split_once(' ').unwrap_or(("", "0"));
-    let status = status.trim().parse().unwrap_or(0);
-    (version.to_owned(), status, body.to_owned())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -61,14 +62,13 @@ async fn curl_reaches_a_tunnel_over_http2_on_the_https_listener() {
     let origin = Origin::start().await;
     let client = TestClient::start(&server, &origin.target()).await;
     let host = server.host_of(&client.tunnel.subdomain);
-    let (version, status, body) = curl(
-        &["--http2"],
-        "https",
-        &host,
-        https.addr,
-        Some(&https.ca),
-        "/echo",
-    );
+    let (version, status, body) = Curl {
+        scheme: "https",
+        host: &host,
+        addr: https.addr,
+        ca: Some(&https.ca),
+    }
+    .run(&["--http2"], "/echo");
     assert_eq!((version.as_str(), status), ("2", 200), "{body}");
     // The local service heard a Host made from :authority.
     let echoed: serde_json::Value = serde_json::from_str(&body).unwrap();
@@ -91,27 +91,25 @@ async fn curl_reaches_a_tunnel_over_http2_on_the_https_listener() {
     let sent: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
     std::fs::write(&file, &sent).unwrap();
     let at = format!("@{}", file.display());
-    let (version, status, body) = curl(
-        &["--http2", "--data-binary", &at],
-        "https",
-        &host,
-        https.addr,
-        Some(&https.ca),
-        "/sha256",
-    );
+    let (version, status, body) = Curl {
+        scheme: "https",
+        host: &host,
+        addr: https.addr,
+        ca: Some(&https.ca),
+    }
+    .run(&["--http2", "--data-binary", &at], "/sha256");
     assert_eq!((version.as_str(), status), ("2", 200), "{body}");
     let hashed: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(hashed["len"], 300_000);
     assert_eq!(hashed["sha256"], cryptun_testkit::sha256_hex(&sent));
     // HTTP/1.1 still, for those who ask.
-    let (version, status, _) = curl(
-        &["--http1.1"],
-        "https",
-        &host,
-        https.addr,
-        Some(&https.ca),
-        "/echo",
-    );
+    let (version, status, _) = Curl {
+        scheme: "https",
+        host: &host,
+        addr: https.addr,
+        ca: Some(&https.ca),
+    }
+    .run(&["--http1.1"], "/echo");
     assert_eq!((version.as_str(), status), ("1.1", 200));
 }
 
@@ -125,31 +123,35 @@ async fn with_h2c_the_plain_listener_takes_http2_with_prior_knowledge() {
     let origin = Origin::start().await;
     let client = TestClient::start(&server, &origin.target()).await;
     let host = server.host_of(&client.tunnel.subdomain);
-    let (version, status, _) = curl(
-        &["--http2-prior-knowledge"],
-        "http",
-        &host,
-        server.addr,
-        None,
-        "/echo",
-    );
+    let (version, status, _) = Curl {
+        scheme: "http",
+        host: &host,
+        addr: server.addr,
+        ca: None,
+    }
+    .run(&["--http2-prior-knowledge"], "/echo");
     assert_eq!((version.as_str(), status), ("2", 200));
     // HTTP/1.1 on the same listener, a request as short as a preface's start.
-    let (version, status, _) = curl(&[], "http", &host, server.addr, None, "/echo");
+    let (version, status, _) = Curl {
+        scheme: "http",
+        host: &host,
+        addr: server.addr,
+        ca: None,
+    }
+    .run(&[], "/echo");
     assert_eq!((version.as_str(), status), ("1.1", 200));
 
     // Without --h2c, prior knowledge is not spoken.
     let plain = TestServer::start().await;
     let client = TestClient::start(&plain, &origin.target()).await;
     let host = plain.host_of(&client.tunnel.subdomain);
-    let (version, status, _) = curl(
-        &["--http2-prior-knowledge"],
-        "http",
-        &host,
-        plain.addr,
-        None,
-        "/echo",
-    );
+    let (version, status, _) = Curl {
+        scheme: "http",
+        host: &host,
+        addr: plain.addr,
+        ca: None,
+    }
+    .run(&["--http2-prior-knowledge"], "/echo");
     assert_ne!((version.as_str(), status), ("2", 200));
 }
 
@@ -388,14 +390,13 @@ async fn an_http2_visitor_reaches_a_tunnel_on_another_node() {
     let origin = Origin::start().await;
     let client = TestClient::start(&a, &origin.target()).await;
     let host = b.host_of(&client.tunnel.subdomain);
-    let (version, status, body) = curl(
-        &["--http2-prior-knowledge"],
-        "http",
-        &host,
-        b.addr,
-        None,
-        "/echo",
-    );
+    let (version, status, body) = Curl {
+        scheme: "http",
+        host: &host,
+        addr: b.addr,
+        ca: None,
+    }
+    .run(&["--http2-prior-knowledge"], "/echo");
     assert_eq!((version.as_str(), status), ("2", 200), "{body}");
     assert_eq!(origin.requests(), 1);
 }
