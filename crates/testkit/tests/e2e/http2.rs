@@ -24,7 +24,27 @@ struct Curl<'a> {
     ca: Option<&'a Path>,
 }
 
-impl Curl<'_> {
+impl<'a> Curl<'a> {
+    /// Over cleartext.
+    fn plain(host: &'a str, addr: std::net::SocketAddr) -> Self {
+        Curl {
+            scheme: "http",
+            host,
+            addr,
+            ca: None,
+        }
+    }
+
+    /// Over TLS, trusting `ca`.
+    fn https(host: &'a str, addr: std::net::SocketAddr, ca: &'a Path) -> Self {
+        Curl {
+            scheme: "https",
+            host,
+            addr,
+            ca: Some(ca),
+        }
+    }
+
     /// `curl ARGS` for `path`: `(http_version, status, body)`.
     fn run(&self, args: &[&str], path: &str) -> (String, u16, String) {
         let (name, port) = (self.host.split(':').next().unwrap(), self.addr.port());
@@ -62,13 +82,8 @@ async fn curl_reaches_a_tunnel_over_http2_on_the_https_listener() {
     let origin = Origin::start().await;
     let client = TestClient::start(&server, &origin.target()).await;
     let host = server.host_of(&client.tunnel.subdomain);
-    let (version, status, body) = Curl {
-        scheme: "https",
-        host: &host,
-        addr: https.addr,
-        ca: Some(&https.ca),
-    }
-    .run(&["--http2"], "/echo");
+    let (version, status, body) =
+        Curl::https(&host, https.addr, &https.ca).run(&["--http2"], "/echo");
     assert_eq!((version.as_str(), status), ("2", 200), "{body}");
     // The local service heard a Host made from :authority.
     let echoed: serde_json::Value = serde_json::from_str(&body).unwrap();
@@ -91,25 +106,15 @@ async fn curl_reaches_a_tunnel_over_http2_on_the_https_listener() {
     let sent: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
     std::fs::write(&file, &sent).unwrap();
     let at = format!("@{}", file.display());
-    let (version, status, body) = Curl {
-        scheme: "https",
-        host: &host,
-        addr: https.addr,
-        ca: Some(&https.ca),
-    }
-    .run(&["--http2", "--data-binary", &at], "/sha256");
+    let (version, status, body) = Curl::https(&host, https.addr, &https.ca)
+        .run(&["--http2", "--data-binary", &at], "/sha256");
     assert_eq!((version.as_str(), status), ("2", 200), "{body}");
     let hashed: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(hashed["len"], 300_000);
     assert_eq!(hashed["sha256"], cryptun_testkit::sha256_hex(&sent));
     // HTTP/1.1 still, for those who ask.
-    let (version, status, _) = Curl {
-        scheme: "https",
-        host: &host,
-        addr: https.addr,
-        ca: Some(&https.ca),
-    }
-    .run(&["--http1.1"], "/echo");
+    let (version, status, _) =
+        Curl::https(&host, https.addr, &https.ca).run(&["--http1.1"], "/echo");
     assert_eq!((version.as_str(), status), ("1.1", 200));
 }
 
@@ -123,35 +128,19 @@ async fn with_h2c_the_plain_listener_takes_http2_with_prior_knowledge() {
     let origin = Origin::start().await;
     let client = TestClient::start(&server, &origin.target()).await;
     let host = server.host_of(&client.tunnel.subdomain);
-    let (version, status, _) = Curl {
-        scheme: "http",
-        host: &host,
-        addr: server.addr,
-        ca: None,
-    }
-    .run(&["--http2-prior-knowledge"], "/echo");
+    let (version, status, _) =
+        Curl::plain(&host, server.addr).run(&["--http2-prior-knowledge"], "/echo");
     assert_eq!((version.as_str(), status), ("2", 200));
     // HTTP/1.1 on the same listener, a request as short as a preface's start.
-    let (version, status, _) = Curl {
-        scheme: "http",
-        host: &host,
-        addr: server.addr,
-        ca: None,
-    }
-    .run(&[], "/echo");
+    let (version, status, _) = Curl::plain(&host, server.addr).run(&[], "/echo");
     assert_eq!((version.as_str(), status), ("1.1", 200));
 
     // Without --h2c, prior knowledge is not spoken.
     let plain = TestServer::start().await;
     let client = TestClient::start(&plain, &origin.target()).await;
     let host = plain.host_of(&client.tunnel.subdomain);
-    let (version, status, _) = Curl {
-        scheme: "http",
-        host: &host,
-        addr: plain.addr,
-        ca: None,
-    }
-    .run(&["--http2-prior-knowledge"], "/echo");
+    let (version, status, _) =
+        Curl::plain(&host, plain.addr).run(&["--http2-prior-knowledge"], "/echo");
     assert_ne!((version.as_str(), status), ("2", 200));
 }
 
@@ -390,13 +379,8 @@ async fn an_http2_visitor_reaches_a_tunnel_on_another_node() {
     let origin = Origin::start().await;
     let client = TestClient::start(&a, &origin.target()).await;
     let host = b.host_of(&client.tunnel.subdomain);
-    let (version, status, body) = Curl {
-        scheme: "http",
-        host: &host,
-        addr: b.addr,
-        ca: None,
-    }
-    .run(&["--http2-prior-knowledge"], "/echo");
+    let (version, status, body) =
+        Curl::plain(&host, b.addr).run(&["--http2-prior-knowledge"], "/echo");
     assert_eq!((version.as_str(), status), ("2", 200), "{body}");
     assert_eq!(origin.requests(), 1);
 }
