@@ -144,6 +144,17 @@ async fn with_h2c_the_plain_listener_takes_http2_with_prior_knowledge() {
     assert_ne!((version.as_str(), status), ("2", 200));
 }
 
+/// The status `addr` answers `req` with, over a new h2c connection (the
+/// `h2` crate's client: it sends what it is given).
+async fn h2_status(addr: std::net::SocketAddr, req: http::Request<()>) -> http::StatusCode {
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (mut send, connection) = h2::client::handshake(tcp).await.unwrap();
+    tokio::spawn(connection);
+    let (resp, _) = send.send_request(req, true).unwrap();
+    let resp = tokio::time::timeout(Duration::from_secs(10), resp);
+    resp.await.unwrap().unwrap().status()
+}
+
 /// A server speaking h2c, a tunnel to an origin, and the tunnel's host.
 async fn h2c_tunnel() -> (TestServer, Origin, TestClient, String) {
     let server = TestServer::start_with(Config {
@@ -198,20 +209,12 @@ async fn streams_past_the_limit_are_refused_and_the_others_served() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_header_list_past_the_limit_is_answered_431() {
     let (server, origin, _client, host) = h2c_tunnel().await;
-    let tcp = tokio::net::TcpStream::connect(server.addr).await.unwrap();
-    let (mut send, connection) = h2::client::handshake(tcp).await.unwrap();
-    tokio::spawn(connection);
     let big = "a".repeat(80 * 1024);
     let req = http::Request::get(format!("http://{host}/echo"))
         .header("x-big", big)
         .body(())
         .unwrap();
-    let (resp, _) = send.send_request(req, true).unwrap();
-    let resp = tokio::time::timeout(Duration::from_secs(10), resp)
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(resp.status(), 431);
+    assert_eq!(h2_status(server.addr, req).await, 431);
     assert_eq!(origin.requests(), 0);
 }
 
@@ -300,19 +303,11 @@ async fn requests_ambiguous_on_http1_never_reach_the_local_service() {
         .await;
     assert!(reset.is_some(), "content-length mismatch not reset");
     // Host and :authority naming two hosts: 400 from the gateway.
-    let tcp = tokio::net::TcpStream::connect(server.addr).await.unwrap();
-    let (mut send, connection) = h2::client::handshake(tcp).await.unwrap();
-    tokio::spawn(connection);
     let req = http::Request::get(format!("http://{host}/echo"))
         .header("host", "another.localhost")
         .body(())
         .unwrap();
-    let (resp, _) = send.send_request(req, true).unwrap();
-    let resp = tokio::time::timeout(Duration::from_secs(10), resp)
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(resp.status(), 400);
+    assert_eq!(h2_status(server.addr, req).await, 400);
     // None of it was served, and no smuggled request appeared.
     assert_eq!(origin.requests(), 0, "the local service was reached");
 }
@@ -405,17 +400,9 @@ async fn an_http2_connection_on_a_slot_kept_for_clients_is_served_nothing() {
     }
     // An HTTP/2 visitor on a kept slot: its request is refused (503), as an
     // HTTP/1.1 one's is; the tunnel is not reached.
-    let tcp = tokio::net::TcpStream::connect(server.addr).await.unwrap();
-    let (mut send, connection) = h2::client::handshake(tcp).await.unwrap();
-    tokio::spawn(connection);
     let req = http::Request::get(format!("http://{}/echo", client.host))
         .body(())
         .unwrap();
-    let (resp, _) = send.send_request(req, true).unwrap();
-    let resp = tokio::time::timeout(Duration::from_secs(10), resp)
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(resp.status(), 503);
+    assert_eq!(h2_status(server.addr, req).await, 503);
     assert_eq!(origin.requests(), 0);
 }
