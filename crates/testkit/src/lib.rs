@@ -95,6 +95,29 @@ pub(crate) fn accept_until<F, Fut>(
     });
 }
 
+/// A loopback TCP port nothing listens on now, for a test to bind later
+/// (a server's TCP ports, a Redis): outside the range the system gives out
+/// to outgoing connections (32768-60999 on Linux), so that none of the
+/// tests' own connections takes it between the pick and the bind, and a
+/// different one at each call within a test process. Ports 20000-22699:
+/// 10000 above them (a Redis Cluster's bus) is outside that range too.
+pub fn unused_port() -> u16 {
+    use std::sync::atomic::{AtomicU16, Ordering};
+    const FIRST: u16 = 20_000;
+    const SPAN: u16 = 2_700;
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    // Where each process starts, so that processes run one after another
+    // do not meet ports the previous one left in TIME_WAIT.
+    let start = (std::process::id() % u32::from(SPAN)) as u16;
+    loop {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = FIRST + (start.wrapping_add(n) % SPAN);
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+}
+
 /// Hex SHA-256 of `data`.
 pub fn sha256_hex(data: &[u8]) -> String {
     use sha2::Digest;

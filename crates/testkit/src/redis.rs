@@ -141,13 +141,9 @@ impl Drop for TestRedis {
     }
 }
 
-/// A port nothing listens on now.
+/// A port nothing listens on now ([`crate::unused_port`]).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    crate::unused_port()
 }
 
 /// Waits, within ten seconds, for Redis at `addr` to answer PING.

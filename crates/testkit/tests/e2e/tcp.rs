@@ -70,13 +70,10 @@ async fn connection_done(client: &TestClient) -> ConnectionDone {
     done
 }
 
-/// A port no one listens on now.
+/// A port no one listens on now, outside the system's range for outgoing
+/// connections ([`cryptun_testkit::unused_port`]).
 pub(crate) fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    cryptun_testkit::unused_port()
 }
 
 #[tokio::test]
