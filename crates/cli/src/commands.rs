@@ -234,8 +234,14 @@ pub async fn http(args: HttpArgs, json_logs: bool) -> Result<()> {
             let tls = cryptun_client::LocalTls {
                 ca: args.local_ca.clone(),
                 insecure: args.local_insecure,
+                h2: false,
             };
-            local::target(target, args.host_header.clone(), tls)?
+            let mut target = local::target(target, args.host_header.clone(), tls)?;
+            if let Some(upstream) = args.upstream {
+                target.set_upstream(upstream)?;
+                local::check(&target)?;
+            }
+            target
         }
         None => start_hello(&shutdown).await?,
     };

@@ -99,7 +99,7 @@ pub use raw::LocalProxyProtocol;
 pub use reconnect::{Reconnect, serve};
 pub use servers::Endpoint;
 pub use session::Session;
-pub use target::{AddressError, Target};
+pub use target::{AddressError, Target, Upstream};
 
 /// How the client connects and forwards: the servers, the connection's
 /// settings, and the tunnels it carries — [`tunnel`](ClientConfig::tunnel)

@@ -36,7 +36,7 @@ use http_body::{Body, Frame, SizeHint};
 use http_body_util::combinators::BoxBody;
 use hyper::body::Incoming;
 use hyper::client::conn::http1::{self, SendRequest};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpStream;
 use tokio_util::either::Either;
 // Tokio's clock, which tests can pause: the idle deadlines follow it.
@@ -79,14 +79,22 @@ pub(crate) enum LocalError {
     Tls(std::io::Error),
     #[error(transparent)]
     Http(#[from] hyper::Error),
+    /// The request's Host cannot be an HTTP/2 `:authority`.
+    #[error("the request's Host {0:?} cannot name an HTTP/2 authority")]
+    Authority(String),
 }
 
 /// Idle connections to the local services, by target. A clone shares them.
 #[derive(Clone)]
 pub(crate) struct LocalPool {
     idle: Arc<Mutex<Idle>>,
+    /// HTTP/2 connections (`--upstream http2|h2c`), one per target, each
+    /// taking every request at once; it runs as a task of its own.
+    h2: Arc<Mutex<HashMap<PoolKey, H2Sender>>>,
     connect_timeout: Duration,
 }
+
+type H2Sender = hyper::client::conn::http2::SendRequest<LocalBody>;
 
 type Idle = HashMap<PoolKey, Vec<(Conn, Instant)>>;
 
@@ -164,6 +172,7 @@ impl LocalPool {
         tokio::spawn(sweep(Arc::downgrade(&idle)));
         LocalPool {
             idle,
+            h2: Arc::default(),
             connect_timeout,
         }
     }
@@ -184,7 +193,65 @@ impl LocalPool {
         target: &Target,
         request: Request<LocalBody>,
     ) -> Result<Response<DrivenBody>, LocalError> {
+        if target.upstream() != crate::Upstream::Http1 {
+            return self.send_h2(target, request).await;
+        }
         self.send_on(None, target, request).await
+    }
+
+    /// [`send`](Self::send) over HTTP/2: on the target's connection, made
+    /// if it has none or it closed. The request's URI takes the scheme
+    /// and its `Host` as authority, as HTTP/2 carries them.
+    async fn send_h2(
+        &self,
+        target: &Target,
+        mut request: Request<LocalBody>,
+    ) -> Result<Response<DrivenBody>, LocalError> {
+        let key = PoolKey::of(target);
+        let cached = lock(&self.h2).get(&key).filter(|s| !s.is_closed()).cloned();
+        let mut sender = match cached {
+            Some(sender) => sender,
+            None => {
+                let io = self.dial(target).await?;
+                let (sender, conn) =
+                    hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(io))
+                        .await?;
+                tokio::spawn(async move {
+                    if let Err(err) = conn.await {
+                        tracing::debug!(%err, "HTTP/2 connection to the local service ended");
+                    }
+                });
+                lock(&self.h2).insert(key, sender.clone());
+                sender
+            }
+        };
+        let scheme = if target.is_https() { "https" } else { "http" };
+        let authority = request
+            .headers()
+            .get(http::header::HOST)
+            .and_then(|host| host.to_str().ok())
+            .map_or_else(|| target.authority().to_string(), str::to_owned);
+        let path = request
+            .uri()
+            .path_and_query()
+            .map_or("/", |p| p.as_str())
+            .to_owned();
+        *request.uri_mut() = http::Uri::builder()
+            .scheme(scheme)
+            .authority(authority.as_str())
+            .path_and_query(path)
+            .build()
+            .map_err(|_| LocalError::Authority(authority))?;
+        *request.version_mut() = http::Version::HTTP_2;
+        request.headers_mut().remove(http::header::HOST);
+        sender.ready().await?;
+        let response = sender.send_request(request).await?;
+        Ok(response.map(|body| DrivenBody {
+            body,
+            ended: false,
+            conn: None,
+            home: None,
+        }))
     }
 
     /// [`send`](Self::send), trying `checked_out` first: a pooled
@@ -267,6 +334,20 @@ impl LocalPool {
     }
 
     async fn connect(&self, target: &Target) -> Result<Conn, LocalError> {
+        let io = self.dial(target).await?;
+        let (sender, io) = http1::handshake(TokioIo::new(io)).await?;
+        Ok(Conn {
+            sender,
+            io: Some(Box::pin(io.with_upgrades())),
+        })
+    }
+
+    /// A new connection to `target`, TLS's handshake done for an
+    /// `https://` one, within the connect timeout.
+    async fn dial(
+        &self,
+        target: &Target,
+    ) -> Result<Either<TcpStream, tokio_rustls::client::TlsStream<TcpStream>>, LocalError> {
         let address = target.authority().as_str();
         let tcp = tokio::time::timeout(self.connect_timeout, TcpStream::connect(address))
             .await
@@ -285,11 +366,7 @@ impl LocalPool {
                 Either::Right(tls)
             }
         };
-        let (sender, io) = http1::handshake(TokioIo::new(io)).await?;
-        Ok(Conn {
-            sender,
-            io: Some(Box::pin(io.with_upgrades())),
-        })
+        Ok(io)
     }
 }
 
@@ -323,8 +400,8 @@ async fn sweep(idle: Weak<Mutex<Idle>>) {
     }
 }
 
-fn lock(idle: &Mutex<Idle>) -> MutexGuard<'_, Idle> {
-    idle.lock().unwrap_or_else(|e| e.into_inner())
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// A response body from the local service that drives its connection as

@@ -37,6 +37,8 @@ pub struct LocalTls {
     pub ca: Option<PathBuf>,
     /// Trust any certificate (`--local-insecure`).
     pub insecure: bool,
+    /// Offer HTTP/2 by ALPN (`--upstream http2`), not HTTP/1.1.
+    pub h2: bool,
 }
 
 /// Trust settings that cannot be used.
@@ -78,8 +80,12 @@ impl LocalTls {
                 .with_root_certificates(self.roots()?)
                 .with_no_client_auth()
         };
-        // The local connection speaks HTTP/1.1 (upgrades included).
-        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        // The local connection speaks HTTP/1.1 (upgrades included), or
+        // with `--upstream http2` HTTP/2.
+        config.alpn_protocols = match self.h2 {
+            true => vec![b"h2".to_vec()],
+            false => vec![b"http/1.1".to_vec()],
+        };
         Ok(TlsConnector::from(Arc::new(config)))
     }
 
@@ -287,6 +293,7 @@ mod tests {
         let missing = LocalTls {
             ca: Some("/nonexistent/ca.pem".into()),
             insecure: false,
+            h2: false,
         };
         let err = missing.check().expect_err("a missing file");
         assert!(
@@ -301,6 +308,7 @@ mod tests {
         let err = LocalTls {
             ca: Some(empty),
             insecure: false,
+            h2: false,
         }
         .check()
         .expect_err("no PEM");
@@ -310,6 +318,7 @@ mod tests {
         let insecure = LocalTls {
             ca: None,
             insecure: true,
+            h2: false,
         };
         assert!(insecure.check().is_ok());
     }
@@ -328,6 +337,7 @@ mod tests {
         let insecure = LocalTls {
             ca: None,
             insecure: true,
+            h2: false,
         };
         target.set_local_tls(insecure).unwrap();
         assert!(!built(&target));

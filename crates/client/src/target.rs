@@ -13,11 +13,48 @@ use crate::local_tls::{Connector, LocalTls, LocalTlsError};
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Target {
     authority: Authority,
+    /// What the client speaks to it.
+    upstream: Upstream,
     /// `Some` for an `https://` target: how its certificate is trusted.
     tls: Option<LocalTls>,
     /// What `tls` says, built once for every clone of the target.
     connector: Connector,
     host_header: HostHeader,
+}
+
+/// What the client speaks to a local service (`--upstream`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub enum Upstream {
+    /// HTTP/1.1 (WebSockets and other upgrades included).
+    #[default]
+    Http1,
+    /// HTTP/2, chosen by ALPN, to an `https://` target.
+    Http2,
+    /// HTTP/2 with prior knowledge (cleartext), to an `http://` target.
+    H2c,
+}
+
+impl std::str::FromStr for Upstream {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        match text {
+            "http1" => Ok(Upstream::Http1),
+            "http2" => Ok(Upstream::Http2),
+            "h2c" => Ok(Upstream::H2c),
+            _ => Err(format!("{text:?}: expected http1, http2 or h2c")),
+        }
+    }
+}
+
+impl fmt::Display for Upstream {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Upstream::Http1 => "http1",
+            Upstream::Http2 => "http2",
+            Upstream::H2c => "h2c",
+        })
+    }
 }
 
 /// Input that names no usable address.
@@ -65,6 +102,7 @@ impl Target {
         }
         Ok(Target {
             authority,
+            upstream: Upstream::Http1,
             tls,
             connector: Connector::default(),
             host_header: HostHeader::default(),
@@ -92,6 +130,37 @@ impl Target {
     pub fn port(&self) -> u16 {
         let default = if self.is_https() { 443 } else { 80 };
         self.authority.port_u16().unwrap_or(default)
+    }
+
+    /// What the client speaks to it.
+    pub fn upstream(&self) -> Upstream {
+        self.upstream
+    }
+
+    /// Speaks `upstream` to it (`--upstream`): HTTP/2 by ALPN for an
+    /// `https://` target only, h2c for a plain one only.
+    pub fn set_upstream(&mut self, upstream: Upstream) -> Result<(), AddressError> {
+        let fits = match upstream {
+            Upstream::Http1 => true,
+            Upstream::Http2 => self.is_https(),
+            Upstream::H2c => !self.is_https(),
+        };
+        if !fits {
+            return Err(AddressError(format!(
+                "--upstream {upstream} is for {} targets; {self} is not one (http2: https://, h2c: http://)",
+                if upstream == Upstream::Http2 {
+                    "https://"
+                } else {
+                    "plain http://"
+                }
+            )));
+        }
+        self.upstream = upstream;
+        if let Some(tls) = &mut self.tls {
+            tls.h2 = upstream == Upstream::Http2;
+            self.connector = Connector::default();
+        }
+        Ok(())
     }
 
     /// Whether it is an `https://` target.
@@ -125,7 +194,8 @@ impl Target {
     pub fn set_local_tls(&mut self, tls: LocalTls) -> Result<(), AddressError> {
         match &mut self.tls {
             Some(ours) => {
-                *ours = tls;
+                // What it speaks stays as `set_upstream` said.
+                *ours = LocalTls { h2: ours.h2, ..tls };
                 self.connector = Connector::default();
             }
             None if tls == LocalTls::default() => {}
@@ -248,6 +318,7 @@ mod tests {
         let insecure = LocalTls {
             ca: None,
             insecure: true,
+            h2: false,
         };
         let mut https = Target::parse("https://localhost:8443").unwrap();
         https.set_local_tls(insecure.clone()).unwrap();

@@ -105,6 +105,11 @@ pub(crate) struct HttpArgs {
     /// Do not check an https:// target's certificate (self-signed development certificates).
     #[arg(long, conflicts_with = "local_ca")]
     pub(crate) local_insecure: bool,
+    /// What to speak to the local service: http1 (the default; WebSockets included), http2
+    /// (HTTP/2 by ALPN, to an https:// target) or h2c (HTTP/2 with prior knowledge, to an
+    /// http:// one).
+    #[arg(long, value_name = "http1|http2|h2c")]
+    pub(crate) upstream: Option<cryptun_client::Upstream>,
     /// Serve the built-in hello page instead of a local service.
     #[arg(long)]
     pub(crate) hello: bool,

@@ -14,7 +14,7 @@ use anyhow::{Result, anyhow, bail};
 use clap::{ArgMatches, Command, CommandFactory};
 use cryptun_client::{
     BasicAuth, HostHeader, LocalProxyProtocol, LocalTls, Secret, Target, TunnelConfig,
-    TunnelProtocol,
+    TunnelProtocol, Upstream,
 };
 use toml::de::{DeTable, DeValue};
 
@@ -22,7 +22,7 @@ use super::{ConfigFile, Entry, check, entries, file_arg};
 use crate::Cli;
 
 /// The flags of `cryptun http` a tunnel table may set, besides `target`.
-pub const TUNNEL_KEYS: [&str; 11] = [
+pub const TUNNEL_KEYS: [&str; 12] = [
     "subdomain",
     "pool",
     "pool_secret",
@@ -34,19 +34,21 @@ pub const TUNNEL_KEYS: [&str; 11] = [
     "host_header",
     "local_ca",
     "local_insecure",
+    "upstream",
 ];
 
 /// Keys of a tunnel table besides the flags of [`TUNNEL_KEYS`].
 const OWN_KEYS: &str = "target, proto, remote_port, local_proxy_protocol";
 
 /// The keys of [`TUNNEL_KEYS`] that only an HTTP tunnel has.
-const HTTP_ONLY: [&str; 6] = [
+const HTTP_ONLY: [&str; 7] = [
     "request_timeout",
     "basic_auth",
     "max_body_size",
     "host_header",
     "local_ca",
     "local_insecure",
+    "upstream",
 ];
 
 /// A tunnel declared in the file.
@@ -252,6 +254,7 @@ fn tunnel(
     config.remote_port = remote_port.map(|(port, _)| port);
     config.local_proxy_protocol = proxy_header.map(|(version, _)| version);
     let mut tls = LocalTls::default();
+    let mut upstream = None;
     for (id, m) in matches {
         match id.as_str() {
             "subdomain" => config.subdomain = m.get_one::<String>(&id).cloned(),
@@ -269,6 +272,7 @@ fn tunnel(
             }
             "local_ca" => tls.ca = m.get_one::<PathBuf>(&id).cloned(),
             "local_insecure" => tls.insecure = m.get_flag(&id),
+            "upstream" => upstream = m.get_one::<Upstream>(&id).copied(),
             _ => {}
         }
     }
@@ -280,6 +284,12 @@ fn tunnel(
     }
     if let Err(err) = config.target.set_local_tls(tls) {
         return Err(tls_at.map_or_else(|| anyhow!("{err}"), |at| anyhow!("{at}: {err}")));
+    }
+    if let Some(upstream) = upstream {
+        config
+            .target
+            .set_upstream(upstream)
+            .map_err(|err| anyhow!("{}: [tunnels.{name}]: {err}", file.at(at.key.span().start)))?;
     }
     Ok(config)
 }

@@ -94,6 +94,7 @@ async fn an_https_target_is_served_when_its_authority_is_trusted() {
         let tls = LocalTls {
             ca: Some(origin.files.ca.clone()),
             insecure: false,
+            h2: false,
         };
         c.tunnel.target.set_local_tls(tls).unwrap();
         c.tunnel.target.set_host_header(HostHeader::Rewrite);
@@ -112,6 +113,7 @@ async fn an_https_target_is_served_when_its_authority_is_trusted() {
         let tls = LocalTls {
             ca: None,
             insecure: true,
+            h2: false,
         };
         c.tunnel.target.set_local_tls(tls).unwrap();
     })
@@ -130,6 +132,7 @@ async fn a_websocket_to_an_https_target_echoes() {
         let tls = LocalTls {
             ca: Some(origin.files.ca.clone()),
             insecure: false,
+            h2: false,
         };
         c.tunnel.target.set_local_tls(tls).unwrap();
     })

@@ -64,3 +64,4 @@ mod tcp;
 mod tls;
 mod tls_passthrough;
 mod tunnels;
+mod upstream;
