@@ -252,23 +252,35 @@ pub async fn http(args: HttpArgs, json_logs: bool) -> Result<()> {
     config.tunnel.allow_ips = args.allow_ips;
     config.tunnel.deny_ips = args.deny_ips;
     config.tunnel.max_body_size = args.max_body_size;
-    config.tunnel.pool = args.pool;
-    config.tunnel.pool_secret = args.pool_secret;
+    config.tunnel.pool = args.pool.pool;
+    config.tunnel.pool_secret = args.pool.pool_secret;
     let inspector = inspect::start(&args.inspect, &shutdown).await;
     config.inspector = inspector.as_ref().map(|(inspector, _)| inspector.clone());
-    let Some(session) = connect(&config, &shutdown).await? else {
-        return Ok(());
-    };
     let shown = if args.hello {
         "built-in hello page".to_owned()
     } else {
         target.to_string()
     };
     let url = inspector.as_ref().map(|(_, url)| url.as_str());
-    let tunnels = [(None, session.tunnel(), shown.as_str())];
+    serve_one(&config, shutdown, (&shown, url), (args.json, json_logs)).await
+}
+
+/// Connects the one tunnel of `config` and serves it until `shutdown`,
+/// showing it as `shown` (with the inspector's `url`, if any) in the
+/// terminal view or as JSON lines.
+async fn serve_one(
+    config: &ClientConfig,
+    shutdown: CancellationToken,
+    (shown, url): (&str, Option<&str>),
+    (json, json_logs): (bool, bool),
+) -> Result<()> {
+    let Some(session) = connect(config, &shutdown).await? else {
+        return Ok(());
+    };
+    let tunnels = [(None, session.tunnel(), shown)];
     let server = session.server();
-    let (view, events) = output::show(server, &tunnels, url, args.json, json_logs);
-    let served = cryptun_client::serve(&config, session, shutdown, events).await;
+    let (view, events) = output::show(server, &tunnels, url, json, json_logs);
+    let served = cryptun_client::serve(config, session, shutdown, events).await;
     output::finish(view, served.as_ref().err());
     served?;
     Ok(())
@@ -298,19 +310,10 @@ pub async fn tcp(args: TcpArgs, protocol: TunnelProtocol, json_logs: bool) -> Re
     config.tunnel.subdomain = args.subdomain;
     config.tunnel.allow_ips = args.allow_ips;
     config.tunnel.deny_ips = args.deny_ips;
-    config.tunnel.pool = args.pool;
-    config.tunnel.pool_secret = args.pool_secret;
-    let Some(session) = connect(&config, &shutdown).await? else {
-        return Ok(());
-    };
+    config.tunnel.pool = args.pool.pool;
+    config.tunnel.pool_secret = args.pool.pool_secret;
     let shown = config.tunnel.shown_target();
-    let tunnels = [(None, session.tunnel(), shown.as_str())];
-    let server = session.server();
-    let (view, events) = output::show(server, &tunnels, None, args.json, json_logs);
-    let served = cryptun_client::serve(&config, session, shutdown, events).await;
-    output::finish(view, served.as_ref().err());
-    served?;
-    Ok(())
+    serve_one(&config, shutdown, (&shown, None), (args.json, json_logs)).await
 }
 
 /// Settings for `tunnels` (at least one) on the servers `reach` names,

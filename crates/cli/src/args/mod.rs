@@ -136,14 +136,8 @@ pub(crate) struct HttpArgs {
     /// Largest request body visitors may send (bytes, or 512K, 10M, 1G); the server may allow less.
     #[arg(long, value_parser = parse::size)]
     pub(crate) max_body_size: Option<u64>,
-    /// Serve --subdomain together with the other clients of this pool (same API key, or same
-    /// --pool-secret): visitors are spread over them.
-    #[arg(long, requires = "subdomain")]
-    pub(crate) pool: bool,
-    /// Without an API key: the secret a pool's members share (16+ characters). Prefer the
-    /// environment variable: arguments show in `ps`.
-    #[arg(long, env = "CRYPTUN_POOL_SECRET", hide_env_values = true, value_parser = secret, requires = "pool")]
-    pub(crate) pool_secret: Option<Secret>,
+    #[command(flatten)]
+    pub(crate) pool: PoolArgs,
     #[command(flatten)]
     pub(crate) inspect: InspectArgs,
 }
@@ -202,9 +196,16 @@ pub(crate) struct TcpArgs {
     /// Refuse visitors from this address or CIDR block (repeatable; wins over --allow-ip).
     #[arg(long = "deny-ip", value_name = "CIDR", value_parser = parse::cidr)]
     pub(crate) deny_ips: Vec<String>,
+    #[command(flatten)]
+    pub(crate) pool: PoolArgs,
+}
+
+/// Joining a pool: shared by `cryptun http`, `tcp` and `tls`.
+#[derive(Debug, Args)]
+pub(crate) struct PoolArgs {
     /// Serve --subdomain together with the other clients of this pool (same API key, or same
-    /// --pool-secret): connections are spread over them. A TCP pool's members all ask for its
-    /// port with --remote-port.
+    /// --pool-secret): visitors and connections are spread over them. A TCP pool's members all
+    /// ask for its port with --remote-port.
     #[arg(long, requires = "subdomain")]
     pub(crate) pool: bool,
     /// Without an API key: the secret a pool's members share (16+ characters). Prefer the
