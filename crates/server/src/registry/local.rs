@@ -308,6 +308,43 @@ mod tests {
         }
     }
 
+    /// A pool's member `i` of `owner` on `name`.
+    fn member(name: &str, i: usize, owner: Owner) -> Tunnel {
+        Tunnel {
+            id: format!("{name}-{i}"),
+            pool: true,
+            ..tunnel(name, owner)
+        }
+    }
+
+    #[test]
+    fn a_pool_takes_its_owners_members_up_to_its_limit_and_holds_its_name_after_the_last() {
+        let registry = Arc::new(Local::new(Duration::from_secs(30), 10, 10));
+        let owner = Owner::Key("a".into());
+        let mut members = Vec::new();
+        for i in 0..MAX_POOL_MEMBERS {
+            let joined = Arc::clone(&registry)
+                .register_now(member("team", i, owner.clone()), Claim::default());
+            members.push(joined.unwrap());
+        }
+        assert_eq!(registry.len(), MAX_POOL_MEMBERS);
+        let over = member("team", MAX_POOL_MEMBERS, owner.clone());
+        let refused = Arc::clone(&registry).register_now(over, Claim::default());
+        assert_eq!(refused.err(), Some(Taken::PoolFull(MAX_POOL_MEMBERS)));
+        // Another owner's member, or a single tunnel: not in this pool.
+        let stranger = member("team", 99, Owner::Key("b".into()));
+        let refused = Arc::clone(&registry).register_now(stranger, Claim::default());
+        assert_eq!(refused.err(), Some(Taken::Live));
+        let single = tunnel("team", owner.clone());
+        let refused = Arc::clone(&registry).register_now(single, Claim::default());
+        assert_eq!(refused.err(), Some(Taken::PoolConflict));
+        // Every member gone but one: still live; the last gone: held.
+        members.truncate(1);
+        assert!(matches!(registry.lookup("team"), Lookup::Live(_)));
+        members.clear();
+        assert!(matches!(registry.lookup("team"), Lookup::Reconnecting(_)));
+    }
+
     #[test]
     fn a_stopping_server_saves_its_holds_and_its_tunnels_still_live() {
         let grace = Duration::from_secs(30);
