@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use cryptun_proto::head::{
-    forwardable_to_wire, headers_from_wire, headers_to_wire, keep_upgrade, strip_hop_by_hop,
-    upgrade_protocol,
+    accepts_trailers, forwardable_to_wire, headers_from_wire, headers_to_wire, keep_upgrade,
+    strip_hop_by_hop, upgrade_protocol,
 };
 use cryptun_proto::message::{ClientMessage, encode};
 use cryptun_proto::mux::{
@@ -228,7 +228,8 @@ async fn respond(
 
 /// A small body of known length rides inside the head: one message
 /// instead of a head and a frame, and the visitor gets a plain
-/// Content-Length response.
+/// Content-Length response. One that ends with trailers goes as frames
+/// after all (a head carries none).
 async fn respond_inline(
     status: u16,
     headers: WireHeaders,
@@ -236,10 +237,17 @@ async fn respond_inline(
     mut send: SendHalf<()>,
     started: Instant,
 ) -> Outcome {
-    let bytes = match body.collect().await {
-        Ok(collected) => collected.to_bytes(),
+    let collected = match body.collect().await {
+        Ok(collected) => collected,
         Err(err) => return answer(send, ExchangeError::FailedMidResponse(err), started).await,
     };
+    if let Some(trailers) = collected.trailers().cloned() {
+        let whole = Full::new(collected.to_bytes())
+            .map_err(|never| match never {})
+            .with_trailers(std::future::ready(Some(Ok(trailers))));
+        return respond_streamed(status, headers, whole, send, started).await;
+    }
+    let bytes = collected.to_bytes();
     let head = ResponseHead {
         status,
         headers,
@@ -254,13 +262,16 @@ async fn respond_inline(
 }
 
 /// The head, then the body as frames while it comes.
-async fn respond_streamed(
+async fn respond_streamed<B>(
     status: u16,
     headers: WireHeaders,
-    body: Tee<DrivenBody>,
+    body: B,
     send: SendHalf<()>,
     started: Instant,
-) -> Outcome {
+) -> Outcome
+where
+    B: http_body::Body<Data = Bytes, Error = hyper::Error>,
+{
     let head = ResponseHead {
         status,
         headers,
@@ -292,6 +303,8 @@ fn local_request(
     let uri = local::origin_form(&head.path)?;
     let mut headers = headers_from_wire(&head.headers, MAX_HEADERS, MAX_HEADER_BYTES)?;
     let protocol = upgrade_protocol(&headers).filter(|_| head.body.body_stream);
+    // The server says `te: trailers` only on a session that carries them.
+    let trailers = accepts_trailers(&headers);
     let empty = || {
         Full::new(Bytes::new())
             .map_err(|never| match never {})
@@ -315,6 +328,9 @@ fn local_request(
             )
         }
     };
+    if trailers && upgrade.is_none() {
+        headers.insert(http::header::TE, HeaderValue::from_static("trailers"));
+    }
     let mut request = Request::new(body);
     *request.method_mut() = method;
     *request.uri_mut() = uri;

@@ -14,6 +14,7 @@
 //!                | path (u32 len + bytes) | headers
 //! response head: status u16 | headers
 //! headers:       count u16 | each: name (u16 len + bytes) | value (u32 len + bytes)
+//! TRAILERS payload: headers (`trailers`; nothing after them)
 //! ```
 //!
 //! Integers are big-endian. Every string is UTF-8. A payload that does not
@@ -76,6 +77,37 @@ pub fn encode_response(id: u32, head: &ResponseHead) -> Bytes {
     buf.put_u16(head.status);
     put_headers(&mut buf, &head.headers);
     finish(buf, body)
+}
+
+/// Trailer fields ending stream `id`'s body, as a whole TRAILERS frame
+/// ready to send.
+pub fn encode_trailers(id: u32, fields: &[(String, String)]) -> Bytes {
+    let mut buf = BytesMut::with_capacity(HEADER_LEN + headers_len(fields));
+    buf.put_u8(FrameKind::Trailers as u8);
+    buf.put_u32(id);
+    put_headers(&mut buf, fields);
+    buf.freeze()
+}
+
+/// A header list alone, as a TRAILERS frame's payload holds it (read back
+/// with [`decode_trailers`]): for carrying fields elsewhere in the same
+/// form.
+pub fn encode_header_list(fields: &[(String, String)]) -> Bytes {
+    let mut buf = BytesMut::with_capacity(headers_len(fields));
+    put_headers(&mut buf, fields);
+    buf.freeze()
+}
+
+/// Trailer fields from a TRAILERS frame's payload: a header list and
+/// nothing after it.
+pub fn decode_trailers(payload: Bytes) -> Result<Vec<(String, String)>, HeadFrameError> {
+    let mut reader = Reader {
+        rest: payload,
+        end_stream: false,
+    };
+    let fields = reader.headers()?;
+    reader.body()?;
+    Ok(fields)
 }
 
 /// A request head from a HEAD frame's payload, with the tunnel it is for.
@@ -269,7 +301,7 @@ mod tests {
     /// The payload of a frame we encoded.
     fn payload(frame: Bytes, id: u32) -> Bytes {
         let frame = Frame::decode(frame, 0).unwrap();
-        assert_eq!(frame.kind, FrameKind::Head);
+        assert!(matches!(frame.kind, FrameKind::Head | FrameKind::Trailers));
         assert_eq!(frame.stream, id);
         frame.payload
     }
@@ -369,6 +401,32 @@ mod tests {
         assert_eq!(
             decode_request(payload.into()).unwrap_err(),
             HeadFrameError::NotUtf8("tunnel id")
+        );
+    }
+
+    #[test]
+    fn trailers_read_back_and_every_cut_or_excess_is_refused() {
+        let fields = vec![
+            ("grpc-status".to_owned(), "0".to_owned()),
+            ("grpc-message".to_owned(), "caf\u{e9}".to_owned()),
+        ];
+        let whole = payload(encode_trailers(3, &fields), 3);
+        assert_eq!(decode_trailers(whole.clone()).unwrap(), fields);
+        assert_eq!(decode_trailers(Bytes::from_static(&[0, 0])).unwrap(), []);
+        for cut in 0..whole.len() {
+            assert!(
+                matches!(
+                    decode_trailers(whole.slice(..cut)),
+                    Err(HeadFrameError::Short(_))
+                ),
+                "cut at {cut}"
+            );
+        }
+        let mut extra = whole.to_vec();
+        extra.push(0);
+        assert_eq!(
+            decode_trailers(extra.into()).unwrap_err(),
+            HeadFrameError::Trailing(1)
         );
     }
 }

@@ -28,7 +28,8 @@ pub enum Capability {
     /// [`crate::binary_head`]), not JSON messages; only with
     /// `binary_streams`.
     BinaryHeads,
-    /// Reserved: HTTP trailers after a body (TRAILERS frames).
+    /// HTTP trailers end a body (TRAILERS frames: gRPC's status travels
+    /// so); only with `binary_streams`.
     Trailers,
     /// Raw byte streams, one per visitor connection, for TCP tunnels (OPEN
     /// frames; END is a half-close); only with `binary_streams`.
@@ -97,8 +98,9 @@ impl Capability {
             | Capability::CloseTunnel
             | Capability::BinaryHeads
             | Capability::RawStreams
-            | Capability::Pools => Status::Current { since: 1 },
-            Capability::Trailers | Capability::CancelReason => Status::Reserved,
+            | Capability::Pools
+            | Capability::Trailers => Status::Current { since: 1 },
+            Capability::CancelReason => Status::Reserved,
         }
     }
 
@@ -134,6 +136,7 @@ impl Capabilities {
         Capability::CloseTunnel,
         Capability::RawStreams,
         Capability::Pools,
+        Capability::Trailers,
     ]);
 
     /// The set of `list`.
@@ -190,8 +193,8 @@ impl Capabilities {
 }
 
 /// What the server will use on a session: what the client `offered` that
-/// the server `supports`, but `binary_heads` only with `binary_streams`
-/// (a HEAD frame is a binary frame). Pure, so that the rule is tested here
+/// the server `supports`, but `binary_heads`, `raw_streams` and `trailers`
+/// only with `binary_streams` (their frames are binary frames). Pure, so that the rule is tested here
 /// and the server only calls it.
 pub fn negotiate(offered: Capabilities, supports: Capabilities) -> Capabilities {
     let both = offered.intersection(supports);
@@ -200,6 +203,7 @@ pub fn negotiate(offered: Capabilities, supports: Capabilities) -> Capabilities 
     } else {
         both.without(Capability::BinaryHeads)
             .without(Capability::RawStreams)
+            .without(Capability::Trailers)
     }
 }
 

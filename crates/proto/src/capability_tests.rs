@@ -40,13 +40,15 @@ fn the_server_accepts_what_both_speak() {
     let current = heads
         .with(Capability::CloseTunnel)
         .with(Capability::RawStreams)
-        .with(Capability::Pools);
+        .with(Capability::Pools)
+        .with(Capability::Trailers);
     assert_eq!(negotiate(all, Capabilities::SUPPORTED), current);
-    // Binary heads and raw streams are binary frames: never without
-    // binary streams.
+    // Binary heads, raw streams and trailers are binary frames: never
+    // without binary streams.
     let without_streams = Capabilities::of(&[
         Capability::BinaryHeads,
         Capability::RawStreams,
+        Capability::Trailers,
         Capability::CloseTunnel,
     ]);
     assert_eq!(

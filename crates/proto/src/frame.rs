@@ -14,9 +14,10 @@
 //! | 2    | WINDOW | u32 (BE): bytes of credit granted to the sender     |
 //! | 3    | RESET  | optional UTF-8 reason; the stream is abandoned      |
 //! | 4    | HEAD   | a request or response head (`binary_head`)          |
+//! | 5    | TRAILERS | trailer fields ending a body (`trailers`)         |
 //! | 6    | OPEN   | a new raw byte stream (`raw_streams`, [`crate::raw`]) |
 //!
-//! Further kinds, and the flags of a binary head, are reserved for
+//! Further kinds, and the flags of a binary head, may be reserved for
 //! capabilities still to come ([`RESERVED_KINDS`], [`RESERVED_HEAD_FLAGS`]);
 //! a kind a session did not negotiate closes it with 1002. The table in
 //! `docs/PROTOCOL.md` §5 lists the same values, which a test checks.
@@ -44,6 +45,11 @@ pub enum FrameKind {
     /// message size, not by `max_frame_payload`: a head may carry more
     /// header bytes than a body frame carries body.
     Head = 4,
+    /// Trailer fields ending a body: the body is then complete, as after
+    /// END (`trailers`; the payload is a header list, see
+    /// [`crate::binary_head::encode_trailers`]). Bounded like HEAD, and
+    /// using no credit.
+    Trailers = 5,
     /// A new raw byte stream: a visitor's connection to a TCP tunnel
     /// (`raw_streams`; its payload is [`crate::raw::OpenStream`]). DATA
     /// and END then carry each direction's bytes, END half-closes, RESET
@@ -53,12 +59,13 @@ pub enum FrameKind {
 
 impl FrameKind {
     /// Every kind this version sends and reads, by value.
-    pub const ALL: [FrameKind; 6] = [
+    pub const ALL: [FrameKind; 7] = [
         FrameKind::Data,
         FrameKind::End,
         FrameKind::Window,
         FrameKind::Reset,
         FrameKind::Head,
+        FrameKind::Trailers,
         FrameKind::Open,
     ];
 
@@ -70,6 +77,7 @@ impl FrameKind {
             FrameKind::Window => "WINDOW",
             FrameKind::Reset => "RESET",
             FrameKind::Head => "HEAD",
+            FrameKind::Trailers => "TRAILERS",
             FrameKind::Open => "OPEN",
         }
     }
@@ -82,6 +90,7 @@ impl FrameKind {
             2 => Some(FrameKind::Window),
             3 => Some(FrameKind::Reset),
             4 => Some(FrameKind::Head),
+            5 => Some(FrameKind::Trailers),
             6 => Some(FrameKind::Open),
             _ => None,
         }
@@ -102,27 +111,14 @@ pub struct Reserved {
     pub capability: Capability,
 }
 
-/// Frame kinds reserved for coming capabilities, by value.
-pub const RESERVED_KINDS: &[Reserved] = &[
-    // Trailer fields ending a body (the body is then complete, as by END).
-    Reserved {
-        value: 5,
-        name: "TRAILERS",
-        capability: Capability::Trailers,
-    },
-];
+/// Frame kinds reserved for coming capabilities, by value (none today).
+pub const RESERVED_KINDS: &[Reserved] = &[];
 
 /// Bits of a HEAD frame's flags byte reserved for coming capabilities
-/// (END_STREAM, 0x01, is spoken: [`crate::binary_head::END_STREAM`]). Bits
-/// not listed are zero; a set bit a receiver does not know closes with 1002.
-pub const RESERVED_HEAD_FLAGS: &[Reserved] = &[
-    // TRAILERS will end the body.
-    Reserved {
-        value: 0x02,
-        name: "TRAILERS",
-        capability: Capability::Trailers,
-    },
-];
+/// (none today; END_STREAM, 0x01, is spoken:
+/// [`crate::binary_head::END_STREAM`]). Bits not listed are zero; a set bit
+/// a receiver does not know closes with 1002.
+pub const RESERVED_HEAD_FLAGS: &[Reserved] = &[];
 
 /// One decoded binary frame. The payload shares the received buffer.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -173,7 +169,8 @@ impl Frame {
     }
 
     /// Decodes a binary message, refusing payloads over `max_payload` (but
-    /// a HEAD's, which the session's message size bounds).
+    /// a HEAD's, TRAILERS' or OPEN's, which the session's message size
+    /// bounds).
     pub fn decode(mut buf: Bytes, max_payload: usize) -> Result<Frame, FrameError> {
         if buf.len() < HEADER_LEN {
             return Err(FrameError::Short(buf.len()));
@@ -183,7 +180,11 @@ impl Frame {
             return Err(FrameError::UnknownKind(value));
         };
         let stream = buf.get_u32();
-        if buf.len() > max_payload && !matches!(kind, FrameKind::Head | FrameKind::Open) {
+        let bounded_by_message = matches!(
+            kind,
+            FrameKind::Head | FrameKind::Trailers | FrameKind::Open
+        );
+        if buf.len() > max_payload && !bounded_by_message {
             return Err(FrameError::TooLarge {
                 len: buf.len(),
                 max: max_payload,

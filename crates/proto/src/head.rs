@@ -240,17 +240,34 @@ pub enum HeadError {
 }
 
 /// Hop-by-hop headers (RFC 9110 §7.6.1): they describe one connection and are
-/// never forwarded.
-const HOP_BY_HOP: [HeaderName; 8] = [
+/// never forwarded. (`Trailer` is not one: it announces a message's trailer
+/// fields end to end, and an HTTP/1.1 sender needs it to send them. `TE` is,
+/// and whether the visitor takes trailers is carried apart:
+/// [`accepts_trailers`].)
+const HOP_BY_HOP: [HeaderName; 7] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
     header::PROXY_AUTHENTICATE,
     header::PROXY_AUTHORIZATION,
     header::TE,
-    header::TRAILER,
     header::TRANSFER_ENCODING,
 ];
+
+/// Whether a request's `TE` says its sender takes trailer fields (the
+/// `trailers` token, in any case, among others): gRPC clients send
+/// `te: trailers`, and gRPC servers refuse a request without it.
+pub fn accepts_trailers(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(header::TE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|token| {
+            let token = token.split(';').next().unwrap_or_default();
+            token.trim().eq_ignore_ascii_case("trailers")
+        })
+}
 
 /// Removes hop-by-hop headers, those named in `Connection`, and `Upgrade`.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {

@@ -196,3 +196,27 @@ fn one_pass_forwarding_lists_what_stripping_then_converting_does() {
         }
     }
 }
+
+#[test]
+fn te_says_whether_trailers_are_taken_and_trailer_travels_end_to_end() {
+    let map = |pairs: &[(&'static str, &'static str)]| {
+        let mut map = HeaderMap::new();
+        for (name, value) in pairs {
+            map.append(*name, HeaderValue::from_static(value));
+        }
+        map
+    };
+    assert!(accepts_trailers(&map(&[("te", "trailers")])));
+    assert!(accepts_trailers(&map(&[("te", "gzip;q=0.5, Trailers")])));
+    assert!(accepts_trailers(&map(&[
+        ("te", "gzip"),
+        ("te", "trailers")
+    ])));
+    assert!(!accepts_trailers(&map(&[("te", "gzip")])));
+    assert!(!accepts_trailers(&map(&[("te", "trailersx")])));
+    assert!(!accepts_trailers(&map(&[])));
+    let mut announced = map(&[("trailer", "grpc-status"), ("te", "trailers")]);
+    strip_hop_by_hop(&mut announced);
+    assert_eq!(announced.len(), 1);
+    assert_eq!(announced["trailer"], "grpc-status");
+}

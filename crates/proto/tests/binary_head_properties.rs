@@ -1,11 +1,12 @@
-//! Property tests of HEAD frames (`binary_head`): any head reads back as it
+//! Property tests of HEAD and TRAILERS frames (`binary_head`): any head reads back as it
 //! was written, whatever its strings and body; and any bytes at all are
 //! read or refused without a panic, and what is read writes back to the
 //! same bytes, so two readings of one frame cannot differ.
 
 use bytes::Bytes;
 use cryptun_proto::binary_head::{
-    HeadFrameError, decode_request, decode_response, encode_request, encode_response,
+    HeadFrameError, decode_request, decode_response, decode_trailers, encode_request,
+    encode_response, encode_trailers,
 };
 use cryptun_proto::frame::{Frame, HEADER_LEN};
 use cryptun_proto::{InlineBody, RequestHead, ResponseHead};
@@ -104,5 +105,25 @@ proptest! {
         let whole = payload(encode_response(1, &head));
         let cut = cut.min(whole.len());
         prop_assert!(decode_response(whole.slice(..whole.len() - cut)).is_err());
+    }
+
+    #[test]
+    fn any_trailers_read_back(id in any::<u32>(), fields in headers()) {
+        let frame = encode_trailers(id, &fields);
+        let decoded = Frame::decode(frame, 0).unwrap();
+        prop_assert_eq!(decoded.stream, id);
+        prop_assert_eq!(decode_trailers(decoded.payload).unwrap(), fields);
+    }
+
+    /// Arbitrary TRAILERS payloads: refused, or read and written back
+    /// byte for byte.
+    #[test]
+    fn any_trailer_bytes_are_read_exactly_or_refused(
+        bytes in prop::collection::vec(any::<u8>(), 0..96),
+    ) {
+        if let Ok(fields) = decode_trailers(Bytes::from(bytes.clone())) {
+            let again = payload(encode_trailers(3, &fields));
+            prop_assert_eq!(&again[..], &bytes[..]);
+        }
     }
 }

@@ -402,9 +402,9 @@ proptest! {
         let decoded = Frame::decode(Bytes::from(bytes.clone()), max);
         let expected = if bytes.len() < HEADER_LEN {
             Err(FrameError::Short(bytes.len()))
-        } else if bytes[0] > 6 || bytes[0] == 5 {
+        } else if bytes[0] > 6 {
             Err(FrameError::UnknownKind(bytes[0]))
-        } else if bytes.len() - HEADER_LEN > max && bytes[0] != 4 && bytes[0] != 6 {
+        } else if bytes.len() - HEADER_LEN > max && !(4..=6).contains(&bytes[0]) {
             Err(FrameError::TooLarge { len: bytes.len() - HEADER_LEN, max })
         } else if bytes[0] == 2 && bytes.len() != HEADER_LEN + 4 {
             Err(FrameError::BadWindow(bytes.len() - HEADER_LEN))

@@ -78,6 +78,9 @@ struct Inner<H> {
     side: Side,
     binary: bool,
     heads: bool,
+    /// TRAILERS frames end bodies (`trailers`): trailers are carried, not
+    /// dropped.
+    trailers: bool,
     limits: Limits,
     table: Mutex<Table<H>>,
     control: Mutex<Control>,
@@ -129,11 +132,13 @@ impl<H: Send + 'static> Mux<H> {
     pub fn new(side: Side, accepted: Capabilities, limits: Limits) -> Self {
         let binary = accepted.contains(Capability::BinaryStreams);
         let heads = binary && accepted.contains(Capability::BinaryHeads);
+        let trailers = binary && accepted.contains(Capability::Trailers);
         Mux {
             inner: Arc::new(Inner {
                 side,
                 binary,
                 heads,
+                trailers,
                 limits,
                 table: Mutex::new(Table::new()),
                 control: Mutex::new(Control::default()),
@@ -156,6 +161,11 @@ impl<H: Send + 'static> Mux<H> {
     /// Whether request and response heads travel as HEAD frames.
     pub fn binary_heads(&self) -> bool {
         self.inner.heads
+    }
+
+    /// Whether trailers travel (TRAILERS frames) on this session.
+    pub fn trailers(&self) -> bool {
+        self.inner.trailers
     }
 
     /// The session's limits.

@@ -1,6 +1,7 @@
 //! The receiving half of a stream: a bounded inbox filled by the session's
 //! reader and drained by hyper as an [`http_body::Body`], granting credit back
-//! to the peer as bytes are consumed.
+//! to the peer as bytes are consumed. Trailers, where the session carries
+//! them, are the body's last frame.
 
 use std::collections::VecDeque;
 use std::pin::Pin;
@@ -25,6 +26,8 @@ pub struct StreamError(pub String);
 pub(super) struct Inbox {
     chunks: VecDeque<Bytes>,
     tail: BytesMut,
+    /// Trailer fields that end the body, yielded after its bytes.
+    trailers: Option<http::HeaderMap>,
     ending: Option<Result<(), String>>,
     waker: Option<Waker>,
 }
@@ -34,6 +37,7 @@ impl Inbox {
         Inbox {
             chunks: VecDeque::new(),
             tail: BytesMut::new(),
+            trailers: None,
             ending: done.then_some(Ok(())),
             waker: None,
         }
@@ -51,6 +55,11 @@ impl Inbox {
             self.ending.get_or_insert(Ok(()));
         }
         self.wake();
+    }
+
+    /// The body ends with `trailers` (the stream's end follows at once).
+    pub(super) fn set_trailers(&mut self, trailers: http::HeaderMap) {
+        self.trailers = Some(trailers);
     }
 
     pub(super) fn fail(&mut self, reason: String) {
@@ -117,6 +126,9 @@ impl<H: Send + 'static> Body for RecvBody<H> {
         }
         match inbox.ending.clone() {
             Some(Ok(())) => {
+                if let Some(trailers) = inbox.trailers.take() {
+                    return Poll::Ready(Some(Ok(Frame::trailers(trailers))));
+                }
                 this.finished = true;
                 Poll::Ready(None)
             }

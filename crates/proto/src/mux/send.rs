@@ -10,7 +10,9 @@ use tokio::sync::Semaphore;
 use tokio_tungstenite::tungstenite::Message;
 
 use super::Mux;
+use crate::binary_head::encode_trailers;
 use crate::frame::{Frame, FrameKind};
+use crate::head::forwardable_to_wire;
 
 /// The stream was reset or its session closed; nothing more can be sent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -119,6 +121,25 @@ impl<H: Send + 'static> SendHalf<H> {
         Ok(())
     }
 
+    /// Ends the body with `trailers`: a TRAILERS frame where the session
+    /// carries them, else a plain END (the fields are dropped, as an HTTP/1.0
+    /// hop would). Hop-by-hop fields never go.
+    pub async fn send_trailers(&mut self, trailers: &http::HeaderMap) -> Result<(), StreamClosed> {
+        if !self.mux.trailers() {
+            return self.send(Bytes::new(), true).await;
+        }
+        if self.done {
+            return Err(StreamClosed);
+        }
+        let fields = forwardable_to_wire(trailers, &[]);
+        self.mux
+            .send_message(Message::Binary(encode_trailers(self.id, &fields)))
+            .await
+            .map_err(|_| StreamClosed)?;
+        self.finish();
+        Ok(())
+    }
+
     /// Marks our half finished without sending anything (the head said there
     /// is no body, or carried it inline).
     pub fn finish(&mut self) {
@@ -138,7 +159,8 @@ impl<H: Send + 'static> Drop for SendHalf<H> {
 
 /// Streams `body` to the peer on `send`, frame by frame as it is produced,
 /// and returns the number of body bytes sent. On a source error the stream
-/// is reset. Trailers are not carried.
+/// is reset. Trailers end it where the session carries them
+/// ([`SendHalf::send_trailers`]).
 pub async fn pump<B, H>(body: B, mut send: SendHalf<H>) -> Result<u64, PumpError>
 where
     B: Body<Data = Bytes>,
@@ -155,8 +177,15 @@ where
             }
             Some(Err(err)) => return Err(PumpError::Source(err.into())),
             Some(Ok(frame)) => {
-                let Ok(data) = frame.into_data() else {
-                    continue;
+                let data = match frame.into_data() {
+                    Ok(data) => data,
+                    Err(frame) => {
+                        if let Ok(trailers) = frame.into_trailers() {
+                            send.send_trailers(&trailers).await?;
+                            return Ok(total);
+                        }
+                        continue;
+                    }
                 };
                 total += data.len() as u64;
                 // Known-length bodies end with their last bytes: one frame

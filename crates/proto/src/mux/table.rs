@@ -13,8 +13,10 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::sync::{Semaphore, oneshot};
 
 use super::{Mux, RecvBody, SendHalf, Side, Stream, recv};
+use crate::binary_head::{HeadFrameError, decode_trailers};
 use crate::cancel::CancelReason;
 use crate::frame::{Frame, FrameKind};
+use crate::head::{headers_from_wire, strip_hop_by_hop};
 
 /// Why a stream could not be opened or accepted.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -55,6 +57,17 @@ pub enum Violation {
     /// OPEN frames before frames reach the streams).
     #[error("stream {0}: OPEN frame where none may come")]
     Open(u32),
+    /// A TRAILERS frame on a session without `trailers`.
+    #[error("stream {0}: TRAILERS frame without trailers")]
+    Trailers(u32),
+    /// A TRAILERS frame whose payload is not a header list.
+    #[error("stream {stream}: malformed TRAILERS frame: {error}")]
+    MalformedTrailers {
+        /// The stream.
+        stream: u32,
+        /// What is wrong with it.
+        error: HeadFrameError,
+    },
 }
 
 /// Credit beyond this is a peer bug (and would overflow the semaphore).
@@ -204,6 +217,7 @@ impl<H: Send + 'static> Mux<H> {
         match frame.kind {
             FrameKind::Head => return Err(Violation::Head(id)),
             FrameKind::Open => return Err(Violation::Open(id)),
+            FrameKind::Trailers => return self.on_trailers(id, frame.payload),
             _ => {}
         }
         let mut table = self.table();
@@ -253,7 +267,53 @@ impl<H: Send + 'static> Mux<H> {
                 let reason = CancelReason::from_payload(&frame.payload);
                 Self::remove_for(&mut table, id, format!("reset by peer {text}"), reason);
             }
-            FrameKind::Head | FrameKind::Open => unreachable!("refused above"),
+            FrameKind::Head | FrameKind::Open | FrameKind::Trailers => {
+                unreachable!("handled above")
+            }
+        }
+        Ok(())
+    }
+
+    /// Trailer fields ending stream `id`'s inbound body. A payload that is
+    /// not a header list breaks the protocol; fields that are no valid
+    /// header, or over the session's header limits, fail the stream alone
+    /// (reset both ways, as a response head that breaks a rule is).
+    /// Hop-by-hop fields are dropped, as from any head.
+    fn on_trailers(&self, id: u32, payload: bytes::Bytes) -> Result<(), Violation> {
+        if !self.inner.trailers {
+            return Err(Violation::Trailers(id));
+        }
+        let fields = decode_trailers(payload)
+            .map_err(|error| Violation::MalformedTrailers { stream: id, error })?;
+        let limits = &self.inner.limits;
+        let checked = headers_from_wire(&fields, limits.max_headers, limits.max_header_bytes);
+        let mut table = self.table();
+        let Some(slot) = table.slots.get_mut(&id) else {
+            drop(table);
+            self.count_unmatched();
+            return Ok(());
+        };
+        if slot.remote_done {
+            drop(table);
+            self.count_unmatched();
+            return Ok(());
+        }
+        match checked {
+            Ok(mut trailers) => {
+                strip_hop_by_hop(&mut trailers);
+                slot.inbox
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .set_trailers(trailers);
+                self.finish_remote(&mut table, id);
+            }
+            Err(err) => {
+                if Self::remove(&mut table, id, format!("invalid trailers: {err}")) {
+                    drop(table);
+                    self.control().resets.push((id, None));
+                    self.inner.control_ready.notify_one();
+                }
+            }
         }
         Ok(())
     }

@@ -58,7 +58,7 @@ use http::{HeaderValue, Method, Request, Response, StatusCode, header};
 use tracing::debug;
 
 pub(crate) use access_log::AccessLog;
-pub(crate) use proxy::upload_share;
+pub(crate) use proxy::{VisitorSpoke, upload_share};
 
 use crate::body::Body;
 use crate::cluster::hop::Forwarder;

@@ -7,11 +7,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use cryptun_proto::head::{forwardable_to_wire, upgrade_protocol, value_to_wire};
+use cryptun_proto::head::{accepts_trailers, forwardable_to_wire, upgrade_protocol, value_to_wire};
 use cryptun_proto::message::{ServerMessage, encode};
 use cryptun_proto::mux::{Mux, OpenError, RecvBody, SendHalf, Stream, pump};
 use cryptun_proto::{InlineBody, RequestHead, ResponseHead, binary_head};
-use http::{HeaderMap, HeaderValue, Request, Response};
+use futures_util::FutureExt as _;
+use http::{HeaderMap, HeaderValue, Request, Response, Version};
 use http_body::Body as _;
 use http_body::Frame;
 use http_body_util::BodyExt;
@@ -69,6 +70,29 @@ struct Outgoing {
     on_upgrade: Option<OnUpgrade>,
     /// What stopped the visitor's body, if a limit did.
     tripwire: Arc<Tripwire>,
+    /// How much of a body to wait for before the request goes.
+    wait: Wait,
+}
+
+/// The HTTP version the visitor spoke, when the request reached this node
+/// in another (over the cluster's hop, HTTP/1.1 whatever the visitor
+/// spoke): a request extension the hop sets.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct VisitorSpoke(pub(crate) Version);
+
+/// How much of a request body the server waits for before sending the
+/// request on: a small body whole, unless the body may be a conversation.
+#[derive(Clone, Copy)]
+enum Wait {
+    /// Up to [`SMALL_BODY`]: a body of declared length, or an HTTP/1.1
+    /// chunked one.
+    Small,
+    /// Only what has arrived already: an HTTP/2 body without a declared
+    /// length may be a stream of messages each awaiting an answer (a gRPC
+    /// streaming call sends one and waits), which waiting for its end
+    /// would stall until the body timeout. Once answered, such a body is
+    /// one side of a conversation and may pause ([`Tripwire::converse`]).
+    Arrived,
 }
 
 /// What becomes of a request's body.
@@ -83,10 +107,21 @@ enum Upload {
 }
 
 /// A body too large to read whole, its first bytes read already: a body
-/// again, those bytes first.
+/// again, those bytes first (and its trailers, if it ended with them).
 struct Begun {
     read: VecDeque<Bytes>,
+    trailers: Option<HeaderMap>,
     rest: BodyGuard<RequestBody>,
+}
+
+impl Begun {
+    fn new(rest: BodyGuard<RequestBody>) -> Self {
+        Begun {
+            read: VecDeque::new(),
+            trailers: None,
+            rest,
+        }
+    }
 }
 
 impl http_body::Body for Begun {
@@ -97,14 +132,17 @@ impl http_body::Body for Begun {
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        match self.read.pop_front() {
-            Some(bytes) => std::task::Poll::Ready(Some(Ok(Frame::data(bytes)))),
-            None => std::pin::Pin::new(&mut self.rest).poll_frame(cx),
+        if let Some(bytes) = self.read.pop_front() {
+            return std::task::Poll::Ready(Some(Ok(Frame::data(bytes))));
         }
+        if let Some(trailers) = self.trailers.take() {
+            return std::task::Poll::Ready(Some(Ok(Frame::trailers(trailers))));
+        }
+        std::pin::Pin::new(&mut self.rest).poll_frame(cx)
     }
 
     fn is_end_stream(&self) -> bool {
-        self.read.is_empty() && self.rest.is_end_stream()
+        self.read.is_empty() && self.trailers.is_none() && self.rest.is_end_stream()
     }
 }
 
@@ -128,6 +166,7 @@ impl Proxy<'_> {
             upload,
             on_upgrade,
             tripwire,
+            wait,
         } = self.prepare(tunnel, visitor, scheme, req)?;
         let upload = match upload {
             // Boxed, both: a request without a body (most) need not carry
@@ -138,7 +177,9 @@ impl Proxy<'_> {
                 head.body = InlineBody::inline(&whole);
                 None
             }
-            Upload::Stream(body) => match Box::pin(read_small(body, &tripwire)).await? {
+            Upload::Stream(body) => match Box::pin(read_small(body, &tripwire, wait)).await? {
+                // Trailers go as a frame of their own: such a body streams.
+                (begun, Whole::Yes) if begun.trailers.is_some() => Some((begun, None)),
                 (begun, Whole::Yes) if begun.read.is_empty() => {
                     head.body = InlineBody::default();
                     None
@@ -215,7 +256,12 @@ impl Proxy<'_> {
             .await
             .map_err(timed_out)?
         {
-            Ok(response) => response,
+            Ok(response) => {
+                if let Wait::Arrived = wait {
+                    tripwire.converse();
+                }
+                response
+            }
             Err(_) if mux.is_closed() => return Err(GatewayError::ClientGone),
             // Our upload stopped the visitor's body (and so reset the stream).
             Err(_) => {
@@ -257,13 +303,27 @@ impl Proxy<'_> {
         }
         let tripwire = Arc::new(Tripwire::default());
         let idle = (self.body_read_timeout, self.min_body_rate);
+        let spoke = parts
+            .extensions
+            .get::<VisitorSpoke>()
+            .map_or(parts.version, |spoke| spoke.0);
+        let wait = if spoke == Version::HTTP_2 && body.size_hint().exact().is_none() {
+            Wait::Arrived
+        } else {
+            Wait::Small
+        };
         let mut head = RequestHead {
             method: parts.method.as_str().to_owned(),
             path: parts
                 .uri
                 .path_and_query()
                 .map_or_else(|| "/".to_owned(), |p| p.as_str().to_owned()),
-            headers: forwarded_headers(&parts.headers, visitor, scheme, upgrade.as_ref()),
+            headers: forwarded_headers(
+                &parts.headers,
+                (visitor, scheme),
+                upgrade.as_ref(),
+                mux.trailers(),
+            ),
             body: InlineBody::default(),
         };
         let upload = if !mux.binary() {
@@ -289,6 +349,7 @@ impl Proxy<'_> {
             upload,
             on_upgrade,
             tripwire,
+            wait,
         })
     }
 }
@@ -363,27 +424,37 @@ fn joined(mut pieces: VecDeque<Bytes>) -> Bytes {
     all.freeze()
 }
 
-/// Reads `body` to its end if it is at most [`SMALL_BODY`] bytes;
-/// otherwise as much as that, the rest left to stream. A body declared
-/// longer is not read at all.
+/// Reads `body` to its end if it is at most [`SMALL_BODY`] bytes (with
+/// [`Wait::Arrived`], if it has all arrived already); otherwise as much as
+/// that, the rest left to stream. A body declared longer is not read at all.
 async fn read_small(
-    mut body: BodyGuard<RequestBody>,
+    body: BodyGuard<RequestBody>,
     tripwire: &Tripwire,
+    wait: Wait,
 ) -> Result<(Begun, Whole), GatewayError> {
-    let mut read = VecDeque::new();
-    if body.size_hint().lower() > SMALL_BODY as u64 {
-        return Ok((Begun { read, rest: body }, Whole::No));
+    let mut begun = Begun::new(body);
+    if begun.rest.size_hint().lower() > SMALL_BODY as u64 {
+        return Ok((begun, Whole::No));
     }
     let mut total = 0;
     while total <= SMALL_BODY {
-        match body.frame().await {
-            None => return Ok((Begun { read, rest: body }, Whole::Yes)),
-            Some(Ok(frame)) => {
-                if let Ok(data) = frame.into_data() {
+        let next = begun.rest.frame();
+        let next = match wait {
+            Wait::Small => next.await,
+            Wait::Arrived => match next.now_or_never() {
+                Some(next) => next,
+                None => return Ok((begun, Whole::No)),
+            },
+        };
+        match next {
+            None => return Ok((begun, Whole::Yes)),
+            Some(Ok(frame)) => match frame.into_data() {
+                Ok(data) => {
                     total += data.len();
-                    read.push_back(data);
+                    begun.read.push_back(data);
                 }
-            }
+                Err(frame) => begun.trailers = frame.into_trailers().ok(),
+            },
             Some(Err(err)) => {
                 return Err(tripwire
                     .tripped()
@@ -391,7 +462,7 @@ async fn read_small(
             }
         }
     }
-    Ok((Begun { read, rest: body }, Whole::No))
+    Ok((begun, Whole::No))
 }
 
 /// Reads a whole body for a JSON-only session, within its guard's limits
@@ -423,15 +494,20 @@ const FORWARDING: [&str; 5] = [
 
 /// The visitor's headers as the local service should see them, on the
 /// wire: hop-by-hop headers removed, the `X-Forwarded-*` set from what this
-/// server saw (replacing anything the visitor claimed), and for a protocol
-/// switch `Connection: upgrade` with its `Upgrade`, last.
+/// server saw of the `visitor` and its scheme (replacing anything the
+/// visitor claimed), `te: trailers` if the visitor takes trailers and the
+/// session carries them, and for a protocol switch `Connection: upgrade`
+/// with its `Upgrade`, last.
 fn forwarded_headers(
     headers: &HeaderMap,
-    visitor: Peer,
-    scheme: &str,
+    (visitor, scheme): (Peer, &str),
     upgrade: Option<&HeaderValue>,
+    trailers: bool,
 ) -> Vec<(String, String)> {
     let mut wire = forwardable_to_wire(headers, &FORWARDING);
+    if trailers && accepts_trailers(headers) {
+        wire.push(("te".into(), "trailers".into()));
+    }
     // The Host that is forwarded (none if `Connection` named it).
     let host = wire
         .iter()

@@ -10,8 +10,14 @@
 //! request, and a stream of its tunnel, for as long as the visitor likes);
 //! it records which on a [`Tripwire`], so the request can be answered 413
 //! or 408 (or, if the response has already begun, cut off).
+//!
+//! A body that is one side of a conversation (an HTTP/2 stream of
+//! messages, as a gRPC streaming call's: [`Tripwire::converse`]) has no
+//! timers once the local service has answered: its pauses are the
+//! conversation's, as a WebSocket's are.
 
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
@@ -48,18 +54,33 @@ impl From<BodyLimit> for GatewayError {
 }
 
 /// Where a guard records that it stopped a body, for whoever waits on the
-/// response to read.
+/// response to read; and where that side says the exchange became a
+/// conversation.
 #[derive(Debug, Default)]
-pub struct Tripwire(Mutex<Option<BodyLimit>>);
+pub struct Tripwire {
+    tripped: Mutex<Option<BodyLimit>>,
+    conversing: AtomicBool,
+}
 
 impl Tripwire {
     fn trip(&self, why: BodyLimit) {
-        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = Some(why);
+        *self.tripped.lock().unwrap_or_else(|e| e.into_inner()) = Some(why);
     }
 
     /// The limit that stopped the body, if one did.
     pub fn tripped(&self) -> Option<BodyLimit> {
-        *self.0.lock().unwrap_or_else(|e| e.into_inner())
+        *self.tripped.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The local service answered a body that is one side of a
+    /// conversation: from now on the guard waits on the visitor without
+    /// timers (the size limit still holds).
+    pub fn converse(&self) {
+        self.conversing.store(true, Ordering::Relaxed);
+    }
+
+    fn conversing(&self) -> bool {
+        self.conversing.load(Ordering::Relaxed)
     }
 }
 
@@ -173,6 +194,11 @@ where
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
         let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        if polled.is_pending() && this.tripwire.conversing() {
+            this.waiting_since = None;
+            this.timer = None;
+            return Poll::Pending;
+        }
         if polled.is_pending() {
             let since = *this.waiting_since.get_or_insert_with(Instant::now);
             let (idle, rate, seen, waited) = (this.idle, this.rate, this.seen, this.waited);

@@ -63,5 +63,6 @@ mod streaming;
 mod tcp;
 mod tls;
 mod tls_passthrough;
+mod trailers;
 mod tunnels;
 mod upstream;

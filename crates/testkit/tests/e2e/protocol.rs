@@ -167,10 +167,13 @@ async fn capabilities_are_negotiated_and_a_client_stating_none_gets_the_seed_pro
         json!(["binary_streams"]),
         "{created}"
     );
-    // Reserved for later versions: not used by this one.
-    let (_ws, created) = RawWs::tunnel(&server, json!({ "capabilities": ["trailers"] })).await;
-    assert_eq!(created["binary_streams"], false, "{created}");
-    assert!(created.get("capabilities").is_none(), "{created}");
+    // Reserved for later versions: not used by this one. And trailers,
+    // binary frames, only with binary streams.
+    for alone in ["cancel_reason", "trailers"] {
+        let (_ws, created) = RawWs::tunnel(&server, json!({ "capabilities": [alone] })).await;
+        assert_eq!(created["binary_streams"], false, "{created}");
+        assert!(created.get("capabilities").is_none(), "{created}");
+    }
     // A seed client: exactly the seed's answer, no list.
     let (mut ws, created) = RawWs::tunnel(&server, json!({})).await;
     assert_eq!(created["binary_streams"], false);

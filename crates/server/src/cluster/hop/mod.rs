@@ -11,7 +11,9 @@
 //!   is refused, 403 `hop_forbidden`);
 //! - `x-cryptun-hop-visitor`: the visitor's address as the first node
 //!   determined it (peer, or trusted proxy's `X-Forwarded-For`);
-//! - `x-cryptun-hop-scheme`: `http` or `https`, as the visitor used.
+//! - `x-cryptun-hop-scheme`: `http` or `https`, as the visitor used;
+//! - `x-cryptun-hop-http`: `2` if the visitor spoke HTTP/2 (its body may
+//!   then be a conversation, which the serving node must not wait out).
 //!
 //! The serving node ([`HopServer`]) takes those off and serves the request
 //! as its gateway serves a visitor's, past the per-address checks the first
@@ -26,9 +28,11 @@
 //! version can tell an older peer's requests.
 //!
 //! TCP and TLS tunnels' visitor connections cross the hop as upgraded
-//! connections ([`raw`]).
+//! connections ([`raw`]); responses' trailers in a field of their own
+//! ([`trailers`]).
 
 mod raw;
+mod trailers;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -49,8 +53,8 @@ use crate::body::Body;
 use crate::edge::{Conn, Handler, VisitorBody};
 use crate::error::GatewayError;
 use crate::gateway::Gateway;
-use crate::gateway::Visitor;
 use crate::gateway::access_log::RequestBody;
+use crate::gateway::{Visitor, VisitorSpoke};
 use crate::ports::carrier::RawTarget;
 use crate::registry::Remote;
 
@@ -62,6 +66,7 @@ const VERSION: &str = "1";
 pub(crate) const PROOF: &str = "x-cryptun-hop-proof";
 const VISITOR: &str = "x-cryptun-hop-visitor";
 const SCHEME: &str = "x-cryptun-hop-scheme";
+const SPOKE: &str = "x-cryptun-hop-http";
 const HOP: &str = "x-cryptun-hop";
 
 /// Sends requests for other nodes' tunnels to them.
@@ -192,13 +197,20 @@ impl Forwarder {
             .map_err(|_| GatewayError::NodeUnreachable)?;
         // The hop is HTTP/1.1 whatever the visitor spoke (an HTTP/2
         // request carries its Host, made from :authority at the edge).
+        let h2 = req.version() == http::Version::HTTP_2;
         *req.version_mut() = http::Version::HTTP_11;
         let headers = req.headers_mut();
+        if h2 {
+            headers.insert(SPOKE, HeaderValue::from_static("2"));
+        } else {
+            headers.remove(SPOKE);
+        }
         let value = |s: &str| HeaderValue::from_str(s).map_err(|_| GatewayError::NodeUnreachable);
         headers.insert(PROOF, value(self.secret.proof())?);
         headers.insert(VISITOR, value(&visitor.to_string())?);
         headers.insert(SCHEME, value(scheme)?);
         headers.insert(HOP, HeaderValue::from_static(VERSION));
+        trailers::ask(req);
         Ok(())
     }
 
@@ -255,7 +267,12 @@ impl Forwarder {
                 });
             }
         }
-        resp.map(|body| body.map_err(Into::into).boxed())
+        let switched = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
+        let resp = resp.map(|body| body.map_err(Into::into).boxed());
+        if switched {
+            return resp;
+        }
+        trailers::unpack(resp)
     }
 }
 
@@ -308,9 +325,18 @@ impl Handler for HopServer {
             forwarded: true,
             scheme: Some(scheme),
         };
-        Arc::clone(&self.gateway)
+        let packs = trailers::asked(&mut req);
+        if take(req.headers_mut(), SPOKE).as_deref() == Some("2") {
+            req.extensions_mut()
+                .insert(VisitorSpoke(http::Version::HTTP_2));
+        }
+        let resp = Arc::clone(&self.gateway)
             .answer(conn, req, Some(visitor))
-            .await
+            .await;
+        if packs && resp.status() != StatusCode::SWITCHING_PROTOCOLS {
+            return trailers::pack(resp);
+        }
+        resp
     }
 }
 
