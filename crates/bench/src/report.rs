@@ -126,8 +126,8 @@ impl Report {
             for tunnel in &load.tunnels {
                 tables.push(resource_table(load, tunnel));
             }
-            if let Some(idle) = &load.idle_visitors {
-                tables.push(visitor_table(idle));
+            if !load.idle_visitors.is_empty() {
+                tables.push(visitor_table(&load.idle_visitors));
             }
         }
         if !self.tunnels.is_empty() {

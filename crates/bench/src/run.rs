@@ -36,6 +36,7 @@ use crate::procs::{self, Proc};
 use crate::report::{self, Report};
 use crate::sample::{Measured, Roles};
 use crate::scenarios::{Runner, Scenario, Target, TunnelLoad};
+use crate::visitors::Speaks;
 use crate::wrk;
 
 /// The executables and the folder for their logs.
@@ -59,8 +60,9 @@ pub struct LoadReport {
     pub tunnels: Vec<TunnelLoad>,
     /// Visitors over TLS, with `--https`.
     pub https: Option<crate::https::HttpsReport>,
-    /// Held-open idle visitor connections and what they cost.
-    pub idle_visitors: Option<crate::visitors::IdleVisitors>,
+    /// Held-open idle visitor connections and what they cost: HTTP/1.1,
+    /// then HTTP/2.
+    pub idle_visitors: Vec<crate::visitors::IdleVisitors>,
     /// Clock ticks per second, to turn ticks into time.
     pub ticks_per_sec: u64,
     /// What served as the origin.
@@ -271,10 +273,13 @@ fn load_phase(env: &Env, args: &RunArgs) -> Result<LoadReport> {
         }
         false => None,
     };
-    let idle_visitors = match args.idle_visitors {
-        0 => None,
-        count => Some(idle_visitors(env, origin_addr, origin.pid(), count)?),
-    };
+    let mut idle_visitors = Vec::new();
+    if args.idle_visitors > 0 {
+        for speaks in [Speaks::Http1, Speaks::H2c] {
+            let origin = (origin_addr, origin.pid());
+            idle_visitors.push(idle_visitors_of(env, origin, speaks, args.idle_visitors)?);
+        }
+    }
     Ok(LoadReport {
         scenarios: runner.scenarios,
         direct: direct_runs,
@@ -347,15 +352,20 @@ pub fn start_client(
     Ok((client, host, public_url))
 }
 
-/// Idle visitor connections through a fresh server and client, so that
-/// neither the load runs' RSS nor this measurement colours the other.
-fn idle_visitors(
+/// Idle visitor connections speaking `speaks` through a fresh server and
+/// client, so that neither the load runs' RSS nor this measurement (nor the
+/// other protocol's) colours the other.
+fn idle_visitors_of(
     env: &Env,
-    origin_addr: SocketAddr,
-    origin_pid: u32,
+    (origin_addr, origin_pid): (SocketAddr, u32),
+    speaks: Speaks,
     count: usize,
 ) -> Result<crate::visitors::IdleVisitors> {
-    let (server, server_addr) = start_server(env, &[], "server-visitors.log")?;
+    let flags: &[&str] = match speaks {
+        Speaks::Http1 => &[],
+        Speaks::H2c => &["--h2c"],
+    };
+    let (server, server_addr) = start_server(env, flags, "server-visitors.log")?;
     let (client, host, _) = start_client(env, origin_addr, server_addr, "client-visitors.log")?;
     check_paths(server_addr, &host)?;
     std::thread::sleep(Duration::from_secs(1));
@@ -364,6 +374,9 @@ fn idle_visitors(
         client: client.pid(),
         origin: origin_pid,
     };
-    eprintln!("holding {count} idle visitor connections open");
-    crate::visitors::measure(server_addr, &host, count, pids)
+    eprintln!(
+        "holding {count} idle {} visitor connections open",
+        speaks.name()
+    );
+    crate::visitors::measure((server_addr, &host), speaks, count, pids)
 }

@@ -1,8 +1,9 @@
 //! What a held-open idle visitor connection costs: N keep-alive connections
 //! to the tunnel each make one request (so each is a real, used HTTP/1.1
-//! connection), then stay open and idle while the server's and the client's
-//! resident memory is read. The cost per connection is the growth of the two
-//! RSS figures over N.
+//! connection, or HTTP/2 with prior knowledge on a server with `--h2c`),
+//! then stay open and idle while the server's and the client's resident
+//! memory is read. The cost per connection is the growth of the two RSS
+//! figures over N.
 //!
 //! The requests go one at a time, so the client's pool to the origin stays
 //! at one connection: what is measured is the visitor connections, not the
@@ -15,7 +16,7 @@ use std::io::{Read as _, Write as _};
 use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, bail, ensure};
 
 use crate::sample::{Roles, rss_of};
 
@@ -28,9 +29,30 @@ pub const BATCH: usize = 100;
 /// The pause after each batch, and before the memory is read.
 pub const SETTLE: Duration = Duration::from_secs(1);
 
+/// What the visitors speak.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Speaks {
+    /// HTTP/1.1 keep-alive.
+    Http1,
+    /// HTTP/2 with prior knowledge (the server runs with `--h2c`).
+    H2c,
+}
+
+impl Speaks {
+    /// Its name in the report.
+    pub fn name(self) -> &'static str {
+        match self {
+            Speaks::Http1 => "HTTP/1.1",
+            Speaks::H2c => "HTTP/2 (h2c)",
+        }
+    }
+}
+
 /// The result of one measurement.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy)]
 pub struct IdleVisitors {
+    /// What the connections spoke.
+    pub speaks: Speaks,
     /// Connections asked for.
     pub count: usize,
     /// Connections still open when the memory was read.
@@ -52,18 +74,23 @@ impl IdleVisitors {
     }
 }
 
-/// Opens `count` connections to the tunnel at `addr` (Host `host`), one
-/// request each, holds them idle and reads the RSS of `pids`.
+/// Opens `count` connections speaking `speaks` to the tunnel at `addr`
+/// (Host `host`), one request each, holds them idle and reads the RSS of
+/// `pids`.
 pub fn measure(
-    addr: SocketAddr,
-    host: &str,
+    (addr, host): (SocketAddr, &str),
+    speaks: Speaks,
     count: usize,
     pids: Roles<u32>,
 ) -> Result<IdleVisitors> {
     let before_kib = rss_of(pids)?;
     let mut conns = Vec::with_capacity(count);
     for i in 0..count {
-        let conn = one(addr, host).with_context(|| format!("idle visitor {i}"))?;
+        let conn = match speaks {
+            Speaks::Http1 => one(addr, host),
+            Speaks::H2c => one_h2(addr, host),
+        };
+        let conn = conn.with_context(|| format!("idle visitor {i}"))?;
         conns.push(conn);
         if (i + 1) % BATCH == 0 {
             std::thread::sleep(SETTLE);
@@ -75,6 +102,7 @@ pub fn measure(
     let with_kib = rss_of(pids)?;
     let open = conns.iter().filter(|c| still_open(c)).count();
     Ok(IdleVisitors {
+        speaks,
         count,
         open,
         before_kib,
@@ -117,6 +145,63 @@ fn one(addr: SocketAddr, host: &str) -> Result<TcpStream> {
         raw.extend_from_slice(&buf[..n]);
     }
     Ok(stream)
+}
+
+/// One HTTP/2 connection (prior knowledge) that has made one `GET
+/// /small` on stream 1, written by hand: the preface, SETTINGS, one HEADERS
+/// frame (HPACK literals, no Huffman), and frames read until the stream
+/// ends, the server's SETTINGS acknowledged on the way.
+fn one_h2(addr: SocketAddr, host: &str) -> Result<TcpStream> {
+    const DATA: u8 = 0;
+    const HEADERS: u8 = 1;
+    const SETTINGS: u8 = 4;
+    const GOAWAY: u8 = 7;
+    const END_STREAM: u8 = 0x1;
+    const END_HEADERS: u8 = 0x4;
+    const ACK: u8 = 0x1;
+    let frame = |kind: u8, flags: u8, stream: u32, payload: &[u8]| {
+        let len = (payload.len() as u32).to_be_bytes();
+        let mut out = vec![len[1], len[2], len[3], kind, flags];
+        out.extend_from_slice(&stream.to_be_bytes());
+        out.extend_from_slice(payload);
+        out
+    };
+    let mut block = Vec::new();
+    for (name, value) in [
+        (":method", "GET"),
+        (":scheme", "http"),
+        (":path", "/small"),
+        (":authority", host),
+    ] {
+        ensure!(value.len() < 127, "{name} too long for this encoder");
+        block.push(0); // literal, not indexed, new name
+        block.push(name.len() as u8);
+        block.extend_from_slice(name.as_bytes());
+        block.push(value.len() as u8);
+        block.extend_from_slice(value.as_bytes());
+    }
+    let timeout = Duration::from_secs(10);
+    let mut stream = TcpStream::connect_timeout(&addr, timeout)?;
+    stream.set_read_timeout(Some(timeout))?;
+    let mut hello = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    hello.extend(frame(SETTINGS, 0, 0, &[]));
+    hello.extend(frame(HEADERS, END_STREAM | END_HEADERS, 1, &block));
+    stream.write_all(&hello)?;
+    loop {
+        let mut head = [0u8; 9];
+        stream.read_exact(&mut head)?;
+        let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
+        let (kind, flags) = (head[3], head[4]);
+        let id = u32::from_be_bytes([head[5], head[6], head[7], head[8]]) & 0x7fff_ffff;
+        let mut payload = vec![0u8; len];
+        stream.read_exact(&mut payload)?;
+        match kind {
+            SETTINGS if flags & ACK == 0 => stream.write_all(&frame(SETTINGS, ACK, 0, &[]))?,
+            GOAWAY => bail!("the server sent GOAWAY"),
+            DATA | HEADERS if id == 1 && flags & END_STREAM != 0 => return Ok(stream),
+            _ => {}
+        }
+    }
 }
 
 /// Whether the server still holds `conn` open (nothing to read, no EOF).

@@ -120,21 +120,12 @@ pub(super) fn resource_table(load: &LoadReport, tunnel: &TunnelLoad) -> Table {
     }
 }
 
-pub(super) fn visitor_table(idle: &IdleVisitors) -> Table {
-    let (server, client, both) = idle.per_connection();
+pub(super) fn visitor_table(all: &[IdleVisitors]) -> Table {
     let kib = |bytes: f64| format!("{:.1} KiB", bytes / 1024.0);
-    Table {
-        title: "Held-open idle visitor connections (one request each, then idle)".into(),
-        header: vec![
-            "connections".into(),
-            "still open".into(),
-            "server RSS before / with".into(),
-            "client RSS before / with".into(),
-            "per connection: server".into(),
-            "client".into(),
-            "both".into(),
-        ],
-        rows: vec![vec![
+    let row = |idle: &IdleVisitors| {
+        let (server, client, both) = idle.per_connection();
+        vec![
+            idle.speaks.name().into(),
             thousands(idle.count as f64),
             thousands(idle.open as f64),
             format!(
@@ -150,7 +141,21 @@ pub(super) fn visitor_table(idle: &IdleVisitors) -> Table {
             kib(server),
             kib(client),
             kib(both),
-        ]],
+        ]
+    };
+    Table {
+        title: "Held-open idle visitor connections (one request each, then idle)".into(),
+        header: vec![
+            "speaking".into(),
+            "connections".into(),
+            "still open".into(),
+            "server RSS before / with".into(),
+            "client RSS before / with".into(),
+            "per connection: server".into(),
+            "client".into(),
+            "both".into(),
+        ],
+        rows: all.iter().map(row).collect(),
     }
 }
 
