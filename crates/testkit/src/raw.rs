@@ -224,6 +224,21 @@ pub fn frame(kind: u8, stream: u32, payload: &[u8]) -> Message {
     Message::binary(bytes)
 }
 
+/// A header list as `docs/PROTOCOL.md` §5.4 lays it out (HEAD and
+/// TRAILERS frames): a u16 count, then each name (u16 length) and value
+/// (u32 length), big-endian, written by hand.
+pub fn header_list(fields: &[(&str, &str)]) -> Vec<u8> {
+    let mut buf = Vec::new();
+    buf.extend_from_slice(&(fields.len() as u16).to_be_bytes());
+    for (name, value) in fields {
+        buf.extend_from_slice(&(name.len() as u16).to_be_bytes());
+        buf.extend_from_slice(name.as_bytes());
+        buf.extend_from_slice(&(value.len() as u32).to_be_bytes());
+        buf.extend_from_slice(value.as_bytes());
+    }
+    buf
+}
+
 /// Polls `check` every 20 ms until it holds; fails the test with `what` if
 /// it does not within `limit`.
 pub async fn eventually<F, Fut>(limit: Duration, what: &str, mut check: F)

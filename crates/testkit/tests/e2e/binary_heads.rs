@@ -8,7 +8,7 @@
 //! `bad_response` and the session goes on.
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
-use cryptun_testkit::raw::{WAIT, eventually, frame};
+use cryptun_testkit::raw::{WAIT, eventually, frame, header_list};
 use cryptun_testkit::{Origin, RawWs, Reply, TestClient, TestServer, Visitor};
 use http::StatusCode;
 use serde_json::{Value, json};
@@ -78,13 +78,7 @@ fn response(stream: u32, status: u16, headers: &[(&str, &str)], body: Option<&[u
     buf.put_u32(stream);
     buf.put_u8(if body.is_some() { END_STREAM } else { 0 });
     buf.put_u16(status);
-    buf.put_u16(headers.len() as u16);
-    for (name, value) in headers {
-        buf.put_u16(name.len() as u16);
-        buf.put_slice(name.as_bytes());
-        buf.put_u32(value.len() as u32);
-        buf.put_slice(value.as_bytes());
-    }
+    buf.put_slice(&header_list(headers));
     if let Some(body) = body {
         buf.put_slice(body);
     }

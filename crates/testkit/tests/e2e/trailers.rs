@@ -14,10 +14,10 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use bytes::{Buf, BufMut, Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use cryptun_client::Upstream;
 use cryptun_server::Config;
-use cryptun_testkit::raw::{WAIT, frame};
+use cryptun_testkit::raw::{WAIT, frame, header_list};
 use cryptun_testkit::{Proc, RawWs, TestClient, TestRedis, TestServer, sha256_hex};
 use http::{HeaderMap, HeaderValue};
 use http_body_util::{BodyExt, Full, StreamBody};
@@ -256,18 +256,6 @@ async fn an_http1_visitor_gets_the_trailers_it_asked_for_in_the_chunked_body() {
 /// A TRAILERS frame for `stream` as the doc lays it out.
 fn trailers_frame(stream: u32, fields: &[(&str, &str)]) -> Message {
     frame(TRAILERS, stream, &header_list(fields))
-}
-
-fn header_list(fields: &[(&str, &str)]) -> Vec<u8> {
-    let mut buf = BytesMut::new();
-    buf.put_u16(fields.len() as u16);
-    for (name, value) in fields {
-        buf.put_u16(name.len() as u16);
-        buf.put_slice(name.as_bytes());
-        buf.put_u32(value.len() as u32);
-        buf.put_slice(value.as_bytes());
-    }
-    buf.to_vec()
 }
 
 /// Reads a header list as the doc lays it out.
