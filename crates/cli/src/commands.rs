@@ -115,6 +115,7 @@ fn server_config(args: &ServerArgs) -> Result<cryptun_server::Config> {
         tcp_idle_timeout: args.tcp_idle_timeout,
         tcp_max_connections: args.tcp_max_connections,
         h2c: args.h2c,
+        hsts: args.hsts,
         h2: cryptun_server::H2Limits {
             max_concurrent_streams: args.h2_max_streams,
             ..defaults.h2

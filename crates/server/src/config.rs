@@ -147,6 +147,10 @@ pub struct Config {
     /// Whether plain connections may speak HTTP/2 with prior knowledge
     /// (behind a balancer that terminates TLS and speaks h2c).
     pub h2c: bool,
+    /// HSTS: every answer over HTTPS says `Strict-Transport-Security:
+    /// max-age=` this many seconds (unless the local service set its own);
+    /// `None` sends none. Never over plain HTTP (RFC 6797 §7.2).
+    pub hsts: Option<Duration>,
 }
 
 /// Request rates, and the bounds of the per-address table.
@@ -248,6 +252,7 @@ impl Default for Config {
             tcp_max_connections: crate::ports::relay::MAX_CONNECTIONS,
             h2: crate::edge::h2::Limits::default(),
             h2c: false,
+            hsts: None,
         }
     }
 }

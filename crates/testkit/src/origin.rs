@@ -8,7 +8,7 @@
 //! | `/delay?ms=N` | `done` after `N` ms |
 //! | `/hang` | never answers; [`Origin::dropped`] counts those abandoned |
 //! | `/status?code=N` | status `N` |
-//! | `/headers` | repeated `set-cookie` and `x-multi` response headers |
+//! | `/headers` | repeated `set-cookie` and `x-multi` response headers, and its own `strict-transport-security: max-age=60` |
 //! | `/stream?chunks=N&interval_ms=M` | `N` chunks, `M` ms apart, chunked |
 //! | `/token?t=X` | `X` |
 //! | `/zeros?n=N` | `N` zero bytes, streamed from one static buffer (for GiB tests) |
@@ -283,7 +283,8 @@ async fn hang(stats: Arc<Stats>) -> Response<Body> {
     unreachable!()
 }
 
-/// `/headers`: repeated `set-cookie` and `x-multi`, interleaved.
+/// `/headers`: repeated `set-cookie` and `x-multi`, interleaved, and an
+/// HSTS policy of the service's own.
 fn headers() -> Response<Body> {
     let mut resp = text(StatusCode::OK, "headers");
     let h = resp.headers_mut();
@@ -291,6 +292,7 @@ fn headers() -> Response<Body> {
     h.append("x-multi", "1".parse().unwrap());
     h.append("set-cookie", "b=2".parse().unwrap());
     h.append("x-multi", "2".parse().unwrap());
+    h.append("strict-transport-security", "max-age=60".parse().unwrap());
     resp
 }
 

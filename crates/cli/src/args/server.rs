@@ -161,6 +161,12 @@ pub(crate) struct ServerArgs {
     /// that terminates TLS and speaks HTTP/2 to us. (HTTPS offers HTTP/2 by ALPN always.)
     #[arg(long)]
     pub(crate) h2c: bool,
+    /// HSTS: answers over HTTPS carry `Strict-Transport-Security: max-age=` this long (e.g.
+    /// 1y), unless the local service sent its own; browsers then use HTTPS for the name until it
+    /// passes. Never sent over plain HTTP. Only once HTTPS works for every tunnel: a browser that
+    /// saw it refuses plain HTTP for the name.
+    #[arg(long, value_name = "MAX_AGE", value_parser = humantime::parse_duration)]
+    pub(crate) hsts: Option<Duration>,
     /// Most requests (streams) at once on one HTTP/2 connection; the visitor's further ones are
     /// refused until one ends.
     #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..))]

@@ -165,6 +165,9 @@ impl Gateway {
                 err.into_response()
             }
         };
+        if let (Some(max_age), Transport::Tls { .. }) = (self.config.hsts, &conn.transport) {
+            hsts(&mut resp, max_age);
+        }
         if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
             conn.framing.switched();
         } else if verdict == Verdict::OkThenClose {
@@ -451,4 +454,16 @@ enum Target {
 /// Whether `req` asks for the control endpoint (`GET /ws`).
 fn is_ws<B>(req: &Request<B>) -> bool {
     req.method() == Method::GET && req.uri().path() == "/ws"
+}
+
+/// Sets HSTS on an answer over HTTPS: `max-age` in seconds, unless the
+/// local service sent its own (its policy for its own name wins).
+fn hsts(resp: &mut Response<Body>, max_age: std::time::Duration) {
+    let name = header::STRICT_TRANSPORT_SECURITY;
+    if !resp.headers().contains_key(&name) {
+        let value = format!("max-age={}", max_age.as_secs());
+        if let Ok(value) = HeaderValue::from_str(&value) {
+            resp.headers_mut().insert(name, value);
+        }
+    }
 }

@@ -303,3 +303,45 @@ async fn a_silent_tls_client_is_closed_after_the_handshake_timeout() {
         "the connection stayed open: {closed:?}"
     );
 }
+
+#[tokio::test]
+async fn hsts_goes_with_every_answer_over_https_and_never_over_http() {
+    let server = TestServer::start_tls(cryptun_server::Config {
+        hsts: Some(std::time::Duration::from_secs(31_536_000)),
+        ..TestServer::test_config()
+    })
+    .await;
+    let origin = Origin::start().await;
+    let client = within("client", TestClient::start(&server, &origin.target())).await;
+    let visitor = server.tls.as_ref().unwrap().visitor();
+    let sts = |reply: &cryptun_testkit::Reply| {
+        let values = reply.headers.get_all("strict-transport-security").iter();
+        values
+            .map(|v| v.to_str().unwrap().to_owned())
+            .collect::<Vec<_>>()
+    };
+    let reply = visitor
+        .get(Some(&name(&client)), &client.host, "/echo")
+        .await;
+    assert_eq!(reply.status, 200);
+    assert_eq!(sts(&reply), ["max-age=31536000"]);
+    // A local service's own policy for its name stands.
+    let reply = visitor
+        .get(Some(&name(&client)), &client.host, "/headers")
+        .await;
+    assert_eq!(sts(&reply), ["max-age=60"]);
+    // The server's own answers too: a name without a tunnel.
+    let stranger = format!(
+        "nobody.localhost:{}",
+        server.tls.as_ref().unwrap().addr.port()
+    );
+    let reply = visitor.get(Some("nobody.localhost"), &stranger, "/").await;
+    assert_eq!(reply.status, 404);
+    assert_eq!(sts(&reply), ["max-age=31536000"]);
+    // Never over plain HTTP, where an attacker could strip or forge it.
+    let plain = Visitor::new(server.addr)
+        .get(&server.host_of(&client.tunnel.subdomain), "/echo")
+        .await;
+    assert_eq!(plain.status, 200);
+    assert!(sts(&plain).is_empty(), "{:?}", plain.headers);
+}
