@@ -116,6 +116,7 @@ fn server_config(args: &ServerArgs) -> Result<cryptun_server::Config> {
         tcp_max_connections: args.tcp_max_connections,
         h2c: args.h2c,
         hsts: args.hsts,
+        acme: acme_config(args)?,
         h2: cryptun_server::H2Limits {
             max_concurrent_streams: args.h2_max_streams,
             ..defaults.h2
@@ -190,12 +191,51 @@ fn tls_rules(args: &ServerArgs) -> Result<()> {
         }
         _ => {}
     }
-    if args.redirect_http && args.tls_cert.is_none() && !args.tls_self_signed {
+    let acme = args.acme_dns_server.is_some();
+    if acme && (args.tls_cert.is_some() || args.tls_self_signed) {
+        anyhow::bail!("acme_dns_server excludes tls_cert and tls_self_signed; choose one");
+    }
+    if args.redirect_http && args.tls_cert.is_none() && !args.tls_self_signed && !acme {
         anyhow::bail!(
-            "redirect_http needs a certificate: tls_cert and tls_key, or tls_self_signed"
+            "redirect_http needs a certificate: tls_cert and tls_key, tls_self_signed, or ACME (acme_dns_server)"
         );
     }
     Ok(())
+}
+
+/// The ACME settings, if `--acme-dns-server` asks for ACME.
+fn acme_config(args: &ServerArgs) -> Result<Option<cryptun_server::tls::acme::AcmeConfig>> {
+    use cryptun_server::tls::acme::{self, AcmeConfig, dns};
+    let Some(server) = args.acme_dns_server else {
+        return Ok(None);
+    };
+    if !args.acme_agree_tos {
+        anyhow::bail!(
+            "ACME needs --acme-agree-tos: the ACME server's terms of service (Let's Encrypt's subscriber agreement) must be agreed to"
+        );
+    }
+    let key = match (&args.acme_tsig_key, std::env::var("CRYPTUN_ACME_TSIG_KEY")) {
+        (Some(path), _) => std::fs::read_to_string(path)
+            .with_context(|| format!("could not read the TSIG key {}", path.display()))?,
+        (None, Ok(text)) => text,
+        (None, Err(_)) => anyhow::bail!(
+            "ACME's DNS updates need a TSIG key: --acme-tsig-key FILE or CRYPTUN_ACME_TSIG_KEY"
+        ),
+    };
+    let key = dns::TsigKey::parse(&key)?;
+    let zone = args.acme_dns_zone.as_deref().unwrap_or(&args.domain);
+    let directory = match (&args.acme_directory, args.acme_staging) {
+        (Some(url), _) => url.clone(),
+        (None, true) => acme::LETS_ENCRYPT_STAGING.into(),
+        (None, false) => acme::LETS_ENCRYPT.into(),
+    };
+    Ok(Some(AcmeConfig {
+        directory,
+        ca: args.acme_ca.clone(),
+        email: args.acme_email.clone(),
+        dns: dns::DnsUpdater::new(server, zone, key)?,
+        retry: std::time::Duration::from_secs(60),
+    }))
 }
 
 /// The certificates the server presents, if it serves HTTPS: the
@@ -205,6 +245,9 @@ fn certs(args: &ServerArgs, domain: &str) -> Result<Option<cryptun_server::Certs
     if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
         let certs = Certs::load(cert, key).context("could not load the TLS certificate")?;
         return Ok(Some(certs));
+    }
+    if args.acme_dns_server.is_some() {
+        return Ok(Some(Certs::managed()));
     }
     if !args.tls_self_signed {
         return Ok(None);

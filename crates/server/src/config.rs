@@ -151,6 +151,10 @@ pub struct Config {
     /// max-age=` this many seconds (unless the local service set its own);
     /// `None` sends none. Never over plain HTTP (RFC 6797 §7.2).
     pub hsts: Option<Duration>,
+    /// ACME: obtain and renew the HTTPS listener's wildcard certificate
+    /// (its certificates must then be [`crate::Certs::managed`]); kept
+    /// under `data_dir`, which it needs.
+    pub acme: Option<crate::tls::acme::AcmeConfig>,
 }
 
 /// Request rates, and the bounds of the per-address table.
@@ -253,6 +257,7 @@ impl Default for Config {
             h2: crate::edge::h2::Limits::default(),
             h2c: false,
             hsts: None,
+            acme: None,
         }
     }
 }

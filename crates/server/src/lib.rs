@@ -125,6 +125,7 @@ pub async fn serve(
     config: Config,
     shutdown: CancellationToken,
 ) -> io::Result<()> {
+    let managed = listeners.https.as_ref().map(|https| https.certs.clone());
     let bound = edge::Bound::new(listeners)?;
     let config = Arc::new(bound.settle(config)?);
     let store = open_store(&config).await?;
@@ -168,6 +169,24 @@ pub async fn serve(
             info!(auth = %config.auth, %database, "clients are checked against the key database");
             stages.control.spawn_revocation_watcher(Arc::clone(&keys));
         }
+    }
+    if let Some(acme) = &config.acme {
+        let (Some(certs), Some(data_dir)) = (managed, config.data_dir.as_deref()) else {
+            return Err(io::Error::other(
+                "ACME needs an HTTPS listener and a data directory",
+            ));
+        };
+        let acme = edge::tls::acme::Acme::new(
+            acme.clone(),
+            &config.domain,
+            data_dir,
+            certs,
+            stages.metrics.clone(),
+        );
+        tokio::spawn(
+            acme.run(shutdown.clone())
+                .instrument(tracing::info_span!("acme")),
+        );
     }
     keeper::restore(stages.registry.as_ref(), &store).await;
     // A server with a database keeps its holds there as they are made, so a

@@ -47,6 +47,22 @@ pub struct Reason {
     pub reason: &'static str,
 }
 
+/// Labels of the ACME series: the certificate, by its first name.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct AcmeCertificate {
+    /// `*.{domain}` for the wildcard.
+    pub name: String,
+}
+
+/// Labels of `cryptun_acme_orders_total`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct AcmeOrder {
+    /// The certificate.
+    pub name: String,
+    /// `issued` or `failed`.
+    pub outcome: &'static str,
+}
+
 /// The `reason` label of a handshake failure.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 pub struct HandshakeReason {
@@ -159,6 +175,13 @@ pub struct Metrics {
     /// refused hello, a closed connection) or did not finish in time
     /// (`timeout`).
     pub tls_handshake_failures: Family<Reason, Counter>,
+    /// When each ACME certificate served expires (Unix seconds).
+    pub acme_not_after: Family<AcmeCertificate, Gauge>,
+    /// ACME orders, by certificate and outcome.
+    pub acme_orders: Family<AcmeOrder, Counter>,
+    /// The last ACME error of each certificate, for the dashboard (none
+    /// once an order succeeds).
+    pub acme_last_error: std::sync::Arc<std::sync::Mutex<Option<String>>>,
     /// TCP tunnels' visitor connections, counted when they end, by how
     /// (see [`Metrics::tcp_connection`]).
     pub tcp_connections: Family<TcpOutcome, Counter>,
@@ -200,6 +223,9 @@ impl Metrics {
             handshake_failures: Family::default(),
             refusals: Family::default(),
             tls_handshake_failures: Family::default(),
+            acme_not_after: Family::default(),
+            acme_orders: Family::default(),
+            acme_last_error: std::sync::Arc::default(),
             refused_requests,
             own_routes: Family::default(),
             tcp_connections: Family::default(),
@@ -274,6 +300,16 @@ impl Metrics {
             metrics.tls_handshake_failures.clone(),
         );
         r.register(
+            "acme_certificate_not_after_seconds",
+            "When the ACME certificate served expires, as a Unix time (days left: (this - time()) / 86400)",
+            metrics.acme_not_after.clone(),
+        );
+        r.register(
+            "acme_orders",
+            "ACME certificate orders, by certificate and outcome (issued, failed)",
+            metrics.acme_orders.clone(),
+        );
+        r.register(
             "tcp_connections",
             "TCP tunnels' visitor connections, by how they ended",
             metrics.tcp_connections.clone(),
@@ -334,6 +370,53 @@ impl Metrics {
         self.tls_handshake_failures
             .get_or_create(&Reason { reason })
             .clone()
+    }
+
+    /// Records an ACME order for certificate `name`: its `error`, or the
+    /// new certificate's `not_after` (a certificate loaded at start gives
+    /// `not_after` without an order: no `error`, nothing counted).
+    pub fn acme_outcome(
+        &self,
+        name: &str,
+        error: Option<&str>,
+        not_after: Option<std::time::SystemTime>,
+    ) {
+        let label = |outcome| AcmeOrder {
+            name: name.to_owned(),
+            outcome,
+        };
+        if let Some(error) = error {
+            self.acme_orders.get_or_create(&label("failed")).inc();
+            *self
+                .acme_last_error
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()) = Some(error.to_owned());
+            return;
+        }
+        if let Some(not_after) = not_after {
+            let secs = not_after
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            let cert = AcmeCertificate {
+                name: name.to_owned(),
+            };
+            self.acme_not_after
+                .get_or_create(&cert)
+                .set(i64::try_from(secs).unwrap_or(i64::MAX));
+            *self
+                .acme_last_error
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()) = None;
+        }
+    }
+
+    /// Counts an issued ACME order for certificate `name`.
+    pub fn acme_issued(&self, name: &str) {
+        let label = AcmeOrder {
+            name: name.to_owned(),
+            outcome: "issued",
+        };
+        self.acme_orders.get_or_create(&label).inc();
     }
 
     /// Counts a request answered before routing.

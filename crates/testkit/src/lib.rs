@@ -32,6 +32,7 @@
 #![forbid(unsafe_code)]
 #![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
 
+pub mod acme;
 pub mod browser;
 pub mod chaos;
 pub mod client;
@@ -47,6 +48,7 @@ pub mod tls;
 pub mod visitor;
 pub mod wsecho;
 
+pub use acme::{TestDns, TestPebble};
 pub use browser::Browser;
 pub use client::TestClient;
 pub use inspector::TestInspector;

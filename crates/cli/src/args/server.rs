@@ -12,7 +12,7 @@ use cryptun_server::policy::Rate;
 use crate::parse;
 
 #[derive(Debug, Args)]
-#[command(group(ArgGroup::new("tls").args(["tls_cert", "tls_self_signed"])))]
+#[command(group(ArgGroup::new("tls").args(["tls_cert", "tls_self_signed", "acme_dns_server"])))]
 pub(crate) struct ServerArgs {
     /// Config file: flags as keys (`request_timeout = "30s"`); flags and CRYPTUN_* variables win
     /// over it [default: $XDG_CONFIG_HOME/cryptun/server.toml or ~/.config/cryptun/server.toml].
@@ -81,6 +81,36 @@ pub(crate) struct ServerArgs {
     /// Generate (or reuse) a development certificate in --data-dir; clients trust it with --ca.
     #[arg(long, conflicts_with = "tls_cert")]
     pub(crate) tls_self_signed: bool,
+    /// ACME: get and renew the certificate for *.DOMAIN and DOMAIN by DNS-01, setting the
+    /// _acme-challenge records by RFC 2136 dynamic updates (TSIG-signed) at this DNS server
+    /// (HOST:PORT, the zone's primary). Needs --acme-agree-tos and --acme-tsig-key; kept in
+    /// --data-dir. Excludes --tls-cert and --tls-self-signed.
+    #[arg(long, value_name = "HOST:PORT", conflicts_with_all = ["tls_cert", "tls_self_signed"])]
+    pub(crate) acme_dns_server: Option<SocketAddr>,
+    /// The zone the DNS server takes updates for (default: --domain). A zone elsewhere works
+    /// too: point _acme-challenge.DOMAIN at _acme-challenge.ZONE-NAME with a CNAME, once.
+    #[arg(long, value_name = "ZONE")]
+    pub(crate) acme_dns_zone: Option<String>,
+    /// The TSIG key for the updates, as tsig-keygen writes it (key "NAME" { algorithm
+    /// hmac-sha256; secret "..."; };) or ALGORITHM:NAME:SECRET; the environment variable holds
+    /// the key itself.
+    #[arg(long, value_name = "FILE")]
+    pub(crate) acme_tsig_key: Option<PathBuf>,
+    /// Contact address for the ACME account (expiry notices).
+    #[arg(long, value_name = "EMAIL")]
+    pub(crate) acme_email: Option<String>,
+    /// Agree to the ACME server's terms of service (Let's Encrypt's subscriber agreement).
+    #[arg(long)]
+    pub(crate) acme_agree_tos: bool,
+    /// The ACME server's directory URL (default: Let's Encrypt's production).
+    #[arg(long, value_name = "URL", conflicts_with = "acme_staging")]
+    pub(crate) acme_directory: Option<String>,
+    /// Use Let's Encrypt's staging directory (untrusted certificates, generous limits).
+    #[arg(long)]
+    pub(crate) acme_staging: bool,
+    /// The root that signs a private ACME server's own HTTPS certificate (PEM).
+    #[arg(long, value_name = "FILE")]
+    pub(crate) acme_ca: Option<PathBuf>,
     /// Answer plain HTTP on --listen with a 308 redirect to HTTPS (every path, /ws included).
     #[arg(long, requires = "tls")]
     pub(crate) redirect_http: bool,

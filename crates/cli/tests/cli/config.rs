@@ -163,6 +163,18 @@ fn tls_settings_from_a_file_follow_the_flags_rules() {
             "redirect_http = true\n",
             "redirect_http needs a certificate",
         ),
+        (
+            "acme_dns_server = \"127.0.0.1:53\"\ntls_self_signed = true\n",
+            "acme_dns_server excludes",
+        ),
+        (
+            "acme_dns_server = \"127.0.0.1:53\"\n",
+            "needs --acme-agree-tos",
+        ),
+        (
+            "acme_dns_server = \"127.0.0.1:53\"\nacme_agree_tos = true\n",
+            "need a TSIG key",
+        ),
     ] {
         let path = write(
             home,

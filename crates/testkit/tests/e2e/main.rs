@@ -13,6 +13,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod access;
+mod acme;
 mod admin;
 mod auth;
 mod binary_heads;

@@ -13,11 +13,15 @@
 //!   pair and says why.
 //! - **A development authority** ([`Certs::dev`], `--tls-self-signed`):
 //!   signs a certificate for each name on demand (see `dev_ca`).
+//! - **ACME** ([`Certs::managed`], `--acme-*`): what [`acme::Acme`]
+//!   obtains, swapped in by [`Certs::install`] as the files' pair is by a
+//!   reload; before the first certificate, handshakes fail.
 //!
 //! Every handshake is served, whatever its SNI: a name the certificate does
 //! not cover fails the client's own check, and the gateway compares each
 //! request's Host with the SNI (421 when they differ, see `https.rs`).
 
+pub mod acme;
 mod dev_ca;
 
 use std::fmt;
@@ -86,6 +90,9 @@ enum Source {
         current: RwLock<Arc<CertifiedKey>>,
     },
     Dev(Box<dev_ca::Issuer>),
+    Managed {
+        current: RwLock<Option<Arc<CertifiedKey>>>,
+    },
 }
 
 impl fmt::Debug for Certs {
@@ -97,6 +104,7 @@ impl fmt::Debug for Certs {
                 .field("key", key)
                 .finish(),
             Source::Dev(_) => f.write_str("Certs(development authority)"),
+            Source::Managed { .. } => f.write_str("Certs(ACME)"),
         }
     }
 }
@@ -119,6 +127,26 @@ impl Certs {
         Ok((Certs { source }, files))
     }
 
+    /// Certificates another part installs ([`Certs::install`]): none
+    /// until the first.
+    pub fn managed() -> Self {
+        let source = Arc::new(Source::Managed {
+            current: RwLock::new(None),
+        });
+        Certs { source }
+    }
+
+    /// Checks `chain` and `key` (PEM; `path` names them in errors) and, on
+    /// a managed source, serves them from the next handshake on. Nothing
+    /// changes on an error.
+    pub fn install(&self, chain: &[u8], key: &[u8], path: &Path) -> Result<(), TlsError> {
+        let pair = Arc::new(pair_of((chain, path), (key, path))?);
+        if let Source::Managed { current } = &*self.source {
+            *current.write().unwrap_or_else(PoisonError::into_inner) = Some(pair);
+        }
+        Ok(())
+    }
+
     /// Re-reads the certificate files. On success new handshakes present
     /// the new certificate; on failure the old one stays and the error says
     /// why. A development authority forgets the certificates it signed.
@@ -129,6 +157,8 @@ impl Certs {
                 *current.write().unwrap_or_else(PoisonError::into_inner) = fresh;
             }
             Source::Dev(issuer) => issuer.forget(),
+            // Renewed by its manager, not by a signal.
+            Source::Managed { .. } => {}
         }
         Ok(())
     }
@@ -137,7 +167,7 @@ impl Certs {
     pub fn files(&self) -> Option<(&Path, &Path)> {
         match &*self.source {
             Source::Files { cert, key, .. } => Some((cert, key)),
-            Source::Dev(_) => None,
+            Source::Dev(_) | Source::Managed { .. } => None,
         }
     }
 
@@ -154,6 +184,13 @@ impl Certs {
                     None
                 }
             },
+            Source::Managed { current } => {
+                let current = current.read().unwrap_or_else(PoisonError::into_inner);
+                if current.is_none() {
+                    warn!("no ACME certificate yet; the handshake fails");
+                }
+                current.clone()
+            }
         }
     }
 
@@ -241,17 +278,26 @@ pub(crate) fn read_roots(path: &Path) -> Result<rustls::RootCertStore, TlsError>
 
 /// Reads and checks a certificate chain and its key.
 pub(crate) fn read_pair(cert_path: &Path, key_path: &Path) -> Result<CertifiedKey, TlsError> {
+    pair_of((&read(cert_path)?, cert_path), (&read(key_path)?, key_path))
+}
+
+/// Checks a certificate chain and its key (PEM), each named by the file
+/// it comes from for the errors.
+fn pair_of(
+    (cert, cert_path): (&[u8], &Path),
+    (key, key_path): (&[u8], &Path),
+) -> Result<CertifiedKey, TlsError> {
     let pem_error = |path: &Path, reason: String| TlsError::Pem {
         path: path.to_owned(),
         reason,
     };
-    let chain = CertificateDer::pem_slice_iter(&read(cert_path)?)
+    let chain = CertificateDer::pem_slice_iter(cert)
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| pem_error(cert_path, e.to_string()))?;
     if chain.is_empty() {
         return Err(pem_error(cert_path, "no CERTIFICATE block".into()));
     }
-    let key = PrivateKeyDer::from_pem_slice(&read(key_path)?).map_err(|e| {
+    let key = PrivateKeyDer::from_pem_slice(key).map_err(|e| {
         pem_error(
             key_path,
             match e {

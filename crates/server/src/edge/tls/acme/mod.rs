@@ -1,0 +1,471 @@
+//! Certificates without an operator: the wildcard for `*.{domain}` and
+//! the apex, obtained from an ACME server (Let's Encrypt by default) by
+//! DNS-01 and renewed in place.
+//!
+//! [`Acme::run`] is one task for the server's life: it loads the
+//! certificate kept under the data directory (`acme/`), installs it, and
+//! orders a new one when there is none, when it is for other names, or at
+//! two thirds of its lifetime; a failure is logged, counted and retried
+//! with backoff (a minute, doubling to an hour), and never replaces the
+//! certificate being served. A new one is written (key first, each file
+//! replaced whole) and then installed: new handshakes present it,
+//! connections already open keep theirs.
+//!
+//! The DNS-01 records go by RFC 2136 updates ([`dns`]); the order waits
+//! until the DNS server itself answers them before asking the ACME server
+//! to look, and removes them after, whatever the outcome.
+//!
+//! Kept under `DATA_DIR/acme/`, readable by the server's user only (0600):
+//! `account.json` (the ACME account's key and URL), `wildcard.key.pem`,
+//! `wildcard.crt.pem` (the chain, leaf first).
+
+pub mod dns;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use instant_acme::{
+    Account, AccountCredentials, AuthorizationStatus, ChallengeType, Identifier, NewAccount,
+    NewOrder, OrderStatus, RetryPolicy,
+};
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use super::{Certs, TlsError};
+use crate::metrics::Metrics;
+use dns::DnsUpdater;
+
+/// Let's Encrypt's production directory, the default.
+pub const LETS_ENCRYPT: &str = "https://acme-v02.api.letsencrypt.org/directory";
+
+/// Let's Encrypt's staging directory (`--acme-staging`).
+pub const LETS_ENCRYPT_STAGING: &str = "https://acme-staging-v02.api.letsencrypt.org/directory";
+
+/// How ACME certificates are obtained.
+#[derive(Debug, Clone)]
+pub struct AcmeConfig {
+    /// The ACME server's directory URL.
+    pub directory: String,
+    /// The root that signs a private ACME server's own HTTPS certificate
+    /// (PEM); the public roots otherwise.
+    pub ca: Option<PathBuf>,
+    /// Contact address for the account (expiry notices).
+    pub email: Option<String>,
+    /// Where the DNS-01 records are set.
+    pub dns: DnsUpdater,
+    /// The first wait after a failure, doubled after each to [`MAX_RETRY`].
+    pub retry: Duration,
+}
+
+/// The longest wait between two attempts after failures.
+const MAX_RETRY: Duration = Duration::from_secs(3600);
+
+/// How long the DNS server may take to answer the records it was given.
+const PROPAGATION: Duration = Duration::from_secs(60);
+
+/// A failure to get a certificate.
+#[derive(Debug, thiserror::Error)]
+pub enum AcmeError {
+    /// The ACME server refused or failed a step.
+    #[error("ACME: {0}")]
+    Acme(#[from] instant_acme::Error),
+    /// Setting or checking the DNS records failed.
+    #[error("DNS-01: {0}")]
+    Dns(#[from] dns::DnsError),
+    /// The DNS server did not answer the records set.
+    #[error("DNS-01: {0} does not answer the challenge records after {PROPAGATION:?}")]
+    NotPropagated(String),
+    /// An authorization ended otherwise than valid.
+    #[error("ACME: the authorization for {name} is {status:?}")]
+    Authorization {
+        /// The name.
+        name: String,
+        /// Its state.
+        status: AuthorizationStatus,
+    },
+    /// The order ended otherwise than ready.
+    #[error("ACME: the order is {0:?}")]
+    Order(OrderStatus),
+    /// Reading or writing the kept files failed, or the certificate does
+    /// not load.
+    #[error("{0}")]
+    Files(#[from] TlsError),
+    /// The account file does not read.
+    #[error("{}: {reason}", path.display())]
+    Account {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// What is known of the certificate being served.
+#[derive(Debug, Clone, Copy)]
+struct Validity {
+    not_before: SystemTime,
+    not_after: SystemTime,
+}
+
+impl Validity {
+    /// Two thirds of the way through its lifetime.
+    fn renew_at(&self) -> SystemTime {
+        let life = self
+            .not_after
+            .duration_since(self.not_before)
+            .unwrap_or_default();
+        self.not_before + life * 2 / 3
+    }
+}
+
+/// The certificate manager of one server.
+pub struct Acme {
+    config: AcmeConfig,
+    /// The names ordered: `*.{domain}` and `{domain}`.
+    names: [String; 2],
+    dir: PathBuf,
+    certs: Certs,
+    metrics: Metrics,
+}
+
+impl Acme {
+    /// A manager for `domain`'s wildcard, keeping its files under
+    /// `data_dir/acme` and installing what it gets into `certs`.
+    pub fn new(
+        config: AcmeConfig,
+        domain: &str,
+        data_dir: &Path,
+        certs: Certs,
+        metrics: Metrics,
+    ) -> Self {
+        Acme {
+            config,
+            names: [format!("*.{domain}"), domain.to_owned()],
+            dir: data_dir.join("acme"),
+            certs,
+            metrics,
+        }
+    }
+
+    fn key_path(&self) -> PathBuf {
+        self.dir.join("wildcard.key.pem")
+    }
+
+    fn cert_path(&self) -> PathBuf {
+        self.dir.join("wildcard.crt.pem")
+    }
+
+    /// Keeps a certificate installed until `shutdown`: the kept one at
+    /// once if it is for these names, a new one when due.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let mut validity = match self.install_kept() {
+            Ok(validity) => validity,
+            Err(err) => {
+                warn!(%err, "no usable ACME certificate kept; ordering one");
+                None
+            }
+        };
+        let mut retry = self.config.retry;
+        loop {
+            let due = validity.map_or(SystemTime::UNIX_EPOCH, |v| v.renew_at());
+            let wait = due.duration_since(SystemTime::now()).unwrap_or_default();
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = tokio::time::sleep(wait) => {}
+            }
+            let obtained = tokio::select! {
+                () = shutdown.cancelled() => return,
+                obtained = self.obtain() => obtained,
+            };
+            match obtained {
+                Ok(fresh) => {
+                    info!(names = ?self.names, not_after = ?fresh.not_after, "ACME certificate installed");
+                    self.metrics.acme_issued(&self.names[0]);
+                    self.metrics
+                        .acme_outcome(&self.names[0], None, Some(fresh.not_after));
+                    validity = Some(fresh);
+                    retry = self.config.retry;
+                }
+                Err(err) => {
+                    warn!(%err, retry_in = ?retry, "ACME order failed; the certificate served stays");
+                    self.metrics
+                        .acme_outcome(&self.names[0], Some(&err.to_string()), None);
+                    tokio::select! {
+                        () = shutdown.cancelled() => return,
+                        () = tokio::time::sleep(retry) => {}
+                    }
+                    retry = (retry * 2).min(MAX_RETRY);
+                }
+            }
+        }
+    }
+
+    /// Installs the kept certificate if there is one for these names;
+    /// its validity, or `None` when there is none.
+    fn install_kept(&self) -> Result<Option<Validity>, AcmeError> {
+        let (cert, key) = (self.cert_path(), self.key_path());
+        if !cert.exists() || !key.exists() {
+            return Ok(None);
+        }
+        let chain = read(&cert)?;
+        let (validity, names) = leaf_facts(&chain, &cert)?;
+        if !self.names.iter().all(|n| names.contains(n)) {
+            info!(kept = ?names, wanted = ?self.names, "the kept ACME certificate is for other names");
+            return Ok(None);
+        }
+        self.certs.install(&chain, &read(&key)?, &cert)?;
+        self.metrics
+            .acme_outcome(&self.names[0], None, Some(validity.not_after));
+        info!(names = ?self.names, not_after = ?validity.not_after, "ACME certificate loaded");
+        Ok(Some(validity))
+    }
+
+    /// One order, start to end: the new certificate written and
+    /// installed.
+    async fn obtain(&self) -> Result<Validity, AcmeError> {
+        let account = self.account().await?;
+        let identifiers: Vec<Identifier> = self
+            .names
+            .iter()
+            .map(|n| Identifier::Dns(n.clone()))
+            .collect();
+        let mut order = account.new_order(&NewOrder::new(&identifiers)).await?;
+        let mut records = Vec::new();
+        let set = self.answer_challenges(&mut order, &mut records).await;
+        let finished = match set {
+            Ok(()) => self.finish(&mut order).await,
+            Err(err) => Err(err),
+        };
+        for (name, value) in records {
+            if let Err(err) = self.config.dns.remove_txt(&name, &value).await {
+                warn!(%err, %name, "could not remove a DNS-01 record");
+            }
+        }
+        let (chain, key) = finished?;
+        let path = self.cert_path();
+        let (validity, _) = leaf_facts(chain.as_bytes(), &path)?;
+        // The key first: a chain on disk always has its key beside it.
+        write_private(&self.key_path(), key.as_bytes())?;
+        write_private(&path, chain.as_bytes())?;
+        self.certs
+            .install(chain.as_bytes(), key.as_bytes(), &path)?;
+        Ok(validity)
+    }
+
+    /// Sets each pending authorization's DNS-01 record, waits until the
+    /// DNS server answers them all, and tells the ACME server to look.
+    /// `records` gets every record set, for removal after.
+    async fn answer_challenges(
+        &self,
+        order: &mut instant_acme::Order,
+        records: &mut Vec<(String, String)>,
+    ) -> Result<(), AcmeError> {
+        let mut ready = Vec::new();
+        let mut authorizations = order.authorizations();
+        while let Some(authz) = authorizations.next().await {
+            let mut authz = authz?;
+            match authz.status {
+                AuthorizationStatus::Pending => {}
+                AuthorizationStatus::Valid => continue,
+                status => {
+                    let name = authz.identifier().to_string();
+                    return Err(AcmeError::Authorization { name, status });
+                }
+            }
+            let name = authz.identifier().to_string();
+            let Some(challenge) = authz.challenge(ChallengeType::Dns01) else {
+                return Err(AcmeError::Authorization {
+                    name,
+                    status: AuthorizationStatus::Invalid,
+                });
+            };
+            let base = name.trim_start_matches("*.");
+            let record = format!("_acme-challenge.{base}");
+            let value = challenge.key_authorization().dns_value();
+            self.config.dns.add_txt(&record, &value).await?;
+            records.push((record.clone(), value.clone()));
+            ready.push(challenge.url.clone());
+        }
+        self.await_records(records).await?;
+        let mut authorizations = order.authorizations();
+        while let Some(authz) = authorizations.next().await {
+            let mut authz = authz?;
+            if let Some(mut challenge) = authz.challenge(ChallengeType::Dns01) {
+                if ready.contains(&challenge.url) {
+                    challenge.set_ready().await?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Waits until the DNS server answers every record set.
+    async fn await_records(&self, records: &[(String, String)]) -> Result<(), AcmeError> {
+        let deadline = tokio::time::Instant::now() + PROPAGATION;
+        for (name, value) in records {
+            loop {
+                if self.config.dns.txt_values(name).await?.contains(value) {
+                    break;
+                }
+                if tokio::time::Instant::now() >= deadline {
+                    return Err(AcmeError::NotPropagated(name.clone()));
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+        Ok(())
+    }
+
+    /// Waits for the order to be ready, finalizes it, and returns the
+    /// chain and its new key (PEM).
+    async fn finish(&self, order: &mut instant_acme::Order) -> Result<(String, String), AcmeError> {
+        let retries = RetryPolicy::new().timeout(Duration::from_secs(120));
+        match order.poll_ready(&retries).await? {
+            OrderStatus::Ready => {}
+            status => return Err(AcmeError::Order(status)),
+        }
+        let key = order.finalize().await?;
+        let chain = order.poll_certificate(&retries).await?;
+        Ok((chain, key))
+    }
+
+    /// The ACME account: the kept one, else a new one (kept).
+    async fn account(&self) -> Result<Account, AcmeError> {
+        let path = self.dir.join("account.json");
+        let builder = match &self.config.ca {
+            Some(ca) => Account::builder_with_root(ca)?,
+            None => Account::builder()?,
+        };
+        if path.exists() {
+            let text = read(&path)?;
+            let credentials: AccountCredentials =
+                serde_json::from_slice(&text).map_err(|e| AcmeError::Account {
+                    path: path.clone(),
+                    reason: e.to_string(),
+                })?;
+            return Ok(builder.from_credentials(credentials).await?);
+        }
+        let contact = self.config.email.as_ref().map(|e| format!("mailto:{e}"));
+        let contacts: Vec<&str> = contact.iter().map(String::as_str).collect();
+        let (account, credentials) = builder
+            .create(
+                &NewAccount {
+                    contact: &contacts,
+                    terms_of_service_agreed: true,
+                    only_return_existing: false,
+                },
+                self.config.directory.clone(),
+                None,
+            )
+            .await?;
+        let text = serde_json::to_vec(&credentials).map_err(|e| AcmeError::Account {
+            path: path.clone(),
+            reason: e.to_string(),
+        })?;
+        write_private(&path, &text)?;
+        info!(directory = %self.config.directory, "ACME account created");
+        Ok(account)
+    }
+}
+
+/// The validity and the DNS names of the first certificate of `chain`.
+fn leaf_facts(chain: &[u8], path: &Path) -> Result<(Validity, Vec<String>), TlsError> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let bad = |reason: String| TlsError::Pem {
+        path: path.to_owned(),
+        reason,
+    };
+    let leaf = CertificateDer::pem_slice_iter(chain)
+        .next()
+        .ok_or_else(|| bad("no certificate".into()))?
+        .map_err(|e| bad(e.to_string()))?;
+    let (_, cert) = x509_parser::parse_x509_certificate(&leaf).map_err(|e| bad(e.to_string()))?;
+    let time = |t: x509_parser::time::ASN1Time| {
+        let secs = t.timestamp().max(0) as u64;
+        SystemTime::UNIX_EPOCH + Duration::from_secs(secs)
+    };
+    let validity = Validity {
+        not_before: time(cert.validity().not_before),
+        not_after: time(cert.validity().not_after),
+    };
+    let names = cert
+        .subject_alternative_name()
+        .ok()
+        .flatten()
+        .map(|san| {
+            san.value
+                .general_names
+                .iter()
+                .filter_map(|name| match name {
+                    x509_parser::extensions::GeneralName::DNSName(dns) => Some(dns.to_string()),
+                    _ => None,
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    Ok((validity, names))
+}
+
+fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
+    std::fs::read(path).map_err(|source| TlsError::Io {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+/// Writes `bytes` to `path` whole (a temporary file renamed over it),
+/// readable by this user only.
+fn write_private(path: &Path, bytes: &[u8]) -> Result<(), TlsError> {
+    use std::io::Write as _;
+    let io = |source| TlsError::Io {
+        path: path.to_owned(),
+        source,
+    };
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(io)?;
+    }
+    let temporary = path.with_extension("tmp");
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt as _;
+        options.mode(0o600);
+    }
+    let mut file = options.open(&temporary).map_err(io)?;
+    file.write_all(bytes).map_err(io)?;
+    file.sync_all().map_err(io)?;
+    std::fs::rename(&temporary, path).map_err(io)?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renewal_is_due_two_thirds_through_the_lifetime() {
+        let start = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let validity = Validity {
+            not_before: start,
+            not_after: start + Duration::from_secs(90 * 86_400),
+        };
+        assert_eq!(
+            validity.renew_at(),
+            start + Duration::from_secs(60 * 86_400)
+        );
+    }
+
+    #[test]
+    fn a_leaf_says_its_names_and_validity() {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let params =
+            rcgen::CertificateParams::new(vec!["*.t.test".into(), "t.test".into()]).unwrap();
+        let cert = params.self_signed(&key).unwrap();
+        let (validity, names) = leaf_facts(cert.pem().as_bytes(), Path::new("x")).unwrap();
+        assert_eq!(names, ["*.t.test", "t.test"]);
+        assert!(validity.not_after > validity.not_before);
+        assert!(leaf_facts(b"no pem here", Path::new("x")).is_err());
+    }
+}
