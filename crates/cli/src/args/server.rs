@@ -87,8 +87,8 @@ pub(crate) struct ServerArgs {
     /// --data-dir. Excludes --tls-cert and --tls-self-signed.
     #[arg(long, value_name = "HOST:PORT", conflicts_with_all = ["tls_cert", "tls_self_signed"])]
     pub(crate) acme_dns_server: Option<SocketAddr>,
-    /// The zone the DNS server takes updates for (default: --domain). A zone elsewhere works
-    /// too: point _acme-challenge.DOMAIN at _acme-challenge.ZONE-NAME with a CNAME, once.
+    /// The zone the DNS server takes updates for (default: --domain). A zone that does not hold
+    /// DOMAIN works too: set _acme-challenge.DOMAIN CNAME _acme-challenge.DOMAIN.ZONE once.
     #[arg(long, value_name = "ZONE")]
     pub(crate) acme_dns_zone: Option<String>,
     /// The TSIG key for the updates, as tsig-keygen writes it (key "NAME" { algorithm

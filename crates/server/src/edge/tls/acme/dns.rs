@@ -147,6 +147,20 @@ impl DnsUpdater {
         self.zone.to_string()
     }
 
+    /// Where the DNS-01 record for `domain` is written: its own
+    /// `_acme-challenge.{domain}` when the zone holds it; else
+    /// `_acme-challenge.{domain}.{zone}`, which the operator points
+    /// `_acme-challenge.{domain}` at with a CNAME, once (the ACME server
+    /// follows it).
+    pub fn challenge_name(&self, domain: &str) -> String {
+        let own = format!("_acme-challenge.{domain}");
+        if self.in_zone(&own).is_ok() {
+            return own;
+        }
+        let zone = self.zone.to_string();
+        format!("{own}.{}", zone.trim_end_matches('.'))
+    }
+
     /// `name` as a name in the zone, or why not.
     fn in_zone(&self, name: &str) -> Result<Name, DnsError> {
         let mut fqdn = Name::from_str(name).map_err(|e| DnsError::Name(format!("{name}: {e}")))?;
@@ -286,5 +300,14 @@ mod tests {
         let dns = DnsUpdater::new("127.0.0.1:53".parse().unwrap(), "tunnels.test", key).unwrap();
         assert!(dns.in_zone("_acme-challenge.tunnels.test").is_ok());
         assert!(dns.in_zone("_acme-challenge.example.com").is_err());
+        assert_eq!(
+            dns.challenge_name("app.tunnels.test"),
+            "_acme-challenge.app.tunnels.test"
+        );
+        assert_eq!(
+            dns.challenge_name("example.com"),
+            "_acme-challenge.example.com.tunnels.test",
+            "outside the zone: a name in it, for a CNAME to point at"
+        );
     }
 }

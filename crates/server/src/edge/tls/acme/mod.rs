@@ -158,6 +158,11 @@ impl Acme {
     /// Keeps a certificate installed until `shutdown`: the kept one at
     /// once if it is for these names, a new one when due.
     pub async fn run(self, shutdown: CancellationToken) {
+        let domain = &self.names[1];
+        let record = self.config.dns.challenge_name(domain);
+        if record != format!("_acme-challenge.{domain}") {
+            info!("DNS-01 records go to {record}: _acme-challenge.{domain} must be a CNAME to it");
+        }
         let mut validity = match self.install_kept() {
             Ok(validity) => validity,
             Err(err) => {
@@ -279,8 +284,10 @@ impl Acme {
                     status: AuthorizationStatus::Invalid,
                 });
             };
-            let base = name.trim_start_matches("*.");
-            let record = format!("_acme-challenge.{base}");
+            let record = self
+                .config
+                .dns
+                .challenge_name(name.trim_start_matches("*."));
             let value = challenge.key_authorization().dns_value();
             self.config.dns.add_txt(&record, &value).await?;
             records.push((record.clone(), value.clone()));
