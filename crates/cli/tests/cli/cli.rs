@@ -486,3 +486,54 @@ fn every_subcommand_has_examples_in_its_help() {
         );
     }
 }
+
+/// `cryptun server` with the ACME flags (the key from the environment)
+/// gets its wildcard from Pebble through Knot, and a tunnel is reached
+/// over HTTPS with it, verified against Pebble's root.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_server_with_acme_flags_serves_its_tunnels_with_the_certificate_it_got() {
+    let dns = cryptun_testkit::TestDns::start("tunnels.test");
+    let pebble = cryptun_testkit::TestPebble::start(dns.addr, std::time::Duration::from_secs(3600));
+    let data = tempfile::tempdir().unwrap();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_cryptun"));
+    cmd.args([
+        "server",
+        "--listen",
+        "127.0.0.1:0",
+        "--tls-listen",
+        "127.0.0.1:0",
+    ])
+    .args(["--domain", "tunnels.test", "--auth", "off"])
+    .args(["--acme-dns-server", &dns.addr.to_string()])
+    .args(["--acme-directory", &pebble.directory])
+    .arg("--acme-ca")
+    .arg(&pebble.api_ca)
+    .args(["--acme-email", "ops@tunnels.test", "--acme-agree-tos"])
+    .arg("--data-dir")
+    .arg(data.path())
+    .env("CRYPTUN_ACME_TSIG_KEY", dns.key())
+    .env("RUST_LOG", "info")
+    .env("CRYPTUN_INSPECT", "off")
+    .env("XDG_CONFIG_HOME", "/nonexistent/cryptun-tests");
+    let server = Proc::start(cmd);
+    let plain = listening(&server, "http");
+    let https = listening(&server, "https");
+    server.log_with("ACME certificate installed");
+
+    let client = cryptun(&[
+        "http",
+        "--hello",
+        "--json",
+        "--server",
+        &format!("http://{plain}"),
+    ]);
+    let first: serde_json::Value = serde_json::from_str(&client.line()).unwrap();
+    let public = first["public_url"].as_str().unwrap();
+    let host = public.strip_prefix("https://").unwrap();
+    let name = host.split(':').next().unwrap();
+    assert!(name.ends_with(".tunnels.test"), "{public}");
+    let visitor = HttpsVisitor::new(https, &pebble.issuing_root);
+    let reply = within("https get", visitor.get(Some(name), host, "/")).await;
+    assert_eq!(reply.status, 200);
+    assert!(reply.text().contains("Hello from Cryptun!"));
+}

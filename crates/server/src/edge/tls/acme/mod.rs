@@ -184,7 +184,8 @@ impl Acme {
             };
             match obtained {
                 Ok(fresh) => {
-                    info!(names = ?self.names, not_after = ?fresh.not_after, "ACME certificate installed");
+                    let not_after = humantime::format_rfc3339_seconds(fresh.not_after);
+                    info!(names = ?self.names, %not_after, "ACME certificate installed");
                     self.metrics.acme_issued(&self.names[0]);
                     self.metrics
                         .acme_outcome(&self.names[0], None, Some(fresh.not_after));
@@ -221,7 +222,8 @@ impl Acme {
         self.certs.install(&chain, &read(&key)?, &cert)?;
         self.metrics
             .acme_outcome(&self.names[0], None, Some(validity.not_after));
-        info!(names = ?self.names, not_after = ?validity.not_after, "ACME certificate loaded");
+        let not_after = humantime::format_rfc3339_seconds(validity.not_after);
+        info!(names = ?self.names, %not_after, "ACME certificate loaded");
         Ok(Some(validity))
     }
 
