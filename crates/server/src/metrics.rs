@@ -410,6 +410,14 @@ impl Metrics {
         }
     }
 
+    /// The last ACME order's error, until one succeeds.
+    pub fn acme_last_error(&self) -> Option<String> {
+        self.acme_last_error
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
     /// Counts an issued ACME order for certificate `name`.
     pub fn acme_issued(&self, name: &str) {
         let label = AcmeOrder {

@@ -126,6 +126,14 @@ async fn the_wildcard_is_obtained_by_dns01_kept_and_renewed_in_place() {
         }
     })
     .await;
+    let dashboard = metrics.admin_get("/api/dashboard").await.json();
+    let cert = &dashboard["server"]["certificate"];
+    assert_eq!(cert["days_left"], 0, "a 24 s certificate: {cert}");
+    assert!(cert["not_after"].is_string(), "{cert}");
+    assert!(
+        cert["last_error"].as_str().unwrap().contains("ACME"),
+        "{cert}"
+    );
     let still = served(
         (&server, &pebble),
         "app.tunnels.test",
@@ -214,4 +222,13 @@ async fn an_order_that_cannot_set_its_records_serves_nothing_and_says_so() {
         "no certificate to serve"
     );
     assert!(!data.path().join("acme/wildcard.crt.pem").exists());
+    let dashboard = metrics.admin_get("/api/dashboard").await.json();
+    let cert = &dashboard["server"]["certificate"];
+    assert_eq!(cert["name"], "*.tunnels.test", "{dashboard}");
+    assert!(cert.get("not_after").is_none(), "{cert}");
+    let error = cert["last_error"].as_str().unwrap();
+    assert!(
+        error.contains("refused the update"),
+        "the dashboard says why: {error}"
+    );
 }

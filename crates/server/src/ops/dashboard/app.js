@@ -165,8 +165,13 @@ function setConn(kind, text) {
 
 function render(s, now) {
   const server = s.server;
+  const cert = server.certificate;
   $("server").textContent = "v" + server.version + " · " + server.domain + " · auth " + server.auth
-    + (server.node ? " · node " + server.node : "");
+    + (server.node ? " · node " + server.node : "")
+    + (cert ? " · certificate " + (cert.not_after ? cert.days_left + " days left" : "not yet issued") : "");
+  const certError = $("cert-error");
+  certError.hidden = !(cert && cert.last_error);
+  certError.textContent = cert && cert.last_error ? "ACME: " + cert.last_error : "";
   $("uptime").textContent = "up " + fmtDuration(server.uptime_secs);
   if (server.draining) setConn("draining", "draining");
   else setConn("on", "live");

@@ -44,6 +44,7 @@ use serde::{Deserialize, Serialize};
 
 use super::Ops;
 use crate::body::{Body, full};
+use crate::metrics;
 use crate::registry::{StatsView, TunnelInfo};
 
 const PAGE: &str = include_str!("page.html");
@@ -137,6 +138,25 @@ pub struct ServerInfo {
     pub draining: bool,
     /// Whether clients need an API key (`required`, `optional`, `off`).
     pub auth: String,
+    /// With ACME: the certificate served, and the last order's error.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub certificate: Option<CertificateInfo>,
+}
+
+/// The ACME certificate of the HTTPS listener.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CertificateInfo {
+    /// Its first name (`*.{domain}`).
+    pub name: String,
+    /// RFC 3339 expiry of the one served; none before the first.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not_after: Option<String>,
+    /// Whole days until then.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub days_left: Option<i64>,
+    /// The last order's error, until one succeeds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
 }
 
 /// Counts over the whole server.
@@ -206,6 +226,7 @@ pub(crate) fn snapshot(state: &Ops) -> Snapshot {
             uptime_secs: now.saturating_duration_since(started).as_secs(),
             draining: state.is_draining(),
             auth: state.config.auth.to_string(),
+            certificate: certificate(state),
         },
         totals: Totals {
             tunnels: live.len(),
@@ -218,6 +239,24 @@ pub(crate) fn snapshot(state: &Ops) -> Snapshot {
         omitted: live.len().saturating_sub(MAX_LISTED),
         nodes: Vec::new(),
     }
+}
+
+/// The ACME certificate's state, if the server has ACME.
+fn certificate(state: &Ops) -> Option<CertificateInfo> {
+    state.config.acme.as_ref()?;
+    let name = format!("*.{}", state.config.domain);
+    let label = metrics::AcmeCertificate { name: name.clone() };
+    let not_after = state.metrics.acme_not_after.get(&label).map(|g| g.get());
+    let now = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
+    let at = |secs: i64| SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(secs as u64);
+    Some(CertificateInfo {
+        name,
+        not_after: not_after.map(|secs| rfc3339(at(secs))),
+        days_left: not_after.map(|secs| (secs - now).div_euclid(86_400)),
+        last_error: state.metrics.acme_last_error(),
+    })
 }
 
 fn rfc3339(at: SystemTime) -> String {
