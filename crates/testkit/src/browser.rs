@@ -68,6 +68,14 @@ impl Browser {
     /// fresh profile, and opens a blank page. Panics, saying how to
     /// install it, if it cannot be started.
     pub async fn launch() -> Browser {
+        Self::launch_with(&[], None).await
+    }
+
+    /// [`launch`](Self::launch) with more command-line `args` (e.g.
+    /// `--host-resolver-rules=...`) and, if given, `home` as its HOME: its
+    /// certificate store is the NSS database `home/.pki/nssdb`, which
+    /// [`trust_root`] fills.
+    pub async fn launch_with(args: &[String], home: Option<&Path>) -> Browser {
         let program = std::env::var("CHROMIUM").unwrap_or_else(|_| {
             install_if_missing();
             "chromium".into()
@@ -91,11 +99,15 @@ impl Browser {
                 "--window-size=1280,800",
                 "--remote-debugging-port=0",
             ])
+            .args(args)
             .arg(format!("--user-data-dir={}", profile.path().display()))
             .arg("about:blank")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
+        if let Some(home) = home {
+            command.env("HOME", home);
+        }
         // Its own process group, so dropping it ends its helpers too.
         #[cfg(unix)]
         std::os::unix::process::CommandExt::process_group(&mut command, 0);
@@ -293,4 +305,22 @@ impl Drop for Browser {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Makes `home/.pki/nssdb` (Chromium's certificate store on Linux, NSS)
+/// trust `root` (PEM) for websites, with `certutil` (libnss3-tools).
+pub fn trust_root(home: &Path, root: &Path) {
+    let db = home.join(".pki/nssdb");
+    std::fs::create_dir_all(&db).unwrap();
+    let db = format!("sql:{}", db.display());
+    let run = |args: &[&str]| {
+        let out = Command::new("certutil")
+            .args(args)
+            .output()
+            .expect("certutil runs (libnss3-tools: .ci/run installs it)");
+        assert!(out.status.success(), "certutil {args:?}: {out:?}");
+    };
+    run(&["-N", "-d", &db, "--empty-password"]);
+    let root = root.to_str().unwrap();
+    run(&["-A", "-d", &db, "-t", "C,,", "-n", "test root", "-i", root]);
 }

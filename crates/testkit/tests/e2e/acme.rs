@@ -232,3 +232,58 @@ async fn an_order_that_cannot_set_its_records_serves_nothing_and_says_so() {
         "the dashboard says why: {error}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn curl_and_chromium_trusting_the_acme_root_reach_a_tunnel_over_https() {
+    let dns = TestDns::start(DOMAIN);
+    let pebble = TestPebble::start(dns.addr, Duration::from_secs(3600));
+    let data = tempfile::tempdir().unwrap();
+    let server = server(&dns, &pebble, data.path()).await;
+    let https = server.tls.as_ref().unwrap().addr;
+    served(
+        (&server, &pebble),
+        "tunnels.test",
+        Duration::from_secs(30),
+        |_| true,
+    )
+    .await;
+    // A tunnel, its client on the plain listener (the certificate names
+    // only the tunnels' domain).
+    let origin = cryptun_testkit::Origin::start().await;
+    let target = cryptun_client::Target::parse(&origin.target()).unwrap();
+    let config =
+        cryptun_client::ClientConfig::new(&format!("http://{}", server.addr), target).unwrap();
+    let client = cryptun_testkit::TestClient::start_config(config)
+        .await
+        .unwrap();
+    let name = format!("{}.{DOMAIN}", client.tunnel.subdomain);
+    let url = format!("https://{name}:{}/echo", https.port());
+
+    // curl, trusting Pebble's root only.
+    let resolve = format!("{name}:{}:127.0.0.1", https.port());
+    let out = std::process::Command::new("curl")
+        .args(["-sS", "--fail", "--resolve", &resolve, "--cacert"])
+        .arg(&pebble.issuing_root)
+        .arg(&url)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("\"path\":\"/echo\""));
+
+    // Chromium, with Pebble's root in its own certificate store and no
+    // exception for errors: the page loads, over HTTP/2.
+    let home = tempfile::tempdir().unwrap();
+    cryptun_testkit::browser::trust_root(home.path(), &pebble.issuing_root);
+    let rules = format!("--host-resolver-rules=MAP *.{DOMAIN} 127.0.0.1");
+    let mut browser = cryptun_testkit::Browser::launch_with(&[rules], Some(home.path())).await;
+    browser.navigate(&url).await;
+    let text = browser.eval("document.body.innerText").await;
+    assert!(
+        text.as_str().unwrap_or_default().contains("/echo"),
+        "{text}"
+    );
+    let protocol = browser
+        .eval("performance.getEntriesByType('navigation')[0].nextHopProtocol")
+        .await;
+    assert_eq!(protocol, "h2");
+}

@@ -187,7 +187,9 @@ impl Certs {
             Source::Managed { current } => {
                 let current = current.read().unwrap_or_else(PoisonError::into_inner);
                 if current.is_none() {
-                    warn!("no ACME certificate yet; the handshake fails");
+                    // Counted as a failed handshake; the ACME task logs
+                    // why there is none.
+                    tracing::debug!("no ACME certificate yet; the handshake fails");
                 }
                 current.clone()
             }
