@@ -4,8 +4,10 @@
 //!
 //! [`Acme::run`] is one task for the server's life: it loads the
 //! certificate kept under the data directory (`acme/`), installs it, and
-//! orders a new one when there is none, when it is for other names, or at
-//! two thirds of its lifetime; a failure is logged, counted and retried
+//! orders a new one when there is none, when it is for other names, or
+//! when due: in the window the ACME server's renewal information suggests
+//! (ARI, RFC 9773) where it offers one, else at two thirds of the
+//! lifetime; a failure is logged, counted and retried
 //! with backoff (a minute, doubling to an hour), and never replaces the
 //! certificate being served. A new one is written (key first, each file
 //! replaced whole) and then installed: new handshakes present it,
@@ -25,9 +27,10 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use instant_acme::{
-    Account, AccountCredentials, AuthorizationStatus, ChallengeType, Identifier, NewAccount,
-    NewOrder, OrderStatus, RetryPolicy,
+    Account, AccountCredentials, AuthorizationStatus, CertificateIdentifier, ChallengeType,
+    Identifier, NewAccount, NewOrder, OrderStatus, RetryPolicy,
 };
+use rustls::pki_types::CertificateDer;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
@@ -101,10 +104,12 @@ pub enum AcmeError {
 }
 
 /// What is known of the certificate being served.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct Validity {
     not_before: SystemTime,
     not_after: SystemTime,
+    /// Its leaf, which names it to the ACME server's renewal information.
+    leaf: CertificateDer<'static>,
 }
 
 impl Validity {
@@ -171,12 +176,21 @@ impl Acme {
             }
         };
         let mut retry = self.config.retry;
+        let mut drawn = None;
         loop {
-            let due = validity.map_or(SystemTime::UNIX_EPOCH, |v| v.renew_at());
-            let wait = due.duration_since(SystemTime::now()).unwrap_or_default();
+            let (due, recheck) = match &validity {
+                None => (SystemTime::UNIX_EPOCH, None),
+                Some(validity) => self.due(validity, &mut drawn).await,
+            };
+            let until = due.duration_since(SystemTime::now()).unwrap_or_default();
+            let wait = recheck.map_or(until, |recheck| recheck.min(until));
             tokio::select! {
                 () = shutdown.cancelled() => return,
                 () = tokio::time::sleep(wait) => {}
+            }
+            if SystemTime::now() < due {
+                // Time to ask for the renewal information again.
+                continue;
             }
             let obtained = tokio::select! {
                 () = shutdown.cancelled() => return,
@@ -190,6 +204,7 @@ impl Acme {
                     self.metrics
                         .acme_outcome(&self.names[0], None, Some(fresh.not_after));
                     validity = Some(fresh);
+                    drawn = None;
                     retry = self.config.retry;
                 }
                 Err(err) => {
@@ -202,6 +217,54 @@ impl Acme {
                     }
                     retry = (retry * 2).min(MAX_RETRY);
                 }
+            }
+        }
+    }
+
+    /// When to renew `served`, and when to ask again: in the window the
+    /// ACME server's renewal information suggests (RFC 9773), at a moment
+    /// drawn once per window (`drawn` keeps it), asking again after its
+    /// `Retry-After` (a minute to six hours); without it, at two thirds of
+    /// the lifetime.
+    async fn due(
+        &self,
+        served: &Validity,
+        drawn: &mut Option<(Window, SystemTime)>,
+    ) -> (SystemTime, Option<Duration>) {
+        let Some((window, recheck)) = self.suggested(&served.leaf).await else {
+            return (served.renew_at(), None);
+        };
+        let moment = match drawn {
+            Some((known, moment)) if *known == window => *moment,
+            _ => {
+                let moment = ari_moment(window, SystemTime::now(), rand::random::<f64>());
+                *drawn = Some((window, moment));
+                moment
+            }
+        };
+        let recheck = recheck.clamp(Duration::from_secs(60), Duration::from_secs(6 * 3600));
+        (moment, Some(recheck))
+    }
+
+    /// The renewal window the ACME server suggests for `leaf`, and when to
+    /// ask again; `None` if it offers none (Pebble 2.4, for one) or the
+    /// question fails (logged at debug: the lifetime rule then applies).
+    async fn suggested(&self, leaf: &CertificateDer<'_>) -> Option<(Window, Duration)> {
+        let account = self.account().await.ok()?;
+        let id = CertificateIdentifier::try_from(leaf).ok()?;
+        match account.renewal_info(&id).await {
+            Ok((info, recheck)) => {
+                let at = |t: i64| SystemTime::UNIX_EPOCH + Duration::from_secs(t.max(0) as u64);
+                let window = Window {
+                    start: at(info.suggested_window.start.unix_timestamp()),
+                    end: at(info.suggested_window.end.unix_timestamp()),
+                };
+                Some((window, recheck))
+            }
+            Err(instant_acme::Error::Unsupported(_)) => None,
+            Err(err) => {
+                tracing::debug!(%err, "no renewal information; renewing at two thirds");
+                None
             }
         }
     }
@@ -377,6 +440,25 @@ impl Acme {
     }
 }
 
+/// A renewal window the ACME server suggests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Window {
+    start: SystemTime,
+    end: SystemTime,
+}
+
+/// The moment to renew in `window`, from `draw` in 0..1 (RFC 9773 §4.2:
+/// a point chosen at random in it, so that clients spread out): within
+/// what is left of the window after `now`; `now` once it has passed.
+fn ari_moment(window: Window, now: SystemTime, draw: f64) -> SystemTime {
+    if window.end <= now {
+        return now;
+    }
+    let from = window.start.max(now);
+    let span = window.end.duration_since(from).unwrap_or_default();
+    from + span.mul_f64(draw.clamp(0.0, 1.0))
+}
+
 /// The validity and the DNS names of the first certificate of `chain`.
 fn leaf_facts(chain: &[u8], path: &Path) -> Result<(Validity, Vec<String>), TlsError> {
     use rustls::pki_types::CertificateDer;
@@ -397,6 +479,7 @@ fn leaf_facts(chain: &[u8], path: &Path) -> Result<(Validity, Vec<String>), TlsE
     let validity = Validity {
         not_before: time(cert.validity().not_before),
         not_after: time(cert.validity().not_after),
+        leaf: leaf.clone().into_owned(),
     };
     let names = cert
         .subject_alternative_name()
@@ -454,11 +537,31 @@ mod tests {
     use super::*;
 
     #[test]
+    fn renewal_information_picks_a_moment_in_what_is_left_of_its_window() {
+        let at = |secs: u64| SystemTime::UNIX_EPOCH + Duration::from_secs(secs);
+        let window = Window {
+            start: at(1_000),
+            end: at(2_000),
+        };
+        // Ahead: anywhere in it, by the draw.
+        assert_eq!(ari_moment(window, at(500), 0.0), at(1_000));
+        assert_eq!(ari_moment(window, at(500), 0.5), at(1_500));
+        assert!(ari_moment(window, at(500), 0.999) < at(2_000));
+        // Begun: in the part still ahead.
+        assert_eq!(ari_moment(window, at(1_600), 0.5), at(1_800));
+        // Over (the server wants it renewed now): now.
+        assert_eq!(ari_moment(window, at(2_500), 0.3), at(2_500));
+        // A draw out of range stays in the window.
+        assert_eq!(ari_moment(window, at(500), 7.0), at(2_000));
+    }
+
+    #[test]
     fn renewal_is_due_two_thirds_through_the_lifetime() {
         let start = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
         let validity = Validity {
             not_before: start,
             not_after: start + Duration::from_secs(90 * 86_400),
+            leaf: CertificateDer::from(vec![]),
         };
         assert_eq!(
             validity.renew_at(),
