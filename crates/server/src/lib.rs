@@ -171,15 +171,15 @@ pub async fn serve(
         }
     }
     if let Some(acme) = &config.acme {
-        let (Some(certs), Some(data_dir)) = (managed, config.data_dir.as_deref()) else {
+        let Some(certs) = managed.filter(|_| !store.is_in_memory()) else {
             return Err(io::Error::other(
-                "ACME needs an HTTPS listener and a data directory",
+                "ACME needs an HTTPS listener and a data directory (its database keeps the certificate)",
             ));
         };
         let acme = edge::tls::acme::Acme::new(
             acme.clone(),
             &config.domain,
-            data_dir,
+            store.clone(),
             certs,
             stages.metrics.clone(),
         );

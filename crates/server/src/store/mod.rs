@@ -11,8 +11,9 @@
 //! What is stored, and why it is safe to keep: a key's *hash* (SHA-256 of
 //! the token), never the token; its id, name and dates; and which key owns
 //! which reserved name; across a restart, which names are held for whom
-//! (a key id, or the hash of a reconnect secret) and until when. See
-//! `docs/SECURITY.md`.
+//! (a key id, or the hash of a reconnect secret) and until when; with ACME,
+//! the account keys and the certificates' private keys (the file is the
+//! owner's only, in a directory that is too). See `docs/SECURITY.md`.
 //!
 //! rusqlite is blocking. The server touches the store at handshake time
 //! (one indexed lookup to check a key, one to check a reserved name) and
@@ -32,7 +33,9 @@
 //!   taken back at start.
 //! - [`transfer`]: all of it as one JSON document, to move it to a
 //!   cluster's store and back (`cryptun keys export|import`).
+//! - [`acme`]: the ACME accounts and the certificates obtained with them.
 
+pub mod acme;
 pub mod holds;
 pub mod keys;
 pub mod names;
@@ -93,6 +96,19 @@ const MIGRATIONS: &[&str] = &[
         created_at INTEGER NOT NULL
     );
     CREATE INDEX reserved_ports_by_key ON reserved_ports(key_id);",
+    // 4: ACME: each directory's account, and the certificates obtained.
+    "CREATE TABLE acme_accounts (
+        directory   TEXT PRIMARY KEY,
+        credentials TEXT NOT NULL,
+        created_at  INTEGER NOT NULL
+    );
+    CREATE TABLE acme_certificates (
+        name       TEXT PRIMARY KEY,
+        chain      TEXT NOT NULL,
+        key        TEXT NOT NULL,
+        not_after  INTEGER NOT NULL,
+        updated_at INTEGER NOT NULL
+    );",
 ];
 
 /// The schema version this build writes.

@@ -12,7 +12,6 @@ use cryptun_server::Config;
 use cryptun_server::tls::acme::AcmeConfig;
 use cryptun_server::tls::acme::dns::{DnsUpdater, TsigKey};
 use cryptun_testkit::raw::eventually;
-use cryptun_testkit::tls::leaf_of;
 use cryptun_testkit::{HttpsVisitor, TestDns, TestPebble, TestServer};
 use rustls::pki_types::CertificateDer;
 
@@ -36,6 +35,16 @@ async fn server(dns: &TestDns, pebble: &TestPebble, data_dir: &Path) -> TestServ
     };
     let certs = cryptun_server::Certs::managed();
     TestServer::start_tls_with(config, certs, pebble.issuing_root.clone(), None).await
+}
+
+/// The leaf of the certificate kept in the database under `data`.
+fn kept_leaf(data: &Path) -> Option<CertificateDer<'static>> {
+    use rustls::pki_types::pem::PemObject;
+    let store = cryptun_server::Store::open(data).unwrap();
+    let kept = store.acme_certificate("*.tunnels.test").unwrap()?;
+    CertificateDer::pem_slice_iter(kept.chain.as_bytes())
+        .next()
+        .map(Result::unwrap)
 }
 
 /// The first leaf `server` serves for `sni` that verifies against
@@ -84,8 +93,11 @@ async fn the_wildcard_is_obtained_by_dns01_kept_and_renewed_in_place() {
     .await;
     let apex = served((&server, &pebble), "tunnels.test", Duration::ZERO, |_| true).await;
     assert_eq!(apex, first);
-    let kept = data.path().join("acme/wildcard.crt.pem");
-    assert_eq!(leaf_of(&kept), first, "kept under the data directory");
+    assert_eq!(
+        kept_leaf(data.path()),
+        Some(first.clone()),
+        "kept in the database"
+    );
     let reply = visitor
         .get(Some("nobody.tunnels.test"), "nobody.tunnels.test", "/")
         .await;
@@ -102,7 +114,7 @@ async fn the_wildcard_is_obtained_by_dns01_kept_and_renewed_in_place() {
         |leaf| *leaf != first,
     )
     .await;
-    assert_eq!(leaf_of(&kept), renewed);
+    assert_eq!(kept_leaf(data.path()), Some(renewed.clone()));
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     live.write_all(b"GET / HTTP/1.1\r\nHost: app.tunnels.test\r\nConnection: close\r\n\r\n")
         .await
@@ -144,7 +156,7 @@ async fn the_wildcard_is_obtained_by_dns01_kept_and_renewed_in_place() {
     let digest = |c: &CertificateDer| cryptun_testkit::sha256_hex(c.as_ref());
     assert_eq!(
         digest(&still),
-        digest(&leaf_of(&kept)),
+        digest(&kept_leaf(data.path()).unwrap()),
         "the kept certificate is served (first {}, renewed {})",
         digest(&first),
         digest(&renewed)
@@ -161,7 +173,7 @@ async fn the_wildcard_is_obtained_by_dns01_kept_and_renewed_in_place() {
         |_| true,
     )
     .await;
-    assert_eq!(after, leaf_of(&kept));
+    assert_eq!(Some(after), kept_leaf(data.path()));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -221,7 +233,7 @@ async fn an_order_that_cannot_set_its_records_serves_nothing_and_says_so() {
         visitor.served_leaf("app.tunnels.test").await.is_err(),
         "no certificate to serve"
     );
-    assert!(!data.path().join("acme/wildcard.crt.pem").exists());
+    assert_eq!(kept_leaf(data.path()), None, "nothing kept");
     let dashboard = metrics.admin_get("/api/dashboard").await.json();
     let cert = &dashboard["server"]["certificate"];
     assert_eq!(cert["name"], "*.tunnels.test", "{dashboard}");

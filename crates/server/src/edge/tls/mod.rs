@@ -136,6 +136,12 @@ impl Certs {
         Certs { source }
     }
 
+    /// Checks `chain` and `key` (PEM) as [`Certs::install`] would, without
+    /// installing them.
+    pub fn check(&self, chain: &[u8], key: &[u8], path: &Path) -> Result<(), TlsError> {
+        pair_of((chain, path), (key, path)).map(drop)
+    }
+
     /// Checks `chain` and `key` (PEM; `path` names them in errors) and, on
     /// a managed source, serves them from the next handshake on. Nothing
     /// changes on an error.

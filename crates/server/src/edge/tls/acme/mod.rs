@@ -17,9 +17,9 @@
 //! until the DNS server itself answers them before asking the ACME server
 //! to look, and removes them after, whatever the outcome.
 //!
-//! Kept under `DATA_DIR/acme/`, readable by the server's user only (0600):
-//! `account.json` (the ACME account's key and URL), `wildcard.key.pem`,
-//! `wildcard.crt.pem` (the chain, leaf first).
+//! Kept in the server's database (`crate::store::acme`): the account of
+//! each ACME directory (its key and URL), and the certificate with its key
+//! under its first name, `*.{domain}`.
 
 pub mod dns;
 
@@ -36,6 +36,8 @@ use tracing::{info, warn};
 
 use super::{Certs, TlsError};
 use crate::metrics::Metrics;
+use crate::store::Store;
+use crate::store::acme::KeptCertificate;
 use dns::DnsUpdater;
 
 /// Let's Encrypt's production directory, the default.
@@ -89,15 +91,17 @@ pub enum AcmeError {
     /// The order ended otherwise than ready.
     #[error("ACME: the order is {0:?}")]
     Order(OrderStatus),
-    /// Reading or writing the kept files failed, or the certificate does
-    /// not load.
+    /// The certificate does not load.
     #[error("{0}")]
-    Files(#[from] TlsError),
-    /// The account file does not read.
-    #[error("{}: {reason}", path.display())]
+    Certificate(#[from] TlsError),
+    /// The database failed.
+    #[error("keeping ACME's state: {0}")]
+    Store(#[from] crate::store::StoreError),
+    /// The kept account does not read.
+    #[error("the ACME account kept for {directory}: {reason}")]
     Account {
-        /// The file.
-        path: PathBuf,
+        /// Its directory.
+        directory: String,
         /// Why.
         reason: String,
     },
@@ -128,36 +132,33 @@ pub struct Acme {
     config: AcmeConfig,
     /// The names ordered: `*.{domain}` and `{domain}`.
     names: [String; 2],
-    dir: PathBuf,
+    store: Store,
     certs: Certs,
     metrics: Metrics,
 }
 
 impl Acme {
-    /// A manager for `domain`'s wildcard, keeping its files under
-    /// `data_dir/acme` and installing what it gets into `certs`.
+    /// A manager for `domain`'s wildcard, keeping its state in `store`
+    /// and installing what it gets into `certs`.
     pub fn new(
         config: AcmeConfig,
         domain: &str,
-        data_dir: &Path,
+        store: Store,
         certs: Certs,
         metrics: Metrics,
     ) -> Self {
         Acme {
             config,
             names: [format!("*.{domain}"), domain.to_owned()],
-            dir: data_dir.join("acme"),
+            store,
             certs,
             metrics,
         }
     }
 
-    fn key_path(&self) -> PathBuf {
-        self.dir.join("wildcard.key.pem")
-    }
-
-    fn cert_path(&self) -> PathBuf {
-        self.dir.join("wildcard.crt.pem")
+    /// What names the kept certificate in errors.
+    fn label(&self) -> PathBuf {
+        PathBuf::from(format!("the kept certificate {}", self.names[0]))
     }
 
     /// Keeps a certificate installed until `shutdown`: the kept one at
@@ -168,7 +169,7 @@ impl Acme {
         if record != format!("_acme-challenge.{domain}") {
             info!("DNS-01 records go to {record}: _acme-challenge.{domain} must be a CNAME to it");
         }
-        let mut validity = match self.install_kept() {
+        let mut validity = match self.install_kept().await {
             Ok(validity) => validity,
             Err(err) => {
                 warn!(%err, "no usable ACME certificate kept; ordering one");
@@ -271,18 +272,20 @@ impl Acme {
 
     /// Installs the kept certificate if there is one for these names;
     /// its validity, or `None` when there is none.
-    fn install_kept(&self) -> Result<Option<Validity>, AcmeError> {
-        let (cert, key) = (self.cert_path(), self.key_path());
-        if !cert.exists() || !key.exists() {
+    async fn install_kept(&self) -> Result<Option<Validity>, AcmeError> {
+        let name = self.names[0].clone();
+        let kept = self.store.call(move |store| store.acme_certificate(&name));
+        let Some(kept) = kept.await? else {
             return Ok(None);
-        }
-        let chain = read(&cert)?;
-        let (validity, names) = leaf_facts(&chain, &cert)?;
+        };
+        let label = self.label();
+        let (validity, names) = leaf_facts(kept.chain.as_bytes(), &label)?;
         if !self.names.iter().all(|n| names.contains(n)) {
             info!(kept = ?names, wanted = ?self.names, "the kept ACME certificate is for other names");
             return Ok(None);
         }
-        self.certs.install(&chain, &read(&key)?, &cert)?;
+        self.certs
+            .install(kept.chain.as_bytes(), kept.key.as_bytes(), &label)?;
         self.metrics
             .acme_outcome(&self.names[0], None, Some(validity.not_after));
         let not_after = humantime::format_rfc3339_seconds(validity.not_after);
@@ -312,13 +315,19 @@ impl Acme {
             }
         }
         let (chain, key) = finished?;
-        let path = self.cert_path();
-        let (validity, _) = leaf_facts(chain.as_bytes(), &path)?;
-        // The key first: a chain on disk always has its key beside it.
-        write_private(&self.key_path(), key.as_bytes())?;
-        write_private(&path, chain.as_bytes())?;
+        let label = self.label();
+        let (validity, _) = leaf_facts(chain.as_bytes(), &label)?;
+        // Checked (the key fits) before it is kept, kept before it is
+        // served: what is kept always loads.
+        self.certs.check(chain.as_bytes(), key.as_bytes(), &label)?;
+        let kept = KeptCertificate { chain, key };
+        let (name, not_after) = (self.names[0].clone(), unix(validity.not_after));
+        let saved = kept.clone();
+        self.store
+            .call(move |store| store.save_acme_certificate(&name, &saved, not_after))
+            .await?;
         self.certs
-            .install(chain.as_bytes(), key.as_bytes(), &path)?;
+            .install(kept.chain.as_bytes(), kept.key.as_bytes(), &label)?;
         Ok(validity)
     }
 
@@ -403,16 +412,17 @@ impl Acme {
 
     /// The ACME account: the kept one, else a new one (kept).
     async fn account(&self) -> Result<Account, AcmeError> {
-        let path = self.dir.join("account.json");
+        let directory = self.config.directory.clone();
         let builder = match &self.config.ca {
             Some(ca) => Account::builder_with_root(ca)?,
             None => Account::builder()?,
         };
-        if path.exists() {
-            let text = read(&path)?;
+        let asked = directory.clone();
+        let kept = self.store.call(move |store| store.acme_account(&asked));
+        if let Some(text) = kept.await? {
             let credentials: AccountCredentials =
-                serde_json::from_slice(&text).map_err(|e| AcmeError::Account {
-                    path: path.clone(),
+                serde_json::from_str(&text).map_err(|e| AcmeError::Account {
+                    directory: directory.clone(),
                     reason: e.to_string(),
                 })?;
             return Ok(builder.from_credentials(credentials).await?);
@@ -430,11 +440,13 @@ impl Acme {
                 None,
             )
             .await?;
-        let text = serde_json::to_vec(&credentials).map_err(|e| AcmeError::Account {
-            path: path.clone(),
+        let text = serde_json::to_string(&credentials).map_err(|e| AcmeError::Account {
+            directory: directory.clone(),
             reason: e.to_string(),
         })?;
-        write_private(&path, &text)?;
+        self.store
+            .call(move |store| store.save_acme_account(&directory, &text))
+            .await?;
         info!(directory = %self.config.directory, "ACME account created");
         Ok(account)
     }
@@ -499,37 +511,10 @@ fn leaf_facts(chain: &[u8], path: &Path) -> Result<(Validity, Vec<String>), TlsE
     Ok((validity, names))
 }
 
-fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
-    std::fs::read(path).map_err(|source| TlsError::Io {
-        path: path.to_owned(),
-        source,
-    })
-}
-
-/// Writes `bytes` to `path` whole (a temporary file renamed over it),
-/// readable by this user only.
-fn write_private(path: &Path, bytes: &[u8]) -> Result<(), TlsError> {
-    use std::io::Write as _;
-    let io = |source| TlsError::Io {
-        path: path.to_owned(),
-        source,
-    };
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(io)?;
-    }
-    let temporary = path.with_extension("tmp");
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt as _;
-        options.mode(0o600);
-    }
-    let mut file = options.open(&temporary).map_err(io)?;
-    file.write_all(bytes).map_err(io)?;
-    file.sync_all().map_err(io)?;
-    std::fs::rename(&temporary, path).map_err(io)?;
-    Ok(())
+/// `at` as Unix seconds.
+fn unix(at: SystemTime) -> i64 {
+    at.duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
 }
 
 #[cfg(test)]
