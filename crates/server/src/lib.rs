@@ -171,15 +171,23 @@ pub async fn serve(
         }
     }
     if let Some(acme) = &config.acme {
-        let Some(certs) = managed.filter(|_| !store.is_in_memory()) else {
+        // Alone, the database keeps the certificate: it must be on disk.
+        let kept_somewhere = joined.is_some() || !store.is_in_memory();
+        let Some(certs) = managed.filter(|_| kept_somewhere) else {
             return Err(io::Error::other(
                 "ACME needs an HTTPS listener and a data directory (its database keeps the certificate)",
             ));
         };
+        // In a cluster, the certificate is the cluster's: kept in Redis,
+        // ordered by one node at a time.
+        let keep: (Arc<dyn store::acme::AcmeKeep>, String) = match &joined {
+            Some(joined) => (joined.keys.clone(), joined.node.clone()),
+            None => (Arc::new(store.clone()), "server".into()),
+        };
         let acme = edge::tls::acme::Acme::new(
             acme.clone(),
             &config.domain,
-            store.clone(),
+            keep,
             certs,
             stages.metrics.clone(),
         );

@@ -74,6 +74,11 @@ impl SharedKeys {
         SharedKeys { shared }
     }
 
+    /// The cluster store itself.
+    pub(super) fn shared(&self) -> &Shared {
+        &self.shared
+    }
+
     /// Connects to the cluster store at `url` (for `cryptun keys --cluster`).
     pub async fn connect(url: &str) -> Result<Self, StoreError> {
         let shared = Shared::connect(url, std::time::Duration::from_secs(5)).await?;

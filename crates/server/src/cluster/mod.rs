@@ -38,6 +38,7 @@
 //! Keys are versioned (`cryptun:1:`) and each name's keys share a hash tag,
 //! so every atomic step touches one slot of a Redis Cluster.
 
+pub mod acme;
 pub mod health;
 pub mod hop;
 pub mod keys;

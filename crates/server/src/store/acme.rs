@@ -3,11 +3,85 @@
 //! (its chain and private key, PEM), by its first name. Written whole in
 //! one statement each, so a reader finds the old pair or the new one.
 
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rusqlite::OptionalExtension;
 
-use super::{Store, StoreError};
+use super::{BoxFuture, Store, StoreError};
+
+/// Where ACME's state is kept: this server's database ([`Store`]) or, in a
+/// cluster, the cluster's Redis (`crate::cluster::acme`), where every node
+/// serves the one certificate and one node at a time renews it.
+pub trait AcmeKeep: Send + Sync + 'static {
+    /// The account credentials kept for ACME directory `directory`.
+    fn account(&self, directory: String) -> BoxFuture<'_, Result<Option<String>, StoreError>>;
+    /// Keeps `credentials` as the account for `directory`.
+    fn save_account(
+        &self,
+        directory: String,
+        credentials: String,
+    ) -> BoxFuture<'_, Result<(), StoreError>>;
+    /// The certificate kept under `name`.
+    fn certificate(
+        &self,
+        name: String,
+    ) -> BoxFuture<'_, Result<Option<KeptCertificate>, StoreError>>;
+    /// Keeps `kept` under `name`, expiring at `not_after` (Unix seconds).
+    fn save_certificate(
+        &self,
+        name: String,
+        kept: KeptCertificate,
+        not_after: i64,
+    ) -> BoxFuture<'_, Result<(), StoreError>>;
+    /// Takes the right to order `name` for `ttl`, as `holder`: `false` if
+    /// another holds it (alone, a server always gets it).
+    fn lock(
+        &self,
+        name: String,
+        holder: String,
+        ttl: Duration,
+    ) -> BoxFuture<'_, Result<bool, StoreError>>;
+    /// Gives the right back, if `holder` still has it.
+    fn unlock(&self, name: String, holder: String) -> BoxFuture<'_, Result<(), StoreError>>;
+}
+
+impl AcmeKeep for Store {
+    fn account(&self, directory: String) -> BoxFuture<'_, Result<Option<String>, StoreError>> {
+        Box::pin(self.call(move |store| store.acme_account(&directory)))
+    }
+
+    fn save_account(
+        &self,
+        directory: String,
+        credentials: String,
+    ) -> BoxFuture<'_, Result<(), StoreError>> {
+        Box::pin(self.call(move |store| store.save_acme_account(&directory, &credentials)))
+    }
+
+    fn certificate(
+        &self,
+        name: String,
+    ) -> BoxFuture<'_, Result<Option<KeptCertificate>, StoreError>> {
+        Box::pin(self.call(move |store| store.acme_certificate(&name)))
+    }
+
+    fn save_certificate(
+        &self,
+        name: String,
+        kept: KeptCertificate,
+        not_after: i64,
+    ) -> BoxFuture<'_, Result<(), StoreError>> {
+        Box::pin(self.call(move |store| store.save_acme_certificate(&name, &kept, not_after)))
+    }
+
+    fn lock(&self, _: String, _: String, _: Duration) -> BoxFuture<'_, Result<bool, StoreError>> {
+        Box::pin(async { Ok(true) })
+    }
+
+    fn unlock(&self, _: String, _: String) -> BoxFuture<'_, Result<(), StoreError>> {
+        Box::pin(async { Ok(()) })
+    }
+}
 
 /// A certificate kept: its chain (leaf first) and its key, PEM.
 #[derive(Clone, PartialEq, Eq)]

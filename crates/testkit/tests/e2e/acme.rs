@@ -299,3 +299,76 @@ async fn curl_and_chromium_trusting_the_acme_root_reach_a_tunnel_over_https() {
         .await;
     assert_eq!(protocol, "h2");
 }
+
+/// The ACME orders a node's `/metrics` counts as issued.
+async fn issued(server: &TestServer) -> u64 {
+    let text = cryptun_testkit::Visitor::new(server.addr)
+        .get("localhost", "/metrics")
+        .await
+        .text();
+    text.lines()
+        .find(|l| l.starts_with("cryptun_acme_orders_total{") && l.contains("issued"))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_cluster_orders_one_certificate_and_every_node_serves_it() {
+    let redis = cryptun_testkit::TestRedis::start();
+    let dns = TestDns::start(DOMAIN);
+    let pebble = TestPebble::start(dns.addr, Duration::from_secs(24));
+    let node = |name: &str| {
+        let key = TsigKey::parse(&dns.key()).unwrap();
+        Config {
+            domain: DOMAIN.into(),
+            acme: Some(AcmeConfig {
+                directory: pebble.directory.clone(),
+                ca: Some(pebble.api_ca.clone()),
+                email: None,
+                dns: DnsUpdater::new(dns.addr, DOMAIN, key).unwrap(),
+                retry: Duration::from_millis(500),
+            }),
+            ..TestServer::cluster_config(&redis.url(), name)
+        }
+    };
+    let start = |config| {
+        let certs = cryptun_server::Certs::managed();
+        TestServer::start_tls_with(config, certs, pebble.issuing_root.clone(), None)
+    };
+    let a = start(node("a")).await;
+    let b = start(node("b")).await;
+    let first = served(
+        (&a, &pebble),
+        "app.tunnels.test",
+        Duration::from_secs(30),
+        |_| true,
+    )
+    .await;
+    let on_b = served(
+        (&b, &pebble),
+        "app.tunnels.test",
+        Duration::from_secs(30),
+        |_| true,
+    )
+    .await;
+    assert_eq!(on_b, first, "one certificate, served by both");
+    assert_eq!(issued(&a).await + issued(&b).await, 1, "ordered once");
+
+    // Renewed once for both, at two thirds of its 24 s.
+    let renewed = served(
+        (&a, &pebble),
+        "app.tunnels.test",
+        Duration::from_secs(40),
+        |leaf| *leaf != first,
+    )
+    .await;
+    let on_b = served(
+        (&b, &pebble),
+        "app.tunnels.test",
+        Duration::from_secs(20),
+        |leaf| *leaf == renewed,
+    )
+    .await;
+    assert_eq!(on_b, renewed);
+    assert_eq!(issued(&a).await + issued(&b).await, 2, "renewed once");
+}

@@ -24,6 +24,7 @@
 pub mod dns;
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use instant_acme::{
@@ -36,8 +37,7 @@ use tracing::{info, warn};
 
 use super::{Certs, TlsError};
 use crate::metrics::Metrics;
-use crate::store::Store;
-use crate::store::acme::KeptCertificate;
+use crate::store::acme::{AcmeKeep, KeptCertificate};
 use dns::DnsUpdater;
 
 /// Let's Encrypt's production directory, the default.
@@ -64,6 +64,11 @@ pub struct AcmeConfig {
 
 /// The longest wait between two attempts after failures.
 const MAX_RETRY: Duration = Duration::from_secs(3600);
+
+/// How long a node holds the right to order: longer than an order takes
+/// (its waits add to about five minutes); if it dies, another takes over
+/// after.
+const LOCK_TTL: Duration = Duration::from_secs(600);
 
 /// How long the DNS server may take to answer the records it was given.
 const PROPAGATION: Duration = Duration::from_secs(60);
@@ -132,25 +137,29 @@ pub struct Acme {
     config: AcmeConfig,
     /// The names ordered: `*.{domain}` and `{domain}`.
     names: [String; 2],
-    store: Store,
+    keep: Arc<dyn AcmeKeep>,
+    /// Who holds the right to order, in a cluster (the node's name).
+    holder: String,
     certs: Certs,
     metrics: Metrics,
 }
 
 impl Acme {
-    /// A manager for `domain`'s wildcard, keeping its state in `store`
-    /// and installing what it gets into `certs`.
+    /// A manager for `domain`'s wildcard, keeping its state in `keep`
+    /// (ordering as `holder` when it takes the right to), and installing
+    /// what it gets into `certs`.
     pub fn new(
         config: AcmeConfig,
         domain: &str,
-        store: Store,
+        (keep, holder): (Arc<dyn AcmeKeep>, String),
         certs: Certs,
         metrics: Metrics,
     ) -> Self {
         Acme {
             config,
             names: [format!("*.{domain}"), domain.to_owned()],
-            store,
+            keep,
+            holder,
             certs,
             metrics,
         }
@@ -193,9 +202,26 @@ impl Acme {
                 // Time to ask for the renewal information again.
                 continue;
             }
+            // Another node of the cluster may have renewed it already.
+            if let Some(kept) = self.kept_if_fresh().await {
+                validity = Some(kept);
+                drawn = None;
+                continue;
+            }
             let obtained = tokio::select! {
                 () = shutdown.cancelled() => return,
-                obtained = self.obtain() => obtained,
+                obtained = self.order_once() => obtained,
+            };
+            let obtained = match obtained {
+                Some(obtained) => obtained,
+                // Another node is ordering: what it gets is looked for soon.
+                None => {
+                    tokio::select! {
+                        () = shutdown.cancelled() => return,
+                        () = tokio::time::sleep(self.config.retry) => {}
+                    }
+                    continue;
+                }
             };
             match obtained {
                 Ok(fresh) => {
@@ -270,11 +296,33 @@ impl Acme {
         }
     }
 
+    /// The kept certificate, installed, if it is not due yet (another node
+    /// renewed it, in a cluster).
+    async fn kept_if_fresh(&self) -> Option<Validity> {
+        let kept = self.install_kept().await.ok()??;
+        (kept.renew_at() > SystemTime::now()).then_some(kept)
+    }
+
+    /// One order, if this node takes the right to order (`None`: another
+    /// holds it); the right is given back after, whatever the outcome.
+    async fn order_once(&self) -> Option<Result<Validity, AcmeError>> {
+        let (name, holder) = (self.names[0].clone(), self.holder.clone());
+        match self.keep.lock(name.clone(), holder.clone(), LOCK_TTL).await {
+            Ok(true) => {}
+            Ok(false) => return None,
+            Err(err) => return Some(Err(err.into())),
+        }
+        let obtained = self.obtain().await;
+        if let Err(err) = self.keep.unlock(name, holder).await {
+            warn!(%err, "could not give back the right to order; it expires by itself");
+        }
+        Some(obtained)
+    }
+
     /// Installs the kept certificate if there is one for these names;
     /// its validity, or `None` when there is none.
     async fn install_kept(&self) -> Result<Option<Validity>, AcmeError> {
-        let name = self.names[0].clone();
-        let kept = self.store.call(move |store| store.acme_certificate(&name));
+        let kept = self.keep.certificate(self.names[0].clone());
         let Some(kept) = kept.await? else {
             return Ok(None);
         };
@@ -322,9 +370,8 @@ impl Acme {
         self.certs.check(chain.as_bytes(), key.as_bytes(), &label)?;
         let kept = KeptCertificate { chain, key };
         let (name, not_after) = (self.names[0].clone(), unix(validity.not_after));
-        let saved = kept.clone();
-        self.store
-            .call(move |store| store.save_acme_certificate(&name, &saved, not_after))
+        self.keep
+            .save_certificate(name, kept.clone(), not_after)
             .await?;
         self.certs
             .install(kept.chain.as_bytes(), kept.key.as_bytes(), &label)?;
@@ -417,9 +464,7 @@ impl Acme {
             Some(ca) => Account::builder_with_root(ca)?,
             None => Account::builder()?,
         };
-        let asked = directory.clone();
-        let kept = self.store.call(move |store| store.acme_account(&asked));
-        if let Some(text) = kept.await? {
+        if let Some(text) = self.keep.account(directory.clone()).await? {
             let credentials: AccountCredentials =
                 serde_json::from_str(&text).map_err(|e| AcmeError::Account {
                     directory: directory.clone(),
@@ -444,9 +489,7 @@ impl Acme {
             directory: directory.clone(),
             reason: e.to_string(),
         })?;
-        self.store
-            .call(move |store| store.save_acme_account(&directory, &text))
-            .await?;
+        self.keep.save_account(directory, text).await?;
         info!(directory = %self.config.directory, "ACME account created");
         Ok(account)
     }
