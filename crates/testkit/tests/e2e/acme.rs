@@ -17,6 +17,18 @@ use rustls::pki_types::CertificateDer;
 
 const DOMAIN: &str = "tunnels.test";
 
+/// ACME from `pebble`, the records set at `dns` with `key`, retrying
+/// after half a second.
+fn acme(pebble: &TestPebble, dns: &TestDns, key: TsigKey) -> AcmeConfig {
+    AcmeConfig {
+        directory: pebble.directory.clone(),
+        ca: Some(pebble.api_ca.clone()),
+        email: Some("ops@tunnels.test".into()),
+        dns: DnsUpdater::new(dns.addr, DOMAIN, key).unwrap(),
+        retry: Duration::from_millis(500),
+    }
+}
+
 /// A server for `DOMAIN` getting its certificate from `pebble` through
 /// `dns`, keeping it in `data_dir`.
 async fn server(dns: &TestDns, pebble: &TestPebble, data_dir: &Path) -> TestServer {
@@ -24,13 +36,7 @@ async fn server(dns: &TestDns, pebble: &TestPebble, data_dir: &Path) -> TestServ
     let config = Config {
         domain: DOMAIN.into(),
         data_dir: Some(data_dir.to_owned()),
-        acme: Some(AcmeConfig {
-            directory: pebble.directory.clone(),
-            ca: Some(pebble.api_ca.clone()),
-            email: Some("ops@tunnels.test".into()),
-            dns: DnsUpdater::new(dns.addr, DOMAIN, key).unwrap(),
-            retry: Duration::from_millis(500),
-        }),
+        acme: Some(acme(pebble, dns, key)),
         ..TestServer::test_config()
     };
     let certs = cryptun_server::Certs::managed();
@@ -208,13 +214,7 @@ async fn an_order_that_cannot_set_its_records_serves_nothing_and_says_so() {
     let config = Config {
         domain: DOMAIN.into(),
         data_dir: Some(data.path().to_owned()),
-        acme: Some(AcmeConfig {
-            directory: pebble.directory.clone(),
-            ca: Some(pebble.api_ca.clone()),
-            email: None,
-            dns: DnsUpdater::new(dns.addr, DOMAIN, forged).unwrap(),
-            retry: Duration::from_millis(200),
-        }),
+        acme: Some(acme(&pebble, &dns, forged)),
         ..TestServer::test_config()
     };
     let certs = cryptun_server::Certs::managed();
@@ -321,13 +321,7 @@ async fn a_cluster_orders_one_certificate_and_every_node_serves_it() {
         let key = TsigKey::parse(&dns.key()).unwrap();
         Config {
             domain: DOMAIN.into(),
-            acme: Some(AcmeConfig {
-                directory: pebble.directory.clone(),
-                ca: Some(pebble.api_ca.clone()),
-                email: None,
-                dns: DnsUpdater::new(dns.addr, DOMAIN, key).unwrap(),
-                retry: Duration::from_millis(500),
-            }),
+            acme: Some(acme(&pebble, &dns, key)),
             ..TestServer::cluster_config(&redis.url(), name)
         }
     };

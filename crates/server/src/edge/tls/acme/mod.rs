@@ -203,7 +203,7 @@ impl Acme {
                 continue;
             }
             // Another node of the cluster may have renewed it already.
-            if let Some(kept) = self.kept_if_fresh().await {
+            if let Some(kept) = self.kept_if_renewed(validity.as_ref()).await {
                 validity = Some(kept);
                 drawn = None;
                 continue;
@@ -296,11 +296,13 @@ impl Acme {
         }
     }
 
-    /// The kept certificate, installed, if it is not due yet (another node
-    /// renewed it, in a cluster).
-    async fn kept_if_fresh(&self) -> Option<Validity> {
+    /// The kept certificate, installed, if it is another than `served`
+    /// and not due yet (another node renewed it, in a cluster). The one
+    /// served, found again, is no answer: it is due.
+    async fn kept_if_renewed(&self, served: Option<&Validity>) -> Option<Validity> {
         let kept = self.install_kept().await.ok()??;
-        (kept.renew_at() > SystemTime::now()).then_some(kept)
+        let other = served.is_none_or(|served| served.leaf != kept.leaf);
+        (other && kept.renew_at() > SystemTime::now()).then_some(kept)
     }
 
     /// One order, if this node takes the right to order (`None`: another
@@ -607,5 +609,60 @@ mod tests {
         assert_eq!(names, ["*.t.test", "t.test"]);
         assert!(validity.not_after > validity.not_before);
         assert!(leaf_facts(b"no pem here", Path::new("x")).is_err());
+    }
+
+    /// A self-signed certificate for the wildcard of `t.test` and its key,
+    /// valid from 2020 to the start of year `until`.
+    fn certificate(until: i32) -> KeptCertificate {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params =
+            rcgen::CertificateParams::new(vec!["*.t.test".into(), "t.test".into()]).unwrap();
+        params.not_before = rcgen::date_time_ymd(2020, 1, 1);
+        params.not_after = rcgen::date_time_ymd(until, 1, 1);
+        let cert = params.self_signed(&key).unwrap();
+        KeptCertificate {
+            chain: cert.pem(),
+            key: key.serialize_pem(),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_kept_certificate_counts_as_renewed_only_if_it_is_another_and_not_due() {
+        let store = crate::store::Store::in_memory().unwrap();
+        let key = dns::TsigKey::parse("hmac-sha256:k:c2VjcmV0").unwrap();
+        let config = AcmeConfig {
+            directory: "https://acme.invalid/dir".into(),
+            ca: None,
+            email: None,
+            dns: DnsUpdater::new("127.0.0.1:53".parse().unwrap(), "t.test", key).unwrap(),
+            retry: Duration::from_secs(1),
+        };
+        let keep: Arc<dyn AcmeKeep> = Arc::new(store.clone());
+        let acme = Acme::new(
+            config,
+            "t.test",
+            (keep, "server".into()),
+            Certs::managed(),
+            Metrics::register(&mut Default::default()),
+        );
+        let save = |kept: &KeptCertificate| {
+            store.save_acme_certificate("*.t.test", kept, 0).unwrap();
+        };
+        // Nothing kept: nothing renewed.
+        assert!(acme.kept_if_renewed(None).await.is_none());
+        // The one served, found again, is due still: no answer (the loop
+        // would otherwise spin without ordering).
+        let served = certificate(2100);
+        save(&served);
+        let served = acme.install_kept().await.unwrap().unwrap();
+        assert!(acme.kept_if_renewed(Some(&served)).await.is_none());
+        // Another one, not due: taken.
+        save(&certificate(2100));
+        let renewed = acme.kept_if_renewed(Some(&served)).await.unwrap();
+        assert_ne!(renewed.leaf, served.leaf);
+        // Another one that is due already (past two thirds of 2020 to
+        // 2027): not taken.
+        save(&certificate(2027));
+        assert!(acme.kept_if_renewed(Some(&served)).await.is_none());
     }
 }
