@@ -2,24 +2,25 @@
 //! the apex, obtained from an ACME server (Let's Encrypt by default) by
 //! DNS-01 and renewed in place.
 //!
-//! [`Acme::run`] is one task for the server's life: it loads the
-//! certificate kept under the data directory (`acme/`), installs it, and
-//! orders a new one when there is none, when it is for other names, or
-//! when due: in the window the ACME server's renewal information suggests
-//! (ARI, RFC 9773) where it offers one, else at two thirds of the
-//! lifetime; a failure is logged, counted and retried
-//! with backoff (a minute, doubling to an hour), and never replaces the
-//! certificate being served. A new one is written (key first, each file
-//! replaced whole) and then installed: new handshakes present it,
-//! connections already open keep theirs.
+//! [`Acme::run`] is one task for the server's life: it installs the
+//! certificate kept ([`AcmeKeep`]), and orders a new one when there is
+//! none, when it is for other names, or when due: in the window the ACME
+//! server's renewal information suggests (ARI, RFC 9773) where it offers
+//! one, else at two thirds of the lifetime. A failure is logged, counted
+//! and retried with backoff (a minute, doubling to an hour), and never
+//! replaces the certificate being served. A new one is checked, kept, and
+//! then installed: new handshakes present it, connections already open
+//! keep theirs.
 //!
 //! The DNS-01 records go by RFC 2136 updates ([`dns`]); the order waits
 //! until the DNS server itself answers them before asking the ACME server
 //! to look, and removes them after, whatever the outcome.
 //!
-//! Kept in the server's database (`crate::store::acme`): the account of
-//! each ACME directory (its key and URL), and the certificate with its key
-//! under its first name, `*.{domain}`.
+//! Kept in the server's database (`crate::store::acme`) or, in a cluster,
+//! in Redis (`crate::cluster::acme`): the account of each ACME directory
+//! (its key and URL), and the certificate with its key under its first
+//! name, `*.{domain}`. In a cluster one node at a time orders (it takes
+//! the keep's lock), and the others take what it kept.
 
 pub mod dns;
 
