@@ -29,29 +29,14 @@ pub struct TestDns {
 impl TestDns {
     /// Serves `zone` (an SOA and an NS, nothing else) until dropped.
     pub fn start(zone: &str) -> Self {
-        Self::start_with(zone, None)
-    }
-
-    /// Serves `zone`, taking updates, and `fixed` if given: a zone of its
-    /// own (name, then records in zone-file form after its SOA and NS)
-    /// that takes none.
-    pub fn start_with(zone: &str, fixed: Option<(&str, &str)>) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let port = crate::unused_port();
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
         let d = dir.path().display();
-        let mut zones = format!(
+        let zones = format!(
             "zone:\n  - domain: {zone}\n    storage: \"{d}\"\n    file: \"{zone}.zone\"\n    acl: acme-update\n\
              \x20   zonefile-sync: -1\n    zonefile-load: whole\n    journal-content: none\n"
         );
-        let mut files = vec![(zone.to_owned(), String::new())];
-        if let Some((name, records)) = fixed {
-            zones.push_str(&format!(
-                "  - domain: {name}\n    storage: \"{d}\"\n    file: \"{name}.zone\"\n\
-                 \x20   zonefile-sync: -1\n    journal-content: none\n"
-            ));
-            files.push((name.to_owned(), records.to_owned()));
-        }
         let conf = format!(
             "server:\n    rundir: \"{d}\"\n    listen: 127.0.0.1@{port}\n\
              database:\n    storage: \"{d}\"\n\
@@ -60,13 +45,11 @@ impl TestDns {
              {zones}\
              log:\n  - target: stderr\n    any: info\n"
         );
-        for (name, records) in files {
-            let text = format!(
-                "$ORIGIN {name}.\n$TTL 60\n@ SOA ns.{name}. hostmaster.{name}. 1 3600 600 86400 60\n\
-                 @ NS ns\nns A 127.0.0.1\n{records}"
-            );
-            std::fs::write(dir.path().join(format!("{name}.zone")), text).unwrap();
-        }
+        let records = format!(
+            "$ORIGIN {zone}.\n$TTL 60\n@ SOA ns.{zone}. hostmaster.{zone}. 1 3600 600 86400 60\n\
+             @ NS ns\nns A 127.0.0.1\n"
+        );
+        std::fs::write(dir.path().join(format!("{zone}.zone")), records).unwrap();
         std::fs::write(dir.path().join("knot.conf"), conf).unwrap();
         let mut cmd = Command::new(knotd());
         cmd.arg("-c").arg(dir.path().join("knot.conf"));

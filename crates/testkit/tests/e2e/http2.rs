@@ -120,14 +120,7 @@ async fn curl_reaches_a_tunnel_over_http2_on_the_https_listener() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn with_h2c_the_plain_listener_takes_http2_with_prior_knowledge() {
-    let server = TestServer::start_with(Config {
-        h2c: true,
-        ..TestServer::test_config()
-    })
-    .await;
-    let origin = Origin::start().await;
-    let client = TestClient::start(&server, &origin.target()).await;
-    let host = server.host_of(&client.tunnel.subdomain);
+    let (server, origin, _client, host) = h2c_tunnel().await;
     let (version, status, _) =
         Curl::plain(&host, server.addr).run(&["--http2-prior-knowledge"], "/echo");
     assert_eq!((version.as_str(), status), ("2", 200));
@@ -155,13 +148,18 @@ async fn h2_status(addr: std::net::SocketAddr, req: http::Request<()>) -> http::
     resp.await.unwrap().unwrap().status()
 }
 
-/// A server speaking h2c, a tunnel to an origin, and the tunnel's host.
-async fn h2c_tunnel() -> (TestServer, Origin, TestClient, String) {
-    let server = TestServer::start_with(Config {
+/// A test server that takes h2c on its plain listener.
+pub(crate) async fn h2c_server() -> TestServer {
+    TestServer::start_with(Config {
         h2c: true,
         ..TestServer::test_config()
     })
-    .await;
+    .await
+}
+
+/// A server speaking h2c, a tunnel to an origin, and the tunnel's host.
+async fn h2c_tunnel() -> (TestServer, Origin, TestClient, String) {
+    let server = h2c_server().await;
     let origin = Origin::start().await;
     let client = TestClient::start(&server, &origin.target()).await;
     let host = server.host_of(&client.tunnel.subdomain);

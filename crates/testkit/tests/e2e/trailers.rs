@@ -29,17 +29,10 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_tungstenite::tungstenite::Message;
 
+use crate::http2::h2c_server;
+
 const DATA: u8 = 0;
 const TRAILERS: u8 = 5;
-
-/// A server taking h2c on its plain listener.
-async fn h2c_server() -> TestServer {
-    TestServer::start_with(Config {
-        h2c: true,
-        ..TestServer::test_config()
-    })
-    .await
-}
 
 /// What an HTTP/2 visitor got: status, the header `x-te` the service saw,
 /// the body, and the trailers.
