@@ -20,8 +20,6 @@ const KEY_SECRET: &str = "c2VjcmV0c2VjcmV0c2VjcmV0c2VjcmV0c2VjcmV0MTI=";
 pub struct TestDns {
     /// Where it answers, UDP and TCP.
     pub addr: SocketAddr,
-    /// The zone.
-    pub zone: String,
     _proc: Proc,
     _dir: tempfile::TempDir,
 }
@@ -57,7 +55,6 @@ impl TestDns {
         proc.log_with("server started");
         TestDns {
             addr,
-            zone: zone.to_owned(),
             _proc: proc,
             _dir: dir,
         }
