@@ -70,8 +70,12 @@ pub(super) fn asked<B>(req: &mut Request<B>) -> bool {
 }
 
 /// The serving node: `resp` with its trailers packed into [`FIELD`],
-/// named in its `Trailer`.
+/// named in its `Trailer`. A response whose body has ended already (none,
+/// or all of it in hand) has no trailers to come, and goes as it is.
 pub(super) fn pack(mut resp: Response<Body>) -> Response<Body> {
+    if resp.body().is_end_stream() {
+        return resp;
+    }
     let names = resp
         .headers()
         .get_all(header::TRAILER)
@@ -86,8 +90,7 @@ pub(super) fn pack(mut resp: Response<Body>) -> Response<Body> {
             .unwrap_or(HeaderValue::from_static(FIELD))
     };
     resp.headers_mut().insert(header::TRAILER, named);
-    let streamed = !resp.body().is_end_stream() && resp.body().size_hint().exact().is_none();
-    if streamed {
+    if resp.body().size_hint().exact().is_none() {
         if let Some(length) = resp.headers_mut().remove(header::CONTENT_LENGTH) {
             resp.headers_mut().insert(LENGTH, length);
         }
@@ -176,5 +179,25 @@ mod tests {
         assert_eq!(unpacked(&packed), trailers);
         packed.insert(FIELD, HeaderValue::from_static("not base64!"));
         assert!(unpacked(&packed).is_empty());
+    }
+
+    #[test]
+    fn a_peer_packing_more_fields_than_any_head_may_hold_gets_none_through() {
+        let many: Vec<(String, String)> = (0..=MAX_FIELDS)
+            .map(|i| (format!("x-{i}"), "v".to_owned()))
+            .collect();
+        let mut packed = HeaderMap::new();
+        let list = BASE64.encode(encode_header_list(&many));
+        packed.insert(FIELD, HeaderValue::from_str(&list).unwrap());
+        assert!(unpacked(&packed).is_empty());
+        let huge = vec![("x-big".to_owned(), "v".repeat(MAX_BYTES))];
+        let list = BASE64.encode(encode_header_list(&huge));
+        packed.insert(FIELD, HeaderValue::from_str(&list).unwrap());
+        assert!(unpacked(&packed).is_empty());
+        // Just within: through.
+        let fits = vec![("x-big".to_owned(), "v".repeat(MAX_BYTES - 5))];
+        let list = BASE64.encode(encode_header_list(&fits));
+        packed.insert(FIELD, HeaderValue::from_str(&list).unwrap());
+        assert_eq!(unpacked(&packed).len(), 1);
     }
 }
