@@ -404,3 +404,65 @@ async fn an_http2_connection_on_a_slot_kept_for_clients_is_served_nothing() {
     assert_eq!(h2_status(server.addr, req).await, 503);
     assert_eq!(origin.requests(), 0);
 }
+
+/// An HTTP/2 body without a declared length goes on as it arrives and,
+/// once answered, may pause for as long as the exchange lasts (a gRPC
+/// stream's way): a visitor opening many such bodies and never ending them
+/// holds at most the tunnel's upload share (three quarters of its
+/// streams); past it, 429, and a request without a body is still served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn open_ended_http2_bodies_hold_no_more_than_the_upload_share() {
+    let mut config = TestServer::test_config();
+    config.h2c = true;
+    config.limits.max_streams = 8;
+    config.body_read_timeout = Duration::from_secs(1);
+    let server = TestServer::start_with(config).await;
+    let origin = Origin::start().await;
+    let client = TestClient::start(&server, &origin.target()).await;
+    let host = server.host_of(&client.tunnel.subdomain);
+    // Three quarters of 8 streams.
+    let share = 6;
+
+    let tcp = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    let (send, connection) = h2::client::handshake(tcp).await.unwrap();
+    tokio::spawn(connection);
+    let mut held = Vec::new();
+    for _ in 0..share {
+        let mut send = send.clone().ready().await.unwrap();
+        let req = http::Request::post(format!("http://{host}/stream?chunks=100&interval_ms=100"))
+            .body(())
+            .unwrap();
+        let (resp, mut body) = send.send_request(req, false).unwrap();
+        body.send_data(bytes::Bytes::from_static(b"first message"), false)
+            .unwrap();
+        let resp = tokio::time::timeout(Duration::from_secs(10), resp)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(resp.status(), 200, "answered while its body goes on");
+        held.push((resp, body));
+    }
+    // Past the body timeout, the answered ones live on, and hold the share.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let mut send = send.clone().ready().await.unwrap();
+    let req = http::Request::post(format!("http://{host}/stream?chunks=1&interval_ms=1"))
+        .body(())
+        .unwrap();
+    let (resp, mut body) = send.send_request(req, false).unwrap();
+    body.send_data(bytes::Bytes::from_static(b"one too many"), false)
+        .unwrap();
+    let resp = tokio::time::timeout(Duration::from_secs(10), resp)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(resp.status(), 429, "past the upload share");
+    let reply = Visitor::new(server.addr).get(&host, "/echo").await;
+    assert_eq!(reply.status, 200, "a request without a body still served");
+    // The held ones still stream their answers.
+    let (resp, _body) = held.pop().unwrap();
+    let mut answer = resp.into_body();
+    let chunk = tokio::time::timeout(Duration::from_secs(5), answer.data())
+        .await
+        .unwrap();
+    assert!(chunk.is_some_and(|c| c.is_ok()));
+}
