@@ -310,4 +310,37 @@ mod tests {
             "outside the zone: a name in it, for a CNAME to point at"
         );
     }
+
+    #[tokio::test]
+    async fn a_server_that_is_not_there_or_answers_nonsense_is_an_error_naming_it() {
+        let key = TsigKey::parse("hmac-sha256:k:c2VjcmV0").unwrap();
+        // Nothing listening.
+        let gone = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = gone.local_addr().unwrap();
+        drop(gone);
+        let dns = DnsUpdater::new(addr, "tunnels.test", key.clone()).unwrap();
+        let err = dns
+            .add_txt("_acme-challenge.tunnels.test", "v")
+            .await
+            .unwrap_err();
+        assert!(matches!(err, DnsError::Unreachable { .. }), "{err}");
+        assert!(err.to_string().contains(&addr.to_string()), "{err}");
+        // A server that answers two bytes of length and then nonsense.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (mut tcp, _) = listener.accept().await.unwrap();
+            let mut len = [0u8; 2];
+            tcp.read_exact(&mut len).await.unwrap();
+            let mut request = vec![0u8; u16::from_be_bytes(len).into()];
+            tcp.read_exact(&mut request).await.unwrap();
+            tcp.write_all(&[0, 3, 1, 2, 3]).await.unwrap();
+        });
+        let dns = DnsUpdater::new(addr, "tunnels.test", key).unwrap();
+        let err = dns
+            .txt_values("_acme-challenge.tunnels.test")
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("malformed answer"), "{err}");
+    }
 }
