@@ -175,6 +175,11 @@ pub fn run(mut args: RunArgs) -> Result<()> {
 pub fn start_server(env: &Env, extra: &[&str], log: &str) -> Result<(Proc, SocketAddr)> {
     let addr = crate::http::free_port()?;
     let mut args = vec!["server".to_owned(), "--listen".to_owned(), addr.to_string()];
+    // A data directory of its own beside its log, never the user's: a
+    // server keeps its records there, and builds of different schema
+    // versions must not meet in one database.
+    let data = env.logs.join(format!("data-{}", log.trim_end_matches(".log")));
+    args.extend(["--data-dir".to_owned(), data.display().to_string()]);
     // Every load comes from 127.0.0.1 here, standing for many visitors and
     // clients: the per-address shares are raised out of the way.
     for share in [
