@@ -107,6 +107,15 @@ async fn a_tunnel_on_one_node_is_served_through_every_node() {
         let reply = Visitor::new(node.addr).get(&host, "/echo/hello").await;
         assert_eq!(reply.status, 200, "via {}: {}", node.addr, reply.text());
         assert_eq!(reply.json()["path"], "/echo/hello");
+        // A small answer keeps its length through the hop (not chunked).
+        let length = reply.headers.get("content-length");
+        assert_eq!(
+            length.map(|v| v.to_str().unwrap().parse::<usize>().unwrap()),
+            Some(reply.body.len()),
+            "via {}: {:?}",
+            node.addr,
+            reply.headers
+        );
     }
 
     // The visitor's address and scheme are what the first node saw.

@@ -70,10 +70,12 @@ pub(super) fn asked<B>(req: &mut Request<B>) -> bool {
 }
 
 /// The serving node: `resp` with its trailers packed into [`FIELD`],
-/// named in its `Trailer`. A response whose body has ended already (none,
-/// or all of it in hand) has no trailers to come, and goes as it is.
+/// named in its `Trailer`. A response whose body has ended already, or is
+/// all in hand (a body inline in the client's head: its length known), has
+/// no trailers to come, and goes as it is, with its length.
 pub(super) fn pack(mut resp: Response<Body>) -> Response<Body> {
-    if resp.body().is_end_stream() {
+    let body = resp.body();
+    if body.is_end_stream() || body.size_hint().exact().is_some() {
         return resp;
     }
     let names = resp
@@ -90,10 +92,8 @@ pub(super) fn pack(mut resp: Response<Body>) -> Response<Body> {
             .unwrap_or(HeaderValue::from_static(FIELD))
     };
     resp.headers_mut().insert(header::TRAILER, named);
-    if resp.body().size_hint().exact().is_none() {
-        if let Some(length) = resp.headers_mut().remove(header::CONTENT_LENGTH) {
-            resp.headers_mut().insert(LENGTH, length);
-        }
+    if let Some(length) = resp.headers_mut().remove(header::CONTENT_LENGTH) {
+        resp.headers_mut().insert(LENGTH, length);
     }
     resp.map(|body| {
         body.map_frame(|frame| match frame.into_trailers() {
