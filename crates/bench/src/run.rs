@@ -178,7 +178,9 @@ pub fn start_server(env: &Env, extra: &[&str], log: &str) -> Result<(Proc, Socke
     // A data directory of its own beside its log, never the user's: a
     // server keeps its records there, and builds of different schema
     // versions must not meet in one database.
-    let data = env.logs.join(format!("data-{}", log.trim_end_matches(".log")));
+    let data = env
+        .logs
+        .join(format!("data-{}", log.trim_end_matches(".log")));
     args.extend(["--data-dir".to_owned(), data.display().to_string()]);
     // Every load comes from 127.0.0.1 here, standing for many visitors and
     // clients: the per-address shares are raised out of the way.
